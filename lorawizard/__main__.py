@@ -1,0 +1,3 @@
+from lorawizard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The `lorawizard` command. Keep imports here cheap: `--help` and `--replay` never load Textual."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lorawizard import __version__
+
+STEPS = ("env", "models", "dataset", "captions", "probe", "train")  # == core.steps.STEP_ORDER (tested)
+IMAGE_RENDERERS = ("auto", "tgp", "sixel", "halfcell", "unicode")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorawizard",
+        description="Train a FLUX.1-dev LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless replay.",
+        epilog=(
+            "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted. "
+            "Over SSH without COLORTERM, set TEXTUAL_COLOR_SYSTEM=truecolor for true colours."
+        ),
+    )
+    parser.add_argument(
+        "project", nargs="?", default=".", type=Path,
+        help="project folder; its session.toml is opened or created on the first decision (default: .)",
+    )
+    parser.add_argument("--replay", metavar="SESSION.toml", type=Path, help="run the session's steps headless")
+    parser.add_argument(
+        "--steps", metavar="STEP[,STEP...]",
+        help=f"with --replay: which steps, run in this order: {','.join(STEPS)} (default: all)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="with --replay: change nothing outside the project (no downloads, no trainer launch); print what would run",
+    )
+    parser.add_argument("--detach", action="store_true", help="with --replay: start training and leave it running")
+    parser.add_argument("--reprobe", action="store_true", help="with --replay: probe buckets that already have a batch size")
+    parser.add_argument(
+        "--images", choices=IMAGE_RENDERERS, default=None,
+        help="how the wizard draws images (default: auto-detect; env LORAWIZARD_IMAGES)",
+    )
+    parser.add_argument("--version", action="version", version=f"lorawizard {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help/--version
+        return int(exc.code or 0)
+
+    replay_only = [flag for flag, used in (("--steps", args.steps), ("--dry-run", args.dry_run),
+                                            ("--detach", args.detach), ("--reprobe", args.reprobe)) if used]
+    if args.replay is None and replay_only:
+        parser.print_usage(sys.stderr)
+        print(f"lorawizard: error: {replay_only[0]} needs --replay SESSION.toml", file=sys.stderr)
+        return 2
+
+    if args.replay is not None:
+        from lorawizard.core.steps import parse_steps
+        from lorawizard.headless import EXIT_INTERRUPTED, replay
+
+        try:
+            steps = parse_steps(args.steps)
+        except ValueError as exc:
+            print(f"lorawizard: error: --steps: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return replay(args.replay, steps, dry_run=args.dry_run,
+                          options={"detach": args.detach, "reprobe": args.reprobe})
+        except KeyboardInterrupt:
+            print("lorawizard: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return _run_wizard(args.project, args.images)
+
+
+def _run_wizard(project: Path, images: str | None) -> int:
+    project = project.expanduser()
+    if project.exists() and not project.is_dir():
+        print(f"lorawizard: {project} is a file; give the project folder (its session.toml lives there)", file=sys.stderr)
+        return 2
+    from lorawizard.core.session import Session, SessionError
+
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        session = Session.open_project(project)
+    except SessionError as exc:
+        print(f"lorawizard: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"lorawizard: {project}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    from lorawizard.tui.images import choose_renderer
+
+    choose_renderer(images)  # must probe the terminal before the app takes it over
+    from lorawizard.tui.app import LoraWizardApp
+
+    app = LoraWizardApp(session)
+    app.run()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

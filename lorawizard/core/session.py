@@ -1,0 +1,521 @@
+"""session.toml: the single source of truth for every decision.
+
+Read and written with tomlkit so a person's comments, ordering and formatting survive every save; an
+unchanged load → save is byte-identical. Values are validated against `SCHEMA`; errors are one line that
+names the file, the line, the key and what was expected. Unknown keys are kept and warned about.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import ParseError, TOMLKitError
+from tomlkit.items import AoT, Table
+
+from lorawizard.core.fsutil import atomic_write_text
+
+SESSION_FILE = "session.toml"
+SESSION_VERSION = 1
+STATE_DIR = ".lorawizard"  # our own bookkeeping inside the project (caches, manifests, logs)
+BUCKET_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_SECRET_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+
+
+class SessionError(Exception):
+    """A session file that cannot be used; the message is one line meant for a person."""
+
+
+# ---------------------------------------------------------------- schema
+
+Check = Callable[[Any], str | None]  # returns what was expected, or None when fine
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # dotted path
+    kind: str  # "str" | "int" | "float" | "bool" | "path" | "str_list"
+    default: Any = None
+    check: Check | None = None
+    doc: str = ""
+    choices: tuple[str, ...] = ()
+
+
+def _at_least(low: int | float) -> Check:
+    return lambda v: None if v >= low else f"a value of at least {low}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 and math.isfinite(v) else "a positive number"
+
+
+def _power_of_two_side(v: int) -> str | None:
+    ok = 256 <= v <= 2048 and v & (v - 1) == 0
+    return None if ok else "a power of two from 256 to 2048 (256, 512, 1024, 2048)"
+
+
+def _version(v: int) -> str | None:
+    return None if v == SESSION_VERSION else f"version {SESSION_VERSION} (this lorawizard reads only that)"
+
+
+MODEL_ROLES = ("flux", "ae", "clip_l", "t5xxl")
+MODEL_PRESETS = ("flux1-dev-fp8", "flux1-dev-bf16")
+
+SCHEMA: tuple[Field, ...] = (
+    Field("version", "int", SESSION_VERSION, _version, "format version of this file"),
+    Field("name", "str", "my-lora", None, "the LoRA's output name (file name of the .safetensors)"),
+    Field("paths.sd_scripts", "path", None, None, "kohya-ss/sd-scripts checkout"),
+    Field("paths.python", "path", None, None, "the trainer's Python (default <sd_scripts>/.venv/bin/python)"),
+    Field("paths.models", "path", "models", None, "where model files live or are downloaded to"),
+    Field("paths.tokenizers", "path", None, None, "offline tokenizers (default <models>/tokenizers)"),
+    Field("paths.dataset", "path", "dataset", None, "prepared images, one folder per bucket"),
+    Field("paths.runs", "path", "runs", None, "training runs: logs, checkpoints, states"),
+    Field("models.preset", "str", MODEL_PRESETS[0], None, "which model set", MODEL_PRESETS),
+    *(Field(f"models.{role}", "path", None, None, f"use this {role} file instead of the preset's") for role in MODEL_ROLES),
+    Field("dataset.source", "path", None, None, "your original photos (never modified)"),
+    Field("dataset.max_side", "int", 1024, _power_of_two_side, "longest side of every bucket"),
+    Field("dataset.trigger", "str", "", None, "trigger word, written first in every caption"),
+    Field("dataset.num_repeats", "int", 10, _at_least(1), "how often each image is seen per epoch"),
+    Field("dataset.captionless", "bool", False, None, "train without captions on purpose"),
+    Field("gpu.uuid", "str", None, None, "the one GPU to train on (NVML UUID)"),
+    Field("gpu.vram_preset", "str", None, None, "low-VRAM preset (chosen from the GPU's memory)"),
+    Field("train.network_dim", "int", 4, _at_least(1), "LoRA rank"),
+    Field("train.learning_rate", "float", 1e-4, _positive, "learning rate"),
+    Field("train.max_train_epochs", "int", 16, _at_least(1), "epochs to train"),
+    Field("train.save_every_n_epochs", "int", 4, _at_least(1), "save a checkpoint and state every N epochs"),
+    Field("train.optimizer_type", "str", "adamw8bit", None, "optimizer"),
+    Field("train.seed", "int", 42, None, "random seed"),
+    Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
+)
+FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
+TABLES = ("paths", "models", "dataset", "gpu", "train")
+
+IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool"}
+
+
+_KIND_WORDS = {
+    "str": "a string",
+    "path": "a path (string)",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str_list": "a list of strings",
+    "bucket": 'a bucket "WxH" such as "1024x512"',
+    "crop": "[left, top, right, bottom] as 4 integers with left < right and top < bottom",
+}
+
+
+def _coerce(kind: str, value: Any) -> tuple[Any, str | None]:
+    """(python value, None) when `value` fits `kind`, else (None, what was expected)."""
+    if kind in ("str", "path"):
+        ok = isinstance(value, str)
+        return (str(value), None) if ok else (None, _KIND_WORDS[kind])
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (int(value), None) if ok else (None, _KIND_WORDS[kind])
+    if kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return (float(value), None) if ok else (None, _KIND_WORDS[kind])
+    if kind == "bool":
+        return (bool(value), None) if isinstance(value, bool) else (None, _KIND_WORDS[kind])
+    if kind == "str_list":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return ([str(v) for v in value], None) if ok else (None, _KIND_WORDS[kind])
+    if kind == "bucket":
+        ok = isinstance(value, str) and BUCKET_RE.match(value) is not None
+        return (str(value), None) if ok else (None, _KIND_WORDS[kind])
+    if kind == "crop":
+        ok = (
+            isinstance(value, list)
+            and len(value) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            and value[0] < value[2]
+            and value[1] < value[3]
+        )
+        return ([int(v) for v in value], None) if ok else (None, _KIND_WORDS[kind])
+    raise ValueError(kind)
+
+
+def _describe(value: Any) -> str:
+    text = tomlkit.item(value).as_string() if not isinstance(value, Table | dict) else "a table"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_bucket(bucket: str) -> tuple[int, int]:
+    match = BUCKET_RE.match(bucket)
+    if not match:
+        raise ValueError(f"not a bucket: {bucket!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+# ---------------------------------------------------------------- line numbers for messages
+
+
+def find_line(text: str, table: str, key: str, occurrence: int = 0) -> int | None:
+    """1-based line of `key` inside `[table]` (or the `occurrence`-th `[[table]]`), or None.
+
+    tomlkit keeps no positions, so messages find the line in the source text themselves.
+    """
+    current, seen = "", -1
+    header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+    key_re = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = header.match(line)
+        if match:
+            current = match.group(2).replace('"', "").replace("'", "")
+            if current == table and match.group(1) == "[[":
+                seen += 1
+            continue
+        if current == table and (seen == occurrence or seen == -1) and key_re.match(line):
+            return number
+    return None
+
+
+# ---------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class ResolvedPaths:
+    project: Path
+    state: Path
+    sd_scripts: Path | None
+    python: Path | None
+    models: Path
+    tokenizers: Path
+    dataset: Path
+    runs: Path
+
+
+@dataclass
+class Session:
+    path: Path
+    doc: tomlkit.TOMLDocument
+    warnings: list[str] = field(default_factory=list)
+    read_only: bool = False  # replay never rewrites the user's file
+    _saved_text: str | None = None
+
+    # -- construction
+
+    @classmethod
+    def load(cls, path: Path | str, *, read_only: bool = False) -> Session:
+        path = Path(path).expanduser()
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise SessionError(f"{path}: no such session file") from None
+        except IsADirectoryError:
+            raise SessionError(f"{path}: is a folder, not a session file") from None
+        except OSError as exc:
+            raise SessionError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SessionError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        try:
+            doc = tomlkit.parse(text)
+        except ParseError as exc:
+            reason = str(exc).split(" at line ")[0]
+            raise SessionError(f"{path}:{exc.line}:{exc.col}: TOML syntax error: {reason}") from None
+        except TOMLKitError as exc:
+            raise SessionError(f"{path}: TOML error: {exc}") from None
+        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text)
+        session.warnings = session.validate(text)
+        return session
+
+    @classmethod
+    def new(cls, path: Path | str, *, name: str | None = None) -> Session:
+        """A fresh session; nothing is written until the first decision is saved."""
+        path = Path(path).expanduser()
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment("lorawizard session: every decision lives here. Edit freely; see docs/session.md."))
+        doc.add("version", SESSION_VERSION)
+        doc.add("name", name or _default_name(path.parent))
+        for table in TABLES:
+            doc.add(tomlkit.nl())
+            doc.add(table, tomlkit.table())
+        return cls(path=path, doc=doc)
+
+    @classmethod
+    def open_project(cls, project_dir: Path | str) -> Session:
+        path = Path(project_dir).expanduser() / SESSION_FILE
+        return cls.load(path) if path.exists() else cls.new(path)
+
+    # -- validation
+
+    def validate(self, text: str | None = None) -> list[str]:
+        """Raise SessionError on the first invalid value; return warnings for unknown keys."""
+        text = text if text is not None else self.doc.as_string()
+        warnings: list[str] = []
+
+        def where(table: str, key: str, occurrence: int = 0) -> str:
+            line = find_line(text, table, key, occurrence)
+            return f"{self.path}:{line}" if line else f"{self.path}"
+
+        if "version" not in self.doc:
+            raise SessionError(f"{self.path}: missing `version = {SESSION_VERSION}` at the top")
+        for key, value in _walk(self.doc):
+            spec = FIELDS.get(key)
+            table, _, leaf = key.rpartition(".")
+            if key == "dataset.images":
+                self._validate_images(value, text)
+                continue
+            if key == "gpu.batch_size":
+                if not isinstance(value, dict):
+                    raise SessionError(f"{where(table, leaf)}: gpu.batch_size: expected a table of \"WxH\" = n")
+                for bucket, size in value.items():
+                    if not BUCKET_RE.match(bucket):
+                        raise SessionError(
+                            f"{where(key, bucket)}: gpu.batch_size.{bucket}: expected a bucket name such as \"1024x512\""
+                        )
+                    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                        raise SessionError(
+                            f"{where(key, bucket)}: gpu.batch_size.{bucket}: expected a positive integer, "
+                            f"got {_describe(size)}"
+                        )
+                continue
+            if spec is None:
+                warnings.append(f"{where(table, leaf)}: unknown key `{key}` (kept, not used)")
+                continue
+            _, problem = _coerce(spec.kind, value)
+            if problem is None and spec.check is not None:
+                problem = spec.check(_coerce(spec.kind, value)[0])
+            if problem is None and spec.choices and value not in spec.choices:
+                problem = "one of " + ", ".join(f'"{c}"' for c in spec.choices)
+            if problem is not None:
+                raise SessionError(f"{where(table, leaf)}: {key}: expected {problem}, got {_describe(value)}")
+        return warnings
+
+    def _validate_images(self, value: Any, text: str) -> None:
+        if not isinstance(value, list):
+            raise SessionError(f"{self.path}: dataset.images: expected [[dataset.images]] tables")
+        for index, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise SessionError(f"{self.path}: dataset.images[{index}]: expected a table")
+            if "file" not in entry:
+                line = find_line(text, "dataset.images", "bucket", index) or find_line(text, "dataset.images", "skip", index)
+                at = f":{line}" if line else ""
+                raise SessionError(f"{self.path}{at}: dataset.images[{index}]: missing `file`")
+            for key, item in entry.items():
+                line = find_line(text, "dataset.images", key, index)
+                at = f"{self.path}:{line}" if line else str(self.path)
+                kind = IMAGE_FIELDS.get(key)
+                if kind is None:
+                    self.warnings.append(f"{at}: unknown key `dataset.images.{key}` (kept, not used)")
+                    continue
+                _, problem = _coerce(kind, item)
+                if problem is not None:
+                    raise SessionError(f"{at}: dataset.images[{index}].{key}: expected {problem}, got {_describe(item)}")
+
+    # -- reading
+
+    def get(self, key: str) -> Any:
+        """The value of a schema key, or its default."""
+        spec = FIELDS[key]
+        node: Any = self.doc
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _copy_default(spec.default)
+            node = node[part]
+        return _coerce(spec.kind, _plain(node))[0]
+
+    def is_set(self, key: str) -> bool:
+        node: Any = self.doc
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    @property
+    def project_dir(self) -> Path:
+        return self.path.parent.resolve()
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A path from the file: `~` expands, relative paths resolve against the session's folder."""
+        if value is None or value == "":
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.project_dir / path)
+
+    @property
+    def paths(self) -> ResolvedPaths:
+        sd_scripts = self.resolve(self.get("paths.sd_scripts"))
+        python = self.resolve(self.get("paths.python"))
+        if python is None and sd_scripts is not None:
+            python = sd_scripts / ".venv" / "bin" / "python"
+        models = self.resolve(self.get("paths.models")) or self.project_dir / "models"
+        return ResolvedPaths(
+            project=self.project_dir,
+            state=self.project_dir / STATE_DIR,
+            sd_scripts=sd_scripts,
+            python=python,
+            models=models,
+            tokenizers=self.resolve(self.get("paths.tokenizers")) or models / "tokenizers",
+            dataset=self.resolve(self.get("paths.dataset")) or self.project_dir / "dataset",
+            runs=self.resolve(self.get("paths.runs")) or self.project_dir / "runs",
+        )
+
+    def batch_sizes(self) -> dict[str, int]:
+        table = self.doc.get("gpu", {}).get("batch_size", {})
+        return {str(k): int(v) for k, v in table.items()}
+
+    def images(self) -> dict[str, dict[str, Any]]:
+        """`[[dataset.images]]` as {file: {bucket, crop, caption, skip}} (plain values, in file order)."""
+        return {str(entry["file"]): _plain(entry) for entry in self._image_tables()}
+
+    # -- writing
+
+    def set(self, key: str, value: Any) -> None:
+        """Validate and store one schema value (None removes it). Raises SessionError, changes nothing then."""
+        spec = FIELDS.get(key)
+        if spec is None:
+            raise SessionError(f"unknown setting `{key}`")
+        if value is None:
+            self._remove(key)
+            return
+        coerced, problem = _coerce(spec.kind, value)
+        if problem is None and spec.check is not None:
+            problem = spec.check(coerced)
+        if problem is None and spec.choices and coerced not in spec.choices:
+            problem = "one of " + ", ".join(f'"{c}"' for c in spec.choices)
+        if problem is not None:
+            raise SessionError(f"{key}: expected {problem}, got {_describe(value)}")
+        _refuse_secret(key, coerced)
+        table, leaf = self._table_for(key)
+        if leaf in table and _plain(table[leaf]) == coerced:
+            return  # keep the user's formatting (e.g. 1e-4 vs 0.0001) when nothing changed
+        table[leaf] = coerced
+
+    def set_batch_size(self, bucket: str, size: int | None) -> None:
+        parse_bucket(bucket)
+        gpu, _ = self._table_for("gpu.uuid")
+        if size is None:
+            if "batch_size" in gpu:
+                gpu["batch_size"].pop(bucket, None)
+            return
+        if not isinstance(size, int) or size < 1:
+            raise SessionError(f"gpu.batch_size.{bucket}: expected a positive integer, got {size!r}")
+        if "batch_size" not in gpu:
+            gpu["batch_size"] = tomlkit.table()
+        gpu["batch_size"][bucket] = size
+
+    def update_image(self, file: str, **values: Any) -> None:
+        """Create or change the `[[dataset.images]]` entry of `file`; a value of None removes that field."""
+        for key, value in values.items():
+            kind = IMAGE_FIELDS.get(key)
+            if kind is None or key == "file":
+                raise SessionError(f"dataset.images: unknown field `{key}`")
+            if value is not None:
+                _, problem = _coerce(kind, value)
+                if problem is not None:
+                    raise SessionError(f"dataset.images ({file}).{key}: expected {problem}, got {_describe(value)}")
+                _refuse_secret(f"dataset.images.{key}", value)
+        entry = self._image_index().get(file)
+        if entry is None:
+            entry = tomlkit.table()
+            entry["file"] = file
+            self._images_aot().append(entry)
+            entry = self._images_aot()[-1]
+            self._index = None
+        for key, value in values.items():
+            if value is None:
+                entry.pop(key, None)
+            elif key not in entry or _plain(entry[key]) != value:
+                entry[key] = value
+
+    def update_images(self, changes: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        for file, values in changes:
+            self.update_image(file, **values)
+
+    def to_text(self) -> str:
+        return tomlkit.dumps(self.doc)
+
+    @property
+    def dirty(self) -> bool:
+        return self.to_text() != self._saved_text
+
+    def save(self) -> bool:
+        """Write atomically when something changed. Returns whether a write happened."""
+        if self.read_only:
+            raise SessionError(f"{self.path}: opened read-only (replay never rewrites your session file)")
+        text = self.to_text()
+        if text == self._saved_text and self.path.exists():
+            return False
+        if _SECRET_RE.search(text):
+            raise SessionError("refusing to save: the session would contain a Hugging Face token")
+        atomic_write_text(self.path, text)
+        self._saved_text = text
+        return True
+
+    # -- internals
+
+    _index: dict[str, Any] | None = None
+
+    def _table_for(self, key: str) -> tuple[Any, str]:
+        parts = key.split(".")
+        node: Any = self.doc
+        for part in parts[:-1]:
+            if part not in node:
+                node.add(part, tomlkit.table())
+            node = node[part]
+        return node, parts[-1]
+
+    def _remove(self, key: str) -> None:
+        parts = key.split(".")
+        node: Any = self.doc
+        for part in parts[:-1]:
+            if part not in node:
+                return
+            node = node[part]
+        node.pop(parts[-1], None)
+
+    def _images_aot(self) -> AoT:
+        dataset, _ = self._table_for("dataset.images")
+        if "images" not in dataset:
+            dataset.append("images", tomlkit.aot())
+        return dataset["images"]
+
+    def _image_tables(self) -> list[Any]:
+        dataset = self.doc.get("dataset")
+        if not isinstance(dataset, dict) or "images" not in dataset:
+            return []
+        return list(dataset["images"])
+
+    def _image_index(self) -> dict[str, Any]:
+        tables = self._image_tables()
+        if self._index is None or len(self._index) != len(tables):
+            self._index = {str(t["file"]): t for t in tables}
+        return self._index
+
+
+def _walk(doc: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in doc.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted in TABLES:
+            yield from _walk(value, dotted + ".")
+        else:
+            yield dotted, _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
+def _copy_default(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def _refuse_secret(key: str, value: Any) -> None:
+    texts = value if isinstance(value, list) else [value]
+    if any(isinstance(t, str) and _SECRET_RE.search(t) for t in texts):
+        raise SessionError(f"{key}: looks like a Hugging Face token; tokens never go into session.toml")
+
+
+def _default_name(folder: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.resolve().name).strip("-")
+    return slug or "my-lora"

@@ -1,0 +1,100 @@
+"""The six steps, their order, and the contract every step function follows.
+
+A step is `run_step(ctx: StepContext) -> StepResult` in its own core module. The TUI's workers and the
+headless runner call the very same functions; a step never prints and never touches the UI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorawizard.core.progress import ProgressCallback, ignore_progress
+from lorawizard.core.session import Session
+
+STEP_ORDER: tuple[str, ...] = ("env", "models", "dataset", "captions", "probe", "train")
+STEP_TITLES: dict[str, str] = {
+    "env": "Environment",
+    "models": "Models",
+    "dataset": "Dataset",
+    "captions": "Captions",
+    "probe": "GPU & batch size",
+    "train": "Train",
+}
+# Imported lazily so `--replay --steps dataset` never pays for the other steps' imports.
+STEP_FUNCTIONS: dict[str, str] = {
+    "env": "lorawizard.core.environment:run_step",
+    "models": "lorawizard.core.models:run_step",
+    "dataset": "lorawizard.core.dataset:run_step",
+    "captions": "lorawizard.core.captions:run_step",
+    "probe": "lorawizard.core.probe:run_step",
+    "train": "lorawizard.core.training:run_step",
+}
+
+
+class StepFailed(Exception):
+    """A step could not do its job; the message is one line that says why and what to do."""
+
+
+class Cancelled(Exception):
+    """The user asked to stop (Ctrl-C headless, Esc/cancel in the wizard)."""
+
+
+@dataclass
+class StepResult:
+    ok: bool
+    summary: str  # one line
+    details: list[str] = field(default_factory=list)  # report lines (bad inputs, tables, ...)
+    data: dict[str, Any] = field(default_factory=dict)  # machine-readable results for the caller
+
+
+@dataclass
+class StepContext:
+    session: Session
+    progress: ProgressCallback = ignore_progress
+    log: Callable[[str], None] = lambda line: None  # informational lines for a person
+    dry_run: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
+    decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
+
+    def check_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled()
+
+    def record(self, key: str, value: Any) -> None:
+        """Store a decision: saved to session.toml in the wizard, kept beside the outputs in replay."""
+        if self.session.read_only:
+            self.decisions[key] = value
+            _apply(self.session, key, value)  # later steps of this replay still see it
+        else:
+            _apply(self.session, key, value)
+            self.session.save()
+
+
+def _apply(session: Session, key: str, value: Any) -> None:
+    if key.startswith("gpu.batch_size."):
+        session.set_batch_size(key.removeprefix("gpu.batch_size."), value)
+    elif key.startswith("dataset.images:"):
+        session.update_image(key.removeprefix("dataset.images:"), **value)
+    else:
+        session.set(key, value)
+
+
+def load_step(name: str) -> Callable[[StepContext], StepResult]:
+    module_name, _, function = STEP_FUNCTIONS[name].partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def parse_steps(text: str | None) -> list[str]:
+    """`"dataset,captions"` → ["dataset", "captions"] in the canonical order; ValueError names a bad one."""
+    if not text:
+        return list(STEP_ORDER)
+    wanted = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in wanted if part not in STEP_ORDER]
+    if unknown:
+        raise ValueError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEP_ORDER)})")
+    return [step for step in STEP_ORDER if step in wanted]

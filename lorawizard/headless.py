@@ -1,0 +1,211 @@
+"""`lorawizard --replay SESSION.toml`: the wizard's steps without the wizard.
+
+Calls the same core step functions as the screens. Plain progress lines when stdout is not a TTY
+(no '\r' spam in logs), a live one-line bar when it is. Never imports Textual, never rewrites the
+user's session file: decisions it had to take are written beside the outputs instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from lorawizard.core.progress import Progress, format_duration, format_progress
+from lorawizard.core.session import Session, SessionError
+from lorawizard.core.steps import STEP_TITLES, Cancelled, StepContext, StepFailed, StepResult, load_step
+
+EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DECISIONS_FILE = "replay-decisions.toml"
+
+
+class ProgressPrinter:
+    """Progress events → a live bar on a TTY, or a plain line every `every` seconds otherwise."""
+
+    def __init__(self, out: TextIO, *, tty: bool | None = None, every: float = 2.0) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+        self._live = False
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Progress) -> None:
+        with self._lock:
+            line = format_progress(event)
+            if self.tty:
+                self._draw(line, final=event.finished)
+                return
+            key = (event.step, event.task)
+            now = time.monotonic()
+            first = key not in self._last
+            if first or event.finished or now - self._last[key] >= self.every:
+                self._last[key] = now
+                self.out.write(line + "\n")
+                self.out.flush()
+            if event.finished:
+                self._last.pop(key, None)
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._live:
+                self.out.write("\r\x1b[2K")
+                self._live = False
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def _draw(self, line: str, *, final: bool) -> None:
+        fraction = _fraction(line)
+        bar = ""
+        if fraction is not None:
+            filled = int(fraction * 20)
+            bar = "█" * filled + "░" * (20 - filled) + " "
+        self.out.write("\r\x1b[2K" + bar + line[:160])
+        self._live = not final
+        if final:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _fraction(line: str) -> float | None:
+    start = line.find("(")
+    end = line.find("%)", start)
+    if start < 0 or end < 0:
+        return None
+    try:
+        return float(line[start + 1 : end]) / 100
+    except ValueError:
+        return None
+
+
+@dataclass
+class ReplayReport:
+    results: list[tuple[str, StepResult | None, float]] = field(default_factory=list)
+
+
+def check_inputs(session: Session, steps: list[str]) -> str | None:
+    """Inputs the user named must exist (outputs are created). Returns a one-line problem or None."""
+    wanted: list[tuple[str, Any]] = []
+    if {"dataset", "captions"} & set(steps):
+        wanted.append(("dataset.source", session.get("dataset.source")))
+    if session.is_set("paths.python"):
+        wanted.append(("paths.python", session.get("paths.python")))
+    if session.is_set("paths.sd_scripts") and "env" not in steps:
+        wanted.append(("paths.sd_scripts", session.get("paths.sd_scripts")))
+    for role in ("flux", "ae", "clip_l", "t5xxl"):
+        if session.is_set(f"models.{role}"):
+            wanted.append((f"models.{role}", session.get(f"models.{role}")))
+    for key, value in wanted:
+        if value is None:
+            return f"{session.path}: {key} is not set (the {key.split('.')[0]} step needs it)"
+        path = session.resolve(value)
+        if path is None or not path.exists():
+            return f"{session.path}: {key}: {path} does not exist"
+    return None
+
+
+def replay(
+    session_path: Path,
+    steps: list[str],
+    *,
+    dry_run: bool = False,
+    options: dict[str, Any] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    tty: bool | None = None,
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        session = Session.load(session_path, read_only=True)
+    except SessionError as exc:
+        err.write(f"lorawizard: {exc}\n")
+        return EXIT_USAGE
+    for warning in session.warnings:
+        err.write(f"lorawizard: warning: {warning}\n")
+    problem = check_inputs(session, steps)
+    if problem:
+        err.write(f"lorawizard: {problem}\n")
+        return EXIT_USAGE
+
+    printer = ProgressPrinter(out, tty=tty)
+    ctx = StepContext(session=session, progress=printer, log=printer.line, dry_run=dry_run, options=dict(options or {}))
+    report = ReplayReport()
+    mode = " (dry run: nothing outside the project changes)" if dry_run else ""
+    printer.line(f"lorawizard replay of {session.path}{mode}: {', '.join(steps)}")
+    code = EXIT_OK
+    for name in steps:
+        printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
+        started = time.monotonic()
+        try:
+            result = _run_interruptible(name, ctx)
+        except Cancelled:
+            printer.line(f"{name}: interrupted")
+            report.results.append((name, None, time.monotonic() - started))
+            code = EXIT_INTERRUPTED
+            break
+        except StepFailed as exc:
+            result = StepResult(ok=False, summary=str(exc))
+        elapsed = time.monotonic() - started
+        report.results.append((name, result, elapsed))
+        for detail in result.details:
+            printer.line(f"  {detail}")
+        printer.line(f"{name}: {'ok' if result.ok else 'FAILED'} - {result.summary}")
+        if not result.ok:
+            err.write(f"lorawizard: step {name} failed: {result.summary}\n")
+            code = EXIT_STEP_FAILED
+            break
+    _write_decisions(session, ctx.decisions)
+    printer.line(_summary(report, steps))
+    return code
+
+
+def _run_interruptible(name: str, ctx: StepContext) -> StepResult:
+    """Run the step in a thread so Ctrl-C in the main thread can ask it to stop and wait for its cleanup."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = load_step(name)(ctx)
+        except BaseException as exc:  # carried back to the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"step-{name}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        ctx.cancel.set()
+        worker.join(30)  # let the step kill its children and tidy up
+        raise Cancelled() from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _write_decisions(session: Session, decisions: dict[str, Any]) -> None:
+    if not decisions:
+        return
+    import tomlkit
+
+    from lorawizard.core.fsutil import atomic_write_text
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("Decisions replay took where session.toml was silent (your session file is never rewritten)."))
+    for key, value in sorted(decisions.items()):
+        doc.add(key, value)
+    atomic_write_text(session.paths.state / DECISIONS_FILE, tomlkit.dumps(doc))
+
+
+def _summary(report: ReplayReport, steps: list[str]) -> str:
+    parts = []
+    done = {name for name, _, _ in report.results}
+    for name, result, elapsed in report.results:
+        state = "interrupted" if result is None else ("ok" if result.ok else "failed")
+        parts.append(f"{name} {state} ({format_duration(elapsed)})")
+    parts += [f"{name} not run" for name in steps if name not in done]
+    return "summary: " + ", ".join(parts)

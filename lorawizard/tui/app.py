@@ -1,0 +1,123 @@
+"""LoraWizardApp: the shell around the six step screens (one Textual mode per step)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from lorawizard.core.session import Session, SessionError
+from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
+from lorawizard.tui.messages import SessionChanged, StepFinished
+from lorawizard.tui.screens import SCREENS
+
+
+def _screen_factory(step: str):  # noqa: ANN202 - Textual accepts a callable returning a Screen
+    def make() -> Screen:
+        module, _, cls = SCREENS[step].partition(":")
+        return getattr(importlib.import_module(module), cls)()
+
+    return make
+
+
+class LoraWizardApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "lorawizard"
+    MODES = {step: _screen_factory(step) for step in STEP_ORDER}
+    BINDINGS = [
+        *(Binding(str(n), f"goto('{step}')", STEP_TITLES[step], show=False) for n, step in enumerate(STEP_ORDER, 1)),
+        Binding("question_mark", "help", "Help", show=True),
+        Binding("q", "quit", "Quit", show=True),
+        Binding("f8", "save_screenshot", "Screenshot", show=False),
+    ]
+
+    def __init__(self, session: Session, *, start_step: str | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.start_step = start_step
+        self.step_states: dict[str, str] = {step: "todo" for step in STEP_ORDER}
+        self.step_states.update(session_step_states(session))
+
+    @property
+    def project_label(self) -> str:
+        home = Path.home()
+        project = self.session.project_dir
+        try:
+            return "~/" + str(project.relative_to(home))
+        except ValueError:
+            return str(project)
+
+    def on_mount(self) -> None:
+        for warning in self.session.warnings:
+            self.notify(warning, severity="warning", timeout=8)
+        self.switch_mode(self.start_step or self._first_open_step())
+
+    def _first_open_step(self) -> str:
+        return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[0])
+
+    # -- decisions
+
+    def decide(self, key: str, value: object) -> str | None:
+        """Validate, store and save one decision. Returns a one-line error, or None when saved."""
+        try:
+            self.session.set(key, value)
+            self.session.save()
+        except SessionError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"could not save {self.session.path}: {exc.strerror or exc}"
+        self.post_message(SessionChanged(key))
+        return None
+
+    def step_finished(self, message: StepFinished) -> None:
+        ok = message.result is not None and message.result.ok
+        self.set_step_state(message.step, "done" if ok else "attention")
+
+    def set_step_state(self, step: str, state: str) -> None:
+        self.step_states[step] = state
+        from lorawizard.tui.widgets.step_bar import StepBar
+
+        for bar in self.screen.query(StepBar):
+            bar.refresh()
+
+    # -- actions
+
+    def action_goto(self, step: str) -> None:
+        if step in STEP_ORDER and self.current_mode != step:
+            self.switch_mode(step)
+
+    def action_help(self) -> None:
+        from lorawizard.tui.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    def action_save_screenshot(self) -> None:
+        path = self.save_screenshot(path=str(self.session.project_dir))
+        self.notify(f"screenshot saved: {path}")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for number, step in enumerate(STEP_ORDER, start=1):
+            yield SystemCommand(
+                f"Go to step {number}: {STEP_TITLES[step]}",
+                f"Switch to the {STEP_TITLES[step]} screen",
+                lambda step=step: self.action_goto(step),
+            )
+        yield SystemCommand("Help: keys", "Show every key", self.action_help)
+
+
+def session_step_states(session: Session) -> dict[str, str]:
+    """Cheap guesses from the session alone (no I/O beyond stat): enough for the step bar at start-up."""
+    states: dict[str, str] = {}
+    paths = session.paths
+    if paths.python is not None and paths.python.exists():
+        states["env"] = "done"
+    if session.batch_sizes():
+        states["probe"] = "done"
+    if (paths.dataset / ".lorawizard-manifest.json").exists():
+        states["dataset"] = "done"
+    return states

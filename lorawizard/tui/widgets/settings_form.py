@@ -1,0 +1,108 @@
+"""A form over session keys: each edit is validated by the core schema and saved at once."""
+
+from __future__ import annotations
+
+import shlex
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Input, Label, Select, Switch
+
+from lorawizard.core.session import FIELDS, Field
+
+
+def _text_of(spec: Field, value: object) -> str:
+    if value is None:
+        return ""
+    if spec.kind == "str_list":
+        return shlex.join(value)  # type: ignore[arg-type]
+    return f"{value:g}" if spec.kind == "float" else str(value)
+
+
+def parse_input(spec: Field, text: str) -> object:
+    """Text from an Input → the value the schema expects. ValueError carries a one-line reason."""
+    text = text.strip()
+    if text == "":
+        return None
+    if spec.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{spec.key}: expected an integer, got {text!r}") from None
+    if spec.kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{spec.key}: expected a number, got {text!r}") from None
+    if spec.kind == "str_list":
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            raise ValueError(f"{spec.key}: {exc}") from None
+    return text
+
+
+class SettingsForm(Vertical):
+    """Rows of `label  [input]`; Enter or leaving a field saves it through `app.decide`."""
+
+    DEFAULT_CSS = """
+    SettingsForm { height: auto; }
+    SettingsForm > Horizontal { height: auto; }
+    SettingsForm Label.setting-label { width: 22; padding: 1 1 0 0; text-align: right; }
+    SettingsForm Input, SettingsForm Select { width: 1fr; }
+    SettingsForm Label.setting-error { color: $error; height: auto; }
+    """
+
+    def __init__(self, keys: list[str], labels: dict[str, str] | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.keys = keys
+        self.labels = labels or {}
+
+    def compose(self) -> ComposeResult:
+        session = self.app.session  # type: ignore[attr-defined]
+        for key in self.keys:
+            spec = FIELDS[key]
+            with Horizontal():
+                yield Label(self.labels.get(key, key.split(".")[-1]), classes="setting-label")
+                widget_id = "set-" + key.replace(".", "-")
+                value = session.get(key)
+                if spec.choices:
+                    yield Select([(c, c) for c in spec.choices], value=value, allow_blank=False, id=widget_id)
+                elif spec.kind == "bool":
+                    yield Switch(value=bool(value), id=widget_id)
+                else:
+                    yield Input(_text_of(spec, value), placeholder=spec.doc, id=widget_id)
+        yield Label("", classes="setting-error")
+
+    def _key_of(self, widget_id: str | None) -> str:
+        return (widget_id or "").removeprefix("set-").replace("-", ".", 1)
+
+    def _save(self, key: str, value: object) -> None:
+        error = self.app.decide(key, value)  # type: ignore[attr-defined]
+        self.query_one(".setting-error", Label).update(error or "")
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        self._save_input(event.input)
+
+    @on(Input.Blurred)
+    def _blurred(self, event: Input.Blurred) -> None:
+        self._save_input(event.input)
+
+    def _save_input(self, widget: Input) -> None:
+        key = self._key_of(widget.id)
+        try:
+            value = parse_input(FIELDS[key], widget.value)
+        except ValueError as exc:
+            self.query_one(".setting-error", Label).update(str(exc))
+            return
+        self._save(key, value)
+
+    @on(Select.Changed)
+    def _selected(self, event: Select.Changed) -> None:
+        self._save(self._key_of(event.select.id), event.value)
+
+    @on(Switch.Changed)
+    def _switched(self, event: Switch.Changed) -> None:
+        self._save(self._key_of(event.switch.id), event.value)

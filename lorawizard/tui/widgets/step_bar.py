@@ -1,0 +1,47 @@
+"""The bar on top of every screen: where am I, what is done (✓ done · ● current · ○ to do · ✗ attention)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.events import Click
+from textual.widget import Widget
+
+from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
+
+SHORT_TITLES = {"env": "Env", "models": "Models", "dataset": "Dataset", "captions": "Captions", "probe": "GPU", "train": "Train"}
+MARKS = {"done": "✓", "current": "●", "todo": "○", "attention": "✗"}
+
+
+class StepBar(Widget):
+    DEFAULT_CSS = """
+    StepBar { height: 1; background: $panel; color: $text; }
+    """
+
+    def __init__(self, step: str, project_label: str) -> None:
+        super().__init__()
+        self.step = step
+        self.project_label = project_label
+        self._spans: list[tuple[int, int, str]] = []
+
+    def render(self) -> Text:
+        states = getattr(self.app, "step_states", {})
+        text = Text(no_wrap=True, overflow="ellipsis")
+        compact = self.size.width < 100
+        text.append(" lorawizard", style="bold")
+        if not compact:
+            text.append(f" · {self.project_label}", style="dim")
+        text.append("  ")
+        self._spans = []
+        for number, name in enumerate(STEP_ORDER, start=1):
+            state = "current" if name == self.step else states.get(name, "todo")
+            title = SHORT_TITLES[name] if compact else STEP_TITLES[name]
+            style = {"current": "bold reverse", "done": "green", "attention": "bold red", "todo": "dim"}[state]
+            start = len(text.plain)
+            text.append(f" {number}{MARKS[state]} {title} ", style=style)
+            self._spans.append((start, len(text.plain), name))
+        return text
+
+    def on_click(self, event: Click) -> None:
+        for start, end, name in self._spans:
+            if start <= event.x < end:
+                self.app.action_goto(name)

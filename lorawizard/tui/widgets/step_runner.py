@@ -1,0 +1,116 @@
+"""Runs a core step in a thread worker and shows its progress, log lines and result.
+
+Core code reports through callbacks; this widget turns them into coalescing messages (one per task at
+a time), so a step that reports thousands of times a second never floods the UI.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Log, ProgressBar
+from textual.worker import get_current_worker
+
+from lorawizard.core.progress import Progress, format_duration, format_progress
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
+from lorawizard.tui.messages import StepFinished, StepLog, StepProgress
+
+
+class StepRunner(Vertical):
+    DEFAULT_CSS = """
+    StepRunner { height: auto; max-height: 12; }
+    StepRunner ProgressBar { width: 1fr; }
+    StepRunner Label.runner-status { height: 1; }
+    StepRunner Log { height: auto; max-height: 8; }
+    """
+
+    def __init__(self, step: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.step = step
+        self.cancel_event: threading.Event | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("", classes="runner-status")
+        yield ProgressBar(total=None, show_eta=False, id="runner-bar")
+        yield Log(max_lines=500, auto_scroll=True)
+
+    def on_mount(self) -> None:
+        self.query_one(ProgressBar).display = False
+        self.query_one(Log).display = False
+
+    @property
+    def running(self) -> bool:
+        return self.cancel_event is not None
+
+    def start(self, **options: object) -> None:
+        if self.running:
+            return
+        self.cancel_event = threading.Event()
+        self.query_one(Log).clear()
+        self.query_one(Log).display = True
+        self.query_one(ProgressBar).display = True
+        self.query_one(".runner-status", Label).update(f"{self.step}: starting…")
+        self._run(self.cancel_event, dict(options))
+
+    def cancel(self) -> None:
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+            self.query_one(".runner-status", Label).update(f"{self.step}: cancelling…")
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="step")
+    def _run(self, cancel: threading.Event, options: dict[str, object]) -> None:
+        worker = get_current_worker()
+        session = self.app.session  # type: ignore[attr-defined]
+        ctx = StepContext(
+            session=session,
+            progress=lambda event: self.post_message(StepProgress(self.step, event)),
+            log=lambda line: self.post_message(StepLog(self.step, [line])),
+            cancel=cancel,
+            options=options,
+        )
+        try:
+            result = load_step(self.step)(ctx)
+        except Cancelled:
+            result = None
+        except StepFailed as exc:
+            self.post_message(StepFinished(self.step, None, error=str(exc)))
+            return
+        except Exception as exc:  # a bug: say it in one line, keep the traceback in Textual's log
+            self.post_message(StepFinished(self.step, None, error=f"unexpected error: {exc!r}"))
+            raise
+        if not worker.is_cancelled:
+            self.post_message(StepFinished(self.step, result))
+
+    @on(StepProgress)
+    def _progress(self, message: StepProgress) -> None:
+        event: Progress = message.progress
+        bar = self.query_one(ProgressBar)
+        bar.update(total=event.total, progress=event.done)
+        self.query_one(".runner-status", Label).update(format_progress(event))
+
+    @on(StepLog)
+    def _log(self, message: StepLog) -> None:
+        self.query_one(Log).write_lines(message.lines)
+
+    @on(StepFinished)
+    def _finished(self, message: StepFinished) -> None:
+        self.cancel_event = None
+        self.query_one(ProgressBar).display = False
+        status = self.query_one(".runner-status", Label)
+        log = self.query_one(Log)
+        if message.error:
+            status.update(f"✗ {message.error}")
+        elif message.result is None:
+            status.update("cancelled — nothing half-done was kept")
+        else:
+            mark = "✓" if message.result.ok else "✗"
+            status.update(f"{mark} {message.result.summary}")
+            log.write_lines(message.result.details)
+        self.app.step_finished(message)  # type: ignore[attr-defined]
+
+
+def eta_text(event: Progress) -> str:
+    return format_duration(event.eta_s)
