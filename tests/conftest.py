@@ -1,0 +1,40 @@
+"""Shared fixtures: the wizard never touches the real home folder, cursors don't blink, images are halfcell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME, the HF cache and accelerate's config point into a temp folder: tests never read the user's."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("LORAWIZARD_IMAGES", "halfcell")
+    return home
+
+
+@pytest.fixture(autouse=True)
+def steady_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No blinking cursors and a fixed image renderer, so screens render the same every time."""
+    from textual.widgets import Input, TextArea
+
+    from lorawizard.tui import images
+
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None, raising=False)
+    monkeypatch.setattr(TextArea, "_toggle_cursor_blink_visible", lambda self: None, raising=False)
+    monkeypatch.setattr(images, "_chosen", "halfcell")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project folder."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return folder
