@@ -1,0 +1,66 @@
+"""core/ must never pull Textual, torch or accelerate; the --replay and --help paths must not pull Textual."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import lorawizard.core
+
+FORBIDDEN_IN_CORE = ("textual", "torch", "accelerate", "rich")
+CORE_MODULES = sorted(
+    f"lorawizard.core.{info.name}" for info in pkgutil.iter_modules(lorawizard.core.__path__) if not info.ispkg
+)
+
+
+def _modules_after(code: str) -> set[str]:
+    """Run `code` in a fresh interpreter and return the top-level packages it imported."""
+    probe = code + "\nimport sys, json\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_core_has_modules() -> None:
+    assert "lorawizard.core.session" in CORE_MODULES and len(CORE_MODULES) >= 8
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_imports_no_ui_or_ml(module: str) -> None:
+    leaked = _modules_after(f"import {module}") & set(FORBIDDEN_IN_CORE)
+    assert not leaked, f"{module} imported {sorted(leaked)}"
+
+
+def test_replay_path_imports_no_textual(tmp_path) -> None:
+    session = tmp_path / "session.toml"
+    session.write_text("version = 1\n")
+    code = (
+        "import io, contextlib\n"
+        "from lorawizard import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    cli.main(['--replay', {str(session)!r}, '--steps', 'probe', '--dry-run'])\n"
+        "import lorawizard.headless\n"
+    )
+    leaked = _modules_after(code) & {"textual", "torch", "accelerate"}
+    assert not leaked, f"--replay imported {sorted(leaked)}"
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = (
+        "import io, contextlib\n"
+        "from lorawizard import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.main(['--help'])\n"
+    )
+    leaked = _modules_after(code) & {"textual", "torch", "accelerate", "PIL", "tomlkit", "huggingface_hub", "psutil"}
+    assert not leaked, f"--help imported {sorted(leaked)}"
+
+
+def test_cli_step_list_matches_core() -> None:
+    from lorawizard import cli
+    from lorawizard.core.steps import STEP_ORDER
+
+    assert cli.STEPS == STEP_ORDER
