@@ -1,0 +1,174 @@
+"""The command line: exit codes 0/1/2/130, one-line messages, replay never rewriting the session."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorawizard import __version__, cli
+from lorawizard.core import steps
+from lorawizard.headless import ProgressPrinter, replay
+from lorawizard.core.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    table = dict(steps.STEP_FUNCTIONS)
+    table.update({name: "tests.fake_steps:succeeds" for name in steps.STEP_ORDER})
+    monkeypatch.setattr(steps, "STEP_FUNCTIONS", table)
+    return table
+
+
+def session_file(folder: Path, body: str = "") -> Path:
+    path = folder / "session.toml"
+    path.write_text("# mine\nversion = 1\n" + body)
+    return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_and_help(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert run_cli(["--version"], capsys)[0] == 0
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "--replay" in out and "exit codes" in out
+
+
+def test_version_from_console_module() -> None:
+    out = subprocess.run([sys.executable, "-m", "lorawizard", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"lorawizard {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments"),
+        (["--steps", "env"], "--steps needs --replay"),
+        (["--dry-run"], "--dry-run needs --replay"),
+    ],
+)
+def test_bad_usage_exits_2(capsys, args, message) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and message in err
+
+
+def test_replay_missing_file_exits_2(capsys, tmp_path) -> None:
+    code, _, err = run_cli(["--replay", str(tmp_path / "none.toml")], capsys)
+    assert code == 2 and err.strip().endswith("no such session file") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[train\n", "TOML syntax error"),
+        ('[train]\nnetwork_dim = "four"\n', 'train.network_dim: expected an integer, got "four"'),
+        ('[dataset]\nsource = "does-not-exist"\n', "dataset.source:"),
+    ],
+)
+def test_replay_invalid_session_exits_2(capsys, tmp_path, fake_steps, body, message) -> None:
+    code, _, err = run_cli(["--replay", str(session_file(tmp_path, body))], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_replay_unknown_version_exits_2(capsys, tmp_path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("version = 7\n")
+    code, _, err = run_cli(["--replay", str(path)], capsys)
+    assert code == 2 and "expected version 1" in err
+
+
+def test_replay_needs_a_source_for_the_dataset_step(capsys, tmp_path, fake_steps) -> None:
+    code, _, err = run_cli(["--replay", str(session_file(tmp_path)), "--steps", "dataset"], capsys)
+    assert code == 2 and "dataset.source is not set" in err
+
+
+def test_replay_unknown_step_exits_2(capsys, tmp_path) -> None:
+    code, _, err = run_cli(["--replay", str(session_file(tmp_path)), "--steps", "env,paint"], capsys)
+    assert code == 2 and "unknown step 'paint'" in err
+
+
+def test_replay_success_records_decisions_beside_outputs(capsys, tmp_path, fake_steps) -> None:
+    path = session_file(tmp_path)
+    before = path.read_bytes()
+    code, out, err = run_cli(["--replay", str(path), "--steps", "probe,env"], capsys)
+    assert code == 0, err
+    assert out.index("(env)") < out.index("(probe)")  # canonical order whatever the argument order
+    assert "env: counting 3/3 (100%)" in out and "a line for a person" in out and "detail one" in out
+    assert "summary: env ok" in out and "\r" not in out
+    assert path.read_bytes() == before  # the user's file is never rewritten
+    decisions = (tmp_path / ".lorawizard" / "replay-decisions.toml").read_text()
+    assert '"gpu.batch_size.1024x1024" = 3' in decisions
+
+
+@pytest.mark.parametrize("failing", ["tests.fake_steps:fails", "tests.fake_steps:returns_failure"])
+def test_replay_step_failure_exits_1_and_names_step(capsys, tmp_path, fake_steps, failing) -> None:
+    fake_steps["models"] = failing
+    (tmp_path / "photos").mkdir()
+    code, out, err = run_cli(["--replay", str(session_file(tmp_path, '[dataset]\nsource = "photos"\n'))], capsys)
+    assert code == 1
+    assert err.startswith("lorawizard: step models failed: ")
+    assert "env ok" in out and "models failed" in out and "dataset not run" in out
+
+
+def test_replay_ctrl_c_exits_130(tmp_path) -> None:
+    path = session_file(tmp_path)
+    code = (
+        "import sys\n"
+        "from lorawizard.core import steps\n"
+        "steps.STEP_FUNCTIONS['env'] = 'tests.fake_steps:interrupt_me'\n"
+        "from lorawizard import cli\n"
+        f"sys.exit(cli.main(['--replay', {str(path)!r}, '--steps', 'env']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 130, out.stderr
+    assert "env: interrupted" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_progress_printer_plain_lines_are_throttled() -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=False, every=3600)
+    for done in range(100):
+        printer(Progress("dataset", "resizing", done, 100, "images"))
+    printer(Progress("dataset", "resizing", 100, 100, "images", finished=True))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("dataset: resizing 100/100 (100%)") and "done" in lines[-1]
+    assert "\r" not in out.getvalue()
+
+
+def test_progress_printer_redraws_one_line_on_a_tty() -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=True)
+    printer(Progress("models", "ae.safetensors", 50, 100, "B", rate=10.0, eta_s=5))
+    printer.line("hello")
+    text = out.getvalue()
+    assert text.startswith("\r\x1b[2K") and "50%" in text and "ETA 0:05" in text and "hello\n" in text
+
+
+def test_wizard_refuses_a_file_as_project(capsys, tmp_path) -> None:
+    path = session_file(tmp_path)
+    code, _, err = run_cli([str(path)], capsys)
+    assert code == 2 and "is a file" in err
+
+
+def test_wizard_reports_bad_session_with_exit_2(capsys, tmp_path) -> None:
+    session_file(tmp_path, "[train]\nseed = 'x'\n")
+    code, _, err = run_cli([str(tmp_path)], capsys)
+    assert code == 2 and "train.seed: expected an integer" in err
+
+
+def test_replay_direct_api_with_dry_run(tmp_path, fake_steps) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert replay(session_file(tmp_path), ["env"], dry_run=True, out=out, err=err, tty=False) == 0
+    assert "dry run" in out.getvalue()
