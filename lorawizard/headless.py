@@ -141,7 +141,11 @@ def replay(
         printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
         started = time.monotonic()
         try:
-            result = _run_interruptible(name, ctx)
+            try:
+                result = _run_interruptible(name, ctx)
+            except KeyboardInterrupt:  # arrived between our own checks
+                ctx.cancel.set()
+                raise Cancelled() from None
         except Cancelled:
             printer.line(f"{name}: interrupted")
             report.results.append((name, None, time.monotonic() - started))
@@ -174,8 +178,8 @@ def _run_interruptible(name: str, ctx: StepContext) -> StepResult:
             outcome["error"] = exc
 
     worker = threading.Thread(target=target, name=f"step-{name}", daemon=True)
-    worker.start()
     try:
+        worker.start()
         while worker.is_alive():
             worker.join(0.2)
     except KeyboardInterrupt:
