@@ -292,3 +292,12 @@ def test_property_round_trip_and_comments_survive(tmp_path_factory, generated) -
         if key not in ("train.seed", "dataset.trigger"):
             got = again.get(key)
             assert got == pytest.approx(value) if isinstance(value, float) else got == value
+
+
+def test_documented_example_is_a_valid_session(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "session.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    session = Session.load(write(tmp_path, example))
+    assert session.warnings == []
+    assert session.batch_sizes() == {"1024x1024": 2, "1024x512": 4}
+    assert session.to_text() == example
