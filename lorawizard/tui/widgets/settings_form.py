@@ -49,8 +49,9 @@ class SettingsForm(Vertical):
     DEFAULT_CSS = """
     SettingsForm { height: auto; }
     SettingsForm > Horizontal { height: auto; }
-    SettingsForm Label.setting-label { width: 22; padding: 1 1 0 0; text-align: right; }
+    SettingsForm Label.setting-label { width: 22; padding: 0 1 0 0; text-align: right; color: $text-muted; }
     SettingsForm Input, SettingsForm Select { width: 1fr; }
+    SettingsForm Switch { height: 1; border: none; padding: 0; }
     SettingsForm Label.setting-error { color: $error; height: auto; }
     """
 
@@ -68,11 +69,11 @@ class SettingsForm(Vertical):
                 widget_id = "set-" + key.replace(".", "-")
                 value = session.get(key)
                 if spec.choices:
-                    yield Select([(c, c) for c in spec.choices], value=value, allow_blank=False, id=widget_id)
+                    yield Select([(c, c) for c in spec.choices], value=value, allow_blank=False, id=widget_id, compact=True)
                 elif spec.kind == "bool":
                     yield Switch(value=bool(value), id=widget_id)
                 else:
-                    yield Input(_text_of(spec, value), placeholder=spec.doc, id=widget_id)
+                    yield Input(_text_of(spec, value), placeholder=spec.doc, id=widget_id, compact=True)
         yield Label("", classes="setting-error")
 
     def _key_of(self, widget_id: str | None) -> str:
