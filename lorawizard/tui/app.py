@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual.app import App, SystemCommand
@@ -40,6 +40,7 @@ class LoraWizardApp(App[None]):
         self.session = session
         self.start_step = start_step
         self.step_states: dict[str, str] = {step: "todo" for step in STEP_ORDER}
+        self._flushers: list[Callable[[], None]] = []
         self.step_states.update(session_step_states(session))
 
     @property
@@ -84,7 +85,22 @@ class LoraWizardApp(App[None]):
         for bar in self.screen.query(StepBar):
             bar.refresh()
 
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Register something to save before the app quits (e.g. a caption being typed)."""
+        self._flushers.append(flush)
+
+    def flush_decisions(self) -> None:
+        for flush in self._flushers:
+            try:
+                flush()
+            except Exception as exc:  # quitting must not be blocked by one failed save
+                self.log.error(f"flush failed: {exc!r}")
+
     # -- actions
+
+    async def action_quit(self) -> None:
+        self.flush_decisions()
+        self.exit()
 
     def action_goto(self, step: str) -> None:
         if step in STEP_ORDER and self.current_mode != step:

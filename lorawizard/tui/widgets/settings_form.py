@@ -87,6 +87,17 @@ class SettingsForm(Vertical):
     def _submitted(self, event: Input.Submitted) -> None:
         self._save_input(event.input)
 
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        """Save every keystroke that forms a valid value, so quitting mid-edit loses nothing."""
+        key = self._key_of(event.input.id)
+        try:
+            value = parse_input(FIELDS[key], event.value)
+        except ValueError:
+            return  # half-typed; the reason is shown when the field is left or submitted
+        if value != self.app.session.get(key):  # type: ignore[attr-defined]
+            self.app.decide(key, value)  # type: ignore[attr-defined]
+
     @on(Input.Blurred)
     def _blurred(self, event: Input.Blurred) -> None:
         self._save_input(event.input)

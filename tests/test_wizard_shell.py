@@ -1,0 +1,87 @@
+"""The wizard shell: step navigation, help, palette entries, and decisions saved the moment they are made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+
+from lorawizard.core.session import Session
+from lorawizard.core.steps import STEP_ORDER
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.widgets.step_bar import StepBar
+
+
+def make_app(project: Path, start: str = "env") -> LoraWizardApp:
+    return LoraWizardApp(Session.open_project(project), start_step=start)
+
+
+async def test_number_keys_walk_every_step_and_the_bar_follows(project: Path) -> None:
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for number, step in enumerate(STEP_ORDER, start=1):
+            app.screen.set_focus(None)
+            await pilot.press(str(number))
+            await pilot.pause()
+            assert app.current_mode == step
+            bar = app.screen.query_one(StepBar)
+            assert bar.step == step and f"{number}●" in bar.render().plain
+
+
+async def test_typed_setting_is_saved_without_pressing_enter_and_survives_quit(project: Path) -> None:
+    app = make_app(project, start="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        field = app.screen.query_one("#set-train-network_dim", Input)
+        field.focus()
+        field.value = ""
+        await pilot.press("1", "6")
+        await pilot.press("ctrl+q")
+    saved = Session.load(project / "session.toml")
+    assert saved.get("train.network_dim") == 16
+
+
+async def test_invalid_value_shows_a_reason_and_keeps_the_file(project: Path) -> None:
+    app = make_app(project, start="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        field = app.screen.query_one("#set-train-learning_rate", Input)
+        field.focus()
+        field.value = "fast"
+        await pilot.press("enter")
+        await pilot.pause()
+        error = app.screen.query_one(".setting-error").render()
+        assert "train.learning_rate: expected a number" in str(error)
+    assert not (project / "session.toml").exists()  # nothing valid was decided, nothing written
+
+
+async def test_help_screen_and_palette_commands(project: Path) -> None:
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+        await pilot.pause()
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for number, title in enumerate(["Environment", "Models", "Dataset", "Captions", "GPU & batch size", "Train"], 1):
+            assert f"Go to step {number}: {title}" in titles
+        goto_captions = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Go to step 4"))
+        goto_captions.callback()
+        await pilot.pause()
+        assert app.current_mode == "captions"
+
+
+async def test_unknown_key_warning_is_shown(project: Path) -> None:
+    (project / "session.toml").write_text("version = 1\n[train]\nwarmup = 3\n")
+    app = make_app(project)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert any("train.warmup" in n.message for n in app._notifications)
+
+
+@pytest.mark.parametrize("start", [None])
+async def test_starts_on_first_unfinished_step(project: Path, start) -> None:
+    app = LoraWizardApp(Session.open_project(project), start_step=start)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.current_mode == "env"
