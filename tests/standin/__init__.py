@@ -1,0 +1,50 @@
+"""Test doubles for the trainer: a fake `accelerate` launcher and a stand-in `flux_train_network.py`.
+
+`make_fake_sd_scripts(tmp_path)` lays out a fake sd-scripts checkout and returns `(sd_scripts_dir, python)`, where
+`python` is an executable wrapper (also at `<sd_scripts>/.venv/bin/python`, the session's default) that runs this
+interpreter with tests/standin on PYTHONPATH, so `python -m accelerate.commands.launch … flux_train_network.py …`
+runs the stand-ins. See README.md for the STANDIN_* environment variables that steer it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+STANDIN_DIR = Path(__file__).resolve().parent
+TRAINER = STANDIN_DIR / "flux_train_network.py"
+
+
+def make_fake_sd_scripts(tmp_path: Path | str) -> tuple[Path, Path]:
+    root = Path(tmp_path) / "sd-scripts"
+    (root / "library").mkdir(parents=True, exist_ok=True)
+    (root / "networks").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TRAINER, root / "flux_train_network.py")
+    for stub in ("train_network.py", "library/__init__.py", "library/train_util.py", "library/flux_utils.py",
+                 "networks/__init__.py", "networks/lora_flux.py"):
+        path = root / stub
+        if not path.exists():
+            path.write_text("# stand-in: not sd-scripts\n")
+    (root / "requirements.txt").write_text("accelerate==1.6.0\n# stand-in checkout for tests\n")
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        "# stand-in trainer python (tests only): this interpreter with the fake accelerate on PYTHONPATH\n"
+        f"PYTHONPATH={shlex.quote(str(STANDIN_DIR))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        "export PYTHONPATH\n"
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    return root, python
+
+
+def standin_env(**values: object) -> dict[str, str]:
+    """os.environ plus STANDIN_* settings, e.g. `standin_env(STEP_SECONDS=0.01, NAN_AT_STEP=3)`."""
+    env = dict(os.environ)
+    for key, value in values.items():
+        env[key if key.startswith("STANDIN_") else f"STANDIN_{key}"] = str(value)
+    return env
