@@ -114,60 +114,25 @@ def dataset_schema() -> dict[str, SchemaKey]:
     return keys
 
 
-# ---------------------------------------------------------------- VRAM presets (sd-scripts docs, reference §6)
+# ---------------------------------------------------------------- VRAM presets (core.vram_presets, GPU step)
 
 
-@dataclass(frozen=True)
-class VramPreset:
-    name: str
-    label: str
-    min_gb: int  # total VRAM this preset is meant for
-    batch_size: int  # default per-bucket batch size until the probe measures one
-    options: Mapping[str, Any]  # option → value (True for a flag, None to drop the option)
-    note: str = ""
-
-
-VRAM_PRESETS: dict[str, VramPreset] = {
-    p.name: p
-    for p in (
-        VramPreset("24gb", "24 GB or more", 24, 2, {"fp8_base": True, "optimizer_type": "adamw8bit", "highvram": True},
-                   "fp8 base, AdamW 8-bit, batch 2"),
-        VramPreset("16gb", "16 GB", 16, 1, {"fp8_base": True, "blocks_to_swap": 8, "highvram": None},
-                   "batch 1, 8 blocks swapped to the CPU"),
-        VramPreset("12gb", "12 GB", 12, 1,
-                   {"fp8_base": True, "blocks_to_swap": 16, "optimizer_type": "adamw8bit", "highvram": None},
-                   "16 blocks swapped, AdamW 8-bit"),
-        VramPreset("10gb", "10 GB", 10, 1,
-                   {"fp8_base": True, "blocks_to_swap": 22, "optimizer_type": "adamw8bit", "highvram": None},
-                   "22 blocks swapped; use an fp8 T5-XXL"),
-        VramPreset("8gb", "8 GB", 8, 1,
-                   {"fp8_base": True, "blocks_to_swap": 28, "optimizer_type": "adamw8bit", "highvram": None},
-                   "28 blocks swapped; use an fp8 T5-XXL"),
-    )
-}
-
-
-def vram_preset(name: str | None) -> VramPreset | None:
-    """The preset called `name` ("24gb", "24 GB", "24" all work); None when `name` is empty. CommandError if unknown."""
+def session_vram_preset(session: Session) -> Any:
+    """The session's `gpu.vram_preset` as a `core.vram_presets.VramPreset`, None when unset; CommandError if unknown."""
+    name = session.get("gpu.vram_preset")
     if not name:
         return None
-    key = re.sub(r"[\s_-]", "", name.lower())
-    if key.isdigit():
-        key += "gb"
-    preset = VRAM_PRESETS.get(key)
+    from lorawizard.core import vram_presets
+
+    try:
+        presets = vram_presets.load_presets(session)
+    except vram_presets.PresetError as exc:
+        raise CommandError(str(exc)) from None
+    preset = vram_presets.preset_named(name, presets)
     if preset is None:
-        known = ", ".join(f'"{p}"' for p in VRAM_PRESETS)
+        known = ", ".join(f'"{p.name}"' for p in presets)
         raise CommandError(f"gpu.vram_preset: unknown preset {name!r} (known: {known})")
     return preset
-
-
-def preset_for_memory(total_bytes: int) -> VramPreset:
-    """The preset for a GPU with this much memory (a 24 GB card reports a little less than 24 GiB)."""
-    gb = total_bytes / 1e9
-    for preset in sorted(VRAM_PRESETS.values(), key=lambda p: -p.min_gb):
-        if gb >= preset.min_gb * 0.9:
-            return preset
-    return VRAM_PRESETS["8gb"]
 
 
 # ---------------------------------------------------------------- the command
@@ -450,8 +415,10 @@ def trainer_options(
 ) -> dict[str, Any]:
     """The trainer options in order: defaults → VRAM preset → extra_args → run paths → overrides (last wins)."""
     options = base_options(session)
-    preset = vram_preset(session.get("gpu.vram_preset"))
+    preset = session_vram_preset(session)
     if preset is not None:
+        if preset.options.get("blocks_to_swap") or preset.min_gb < 24:
+            options["highvram"] = None  # --highvram skips memory clean-ups: only for big GPUs
         for name, value in preset.options.items():
             if name == "optimizer_type" and session.is_set("train.optimizer_type"):
                 continue  # the user's explicit choice wins over the preset's
@@ -597,14 +564,14 @@ def _area(bucket: str) -> int:
 
 
 def batch_size_for(session: Session, bucket: str, batch_sizes: Mapping[str, int] | None = None) -> int:
-    """Probed (session or `batch_sizes`) → the VRAM preset's → 1."""
+    """Probed (`batch_sizes`, else the session's `[gpu.batch_size]`) → the VRAM preset's → 1."""
     if batch_sizes and bucket in batch_sizes:
         return int(batch_sizes[bucket])
     probed = session.batch_sizes()
     if bucket in probed:
         return probed[bucket]
-    preset = vram_preset(session.get("gpu.vram_preset"))
-    return preset.batch_size if preset else 1
+    preset = session_vram_preset(session)
+    return int(preset.batch_size) if preset else 1
 
 
 def _schema_type_ok(spec: SchemaKey, value: Any) -> bool:
