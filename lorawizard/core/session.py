@@ -301,13 +301,15 @@ class Session:
                 at = f":{line}" if line else ""
                 raise SessionError(f"{self.path}{at}: dataset.images[{index}]: missing `file`")
             for key, item in entry.items():
+                kind = IMAGE_FIELDS.get(key)
+                problem = _coerce(kind, item)[1] if kind is not None else None
+                if kind is not None and problem is None:
+                    continue  # find_line scans the whole file: only for messages, or 5,000 images take minutes
                 line = find_line(text, "dataset.images", key, index)
                 at = f"{self.path}:{line}" if line else str(self.path)
-                kind = IMAGE_FIELDS.get(key)
                 if kind is None:
                     self.warnings.append(f"{at}: unknown key `dataset.images.{key}` (kept, not used)")
                     continue
-                _, problem = _coerce(kind, item)
                 if problem is not None:
                     raise SessionError(f"{at}: dataset.images[{index}].{key}: expected {problem}, got {_describe(item)}")
 
@@ -421,7 +423,7 @@ class Session:
             entry["file"] = file
             self._images_aot().append(entry)
             entry = self._images_aot()[-1]
-            self._index = None
+            self._index[file] = entry  # keep the index: rebuilding it per new image is quadratic
         for key, value in values.items():
             if value is None:
                 entry.pop(key, None)
@@ -487,9 +489,10 @@ class Session:
         return list(dataset["images"])
 
     def _image_index(self) -> dict[str, Any]:
-        tables = self._image_tables()
-        if self._index is None or len(self._index) != len(tables):
-            self._index = {str(t["file"]): t for t in tables}
+        dataset = self.doc.get("dataset")
+        count = len(dataset["images"]) if isinstance(dataset, dict) and "images" in dataset else 0
+        if self._index is None or len(self._index) != count:  # len only: copying the AoT per call is slow
+            self._index = {str(t["file"]): t for t in self._image_tables()}
         return self._index
 
 
