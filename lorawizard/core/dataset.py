@@ -1,9 +1,607 @@
-"""Dataset step — not built yet; the foundation only wires it into the wizard and replay."""
+"""Dataset step: the user's photos → upright, power-of-two buckets, written beside nothing they own.
+
+`<paths.dataset>/<W>x<H>/<NNNN>.png` (lossless 8-bit RGB) for every usable image, and
+`<paths.dataset>/lorawizard-manifest.json` mapping each output to its source (path, sha256, bucket, crop).
+Re-runs do only what changed; removed or skipped images leave together with their sd-scripts caches.
+Decisions per image come from `[[dataset.images]]` (bucket, crop, skip); images without an entry get defaults.
+"""
 
 from __future__ import annotations
 
-from lorawizard.core.steps import StepContext, StepFailed, StepResult
+import json
+import multiprocessing
+import os
+import re
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lorawizard.core.imaging import (
+    RECIPE,
+    Crop,
+    Probe,
+    RenderJob,
+    RenderOutcome,
+    bucket_name,
+    buckets_for,
+    center_crop,
+    choose_bucket,
+    crop_ok,
+    fit_crop,
+    render,
+)
+from lorawizard.core.progress import ProgressMeter
+from lorawizard.core.scan import ScanResult, scan_source
+from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
+
+MANIFEST_FILE = "lorawizard-manifest.json"
+REPORT_FILE = "lorawizard-report.txt"
+MANIFEST_VERSION = 1
+# Files of ours inside a bucket folder: the image, its caption, and sd-scripts' caches (sd-scripts.md §7).
+OWN_FILE_RE = re.compile(r"^(\d+)(\.png|\.txt|\.caption|_flux_te\.npz|_\d+x\d+_flux\.npz)$")
+LATENT_RE = re.compile(r"^\d+_\d+x\d+_flux\.npz$")
+FLUSH_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    output: Path  # absolute
+    source: str  # relative to dataset.source
+    sha256: str
+    bucket: str
+    crop: tuple[int, int, int, int]
+
+
+@dataclass
+class PlanItem:
+    """One image of the source folder and what the step will do with it."""
+
+    source: str
+    path: Path
+    sha256: str
+    probe: Probe
+    status: str  # "use" | "small" (flagged; skipped unless the user said use) | "skip" | "duplicate" | "bad"
+    width: int = 0  # upright
+    height: int = 0
+    bucket: tuple[int, int] | None = None
+    crop: Crop | None = None
+    default_bucket: tuple[int, int] | None = None
+    upscale: float = 1.0  # > 1 when the crop is smaller than its bucket
+    reason: str = ""  # why it is not used
+    notes: list[str] = field(default_factory=list)
+    sidecar: str | None = None
+    output: str | None = None  # relative to paths.dataset, when used
+
+    @property
+    def used(self) -> bool:
+        return self.status == "use"
+
+    @property
+    def bucket_text(self) -> str:
+        return bucket_name(self.bucket) if self.bucket else ""
+
+
+@dataclass
+class Plan:
+    source: Path
+    dataset: Path
+    max_side: int
+    items: list[PlanItem]
+    ignored: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, str] = field(default_factory=dict)  # sha256 → "" decodes / reason it does not
+
+    @property
+    def used(self) -> list[PlanItem]:
+        return [item for item in self.items if item.used]
+
+    def by_bucket(self) -> dict[str, int]:
+        counts = Counter(item.bucket_text for item in self.used)
+        return {bucket_name(b): counts.get(bucket_name(b), 0) for b in buckets_for(self.max_side)}
+
+    def summary_line(self) -> str:
+        counts = self.by_bucket()
+        skipped = sum(1 for item in self.items if item.status in ("skip", "small", "duplicate"))
+        bad = sum(1 for item in self.items if item.status == "bad")
+        parts = [f"{len(self.used)} images"] + [f"{b}: {n}" for b, n in counts.items()]
+        parts.append(f"skipped {skipped}")
+        if bad:
+            parts.append(f"bad {bad}")
+        return " · ".join(parts)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def manifest_path(session: Session) -> Path:
+    return session.paths.dataset / MANIFEST_FILE
+
+
+def read_manifest(dataset_dir: Path) -> dict[str, Any]:
+    """The raw manifest, or an empty one when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((dataset_dir / MANIFEST_FILE).read_text("utf-8"))
+        if isinstance(data, dict) and data.get("version") == MANIFEST_VERSION and isinstance(data.get("images"), list):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"version": MANIFEST_VERSION, "images": []}
+
+
+def load_manifest(session: Session) -> list[PreparedImage]:
+    """Every prepared image of the last dataset run ([] when the step has not run)."""
+    dataset_dir = session.paths.dataset
+    images = []
+    for record in read_manifest(dataset_dir)["images"]:
+        try:
+            images.append(
+                PreparedImage(
+                    output=dataset_dir / record["output"],
+                    source=str(record["source"]),
+                    sha256=str(record["sha256"]),
+                    bucket=str(record["bucket"]),
+                    crop=tuple(int(v) for v in record["crop"]),  # type: ignore[arg-type]
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return images
+
+
+# ---------------------------------------------------------------- planning
+
+
+def resolve_folders(session: Session) -> tuple[Path, Path]:
+    """(source, dataset) folders, checked; StepFailed with a one-line reason otherwise."""
+    value = session.get("dataset.source")
+    if not value:
+        raise StepFailed("dataset.source is not set: choose the folder with your photos")
+    source = session.resolve(value)
+    assert source is not None
+    if not source.is_dir():
+        raise StepFailed(f"dataset.source: {source} is not a folder" if source.exists() else f"dataset.source: {source} does not exist")
+    dataset = session.paths.dataset
+    src, dst = source.resolve(), dataset.resolve()
+    if dst == src or src in dst.parents:
+        raise StepFailed(f"paths.dataset ({dataset}) is inside dataset.source; nothing may be written there: choose another folder")
+    if dst in src.parents:
+        raise StepFailed(f"dataset.source ({source}) is inside paths.dataset ({dataset}): keep your originals elsewhere")
+    return source, dataset
+
+
+def _session_bucket(value: str, max_side: int) -> tuple[tuple[int, int] | None, str]:
+    try:
+        width, height = parse_bucket(value)
+    except ValueError:
+        return None, f"bucket {value!r} is not a bucket"
+    allowed = buckets_for(max_side)
+    if (width, height) in allowed:
+        return (width, height), ""
+    for bucket in allowed:  # same shape at another max_side
+        if width * bucket[1] == height * bucket[0]:
+            return bucket, f"bucket {value} → {bucket_name(bucket)} (max_side is {max_side})"
+    return None, f"bucket {value} is not one of {', '.join(bucket_name(b) for b in allowed)}: default used"
+
+
+def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
+    """Fill bucket, crop and status of one identified image from its decision (or the defaults)."""
+    width, height = item.width, item.height
+    item.default_bucket = choose_bucket(width, height, max_side)
+    bucket = item.default_bucket
+    if "bucket" in decision:
+        chosen, note = _session_bucket(str(decision["bucket"]), max_side)
+        if note:
+            item.notes.append(note)
+        if chosen is not None:
+            bucket = chosen
+    crop = center_crop(width, height, bucket)
+    if "crop" in decision:
+        wanted = tuple(int(v) for v in decision["crop"])
+        if crop_ok(wanted, width, height, bucket):  # type: ignore[arg-type]
+            crop = wanted  # type: ignore[assignment]
+        else:
+            crop = fit_crop(wanted, width, height, bucket)  # type: ignore[arg-type]
+            item.notes.append("crop adjusted to fit the image and the bucket")
+    item.bucket, item.crop = bucket, crop
+    crop_w = crop[2] - crop[0]
+    item.upscale = bucket[0] / crop_w if crop_w < bucket[0] else 1.0
+    kept = (crop[2] - crop[0]) * (crop[3] - crop[1]) / (width * height)
+    if kept < 0.995:
+        item.notes.append(f"crop {kept:.0%}")
+    skip = decision.get("skip")
+    if skip is True:
+        item.status, item.reason = "skip", "skipped (your choice)"
+    elif item.upscale > 1.0 and skip is not False:
+        item.status = "small"
+        item.reason = (
+            f"too small: {crop_w}×{crop[3] - crop[1]} for {bucket_name(bucket)} would upscale {item.upscale:.1f}×;"
+            " skipped (choose use-anyway to keep it)"
+        )
+    else:
+        item.status = "use"
+        if item.upscale > 1.0:
+            item.notes.append(f"upscaled {item.upscale:.1f}× (your choice)")
+
+
+def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None = None, previous: dict[str, Any] | None = None) -> Plan:
+    max_side = int(session.get("dataset.max_side"))
+    dataset_dir = dataset_dir or session.paths.dataset
+    decisions = session.images()
+    sidecar_of = {image: sidecar for sidecar, image in scan.sidecars.items()}
+    plan = Plan(scan.root, dataset_dir, max_side, [], list(scan.ignored))
+
+    stems: dict[str, list[str]] = {}
+    for source in scan.images:
+        folder, _, name = source.rel.rpartition("/")
+        stems.setdefault(f"{folder}/{name.rsplit('.', 1)[0]}".lower(), []).append(source.rel)
+
+    previous = previous if previous is not None else read_manifest(dataset_dir)
+    checked = previous.get("checked", {}) if previous.get("recipe") == RECIPE else {}
+    first_by_hash: dict[str, str] = {}
+    for source in scan.images:
+        probe = source.probe or Probe(False, "not examined (cancelled)")
+        item = PlanItem(source.rel, source.path, source.sha256, probe, "bad", probe.width, probe.height)
+        item.notes.extend(probe.notes)
+        item.sidecar = sidecar_of.get(source.rel)
+        plan.items.append(item)
+        if not probe.ok:
+            item.reason = probe.reason
+            continue
+        if isinstance(checked, dict) and checked.get(source.sha256):
+            item.reason = str(checked[source.sha256])  # it failed to decode before: no need to try again
+            continue
+        folder, _, name = source.rel.rpartition("/")
+        twins = stems.get(f"{folder}/{name.rsplit('.', 1)[0]}".lower(), [])
+        if len(twins) > 1:
+            others = ", ".join(t.rpartition("/")[2] for t in twins if t != source.rel)
+            item.notes.append(f"name collision with {others}")
+        original = first_by_hash.get(source.sha256)
+        if original is not None:
+            item.status, item.reason = "duplicate", f"duplicate of {original} (same content; trained once)"
+            continue
+        first_by_hash[source.sha256] = source.rel
+        plan_item(item, decisions.get(source.rel, {}), max_side)
+
+    known = {item.source for item in plan.items}
+    for file in decisions:
+        if file not in known and not any(file == rel for rel, _ in plan.ignored):
+            plan.notes.append(f"session.toml has an entry for {file}, which is not in the source folder")
+    assign_outputs(plan, previous)
+    plan.checked = dict(checked) if isinstance(checked, dict) else {}
+    return plan
+
+
+def assign_outputs(plan: Plan, previous: dict[str, Any]) -> None:
+    """Fixed-width numbers, stable across runs: a source keeps its number (or the number of its content)."""
+    by_source: dict[str, int] = {}
+    by_hash: dict[str, int] = {}
+    for record in previous.get("images", []):
+        try:
+            number = int(Path(record["output"]).stem)
+        except (KeyError, ValueError, TypeError):
+            continue
+        by_source.setdefault(str(record.get("source")), number)
+        by_hash.setdefault(str(record.get("sha256")), number)
+    taken: set[int] = set()
+    numbers: dict[str, int] = {}
+    used = plan.used
+    for item in used:
+        number = by_source.get(item.source)
+        if number is not None and number not in taken:
+            numbers[item.source] = number
+            taken.add(number)
+    for item in used:
+        if item.source in numbers:
+            continue
+        number = by_hash.get(item.sha256)
+        if number is not None and number not in taken:
+            numbers[item.source] = number
+            taken.add(number)
+    next_free = 1
+    for item in used:
+        if item.source in numbers:
+            continue
+        while next_free in taken:
+            next_free += 1
+        numbers[item.source] = next_free
+        taken.add(next_free)
+    digits = max(4, len(str(max(taken, default=1))))
+    for item in used:
+        item.output = f"{item.bucket_text}/{numbers[item.source]:0{digits}d}.png"
+
+
+def scan_and_plan(session: Session, ctx: StepContext | None = None) -> Plan:
+    source, dataset = resolve_folders(session)
+    paths = session.paths
+    try:
+        scan = scan_source(
+            source,
+            cache_dir=paths.state,
+            exclude=[dataset, paths.state],
+            progress=ctx.progress if ctx else (lambda _: None),
+            cancel=ctx.cancel if ctx else None,
+        )
+    except OSError as exc:
+        raise StepFailed(f"dataset.source: cannot read {source}: {exc.strerror or exc}") from None
+    if ctx is not None:
+        ctx.check_cancelled()
+    return build_plan(session, scan, dataset_dir=dataset)
+
+
+# ---------------------------------------------------------------- applying
+
+
+@dataclass
+class ApplyStats:
+    rendered: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    unknown_files: list[str] = field(default_factory=list)
+
+
+def _record(item: PlanItem, size: int, notes: list[str]) -> dict[str, Any]:
+    assert item.output and item.bucket and item.crop
+    return {
+        "output": item.output,
+        "source": item.source,
+        "sha256": item.sha256,
+        "bucket": item.bucket_text,
+        "crop": list(item.crop),
+        "source_size": [item.width, item.height],
+        "sidecar": item.sidecar,
+        "bytes": size,
+        "recipe": RECIPE,
+        "notes": list(dict.fromkeys(item.notes + notes)),
+    }
+
+
+def _same(record: dict[str, Any] | None, item: PlanItem, dataset_dir: Path) -> bool:
+    if record is None or record.get("recipe") != RECIPE:
+        return False
+    if (record.get("source"), record.get("sha256"), record.get("bucket"), record.get("crop")) != (
+        item.source, item.sha256, item.bucket_text, list(item.crop or ()),
+    ):
+        return False
+    try:
+        return (dataset_dir / item.output).stat().st_size == record.get("bytes")  # type: ignore[operator]
+    except OSError:
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class _ManifestWriter:
+    def __init__(self, dataset_dir: Path, plan: Plan) -> None:
+        self.path = dataset_dir / MANIFEST_FILE
+        self.plan = plan
+        self.records: dict[str, dict[str, Any]] = {}
+        self.last = 0.0
+
+    def write(self, *, complete: bool, extra: dict[str, Any] | None = None) -> None:
+        data = {
+            "version": MANIFEST_VERSION,
+            "max_side": self.plan.max_side,
+            "source": str(self.plan.source),
+            "complete": complete,
+            "recipe": RECIPE,
+            "checked": self.plan.checked,
+            "images": sorted(self.records.values(), key=lambda r: r["output"]),
+            **(extra or {}),
+        }
+        atomic_write_json(self.path, data)
+        self.last = time.monotonic()
+
+    def maybe_flush(self) -> None:
+        if time.monotonic() - self.last >= FLUSH_EVERY_S:
+            self.write(complete=False)
+
+
+def _executor(workers: int) -> Executor:
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyStats:
+    dataset_dir = plan.dataset
+    stats = ApplyStats()
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    old_by_output = {str(r.get("output")): r for r in previous.get("images", []) if isinstance(r, dict)}
+    old_by_source = {str(r.get("source")): r for r in previous.get("images", []) if isinstance(r, dict)}
+    used = plan.used
+    writer = _ManifestWriter(dataset_dir, plan)
+    jobs: list[PlanItem] = []
+    for item in used:
+        if _same(old_by_output.get(item.output or ""), item, dataset_dir):
+            record = old_by_output[item.output or ""]
+            writer.records[item.output or ""] = {**record, "sidecar": item.sidecar, "notes": list(dict.fromkeys(item.notes + record.get("notes", [])))}
+            item.notes[:] = writer.records[item.output or ""]["notes"]
+            stats.unchanged += 1
+        else:
+            jobs.append(item)
+
+    # Captions that move with their image (new bucket or number) are carried over before any cleanup.
+    carried: dict[str, bytes] = {}
+    for item in jobs:
+        old = old_by_source.get(item.source)
+        if old and old.get("output") != item.output:
+            try:
+                carried[item.output or ""] = (dataset_dir / Path(str(old["output"])).with_suffix(".txt")).read_bytes()
+            except OSError:
+                pass
+
+    wanted = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in used}
+    redo = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in jobs}
+    for folder in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)) if dataset_dir.is_dir() else []:
+        changed = False
+        for path in sorted(folder.iterdir()):
+            name = path.name
+            if name.startswith(".") and name.endswith(".tmp"):
+                _unlink(path)  # left behind by a kill during a write
+                continue
+            match = OWN_FILE_RE.match(name)
+            if not match:
+                if name == "metadata_cache.json":
+                    continue
+                stats.unknown_files.append(f"{folder.name}/{name}")
+                continue
+            key = (folder.name, match.group(1))
+            if key not in wanted:
+                if _unlink(path) and match.group(2) == ".png":
+                    stats.removed += 1
+                changed = True
+            elif key in redo:
+                item = redo[key]
+                previous_owner = old_by_output.get(item.output or "", {}).get("source")
+                if LATENT_RE.match(name) or (previous_owner != item.source and match.group(2) != ".png"):
+                    _unlink(path)  # stale latents; or caption and caches of a different image
+                    changed = True
+        if changed:
+            _unlink(folder / "metadata_cache.json")
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    for output, data in carried.items():
+        target = (dataset_dir / output).with_suffix(".txt")
+        if not target.exists():
+            atomic_write_bytes(target, data)
+    writer.write(complete=False)
+
+    # Images skipped for being small are still decoded once (cheap: they are small), so a broken one says so.
+    jobs += [item for item in plan.items if item.status == "small" and item.sha256 not in plan.checked]
+    meter = ProgressMeter(ctx.progress, "dataset", "preparing images", len(jobs), "images")
+    workers = int(ctx.options.get("workers") or min(os.cpu_count() or 1, 8))
+    items_by_future: dict[Future[RenderOutcome], PlanItem] = {}
+
+    def finish(item: PlanItem, outcome: RenderOutcome) -> None:
+        plan.checked[item.sha256] = "" if outcome.ok else outcome.reason
+        if item.status == "small":
+            if not outcome.ok:
+                item.status, item.reason = "bad", outcome.reason
+            meter.advance(1, item.source)
+            return
+        if outcome.ok:
+            writer.records[item.output or ""] = _record(item, outcome.bytes, outcome.notes)
+            item.notes.extend(n for n in outcome.notes if n not in item.notes)
+            stats.rendered += 1
+        else:
+            item.status, item.reason = "bad", outcome.reason
+            _unlink(dataset_dir / (item.output or ""))
+            _unlink((dataset_dir / (item.output or "")).with_suffix(".txt"))
+            item.output = None
+            stats.failed += 1
+        meter.advance(1, item.source)
+        writer.maybe_flush()
+
+    def job_of(item: PlanItem) -> RenderJob:
+        assert item.bucket and item.crop
+        output = str(dataset_dir / item.output) if item.used and item.output else ""
+        return RenderJob(str(item.path), output, item.bucket, item.crop, item.width, item.height)
+
+    try:
+        if workers <= 1 or len(jobs) < 4:
+            for item in jobs:
+                ctx.check_cancelled()
+                finish(item, render(job_of(item)))
+        else:
+            with _executor(min(workers, len(jobs))) as pool:
+                pending = list(reversed(jobs))
+                try:
+                    while pending or items_by_future:
+                        while pending and len(items_by_future) < workers * 2:
+                            item = pending.pop()
+                            items_by_future[pool.submit(render, job_of(item))] = item
+                        done, _ = wait(list(items_by_future), timeout=0.2, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            item = items_by_future.pop(future)
+                            try:
+                                outcome = future.result()
+                            except Exception as exc:  # a worker died (out of memory, killed)
+                                outcome = RenderOutcome(False, f"worker failed: {type(exc).__name__}: {exc}")
+                            finish(item, outcome)
+                        ctx.check_cancelled()
+                except Cancelled:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    except Cancelled:
+        writer.write(complete=False)
+        raise
+    meter.finish(f"{stats.rendered} written, {stats.unchanged} unchanged")
+    writer.write(complete=True, extra={"skipped": _not_used(plan)})
+    return stats
+
+
+def _not_used(plan: Plan) -> list[dict[str, str]]:
+    return [{"source": item.source, "status": item.status, "reason": item.reason} for item in plan.items if not item.used]
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_lines(plan: Plan, stats: ApplyStats | None = None) -> list[str]:
+    lines = ["per bucket: " + ", ".join(f"{bucket} {count}" for bucket, count in plan.by_bucket().items())]
+    for item in plan.items:
+        if item.status == "bad":
+            lines.append(f"bad input: {item.source}: {item.reason}")
+    for item in plan.items:
+        if item.status in ("small", "duplicate", "skip"):
+            lines.append(f"skipped: {item.source}: {item.reason}")
+    for rel, reason in plan.ignored:
+        lines.append(f"ignored: {rel}: {reason}")
+    for item in plan.items:
+        if item.used:
+            notes = [n for n in item.notes if not n.startswith("crop ")]
+            if notes:
+                lines.append(f"note: {item.source}: {'; '.join(notes)}")
+    lines.extend(f"note: {note}" for note in plan.notes)
+    if stats is not None:
+        lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
+                     for name in stats.unknown_files)
+    return lines
+
+
+def _write_report(plan: Plan, lines: list[str]) -> Path:
+    path = plan.dataset / REPORT_FILE
+    header = [
+        "lorawizard dataset report",
+        f"written {time.strftime('%Y-%m-%d %H:%M:%S')}; source {plan.source}; max_side {plan.max_side}",
+        plan.summary_line(),
+        "",
+    ]
+    atomic_write_text(path, "\n".join(header + lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the step
 
 
 def run_step(ctx: StepContext) -> StepResult:
-    raise StepFailed("the dataset step is not built yet in this version of lorawizard")
+    session = ctx.session
+    plan = scan_and_plan(session, ctx)
+    previous = read_manifest(plan.dataset)
+    used = plan.used
+    if ctx.dry_run:
+        lines = report_lines(plan)
+        summary = f"dry run: would prepare {len(used)} images ({plan.summary_line()}) in {plan.dataset}"
+        return StepResult(bool(used), summary, lines, {"plan": plan})
+    stats = apply_plan(plan, ctx, previous)
+    used = plan.used  # failures found while rendering are bad input now
+    lines = report_lines(plan, stats)
+    report = _write_report(plan, lines)
+    lines.append(f"report: {report}")
+    done = f"{stats.rendered} written, {stats.unchanged} unchanged, {stats.removed} removed"
+    data = {"plan": plan, "stats": stats, "report": str(report)}
+    if not used:
+        return StepResult(False, f"no usable image in {plan.source} ({plan.summary_line()}); see {report}", lines, data)
+    return StepResult(True, f"{plan.summary_line()} ({done})", lines, data)
+
