@@ -1,29 +1,489 @@
-"""Models step — not built yet; the foundation only wires it into the wizard and replay."""
+"""Models step: find what the user already has, download the rest resumably with sha256 checks, and fetch
+the tokenizers so training never needs the network.
+
+Bookkeeping under `<project>/.lorawizard/`:
+  models.json        per remote file: size, sha256, commit (recorded at first contact with the hub, so later
+                     checks work offline), and per preset the file chosen for each role
+  hash-cache.json    sha256 of local files by path + size + mtime + inode
+  model-folders.json folders the user added to the search
+Options (`ctx.options`): `action` = "download" (default) or "find" (look and verify only);
+`on_state(RoleState)` is called whenever a row changes (the screen uses it).
+"""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from lorawizard.core import catalog
+from lorawizard.core.catalog import ROLES, ModelFile, Tokenizer
+from lorawizard.core.download import (
+    DownloadCancelled,
+    DownloadError,
+    RemoteFile,
+    check_access,
+    check_disk_space,
+    download_file,
+    fetch_metadata,
+    hf_cache_dir,
+    hub_token,
+    is_offline,
+    part_path,
+)
+from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.model_finder import HashCache, HashCancelled, candidates, sha256_of
+from lorawizard.core.progress import ProgressMeter, format_bytes
 from lorawizard.core.session import MODEL_ROLES, Session
-from lorawizard.core.steps import StepContext, StepFailed, StepResult
+from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
-# Filenames of the default preset, so the command builder has paths before this step exists.
-_DEFAULT_FILES = {
-    "flux": "flux1-dev-fp8.safetensors",
-    "ae": "ae.safetensors",
-    "clip_l": "clip_l.safetensors",
-    "t5xxl": "t5xxl_fp8_e4m3fn.safetensors",
-}
+METADATA_FILE = "models.json"
+HASH_CACHE_FILE = "hash-cache.json"
+FOLDERS_FILE = "model-folders.json"
+TOKENIZER_ROLE = "tokenizers"
+
+assert tuple(MODEL_ROLES) == ROLES  # noqa: S101 - the session schema and the catalog agree
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+
+def _state_file(session: Session, name: str) -> Path:
+    return session.paths.state / name
+
+
+def load_metadata(session: Session) -> dict[str, Any]:
+    try:
+        data = json.loads(_state_file(session, METADATA_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_metadata(session: Session, data: dict[str, Any]) -> None:
+    atomic_write_json(_state_file(session, METADATA_FILE), data)
+
+
+def search_folders(session: Session) -> list[Path]:
+    try:
+        data = json.loads(_state_file(session, FOLDERS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [Path(p).expanduser() for p in data if isinstance(p, str)] if isinstance(data, list) else []
+
+
+def add_search_folder(session: Session, folder: Path | str) -> str | None:
+    """Remember a folder to search. Returns a one-line problem, or None."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    path = path.resolve()
+    folders = search_folders(session)
+    if path not in folders:
+        atomic_write_json(_state_file(session, FOLDERS_FILE), [str(p) for p in [*folders, path]])
+    return None
 
 
 def resolved_model_paths(session: Session) -> dict[str, Path]:
-    """role → the file training will use: the session's override, else <paths.models>/<preset file>."""
-    paths = {}
+    """role → the file training uses: the session's override, else the file this step found or downloaded
+    for the current preset, else `<paths.models>/<preset file>`. Cheap: no hashing, no network."""
+    chosen = load_metadata(session).get("resolved", {}).get(_preset_name(session), {})
+    files = catalog.preset(_preset_name(session))
+    paths: dict[str, Path] = {}
     for role in MODEL_ROLES:
         override = session.resolve(session.get(f"models.{role}"))
-        paths[role] = override or session.paths.models / _DEFAULT_FILES[role]
+        found = Path(chosen[role]) if isinstance(chosen.get(role), str) else None
+        if override is not None:
+            paths[role] = override
+        elif found is not None and found.is_file():
+            paths[role] = found
+        else:
+            paths[role] = session.paths.models / files.file_for(role).filename
     return paths
 
 
+def tokenizer_dir(session: Session) -> Path:
+    """The folder to pass as `--tokenizer_cache_dir`."""
+    return session.paths.tokenizers
+
+
+def _preset_name(session: Session) -> str:
+    return session.get("models.preset") or catalog.DEFAULT_PRESET
+
+
+# ---------------------------------------------------------------- row state
+
+
+@dataclass
+class RoleState:
+    role: str  # flux | ae | clip_l | t5xxl | tokenizers
+    file: str  # file name (or the tokenizer repos)
+    repo: str
+    state: str = "unknown"  # unknown | checking | found | missing | downloading | error
+    path: Path | None = None
+    source: str = ""
+    verified: bool = False  # sha256 matched the hub's
+    note: str = ""
+    size: int | None = None
+    done: int = 0
+    rate: float | None = None
+    eta_s: float | None = None
+
+    def line(self) -> str:
+        """One plain line for logs and replay."""
+        if self.state == "found":
+            check = "✓ verified" if self.verified else f"({self.note})" if self.note else ""
+            return f"{self.role}: found at {self.path} [{self.source}] {check}".rstrip()
+        if self.state == "missing":
+            size = f" ({format_bytes(self.size)})" if self.size else " (size unknown)"
+            return f"{self.role}: missing {self.repo}/{self.file}{size}"
+        if self.state == "error":
+            return f"{self.role}: error: {self.note}"
+        return f"{self.role}: {self.state} {self.file}"
+
+
+class _Rows:
+    """The rows of the screen, kept here so the worker can report each change."""
+
+    def __init__(self, notify: Callable[[RoleState], None]) -> None:
+        self.notify = notify
+        self.rows: dict[str, RoleState] = {}
+
+    def set(self, state: RoleState) -> RoleState:
+        self.rows[state.role] = state
+        try:
+            self.notify(replace(state))
+        except Exception:  # noqa: BLE001 - a display callback never breaks the step
+            pass
+        return state
+
+    def update(self, role: str, **changes: Any) -> RoleState:
+        return self.set(replace(self.rows[role], **changes))
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class _Plan:
+    session: Session
+    entries: dict[str, ModelFile]
+    meta: dict[str, Any]
+    hashes: HashCache
+    rows: _Rows
+    ctx: StepContext
+    remote: dict[str, RemoteFile] = field(default_factory=dict)  # role → fresh metadata of this run
+    hub_problem: str | None = None  # offline / unreachable: say it once, do not retry per file
+
+
 def run_step(ctx: StepContext) -> StepResult:
-    raise StepFailed("the models step is not built yet in this version of lorawizard")
+    session = ctx.session
+    preset = catalog.preset(_preset_name(session))
+    action = str(ctx.options.get("action", "download"))
+    rows = _Rows(ctx.options.get("on_state") or (lambda state: None))
+    plan = _Plan(session, {f.role: f for f in preset.files}, load_metadata(session),
+                 HashCache(_state_file(session, HASH_CACHE_FILE)), rows, ctx)
+    for role in ROLES:
+        entry = plan.entries[role]
+        rows.set(RoleState(role, entry.filename, entry.repo, size=_known(plan, entry).get("size")))
+    rows.set(RoleState(TOKENIZER_ROLE, ", ".join(t.repo for t in catalog.TOKENIZERS), "", note="sd-scripts tokenizers"))
+    ctx.log(f"preset {preset.name}: {preset.title}")
+
+    try:
+        _first_contact(plan)
+        for role in ROLES:
+            ctx.check_cancelled()
+            _find(plan, role)
+        _check_tokenizers(plan)
+    finally:
+        plan.hashes.save()
+        _save(plan)
+
+    missing = [role for role in ROLES if rows.rows[role].state == "missing"]
+    tok_missing = rows.rows[TOKENIZER_ROLE].state != "found"
+    if action == "find" or ctx.dry_run:
+        return _report(plan, missing, tok_missing, dry_run=ctx.dry_run, find_only=action == "find")
+
+    try:
+        if missing:
+            _download_models(plan, missing)
+        if tok_missing:
+            _download_tokenizers(plan)
+    except DownloadCancelled:
+        raise Cancelled() from None
+    except DownloadError as exc:
+        _save(plan)
+        return StepResult(False, str(exc), [rows.rows[r].line() for r in [*ROLES, TOKENIZER_ROLE]])
+    finally:
+        plan.hashes.save()
+    _save(plan)
+    return _report(plan, [], False, dry_run=False, find_only=False)
+
+
+def _known(plan: _Plan, entry: ModelFile) -> dict[str, Any]:
+    return plan.meta.get("files", {}).get(entry.key, {})
+
+
+def _first_contact(plan: _Plan) -> None:
+    """Size and sha256 from the hub for files we know nothing about yet; recorded for offline checks later."""
+    token = hub_token()
+    for role in ROLES:
+        entry = plan.entries[role]
+        if _known(plan, entry).get("size") is not None or plan.hub_problem:
+            continue
+        if is_offline():
+            plan.hub_problem = "offline mode (HF_HUB_OFFLINE): sizes unknown, looking for files by name"
+            plan.ctx.log(plan.hub_problem)
+            return
+        try:
+            remote = fetch_metadata(entry.repo, entry.filename, entry.revision, token=token)
+        except DownloadError as exc:
+            if exc.kind in ("unreachable", "offline"):
+                plan.hub_problem = str(exc)
+                plan.ctx.log(f"hub not reachable, looking for files by name: {exc}")
+                return
+            plan.rows.update(role, note=str(exc))  # gated etc.: said again if a download is needed
+            continue
+        plan.remote[role] = remote
+        _remember(plan, entry, remote)
+        plan.rows.update(role, size=remote.size)
+
+
+def _remember(plan: _Plan, entry: ModelFile, remote: RemoteFile) -> None:
+    plan.meta.setdefault("files", {})[entry.key] = remote.record()
+
+
+def _save(plan: _Plan) -> None:
+    resolved = plan.meta.setdefault("resolved", {}).setdefault(_preset_name(plan.session), {})
+    for role in ROLES:
+        row = plan.rows.rows.get(role)
+        if row is not None and row.state == "found" and row.path is not None:
+            resolved[role] = str(row.path)
+    try:
+        save_metadata(plan.session, plan.meta)
+    except OSError as exc:
+        plan.ctx.log(f"could not write {_state_file(plan.session, METADATA_FILE)}: {exc.strerror or exc}")
+
+
+def _find(plan: _Plan, role: str) -> None:
+    session, entry, ctx = plan.session, plan.entries[role], plan.ctx
+    known = _known(plan, entry)
+    size, sha = known.get("size"), known.get("sha256")
+    override = session.resolve(session.get(f"models.{role}"))
+    plan.rows.update(role, state="checking", note="")
+    if override is not None and not override.is_file():
+        plan.rows.update(role, state="error", note=f"models.{role} points at {override}, which does not exist")
+        return
+    found = candidates(
+        entry, override=override, models_dir=session.paths.models, cache_dir=hf_cache_dir(), home=Path.home(),
+        extra_folders=search_folders(session), size=size,
+    )
+    for candidate in found:
+        if candidate.source == "your choice" and (size is None or sha is None):
+            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
+                             note="your file; not checked (hub metadata unknown)")
+            return
+        if sha is None:
+            note = "size matches, no sha256 known" if size is not None else "same name, unverified (hub not contacted)"
+            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, note=note)
+            return
+        if candidate.path.stat().st_size != size:
+            if candidate.source == "your choice":
+                plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
+                                 note="your file: not the preset's (size differs)")
+                return
+            continue
+        meter = ProgressMeter(ctx.progress, "models", f"verifying {candidate.path.name}", size, "B")
+        try:
+            actual = sha256_of(candidate.path, plan.hashes, cancel=ctx.cancel,
+                               progress=lambda done, total: meter.update(done))
+        except HashCancelled:
+            raise Cancelled() from None
+        except OSError as exc:
+            ctx.log(f"{role}: cannot read {candidate.path}: {exc.strerror or exc}")
+            continue
+        meter.finish()
+        if actual == sha:
+            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, verified=True,
+                             note="sha256 verified")
+            return
+        if candidate.source == "your choice":
+            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
+                             note="your file: not the preset's (sha256 differs)")
+            return
+        ctx.log(f"{role}: {candidate.path} has the right size but another sha256; not used")
+    plan.rows.update(role, state="missing", size=size, note=plan.rows.rows[role].note)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def _tokenizer_complete(folder: Path, tokenizer: Tokenizer) -> bool:
+    return all((folder / name).is_file() for name in tokenizer.required)
+
+
+def _check_tokenizers(plan: _Plan) -> None:
+    base = tokenizer_dir(plan.session)
+    if all(_tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS):
+        plan.rows.update(TOKENIZER_ROLE, state="found", path=base, source="tokenizers folder", verified=False,
+                         note="complete")
+    else:
+        plan.rows.update(TOKENIZER_ROLE, state="missing", path=base, note="CLIP-L and T5 tokenizer files")
+
+
+def _download_tokenizers(plan: _Plan) -> None:
+    ctx, base = plan.ctx, tokenizer_dir(plan.session)
+    if is_offline():
+        from lorawizard.core.download import offline_error
+
+        raise offline_error("the tokenizers")
+    token = hub_token()
+    plan.rows.update(TOKENIZER_ROLE, state="downloading", done=0)
+    fetched = 0
+    for tokenizer in catalog.TOKENIZERS:
+        folder = base / tokenizer.folder
+        for name, required in tokenizer.files():
+            ctx.check_cancelled()
+            if (folder / name).is_file():
+                continue
+            try:
+                remote = fetch_metadata(tokenizer.repo, name, tokenizer.revision, token=token)
+            except DownloadError as exc:
+                if exc.kind == "not_found" and not required:
+                    continue
+                plan.rows.update(TOKENIZER_ROLE, state="error", note=str(exc))
+                raise
+            try:
+                download_file(remote, folder / name, token=token, cancel=ctx.cancel, log=ctx.log)
+            except DownloadError as exc:
+                plan.rows.update(TOKENIZER_ROLE, state="error", note=str(exc))
+                raise
+            fetched += remote.size or 0
+            plan.rows.update(TOKENIZER_ROLE, done=fetched)
+    ctx.log(f"tokenizers ready in {base} ({format_bytes(fetched)} fetched)")
+    plan.rows.update(TOKENIZER_ROLE, state="found", source="downloaded", note="complete")
+
+
+# ---------------------------------------------------------------- downloads
+
+
+def _download_models(plan: _Plan, missing: list[str]) -> None:
+    ctx, session = plan.ctx, plan.session
+    if is_offline():
+        from lorawizard.core.download import offline_error
+
+        error = offline_error(", ".join(plan.entries[r].filename for r in missing))
+        for role in missing:
+            plan.rows.update(role, state="error", note="offline")
+        raise error
+    token = hub_token()
+    # gated repositories: check access first, once per repository, before anything else starts
+    for repo in sorted({plan.entries[r].repo for r in missing if plan.entries[r].gated}):
+        try:
+            check_access(repo, token=token)
+        except DownloadError as exc:
+            for role in missing:
+                if plan.entries[role].repo == repo:
+                    plan.rows.update(role, state="error", note=str(exc))
+            raise
+    # fresh metadata for each (CDN links expire); record it
+    for role in missing:
+        entry = plan.entries[role]
+        try:
+            remote = fetch_metadata(entry.repo, entry.filename, entry.revision, token=token)
+        except DownloadError as exc:
+            plan.rows.update(role, state="error", note=str(exc))
+            raise
+        plan.remote[role] = remote
+        _remember(plan, entry, remote)
+    dest_dir = session.paths.models
+    remaining = {r: _remaining(plan.remote[r], dest_dir / plan.entries[r].filename) for r in missing}
+    try:
+        check_disk_space(dest_dir, sum(remaining.values()))
+    except DownloadError as exc:
+        for role in missing:
+            plan.rows.update(role, state="error", note="not enough disk space")
+        raise exc
+    grand = sum((plan.remote[r].size or 0) for r in missing)
+    total = ProgressMeter(ctx.progress, "models", "total", grand or None, "B", interval=0.25)
+    finished_bytes = 0
+    for role in missing:
+        entry, remote = plan.entries[role], plan.remote[role]
+        dest = dest_dir / entry.filename
+        meter = ProgressMeter(ctx.progress, "models", entry.filename, remote.size, "B")
+        plan.rows.update(role, state="downloading", size=remote.size, done=0)
+        ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")
+        last_row = [0.0]
+
+        def progress(done: int, role: str = role, meter: ProgressMeter = meter, base: int = finished_bytes) -> None:
+            meter.update(done)
+            total.update(base + done)
+            now = time.monotonic()
+            if now - last_row[0] >= 0.2:
+                last_row[0] = now
+                plan.rows.update(role, done=done, rate=meter.rate, eta_s=meter.snapshot().eta_s)
+
+        try:
+            path = download_file(remote, dest, token=token, progress=progress, cancel=ctx.cancel, log=ctx.log)
+        except DownloadError as exc:
+            plan.rows.update(role, state="error", note=str(exc))
+            raise
+        meter.finish()
+        finished_bytes += remote.size or 0
+        if remote.sha256:
+            st = path.stat()
+            plan.hashes.put(path, st, remote.sha256)  # hashed while downloading: no second pass later
+        plan.rows.update(role, state="found", path=path, source="downloaded", verified=bool(remote.sha256),
+                         note="sha256 verified" if remote.sha256 else "size checked", done=remote.size or 0)
+        _save(plan)
+    total.finish()
+
+
+def _remaining(remote: RemoteFile, dest: Path) -> int:
+    part = part_path(dest, remote)
+    have = part.stat().st_size if part.exists() else 0
+    return max(0, (remote.size or 0) - have)
+
+
+def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool, find_only: bool) -> StepResult:
+    rows = plan.rows.rows
+    details = [rows[r].line() for r in ROLES] + [rows[TOKENIZER_ROLE].line()]
+    errors = [r for r in ROLES if rows[r].state == "error"]
+    paths = {r: str(rows[r].path) for r in ROLES if rows[r].path is not None and rows[r].state == "found"}
+    data: dict[str, Any] = {"paths": paths, "missing": missing, "tokenizers": str(tokenizer_dir(plan.session))}
+    if dry_run or find_only:
+        sizes = [plan.meta.get("files", {}).get(plan.entries[r].key, {}).get("size") for r in missing]
+        known = sum(s for s in sizes if s)
+        if missing or tok_missing:
+            lines = [f"would download {plan.entries[r].repo}/{plan.entries[r].filename} "
+                     f"({format_bytes(s) if s else 'size unknown'})" for r, s in zip(missing, sizes, strict=True)]
+            if tok_missing:
+                lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
+            unknown = " + files of unknown size" if any(not s for s in sizes) else ""
+            summary = (f"{len(missing)} model file(s) to download: {format_bytes(known)}{unknown}"
+                       + (" + tokenizers" if tok_missing else ""))
+            data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
+            return StepResult(not errors, summary, details + lines, data)
+        return StepResult(not errors, "all model files are present" + (" (verified)" if _all_verified(rows) else ""),
+                          details, data)
+    if errors:
+        return StepResult(False, rows[errors[0]].note, details, data)
+    return StepResult(True, "all model files ready" + (" and verified" if _all_verified(rows) else "")
+                      + f"; tokenizers in {tokenizer_dir(plan.session)}", details, data)
+
+
+def _all_verified(rows: dict[str, RoleState]) -> bool:
+    return all(rows[r].verified for r in ROLES)
+
+
+def find_only(session: Session, *, on_state: Callable[[RoleState], None] | None = None,
+              cancel: threading.Event | None = None) -> StepResult:
+    """Look and verify without downloading (the screen's "verify")."""
+    ctx = StepContext(session=session, options={"action": "find", "on_state": on_state or (lambda s: None)},
+                      cancel=cancel or threading.Event())
+    return run_step(ctx)
+
