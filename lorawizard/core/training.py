@@ -1,9 +1,271 @@
-"""Train step — not built yet; the foundation only wires it into the wizard and replay."""
+"""Train step: launch sd-scripts detached (or find the live run), follow its log, say how it ended.
+
+`run_step(ctx)` options: `detach` (start and return), `resume` (continue from the newest state folder),
+`attach` (only follow a live run, never start one). Headless, the step reports a progress line every few seconds
+and at each epoch; Ctrl-C stops the run gracefully (SIGINT to its process group). The wizard's Train screen uses
+`RunFollower` and `start_run` directly.
+"""
 
 from __future__ import annotations
 
-from lorawizard.core.steps import StepContext, StepFailed, StepResult
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorawizard.core import runs
+from lorawizard.core.diagnosis import Diagnosis, diagnose
+from lorawizard.core.logparse import Epoch, LogParser, TrainState
+from lorawizard.core.progress import Progress, format_duration
+from lorawizard.core.runs import RunError, RunRecord
+from lorawizard.core.session import Session
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
+
+FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
+
+
+class RunFollower:
+    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off)."""
+
+    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Any = time.monotonic) -> None:
+        self.record = record
+        self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch)
+        self.parser = LogParser()
+        self.chunk = chunk
+        self.clock = clock
+        self.offset = 0
+        self.last_growth = clock()
+        self._flushed = True
+        self._handle: Any = None
+        self.epochs_seen: list[Epoch] = []
+
+    def poll(self, max_bytes: int = 8 << 20) -> int:
+        """Read what the log gained (at most `max_bytes`); returns the number of events applied."""
+        if self._handle is None:
+            try:
+                self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
+            except OSError:
+                return 0
+        count = 0
+        read = 0
+        while read < max_bytes:
+            data = self._handle.read(self.chunk)
+            if not data:
+                break
+            read += len(data)
+            self.offset += len(data)
+            events = self.parser.feed(data)
+            self._apply(events)
+            count += len(events)
+        now = self.clock()
+        if read:
+            self.last_growth = now
+            self._flushed = False
+        elif not self._flushed and now - self.last_growth >= FLUSH_AFTER_S:
+            events = self.parser.flush()
+            self._apply(events)
+            count += len(events)
+            self._flushed = True
+        return count
+
+    def finish(self) -> int:
+        count = self.poll(max_bytes=1 << 40)
+        events = self.parser.finish()
+        self._apply(events)
+        self.close()
+        return count + len(events)
+
+    def _apply(self, events: list[Any]) -> None:
+        if not events:
+            return
+        self.state.apply(events)
+        for event in events:
+            if type(event) is Epoch:
+                self.epochs_seen.append(event)
+
+    @property
+    def quiet_s(self) -> float:
+        return self.clock() - self.last_growth
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def diagnosis(self, *, alive: bool | None = None) -> Diagnosis | None:
+        alive = self.record.is_alive() if alive is None else alive
+        return diagnose(
+            self.state, alive=alive, returncode=None if alive else self.record.returncode(),
+            quiet_s=self.quiet_s, stopped=self.record.stop_requested is not None,
+        )
+
+
+# ------------------------------------------------------------------ starting a run
+
+
+@dataclass
+class Plan:
+    """What `start_run` would launch (also what --dry-run prints)."""
+
+    run_dir: Path
+    command: Any  # core.command.TrainCommand
+    files: list[Path]
+    base_step: int = 0
+    base_epoch: int = 0
+    resumed_from: Path | None = None
+
+
+def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = None) -> Plan:
+    """Write the run's config files and build its command. Raises StepFailed with one line when it cannot."""
+    from lorawizard.core.command import CommandError, prepare_run
+
+    runs_dir = session.paths.runs
+    overrides: dict[str, Any] = {"save_state": True}
+    state = None
+    if resume:
+        state = runs.newest_state(runs_dir)
+        if state is None:
+            raise StepFailed(f"nothing to resume: no saved state under {runs_dir} (states are saved every "
+                             f"{session.get('train.save_every_n_epochs')} epochs)")
+        overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
+    run_dir = run_dir or runs_dir / runs.new_run_id(runs_dir)
+    try:
+        prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None)
+    except CommandError as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot write the run's config files in {run_dir}: {exc.strerror or exc}") from None
+    return Plan(
+        run_dir=Path(run_dir), command=prepared.command, files=list(prepared.files),
+        base_step=state.step if state else 0, base_epoch=state.epoch if state else 0,
+        resumed_from=state.path if state else None,
+    )
+
+
+def start_run(session: Session, plan: Plan) -> RunRecord:
+    command = plan.command
+    try:
+        return runs.launch(
+            command.argv, plan.run_dir, env=command.env, cwd=command.cwd, session_text=session.to_text(),
+            output_name=str(command.options.get("output_name", session.get("name"))),
+            base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
+            gpu_uuid=session.get("gpu.uuid"),
+        )
+    except RunError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+def status_line(state: TrainState) -> str:
+    """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · elapsed 1:03 · ETA 4:31`."""
+    parts = []
+    if state.epochs:
+        parts.append(f"epoch {state.epoch}/{state.epochs}")
+    if state.total_steps:
+        parts.append(f"step {state.step}/{state.total_steps} ({state.fraction or 0:.0%})")
+    elif state.phase != "training":
+        parts.append(state.phase)
+    if state.rate:
+        parts.append(f"{state.rate:.2f} it/s" if state.rate >= 1 else f"{1 / state.rate:.2f} s/it")
+    if state.loss is not None:
+        parts.append(f"loss {state.loss:.3g}")
+    parts.append(f"ETA {format_duration(state.eta_s)}")
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------ the step
 
 
 def run_step(ctx: StepContext) -> StepResult:
-    raise StepFailed("the train step is not built yet in this version of lorawizard")
+    session = ctx.session
+    runs_dir = session.paths.runs
+    detach = bool(ctx.options.get("detach"))
+    resume = bool(ctx.options.get("resume"))
+
+    live = runs.live_run(runs_dir)
+    if ctx.dry_run:
+        plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
+        ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
+        for path in plan.files:
+            ctx.log(f"  {path}")
+        ctx.log(plan.command.shell_text(multiline=True))
+        note = f"; a run is going now: {live.run_id}" if live else ""
+        return StepResult(True, f"dry run: command printed, nothing launched{note}",
+                          data={"argv": plan.command.argv, "files": [str(p) for p in plan.files]})
+
+    if live is not None:
+        ctx.log(f"a run is already going ({live.run_id}, pid {live.pid}): following it instead of starting another")
+        record = live
+    elif ctx.options.get("attach"):
+        raise StepFailed(f"no training run is going under {runs_dir}")
+    else:
+        plan = plan_run(session, resume=resume)
+        record = start_run(session, plan)
+        what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
+        ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
+
+    if detach:
+        ctx.log(f"training keeps running in the background. Follow it: lorawizard {session.project_dir}")
+        ctx.log(f"  or: tail -f {record.log_path}")
+        return StepResult(True, f"run {record.run_id} started in the background (pid {record.pid})",
+                          data={"run_id": record.run_id, "pid": record.pid, "log": str(record.log_path)})
+    return follow(ctx, record)
+
+
+def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
+    follower = RunFollower(record)
+    state = follower.state
+    seen_epochs = 0
+    warned: set[str] = set()
+    try:
+        while True:
+            follower.poll()
+            alive = record.is_alive()
+            while seen_epochs < len(follower.epochs_seen):
+                epoch = follower.epochs_seen[seen_epochs]
+                seen_epochs += 1
+                ctx.log(f"train: epoch {epoch.n}/{epoch.total} begins · {status_line(state)}")
+            ctx.progress(_progress(state))
+            problem = follower.diagnosis(alive=alive) if alive else None
+            if problem is not None and problem.kind not in warned:
+                warned.add(problem.kind)
+                ctx.log(f"train: warning: {problem.line()}")
+            if not alive:
+                break
+            if ctx.cancel.is_set():
+                ctx.log(f"train: stopping run {record.run_id} (SIGINT to its process group)…")
+                how = runs.stop(record, int_timeout=15, term_timeout=5, kill_timeout=3)
+                ctx.log(f"train: run {record.run_id} stopped ({how}); resume it later with r in the wizard")
+                raise Cancelled()
+            time.sleep(poll_s)
+    finally:
+        follower.finish()
+    ctx.progress(_progress(state, finished=True))
+    record = RunRecord.load(record.dir)
+    code = record.returncode()
+    problem = follower.diagnosis(alive=False)
+    details = [f"log: {record.log_path}", status_line(state)]
+    if state.checkpoints:
+        details.append(f"last checkpoint: {state.checkpoints[-1]}")
+    if state.model_saved and code == 0:
+        return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state)})", details,
+                          data={"run_id": record.run_id})
+    summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"
+    return StepResult(False, summary, details, data={"run_id": record.run_id, "returncode": code})
+
+
+def _progress(state: TrainState, *, finished: bool = False) -> Progress:
+    if state.total_steps:
+        task = f"epoch {state.epoch}/{state.epochs}" if state.epochs else "training"
+        detail = f"loss {state.loss:.3g}" if state.loss is not None else ""
+        if state.base_step:
+            detail += f" (resumed at step {state.base_step}; steps shown are absolute)"
+        return Progress("train", task, state.step, state.total_steps, "steps", state.rate, state.eta_s,
+                        detail.strip(), finished)
+    bar = state.phase_bar
+    if bar is not None:
+        return Progress("train", state.phase, bar.n, bar.total or None, "", bar.rate, bar.remaining_s, "", finished)
+    return Progress("train", state.phase, 0, None, "", None, None, "", finished)
+
+
+def project_runs(session: Session) -> list[RunRecord]:
+    return runs.list_runs(session.paths.runs)

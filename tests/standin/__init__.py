@@ -48,3 +48,35 @@ def standin_env(**values: object) -> dict[str, str]:
     for key, value in values.items():
         env[key if key.startswith("STANDIN_") else f"STANDIN_{key}"] = str(value)
     return env
+
+
+def make_train_project(
+    tmp_path: Path | str,
+    *,
+    images: int = 4,
+    bucket: str = "512x512",
+    epochs: int = 2,
+    save_every: int = 1,
+    batch_size: int = 2,
+    num_repeats: int = 1,
+    name: str = "tiny",
+):  # -> lorawizard.core.session.Session
+    """A project whose session points at the stand-in trainer, with `images` prepared PNGs in one bucket."""
+    from lorawizard.core.session import Session
+
+    tmp_path = Path(tmp_path)
+    sd_scripts, python = make_fake_sd_scripts(tmp_path)
+    project = tmp_path / "project"
+    (project / "dataset" / bucket).mkdir(parents=True, exist_ok=True)
+    for index in range(images):
+        (project / "dataset" / bucket / f"{index:04d}.png").write_bytes(b"\x89PNG stand-in")
+        (project / "dataset" / bucket / f"{index:04d}.txt").write_text("tok, a thing")
+    session = Session.new(project / "session.toml", name=name)
+    session.set("paths.sd_scripts", str(sd_scripts))
+    session.set("paths.python", str(python))
+    session.set("train.max_train_epochs", epochs)
+    session.set("train.save_every_n_epochs", save_every)
+    session.set("dataset.num_repeats", num_repeats)
+    session.set_batch_size(bucket, batch_size)
+    session.save()
+    return session

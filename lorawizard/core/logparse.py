@@ -1,0 +1,600 @@
+"""sd-scripts console output → events (bytes in, events out; no Textual, no I/O).
+
+The trainer's log is stdout and stderr of `accelerate launch … flux_train_network.py` in one file: tqdm bars
+redrawn with '\\r' (sd-scripts.md §3.1), rich log records wrapped at 80 columns with continuation lines indented by
+29 spaces, plain `print` lines, Python tracebacks. `LogParser.feed(bytes)` returns the events completed by those
+bytes; the events are the same whatever the chunk boundaries (a partial UTF-8 sequence, a partial line or a
+half-written rich record is carried to the next call). `finish()` at end of file flushes what is left; `flush()`
+(after a quiet spell while tailing) closes a pending rich record early.
+
+`TrainState` folds events into what the dashboard and the headless follower show: absolute step and epoch
+(sd-scripts restarts its step counter at 0 after `--resume`), rate, ETA, downsampled loss history, checkpoints,
+states, failures, a bounded tail of display lines. Memory stays bounded whatever the log length.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import re
+import unicodedata
+from collections import deque
+from dataclasses import dataclass, field
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One logical line for display: a rich record unwrapped into one line, a print line, a finished bar."""
+
+    text: str
+    level: str = ""  # "INFO", "WARNING", "ERROR" for log records; "" for plain output
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A tqdm redraw. `desc` is "steps" for the training bar, "" or e.g. "read caption" for others."""
+
+    desc: str
+    n: int
+    total: int
+    elapsed_s: float
+    remaining_s: float | None
+    rate: float | None  # iterations per second (s/it is converted)
+    loss: float | None  # avr_loss (may be nan)
+    postfix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The `running training / 学習開始` block."""
+
+    images: int | None
+    batches_per_epoch: int | None
+    epochs: int | None
+    batch_sizes: str
+    grad_accum: int | None
+    total_steps: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    n: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """What the trainer is busy with before/around training (loading, caching, sampling, saving)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateSaved:
+    path: str
+    epoch: int
+    step: int  # sd-scripts' own (within-run) step
+
+
+@dataclass(frozen=True, slots=True)
+class SampleStarted:
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    path: str
+    epoch: int | None
+    step: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSaved:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A known failure. kind: oom, missing_model, dataset_config, no_data, resume_missing, exception,
+    interrupted, launcher (accelerate's CalledProcessError; `code` is the child's status, negative = signal)."""
+
+    kind: str
+    text: str
+    code: int | None = None
+
+
+Event = Line | Bar | Totals | Epoch | Phase | CheckpointSaved | StateSaved | SampleStarted | Resumed | ModelSaved | Failure
+
+# ------------------------------------------------------------------ patterns
+
+_SPLIT = re.compile(r"[\r\n]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][A-Za-z0-9]|\x1b[=>]")
+_BAR = re.compile(
+    r"(?:(?P<desc>[^|]*?): )?\s*(?P<pct>\d+)%\|[^|]*\| *(?P<n>\d+)/(?P<total>\d+) "
+    r"\[(?P<el>[\d:]+)<(?P<rem>[\d:?]+), *(?P<rate>[\d.]+|\?)(?P<unit>it/s|s/it)(?:, (?P<post>[^\]]*))?\]"
+)
+_LOSS = re.compile(r"avr_loss=([-+0-9.eE]+|nan|inf|-inf)")
+_LEVELS = {"INFO     ": "INFO", "WARNING  ": "WARNING", "ERROR    ": "ERROR", "DEBUG    ": "DEBUG", "CRITICAL ": "CRITICAL"}
+_SRC = re.compile(r"\s(\S+:\d+)$")
+_CONT = " " * 29
+_EPOCH = re.compile(r"^epoch (\d+)/(\d+)$")
+_TOTAL = re.compile(r"^  (num train images \* repeats|num validation images \* repeats|num reg images|num batches per epoch|num epochs|batch size per device|"
+                    r"gradient accumulation steps|total optimization steps) / [^:=]*[:=] ?(.*)$")
+_STATE = re.compile(r"^save train state to (.+?)/train_state\.json at epoch (\d+) step (\d+)")
+_LOADSTATE = re.compile(r"^load train state from (.+?)/train_state\.json: .*?'current_epoch': (\d+).*?'current_step': (\d+)")
+_SAMPLE = re.compile(r"^generating sample images at step / .*?(\d+)\s*$")
+_OVERRIDE = re.compile(r"^override steps\. steps for \d+ epochs is / .*?: (\d+)")
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)|[\w.]*SafetensorError)(?:: (.*))?$")
+_CALLED = re.compile(r"returned non-zero exit status (-?\d+)|died with <Signals\.\w+: (\d+)>")
+
+_PHASES = (
+    ("Loading dataset config", "reading the dataset"),
+    ("Loading state dict from", "loading models"),
+    ("Building Flux", "loading models"),
+    ("caching latents", "caching latents"),
+    ("caching Text Encoder outputs", "caching text encoder outputs"),
+    ("cache Text Encoder outputs for", "encoding sample prompts"),
+    ("preparing accelerator", "preparing"),
+    ("prepare optimizer", "preparing"),
+    ("saving last state", "saving"),
+    ("Saving current state to", "saving"),
+    ("enable block swap", "loading models"),
+)
+_INTERESTING = (
+    "epoch ", "saving checkpoint: ", "save train state to ", "model saved.", "running training",
+    "generating sample images", "load train state from", "resume training from", "override steps", "No data found",
+    "Invalid user config", "Traceback", *(prefix for prefix, _ in _PHASES),
+)
+
+
+def _cells(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _seconds(text: str) -> float | None:
+    if "?" in text:
+        return None
+    total = 0.0
+    for part in text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text.strip().split(",")[0])
+    except ValueError:
+        return None
+
+
+def parse_bar(text: str) -> Bar | None:
+    match = _BAR.match(text)
+    return _bar_from(match) if match else None
+
+
+def _bar_from(match: re.Match[str]) -> Bar:
+    rate_text, unit = match.group("rate"), match.group("unit")
+    rate: float | None = None
+    if rate_text != "?":
+        value = float(rate_text)
+        rate = value if unit == "it/s" else (1.0 / value if value > 0 else None)
+    post = match.group("post") or ""
+    loss = None
+    if post:
+        found = _LOSS.search(post)
+        if found:
+            loss = float(found.group(1))
+    return Bar(
+        (match.group("desc") or "").strip(), int(match.group("n")), int(match.group("total")),
+        _seconds(match.group("el")) or 0.0, _seconds(match.group("rem")), rate, loss, post,
+    )
+
+
+# ------------------------------------------------------------------ the parser
+
+
+class LogParser:
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._record: list[str] | None = None  # [level, piece, piece, ...]
+        self._record_width = 0
+        self._last_piece_cells = 0
+        self._early_bar: str | None = None  # text of a bar already reported from the unterminated tail
+        self._open_bar: str | None = None  # last bar drawn, shown as a line once something else is printed
+        self._totals: dict[str, str] | None = None
+        self._traceback = False
+        self.lines_seen = 0
+
+    # -- public
+
+    def feed(self, data: bytes) -> list[Event]:
+        return self.feed_text(self._decoder.decode(data))
+
+    def feed_text(self, text: str) -> list[Event]:
+        events: list[Event] = []
+        if not text:
+            return events
+        parts = _SPLIT.split(self._partial + text)
+        self._partial = parts.pop()
+        if len(self._partial) > 65536:  # a runaway line without breaks: keep memory bounded
+            parts.append(self._partial)
+            self._partial = ""
+        segment = self._segment
+        for part in parts:
+            if part:
+                segment(part, events)
+        if self._partial and "%|" in self._partial:
+            self._peek_bar(events)
+        return events
+
+    def flush(self) -> list[Event]:
+        """Close a pending rich record now (call when the log has been quiet for a moment)."""
+        events: list[Event] = []
+        self._close_record(events)
+        return events
+
+    def finish(self) -> list[Event]:
+        events = self.feed_text(self._decoder.decode(b"", final=True))
+        if self._partial:
+            part, self._partial = self._partial, ""
+            self._segment(part, events)
+        self._close_record(events)
+        self._close_totals(events)
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        return events
+
+    # -- segments
+
+    def _peek_bar(self, events: list[Event]) -> None:
+        text = self._partial
+        if "\x1b" in text:
+            text = _ANSI.sub("", text)
+        match = _BAR.match(text)
+        if match and match.group(0) != self._early_bar:
+            self._close_record(events)
+            self._close_totals(events)
+            self._early_bar = match.group(0)
+            self._open_bar = self._early_bar
+            events.append(_bar_from(match))
+
+    def _segment(self, text: str, events: list[Event]) -> None:
+        self.lines_seen += 1
+        if "\x1b" in text:
+            text = _ANSI.sub("", text)
+            if not text:
+                return
+        if "%|" in text:
+            match = _BAR.match(text)
+            if match:
+                bar_text = match.group(0)
+                if bar_text != self._early_bar:
+                    self._close_record(events)
+                    self._close_totals(events)
+                    events.append(_bar_from(match))
+                self._early_bar = None
+                self._open_bar = bar_text
+                rest = text[match.end():]
+                if rest.strip():
+                    self._segment(rest, events)
+                return
+        self._early_bar = None
+        if len(text) > 29 and text[19] == " " and text[20:29] in _LEVELS and (text[0] == " " or text[0].isdigit()):
+            self._start_record(text, events)
+            return
+        if self._record is not None and text.startswith(_CONT):
+            piece = text[29:].rstrip()
+            if self._last_piece_cells >= self._record_width:
+                self._record[-1] += piece  # rich folded a long word: no space was there
+            else:
+                self._record.append(piece)
+            self._last_piece_cells = _cells(piece)
+            return
+        self._close_record(events)
+        if not text.strip():
+            return
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        self._message(text.rstrip(), "", events)
+
+    def _start_record(self, text: str, events: list[Event]) -> None:
+        self._close_record(events)
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        level = _LEVELS[text[20:29]]
+        source = _SRC.search(text)
+        if source:
+            body = text[29 : source.start()]
+            self._record_width = _cells(text) - 29 - 1 - len(source.group(1))
+        else:
+            body = text[29:]
+            self._record_width = _cells(text) - 29
+        piece = body.rstrip()
+        self._record = [level, piece]
+        self._last_piece_cells = _cells(piece)
+
+    def _close_record(self, events: list[Event]) -> None:
+        record = self._record
+        if record is None:
+            return
+        self._record = None
+        message = " ".join(piece for piece in record[1:] if piece) if len(record) > 2 else record[1]
+        self._message(message, record[0], events)
+
+    def _close_totals(self, events: list[Event]) -> None:
+        totals = self._totals
+        if totals is None:
+            return
+        self._totals = None
+        events.append(Totals(
+            _int(totals.get("num train images * repeats", "")), _int(totals.get("num batches per epoch", "")),
+            _int(totals.get("num epochs", "")), totals.get("batch size per device", "").strip(),
+            _int(totals.get("gradient accumulation steps", "")), _int(totals.get("total optimization steps", "")),
+        ))
+
+    # -- messages
+
+    def _message(self, text: str, level: str, events: list[Event]) -> None:
+        if self._totals is not None:
+            match = _TOTAL.match(text)
+            if match:
+                self._totals[match.group(1)] = match.group(2)
+                events.append(Line(text, level))
+                if match.group(1) == "total optimization steps":
+                    self._close_totals(events)
+                return
+            self._close_totals(events)
+        if self._traceback and not text.startswith(" ") and not level:
+            exc = _EXC.match(text)
+            if exc:
+                self._traceback = False
+                events.append(Line(text, "ERROR"))
+                self._exception(exc.group(1), text, events)
+                return
+        events.append(Line(text, level))
+        if not text.startswith(_INTERESTING):
+            if level == "ERROR" or (not level and text[:1].isalpha() and _EXC.match(text)):
+                self._other(text, level, events)
+            return
+        if text.startswith("epoch "):
+            match = _EPOCH.match(text)
+            if match:
+                events.append(Epoch(int(match.group(1)), int(match.group(2))))
+        elif text.startswith("saving checkpoint: "):
+            events.append(CheckpointSaved(text[len("saving checkpoint: "):].strip()))
+        elif text.startswith("save train state to "):
+            match = _STATE.match(text)
+            if match:
+                events.append(StateSaved(match.group(1), int(match.group(2)), int(match.group(3))))
+        elif text.startswith("model saved."):
+            events.append(ModelSaved())
+        elif text.startswith("running training"):
+            self._totals = {}
+            events.append(Phase("training"))
+        elif text.startswith("generating sample images"):
+            match = _SAMPLE.match(text)
+            events.append(SampleStarted(int(match.group(1)) if match else -1))
+            events.append(Phase("sampling"))
+        elif text.startswith("load train state from"):
+            match = _LOADSTATE.match(text)
+            if match:
+                events.append(Resumed(match.group(1), int(match.group(2)), int(match.group(3))))
+        elif text.startswith("override steps"):
+            match = _OVERRIDE.match(text)
+            if match:
+                events.append(Totals(None, None, None, "", None, int(match.group(1))))
+        elif text.startswith("Traceback"):
+            self._traceback = True
+        elif text.startswith(("No data found", "Invalid user config")):
+            self._other(text, level, events)
+        else:
+            for prefix, phase in _PHASES:
+                if text.startswith(prefix):
+                    events.append(Phase(phase))
+                    break
+
+    def _other(self, text: str, level: str, events: list[Event]) -> None:
+        if text.startswith("No data found"):
+            events.append(Failure("no_data", text))
+        elif text.startswith("Invalid user config"):
+            events.append(Failure("dataset_config", text))
+        elif not level:
+            exc = _EXC.match(text)
+            if exc:
+                self._exception(exc.group(1), text, events)
+
+    def _exception(self, name: str, text: str, events: list[Event]) -> None:
+        if "CUDA out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text or "CUDA error: out of memory" in text:
+            events.append(Failure("oom", text))
+        elif name.endswith("CalledProcessError"):
+            match = _CALLED.search(text)
+            code = None
+            if match:
+                code = int(match.group(1)) if match.group(1) else -int(match.group(2))
+            events.append(Failure("launcher", text, code))
+        elif name == "FileNotFoundError" or name.endswith("SafetensorError"):
+            events.append(Failure("missing_model", text))
+        elif name.startswith("voluptuous"):
+            events.append(Failure("dataset_config", text))
+        elif name == "ValueError" and "Tried to find" in text:
+            events.append(Failure("resume_missing", text))
+        elif name == "KeyboardInterrupt":
+            events.append(Failure("interrupted", text))
+        else:
+            events.append(Failure("exception", text))
+
+
+def parse_bytes(data: bytes, chunk: int = 1 << 16) -> list[Event]:
+    """All events of a whole log (tests, the full-log view, the headless summary)."""
+    parser = LogParser()
+    events: list[Event] = []
+    for start in range(0, len(data), chunk):
+        events += parser.feed(data[start : start + chunk])
+    return events + parser.finish()
+
+
+# ------------------------------------------------------------------ state for the dashboard
+
+
+class LossHistory:
+    """avr_loss over absolute steps, downsampled: at most `limit` points, the stride doubles when full."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self.stride = 1
+        self.points: list[tuple[int, float]] = []
+        self._last_step = -1
+
+    def add(self, step: int, loss: float) -> None:
+        if step == self._last_step and self.points:
+            self.points[-1] = (step, loss)  # set_postfix redraw of the same step: keep the newest value
+            return
+        self._last_step = step
+        if step % self.stride:
+            return
+        self.points.append((step, loss))
+        if len(self.points) >= self.limit:
+            self.stride *= 2
+            self.points = [p for p in self.points if p[0] % self.stride == 0]
+
+    def values(self, count: int | None = None) -> list[float]:
+        values = [loss for _, loss in self.points]
+        if count is None or len(values) <= count:
+            return values
+        size = len(values) / count  # mean of each bin
+        return [
+            _finite_mean(values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))]) for i in range(count)
+        ]
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+@dataclass
+class TrainState:
+    """What is known about one run, from its log (and from the run record: `base_step`, `base_epoch`)."""
+
+    base_step: int = 0  # absolute step at which this run (a resume) started
+    base_epoch: int = 0
+    tail_lines: int = 400
+    step: int = 0  # absolute
+    total_steps: int | None = None
+    epoch: int = 0
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    rate: float | None = None  # it/s
+    elapsed_s: float = 0.0
+    loss: float | None = None
+    phase: str = "starting"
+    phase_bar: Bar | None = None  # a non-training bar (caching, sampling)
+    checkpoints: list[str] = field(default_factory=list)
+    states: list[StateSaved] = field(default_factory=list)
+    samples: int = 0
+    model_saved: bool = False
+    failures: list[Failure] = field(default_factory=list)
+    resumed_from: Resumed | None = None
+    nan_since: int | None = None
+    bar_line: str = ""
+    lines: deque[Line] = field(default_factory=deque)
+    events_seen: int = 0
+    _bar_total: int | None = None
+
+    def __post_init__(self) -> None:
+        self.lines = deque(maxlen=self.tail_lines)
+        self.losses = LossHistory()
+        if self.base_step:
+            self.step = self.base_step
+            self.epoch = self.base_epoch
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.total_steps is None or not self.rate:
+            return None
+        return max(0.0, (self.total_steps - self.step) / self.rate)
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total_steps:
+            return None
+        return max(0.0, min(1.0, self.step / self.total_steps))
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            self.events_seen += 1
+            kind = type(event)
+            if kind is Line:
+                self.lines.append(event)  # type: ignore[arg-type]
+            elif kind is Bar:
+                self._bar(event)  # type: ignore[arg-type]
+            elif kind is Epoch:
+                self.epoch, self.epochs = event.n, event.total  # type: ignore[union-attr]
+                self.phase = "training"
+            elif kind is Totals:
+                if event.total_steps is not None:  # type: ignore[union-attr]
+                    self.total_steps = event.total_steps  # type: ignore[union-attr]
+                if event.epochs is not None:  # type: ignore[union-attr]
+                    self.epochs = event.epochs  # type: ignore[union-attr]
+                if event.batches_per_epoch is not None:  # type: ignore[union-attr]
+                    self.steps_per_epoch = event.batches_per_epoch  # type: ignore[union-attr]
+            elif kind is Phase:
+                self.phase = event.name  # type: ignore[union-attr]
+            elif kind is CheckpointSaved:
+                self.checkpoints.append(event.path)  # type: ignore[union-attr]
+                self.phase = "saving"
+            elif kind is StateSaved:
+                self.states.append(event)  # type: ignore[arg-type]
+            elif kind is SampleStarted:
+                self.samples += 1
+            elif kind is Resumed:
+                self.resumed_from = event  # type: ignore[assignment]
+            elif kind is ModelSaved:
+                self.model_saved = True
+                self.phase = "finished"
+            elif kind is Failure:
+                self.failures.append(event)  # type: ignore[arg-type]
+
+    def _bar(self, bar: Bar) -> None:
+        self.bar_line = ""
+        if bar.desc != "steps":
+            self.phase_bar = bar
+            return
+        self.phase_bar = None
+        if self.phase in ("starting", "preparing", "saving", "sampling", "caching latents",
+                          "caching text encoder outputs", "loading models", "reading the dataset",
+                          "encoding sample prompts"):
+            self.phase = "training"
+        self._bar_total = bar.total
+        if self.total_steps is None:
+            self.total_steps = bar.total
+        self.step = self.base_step + bar.n
+        if self.total_steps is not None and self.base_step and bar.total < self.total_steps - self.base_step:
+            pass  # --skip_until_initial_step style totals: keep the planned total
+        if bar.rate is not None:
+            self.rate = bar.rate
+        self.elapsed_s = bar.elapsed_s
+        if bar.loss is not None:
+            self.loss = bar.loss
+            self.losses.add(self.step, bar.loss)
+            if math.isnan(bar.loss):
+                if self.nan_since is None:
+                    self.nan_since = self.step
+            else:
+                self.nan_since = None
+        if self.steps_per_epoch and self.epochs and bar.n:
+            # keep the epoch consistent with the absolute step even if sd-scripts' epoch line was lost
+            self.epoch = max(self.epoch, min(self.epochs, (self.step - 1) // self.steps_per_epoch + 1))
