@@ -401,6 +401,13 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
         plan.remote[role] = remote
         _remember(plan, entry, remote)
     dest_dir = session.paths.models
+    for role in missing:  # never overwrite a file that is there but is not this one
+        dest = dest_dir / plan.entries[role].filename
+        if dest.exists():
+            problem = (f"{dest} exists but is not the preset's file (size or sha256 differs): move or delete it, "
+                       f"or choose it as your {role} file")
+            plan.rows.update(role, state="error", note=problem)
+            raise DownloadError("exists", problem)
     remaining = {r: _remaining(plan.remote[r], dest_dir / plan.entries[r].filename) for r in missing}
     try:
         check_disk_space(dest_dir, sum(remaining.values()))

@@ -100,7 +100,7 @@ class FakeHub:
         for role in ("hub", "cdn"):
             server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, role))
             server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, name=f"fakehub-{role}", daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(0.05,), name=f"fakehub-{role}", daemon=True).start()
             self._servers.append(server)
             url = f"http://127.0.0.1:{server.server_address[1]}"
             if role == "hub":
