@@ -1,9 +1,698 @@
-"""GPU & batch-size probe — not built yet; the foundation only wires it into the wizard and replay."""
+"""GPU & batch-size step: pick one GPU, then find per bucket area the largest batch size that really trains.
+
+Each trial is a short real run of the trainer, built by the same command builder as training
+(`core.command.build_train_command`) with the session's real settings, plus: a dataset config holding only the
+bucket under test with enough repeats that every batch is full, `--max_train_steps 3` (the optimizer state is
+allocated at the first step; s/step is timed over the later ones), no sampling, no saving but the final file into a
+throwaway folder. Latent and text-encoder caches are written beside the prepared images, so they are reused by
+the next trials and by training.
+
+Search per bucket area (largest area first): start from the preset's batch size (or the result of the previous,
+larger area), double while it fits, then narrow down. Every trial's peak GPU memory is sampled through NVML;
+once two trials have run, the peaks give memory ≈ base + batch × per-image and the next trial goes straight to the
+largest batch size predicted to stay under the margin (then one trial above it confirms the limit). Without
+usable peaks it bisects. "Fits" means: no CUDA OOM, and the GPU's peak stays at or under 95 % of its memory.
+If batch 1 does not fit, the next lower preset (more block swapping) is tried, and the step says so.
+
+A trial killed by SIGKILL is reported as host-RAM exhaustion (the kernel's OOM killer), not as a VRAM limit.
+Each trial has a time limit; cancel kills the trial's whole process group.
+"""
 
 from __future__ import annotations
 
-from lorawizard.core.steps import StepContext, StepFailed, StepResult
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
+from lorawizard.core.progress import ProgressMeter
+from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.vram_presets import VramPreset, load_presets, preset_overrides, session_preset, step_down
+
+MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
+PROBE_STEPS = 3  # optimizer steps per trial (≥ 2: the optimizer state appears at the first)
+MAX_BATCH = 32  # the search stops here; bigger batches rarely help a LoRA
+TRIAL_TIMEOUT_S = 900.0  # model loading alone can take minutes on a slow disk
+RESULTS_FILE = "probe.json"  # in <project>/.lorawizard/: peaks and s/step per bucket, how and when measured
+
+OOM_TEXTS = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+SIGKILL_TEXTS = ("died with <Signals.SIGKILL: 9>", "Signals.SIGKILL")
+_BAR_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[[^\]]*?([\d.]+)(it/s|s/it)")
+_BAR_START_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+STATUS_WORDS = {
+    "ok": "ok",
+    "oom": "out of memory",
+    "over-margin": "over 95% margin",
+    "killed": "killed (host RAM?)",
+    "timeout": "timed out",
+    "error": "failed",
+}
+
+
+# ---------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    bucket: str  # "1024x1024": the bucket under test (its area stands for every bucket of that area)
+    batch: int
+    preset: VramPreset
+    images: int  # prepared images in that bucket
+    number: int = 0  # 1-based, across the whole probe
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    batch: int
+    status: str  # "ok" | "oom" | "over-margin" | "killed" | "timeout" | "error"
+    peak_bytes: int | None = None  # the trial's own GPU memory peak
+    device_peak_bytes: int | None = None  # the whole GPU's peak during the trial (others' memory included)
+    s_per_step: float | None = None
+    seconds: float = 0.0
+    detail: str = ""  # the OOM line, the error line, …
+    log: str | None = None  # the trial's log file
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "ok"
+
+    def line(self, bucket: str) -> str:
+        """`1024x1024  batch  4  21.6 GB  ok  3.9 s/step`."""
+        peak = f"{self.peak_bytes / GB:5.1f} GB" if self.peak_bytes is not None else "    — GB"
+        speed = f"  {self.s_per_step:.2f} s/step" if self.s_per_step is not None else ""
+        return f"{bucket:>9}  batch {self.batch:>3}  {peak}  {STATUS_WORDS.get(self.status, self.status)}{speed}"
+
+
+@dataclass(frozen=True)
+class ProbeEvent:
+    """Live reports for a screen: a trial started, advanced a step, or finished (with its outcome)."""
+
+    kind: str  # "trial-start" | "trial-step" | "trial-end" | "area-done" | "step-down"
+    spec: TrialSpec | None = None
+    step: int = 0
+    steps: int = 0
+    outcome: TrialOutcome | None = None
+    text: str = ""
+
+
+TrialRunner = Callable[[TrialSpec, Callable[[ProbeEvent], None]], TrialOutcome]
+
+
+def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: int) -> tuple[str, str]:
+    """(status, detail) of a finished trial from its exit status and log text."""
+    for needle in OOM_TEXTS:
+        index = text.find(needle)
+        if index >= 0:
+            start = text.rfind("\n", 0, index) + 1
+            end = text.find("\n", index)
+            return "oom", text[start : end if end >= 0 else None].strip()[:300]
+    if returncode == -signal.SIGKILL or any(needle in text for needle in SIGKILL_TEXTS):
+        return "killed", "the trainer was killed (SIGKILL): usually the kernel's OOM killer, host RAM ran out"
+    if returncode == 0 and (steps_done >= steps_wanted or "model saved." in text):
+        return "ok", ""
+    if returncode == 0:
+        return "error", "the trainer exited without training (no data found?)" + _last_line(text)
+    return "error", f"the trainer failed (exit status {returncode})" + _last_line(text)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Traceback", "File ", "^"))]
+    return f": {lines[-1][:240]}" if lines else ""
+
+
+def repeats_for(images: int, batch: int, steps: int = PROBE_STEPS) -> int:
+    """num_repeats so that images × repeats is a multiple of `batch` (every batch full) and gives ≥ `steps` batches."""
+    images = max(1, images)
+    unit = math.lcm(images, batch) // images  # repeats per "all batches full" block
+    blocks = math.ceil(batch * steps / (images * unit))
+    return unit * max(1, blocks)
+
+
+def probe_overrides(session: Session, preset: VramPreset, steps: int = PROBE_STEPS) -> dict[str, Any]:
+    """Trainer overrides for a trial: a few steps, nothing sampled or saved but the final file, the given preset."""
+    overrides: dict[str, Any] = preset_overrides(session, preset)
+    overrides.update({
+        "max_train_steps": steps,
+        "max_train_epochs": None,
+        "save_every_n_epochs": None,
+        "save_every_n_steps": None,
+        "save_state": None,
+        "save_state_on_train_end": None,
+        "sample_prompts": None,
+        "sample_every_n_epochs": None,
+        "sample_every_n_steps": None,
+        "sample_at_first": None,
+        "log_with": None,
+    })
+    return overrides
+
+
+class SubprocessTrialRunner:
+    """Runs one trial as a real trainer process in its own process group, sampling its peak GPU memory."""
+
+    def __init__(
+        self,
+        session: Session,
+        gpu: GpuInfo,
+        workdir: Path,
+        *,
+        cancel: threading.Event,
+        nvml: NvmlAdapter | None = None,
+        timeout_s: float = TRIAL_TIMEOUT_S,
+        steps: int = PROBE_STEPS,
+        sample_interval: float = 0.25,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.session, self.gpu, self.workdir, self.cancel = session, gpu, workdir, cancel
+        self.nvml, self.timeout_s, self.steps, self.sample_interval = nvml, timeout_s, steps, sample_interval
+        self.base_env = env
+
+    def command(self, spec: TrialSpec) -> Any:
+        """Write the trial's config files and return its TrainCommand (nothing is started)."""
+        from lorawizard.core import command as builder
+
+        trial_dir = self.workdir / f"trial-{spec.number:02d}-{spec.bucket}-b{spec.batch}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        accelerate = builder.write_accelerate_config(self.session, self.workdir / "accelerate.yaml")
+        dataset = builder.write_dataset_config(
+            self.session, trial_dir / "dataset_config.toml", buckets=[spec.bucket], batch_sizes={spec.bucket: spec.batch},
+            num_repeats=repeats_for(spec.images, spec.batch, self.steps),
+        )
+        return builder.build_train_command(
+            self.session, dataset_config=dataset, accelerate_config=accelerate, output_dir=trial_dir / "out",
+            output_name="probe", overrides=probe_overrides(self.session, spec.preset, self.steps),
+        )
+
+    def __call__(self, spec: TrialSpec, report: Callable[[ProbeEvent], None]) -> TrialOutcome:
+        from lorawizard.core.command import CommandError
+
+        try:
+            cmd = self.command(spec)
+        except (CommandError, OSError) as exc:
+            raise StepFailed(f"cannot build the trial's command: {exc}") from None
+        trial_dir = Path(cmd.options["output_dir"]).parent
+        log_path = trial_dir / "trial.log"
+        env = cmd.full_env(self.base_env)
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu.uuid  # pinned by UUID, whatever else is set
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("COLUMNS", "200")  # rich records on one line each
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    cmd.argv, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise StepFailed(f"cannot start the trainer {cmd.argv[0]}: {exc.strerror or exc}") from None
+        sampler = PeakSampler(self.gpu.uuid, lambda: process_tree(process.pid), self.nvml,
+                              interval=self.sample_interval).start()
+        tail = _LogTail(log_path)
+        ended_by: str | None = None
+        try:
+            while process.poll() is None:
+                if self.cancel.is_set():
+                    ended_by = "cancel"
+                    break
+                if time.monotonic() - started > self.timeout_s:
+                    ended_by = "timeout"
+                    break
+                if tail.read():
+                    report(ProbeEvent("trial-step", spec, tail.step, tail.total or self.steps))
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                kill_group(process)
+            sampler.stop()
+        tail.read()
+        seconds = time.monotonic() - started
+        common = dict(peak_bytes=sampler.peak, device_peak_bytes=sampler.device_peak, seconds=seconds, log=str(log_path))
+        shutil.rmtree(trial_dir / "out", ignore_errors=True)  # the throwaway LoRA; the log stays
+        if ended_by == "cancel":
+            raise Cancelled()
+        if ended_by == "timeout":
+            return TrialOutcome(spec.batch, "timeout", **common,
+                                detail=f"no result within {self.timeout_s:.0f} s (hung?); the trial was stopped")
+        status, detail = classify(process.returncode, tail.text, tail.step, self.steps)
+        return TrialOutcome(spec.batch, status, s_per_step=tail.seconds_per_step(), detail=detail, **common)
+
+
+class _LogTail:
+    """Reads a growing trial log; tracks the `steps:` bar and when each step first appeared."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.text = path, 0, ""
+        self.step, self.total = 0, 0
+        self.first_seen: dict[int, float] = {}
+        self.rate_s: float | None = None
+
+    def read(self) -> bool:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.offset += len(data)
+        chunk = data.decode("utf-8", "replace")
+        self.text += chunk
+        if len(self.text) > 2_000_000:
+            self.text = self.text[-1_000_000:]
+        now, moved = time.monotonic(), False
+        for piece in re.split(r"[\r\n]", chunk):
+            match = _BAR_START_RE.search(piece)
+            if not match:
+                continue
+            step, total = int(match.group(1)), int(match.group(2))
+            if step not in self.first_seen:
+                self.first_seen[step] = now
+            if step != self.step:
+                moved = True
+            self.step, self.total = max(self.step, step), total
+            rate = _BAR_RE.search(piece)
+            if rate and step > 0:
+                value = float(rate.group(3))
+                self.rate_s = value if rate.group(4) == "s/it" else (1 / value if value else None)
+        return moved
+
+    def seconds_per_step(self) -> float | None:
+        """Time per step after the first (which also allocates the optimizer state); tqdm's rate as a fallback."""
+        seen = sorted(k for k in self.first_seen if k >= 1)
+        if len(seen) >= 2 and seen[-1] > seen[0]:
+            elapsed = self.first_seen[seen[-1]] - self.first_seen[seen[0]]
+            if elapsed > 0:
+                return elapsed / (seen[-1] - seen[0])
+        return self.rate_s
+
+
+def process_tree(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [pid] + [child.pid for child in root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """SIGTERM to the trial's process group (launcher and trainer), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # children left behind in the group (the launcher's child outlives a SIGTERMed launcher)
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------- the search
+
+
+@dataclass
+class BatchSearch:
+    """Largest batch size that fits, from trial outcomes. `next()` proposes, `add()` learns.
+
+    `limit_bytes` (95 % of the GPU) and the trials' peaks let it predict the limit once two trials have run; without
+    peaks it doubles and bisects.
+    """
+
+    start: int
+    limit_bytes: int | None = None
+    max_batch: int = MAX_BATCH
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    _prediction_failed: bool = False
+
+    @property
+    def best(self) -> int:
+        return max((o.batch for o in self.outcomes if o.fits), default=0)
+
+    @property
+    def lowest_failure(self) -> int | None:
+        return min((o.batch for o in self.outcomes if not o.fits), default=None)
+
+    @property
+    def done(self) -> bool:
+        return self.next() is None
+
+    def add(self, outcome: TrialOutcome) -> None:
+        predicted = self._predict()
+        if not outcome.fits and predicted is not None and outcome.batch <= predicted:
+            self._prediction_failed = True  # the memory model was too hopeful: bisect from now on
+        self.outcomes.append(outcome)
+
+    def _points(self) -> list[tuple[int, int]]:
+        """(batch, GPU peak) of trials that ran to the end (fitting or over the margin)."""
+        points: dict[int, int] = {}
+        for o in self.outcomes:
+            if o.status in ("ok", "over-margin") and o.device_peak_bytes is not None:
+                points[o.batch] = o.device_peak_bytes
+        return sorted(points.items())
+
+    def _predict(self) -> int | None:
+        """The largest batch predicted to peak under `limit_bytes`, from the two largest measured batches."""
+        if self.limit_bytes is None or self._prediction_failed:
+            return None
+        points = self._points()
+        if len(points) < 2:
+            return None
+        (b1, m1), (b2, m2) = points[-2], points[-1]
+        per = (m2 - m1) / (b2 - b1)
+        if per <= 0:
+            return None
+        base = m2 - per * b2
+        return max(0, math.floor((self.limit_bytes - base) / per + 1e-9))
+
+    def next(self) -> int | None:
+        lo, hi = self.best, self.lowest_failure
+        tried = {o.batch for o in self.outcomes}
+        if hi is not None and hi <= lo + 1:
+            return None  # lo fits, lo + 1 doesn't (or nothing fits: hi == 1)
+        if lo >= self.max_batch:
+            return None
+        if not self.outcomes:
+            return max(1, min(self.start, self.max_batch))
+        ceiling = min(self.max_batch, hi - 1) if hi is not None else self.max_batch
+        predicted = self._predict()
+        if predicted is not None:
+            candidate = min(max(predicted, lo + 1), ceiling)  # prediction at lo → confirm lo + 1 fails
+        elif hi is None:
+            candidate = min(lo * 2, ceiling)
+        else:
+            candidate = (lo + hi) // 2 if hi - lo > 1 else lo + 1
+        if candidate in tried or candidate <= lo:
+            candidate = lo + 1 if lo + 1 not in tried else None
+        return candidate
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def dataset_buckets(session: Session) -> dict[str, int]:
+    """{bucket: number of prepared images} from the manifest when there is one, else `<dataset>/<W>x<H>/*.png`."""
+    root = session.paths.dataset
+    buckets: set[str] = set()
+    try:
+        from lorawizard.core import dataset as dataset_module
+
+        load_manifest = getattr(dataset_module, "load_manifest", None)
+        if load_manifest is not None:
+            buckets = {str(r.bucket) for r in load_manifest(session) if BUCKET_RE.match(str(getattr(r, "bucket", "")))}
+    except Exception:  # noqa: BLE001 - no or unreadable manifest: fall back to the folders
+        buckets = set()
+    if not buckets and root.is_dir():
+        buckets = {p.name for p in root.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)}
+    counts = {}
+    for bucket in buckets:
+        folder = root / bucket
+        count = sum(1 for p in folder.glob("*") if p.suffix.lower() == ".png") if folder.is_dir() else 0
+        if count:
+            counts[bucket] = count
+    return dict(sorted(counts.items(), key=lambda item: (-_area(item[0]), item[0])))
+
+
+def _area(bucket: str) -> int:
+    width, height = parse_bucket(bucket)
+    return width * height
+
+
+def areas(buckets: dict[str, int]) -> list[tuple[str, list[str], int]]:
+    """[(representative bucket, every bucket of that area, images in the representative)], largest area first.
+
+    The representative is the bucket of that area with the most images (ties: the wider one).
+    """
+    groups: dict[int, list[str]] = {}
+    for bucket in buckets:
+        groups.setdefault(_area(bucket), []).append(bucket)
+    result = []
+    for area in sorted(groups, reverse=True):
+        members = sorted(groups[area], key=lambda b: (-buckets[b], -parse_bucket(b)[0]))
+        result.append((members[0], sorted(members), buckets[members[0]]))
+    return result
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class AreaResult:
+    bucket: str
+    buckets: list[str]
+    batch: int
+    preset: str
+    peak_bytes: int | None
+    s_per_step: float | None
+    trials: list[TrialOutcome]
 
 
 def run_step(ctx: StepContext) -> StepResult:
-    raise StepFailed("the probe step is not built yet in this version of lorawizard")
+    session = ctx.session
+    nvml: NvmlAdapter | None = ctx.options.get("nvml")
+    inv: Inventory = inventory(nvml)
+    if not inv.gpus:
+        raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
+    saved = session.get("gpu.uuid")
+    gpu = inv.choose(ctx.options.get("gpu_uuid") or saved)
+    assert gpu is not None
+    if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
+        ctx.log(f"the saved GPU {saved} is not visible now; using GPU {gpu.index} ({gpu.name}, {gpu.uuid})")
+    if saved != gpu.uuid:
+        ctx.record("gpu.uuid", gpu.uuid)
+    ctx.log(f"GPU: {gpu.describe()} ({gpu.uuid})")
+
+    presets = load_presets(session)
+    preset = session_preset(session, gpu.memory_total)
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    ctx.log(f"preset: {preset.title()}")
+
+    buckets = dataset_buckets(session)
+    if not buckets:
+        raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
+    known = session.batch_sizes()
+    reprobe = bool(ctx.options.get("reprobe"))
+    todo = {b: n for b, n in buckets.items() if reprobe or b not in known}
+    skipped = [b for b in buckets if b not in todo]
+    if skipped:
+        ctx.log(f"already set, not probed again: {', '.join(f'{b} = {known[b]}' for b in skipped)}"
+                " (re-probe to measure them)")
+    if not todo:
+        return StepResult(True, "every bucket already has a batch size (re-probe to measure again)",
+                          details=_table_lines([], known, buckets), data={"batch_sizes": known})
+
+    groups = areas(todo)
+    workdir = session.paths.state / "probe"
+    if ctx.dry_run:
+        return _dry_run(ctx, gpu, preset, groups, workdir)
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner: TrialRunner = ctx.options.get("trial_runner") or SubprocessTrialRunner(
+        session, gpu, workdir, cancel=ctx.cancel, nvml=nvml,
+        timeout_s=float(ctx.options.get("trial_timeout_s") or TRIAL_TIMEOUT_S),
+    )
+    on_event: Callable[[ProbeEvent], None] = ctx.options.get("on_event") or (lambda event: None)
+    limit = int(gpu.memory_total * MARGIN)
+    started = time.monotonic()
+    meter = ProgressMeter(ctx.progress, "probe", "bucket areas", len(groups), "areas", interval=0)
+    meter.update(0, force=True)
+
+    results: list[AreaResult] = []
+    number = 0
+    while True:  # once per preset: a step-down starts the areas again
+        results = []
+        stepped: VramPreset | None = None
+        previous = 0
+        for bucket, members, images in groups:
+            search = BatchSearch(max(preset.batch_size, previous, 1), limit_bytes=limit,
+                                 max_batch=int(ctx.options.get("max_batch") or MAX_BATCH))
+            ctx.log(f"probing {bucket}" + (f" (also {', '.join(m for m in members if m != bucket)})" if len(members) > 1 else "")
+                    + f": {images} images, preset {preset.name}, starting at batch {search.start}")
+            while (batch := search.next()) is not None:
+                ctx.check_cancelled()
+                number += 1
+                spec = TrialSpec(bucket, batch, preset, images, number)
+                on_event(ProbeEvent("trial-start", spec, 0, PROBE_STEPS))
+                trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
+
+                def report(event: ProbeEvent, trial_meter: ProgressMeter = trial_meter) -> None:
+                    trial_meter.update(event.step, f"trial {event.spec.number if event.spec else ''}")
+                    on_event(event)
+
+                outcome = _with_margin(runner(spec, report), limit, gpu)
+                trial_meter.finish(STATUS_WORDS.get(outcome.status, outcome.status))
+                search.add(outcome)
+                on_event(ProbeEvent("trial-end", spec, outcome=outcome))
+                ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
+                if outcome.status == "error":
+                    raise StepFailed(f"trial {bucket} batch {batch}: {outcome.detail} (log: {outcome.log})")
+                if outcome.status in ("killed", "timeout") and batch == 1:
+                    what = "was killed (SIGKILL): host RAM ran out? Close other programs or add swap" \
+                        if outcome.status == "killed" else f"did not finish in time (hung?): see {outcome.log}"
+                    raise StepFailed(f"trial {bucket} batch 1 {what}")
+            if search.best == 0:
+                stepped = step_down(preset, presets)
+                if stepped is None:
+                    raise StepFailed(
+                        f"even batch 1 does not fit {bucket} with the {preset.name} preset "
+                        f"({preset.blocks_to_swap} blocks swapped): free GPU memory, use an fp8 T5-XXL, or smaller buckets"
+                    )
+                text = (f"batch 1 does not fit {bucket} with preset {preset.name}: stepping down to {stepped.name} "
+                        f"({stepped.blocks_to_swap} blocks swapped; slower, uses more host RAM)")
+                ctx.log(text)
+                on_event(ProbeEvent("step-down", text=text))
+                break
+            fitting = [o for o in search.outcomes if o.fits and o.batch == search.best]
+            best = fitting[-1] if fitting else None
+            results.append(AreaResult(bucket, members, search.best, preset.name, best.peak_bytes if best else None,
+                                      best.s_per_step if best else None, list(search.outcomes)))
+            previous = search.best
+            on_event(ProbeEvent("area-done", text=f"{bucket} → {search.best}"))
+            meter.update(len(results), f"{bucket} → batch {search.best}")
+        if stepped is None:
+            break
+        preset = stepped
+        meter.update(0, f"stepped down to {preset.name}")
+
+    meter.finish()
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    batch_sizes = dict(known)
+    for result in results:
+        for member in result.buckets:
+            ctx.record(f"gpu.batch_size.{member}", result.batch)
+            batch_sizes[member] = result.batch
+    _save_results(session, gpu, preset, results, time.monotonic() - started, ctx)
+    trials = sum(len(r.trials) for r in results)
+    summary = ", ".join(f"{r.bucket} → {r.batch}" for r in results)
+    return StepResult(
+        True,
+        f"{summary} ({trials} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
+        details=_table_lines(results, batch_sizes, buckets),
+        data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
+              "results": [_result_json(r) for r in results]},
+    )
+
+
+def _with_margin(outcome: TrialOutcome, limit: int, gpu: GpuInfo) -> TrialOutcome:
+    """A trial that trained but peaked above the margin does not fit."""
+    if outcome.status != "ok":
+        return outcome
+    level = outcome.device_peak_bytes
+    if level is None and outcome.peak_bytes is not None:
+        level = outcome.peak_bytes + gpu.memory_used
+    if level is not None and level > limit:
+        detail = f"peak {level / GB:.1f} GB is over {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB"
+        return TrialOutcome(outcome.batch, "over-margin", outcome.peak_bytes, outcome.device_peak_bytes,
+                            outcome.s_per_step, outcome.seconds, detail, outcome.log)
+    return outcome
+
+
+def _dry_run(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, groups: list[tuple[str, list[str], int]],
+             workdir: Path) -> StepResult:
+    from lorawizard.core import command as builder
+
+    bucket, _, images = groups[0]
+    spec = TrialSpec(bucket, max(1, preset.batch_size), preset, images, 1)
+    details = [f"would probe {b} ({n} images)" + (f", also for {', '.join(m for m in ms if m != b)}" if len(ms) > 1 else "")
+               for b, ms, n in groups]
+    try:
+        argv = builder.build_train_command(
+            ctx.session, dataset_config=workdir / "trial-01" / "dataset_config.toml",
+            accelerate_config=workdir / "accelerate.yaml", output_dir=workdir / "trial-01" / "out",
+            output_name="probe", overrides=probe_overrides(ctx.session, preset),
+        )
+        details.append("first trial: " + argv.shell_text())
+    except builder.CommandError as exc:
+        raise StepFailed(f"cannot build the trial's command: {exc}") from None
+    return StepResult(True, f"dry run: {len(groups)} bucket areas to probe on GPU {gpu.index}, starting at batch "
+                      f"{spec.batch}; nothing was run", details=details)
+
+
+def _table_lines(results: list[AreaResult], batch_sizes: dict[str, int], buckets: dict[str, int]) -> list[str]:
+    by_bucket = {m: r for r in results for m in r.buckets}
+    lines = [f"{'bucket':<11}{'images':>7}{'batch':>7}{'peak GB':>9}{'s/step':>8}  trials"]
+    for bucket, count in buckets.items():
+        result = by_bucket.get(bucket)
+        batch = batch_sizes.get(bucket)
+        if result is None:
+            lines.append(f"{bucket:<11}{count:>7}{batch if batch is not None else '—':>7}{'':>9}{'':>8}  (already set)")
+            continue
+        peak = f"{result.peak_bytes / GB:.1f}" if result.peak_bytes is not None else "—"
+        speed = f"{result.s_per_step:.2f}" if result.s_per_step is not None else "—"
+        tried = ", ".join(f"{o.batch}{'' if o.fits else '✗'}" for o in result.trials)
+        lines.append(f"{bucket:<11}{count:>7}{result.batch:>7}{peak:>9}{speed:>8}  {tried}")
+    return lines
+
+
+def _result_json(result: AreaResult) -> dict[str, Any]:
+    return {
+        "bucket": result.bucket,
+        "buckets": result.buckets,
+        "batch_size": result.batch,
+        "preset": result.preset,
+        "peak_gb": round(result.peak_bytes / GB, 2) if result.peak_bytes is not None else None,
+        "s_per_step": round(result.s_per_step, 3) if result.s_per_step is not None else None,
+        "trials": [asdict(o) for o in result.trials],
+    }
+
+
+def _save_results(session: Session, gpu: GpuInfo, preset: VramPreset, results: list[AreaResult], seconds: float,
+                  ctx: StepContext) -> None:
+    """Measurements beside the session (session.toml keeps only the batch sizes): what, when, how, on which GPU."""
+    path = session.paths.state / RESULTS_FILE
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        previous = {}
+    buckets = dict(previous.get("buckets", {})) if previous.get("gpu", {}).get("uuid") == gpu.uuid else {}
+    for result in results:
+        for member in result.buckets:
+            buckets[member] = _result_json(result)
+    data = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "how": f"real trainer runs of {PROBE_STEPS} optimizer steps; peak GPU memory sampled with NVML; "
+               f"fits = no CUDA OOM and peak ≤ {MARGIN:.0%} of the GPU",
+        "seconds": round(seconds, 1),
+        "gpu": {"uuid": gpu.uuid, "name": gpu.name, "memory_total": gpu.memory_total},
+        "preset": preset.name,
+        "buckets": buckets,
+    }
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        ctx.log(f"could not write {path}: {exc.strerror or exc}")
+
+
+def load_results(session: Session) -> dict[str, Any]:
+    """The last probe's measurements (`.lorawizard/probe.json`), {} when none."""
+    path = session.paths.state / RESULTS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
