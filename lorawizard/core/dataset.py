@@ -408,8 +408,19 @@ class _ManifestWriter:
             self.write(complete=False)
 
 
+class _PoolBroken(Exception):
+    pass
+
+
 def _executor(workers: int) -> Executor:
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    """Worker processes that do not inherit the wizard's threads (forkserver), where that is possible."""
+    import sys
+
+    methods = multiprocessing.get_all_start_methods()
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    importable_main = getattr(getattr(main, "__spec__", None), "name", None) is not None or main_file is None or os.path.isfile(main_file)
+    method = "forkserver" if "forkserver" in methods and importable_main else ("fork" if "fork" in methods else "spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
@@ -508,14 +519,10 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
         output = str(dataset_dir / item.output) if item.used and item.output else ""
         return RenderJob(str(item.path), output, item.bucket, item.crop, item.width, item.height)
 
+    pending = list(reversed(jobs))
     try:
-        if workers <= 1 or len(jobs) < 4:
-            for item in jobs:
-                ctx.check_cancelled()
-                finish(item, render(job_of(item)))
-        else:
+        if workers > 1 and len(jobs) >= 4:
             with _executor(min(workers, len(jobs))) as pool:
-                pending = list(reversed(jobs))
                 try:
                     while pending or items_by_future:
                         while pending and len(items_by_future) < workers * 2:
@@ -526,13 +533,21 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
                             item = items_by_future.pop(future)
                             try:
                                 outcome = future.result()
-                            except Exception as exc:  # a worker died (out of memory, killed)
-                                outcome = RenderOutcome(False, f"worker failed: {type(exc).__name__}: {exc}")
+                            except Exception:  # the pool broke (a worker was killed): finish in this process
+                                pending.append(item)
+                                pending.extend(items_by_future.pop(f) for f in list(items_by_future))
+                                raise _PoolBroken() from None
                             finish(item, outcome)
                         ctx.check_cancelled()
                 except Cancelled:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
+                except _PoolBroken:
+                    pool.shutdown(wait=False, cancel_futures=True)
+        while pending:
+            ctx.check_cancelled()
+            item = pending.pop()
+            finish(item, render(job_of(item)))
     except Cancelled:
         writer.write(complete=False)
         raise

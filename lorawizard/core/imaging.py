@@ -31,6 +31,10 @@ HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"
 HEIF_HINT = "HEIC/HEIF photo: install pillow-heif (pip install 'lorawizard[heif]') or convert it to JPEG"
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file is an error, never half a picture
+# Hostile files make Pillow warn; we turn every problem into a reason ourselves. (Global filters, because
+# warnings.catch_warnings is not thread-safe and the scan probes in threads.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 
 class ImageProblem(Exception):
@@ -97,9 +101,7 @@ def _short(exc: BaseException) -> str:
 def _open(path: Path) -> Image.Image:
     """Image.open with every failure turned into an ImageProblem and Pillow's warnings kept quiet."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Image.open(path)
+        return Image.open(path)
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"decompression bomb: {_short(exc).split(',')[0]}") from None
     except UnidentifiedImageError:
@@ -118,9 +120,7 @@ def _open(path: Path) -> Image.Image:
 
 def _orientation(im: Image.Image) -> int:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = im.getexif().get(ORIENTATION_TAG, 1)
+        value = im.getexif().get(ORIENTATION_TAG, 1)
         return int(value) if int(value) in range(1, 9) else 1
     except Exception:
         return 1  # a broken EXIF block: decoding will tell whether the file is usable
@@ -216,7 +216,8 @@ def fit_crop(crop: Crop, width: int, height: int, bucket: tuple[int, int]) -> Cr
     bw, bh = bucket
     full = center_crop(width, height, bucket)
     max_w, max_h = full[2] - full[0], full[3] - full[1]
-    want_w = max(right - left, (bottom - top) * bw / bh)
+    area = max(1, right - left) * max(1, bottom - top)
+    want_w = math.sqrt(area * bw / bh)  # same area, the bucket's aspect
     cw = max(8, min(max_w, round(want_w)))
     ch = max(1, min(max_h, round(cw * bh / bw)))
     cx, cy = (left + right) / 2, (top + bottom) / 2
@@ -334,9 +335,7 @@ def to_rgb8(im: Image.Image) -> Image.Image:
         converted = _icc_to_srgb(im, icc)
         return converted if converted.mode == "RGB" else im.convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or transparency is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Palette images with Transparency expressed in bytes ..."
-            rgba = im.convert("RGBA")
+        rgba = im.convert("RGBA")
         rgba = _icc_to_srgb(rgba, icc)
         return _flatten(rgba)
     if mode == "1":
@@ -358,20 +357,18 @@ def load_upright(path: Path, *, scale: float = 1.0) -> tuple[Image.Image, dict[s
         problem = check_dimensions(width, height)
         if problem:
             raise ImageProblem(problem)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            full_w = im.size[0]
-            if scale < 1.0 and im.format in ("JPEG", "MPO"):
-                want = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-                try:
-                    im.draft(None, want)  # type: ignore[arg-type]
-                except Exception:
-                    pass
-            decoded_scale = im.size[0] / full_w
-            im.load()
-            upright = ImageOps.exif_transpose(im) or im
-            rgb = to_rgb8(upright)
-            rgb.load()
+        full_w = im.size[0]
+        if scale < 1.0 and im.format in ("JPEG", "MPO"):
+            want = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+            try:
+                im.draft(None, want)  # type: ignore[arg-type]
+            except Exception:
+                pass
+        decoded_scale = im.size[0] / full_w
+        im.load()
+        upright = ImageOps.exif_transpose(im) or im
+        rgb = to_rgb8(upright)
+        rgb.load()
     except ImageProblem:
         im.close()
         raise
