@@ -296,7 +296,7 @@ def main(argv: list[str]) -> int:
         console.info(f"bucket {index}: resolution ({d['width']}, {d['height']}), count: {d['images']}",
                      "train_util.py:1066")
     steps_per_epoch = sum(math.ceil(d["images"] / d["batch_size"]) for d in datasets if d["images"])
-    if steps_per_epoch == 0:
+    if steps_per_epoch == 0 or ENV.get("STANDIN_FAIL") == "no_data":
         console.error("No data found. Please verify arguments (train_data_dir must be the parent of folders with "
                       "images) / 画像がありません。引数指定を確認してください", "train_network.py:576")
         return 0

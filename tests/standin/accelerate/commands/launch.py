@@ -57,7 +57,8 @@ def _config(path: str) -> dict[str, str]:
     for line in text.splitlines():
         match = re.match(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$", line)
         if match:
-            values[match.group(1)] = match.group(2).strip("'\"")
+            value = re.sub(r"\s+#.*$", "", match.group(2))  # a YAML comment after the value
+            values[match.group(1)] = value.strip("'\"")
     return values
 
 

@@ -1,0 +1,184 @@
+"""core.runs + core.training with the stand-in trainer: detached launch, reattach, pid reuse, stop, resume, diagnosis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core import runs
+from lorawizard.core.diagnosis import diagnose
+from lorawizard.core.runs import RunRecord
+from lorawizard.core.training import RunFollower, plan_run, start_run
+from tests.standin import make_train_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wait(record: RunRecord, timeout: float = 30) -> RunFollower:
+    follower = RunFollower(record)
+    deadline = time.monotonic() + timeout
+    while record.is_alive():
+        follower.poll()
+        assert time.monotonic() < deadline, "run did not end"
+        time.sleep(0.05)
+    follower.finish()
+    return follower
+
+
+def _start(session, **env: object) -> RunRecord:
+    for key, value in env.items():
+        os.environ[f"STANDIN_{key}"] = str(value)
+    try:
+        return start_run(session, plan_run(session))
+    finally:
+        for key in env:
+            os.environ.pop(f"STANDIN_{key}", None)
+
+
+def test_launch_detached_and_follow_to_the_end(tmp_path: Path) -> None:
+    session = make_train_project(tmp_path, epochs=3)
+    record = _start(session, STEP_SECONDS=0.01)
+    saved = json.loads((record.dir / "run.json").read_text())
+    assert saved["pid"] == record.pid and saved["create_time"] > 0 and "version = 1" in saved["session_text"]
+    assert saved["argv"][1:3] == ["-m", "accelerate.commands.launch"] and saved["env"]["PYTHONUNBUFFERED"] == "1"
+    assert os.getpgid(record.pid) == record.pid  # its own session/process group: the wizard's signals never reach it
+    follower = _wait(record)
+    state = follower.state
+    assert state.model_saved and (state.step, state.total_steps, state.epoch, state.epochs) == (6, 6, 3, 3)
+    assert [Path(p).name for p in state.checkpoints] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny.safetensors"]
+    assert record.status() == "finished" and record.returncode() == 0
+    assert follower.diagnosis(alive=False) is None
+    listed = runs.checkpoints(record.dir, "tiny")
+    assert [(p.name, e) for p, e, _ in listed][:2] == [("tiny-000001.safetensors", 1), ("tiny-000002.safetensors", 2)]
+    assert listed[0][2] == 3154356
+
+
+def test_reattach_after_the_wizard_process_is_killed(tmp_path: Path) -> None:
+    session = make_train_project(tmp_path, epochs=2)
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        os.environ["STANDIN_STEP_SECONDS"] = "0.3"
+        from lorawizard.core.session import Session
+        from lorawizard.core.training import plan_run, start_run
+        session = Session.load({str(session.path)!r})
+        record = start_run(session, plan_run(session))
+        print(record.run_id, flush=True)
+        import time; time.sleep(60)
+    """)
+    wizard = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    run_id = wizard.stdout.readline().strip()
+    wizard.kill()  # kill -9 the "wizard": the run must not notice
+    wizard.wait()
+    live = runs.live_run(session.paths.runs)
+    assert live is not None and live.run_id == run_id and live.status() == "running"
+    follower = _wait(live)
+    assert follower.state.model_saved and live.status() == "finished"
+    assert runs.live_run(session.paths.runs) is None
+
+
+def test_pid_reuse_is_never_taken_for_the_run(tmp_path: Path) -> None:
+    session = make_train_project(tmp_path)
+    record = _start(session, STEP_SECONDS=0.01)
+    _wait(record)
+    # pretend the recorded pid now belongs to another live process (ours), with its own create time
+    forged = RunRecord.load(record.dir)
+    forged.pid = os.getpid()
+    forged.save()
+    assert not runs.process_matches(os.getpid(), forged.create_time)
+    assert runs.live_run(session.paths.runs) is None
+    assert RunRecord.load(record.dir).status() == "finished"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"HANG_AT_STEP": 2}, "SIGINT"), ({"HANG_AT_STEP": 2, "IGNORE_SIGINT": 1, "IGNORE_SIGTERM": 1}, "SIGKILL")],
+)
+def test_stop_escalates(tmp_path: Path, env: dict, expected: str) -> None:
+    session = make_train_project(tmp_path, epochs=5)
+    record = _start(session, STEP_SECONDS=0.01, **env)
+    follower = RunFollower(record)
+    deadline = time.monotonic() + 20
+    while follower.state.step < 1:
+        follower.poll()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    tree = record.process_tree()
+    assert len(tree) >= 3  # supervisor, accelerate launcher, trainer
+    stages: list[str] = []
+    assert runs.stop(record, int_timeout=1.0, term_timeout=0.5, kill_timeout=5, on_stage=stages.append) == expected
+    assert stages[-1] == expected
+    assert not any(p.is_running() and p.status() != "zombie" for p in tree)
+    again = RunRecord.load(record.dir)
+    assert again.status() == "stopped" and again.stop_requested is not None
+    assert follower.diagnosis(alive=False) is None  # a stop is not a failure
+
+
+def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
+    session = make_train_project(tmp_path, epochs=4)  # 2 steps per epoch, 8 steps
+    first = _start(session, STEP_SECONDS=0.01, KILL_AT_STEP=6)  # killed during epoch 3, states after epochs 1, 2
+    follower = _wait(first)
+    assert follower.diagnosis(alive=False).kind == "host_oom"
+    state = runs.newest_state(session.paths.runs)
+    assert (state.epoch, state.step) == (2, 4)
+
+    plan = plan_run(session, resume=True)
+    assert (plan.base_step, plan.base_epoch, plan.resumed_from) == (4, 2, state.path)
+    assert "--resume" in plan.command.argv and "--initial_step" not in plan.command.argv
+    resumed = _wait(start_run(session, plan)).state
+    # sd-scripts' bar stopped at 4/8; the dashboard counts 8/8 and epoch 4/4
+    assert resumed.model_saved and (resumed.step, resumed.total_steps, resumed.epoch) == (8, 8, 4)
+    assert resumed.losses.points[0][0] == 5
+    # the end state written by the resumed run records the within-run step (4); ours is absolute (8)
+    newest = runs.newest_state(session.paths.runs)
+    assert newest.step == 8 and runs.read_state_step(newest.path) == 4
+    assert runs.resume_overrides(newest, 4) == {"initial_step": 8}
+
+
+def _diagnose_run(tmp_path: Path, session=None, **env: object):
+    session = session or make_train_project(tmp_path)
+    record = _start(session, STEP_SECONDS=0.01, **env)
+    follower = _wait(record)
+    return follower.diagnosis(alive=False), follower.state, record
+
+
+@pytest.mark.parametrize(
+    ("env", "kind"),
+    [
+        ({"VRAM_BUDGET": 1000}, "oom"),
+        ({"KILL_AT_STEP": 2}, "host_oom"),
+        ({"FAIL": "missing_model"}, "missing_model"),
+        ({"FAIL": "bad_config"}, "dataset_config"),
+    ],
+)
+def test_diagnosis_of_failed_runs(tmp_path: Path, env: dict, kind: str) -> None:
+    problem, state, record = _diagnose_run(tmp_path, **env)
+    assert problem is not None and problem.kind == kind and problem.advice
+    assert record.status() == "failed"
+
+
+def test_diagnosis_nan(tmp_path: Path) -> None:
+    problem, state, record = _diagnose_run(tmp_path, NAN_AT_STEP=3)
+    assert problem.kind == "nan" and "step 3" in problem.what and "learning_rate" in problem.advice
+    assert state.model_saved  # sd-scripts trains on with nan; the diagnosis still flags it
+
+
+def test_diagnosis_no_data_exit_zero_is_not_success(tmp_path: Path) -> None:
+    problem, state, record = _diagnose_run(tmp_path, FAIL="no_data")
+    assert record.returncode() == 0 and not state.model_saved
+    assert problem.kind == "no_data" and record.status() == "failed"
+
+
+def test_diagnosis_stalled_while_alive() -> None:
+    from lorawizard.core.logparse import TrainState
+
+    assert diagnose(TrainState(), alive=True, quiet_s=30) is None
+    stalled = diagnose(TrainState(), alive=True, quiet_s=1200)
+    assert stalled.kind == "stalled" and "20 min" in stalled.what
