@@ -134,6 +134,6 @@ def session_step_states(session: Session) -> dict[str, str]:
         states["env"] = "done"
     if session.batch_sizes():
         states["probe"] = "done"
-    if (paths.dataset / ".lorawizard-manifest.json").exists():
+    if (paths.dataset / "lorawizard-manifest.json").exists():  # written by the dataset step
         states["dataset"] = "done"
     return states
