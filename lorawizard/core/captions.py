@@ -1,9 +1,661 @@
-"""Captions step — not built yet; the foundation only wires it into the wizard and replay."""
+"""Captions step: import sidecar captions, keep them in session.toml, write the files sd-scripts reads.
+
+Where captions live
+* session.toml `[[dataset.images]]` `caption` (keyed by `file`, the source path relative to dataset.source)
+  holds the caption *body*; the trigger word (`dataset.trigger`) is kept apart and written first in every
+  caption file, followed by ", " (sd-scripts' `keep_tokens = 1` keeps the first comma-separated token).
+* `<paths.dataset>/<W>x<H>/<NNNN>.txt` beside each prepared image: one line, UTF-8, never empty — sd-scripts
+  reads only the first line and fails on an empty caption file.
+
+What sd-scripts does not notice
+* It caches text-encoder outputs in `<stem>_flux_te.npz` and never checks them against the caption, so
+  whenever an image's caption file changes its `_flux_te.npz` is deleted (and the folder's
+  `metadata_cache.json`, which caches captions when `cache_info = true`). Unchanged captions keep theirs.
+
+Everything here is plain Python (no Textual); the screen, the headless replay and the bench share it.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json
+from lorawizard.core.progress import ProgressMeter
+from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed, StepResult
+from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT, TokenCounter, load_counter
+
+SIDECAR_EXTENSIONS = (".txt", ".caption")
+MAX_IMPORT_BYTES = 64 * 1024  # a caption is a sentence or three; a bigger file is a mistake, read its start
+MANIFEST = "lorawizard-manifest.json"
+IMPORT_NOTES = "captions-import.json"  # in the project's .lorawizard/
+TE_CACHE_SUFFIX = "_flux_te.npz"
+METADATA_CACHE = "metadata_cache.json"
+SEPARATORS = ",;:.!?"
+
+# Status flags of one caption (a bit mask, so filtering 5,000 captions is one comparison each).
+MISSING = 1  # no caption in the session
+EMPTY = 2  # a caption that is blank
+EDITED = 4  # what would be written differs from the caption file on disk (not written yet)
+OVER_CLIP = 8  # more than 77 CLIP tokens: CLIP cuts the rest off
+OVER_T5 = 16  # more than 512 T5 tokens
+NO_TRIGGER = 32  # no trigger word is set
+TRIGGER_TWICE = 64  # the trigger appears again after its place at the front
+IMPORT_NOTE = 128  # the sidecar was not clean UTF-8, was cut, or had several lines
+OVER = OVER_CLIP | OVER_T5
+
+FILTERS: dict[str, tuple[str, int]] = {  # name → (label, mask); 0 = everything
+    "all": ("all", 0),
+    "missing": ("missing", MISSING | EMPTY),
+    "edited": ("edited", EDITED),
+    "over": ("over budget", OVER),
+    "trigger": ("trigger issues", NO_TRIGGER | TRIGGER_TWICE),
+    "imported": ("import notes", IMPORT_NOTE),
+}
+
+
+# ---------------------------------------------------------------- text rules
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\u200b\ufeff]")
+
+
+def one_line(text: str) -> str:
+    """Any caption → one line: lines are joined with ", " (or " " after punctuation), whitespace collapsed."""
+    out = ""
+    for raw in _CONTROL.sub("", text).splitlines():
+        part = " ".join(raw.split())
+        if not part:
+            continue
+        if not out:
+            out = part
+        elif out[-1] in SEPARATORS:
+            out += " " + part
+        else:
+            out += ", " + part
+    return out
+
+
+def _trigger_re(trigger: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)" + re.escape(trigger) + r"(?!\w)", re.IGNORECASE)
+
+
+def starts_with_trigger(body: str, trigger: str) -> bool:
+    if not trigger or not body.startswith(trigger):
+        return False
+    rest = body[len(trigger) :]
+    return rest == "" or rest[0] in SEPARATORS or rest[0].isspace()
+
+
+def strip_trigger(body: str, trigger: str) -> str:
+    """The body without a leading trigger and the separator after it (imported captions often have one)."""
+    if not starts_with_trigger(body, trigger):
+        return body
+    return body[len(trigger) :].lstrip(SEPARATORS + " \t")
+
+
+def compose(trigger: str, body: str | None) -> str:
+    """The one line written to the caption file: the trigger first, then the body."""
+    text = one_line(body or "")
+    trigger = one_line(trigger)
+    if not trigger or starts_with_trigger(text, trigger):
+        return text
+    return f"{trigger}, {text}" if text else trigger
+
+
+# ---------------------------------------------------------------- reading sidecar files
+
+
+@dataclass(frozen=True)
+class Decoded:
+    text: str
+    notes: tuple[str, ...] = ()
+
+
+def decode_caption(data: bytes, *, limit: int = MAX_IMPORT_BYTES) -> Decoded:
+    """Bytes of a caption file → text. Never raises: non-UTF-8 falls back to cp1252/latin-1 and says so."""
+    notes: list[str] = []
+    size = len(data)
+    if size > limit:
+        data = data[:limit]
+        notes.append(f"file is {size:,} bytes: only the first {limit // 1024} KB were read")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = data.decode("utf-16", errors="replace")
+        notes.append("decoded as UTF-16 (written back as UTF-8)")
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            if size > limit and exc.start >= len(data) - 3:  # the cut split a character: drop the partial one
+                text = data[: exc.start].decode("utf-8-sig", errors="replace")
+            else:
+                try:
+                    text, encoding = data.decode("cp1252"), "cp1252"
+                except UnicodeDecodeError:
+                    text, encoding = data.decode("latin-1"), "latin-1"
+                notes.append(f"not UTF-8: decoded as {encoding}, check accented letters")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        notes.append(f"{len(lines)} lines joined into one (sd-scripts reads only the first line)")
+    if not lines:
+        notes.append("the file was empty")
+    return Decoded(one_line(text), tuple(notes))
+
+
+def find_sidecar(source_root: Path, source: str) -> Path | None:
+    """`sub/a.jpg` → `<source_root>/sub/a.txt` or `a.caption` (or `a.jpg.txt`), the first that exists."""
+    original = source_root / source
+    for candidate in (
+        *(original.with_suffix(ext) for ext in SIDECAR_EXTENSIONS),
+        *(original.with_name(original.name + ext) for ext in SIDECAR_EXTENSIONS),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sidecar(path: Path) -> Decoded:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_IMPORT_BYTES + 1)
+            size = path.stat().st_size
+    except OSError as exc:
+        return Decoded("", (f"cannot read {path.name}: {exc.strerror or exc}",))
+    decoded = decode_caption(data, limit=MAX_IMPORT_BYTES)
+    if size > MAX_IMPORT_BYTES:  # decode_caption saw only limit+1 bytes: name the real size
+        notes = tuple(
+            f"file is {size:,} bytes: only the first {MAX_IMPORT_BYTES // 1024} KB were read" if n.startswith("file is ") else n
+            for n in decoded.notes
+        )
+        decoded = Decoded(decoded.text, notes)
+    return decoded
+
+
+# ---------------------------------------------------------------- the prepared images
+
+
+@dataclass(frozen=True)
+class Prepared:
+    output: Path  # absolute path of the prepared PNG
+    source: str  # the original, relative to dataset.source (the session key)
+
+
+def prepared_images(session: Session) -> list[Prepared]:
+    """What the dataset step prepared, in manifest order (via core.dataset when it offers `load_manifest`)."""
+    try:
+        from lorawizard.core.dataset import load_manifest  # type: ignore[attr-defined]
+    except ImportError:
+        load_manifest = None
+    if load_manifest is not None:
+        try:
+            return [Prepared(Path(p.output), str(p.source)) for p in load_manifest(session)]
+        except FileNotFoundError:
+            return []
+    return read_manifest(session.paths.dataset)
+
+
+def read_manifest(dataset: Path) -> list[Prepared]:
+    path = dataset / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise StepFailed(f"{path}: cannot read the dataset manifest ({exc}); run the dataset step again") from None
+    try:
+        return [Prepared(dataset / str(entry["output"]), str(entry["source"])) for entry in data["images"]]
+    except (KeyError, TypeError) as exc:
+        raise StepFailed(f"{path}: not a lorawizard manifest (missing {exc}); run the dataset step again") from None
+
+
+# ---------------------------------------------------------------- the caption set
+
+
+@dataclass
+class Caption:
+    file: str  # session key: source path relative to dataset.source
+    output: Path  # the prepared image
+    body: str | None  # caption from the session; None = missing
+    on_disk: bytes | None = None  # the caption file as it is now (None: no file)
+    note: str = ""  # import notes, for people
+    line: str = ""  # what would be written (trigger first, one line)
+    clip: int = 0
+    t5: int = 0
+    flags: int = 0
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).name
+
+    @property
+    def txt_path(self) -> Path:
+        return self.output.with_suffix(".txt")
+
+    @property
+    def te_cache(self) -> Path:
+        return self.output.with_name(self.output.stem + TE_CACHE_SUFFIX)
+
+    @property
+    def wanted_bytes(self) -> bytes | None:
+        """The caption file's content, or None when no file should exist (nothing to write)."""
+        return (self.line + "\n").encode("utf-8") if self.line else None
+
+
+@dataclass
+class BulkPlan:
+    """A bulk change, computed but not applied: how many captions change and a few examples."""
+
+    description: str
+    changes: dict[int, tuple[str | None, str]]  # index → (old body, new body)
+    scope: int  # captions looked at
+    error: str | None = None
+
+    def examples(self, count: int = 3) -> list[tuple[str, str]]:
+        return [(old or "", new) for old, new in list(self.changes.values())[:count]]
+
+
+@dataclass
+class Undo:
+    description: str
+    changes: dict[int, tuple[str | None, str]]  # index → (body before, body the bulk change set)
+
+
+@dataclass
+class CaptionSet:
+    """All captions of the prepared images, their token counts and flags, bulk edits with undo."""
+
+    items: list[Caption]
+    trigger: str
+    counter: TokenCounter
+    captionless: bool = False
+    undo_stack: list[Undo] = field(default_factory=list)
+
+    # -- building
+
+    @classmethod
+    def from_session(
+        cls, session: Session, *, counter: TokenCounter | None = None, read_disk: bool = True
+    ) -> CaptionSet:
+        images = session.images()
+        notes = load_import_notes(session)
+        items: list[Caption] = []
+        for prepared in prepared_images(session):
+            entry = images.get(prepared.source, {})
+            if entry.get("skip"):
+                continue
+            body = entry.get("caption")
+            items.append(Caption(prepared.source, prepared.output, None if body is None else str(body), note=notes.get(prepared.source, "")))
+        if read_disk:
+            for item in items:
+                item.on_disk = _read_bytes(item.txt_path)
+        captions = cls(
+            items,
+            str(session.get("dataset.trigger") or ""),
+            counter or load_counter(session.paths.tokenizers),
+            bool(session.get("dataset.captionless")),
+        )
+        captions.refresh()
+        return captions
+
+    def refresh(self, indices: Iterable[int] | None = None) -> None:
+        """Recompute line, token counts and flags (of `indices`, or of everything)."""
+        chosen = range(len(self.items)) if indices is None else list(indices)
+        trigger = one_line(self.trigger)
+        finder = _trigger_re(trigger) if trigger else None
+        lines = [compose(trigger, self.items[i].body) for i in chosen]
+        counts = self.counter.count_many(lines)
+        for i, line, (clip, t5) in zip(chosen, lines, counts, strict=True):
+            item = self.items[i]
+            item.line, item.clip, item.t5 = line, clip, t5
+            flags = 0
+            if item.body is None:
+                flags |= MISSING
+            elif not one_line(item.body):
+                flags |= EMPTY
+            if item.wanted_bytes != item.on_disk:
+                flags |= EDITED
+            if clip > CLIP_LIMIT:
+                flags |= OVER_CLIP
+            if t5 > T5_LIMIT:
+                flags |= OVER_T5
+            if finder is None:
+                flags |= NO_TRIGGER
+            elif len(finder.findall(line)) > 1:
+                flags |= TRIGGER_TWICE
+            if item.note:
+                flags |= IMPORT_NOTE
+            item.flags = flags
+
+    # -- reading
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def filtered(self, name: str = "all") -> list[int]:
+        mask = FILTERS[name][1]
+        if not mask:
+            return list(range(len(self.items)))
+        return [i for i, item in enumerate(self.items) if item.flags & mask]
+
+    def counts(self) -> dict[str, int]:
+        result = dict.fromkeys(FILTERS, 0)
+        result["all"] = len(self.items)
+        for item in self.items:
+            for name, (_, mask) in FILTERS.items():
+                if mask and item.flags & mask:
+                    result[name] += 1
+        return result
+
+    def uncaptioned(self) -> list[Caption]:
+        return [item for item in self.items if item.flags & (MISSING | EMPTY)]
+
+    # -- editing
+
+    def set_body(self, index: int, body: str | None) -> bool:
+        item = self.items[index]
+        if item.body == body:
+            return False
+        item.body = body
+        self.refresh([index])
+        return True
+
+    def set_trigger(self, trigger: str) -> None:
+        if trigger != self.trigger:
+            self.trigger = trigger
+            self.refresh()
+
+    def plan_replace(self, find: str, replace: str, *, regex: bool = False, indices: Sequence[int] | None = None) -> BulkPlan:
+        scope = list(range(len(self.items)) if indices is None else indices)
+        what = f"replace {'regex ' if regex else ''}{find!r} with {replace!r}"
+        if not find:
+            return BulkPlan(what, {}, len(scope), "type what to find")
+        if regex:
+            try:
+                pattern = re.compile(find)
+                pattern.sub(replace, "")  # a bad group reference shows up here, not mid-way
+            except (re.error, IndexError) as exc:
+                return BulkPlan(what, {}, len(scope), f"not a valid regular expression: {exc}")
+
+            def change(text: str) -> str:
+                return pattern.sub(replace, text)
+        else:
+
+            def change(text: str) -> str:
+                return text.replace(find, replace)
+
+        changes: dict[int, tuple[str | None, str]] = {}
+        for i in scope:
+            old = self.items[i].body
+            if old is None:
+                continue
+            try:
+                new = change(old)
+            except (re.error, IndexError) as exc:
+                return BulkPlan(what, {}, len(scope), f"cannot replace: {exc}")
+            if new != old:
+                changes[i] = (old, new)
+        return BulkPlan(what, changes, len(scope))
+
+    def plan_affix(self, prefix: str, suffix: str, *, indices: Sequence[int] | None = None) -> BulkPlan:
+        """Add text before and/or after every caption that does not already start/end with it."""
+        scope = list(range(len(self.items)) if indices is None else indices)
+        what = f"add prefix {prefix!r} / suffix {suffix!r}"
+        if not prefix and not suffix:
+            return BulkPlan(what, {}, len(scope), "type a prefix or a suffix")
+        changes: dict[int, tuple[str | None, str]] = {}
+        for i in scope:
+            old = self.items[i].body
+            if old is None:
+                continue
+            new = old
+            if prefix and not new.startswith(prefix):
+                new = prefix + new
+            if suffix and not new.endswith(suffix):
+                new = new + suffix
+            if new != old:
+                changes[i] = (old, new)
+        return BulkPlan(what, changes, len(scope))
+
+    def apply(self, plan: BulkPlan) -> list[int]:
+        """Apply a plan; it becomes the bulk change that `undo` reverts. Returns the changed indices."""
+        if plan.error or not plan.changes:
+            return []
+        for i, (_, new) in plan.changes.items():
+            self.items[i].body = new
+        self.refresh(plan.changes)
+        self.undo_stack.append(Undo(plan.description, dict(plan.changes)))
+        del self.undo_stack[:-20]
+        return list(plan.changes)
+
+    def undo(self) -> tuple[Undo | None, list[int], int]:
+        """Revert the last bulk change. Captions edited by hand since then keep the hand edit.
+
+        Returns (what was undone or None, restored indices, how many were kept because they changed since).
+        """
+        if not self.undo_stack:
+            return None, [], 0
+        last = self.undo_stack.pop()
+        restored = [i for i, (_, new) in last.changes.items() if self.items[i].body == new]
+        for i in restored:
+            self.items[i].body = last.changes[i][0]
+        self.refresh(restored)
+        return last, restored, len(last.changes) - len(restored)
+
+    def session_changes(self, indices: Iterable[int]) -> list[tuple[str, dict[str, Any]]]:
+        return [(self.items[i].file, {"caption": self.items[i].body}) for i in indices]
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return b"\x00unreadable"  # differs from anything we write: it will be rewritten
+
+
+# ---------------------------------------------------------------- import
+
+
+@dataclass
+class ImportResult:
+    captions: dict[str, str]  # file → imported body
+    notes: dict[str, str]  # file → what was odd about its sidecar
+
+
+def find_imports(session: Session, images: Sequence[Prepared] | None = None) -> ImportResult:
+    """Sidecar captions next to the originals, for the images that have no caption in the session yet."""
+    source = session.resolve(session.get("dataset.source"))
+    result = ImportResult({}, {})
+    if source is None:
+        return result
+    existing = session.images()
+    trigger = one_line(str(session.get("dataset.trigger") or ""))
+    for prepared in images if images is not None else prepared_images(session):
+        if existing.get(prepared.source, {}).get("caption") is not None:
+            continue  # never overwrite a caption the session already has
+        path = find_sidecar(source, prepared.source)
+        if path is None:
+            continue
+        decoded = read_sidecar(path)
+        result.captions[prepared.source] = strip_trigger(decoded.text, trigger)
+        if decoded.notes:
+            result.notes[prepared.source] = f"{path.name}: " + "; ".join(decoded.notes)
+    return result
+
+
+def load_import_notes(session: Session) -> dict[str, str]:
+    try:
+        data = json.loads((session.paths.state / IMPORT_NOTES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def save_import_notes(session: Session, notes: dict[str, str]) -> None:
+    if notes:
+        merged = {**load_import_notes(session), **notes}
+        atomic_write_json(session.paths.state / IMPORT_NOTES, merged)
+
+
+def store_imports(session: Session, result: ImportResult, record: Callable[[str, Any], None] | None = None) -> int:
+    """Put imported captions into the session: through `record` (replay) or with one save (wizard)."""
+    if not result.captions:
+        return 0
+    if record is not None:
+        for file, body in result.captions.items():
+            record(f"dataset.images:{file}", {"caption": body})
+    else:
+        session.update_images((file, {"caption": body}) for file, body in result.captions.items())
+        session.save()
+    save_import_notes(session, result.notes)
+    return len(result.captions)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class WriteReport:
+    written: list[Path] = field(default_factory=list)
+    unchanged: int = 0
+    removed: list[Path] = field(default_factory=list)  # stale caption files of images that now have none
+    caches_deleted: list[Path] = field(default_factory=list)
+    missing_images: list[Path] = field(default_factory=list)  # prepared images that are gone (nothing written)
+
+
+def write_captions(
+    captions: CaptionSet,
+    *,
+    dry_run: bool = False,
+    progress: ProgressMeter | None = None,
+    check_cancelled: Callable[[], None] = lambda: None,
+) -> WriteReport:
+    """Write each caption file that differs from the wanted line; delete TE caches of exactly those images."""
+    report = WriteReport()
+    changed_dirs: set[Path] = set()
+    for item in captions.items:
+        check_cancelled()
+        if not item.output.is_file():
+            report.missing_images.append(item.output)
+            continue
+        wanted = item.wanted_bytes
+        current = _read_bytes(item.txt_path)
+        item.on_disk = current
+        if wanted == current:
+            report.unchanged += 1
+        elif wanted is None:  # nothing to write: a stale or empty file would mislead sd-scripts
+            report.removed.append(item.txt_path)
+            if not dry_run:
+                item.txt_path.unlink(missing_ok=True)
+                item.on_disk = None
+        else:
+            report.written.append(item.txt_path)
+            if not dry_run:
+                atomic_write_bytes(item.txt_path, wanted)
+                item.on_disk = wanted
+        if wanted != current:
+            changed_dirs.add(item.output.parent)
+            if item.te_cache.exists():
+                report.caches_deleted.append(item.te_cache)
+                if not dry_run:
+                    item.te_cache.unlink(missing_ok=True)
+        if progress is not None:
+            progress.advance(1, item.name)
+    for folder in sorted(changed_dirs):
+        metadata = folder / METADATA_CACHE
+        if metadata.exists():
+            report.caches_deleted.append(metadata)
+            if not dry_run:
+                metadata.unlink(missing_ok=True)
+    captions.refresh()
+    return report
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _listing(title: str, items: Sequence[Caption], describe: Callable[[Caption], str], limit: int = 15) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{title} ({len(items)}):"]
+    lines += [f"  {describe(item)}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  … and {len(items) - limit} more")
+    return lines
 
 
 def run_step(ctx: StepContext) -> StepResult:
-    raise StepFailed("the captions step is not built yet in this version of lorawizard")
+    session = ctx.session
+    images = prepared_images(session)
+    if not images:
+        raise StepFailed(f"no prepared images in {session.paths.dataset}: run the dataset step first")
+
+    imports = find_imports(session, images)
+    if imports.captions:
+        if session.read_only:
+            store_imports(session, imports, record=ctx.record)
+        else:
+            store_imports(session, imports)
+        ctx.log(f"imported {len(imports.captions)} captions from .txt/.caption files next to the originals")
+    for file, note in imports.notes.items():
+        ctx.log(f"import note: {file}: {note}")
+
+    captions = CaptionSet.from_session(session)
+    ctx.check_cancelled()
+    meter = ProgressMeter(ctx.progress, "captions", "writing caption files", len(captions), "captions")
+    report = write_captions(captions, dry_run=ctx.dry_run, progress=meter, check_cancelled=ctx.check_cancelled)
+    meter.finish()
+    if report.missing_images:
+        first = report.missing_images[0]
+        raise StepFailed(
+            f"{len(report.missing_images)} prepared images are gone (e.g. {first}): run the dataset step again"
+        )
+
+    estimate = "" if captions.counter.exact else " (estimate: tokenizers not fetched)"
+    uncaptioned = captions.uncaptioned()
+    over_clip = [i for i in captions.items if i.flags & OVER_CLIP]
+    over_t5 = [i for i in captions.items if i.flags & OVER_T5]
+    twice = [i for i in captions.items if i.flags & TRIGGER_TWICE]
+    noted = [i for i in captions.items if i.note]
+    details = [
+        *_listing("no caption", uncaptioned, lambda i: f"{i.file} ({'empty' if i.flags & EMPTY else 'missing'})"),
+        *_listing(f"over {CLIP_LIMIT} CLIP tokens, the rest is cut off{estimate}", over_clip, lambda i: f"{i.file}: {i.clip}"),
+        *_listing(f"over {T5_LIMIT} T5 tokens{estimate}", over_t5, lambda i: f"{i.file}: {i.t5}"),
+        *_listing("trigger word also appears later in the caption", twice, lambda i: i.file),
+        *_listing("import notes", noted, lambda i: f"{i.file}: {i.note}"),
+    ]
+    if not captions.trigger:
+        details.append("no trigger word set (dataset.trigger): captions are written without one")
+    verb = "would write" if ctx.dry_run else "wrote"
+    parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
+    if report.removed:
+        parts.append(f"{'would remove' if ctx.dry_run else 'removed'} {len(report.removed)} stale ones")
+    if report.caches_deleted:
+        parts.append(f"{'would delete' if ctx.dry_run else 'deleted'} {len(report.caches_deleted)} stale text-encoder caches")
+    if over_clip:
+        parts.append(f"{len(over_clip)} over the CLIP budget{estimate}")
+    data = {
+        "written": len(report.written),
+        "unchanged": report.unchanged,
+        "removed": len(report.removed),
+        "caches_deleted": [str(p) for p in report.caches_deleted],
+        "uncaptioned": [i.file for i in uncaptioned],
+        "over_clip": [i.file for i in over_clip],
+        "over_t5": [i.file for i in over_t5],
+        "exact_tokens": captions.counter.exact,
+    }
+    if uncaptioned and not captions.captionless:
+        summary = (
+            f"{len(uncaptioned)} of {len(captions)} images have no caption — write them, or set "
+            f"dataset.captionless = true to train without ({'; '.join(parts)})"
+        )
+        return StepResult(False, summary, details, data)
+    if uncaptioned:
+        parts.append(f"{len(uncaptioned)} without caption (captionless training intended)")
+    return StepResult(True, "; ".join(parts), details, data)

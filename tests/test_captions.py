@@ -1,0 +1,268 @@
+"""Captions core: import, text rules, trigger, bulk edits with undo, token budget, writing for sd-scripts, replay."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core import captions as cap
+from lorawizard.core.session import Session
+from lorawizard.core.steps import StepContext
+from lorawizard.core.tokens import estimate_counter, load_counter
+from lorawizard.headless import replay
+from tests.captions_fixtures import make_project, make_tokenizers, txt_of
+
+SOURCES = ["a.jpg", "sub/b.jpg", "c.png", "d.jpg"]
+
+
+def run(session: Session, **kwargs: object):  # noqa: ANN201
+    return cap.run_step(StepContext(session=session, **kwargs))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- import
+
+
+@pytest.mark.parametrize(
+    ("data", "text", "note"),
+    [
+        ("ohne Umlaute, a café".encode(), "ohne Umlaute, a café", None),
+        ("a café in Zürich".encode("latin-1"), "a café in Zürich", "not UTF-8: decoded as cp1252"),
+        (b"\xef\xbb\xbfa woman, red coat", "a woman, red coat", None),
+        (b"a woman\r\nred coat\r\n", "a woman, red coat", "2 lines joined into one"),
+        (b"", "", "the file was empty"),
+        ("a woman".encode("utf-16"), "a woman", "decoded as UTF-16"),
+        (b"first line.\nsecond", "first line. second", "2 lines joined"),
+    ],
+    ids=["utf8", "latin1", "bom", "crlf", "empty", "utf16", "after-period"],
+)
+def test_decode_caption(data: bytes, text: str, note: str | None) -> None:
+    decoded = cap.decode_caption(data)
+    assert decoded.text == text
+    if note is None:
+        assert decoded.notes == ()
+    else:
+        assert any(note in n for n in decoded.notes), decoded.notes
+
+
+def test_import_reads_sidecars_never_overwrites_and_flags_odd_files(project: Path) -> None:
+    huge = ("word " * 40_000).encode()  # 200 KB
+    session = make_project(
+        project,
+        SOURCES,
+        sidecars={
+            "a.txt": "ohwx, a woman in a café".encode(),
+            "sub/b.caption": "une fenêtre".encode("latin-1"),
+            "c.txt": huge,
+            "d.txt": b"from the file",
+        },
+        captions={"d.jpg": "kept from the session"},
+        trigger="ohwx",
+    )
+    result = cap.find_imports(session)
+    assert result.captions["a.jpg"] == "a woman in a café"  # leading trigger stripped: it is written anyway
+    assert result.captions["sub/b.jpg"] == "une fenêtre"
+    assert "not UTF-8" in result.notes["sub/b.jpg"] and "b.caption" in result.notes["sub/b.jpg"]
+    assert len(result.captions["c.png"]) <= cap.MAX_IMPORT_BYTES
+    assert "200,000 bytes" in result.notes["c.png"]
+    assert "d.jpg" not in result.captions
+
+    outcome = run(session)
+    saved = Session.load(project / "session.toml").images()
+    assert saved["a.jpg"]["caption"] == "a woman in a café"
+    assert saved["d.jpg"]["caption"] == "kept from the session"
+    assert txt_of(project, 1).read_text(encoding="utf-8") == "ohwx, a woman in a café\n"
+    assert txt_of(project, 2).read_text(encoding="utf-8") == "ohwx, une fenêtre\n"
+    assert outcome.ok
+    assert any("not UTF-8" in line for line in outcome.details)
+    # the note survives for the screen
+    assert "not UTF-8" in cap.CaptionSet.from_session(Session.load(project / "session.toml")).items[1].note
+
+
+# ---------------------------------------------------------------- text rules and trigger
+
+
+def test_multi_line_captions_are_written_as_one_line(project: Path) -> None:
+    session = make_project(project, ["a.jpg"], captions={"a.jpg": "a woman\n\n  red   coat\r\nfilm grain.\tsoft\n"})
+    assert run(session).ok
+    assert txt_of(project, 1).read_bytes() == b"a woman, red coat, film grain. soft\n"
+
+
+def test_trigger_first_once_and_flagged_elsewhere() -> None:
+    assert cap.compose("ohwx", "a woman") == "ohwx, a woman"
+    assert cap.compose("ohwx", "ohwx, a woman") == "ohwx, a woman"  # not doubled
+    assert cap.compose("ohwx", "ohwxman at sea") == "ohwx, ohwxman at sea"
+    assert cap.compose("ohwx", "") == "ohwx"
+    assert cap.compose("", "a woman") == "a woman"
+    assert cap.compose("ohwx", None) == "ohwx"
+    items = [cap.Caption("a", Path("/x/1.png"), "a photo of ohwx"), cap.Caption("b", Path("/x/2.png"), "a woman")]
+    captions = cap.CaptionSet(items, "ohwx", estimate_counter())
+    captions.refresh()
+    assert captions.items[0].line == "ohwx, a photo of ohwx"
+    assert captions.filtered("trigger") == [0]
+    captions.set_trigger("")
+    assert captions.filtered("trigger") == [0, 1]  # no trigger word at all is flagged too
+    assert captions.items[0].flags & cap.NO_TRIGGER
+
+
+def test_changing_the_trigger_rewrites_every_caption_file(project: Path) -> None:
+    session = make_project(project, SOURCES[:2], captions={"a.jpg": "a woman", "sub/b.jpg": "a man"}, trigger="ohwx")
+    run(session)
+    session.set("dataset.trigger", "sks")
+    result = run(session)
+    assert result.data["written"] == 2
+    assert txt_of(project, 1).read_text() == "sks, a woman\n"
+
+
+# ---------------------------------------------------------------- bulk edits
+
+
+def _set(bodies: list[str | None]) -> cap.CaptionSet:
+    items = [cap.Caption(str(i), Path(f"/x/{i}.png"), body) for i, body in enumerate(bodies)]
+    captions = cap.CaptionSet(items, "ohwx", estimate_counter())
+    captions.refresh()
+    return captions
+
+
+def test_find_replace_plain_regex_preview_and_undo() -> None:
+    captions = _set(["a red coat", "a blue coat", None, "red and red", ""])
+    plan = captions.plan_replace("red", "green")
+    assert sorted(plan.changes) == [0, 3] and plan.scope == 5 and plan.error is None
+    assert plan.examples(1) == [("a red coat", "a green coat")]
+    captions.apply(plan)
+    assert [c.body for c in captions.items] == ["a green coat", "a blue coat", None, "green and green", ""]
+
+    regex = captions.plan_replace(r"a (\w+) coat", r"a \1 jacket", regex=True)
+    assert sorted(regex.changes) == [0, 1]
+    captions.apply(regex)
+    assert captions.items[1].body == "a blue jacket"
+
+    captions.set_body(0, "edited by hand")
+    undone, restored, kept = captions.undo()
+    assert undone is not None and "jacket" in undone.description
+    assert restored == [1] and kept == 1  # the hand edit survives the undo
+    assert captions.items[0].body == "edited by hand" and captions.items[1].body == "a blue coat"
+    undone, restored, _ = captions.undo()
+    assert captions.items[3].body == "red and red"
+    assert captions.undo() == (None, [], 0)
+
+
+def test_bad_regex_and_empty_find_are_reasons_not_crashes() -> None:
+    captions = _set(["a"])
+    assert "not a valid regular expression" in (captions.plan_replace("(", "x", regex=True).error or "")
+    assert "not a valid regular expression" in (captions.plan_replace("a", r"\2", regex=True).error or "")
+    assert captions.plan_replace("", "x").error == "type what to find"
+    assert captions.apply(captions.plan_replace("(", "x", regex=True)) == []
+
+
+def test_prefix_suffix_only_where_missing_and_scoped_to_a_filter() -> None:
+    captions = _set(["a coat", "film grain, a hat", None, "x"])
+    plan = captions.plan_affix("film grain, ", "", indices=[0, 1, 2])
+    assert sorted(plan.changes) == [0]
+    captions.apply(plan)
+    assert captions.items[0].body == "film grain, a coat" and captions.items[3].body == "x"
+    plan = captions.plan_affix("", ", soft light")
+    assert sorted(plan.changes) == [0, 1, 3]
+
+
+# ---------------------------------------------------------------- token budget
+
+
+def test_token_budget_flags_long_captions_with_an_estimate() -> None:
+    captions = _set(["a woman", "word " * 80, "word " * 600])
+    assert not captions.counter.exact
+    assert captions.filtered("over") == [1, 2]
+    assert captions.items[1].flags & cap.OVER_CLIP and not captions.items[1].flags & cap.OVER_T5
+    assert captions.items[2].flags & cap.OVER_T5
+    assert captions.items[0].clip < 10
+
+
+def test_real_tokenizers_are_used_when_fetched(tmp_path: Path) -> None:
+    counter = load_counter(make_tokenizers(tmp_path / "tok"))
+    assert counter.exact
+    # CLIP: <bos> a photo <eos>; T5: ▁a ▁photo </s>
+    assert counter.count("a photo") == (4, 3)
+    assert counter.count("A photo")[0] == 4  # CLIP lowercases; T5 does not
+    assert counter.count_many(["a", "a photo"]) == [(3, 2), (4, 3)]
+    broken = tmp_path / "broken"
+    make_tokenizers(broken)
+    (broken / "google_t5-v1_1-xxl" / "spiece.model").write_bytes(b"\xff\xff\xff")
+    fallback = load_counter(broken)
+    assert not fallback.exact and "spiece.model" in fallback.source
+    assert not load_counter(tmp_path / "nothing").exact
+
+
+# ---------------------------------------------------------------- writing and caches
+
+
+def test_te_cache_deleted_only_for_changed_captions(project: Path) -> None:
+    session = make_project(project, SOURCES, captions={s: f"caption {s}" for s in SOURCES}, trigger="ohwx")
+    assert run(session).ok
+    caches = [txt_of(project, n).with_name(f"{n:04d}_flux_te.npz") for n in range(1, 5)]
+    latents = txt_of(project, 1).with_name("0001_1024x1024_flux.npz")
+    for path in [*caches, latents]:
+        path.write_bytes(b"cache")
+    metadata = txt_of(project, 1).parent / "metadata_cache.json"
+    metadata.write_text("{}")
+
+    session.update_image("sub/b.jpg", caption="a new caption")  # image 2, bucket 1024x1024
+    result = run(session)
+    assert result.ok and result.data["written"] == 1 and result.data["unchanged"] == 3
+    assert [p.exists() for p in caches] == [True, False, True, True]
+    assert latents.exists()
+    assert not metadata.exists()  # caches captions when cache_info = true
+    assert txt_of(project, 2).read_text() == "ohwx, a new caption\n"
+
+    again = run(session)  # nothing changed: nothing written, nothing deleted
+    assert again.data["written"] == 0 and again.data["caches_deleted"] == []
+
+
+def test_dry_run_changes_nothing(project: Path) -> None:
+    session = make_project(project, SOURCES[:1], captions={"a.jpg": "x"})
+    cache = txt_of(project, 1).with_name("0001_flux_te.npz")
+    cache.write_bytes(b"c")
+    result = run(session, dry_run=True)
+    assert result.ok and "would write 1" in result.summary
+    assert not txt_of(project, 1).exists() and cache.exists()
+
+
+def test_never_an_empty_caption_file(project: Path) -> None:
+    session = make_project(project, SOURCES[:2], captions={"a.jpg": "   ", "sub/b.jpg": "x"}, captionless=True)
+    txt_of(project, 1).write_text("")  # left from somewhere: sd-scripts would fail on it
+    result = run(session)
+    assert result.ok and "captionless training intended" in result.summary
+    assert not txt_of(project, 1).exists()
+    session.set("dataset.trigger", "ohwx")
+    run(session)
+    assert txt_of(project, 1).read_text() == "ohwx\n"
+
+
+def test_step_fails_without_prepared_images(project: Path) -> None:
+    session = Session.new(project / "session.toml")
+    from lorawizard.core.steps import StepFailed
+
+    with pytest.raises(StepFailed, match="run the dataset step first"):
+        run(session)
+
+
+# ---------------------------------------------------------------- replay
+
+
+def test_replay_exits_1_for_missing_captions_unless_captionless(project: Path) -> None:
+    make_project(project, SOURCES, captions={"a.jpg": "one", "sub/b.jpg": "two"}, sidecars={"c.txt": b"three"}, trigger="t")
+    before = (project / "session.toml").read_text()
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(project / "session.toml", ["captions"], out=out, err=err, tty=False)
+    assert code == 1
+    assert "d.jpg (missing)" in out.getvalue()
+    assert "1 of 4 images have no caption" in err.getvalue()
+    assert txt_of(project, 3).read_text() == "t, three\n"  # imported in replay, written
+    assert (project / "session.toml").read_text() == before  # replay never rewrites the session
+    decisions = (project / ".lorawizard" / "replay-decisions.toml").read_text()
+    assert "c.png" in decisions and "three" in decisions
+
+    session = Session.load(project / "session.toml")
+    session.set("dataset.captionless", True)
+    session.save()
+    assert replay(project / "session.toml", ["captions"], out=io.StringIO(), err=io.StringIO(), tty=False) == 0
