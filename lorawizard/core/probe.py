@@ -130,9 +130,12 @@ def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: i
 
 
 def _last_line(text: str) -> str:
+    """The line that says what went wrong: the trainer's exception (not the launcher's CalledProcessError)."""
     lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
-    lines = [line for line in lines if not line.startswith(("Traceback", "File ", "^"))]
-    return f": {lines[-1][:240]}" if lines else ""
+    lines = [line for line in lines if not line.startswith(("Traceback", "File ", "^", "subprocess.CalledProcessError"))]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Invalid)\b", line)]
+    chosen = errors or lines
+    return f": {chosen[-1][:240]}" if chosen else ""
 
 
 def repeats_for(images: int, batch: int, steps: int = PROBE_STEPS) -> int:
