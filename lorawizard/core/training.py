@@ -215,6 +215,7 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     follower = RunFollower(record)
     state = follower.state
     seen_epochs = 0
+    last_phase = ""
     warned: set[str] = set()
     try:
         while True:
@@ -224,7 +225,11 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 epoch = follower.epochs_seen[seen_epochs]
                 seen_epochs += 1
                 ctx.log(f"train: epoch {epoch.n}/{epoch.total} begins · {status_line(state)}")
-            ctx.progress(_progress(state))
+            if state.total_steps or state.phase_bar is not None:
+                ctx.progress(_progress(state))
+            elif state.phase != last_phase:
+                ctx.log(f"train: {state.phase}…")
+            last_phase = state.phase
             problem = follower.diagnosis(alive=alive) if alive else None
             if problem is not None and problem.kind not in warned:
                 warned.add(problem.kind)
