@@ -86,7 +86,8 @@ def test_second_look_uses_the_hash_cache(hub: FakeHub, project: Path, isolated_h
     assert add_search_folder(session, project / "nope") is not None
     assert add_search_folder(session, folder) is None
     result, _, states = run(session, action="find")
-    assert result.ok and all(Path(p).parent == folder for p in result.data["paths"].values()), result.data
+    assert result.summary == "tokenizers missing: Ctrl+G downloads them"
+    assert result.data["missing"] == [] and all(Path(p).parent == folder for p in result.data["paths"].values()), result.data
     assert {s.role: s.source for s in states if s.state == "found"}["flux"] == "added folder"
 
     hashed: list[Path] = []
@@ -99,7 +100,7 @@ def test_second_look_uses_the_hash_cache(hub: FakeHub, project: Path, isolated_h
 
     monkeypatch.setattr(Path, "open", counting_open)
     result, _, _ = run(session, action="find")
-    assert result.ok and hashed == []  # path + size + mtime unchanged: no file was read again
+    assert result.data["missing"] == [] and hashed == []  # path + size + mtime unchanged: no file was read again
     target = folder / "ae-copy.safetensors"
     target.write_bytes(data["ae.safetensors"])  # same bytes, new mtime: hashed once more
     hashed.clear()
@@ -131,7 +132,8 @@ def test_offline_before_first_contact_finds_by_name_unverified(project: Path):
     assert ae.state == "found" and "unverified" in ae.note
     assert [s for s in states if s.role == "flux"][-1].state == "missing"
     assert any("offline" in line for line in lines)
-    assert "3 model file(s) to download" in result.summary and "unknown" in result.summary
+    assert result.summary == ("3 model file(s) missing (size unknown until the hub is reached) + tokenizers: "
+                              "Ctrl+G downloads them")
 
 
 def test_hash_cache_survives_restart_and_ignores_changed_files(tmp_path: Path):

@@ -140,7 +140,8 @@ class RoleState:
             return f"{self.role}: found at {self.path} [{self.source}] {check}".rstrip()
         if self.state == "missing":
             size = f" ({format_bytes(self.size)})" if self.size else " (size unknown)"
-            return f"{self.role}: missing {self.repo}/{self.file}{size}"
+            where = f"{self.repo}/{self.file}" if self.repo else self.file
+            return f"{self.role}: missing {where}{size}"
         if self.state == "error":
             return f"{self.role}: error: {self.note}"
         return f"{self.role}: {self.state} {self.file}"
@@ -466,17 +467,23 @@ def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool
         sizes = [plan.meta.get("files", {}).get(plan.entries[r].key, {}).get("size") for r in missing]
         known = sum(s for s in sizes if s)
         if missing or tok_missing:
+            unknown = any(not s for s in sizes)
+            amount = (f"{format_bytes(known)}" + (" + files of unknown size" if unknown and known else "")
+                      if not unknown or known else "size unknown until the hub is reached")
+            tokens = " + tokenizers" if tok_missing else ""
+            data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
+            if find_only and not dry_run:
+                what = f"{len(missing)} model file(s) missing ({amount}){tokens}" if missing else "tokenizers missing"
+                summary = f"{what}: Ctrl+G downloads them"
+                return StepResult(False, summary, [], data)
             lines = [f"would download {plan.entries[r].repo}/{plan.entries[r].filename} "
                      f"({format_bytes(s) if s else 'size unknown'})" for r, s in zip(missing, sizes, strict=True)]
             if tok_missing:
                 lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
-            unknown = " + files of unknown size" if any(not s for s in sizes) else ""
-            summary = (f"{len(missing)} model file(s) to download: {format_bytes(known)}{unknown}"
-                       + (" + tokenizers" if tok_missing else ""))
-            data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
+            summary = f"{len(missing)} model file(s) to download: {amount}{tokens}"
             return StepResult(not errors, summary, details + lines, data)
-        return StepResult(not errors, "all model files are present" + (" (verified)" if _all_verified(rows) else ""),
-                          details, data)
+        summary = "all model files are present" + (" and verified" if _all_verified(rows) else "")
+        return StepResult(not errors, summary, [] if find_only else details, data)
     if errors:
         return StepResult(False, rows[errors[0]].note, details, data)
     return StepResult(True, "all model files ready" + (" and verified" if _all_verified(rows) else "")

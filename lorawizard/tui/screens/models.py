@@ -1,19 +1,265 @@
-"""Models step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""Models step screen: one row per role with its state, and the actions verify, download all, choose a file,
+add a folder to search, log in (token), and the preset.
+
+Everything long runs through the screen's StepRunner (a thread worker): it keeps running while the user looks at
+another step, because each step is its own Textual mode and this screen instance persists.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from dataclasses import dataclass
+from pathlib import Path
 
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Input, Label, Select
+
+from lorawizard.core import catalog
+from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
+from lorawizard.core.progress import format_bytes, format_duration
+from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
+
+ROW_TITLES = {**catalog.ROLE_TITLES, TOKENIZER_ROLE: "tokenizers"}
+ROWS = (*catalog.ROLES, TOKENIZER_ROLE)
+
+
+@dataclass
+class ModelRowChanged(Message):
+    """Posted from the worker thread whenever a row's state changes."""
+
+    state: RoleState
+
+
+def _home_short(path: Path | None) -> str:
+    if path is None:
+        return ""
+    text = str(path)
+    home = str(Path.home())
+    return "~" + text[len(home) :] if text.startswith(home + "/") else text
+
+
+def state_text(state: RoleState) -> Text:
+    """The state column: ✓ verified · ↓ 43% 85 MB/s ETA 2:10 · missing · ✗ reason."""
+    if state.state == "found":
+        if state.verified:
+            return Text("✓ verified", style="green")
+        return Text("✓ found", style="green") if state.role == TOKENIZER_ROLE else Text("✓ found (unverified)", "yellow")
+    if state.state == "downloading":
+        if state.size:
+            pct = f"{state.done / state.size:.0%}"
+            rate = f" {format_bytes(state.rate)}/s" if state.rate else ""
+            eta = f" ETA {format_duration(state.eta_s)}" if state.eta_s is not None else ""
+            return Text(f"↓ {pct}{rate}{eta}", style="bold cyan")
+        return Text(f"↓ {format_bytes(state.done)}", style="bold cyan")
+    if state.state == "missing":
+        size = f" ({format_bytes(state.size)})" if state.size else ""
+        return Text(f"missing{size}", style="yellow")
+    if state.state == "error":
+        return Text("✗ error", style="bold red")
+    if state.state == "checking":
+        return Text("checking…", style="dim")
+    return Text("…", style="dim")
+
+
+def where_text(state: RoleState) -> Text:
+    if state.state == "found" and state.path is not None:
+        return Text(f"{_home_short(state.path)} ({state.source})", overflow="ellipsis", no_wrap=True)
+    if state.state == "error":
+        return Text(state.note, style="red", overflow="ellipsis", no_wrap=True)
+    repo = f"{state.repo}/" if state.repo else ""
+    note = f" · {state.note}" if state.note and state.state == "missing" else ""
+    return Text(f"{repo}{state.file}{note}", style="dim", overflow="ellipsis", no_wrap=True)
 
 
 class ModelsScreen(StepScreen):
     STEP = "models"
-    PRIMARY = "find or download the models"
-    INTRO = "Finds the FLUX.1-dev files you already have (Hugging Face cache, ComfyUI) and downloads the rest, resumably."
+    PRIMARY = "download what is missing"
+    INTRO = "Uses the FLUX.1-dev files you already have (HF cache, ComfyUI, your folders) and downloads the rest, resumably."
+
+    BINDINGS = [
+        Binding("v", "verify", "Verify", show=True),
+        Binding("f", "ask('file')", "Choose file", show=True),
+        Binding("a", "ask('folder')", "Add folder", show=True),
+        Binding("t", "ask('token')", "Token", show=True),
+    ]
+
+    DEFAULT_CSS = """
+    ModelsScreen #model-rows { height: auto; margin: 0 0 1 0; overflow-x: hidden; }
+    ModelsScreen #model-problem, ModelsScreen #model-hint { width: 1fr; }
+    ModelsScreen #model-ask { display: none; }
+    ModelsScreen #model-ask.shown { display: block; }
+    ModelsScreen #model-problem { color: $error; height: auto; }
+    ModelsScreen #model-hint { color: $text-muted; height: auto; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, RoleState] = {}
+        self.asking: str | None = None
+        self._next: str | None = None  # an action to start once the running one finishes
+        self._preset: str | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['models.preset', 'paths.models'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+        yield SettingsForm(["models.preset", "paths.models"], {"models.preset": "preset", "paths.models": "models folder"})
+        table: DataTable[Text] = DataTable(id="model-rows", cursor_type="row", zebra_stripes=False)
+        yield table
+        yield Label("", id="model-problem")
+        yield Label("Ctrl+G download all · v verify · f choose a file for the row · a add a folder to search · "
+                    "t Hugging Face token", id="model-hint")
+        yield Input(id="model-ask")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("model", key="role", width=18)
+        table.add_column("state", key="state", width=24)
+        table.add_column("where", key="where")
+        preset = catalog.preset(self.app.session.get("models.preset"))  # type: ignore[attr-defined]
+        self._preset = preset.name
+        for role in ROWS:
+            if role == TOKENIZER_ROLE:
+                state = RoleState(role, "CLIP-L + T5 tokenizers", "")
+            else:
+                entry = preset.file_for(role)
+                state = RoleState(role, entry.filename, entry.repo)
+            self.rows[role] = state
+            table.add_row(Text(ROW_TITLES[role]), state_text(state), where_text(state), key=role)
+        self.call_after_refresh(self.action_verify)
+
+    # -- running the step
+
+    def _start(self, action: str) -> None:
+        if self.runner.running:
+            self._next = action if action != "find" else self._next
+            self.notify("busy: the current run finishes first" if action == "find" else f"{action} starts next")
+            return
+        self.query_one("#model-problem", Label).update("")
+        self.runner.start(action=action, on_state=self._post_state)
+
+    def _post_state(self, state: RoleState) -> None:  # worker thread
+        self.post_message(ModelRowChanged(state))
+
+    def action_primary(self) -> None:
+        self._start("download")
+
+    def action_verify(self) -> None:
+        self._start("find")
+
+    @on(ModelRowChanged)
+    def _row_changed(self, message: ModelRowChanged) -> None:
+        state = message.state
+        self.rows[state.role] = state
+        table = self.query_one(DataTable)
+        table.update_cell(state.role, "state", state_text(state))
+        table.update_cell(state.role, "where", where_text(state), update_width=False)
+
+    @on(StepFinished)
+    def _finished(self, message: StepFinished) -> None:
+        if message.step != self.STEP:
+            return
+        if message.error:
+            self.query_one("#model-problem", Label).update(message.error)
+        if self._next:
+            action, self._next = self._next, None
+            self.call_after_refresh(self._start, action)
+
+    @on(Select.Changed, "#set-models-preset")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        # the form saved it first (its handler runs before this one bubbles up here)
+        if event.value == self._preset:
+            return  # the Select announcing its initial value
+        self._preset = str(event.value)
+        self._relabel()
+        self.call_after_refresh(self.action_verify)
+
+    @on(Input.Submitted, "#set-paths-models")
+    def _models_folder_changed(self, event: Input.Submitted) -> None:
+        self.call_after_refresh(self.action_verify)
+
+    def _relabel(self) -> None:
+        preset = catalog.preset(self.app.session.get("models.preset"))  # type: ignore[attr-defined]
+        for role in catalog.ROLES:
+            entry = preset.file_for(role)
+            self._row_changed(ModelRowChanged(RoleState(role, entry.filename, entry.repo)))
+
+    # -- asking for a file, a folder or a token
+
+    def _selected_role(self) -> str:
+        table = self.query_one(DataTable)
+        return ROWS[min(max(table.cursor_row, 0), len(ROWS) - 1)]
+
+    def action_ask(self, what: str) -> None:
+        ask = self.query_one("#model-ask", Input)
+        ask.value = ""
+        ask.password = what == "token"
+        if what == "file":
+            role = self._selected_role()
+            if role == TOKENIZER_ROLE:
+                self.query_one("#model-problem", Label).update("tokenizers are a folder: set paths.tokenizers instead")
+                return
+            ask.placeholder = f"path of your {ROW_TITLES[role]} file (Enter uses it in place, Esc cancels)"
+            self.asking = f"file:{role}"
+        elif what == "folder":
+            ask.placeholder = "a folder to search, e.g. ~/ComfyUI or /data/models (Enter adds it, Esc cancels)"
+            self.asking = "folder"
+        else:
+            ask.placeholder = "Hugging Face read token (kept in huggingface_hub's token store, never shown)"
+            self.asking = "token"
+        ask.add_class("shown")
+        ask.focus()
+
+    def action_cancel(self) -> None:
+        if self.asking:
+            self._close_ask()
+            return
+        super().action_cancel()
+
+    def _close_ask(self) -> None:
+        ask = self.query_one("#model-ask", Input)
+        ask.value = ""
+        ask.remove_class("shown")
+        self.asking = None
+        self.query_one(DataTable).focus()
+
+    @on(Input.Submitted, "#model-ask")
+    def _answered(self, event: Input.Submitted) -> None:
+        event.stop()
+        value, asking = event.value.strip(), self.asking or ""
+        self._close_ask()
+        problem = self.query_one("#model-problem", Label)
+        if not value:
+            return
+        if asking.startswith("file:"):
+            role = asking.removeprefix("file:")
+            path = Path(value).expanduser()
+            if not path.is_file():
+                problem.update(f"{path} is not a file")
+                return
+            error = self.app.decide(f"models.{role}", str(path.resolve()))  # type: ignore[attr-defined]
+            problem.update(error or "")
+            if not error:
+                self.action_verify()
+        elif asking == "folder":
+            error = add_search_folder(self.app.session, value)  # type: ignore[attr-defined]
+            problem.update(error or "")
+            if not error:
+                self.action_verify()
+        elif asking == "token":
+            problem.update("checking the token…")
+            self._store_token(value)
+
+    @work(thread=True, exclusive=True, group="models-token", exit_on_error=False)
+    def _store_token(self, token: str) -> None:
+        from lorawizard.core.download import DownloadError, store_token
+
+        try:
+            user = store_token(token)
+        except DownloadError as exc:
+            self.app.call_from_thread(self.query_one("#model-problem", Label).update, str(exc))
+            return
+        self.app.call_from_thread(self.query_one("#model-problem", Label).update, "")
+        self.app.call_from_thread(self.notify, f"logged in to Hugging Face as {user}")

@@ -1,0 +1,126 @@
+"""The Models screen: rows per role, downloads that survive switching steps, the token prompt, snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input
+
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from tests.fakehub import FakeHub, populate, use_hub
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
+    fake = FakeHub().start()
+    fake.data = populate(fake)  # type: ignore[attr-defined]
+    use_hub(monkeypatch, fake, isolated_home)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def home_project(isolated_home: Path) -> Path:
+    """A project under HOME, so every path on screen starts with ~ (snapshots stay the same on every machine)."""
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def cell(app: LoraWizardApp, role: str, column: str) -> str:
+    return str(app.screen.query_one(DataTable).get_cell(role, column))
+
+
+async def settle(app: LoraWizardApp, pilot) -> None:
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_download_keeps_running_on_another_step(hub: FakeHub, home_project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        assert cell(app, "flux", "state") == "missing (3.1 MB)"
+        assert app.step_states["models"] != "done"
+        hub.throttle_bps = 6 << 20  # ~0.5 s for the 3 MB file
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.2)
+        assert cell(app, "flux", "state").startswith("↓ ")
+        app.screen.set_focus(None)
+        await pilot.press("3")  # look at the dataset step meanwhile
+        await pilot.pause()
+        assert app.current_mode == "dataset"
+        await app.workers.wait_for_complete()
+        await pilot.press("2")
+        await pilot.pause()
+        assert app.current_mode == "models"
+        for role in ("flux", "ae", "clip_l", "t5xxl"):
+            assert cell(app, role, "state") == "✓ verified"
+        assert cell(app, "tokenizers", "state") == "✓ found"
+        assert app.step_states["models"] == "done"
+    assert (home_project / "models" / "flux1-dev-fp8.safetensors").stat().st_size == 3 << 20
+
+
+async def test_token_is_stored_and_never_shown(hub: FakeHub, home_project: Path) -> None:
+    from huggingface_hub import get_token
+
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    token = "hf_approvedtoken000000000000"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        app.screen.query_one(DataTable).focus()
+        await pilot.press("t")
+        ask = app.screen.query_one("#model-ask", Input)
+        assert ask.has_focus and ask.password
+        ask.value = token
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert get_token() == token
+        assert token not in app.export_screenshot()
+        assert any("logged in to Hugging Face as alice" in n.message for n in app._notifications)
+    assert token not in (home_project / "session.toml").read_text() if (home_project / "session.toml").exists() else True
+
+
+async def test_choose_a_file_sets_the_override_and_rechecks(home_project: Path) -> None:
+    mine = home_project / "mine.safetensors"
+    mine.write_bytes(b"x" * 100)
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=2)  # CLIP-L
+        await pilot.press("f")
+        app.screen.query_one("#model-ask", Input).value = str(mine)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert "mine.safetensors (your choice)" in cell(app, "clip_l", "where")
+    assert Session.load(home_project / "session.toml").get("models.clip_l") == str(mine)
+
+
+def _offline_project(home_project: Path) -> Path:
+    models = home_project / "models"
+    models.mkdir()
+    (models / "ae.safetensors").write_bytes(b"a" * 1000)  # found by name (offline: unverified)
+    return home_project
+
+
+def _app(home_project: Path) -> LoraWizardApp:
+    return LoraWizardApp(Session.open_project(home_project), start_step="models")
+
+
+async def _wait(pilot) -> None:
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_snapshot_80x24(snap_compare, home_project: Path) -> None:
+    assert snap_compare(_app(_offline_project(home_project)), terminal_size=(80, 24), run_before=_wait)
+
+
+def test_snapshot_120x40(snap_compare, home_project: Path) -> None:
+    assert snap_compare(_app(_offline_project(home_project)), terminal_size=(120, 40), run_before=_wait)
