@@ -131,7 +131,7 @@ _STATE = re.compile(r"^save train state to (.+?)/train_state\.json at epoch (\d+
 _LOADSTATE = re.compile(r"^load train state from (.+?)/train_state\.json: .*?'current_epoch': (\d+).*?'current_step': (\d+)")
 _SAMPLE = re.compile(r"^generating sample images at step / .*?(\d+)\s*$")
 _OVERRIDE = re.compile(r"^override steps\. steps for \d+ epochs is / .*?: (\d+)")
-_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)|[\w.]*SafetensorError)(?:: (.*))?$")
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Invalid))(?:: (.*))?$")
 _CALLED = re.compile(r"returned non-zero exit status (-?\d+)|died with <Signals\.\w+: (\d+)>")
 
 _PHASES = (
@@ -512,6 +512,7 @@ class TrainState:
     bar_line: str = ""
     lines: deque[Line] = field(default_factory=deque)
     events_seen: int = 0
+    line_count: int = 0  # display lines ever appended (the tail keeps the last `tail_lines`)
     _bar_total: int | None = None
 
     def __post_init__(self) -> None:
@@ -539,6 +540,7 @@ class TrainState:
             kind = type(event)
             if kind is Line:
                 self.lines.append(event)  # type: ignore[arg-type]
+                self.line_count += 1
             elif kind is Bar:
                 self._bar(event)  # type: ignore[arg-type]
             elif kind is Epoch:
@@ -569,7 +571,8 @@ class TrainState:
                 self.failures.append(event)  # type: ignore[arg-type]
 
     def _bar(self, bar: Bar) -> None:
-        self.bar_line = ""
+        prefix = f"{bar.desc}: " if bar.desc else ""
+        self.bar_line = f"{prefix}{bar.n}/{bar.total} {bar.postfix}".rstrip()
         if bar.desc != "steps":
             self.phase_bar = bar
             return
@@ -582,8 +585,6 @@ class TrainState:
         if self.total_steps is None:
             self.total_steps = bar.total
         self.step = self.base_step + bar.n
-        if self.total_steps is not None and self.base_step and bar.total < self.total_steps - self.base_step:
-            pass  # --skip_until_initial_step style totals: keep the planned total
         if bar.rate is not None:
             self.rate = bar.rate
         self.elapsed_s = bar.elapsed_s

@@ -1,19 +1,376 @@
-"""Train step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""Train step screen: start/attach a detached run and watch it (progress, loss, GPU, resources, checkpoints, log).
+
+A thread worker tails the run's train.log through `core.training.RunFollower` and posts one `TrainUpdate` a few
+times a second (never one message per log line). Leaving the wizard leaves the run running; opening the project
+again reattaches (pid + create-time). Keys: s stop (SIGINT → SIGTERM → SIGKILL), r resume from the newest state,
+l the full log.
+"""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
 from textual.app import ComposeResult
-from textual.widgets import Static
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Label, Log, Static
 
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.train_panels import (
+    CheckpointPanel,
+    DiagnosisLine,
+    ResourcePanel,
+    TrainHeader,
+    TrainView,
+)
+
+UPDATE_EVERY_S = 0.25
+SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
+TAIL_LINES = 300
+
+
+@dataclass
+class TrainUpdate(Message):
+    view: TrainView
+
+
+@dataclass
+class TrainNotice(Message):
+    text: str
+    severity: str = "information"
+
+
+class ProcessSampler:
+    """CPU % and RSS of a run's process tree; keeps psutil.Process objects so cpu_percent has a baseline."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, Any] = {}
+
+    def sample(self, tree: list[Any]) -> tuple[float | None, int | None, int]:
+        import psutil
+
+        if not tree:
+            self._procs.clear()
+            return None, None, 0
+        cpu, rss, alive = 0.0, 0, 0
+        current = {}
+        for proc in tree:
+            known = self._procs.get(proc.pid, proc)
+            current[proc.pid] = known
+            try:
+                with known.oneshot():
+                    cpu += known.cpu_percent(None)
+                    rss += known.memory_info().rss
+                alive += 1
+            except psutil.Error:
+                continue
+        self._procs = current
+        return cpu, rss, alive
+
+
+class FullLogScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    FullLogScreen { align: center middle; }
+    FullLogScreen > Vertical { width: 95%; height: 90%; border: round $primary; background: $surface; }
+    FullLogScreen Log { height: 1fr; }
+    """
+
+    def __init__(self, path: Path, max_lines: int = 20000) -> None:
+        super().__init__()
+        self.path, self.max_lines = path, max_lines
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f" {self.path}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
+            yield Log(max_lines=self.max_lines, auto_scroll=True)
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True)
+    def load(self) -> None:
+        from lorawizard.core.logparse import Line, LogParser
+
+        parser = LogParser()
+        lines: list[str] = []
+        try:
+            with open(self.path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    lines += [e.text for e in parser.feed(chunk) if type(e) is Line]
+                    del lines[: -self.max_lines]
+        except OSError as exc:
+            lines = [f"cannot read {self.path}: {exc.strerror}"]
+        lines += [e.text for e in parser.finish() if type(e) is Line]
+        self.app.call_from_thread(self.query_one(Log).write_lines, lines[-self.max_lines :])
 
 
 class TrainScreen(StepScreen):
     STEP = "train"
     PRIMARY = "start training"
-    INTRO = "Launches sd-scripts detached (it survives SSH drops) and follows it live."
+    INTRO = "Training runs detached: quitting or an SSH drop never stops it."
+    BINDINGS = [
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("l", "full_log", "Full log"),
+    ]
+
+    def __init__(self, *, follow: bool = True) -> None:
+        super().__init__()
+        self.follow_runs = follow
+        self.record: Any = None
+        self.view = TrainView()
+        self._stop_tail = threading.Event()
+        self._sample_shown: Path | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['name', 'train.network_dim', 'train.learning_rate', 'train.max_train_epochs', 'train.save_every_n_epochs', 'train.optimizer_type', 'train.seed', 'train.extra_args'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+        yield TrainHeader(id="train-header")
+        yield DiagnosisLine(id="train-diagnosis")
+        with Horizontal(id="train-panels"):
+            yield LossChart(id="train-loss")
+            with Vertical(id="train-side"):
+                yield ResourcePanel(id="train-resources")
+                yield CheckpointPanel(id="train-checkpoints")
+            yield Vertical(id="train-sample")
+        yield Static("", id="train-bar-line")
+        yield Log(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
+        yield SettingsForm(
+            ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
+             "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args"],
+            id="train-settings",
+        )
+
+    DEFAULT_CSS = """
+    TrainScreen #train-panels { height: auto; }
+    TrainScreen #train-loss { width: 1fr; height: 9; }
+    TrainScreen #train-side { width: 36; height: auto; }
+    TrainScreen #train-sample { width: 26; height: 9; display: none; border: round $primary 50%; border-title-color: $text-muted; }
+    TrainScreen.-wide #train-sample.-has-image { display: block; }
+    TrainScreen #train-sample > * { width: auto; height: 1fr; }
+    TrainScreen #train-bar-line { height: 1; color: $text-muted; }
+    TrainScreen #train-log { height: 8; border: round $primary 30%; }
+    TrainScreen #train-settings { margin: 1 0 0 0; }
+    """
+
+    def on_mount(self) -> None:
+        self.query_one(TrainHeader).show(self.view)
+        self.query_one(ResourcePanel).show(self.view)
+        self.query_one(CheckpointPanel).show(self.view)
+        self.query_one(LossChart).set_values([], None)
+        self.query_one("#train-log", Log).border_title = "log"
+        if self.follow_runs:
+            self._attach_existing()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width >= 110, "-wide")
+
+    # -- runs
+
+    def _attach_existing(self) -> None:
+        from lorawizard.core import runs
+
+        records = runs.list_runs(self.app.session.paths.runs)  # type: ignore[attr-defined]
+        if not records:
+            return
+        live = next((r for r in reversed(records) if r.status() == "running"), None)
+        self.record = live or records[-1]
+        if live is not None:
+            self.notify(f"reattached to run {live.run_id} (pid {live.pid})")
+        self._start_tail(self.record)
+
+    def _start_tail(self, record: Any) -> None:
+        self._stop_tail.set()
+        self._stop_tail = threading.Event()
+        self.record = record
+        self._tail(record, self._stop_tail)
+
+    @work(thread=True, exclusive=True, group="train-tail", exit_on_error=False)
+    def _tail(self, record: Any, stop: threading.Event) -> None:
+        from lorawizard.core.runs import RunRecord
+        from lorawizard.core.training import RunFollower
+
+        follower = RunFollower(record)
+        sampler = ProcessSampler()
+        name = record.output_name or self.app.session.get("name")  # type: ignore[attr-defined]
+        slow_at, seen, first = 0.0, 0, True
+        extra: dict[str, Any] = {}
+        while True:
+            follower.poll()
+            alive = record.is_alive()
+            if not alive:
+                follower.finish()
+                record = RunRecord.load(record.dir)
+            state = follower.state
+            now = time.monotonic()
+            if now >= slow_at or not alive:
+                slow_at = now + SLOW_EVERY_S
+                extra = self._slow_readings(record, sampler, alive, name)
+            count, seen = state.line_count - seen, state.line_count
+            new = list(state.lines)[-count:] if count > 0 else []
+            status = "running" if alive else record.status()
+            self.post_message(TrainUpdate(_view_from(state, record, name, status, alive, new, first, follower, extra)))
+            first = False
+            if not alive or stop.wait(UPDATE_EVERY_S):
+                return
+
+    def _slow_readings(self, record: Any, sampler: ProcessSampler, alive: bool, name: str) -> dict[str, Any]:
+        from lorawizard.core import runs
+
+        readings: dict[str, Any] = {}
+        cpu, rss, procs = sampler.sample(record.process_tree() if alive else [])
+        readings.update(cpu_pct=cpu, rss=rss, procs=procs)
+        readings["checkpoints"] = [(p.stem, e, s) for p, e, s in runs.checkpoints(record.dir, name)]
+        readings["sample"] = runs.newest_sample(record.dir)
+        gpu, note = None, ""
+        if record.gpu_uuid:
+            try:
+                from lorawizard.core import gpu as gpu_module
+
+                gpu = gpu_module.gpu_by_uuid(record.gpu_uuid)
+                note = "" if gpu is not None else "GPU not visible to NVML"
+            except Exception as exc:  # noqa: BLE001 - the GPU panel must never break the dashboard
+                note = f"no GPU reading ({exc.__class__.__name__})"
+        else:
+            note = "no GPU chosen (step 5)"
+        readings.update(gpu=gpu, gpu_note=note)
+        return readings
+
+    def on_unmount(self) -> None:
+        self._stop_tail.set()
+
+    # -- updates
+
+    @on(TrainUpdate)
+    def _update(self, message: TrainUpdate) -> None:
+        self.apply_view(message.view)
+
+    def apply_view(self, view: TrainView) -> None:
+        with self.app.batch_update():
+            self.view = view
+            self.query_one(TrainHeader).show(view)
+            self.query_one(DiagnosisLine).show(view)
+            self.query_one(LossChart).set_values(view.losses, view.loss)
+            self.query_one(ResourcePanel).show(view)
+            self.query_one(CheckpointPanel).show(view)
+            self.query_one("#train-bar-line", Static).update(view.bar_line)
+            log = self.query_one("#train-log", Log)
+            if view.reset_lines:
+                log.clear()
+            if view.new_lines:
+                log.write_lines([_line_text(line) for line in view.new_lines])
+            log.border_title = f"log · {view.log_path}" if view.log_path else "log"
+            self._show_sample(view.sample)
+
+    def _show_sample(self, sample: Path | None) -> None:
+        box = self.query_one("#train-sample", Vertical)
+        box.set_class(sample is not None, "-has-image")
+        if sample is None or sample == self._sample_shown:
+            return
+        from lorawizard.tui.images import image_widget_class
+
+        self._sample_shown = sample
+        box.remove_children()
+        match = re.search(r"_e(\d{6})_", sample.name)
+        box.border_title = f"sample · epoch {int(match.group(1))}" if match else "sample"
+        try:
+            box.mount(image_widget_class()(str(sample)))
+        except Exception:  # noqa: BLE001 - an unreadable image must not break the dashboard
+            box.mount(Static(f"(cannot show {sample.name})"))
+
+    # -- actions
+
+    def action_primary(self) -> None:
+        self._launch(resume=False)
+
+    def action_resume(self) -> None:
+        self._launch(resume=True)
+
+    def _launch(self, *, resume: bool) -> None:
+        if self.record is not None and self.record.is_alive():
+            self.notify("a run is already going: stop it first (s)", severity="warning")
+            return
+        self._start_run(resume)
+
+    @work(thread=True, exclusive=True, group="train-start", exit_on_error=False)
+    def _start_run(self, resume: bool) -> None:
+        from lorawizard.core.steps import StepFailed
+        from lorawizard.core.training import plan_run, start_run
+
+        session = self.app.session  # type: ignore[attr-defined]
+        try:
+            plan = plan_run(session, resume=resume)
+            record = start_run(session, plan)
+        except StepFailed as exc:
+            self.post_message(TrainNotice(str(exc), "error"))
+            return
+        what = f"resumed at step {plan.base_step}" if resume else "started"
+        self.post_message(TrainNotice(f"training {what}: run {record.run_id}"))
+        self.app.call_from_thread(self._start_tail, record)
+
+    @on(TrainNotice)
+    def _notice(self, message: TrainNotice) -> None:
+        self.notify(message.text, severity=message.severity, timeout=8)  # type: ignore[arg-type]
+
+    def action_stop(self) -> None:
+        if self.record is None or not self.record.is_alive():
+            self.notify("no run is going")
+            return
+        self.notify("stopping: SIGINT to the run's process group (then SIGTERM, then SIGKILL)…")
+        self._stop_run(self.record)
+
+    @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
+    def _stop_run(self, record: Any) -> None:
+        from lorawizard.core import runs
+
+        try:
+            how = runs.stop(record)
+        except runs.RunError as exc:
+            self.post_message(TrainNotice(str(exc), "error"))
+            return
+        self.post_message(TrainNotice(f"run {record.run_id} stopped ({how}); r resumes from the newest state"))
+
+    def action_full_log(self) -> None:
+        if self.record is None:
+            self.notify("no run yet")
+            return
+        self.app.push_screen(FullLogScreen(self.record.log_path))
+
+    def action_cancel(self) -> None:  # Esc never stops training; s does
+        pass
+
+
+def _line_text(line: Any) -> str:
+    text = getattr(line, "text", str(line))
+    level = getattr(line, "level", "")
+    if level in ("WARNING", "ERROR", "CRITICAL"):
+        text = f"{level}: {text}"
+    return text[:1000]
+
+
+def _view_from(state: Any, record: Any, name: str, status: str, alive: bool, new_lines: list[Any], first: bool,
+               follower: Any, extra: dict[str, Any]) -> TrainView:
+    states = [s for s in state.states]
+    elapsed = None
+    if record.started_ts:
+        info = record.exit_info() if not alive else None
+        end = info.get("ended") if info else None
+        elapsed = (end or time.time()) - record.started_ts if (alive or end) else state.elapsed_s
+    return TrainView(
+        name=name, run_id=record.run_id, status=status, phase=state.phase, epoch=state.epoch, epochs=state.epochs,
+        step=state.step, total_steps=state.total_steps, rate=state.rate, elapsed_s=elapsed, eta_s=state.eta_s,
+        loss=state.loss, base_step=record.base_step, losses=state.losses.values(400), bar_line=state.bar_line,
+        new_lines=new_lines, reset_lines=first, checkpoints=extra.get("checkpoints", []), states=len(states),
+        newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
+        gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"), rss=extra.get("rss"),
+        procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive), log_path=str(record.log_path),
+    )

@@ -1,0 +1,89 @@
+"""A small braille line chart of the loss (bounded: it only ever draws width×2 points)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.widget import Widget
+
+_DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # braille dot bits by (row 0..3, column 0..1)
+
+
+def braille_plot(values: list[float], width: int, height: int) -> tuple[list[str], float, float] | None:
+    """`values` → `height` strings of `width` braille cells (2×4 dots each), with the y range used."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or width < 1 or height < 1:
+        return None
+    low, high = min(finite), max(finite)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    columns = width * 2
+    if len(values) > columns:  # mean per bin
+        size = len(values) / columns
+        binned = []
+        for i in range(columns):
+            chunk = [v for v in values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))] if math.isfinite(v)]
+            binned.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+        values = binned
+    rows = height * 4
+    cells = [[0] * width for _ in range(height)]
+    previous: int | None = None
+    stretch = (columns - 1) / (len(values) - 1) if 1 < len(values) < columns else 1.0
+    last_x = -1
+    for index, value in enumerate(values):
+        x = round(index * stretch)
+        if not math.isfinite(value):
+            previous = None
+            continue
+        y = round((high - value) / (high - low) * (rows - 1))
+        if previous is None:
+            cells[y // 4][x // 2] |= _DOTS[y % 4][x % 2]
+        else:  # connect to the previous point: a line, not scattered dots
+            for step_x in range(last_x + 1, x + 1):
+                t = (step_x - last_x) / (x - last_x)
+                mid = round(previous + (y - previous) * t)
+                low_y, high_y = sorted((round(previous + (y - previous) * (step_x - 1 - last_x) / (x - last_x)), mid))
+                for dot_y in range(low_y, high_y + 1):
+                    cells[dot_y // 4][step_x // 2] |= _DOTS[dot_y % 4][step_x % 2]
+        previous, last_x = y, x
+    return ["".join(chr(0x2800 + bits) for bits in row) for row in cells], low, high
+
+
+class LossChart(Widget):
+    DEFAULT_CSS = """
+    LossChart { height: 8; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.values: list[float] = []
+        self.latest: float | None = None
+        self.border_title = "loss (avr_loss)"
+
+    def set_values(self, values: list[float], latest: float | None) -> None:
+        self.values, self.latest = values, latest
+        latest_text = "nan" if latest is not None and math.isnan(latest) else (f"{latest:.4g}" if latest is not None else "–")
+        self.border_title = f"loss (avr_loss) · latest {latest_text}"
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        label_width = 7
+        plot = braille_plot(self.values, max(1, width - label_width), max(1, height))
+        if plot is None:
+            return Text("waiting for the first steps…", style="dim")
+        rows, low, high = plot
+        text = Text(no_wrap=True, overflow="crop")
+        for index, row in enumerate(rows):
+            if index == 0:
+                label = f"{high:.3g}"
+            elif index == len(rows) - 1:
+                label = f"{low:.3g}"
+            else:
+                label = ""
+            text.append(label.rjust(label_width - 1)[: label_width - 1] + " ", style="dim")
+            text.append(row, style="bold cyan")
+            if index < len(rows) - 1:
+                text.append("\n")
+        return text

@@ -1,0 +1,179 @@
+"""Panels of the Train dashboard: the progress header, GPU and process resources, checkpoints, the log tail."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from lorawizard.core.progress import format_bytes, format_duration
+
+
+@dataclass
+class TrainView:
+    """Everything the dashboard shows, computed off the UI thread (or built by hand in tests)."""
+
+    name: str = ""
+    run_id: str = ""
+    status: str = "no run"  # running | finished | failed | stopped | lost | no run
+    phase: str = ""
+    epoch: int = 0
+    epochs: int | None = None
+    step: int = 0
+    total_steps: int | None = None
+    rate: float | None = None
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    loss: float | None = None
+    base_step: int = 0
+    losses: list[float] = field(default_factory=list)
+    bar_line: str = ""
+    new_lines: list[Any] = field(default_factory=list)  # logparse.Line
+    reset_lines: bool = False
+    checkpoints: list[tuple[str, int | None, int]] = field(default_factory=list)  # name, epoch, bytes
+    states: int = 0
+    newest_state: str = ""
+    sample: Path | None = None
+    gpu: Any = None  # core.gpu.GpuInfo
+    gpu_note: str = ""
+    cpu_pct: float | None = None
+    rss: int | None = None
+    procs: int = 0
+    diagnosis: Any = None  # core.diagnosis.Diagnosis
+    log_path: str = ""
+
+
+def _rate(rate: float | None) -> str:
+    if not rate:
+        return "–"
+    return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+
+
+def _bar(fraction: float, width: int) -> Text:
+    filled = fraction * width
+    full = int(filled)
+    text = Text("█" * full, style="green")
+    if full < width:
+        if filled - full >= 0.5:
+            text.append("▌", style="green")
+        else:
+            text.append("░", style="dim")
+        text.append("░" * (width - full - 1), style="dim")
+    return text
+
+
+class TrainHeader(Static):
+    DEFAULT_CSS = """
+    TrainHeader { height: auto; padding: 0 0 0 0; }
+    """
+
+    def show(self, view: TrainView) -> None:
+        self.view = view
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        view: TrainView | None = getattr(self, "view", None)
+        width = max(20, self.size.width or 80)
+        if view is None or view.status == "no run":
+            return Text("No training run yet. Ctrl+G starts one; r resumes from the newest saved state.", style="dim")
+        status_style = {"running": "bold green", "finished": "bold cyan", "failed": "bold red",
+                         "stopped": "bold yellow", "lost": "bold red"}.get(view.status, "bold")
+        top = Text(no_wrap=True, overflow="ellipsis")
+        top.append(f" {view.name} ", style="bold reverse")
+        top.append(f" {view.status}", style=status_style)
+        if view.phase and view.phase not in ("training", "finished") and view.status == "running":
+            top.append(f" · {view.phase}", style="yellow")
+        if view.epochs:
+            top.append(f" · epoch {view.epoch}/{view.epochs}")
+        if view.total_steps:
+            top.append(f" · step {view.step}/{view.total_steps}")
+        top.append(f" · run {view.run_id}", style="dim")
+        line = Text(no_wrap=True, overflow="ellipsis")
+        fraction = (view.step / view.total_steps) if view.total_steps else 0.0
+        stats = (f" {fraction:4.0%}  {_rate(view.rate)}  elapsed {format_duration(view.elapsed_s)}"
+                 f"  ETA {format_duration(view.eta_s) if view.status == 'running' else '–'}")
+        bar_width = max(10, width - len(stats) - 1)
+        line.append(" ")
+        line.append_text(_bar(max(0.0, min(1.0, fraction)), bar_width - 1))
+        line.append(stats)
+        result = Text("\n").join([top, line])
+        if view.base_step:
+            result.append(f"\n resumed at step {view.base_step}: sd-scripts restarts its own counter, steps here are "
+                          "absolute", style="dim italic")
+        return result
+
+
+class ResourcePanel(Static):
+    DEFAULT_CSS = """
+    ResourcePanel { height: auto; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
+    """
+
+    def show(self, view: TrainView) -> None:
+        gpu = view.gpu
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if gpu is not None:
+            short = gpu.name.replace("NVIDIA ", "").replace("GeForce ", "")
+            self.border_title = f"GPU {gpu.index} · {short}"
+            used, total = gpu.memory_used, gpu.memory_total
+            text.append(f"mem {used / 1e9:4.1f}/{total / 1e9:.1f} GB ")
+            text.append_text(_bar(used / total if total else 0, 8))
+            text.append("\n")
+            util = f"{gpu.utilization_pct}%" if gpu.utilization_pct is not None else "–"
+            temp = f"{gpu.temperature_c}°C" if gpu.temperature_c is not None else "–"
+            power = f"{gpu.power_w:.0f} W" if gpu.power_w is not None else "–"
+            text.append(f"util {util}  temp {temp}  {power}\n")
+        else:
+            self.border_title = "GPU"
+            text.append((view.gpu_note or "no GPU reading") + "\n", style="dim")
+        if view.procs:
+            cpu = f"{view.cpu_pct:.0f}%" if view.cpu_pct is not None else "–"
+            ram = format_bytes(view.rss) if view.rss is not None else "–"
+            text.append(f"CPU {cpu} · RAM {ram} · {view.procs} procs")
+        else:
+            text.append("trainer not running", style="dim")
+        self.update(text)
+
+
+class CheckpointPanel(Static):
+    DEFAULT_CSS = """
+    CheckpointPanel { height: auto; max-height: 8; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
+    """
+
+    def show(self, view: TrainView) -> None:
+        self.border_title = f"checkpoints ({len(view.checkpoints)})"
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if not view.checkpoints:
+            text.append("none yet", style="dim")
+        for index, (name, epoch, size) in enumerate(view.checkpoints[-4:]):
+            if index:
+                text.append("\n")
+            label = f"epoch {epoch}" if epoch is not None else "final"
+            text.append(f"{label:>8} ", style="bold" if epoch is None else "")
+            text.append(f"{format_bytes(size):>8} ", style="dim")
+            text.append(name)
+        if view.newest_state:
+            text.append(f"\nr resumes: {view.newest_state}", style="green")
+        self.update(text)
+
+
+class DiagnosisLine(Static):
+    DEFAULT_CSS = """
+    DiagnosisLine { height: auto; color: $error; text-style: bold; display: none; }
+    DiagnosisLine.-warn { display: block; }
+    """
+
+    def show(self, view: TrainView) -> None:
+        problem = view.diagnosis
+        self.set_class(problem is not None, "-warn")
+        if problem is not None:
+            self.update(f"✗ {problem.what}\n  → {problem.advice}")
+
+
+def format_loss(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "nan" if math.isnan(value) else f"{value:.4g}"

@@ -1,0 +1,159 @@
+"""Train screen: dashboard snapshots fed deterministically, and live runs of the stand-in trainer in the wizard."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core import runs
+from lorawizard.core.diagnosis import Diagnosis
+from lorawizard.core.gpu import GpuInfo
+from lorawizard.core.logparse import TrainState, parse_bytes
+from lorawizard.core.session import Session
+from lorawizard.core.training import plan_run, start_run
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.widgets.loss_chart import braille_plot
+from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView
+from tests.standin import make_train_project
+
+GPU = GpuInfo(0, "GPU-5a1c", "NVIDIA GeForce RTX 4090", 24_000_000_000, 21_400_000_000, 2_600_000_000,
+              utilization_pct=98, temperature_c=71, power_w=341.0)
+
+
+def fixture_log(steps: int = 120, per_epoch: int = 40, epochs: int = 16) -> bytes:
+    """A run in sd-scripts' formats, 3 epochs in, with a falling loss (our own text, not a captured log)."""
+    out = [
+        "running training / 学習開始\n",
+        f"  num batches per epoch / 1epochのバッチ数: {per_epoch}\n",
+        f"  num epochs / epoch数: {epochs}\n",
+        "  batch size per device / バッチサイズ: 2, 1\n",
+        f"  total optimization steps / 学習ステップ数: {per_epoch * epochs}\n",
+        f"\rsteps:   0%|          | 0/{per_epoch * epochs} [00:00<?, ?it/s]\n",
+    ]
+    for step in range(1, steps + 1):
+        if step % per_epoch == 1:
+            out.append(f"\nepoch {step // per_epoch + 1}/{epochs}\n\n")
+        loss = 0.25 + 0.2 * 0.97**step + 0.02 * ((step * 7) % 5) / 5
+        out.append(f"\rsteps:   {step * 100 // 640}%|▏         | {step}/{per_epoch * epochs} [00:{step // 2:02d}<05:12, "
+                   f" 1.92it/s, avr_loss={loss:.3g}]")
+        if step % per_epoch == 0 and step < steps:
+            out.append(f"\nsaving checkpoint: /home/me/loras/mychar/runs/20261125-101500/mychar-{step // per_epoch:06d}.safetensors\n")
+    return "".join(out).encode()
+
+
+def dashboard_view(project: Path, *, diagnosis: Diagnosis | None = None, sample: bool = True) -> TrainView:
+    state = TrainState()
+    events = parse_bytes(fixture_log())
+    state.apply(events)
+    image = None
+    if sample:
+        from PIL import Image
+
+        image = project / "runs" / "20261125-101500" / "sample" / "mychar_e000003_00_20261125102011_42.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        picture = Image.new("RGB", (64, 64))
+        picture.putdata([(x * 4, y * 4, 160) for y in range(64) for x in range(64)])
+        picture.save(image)
+    return TrainView(
+        name="mychar", run_id="20261125-101500", status="running" if diagnosis is None else "failed",
+        phase=state.phase, epoch=state.epoch, epochs=state.epochs, step=state.step, total_steps=state.total_steps,
+        rate=state.rate, elapsed_s=583, eta_s=state.eta_s, loss=state.loss, losses=state.losses.values(400),
+        bar_line=state.bar_line, new_lines=list(state.lines)[-12:], reset_lines=True,
+        checkpoints=[("mychar-000001", 1, 38_200_000), ("mychar-000002", 2, 38_200_000)], states=2,
+        newest_state="mychar-000002-state", sample=image, gpu=GPU, cpu_pct=104.0, rss=14_200_000_000, procs=3,
+        diagnosis=diagnosis, log_path="runs/20261125-101500/train.log",
+    )
+
+
+@pytest.fixture
+def home_project(isolated_home: Path) -> Path:
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    session = Session.open_project(folder)
+    session.set("name", "mychar")
+    session.save()
+    return folder
+
+
+def _feeder(view: TrainView):
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.pause()
+        pilot.app.screen.apply_view(view)
+        await pilot.pause()
+        await pilot.pause(0.2)
+
+    return run_before
+
+
+def test_snapshot_dashboard_80x24(snap_compare, home_project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_feeder(dashboard_view(home_project)))
+
+
+def test_snapshot_dashboard_120x40(snap_compare, home_project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_feeder(dashboard_view(home_project)))
+
+
+def test_snapshot_oom_diagnosis_120x40(snap_compare, home_project: Path) -> None:
+    problem = Diagnosis("oom", "CUDA ran out of GPU memory (batch sizes 2, 1)",
+                        "lower the batch size or choose a smaller VRAM preset: run the probe (step 5) to find what fits")
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    view = dashboard_view(home_project, diagnosis=problem, sample=False)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_feeder(view))
+
+
+def test_braille_plot_spans_the_width_and_skips_nan() -> None:
+    rows, low, high = braille_plot([3.0, 2.0, float("nan"), 1.0], 10, 2)
+    assert (low, high) == (1.0, 3.0) and len(rows) == 2 and all(len(r) == 10 for r in rows)
+    assert rows[0][0] != "⠀" and rows[1][-1] != "⠀"  # first point top-left, last bottom-right
+    assert braille_plot([float("nan")], 10, 2) is None
+
+
+async def _until(pilot, predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.1)
+
+
+async def test_start_from_the_wizard_and_watch_it_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.05")
+    session = make_train_project(tmp_path, epochs=3)
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+g")
+        header = app.screen.query_one(TrainHeader)
+        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.status == "finished")
+        view = header.view
+        assert (view.step, view.total_steps, view.epoch, view.epochs) == (6, 6, 3, 3)
+        assert [c[0] for c in view.checkpoints] == ["tiny-000001", "tiny-000002", "tiny"]
+        assert view.losses and view.diagnosis is None
+
+
+async def test_reattach_to_a_live_run_and_stop_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)
+    record = start_run(session, plan_run(session))  # started by an earlier wizard
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        header = app.screen.query_one(TrainHeader)
+        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.step >= 1)
+        assert header.view.status == "running" and header.view.run_id == record.run_id and header.view.procs >= 3
+        await pilot.press("s")
+        await _until(pilot, lambda: header.view.status == "stopped")
+    assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
+
+
+async def test_leaving_the_wizard_leaves_the_run_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+g")
+        await _until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+    live = runs.live_run(session.paths.runs)
+    assert live is not None and live.is_alive()
+    assert runs.stop(live, int_timeout=5) == "SIGINT"
