@@ -1,19 +1,549 @@
-"""Captions step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""Captions: review every caption beside its image, fix it in place, bulk-edit, and write the files.
+
+Keyboard: Ctrl+N / Ctrl+B next / previous (from the editor too), Tab between list and editor,
+Ctrl+F cycles the filter, Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
+Ctrl+T trigger word, Ctrl+G writes the caption files. Every edit goes into session.toml (saved half a
+second after the last keystroke, and at once when leaving the screen or quitting).
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+
+from lorawizard.core import captions as core
+from lorawizard.core.captions import CaptionSet
+from lorawizard.core.session import SessionError
+from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.tui.images import image_widget_class
+from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.widgets.caption_list import CaptionList, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.step_bar import StepBar
+from lorawizard.tui.widgets.step_runner import StepRunner
+
+GUIDE = (
+    "Describe what the LoRA should NOT learn: for a subject LoRA the clothing, setting, light, style; "
+    "for a style LoRA the subject."
+)
+FILTER_ORDER = list(core.FILTERS)
+THUMB_PIXELS = 192
+SAVE_DELAY = 0.5
 
 
 class CaptionsScreen(StepScreen):
     STEP = "captions"
     PRIMARY = "write the caption files"
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
-    def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['dataset.trigger', 'dataset.captionless'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+    BINDINGS = [
+        Binding("ctrl+n", "step(1)", "Next", priority=True),
+        Binding("ctrl+b", "step(-1)", "Back", priority=True),
+        Binding("ctrl+f", "cycle_filter", "Filter", priority=True),
+        Binding("ctrl+r", "bulk", "Find/replace", priority=True),
+        Binding("f4", "undo_bulk", "Undo bulk", priority=True),
+        Binding("ctrl+t", "trigger", "Trigger", priority=True),
+        Binding("ctrl+g", "primary", "Write files", show=True, priority=True),
+    ]
+
+    DEFAULT_CSS = """
+    CaptionsScreen #cap-header { height: 1; padding: 0 1; background: $panel; }
+    CaptionsScreen #cap-main { height: 1fr; }
+    CaptionsScreen CaptionList { width: 26; border-right: vkey $panel; }
+    CaptionsScreen.-wide CaptionList { width: 36; }
+    CaptionsScreen #cap-right { width: 1fr; padding: 0 0 0 1; }
+    CaptionsScreen #cap-top { height: 8; }
+    CaptionsScreen.-wide #cap-top { height: 16; }
+    CaptionsScreen #cap-image { width: auto; height: 100%; max-width: 50%; margin: 0 1 0 0; }
+    CaptionsScreen #cap-info { width: 1fr; height: 100%; }
+    CaptionsScreen #cap-editor { height: 1fr; min-height: 3; }
+    CaptionsScreen #cap-tokens { height: 1; }
+    CaptionsScreen StepRunner { padding: 0 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.captions: CaptionSet | None = None
+        self.filter = "all"
+        self.current: int | None = None
+        self._save_timer: Timer | None = None
+        self._pending = False
+        self._thumbs: OrderedDict[Path, Any] = OrderedDict()
+        self._problem = ""
+
+    # -- layout
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP, self.app.project_label)  # type: ignore[attr-defined]
+        yield Static("loading captions…", id="cap-header")
+        with Horizontal(id="cap-main"):
+            yield CaptionList(id="cap-list")
+            with Vertical(id="cap-right"):
+                with Horizontal(id="cap-top"):
+                    yield image_widget_class()(None, id="cap-image")
+                    yield Static("", id="cap-info")
+                yield TextArea(
+                    "",
+                    id="cap-editor",
+                    soft_wrap=True,
+                    placeholder="no caption yet: describe what the LoRA should NOT learn",
+                )
+                yield Static("", id="cap-tokens")
+        yield StepRunner(self.STEP)
+        yield Footer()
+
+    @property
+    def session(self) -> Any:
+        return self.app.session  # type: ignore[attr-defined]
+
+    @property
+    def editor(self) -> TextArea:
+        return self.query_one("#cap-editor", TextArea)
+
+    @property
+    def caption_list(self) -> CaptionList:
+        return self.query_one(CaptionList)
+
+    def on_mount(self) -> None:
+        register = getattr(self.app, "on_flush", None)
+        if register is not None:
+            register(self.flush)
+        self.editor.disabled = True
+        self.load()
+
+    # -- loading (a worker: 5,000 caption files are read from disk)
+
+    @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
+    def load(self) -> None:
+        session = self.session
+        try:
+            images = core.prepared_images(session)
+            imported = core.find_imports(session, images)
+            count = core.store_imports(session, imported) if not session.read_only else 0
+            captions = CaptionSet.from_session(session) if images else None
+        except (core.StepFailed, SessionError, OSError) as exc:
+            self.app.call_from_thread(self._load_failed, str(exc))
+            return
+        self.app.call_from_thread(self._loaded, captions, count, len(imported.notes))
+
+    def _load_failed(self, problem: str) -> None:
+        self._problem = problem
+        self.query_one("#cap-header", Static).update(Text(f"✗ {problem}", style="bold red"))
+
+    def _loaded(self, captions: CaptionSet | None, imported: int, noted: int) -> None:
+        if captions is None:
+            self._problem = "no prepared images yet: run the Dataset step (3) first"
+            self.query_one("#cap-header", Static).update(Text(self._problem, style="bold"))
+            self.query_one("#cap-info", Static).update(GUIDE)
+            return
+        keep = self.current
+        self.captions = captions
+        self.editor.disabled = False
+        self._apply_filter(keep)
+        if imported:
+            extra = f" ({noted} with notes: filter “import notes”)" if noted else ""
+            self.notify(f"imported {imported} captions from .txt/.caption files beside the originals{extra}")
+        if self.focused is None:
+            self.caption_list.focus()
+
+    # -- showing one caption
+
+    def _apply_filter(self, keep: int | None = None) -> None:
+        if self.captions is None:
+            return
+        rows = self.captions.filtered(self.filter)
+        self.caption_list.set_rows(self.captions, rows, keep)
+        self._update_header()
+        if not rows:
+            self.current = None
+            self._show(None)
+
+    @on(CaptionList.Highlighted)
+    def _highlighted(self, message: CaptionList.Highlighted) -> None:
+        if message.index != self.current:
+            self._show(message.index)
+
+    @on(CaptionList.Selected)
+    def _selected(self, message: CaptionList.Selected) -> None:
+        self.editor.focus()
+
+    def _show(self, index: int | None) -> None:
+        self.current = index
+        editor = self.editor
+        if self.captions is None or index is None:
+            editor.load_text("")
+            editor.disabled = True
+            self.query_one("#cap-tokens", Static).update("")
+            self.query_one("#cap-info", Static).update("nothing matches this filter (Ctrl+F: next filter)")
+            self.query_one("#cap-image").image = None  # type: ignore[attr-defined]
+            return
+        editor.disabled = False
+        item = self.captions.items[index]
+        if editor.text != (item.body or ""):
+            editor.load_text(item.body or "")
+        self._update_details()
+        self._request_image(item.output)
+
+    def _update_details(self) -> None:
+        if self.captions is None or self.current is None:
+            return
+        item = self.captions.items[self.current]
+        counter = self.captions.counter
+        tokens = Text(no_wrap=True, overflow="ellipsis")
+        tokens.append(f"CLIP {item.clip}/{CLIP_LIMIT}", style="bold red" if item.flags & core.OVER_CLIP else "")
+        tokens.append(" · ")
+        tokens.append(f"T5 {item.t5}/{T5_LIMIT}", style="bold red" if item.flags & core.OVER_T5 else "")
+        if not counter.exact:
+            tokens.append(" · estimated (no tokenizers yet)", style="dim")
+        self.query_one("#cap-tokens", Static).update(tokens)
+
+        info = Text()
+        info.append(f"{item.file}\n", style="bold")
+        info.append(f"{item.output.parent.name}/{item.output.name}", style="dim")
+        word, kind = status_of(item)
+        colour = {"ok": "green", "warn": "yellow", "bad": "red", "edit": "magenta"}[kind]
+        info.append("  ")
+        info.append(_status_sentence(item, word), style=colour)
+        info.append("\n")
+        if item.flags & core.TRIGGER_TWICE:
+            info.append(f"“{self.captions.trigger}” also appears later in the caption\n", style="yellow")
+        if item.note:
+            info.append(f"⚑ {item.note}\n", style="yellow")
+        written = item.line if len(item.line) <= 90 else item.line[:89] + "…"
+        info.append(f"file: {written or '(none: nothing to write)'}\n", style="italic")
+        info.append(GUIDE, style="dim")
+        self.query_one("#cap-info", Static).update(info)
+
+    def _update_header(self) -> None:
+        if self.captions is None:
+            return
+        counts = self.captions.counts()
+        header = Text(no_wrap=True, overflow="ellipsis")
+        header.append(f"{counts['all']} captions", style="bold")
+        for name, label in (("missing", "missing"), ("edited", "edited"), ("over", "over budget"), ("trigger", "trigger?")):
+            if counts[name]:
+                style = "red" if name in ("missing", "over") else "yellow"
+                header.append(" · ")
+                header.append(f"{label} {counts[name]}", style=style)
+        trigger = self.captions.trigger
+        header.append(" │ ")
+        header.append(f"“{trigger}”" if trigger else "no trigger (Ctrl+T)", style="bold" if trigger else "yellow")
+        shown = len(self.caption_list.rows)
+        header.append(f" │ filter: {core.FILTERS[self.filter][0]} ({shown})", style="bold" if self.filter != "all" else "dim")
+        self.query_one("#cap-header", Static).update(header)
+
+    # -- the image, loaded off the UI thread
+
+    def _request_image(self, path: Path) -> None:
+        thumb = self._thumbs.get(path)
+        if thumb is not None:
+            self._thumbs.move_to_end(path)
+            self.query_one("#cap-image").image = thumb  # type: ignore[attr-defined]
+            return
+        self._load_image(path)
+
+    @work(thread=True, exclusive=True, group="captions-image", exit_on_error=False)
+    def _load_image(self, path: Path) -> None:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (THUMB_PIXELS, THUMB_PIXELS))
+                thumb = image.convert("RGB")
+                thumb.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+        except (OSError, ValueError):
+            thumb = None
+        self.app.call_from_thread(self._image_loaded, path, thumb)
+
+    def _image_loaded(self, path: Path, thumb: Any) -> None:
+        if thumb is not None:
+            self._thumbs[path] = thumb
+            while len(self._thumbs) > 64:
+                self._thumbs.popitem(last=False)
+        if self.captions is not None and self.current is not None and self.captions.items[self.current].output == path:
+            self.query_one("#cap-image").image = thumb  # type: ignore[attr-defined]
+
+    # -- editing
+
+    @on(TextArea.Changed, "#cap-editor")
+    def _edited(self, event: TextArea.Changed) -> None:
+        if self.captions is None or self.current is None:
+            return
+        item = self.captions.items[self.current]
+        text = event.text_area.text
+        if text == (item.body or ""):
+            return
+        self.captions.set_body(self.current, text)
+        self._store([self.current])
+        self.caption_list.refresh_item(self.current)
+        self._update_details()
+        self._update_header()
+
+    def _store(self, indices: list[int]) -> None:
+        """Put captions into the session now; write session.toml shortly (and on leave/quit)."""
+        if self.captions is None or not indices:
+            return
+        try:
+            self.session.update_images(self.captions.session_changes(indices))
+        except SessionError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self._pending = True
+        if self._save_timer is not None:
+            self._save_timer.stop()
+        self._save_timer = self.set_timer(SAVE_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Write session.toml if an edit is waiting (called by the timer, on leave and on quit)."""
+        if self._save_timer is not None:
+            self._save_timer.stop()
+            self._save_timer = None
+        if not self._pending:
+            return
+        try:
+            self.session.save()
+        except SessionError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        except OSError as exc:
+            self.notify(f"could not save {self.session.path}: {exc.strerror or exc}", severity="error")
+            return
+        self._pending = False
+
+    def on_screen_suspend(self) -> None:
+        self.flush()
+
+    def on_unmount(self) -> None:
+        self.flush()
+
+    # -- actions
+
+    def action_step(self, delta: int) -> None:
+        self.caption_list.action_move(delta)
+
+    def action_cycle_filter(self) -> None:
+        position = FILTER_ORDER.index(self.filter)
+        self.filter = FILTER_ORDER[(position + 1) % len(FILTER_ORDER)]
+        self._apply_filter(self.current)
+
+    def set_filter(self, name: str) -> None:
+        self.filter = name
+        self._apply_filter(self.current)
+
+    def action_bulk(self) -> None:
+        if self.captions is None:
+            return
+        scope = list(self.caption_list.rows)
+
+        def done(plan: core.BulkPlan | None) -> None:
+            if plan is not None:
+                self.apply_bulk(plan)
+
+        self.app.push_screen(BulkEditScreen(self.captions, scope, core.FILTERS[self.filter][0]), done)
+
+    def apply_bulk(self, plan: core.BulkPlan) -> None:
+        if self.captions is None:
+            return
+        changed = self.captions.apply(plan)
+        if not changed:
+            return
+        self._store(changed)
+        self.flush()
+        self._after_bulk()
+        self.notify(f"changed {len(changed)} captions · F4 undoes it")
+
+    def action_undo_bulk(self) -> None:
+        if self.captions is None:
+            return
+        undone, restored, kept = self.captions.undo()
+        if undone is None:
+            self.notify("no bulk change to undo")
+            return
+        self._store(restored)
+        self.flush()
+        self._after_bulk()
+        extra = f"; {kept} edited since were kept" if kept else ""
+        self.notify(f"undid “{undone.description}”: {len(restored)} captions restored{extra}")
+
+    def _after_bulk(self) -> None:
+        self._apply_filter(self.current)
+        if self.current is not None and self.captions is not None:
+            body = self.captions.items[self.current].body or ""
+            if self.editor.text != body:
+                self.editor.load_text(body)
+            self._update_details()
+
+    def action_trigger(self) -> None:
+        def done(_: object) -> None:
+            if self.captions is None:
+                return
+            self.captions.captionless = bool(self.session.get("dataset.captionless"))
+            self.captions.set_trigger(str(self.session.get("dataset.trigger") or ""))
+            self._apply_filter(self.current)
+            self._update_details()
+
+        self.app.push_screen(TriggerScreen(), done)
+
+    def action_primary(self) -> None:
+        self.flush()
+        super().action_primary()
+
+    @on(StepFinished)
+    def _step_finished(self, message: StepFinished) -> None:
+        if message.step == self.STEP:
+            self.load()  # the files on disk changed (and replay-style imports may have run)
+
+
+def _status_sentence(item: core.Caption, word: str) -> str:
+    if item.flags & core.MISSING:
+        return "missing"
+    if item.flags & core.EMPTY:
+        return "empty"
+    if item.flags & core.EDITED:
+        return "not written yet" if word == "edited" else f"{word} · not written yet"
+    return word
+
+
+class TriggerScreen(ModalScreen[None]):
+    """The trigger word and the captionless switch (saved as you type, like every setting)."""
+
+    BINDINGS = [Binding("escape", "close", "Close")]
+    DEFAULT_CSS = """
+    TriggerScreen { align: center middle; }
+    TriggerScreen > Vertical { width: 72; height: auto; border: round $accent; background: $surface; padding: 0 1; }
+    TriggerScreen Label { margin: 1 0 0 0; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Trigger word: written first in every caption file (keep_tokens = 1 keeps it in place).")
+            yield SettingsForm(["dataset.trigger", "dataset.captionless"], {"dataset.trigger": "trigger", "dataset.captionless": "captionless"})
+            yield Button("Done", id="trigger-done", variant="primary")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_close()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class BulkEditScreen(ModalScreen["core.BulkPlan | None"]):
+    """Find/replace (plain or regex) or prefix/suffix over the listed captions, with a preview."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "apply", "Apply", priority=True),
+    ]
+    DEFAULT_CSS = """
+    BulkEditScreen { align: center middle; }
+    BulkEditScreen > Vertical { width: 90%; max-width: 110; height: auto; max-height: 95%;
+                                border: round $accent; background: $surface; padding: 0 1; }
+    BulkEditScreen Horizontal { height: auto; }
+    BulkEditScreen Label.bulk-label { width: 10; padding: 1 1 0 0; text-align: right; }
+    BulkEditScreen Input { width: 1fr; }
+    BulkEditScreen Select { width: 1fr; }
+    BulkEditScreen #bulk-preview { height: auto; margin: 1 0 0 0; }
+    BulkEditScreen #bulk-buttons { margin: 1 0 0 0; height: auto; }
+    """
+    MODES = [("find / replace", "plain"), ("find / replace (regex)", "regex"), ("add prefix / suffix", "affix")]
+
+    def __init__(self, captions: CaptionSet, scope: list[int], scope_label: str) -> None:
+        super().__init__()
+        self.captions = captions
+        self.scope = scope
+        self.scope_label = scope_label
+        self.plan: core.BulkPlan | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(f"Bulk edit · {len(self.scope)} captions (filter: {self.scope_label})", classes="section-title")
+            with Horizontal():
+                yield Label("mode", classes="bulk-label")
+                yield Select(self.MODES, value="plain", allow_blank=False, id="bulk-mode")
+            with Horizontal():
+                yield Label("find", classes="bulk-label", id="bulk-first-label")
+                yield Input(id="bulk-first")
+            with Horizontal():
+                yield Label("replace", classes="bulk-label", id="bulk-second-label")
+                yield Input(id="bulk-second")
+            yield Static("", id="bulk-preview")
+            with Horizontal(id="bulk-buttons"):
+                yield Button("Apply (Ctrl+S)", id="bulk-apply", variant="primary")
+                yield Button("Cancel (Esc)", id="bulk-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#bulk-first", Input).focus()
+        self._update()
+
+    @property
+    def mode(self) -> str:
+        return str(self.query_one("#bulk-mode", Select).value)
+
+    @on(Select.Changed, "#bulk-mode")
+    def _mode_changed(self) -> None:
+        affix = self.mode == "affix"
+        self.query_one("#bulk-first-label", Label).update("prefix" if affix else "find")
+        self.query_one("#bulk-second-label", Label).update("suffix" if affix else "replace")
+        self._update()
+
+    @on(Input.Changed)
+    def _typed(self) -> None:
+        self._update()
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self.action_apply()
+
+    def _update(self) -> None:
+        first = self.query_one("#bulk-first", Input).value
+        second = self.query_one("#bulk-second", Input).value
+        if self.mode == "affix":
+            self.plan = self.captions.plan_affix(first, second, indices=self.scope)
+        else:
+            self.plan = self.captions.plan_replace(first, second, regex=self.mode == "regex", indices=self.scope)
+        self.query_one("#bulk-preview", Static).update(preview_text(self.plan))
+        self.query_one("#bulk-apply", Button).disabled = bool(self.plan.error or not self.plan.changes)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "bulk-apply":
+            self.action_apply()
+        else:
+            self.action_cancel()
+
+    def action_apply(self) -> None:
+        if self.plan is not None and not self.plan.error and self.plan.changes:
+            self.dismiss(self.plan)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def preview_text(plan: core.BulkPlan, examples: int = 3) -> Text:
+    text = Text()
+    if plan.error:
+        text.append(plan.error, style="yellow")
+        return text
+    text.append(f"{len(plan.changes)} of {plan.scope} captions change", style="bold")
+    for old, new in plan.examples(examples):
+        text.append("\n− ", style="red")
+        text.append(_clip(old), style="red")
+        text.append("\n+ ", style="green")
+        text.append(_clip(new), style="green")
+    return text
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    text = core.one_line(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,163 @@
+"""The Captions screen: review and edit beside the image, filters, bulk edit with undo, nothing lost on quit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import Input, TextArea
+
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
+from lorawizard.tui.widgets.caption_list import CaptionList
+from tests.captions_fixtures import make_project, txt_of
+
+SOURCES = [f"IMG_{n:04d}.jpg" for n in range(1, 9)]
+CAPTIONS = {
+    "IMG_0001.jpg": "a woman in a red raincoat standing on a pier, overcast light, film grain",
+    "IMG_0002.jpg": "a photo of ohwx wearing a blue scarf in a cafe, warm window light",
+    "IMG_0003.jpg": "a close-up portrait, red lipstick, studio backdrop",
+    "IMG_0004.jpg": " ".join(["a very long caption with many many words"] * 12),
+    "IMG_0005.jpg": "",
+}
+
+
+def demo_project(home: Path) -> Path:
+    """Under HOME so the step bar shows `~/caption-demo` in every run (snapshots)."""
+    project = home / "caption-demo"
+    project.mkdir()
+    make_project(project, SOURCES, captions=CAPTIONS, trigger="ohwx", image_size=48)
+    txt_of(project, 1).write_text("ohwx, a woman in a red raincoat standing on a pier, overcast light, film grain\n")
+    return project
+
+
+async def ready(pilot) -> None:  # noqa: ANN001
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def screen_of(app: LoraWizardApp) -> CaptionsScreen:
+    screen = app.screen
+    assert isinstance(screen, CaptionsScreen)
+    return screen
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def test_captions_screen_80x24(snap_compare, isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(demo_project(isolated_home)), start_step="captions")
+    assert snap_compare(app, terminal_size=(80, 24), press=["down"], run_before=ready)
+
+
+def test_captions_screen_120x40(snap_compare, isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(demo_project(isolated_home)), start_step="captions")
+    assert snap_compare(app, terminal_size=(120, 40), press=["down", "down", "down"], run_before=ready)
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+async def test_typing_is_saved_even_when_quitting_at_once(isolated_home: Path) -> None:
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n", "ctrl+n", "ctrl+n")  # IMG_0006: missing
+        await pilot.press("tab")
+        assert isinstance(app.focused, TextArea)
+        await pilot.press(*"a dog", "enter", *"on grass")
+        assert screen.captions is not None and screen.captions.items[5].body == "a dog\non grass"
+        await pilot.press("ctrl+q")  # before the save timer fires
+    saved = Session.load(project / "session.toml").images()
+    assert saved["IMG_0006.jpg"]["caption"] == "a dog\non grass"
+
+
+async def test_leaving_the_screen_saves(isolated_home: Path) -> None:
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("tab")
+        editor = app.screen.query_one("#cap-editor", TextArea)
+        editor.move_cursor(editor.document.end)
+        await pilot.press(*" and a hat")
+        app.action_goto("train")
+        await pilot.pause()
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
+
+
+async def test_next_previous_and_filters(isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(demo_project(isolated_home)), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        editor = app.screen.query_one("#cap-editor", TextArea)
+        await pilot.press("ctrl+n", "ctrl+n")
+        assert editor.text == CAPTIONS["IMG_0003.jpg"]
+        await pilot.press("ctrl+b")
+        assert editor.text == CAPTIONS["IMG_0002.jpg"]
+        await pilot.press("ctrl+f")  # missing (and empty)
+        rows = app.screen.query_one(CaptionList).rows
+        assert [screen.captions.items[i].file for i in rows] == ["IMG_0005.jpg", "IMG_0006.jpg", "IMG_0007.jpg", "IMG_0008.jpg"]
+        assert editor.text == ""
+        await pilot.press("ctrl+f")  # edited: not written yet (IMG_0001's file matches)
+        assert 0 not in app.screen.query_one(CaptionList).rows
+        await pilot.press("ctrl+f")  # over budget
+        assert [screen.captions.items[i].file for i in app.screen.query_one(CaptionList).rows] == ["IMG_0004.jpg"]
+        assert "CLIP" in str(app.screen.query_one("#cap-tokens").render())
+        await pilot.press("ctrl+f")  # trigger issues: IMG_0002 has "ohwx" again after the one written first
+        assert [screen.captions.items[i].file for i in app.screen.query_one(CaptionList).rows] == ["IMG_0002.jpg"]
+
+
+async def test_bulk_replace_preview_apply_and_undo(isolated_home: Path) -> None:
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, BulkEditScreen)
+        await pilot.press(*"red")
+        app.screen.query_one("#bulk-second", Input).value = "green"
+        await pilot.pause()
+        preview = str(app.screen.query_one("#bulk-preview").render())
+        assert "2 of 8 captions change" in preview and "+ a woman in a green raincoat" in preview
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        screen = screen_of(app)
+        assert "green raincoat" in (screen.captions.items[0].body or "")
+        assert app.screen.query_one("#cap-editor", TextArea).text.startswith("a woman in a green raincoat")
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_0003.jpg"]["caption"] == "a close-up portrait, green lipstick, studio backdrop"
+        await pilot.press("f4")
+        await pilot.pause()
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_0003.jpg"]["caption"] == CAPTIONS["IMG_0003.jpg"]
+        assert app.screen.query_one("#cap-editor", TextArea).text == CAPTIONS["IMG_0001.jpg"]
+
+
+async def test_trigger_dialog_and_writing_the_files(isolated_home: Path) -> None:
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        field = app.screen.query_one("#set-dataset-trigger", Input)
+        field.value = ""
+        field.focus()
+        await pilot.press(*"sks", "escape")
+        await pilot.pause()
+        screen = screen_of(app)
+        assert screen.captions is not None and screen.captions.trigger == "sks"
+        assert "“sks”" in str(app.screen.query_one("#cap-header").render())
+        await pilot.press("ctrl+g")
+        await ready(pilot)
+        await ready(pilot)
+        assert txt_of(project, 1).read_text() == "sks, a woman in a red raincoat standing on a pier, overcast light, film grain\n"
+        assert txt_of(project, 6).read_text() == "sks\n"  # no caption yet: the trigger alone, never an empty file
+        assert app.step_states["captions"] == "attention"  # 4 images have no caption
