@@ -163,8 +163,12 @@ def test_gated_preset_without_token_and_with_unapproved_token(hub: FakeHub, proj
     result, _, _ = run(session)
     assert not result.ok and "no access yet" in result.summary
     monkeypatch.setenv("HF_TOKEN", "hf_approvedtoken000000000000")
+    hub.log.clear()
     result, _, _ = run(session)
     assert result.ok, result.summary
+    cdn = hub.requests(role="cdn", method="GET")
+    assert cdn and not any(e["auth"] for e in cdn)  # the token is sent to the hub only, never to the CDN
+    assert all(e["auth"] for e in hub.requests(role="hub", method="HEAD"))
     # the token went nowhere near the session file or the bookkeeping
     for path in [session.path, *session.paths.state.glob("*")]:
         assert "hf_approved" not in path.read_text()
@@ -273,3 +277,35 @@ def test_token_typed_in_the_wizard_goes_to_hf_storage(hub: FakeHub, project: Pat
     assert store_token("hf_approvedtoken000000000000") == "alice"
     assert get_token() == "hf_approvedtoken000000000000"
     assert (isolated_home / ".cache" / "huggingface" / "token").read_text().strip() == "hf_approvedtoken000000000000"
+
+
+def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: Path):
+    import threading
+
+    from lorawizard.core.models import run_step
+    from lorawizard.core.steps import Cancelled
+
+    session = make_session(project)
+    hub.throttle_bps = 4 * MiB
+    cancel = threading.Event()
+    lines: list[str] = []
+
+    def progress(event) -> None:
+        if event.task == "flux1-dev-fp8.safetensors" and event.done >= MiB:
+            cancel.set()
+
+    states: list = []
+    ctx = StepContext(session=session, progress=progress, log=lines.append, cancel=cancel,
+                      options={"on_state": states.append})
+    with pytest.raises(Cancelled):
+        run_step(ctx)
+    parts = list(session.paths.models.glob("flux1-dev-fp8.safetensors.*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size >= MiB
+    assert any("paused at" in line for line in lines)
+    assert [s for s in states if s.role == "flux"][-1].state == "missing"
+    have = parts[0].stat().st_size
+    hub.throttle_bps = None
+    result, _, _ = run(session)
+    assert result.ok
+    last = [e for e in hub.requests(role="cdn", method="GET") if e.get("file") == "flux1-dev-fp8.safetensors"][-1]
+    assert last["range"] == f"bytes={have}-"

@@ -37,7 +37,7 @@ from lorawizard.core.download import (
 )
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.model_finder import HashCache, HashCancelled, candidates, sha256_of
-from lorawizard.core.progress import ProgressMeter, format_bytes
+from lorawizard.core.progress import ProgressMeter, format_bytes, ignore_progress
 from lorawizard.core.session import MODEL_ROLES, Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
@@ -422,8 +422,11 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
     for role in missing:
         entry, remote = plan.entries[role], plan.remote[role]
         dest = dest_dir / entry.filename
-        meter = ProgressMeter(ctx.progress, "models", entry.filename, remote.size, "B")
-        plan.rows.update(role, state="downloading", size=remote.size, done=0)
+        already = (remote.size or 0) - remaining[role]
+        # the screen shows each file in its row and the total in its status line; replay prints both
+        file_events = ignore_progress if ctx.options.get("rows_only") else ctx.progress
+        meter = ProgressMeter(file_events, "models", entry.filename, remote.size, "B", start=already)
+        plan.rows.update(role, state="downloading", size=remote.size, done=already)
         ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")
         last_row = [0.0]
 
@@ -440,6 +443,15 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
         except DownloadError as exc:
             plan.rows.update(role, state="error", note=str(exc))
             raise
+        except DownloadCancelled:
+            kept = _have(remote, dest)
+            ctx.log(f"{entry.filename}: paused at {format_bytes(kept)}; the partial file is kept and the next "
+                    "download resumes from there")
+            for other in missing:
+                if plan.rows.rows[other].state == "downloading" or other == role:
+                    plan.rows.update(other, state="missing", note=f"paused at {format_bytes(kept)}"
+                                     if other == role else "")
+            raise
         meter.finish()
         finished_bytes += remote.size or 0
         if remote.sha256:
@@ -451,10 +463,13 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
     total.finish()
 
 
-def _remaining(remote: RemoteFile, dest: Path) -> int:
+def _have(remote: RemoteFile, dest: Path) -> int:
     part = part_path(dest, remote)
-    have = part.stat().st_size if part.exists() else 0
-    return max(0, (remote.size or 0) - have)
+    return part.stat().st_size if part.exists() else 0
+
+
+def _remaining(remote: RemoteFile, dest: Path) -> int:
+    return max(0, (remote.size or 0) - _have(remote, dest))
 
 
 def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool, find_only: bool) -> StepResult:

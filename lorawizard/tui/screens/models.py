@@ -138,7 +138,7 @@ class ModelsScreen(StepScreen):
             self.notify("busy: the current run finishes first" if action == "find" else f"{action} starts next")
             return
         self.query_one("#model-problem", Label).update("")
-        self.runner.start(action=action, on_state=self._post_state)
+        self.runner.start(action=action, on_state=self._post_state, rows_only=True)
 
     def _post_state(self, state: RoleState) -> None:  # worker thread
         self.post_message(ModelRowChanged(state))
