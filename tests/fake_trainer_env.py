@@ -230,3 +230,31 @@ def make_broken_python(path: Path, kind: str) -> Path:
     path.write_text(scripts[kind])
     path.chmod(0o644 if kind == "noexec" else 0o755)
     return path
+
+
+def canned_check(*, python: str = "3.10.14", torch: dict[str, Any] | None = None, sd_scripts: Path | None = None) -> dict:
+    """A fixed trainer_check.py answer (for snapshots: nothing in it depends on the machine running the tests)."""
+    spec = {**GOOD_TORCH, **(torch or {})}
+    data: dict[str, Any] = {
+        "schema": 1,
+        "python": {"version": python, "version_info": [int(x) for x in python.split(".")], "executable": "python",
+                   "prefix": "/venv", "venv": True},
+        "env": {},
+        "torch": {"imported": True, "warnings": [], "device_count": len(spec["devices"]), **spec},
+        "torchvision": "0.21.0",
+        "accelerate": "1.6.0",
+    }
+    if sd_scripts is not None:
+        packages = [{"name": n, "op": "==", "want": v, "have": v, "module": n} for n, v in all_requirements().items()]
+        data["requirements"] = {"file": str(sd_scripts / "requirements.txt"), "found": True, "packages": packages,
+                                "imports": {p["module"]: {"ok": True, "seconds": 0.1} for p in packages}}
+    return data
+
+
+def make_canned_python(path: Path, data: dict) -> Path:
+    """A "python" that answers every trainer check with `data` (and nothing else)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n# fake trainer python with a canned check answer (tests only)\n"
+                    f"echo {shlex.quote('LORAWIZARD-CHECK ' + json.dumps(data))}\n")
+    path.chmod(0o755)
+    return path

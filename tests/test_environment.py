@@ -106,7 +106,7 @@ def test_no_sd_scripts_anywhere(project: Path, gpus: list) -> None:
     assert found["sd_scripts"].status == "error" and found["sd_scripts"].action == "clone"
     assert found["sd_scripts"].commands[0][:5] == ["git", "clone", "--progress", "--branch", "main"]
     assert found["python"].status == "error"
-    assert found["command"].status == "error" and "paths.sd_scripts is not set" in found["command"].message
+    assert "command" not in found and "paths.sd_scripts is not set" in (diagnosis.command_problem or "")
     assert not diagnosis.ok
 
 
@@ -159,7 +159,7 @@ def test_fork_and_export_are_warnings(project: Path, gpus: list) -> None:
     other.mkdir()
     session = setup(other, git_branch=None)
     found = by_key(env.diagnose(session, imports=False))["sd_scripts"]
-    assert found.status == "warning" and "not a git clone" in found.message
+    assert found.status == "warning" and "not a git clone" in found.fix
 
 
 def test_git_details_without_the_git_binary(project: Path, gpus: list, monkeypatch: pytest.MonkeyPatch) -> None:

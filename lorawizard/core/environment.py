@@ -84,6 +84,7 @@ class Diagnosis:
     check: dict[str, Any] | None = None  # trainer_check.py's JSON
     command: Any = None  # core.command.TrainCommand of the preview, when it could be built
     command_files_written: bool = False
+    command_problem: str | None = None  # why there is no command (one line)
 
     @property
     def errors(self) -> list[Finding]:
@@ -130,8 +131,6 @@ class Checkout:
             parts.append(f"branch {self.branch}")
         if self.commit:
             parts.append(f"commit {self.commit[:8]}" + (f" ({self.date})" if self.date else ""))
-        if not self.is_git:
-            parts.append("not a git clone")
         return ", ".join(parts)
 
 
@@ -521,7 +520,7 @@ def diagnose(
                                     action="venv"))
         else:
             diagnosis.check = check.data
-            findings.extend(_python_findings(check.data))
+            findings.extend(_python_findings(check.data, python))
     tick("trainer Python")
 
     # 4. torch, CUDA, accelerate, requirements (from the check)
@@ -594,10 +593,10 @@ def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
     return Finding("gpu", "ok", "GPU", f"{count}{gpu.name} · {driver} · {cuda}" + (" (chosen)" if chosen else ""))
 
 
-def _python_findings(data: Mapping[str, Any]) -> list[Finding]:
+def _python_findings(data: Mapping[str, Any], python: Path | None = None) -> list[Finding]:
     info = data.get("python", {})
     version = tuple(info.get("version_info", [0, 0, 0]))[:2]
-    where = info.get("executable", "?")
+    where = python or info.get("executable", "?")
     text = f"Python {info.get('version', '?')} at {where}" + ("" if info.get("venv") else " (not a venv)")
     if version < (3, 10):
         return [Finding("python", "error", "trainer Python", text, "sd-scripts needs Python 3.10; create a venv with it (key v)",
@@ -764,11 +763,13 @@ def _preview_command(session: Session, diagnosis: Diagnosis) -> None:
             diagnosis.findings.append(Finding("dataset", "warning", "dataset config",
                                               "no prepared images yet: written once the dataset step has run"))
     except command_module.CommandError as exc:
-        diagnosis.findings.append(Finding("command", "error", "training command", str(exc),
-                                          "fix the value in session.toml (train.extra_args, gpu.vram_preset, …)"))
+        diagnosis.command_problem = str(exc)
+        if not str(exc).startswith("paths."):  # a missing sd-scripts / Python is a finding of its own already
+            diagnosis.findings.append(Finding("command", "error", "command", str(exc),
+                                              "fix the value in session.toml (train.extra_args, gpu.vram_preset, …)"))
     except OSError as exc:
-        diagnosis.findings.append(Finding("command", "error", "training command",
-                                          f"cannot write {run_dir}: {exc.strerror or exc}"))
+        diagnosis.command_problem = f"cannot write {run_dir}: {exc.strerror or exc}"
+        diagnosis.findings.append(Finding("command", "error", "command", diagnosis.command_problem))
 
 
 # ---------------------------------------------------------------- one-key fixes

@@ -1,12 +1,29 @@
-"""Environment step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""Environment screen: findings (ok / warning / error, each with its fix), one-key fixes streamed live, and the
+exact training command, shell-quoted and copyable.
+
+The check and the fixes run through the screen's StepRunner (a thread worker) with the core env step; this screen
+only turns the step's result into widgets.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from typing import Any, ClassVar
 
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Input, Label, Log, Select, Static
+
+from lorawizard.core import environment as core_env
+from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
+
+STYLES = {"ok": "green", "warning": "yellow", "error": "bold red"}
+ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
 
 
 class EnvironmentScreen(StepScreen):
@@ -14,6 +31,149 @@ class EnvironmentScreen(StepScreen):
     PRIMARY = "check the environment"
     INTRO = "Finds sd-scripts and its Python, checks torch, CUDA and accelerate, and fixes what is missing."
 
+    BINDINGS = [
+        *StepScreen.BINDINGS,
+        Binding("c", "fix('clone')", "Clone", show=True),
+        Binding("v", "fix('venv')", "Venv", show=True),
+        Binding("i", "fix('install')", "Install", show=True),
+        Binding("y", "copy_command", "Copy cmd", show=True),
+    ]
+
+    DEFAULT_CSS = """
+    EnvironmentScreen #findings { height: auto; margin: 0 0 1 0; }
+    EnvironmentScreen #branch-row { height: auto; }
+    EnvironmentScreen #branch-row Label { width: 22; padding: 1 1 0 0; text-align: right; }
+    EnvironmentScreen #branch { width: 20; }
+    EnvironmentScreen #branch-note { padding: 1 0 0 1; color: $text-muted; width: 1fr; }
+    EnvironmentScreen #command { height: auto; color: $text; background: $boost; padding: 0 1; }
+    EnvironmentScreen #command-note { height: auto; color: $text-muted; }
+    EnvironmentScreen .step-body { scrollbar-gutter: stable; }
+    """
+
+    # Tests put options for the fixes here (e.g. a local clone URL); the wizard leaves it empty.
+    fix_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.command: Any = None  # core.command.TrainCommand
+        self.findings: list[core_env.Finding] = []
+        self._fixing = False
+
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['paths.sd_scripts', 'paths.python'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+        yield Static(Text("Press Enter to check the environment.", style="dim"), id="findings")
+        yield SettingsForm(["paths.sd_scripts", "paths.python"], labels={"paths.sd_scripts": "sd-scripts",
+                                                                        "paths.python": "trainer Python"})
+        with Horizontal(id="branch-row"):
+            yield Label("clone branch")
+            yield Select([(b, b) for b in core_env.BRANCHES], value=core_env.DEFAULT_BRANCH, allow_blank=False, id="branch")
+            yield Static("main and sd3 are the same today; main before v0.10.0 has no FLUX", id="branch-note")
+        yield Static("Training command", classes="section-title")
+        yield Static("", id="command")
+        yield Static("", id="command-note")
+
+    def on_mount(self) -> None:
+        self._show_command_preview()
+
+    # -- the command
+
+    def _show_command_preview(self) -> None:
+        """The command as it stands (nothing written): paths.runs, the preview's config files, the session's values."""
+        from lorawizard.core import command as core_command
+
+        session = self.app.session  # type: ignore[attr-defined]
+        run_dir = core_env.preview_run_dir(session)
+        try:
+            command = core_command.build_train_command(
+                session, dataset_config=run_dir / core_command.DATASET_CONFIG_NAME,
+                accelerate_config=run_dir / core_command.ACCELERATE_CONFIG_NAME,
+                output_dir=run_dir, logging_dir=run_dir / "logs",
+            )
+        except core_command.CommandError as exc:
+            self._set_command(None, f"✗ {exc}")
+            return
+        self._set_command(command, "y copies it as one line · its config files are written by the check (Enter)")
+
+    def _set_command(self, command: Any, note: str) -> None:
+        self.command = command
+        text = command.shell_text(multiline=True) if command is not None else "(not available yet)"
+        self.query_one("#command", Static).update(Text(text))
+        self.query_one("#command-note", Static).update(Text(note, style="red" if note.startswith("✗") else ""))
+
+    def action_copy_command(self) -> None:
+        if self.command is None:
+            self.notify("no training command yet: see the findings above", severity="warning")
+            return
+        self.app.copy_to_clipboard(self.command.shell_text())
+        self.notify("training command copied (one line, via the terminal's clipboard)")
+
+    # -- findings
+
+    def _show_findings(self, findings: list[core_env.Finding]) -> None:
+        self.findings = list(findings)
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(width=1, no_wrap=True)
+        grid.add_column(width=14, no_wrap=True, overflow="ellipsis")
+        grid.add_column(ratio=1, overflow="fold")
+        for finding in findings:
+            body = Text(finding.message)
+            key = ACTION_KEYS.get(finding.action or "")
+            hint = finding.fix
+            if key and f"key {key}" not in hint:
+                hint = f"{hint} (key {key})" if hint else f"key {key} fixes it"
+            if hint:
+                body.append(f"\n→ {hint}", style="dim" if finding.status == "ok" else STYLES[finding.status])
+            for line in finding.command_lines():
+                body.append(f"\n$ {line}", style="dim")
+            grid.add_row(Text(core_env.STATUS_MARKS[finding.status], style=STYLES[finding.status]),
+                         Text(finding.title, style="bold"), body)
+        self.query_one("#findings", Static).update(grid)
+
+    @on(StepFinished)
+    def _step_finished(self, message: StepFinished) -> None:
+        result = message.result
+        log = self.runner.query_one(Log)
+        if result is None or message.error:
+            self._fixing = False
+            return
+        findings = result.data.get("findings")
+        if findings is not None:
+            self._show_findings(findings)
+        command = result.data.get("command")
+        diagnosis = result.data.get("diagnosis")
+        if command is not None:
+            written = getattr(diagnosis, "command_files_written", False)
+            where = core_env.preview_run_dir(self.app.session)  # type: ignore[attr-defined]
+            note = (f"y copies it as one line · config files in {where}" if written
+                    else f"y copies it as one line · the dataset config is written once the dataset step has run")
+            self._set_command(command, note)
+        elif diagnosis is not None:
+            self._set_command(None, f"✗ {diagnosis.command_problem or 'not available yet'}")
+        if not self._fixing:
+            log.display = False  # the findings say it all; a fix keeps its output visible
+        self._fixing = False
+        self._refresh_form()
+
+    def _refresh_form(self) -> None:
+        """A fix may have recorded paths.sd_scripts / paths.python: show the saved values."""
+        session = self.app.session  # type: ignore[attr-defined]
+        for key in ("paths.sd_scripts", "paths.python"):
+            widget = self.query_one("#set-" + key.replace(".", "-"), Input)
+            value = session.get(key)
+            if value and widget.value != value:
+                widget.value = value
+
+    # -- actions
+
+    def action_fix(self, action: str) -> None:
+        if self.runner.running:
+            self.notify("busy: wait for the current check or fix, or press Esc", severity="warning")
+            return
+        branch = self.query_one("#branch", Select).value
+        self._fixing = True
+        self.runner.start(fix=action, branch=str(branch), **self.fix_options)
+        self.runner.scroll_visible()
+
+    @on(Input.Submitted)
+    @on(Input.Blurred)
+    def _setting_saved(self) -> None:
+        self._show_command_preview()

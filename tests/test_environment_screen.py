@@ -1,0 +1,122 @@
+"""Environment screen: findings with their fixes, one-key fixes streamed into the screen, the copyable command."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from textual.widgets import Log
+
+from lorawizard.core import environment as env
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.environment import EnvironmentScreen
+from tests.fake_nvml import fake_gpu
+from tests.fake_trainer_env import canned_check, git, make_canned_python, make_checkout
+
+
+@pytest.fixture(autouse=True)
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
+    monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
+
+
+def fixed_project(name: str) -> Path:
+    """Snapshots show paths, so they live at a fixed place (one per test: tests run in parallel)."""
+    root = Path("/tmp") / f"lorawizard-snap-env-{name}"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "project").mkdir(parents=True)
+    return root / "project"
+
+
+def needs_torch_fix(project: Path) -> Session:
+    sd = make_checkout(project.parent / "sd-scripts", git_branch=None)
+    make_canned_python(sd / ".venv" / "bin" / "python",
+                       canned_check(torch={"version": "2.14.1+cu130", "cuda": "13.0"}, sd_scripts=sd))
+    session = Session.open_project(project)
+    session.set("paths.sd_scripts", str(sd))
+    session.save()
+    return session
+
+
+async def check(pilot) -> None:  # noqa: ANN001
+    await pilot.pause()
+    await pilot.press("ctrl+g")
+    await wait_idle(pilot)
+
+
+async def wait_idle(pilot) -> None:  # noqa: ANN001
+    for _ in range(200):
+        await pilot.pause(0.05)
+        if not pilot.app.screen.runner.running:
+            break
+    await pilot.pause(0.2)
+
+
+def test_snapshot_findings_80x24(snap_compare) -> None:
+    app = LoraWizardApp(needs_torch_fix(fixed_project("80")), start_step="env")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=check)
+
+
+def test_snapshot_findings_120x40(snap_compare) -> None:
+    app = LoraWizardApp(needs_torch_fix(fixed_project("120")), start_step="env")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=check)
+
+
+def test_snapshot_nothing_set_up_120x40(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = fixed_project("empty")
+    monkeypatch.setenv("HOME", str(project.parent / "home"))
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=check)
+
+
+async def test_check_shows_findings_and_the_command(project: Path) -> None:
+    session = needs_torch_fix(project)
+    app = LoraWizardApp(session, start_step="env")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, EnvironmentScreen)
+        assert "flux_train_network.py" in screen.query_one("#command").render().plain  # shown before any check
+        await check(pilot)
+        torch = next(f for f in screen.findings if f.key == "torch")
+        assert torch.status == "error" and "needs a newer driver" in torch.message
+        assert app.step_states["env"] == "attention"
+        assert not screen.runner.query_one(Log).display  # a plain check: the findings say it all
+        await pilot.press("y")
+        await pilot.pause()
+        assert any("copied" in n.message for n in app._notifications)
+        assert app.clipboard == screen.command.shell_text()
+
+
+async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, isolated_home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    upstream = make_checkout(tmp_path / "upstream", git_branch="main", remote=None)
+    bare = tmp_path / "sd.git"
+    git("clone", "-q", "--bare", str(upstream), str(bare), cwd=tmp_path)
+    monkeypatch.setattr(EnvironmentScreen, "fix_options", {"url": bare.as_uri()})
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        app.screen.set_focus(None)
+        await pilot.press("c")
+        await wait_idle(pilot)
+        log = app.screen.runner.query_one(Log)
+        assert log.display and any("Cloning into" in line for line in log.lines)
+        assert (isolated_home / "sd-scripts" / "flux_train_network.py").is_file()
+        assert app.session.get("paths.sd_scripts") == str(isolated_home / "sd-scripts")
+        assert app.screen.query_one("#set-paths-sd_scripts").value == str(isolated_home / "sd-scripts")
+    assert Session.load(project / "session.toml").get("paths.sd_scripts") == str(isolated_home / "sd-scripts")
+
+
+async def test_offline_fix_says_so(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAWIZARD_OFFLINE", "1")
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        app.screen.set_focus(None)
+        await pilot.press("c")
+        await wait_idle(pilot)
+        status = str(app.screen.runner.query_one(".runner-status").render())
+        assert "no network (github.com unreachable): run by hand: git clone" in status
