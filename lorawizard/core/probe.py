@@ -402,7 +402,8 @@ class BatchSearch:
         ceiling = min(self.max_batch, hi - 1) if hi is not None else self.max_batch
         predicted = self._predict()
         if predicted is not None:
-            candidate = min(max(predicted, lo + 1), ceiling)  # prediction at lo → confirm lo + 1 fails
+            # prediction at lo → confirm lo + 1 fails; never more than 4× the largest fitting size in one jump
+            candidate = min(max(predicted, lo + 1), ceiling, max(lo * 4, lo + 1))
         elif hi is None:
             candidate = min(lo * 2, ceiling)
         else:
@@ -658,7 +659,7 @@ def _result_json(result: AreaResult) -> dict[str, Any]:
         "buckets": result.buckets,
         "batch_size": result.batch,
         "preset": result.preset,
-        "peak_gb": round(result.peak_bytes / GB, 2) if result.peak_bytes is not None else None,
+        "peak_gb": round(result.peak_bytes / GB, 3) if result.peak_bytes is not None else None,
         "s_per_step": round(result.s_per_step, 3) if result.s_per_step is not None else None,
         "trials": [asdict(o) for o in result.trials],
     }

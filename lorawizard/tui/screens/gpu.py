@@ -1,19 +1,322 @@
-"""Gpu step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""GPU & batch size screen: pick one GPU (by UUID), see the VRAM preset with its estimate, probe the largest batch
+size per bucket with real trainer runs, and watch every trial live (batch, peak GB, OK/OOM, s/step).
+
+NVML is read in a thread worker; the probe runs through the screen's StepRunner (a thread worker too), whose
+trial events arrive here as `ProbeUpdate` messages. Esc cancels a probe (the trial's process group is killed).
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.widgets import DataTable, Label, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
+from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, dataset_buckets, load_results
+from lorawizard.core.session import parse_bucket
+from lorawizard.core.vram_presets import (
+    PresetError, VramPreset, estimate_batch, estimate_text, load_presets, preset_for_memory, preset_named,
+)
+from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.widgets.settings_form import SettingsForm
+
+
+@dataclass
+class InventoryLoaded(Message):
+    inventory: Inventory
+    buckets: dict[str, int]
+
+
+@dataclass
+class ProbeUpdate(Message):
+    """A probe event from the worker thread."""
+
+    event: ProbeEvent
+
+
+def _cell(text: str, style: str = "") -> Text:
+    return Text(text, style=style, overflow="ellipsis")
+
+
+def _area(bucket: str) -> int:
+    width, height = parse_bucket(bucket)
+    return width * height
 
 
 class GpuScreen(StepScreen):
     STEP = "probe"
     PRIMARY = "probe batch sizes"
-    INTRO = "Picks one GPU and finds the largest batch size per bucket that really trains."
+    INTRO = "One GPU trains (chosen by UUID). The probe finds, per bucket, the largest batch size that really trains."
+
+    BINDINGS = [
+        *StepScreen.BINDINGS,
+        Binding("r", "reprobe", "Re-probe all", show=True),
+        Binding("u", "refresh", "Refresh GPUs", show=True),
+    ]
+
+    # Tests put options for the probe step here (e.g. a trial runner); the wizard leaves it empty.
+    probe_options: ClassVar[dict[str, Any]] = {}
+
+    DEFAULT_CSS = """
+    GpuScreen #gpu-list { height: auto; max-height: 5; border: none; padding: 0; }
+    GpuScreen #gpu-state { height: auto; }
+    GpuScreen #preset-row { height: auto; }
+    GpuScreen #preset-row Label { padding: 1 1 0 0; }
+    GpuScreen #preset-select { width: 54; }
+    GpuScreen #estimate { padding: 1 0 0 1; color: $text-muted; width: 1fr; }
+    GpuScreen #preset-note { color: $text-muted; height: auto; }
+    GpuScreen DataTable { height: auto; max-height: 12; margin: 1 0 0 0; }
+    GpuScreen #trials { max-height: 10; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inventory: Inventory | None = None
+        self.buckets: dict[str, int] = {}
+        self._trial_rows: set[str] = set()
+
+    # -- layout
 
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['gpu.vram_preset'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+        yield Static("looking for NVIDIA GPUs…", id="gpu-state")
+        yield OptionList(id="gpu-list")
+        with Horizontal(id="preset-row"):
+            yield Label("VRAM preset", classes="setting-label")
+            yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
+            yield Static("", id="estimate")
+        yield Static("", id="preset-note")
+        table = DataTable(id="buckets", cursor_type="row", zebra_stripes=True)
+        for column, width in (("bucket", 9), ("images", 6), ("batch", 5), ("peak GB", 7), ("s/step", 6), ("source", 32)):
+            table.add_column(column, width=width, key=column)  # fixed widths: the header never lags the rows
+        yield table
+        trials = DataTable(id="trials", cursor_type="none")
+        for column, width in (("#", 3), ("bucket", 9), ("batch", 5), ("peak GB", 7), ("result", 22), ("s/step", 6)):
+            trials.add_column(column, width=width, key=column)
+        yield trials
+
+    def on_mount(self) -> None:
+        self.query_one("#gpu-list").display = False
+        self.query_one("#trials").display = False
+        self._fill_presets()
+        self.action_refresh()
+
+    # -- reading NVML and the dataset off the UI thread
+
+    def action_refresh(self) -> None:
+        self._load()
+
+    @work(thread=True, exclusive=True, group="gpu-inventory", exit_on_error=False)
+    def _load(self) -> None:
+        session = self.app.session  # type: ignore[attr-defined]
+        self.post_message(InventoryLoaded(inventory(), dataset_buckets(session)))
+
+    @on(InventoryLoaded)
+    def _loaded(self, message: InventoryLoaded) -> None:
+        self.inventory, self.buckets = message.inventory, message.buckets
+        self._show_gpus()
+        self._show_preset()
+        self._show_buckets()
+
+    # -- GPUs
+
+    def _chosen(self) -> GpuInfo | None:
+        if self.inventory is None:
+            return None
+        return self.inventory.choose(self.app.session.get("gpu.uuid"))  # type: ignore[attr-defined]
+
+    def _show_gpus(self) -> None:
+        state = self.query_one("#gpu-state", Static)
+        options = self.query_one("#gpu-list", OptionList)
+        inv = self.inventory
+        if inv is None or not inv.gpus:
+            text = Text()
+            text.append(f"✗ {inv.message() if inv else 'no NVIDIA GPU visible — probing and training need one'}\n",
+                        style="bold red")
+            text.append("Every other step still works; probe and train on a machine with an NVIDIA GPU.", style="dim")
+            state.update(text)
+            state.add_class("problem")
+            options.display = False
+            return
+        state.remove_class("problem")
+        chosen = self._chosen()
+        saved = self.app.session.get("gpu.uuid")  # type: ignore[attr-defined]
+        if saved and inv.by_uuid(saved) is None:
+            state.update(f"the saved GPU {saved} is not visible: using the one with the most free memory")
+        else:
+            state.update("GPU (Enter on a row to choose; saved by UUID):" if len(inv.gpus) > 1 else "GPU:")
+        options.clear_options()
+        for gpu in inv.gpus:
+            mark = "●" if chosen is not None and gpu.uuid == chosen.uuid else "○"
+            text = Text(f"{mark} {gpu.describe()}", no_wrap=True, overflow="ellipsis")
+            vitals = gpu.vitals()
+            if vitals:
+                text.append(f" · {vitals}", style="dim")
+            options.add_option(Option(text, id=gpu.uuid))
+        options.display = True
+        if chosen is not None:
+            options.highlighted = next(i for i, g in enumerate(inv.gpus) if g.uuid == chosen.uuid)
+
+    @on(OptionList.OptionSelected, "#gpu-list")
+    def _gpu_selected(self, event: OptionList.OptionSelected) -> None:
+        uuid = event.option.id
+        if uuid and uuid != self.app.session.get("gpu.uuid"):  # type: ignore[attr-defined]
+            error = self.app.decide("gpu.uuid", uuid)  # type: ignore[attr-defined]
+            if error:
+                self.notify(error, severity="error")
+        self._show_gpus()
+        self._show_preset()
+
+    # -- preset and estimate
+
+    def _presets(self) -> list[VramPreset]:
+        try:
+            return load_presets(self.app.session)  # type: ignore[attr-defined]
+        except PresetError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return load_presets(None)
+
+    def _fill_presets(self) -> None:
+        select = self.query_one("#preset-select", Select)
+        with select.prevent(Select.Changed):
+            select.set_options([(p.title(), p.name) for p in self._presets()])
+            name = self.app.session.get("gpu.vram_preset")  # type: ignore[attr-defined]
+            if preset_named(name, self._presets()) is not None:
+                select.value = name
+
+    def _current_preset(self) -> tuple[VramPreset | None, bool]:
+        """(preset, whether the session sets it) — else the one suggested for the chosen GPU."""
+        presets = self._presets()
+        named = preset_named(self.app.session.get("gpu.vram_preset"), presets)  # type: ignore[attr-defined]
+        if named is not None:
+            return named, True
+        gpu = self._chosen()
+        return (preset_for_memory(gpu.memory_total, presets), False) if gpu is not None else (None, False)
+
+    def _show_preset(self) -> None:
+        preset, saved = self._current_preset()
+        estimate = self.query_one("#estimate", Static)
+        note = self.query_one("#preset-note", Static)
+        if preset is None:
+            estimate.update("")
+            note.update("")
+            return
+        bucket = next(iter(self.buckets), "1024x1024")
+        width, height = parse_bucket(bucket)
+        estimate.update(estimate_text(preset, width, height, preset.batch_size))
+        source = "" if saved else "suggested for this GPU · "
+        t5 = " · use an fp8 T5-XXL file (Models step)" if preset.fp8_t5 else ""
+        note.update(f"{source}{preset.note}{t5}")
+
+    @on(Select.Changed, "#preset-select")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        if event.value is Select.BLANK:
+            return
+        error = self.app.decide("gpu.vram_preset", event.value)  # type: ignore[attr-defined]
+        if error:
+            self.notify(error, severity="error")
+        self._show_preset()
+        self._show_buckets()
+
+    # -- buckets
+
+    def _show_buckets(self) -> None:
+        table = self.query_one("#buckets", DataTable)
+        table.clear()
+        session = self.app.session  # type: ignore[attr-defined]
+        if not self.buckets:
+            table.display = False
+            return
+        table.display = True
+        set_sizes = session.batch_sizes()
+        results = load_results(session)
+        measured = results.get("buckets", {})
+        same_gpu = results.get("gpu", {}).get("uuid") == session.get("gpu.uuid")
+        preset, _ = self._current_preset()
+        gpu = self._chosen()
+        by_area = {_area(b): (b, n) for b, n in set_sizes.items() if b in self.buckets}
+        for bucket, count in self.buckets.items():
+            entry = measured.get(bucket)
+            peak = speed = "—"
+            if bucket in set_sizes:
+                batch = str(set_sizes[bucket])
+                if entry and entry.get("batch_size") == set_sizes[bucket]:
+                    peak = f"{entry['peak_gb']:.1f}" if entry.get("peak_gb") is not None else "—"
+                    speed = f"{entry['s_per_step']:.2f}" if entry.get("s_per_step") is not None else "—"
+                    source = _cell("probed" if same_gpu else "probed on another GPU", "green" if same_gpu else "yellow")
+                else:
+                    source = _cell("set by hand")
+            elif _area(bucket) in by_area:
+                twin, size = by_area[_area(bucket)]
+                batch, source = f"~{size}", _cell(f"same area as {twin}", "dim")
+            elif preset is not None and gpu is not None:
+                width, height = parse_bucket(bucket)
+                guess = estimate_batch(preset, width, height, gpu.memory_total)
+                batch, source = f"~{guess}", _cell("estimate", "dim")
+            else:
+                batch, source = "—", _cell("not probed", "dim")
+            table.add_row(bucket, str(count), batch, peak, speed, source, key=bucket)
+
+    # -- the probe
+
+    def action_primary(self) -> None:
+        self._start_probe(reprobe=False)
+
+    def action_reprobe(self) -> None:
+        self._start_probe(reprobe=True)
+
+    def _start_probe(self, *, reprobe: bool) -> None:
+        if self.runner.running:
+            return
+        trials = self.query_one("#trials", DataTable)
+        trials.clear()
+        self._trial_rows.clear()
+        trials.display = True
+        options: dict[str, Any] = dict(self.probe_options)
+        options["reprobe"] = reprobe
+        options["on_event"] = lambda event: self.post_message(ProbeUpdate(event))
+        chosen = self._chosen()
+        if chosen is not None:
+            options["gpu_uuid"] = chosen.uuid
+        self.runner.start(**options)
+
+    @on(ProbeUpdate)
+    def _probe_update(self, message: ProbeUpdate) -> None:
+        event = message.event
+        trials = self.query_one("#trials", DataTable)
+        if event.kind == "step-down":
+            self.notify(event.text, severity="warning", timeout=10)
+            return
+        spec = event.spec
+        if spec is None:
+            return
+        key = f"t{spec.number}"
+        if key not in self._trial_rows:
+            self._trial_rows.add(key)
+            trials.add_row(str(spec.number), spec.bucket, str(spec.batch), "…", _cell("starting", "dim"), "", key=key)
+        if event.kind == "trial-step":
+            trials.update_cell(key, "result", _cell(f"running (step {event.step}/{event.steps})", "cyan"))
+        elif event.kind == "trial-end" and event.outcome is not None:
+            outcome = event.outcome
+            peak = f"{outcome.peak_bytes / GB:.1f}" if outcome.peak_bytes is not None else "—"
+            style = "green" if outcome.fits else ("magenta" if outcome.status in ("killed", "timeout") else "red")
+            word = STATUS_WORDS.get(outcome.status, outcome.status)
+            trials.update_cell(key, "peak GB", peak)
+            trials.update_cell(key, "result", _cell(("✓ " if outcome.fits else "✗ ") + word, style))
+            speed = f"{outcome.s_per_step:.2f}" if outcome.s_per_step is not None else ""
+            trials.update_cell(key, "s/step", speed)
+        trials.move_cursor(row=trials.row_count - 1)
+
+    @on(StepFinished)
+    def _finished(self, message: StepFinished) -> None:
+        self._fill_presets()
+        self._show_gpus()
+        self._show_preset()
+        self._show_buckets()
