@@ -278,3 +278,17 @@ def test_dataset_buckets_and_areas(project: Path) -> None:
     buckets = dataset_buckets(session)
     assert buckets == {"1024x512": 2, "512x1024": 3, "768x768": 1}
     assert areas(buckets) == [("768x768", ["768x768"], 1), ("512x1024", ["1024x512", "512x1024"], 3)]
+
+
+def test_an_unknown_preset_is_one_line_not_replaced(project: Path) -> None:
+    session = make_project(project, {"256x256": 1}, preset=None)
+    session.doc["gpu"]["vram_preset"] = "23gb"
+    with pytest.raises(StepFailed, match="gpu.vram_preset: unknown preset '23gb' \\(known: 24gb, 16gb"):
+        run_step(ctx_for(session, trial_runner=PixelBudgetRunner(budget=1), nvml=one_gpu())[0])
+    assert session.get("gpu.vram_preset") == "23gb"
+
+
+def test_no_preset_is_chosen_from_the_gpu(project: Path) -> None:
+    session = make_project(project, {"256x256": 1}, preset=None)
+    run_step(ctx_for(session, trial_runner=PixelBudgetRunner(budget=4 * 256 * 256), nvml=one_gpu())[0])
+    assert session.get("gpu.vram_preset") == "24gb"  # a 24 GiB card

@@ -178,3 +178,13 @@ def test_replay_without_gpu_exits_1_with_the_message(standin: Session, monkeypat
     out, err = io.StringIO(), io.StringIO()
     assert replay(standin.path, ["probe"], out=out, err=err, tty=False) == 1
     assert "no NVIDIA GPU visible — probing and training need one" in err.getvalue()
+
+
+def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakeNvml([RTX_4090]))
+    out, err = io.StringIO(), io.StringIO()
+    assert replay(standin.path, ["probe"], dry_run=True, out=out, err=err, tty=False) == 0, err.getvalue()
+    text = out.getvalue()
+    assert "would probe 512x512 (3 images)" in text and "first trial: cd " in text and "--max_train_steps 3" in text
+    assert not (tmp_path / "args.json").exists() and not (standin.paths.state / "probe").exists()

@@ -40,7 +40,9 @@ from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler
 from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
-from lorawizard.core.vram_presets import VramPreset, load_presets, preset_overrides, session_preset, step_down
+from lorawizard.core.vram_presets import (
+    PresetError, VramPreset, load_presets, preset_named, preset_overrides, session_preset, step_down,
+)
 
 MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
 PROBE_STEPS = 3  # optimizer steps per trial (≥ 2: the optimizer state appears at the first)
@@ -488,7 +490,14 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.record("gpu.uuid", gpu.uuid)
     ctx.log(f"GPU: {gpu.describe()} ({gpu.uuid})")
 
-    presets = load_presets(session)
+    try:
+        presets = load_presets(session)
+    except PresetError as exc:
+        raise StepFailed(str(exc)) from None
+    wanted = session.get("gpu.vram_preset")
+    if wanted and preset_named(wanted, presets) is None:
+        known = ", ".join(p.name for p in presets)
+        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {known})")
     preset = session_preset(session, gpu.memory_total)
     if session.get("gpu.vram_preset") != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
