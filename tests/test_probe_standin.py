@@ -188,3 +188,25 @@ def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session,
     text = out.getvalue()
     assert "would probe 512x512 (3 images)" in text and "first trial: cd " in text and "--max_train_steps 3" in text
     assert not (tmp_path / "args.json").exists() and not (standin.paths.state / "probe").exists()
+
+
+def test_leaving_mid_trial_kills_the_trial(standin: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`q` or a crash while a trial runs: the exit hook kills the trial's process group."""
+    from lorawizard.core import probe
+
+    monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
+    cancel = threading.Event()
+    runner = _runner(standin, tmp_path, cancel=cancel, timeout_s=30)
+    seen = threading.Event()
+    thread = threading.Thread(target=lambda: runner(TrialSpec("512x512", 1, preset_named("24gb"), 3, 1), lambda e: None),
+                              daemon=True)
+    thread.start()
+    for _ in range(200):
+        if probe._running and _standin_processes(standin.paths.state / "probe"):
+            seen.set()
+            break
+        threading.Event().wait(0.02)
+    assert seen.is_set()
+    probe._kill_running()  # what atexit runs
+    thread.join(10)
+    assert not thread.is_alive() and _standin_processes(standin.paths.state / "probe") == []

@@ -20,6 +20,7 @@ Each trial has a time limit; cancel kills the trial's whole process group.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -225,6 +226,7 @@ class SubprocessTrialRunner:
                 )
             except OSError as exc:
                 raise StepFailed(f"cannot start the trainer {cmd.argv[0]}: {exc.strerror or exc}") from None
+        _track(process)
         sampler = PeakSampler(self.gpu.uuid, lambda: process_tree(process.pid), self.nvml,
                               interval=self.sample_interval).start()
         tail = _LogTail(log_path)
@@ -243,6 +245,7 @@ class SubprocessTrialRunner:
         finally:
             if process.poll() is None:
                 kill_group(process)
+            _untrack(process)
             sampler.stop()
         tail.read()
         seconds = time.monotonic() - started
@@ -305,6 +308,37 @@ class _LogTail:
             if elapsed > 0:
                 return elapsed / (seen[-1] - seen[0])
         return self.rate_s
+
+
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _track(process: subprocess.Popen[bytes]) -> None:
+    global _atexit_registered
+    with _running_lock:
+        if not _atexit_registered:
+            atexit.register(_kill_running)
+            _atexit_registered = True
+        _running.add(process)
+
+
+def _untrack(process: subprocess.Popen[bytes]) -> None:
+    with _running_lock:
+        _running.discard(process)
+
+
+def _kill_running() -> None:
+    """Leaving lorawizard mid-trial (q, a crash) must not leave a trainer holding the GPU."""
+    with _running_lock:
+        processes = list(_running)
+        _running.clear()
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def process_tree(pid: int) -> list[int]:
