@@ -421,7 +421,10 @@ def _executor(workers: int) -> Executor:
     main_file = getattr(main, "__file__", None)
     importable_main = getattr(getattr(main, "__spec__", None), "name", None) is not None or main_file is None or os.path.isfile(main_file)
     method = "forkserver" if "forkserver" in methods and importable_main else ("fork" if "fork" in methods else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["lorawizard.core.imaging"])  # workers start with Pillow imported
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyStats:
