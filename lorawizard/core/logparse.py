@@ -116,11 +116,6 @@ Event = Line | Bar | Totals | Epoch | Phase | CheckpointSaved | StateSaved | Sam
 
 _SPLIT = re.compile(r"[\r\n]")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][A-Za-z0-9]|\x1b[=>]")
-_BAR = re.compile(
-    r"(?:(?P<desc>[^|]*?): )?\s*(?P<pct>\d+)%\|[^|]*\| *(?P<n>\d+)/(?P<total>\d+) "
-    r"\[(?P<el>[\d:]+)<(?P<rem>[\d:?]+), *(?P<rate>[\d.]+|\?)(?P<unit>it/s|s/it)(?:, (?P<post>[^\]]*))?\]"
-)
-_LOSS = re.compile(r"avr_loss=([-+0-9.eE]+|nan|inf|-inf)")
 _LEVELS = {"INFO     ": "INFO", "WARNING  ": "WARNING", "ERROR    ": "ERROR", "DEBUG    ": "DEBUG", "CRITICAL ": "CRITICAL"}
 _SRC = re.compile(r"\s(\S+:\d+)$")
 _CONT = " " * 29
@@ -239,28 +234,6 @@ def _fast_bar(text: str) -> tuple[Bar, int] | None:
         return Bar(desc, n, total, _seconds(elapsed) or 0.0, _seconds(remaining), rate, loss, post), close_at + 1
     except ValueError:
         return None
-
-
-def _bar_from(match: re.Match[str]) -> Bar:
-    desc, _pct, n, total, elapsed, remaining, rate_text, unit, post = match.groups()
-    rate: float | None = None
-    if rate_text != "?":
-        value = float(rate_text)
-        rate = value if unit == "it/s" else (1.0 / value if value > 0 else None)
-    loss = None
-    if post:
-        at = post.find("avr_loss=")
-        if at >= 0:
-            end = post.find(",", at)
-            try:
-                loss = float(post[at + 9 : end if end >= 0 else len(post)])
-            except ValueError:
-                loss = None
-    else:
-        post = ""
-    return Bar(
-        desc.strip() if desc else "", int(n), int(total), _seconds(elapsed) or 0.0, _seconds(remaining), rate, loss, post,
-    )
 
 
 # ------------------------------------------------------------------ the parser
