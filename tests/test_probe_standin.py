@@ -210,3 +210,19 @@ def test_leaving_mid_trial_kills_the_trial(standin: Session, tmp_path: Path, mon
     probe._kill_running()  # what atexit runs
     thread.join(10)
     assert not thread.is_alive() and _standin_processes(standin.paths.state / "probe") == []
+
+
+def test_cli_replay_probe_without_a_gpu_exits_1(standin: Session) -> None:
+    """The real command line and the real NVML binding on a machine without an NVIDIA driver."""
+    import subprocess
+    import sys
+
+    from lorawizard.core.gpu import PynvmlAdapter, inventory
+
+    if inventory(PynvmlAdapter()).gpus:
+        pytest.skip("this machine has an NVIDIA GPU")
+    run = subprocess.run([sys.executable, "-m", "lorawizard", "--replay", str(standin.path), "--steps", "probe"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "no NVIDIA GPU visible — probing and training need one" in run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
