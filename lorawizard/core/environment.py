@@ -579,7 +579,7 @@ def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
     if not gpus:
         reason = getattr(inventory, "reason", None)
         problem = getattr(inventory, "problem", None) or "no NVIDIA GPU visible — probing and training need one"
-        return Finding("gpu", "warning", "GPU", problem + (f" ({reason})" if reason else ""),
+        return Finding("gpu", "warning", "GPU", problem + (f"; {reason}" if reason else ""),
                        "install the NVIDIA driver or run lorawizard on the GPU machine; the other steps still work")
     chosen_uuid = session.get("gpu.uuid")
     chosen = next((g for g in gpus if g.uuid == chosen_uuid), None)
@@ -741,25 +741,36 @@ def preview_run_dir(session: Session) -> Path:
     return session.paths.state / "manual-run"
 
 
+def preview_output_dir(session: Session) -> Path:
+    """Where a person's copy of the previewed command trains into: `<paths.runs>/manual`."""
+    return session.paths.runs / "manual"
+
+
+def preview_command(session: Session) -> Any:
+    """The exact command the preview shows (nothing is written). Raises core.command.CommandError."""
+    from lorawizard.core import command as command_module
+
+    run_dir, output = preview_run_dir(session), preview_output_dir(session)
+    return command_module.build_train_command(
+        session, dataset_config=run_dir / command_module.DATASET_CONFIG_NAME,
+        accelerate_config=run_dir / command_module.ACCELERATE_CONFIG_NAME, output_dir=output, logging_dir=output / "logs",
+    )
+
+
 def _preview_command(session: Session, diagnosis: Diagnosis) -> None:
     """Build the exact training command; write its two config files under .lorawizard/manual-run/ when possible."""
     from lorawizard.core import command as command_module
 
     run_dir = preview_run_dir(session)
     try:
+        diagnosis.command = preview_command(session)
+        command_module.write_accelerate_config(session, run_dir / command_module.ACCELERATE_CONFIG_NAME)
         try:
-            prepared = command_module.prepare_run(session, run_dir)
-            diagnosis.command = prepared.command
+            command_module.write_dataset_config(session, run_dir / command_module.DATASET_CONFIG_NAME)
             diagnosis.command_files_written = True
         except command_module.CommandError as exc:
             if "no prepared images" not in str(exc):
                 raise
-            diagnosis.command = command_module.build_train_command(
-                session, dataset_config=run_dir / command_module.DATASET_CONFIG_NAME,
-                accelerate_config=run_dir / command_module.ACCELERATE_CONFIG_NAME,
-                output_dir=run_dir, logging_dir=run_dir / "logs",
-            )
-            command_module.write_accelerate_config(session, run_dir / command_module.ACCELERATE_CONFIG_NAME)
             diagnosis.findings.append(Finding("dataset", "warning", "dataset config",
                                               "no prepared images yet: written once the dataset step has run"))
     except command_module.CommandError as exc:

@@ -78,17 +78,11 @@ class EnvironmentScreen(StepScreen):
 
     def _show_command_preview(self) -> None:
         """The command as it stands (nothing written): paths.runs, the preview's config files, the session's values."""
-        from lorawizard.core import command as core_command
+        from lorawizard.core.command import CommandError
 
-        session = self.app.session  # type: ignore[attr-defined]
-        run_dir = core_env.preview_run_dir(session)
         try:
-            command = core_command.build_train_command(
-                session, dataset_config=run_dir / core_command.DATASET_CONFIG_NAME,
-                accelerate_config=run_dir / core_command.ACCELERATE_CONFIG_NAME,
-                output_dir=run_dir, logging_dir=run_dir / "logs",
-            )
-        except core_command.CommandError as exc:
+            command = core_env.preview_command(self.app.session)  # type: ignore[attr-defined]
+        except CommandError as exc:
             self._set_command(None, f"✗ {exc}")
             return
         self._set_command(command, "y copies it as one line · its config files are written by the check (Enter)")
