@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,6 @@ def test_full_download_then_second_run_is_offline_and_instant(hub: FakeHub, proj
 
 def test_killed_mid_file_resumes_with_range(hub: FakeHub, project: Path, tmp_path: Path):
     """A child process downloading a throttled file is SIGKILLed; the restart asks only for the rest."""
-    import os
     import signal
     import subprocess
     import sys
@@ -112,8 +112,6 @@ def populate_big(hub: FakeHub) -> bytes:
     hub.add_file("Kijai/flux-fp8", "flux1-dev-fp8.safetensors", data)
     return data
 
-
-import os  # noqa: E402
 
 
 def test_corrupted_once_is_retried_always_corrupted_never_installed(hub: FakeHub, project: Path):

@@ -252,7 +252,7 @@ class ModelsScreen(StepScreen):
             problem.update("checking the token…")
             self._store_token(value)
 
-    @work(thread=True, exclusive=True, group="models-token", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="models-token", exit_on_error=False, description="checking a token")
     def _store_token(self, token: str) -> None:
         from lorawizard.core.download import DownloadError, store_token
 
