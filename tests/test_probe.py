@@ -292,3 +292,17 @@ def test_no_preset_is_chosen_from_the_gpu(project: Path) -> None:
     session = make_project(project, {"256x256": 1}, preset=None)
     run_step(ctx_for(session, trial_runner=PixelBudgetRunner(budget=4 * 256 * 256), nvml=one_gpu())[0])
     assert session.get("gpu.vram_preset") == "24gb"  # a 24 GiB card
+
+
+def test_host_ram_kills_above_batch_1_cap_the_result_and_are_said(project: Path) -> None:
+    session = make_project(project, {"512x512": 2})
+    inner = PixelBudgetRunner(budget=8 * 512 * 512)
+
+    def runner(spec: TrialSpec, report: Callable[[ProbeEvent], None]) -> TrialOutcome:
+        if spec.batch >= 4:
+            return TrialOutcome(spec.batch, "killed", detail="killed (SIGKILL)")
+        return inner(spec, report)
+
+    result = run_step(ctx_for(session, trial_runner=runner, nvml=budget_gpu(8 * 512 * 512))[0])
+    assert session.batch_sizes() == {"512x512": 3}
+    assert any("killed by the system (SIGKILL) — host RAM" in line for line in result.details)

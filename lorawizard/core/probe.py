@@ -693,6 +693,14 @@ def _table_lines(results: list[AreaResult], batch_sizes: dict[str, int], buckets
         speed = f"{result.s_per_step:.2f}" if result.s_per_step is not None else "—"
         tried = ", ".join(f"{o.batch}{'' if o.fits else '✗'}" for o in result.trials)
         lines.append(f"{bucket:<11}{count:>7}{result.batch:>7}{peak:>9}{speed:>8}  {tried}")
+    trials = [o for r in results for o in r.trials]
+    killed = [o for o in trials if o.status == "killed"]
+    hung = [o for o in trials if o.status == "timeout"]
+    if killed:
+        lines.append(f"note: {len(killed)} trial(s) were killed by the system (SIGKILL) — host RAM, not GPU memory, ran out "
+                     "at those batch sizes; more RAM or swap could allow larger batches")
+    if hung:
+        lines.append(f"note: {len(hung)} trial(s) hit the time limit and were stopped (counted as not fitting)")
     return lines
 
 
