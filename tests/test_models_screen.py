@@ -124,3 +124,17 @@ def test_snapshot_80x24(snap_compare, home_project: Path) -> None:
 
 def test_snapshot_120x40(snap_compare, home_project: Path) -> None:
     assert snap_compare(_app(_offline_project(home_project)), terminal_size=(120, 40), run_before=_wait)
+
+
+async def _download_and_wait(pilot) -> None:
+    await _wait(pilot)
+    await pilot.press("ctrl+g")
+    await _wait(pilot)
+
+
+def test_snapshot_gated_error_80x24(snap_compare, hub: FakeHub, home_project: Path) -> None:
+    session = Session.open_project(home_project)
+    session.set("models.preset", "flux1-dev-bf16")
+    session.save()
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_download_and_wait)

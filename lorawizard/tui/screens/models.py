@@ -161,8 +161,12 @@ class ModelsScreen(StepScreen):
     def _finished(self, message: StepFinished) -> None:
         if message.step != self.STEP:
             return
+        problem = self.query_one("#model-problem", Label)
+        errors = [row.note for row in self.rows.values() if row.state == "error" and row.note]
         if message.error:
-            self.query_one("#model-problem", Label).update(message.error)
+            problem.update(message.error)
+        elif errors:
+            problem.update(f"✗ {errors[0]}")  # in full (the status line above the log is cut at the width)
         if self._next:
             action, self._next = self._next, None
             self.call_after_refresh(self._start, action)
