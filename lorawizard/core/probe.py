@@ -634,11 +634,10 @@ def run_step(ctx: StepContext) -> StepResult:
             ctx.record(f"gpu.batch_size.{member}", result.batch)
             batch_sizes[member] = result.batch
     _save_results(session, gpu, preset, results, time.monotonic() - started, ctx)
-    trials = sum(len(r.trials) for r in results)
     summary = ", ".join(f"{r.bucket} → {r.batch}" for r in results)
     return StepResult(
         True,
-        f"{summary} ({trials} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
+        f"{summary} ({number} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
         details=_table_lines(results, batch_sizes, buckets),
         data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
               "results": [_result_json(r) for r in results]},
