@@ -255,6 +255,8 @@ class TrainScreen(StepScreen):
         self.apply_view(message.view)
 
     def apply_view(self, view: TrainView) -> None:
+        if view.status != self.view.status and view.status in _STEP_STATES:
+            self.app.set_step_state("train", _STEP_STATES[view.status])  # type: ignore[attr-defined]
         with self.app.batch_update():
             self.view = view
             self.query_one(TrainHeader).show(view)
@@ -347,6 +349,9 @@ class TrainScreen(StepScreen):
 
     def action_cancel(self) -> None:  # Esc never stops training; s does
         pass
+
+
+_STEP_STATES = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}
 
 
 def _line_text(line: Any) -> str:
