@@ -139,3 +139,34 @@ def test_snapshot_after_a_probe_120x40(snap_compare, home_project: Path, monkeyp
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=probe)
+
+
+async def test_escape_cancels_a_running_trial_and_kills_it(home_project: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real trial runner with the stand-in trainer hanging at its first step; Esc must kill its process group."""
+    from tests.standin import make_fake_sd_scripts
+    from tests.test_probe_standin import _standin_processes
+
+    sd_scripts, _ = make_fake_sd_scripts(tmp_path)
+    session = with_dataset(home_project, {"512x512": 2})
+    session.set("paths.sd_scripts", str(sd_scripts))
+    session.set("gpu.vram_preset", "24gb")
+    session.save()
+    monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(session, start_step="probe")
+    workdir = home_project / ".lorawizard" / "probe"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if _standin_processes(workdir):
+                break
+        assert _standin_processes(workdir), "the trial never started"
+        await pilot.press("escape")
+        await settle(pilot)
+        assert "cancelled" in str(app.screen.query_one(".runner-status").render())
+        assert app.step_states["probe"] == "attention"
+    assert _standin_processes(workdir) == []
+    assert Session.load(home_project / "session.toml").batch_sizes() == {}
