@@ -33,6 +33,7 @@ DISK_MARGIN = 512 << 20  # free space kept beyond what the downloads need
 META_TIMEOUT = 10.0  # seconds for a metadata request (fails fast when the hub is unreachable)
 READ_TIMEOUT = 30.0
 RETRIES = 5  # attempts per file when the connection drops; reset whenever bytes arrive
+STALL_LIMIT = 45.0  # seconds without a byte after which retrying stops and the hub counts as unreachable
 _HEX = set("0123456789abcdef")
 
 
@@ -424,11 +425,25 @@ def download_file(
         with part.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(part, dest)
+        _fsync_dir(dest.parent)
         return dest
     except (DownloadError, DownloadCancelled):
         raise
     except Exception as exc:  # noqa: BLE001
         raise explain(exc, remote.repo, remote.filename, remote.revision) from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _cleanup_stale_parts(dest: Path, keep: Path) -> None:
@@ -468,6 +483,7 @@ def _transfer(
             log(f"{remote.filename}: resuming at {have / 1e6:.0f} MB")
         progress(have)
         failures = 0
+        last_gain = time.monotonic()
         while total is None or have < total:
             if cancel is not None and cancel.is_set():
                 raise DownloadCancelled(str(part))
@@ -478,9 +494,12 @@ def _transfer(
             except (OSError, HTTPException) as exc:
                 if not _is_network_error(exc) or isinstance(exc, PermissionError):
                     raise
-                have = part.stat().st_size if part.exists() else 0  # every byte on disk is also hashed
+                now_have = part.stat().st_size if part.exists() else 0  # every byte on disk is also hashed
+                if now_have > have:
+                    failures, last_gain = 0, time.monotonic()
+                have = now_have
                 failures += 1
-                if failures >= retries or _refused(exc):
+                if failures >= retries or _refused(exc) or time.monotonic() - last_gain > STALL_LIMIT:
                     raise explain(exc, remote.repo, remote.filename, remote.revision) from exc
                 log(f"{remote.filename}: connection lost at {have / 1e6:.0f} MB ({_short(exc)}); retrying")
                 time.sleep(min(0.25 * 2 ** (failures - 1), 4.0))
