@@ -306,3 +306,35 @@ def test_host_ram_kills_above_batch_1_cap_the_result_and_are_said(project: Path)
     result = run_step(ctx_for(session, trial_runner=runner, nvml=budget_gpu(8 * 512 * 512))[0])
     assert session.batch_sizes() == {"512x512": 3}
     assert any("killed by the system (SIGKILL) — host RAM" in line for line in result.details)
+
+
+def test_log_tail_follows_phases_and_steps_across_any_chunking(tmp_path: Path) -> None:
+    from lorawizard.core.probe import _LogTail
+
+    text = (
+        "2026-11-25 16:44:52 INFO     Checking the state dict: Diffusers or BFL, dev or schnell  flux_utils.py:44\n"
+        "                    INFO     caching latents...                                      train_util.py:1170\n"
+        "\r100%|██████████| 2/2 [00:00<00:00, 49.2it/s]\nprepare optimizer, data loader etc.\n"
+        "running training / 学習開始\n"
+        "\rsteps:   0%|          | 0/3 [00:00<?, ?it/s]"
+        "\rsteps:  33%|███▎      | 1/3 [00:02<00:04,  2.10s/it]"
+        "\rsteps:  33%|███▎      | 1/3 [00:02<00:04,  2.10s/it, avr_loss=1.23]"
+        "\rsteps:  67%|██████▋   | 2/3 [00:04<00:02,  2.05s/it, avr_loss=1.2]"
+        "\rsteps: 100%|██████████| 3/3 [00:06<00:00,  2.01s/it, avr_loss=1.1]"
+    ).encode()
+    for size in (1, 7, 64, len(text)):
+        path = tmp_path / f"log{size}"
+        path.write_bytes(b"")
+        tail, phases = _LogTail(path), []
+        for start in range(0, len(text), size):
+            with open(path, "ab") as handle:
+                handle.write(text[start : start + size])
+            tail.read()
+            phases.append(tail.phase)
+        assert (tail.step, tail.total) == (3, 3), size
+        assert tail.rate_s == pytest.approx(2.01)
+        ordered = list(dict.fromkeys(phases))
+        assert ordered[-1] == "training", (size, ordered)
+        if size < len(text):
+            assert "loading models" in ordered and "caching latents" in ordered, (size, ordered)
+        assert "学習開始" in tail.text  # multi-byte characters survive any split

@@ -21,6 +21,7 @@ Each trial has a time limit; cancel kills the trial's whole process group.
 from __future__ import annotations
 
 import atexit
+import codecs
 import json
 import math
 import os
@@ -109,7 +110,8 @@ class ProbeEvent:
     step: int = 0
     steps: int = 0
     outcome: TrialOutcome | None = None
-    text: str = ""
+    text: str = ""  # trial-step: the phase ("loading models", "caching latents", "training", …)
+    peak_bytes: int | None = None  # trial-step: the trial's GPU memory peak so far
 
 
 TrialRunner = Callable[[TrialSpec, Callable[[ProbeEvent], None]], TrialOutcome]
@@ -231,6 +233,7 @@ class SubprocessTrialRunner:
                               interval=self.sample_interval).start()
         tail = _LogTail(log_path)
         ended_by: str | None = None
+        last_peak: int | None = None
         try:
             while process.poll() is None:
                 if self.cancel.is_set():
@@ -239,8 +242,10 @@ class SubprocessTrialRunner:
                 if time.monotonic() - started > self.timeout_s:
                     ended_by = "timeout"
                     break
-                if tail.read():
-                    report(ProbeEvent("trial-step", spec, tail.step, tail.total or self.steps))
+                if tail.read() or sampler.peak != last_peak:
+                    last_peak = sampler.peak
+                    report(ProbeEvent("trial-step", spec, tail.step, tail.total or self.steps, text=tail.phase,
+                                      peak_bytes=last_peak))
                 time.sleep(0.05)
         finally:
             if process.poll() is None:
@@ -260,16 +265,30 @@ class SubprocessTrialRunner:
         return TrialOutcome(spec.batch, status, s_per_step=tail.seconds_per_step(), detail=detail, **common)
 
 
+PHASES = (  # log text → what a trial is busy with before its first step (model loading can take minutes)
+    ("Checking the state dict", "loading models"),
+    ("Loading state dict from", "loading models"),
+    ("caching latents", "caching latents"),
+    ("caching Text Encoder outputs", "caching text encoders"),
+    ("prepare optimizer", "preparing the optimizer"),
+    ("running training", "training"),
+)
+
+
 class _LogTail:
-    """Reads a growing trial log; tracks the `steps:` bar and when each step first appeared."""
+    """Reads a growing trial log; tracks the phase, the `steps:` bar and when each step first appeared."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.offset, self.text = path, 0, ""
         self.step, self.total = 0, 0
+        self.phase = "starting"
         self.first_seen: dict[int, float] = {}
         self.rate_s: float | None = None
+        self._pending = ""  # the last, maybe incomplete, piece (tqdm's current bar has no line end yet)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def read(self) -> bool:
+        """Read what was appended; True when the step or the phase changed."""
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
@@ -279,26 +298,30 @@ class _LogTail:
         if not data:
             return False
         self.offset += len(data)
-        chunk = data.decode("utf-8", "replace")
+        chunk = self._decoder.decode(data)
         self.text += chunk
         if len(self.text) > 2_000_000:
             self.text = self.text[-1_000_000:]
-        now, moved = time.monotonic(), False
-        for piece in re.split(r"[\r\n]", chunk):
+        now, before = time.monotonic(), (self.step, self.phase)
+        pieces = re.split(r"[\r\n]", self._pending + chunk)
+        self._pending = pieces[-1]
+        for piece in pieces:  # the pending piece too: it is parsed again, complete, next time (idempotent)
+            for needle, phase in PHASES:
+                if needle in piece and self.step == 0:
+                    self.phase = phase
             match = _BAR_START_RE.search(piece)
             if not match:
                 continue
             step, total = int(match.group(1)), int(match.group(2))
-            if step not in self.first_seen:
-                self.first_seen[step] = now
-            if step != self.step:
-                moved = True
+            self.first_seen.setdefault(step, now)
             self.step, self.total = max(self.step, step), total
+            if self.step:
+                self.phase = "training"
             rate = _BAR_RE.search(piece)
             if rate and step > 0:
                 value = float(rate.group(3))
                 self.rate_s = value if rate.group(4) == "s/it" else (1 / value if value else None)
-        return moved
+        return (self.step, self.phase) != before
 
     def seconds_per_step(self) -> float | None:
         """Time per step after the first (which also allocates the optimizer state); tqdm's rate as a fallback."""
@@ -587,7 +610,8 @@ def run_step(ctx: StepContext) -> StepResult:
                 trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
 
                 def report(event: ProbeEvent, trial_meter: ProgressMeter = trial_meter) -> None:
-                    trial_meter.update(event.step, f"trial {event.spec.number if event.spec else ''}")
+                    peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes is not None else ""
+                    trial_meter.update(event.step, f"{event.text or 'running'}{peak}")
                     on_event(event)
 
                 outcome = _with_margin(runner(spec, report), limit, gpu)

@@ -302,7 +302,10 @@ class GpuScreen(StepScreen):
             self._trial_rows.add(key)
             trials.add_row(str(spec.number), spec.bucket, str(spec.batch), "…", _cell("starting", "dim"), "", key=key)
         if event.kind == "trial-step":
-            trials.update_cell(key, "result", _cell(f"running (step {event.step}/{event.steps})", "cyan"))
+            doing = f"step {event.step}/{event.steps}" if event.step else (event.text or "starting")
+            trials.update_cell(key, "result", _cell(f"{doing}…", "cyan"))
+            if event.peak_bytes is not None:
+                trials.update_cell(key, "peak GB", f"{event.peak_bytes / GB:.1f}")
         elif event.kind == "trial-end" and event.outcome is not None:
             outcome = event.outcome
             peak = f"{outcome.peak_bytes / GB:.1f}" if outcome.peak_bytes is not None else "—"
