@@ -47,13 +47,17 @@ async def test_download_keeps_running_on_another_step(hub: FakeHub, home_project
         assert app.step_states["models"] != "done"
         hub.throttle_bps = 6 << 20  # ~0.5 s for the 3 MB file
         await pilot.press("ctrl+g")
-        await pilot.pause(0.2)
+        for _ in range(50):  # the row turns into a progress line once the bytes flow
+            await pilot.pause(0.05)
+            if cell(app, "flux", "state").startswith("↓ "):
+                break
         assert cell(app, "flux", "state").startswith("↓ ")
         app.screen.set_focus(None)
         await pilot.press("3")  # look at the dataset step meanwhile
         await pilot.pause()
         assert app.current_mode == "dataset"
         await app.workers.wait_for_complete()
+        app.screen.set_focus(None)  # the dataset screen may have focused a field that would take the "2"
         await pilot.press("2")
         await pilot.pause()
         assert app.current_mode == "models"
