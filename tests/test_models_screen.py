@@ -45,7 +45,7 @@ async def test_download_keeps_running_on_another_step(hub: FakeHub, home_project
         await settle(app, pilot)
         assert cell(app, "flux", "state") == "missing (3.1 MB)"
         assert app.step_states["models"] != "done"
-        hub.throttle_bps = 6 << 20  # ~0.5 s for the 3 MB file
+        hub.throttle_bps = 3 << 20  # ~1 s for the 3 MB file
         await pilot.press("ctrl+g")
         for _ in range(50):  # the row turns into a progress line once the bytes flow
             await pilot.pause(0.05)
