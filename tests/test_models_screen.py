@@ -142,3 +142,19 @@ def test_snapshot_gated_error_80x24(snap_compare, hub: FakeHub, home_project: Pa
     session.save()
     app = LoraWizardApp(Session.open_project(home_project), start_step="models")
     assert snap_compare(app, terminal_size=(80, 24), run_before=_download_and_wait)
+
+
+async def test_add_folder_searches_it(home_project: Path, isolated_home: Path) -> None:
+    folder = isolated_home / "stash"
+    folder.mkdir()
+    (folder / "t5xxl_fp8_e4m3fn.safetensors").write_bytes(b"t" * 10)  # offline: matched by name
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        assert cell(app, "t5xxl", "state") == "missing"
+        app.screen.query_one(DataTable).focus()
+        await pilot.press("a")
+        app.screen.query_one("#model-ask", Input).value = "~/stash"
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert cell(app, "t5xxl", "where") == "~/stash/t5xxl_fp8_e4m3fn.safetensors (added folder)"
