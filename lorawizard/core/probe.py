@@ -124,7 +124,9 @@ def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: i
         if index >= 0:
             start = text.rfind("\n", 0, index) + 1
             end = text.find("\n", index)
-            return "oom", text[start : end if end >= 0 else None].strip()[:300]
+            line = text[start : end if end >= 0 else None].strip()
+            short = re.match(r"^(.*?Tried to allocate [^.]*\.\d+ \w+\.)", line)  # torch's first sentence or two
+            return "oom", (short.group(1) if short else line)[:200]
     if returncode == -signal.SIGKILL or any(needle in text for needle in SIGKILL_TEXTS):
         return "killed", "the trainer was killed (SIGKILL): usually the kernel's OOM killer, host RAM ran out"
     if returncode == 0 and (steps_done >= steps_wanted or "model saved." in text):
@@ -610,12 +612,16 @@ def run_step(ctx: StepContext) -> StepResult:
                 trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
 
                 def report(event: ProbeEvent, trial_meter: ProgressMeter = trial_meter) -> None:
-                    peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes is not None else ""
+                    peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes else ""
                     trial_meter.update(event.step, f"{event.text or 'running'}{peak}")
                     on_event(event)
 
                 outcome = _with_margin(runner(spec, report), limit, gpu)
-                trial_meter.finish(STATUS_WORDS.get(outcome.status, outcome.status))
+                word = STATUS_WORDS.get(outcome.status, outcome.status)
+                if outcome.fits:
+                    trial_meter.finish(word)
+                else:  # not "3/3 (100%)": the trial stopped where it stopped
+                    ctx.progress(trial_meter.snapshot(f"→ {word}", finished=True))
                 search.add(outcome)
                 on_event(ProbeEvent("trial-end", spec, outcome=outcome))
                 ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
