@@ -298,16 +298,18 @@ def _find(plan: _Plan, role: str) -> None:
                                  note="your file: not the preset's (size differs)")
                 return
             continue
-        meter = ProgressMeter(ctx.progress, "models", f"verifying {candidate.path.name}", size, "B")
-        try:
-            actual = sha256_of(candidate.path, plan.hashes, cancel=ctx.cancel,
-                               progress=lambda done, total: meter.update(done))
-        except HashCancelled:
-            raise Cancelled() from None
-        except OSError as exc:
-            ctx.log(f"{role}: cannot read {candidate.path}: {exc.strerror or exc}")
-            continue
-        meter.finish()
+        actual = plan.hashes.get(candidate.path)  # remembered: the second look is instant
+        if actual is None:
+            meter = ProgressMeter(ctx.progress, "models", f"verifying {candidate.path.name}", size, "B")
+            try:
+                actual = sha256_of(candidate.path, plan.hashes, cancel=ctx.cancel,
+                                   progress=lambda done, total, meter=meter: meter.update(done))
+            except HashCancelled:
+                raise Cancelled() from None
+            except OSError as exc:
+                ctx.log(f"{role}: cannot read {candidate.path}: {exc.strerror or exc}")
+                continue
+            meter.finish()
         if actual == sha:
             plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, verified=True,
                              note="sha256 verified")
@@ -496,7 +498,9 @@ def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool
             if tok_missing:
                 lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
             summary = f"{len(missing)} model file(s) to download: {amount}{tokens}"
-            return StepResult(not errors, summary, details + lines, data)
+            kept = [line for role, line in zip([*ROLES, TOKENIZER_ROLE], details, strict=True)
+                    if rows[role].state != "missing"]
+            return StepResult(not errors, summary, kept + lines, data)
         summary = "all model files are present" + (" and verified" if _all_verified(rows) else "")
         return StepResult(not errors, summary, [] if find_only else details, data)
     if errors:
