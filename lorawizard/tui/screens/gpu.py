@@ -171,6 +171,10 @@ class GpuScreen(StepScreen):
             error = self.app.decide("gpu.uuid", uuid)  # type: ignore[attr-defined]
             if error:
                 self.notify(error, severity="error")
+            elif load_results(self.app.session).get("gpu", {}).get("uuid") not in (None, uuid):  # type: ignore[attr-defined]
+                self.notify("the batch sizes were measured on another GPU: press r to re-probe", severity="warning",
+                            timeout=8)
+            self._show_buckets()
         self._show_gpus()
         self._show_preset()
 
@@ -222,6 +226,10 @@ class GpuScreen(StepScreen):
         error = self.app.decide("gpu.vram_preset", event.value)  # type: ignore[attr-defined]
         if error:
             self.notify(error, severity="error")
+        measured_with = load_results(self.app.session).get("preset")  # type: ignore[attr-defined]
+        if self.app.session.batch_sizes() and measured_with and measured_with != event.value:  # type: ignore[attr-defined]
+            self.notify(f"the batch sizes were measured with the {measured_with} preset: press r to re-probe",
+                        severity="warning", timeout=8)
         self._show_preset()
         self._show_buckets()
 
