@@ -253,6 +253,16 @@ def test_malformed_extra_args_are_rejected_in_one_line(project: Path, extra: lis
     assert "\n" not in str(info.value)
 
 
+def test_no_loader_workers_drops_our_persistent_workers(project: Path) -> None:
+    """Found by the real trainer: torch refuses persistent workers with 0 workers (ValueError at the data loader)."""
+    session = make_session(project, train__extra_args=["--max_data_loader_n_workers", "0"])
+    command = cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    assert "--persistent_data_loader_workers" not in command.argv
+    session = make_session(project, train__extra_args=["--max_data_loader_n_workers", "0", "--persistent_data_loader_workers"])
+    with pytest.raises(CommandError, match="persistent workers need --max_data_loader_n_workers above 0"):
+        cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+
+
 def test_caption_dropout_zero_is_not_a_conflict(project: Path) -> None:
     session = make_session(project, train__extra_args=["--caption_dropout_rate", "0", "--blocks_to_swap", "0",
                                                         "--cpu_offload_checkpointing"])

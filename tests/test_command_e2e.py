@@ -113,8 +113,9 @@ def test_real_parser_and_validator_accept_our_command_and_config(project: Path) 
 
 @needs_e2e
 def test_real_trainer_trains_with_our_command(project: Path) -> None:
-    """Our default command (fp8 base, AdamW 8-bit, --save_state, …) on the CPU: 2 epochs x 2 steps."""
-    session = e2e_session(project, train__extra_args=["--max_data_loader_n_workers", "0"])
+    """Our default command as is (fp8 base, AdamW 8-bit, 2 persistent loader workers, --save_state, …) on the CPU:
+    2 epochs x 2 steps."""
+    session = e2e_session(project)
     run_dir = project / "runs" / "e2e"
     command, files = cmd.prepare_run(session, run_dir)
     (run_dir / "command.txt").write_text(command.shell_text() + "\n")

@@ -213,6 +213,8 @@ _CONFLICTS: tuple[tuple[str, str, str], ...] = (
     ("cache_text_encoder_outputs", "token_warmup_step", "cached text-encoder outputs cannot be combined with --token_warmup_step"),
     ("cache_latents", "color_aug", "cached latents cannot be combined with --color_aug"),
     ("cache_latents", "random_crop", "cached latents cannot be combined with --random_crop"),
+    ("persistent_data_loader_workers", "no_data_loader_workers",
+     "persistent workers need --max_data_loader_n_workers above 0 (torch refuses them)"),
 )
 
 
@@ -356,6 +358,8 @@ def check_conflicts(options: Mapping[str, Any]) -> list[str]:
         return True
 
     active = {name: on(value) for name, value in options.items()}
+    workers = options.get("max_data_loader_n_workers")
+    active["no_data_loader_workers"] = workers is not None and str(workers) == "0"
     if active.get("cache_text_encoder_outputs_to_disk"):
         active["cache_text_encoder_outputs"] = True  # sd-scripts: _to_disk implies the option itself
     if active.get("cache_latents_to_disk"):
@@ -434,6 +438,9 @@ def trainer_options(
         if name not in sd_scripts_options():
             raise CommandError(f"overrides: --{name} is not an option of sd-scripts' {TRAIN_SCRIPT}{_suggest(name)}")
         options[name] = value
+    asked = set(extra) | set(overrides or {})
+    if "persistent_data_loader_workers" not in asked and str(options.get("max_data_loader_n_workers")) == "0":
+        options["persistent_data_loader_workers"] = None  # our default; torch refuses it without worker processes
     conflicts = check_conflicts(options)
     if conflicts:
         raise CommandError(f"trainer options: {conflicts[0]}")
