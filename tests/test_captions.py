@@ -266,3 +266,54 @@ def test_replay_exits_1_for_missing_captions_unless_captionless(project: Path) -
     session.set("dataset.captionless", True)
     session.save()
     assert replay(project / "session.toml", ["captions"], out=io.StringIO(), err=io.StringIO(), tty=False) == 0
+
+
+# ---------------------------------------------------------------- session round trip and interrupted writes
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_caption_strings_survive_session_save_and_load(tmp_path_factory, text: str) -> None:
+    import tomlkit
+
+    doc = tomlkit.document()
+    doc["caption"] = cap.toml_string(text)
+    assert tomlkit.parse(doc.as_string())["caption"] == text
+
+
+def test_bulk_edit_saved_through_the_session(project: Path) -> None:
+    tricky = 'a "quoted" back\\slash\ttab\nnew line \x7f é'
+    session = make_project(project, SOURCES, captions={s: "plain" for s in SOURCES})
+    captions = cap.CaptionSet.from_session(session)
+    changed = captions.apply(captions.plan_replace("plain", tricky))
+    session.update_images(captions.session_changes(changed))
+    session.save()
+    assert {v["caption"] for v in Session.load(project / "session.toml").images().values()} == {tricky}
+
+
+def test_stopping_mid_write_never_leaves_a_cache_beside_a_new_caption(project: Path) -> None:
+    from lorawizard.core.steps import Cancelled
+
+    sources = [f"img{n}.jpg" for n in range(40)]
+    session = make_project(project, sources, captions={s: "old" for s in sources})
+    captions = cap.CaptionSet.from_session(session)
+    cap.write_captions(captions)
+    for item in captions.items:
+        item.te_cache.write_bytes(b"cache of old")
+    captions.apply(captions.plan_replace("old", "new"))
+    calls = []
+
+    def stop_soon() -> None:
+        calls.append(1)
+        if len(calls) > 45:  # 40 checks while planning, then a few writes
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        cap.write_captions(captions, check_cancelled=stop_soon)
+    states = [(i.txt_path.read_text(), i.te_cache.exists()) for i in captions.items]
+    assert ("new\n", True) not in states
+    assert any(text == "new\n" for text, _ in states)

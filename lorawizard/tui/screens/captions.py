@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.timer import Timer
+from textual.worker import get_current_worker
 from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
 
 from lorawizard.core import captions as core
@@ -39,6 +40,7 @@ GUIDE = (
 )
 FILTER_ORDER = list(core.FILTERS)
 THUMB_PIXELS = 192
+LETTERBOX = (24, 24, 28)
 SAVE_DELAY = 0.5
 
 
@@ -66,7 +68,8 @@ class CaptionsScreen(StepScreen):
     CaptionsScreen #cap-right { width: 1fr; padding: 0 0 0 1; }
     CaptionsScreen #cap-top { height: 8; }
     CaptionsScreen.-wide #cap-top { height: 16; }
-    CaptionsScreen #cap-image { width: auto; height: 100%; max-width: 50%; margin: 0 1 0 0; }
+    CaptionsScreen #cap-image { width: 16; height: 8; margin: 0 1 0 0; }
+    CaptionsScreen.-wide #cap-image { width: 32; height: 16; }
     CaptionsScreen #cap-info { width: 1fr; height: 100%; }
     CaptionsScreen #cap-editor { height: 1fr; min-height: 3; }
     CaptionsScreen #cap-tokens { height: 1; }
@@ -92,7 +95,7 @@ class CaptionsScreen(StepScreen):
             yield CaptionList(id="cap-list")
             with Vertical(id="cap-right"):
                 with Horizontal(id="cap-top"):
-                    yield image_widget_class()(None, id="cap-image")
+                    yield caption_image_class()(None, id="cap-image")
                     yield Static("", id="cap-info")
                 yield TextArea(
                     "",
@@ -207,7 +210,7 @@ class CaptionsScreen(StepScreen):
         tokens.append(f"T5 {item.t5}/{T5_LIMIT}", style="bold red" if item.flags & core.OVER_T5 else "")
         if not counter.exact:
             tokens.append(" · estimated (no tokenizers yet)", style="dim")
-        self.query_one("#cap-tokens", Static).update(tokens)
+        self.query_one("#cap-tokens", Static).update(tokens, layout=False)
 
         info = Text()
         info.append(f"{item.file}\n", style="bold")
@@ -224,7 +227,7 @@ class CaptionsScreen(StepScreen):
         written = item.line if len(item.line) <= 90 else item.line[:89] + "…"
         info.append(f"file: {written or '(none: nothing to write)'}\n", style="italic")
         info.append(GUIDE, style="dim")
-        self.query_one("#cap-info", Static).update(info)
+        self.query_one("#cap-info", Static).update(info, layout=False)
 
     def _update_header(self) -> None:
         if self.captions is None:
@@ -242,35 +245,47 @@ class CaptionsScreen(StepScreen):
         header.append(f"“{trigger}”" if trigger else "no trigger (Ctrl+T)", style="bold" if trigger else "yellow")
         shown = len(self.caption_list.rows)
         header.append(f" │ filter: {core.FILTERS[self.filter][0]} ({shown})", style="bold" if self.filter != "all" else "dim")
-        self.query_one("#cap-header", Static).update(header)
+        self.query_one("#cap-header", Static).update(header, layout=False)
 
     # -- the image, loaded off the UI thread
 
     def _request_image(self, path: Path) -> None:
         thumb = self._thumbs.get(path)
+        widget = self.query_one("#cap-image")
         if thumb is not None:
             self._thumbs.move_to_end(path)
-            self.query_one("#cap-image").image = thumb  # type: ignore[attr-defined]
-            return
-        self._load_image(path)
+            widget.image = thumb  # type: ignore[attr-defined]
+        else:
+            widget.image = None  # type: ignore[attr-defined]
+        self._load_images(path, self._neighbours())
+
+    def _neighbours(self) -> list[Path]:
+        """The images a few steps up and down the list: moving on finds them ready."""
+        if self.captions is None:
+            return []
+        cl = self.caption_list
+        out = []
+        for delta in (1, -1, 2, 3, -2, 4):
+            position = cl.cursor + delta
+            if 0 <= position < len(cl.rows):
+                out.append(self.captions.items[cl.rows[position]].output)
+        return out
 
     @work(thread=True, exclusive=True, group="captions-image", exit_on_error=False)
-    def _load_image(self, path: Path) -> None:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as image:
-                image.draft("RGB", (THUMB_PIXELS, THUMB_PIXELS))
-                thumb = image.convert("RGB")
-                thumb.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
-        except (OSError, ValueError):
-            thumb = None
-        self.app.call_from_thread(self._image_loaded, path, thumb)
+    def _load_images(self, path: Path, more: list[Path]) -> None:
+        worker = get_current_worker()
+        for wanted in [path, *more]:
+            if worker.is_cancelled:
+                return
+            if wanted in self._thumbs:
+                continue
+            thumb = make_thumbnail(wanted)
+            self.app.call_from_thread(self._image_loaded, wanted, thumb)
 
     def _image_loaded(self, path: Path, thumb: Any) -> None:
         if thumb is not None:
             self._thumbs[path] = thumb
-            while len(self._thumbs) > 64:
+            while len(self._thumbs) > 96:
                 self._thumbs.popitem(last=False)
         if self.captions is not None and self.current is not None and self.captions.items[self.current].output == path:
             self.query_one("#cap-image").image = thumb  # type: ignore[attr-defined]
@@ -404,6 +419,42 @@ class CaptionsScreen(StepScreen):
     def _step_finished(self, message: StepFinished) -> None:
         if message.step == self.STEP:
             self.load()  # the files on disk changed (and replay-style imports may have run)
+
+
+def make_thumbnail(path: Path) -> Any:
+    """A square thumbnail with the picture centred (letterboxed), or None when it cannot be read.
+
+    Square because the image box is square in pixels (cells are twice as tall as wide): the box keeps
+    its size for every picture, so showing the next one repaints it without a layout pass.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (THUMB_PIXELS, THUMB_PIXELS))
+            picture = ImageOps.contain(image.convert("RGB"), (THUMB_PIXELS, THUMB_PIXELS))
+    except (OSError, ValueError):
+        return None
+    canvas = Image.new("RGB", (THUMB_PIXELS, THUMB_PIXELS), LETTERBOX)
+    canvas.paste(picture, ((THUMB_PIXELS - picture.width) // 2, (THUMB_PIXELS - picture.height) // 2))
+    return canvas
+
+
+def caption_image_class() -> Any:
+    """The renderer chosen at start-up (halfcell in tests), in a fixed-size box that repaints without layout."""
+    base = image_widget_class()
+    cached = _IMAGE_CLASSES.get(base)
+    if cached is None:
+
+        class CaptionImage(base, Renderable=base._Renderable):  # type: ignore[misc, valid-type, call-arg]
+            def refresh(self, *regions: Any, repaint: bool = True, layout: bool = False, recompose: bool = False) -> Any:
+                return super().refresh(*regions, repaint=repaint, layout=False, recompose=recompose)
+
+        cached = _IMAGE_CLASSES[base] = CaptionImage
+    return cached
+
+
+_IMAGE_CLASSES: dict[Any, Any] = {}
 
 
 def _status_sentence(item: core.Caption, word: str) -> str:
