@@ -307,3 +307,20 @@ def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: P
     assert result.ok
     last = [e for e in hub.requests(role="cdn", method="GET") if e.get("file") == "flux1-dev-fp8.safetensors"][-1]
     assert last["range"] == f"bytes={have}-"
+
+
+def test_server_going_down_mid_file_retries_then_says_unreachable(hub: FakeHub, project: Path, monkeypatch):
+    import lorawizard.core.download as download
+    from lorawizard.core.models import run_step
+
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # no backoff waits in the test
+    session = make_session(project)
+    hub.drop_after["flux1-dev-fp8.safetensors"] = MiB  # the GET is cut at 1 MiB ...
+    hub.down_after_drop = True  # ... and every retry finds the server gone
+    lines: list[str] = []
+    result = run_step(StepContext(session=session, log=lines.append))
+    assert not result.ok and "unreachable" in result.summary and "resumes where it stopped" in result.summary
+    assert sum("connection lost" in line for line in lines) >= 1
+    parts = list(session.paths.models.glob("flux1-dev-fp8.safetensors.*.part"))
+    assert parts and parts[0].stat().st_size == MiB  # kept for the next run
+    assert len(hub.requests(role="cdn", status="dropped")) == download.RETRIES - 1

@@ -7,6 +7,7 @@ X-Linked-Size, X-Error-Code, X-Error-Message).
 
 Fault injection, set by a test between calls:
   drop_after[path] = n     the next GET of the file's bytes stops after n bytes (connection closed)
+  down_after_drop = True   ...and from then on the server is down (a hub that goes away mid-file)
   corrupt[path] = k        the next k GETs serve flipped bytes (same size); k = -1: always
   throttle_bps = n         bytes per second for file bodies (to kill a client mid-way)
   ignore_range = True      answer 200 to Range requests
@@ -80,6 +81,7 @@ class FakeHub:
         self.throttle_bps: int | None = None
         self.ignore_range = False
         self.down = False
+        self.down_after_drop = False
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
@@ -232,6 +234,8 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 pass
             if sent < len(body):
                 self.close_connection = True
+                if limit is not None and hub.down_after_drop:
+                    hub.down = True
             return status, sent
 
         def _dispatch(self, head: bool) -> None:
