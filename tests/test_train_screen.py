@@ -131,6 +131,15 @@ async def test_start_from_the_wizard_and_watch_it_finish(tmp_path: Path, monkeyp
         assert (view.step, view.total_steps, view.epoch, view.epochs) == (6, 6, 3, 3)
         assert [c[0] for c in view.checkpoints] == ["tiny-000001", "tiny-000002", "tiny"]
         assert view.losses and view.diagnosis is None
+        await pilot.press("l")  # the full log, '\r' redraws collapsed
+        from textual.widgets import Log
+
+        from lorawizard.tui.screens.train import FullLogScreen
+
+        await _until(pilot, lambda: isinstance(app.screen, FullLogScreen) and app.screen.query_one(Log).line_count > 20)
+        lines = app.screen.query_one(Log).lines
+        assert "model saved." in lines and not any("\r" in line for line in lines)
+        await pilot.press("escape")
 
 
 async def test_reattach_to_a_live_run_and_stop_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
