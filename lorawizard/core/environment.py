@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -444,13 +445,26 @@ def _arch_supported(arch_list: list[str], capability: tuple[int, int]) -> bool:
 # ---------------------------------------------------------------- the diagnosis
 
 
+@lru_cache(maxsize=1)
 def base_python_for_venv() -> str:
-    """A Python to create the venv with: 3.10 (what sd-scripts tests), else 3.11, 3.12, else this one."""
+    """A Python to create the venv with: 3.10 (what sd-scripts tests), else 3.11, 3.12, else this one.
+
+    Each candidate must really run (a pyenv shim for a version that is not selected does not).
+    """
     for name in ("python3.10", "python3.11", "python3.12"):
         found = shutil.which(name)
-        if found:
+        if found and _runs(found, name.removeprefix("python")):
             return found
     return sys.executable
+
+
+def _runs(python: str, version: str) -> bool:
+    try:
+        out = subprocess.run([python, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == version
 
 
 def clone_argv(target: Path, branch: str = DEFAULT_BRANCH, url: str = SD_SCRIPTS_URL) -> list[str]:
