@@ -158,3 +158,16 @@ async def test_add_folder_searches_it(home_project: Path, isolated_home: Path) -
         await pilot.press("enter")
         await settle(app, pilot)
         assert cell(app, "t5xxl", "where") == "~/stash/t5xxl_fp8_e4m3fn.safetensors (added folder)"
+
+
+async def test_another_preset_relabels_the_rows(home_project: Path) -> None:
+    from textual.widgets import Select
+
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        app.screen.query_one("#set-models-preset", Select).value = "flux1-dev-bf16"
+        await settle(app, pilot)
+        assert cell(app, "flux", "where") == "black-forest-labs/FLUX.1-dev/flux1-dev.safetensors"
+        assert cell(app, "t5xxl", "where") == "comfyanonymous/flux_text_encoders/t5xxl_fp16.safetensors"
+    assert Session.load(home_project / "session.toml").get("models.preset") == "flux1-dev-bf16"
