@@ -179,6 +179,7 @@ class _Plan:
     ctx: StepContext
     remote: dict[str, RemoteFile] = field(default_factory=dict)  # role → fresh metadata of this run
     hub_problem: str | None = None  # offline / unreachable: say it once, do not retry per file
+    contact_notes: dict[str, str] = field(default_factory=dict)  # role → why its metadata is unknown (gated, …)
 
 
 def run_step(ctx: StepContext) -> StepResult:
@@ -247,7 +248,7 @@ def _first_contact(plan: _Plan) -> None:
                 plan.hub_problem = str(exc)
                 plan.ctx.log(f"hub not reachable, looking for files by name: {exc}")
                 return
-            plan.rows.update(role, note=str(exc))  # gated etc.: said again if a download is needed
+            plan.contact_notes[role] = str(exc)  # gated etc.: shown on the row; said again if a download is needed
             continue
         plan.remote[role] = remote
         _remember(plan, entry, remote)
@@ -319,7 +320,7 @@ def _find(plan: _Plan, role: str) -> None:
                              note="your file: not the preset's (sha256 differs)")
             return
         ctx.log(f"{role}: {candidate.path} has the right size but another sha256; not used")
-    plan.rows.update(role, state="missing", size=size, note=plan.rows.rows[role].note)
+    plan.rows.update(role, state="missing", size=size, note=plan.contact_notes.get(role, ""))
 
 
 # ---------------------------------------------------------------- tokenizers
