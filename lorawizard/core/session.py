@@ -408,6 +408,14 @@ class Session:
 
     def update_image(self, file: str, **values: Any) -> None:
         """Create or change the `[[dataset.images]]` entry of `file`; a value of None removes that field."""
+        self._update_image(self._image_index(), file, values)
+
+    def update_images(self, changes: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        index = self._image_index()  # once: with tomlkit, finding it costs about as much as one update
+        for file, values in changes:
+            self._update_image(index, file, values)
+
+    def _update_image(self, index: dict[str, Any], file: str, values: dict[str, Any]) -> None:
         for key, value in values.items():
             kind = IMAGE_FIELDS.get(key)
             if kind is None or key == "file":
@@ -417,22 +425,18 @@ class Session:
                 if problem is not None:
                     raise SessionError(f"dataset.images ({file}).{key}: expected {problem}, got {_describe(value)}")
                 _refuse_secret(f"dataset.images.{key}", value)
-        entry = self._image_index().get(file)
+        entry = index.get(file)
         if entry is None:
             entry = tomlkit.table()
             entry["file"] = file
             self._images_aot().append(entry)
             entry = self._images_aot()[-1]
-            self._index[file] = entry  # keep the index: rebuilding it per new image is quadratic
+            index[file] = entry  # keep the index: rebuilding it per new image is quadratic
         for key, value in values.items():
             if value is None:
                 entry.pop(key, None)
             elif key not in entry or _plain(entry[key]) != value:
                 entry[key] = value
-
-    def update_images(self, changes: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        for file, values in changes:
-            self.update_image(file, **values)
 
     def to_text(self) -> str:
         return tomlkit.dumps(self.doc)
