@@ -76,6 +76,7 @@ class PlanItem:
     notes: list[str] = field(default_factory=list)
     sidecar: str | None = None
     output: str | None = None  # relative to paths.dataset, when used
+    base_notes: list[str] = field(default_factory=list)  # notes that do not depend on the decision
 
     @property
     def used(self) -> bool:
@@ -228,6 +229,15 @@ def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
             item.notes.append(f"upscaled {item.upscale:.1f}× (your choice)")
 
 
+def replan(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
+    """Recompute one usable image after its decision changed (the wizard's keys)."""
+    if item.status in ("bad", "duplicate"):
+        return
+    item.notes = list(item.base_notes)
+    item.reason = ""
+    plan_item(item, decision, max_side)
+
+
 def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None = None, previous: dict[str, Any] | None = None) -> Plan:
     max_side = int(session.get("dataset.max_side"))
     dataset_dir = dataset_dir or session.paths.dataset
@@ -265,6 +275,7 @@ def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None =
             item.status, item.reason = "duplicate", f"duplicate of {original} (same content; trained once)"
             continue
         first_by_hash[source.sha256] = source.rel
+        item.base_notes = list(item.notes)
         plan_item(item, decisions.get(source.rel, {}), max_side)
 
     known = {item.source for item in plan.items}
@@ -424,7 +435,28 @@ def _executor(workers: int) -> Executor:
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["lorawizard.core.imaging"])  # workers start with Pillow imported
+    _start_resource_tracker()
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker passes `sys.stderr.fileno()` to its child; inside the wizard
+    sys.stderr is Textual's capture (fileno -1), which makes starting it fail. Start it with the real one."""
+    import sys
+    from multiprocessing import resource_tracker
+
+    try:
+        usable = sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        usable = False
+    if usable:
+        return
+    saved = sys.stderr
+    try:
+        sys.stderr = sys.__stderr__ if sys.__stderr__ is not None else open(os.devnull, "w")  # noqa: SIM115
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = saved
 
 
 def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyStats:

@@ -1,19 +1,503 @@
-"""Dataset step screen (foundation: settings and the step runner; the full screen is not built yet)."""
+"""Dataset: every photo with its bucket and crop, a preview with the crop box, per-image decisions, apply.
+
+Keys: ↑/↓ choose an image · ←/→ and Shift+↑/↓ (or Shift+arrows) move the crop · + / - crop size ·
+b next bucket · r reset the crop · Space skip / use · / filter · s settings · F5 rescan · Ctrl+G apply.
+The scan and every thumbnail run in thread workers; the UI thread never decodes an image. Decisions go
+into `[[dataset.images]]` at once (session.toml is written half a second after the last key).
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.widgets import Static
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input, Static
+
+from lorawizard.core import dataset as core
+from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
+from lorawizard.core.progress import Progress, format_progress
+from lorawizard.core.session import SessionError
+from lorawizard.tui.images import image_widget_class
+from lorawizard.tui.messages import SessionChanged, StepFinished, StepProgress
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.step_bar import StepBar
+from lorawizard.tui.widgets.step_runner import StepRunner
+
+PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
+THUMB_CACHE = 200
+SAVE_DELAY = 0.5
+MOVE_STEP = 0.1  # of the crop's own size
+STATUS_WORDS = {"use": "", "small": "too small", "skip": "skipped", "duplicate": "duplicate", "bad": ""}
+SETTINGS = ["dataset.source", "dataset.max_side", "paths.dataset"]
+
+
+def note_of(item: core.PlanItem) -> str:
+    """The short note shown in the table."""
+    if item.status == "bad":
+        return item.reason
+    parts = [STATUS_WORDS[item.status]] if STATUS_WORDS[item.status] else []
+    if item.status == "small":
+        parts.append(f"{item.upscale:.1f}× up: skip")
+    parts += [n for n in item.notes if n != "crop 100%"]
+    return " · ".join(parts)
+
+
+def draw_crop(thumb: Any, item: core.PlanItem) -> Any:
+    """The thumbnail with everything outside the crop dimmed and a yellow frame (a small image: cheap)."""
+    from PIL import Image, ImageDraw
+
+    if item.crop is None or not item.width:
+        return thumb
+    sx, sy = thumb.width / item.width, thumb.height / item.height
+    left, top, right, bottom = item.crop
+    box = (round(left * sx), round(top * sy), max(round(left * sx) + 1, round(right * sx) - 1), max(round(top * sy) + 1, round(bottom * sy) - 1))
+    shaded = Image.blend(thumb, Image.new("RGB", thumb.size, (0, 0, 0)), 0.6)
+    shaded.paste(thumb.crop(box), box[:2])
+    colour = (255, 210, 0) if item.used else (200, 60, 60)
+    ImageDraw.Draw(shaded).rectangle(box, outline=colour, width=max(1, thumb.width // 100))
+    return shaded
+
+
+class ImageTable(DataTable, inherit_bindings=False):
+    """A row table whose ←/→ are free for moving the crop."""
+
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Select", show=False),
+        Binding("up", "cursor_up", "Cursor up", show=False),
+        Binding("down", "cursor_down", "Cursor down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("ctrl+home,home", "scroll_top", "Top", show=False),
+        Binding("ctrl+end,end", "scroll_bottom", "Bottom", show=False),
+    ]
 
 
 class DatasetScreen(StepScreen):
     STEP = "dataset"
     PRIMARY = "prepare the dataset"
     INTRO = "Turns your photos into upright, power-of-two buckets (originals untouched)."
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
-    def compose_body(self) -> ComposeResult:
-        yield SettingsForm(['dataset.source', 'dataset.max_side', 'dataset.num_repeats', 'paths.dataset'])
-        yield Static("This screen is not fully built yet: its settings are saved, its step can be run.", classes="not-built")
+    BINDINGS = [
+        Binding("ctrl+g", "primary", "Apply", show=True, priority=True),
+        Binding("shift+left", "move(-1, 0)", "Move crop", show=False),
+        Binding("shift+right", "move(1, 0)", "Move crop", show=False),
+        Binding("shift+up", "move(0, -1)", "Move crop", show=False),
+        Binding("shift+down", "move(0, 1)", "Move crop", show=False),
+        Binding("left", "move(-1, 0)", "Move crop", show=False),
+        Binding("right", "move(1, 0)", "Move crop", show=False),
+        Binding("plus,equals_sign", "zoom(1.1)", "+/- crop", show=True),
+        Binding("minus", "zoom(0.9)", "Smaller crop", show=False),
+        Binding("b", "bucket", "Bucket", show=True),
+        Binding("r", "reset", "Reset crop", show=False),
+        Binding("space", "toggle_skip", "Skip/use", show=True),
+        Binding("slash", "filter", "Filter", show=True),
+        Binding("s", "settings", "Settings", show=False),
+        Binding("f5", "rescan", "Rescan", show=False),
+        Binding("escape", "escape", "Back", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    DatasetScreen #ds-head { height: 1; padding: 0 1; background: $panel; }
+    DatasetScreen #ds-settings { height: auto; padding: 0 1; display: none; }
+    DatasetScreen.-settings #ds-settings { display: block; }
+    DatasetScreen #ds-filter { height: 3; display: none; margin: 0 1; }
+    DatasetScreen.-filtering #ds-filter { display: block; }
+    DatasetScreen #ds-main { height: 1fr; }
+    DatasetScreen #ds-table { width: 1fr; height: 1fr; }
+    DatasetScreen #ds-preview { width: 28; height: 1fr; padding: 0 0 0 1; }
+    DatasetScreen.-wide #ds-preview { width: 48; }
+    DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
+    DatasetScreen #ds-info { height: auto; color: $text-muted; }
+    DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; }
+    DatasetScreen StepRunner { padding: 0 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan: core.Plan | None = None
+        self.items: dict[str, core.PlanItem] = {}
+        self.filter_text = ""
+        self.current: str | None = None
+        self._thumbs: OrderedDict[str, Any] = OrderedDict()
+        self._failed_thumbs: dict[str, str] = {}
+        self._save_timer: Timer | None = None
+        self._preview_timer: Timer | None = None
+        self._scanning = False
+
+    # -- layout
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP, self.app.project_label)  # type: ignore[attr-defined]
+        yield Static("", id="ds-head")
+        with Vertical(id="ds-settings"):
+            yield SettingsForm(SETTINGS)
+        yield Input(placeholder="filter: part of a name or a note (too small, duplicate, rotated, …); Esc clears", id="ds-filter")
+        with Horizontal(id="ds-main"):
+            yield ImageTable(id="ds-table", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="ds-preview"):
+                yield image_widget_class()(None, id="ds-image")
+                yield Static("", id="ds-info")
+        yield Static("←→ ⇧↑↓ move crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings", id="ds-keys")
+        yield StepRunner(self.STEP)
+        yield Footer()
+
+    @property
+    def session(self) -> Any:
+        return self.app.session  # type: ignore[attr-defined]
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#ds-table", DataTable)
+
+    def on_mount(self) -> None:
+        register = getattr(self.app, "on_flush", None)
+        if register is not None:
+            register(self.flush)
+        table = self.table
+        wide = self.app.size.width >= 110
+        table.add_column("file", key="file", width=24 if wide else 14)
+        table.add_column("source", key="source", width=10 if wide else 9)
+        table.add_column("bucket", key="bucket", width=9 if wide else 7)
+        table.add_column("note", key="note")
+        if not self.session.get("dataset.source"):
+            self.set_class(True, "-settings")
+            self._set_head(Text("Choose the folder with your photos (dataset.source), then press F5.", style="yellow"))
+            return
+        table.focus()
+        self.rescan()
+
+    # -- scanning (a worker; progress through StepProgress messages)
+
+    def action_rescan(self) -> None:
+        self.flush()
+        self.rescan()
+
+    def rescan(self) -> None:
+        self._scanning = True
+        self._set_head(Text("scanning photos…"))
+        self._scan()
+
+    @work(thread=True, exclusive=True, group="dataset-scan", exit_on_error=False)
+    def _scan(self) -> None:
+        from lorawizard.core.steps import StepContext, StepFailed
+
+        ctx = StepContext(session=self.session, progress=lambda e: self.post_message(StepProgress("dataset-scan", e)))
+        try:
+            plan = core.scan_and_plan(self.session, ctx)
+        except StepFailed as exc:
+            self.app.call_from_thread(self._scan_failed, str(exc))
+            return
+        except Exception as exc:  # a bug: one line here, the traceback in Textual's log
+            self.app.call_from_thread(self._scan_failed, f"unexpected error while scanning: {exc!r}")
+            raise
+        self.app.call_from_thread(self.show_plan, plan)
+
+    def _scan_failed(self, reason: str) -> None:
+        self._scanning = False
+        self.set_class(True, "-settings")
+        self._set_head(Text(f"✗ {reason}", style="bold red"))
+
+    @on(StepProgress)
+    def _scan_progress(self, message: StepProgress) -> None:
+        if message.step != "dataset-scan":
+            return  # the runner's own progress (apply) is shown by the runner
+        message.stop()
+        event: Progress = message.progress
+        if self._scanning and not event.finished:
+            self._set_head(Text(format_progress(event).removeprefix("dataset-scan: ")))
+
+    # -- the table
+
+    def show_plan(self, plan: core.Plan) -> None:
+        self._scanning = False
+        self.plan = plan
+        self.items = {item.source: item for item in plan.items}
+        self._failed_thumbs.clear()
+        self._fill_table()
+        self._update_head()
+
+    def _visible(self) -> list[core.PlanItem]:
+        if self.plan is None:
+            return []
+        text = self.filter_text.lower()
+        if not text:
+            return self.plan.items
+        return [item for item in self.plan.items if text in item.source.lower() or text in note_of(item).lower()]
+
+    def _row(self, item: core.PlanItem) -> tuple[Any, ...]:
+        size = f"{item.width}×{item.height}" if item.width else "—"
+        style = {"bad": "red", "small": "yellow", "skip": "dim", "duplicate": "dim"}.get(item.status, "")
+        note = Text(note_of(item), style=style, no_wrap=True, overflow="ellipsis")
+        name = Text(item.source, style="dim" if not item.used else "", no_wrap=True, overflow="ellipsis")
+        bucket = item.bucket_text if item.used else "—"
+        return (name, size, bucket, note)
+
+    def _fill_table(self) -> None:
+        table = self.table
+        keep = self.current
+        table.clear()
+        rows = self._visible()
+        for item in rows:
+            table.add_row(*self._row(item), key=item.source)
+        if not rows:
+            self.current = None
+            self._show_preview()
+            return
+        index = next((i for i, item in enumerate(rows) if item.source == keep), 0)
+        table.move_cursor(row=index)
+        self.current = rows[index].source
+        self._show_preview()
+
+    def _refresh_row(self, item: core.PlanItem) -> None:
+        table = self.table
+        try:
+            for column, value in zip(("file", "source", "bucket", "note"), self._row(item), strict=True):
+                table.update_cell(item.source, column, value)
+        except Exception:  # the row is filtered out
+            pass
+
+    @on(DataTable.RowHighlighted, "#ds-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value if event.row_key is not None else None
+        if key is None or key == self.current:
+            return
+        self.current = str(key)
+        self._show_preview()
+
+    @on(DataTable.RowSelected, "#ds-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_primary()
+
+    def _set_head(self, text: Text) -> None:
+        self.query_one("#ds-head", Static).update(text)
+
+    def _update_head(self) -> None:
+        if self.plan is None:
+            return
+        plan = self.plan
+        head = Text(no_wrap=True, overflow="ellipsis")
+        head.append(f"{len(plan.used)} images", style="bold")
+        for bucket, count in plan.by_bucket().items():
+            head.append(f" · {bucket.replace('x', '×')}: {count}")
+        skipped = sum(1 for item in plan.items if item.status in ("skip", "small", "duplicate"))
+        bad = sum(1 for item in plan.items if item.status == "bad")
+        head.append(f" · skipped {skipped}")
+        if bad:
+            head.append(f" · bad {bad}", style="red")
+        if plan.ignored:
+            head.append(f" · ignored {len(plan.ignored)}", style="dim")
+        if self.filter_text:
+            head.append(f" │ filter “{self.filter_text}”: {len(self._visible())}", style="bold")
+        self._set_head(head)
+
+    # -- preview (thumbnails decoded in a worker, cached)
+
+    def _item(self) -> core.PlanItem | None:
+        return self.items.get(self.current or "")
+
+    def _show_preview(self) -> None:
+        item = self._item()
+        info = self.query_one("#ds-info", Static)
+        image = self.query_one("#ds-image")
+        if item is None:
+            image.image = None  # type: ignore[attr-defined]
+            info.update("")
+            return
+        info.update(self._info_text(item))
+        thumb = self._thumbs.get(item.source)
+        if thumb is not None:
+            self._thumbs.move_to_end(item.source)
+            image.image = draw_crop(thumb, item)  # type: ignore[attr-defined]
+            return
+        image.image = None  # type: ignore[attr-defined]
+        if item.status == "bad" or item.source in self._failed_thumbs or not item.probe.ok:
+            return
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        # A short pause first: holding ↓ through 2,000 rows must not start 2,000 decodes.
+        self._preview_timer = self.set_timer(0.05, lambda: self._load_preview(item.source, item.path))
+
+    @work(thread=True, exclusive=True, group="dataset-preview", exit_on_error=False)
+    def _load_preview(self, source: str, path: Path) -> None:
+        from lorawizard.core.imaging import ImageProblem, preview
+
+        try:
+            thumb, problem = preview(path, PREVIEW_PIXELS), ""
+        except ImageProblem as exc:
+            thumb, problem = None, str(exc)
+        except Exception as exc:  # never let a hostile file take the screen down
+            thumb, problem = None, f"cannot show it: {type(exc).__name__}"
+        self.app.call_from_thread(self._preview_loaded, source, thumb, problem)
+
+    def _preview_loaded(self, source: str, thumb: Any, problem: str) -> None:
+        if thumb is None:
+            self._failed_thumbs[source] = problem
+            item = self.items.get(source)
+            if item is not None and item.status != "bad":
+                item.notes.append(problem)
+                self._refresh_row(item)
+        else:
+            self._thumbs[source] = thumb
+            while len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
+        if source == self.current:
+            self._show_preview()
+
+    def _info_text(self, item: core.PlanItem) -> Text:
+        text = Text()
+        text.append(item.source.rpartition("/")[2] + "\n", style="bold")
+        if item.width:
+            text.append(f"{item.width}×{item.height}")
+        if item.used or item.status in ("small", "skip"):
+            assert item.crop is not None
+            left, top, right, bottom = item.crop
+            text.append(f" → {item.bucket_text}\ncrop {right - left}×{bottom - top} at {left},{top}")
+        text.append("\n")
+        if item.status != "use":
+            text.append(item.reason + "\n", style="red" if item.status == "bad" else "yellow")
+        problem = self._failed_thumbs.get(item.source)
+        if problem and item.status != "bad":
+            text.append(problem + "\n", style="red")
+        return text
+
+    # -- decisions
+
+    def _editable(self) -> core.PlanItem | None:
+        item = self._item()
+        if item is None:
+            return None
+        if item.status in ("bad", "duplicate"):
+            self.notify(f"{item.source}: {item.reason}", severity="warning", timeout=4)
+            return None
+        return item
+
+    def _decide(self, item: core.PlanItem, **values: Any) -> None:
+        try:
+            self.session.update_image(item.source, **values)
+        except SessionError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        assert self.plan is not None
+        core.replan(item, self.session.images().get(item.source, {}), self.plan.max_side)
+        self._refresh_row(item)
+        self._update_head()
+        self._show_preview()
+        self._schedule_save()
+
+    def action_move(self, dx: int, dy: int) -> None:
+        item = self._editable()
+        if item is None or item.crop is None or item.bucket is None:
+            return
+        crop = move_crop(item.crop, dx * MOVE_STEP, dy * MOVE_STEP, item.width, item.height)
+        if crop != item.crop:
+            self._decide(item, bucket=item.bucket_text, crop=list(crop))
+
+    def action_zoom(self, factor: float) -> None:
+        item = self._editable()
+        if item is None or item.crop is None or item.bucket is None:
+            return
+        crop = scale_crop(item.crop, factor, item.width, item.height, item.bucket)
+        if crop != item.crop:
+            self._decide(item, bucket=item.bucket_text, crop=list(crop))
+
+    def action_bucket(self) -> None:
+        item = self._editable()
+        if item is None or item.bucket is None or self.plan is None:
+            return
+        buckets = buckets_for(self.plan.max_side)
+        following = buckets[(buckets.index(item.bucket) + 1) % len(buckets)] if item.bucket in buckets else buckets[0]
+        self._decide(item, bucket=bucket_name(following), crop=None)
+
+    def action_reset(self) -> None:
+        item = self._editable()
+        if item is None or item.bucket is None:
+            return
+        if item.crop != center_crop(item.width, item.height, item.bucket):
+            self._decide(item, crop=None)
+
+    def action_toggle_skip(self) -> None:
+        item = self._editable()
+        if item is None:
+            return
+        if item.status == "skip":
+            self._decide(item, skip=None)
+        elif item.status == "small":
+            self._decide(item, skip=False)  # use anyway (upscaled)
+        else:
+            self._decide(item, skip=True)
+
+    # -- saving: the session now, the file shortly after the last key
+
+    def _schedule_save(self) -> None:
+        if self._save_timer is not None:
+            self._save_timer.stop()
+        self._save_timer = self.set_timer(SAVE_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._save_timer is not None:
+            self._save_timer.stop()
+            self._save_timer = None
+        try:
+            if self.session.dirty:
+                self.session.save()
+                self.post_message(SessionChanged("dataset.images"))
+        except (SessionError, OSError) as exc:
+            self.notify(f"could not save: {exc}", severity="error")
+
+    def on_screen_suspend(self) -> None:
+        self.flush()
+
+    # -- filter and settings
+
+    def action_filter(self) -> None:
+        self.set_class(True, "-filtering")
+        self.query_one("#ds-filter", Input).focus()
+
+    @on(Input.Changed, "#ds-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._fill_table()
+        self._update_head()
+
+    @on(Input.Submitted, "#ds-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.table.focus()
+
+    def action_escape(self) -> None:
+        if self.has_class("-filtering"):
+            self.query_one("#ds-filter", Input).value = ""
+            self.set_class(False, "-filtering")
+            self.table.focus()
+        elif self.runner.running:
+            self.runner.cancel()
+
+    def action_settings(self) -> None:
+        self.toggle_class("-settings")
+
+    @on(SessionChanged)
+    def _session_changed(self, message: SessionChanged) -> None:
+        if message.key in SETTINGS and self.is_mounted:
+            self.rescan()
+
+    # -- apply
+
+    def action_primary(self) -> None:
+        if self.plan is None:
+            self.notify("nothing to apply yet: set dataset.source (s) and rescan (F5)", severity="warning")
+            return
+        self.flush()
+        self.runner.start()
+
+    def on_step_finished(self, message: StepFinished) -> None:
+        result = message.result
+        if result is not None and "plan" in result.data:
+            self.show_plan(result.data["plan"])

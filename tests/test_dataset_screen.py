@@ -1,0 +1,192 @@
+"""The Dataset screen: table, preview with the crop box, keys that decide per image, filter, apply."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core import dataset as core
+from lorawizard.core import imaging
+from lorawizard.core.imaging import Probe
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.dataset import DatasetScreen
+from tests import dataset_fixtures as fx
+
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
+
+def demo_project(home: Path) -> Path:
+    """Under HOME so the step bar shows `~/dataset-demo` in every run (snapshots)."""
+    project = home / "dataset-demo"
+    photos = project / "photos"
+    photos.mkdir(parents=True)
+    fx.oriented_jpeg(photos / "IMG_0001.jpg", 6, 900, 1200)
+    fx.photo(photos / "IMG_0002.jpg", 1600, 1200, seed=1)
+    fx.photo(photos / "pano_03.jpg", 2400, 600, seed=2)
+    fx.photo(photos / "thumb.jpg", 120, 90, seed=3)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "IMG_0002.txt").write_text("a caption")
+    fx.write_session(project, Path("photos"), max_side=512)
+    return project
+
+
+def screen_of(app: LoraWizardApp) -> DatasetScreen:
+    screen = app.screen
+    assert isinstance(screen, DatasetScreen)
+    return screen
+
+
+async def settle(pilot) -> None:  # noqa: ANN001
+    """Until the scan is shown and the current row's thumbnail is loaded (or known to fail)."""
+    for _ in range(300):
+        await pilot.pause(0.02)
+        await pilot.app.workers.wait_for_complete()
+        screen = pilot.app.screen
+        if not isinstance(screen, DatasetScreen) or screen.plan is None:
+            continue
+        item = screen.items.get(screen.current or "")
+        if item is None or item.source in screen._thumbs or item.status == "bad" or item.source in screen._failed_thumbs:
+            break
+    await pilot.pause()
+
+
+def make_app(home: Path) -> LoraWizardApp:
+    return LoraWizardApp(Session.open_project(demo_project(home)), start_step="dataset")
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def test_dataset_screen_80x24(snap_compare, isolated_home: Path) -> None:
+    async def ready(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        await pilot.press("down", "down", "down")  # pano_03.jpg: a 2:1 crop out of 4:1
+        await settle(pilot)
+
+    assert snap_compare(make_app(isolated_home), terminal_size=(80, 24), run_before=ready)
+
+
+def test_dataset_screen_120x40(snap_compare, isolated_home: Path) -> None:
+    async def ready(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        await pilot.press("down")  # IMG_0002.jpg, its crop moved right twice
+        await settle(pilot)
+        await pilot.press("right", "right")
+        await settle(pilot)
+
+    assert snap_compare(make_app(isolated_home), terminal_size=(120, 40), run_before=ready)
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+async def test_keys_decide_crop_bucket_and_skip(isolated_home: Path) -> None:
+    app = make_app(isolated_home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = screen_of(app)
+        assert [item.source for item in screen.plan.items] == ["IMG_0001.jpg", "IMG_0002.jpg", "empty.jpg", "pano_03.jpg", "thumb.jpg"]
+        assert screen.table.row_count == 5
+
+        await pilot.press("down")  # IMG_0002.jpg 1600×1200 → 512x512, centred crop (200, 0, 1400, 1200)
+        item = screen.items["IMG_0002.jpg"]
+        assert item.crop == (200, 0, 1400, 1200)
+        await pilot.press("right")
+        assert item.crop == (320, 0, 1520, 1200)
+        await pilot.press("minus")
+        assert item.crop[2] - item.crop[0] == 1080 and item.bucket == (512, 512)
+        await pilot.press("b")  # next bucket: 512x256, crop back to centred for it
+        assert item.bucket == (512, 256) and item.crop == (0, 200, 1600, 1000)
+        await pilot.press("space")
+        assert item.status == "skip"
+        await pilot.press("space")
+        assert item.status == "use"
+
+        await pilot.press("end")  # thumb.jpg: small → flagged; Space = use anyway
+        assert screen.current == "thumb.jpg" and screen.items["thumb.jpg"].status == "small"
+        await pilot.press("space")
+        assert screen.items["thumb.jpg"].status == "use"
+
+        await pilot.press("up", "up")  # empty.jpg: bad input, keys only explain
+        assert screen.current == "empty.jpg"
+        await pilot.press("space")
+        assert screen.items["empty.jpg"].status == "bad"
+        await pilot.pause(0.7)  # the save timer
+    saved = Session.load(isolated_home / "dataset-demo" / "session.toml").images()
+    assert saved["IMG_0002.jpg"] == {"file": "IMG_0002.jpg", "bucket": "512x256"}
+    assert saved["thumb.jpg"] == {"file": "thumb.jpg", "skip": False}
+    assert "empty.jpg" not in saved
+
+
+async def test_filter_and_apply_with_progress(isolated_home: Path) -> None:
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = screen_of(app)
+        await pilot.press("slash", "s", "m", "a", "l", "l")
+        assert screen.table.row_count == 1 and screen.current == "thumb.jpg"
+        await pilot.press("escape")
+        assert screen.table.row_count == 5
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        for _ in range(200):
+            if not screen.runner.running:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause()
+        status = str(screen.runner.query_one(".runner-status").render())
+        assert app.step_states["dataset"] == "done", status
+    prepared = core.load_manifest(Session.load(isolated_home / "dataset-demo" / "session.toml"))
+    assert sorted(p.source for p in prepared) == ["IMG_0001.jpg", "IMG_0002.jpg", "pano_03.jpg"]
+    assert all(p.output.exists() for p in prepared)
+
+
+async def test_no_image_is_decoded_on_the_ui_thread(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = imaging.load_upright
+
+    def spy(path: Path, **kwargs: object):  # noqa: ANN202
+        threads.append(threading.current_thread().name)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imaging, "load_upright", spy)
+    app = make_app(isolated_home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for _ in range(4):
+            await pilot.press("down")
+            await settle(pilot)
+    assert threads and threading.main_thread().name not in threads
+
+
+async def test_two_thousand_images_stay_responsive(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 rows; holding ↓ does not start a decode per row (thumbnails wait for the cursor to rest)."""
+    app = make_app(isolated_home)
+    decoded: list[Path] = []
+    real = imaging.preview
+    monkeypatch.setattr(imaging, "preview", lambda path, size=320: decoded.append(path) or real(path, size))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = screen_of(app)
+        photo = isolated_home / "dataset-demo" / "photos" / "IMG_0002.jpg"
+        probe = Probe(True, "", "JPEG", "RGB", 1600, 1200)
+        items = []
+        for n in range(2000):
+            item = core.PlanItem(f"many/IMG_{n:04d}.jpg", photo, f"{n:064x}", probe, "bad", 1600, 1200)
+            core.plan_item(item, {}, 512)
+            items.append(item)
+        screen.show_plan(core.Plan(photo.parent, isolated_home / "out", 512, items, []))
+        await pilot.pause()
+        assert screen.table.row_count == 2000
+        decoded.clear()
+        for _ in range(40):  # key repeat: faster than the thumbnail's pause
+            screen.table.action_cursor_down()
+        await settle(pilot)
+        assert screen.current == "many/IMG_0040.jpg"
+        assert len(decoded) < 10  # not one per row passed
+        await pilot.press("end")
+        await settle(pilot)
+        assert screen.current == "many/IMG_1999.jpg" and "many/IMG_1999.jpg" in screen._thumbs
