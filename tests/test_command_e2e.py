@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -121,8 +122,14 @@ def test_real_trainer_trains_with_our_command(project: Path) -> None:
     (run_dir / "command.txt").write_text(command.shell_text() + "\n")
     started = time.monotonic()
     with (run_dir / "train.log").open("wb") as log:
-        rc = subprocess.run(command.argv, cwd=command.cwd, env=command.full_env(), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, timeout=900).returncode
+        proc = subprocess.Popen(command.argv, cwd=command.cwd, env=command.full_env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=float(os.environ.get("LORAWIZARD_E2E_TIMEOUT", "1800")))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # accelerate does not forward signals: stop the whole group
+            proc.wait()
+            raise
     seconds = time.monotonic() - started
     text = (run_dir / "train.log").read_text(errors="replace")
     print(f"real training run: rc={rc} in {seconds:.0f} s; log {run_dir / 'train.log'}")
