@@ -241,6 +241,48 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     assert item(result, "locked.jpg").status == "bad" and "permission denied" in item(result, "locked.jpg").reason
 
 
+def test_unreadable_file_is_reported_even_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorawizard.core import scan
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    fx.photo(source / "ok.jpg", 300, 300)
+    fx.photo(source / "locked.jpg", 300, 300, seed=4)
+    real = scan._sha256
+
+    def sha256(path: Path) -> str:
+        if path.name == "locked.jpg":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(scan, "_sha256", sha256)
+    result, _ = run(fx.write_session(tmp_path / "project", source))
+    assert item(result, "locked.jpg").status == "bad" and item(result, "locked.jpg").reason == "unreadable: permission denied"
+    assert item(result, "ok.jpg").status == "use"
+
+
+def test_cancel_stops_between_images_and_the_next_run_finishes(tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    source.mkdir()
+    for n in range(6):
+        fx.photo(source / f"{n}.jpg", 600 + 10 * n, 300, seed=n)
+    session_path = fx.write_session(tmp_path / "project", source)
+    session = Session.load(session_path)
+    ctx = StepContext(session=session, options={"workers": 1})
+
+    def progress(event: Progress) -> None:
+        if event.task == "preparing images" and event.done >= 1:
+            ctx.cancel.set()
+
+    ctx.progress = progress
+    with pytest.raises(dataset.Cancelled):
+        dataset.run_step(ctx)
+    partial = manifest(tmp_path / "project")
+    assert partial["complete"] is False and 1 <= len(partial["images"]) < 6
+    result, _ = run(session_path)
+    assert result.data["stats"].unchanged == len(partial["images"]) and len(outputs_by_source(tmp_path / "project")) == 6
+
+
 def test_hostile_decoder_errors_that_are_not_oserror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = fx.photo(tmp_path / "x.jpg", 300, 300)
 
