@@ -190,3 +190,21 @@ async def test_two_thousand_images_stay_responsive(isolated_home: Path, monkeypa
         await pilot.press("end")
         await settle(pilot)
         assert screen.current == "many/IMG_1999.jpg" and "many/IMG_1999.jpg" in screen._thumbs
+
+
+async def test_choosing_the_source_folder_starts_the_scan(isolated_home: Path) -> None:
+    project = isolated_home / "fresh"
+    photos = isolated_home / "my photos"
+    photos.mkdir()
+    fx.photo(photos / "a.jpg", 800, 600)
+    project.mkdir()
+    app = LoraWizardApp(Session.open_project(project), start_step="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_of(app)
+        assert screen.has_class("-settings") and screen.plan is None
+        await pilot.click("#set-dataset-source")
+        await pilot.press(*str(photos), "enter")
+        await settle(pilot)
+        assert screen.plan is not None and [item.source for item in screen.plan.items] == ["a.jpg"]
+    assert Session.load(project / "session.toml").get("dataset.source") == str(photos)

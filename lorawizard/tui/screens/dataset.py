@@ -25,7 +25,7 @@ from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError
 from lorawizard.tui.images import image_widget_class
-from lorawizard.tui.messages import SessionChanged, StepFinished, StepProgress
+from lorawizard.tui.messages import StepFinished, StepProgress
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
@@ -118,7 +118,8 @@ class DatasetScreen(StepScreen):
     DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
     DatasetScreen #ds-info { height: auto; color: $text-muted; }
     DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; }
-    DatasetScreen StepRunner { padding: 0 1; }
+    DatasetScreen StepRunner { padding: 0 1; max-height: 7; }
+    DatasetScreen StepRunner Log { max-height: 4; }
     """
 
     def __init__(self) -> None:
@@ -132,6 +133,7 @@ class DatasetScreen(StepScreen):
         self._save_timer: Timer | None = None
         self._preview_timer: Timer | None = None
         self._scanning = False
+        self._scanned_settings: tuple[Any, ...] = ()
 
     # -- layout
 
@@ -170,7 +172,7 @@ class DatasetScreen(StepScreen):
         table.add_column("note", key="note")
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")
-            self._set_head(Text("Choose the folder with your photos (dataset.source), then press F5.", style="yellow"))
+            self._set_head(Text("Choose the folder with your photos (source) and press Enter: the scan starts.", style="yellow"))
             return
         table.focus()
         self.rescan()
@@ -182,6 +184,7 @@ class DatasetScreen(StepScreen):
         self.rescan()
 
     def rescan(self) -> None:
+        self._scanned_settings = self._settings_now()
         self._scanning = True
         self._set_head(Text("scanning photos…"))
         self._scan()
@@ -362,6 +365,9 @@ class DatasetScreen(StepScreen):
             left, top, right, bottom = item.crop
             text.append(f" → {item.bucket_text}\ncrop {right - left}×{bottom - top} at {left},{top}")
         text.append("\n")
+        notes = [n for n in item.notes if not n.startswith("crop ")]
+        if notes:
+            text.append("; ".join(notes) + "\n", style="italic")
         if item.status != "use":
             text.append(item.reason + "\n", style="red" if item.status == "bad" else "yellow")
         problem = self._failed_thumbs.get(item.source)
@@ -449,7 +455,6 @@ class DatasetScreen(StepScreen):
         try:
             if self.session.dirty:
                 self.session.save()
-                self.post_message(SessionChanged("dataset.images"))
         except (SessionError, OSError) as exc:
             self.notify(f"could not save: {exc}", severity="error")
 
@@ -483,9 +488,17 @@ class DatasetScreen(StepScreen):
     def action_settings(self) -> None:
         self.toggle_class("-settings")
 
-    @on(SessionChanged)
-    def _session_changed(self, message: SessionChanged) -> None:
-        if message.key in SETTINGS and self.is_mounted:
+    def _settings_now(self) -> tuple[Any, ...]:
+        return tuple(self.session.get(key) for key in SETTINGS)
+
+    @on(Input.Submitted, "#ds-settings Input")
+    @on(Input.Blurred, "#ds-settings Input")
+    def _setting_edited(self) -> None:
+        # The form saves first (it is nearer to the input); rescan once a setting really changed.
+        self.call_after_refresh(self._rescan_if_settings_changed)
+
+    def _rescan_if_settings_changed(self) -> None:
+        if self._settings_now() != self._scanned_settings and self.session.get("dataset.source"):
             self.rescan()
 
     # -- apply
