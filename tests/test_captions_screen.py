@@ -161,3 +161,4 @@ async def test_trigger_dialog_and_writing_the_files(isolated_home: Path) -> None
         assert txt_of(project, 1).read_text() == "sks, a woman in a red raincoat standing on a pier, overcast light, film grain\n"
         assert txt_of(project, 6).read_text() == "sks\n"  # no caption yet: the trigger alone, never an empty file
         assert app.step_states["captions"] == "attention"  # 4 images have no caption
+        assert screen.captions.filtered("edited") == []  # the list follows the files just written

@@ -332,6 +332,17 @@ class CaptionSet:
                 flags |= IMPORT_NOTE
             item.flags = flags
 
+    def read_disk(self) -> list[bytes | None]:
+        """The caption files as they are now (slow part of `sync_disk`; safe in a worker thread)."""
+        return [_read_bytes(item.txt_path) for item in self.items]
+
+    def sync_disk(self, contents: list[bytes | None] | None = None) -> None:
+        """Take the caption files' current content (e.g. after the step wrote them) and refresh the flags."""
+        contents = self.read_disk() if contents is None else contents
+        for item, content in zip(self.items, contents, strict=True):
+            item.on_disk = content
+        self.refresh()
+
     # -- reading
 
     def __len__(self) -> int:

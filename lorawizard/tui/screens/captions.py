@@ -423,8 +423,20 @@ class CaptionsScreen(StepScreen):
 
     @on(StepFinished)
     def _step_finished(self, message: StepFinished) -> None:
-        if message.step == self.STEP:
-            self.load()  # the files on disk changed (and replay-style imports may have run)
+        if message.step == self.STEP and self.captions is not None:
+            self._reread_files(self.captions)  # the files on disk changed: statuses follow (undo is kept)
+
+    @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
+    def _reread_files(self, captions: CaptionSet) -> None:
+        contents = captions.read_disk()
+        self.app.call_from_thread(self._files_reread, captions, contents)
+
+    def _files_reread(self, captions: CaptionSet, contents: list[bytes | None]) -> None:
+        if captions is not self.captions:
+            return
+        captions.sync_disk(contents)
+        self._apply_filter(self.current)
+        self._update_details()
 
 
 def make_thumbnail(path: Path) -> Any:
