@@ -324,3 +324,19 @@ def test_server_going_down_mid_file_retries_then_says_unreachable(hub: FakeHub, 
     parts = list(session.paths.models.glob("flux1-dev-fp8.safetensors.*.part"))
     assert parts and parts[0].stat().st_size == MiB  # kept for the next run
     assert len(hub.requests(role="cdn", status="dropped")) == download.RETRIES - 1
+
+
+def test_expired_cdn_link_is_resolved_again(hub: FakeHub, project: Path):
+    session = make_session(project)
+    hub.drop_after["flux1-dev-fp8.safetensors"] = MiB
+    hub.expire_cdn = 0
+    result, _, _ = run(session)  # warm up: everything downloaded once
+    assert result.ok
+    (session.paths.models / "t5xxl_fp8_e4m3fn.safetensors").unlink()
+    hub.log.clear()
+    hub.expire_cdn = 1
+    result, lines, _ = run(session)
+    assert result.ok, result.summary
+    gets = hub.requests(role="cdn", method="GET")
+    assert [e["status"] for e in gets] == [403, 200]
+    assert len(hub.requests(role="hub", method="HEAD")) >= 2  # the link was resolved again

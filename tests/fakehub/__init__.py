@@ -8,6 +8,7 @@ X-Linked-Size, X-Error-Code, X-Error-Message).
 Fault injection, set by a test between calls:
   drop_after[path] = n     the next GET of the file's bytes stops after n bytes (connection closed)
   down_after_drop = True   ...and from then on the server is down (a hub that goes away mid-file)
+  expire_cdn = k           the next k CDN GETs answer 403 "Request has expired" (a signed URL timed out)
   corrupt[path] = k        the next k GETs serve flipped bytes (same size); k = -1: always
   throttle_bps = n         bytes per second for file bodies (to kill a client mid-way)
   ignore_range = True      answer 200 to Range requests
@@ -82,6 +83,7 @@ class FakeHub:
         self.ignore_range = False
         self.down = False
         self.down_after_drop = False
+        self.expire_cdn = 0
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
@@ -255,6 +257,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             parsed = urllib.parse.urlsplit(self.path)
             parts = [urllib.parse.unquote(p) for p in parsed.path.split("/")[1:]]
             if role == "cdn":
+                if hub.expire_cdn > 0 and not head:
+                    hub.expire_cdn -= 1
+                    return self._error(403, None, "Request has expired", head), 0
                 f = hub.blob(parts[1]) if len(parts) == 2 and parts[0] == "cdn" else None
                 if f is None:
                     return self._error(404, None, "NoSuchKey", head), 0
