@@ -487,6 +487,8 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
             except OSError:
                 pass
 
+    for leftover in dataset_dir.glob(".*.tmp"):  # a manifest or report write cut short by a kill
+        _unlink(leftover)
     wanted = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in used}
     redo = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in jobs}
     for folder in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)) if dataset_dir.is_dir() else []:
@@ -526,7 +528,8 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
     # Images skipped for being small are still decoded once (cheap: they are small), so a broken one says so.
     jobs += [item for item in plan.items if item.status == "small" and item.sha256 not in plan.checked]
     meter = ProgressMeter(ctx.progress, "dataset", "preparing images", len(jobs), "images")
-    workers = int(ctx.options.get("workers") or min(os.cpu_count() or 1, 8))
+    # Each worker holds one picture at a time (~40 MB for a 12 Mpx JPEG); 4 keep the whole step well under 500 MB.
+    workers = int(ctx.options.get("workers") or min(os.cpu_count() or 1, 4))
     items_by_future: dict[Future[RenderOutcome], PlanItem] = {}
 
     def finish(item: PlanItem, outcome: RenderOutcome) -> None:
