@@ -66,3 +66,15 @@ def test_replay_failure_is_one_line_and_exit_1(hub: FakeHub, project: Path):
     message = err.getvalue().strip()
     assert message.startswith("lorawizard: step models failed: the hub at") and "unreachable" in message
     assert len(message.splitlines()) == 1
+
+
+def test_step_bar_knows_models_are_ready_at_start(hub: FakeHub, project: Path):
+    from lorawizard.core.models import models_ready
+    from lorawizard.headless import replay
+    from lorawizard.tui.app import session_step_states
+
+    path = session_file(project)
+    session = Session.load(path)
+    assert not models_ready(session) and "models" not in session_step_states(session)
+    assert replay(path, ["models"], out=io.StringIO(), err=io.StringIO(), tty=False) == 0
+    assert models_ready(session) and session_step_states(session)["models"] == "done"

@@ -106,6 +106,14 @@ def resolved_model_paths(session: Session) -> dict[str, Path]:
     return paths
 
 
+def models_ready(session: Session) -> bool:
+    """Cheap (stat only): every role has a file and the tokenizers are complete. For the step bar at start-up."""
+    if not all(path.is_file() for path in resolved_model_paths(session).values()):
+        return False
+    base = tokenizer_dir(session)
+    return all(_tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS)
+
+
 def tokenizer_dir(session: Session) -> Path:
     """The folder to pass as `--tokenizer_cache_dir`."""
     return session.paths.tokenizers

@@ -136,4 +136,8 @@ def session_step_states(session: Session) -> dict[str, str]:
         states["probe"] = "done"
     if (paths.dataset / "lorawizard-manifest.json").exists():  # written by the dataset step
         states["dataset"] = "done"
+    from lorawizard.core.models import models_ready
+
+    if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
+        states["models"] = "done"
     return states
