@@ -222,6 +222,10 @@ class DatasetScreen(StepScreen):
 
     def show_plan(self, plan: core.Plan) -> None:
         self._scanning = False
+        for item in plan.items:  # a photo edited since its thumbnail was made
+            before = self.items.get(item.source)
+            if before is not None and before.sha256 != item.sha256:
+                self._thumbs.pop(item.source, None)
         self.plan = plan
         self.items = {item.source: item for item in plan.items}
         self._failed_thumbs.clear()
