@@ -162,3 +162,13 @@ async def test_trigger_dialog_and_writing_the_files(isolated_home: Path) -> None
         assert txt_of(project, 6).read_text() == "sks\n"  # no caption yet: the trigger alone, never an empty file
         assert app.step_states["captions"] == "attention"  # 4 images have no caption
         assert screen.captions.filtered("edited") == []  # the list follows the files just written
+
+
+async def test_without_prepared_images_the_screen_says_what_to_do(project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert "run the Dataset step (3) first" in str(app.screen.query_one("#cap-header").render())
+        assert app.screen.query_one("#cap-editor", TextArea).disabled
+        await pilot.press("ctrl+f", "ctrl+r", "f4", "ctrl+n")  # nothing to act on: nothing breaks
+        assert isinstance(app.screen, CaptionsScreen)
