@@ -191,7 +191,12 @@ def load_t5_tokenizer(folder: Path) -> Any:
         raise TokenizerError(f"{folder}/spiece.model: not a sentencepiece model ({exc})") from None
     unk_id = next((i for i, (_, _, kind) in enumerate(pieces) if kind == 2), 2)
     tokenizer = Tokenizer(models.Unigram([(piece, score) for piece, score, _ in pieces], unk_id, False))
-    steps = [normalizers.Precompiled(charsmap)] if charsmap else [normalizers.NFKC()]
+    steps = [normalizers.NFKC()]  # sentencepiece's nmt_nfkc, near enough when the model carries no charsmap
+    if charsmap:
+        try:
+            steps = [normalizers.Precompiled(charsmap)]
+        except Exception:  # tokenizers raises a bare Exception for a charsmap it cannot parse
+            pass
     tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(Regex(" {2,}"), " ")])
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     eos = next((i for i, (piece, _, _) in enumerate(pieces) if piece == "</s>"), None)
