@@ -158,7 +158,7 @@ class TrainScreen(StepScreen):
     TrainScreen.-wide #train-sample.-has-image { display: block; }
     TrainScreen #train-sample > * { width: auto; height: 1fr; }
     TrainScreen #train-bar-line { height: 1; color: $text-muted; }
-    TrainScreen #train-log { height: 8; border: round $primary 30%; }
+    TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted; }
     TrainScreen #train-settings { margin: 1 0 0 0; }
     """
 
