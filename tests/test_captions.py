@@ -317,3 +317,15 @@ def test_stopping_mid_write_never_leaves_a_cache_beside_a_new_caption(project: P
     states = [(i.txt_path.read_text(), i.te_cache.exists()) for i in captions.items]
     assert ("new\n", True) not in states
     assert any(text == "new\n" for text, _ in states)
+
+
+def test_import_follows_the_sidecar_the_dataset_step_assigned(project: Path) -> None:
+    import json
+
+    session = make_project(project, ["a.jpg", "a.png"], sidecars={"a.txt": b"for the jpg", "a.caption": b"other"})
+    manifest = project / "dataset" / "lorawizard-manifest.json"
+    data = json.loads(manifest.read_text())
+    data["images"][0]["sidecar"] = "a.caption"  # the dataset step's say
+    data["images"][1]["sidecar"] = None  # ambiguous for it: not imported
+    manifest.write_text(json.dumps(data))
+    assert cap.find_imports(session).captions == {"a.jpg": "other"}

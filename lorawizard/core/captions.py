@@ -508,10 +508,15 @@ def find_imports(session: Session, images: Sequence[Prepared] | None = None) -> 
         return result
     existing = session.images()
     trigger = one_line(str(session.get("dataset.trigger") or ""))
+    known = manifest_sidecars(session.paths.dataset)
     for prepared in images if images is not None else prepared_images(session):
         if existing.get(prepared.source, {}).get("caption") is not None:
             continue  # never overwrite a caption the session already has
-        path = find_sidecar(source, prepared.source)
+        if prepared.source in known:  # the dataset step decided (it also refuses ambiguous sidecars)
+            sidecar = known[prepared.source]
+            path = source / sidecar if sidecar and (source / sidecar).is_file() else None
+        else:
+            path = find_sidecar(source, prepared.source)
         if path is None:
             continue
         decoded = read_sidecar(path)
@@ -519,6 +524,16 @@ def find_imports(session: Session, images: Sequence[Prepared] | None = None) -> 
         if decoded.notes:
             result.notes[prepared.source] = f"{path.name}: " + "; ".join(decoded.notes)
     return result
+
+
+def manifest_sidecars(dataset: Path) -> dict[str, str | None]:
+    """source → its sidecar (relative to dataset.source, or None) for manifest records that name one."""
+    try:
+        data = json.loads((dataset / MANIFEST).read_text(encoding="utf-8"))
+        records = data["images"]
+        return {str(r["source"]): (str(r["sidecar"]) if r["sidecar"] else None) for r in records if "sidecar" in r}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def load_import_notes(session: Session) -> dict[str, str]:
