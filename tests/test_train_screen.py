@@ -166,3 +166,23 @@ async def test_leaving_the_wizard_leaves_the_run_running(tmp_path: Path, monkeyp
     live = runs.live_run(session.paths.runs)
     assert live is not None and live.is_alive()
     assert runs.stop(live, int_timeout=5) == "SIGINT"
+
+
+async def test_gpu_panel_reads_the_runs_gpu_through_nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fake_nvml import RTX_4090, install, one_gpu
+    from lorawizard.tui.widgets.train_panels import ResourcePanel
+
+    install(monkeypatch, one_gpu())
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)
+    session.set("gpu.uuid", RTX_4090.uuid)
+    session.save()
+    record = start_run(session, plan_run(session))
+    assert record.gpu_uuid == RTX_4090.uuid
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        header = app.screen.query_one(TrainHeader)
+        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.gpu is not None)
+        panel = app.screen.query_one(ResourcePanel)
+        assert panel.border_title == "GPU 0 · RTX 4090" and "mem" in str(panel.render())
+    assert runs.stop(record, int_timeout=5) == "SIGINT"

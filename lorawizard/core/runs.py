@@ -233,7 +233,8 @@ def launch(
         resumed_from=str(resumed_from) if resumed_from else None, gpu_uuid=gpu_uuid, extra=dict(extra or {}),
     )
     (run_dir / EXIT_FILE).unlink(missing_ok=True)
-    supervisor = [sys.executable, "-m", "lorawizard.core.runsupervisor", str(run_dir), "--", *record.argv]
+    # by path, not `-m`: it is stdlib-only, so it runs even where lorawizard is not importable from `cwd`
+    supervisor = [sys.executable, str(Path(__file__).with_name("runsupervisor.py")), str(run_dir), "--", *record.argv]
     with open(run_dir / LOG_FILE, "ab") as log:
         try:
             process = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""`python -m lorawizard.core.runsupervisor RUN_DIR -- ARGV...`: the session leader of a detached training run.
+"""`python runsupervisor.py RUN_DIR -- ARGV...`: the session leader of a detached training run (stdlib only).
 
 It runs ARGV (the accelerate command) as its child with the inherited stdout/stderr (the run's train.log), waits,
 and writes `RUN_DIR/exit.json` with the child's status, so a wizard that reattaches later (not the parent) still
@@ -31,7 +31,7 @@ def _write(path: Path, data: dict) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m lorawizard.core.runsupervisor RUN_DIR -- ARGV...\n")
+        sys.stderr.write("usage: python runsupervisor.py RUN_DIR -- ARGV...\n")
         return 2
     run_dir, command = Path(argv[0]), argv[2:]
     received: list[int] = []
