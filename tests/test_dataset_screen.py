@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from lorawizard.core import dataset as core
 from lorawizard.core import imaging
@@ -203,8 +204,10 @@ async def test_choosing_the_source_folder_starts_the_scan(isolated_home: Path) -
         await pilot.pause()
         screen = screen_of(app)
         assert screen.has_class("-settings") and screen.plan is None
-        await pilot.click("#set-dataset-source")
-        await pilot.press(*str(photos), "enter")
+        field = app.screen.query_one("#set-dataset-source", Input)
+        field.focus()
+        field.value = str(photos)
+        await pilot.press("enter")
         await settle(pilot)
         assert screen.plan is not None and [item.source for item in screen.plan.items] == ["a.jpg"]
     assert Session.load(project / "session.toml").get("dataset.source") == str(photos)
