@@ -52,7 +52,7 @@ OVER = OVER_CLIP | OVER_T5
 
 FILTERS: dict[str, tuple[str, int]] = {  # name → (label, mask); 0 = everything
     "all": ("all", 0),
-    "missing": ("missing", MISSING | EMPTY),
+    "missing": ("missing/empty", MISSING | EMPTY),
     "edited": ("edited", EDITED),
     "over": ("over budget", OVER),
     "trigger": ("trigger issues", NO_TRIGGER | TRIGGER_TWICE),
