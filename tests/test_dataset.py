@@ -283,6 +283,20 @@ def test_cancel_stops_between_images_and_the_next_run_finishes(tmp_path: Path) -
     assert result.data["stats"].unchanged == len(partial["images"]) and len(outputs_by_source(tmp_path / "project")) == 6
 
 
+def test_heic_reason_depends_on_pillow_heif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    path = fx.heic_lookalike(tmp_path / "phone.heic")
+    monkeypatch.setattr(imaging, "_heif_state", None)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed: import fails
+    assert "pip install 'lorawizard[heif]'" in imaging.probe_image(path).reason
+    registered: list[bool] = []
+    monkeypatch.setattr(imaging, "_heif_state", None)
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=lambda: registered.append(True)))
+    assert imaging.probe_image(path).reason == "corrupt HEIC/HEIF photo (pillow-heif cannot read it)"
+    assert registered == [True]
+
+
 def test_hostile_decoder_errors_that_are_not_oserror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = fx.photo(tmp_path / "x.jpg", 300, 300)
 

@@ -103,7 +103,8 @@ def _short(exc: BaseException) -> str:
 
 
 def _open(path: Path) -> Image.Image:
-    """Image.open with every failure turned into an ImageProblem and Pillow's warnings kept quiet."""
+    """Image.open with every failure turned into an ImageProblem."""
+    heif_available()  # once per process: worker processes need pillow-heif's opener too
     try:
         return Image.open(path)
     except Image.DecompressionBombError as exc:
@@ -112,7 +113,7 @@ def _open(path: Path) -> Image.Image:
         with open(path, "rb") as handle:
             head = handle.read(16)
         if looks_like_heif(head):
-            raise ImageProblem(HEIF_HINT) from None
+            raise ImageProblem("corrupt HEIC/HEIF photo (pillow-heif cannot read it)" if heif_available() else HEIF_HINT) from None
         raise ImageProblem("not an image Pillow can read") from None
     except PermissionError:
         raise ImageProblem("unreadable: permission denied") from None
