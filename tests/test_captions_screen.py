@@ -172,3 +172,24 @@ async def test_without_prepared_images_the_screen_says_what_to_do(project: Path)
         assert app.screen.query_one("#cap-editor", TextArea).disabled
         await pilot.press("ctrl+f", "ctrl+r", "f4", "ctrl+n")  # nothing to act on: nothing breaks
         assert isinstance(app.screen, CaptionsScreen)
+
+
+async def test_coming_back_after_a_new_dataset_run_reloads(isolated_home: Path) -> None:
+    import json
+    import os
+
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        app.action_goto("train")
+        await pilot.pause()
+        manifest = project / "dataset" / "lorawizard-manifest.json"
+        data = json.loads(manifest.read_text())
+        data["images"] = data["images"][:3]  # the dataset step ran again and kept three images
+        manifest.write_text(json.dumps(data))
+        os.utime(manifest, ns=(1, 1))
+        app.action_goto("captions")
+        await ready(pilot)
+        assert screen.captions is not None and len(screen.captions) == 3

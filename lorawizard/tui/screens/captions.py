@@ -87,6 +87,7 @@ class CaptionsScreen(StepScreen):
         self._pending = False
         self._thumbs: OrderedDict[Path, Any] = OrderedDict()
         self._problem = ""
+        self._manifest_stamp: tuple[int, int] | None = None
 
     # -- layout
 
@@ -133,6 +134,7 @@ class CaptionsScreen(StepScreen):
     @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
     def load(self) -> None:
         session = self.session
+        self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST)
         try:
             images = core.prepared_images(session)
             imported = core.find_imports(session, images)
@@ -346,6 +348,18 @@ class CaptionsScreen(StepScreen):
     def on_screen_suspend(self) -> None:
         self.flush()
 
+    def on_screen_resume(self) -> None:
+        """Back from another step: a new dataset run means new images; the trigger may have been changed."""
+        if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / core.MANIFEST) != self._manifest_stamp:
+            self.load()
+        elif self.captions is not None:
+            trigger = str(self.session.get("dataset.trigger") or "")
+            self.captions.captionless = bool(self.session.get("dataset.captionless"))
+            if trigger != self.captions.trigger:
+                self.captions.set_trigger(trigger)
+                self._apply_filter(self.current)
+                self._update_details()
+
     def on_unmount(self) -> None:
         self.flush()
 
@@ -437,6 +451,14 @@ class CaptionsScreen(StepScreen):
         captions.sync_disk(contents)
         self._apply_filter(self.current)
         self._update_details()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
 
 
 def make_thumbnail(path: Path) -> Any:
