@@ -186,3 +186,18 @@ async def test_gpu_panel_reads_the_runs_gpu_through_nvml(tmp_path: Path, monkeyp
         panel = app.screen.query_one(ResourcePanel)
         assert panel.border_title == "GPU 0 · RTX 4090" and "mem" in str(panel.render())
     assert runs.stop(record, int_timeout=5) == "SIGINT"
+
+
+async def test_the_wizard_opens_on_the_dashboard_when_a_run_is_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)
+    record = start_run(session, plan_run(session))
+    app = LoraWizardApp(session)  # no start step: the app picks one
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.current_mode == "train"
+    assert runs.stop(record, int_timeout=5) == "SIGINT"
+    app = LoraWizardApp(session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.current_mode != "train"  # nothing running: the first open step as before

@@ -58,6 +58,8 @@ class LoraWizardApp(App[None]):
         self.switch_mode(self.start_step or self._first_open_step())
 
     def _first_open_step(self) -> str:
+        if _training_is_live(self.session):
+            return "train"  # a detached run is going: open its dashboard (it reattaches)
         return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[0])
 
     # -- decisions
@@ -141,3 +143,13 @@ def session_step_states(session: Session) -> dict[str, str]:
     if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
         states["models"] = "done"
     return states
+
+
+def _training_is_live(session: Session) -> bool:
+    """Whether a training run of this project is still running (pid + create-time; never a reused pid)."""
+    try:
+        from lorawizard.core.runs import live_run
+
+        return live_run(session.paths.runs) is not None
+    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
+        return False
