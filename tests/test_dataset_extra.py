@@ -139,5 +139,11 @@ def test_every_decodable_file_converts_when_used_anyway(source: Path, tmp_path: 
     for name in HOPPER_ORIENTED:
         difference = ImageStat.Stat(ImageChops.difference(rendered[name], reference)).mean
         assert max(difference) < 12, (name, difference)
+    # Adobe RGB (1998) → sRGB: the output differs from the same pixels taken as sRGB (what dropping the profile does)
+    adobe = items["pillow/xmp_test.jpg"]
+    with Image.open(SHARED / "pillow/xmp_test.jpg") as im:
+        untagged = im.convert("RGB").resize(rendered["pillow/xmp_test.jpg"].size, Image.Resampling.LANCZOS, box=adobe.crop)
+    shift = ImageChops.difference(rendered["pillow/xmp_test.jpg"], untagged).getextrema()
+    assert max(high for _, high in shift) > 10, shift  # saturated colours move; greys stay
     upright = {name: (items[name].width, items[name].height) for name in ("photos/landscape_6.jpg", "photos/portrait_8.jpg", "photos/canon_hdr_NO.jpg")}
     assert upright == {"photos/landscape_6.jpg": (600, 450), "photos/portrait_8.jpg": (450, 600), "photos/canon_hdr_NO.jpg": (1536, 2048)}
