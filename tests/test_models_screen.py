@@ -171,3 +171,28 @@ async def test_another_preset_relabels_the_rows(home_project: Path) -> None:
         assert cell(app, "flux", "where") == "black-forest-labs/FLUX.1-dev/flux1-dev.safetensors"
         assert cell(app, "t5xxl", "where") == "comfyanonymous/flux_text_encoders/t5xxl_fp16.safetensors"
     assert Session.load(home_project / "session.toml").get("models.preset") == "flux1-dev-bf16"
+
+
+async def _show_a_download(pilot) -> None:
+    """Rows as the worker reports them mid-download (posted directly: fixed numbers, no timing)."""
+    from lorawizard.core.models import RoleState
+    from lorawizard.tui.screens.models import ModelRowChanged
+
+    await _wait(pilot)
+    home = Path.home()
+    screen = pilot.app.screen
+    gb = 1_000_000_000
+    for state in (
+        RoleState("flux", "flux1-dev-fp8.safetensors", "Kijai/flux-fp8", "found",
+                  home / "ComfyUI/models/unet/flux1-dev-fp8.safetensors", "ComfyUI", True, "sha256 verified"),
+        RoleState("ae", "ae.safetensors", "camenduru/FLUX.1-dev", "downloading", size=335_304_388,
+                  done=144_180_887, rate=85e6, eta_s=130),
+        RoleState("clip_l", "clip_l.safetensors", "camenduru/FLUX.1-dev", "missing", size=246_144_152),
+        RoleState("t5xxl", "t5xxl_fp8_e4m3fn.safetensors", "camenduru/FLUX.1-dev", "missing", size=int(4.89 * gb)),
+    ):
+        screen.post_message(ModelRowChanged(state))
+    await pilot.pause()
+
+
+def test_snapshot_downloading_120x40(snap_compare, home_project: Path) -> None:
+    assert snap_compare(_app(home_project), terminal_size=(120, 40), run_before=_show_a_download)

@@ -128,7 +128,23 @@ class ModelsScreen(StepScreen):
                 state = RoleState(role, entry.filename, entry.repo)
             self.rows[role] = state
             table.add_row(Text(ROW_TITLES[role]), state_text(state), where_text(state), key=role)
+        self.call_after_refresh(self._fit_where)
         self.call_after_refresh(self.action_verify)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_where)
+
+    def _fit_where(self) -> None:
+        """The `where` column takes the rest of the width (paths are long; ellipsis at the end)."""
+        table = self.query_one(DataTable)
+        column = table.columns.get("where")  # type: ignore[call-overload]
+        width = table.size.width or self.size.width - 2
+        if column is None or width <= 0:
+            return
+        column.auto_width = False
+        column.width = max(20, width - 18 - 24 - 2 * 3)
+        table._require_update_dimensions = True
+        table.refresh()
 
     # -- running the step
 
