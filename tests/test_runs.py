@@ -182,3 +182,25 @@ def test_diagnosis_stalled_while_alive() -> None:
     assert diagnose(TrainState(), alive=True, quiet_s=30) is None
     stalled = diagnose(TrainState(), alive=True, quiet_s=1200)
     assert stalled.kind == "stalled" and "20 min" in stalled.what
+
+
+def test_second_resume_starts_at_the_right_epoch(tmp_path: Path) -> None:
+    """A state written by a resumed run records sd-scripts' within-run step; we pass the absolute one."""
+    session = make_train_project(tmp_path, epochs=4)  # 2 steps per epoch, 8 in all
+    _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # states after epochs 1 and 2 (step 4)
+    os.environ.update(STANDIN_STEP_SECONDS="0.01", STANDIN_KILL_AT_STEP="3")
+    try:  # resumed at step 4: epoch 3 (its state records within-run step 2), killed in epoch 4
+        second = start_run(session, plan_run(session, resume=True))
+    finally:
+        os.environ.pop("STANDIN_STEP_SECONDS")
+        os.environ.pop("STANDIN_KILL_AT_STEP")
+    _wait(second)
+    newest = runs.newest_state(session.paths.runs)
+    assert (newest.path.parent, newest.epoch, newest.step) == (second.dir, 3, 6)
+    assert runs.read_state_step(newest.path) == 2  # what sd-scripts wrote
+
+    plan = plan_run(session, resume=True)
+    assert plan.command.argv[plan.command.argv.index("--initial_step") + 1] == "6"
+    third = _wait(start_run(session, plan)).state
+    assert [line.text for line in third.lines if line.text.startswith("epoch ") and "/" in line.text] == ["epoch 4/4"]
+    assert third.model_saved and (third.step, third.total_steps, third.epoch) == (8, 8, 4)

@@ -344,6 +344,10 @@ def main(argv: list[str]) -> int:
         console.info(f"load train state from {state_dir / 'train_state.json'}: {state}", "train_network.py:969")
         console.info("All model weights loaded successfully", "checkpointing.py:232")
         start_epoch = int(state["current_step"]) // steps_per_epoch
+        if args.initial_step is not None:  # sd-scripts: initial_step wins over the state's step
+            console.warning("steps from the state is ignored because initial_step is specified / "
+                            "initial_stepが指定されているため、stateからのステップ数は無視されます", "train_network.py:1236")
+            start_epoch = args.initial_step // steps_per_epoch
     if args.logging_dir:
         tb = Path(args.logging_dir) / datetime.now().strftime("%Y%m%d%H%M%S") / "network_train"
         tb.mkdir(parents=True, exist_ok=True)
