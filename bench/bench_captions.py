@@ -165,6 +165,24 @@ def core_bench(project: Path) -> None:
     print(f"naive bulk (set + save per caption): {ms(per)} each → {naive_total:.1f} s for {len(plan.changes)} "
           f"(ours {ms(total_s)}: {naive_total / total_s:,.0f}x)")
 
+    # the screen's debounced save (0.5 s after the last keystroke): one caption changed, the whole file written
+    captions.set_body(0, (captions.items[0].body or "") + " typed")
+    session.update_images(captions.session_changes([0]))
+    save_s, _ = timed(session.save)
+    print(f"save session.toml after one edit (the screen's debounced save, on the UI thread): {ms(save_s)}")
+
+    # token counting with real tokenizer files: the tests' tiny vocabulary (mostly one token per letter, so
+    # slower than the real CLIP/T5 vocabularies) stands in, since the real files need the network
+    from tests.captions_fixtures import make_tokenizers
+    from lorawizard.core.tokens import load_counter
+
+    lines = [item.line for item in captions.items]
+    counter = load_counter(make_tokenizers(project / "tok"))
+    real_s, _ = timed(lambda: counter.count_many(lines))
+    estimate_s, _ = timed(lambda: estimate_counter().count_many(lines))
+    print(f"token counts for {len(lines)} captions: tokenizers package {ms(real_s)} (exact={counter.exact}), "
+          f"estimate {ms(estimate_s)}; cached afterwards")
+
     # writing the caption files
     write_s, report = timed(lambda: cap.write_captions(captions))
     rewrite_s, again = timed(lambda: cap.write_captions(captions))
