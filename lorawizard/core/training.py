@@ -224,7 +224,8 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
             while seen_epochs < len(follower.epochs_seen):
                 epoch = follower.epochs_seen[seen_epochs]
                 seen_epochs += 1
-                ctx.log(f"train: epoch {epoch.n}/{epoch.total} begins · {status_line(state)}")
+                now = f" · {status_line(state)}" if seen_epochs == len(follower.epochs_seen) else ""
+                ctx.log(f"train: epoch {epoch.n}/{epoch.total} begins{now}")
             if state.total_steps or state.phase_bar is not None:
                 ctx.progress(_progress(state))
             elif state.phase != last_phase:
