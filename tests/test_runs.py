@@ -204,3 +204,23 @@ def test_second_resume_starts_at_the_right_epoch(tmp_path: Path) -> None:
     third = _wait(start_run(session, plan)).state
     assert [line.text for line in third.lines if line.text.startswith("epoch ") and "/" in line.text] == ["epoch 4/4"]
     assert third.model_saved and (third.step, third.total_steps, third.epoch) == (8, 8, 4)
+
+
+@pytest.mark.parametrize(
+    ("failures", "returncode", "kind"),
+    [
+        ([("exception", "RuntimeError: mat1 and mat2 must have the same dtype")], 1, "crash"),
+        ([("resume_missing", "ValueError: Tried to find /r/s but folder does not exist")], 1, "resume_missing"),
+        ([], None, "lost"),
+        ([], 0, "no_model"),
+        ([], 3, "crash"),
+        ([("launcher", "subprocess.CalledProcessError: … died with <Signals.SIGKILL: 9>.")], 1, "host_oom"),
+    ],
+)
+def test_diagnosis_of_other_endings(failures: list, returncode: int | None, kind: str) -> None:
+    from lorawizard.core.logparse import Failure, TrainState
+
+    state = TrainState()
+    state.apply([Failure(k, text, -9 if "SIGKILL" in text else None) for k, text in failures])
+    problem = diagnose(state, alive=False, returncode=returncode)
+    assert problem is not None and problem.kind == kind and problem.line().count(" — ") == 1
