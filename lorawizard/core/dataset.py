@@ -601,7 +601,12 @@ def _not_used(plan: Plan) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- report
 
 
-def report_lines(plan: Plan, stats: ApplyStats | None = None) -> list[str]:
+ROUTINE_NOTE = re.compile(r"^(rotated \(EXIF \d\)|\d+ frames: first used)$")
+
+
+def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: bool = True) -> list[str]:
+    """Report lines. Bad, skipped and ignored files always get a line each; with `every_note=False`
+    routine notes (EXIF rotations, animations) are counted instead of listed (the report file lists them)."""
     lines = ["per bucket: " + ", ".join(f"{bucket} {count}" for bucket, count in plan.by_bucket().items())]
     for item in plan.items:
         if item.status == "bad":
@@ -611,11 +616,18 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None) -> list[str]:
             lines.append(f"skipped: {item.source}: {item.reason}")
     for rel, reason in plan.ignored:
         lines.append(f"ignored: {rel}: {reason}")
+    routine: Counter[str] = Counter()
     for item in plan.items:
         if item.used:
             notes = [n for n in item.notes if not n.startswith("crop ")]
+            if not every_note:
+                routine.update("turned upright (EXIF orientation)" if n.startswith("rotated") else "several frames: first used"
+                               for n in notes if ROUTINE_NOTE.match(n))
+                notes = [n for n in notes if not ROUTINE_NOTE.match(n)]
             if notes:
                 lines.append(f"note: {item.source}: {'; '.join(notes)}")
+    if routine:
+        lines.append("notes: " + ", ".join(f"{kind}: {count}" for kind, count in sorted(routine.items())) + " (each one is in the report)")
     lines.extend(f"note: {note}" for note in plan.notes)
     if stats is not None:
         lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
@@ -644,13 +656,13 @@ def run_step(ctx: StepContext) -> StepResult:
     previous = read_manifest(plan.dataset)
     used = plan.used
     if ctx.dry_run:
-        lines = report_lines(plan)
+        lines = report_lines(plan, every_note=False)
         summary = f"dry run: would prepare {len(used)} images ({plan.summary_line()}) in {plan.dataset}"
         return StepResult(bool(used), summary, lines, {"plan": plan})
     stats = apply_plan(plan, ctx, previous)
     used = plan.used  # failures found while rendering are bad input now
-    lines = report_lines(plan, stats)
-    report = _write_report(plan, lines)
+    report = _write_report(plan, report_lines(plan, stats))
+    lines = report_lines(plan, stats, every_note=False)
     lines.append(f"report: {report}")
     done = f"{stats.rendered} written, {stats.unchanged} unchanged, {stats.removed} removed"
     data = {"plan": plan, "stats": stats, "report": str(report)}
