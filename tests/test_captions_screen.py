@@ -111,6 +111,11 @@ async def test_next_previous_and_filters(isolated_home: Path) -> None:
         assert "CLIP" in str(app.screen.query_one("#cap-tokens").render())
         await pilot.press("ctrl+f")  # trigger issues: IMG_0002 has "ohwx" again after the one written first
         assert [screen.captions.items[i].file for i in app.screen.query_one(CaptionList).rows] == ["IMG_0002.jpg"]
+        app.screen.query_one(CaptionList).focus()
+        await pilot.press("m")  # straight to a filter from the list
+        assert screen.filter == "missing" and len(app.screen.query_one(CaptionList).rows) == 4
+        await pilot.press("a")
+        assert len(app.screen.query_one(CaptionList).rows) == 8
 
 
 async def test_bulk_replace_preview_apply_and_undo(isolated_home: Path) -> None:

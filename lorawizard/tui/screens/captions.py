@@ -1,7 +1,8 @@
 """Captions: review every caption beside its image, fix it in place, bulk-edit, and write the files.
 
 Keyboard: Ctrl+N / Ctrl+B next / previous (from the editor too), Tab between list and editor,
-Ctrl+F cycles the filter, Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
+Ctrl+F (or / in the list) cycles the filter; in the list a/m/e/o/t/i pick one (all, missing,
+edited, over budget, trigger, import notes); Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
 Ctrl+T trigger word, Ctrl+G writes the caption files. Every edit goes into session.toml (saved half a
 second after the last keystroke, and at once when leaving the screen or quitting).
 """
@@ -40,6 +41,7 @@ GUIDE = (
     "for a style LoRA the subject."
 )
 FILTER_ORDER = list(core.FILTERS)
+FILTER_KEYS = {"a": "all", "m": "missing", "e": "edited", "o": "over", "t": "trigger", "i": "imported"}  # list focused
 THUMB_PIXELS = 192
 LETTERBOX = (24, 24, 28)
 SAVE_DELAY = 0.5
@@ -56,6 +58,8 @@ class CaptionsScreen(StepScreen):
         Binding("ctrl+n", "step(1)", "Next", priority=True),
         Binding("ctrl+b", "step(-1)", "Back", priority=True),
         Binding("ctrl+f", "cycle_filter", "Filter", priority=True),
+        Binding("slash", "cycle_filter", "Filter", show=False),  # from the list; in the editor it is a character
+        *(Binding(key, f"set_filter('{name}')", name, show=False) for key, name in FILTER_KEYS.items()),
         Binding("ctrl+r", "bulk", "Find/replace", priority=True),
         Binding("f4", "undo_bulk", "Undo bulk", priority=True),
         Binding("ctrl+t", "trigger", "Trigger", priority=True),
@@ -373,7 +377,7 @@ class CaptionsScreen(StepScreen):
         self.filter = FILTER_ORDER[(position + 1) % len(FILTER_ORDER)]
         self._apply_filter(self.current)
 
-    def set_filter(self, name: str) -> None:
+    def action_set_filter(self, name: str) -> None:
         self.filter = name
         self._apply_filter(self.current)
 
