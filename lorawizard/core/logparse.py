@@ -194,6 +194,9 @@ def parse_bar(text: str) -> Bar | None:
     return parsed[0] if parsed else None
 
 
+_DESC_CACHE: dict[str, str] = {}
+
+
 def _fast_bar(text: str) -> tuple[Bar, int] | None:
     """The tqdm layout parsed with str methods (2-3x faster than the regex); None when it is not a bar."""
     pct_at = text.find("%|")
@@ -220,11 +223,16 @@ def _fast_bar(text: str) -> tuple[Bar, int] | None:
         else:
             return None
         n, total = int(n_text), int(total_text)
-        head = text[:pct_at].rstrip("0123456789")
-        if len(head) == pct_at:
-            return None
-        desc = head.rstrip()
-        desc = desc[:-1].strip() if desc.endswith(":") else desc.strip()
+        head = text[:pct_at]
+        desc = _DESC_CACHE.get(head)
+        if desc is None:
+            digits = head.rstrip("0123456789")
+            if len(digits) == pct_at:
+                return None
+            desc = digits.rstrip()
+            desc = desc[:-1].strip() if desc.endswith(":") else desc.strip()
+            if len(_DESC_CACHE) < 4096:
+                _DESC_CACHE[head] = desc
         loss = None
         if post:
             at = post.find("avr_loss=")
@@ -554,7 +562,7 @@ class TrainState:
     failures: list[Failure] = field(default_factory=list)
     resumed_from: Resumed | None = None
     nan_since: int | None = None
-    bar_line: str = ""
+    last_bar: Bar | None = None
     lines: deque[Line] = field(default_factory=deque)
     events_seen: int = 0
     line_count: int = 0  # display lines ever appended (the tail keeps the last `tail_lines`)
@@ -614,8 +622,17 @@ class TrainState:
             elif kind is Failure:
                 self.failures.append(event)  # type: ignore[arg-type]
 
+    @property
+    def bar_line(self) -> str:
+        """The newest bar as one short line (what the terminal's '\r' line shows now)."""
+        bar = self.last_bar
+        if bar is None:
+            return ""
+        text = f"{bar.desc}: {bar.n}/{bar.total} {bar.postfix}" if bar.desc else f"{bar.n}/{bar.total} {bar.postfix}"
+        return text.rstrip()
+
     def _bar(self, bar: Bar) -> None:
-        self.bar_line = f"{bar.desc}: {bar.n}/{bar.total} {bar.postfix}" if bar.desc else f"{bar.n}/{bar.total} {bar.postfix}"
+        self.last_bar = bar
         if bar.desc != "steps":
             self.phase_bar = bar
             return
