@@ -44,13 +44,15 @@ def needs_torch_fix(project: Path) -> Session:
 async def check(pilot) -> None:  # noqa: ANN001
     await pilot.pause()
     await pilot.press("ctrl+g")
-    await wait_idle(pilot)
+    await wait_idle(pilot, until=lambda: bool(pilot.app.screen.findings))
 
 
-async def wait_idle(pilot) -> None:  # noqa: ANN001
-    for _ in range(200):
+async def wait_idle(pilot, until=lambda: True) -> None:  # noqa: ANN001
+    """Until the step has finished and its result is on the screen (a loaded machine can take a while)."""
+    for _ in range(600):
         await pilot.pause(0.05)
-        if not pilot.app.screen.runner.running:
+        screen = pilot.app.screen
+        if not screen.runner.running and screen.app.step_states.get("env") != "todo" and until():
             break
     await pilot.pause(0.2)
 
