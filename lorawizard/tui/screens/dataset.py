@@ -112,7 +112,7 @@ class DatasetScreen(StepScreen):
     DatasetScreen #ds-filter { height: 3; display: none; margin: 0 1; }
     DatasetScreen.-filtering #ds-filter { display: block; }
     DatasetScreen #ds-main { height: 1fr; }
-    DatasetScreen #ds-table { width: 1fr; height: 1fr; }
+    DatasetScreen #ds-table { width: 1fr; height: 1fr; overflow-x: hidden; }
     DatasetScreen #ds-preview { width: 28; height: 1fr; padding: 0 0 0 1; }
     DatasetScreen.-wide #ds-preview { width: 48; }
     DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
