@@ -230,6 +230,19 @@ def test_bad_inputs_get_one_line_reasons_and_never_stop_the_step(tmp_path: Path)
     assert "\n" not in "".join(result.details) and not any("Traceback" in line for line in result.details)
 
 
+def test_a_duplicate_of_a_skipped_image_is_trained(tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    source.mkdir()
+    fx.photo(source / "a.jpg", 512, 512)
+    shutil.copy(source / "a.jpg", source / "b.jpg")
+    session = fx.write_session(tmp_path / "project", source)
+    result, _ = run(session)
+    assert (item(result, "a.jpg").status, item(result, "b.jpg").status) == ("use", "duplicate")
+    fx.write_session(tmp_path / "project", source, images='\n[[dataset.images]]\nfile = "a.jpg"\nskip = true\n')
+    result, _ = run(session)
+    assert (item(result, "a.jpg").status, item(result, "b.jpg").status) == ("skip", "use")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     source = tmp_path / "photos"

@@ -271,7 +271,7 @@ def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None =
             others = ", ".join(t.rpartition("/")[2] for t in twins if t != source.rel)
             item.notes.append(f"name collision with {others}")
         original = first_by_hash.get(source.sha256)
-        if original is not None:
+        if original is not None and decisions.get(original, {}).get("skip") is not True:
             item.status, item.reason = "duplicate", f"duplicate of {original} (same content; trained once)"
             continue
         first_by_hash[source.sha256] = source.rel
