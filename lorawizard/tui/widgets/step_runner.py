@@ -104,7 +104,7 @@ class StepRunner(Vertical):
         if message.error:
             status.update(f"✗ {message.error}")
         elif message.result is None:
-            status.update("cancelled — nothing half-done was kept")
+            status.update("cancelled — see the lines above for what was kept")
         else:
             mark = "✓" if message.result.ok else "✗"
             status.update(f"{mark} {message.result.summary}")
