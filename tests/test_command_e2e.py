@@ -143,3 +143,18 @@ def test_real_trainer_trains_with_our_command(project: Path) -> None:
     assert (run_dir / "tiny-state" / "train_state.json").is_file()  # --save_state: resumable
     assert list((run_dir / "logs").rglob("events.out.tfevents.*"))  # --logging_dir
     assert "load tokenizer from cache" in text  # --tokenizer_cache_dir: offline
+
+
+@needs_e2e
+def test_sd_scripts_reads_paths_a_shell_would_interpret(tmp_path: Path) -> None:
+    """tomlkit writes image_dir; sd-scripts reads it with `toml` 0.10.2: quotes, backslashes, $, unicode survive."""
+    weird = tmp_path / "we'ird \"q\" $HOME `x` ; \\ été"
+    weird.mkdir()
+    session = e2e_session(weird)
+    path = cmd.write_dataset_config(session, weird / "dataset_config.toml")
+    code = ("import sys, json; from library import config_util; "
+            "c = config_util.load_user_config(sys.argv[1]); print(json.dumps(c['datasets'][0]['subsets'][0]['image_dir']))")
+    out = subprocess.run([str(E2E / "venv" / "bin" / "python"), "-c", code, str(path)], cwd=E2E / "sd-scripts",
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == str(weird / "dataset" / "128x128")
