@@ -91,7 +91,7 @@ def check_inputs(session: Session, steps: list[str]) -> str | None:
     wanted: list[tuple[str, Any]] = []
     if {"dataset", "captions"} & set(steps):
         wanted.append(("dataset.source", session.get("dataset.source")))
-    if session.is_set("paths.python"):
+    if session.is_set("paths.python") and "env" not in steps:  # the env step reports a missing Python itself
         wanted.append(("paths.python", session.get("paths.python")))
     if session.is_set("paths.sd_scripts") and "env" not in steps:
         wanted.append(("paths.sd_scripts", session.get("paths.sd_scripts")))

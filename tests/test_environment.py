@@ -358,3 +358,17 @@ def test_requirements_file_parsing_in_the_check(project: Path, gpus: list) -> No
     names = {p["name"]: p for p in packages}
     assert set(names) == set(all_requirements(SD3_REQUIREMENTS))
     assert names["opencv-python"]["module"] == "cv2" and names["diffusers"]["want"] == "0.32.1"
+
+
+def test_replay_env_reports_a_missing_python_as_a_finding(project: Path, gpus: list) -> None:
+    import io
+
+    from lorawizard.headless import EXIT_STEP_FAILED, replay
+
+    session = setup(project)
+    session.set("paths.python", str(project / "no" / "python"))
+    session.save()
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(project / "session.toml", ["env"], out=out, err=err, tty=False)
+    assert code == EXIT_STEP_FAILED
+    assert f"✗ trainer Python: {project / 'no' / 'python'} does not exist" in out.getvalue()
