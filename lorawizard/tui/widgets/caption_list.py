@@ -21,7 +21,6 @@ from lorawizard.core.captions import (
     EMPTY,
     IMPORT_NOTE,
     MISSING,
-    NO_TRIGGER,
     OVER_CLIP,
     OVER_T5,
     TRIGGER_TWICE,
@@ -47,9 +46,7 @@ def status_of(item: Caption) -> tuple[str, str]:
         return "note", "warn"
     if flags & EDITED:
         return "edited", "edit"
-    if flags & NO_TRIGGER:
-        return "✓ no trig.", "ok"
-    return "✓", "ok"
+    return "✓", "ok"  # NO_TRIGGER is said once, in the header
 
 
 class CaptionList(ScrollView, can_focus=True):
@@ -189,7 +186,7 @@ class CaptionList(ScrollView, can_focus=True):
         status_style = base + self.get_component_rich_style(f"caption-list--{kind}", partial=True)
         marker = "▶" if selected else " "
         room = max(1, width - len(word) - 3)
-        name = item.name if len(item.name) <= room else "…" + item.name[-(room - 1) :]
+        name = item.file if len(item.file) <= room else "…" + item.file[-(room - 1) :]  # sub/a.jpg ≠ other/a.jpg
         left = f"{marker} {name}"
         gap = max(1, width - len(left) - len(word))
         segments = [Segment(left + " " * gap, base), Segment(word, status_style)]
