@@ -329,3 +329,16 @@ def test_import_follows_the_sidecar_the_dataset_step_assigned(project: Path) -> 
     data["images"][1]["sidecar"] = None  # ambiguous for it: not imported
     manifest.write_text(json.dumps(data))
     assert cap.find_imports(session).captions == {"a.jpg": "other"}
+
+
+def test_tokenizer_json_is_preferred_and_a_broken_one_falls_back(tmp_path: Path) -> None:
+    from lorawizard.core.tokens import CLIP_DIR, T5_DIR, load_clip_tokenizer, load_t5_tokenizer
+
+    folder = make_tokenizers(tmp_path / "tok")
+    for name, loader in ((CLIP_DIR, load_clip_tokenizer), (T5_DIR, load_t5_tokenizer)):
+        loader(folder / name).save(str(folder / name / "tokenizer.json"))
+    (folder / CLIP_DIR / "vocab.json").unlink()  # tokenizer.json alone is enough
+    assert load_counter(folder).count("a photo") == (4, 3)
+    (folder / T5_DIR / "tokenizer.json").write_text("{not json")
+    fallback = load_counter(folder)
+    assert not fallback.exact and "tokenizer.json" in fallback.source
