@@ -524,13 +524,13 @@ def diagnose(
         venv = venv_dir_of(python)
         findings.append(Finding(
             "python", "error", "trainer Python", f"{python} does not exist",
-            f"create the venv (key v) or set paths.python", [venv_argv(venv)], action="venv",
+            f"create the venv or set paths.python", [venv_argv(venv)], action="venv",
         ))
     else:
         check = run_trainer_check(python, usable_sd, timeout=timeout, cancel=cancel, imports=imports)
         if check.data is None:
             findings.append(Finding("python", "error", "trainer Python", check.problem or "the check failed",
-                                    "point paths.python at a working Python 3.10–3.12, or create a venv (key v)",
+                                    "point paths.python at a working Python 3.10–3.12, or create a venv",
                                     action="venv"))
         else:
             diagnosis.check = check.data
@@ -566,14 +566,14 @@ def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | 
     clone = [clone_argv(target)]
     if path is None:
         return Finding("sd_scripts", "error", title, "not found (paths.sd_scripts is not set, none in the usual places)",
-                       f"clone it (key c) into {target}, or set paths.sd_scripts", clone, action="clone")
+                       f"clone it into {target}, or set paths.sd_scripts", clone, action="clone")
     assert checkout is not None
     if checkout.problem is not None:
         if not path.exists():
-            return Finding("sd_scripts", "error", title, checkout.problem, f"clone it there (key c) or fix paths.sd_scripts",
+            return Finding("sd_scripts", "error", title, checkout.problem, f"clone it there or fix paths.sd_scripts",
                            clone, action="clone")
         return Finding("sd_scripts", "error", title, checkout.problem,
-                       "set paths.sd_scripts to a kohya-ss/sd-scripts clone, or clear it and clone one (key c)")
+                       "set paths.sd_scripts to a kohya-ss/sd-scripts clone, or clear it and clone one")
     if not checkout.has_flux:
         return Finding(
             "sd_scripts", "error", title, f"{path} has no {TRAIN_SCRIPT}: an old sd-scripts (main before v0.10.0, no FLUX)",
@@ -613,7 +613,7 @@ def _python_findings(data: Mapping[str, Any], python: Path | None = None) -> lis
     where = python or info.get("executable", "?")
     text = f"Python {info.get('version', '?')} at {where}" + ("" if info.get("venv") else " (not a venv)")
     if version < (3, 10):
-        return [Finding("python", "error", "trainer Python", text, "sd-scripts needs Python 3.10; create a venv with it (key v)",
+        return [Finding("python", "error", "trainer Python", text, "sd-scripts needs Python 3.10; create a venv with it",
                         action="venv")]
     if version >= (3, 13):
         return [Finding("python", "warning", "trainer Python", text,
@@ -636,7 +636,7 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
         missing = "No module named" in error
         findings.append(Finding(
             "torch", "error", "torch", "not installed" if missing else f"does not import: {error}",
-            f"install {wheel_text} (key i)" if wheel else "update the NVIDIA driver, then install torch", install, action="install",
+            f"install {wheel_text}" if wheel else "update the NVIDIA driver, then install torch", install, action="install",
         ))
         return findings
     version = torch.get("version", "?")
@@ -646,17 +646,17 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
     label = f"torch {version} ({build_text})"
     if parsed is not None and parsed[:2] < MIN_TORCH:
         findings.append(Finding("torch", "error", "torch", f"{label}: sd-scripts needs 2.6.0 or later",
-                                f"install {wheel_text} (key i)" if wheel else "update the NVIDIA driver first",
+                                f"install {wheel_text}" if wheel else "update the NVIDIA driver first",
                                 install, action="install" if wheel else None))
     elif cuda_build is None and gpus:
         findings.append(Finding("torch", "error", "torch", f"{label}: it cannot use the GPU",
-                                f"install {wheel_text} (key i)" if wheel else "update the NVIDIA driver first",
+                                f"install {wheel_text}" if wheel else "update the NVIDIA driver first",
                                 install, action="install" if wheel else None))
     elif cuda_build is None:
         findings.append(Finding("torch", "warning", "torch", label, "a CPU-only build: fine here, but training needs a GPU"))
     elif driver_cuda is not None and cuda_build > driver_cuda:
         driver_text = f"{driver_cuda[0]}.{driver_cuda[1]}"
-        fix = (f"install {wheel_text} (key i), or update the NVIDIA driver" if wheel
+        fix = (f"install {wheel_text}, or update the NVIDIA driver" if wheel
                else "update the NVIDIA driver (no torch wheel fits this driver)")
         findings.append(Finding("torch", "error", "torch", f"{label} needs a newer driver: this one supports CUDA {driver_text}",
                                 fix, install, action="install" if wheel else None))
@@ -669,7 +669,7 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
         if not torch.get("available"):
             reason = torch.get("cuda_error") or (warnings[0] if warnings else "torch.cuda.is_available() is False")
             findings.append(Finding("cuda", "error", "CUDA", f"torch cannot use the GPU: {reason}",
-                                    f"install {wheel_text} (key i)" if wheel else "update the NVIDIA driver",
+                                    f"install {wheel_text}" if wheel else "update the NVIDIA driver",
                                     install, action="install" if wheel else None))
         else:
             names = ", ".join(sorted({d.get("name", "?") for d in devices})) or "?"
@@ -677,7 +677,7 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
             if capability and not _arch_supported(torch.get("arch_list") or [], capability):  # type: ignore[arg-type]
                 sm = f"sm_{capability[0]}{capability[1]}"
                 finding = Finding("cuda", "error", "CUDA", f"torch {version} has no kernels for {names} ({sm})",
-                                  f"install {wheel_text} (key i)" if wheel else "update the NVIDIA driver",
+                                  f"install {wheel_text}" if wheel else "update the NVIDIA driver",
                                   install, action="install" if wheel else None)
             elif devices and torch.get("bf16") is False:
                 finding = Finding("cuda", "warning", "CUDA", f"{names} has no bf16 support",
@@ -696,12 +696,12 @@ def _package_findings(data: Mapping[str, Any], python: Path | None, sd_scripts: 
     accelerate = data.get("accelerate")
     if not accelerate:
         findings.append(Finding("accelerate", "error", "accelerate", "not installed",
-                                "install sd-scripts' requirements (key i)", install, action="install"))
+                                "install sd-scripts' requirements", install, action="install"))
     else:
         findings.append(Finding("accelerate", "ok", "accelerate", f"version {accelerate}"))
     if not data.get("torchvision") and (data.get("torch") or {}).get("imported"):
         findings.append(Finding("torchvision", "error", "torchvision", "not installed (sd-scripts imports it)",
-                                "install torch and torchvision (key i)", action="install"))
+                                "install torch and torchvision", action="install"))
     if sd_scripts is None or requirements is None:
         return findings
     if not requirements.get("found"):
@@ -718,14 +718,14 @@ def _package_findings(data: Mapping[str, Any], python: Path | None, sd_scripts: 
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         findings.append(Finding("requirements", "error", "requirements", f"{len(missing)} missing: {shown}",
-                                "install sd-scripts' requirements (key i)", install, action="install"))
+                                "install sd-scripts' requirements", install, action="install"))
     elif broken:
         findings.append(Finding("requirements", "error", "requirements", f"does not import: {broken[0]}",
-                                "reinstall sd-scripts' requirements (key i)", install, action="install"))
+                                "reinstall sd-scripts' requirements", install, action="install"))
     elif mismatched:
         shown = ", ".join(mismatched[:3]) + (f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
         findings.append(Finding("requirements", "warning", "requirements", f"versions differ from requirements.txt: {shown}",
-                                "reinstall them (key i) if training fails", install, action="install"))
+                                "reinstall them if training fails", install, action="install"))
     else:
         checked = "installed and importing" if imports else "installed"
         findings.append(Finding("requirements", "ok", "requirements", f"{len(packages)} packages {checked}"))
@@ -1028,7 +1028,7 @@ def _fix_venv(session: Session, log: Callable[[str], None], progress: ProgressCa
     sd_scripts = find_sd_scripts(session)
     python = find_python(session, sd_scripts)
     if python is None:
-        return FixResult(False, "sd-scripts is not found yet: clone it first (key c)")
+        return FixResult(False, "sd-scripts is not found yet: clone it first")
     venv = venv_dir_of(python)
     commands = [venv_argv(venv, with_pip=with_pip)]
     if python.exists():
@@ -1052,9 +1052,9 @@ def _fix_install(session: Session, log: Callable[[str], None], progress: Progres
     sd_scripts = find_sd_scripts(session)
     python = find_python(session, sd_scripts)
     if sd_scripts is None or not (sd_scripts / "requirements.txt").is_file():
-        return FixResult(False, "sd-scripts (with its requirements.txt) is not found yet: clone it first (key c)")
+        return FixResult(False, "sd-scripts (with its requirements.txt) is not found yet: clone it first")
     if python is None or not python.exists():
-        return FixResult(False, "the trainer's Python does not exist yet: create the venv first (key v)")
+        return FixResult(False, "the trainer's Python does not exist yet: create the venv first")
     # torch first (the wheel for this driver), so the requirements never pull a default torch from PyPI
     check = run_trainer_check(python, sd_scripts, imports=False, cancel=cancel)
     steps: list[tuple[str, list[str], Path | None]] = []

@@ -112,8 +112,8 @@ class EnvironmentScreen(StepScreen):
             body = Text(finding.message)
             key = ACTION_KEYS.get(finding.action or "")
             hint = finding.fix
-            if key and f"key {key}" not in hint:
-                hint = f"{hint} (key {key})" if hint else f"key {key} fixes it"
+            if key:  # the one-key fix, as the footer shows it
+                hint = f"[{key}] {hint}" if hint else f"[{key}] fixes it"
             if hint:
                 body.append(f"\n→ {hint}", style="dim" if finding.status == "ok" else STYLES[finding.status])
             for line in finding.command_lines():
