@@ -77,7 +77,7 @@ class CaptionsScreen(StepScreen):
     CaptionsScreen #cap-image { width: 16; height: 8; margin: 0 1 0 0; }
     CaptionsScreen.-wide #cap-image { width: 32; height: 16; }
     CaptionsScreen #cap-info { width: 1fr; height: 100%; }
-    CaptionsScreen #cap-editor { height: 1fr; min-height: 3; }
+    CaptionsScreen #cap-editor { height: 1fr; min-height: 3; border-title-color: $text-secondary; }
     CaptionsScreen #cap-tokens { height: 1; }
     CaptionsScreen StepRunner { padding: 0 1; }
     """
@@ -131,6 +131,7 @@ class CaptionsScreen(StepScreen):
         if register is not None:
             register(self.flush)
         self.editor.disabled = True
+        self.editor.border_title = "caption: what the LoRA should NOT learn"
         self.load()
 
     # -- loading (a worker: 5,000 caption files are read from disk)
