@@ -158,3 +158,30 @@ def test_sd_scripts_reads_paths_a_shell_would_interpret(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == str(weird / "dataset" / "128x128")
+
+
+@needs_e2e
+def test_packaged_option_list_matches_the_real_parser() -> None:
+    """Our copy of the option list is exactly the real flux_train_network.py parser (names, flags, list options)."""
+    code = (
+        "import json, sys; sys.argv = ['x']; import argparse, flux_train_network\n"
+        "p = flux_train_network.setup_parser()\n"
+        "out = {}\n"
+        "for a in p._actions:\n"
+        "    for o in a.option_strings:\n"
+        "        if o.startswith('--') and o != '--help':\n"
+        "            out[o[2:]] = [isinstance(a, argparse._StoreTrueAction), a.nargs == '*',"
+        " sorted(map(str, a.choices)) if a.choices else []]\n"
+        "print('OPTS ' + json.dumps(out))\n"
+    )
+    out = subprocess.run([str(E2E / "venv" / "bin" / "python"), "-c", code], cwd=E2E / "sd-scripts",
+                         capture_output=True, text=True, timeout=300)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("OPTS ")), None)
+    assert line is not None, out.stderr[-2000:]
+    real = json.loads(line.removeprefix("OPTS "))
+    ours = cmd.sd_scripts_options()
+    assert set(real) == set(ours)
+    for name, (flag, is_list, choices) in real.items():
+        spec = ours[name]
+        assert (spec.is_flag, spec.is_list) == (flag, is_list), name
+        assert sorted(c for c in spec.choices if c != "None") == [c for c in choices if c != "None"], name
