@@ -73,6 +73,9 @@ def test_center_crop_keeps_the_bucket_aspect_and_stays_inside() -> None:
     assert imaging.crop_ok(smaller, 4000, 1000, (1024, 512))
     bigger = imaging.scale_crop(smaller, 10, 4000, 1000, (1024, 512))
     assert bigger[2] - bigger[0] == 2000 and 0 <= bigger[0] and bigger[2] <= 4000
+    # tiny images: a crop from the session that no longer fits is brought back inside
+    assert imaging.fit_crop((0, 0, 400, 400), 6, 4, (512, 512)) == (2, 0, 6, 4)
+    assert imaging.move_crop((0, 0, 4, 4), 0.1, 0, 6, 4) == (1, 0, 5, 4)
 
 
 # ---------------------------------------------------------------- orientation

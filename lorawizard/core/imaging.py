@@ -223,7 +223,7 @@ def fit_crop(crop: Crop, width: int, height: int, bucket: tuple[int, int]) -> Cr
     max_w, max_h = full[2] - full[0], full[3] - full[1]
     area = max(1, right - left) * max(1, bottom - top)
     want_w = math.sqrt(area * bw / bh)  # same area, the bucket's aspect
-    cw = max(8, min(max_w, round(want_w)))
+    cw = max(1, min(max_w, round(want_w)))
     ch = max(1, min(max_h, round(cw * bh / bw)))
     cx, cy = (left + right) / 2, (top + bottom) / 2
     new_left = int(round(min(max(cx - cw / 2, 0), width - cw)))
@@ -243,8 +243,13 @@ def move_crop(crop: Crop, dx: float, dy: float, width: int, height: int) -> Crop
     """Shift by a fraction of the crop's own size, clamped to the image."""
     left, top, right, bottom = crop
     cw, ch = right - left, bottom - top
-    new_left = int(min(max(left + round(dx * cw), 0), width - cw))
-    new_top = int(min(max(top + round(dy * ch), 0), height - ch))
+
+    def step(fraction: float, size: int) -> int:
+        pixels = round(fraction * size)
+        return pixels if pixels or not fraction else (1 if fraction > 0 else -1)  # tiny crops still move
+
+    new_left = int(min(max(left + step(dx, cw), 0), width - cw))
+    new_top = int(min(max(top + step(dy, ch), 0), height - ch))
     return (new_left, new_top, new_left + cw, new_top + ch)
 
 
