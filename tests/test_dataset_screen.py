@@ -16,7 +16,10 @@ from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.dataset import DatasetScreen
 from tests import dataset_fixtures as fx
 
-pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.filterwarnings("ignore:Image.Image.getdata is deprecated:DeprecationWarning"),  # inside textual-image
+]
 
 
 def demo_project(home: Path) -> Path:
