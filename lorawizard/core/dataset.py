@@ -283,7 +283,8 @@ def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None =
         if file not in known and not any(file == rel for rel, _ in plan.ignored):
             plan.notes.append(f"session.toml has an entry for {file}, which is not in the source folder")
     assign_outputs(plan, previous)
-    plan.checked = dict(checked) if isinstance(checked, dict) else {}
+    present = {source.sha256 for source in scan.images}
+    plan.checked = {sha: reason for sha, reason in checked.items() if sha in present} if isinstance(checked, dict) else {}
     return plan
 
 
