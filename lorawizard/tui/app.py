@@ -73,7 +73,7 @@ class LoraWizardApp(App[None]):
             return str(exc)
         except OSError as exc:
             return f"could not save {self.session.path}: {exc.strerror or exc}"
-        self.post_message(SessionChanged(key))
+        self.screen.post_message(SessionChanged(key))  # the screen that shows derived state refreshes
         return None
 
     def step_finished(self, message: StepFinished) -> None:
