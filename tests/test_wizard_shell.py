@@ -85,3 +85,20 @@ async def test_starts_on_first_unfinished_step(project: Path, start) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert app.current_mode == "env"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_help_screen_snapshot(snap_compare, isolated_home: Path, size: tuple[int, int]) -> None:
+    project = isolated_home / "loras" / "demo"  # shown as ~/loras/demo whatever the temp folder
+    project.mkdir(parents=True)
+    assert snap_compare(make_app(project, start="train"), press=["question_mark"], terminal_size=size)
+
+
+async def test_help_lists_the_screens_own_keys(project: Path) -> None:
+    app = make_app(project, start="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        keys = dict(app.screen.screen_keys)
+        assert keys.get("s") == "Stop" and keys.get("r") == "Resume"
+        assert "Scroll Up" not in keys.values()

@@ -111,7 +111,19 @@ class LoraWizardApp(App[None]):
     def action_help(self) -> None:
         from lorawizard.tui.screens.help import HelpScreen
 
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.screen_keys(), STEP_TITLES.get(self.current_mode, "")))
+
+    def screen_keys(self) -> list[tuple[str, str]]:
+        """The current screen's own keys (not the app's), as the footer knows them, for the help screen."""
+        from lorawizard.tui.screens.help import GLOBAL_ACTIONS
+
+        own: dict[str, list[str]] = {}
+        for active in self.active_bindings.values():
+            binding = active.binding
+            if active.node is not self.screen or not binding.description or binding.action in GLOBAL_ACTIONS:
+                continue
+            own.setdefault(binding.description, []).append(self.get_key_display(binding))
+        return [(" / ".join(dict.fromkeys(keys)), does) for does, keys in own.items()]
 
     def action_save_screenshot(self) -> None:
         path = self.save_screenshot(path=str(self.session.project_dir))
