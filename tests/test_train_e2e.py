@@ -21,7 +21,7 @@ import pytest
 
 from lorawizard.core import runs
 from lorawizard.core.training import RunFollower, plan_run, start_run
-from tests.test_command_e2e import E2E, e2e_session, needs_e2e
+from tests.test_command_e2e import e2e_session, needs_e2e
 
 pytestmark = pytest.mark.extra
 

@@ -14,7 +14,6 @@ import queue
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
@@ -315,10 +315,10 @@ def run_trainer_check(
     deadline = started + timeout
     while proc.poll() is None:
         if cancel is not None and cancel.is_set():
-            _kill_group(proc)
+            kill_process_group(proc)
             raise Cancelled()
         if time.monotonic() > deadline:
-            _kill_group(proc)
+            kill_process_group(proc)
             return CheckRun(None, f"the check in {python} did not finish within {timeout:g} s (hung?); it was stopped",
                             time.monotonic() - started)
         time.sleep(0.05)
@@ -343,19 +343,6 @@ def run_trainer_check(
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
     return lines[-1][:200] if lines else ""
-
-
-def _kill_group(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ---------------------------------------------------------------- GPU, driver and the torch wheel
@@ -524,7 +511,7 @@ def diagnose(
         venv = venv_dir_of(python)
         findings.append(Finding(
             "python", "error", "trainer Python", f"{python} does not exist",
-            f"create the venv or set paths.python", [venv_argv(venv)], action="venv",
+            "create the venv or set paths.python", [venv_argv(venv)], action="venv",
         ))
     else:
         check = run_trainer_check(python, usable_sd, timeout=timeout, cancel=cancel, imports=imports)
@@ -570,7 +557,7 @@ def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | 
     assert checkout is not None
     if checkout.problem is not None:
         if not path.exists():
-            return Finding("sd_scripts", "error", title, checkout.problem, f"clone it there or fix paths.sd_scripts",
+            return Finding("sd_scripts", "error", title, checkout.problem, "clone it there or fix paths.sd_scripts",
                            clone, action="clone")
         return Finding("sd_scripts", "error", title, checkout.problem,
                        "set paths.sd_scripts to a kohya-ss/sd-scripts clone, or clear it and clone one")
@@ -881,11 +868,11 @@ def run_streamed(
     finished = False
     while not finished:
         if cancel is not None and cancel.is_set():
-            _kill_group(proc)
+            kill_process_group(proc)
             log.write(b"\n[cancelled]\n")
             raise Cancelled()
         if timeout is not None and time.monotonic() - started > timeout:
-            _kill_group(proc)
+            kill_process_group(proc)
             log.write(f"\n[stopped after {timeout:g} s]\n".encode())
             return -1, tail + [f"stopped after {timeout:g} s"]
         try:

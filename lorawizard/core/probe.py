@@ -39,6 +39,7 @@ from typing import Any
 
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
+from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
@@ -251,7 +252,7 @@ class SubprocessTrialRunner:
                 time.sleep(0.05)
         finally:
             if process.poll() is None:
-                kill_group(process)
+                kill_process_group(process)
             _untrack(process)
             sampler.stop()
         tail.read()
@@ -374,24 +375,6 @@ def process_tree(pid: int) -> list[int]:
         return [pid] + [child.pid for child in root.children(recursive=True)]
     except psutil.Error:
         return []
-
-
-def kill_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
-    """SIGTERM to the trial's process group (launcher and trainer), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            process.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # children left behind in the group (the launcher's child outlives a SIGTERMed launcher)
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ---------------------------------------------------------------- the search

@@ -361,7 +361,7 @@ def main(argv: list[str]) -> int:
     out(f"  num batches per epoch / 1epochのバッチ数: {steps_per_epoch}")
     out(f"  num epochs / epoch数: {num_epochs}")
     out(f"  batch size per device / バッチサイズ: {batch_sizes}")
-    out(f"  gradient accumulation steps / 勾配を合計するステップ数 = 1")
+    out("  gradient accumulation steps / 勾配を合計するステップ数 = 1")
     out(f"  total optimization steps / 学習ステップ数: {args.max_train_steps}")
     sys.stderr.write("fatal: not a git repository (or any of the parent directories): .git\n")
     console.info("unet dtype: torch.bfloat16, device: cuda:0", "train_network.py:1347")

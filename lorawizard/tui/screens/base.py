@@ -8,6 +8,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from lorawizard.core.session import Session
 from lorawizard.tui.widgets.step_bar import StepBar
 from lorawizard.tui.widgets.step_runner import StepRunner
 
@@ -34,6 +35,10 @@ class StepScreen(Screen):
 
     def compose_body(self) -> ComposeResult:
         return iter(())
+
+    @property
+    def session(self) -> Session:
+        return self.app.session  # type: ignore[attr-defined]
 
     @property
     def runner(self) -> StepRunner:

@@ -153,10 +153,6 @@ class DatasetScreen(StepScreen):
         yield Footer()
 
     @property
-    def session(self) -> Any:
-        return self.app.session  # type: ignore[attr-defined]
-
-    @property
     def table(self) -> DataTable:
         return self.query_one("#ds-table", DataTable)
 

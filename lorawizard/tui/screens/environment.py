@@ -138,7 +138,7 @@ class EnvironmentScreen(StepScreen):
             written = getattr(diagnosis, "command_files_written", False)
             where = core_env.preview_run_dir(self.app.session)  # type: ignore[attr-defined]
             note = (f"y copies it as one line · config files in {where}" if written
-                    else f"y copies it as one line · the dataset config is written once the dataset step has run")
+                    else "y copies it as one line · the dataset config is written once the dataset step has run")
             self._set_command(command, note)
         elif diagnosis is not None:
             self._set_command(None, f"✗ {diagnosis.command_problem or 'not available yet'}")
