@@ -218,13 +218,24 @@ def test_te_cache_deleted_only_for_changed_captions(project: Path) -> None:
     assert again.data["written"] == 0 and again.data["caches_deleted"] == []
 
 
-def test_dry_run_changes_nothing(project: Path) -> None:
+def test_dry_run_changes_nothing_outside_the_project(project: Path) -> None:
     session = make_project(project, SOURCES[:1], captions={"a.jpg": "x"})
+    # the same session file, moved beside the project: the dataset is now outside the project folder
+    session.set("dataset.source", str(project / "photos"))
+    session.set("paths.dataset", str(project / "dataset"))
+    session.path = project.parent / "elsewhere" / "session.toml"
     cache = txt_of(project, 1).with_name("0001_flux_te.npz")
     cache.write_bytes(b"c")
     result = run(session, dry_run=True)
     assert result.ok and "would write 1" in result.summary
     assert not txt_of(project, 1).exists() and cache.exists()
+
+
+def test_dry_run_writes_captions_inside_the_project(project: Path) -> None:
+    session = make_project(project, SOURCES[:1], captions={"a.jpg": "x"})
+    result = run(session, dry_run=True)
+    assert result.ok and "wrote 1" in result.summary
+    assert txt_of(project, 1).read_text() == "x\n"
 
 
 def test_never_an_empty_caption_file(project: Path) -> None:

@@ -511,10 +511,23 @@ def test_replay_prints_summary_and_report_and_exits_by_usability(tmp_path: Path)
     assert not list((tmp_path / "project" / "dataset").rglob("*.png"))
 
 
-def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+def test_dry_run_writes_nothing_outside_the_project(tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    source.mkdir()
+    fx.photo(source / "ok.jpg", 600, 300)
+    outside = tmp_path / "shared-datasets" / "mine"
+    session = fx.write_session(tmp_path / "project", source, images=f'\n[paths]\ndataset = "{outside}"\n')
+    out = io.StringIO()
+    assert replay(session, ["dataset"], dry_run=True, out=out, err=io.StringIO(), tty=False) == 0
+    assert "would prepare 1 images" in out.getvalue()
+    assert not outside.exists()
+
+
+def test_dry_run_prepares_a_dataset_inside_the_project(tmp_path: Path) -> None:
+    """--dry-run changes nothing outside the project; the default dataset folder is inside it."""
     source = tmp_path / "photos"
     source.mkdir()
     fx.photo(source / "ok.jpg", 600, 300)
     session = fx.write_session(tmp_path / "project", source)
     assert replay(session, ["dataset"], dry_run=True, out=io.StringIO(), err=io.StringIO(), tty=False) == 0
-    assert not (tmp_path / "project" / "dataset").exists()
+    assert len(list((tmp_path / "project" / "dataset").glob("*/*.png"))) == 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -357,10 +358,11 @@ class CaptionSet:
     def counts(self) -> dict[str, int]:
         result = dict.fromkeys(FILTERS, 0)
         result["all"] = len(self.items)
-        for item in self.items:
+        # a handful of distinct flag combinations, however many captions: count those, then the filters
+        for flags, count in Counter(item.flags for item in self.items).items():
             for name, (_, mask) in FILTERS.items():
-                if mask and item.flags & mask:
-                    result[name] += 1
+                if mask and flags & mask:
+                    result[name] += count
         return result
 
     def uncaptioned(self) -> list[Caption]:
@@ -680,7 +682,8 @@ def run_step(ctx: StepContext) -> StepResult:
     captions = CaptionSet.from_session(session)
     ctx.check_cancelled()
     meter = ProgressMeter(ctx.progress, "captions", "writing caption files", len(captions), "captions")
-    report = write_captions(captions, dry_run=ctx.dry_run, progress=meter, check_cancelled=ctx.check_cancelled)
+    dry_run = not ctx.may_write(session.paths.dataset)  # a dry run still writes inside the project
+    report = write_captions(captions, dry_run=dry_run, progress=meter, check_cancelled=ctx.check_cancelled)
     meter.finish()
     if report.missing_images:
         first = report.missing_images[0]
@@ -703,12 +706,12 @@ def run_step(ctx: StepContext) -> StepResult:
     ]
     if not captions.trigger:
         details.append("no trigger word set (dataset.trigger): captions are written without one")
-    verb = "would write" if ctx.dry_run else "wrote"
+    verb = "would write" if dry_run else "wrote"
     parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
     if report.removed:
-        parts.append(f"{'would remove' if ctx.dry_run else 'removed'} {len(report.removed)} stale ones")
+        parts.append(f"{'would remove' if dry_run else 'removed'} {len(report.removed)} stale ones")
     if report.caches_deleted:
-        parts.append(f"{'would delete' if ctx.dry_run else 'deleted'} {len(report.caches_deleted)} stale text-encoder caches")
+        parts.append(f"{'would delete' if dry_run else 'deleted'} {len(report.caches_deleted)} stale text-encoder caches")
     if over_clip:
         parts.append(f"{len(over_clip)} over the CLIP budget{estimate}")
     data = {

@@ -656,7 +656,7 @@ def run_step(ctx: StepContext) -> StepResult:
     plan = scan_and_plan(session, ctx)
     previous = read_manifest(plan.dataset)
     used = plan.used
-    if ctx.dry_run:
+    if not ctx.may_write(plan.dataset):  # a dry run with the dataset outside the project
         lines = report_lines(plan, every_note=False)
         summary = f"dry run: would prepare {len(used)} images ({plan.summary_line()}) in {plan.dataset}"
         return StepResult(bool(used), summary, lines, {"plan": plan})

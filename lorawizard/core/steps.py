@@ -10,6 +10,7 @@ import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lorawizard.core.progress import ProgressCallback, ignore_progress
@@ -60,6 +61,12 @@ class StepContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
     decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
+
+    def may_write(self, path: Path) -> bool:
+        """Whether this run may change `path`: always, except that a dry run changes nothing outside the project."""
+        if not self.dry_run:
+            return True
+        return Path(path).resolve().is_relative_to(self.session.project_dir)
 
     def check_cancelled(self) -> None:
         if self.cancel.is_set():
