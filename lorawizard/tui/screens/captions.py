@@ -38,7 +38,7 @@ from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.widgets.caption_list import CaptionList, status_of
+from lorawizard.tui.widgets.caption_list import CaptionList, set_virtual_size, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
 from lorawizard.tui.widgets.step_runner import StepRunner
@@ -111,7 +111,7 @@ class CaptionsScreen(StepScreen):
                 with Horizontal(id="cap-top"):
                     yield caption_image_class()(None, id="cap-image")
                     yield Static("", id="cap-info")
-                yield TextArea(
+                yield CaptionEditor(
                     "",
                     id="cap-editor",
                     soft_wrap=True,
@@ -466,6 +466,17 @@ class CaptionsScreen(StepScreen):
         captions.sync_disk(contents)
         self._apply_filter(self.current)
         self._update_details()
+
+
+class CaptionEditor(TextArea):
+    """The caption editor: its box is fixed by the screen, so a new caption's height needs no screen layout."""
+
+    def _refresh_size(self) -> None:
+        if not self.soft_wrap:
+            super()._refresh_size()
+            return
+        set_virtual_size(self, Size(0, self.wrapped_document.height))
+        self._refresh_scrollbars()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 
 from lorawizard.core.captions import (
     EDITED,
@@ -104,7 +105,7 @@ class CaptionList(ScrollView, can_focus=True):
         if keep is not None and rows:
             position = _position(rows, keep)
         self.cursor = position
-        self.virtual_size = Size(self.size.width, len(rows))
+        set_virtual_size(self, Size(self.size.width, len(rows)))
         self._scroll_cursor_into_view(center=True)
         self.refresh()
         self.post_message(self.Highlighted(self, self.current))
@@ -167,7 +168,7 @@ class CaptionList(ScrollView, can_focus=True):
             self.move_to(int(self.scroll_y) + y)
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self.rows))
+        set_virtual_size(self, Size(self.size.width, len(self.rows)))
         self._scroll_cursor_into_view(center=True)
 
     # -- drawing
@@ -191,6 +192,21 @@ class CaptionList(ScrollView, can_focus=True):
         gap = max(1, width - len(left) - len(word))
         segments = [Segment(left + " " * gap, base), Segment(word, status_style)]
         return Strip(segments, width).crop(0, width).extend_cell_length(width, base)
+
+
+def set_virtual_size(widget: Widget, size: Size) -> None:
+    """Change how much a scrolling widget holds without laying out the whole screen.
+
+    Assigning `virtual_size` asks for a layout of the screen (and a repaint of everything it moves), but a
+    widget whose box does not depend on its content only needs its scrollbars and its own lines redrawn.
+    A scrollbar that appears or disappears still changes the box: setting its `display` lays out then.
+    """
+    if widget.virtual_size == size:
+        return
+    widget.set_reactive(Widget.virtual_size, size)
+    if widget.is_mounted and widget.container_size:
+        widget._scroll_update(size)  # noqa: SLF001  (what Textual's layout would do for this widget)
+    widget.refresh()
 
 
 def _position(rows: list[int], index: int) -> int:
