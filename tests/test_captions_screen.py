@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from textual.widgets import Input, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
+from lorawizard.tui.screens.captions import SAVE_DELAY, BulkEditScreen, CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
 from tests.captions_fixtures import make_project, txt_of
 
@@ -73,6 +74,43 @@ async def test_typing_is_saved_even_when_quitting_at_once(isolated_home: Path) -
         await pilot.press("ctrl+q")  # before the save timer fires
     saved = Session.load(project / "session.toml").images()
     assert saved["IMG_0006.jpg"]["caption"] == "a dog\non grass"
+
+
+async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_kept(isolated_home: Path) -> None:
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        await pilot.press("tab")
+        editor = app.screen.query_one("#cap-editor", TextArea)
+        editor.move_cursor(editor.document.end)
+        await pilot.press(*" and a hat")
+        await pilot.pause(SAVE_DELAY + 0.2)  # the timer fires: the worker writes session.toml
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
+
+        # a save in flight holds the session (another thread): typing goes on, the edit waits, nothing is lost
+        held, release = threading.Event(), threading.Event()
+
+        def save_in_flight() -> None:
+            with screen._session_lock:
+                held.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=save_in_flight)
+        thread.start()
+        held.wait(10)
+        await pilot.press(*" and gloves")
+        assert screen._unstored == {0}
+        assert not str(app.session.images()["IMG_0001.jpg"]["caption"]).endswith("gloves")  # not touched meanwhile
+        release.set()
+        thread.join()
+        await pilot.press("ctrl+q")  # flush stores the waiting edit and writes
+    saved = Session.load(project / "session.toml").images()
+    assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat and gloves")
 
 
 async def test_leaving_the_screen_saves(isolated_home: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import io
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
@@ -25,6 +26,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.geometry import Size
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.timer import Timer
@@ -95,7 +97,10 @@ class CaptionsScreen(StepScreen):
         self.filter = "all"
         self.current: int | None = None
         self._save_timer: Timer | None = None
-        self._pending = False
+        self._pending = False  # the session holds edits not yet in session.toml
+        self._saving = False  # a worker is writing session.toml
+        self._session_lock = threading.RLock()  # held while anything but the UI thread reads the session
+        self._unstored: set[int] = set()  # captions edited while the worker held the session
         self._thumbs: OrderedDict[Path, tuple[Any, DrawnImage | None]] = OrderedDict()  # image, its cells
         self._problem = ""
         self._manifest_stamp: tuple[int, int] | None = None
@@ -329,34 +334,88 @@ class CaptionsScreen(StepScreen):
         self._update_details()
         self._update_header()
 
-    def _store(self, indices: list[int]) -> None:
+    # -- saving: session.toml of 5,000 images takes ~60 ms to write, so the debounced save runs in a worker.
+    # The Session is not thread-safe: `_session_lock` is held while the worker reads it; an edit typed
+    # meanwhile waits in `_unstored` (the caption set already has it) and is stored when the save is done.
+    # Leaving the screen, a modal dialog (it suspends this screen), bulk changes and quitting call `flush`,
+    # which waits for a save in flight and writes everything on the UI thread: nothing is lost on quit.
+
+    def _store(self, indices: list[int], *, arm: bool = True) -> None:
         """Put captions into the session now; write session.toml shortly (and on leave/quit)."""
         if self.captions is None or not indices:
+            return
+        if not self._session_lock.acquire(blocking=False):  # the save worker is reading the session
+            self._unstored.update(indices)
+            self._pending = True
+            self._arm_save()
             return
         try:
             self.session.update_images(self.captions.session_changes(indices))
         except SessionError as exc:
             self.notify(str(exc), severity="error")
             return
+        finally:
+            self._session_lock.release()
         self._pending = True
+        if arm:
+            self._arm_save()
+
+    def _arm_save(self) -> None:
         if self._save_timer is not None:
             self._save_timer.stop()
-        self._save_timer = self.set_timer(SAVE_DELAY, self.flush)
+        self._save_timer = self.set_timer(SAVE_DELAY, self._save_soon)
+
+    def _store_unstored(self, *, arm: bool = True) -> None:
+        if self._unstored:
+            indices, self._unstored = sorted(self._unstored), set()
+            self._store(indices, arm=arm)
+
+    def _save_soon(self) -> None:
+        """The debounced save: in a worker, so typing never waits for session.toml to be written."""
+        self._save_timer = None
+        if self._saving:  # the previous save is still writing: try again after it
+            self._arm_save()
+            return
+        self._store_unstored(arm=False)  # no save in flight: the session is free
+        if not self._pending:
+            return
+        self._pending = False
+        self._saving = True
+        self._save_in_worker()
+
+    @work(thread=True, group="captions-save", exit_on_error=False)
+    def _save_in_worker(self) -> None:
+        problem: str | None = "session.toml was not saved (it is saved again on leave and quit)"
+        try:
+            with self._session_lock:
+                problem = _save(self.session)
+        finally:  # thread-safe; never wait for the UI thread while holding the lock
+            self.post_message(self._Saved(problem))
+
+    @dataclass
+    class _Saved(Message):
+        problem: str | None
+
+    @on(_Saved)
+    def _saved(self, message: _Saved) -> None:
+        self._saving = False
+        if message.problem is not None:
+            self._pending = True
+            self.notify(message.problem, severity="error")
+        self._store_unstored()
 
     def flush(self) -> None:
-        """Write session.toml if an edit is waiting (called by the timer, on leave and on quit)."""
+        """Write session.toml now if an edit is waiting (on leave, quit, bulk changes; waits for a save in flight)."""
         if self._save_timer is not None:
             self._save_timer.stop()
             self._save_timer = None
-        if not self._pending:
-            return
-        try:
-            self.session.save()
-        except SessionError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        except OSError as exc:
-            self.notify(f"could not save {self.session.path}: {exc.strerror or exc}", severity="error")
+        with self._session_lock:  # a worker's save finishes first (tens of ms): the session is ours after it
+            self._store_unstored(arm=False)  # the lock is re-entrant
+            if not self._pending:
+                return
+            problem = _save(self.session)
+        if problem is not None:
+            self.notify(problem, severity="error")
             return
         self._pending = False
 
@@ -477,6 +536,17 @@ class CaptionEditor(TextArea):
             return
         set_virtual_size(self, Size(0, self.wrapped_document.height))
         self._refresh_scrollbars()
+
+
+def _save(session: Any) -> str | None:
+    """Write session.toml; a one-line problem, or None when saved (or nothing changed)."""
+    try:
+        session.save()
+    except SessionError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"could not save {session.path}: {exc.strerror or exc}"
+    return None
 
 
 def _stamp(path: Path) -> tuple[int, int]:
