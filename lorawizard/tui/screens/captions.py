@@ -52,6 +52,8 @@ GUIDE = (
 FILTER_ORDER = list(core.FILTERS)
 FILTER_KEYS = {"a": "all", "m": "missing", "e": "edited", "o": "over", "t": "trigger", "i": "imported"}  # list focused
 THUMB_PIXELS = 192
+THUMBS_KEPT = 96  # decoded thumbnails (a few objects each)
+DRAWN_KEPT = 10  # of those, drawn as cells (the current one and its prefetched neighbours)
 LETTERBOX = (24, 24, 28)
 SAVE_DELAY = 0.5
 FREEZE_FROM = 1000  # images
@@ -313,8 +315,16 @@ class CaptionsScreen(StepScreen):
     def _image_loaded(self, path: Path, thumb: Any, drawn: DrawnImage | None = None) -> None:
         if thumb is not None:
             self._thumbs[path] = (thumb, drawn)
-            while len(self._thumbs) > 96:
+            self._thumbs.move_to_end(path)
+            while len(self._thumbs) > THUMBS_KEPT:
                 self._thumbs.popitem(last=False)
+            if drawn is not None:
+                # drawn cells are ~1,000 objects the garbage collector tracks per image: keep them only near
+                # the cursor, or each full collection walks 100,000 more of them (pauses of 100 ms and up)
+                for older in list(self._thumbs)[:-DRAWN_KEPT]:
+                    picture, cells = self._thumbs[older]
+                    if cells is not None:
+                        self._thumbs[older] = (picture, None)
         if self.captions is not None and self.current is not None and self.captions.items[self.current].output == path:
             self.query_one("#cap-image").show(thumb, drawn)  # type: ignore[attr-defined]
 
