@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lorawizard.core.fsutil import display_path
 from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
@@ -138,17 +139,17 @@ class Checkout:
 def inspect_checkout(path: Path) -> Checkout:
     info = Checkout(path)
     if not path.exists():
-        info.problem = f"{path} does not exist"
+        info.problem = f"{display_path(path)} does not exist"
         return info
     if not path.is_dir():
-        info.problem = f"{path} is a file, not a folder"
+        info.problem = f"{display_path(path)} is a file, not a folder"
         return info
     info.has_flux = (path / TRAIN_SCRIPT).is_file()
     info.looks_like_sd_scripts = info.has_flux or (
         (path / "train_network.py").is_file() and (path / "library").is_dir()
     )
     if not info.looks_like_sd_scripts:
-        info.problem = f"{path} is not a kohya-ss/sd-scripts checkout (no {TRAIN_SCRIPT}, no train_network.py)"
+        info.problem = f"{display_path(path)} is not a kohya-ss/sd-scripts checkout (no {TRAIN_SCRIPT}, no train_network.py)"
     _read_git(info)
     return info
 
@@ -299,11 +300,11 @@ def run_trainer_check(
             start_new_session=True, env=env,
         )
     except FileNotFoundError:
-        return CheckRun(None, f"{python} does not exist")
+        return CheckRun(None, f"{display_path(python)} does not exist")
     except PermissionError:
-        return CheckRun(None, f"{python} is not executable (permission denied)")
+        return CheckRun(None, f"{display_path(python)} is not executable (permission denied)")
     except OSError as exc:
-        return CheckRun(None, f"{python} does not run: {exc.strerror or exc}")
+        return CheckRun(None, f"{display_path(python)} does not run: {exc.strerror or exc}")
     output: dict[str, bytes] = {}
 
     def collect(name: str, stream: Any) -> None:
@@ -319,7 +320,7 @@ def run_trainer_check(
             raise Cancelled()
         if time.monotonic() > deadline:
             kill_process_group(proc)
-            return CheckRun(None, f"the check in {python} did not finish within {timeout:g} s (hung?); it was stopped",
+            return CheckRun(None, f"the check in {display_path(python)} did not finish within {timeout:g} s (hung?); it was stopped",
                             time.monotonic() - started)
         time.sleep(0.05)
     for reader in readers:
@@ -337,7 +338,7 @@ def run_trainer_check(
             except ValueError:
                 break
     reason = f"exit {proc.returncode}" + (f": {tail}" if tail else "")
-    return CheckRun(None, f"{python} did not run the check ({reason})", seconds, tail)
+    return CheckRun(None, f"{display_path(python)} did not run the check ({reason})", seconds, tail)
 
 
 def _last_line(text: str) -> str:
@@ -510,7 +511,7 @@ def diagnose(
     elif not python.exists():
         venv = venv_dir_of(python)
         findings.append(Finding(
-            "python", "error", "trainer Python", f"{python} does not exist",
+            "python", "error", "trainer Python", f"{display_path(python)} does not exist",
             "create the venv or set paths.python", [venv_argv(venv)], action="venv",
         ))
     else:
@@ -563,12 +564,12 @@ def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | 
                        "set paths.sd_scripts to a kohya-ss/sd-scripts clone, or clear it and clone one")
     if not checkout.has_flux:
         return Finding(
-            "sd_scripts", "error", title, f"{path} has no {TRAIN_SCRIPT}: an old sd-scripts (main before v0.10.0, no FLUX)",
+            "sd_scripts", "error", title, f"{display_path(path)} has no {TRAIN_SCRIPT}: an old sd-scripts (main before v0.10.0, no FLUX)",
             "update it: git pull (main has FLUX since v0.10.0), or check out the sd3 branch",
             [["git", "-C", str(path), "pull"]] if checkout.is_git else [],
         )
     described = checkout.describe()
-    message = f"{path}" + (f" ({described})" if described else "")
+    message = f"{display_path(path)}" + (f" ({described})" if described else "")
     if checkout.remote and "kohya-ss/sd-scripts" not in checkout.remote:
         return Finding("sd_scripts", "warning", title, message, f"origin is {checkout.remote}: a fork, not kohya-ss/sd-scripts")
     if not checkout.is_git:

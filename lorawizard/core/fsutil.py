@@ -47,3 +47,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def display_path(path: Path | str) -> str:
+    """A path as a person reads it: `~/…` under the home folder, else as it is."""
+    path = Path(path)
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)

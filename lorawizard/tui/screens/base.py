@@ -50,5 +50,16 @@ class StepScreen(Screen):
     def action_cancel(self) -> None:
         self.runner.cancel()
 
+    def on_screen_resume(self) -> None:
+        self._fit_footer()
+
+    def on_resize(self) -> None:
+        self._fit_footer()
+
+    def _fit_footer(self) -> None:
+        """Below 100 columns the palette hint would cover the screen's last keys (ctrl+p still works)."""
+        for footer in self.query(Footer):
+            footer.show_command_palette = self.app.size.width >= 100
+
     def refresh_step_bar(self) -> None:
         self.query_one(StepBar).refresh()

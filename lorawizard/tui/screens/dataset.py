@@ -162,9 +162,9 @@ class DatasetScreen(StepScreen):
             register(self.flush)
         table = self.table
         wide = self.app.size.width >= 110
-        table.add_column("file", key="file", width=24 if wide else 14)
+        table.add_column("file", key="file", width=24 if wide else 13)
         table.add_column("source", key="source", width=10 if wide else 9)
-        table.add_column("bucket", key="bucket", width=9 if wide else 7)
+        table.add_column("bucket", key="bucket", width=9)  # "1024x1024" whole: the bucket is the point
         table.add_column("note", key="note")
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")

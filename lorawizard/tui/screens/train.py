@@ -23,6 +23,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
+from lorawizard.core.fsutil import display_path
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -270,7 +271,7 @@ class TrainScreen(StepScreen):
                 log.clear()
             if view.new_lines:
                 log.write_lines([_line_text(line) for line in view.new_lines])
-            log.border_title = f"log · {view.log_path}" if view.log_path else "log"
+            log.border_title = f"log · {display_path(view.log_path)}" if view.log_path else "log"
             self._show_sample(view.sample)
 
     def _show_sample(self, sample: Path | None) -> None:
