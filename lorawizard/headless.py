@@ -25,11 +25,13 @@ DECISIONS_FILE = "replay-decisions.toml"
 class ProgressPrinter:
     """Progress events → a live bar on a TTY, or a plain line every `every` seconds otherwise."""
 
-    def __init__(self, out: TextIO, *, tty: bool | None = None, every: float = 2.0) -> None:
+    def __init__(self, out: TextIO, *, tty: bool | None = None, every: float = 2.0, unchanged_every: float = 30.0) -> None:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.every = every
+        self.unchanged_every = unchanged_every  # a line that says nothing new is only a heartbeat
         self._last: dict[tuple[str, str], float] = {}
+        self._last_text: dict[tuple[str, str], str] = {}
         self._live = False
         self._lock = threading.Lock()
 
@@ -42,12 +44,16 @@ class ProgressPrinter:
             key = (event.step, event.task)
             now = time.monotonic()
             first = key not in self._last
-            if first or event.finished or now - self._last[key] >= self.every:
+            since = now - self._last.get(key, now)
+            wait = self.unchanged_every if line == self._last_text.get(key) else self.every
+            if first or event.finished or since >= wait:
                 self._last[key] = now
+                self._last_text[key] = line
                 self.out.write(line + "\n")
                 self.out.flush()
             if event.finished:
                 self._last.pop(key, None)
+                self._last_text.pop(key, None)
 
     def line(self, text: str) -> None:
         with self._lock:

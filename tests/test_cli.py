@@ -147,6 +147,20 @@ def test_progress_printer_plain_lines_are_throttled() -> None:
     assert "\r" not in out.getvalue()
 
 
+def test_progress_printer_repeats_an_unchanged_line_only_as_a_heartbeat(monkeypatch) -> None:
+    from lorawizard import headless
+
+    clock = iter(range(0, 1000, 3))  # every event 3 s after the previous one
+    monkeypatch.setattr(headless.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=False, every=2, unchanged_every=30)
+    for _ in range(21):  # 0 to 60 s in the same state: the first line, then one heartbeat per 30 s
+        printer(Progress("train", "caching", 0, 1, "files"))
+    printer(Progress("train", "caching", 1, 1, "files"))  # news: printed at once
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 + 2 + 1 and lines[-1].startswith("train: caching 1/1")
+
+
 def test_progress_printer_redraws_one_line_on_a_tty() -> None:
     out = io.StringIO()
     printer = ProgressPrinter(out, tty=True)
