@@ -215,8 +215,8 @@ class CaptionsScreen(StepScreen):
         if self.captions is None or index is None:
             editor.load_text("")
             editor.disabled = True
-            self.query_one("#cap-tokens", Static).update("")
-            self.query_one("#cap-info", Static).update("nothing matches this filter (Ctrl+F: next filter)")
+            self.query_one("#cap-tokens", Static).update("", layout=False)
+            self.query_one("#cap-info", Static).update("nothing matches this filter (Ctrl+F: next filter)", layout=False)
             self.query_one("#cap-image").show(None)  # type: ignore[attr-defined]
             return
         editor.disabled = False
