@@ -86,9 +86,12 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
         editor = app.screen.query_one("#cap-editor", TextArea)
         editor.move_cursor(editor.document.end)
         await pilot.press(*" and a hat")
-        await pilot.pause(SAVE_DELAY + 0.2)  # the timer fires: the worker writes session.toml
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await pilot.pause(SAVE_DELAY)
+        for _ in range(50):  # the timer fires, a worker writes session.toml (no flush: the screen is still open)
+            await app.workers.wait_for_complete()
+            await pilot.pause(0.1)
+            if not screen._pending and not screen._saving:
+                break
         saved = Session.load(project / "session.toml").images()
         assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
 
