@@ -102,7 +102,7 @@ class CaptionsScreen(StepScreen):
         self._pending = False  # the session holds edits not yet in session.toml
         self._saving = False  # a worker is writing session.toml
         self._session_lock = threading.RLock()  # held while anything but the UI thread reads the session
-        self._unstored: set[int] = set()  # captions edited while the worker held the session
+        self._unstored: dict[str, dict[str, Any]] = {}  # caption edits made while a worker held the session
         self._thumbs: OrderedDict[Path, tuple[Any, DrawnImage | None]] = OrderedDict()  # image, its cells
         self._problem = ""
         self._manifest_stamp: tuple[int, int] | None = None
@@ -155,10 +155,11 @@ class CaptionsScreen(StepScreen):
         session = self.session
         self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST)
         try:
-            images = core.prepared_images(session)
-            imported = core.find_imports(session, images)
-            count = core.store_imports(session, imported) if not session.read_only else 0
-            captions = CaptionSet.from_session(session) if images else None
+            with self._session_lock:  # released before call_from_thread: flush may be waiting for it
+                images = core.prepared_images(session)
+                imported = core.find_imports(session, images)
+                count = core.store_imports(session, imported) if not session.read_only else 0
+                captions = CaptionSet.from_session(session) if images else None
         except (core.StepFailed, SessionError, OSError) as exc:
             self.app.call_from_thread(self._load_failed, str(exc))
             return
@@ -345,8 +346,8 @@ class CaptionsScreen(StepScreen):
         self._update_header()
 
     # -- saving: session.toml of 5,000 images takes ~60 ms to write, so the debounced save runs in a worker.
-    # The Session is not thread-safe: `_session_lock` is held while the worker reads it; an edit typed
-    # meanwhile waits in `_unstored` (the caption set already has it) and is stored when the save is done.
+    # The Session is not thread-safe: `_session_lock` is held while a worker (this save, the loading) uses
+    # it; an edit typed meanwhile waits in `_unstored` (the caption set already has it) and is stored after.
     # Leaving the screen, a modal dialog (it suspends this screen), bulk changes and quitting call `flush`,
     # which waits for a save in flight and writes everything on the UI thread: nothing is lost on quit.
 
@@ -354,13 +355,16 @@ class CaptionsScreen(StepScreen):
         """Put captions into the session now; write session.toml shortly (and on leave/quit)."""
         if self.captions is None or not indices:
             return
-        if not self._session_lock.acquire(blocking=False):  # the save worker is reading the session
-            self._unstored.update(indices)
+        self._store_changes(self.captions.session_changes(indices), arm=arm)
+
+    def _store_changes(self, changes: list[tuple[str, dict[str, Any]]], *, arm: bool = True) -> None:
+        if not self._session_lock.acquire(blocking=False):  # a worker is using the session
+            self._unstored.update(changes)  # by file: the newest text of each caption wins
             self._pending = True
             self._arm_save()
             return
         try:
-            self.session.update_images(self.captions.session_changes(indices))
+            self.session.update_images(changes)
         except SessionError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -377,8 +381,8 @@ class CaptionsScreen(StepScreen):
 
     def _store_unstored(self, *, arm: bool = True) -> None:
         if self._unstored:
-            indices, self._unstored = sorted(self._unstored), set()
-            self._store(indices, arm=arm)
+            changes, self._unstored = list(self._unstored.items()), {}
+            self._store_changes(changes, arm=arm)
 
     def _save_soon(self) -> None:
         """The debounced save: in a worker, so typing never waits for session.toml to be written."""
@@ -386,7 +390,9 @@ class CaptionsScreen(StepScreen):
         if self._saving:  # the previous save is still writing: try again after it
             self._arm_save()
             return
-        self._store_unstored(arm=False)  # no save in flight: the session is free
+        self._store_unstored(arm=False)
+        if self._unstored:  # the loading worker still holds the session: the timer is armed again
+            return
         if not self._pending:
             return
         self._pending = False
