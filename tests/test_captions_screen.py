@@ -239,3 +239,34 @@ async def test_coming_back_after_a_new_dataset_run_reloads(isolated_home: Path) 
         app.action_goto("captions")
         await ready(pilot)
         assert screen.captions is not None and len(screen.captions) == 3
+
+
+async def test_image_drawn_in_the_worker_equals_textuals_own_render(tmp_path: Path) -> None:
+    from PIL import Image
+    from textual.app import App, ComposeResult
+
+    from lorawizard.tui import images
+    from lorawizard.tui.screens.captions import caption_image_class, draw_cells, make_thumbnail
+
+    assert images._chosen == "halfcell"  # tests force it
+    picture = tmp_path / "noise.png"
+    Image.effect_noise((80, 50), 60).convert("RGB").save(picture)
+    thumb = make_thumbnail(picture)
+
+    class Box(App[None]):
+        CSS = "#img { width: 32; height: 16; }"
+
+        def compose(self) -> ComposeResult:
+            yield caption_image_class()(None, id="img")
+
+    async with Box().run_test(size=(80, 24)) as pilot:
+        widget = pilot.app.query_one("#img")
+        widget.show(thumb)
+        await pilot.pause()
+        rendered = [list(widget.render_line(y)) for y in range(16)]
+        drawn = draw_cells(thumb, widget.size, widget.visual_style.rich_style)
+        assert drawn is not None and len(drawn.lines) == 16
+        widget.show(thumb, drawn)
+        await pilot.pause()
+        assert [list(widget.render_line(y)) for y in range(16)] == rendered
+        assert all(widget.render_line(y) is drawn.lines[y] for y in range(16))  # no render: the drawn cells

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.segment import Segment
+from rich.style import Style as RichStyle
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -285,7 +286,8 @@ class CaptionsScreen(StepScreen):
             widget.show(*thumb)  # type: ignore[attr-defined]
         else:
             widget.show(None)  # type: ignore[attr-defined]
-        self._load_images(path, self._neighbours(), widget.size, widget.prerenders)  # type: ignore[attr-defined]
+        style = widget.visual_style.rich_style if widget.prerenders else None  # type: ignore[attr-defined]
+        self._load_images(path, self._neighbours(), widget.size, style)
 
     def _neighbours(self) -> list[Path]:
         """The images a few steps up and down the list: moving on finds them ready."""
@@ -300,17 +302,17 @@ class CaptionsScreen(StepScreen):
         return out
 
     @work(thread=True, exclusive=True, group="captions-image", exit_on_error=False)
-    def _load_images(self, path: Path, more: list[Path], box: Size, prerender: bool) -> None:
+    def _load_images(self, path: Path, more: list[Path], box: Size, style: RichStyle | None) -> None:
         """Decode (and, for the text renderers, draw) the image and its neighbours off the UI thread."""
         worker = get_current_worker()
         for wanted in [path, *more]:
             if worker.is_cancelled:
                 return
             cached = self._thumbs.get(wanted)
-            if cached is not None and (not prerender or cached[1] is not None and cached[1].size == box):
+            if cached is not None and (style is None or cached[1] is not None and cached[1].size == box):
                 continue
             thumb = cached[0] if cached is not None else make_thumbnail(wanted)
-            drawn = draw_cells(thumb, box) if prerender and thumb is not None else None
+            drawn = draw_cells(thumb, box, style) if style is not None and thumb is not None else None
             self.app.call_from_thread(self._image_loaded, wanted, thumb, drawn)
 
     def _image_loaded(self, path: Path, thumb: Any, drawn: DrawnImage | None = None) -> None:
@@ -598,9 +600,10 @@ class DrawnImage:
 
     size: Size
     lines: list[Strip]
+    style: RichStyle | None = None  # the widget's style, already applied underneath (None: not yet)
 
 
-def draw_cells(image: Any, box: Size, renderable: Any = None) -> DrawnImage | None:
+def draw_cells(image: Any, box: Size, style: RichStyle | None = None, renderable: Any = None) -> DrawnImage | None:
     """Render `image` with a text renderer (halfcell/unicode) for a `box` of cells; thread-safe (own Console).
 
     Per image this is ~1,000 Rich styles: 5-10 ms that would otherwise run on the UI thread at every move.
@@ -615,7 +618,9 @@ def draw_cells(image: Any, box: Size, renderable: Any = None) -> DrawnImage | No
     segments = console.render(renderable_class(image, width, height), options)
     lines = [Strip(line) for line in islice(Segment.split_and_crop_lines(segments, width, include_new_lines=False,
                                                                           pad=False), height)]
-    return DrawnImage(box, lines)
+    if style is not None:  # as Textual's render does: the widget's style underneath each cell's colours
+        lines = [Strip(Segment.apply_style(line, style), line.cell_length) for line in lines]
+    return DrawnImage(box, lines, style)
 
 
 def caption_image_class() -> Any:
@@ -643,12 +648,11 @@ def caption_image_class() -> Any:
 
             def render_line(self, y: int) -> Strip:
                 drawn = self._drawn
-                if drawn is None or self._image is None or drawn.size != self.size:
-                    return super().render_line(y)
+                style = self.visual_style.rich_style
+                if drawn is None or self._image is None or drawn.size != self.size or drawn.style != style:
+                    return super().render_line(y)  # drawn for another box or style (resize, theme): render
                 self._dirty_regions.clear()  # what _render_content does: nothing left to render
-                if 0 <= y < len(drawn.lines):  # the widget's own style underneath, as Textual's render does
-                    return drawn.lines[y].apply_style(self.visual_style.rich_style)
-                return Strip.blank(self.size.width, self.visual_style.rich_style)
+                return drawn.lines[y] if 0 <= y < len(drawn.lines) else Strip.blank(self.size.width, style)
 
         cached = _IMAGE_CLASSES[base] = CaptionImage
     return cached
