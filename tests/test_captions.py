@@ -125,6 +125,17 @@ def _set(bodies: list[str | None]) -> cap.CaptionSet:
     return captions
 
 
+def test_filters_and_counts_follow_every_edit() -> None:
+    captions = _set(["a red coat", None, "a blue coat"])
+    assert captions.filtered("missing") == [1] and captions.counts()["missing"] == 1
+    captions.filtered("missing").append(2)  # callers get their own list
+    captions.set_body(1, "a hat")
+    captions.set_body(2, None)
+    assert captions.filtered("missing") == [2] and captions.counts()["missing"] == 1
+    captions.set_body(0, None)
+    assert captions.filtered("missing") == [0, 2] and captions.counts()["missing"] == 2
+
+
 def test_find_replace_plain_regex_preview_and_undo() -> None:
     captions = _set(["a red coat", "a blue coat", None, "red and red", ""])
     plan = captions.plan_replace("red", "green")

@@ -276,6 +276,8 @@ class CaptionSet:
     counter: TokenCounter
     captionless: bool = False
     undo_stack: list[Undo] = field(default_factory=list)
+    # filter rows and counts, derived from the flags only: valid until the next `refresh` (flags change there)
+    _derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- building
 
@@ -332,6 +334,7 @@ class CaptionSet:
             if item.note:
                 flags |= IMPORT_NOTE
             item.flags = flags
+        self._derived.clear()
 
     def read_disk(self) -> list[bytes | None]:
         """The caption files as they are now (slow part of `sync_disk`; safe in a worker thread)."""
@@ -350,12 +353,25 @@ class CaptionSet:
         return len(self.items)
 
     def filtered(self, name: str = "all") -> list[int]:
-        mask = FILTERS[name][1]
-        if not mask:
-            return list(range(len(self.items)))
-        return [i for i, item in enumerate(self.items) if item.flags & mask]
+        key = ("filtered", name, len(self.items))
+        rows = self._derived.get(key)
+        if rows is None:
+            mask = FILTERS[name][1]
+            if not mask:
+                rows = list(range(len(self.items)))
+            else:
+                rows = [i for i, item in enumerate(self.items) if item.flags & mask]
+            self._derived[key] = rows
+        return list(rows)
 
     def counts(self) -> dict[str, int]:
+        key = ("counts", len(self.items))
+        cached = self._derived.get(key)
+        if cached is None:
+            cached = self._derived[key] = self._count()
+        return dict(cached)
+
+    def _count(self) -> dict[str, int]:
         result = dict.fromkeys(FILTERS, 0)
         result["all"] = len(self.items)
         # a handful of distinct flag combinations, however many captions: count those, then the filters
