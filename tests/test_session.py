@@ -301,3 +301,11 @@ def test_documented_example_is_a_valid_session(tmp_path: Path) -> None:
     assert session.warnings == []
     assert session.batch_sizes() == {"1024x1024": 2, "1024x512": 4}
     assert session.to_text() == example
+
+
+def test_display_path_uses_tilde_under_home(isolated_home: Path) -> None:
+    from lorawizard.core.fsutil import display_path
+
+    assert display_path(isolated_home) == "~"
+    assert display_path(isolated_home / "loras" / "a b") == "~/loras/a b"
+    assert display_path("/etc/hosts") == "/etc/hosts"

@@ -53,6 +53,7 @@ def display_path(path: Path | str) -> str:
     """A path as a person reads it: `~/…` under the home folder, else as it is."""
     path = Path(path)
     try:
-        return "~/" + str(path.relative_to(Path.home()))
+        inside = path.relative_to(Path.home())
     except ValueError:
         return str(path)
+    return "~" if inside == Path(".") else f"~/{inside}"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
 from lorawizard.tui.messages import SessionChanged, StepFinished
@@ -45,12 +45,7 @@ class LoraWizardApp(App[None]):
 
     @property
     def project_label(self) -> str:
-        home = Path.home()
-        project = self.session.project_dir
-        try:
-            return "~/" + str(project.relative_to(home))
-        except ValueError:
-            return str(project)
+        return display_path(self.session.project_dir)
 
     def on_mount(self) -> None:
         for warning in self.session.warnings:
