@@ -147,6 +147,7 @@ class CaptionsScreen(StepScreen):
             register(self.flush)
         self.editor.disabled = True
         self.editor.border_title = "caption: what the LoRA should NOT learn"
+        self.caption_list.on_cursor = self._follow  # same frame as the list's repaint
         self.load()
 
     # -- loading (a worker: 5,000 caption files are read from disk)
@@ -198,14 +199,16 @@ class CaptionsScreen(StepScreen):
         rows = self.captions.filtered(self.filter)
         self.caption_list.set_rows(self.captions, rows, keep)
         self._update_header()
-        if not rows:
-            self.current = None
+        if not rows and self.current is not None:
             self._show(None)
+
+    def _follow(self, index: int | None) -> None:
+        if index != self.current:
+            self._show(index)
 
     @on(CaptionList.Highlighted)
     def _highlighted(self, message: CaptionList.Highlighted) -> None:
-        if message.index != self.current:
-            self._show(message.index)
+        self._follow(message.index)  # already shown through on_cursor: nothing to do then
 
     @on(CaptionList.Selected)
     def _selected(self, message: CaptionList.Selected) -> None:

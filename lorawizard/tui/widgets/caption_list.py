@@ -7,6 +7,7 @@ everything on each filter).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.segment import Segment
@@ -94,6 +95,9 @@ class CaptionList(ScrollView, can_focus=True):
         self.captions: CaptionSet | None = None
         self.rows: list[int] = []
         self.cursor = 0
+        # called at once when the cursor lands on another caption, before `Highlighted` is posted: what the
+        # owner shows for it is then drawn in the same frame as the list (a message arrives a frame later)
+        self.on_cursor: Callable[[int | None], None] | None = None
 
     # -- data
 
@@ -108,6 +112,11 @@ class CaptionList(ScrollView, can_focus=True):
         set_virtual_size(self, Size(self.size.width, len(rows)))
         self._scroll_cursor_into_view(center=True)
         self.refresh()
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.on_cursor is not None:
+            self.on_cursor(self.current)
         self.post_message(self.Highlighted(self, self.current))
 
     @property
@@ -135,7 +144,7 @@ class CaptionList(ScrollView, can_focus=True):
         self.refresh_line(old - int(self.scroll_y))
         self._scroll_cursor_into_view()
         self.refresh_line(position - int(self.scroll_y))
-        self.post_message(self.Highlighted(self, self.current))
+        self._announce()
 
     def action_move(self, delta: int) -> None:
         self.move_to(self.cursor + delta)
