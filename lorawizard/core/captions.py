@@ -313,6 +313,7 @@ class CaptionSet:
         finder = _trigger_re(trigger) if trigger else None
         lines = [compose(trigger, self.items[i].body) for i in chosen]
         counts = self.counter.count_many(lines)
+        changed = False
         for i, line, (clip, t5) in zip(chosen, lines, counts, strict=True):
             item = self.items[i]
             item.line, item.clip, item.t5 = line, clip, t5
@@ -333,8 +334,10 @@ class CaptionSet:
                 flags |= TRIGGER_TWICE
             if item.note:
                 flags |= IMPORT_NOTE
+            changed = changed or flags != item.flags
             item.flags = flags
-        self._derived.clear()
+        if changed:  # typing mostly keeps a caption's flags: the filter rows and counts stay valid then
+            self._derived.clear()
 
     def read_disk(self) -> list[bytes | None]:
         """The caption files as they are now (slow part of `sync_disk`; safe in a worker thread)."""
