@@ -599,7 +599,7 @@ def _python_findings(data: Mapping[str, Any], python: Path | None = None) -> lis
     info = data.get("python", {})
     version = tuple(info.get("version_info", [0, 0, 0]))[:2]
     where = python or info.get("executable", "?")
-    text = f"Python {info.get('version', '?')} at {where}" + ("" if info.get("venv") else " (not a venv)")
+    text = f"Python {info.get('version', '?')} at {display_path(where)}" + ("" if info.get("venv") else " (not a venv)")
     if version < (3, 10):
         return [Finding("python", "error", "trainer Python", text, "sd-scripts needs Python 3.10; create a venv with it",
                         action="venv")]
@@ -693,7 +693,7 @@ def _package_findings(data: Mapping[str, Any], python: Path | None, sd_scripts: 
     if sd_scripts is None or requirements is None:
         return findings
     if not requirements.get("found"):
-        findings.append(Finding("requirements", "warning", "requirements", f"no requirements.txt in {sd_scripts}"))
+        findings.append(Finding("requirements", "warning", "requirements", f"no requirements.txt in {display_path(sd_scripts)}"))
         return findings
     packages = requirements.get("packages", [])
     missing = [p["name"] for p in packages if not p.get("have")]
@@ -733,7 +733,7 @@ def _model_findings(session: Session) -> list[Finding]:
     tokenizers = session.paths.tokenizers
     wanted = ("openai_clip-vit-large-patch14", "google_t5-v1_1-xxl")
     if not all((tokenizers / name).is_dir() for name in wanted):
-        findings.append(Finding("tokenizers", "warning", "tokenizers", f"not in {tokenizers}",
+        findings.append(Finding("tokenizers", "warning", "tokenizers", f"not in {display_path(tokenizers)}",
                                 "the models step fetches them (training offline needs them)"))
     return findings
 
