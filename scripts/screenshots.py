@@ -151,8 +151,8 @@ def make_project(home: Path) -> Path:
     session.set("name", "demo")
     session.set("dataset.source", "photos")
     session.set("dataset.trigger", "ohwx")
-    session.set("paths.sd_scripts", str(sd_scripts))
-    session.set("paths.python", str(python))
+    session.set("paths.sd_scripts", "~/" + str(sd_scripts.relative_to(home)))  # as a person types it
+    session.set("paths.python", "~/" + str(python.relative_to(home)))
     session.set("train.save_every_n_epochs", 2)
     session.save()
     models.run_step(StepContext(session=session, options={"action": "find"}))  # records the ComfyUI files
