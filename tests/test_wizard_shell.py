@@ -102,3 +102,28 @@ async def test_help_lists_the_screens_own_keys(project: Path) -> None:
         keys = dict(app.screen.screen_keys)
         assert keys.get("s") == "Stop" and keys.get("r") == "Resume"
         assert "Scroll Up" not in keys.values()
+
+
+def test_step_bar_knows_captions_and_training_are_done(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorawizard.core import runs
+    from lorawizard.tui.app import session_step_states
+    from tests.captions_fixtures import make_project
+
+    session = make_project(project, ["a.jpg", "b.jpg"])
+    states = session_step_states(session)
+    assert states.get("dataset") == "done" and "captions" not in states and "train" not in states
+    for png in (project / "dataset").glob("*/*.png"):
+        png.with_suffix(".txt").write_text("ohwx, x\n")
+    assert session_step_states(session).get("captions") == "done"
+
+    class Run:
+        def __init__(self, status: str) -> None:
+            self._status = status
+
+        def status(self) -> str:
+            return self._status
+
+    monkeypatch.setattr(runs, "list_runs", lambda folder: [Run("failed"), Run("stopped")])
+    assert "train" not in session_step_states(session)
+    monkeypatch.setattr(runs, "list_runs", lambda folder: [Run("finished"), Run("failed")])
+    assert session_step_states(session).get("train") == "done"

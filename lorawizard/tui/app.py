@@ -149,7 +149,28 @@ def session_step_states(session: Session) -> dict[str, str]:
 
     if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
         states["models"] = "done"
+    if states.get("dataset") == "done" and _captions_written(session):
+        states["captions"] = "done"
+    if _has_finished_run(session):
+        states["train"] = "done"
     return states
+
+
+def _captions_written(session: Session) -> bool:
+    """Every prepared image has its caption file (one stat per image)."""
+    from lorawizard.core.dataset import load_manifest
+
+    images = load_manifest(session)
+    return bool(images) and all(image.output.with_suffix(".txt").is_file() for image in images)
+
+
+def _has_finished_run(session: Session) -> bool:
+    from lorawizard.core.runs import list_runs
+
+    try:
+        return any(run.status() == "finished" for run in reversed(list_runs(session.paths.runs)))  # newest first
+    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
+        return False
 
 
 def _training_is_live(session: Session) -> bool:
