@@ -75,7 +75,7 @@ def write_dist(site: Path, name: str, version: str, module: str | None = None, b
 
 
 def write_torch(site: Path, torch: dict[str, Any] | None) -> None:
-    """A fake `torch` package answering what trainer_check.py asks; None removes it."""
+    """A fake `torch` package answering what trainer_side/check_environment.py asks; None removes it."""
     import shutil
 
     for old in site.glob("torch*"):
@@ -233,7 +233,7 @@ def make_broken_python(path: Path, kind: str) -> Path:
 
 
 def canned_check(*, python: str = "3.10.14", torch: dict[str, Any] | None = None, sd_scripts: Path | None = None) -> dict:
-    """A fixed trainer_check.py answer (for snapshots: nothing in it depends on the machine running the tests)."""
+    """A fixed check_environment.py answer (for snapshots: nothing in it depends on the machine running the tests)."""
     spec = {**GOOD_TORCH, **(torch or {})}
     data: dict[str, Any] = {
         "schema": 1,

@@ -3,7 +3,7 @@
 `diagnose(session)` returns findings (ok / warning / error, each with its fix); `run_fix(session, action)` performs
 a one-key fix (clone sd-scripts, create the venv, install torch + requirements), streaming every output line to
 the caller and to a log file under `.lorawizard/logs/`. Without network the fix says so and shows the commands.
-The trainer's Python runs `trainer_check.py` as a subprocess by path with a time limit (JSON out): torch is only
+The trainer's Python runs `trainer_side/check_environment.py` as a subprocess by path with a time limit (JSON out): torch is only
 ever imported there. No subprocess goes through a shell.
 """
 
@@ -36,7 +36,7 @@ SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
 BRANCHES = ("main", "sd3")  # identical trees since v0.10.0 (2026-01); main up to v0.9.1 has no FLUX
 DEFAULT_BRANCH = "main"
 TRAIN_SCRIPT = "flux_train_network.py"
-CHECK_SCRIPT = Path(__file__).with_name("trainer_check.py")
+CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "trainer_side" / "check_environment.py"
 CHECK_MARKER = "LORAWIZARD-CHECK "
 CHECK_TIMEOUT_S = 120.0
 MIN_TORCH = (2, 6)  # sd-scripts README: "PyTorch 2.6.0 or later is required"
@@ -83,7 +83,7 @@ class Diagnosis:
     findings: list[Finding]
     sd_scripts: Path | None = None
     python: Path | None = None
-    check: dict[str, Any] | None = None  # trainer_check.py's JSON
+    check: dict[str, Any] | None = None  # check_environment.py's JSON
     command: Any = None  # core.command.TrainCommand of the preview, when it could be built
     command_files_written: bool = False
     command_problem: str | None = None  # why there is no command (one line)
@@ -283,7 +283,7 @@ def run_trainer_check(
     cancel: threading.Event | None = None,
     imports: bool = True,
 ) -> CheckRun:
-    """Run trainer_check.py in `python` (argv list, own process group, time limit); parse its JSON line."""
+    """Run trainer_side/check_environment.py in `python` (argv list, own process group, time limit); parse its JSON line."""
     argv = [str(python), str(CHECK_SCRIPT)]
     if sd_scripts is not None:
         argv += ["--sd-scripts", str(sd_scripts)]
