@@ -66,7 +66,7 @@ async def test_walk_every_step_and_check_session_toml(project: Path, monkeypatch
         # 5 GPU: the 16 GB preset
         await goto(pilot, app, 5, "probe")
         select = app.screen.query_one("#preset-select", Select)
-        values = [value for _, value in select._options if value is not Select.BLANK]  # noqa: SLF001
+        values = [value for _, value in select._options if value is not Select.BLANK]
         assert "16gb" in values
         select.value = "16gb"
         await pilot.pause()

@@ -945,7 +945,7 @@ def _run_steps(
             log(f"{action} {number}/{len(steps)}: {what}")
             meter.update(number - 1, what, force=True)
 
-            def on_line(line: str, number: int = number) -> None:
+            def on_line(line: str, number: int = number, what: str = what) -> None:
                 log(line)
                 match = _PERCENT.search(line)
                 if match:

@@ -441,7 +441,8 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
         ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")
         last_row = [0.0]
 
-        def progress(done: int, role: str = role, meter: ProgressMeter = meter, base: int = finished_bytes) -> None:
+        def progress(done: int, role: str = role, meter: ProgressMeter = meter, base: int = finished_bytes,
+                     last_row: list[float] = last_row) -> None:
             meter.update(done)
             total.update(base + done)
             now = time.monotonic()
