@@ -109,11 +109,13 @@ def test_step_bar_knows_captions_and_training_are_done(project: Path, monkeypatc
     from lorawizard.tui.app import session_step_states
     from tests.captions_fixtures import make_project
 
-    session = make_project(project, ["a.jpg", "b.jpg"])
+    session = make_project(project, ["a.jpg", "b.jpg"], captions={"a.jpg": "a red wall"})
     states = session_step_states(session)
     assert states.get("dataset") == "done" and "captions" not in states and "train" not in states
     for png in (project / "dataset").glob("*/*.png"):
         png.with_suffix(".txt").write_text("ohwx, x\n")
+    assert "captions" not in session_step_states(session)  # b.jpg has no caption yet
+    session.update_image("b.jpg", caption="a blue door")
     assert session_step_states(session).get("captions") == "done"
 
     class Run:

@@ -157,11 +157,19 @@ def session_step_states(session: Session) -> dict[str, str]:
 
 
 def _captions_written(session: Session) -> bool:
-    """Every prepared image has its caption file (one stat per image)."""
+    """Every prepared image has a caption (or captionless training is intended) and its caption file on disk."""
     from lorawizard.core.dataset import load_manifest
 
     images = load_manifest(session)
-    return bool(images) and all(image.output.with_suffix(".txt").is_file() for image in images)
+    entries = session.images()
+    captionless = bool(session.get("dataset.captionless"))
+
+    def captioned(source: str) -> bool:
+        return captionless or bool(str(entries.get(source, {}).get("caption") or "").strip())
+
+    return bool(images) and all(
+        captioned(image.source) and image.output.with_suffix(".txt").is_file() for image in images
+    )
 
 
 def _has_finished_run(session: Session) -> bool:
