@@ -38,3 +38,18 @@ def project(tmp_path: Path) -> Path:
     folder = tmp_path / "project"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
+    """The local fake Hugging Face hub (tests/fakehub), populated with the catalog's files, reached via HF_ENDPOINT.
+
+    `hub.data` maps file names to the bytes it serves.
+    """
+    from tests.fakehub import FakeHub, populate, use_hub
+
+    fake = FakeHub().start()
+    fake.data = populate(fake)  # type: ignore[attr-defined]
+    use_hub(monkeypatch, fake, isolated_home)
+    yield fake
+    fake.stop()

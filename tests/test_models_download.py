@@ -10,17 +10,9 @@ import pytest
 
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
-from tests.fakehub import MiB, FakeHub, populate, use_hub
+from tests.fakehub import MiB, FakeHub
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
-    fake = FakeHub().start()
-    data = populate(fake)
-    use_hub(monkeypatch, fake, isolated_home)
-    fake.data = data  # type: ignore[attr-defined]
-    yield fake
-    fake.stop()
 
 
 def make_session(project: Path, preset: str = "flux1-dev-fp8") -> Session:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
-from tests.fakehub import FakeHub, populate, use_hub
+from tests.fakehub import FakeHub
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
-    fake = FakeHub().start()
-    fake.data = populate(fake)  # type: ignore[attr-defined]
-    use_hub(monkeypatch, fake, isolated_home)
-    yield fake
-    fake.stop()
 
 
 def run(session: Session, **options: object):

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 
 from lorawizard.core.session import Session
-from tests.fakehub import FakeHub, populate, use_hub
+from tests.fakehub import FakeHub
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
-    fake = FakeHub().start()
-    populate(fake)
-    use_hub(monkeypatch, fake, isolated_home)
-    yield fake
-    fake.stop()
 
 
 def session_file(project: Path) -> Path:

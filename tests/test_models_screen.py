@@ -9,16 +9,9 @@ from textual.widgets import DataTable, Input
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from tests.fakehub import FakeHub, populate, use_hub
+from tests.fakehub import FakeHub
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
-    fake = FakeHub().start()
-    fake.data = populate(fake)  # type: ignore[attr-defined]
-    use_hub(monkeypatch, fake, isolated_home)
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
