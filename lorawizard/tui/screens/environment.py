@@ -32,7 +32,6 @@ class EnvironmentScreen(StepScreen):
     INTRO = "Finds sd-scripts and its Python, checks torch, CUDA and accelerate, and fixes what is missing."
 
     BINDINGS = [
-        *StepScreen.BINDINGS,
         Binding("c", "fix('clone')", "Clone", show=True),
         Binding("v", "fix('venv')", "Venv", show=True),
         Binding("i", "fix('install')", "Install", show=True),

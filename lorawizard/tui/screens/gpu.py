@@ -57,7 +57,6 @@ class GpuScreen(StepScreen):
     INTRO = "One GPU trains (chosen by UUID). The probe finds, per bucket, the largest batch size that really trains."
 
     BINDINGS = [
-        *StepScreen.BINDINGS,
         Binding("r", "reprobe", "Re-probe all", show=True),
         Binding("u", "refresh", "Refresh GPUs", show=True),
     ]
