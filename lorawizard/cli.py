@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from lorawizard import __version__
 
@@ -12,8 +13,17 @@ STEPS = ("env", "models", "dataset", "captions", "probe", "train")  # == core.st
 IMAGE_RENDERERS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line (not argparse's usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        from lorawizard.core.text import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="lorawizard",
         description="Train a FLUX.1-dev LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless replay.",
         epilog=(
@@ -54,18 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     replay_only = [flag for flag, used in (("--steps", args.steps), ("--dry-run", args.dry_run),
                                             ("--detach", args.detach), ("--reprobe", args.reprobe)) if used]
     if args.replay is None and replay_only:
-        parser.print_usage(sys.stderr)
         print(f"lorawizard: error: {replay_only[0]} needs --replay SESSION.toml", file=sys.stderr)
         return 2
 
     if args.replay is not None:
         from lorawizard.core.steps import parse_steps
+        from lorawizard.core.text import one_line
         from lorawizard.headless import EXIT_INTERRUPTED, replay
 
         try:
             steps = parse_steps(args.steps)
         except ValueError as exc:
-            print(f"lorawizard: error: --steps: {exc}", file=sys.stderr)
+            print(f"lorawizard: error: --steps: {one_line(str(exc))}", file=sys.stderr)
             return 2
         try:
             return replay(args.replay, steps, dry_run=args.dry_run,
@@ -88,7 +98,9 @@ def _run_wizard(project: Path, images: str | None) -> int:
         project.mkdir(parents=True, exist_ok=True)
         session = Session.open_project(project)
     except SessionError as exc:
-        print(f"lorawizard: {exc}", file=sys.stderr)
+        from lorawizard.core.text import one_line
+
+        print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"lorawizard: {project}: {exc.strerror or exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from lorawizard.core.progress import Progress, format_duration, format_progress
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.steps import STEP_TITLES, Cancelled, StepContext, StepFailed, StepResult, load_step
+from lorawizard.core.text import one_line
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DECISIONS_FILE = "replay-decisions.toml"
@@ -128,13 +129,13 @@ def replay(
     try:
         session = Session.load(session_path, read_only=True)
     except SessionError as exc:
-        err.write(f"lorawizard: {exc}\n")
+        err.write(f"lorawizard: {one_line(str(exc))}\n")
         return EXIT_USAGE
     for warning in session.warnings:
-        err.write(f"lorawizard: warning: {warning}\n")
+        err.write(f"lorawizard: warning: {one_line(warning)}\n")
     problem = check_inputs(session, steps)
     if problem:
-        err.write(f"lorawizard: {problem}\n")
+        err.write(f"lorawizard: {one_line(problem)}\n")
         return EXIT_USAGE
 
     printer = ProgressPrinter(out, tty=tty)
@@ -165,7 +166,7 @@ def replay(
             printer.line(f"  {detail}")
         printer.line(f"{name}: {'ok' if result.ok else 'FAILED'} - {result.summary}")
         if not result.ok:
-            err.write(f"lorawizard: step {name} failed: {result.summary}\n")
+            err.write(f"lorawizard: step {name} failed: {one_line(result.summary)}\n")
             code = EXIT_STEP_FAILED
             break
     _write_decisions(session, ctx.decisions)

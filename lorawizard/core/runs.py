@@ -15,6 +15,7 @@ for it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -76,22 +77,36 @@ class RunRecord:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise RunError(f"{path}: not a readable run record ({exc})") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: not a run record (a JSON object was expected, got {type(data).__name__})")
         data.pop("version", None)
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            problem = _field_problem(key, value)
+            if problem:
+                raise RunError(f"{path}: {key}: expected {problem}, got {json.dumps(value)[:40]}")
         values["dir"] = Path(run_dir)
         try:
             return cls(**values)
         except TypeError as exc:
             raise RunError(f"{path}: incomplete run record ({exc})") from None
 
+    def reload(self) -> RunRecord:
+        """The record as run.json says now (e.g. after a stop); this one when the file became unreadable."""
+        try:
+            return RunRecord.load(self.dir)
+        except RunError:
+            return self
+
     # -- state
 
     def exit_info(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.dir / EXIT_FILE).read_text(encoding="utf-8"))
+            info = json.loads((self.dir / EXIT_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return info if isinstance(info, dict) else None
 
     def is_alive(self) -> bool:
         return process_matches(self.pid, self.create_time)
@@ -112,7 +127,8 @@ class RunRecord:
 
     def returncode(self) -> int | None:
         info = self.exit_info()
-        return None if info is None else info.get("returncode")
+        code = None if info is None else info.get("returncode")
+        return code if _is_int(code) else None
 
     def process_tree(self) -> list[Any]:
         """psutil.Process objects of the run (leader first); [] when it is not running."""
@@ -125,6 +141,41 @@ class RunRecord:
             return [leader, *leader.children(recursive=True)]
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# What each run.json field must hold: a record edited by hand or half-written by another tool is skipped, not a crash.
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "dir": (lambda v: isinstance(v, str), "a string"),
+    "argv": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"),
+    "env": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())), "a table of strings"),
+    "cwd": (lambda v: isinstance(v, str), "a string"),
+    "pid": (lambda v: _is_int(v) and 0 <= v < 1 << 31, "a process id"),
+    "create_time": (_is_number, "a number"),
+    "started": (lambda v: isinstance(v, str), "a string"),
+    "started_ts": (_is_number, "a number"),
+    "session_text": (lambda v: isinstance(v, str), "a string"),
+    "output_name": (lambda v: isinstance(v, str), "a string"),
+    "base_step": (lambda v: _is_int(v) and v >= 0, "a step number"),
+    "base_epoch": (lambda v: _is_int(v) and v >= 0, "an epoch number"),
+    "resumed_from": (lambda v: v is None or isinstance(v, str), "a path or null"),
+    "gpu_uuid": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "stop_requested": (lambda v: v is None or _is_number(v), "a time or null"),
+    "extra": (lambda v: isinstance(v, dict), "a table"),
+}
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    check = _FIELD_CHECKS.get(key)
+    return None if check is None or check[0](value) else check[1]
 
 
 def process_matches(pid: int, create_time: float) -> bool:
@@ -173,8 +224,9 @@ def new_run_id(runs_dir: Path, now: datetime | None = None) -> str:
     return run_id
 
 
-def list_runs(runs_dir: Path) -> list[RunRecord]:
-    """Every readable run under `runs_dir`, oldest first."""
+def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunRecord]:
+    """Every readable run under `runs_dir`, oldest first; a malformed run.json is skipped (its one-line reason
+    appended to `problems` when given)."""
     records = []
     try:
         entries = sorted(p for p in Path(runs_dir).iterdir() if (p / RUN_FILE).is_file())
@@ -183,15 +235,17 @@ def list_runs(runs_dir: Path) -> list[RunRecord]:
     for entry in entries:
         try:
             records.append(RunRecord.load(entry))
-        except RunError:
+        except RunError as exc:
+            if problems is not None:
+                problems.append(f"skipped {exc}")
             continue
     records.sort(key=lambda r: (r.started_ts, r.run_id))
     return records
 
 
-def live_run(runs_dir: Path) -> RunRecord | None:
+def live_run(runs_dir: Path, problems: list[str] | None = None) -> RunRecord | None:
     """The newest run whose process (pid + create-time) is still running, if any."""
-    for record in reversed(list_runs(runs_dir)):
+    for record in reversed(list_runs(runs_dir, problems)):
         if record.status() == "running":
             return record
     return None

@@ -7,8 +7,10 @@ names the file, the line, the key and what was expected. Unknown keys are kept a
 
 from __future__ import annotations
 
+import errno
 import math
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ SESSION_FILE = "session.toml"
 SESSION_VERSION = 1
 STATE_DIR = ".lorawizard"  # our own bookkeeping inside the project (caches, manifests, logs)
 BUCKET_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+_BOM = "\ufeff"
 _SECRET_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
@@ -198,6 +201,7 @@ class Session:
     warnings: list[str] = field(default_factory=list)
     read_only: bool = False  # replay never rewrites the user's file
     _saved_text: str | None = None
+    _bom: bool = False  # the file began with a UTF-8 BOM: kept on save, so only the person's edits change it
 
     # -- construction
 
@@ -205,7 +209,7 @@ class Session:
     def load(cls, path: Path | str, *, read_only: bool = False) -> Session:
         path = Path(path).expanduser()
         try:
-            raw = path.read_bytes()
+            raw = _read_regular_file(path)
         except FileNotFoundError:
             raise SessionError(f"{path}: no such session file") from None
         except IsADirectoryError:
@@ -216,6 +220,8 @@ class Session:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SessionError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        bom = text.startswith(_BOM)
+        text = text.removeprefix(_BOM)  # editors on Windows add one; tomlkit would call it an empty key
         try:
             doc = tomlkit.parse(text)
         except ParseError as exc:
@@ -223,7 +229,7 @@ class Session:
             raise SessionError(f"{path}:{exc.line}:{exc.col}: TOML syntax error: {reason}") from None
         except TOMLKitError as exc:
             raise SessionError(f"{path}: TOML error: {exc}") from None
-        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text)
+        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text, _bom=bom)
         session.warnings = session.validate(text)
         return session
 
@@ -261,6 +267,8 @@ class Session:
         for key, value in _walk(self.doc):
             spec = FIELDS.get(key)
             table, _, leaf = key.rpartition(".")
+            if key in TABLES:  # _walk descends into tables: here the section is something else
+                raise SessionError(f"{where(table, leaf)}: {key}: expected a table [{key}], got {_describe(value)}")
             if key == "dataset.images":
                 self._validate_images(value, text)
                 continue
@@ -454,7 +462,7 @@ class Session:
             return False
         if _SECRET_RE.search(text):
             raise SessionError("refusing to save: the session would contain a Hugging Face token")
-        atomic_write_text(self.path, text)
+        atomic_write_text(self.path, (_BOM if self._bom else "") + text)
         self._saved_text = text
         return True
 
@@ -498,6 +506,16 @@ class Session:
         if self._index is None or len(self._index) != count:  # len only: copying the AoT per call is slow
             self._index = {str(t["file"]): t for t in self._image_tables()}
         return self._index
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; a FIFO, socket or device is refused before it is opened (reading a FIFO blocks forever)."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device?)", str(path))
+    return path.read_bytes()
 
 
 def _walk(doc: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -98,9 +98,11 @@ def load_step(name: str) -> Callable[[StepContext], StepResult]:
 
 def parse_steps(text: str | None) -> list[str]:
     """`"dataset,captions"` → ["dataset", "captions"] in the canonical order; ValueError names a bad one."""
-    if not text:
+    if text is None:
         return list(STEP_ORDER)
     wanted = [part.strip() for part in text.split(",") if part.strip()]
+    if not wanted:  # `--steps ""` must not mean "all six, training included"
+        raise ValueError(f"no step named (steps: {', '.join(STEP_ORDER)})")
     unknown = [part for part in wanted if part not in STEP_ORDER]
     if unknown:
         raise ValueError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEP_ORDER)})")

@@ -20,6 +20,7 @@ from lorawizard.core.progress import Progress, format_duration
 from lorawizard.core.runs import RunError, RunRecord
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.text import one_line
 
 FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
 
@@ -181,7 +182,10 @@ def run_step(ctx: StepContext) -> StepResult:
     detach = bool(ctx.options.get("detach"))
     resume = bool(ctx.options.get("resume"))
 
-    live = runs.live_run(runs_dir)
+    problems: list[str] = []
+    live = runs.live_run(runs_dir, problems)
+    for problem in problems:
+        ctx.log(f"train: {one_line(problem)}")
     if ctx.dry_run:
         plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
@@ -246,7 +250,7 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     finally:
         follower.finish()
     ctx.progress(_progress(state, finished=True))
-    record = RunRecord.load(record.dir)
+    record = record.reload()
     code = record.returncode()
     problem = follower.diagnosis(alive=False)
     details = [f"log: {record.log_path}", status_line(state)]

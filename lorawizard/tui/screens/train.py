@@ -24,6 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
 from lorawizard.core.fsutil import display_path
+from lorawizard.core.text import one_line
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -180,7 +181,10 @@ class TrainScreen(StepScreen):
     def _attach_existing(self) -> None:
         from lorawizard.core import runs
 
-        records = runs.list_runs(self.app.session.paths.runs)  # type: ignore[attr-defined]
+        problems: list[str] = []
+        records = runs.list_runs(self.app.session.paths.runs, problems)  # type: ignore[attr-defined]
+        for problem in problems:  # a damaged run.json: said, then skipped
+            self.notify(one_line(problem), severity="warning")
         if not records:
             return
         live = next((r for r in reversed(records) if r.status() == "running"), None)
@@ -197,7 +201,6 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-tail", exit_on_error=False)
     def _tail(self, record: Any, stop: threading.Event) -> None:
-        from lorawizard.core.runs import RunRecord
         from lorawizard.core.training import RunFollower
 
         follower = RunFollower(record)
@@ -210,7 +213,7 @@ class TrainScreen(StepScreen):
             alive = record.is_alive()
             if not alive:
                 follower.finish()
-                record = RunRecord.load(record.dir)
+                record = record.reload()
             state = follower.state
             now = time.monotonic()
             if now >= slow_at or not alive:

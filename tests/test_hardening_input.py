@@ -1,0 +1,196 @@
+"""Hostile or unlucky input (issue 11, items 3-5): one line and exit 2, never a traceback or a write outside.
+
+Each row is a case that once crashed, hung or wrote where it must not; see issues/11.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard import cli
+from lorawizard.core import runs
+from lorawizard.core.session import Session
+from lorawizard.headless import replay
+from tests.standin import make_train_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _replay(path: Path, steps: list[str], **kwargs) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(path, steps, out=out, err=err, tty=False, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- 4: no tracebacks for bad input
+
+
+WRONG_SECTIONS = [
+    ('gpu = "x"\n', 'gpu: expected a table [gpu], got "x"'),
+    ("gpu = 5\n", "gpu: expected a table [gpu], got 5"),
+    ("train = []\n", "train: expected a table [train]"),
+    ('paths = "runs"\n', "paths: expected a table [paths]"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), WRONG_SECTIONS)
+def test_a_section_of_the_wrong_type_is_one_line_in_replay_and_wizard(tmp_path, capsys, line, message) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    path = project / "session.toml"
+    path.write_text(f"version = 1\n{line}")
+    code, _, err = _replay(path, ["train"], dry_run=True)
+    assert code == 2 and message in _one_line(err)
+    code, _, err = _cli([str(project)], capsys)  # the wizard refuses before Textual starts
+    assert code == 2 and message in _one_line(err)
+
+
+def _run_cli_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "lorawizard", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_as_session_file_is_refused_at_once(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    fifo = project / "session.toml"
+    os.mkfifo(fifo)
+    for args in (["--replay", str(fifo)], [str(project)]):  # replay, then the wizard
+        result = _run_cli_process(args, tmp_path)  # a regression hangs: the timeout fails the test
+        assert result.returncode == 2 and "not a regular file" in _one_line(result.stderr)
+
+
+def test_a_utf8_bom_reads_fine_and_is_kept_on_save(tmp_path: Path) -> None:
+    path = tmp_path / "session.toml"
+    path.write_bytes(b'\xef\xbb\xbf# from Notepad\nversion = 1\nname = "bom"\n')
+    session = Session.load(path)
+    assert session.get("name") == "bom" and session.warnings == []
+    assert session.save() is False  # unchanged: not rewritten
+    session.set("name", "still-bom")
+    session.save()
+    data = path.read_bytes()
+    assert data.startswith(b'\xef\xbb\xbf# from Notepad\n') and b'name = "still-bom"' in data
+    assert data.count(b"\xef\xbb\xbf") == 1
+    assert Session.load(path).get("name") == "still-bom"
+
+
+@pytest.mark.parametrize("steps", ["", ",,,", " , "])
+def test_steps_naming_nothing_is_usage_error(tmp_path, capsys, steps) -> None:
+    path = tmp_path / "session.toml"
+    path.write_text("version = 1\n")
+    code, out, err = _cli(["--replay", str(path), "--steps", steps], capsys)
+    assert code == 2 and "--steps: no step named" in _one_line(err) and out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--images", "x"], "argument --images: invalid choice: 'x'"),
+        (["--replay"], "argument --replay: expected one argument"),
+        (["--steps", "train"], "--steps needs --replay"),
+        (["a", "b"], "unrecognized arguments: b"),
+        (["--bogus\nline"], "unrecognized arguments: --bogus\\nline"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args, message) -> None:
+    code, out, err = _cli(args, capsys)
+    assert code == 2 and message in _one_line(err) and out == ""
+
+
+BAD_RUN_RECORDS = [
+    ("pid as string", {"pid": "4242"}, "pid: expected a process id"),
+    ("pid as float", {"pid": 4242.5}, "pid: expected a process id"),
+    ("pid negative", {"pid": -1}, "pid: expected a process id"),
+    ("pid huge", {"pid": 1 << 70}, "pid: expected a process id"),
+    ("pid true", {"pid": True}, "pid: expected a process id"),
+    ("create_time string", {"create_time": "now"}, "create_time: expected a number"),
+    ("argv string", {"argv": "python train.py"}, "argv: expected a list of strings"),
+    ("env list", {"env": []}, "env: expected a table of strings"),
+    ("base_step null", {"base_step": None}, "base_step: expected a step number"),
+    ("stop_requested string", {"stop_requested": "yes"}, "stop_requested: expected a time or null"),
+    ("list", [], "a JSON object was expected, got list"),
+    ("null", None, "a JSON object was expected, got NoneType"),
+    ("number", 5, "a JSON object was expected, got int"),
+    ("no run_id", {"run_id": None}, "run_id: expected a string"),
+    ("broken json", "{not json", "not a readable run record"),
+]
+GOOD_RECORD = {"version": 1, "run_id": "x", "dir": "x", "argv": ["python"], "env": {}, "cwd": "/", "pid": 1,
+               "create_time": 0.0}
+
+
+def _write_record(runs_dir: Path, run_id: str, content) -> Path:
+    folder = runs_dir / run_id
+    folder.mkdir(parents=True)
+    if isinstance(content, str):
+        (folder / runs.RUN_FILE).write_text(content)
+    elif isinstance(content, dict):
+        (folder / runs.RUN_FILE).write_text(json.dumps({**GOOD_RECORD, "run_id": run_id, **content}))
+    else:
+        (folder / runs.RUN_FILE).write_text(json.dumps(content))
+    return folder
+
+
+@pytest.mark.parametrize(("case", "content", "message"), BAD_RUN_RECORDS, ids=[c[0] for c in BAD_RUN_RECORDS])
+def test_a_malformed_run_record_is_reported_and_skipped(tmp_path, case, content, message) -> None:
+    runs_dir = tmp_path / "runs"
+    _write_record(runs_dir, "20260101-000000", content)
+    good = _write_record(runs_dir, "20260101-000001", {})
+    (good / runs.EXIT_FILE).write_text("[]")  # a malformed exit record is "no exit record"
+    problems: list[str] = []
+    assert runs.live_run(runs_dir, problems) is None
+    assert len(problems) == 1 and message in problems[0] and "20260101-000000" in problems[0]
+    assert [r.run_id for r in runs.list_runs(runs_dir)] == ["20260101-000001"]
+    assert runs.list_runs(runs_dir)[0].status() == "lost" and runs.list_runs(runs_dir)[0].returncode() is None
+
+
+def test_detach_and_dry_run_skip_a_malformed_run_record(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
+    session = make_train_project(tmp_path, epochs=1)
+    _write_record(session.paths.runs, "20200101-000000", {"pid": "4242"})
+    code, out, err = _replay(session.path, ["train"], dry_run=True)
+    assert code == 0, err
+    assert "skipped" in out and "pid: expected a process id" in out
+    code, out, err = _replay(session.path, ["train"], options={"detach": True})
+    assert code == 0 and "Traceback" not in err, err
+    live = [r for r in runs.list_runs(session.paths.runs) if r.run_id != "20200101-000000"]
+    assert len(live) == 1
+    deadline = time.monotonic() + 30
+    while live[0].is_alive() and time.monotonic() < deadline:  # leave nothing running behind the test
+        time.sleep(0.1)
+    assert not live[0].is_alive()
+
+
+async def test_the_wizard_reattach_reports_a_malformed_run_record(tmp_path) -> None:
+    from lorawizard.tui.app import LoraWizardApp
+
+    session = make_train_project(tmp_path)
+    _write_record(session.paths.runs, "20200101-000000", [])
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        messages = [n.message for n in app._notifications]
+        assert any("20200101-000000" in m and "JSON object" in m for m in messages), messages
+        assert app.screen.is_attached and app.return_code is None
