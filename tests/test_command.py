@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from pathlib import Path
 
@@ -324,18 +325,16 @@ def test_dataset_config_arguments_win(project: Path) -> None:
     assert [(d["batch_size"], d["num_repeats"]) for d in data["datasets"]] == [(1, 20), (4, 20)]
 
 
-def test_dataset_config_uses_the_manifest_when_there_is_one(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
-    from lorawizard.core import dataset
-
+def test_dataset_config_uses_the_manifest_when_there_is_one(project: Path) -> None:
     session = make_session(project)
-    make_buckets(session, "512x512")
-    records = [SimpleNamespace(bucket="1024x512"), SimpleNamespace(bucket="1024x512")]
-    monkeypatch.setattr(dataset, "load_manifest", lambda s: records, raising=False)
-    assert cmd.buckets_in_use(session) == ["1024x512"]
-    monkeypatch.setattr(dataset, "load_manifest", lambda s: 1 / 0, raising=False)
-    assert cmd.buckets_in_use(session) == ["512x512"]
+    make_buckets(session, "512x512", "1024x512")
+    manifest = session.paths.dataset / "lorawizard-manifest.json"
+    record = {"output": "1024x512/0001.png", "source": "a.jpg", "sha256": "0", "bucket": "1024x512", "crop": [0, 0, 1, 1]}
+    manifest.write_text(json.dumps({"version": 1, "images": [record]}))
+    assert [d["subsets"][0]["image_dir"] for d in cmd.dataset_config_data(session)["datasets"]] == [
+        str(session.paths.dataset / "1024x512")]
+    manifest.write_text("{not json")  # unreadable: every bucket folder with PNGs
+    assert len(cmd.dataset_config_data(session)["datasets"]) == 2
 
 
 def test_no_prepared_images_is_a_clear_error(project: Path) -> None:

@@ -79,7 +79,7 @@ def e2e_session(project: Path, **values: object) -> Session:
 def test_environment_doctor_on_the_real_trainer_venv(project: Path) -> None:
     session = e2e_session(project)
     started = time.monotonic()
-    diagnosis = env.diagnose(session)
+    diagnosis = env.examine(session)
     seconds = time.monotonic() - started
     found = {f.key: f for f in diagnosis.findings}
     print(f"doctor on the real venv: {seconds:.1f} s")

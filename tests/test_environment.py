@@ -42,7 +42,7 @@ def setup(project: Path, *, torch: dict | None = {}, packages: dict | None = Non
     return session
 
 
-def by_key(diagnosis: env.Diagnosis) -> dict[str, env.Finding]:
+def by_key(diagnosis: env.Examination) -> dict[str, env.Finding]:
     return {f.key: f for f in diagnosis.findings}
 
 
@@ -51,7 +51,7 @@ def by_key(diagnosis: env.Diagnosis) -> dict[str, env.Finding]:
 
 def test_healthy_environment(project: Path, gpus: list) -> None:
     session = setup(project)
-    diagnosis = env.diagnose(session)
+    diagnosis = env.examine(session)
     found = by_key(diagnosis)
     assert diagnosis.ok, [f.line() for f in diagnosis.errors]
     assert found["sd_scripts"].status == "ok" and "branch sd3" in found["sd_scripts"].message
@@ -84,7 +84,7 @@ def test_command_is_written_when_the_dataset_exists(project: Path, gpus: list) -
     session = setup(project)
     (project / "dataset" / "1024x1024").mkdir(parents=True)
     (project / "dataset" / "1024x1024" / "0001.png").write_bytes(b"png")
-    diagnosis = env.diagnose(session)
+    diagnosis = env.examine(session)
     assert diagnosis.command_files_written
     assert (project / ".lorawizard" / "manual-run" / "dataset_config.toml").is_file()
 
@@ -92,7 +92,7 @@ def test_command_is_written_when_the_dataset_exists(project: Path, gpus: list) -
 def test_bad_extra_args_are_an_error_finding(project: Path, gpus: list) -> None:
     session = setup(project)
     session.set("train.extra_args", ["--no_such_option"])
-    found = by_key(env.diagnose(session))
+    found = by_key(env.examine(session))
     assert found["command"].status == "error"
     assert "unknown sd-scripts option --no_such_option" in found["command"].message
 
@@ -101,7 +101,7 @@ def test_bad_extra_args_are_an_error_finding(project: Path, gpus: list) -> None:
 
 
 def test_no_sd_scripts_anywhere(project: Path, gpus: list) -> None:
-    diagnosis = env.diagnose(Session.new(project / "session.toml"))
+    diagnosis = env.examine(Session.new(project / "session.toml"))
     found = by_key(diagnosis)
     assert found["sd_scripts"].status == "error" and found["sd_scripts"].action == "clone"
     assert found["sd_scripts"].commands[0][:5] == ["git", "clone", "--progress", "--branch", "main"]
@@ -127,7 +127,7 @@ def test_not_a_checkout(project: Path, gpus: list) -> None:
     (folder / "a.jpg").write_bytes(b"x")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(folder))
-    found = by_key(env.diagnose(session))["sd_scripts"]
+    found = by_key(env.examine(session))["sd_scripts"]
     assert found.status == "error" and "is not a kohya-ss/sd-scripts checkout" in found.message
     assert found.action is None  # we never clone into someone's folder
 
@@ -136,29 +136,29 @@ def test_sd_scripts_path_is_a_file(project: Path, gpus: list) -> None:
     (project / "sd").write_text("x")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(project / "sd"))
-    assert "is a file, not a folder" in by_key(env.diagnose(session))["sd_scripts"].message
+    assert "is a file, not a folder" in by_key(env.examine(session))["sd_scripts"].message
 
 
 def test_missing_sd_scripts_path_offers_a_clone_there(project: Path, gpus: list) -> None:
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(project / "later"))
-    found = by_key(env.diagnose(session))["sd_scripts"]
+    found = by_key(env.examine(session))["sd_scripts"]
     assert found.action == "clone" and found.commands[0][-1] == str(project / "later")
 
 
 def test_old_main_without_flux(project: Path, gpus: list) -> None:
     session = setup(project, flux=False, git_branch="main")
-    found = by_key(env.diagnose(session))["sd_scripts"]
+    found = by_key(env.examine(session))["sd_scripts"]
     assert found.status == "error" and "no flux_train_network.py" in found.message and "v0.10.0" in found.message
 
 
 def test_fork_and_export_are_warnings(project: Path, gpus: list) -> None:
     session = setup(project, remote="https://github.com/someone/sd-scripts-fork.git")
-    assert by_key(env.diagnose(session, imports=False))["sd_scripts"].status == "warning"
+    assert by_key(env.examine(session, imports=False))["sd_scripts"].status == "warning"
     other = project / "other"
     other.mkdir()
     session = setup(other, git_branch=None)
-    found = by_key(env.diagnose(session, imports=False))["sd_scripts"]
+    found = by_key(env.examine(session, imports=False))["sd_scripts"]
     assert found.status == "warning" and "not a git clone" in found.fix
 
 
@@ -177,7 +177,7 @@ def test_python_missing_offers_the_venv(project: Path, gpus: list) -> None:
     sd = make_checkout(project / "sd-scripts")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(sd))
-    found = by_key(env.diagnose(session))["python"]
+    found = by_key(env.examine(session))["python"]
     assert found.status == "error" and found.action == "venv"
     assert found.commands[0][1:] == ["-m", "venv", str(sd / ".venv")]
 
@@ -206,7 +206,7 @@ def test_python_that_does_not_run(project: Path, gpus: list, kind: str, message:
     session = setup(project)
     python = session.paths.python
     make_broken_python(python, kind)
-    found = by_key(env.diagnose(session))["python"]
+    found = by_key(env.examine(session))["python"]
     assert found.status == "error" and message in found.message
 
 
@@ -214,7 +214,7 @@ def test_check_that_hangs_is_stopped(project: Path, gpus: list) -> None:
     session = setup(project)
     make_broken_python(session.paths.python, "hang")
     started = time.monotonic()
-    found = by_key(env.diagnose(session, timeout=0.5))["python"]
+    found = by_key(env.examine(session, timeout=0.5))["python"]
     assert time.monotonic() - started < 5
     assert "did not finish within 0.5 s (hung?)" in found.message
 
@@ -230,7 +230,7 @@ def test_old_python_is_an_error(project: Path, gpus: list) -> None:
 
 def test_torch_missing_gives_the_wheel_for_the_driver(project: Path, gpus: list) -> None:
     session = setup(project, torch=None)
-    found = by_key(env.diagnose(session))["torch"]
+    found = by_key(env.examine(session))["torch"]
     assert found.status == "error" and found.message == "not installed" and found.action == "install"
     assert found.commands == [[str(session.paths.python), "-m", "pip", "install", "torch==2.8.0", "torchvision==0.23.0",
                                "--index-url", "https://download.pytorch.org/whl/cu128"]]
@@ -239,33 +239,33 @@ def test_torch_missing_gives_the_wheel_for_the_driver(project: Path, gpus: list)
 def test_torch_too_new_for_the_driver(project: Path, gpus: list) -> None:
     gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4")
     session = setup(project, torch={"version": "2.14.1+cu130", "cuda": "13.0"})
-    found = by_key(env.diagnose(session))["torch"]
+    found = by_key(env.examine(session))["torch"]
     assert found.status == "error" and "needs a newer driver: this one supports CUDA 12.4" in found.message
     assert found.commands[0][-1] == "https://download.pytorch.org/whl/cu124" and "torch==2.6.0" in found.commands[0]
 
 
 def test_cpu_only_torch_with_a_gpu(project: Path, gpus: list) -> None:
     session = setup(project, torch={"version": "2.6.0+cpu", "cuda": None, "available": False, "devices": []})
-    found = by_key(env.diagnose(session))["torch"]
+    found = by_key(env.examine(session))["torch"]
     assert found.status == "error" and "CPU-only build" in found.message and found.commands
 
 
 def test_old_torch(project: Path, gpus: list) -> None:
     session = setup(project, torch={"version": "2.1.2+cu118", "cuda": "11.8"})
-    found = by_key(env.diagnose(session))["torch"]
+    found = by_key(env.examine(session))["torch"]
     assert found.status == "error" and "needs 2.6.0 or later" in found.message
 
 
 def test_torch_that_does_not_import(project: Path, gpus: list) -> None:
     session = setup(project, torch={"import_error": "libcudnn.so.9: cannot open shared object file"})
-    found = by_key(env.diagnose(session))["torch"]
+    found = by_key(env.examine(session))["torch"]
     assert found.status == "error" and "does not import: ImportError: libcudnn.so.9" in found.message
 
 
 def test_cuda_not_available_says_why(project: Path, gpus: list) -> None:
     warning = "The NVIDIA driver on your system is too old (found version 12040)."
     session = setup(project, torch={"available": False, "devices": [], "warning": warning})
-    found = by_key(env.diagnose(session))["cuda"]
+    found = by_key(env.examine(session))["cuda"]
     assert found.status == "error" and warning in found.message
 
 
@@ -273,21 +273,21 @@ def test_no_kernels_for_a_new_gpu(project: Path, gpus: list) -> None:
     gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 5090", 32.0, cuda_driver_version="12.8")
     session = setup(project, torch={"devices": [{"name": "NVIDIA GeForce RTX 5090", "capability": [12, 0],
                                                   "memory_total": 32 * 1024**3}]})
-    found = by_key(env.diagnose(session))["cuda"]
+    found = by_key(env.examine(session))["cuda"]
     assert found.status == "error" and "no kernels for NVIDIA GeForce RTX 5090 (sm_120)" in found.message
     assert "cu128" in found.commands[0][-1]
 
 
 def test_no_bf16_is_a_warning(project: Path, gpus: list) -> None:
     session = setup(project, torch={"bf16": False, "devices": [{"name": "Tesla V100", "capability": [7, 0], "memory_total": 1}]})
-    assert by_key(env.diagnose(session))["cuda"].status == "warning"
+    assert by_key(env.examine(session))["cuda"].status == "warning"
 
 
 def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(
         gpus=[], problem="no NVIDIA GPU visible — probing and training need one", reason="NVIDIA driver not installed"))
     session = setup(project, torch={"available": False, "devices": []})
-    diagnosis = env.diagnose(session)
+    diagnosis = env.examine(session)
     found = by_key(diagnosis)
     assert found["gpu"].status == "warning" and "no NVIDIA GPU visible" in found["gpu"].message
     assert "NVIDIA driver not installed" in found["gpu"].message
@@ -297,14 +297,14 @@ def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytes
 
 def test_nvml_blowing_up_is_a_finding(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(env, "gpu_inventory", lambda: 1 / 0)
-    found = by_key(env.diagnose(setup(project), imports=False))["gpu"]
+    found = by_key(env.examine(setup(project), imports=False))["gpu"]
     assert found.status == "warning" and "no NVIDIA GPU visible" in found.message
 
 
 def test_chosen_gpu_gone(project: Path, gpus: list) -> None:
     session = setup(project)
     session.set("gpu.uuid", "GPU-gone")
-    assert "GPU-gone is not present" in by_key(env.diagnose(session, imports=False))["gpu"].message
+    assert "GPU-gone is not present" in by_key(env.examine(session, imports=False))["gpu"].message
 
 
 @pytest.mark.parametrize(
@@ -332,7 +332,7 @@ def test_parse_versions() -> None:
 def test_missing_requirements(project: Path, gpus: list) -> None:
     packages = all_requirements()
     del packages["accelerate"], packages["voluptuous"]
-    found = by_key(env.diagnose(setup(project, packages=packages)))
+    found = by_key(env.examine(setup(project, packages=packages)))
     assert found["accelerate"].status == "error"
     assert found["requirements"].status == "error" and "2 missing: accelerate, voluptuous" in found["requirements"].message
     assert found["requirements"].commands[0][-4:] == ["install", "--upgrade", "-r", "requirements.txt"]
@@ -341,20 +341,20 @@ def test_missing_requirements(project: Path, gpus: list) -> None:
 def test_requirement_that_does_not_import(project: Path, gpus: list) -> None:
     session = setup(project)
     (project / "site" / "voluptuous" / "__init__.py").write_text("raise RuntimeError('broken wheel')\n")
-    found = by_key(env.diagnose(session))["requirements"]
+    found = by_key(env.examine(session))["requirements"]
     assert found.status == "error" and "does not import: voluptuous: RuntimeError: broken wheel" in found.message
 
 
 def test_version_mismatch_is_a_warning(project: Path, gpus: list) -> None:
     packages = all_requirements()
     packages["transformers"] = "4.40.0"
-    found = by_key(env.diagnose(setup(project, packages=packages)))["requirements"]
+    found = by_key(env.examine(setup(project, packages=packages)))["requirements"]
     assert found.status == "warning" and "transformers 4.40.0 (wants 4.54.1)" in found.message
 
 
 def test_requirements_file_parsing_in_the_check(project: Path, gpus: list) -> None:
     session = setup(project)
-    packages = env.diagnose(session, imports=False).check["requirements"]["packages"]
+    packages = env.examine(session, imports=False).check["requirements"]["packages"]
     names = {p["name"]: p for p in packages}
     assert set(names) == set(all_requirements(SD3_REQUIREMENTS))
     assert names["opencv-python"]["module"] == "cv2" and names["diffusers"]["want"] == "0.32.1"

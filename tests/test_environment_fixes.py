@@ -161,7 +161,7 @@ def venv_without_packages(project: Path) -> Session:
 
 def test_install_torch_for_the_driver_then_requirements(project: Path, online: None) -> None:
     session = venv_without_packages(project)
-    assert not env.diagnose(session, imports=False).ok
+    assert not env.examine(session, imports=False).ok
     lines: list[str] = []
     result = env.run_fix(session, "install", log=lines.append)
     assert result.ok, result.summary
@@ -169,7 +169,7 @@ def test_install_torch_for_the_driver_then_requirements(project: Path, online: N
     assert result.commands[1][-4:] == ["install", "--upgrade", "-r", "requirements.txt"]
     assert "install 1/2: install torch 2.6.0 (cu124)" in lines and "Collecting torch==2.6.0" in lines
     assert "  50%" in lines  # pip's \r progress arrives as separate lines
-    diagnosis = env.diagnose(session)
+    diagnosis = env.examine(session)
     assert diagnosis.ok, [f.line() for f in diagnosis.errors]
     assert "2.6.0+cu124" in {f.key: f for f in diagnosis.findings}["torch"].message
 

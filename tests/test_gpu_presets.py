@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from lorawizard.core.command import preset_overrides
 from lorawizard.core.session import Session
 from lorawizard.core.vram_presets import (
     BUILTIN_PRESETS, PresetError, estimate_batch, estimate_bytes, estimate_text, load_presets, preset_for_memory,
-    preset_named, preset_overrides, session_preset, step_down,
+    preset_named, session_preset, step_down,
 )
 
 GIB = 1024**3

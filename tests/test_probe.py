@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lorawizard.core.dataset import bucket_counts
 from lorawizard.core.gpu import GB
 from lorawizard.core.probe import (
-    MARGIN, BatchSearch, ProbeEvent, TrialOutcome, TrialSpec, areas, classify, dataset_buckets, repeats_for, run_step,
+    MARGIN, BatchSearch, ProbeEvent, TrialOutcome, TrialSpec, areas, classify, repeats_for, run_step,
 )
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed
@@ -272,10 +273,10 @@ def test_cancel_between_trials(project: Path) -> None:
     assert session.batch_sizes() == {} and len(inner.specs) == 1
 
 
-def test_dataset_buckets_and_areas(project: Path) -> None:
+def test_bucket_counts_and_areas(project: Path) -> None:
     session = make_project(project, {"1024x512": 2, "512x1024": 3, "768x768": 1})
     (session.paths.dataset / "notes").mkdir()
-    buckets = dataset_buckets(session)
+    buckets = bucket_counts(session)
     assert buckets == {"1024x512": 2, "512x1024": 3, "768x768": 1}
     assert areas(buckets) == [("768x768", ["768x768"], 1), ("512x1024", ["1024x512", "512x1024"], 3)]
 

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorawizard.core.dataset import MANIFEST_FILE, load_manifest
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json
 from lorawizard.core.progress import ProgressMeter
+from lorawizard.core.scan import SIDECAR_EXTENSIONS
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed, StepResult
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT, TokenCounter, load_counter
 
-SIDECAR_EXTENSIONS = (".txt", ".caption")
 MAX_IMPORT_BYTES = 64 * 1024  # a caption is a sentence or three; a bigger file is a mistake, read its start
-MANIFEST = "lorawizard-manifest.json"
 IMPORT_NOTES = "captions-import.json"  # in the project's .lorawizard/
 TE_CACHE_SUFFIX = "_flux_te.npz"
 METADATA_CACHE = "metadata_cache.json"
@@ -188,31 +188,8 @@ class Prepared:
 
 
 def prepared_images(session: Session) -> list[Prepared]:
-    """What the dataset step prepared, in manifest order (via core.dataset when it offers `load_manifest`)."""
-    try:
-        from lorawizard.core.dataset import load_manifest  # type: ignore[attr-defined]
-    except ImportError:
-        load_manifest = None
-    if load_manifest is not None:
-        try:
-            return [Prepared(Path(p.output), str(p.source)) for p in load_manifest(session)]
-        except FileNotFoundError:
-            return []
-    return read_manifest(session.paths.dataset)
-
-
-def read_manifest(dataset: Path) -> list[Prepared]:
-    path = dataset / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise StepFailed(f"{path}: cannot read the dataset manifest ({exc}); run the dataset step again") from None
-    try:
-        return [Prepared(dataset / str(entry["output"]), str(entry["source"])) for entry in data["images"]]
-    except (KeyError, TypeError) as exc:
-        raise StepFailed(f"{path}: not a lorawizard manifest (missing {exc}); run the dataset step again") from None
+    """What the dataset step prepared, in manifest order ([] before the dataset step has run)."""
+    return [Prepared(image.output, image.source) for image in load_manifest(session)]
 
 
 # ---------------------------------------------------------------- the caption set
@@ -550,7 +527,7 @@ def find_imports(session: Session, images: Sequence[Prepared] | None = None) -> 
 def manifest_sidecars(dataset: Path) -> dict[str, str | None]:
     """source → its sidecar (relative to dataset.source, or None) for manifest records that name one."""
     try:
-        data = json.loads((dataset / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads((dataset / MANIFEST_FILE).read_text(encoding="utf-8"))
         records = data["images"]
         return {str(r["source"]): (str(r["sidecar"]) if r["sidecar"] else None) for r in records if "sidecar" in r}
     except (OSError, ValueError, KeyError, TypeError):

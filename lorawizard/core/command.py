@@ -34,6 +34,7 @@ from typing import Any
 
 import tomlkit
 
+from lorawizard.core import vram_presets
 from lorawizard.core.fsutil import atomic_write_text
 from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
 
@@ -117,13 +118,11 @@ def dataset_schema() -> dict[str, SchemaKey]:
 # ---------------------------------------------------------------- VRAM presets (core.vram_presets, GPU step)
 
 
-def session_vram_preset(session: Session) -> Any:
+def session_vram_preset(session: Session) -> vram_presets.VramPreset | None:
     """The session's `gpu.vram_preset` as a `core.vram_presets.VramPreset`, None when unset; CommandError if unknown."""
     name = session.get("gpu.vram_preset")
     if not name:
         return None
-    from lorawizard.core import vram_presets
-
     try:
         presets = vram_presets.load_presets(session)
     except vram_presets.PresetError as exc:
@@ -133,6 +132,19 @@ def session_vram_preset(session: Session) -> Any:
         known = ", ".join(f'"{p.name}"' for p in presets)
         raise CommandError(f"gpu.vram_preset: unknown preset {name!r} (known: {known})")
     return preset
+
+
+def preset_overrides(session: Session, preset: vram_presets.VramPreset) -> dict[str, Any]:
+    """Trainer overrides that make one run use `preset` whatever `gpu.vram_preset` says (the probe's step-down).
+
+    Same rules as the command builder: the user's explicit optimizer wins, and so do `train.extra_args`.
+    """
+    options: dict[str, Any] = {k: v for k, v in preset.options.items()
+                               if not (k == "optimizer_type" and session.is_set("train.optimizer_type"))}
+    if preset.blocks_to_swap or preset.min_gb < 24:
+        options["highvram"] = None  # as the command builder does: --highvram only for big GPUs
+    extra = parse_extra_args(session.get("train.extra_args"))
+    return {k: v for k, v in options.items() if k not in extra}
 
 
 # ---------------------------------------------------------------- the command
@@ -545,31 +557,6 @@ def write_accelerate_config(session: Session, path: Path | str) -> Path:
 # ---------------------------------------------------------------- dataset config
 
 
-def buckets_in_use(session: Session) -> list[str]:
-    """Buckets that hold prepared images: from the dataset manifest, else `<paths.dataset>/<W>x<H>/` with PNGs."""
-    found: set[str] = set()
-    try:
-        from lorawizard.core import dataset as dataset_module
-
-        load_manifest = getattr(dataset_module, "load_manifest", None)
-        records = load_manifest(session) if load_manifest is not None else []
-        found = {str(record.bucket) for record in records if BUCKET_RE.match(str(getattr(record, "bucket", "")))}
-    except Exception:  # noqa: BLE001 - a missing or unreadable manifest falls back to the folders
-        found = set()
-    if not found:
-        root = session.paths.dataset
-        if root.is_dir():
-            for folder in root.iterdir():
-                if folder.is_dir() and BUCKET_RE.match(folder.name) and any(folder.glob("*.png")):
-                    found.add(folder.name)
-    return sorted(found, key=lambda b: (-_area(b), b))
-
-
-def _area(bucket: str) -> int:
-    width, height = parse_bucket(bucket)
-    return width * height
-
-
 def batch_size_for(session: Session, bucket: str, batch_sizes: Mapping[str, int] | None = None) -> int:
     """Probed (`batch_sizes`, else the session's `[gpu.batch_size]`) → the VRAM preset's → 1."""
     if batch_sizes and bucket in batch_sizes:
@@ -645,7 +632,11 @@ def dataset_config_data(
     num_repeats: int | None = None,
 ) -> dict[str, Any]:
     """The dataset config as plain data (checked against sd-scripts' schema)."""
-    chosen = list(buckets) if buckets is not None else buckets_in_use(session)
+    if buckets is None:
+        from lorawizard.core.dataset import bucket_counts  # imports Pillow: only when needed
+
+        buckets = list(bucket_counts(session))
+    chosen = list(buckets)
     if not chosen:
         raise CommandError(
             f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first"

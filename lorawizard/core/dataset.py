@@ -36,7 +36,7 @@ from lorawizard.core.imaging import (
 )
 from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import ScanResult, scan_source
-from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
+from lorawizard.core.session import BUCKET_RE, Session, bucket_area, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
 
 MANIFEST_FILE = "lorawizard-manifest.json"
@@ -119,10 +119,6 @@ class Plan:
 # ---------------------------------------------------------------- manifest
 
 
-def manifest_path(session: Session) -> Path:
-    return session.paths.dataset / MANIFEST_FILE
-
-
 def read_manifest(dataset_dir: Path) -> dict[str, Any]:
     """The raw manifest, or an empty one when there is none (or it is unreadable)."""
     try:
@@ -152,6 +148,21 @@ def load_manifest(session: Session) -> list[PreparedImage]:
         except (KeyError, TypeError, ValueError):
             continue
     return images
+
+
+def bucket_counts(session: Session) -> dict[str, int]:
+    """{bucket: prepared PNGs in its folder}, largest area first; the manifest's buckets, else every `<W>x<H>/`."""
+    root = session.paths.dataset
+    buckets = {image.bucket for image in load_manifest(session) if BUCKET_RE.match(image.bucket)}
+    if not buckets and root.is_dir():
+        buckets = {p.name for p in root.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)}
+    counts = {}
+    for bucket in buckets:
+        folder = root / bucket
+        count = sum(1 for p in folder.iterdir() if p.suffix.lower() == ".png") if folder.is_dir() else 0
+        if count:
+            counts[bucket] = count
+    return dict(sorted(counts.items(), key=lambda item: (-bucket_area(item[0]), item[0])))
 
 
 # ---------------------------------------------------------------- planning

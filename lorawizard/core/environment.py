@@ -1,6 +1,6 @@
 """Environment doctor: sd-scripts checkout, the trainer's Python, torch/CUDA vs the driver, accelerate, requirements.
 
-`diagnose(session)` returns findings (ok / warning / error, each with its fix); `run_fix(session, action)` performs
+`examine(session)` returns findings (ok / warning / error, each with its fix); `run_fix(session, action)` performs
 a one-key fix (clone sd-scripts, create the venv, install torch + requirements), streaming every output line to
 the caller and to a log file under `.lorawizard/logs/`. Without network the fix says so and shows the commands.
 The trainer's Python runs `trainer_side/check_environment.py` as a subprocess by path with a time limit (JSON out): torch is only
@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lorawizard.core import gpu as gpu_module
+from lorawizard.core.command import TRAIN_SCRIPT
 from lorawizard.core.fsutil import display_path
+from lorawizard.core.gpu import NO_GPU, Inventory
 from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
@@ -35,7 +38,6 @@ from lorawizard.core.steps import Cancelled, StepContext, StepResult
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
 BRANCHES = ("main", "sd3")  # identical trees since v0.10.0 (2026-01); main up to v0.9.1 has no FLUX
 DEFAULT_BRANCH = "main"
-TRAIN_SCRIPT = "flux_train_network.py"
 CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "trainer_side" / "check_environment.py"
 CHECK_MARKER = "LORAWIZARD-CHECK "
 CHECK_TIMEOUT_S = 120.0
@@ -79,7 +81,9 @@ class Finding:
 
 
 @dataclass
-class Diagnosis:
+class Examination:
+    """What the environment step found (its findings and the command preview); core.diagnosis is for failed runs."""
+
     findings: list[Finding]
     sd_scripts: Path | None = None
     python: Path | None = None
@@ -349,11 +353,9 @@ def _last_line(text: str) -> str:
 # ---------------------------------------------------------------- GPU, driver and the torch wheel
 
 
-def gpu_inventory() -> Any:
+def gpu_inventory() -> Inventory:
     """core.gpu.inventory() (NVML behind the GPU step's adapter). Tests replace this function."""
-    from lorawizard.core import gpu
-
-    return gpu.inventory()
+    return gpu_module.inventory()
 
 
 def parse_cuda_version(value: Any) -> tuple[int, int] | None:
@@ -467,7 +469,7 @@ def requirements_argv(python: Path) -> list[str]:
     return [str(python), "-m", "pip", "install", "--upgrade", "-r", "requirements.txt"]
 
 
-def diagnose(
+def examine(
     session: Session,
     *,
     cancel: threading.Event | None = None,
@@ -475,11 +477,11 @@ def diagnose(
     timeout: float = CHECK_TIMEOUT_S,
     imports: bool = True,
     preview_command: bool = True,
-) -> Diagnosis:
+) -> Examination:
     """Every check, in order; never raises for bad input (each problem becomes a finding)."""
     meter = ProgressMeter(progress, "env", "checking", 5, "checks")
     findings: list[Finding] = []
-    diagnosis = Diagnosis(findings)
+    diagnosis = Examination(findings)
 
     def tick(detail: str) -> None:
         if cancel is not None and cancel.is_set():
@@ -539,13 +541,11 @@ def diagnose(
     return diagnosis
 
 
-def _safe_inventory() -> Any:
+def _safe_inventory() -> Inventory:
     try:
         return gpu_inventory()
     except Exception as exc:  # noqa: BLE001 - NVML problems are findings, never crashes
-        from types import SimpleNamespace
-
-        return SimpleNamespace(gpus=[], problem="no NVIDIA GPU visible — probing and training need one", reason=str(exc))
+        return Inventory(gpus=[], problem=NO_GPU, reason=str(exc))
 
 
 def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | None) -> Finding:
@@ -759,7 +759,7 @@ def preview_command(session: Session) -> Any:
     )
 
 
-def _preview_command(session: Session, diagnosis: Diagnosis) -> None:
+def _preview_command(session: Session, diagnosis: Examination) -> None:
     """Build the exact training command; write its two config files under .lorawizard/manual-run/ when possible."""
     from lorawizard.core import command as command_module
 
@@ -1095,7 +1095,7 @@ def run_step(ctx: StepContext) -> StepResult:
         details.append(("✓ " if result.ok else "✗ ") + result.summary)
         if not result.ok:
             return StepResult(False, result.summary, details, data)
-    diagnosis = diagnose(session, cancel=ctx.cancel, progress=ctx.progress,
+    diagnosis = examine(session, cancel=ctx.cancel, progress=ctx.progress,
                          timeout=float(ctx.options.get("check_timeout", CHECK_TIMEOUT_S)))
     if diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts"):
         if inspect_checkout(diagnosis.sd_scripts).has_flux:

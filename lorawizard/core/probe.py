@@ -37,14 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lorawizard.core.command import preset_overrides
+from lorawizard.core.dataset import bucket_counts
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
 from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressMeter
-from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
+from lorawizard.core.session import Session, bucket_area, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.vram_presets import (
-    PresetError, VramPreset, load_presets, preset_named, preset_overrides, session_preset, step_down,
+    PresetError, VramPreset, load_presets, preset_named, session_preset, step_down,
 )
 
 MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
@@ -460,34 +462,6 @@ class BatchSearch:
 # ---------------------------------------------------------------- buckets
 
 
-def dataset_buckets(session: Session) -> dict[str, int]:
-    """{bucket: number of prepared images} from the manifest when there is one, else `<dataset>/<W>x<H>/*.png`."""
-    root = session.paths.dataset
-    buckets: set[str] = set()
-    try:
-        from lorawizard.core import dataset as dataset_module
-
-        load_manifest = getattr(dataset_module, "load_manifest", None)
-        if load_manifest is not None:
-            buckets = {str(r.bucket) for r in load_manifest(session) if BUCKET_RE.match(str(getattr(r, "bucket", "")))}
-    except Exception:  # noqa: BLE001 - no or unreadable manifest: fall back to the folders
-        buckets = set()
-    if not buckets and root.is_dir():
-        buckets = {p.name for p in root.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)}
-    counts = {}
-    for bucket in buckets:
-        folder = root / bucket
-        count = sum(1 for p in folder.glob("*") if p.suffix.lower() == ".png") if folder.is_dir() else 0
-        if count:
-            counts[bucket] = count
-    return dict(sorted(counts.items(), key=lambda item: (-_area(item[0]), item[0])))
-
-
-def _area(bucket: str) -> int:
-    width, height = parse_bucket(bucket)
-    return width * height
-
-
 def areas(buckets: dict[str, int]) -> list[tuple[str, list[str], int]]:
     """[(representative bucket, every bucket of that area, images in the representative)], largest area first.
 
@@ -495,7 +469,7 @@ def areas(buckets: dict[str, int]) -> list[tuple[str, list[str], int]]:
     """
     groups: dict[int, list[str]] = {}
     for bucket in buckets:
-        groups.setdefault(_area(bucket), []).append(bucket)
+        groups.setdefault(bucket_area(bucket), []).append(bucket)
     result = []
     for area in sorted(groups, reverse=True):
         members = sorted(groups[area], key=lambda b: (-buckets[b], -parse_bucket(b)[0]))
@@ -545,7 +519,7 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.record("gpu.vram_preset", preset.name)
     ctx.log(f"preset: {preset.title()}")
 
-    buckets = dataset_buckets(session)
+    buckets = bucket_counts(session)
     if not buckets:
         raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
     known = session.batch_sizes()

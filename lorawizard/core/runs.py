@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.runsupervisor import EXIT_FILE
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
-EXIT_FILE = "exit.json"
 CREATE_TIME_TOLERANCE = 0.05  # psutil's create_time has ~10 ms resolution
 _children: dict[int, subprocess.Popen[bytes]] = {}  # runs started by this process (reaped by poll())
 

@@ -156,6 +156,11 @@ def parse_bucket(bucket: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def bucket_area(bucket: str) -> int:
+    width, height = parse_bucket(bucket)
+    return width * height
+
+
 # ---------------------------------------------------------------- line numbers for messages
 
 

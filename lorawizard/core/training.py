@@ -275,7 +275,3 @@ def _progress(state: TrainState, *, finished: bool = False) -> Progress:
     if bar is not None:
         return Progress("train", state.phase, bar.n, bar.total or None, "", bar.rate, bar.remaining_s, "", finished)
     return Progress("train", state.phase, 0, None, "", None, None, "", finished)
-
-
-def project_runs(session: Session) -> list[RunRecord]:
-    return runs.list_runs(session.paths.runs)

@@ -25,9 +25,9 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from lorawizard.core.gpu import GB
 from lorawizard.core.session import Session
 
-GB = 1000**3
 PRESETS_FILE = "vram_presets.toml"
 MAX_BLOCKS_TO_SWAP = 35  # FLUX.1: sd-scripts asserts ≤ 17 double + 36 single blocks swapped
 
@@ -165,21 +165,6 @@ def session_preset(session: Session, total_bytes: int | None = None) -> VramPres
     if total_bytes:
         return preset_for_memory(total_bytes, presets)
     return presets[0]
-
-
-def preset_overrides(session: Session, preset: VramPreset) -> dict[str, Any]:
-    """Trainer overrides that make one run use `preset` whatever `gpu.vram_preset` says (the probe's step-down).
-
-    Same rules as the command builder: the user's explicit optimizer wins, and so do `train.extra_args`.
-    """
-    from lorawizard.core.command import parse_extra_args
-
-    options: dict[str, Any] = {k: v for k, v in preset.options.items()
-                               if not (k == "optimizer_type" and session.is_set("train.optimizer_type"))}
-    if preset.blocks_to_swap or preset.min_gb < 24:
-        options["highvram"] = None  # as the command builder does: --highvram only for big GPUs
-    extra = parse_extra_args(session.get("train.extra_args"))
-    return {k: v for k, v in options.items() if k not in extra}
 
 
 # ---------------------------------------------------------------- the estimate

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
-from lorawizard.tui.messages import SessionChanged, StepFinished
+from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens import SCREENS
 
 
@@ -68,7 +68,6 @@ class LoraWizardApp(App[None]):
             return str(exc)
         except OSError as exc:
             return f"could not save {self.session.path}: {exc.strerror or exc}"
-        self.screen.post_message(SessionChanged(key))  # the screen that shows derived state refreshes
         return None
 
     def step_finished(self, message: StepFinished) -> None:

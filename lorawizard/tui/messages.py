@@ -35,10 +35,3 @@ class StepFinished(Message):
     step: str
     result: StepResult | None  # None: cancelled
     error: str | None = None
-
-
-@dataclass
-class SessionChanged(Message):
-    """A decision was saved; screens that show derived state refresh."""
-
-    key: str

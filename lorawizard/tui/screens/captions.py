@@ -155,7 +155,7 @@ class CaptionsScreen(StepScreen):
     @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
     def load(self) -> None:
         session = self.session
-        self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST)
+        self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST_FILE)
         try:
             with self._session_lock:  # released before call_from_thread: flush may be waiting for it
                 images = core.prepared_images(session)
@@ -445,7 +445,7 @@ class CaptionsScreen(StepScreen):
 
     def on_screen_resume(self) -> None:
         """Back from another step: a new dataset run means new images; the trigger may have been changed."""
-        if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / core.MANIFEST) != self._manifest_stamp:
+        if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / core.MANIFEST_FILE) != self._manifest_stamp:
             self.load()
         elif self.captions is not None:
             trigger = str(self.session.get("dataset.trigger") or "")

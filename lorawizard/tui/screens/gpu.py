@@ -19,9 +19,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from lorawizard.core.dataset import bucket_counts
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
-from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, dataset_buckets, load_results
-from lorawizard.core.session import parse_bucket
+from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, load_results
+from lorawizard.core.session import bucket_area, parse_bucket
 from lorawizard.core.vram_presets import (
     PresetError, VramPreset, estimate_batch, estimate_text, load_presets, preset_for_memory, preset_named,
 )
@@ -44,11 +45,6 @@ class ProbeUpdate(Message):
 
 def _cell(text: str, style: str = "") -> Text:
     return Text(text, style=style, overflow="ellipsis")
-
-
-def _area(bucket: str) -> int:
-    width, height = parse_bucket(bucket)
-    return width * height
 
 
 class GpuScreen(StepScreen):
@@ -115,7 +111,7 @@ class GpuScreen(StepScreen):
     @work(thread=True, exclusive=True, group="gpu-inventory", exit_on_error=False)
     def _load(self) -> None:
         session = self.app.session  # type: ignore[attr-defined]
-        self.post_message(InventoryLoaded(inventory(), dataset_buckets(session)))
+        self.post_message(InventoryLoaded(inventory(), bucket_counts(session)))
 
     @on(InventoryLoaded)
     def _loaded(self, message: InventoryLoaded) -> None:
@@ -248,7 +244,7 @@ class GpuScreen(StepScreen):
         same_gpu = results.get("gpu", {}).get("uuid") == session.get("gpu.uuid")
         preset, _ = self._current_preset()
         gpu = self._chosen()
-        by_area = {_area(b): (b, n) for b, n in set_sizes.items() if b in self.buckets}
+        by_area = {bucket_area(b): (b, n) for b, n in set_sizes.items() if b in self.buckets}
         for bucket, count in self.buckets.items():
             entry = measured.get(bucket)
             peak = speed = "—"
@@ -260,8 +256,8 @@ class GpuScreen(StepScreen):
                     source = _cell("probed" if same_gpu else "probed on another GPU", "green" if same_gpu else "yellow")
                 else:
                     source = _cell("set by hand")
-            elif _area(bucket) in by_area:
-                twin, size = by_area[_area(bucket)]
+            elif bucket_area(bucket) in by_area:
+                twin, size = by_area[bucket_area(bucket)]
                 batch, source = f"~{size}", _cell(f"same area as {twin}", "dim")
             elif preset is not None and gpu is not None:
                 width, height = parse_bucket(bucket)

@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import Label, Log, ProgressBar
 from textual.worker import get_current_worker
 
-from lorawizard.core.progress import Progress, format_duration, format_progress
+from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
 from lorawizard.tui.messages import StepFinished, StepLog, StepProgress
 
@@ -110,7 +110,3 @@ class StepRunner(Vertical):
             status.update(f"{mark} {message.result.summary}")
             log.write_lines(message.result.details)
         self.app.step_finished(message)  # type: ignore[attr-defined]
-
-
-def eta_text(event: Progress) -> str:
-    return format_duration(event.eta_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,9 +170,3 @@ class DiagnosisLine(Static):
         self.set_class(problem is not None, "-warn")
         if problem is not None:
             self.update(f"✗ {problem.what}\n  → {problem.advice}")
-
-
-def format_loss(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return "nan" if math.isnan(value) else f"{value:.4g}"
