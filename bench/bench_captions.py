@@ -103,7 +103,9 @@ def naive_flags(captions: cap.CaptionSet, mask: int) -> list[int]:
         elif not cap.one_line(item.body):
             flags |= cap.EMPTY
         if (line + "\n").encode() != item.on_disk:
-            flags |= cap.EDITED
+            flags |= cap.UNWRITTEN
+            if cap.one_line(item.body or "") != cap.one_line(item.base or ""):
+                flags |= cap.EDITED
         if clip > 77:
             flags |= cap.OVER_CLIP
         if t5 > 512:

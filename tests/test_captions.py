@@ -115,6 +115,26 @@ def test_changing_the_trigger_rewrites_every_caption_file(project: Path) -> None
     assert txt_of(project, 1).read_text() == "sks, a woman\n"
 
 
+def test_edited_counts_what_the_person_changed_not_files_yet_to_write(project: Path) -> None:
+    sources = [f"IMG_{n:04d}.jpg" for n in range(1, 7)]
+    session = make_project(project, sources, captions={"IMG_0005.jpg": "imported, not written yet",
+                                                          "IMG_0006.jpg": "written before"}, trigger="ohwx")
+    txt_of(project, 6).write_text("ohwx, written before\n")
+    captions = cap.CaptionSet.from_session(session)
+    counts = captions.counts()
+    assert counts["missing"] == 4 and counts["edited"] == 0  # fresh: nothing was edited (not "edited 6")
+    assert [i for i, item in enumerate(captions.items) if item.flags & cap.UNWRITTEN] == [0, 1, 2, 3, 4]
+    captions.set_body(0, "a woman on a pier")
+    captions.set_body(5, "written before, and changed")
+    assert captions.filtered("edited") == [0, 5]
+    captions.set_body(5, "written before")  # typed back to what the file says: not an edit any more
+    assert captions.filtered("edited") == [0]
+    captions.set_trigger("sks")  # a new trigger rewrites every file but edits no caption
+    assert captions.counts()["edited"] == 1
+    cap.write_captions(captions)
+    assert captions.counts()["edited"] == 0 and not any(item.flags & cap.UNWRITTEN for item in captions.items)
+
+
 # ---------------------------------------------------------------- bulk edits
 
 

@@ -270,3 +270,15 @@ async def test_image_drawn_in_the_worker_equals_textuals_own_render(tmp_path: Pa
         await pilot.pause()
         assert [list(widget.render_line(y)) for y in range(16)] == rendered
         assert all(widget.render_line(y) is drawn.lines[y] for y in range(16))  # no render: the drawn cells
+
+
+async def test_the_guide_stays_out_of_the_editors_way_when_narrow(isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(demo_project(isolated_home)), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        info = app.screen.query_one("#cap-info")
+        assert "IMG_0001.jpg" in str(info.render()) and "should NOT learn: for a" not in str(info.render())
+        assert "NOT learn" in str(app.screen.query_one("#cap-editor", TextArea).border_title)
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert "should NOT learn: for a" in str(info.render())

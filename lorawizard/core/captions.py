@@ -43,12 +43,13 @@ SEPARATORS = ",;:.!?"
 # Status flags of one caption (a bit mask, so filtering 5,000 captions is one comparison each).
 MISSING = 1  # no caption in the session
 EMPTY = 2  # a caption that is blank
-EDITED = 4  # what would be written differs from the caption file on disk (not written yet)
+EDITED = 4  # the person changed the caption here and it is not in the caption file yet
 OVER_CLIP = 8  # more than 77 CLIP tokens: CLIP cuts the rest off
 OVER_T5 = 16  # more than 512 T5 tokens
 NO_TRIGGER = 32  # no trigger word is set
 TRIGGER_TWICE = 64  # the trigger appears again after its place at the front
 IMPORT_NOTE = 128  # the sidecar was not clean UTF-8, was cut, or had several lines
+UNWRITTEN = 256  # what would be written differs from the caption file on disk (a missing one too)
 OVER = OVER_CLIP | OVER_T5
 
 FILTERS: dict[str, tuple[str, int]] = {  # name → (label, mask); 0 = everything
@@ -201,15 +202,29 @@ class Caption:
     output: Path  # the prepared image
     body: str | None  # caption from the session; None = missing
     on_disk: bytes | None = None  # the caption file as it is now (None: no file)
+    base: str | None = field(default=None, repr=False)  # the body before the person's edits (see `settle`)
     note: str = ""  # import notes, for people
     line: str = ""  # what would be written (trigger first, one line)
     clip: int = 0
     t5: int = 0
     flags: int = 0
 
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = self.body
+
     @property
     def name(self) -> str:
         return Path(self.file).name
+
+    def settle(self, trigger: str) -> None:
+        """Take the caption file's body as the unedited one (the body as loaded where no file is readable).
+
+        "edited" then counts what the person changed, not each caption that has no file yet (a fresh
+        project of 1,500 images is not "edited 1500").
+        """
+        written = _body_in_file(self.on_disk, trigger)
+        self.base = self.body if written is None else written
 
     @property
     def txt_path(self) -> Path:
@@ -271,12 +286,14 @@ class CaptionSet:
                 continue
             body = entry.get("caption")
             items.append(Caption(prepared.source, prepared.output, None if body is None else str(body), note=notes.get(prepared.source, "")))
+        trigger = str(session.get("dataset.trigger") or "")
         if read_disk:
             for item in items:
                 item.on_disk = _read_bytes(item.txt_path)
+                item.settle(trigger)
         captions = cls(
             items,
-            str(session.get("dataset.trigger") or ""),
+            trigger,
             counter or load_counter(session.paths.tokenizers),
             bool(session.get("dataset.captionless")),
         )
@@ -300,7 +317,9 @@ class CaptionSet:
             elif not one_line(item.body):
                 flags |= EMPTY
             if item.wanted_bytes != item.on_disk:
-                flags |= EDITED
+                flags |= UNWRITTEN
+                if one_line(item.body or "") != one_line(item.base or ""):
+                    flags |= EDITED
             if clip > CLIP_LIMIT:
                 flags |= OVER_CLIP
             if t5 > T5_LIMIT:
@@ -325,6 +344,7 @@ class CaptionSet:
         contents = self.read_disk() if contents is None else contents
         for item, content in zip(self.items, contents, strict=True):
             item.on_disk = content
+            item.settle(self.trigger)
         self.refresh()
 
     # -- reading
@@ -480,6 +500,18 @@ def toml_string(text: str) -> Any:
     return String(StringType.SLB, text, text.translate(_TOML_ESCAPES), Trivia())
 
 
+def _body_in_file(content: bytes | None, trigger: str) -> str | None:
+    """The caption body a caption file holds (its first line, the trigger taken off); None if unreadable."""
+    if content is None:
+        return None
+    try:
+        line = content.decode("utf-8").split("\n", 1)[0].strip()
+    except UnicodeDecodeError:
+        return None
+    trigger = one_line(trigger)
+    return "" if line == trigger else strip_trigger(line, trigger)
+
+
 def _read_bytes(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -627,7 +659,7 @@ def write_captions(
             item.txt_path.unlink(missing_ok=True)
         else:
             atomic_write_bytes(item.txt_path, wanted)
-        item.on_disk = wanted
+        item.on_disk, item.base = wanted, item.body
         return item
 
     with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="captions-write") as pool:

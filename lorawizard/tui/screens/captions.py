@@ -123,7 +123,7 @@ class CaptionsScreen(StepScreen):
                     "",
                     id="cap-editor",
                     soft_wrap=True,
-                    placeholder="no caption yet: describe what the LoRA should NOT learn",
+                    placeholder=f"No caption yet. {GUIDE}",
                 )
                 yield Static("", id="cap-tokens")
         yield StepRunner(self.STEP)
@@ -175,7 +175,6 @@ class CaptionsScreen(StepScreen):
         if captions is None:
             self._problem = "no prepared images yet: run the Dataset step (3) first"
             self.query_one("#cap-header", Static).update(Text(self._problem, style="bold"))
-            self.query_one("#cap-info", Static).update(GUIDE)
             return
         keep = self.current
         self.captions = captions
@@ -257,8 +256,9 @@ class CaptionsScreen(StepScreen):
         if item.note:
             info.append(f"⚑ {item.note}\n", style="yellow")
         written = item.line if len(item.line) <= 90 else item.line[:89] + "…"
-        info.append(f"file: {written or '(none: nothing to write)'}\n", style="italic")
-        info.append(GUIDE, style="dim")
+        info.append(f"file: {written or '(none: nothing to write)'}", style="italic")
+        if self.has_class("-wide"):  # narrow, it would run under the editor: the editor's title says it there
+            info.append(f"\n{GUIDE}", style="dim")
         self.query_one("#cap-info", Static).update(info, layout=False)
 
     def _update_header(self) -> None:
@@ -278,6 +278,9 @@ class CaptionsScreen(StepScreen):
         shown = len(self.caption_list.rows)
         header.append(f" │ filter: {core.FILTERS[self.filter][0]} ({shown})", style="bold" if self.filter != "all" else "dim")
         self.query_one("#cap-header", Static).update(header, layout=False)
+
+    def on_resize(self) -> None:
+        self._update_details()  # the guide comes and goes with the width class (set before this handler)
 
     # -- the image, loaded off the UI thread
 
@@ -669,8 +672,8 @@ def _status_sentence(item: core.Caption, word: str) -> str:
         return "missing"
     if item.flags & core.EMPTY:
         return "empty"
-    if item.flags & core.EDITED:
-        return "not written yet" if word == "edited" else f"{word} · not written yet"
+    if item.flags & core.UNWRITTEN:
+        return "not written yet" if word in ("edited", "✓") else f"{word} · not written yet"
     return word
 
 
