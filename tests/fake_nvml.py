@@ -1,7 +1,8 @@
 """Fake NVML adapters for tests (no GPU anywhere in the test suite).
 
 `FakeNvml` implements `lorawizard.core.gpu.NvmlAdapter`: a fixed list of GPUs, optional per-process memory, or a
-problem (no driver). `FAKE_*` are ready-made inventories: none, one RTX 4090, two different RTX 3090s.
+problem (no driver), peer-to-peer answers. Ready-made inventories: none, one RTX 4090, two different RTX 3090s,
+a 24 GB + 12 GB pair without peer-to-peer (`two_cards_no_p2p`).
 Use `install(monkeypatch, fake)` to make it the process-wide adapter (what the steps and screens use by default).
 """
 
@@ -33,6 +34,7 @@ def fake_gpu(index: int, name: str, total_gb: float, used_gb: float = 0.5, **ext
         utilization_pct=3,
         temperature_c=41,
         power_w=27.5,
+        compute_capability=(8, 6),
     )
     values.update(extra)
     return GpuInfo(**values)  # type: ignore[arg-type]
@@ -42,6 +44,11 @@ RTX_4090 = fake_gpu(0, "NVIDIA GeForce RTX 4090", 25.76, 0.6)
 RTX_3090_BUSY = replace(fake_gpu(0, "NVIDIA GeForce RTX 3090", 25.77, 11.2), uuid="GPU-3090aaaa-busy")
 RTX_3090_FREE = replace(fake_gpu(1, "NVIDIA GeForce RTX 3090 Ti", 25.77, 0.4), uuid="GPU-3090bbbb-free")
 RTX_4060 = fake_gpu(0, "NVIDIA GeForce RTX 4060 Ti", 17.18, 0.3, power_w=None, temperature_c=None)
+# two different cards on a consumer board (no peer-to-peer): 24 GB and 12 GB (GiB, as NVML reports them)
+RTX_3090_24 = replace(fake_gpu(0, "NVIDIA GeForce RTX 3090", 24 * GIB / GB, 0.3), uuid="GPU-3090cccc-24gb")
+RTX_3060_12 = replace(fake_gpu(1, "NVIDIA GeForce RTX 3060", 12 * GIB / GB, 0.2), uuid="GPU-3060dddd-12gb")
+RTX_2080_TI = replace(fake_gpu(2, "NVIDIA GeForce RTX 2080 Ti", 11 * GIB / GB, 0.2, compute_capability=(7, 5)),
+                      uuid="GPU-2080eeee-turing")
 
 
 class FakeNvml:
@@ -54,8 +61,10 @@ class FakeNvml:
         problem: str | None = None,
         processes: dict[str, dict[int, int] | Callable[[], dict[int, int]]] | None = None,
         per_process: bool = True,
+        p2p: bool | None | dict[frozenset[str], bool | None] = True,
     ) -> None:
         self.gpus = list(gpus or [])
+        self.p2p = p2p  # peer-to-peer between GPUs: one answer for every pair, or per pair of UUIDs
         self.problem = problem
         self.processes = processes or {}
         self.per_process = per_process
@@ -83,6 +92,13 @@ class FakeNvml:
             return None
         return dict(self._procs(uuid))
 
+    def p2p_ok(self, uuid_a: str, uuid_b: str) -> bool | None:
+        if self.problem:
+            raise NvmlUnavailable(self.problem)
+        if isinstance(self.p2p, dict):
+            return self.p2p.get(frozenset((uuid_a, uuid_b)))
+        return self.p2p
+
     def _procs(self, uuid: str) -> dict[int, int]:
         value = self.processes.get(uuid, {})
         return value() if callable(value) else value
@@ -98,6 +114,11 @@ def one_gpu() -> FakeNvml:
 
 def two_different_gpus() -> FakeNvml:
     return FakeNvml([RTX_3090_BUSY, RTX_3090_FREE])
+
+
+def two_cards_no_p2p() -> FakeNvml:
+    """A 24 GB and a 12 GB card that cannot reach each other directly (common on consumer boards)."""
+    return FakeNvml([RTX_3090_24, RTX_3060_12], p2p=False)
 
 
 def install(monkeypatch: pytest.MonkeyPatch, fake: FakeNvml) -> FakeNvml:

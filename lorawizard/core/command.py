@@ -8,8 +8,9 @@ sd-scripts-dataset-config-schema.tsv; a test keeps them equal):
   have the parser's type and choices; the session's `train.extra_args` go through the same check and are rejected
   with one clear line when unknown or malformed. No shell is ever involved: `argv` is a list, `shell_text()` is
   only for people (shell-quoted, copyable).
-* `write_accelerate_config(session, path)`: a project-local YAML (one process, one machine, no dynamo, bf16, the
-  chosen GPU). The user's global accelerate config is never read or changed (we always pass `--config_file`).
+* `write_accelerate_config(session, path)`: a project-local YAML (one machine, no dynamo, bf16; one process on the
+  chosen GPU, or MULTI_GPU over several — see core.multigpu). The user's global accelerate config is never read or
+  changed (we always pass `--config_file`).
 * `write_dataset_config(session, path, ...)`: one `[[datasets]]` per bucket in use, absolute `image_dir`, types
   checked against sd-scripts' schema before writing, comments for people.
 * `prepare_run(session, run_dir, ...)`: writes both config files into `run_dir` and returns the command — what the
@@ -473,9 +474,11 @@ def build_train_command(
     output_name: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     resume: Path | str | None = None,
+    launch: Any = None,
 ) -> TrainCommand:
     """`python -m accelerate.commands.launch --config_file CFG … <sd_scripts>/flux_train_network.py <options>`.
 
+    `launch` (core.multigpu.Launch) says which GPUs and how many processes; by default the session's choice.
     Raises CommandError (one line) when sd-scripts or its Python is not known, or an option is wrong.
     """
     paths = session.paths
@@ -483,13 +486,16 @@ def build_train_command(
         raise CommandError("paths.sd_scripts is not set: run the environment step to find or clone sd-scripts")
     if paths.python is None:
         raise CommandError("paths.python is not set: run the environment step to find or create the trainer's Python")
+    launch = launch if launch is not None else plan_launch(session)
+    extra_launch = {k: v for k, v in launch.options().items()
+                    if k not in parse_extra_args(session.get("train.extra_args")) and k not in (overrides or {})}
     options = trainer_options(
         session,
         dataset_config=dataset_config,
         output_dir=output_dir,
         logging_dir=logging_dir,
         output_name=output_name,
-        overrides=overrides,
+        overrides={**extra_launch, **(overrides or {})},
         resume=resume,
     )
     sd_scripts = _absolute(paths.sd_scripts)
@@ -506,31 +512,75 @@ def build_train_command(
         str(sd_scripts / TRAIN_SCRIPT),
         *render_options(options),
     ]
-    env = {"PYTHONUNBUFFERED": "1"}
-    uuid = session.get("gpu.uuid")
-    if uuid:
-        env["CUDA_VISIBLE_DEVICES"] = uuid
+    env = {"PYTHONUNBUFFERED": "1", **launch.env}
     return TrainCommand(argv=argv, env=env, cwd=sd_scripts, options=options)
+
+
+def plan_launch(session: Session, **kwargs: Any) -> Any:
+    """core.multigpu.plan_launch with its SelectionError as a CommandError (one line either way)."""
+    from lorawizard.core import multigpu
+
+    try:
+        return multigpu.plan_launch(session, **kwargs)
+    except multigpu.SelectionError as exc:
+        raise CommandError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- accelerate config
 
 
-def accelerate_config_text(session: Session) -> str:
+def accelerate_config_text(session: Session, launch: Any = None, *, machine: Any = None) -> str:
+    """The project-local accelerate YAML: one process as before, or MULTI_GPU over the chosen GPUs.
+
+    `machine` (core.machines.Machine) writes one machine's file of a multi-machine run.
+    """
     uuid = session.get("gpu.uuid")
     if uuid and not re.fullmatch(r"[A-Za-z0-9._:-]+", uuid):
         raise CommandError(f"gpu.uuid: {uuid!r} does not look like an NVML GPU UUID (GPU-xxxxxxxx-…)")
-    gpu = f"'{uuid}'" if uuid else "all"
-    note = "the GPU chosen in the GPU step (by UUID)" if uuid else "no GPU chosen yet: the GPU step pins one by UUID"
-    return (
-        "# accelerate config written by lorawizard for this project; passed with `accelerate launch --config_file`.\n"
-        "# Your global accelerate config is never read or changed. One process, one machine, no dynamo, bf16.\n"
-        "compute_environment: LOCAL_MACHINE\n"
-        "distributed_type: 'NO'\n"
-        "num_processes: 1\n"
-        "num_machines: 1\n"
-        "machine_rank: 0\n"
-        f"gpu_ids: {gpu}  # {note}\n"
+    launch = launch if launch is not None else plan_launch(session)
+    header = "# accelerate config written by lorawizard for this project; passed with `accelerate launch --config_file`.\n"
+    if not launch.distributed and machine is None:
+        uuids = launch.uuids or ([uuid] if uuid else [])
+        gpu = f"'{uuids[0]}'" if uuids else "all"
+        note = "the GPU chosen in the GPU step (by UUID)" if uuids else "no GPU chosen yet: the GPU step pins one by UUID"
+        body = (
+            "# Your global accelerate config is never read or changed. One process, one machine, no dynamo, bf16.\n"
+            "compute_environment: LOCAL_MACHINE\n"
+            "distributed_type: 'NO'\n"
+            "num_processes: 1\n"
+            "num_machines: 1\n"
+            "machine_rank: 0\n"
+            f"gpu_ids: {gpu}  # {note}\n"
+        )
+    elif machine is not None:
+        body = (
+            f"# Machine {machine.rank} of {machine.count} ({machine.host}): run the same command on every machine.\n"
+            "compute_environment: LOCAL_MACHINE\n"
+            "distributed_type: MULTI_GPU\n"
+            f"num_processes: {machine.total_processes}  # every machine's processes together\n"
+            f"num_machines: {machine.count}\n"
+            f"machine_rank: {machine.rank}\n"
+            f"main_process_ip: {machine.main_ip}\n"
+            f"main_process_port: {machine.port}\n"
+            f"gpu_ids: {machine.gpu_ids}\n"
+        )
+    else:
+        gpu = "all" if launch.cpu else "'" + ",".join(launch.uuids) + "'"
+        note = ("test mode: processes on the CPU" if launch.cpu
+                else "rank order: largest memory first, then PCI order (rank 0 saves and samples)")
+        body = (
+            f"# Your global accelerate config is never read or changed. {launch.processes} processes (data-parallel), "
+            "one machine, no dynamo, bf16.\n"
+            "compute_environment: LOCAL_MACHINE\n"
+            "distributed_type: MULTI_GPU\n"
+            f"num_processes: {launch.processes}\n"
+            "num_machines: 1\n"
+            "machine_rank: 0\n"
+            f"gpu_ids: {gpu}  # {note}\n"
+            f"main_process_port: {launch.port}  # free when the run was prepared\n"
+        )
+    same_network = "true" if machine is None or session.get("gpu.same_network") else "false"
+    return header + body + (
         "mixed_precision: bf16\n"
         "use_cpu: false\n"
         "debug: false\n"
@@ -540,17 +590,17 @@ def accelerate_config_text(session: Session) -> str:
         "main_training_function: main\n"
         "enable_cpu_affinity: false\n"
         "rdzv_backend: static\n"
-        "same_network: true\n"
+        f"same_network: {same_network}\n"
         "tpu_env: []\n"
         "tpu_use_cluster: false\n"
         "tpu_use_sudo: false\n"
     )
 
 
-def write_accelerate_config(session: Session, path: Path | str) -> Path:
+def write_accelerate_config(session: Session, path: Path | str, launch: Any = None) -> Path:
     """Write the project-local accelerate YAML (atomically) and return its path."""
     path = Path(path)
-    atomic_write_text(path, accelerate_config_text(session))
+    atomic_write_text(path, accelerate_config_text(session, launch))
     return path
 
 
@@ -728,6 +778,7 @@ class PreparedRun:
     command: TrainCommand
     dataset_config: Path
     accelerate_config: Path
+    launch: Any = None  # core.multigpu.Launch: processes, GPUs in rank order, notes for a person
 
     @property
     def files(self) -> list[Path]:
@@ -747,6 +798,7 @@ def prepare_run(
     batch_sizes: Mapping[str, int] | None = None,
     num_repeats: int | None = None,
     output_name: str | None = None,
+    launch: Any = None,
 ) -> PreparedRun:
     """Write `run_dir/dataset_config.toml` and `run_dir/accelerate.yaml`; return them with the exact command.
 
@@ -756,6 +808,7 @@ def prepare_run(
     run_dir = _absolute(run_dir)
     dataset_config = run_dir / DATASET_CONFIG_NAME
     accelerate_config = run_dir / ACCELERATE_CONFIG_NAME
+    launch = launch if launch is not None else plan_launch(session)
     command = build_train_command(
         session,
         dataset_config=dataset_config,
@@ -765,9 +818,10 @@ def prepare_run(
         output_name=output_name,
         overrides=overrides,
         resume=resume,
+        launch=launch,
     )
     data = dataset_config_data(session, buckets=buckets, batch_sizes=batch_sizes, num_repeats=num_repeats)
-    accelerate_text = accelerate_config_text(session)
+    accelerate_text = accelerate_config_text(session, launch)
     atomic_write_text(dataset_config, dataset_config_text(data))
     atomic_write_text(accelerate_config, accelerate_text)
-    return PreparedRun(command, dataset_config, accelerate_config)
+    return PreparedRun(command, dataset_config, accelerate_config, launch)

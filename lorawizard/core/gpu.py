@@ -33,6 +33,7 @@ class GpuInfo:
     utilization_pct: int | None = None
     temperature_c: int | None = None
     power_w: float | None = None
+    compute_capability: tuple[int, int] | None = None  # (8, 6) for an RTX 3090: several GPUs must agree on bf16
 
     @property
     def total_gb(self) -> float:
@@ -99,6 +100,8 @@ class NvmlAdapter(Protocol):
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         """{host pid: bytes of GPU memory} for compute processes on that GPU; None when NVML can't tell."""
         ...
+
+    # optional: `p2p_ok(uuid_a, uuid_b) -> bool | None` (peer-to-peer between two GPUs; core.multigpu uses it)
 
 
 # ---------------------------------------------------------------- the real adapter
@@ -169,11 +172,26 @@ class PynvmlAdapter:
                         utilization_pct=int(util.gpu) if util is not None else None,
                         temperature_c=_temperature(n, handle),
                         power_w=power / 1000 if isinstance(power, int | float) else None,
+                        compute_capability=_capability(n, handle),
                     )
                 )
             return gpus
         except n.NVMLError as exc:
             raise NvmlUnavailable(f"NVML error: {exc}") from None
+
+    def p2p_ok(self, uuid_a: str, uuid_b: str) -> bool | None:
+        """Whether the two GPUs can read each other's memory directly (nvmlDeviceGetP2PStatus); None: can't tell."""
+        n = self._nvml()
+        function = getattr(n, "nvmlDeviceGetP2PStatus", None)
+        if function is None:
+            return None
+        index = getattr(n, "NVML_P2P_CAPS_INDEX_READ", 0)
+        index = index[0] if isinstance(index, tuple) else index  # nvidia-ml-py defines it as `0,` (a tuple)
+        try:
+            status = function(n.nvmlDeviceGetHandleByUUID(uuid_a), n.nvmlDeviceGetHandleByUUID(uuid_b), index)
+        except n.NVMLError:
+            return None
+        return status == getattr(n, "NVML_P2P_STATUS_OK", 0)
 
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         n = self._nvml()
@@ -245,6 +263,12 @@ def _memory(n: Any, handle: Any) -> tuple[int, int, int]:
             pass
     info = n.nvmlDeviceGetMemoryInfo(handle)
     return info.total, info.used, info.free
+
+
+def _capability(n: Any, handle: Any) -> tuple[int, int] | None:
+    function = getattr(n, "nvmlDeviceGetCudaComputeCapability", None)
+    value = _optional(n, function, handle) if function is not None else None
+    return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) and len(value) == 2 else None
 
 
 def _temperature(n: Any, handle: Any) -> int | None:

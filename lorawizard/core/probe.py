@@ -201,14 +201,15 @@ class SubprocessTrialRunner:
 
         trial_dir = self.workdir / f"trial-{spec.number:02d}-{spec.bucket}-b{spec.batch}"
         trial_dir.mkdir(parents=True, exist_ok=True)
-        accelerate = builder.write_accelerate_config(self.session, self.workdir / "accelerate.yaml")
+        launch = builder.plan_launch(self.session, uuids=[self.gpu.uuid])  # a trial is one process on one GPU
+        accelerate = builder.write_accelerate_config(self.session, self.workdir / "accelerate.yaml", launch)
         dataset = builder.write_dataset_config(
             self.session, trial_dir / "dataset_config.toml", buckets=[spec.bucket], batch_sizes={spec.bucket: spec.batch},
             num_repeats=repeats_for(spec.images, spec.batch, self.steps),
         )
         return builder.build_train_command(
             self.session, dataset_config=dataset, accelerate_config=accelerate, output_dir=trial_dir / "out",
-            output_name="probe", overrides=probe_overrides(self.session, spec.preset, self.steps),
+            output_name="probe", overrides=probe_overrides(self.session, spec.preset, self.steps), launch=launch,
         )
 
     def __call__(self, spec: TrialSpec, report: Callable[[ProbeEvent], None]) -> TrialOutcome:
@@ -658,6 +659,7 @@ def _dry_run(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, groups: list[tu
             ctx.session, dataset_config=workdir / "trial-01" / "dataset_config.toml",
             accelerate_config=workdir / "accelerate.yaml", output_dir=workdir / "trial-01" / "out",
             output_name="probe", overrides=probe_overrides(ctx.session, preset),
+            launch=builder.plan_launch(ctx.session, uuids=[gpu.uuid]),
         )
         details.append("first trial: " + argv.shell_text())
     except builder.CommandError as exc:

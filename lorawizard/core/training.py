@@ -114,6 +114,7 @@ class Plan:
     base_step: int = 0
     base_epoch: int = 0
     resumed_from: Path | None = None
+    launch: Any = None  # core.multigpu.Launch: processes, GPUs in rank order, notes
 
 
 def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = None) -> Plan:
@@ -139,7 +140,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     return Plan(
         run_dir=Path(run_dir), command=prepared.command, files=list(prepared.files),
         base_step=state.step if state else 0, base_epoch=state.epoch if state else 0,
-        resumed_from=state.path if state else None,
+        resumed_from=state.path if state else None, launch=prepared.launch,
     )
 
 
@@ -150,10 +151,32 @@ def start_run(session: Session, plan: Plan) -> RunRecord:
             command.argv, plan.run_dir, env=command.env, cwd=command.cwd, session_text=session.to_text(),
             output_name=str(command.options.get("output_name", session.get("name"))),
             base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
-            gpu_uuid=session.get("gpu.uuid"),
+            gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.get("gpu.uuid"),
+            extra=_launch_extra(plan.launch),
         )
     except RunError as exc:
         raise StepFailed(str(exc)) from None
+
+
+def _first(items: list[str]) -> str | None:
+    return items[0] if items else None
+
+
+def _launch_extra(launch: Any) -> dict[str, Any]:
+    """What the dashboard needs of a run on several GPUs: every GPU (rank order) and the process count."""
+    if launch is None:
+        return {}
+    return {"gpu_uuids": list(launch.uuids), "processes": launch.processes, "cpu": launch.cpu}
+
+
+def launch_lines(launch: Any) -> list[str]:
+    """`2 processes (data-parallel) on GPU-a, GPU-b` and the notes (peer-to-peer, a busy GPU)."""
+    if launch is None or not launch.distributed:
+        return []
+    where = "the CPU (test mode)" if launch.cpu else ", ".join(
+        f"GPU {g.index} {g.name}" for g in launch.gpus) or ", ".join(launch.uuids)
+    return [f"{launch.processes} processes (data-parallel, one per GPU) on {where}; port {launch.port}",
+            *launch.notes]
 
 
 def status_line(state: TrainState) -> str:
@@ -188,6 +211,8 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.log(f"train: {one_line(problem)}")
     if ctx.dry_run:
         plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
+        for line in launch_lines(plan.launch):
+            ctx.log(line)
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
         for path in plan.files:
             ctx.log(f"  {path}")
@@ -203,6 +228,8 @@ def run_step(ctx: StepContext) -> StepResult:
         raise StepFailed(f"no training run is going under {runs_dir}")
     else:
         plan = plan_run(session, resume=resume)
+        for line in launch_lines(plan.launch):
+            ctx.log(f"train: {line}")
         record = start_run(session, plan)
         what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
         ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
