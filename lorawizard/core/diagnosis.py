@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lorawizard.core.logparse import TrainState
+from lorawizard.core import ddp_failures
+from lorawizard.core.logparse import Failure, TrainState
 
 STALL_AFTER_S = 15 * 60.0
 
@@ -22,6 +23,13 @@ class Diagnosis:
 
 def _bucket_hint(state: TrainState) -> str:
     return f" (batch sizes {state_batch(state)})" if state_batch(state) else ""
+
+
+def _ranks_hint(state: TrainState, failure: Failure) -> str:
+    ranks = state.failed_ranks or ([failure.rank] if failure.rank is not None else [])
+    if not ranks:
+        return ""
+    return f" (rank {ranks[0]} first)" if len(ranks) > 1 else f" (rank {ranks[0]})"
 
 
 def state_batch(state: TrainState) -> str:
@@ -43,11 +51,21 @@ def diagnose(
     """A diagnosis for a failed, stalled or sick run; None while it is healthy or when it finished well."""
     kinds = {f.kind: f for f in state.failures}
     if "oom" in kinds:
+        rank = kinds["oom"].rank
+        if rank is not None:  # several GPUs: one card ran out while the others waited for it
+            return Diagnosis(
+                "oom", f"rank {rank} ran out of GPU memory{_bucket_hint(state)}; the other processes waited for it",
+                "every GPU trains the same batch, so it must fit the smallest card: re-probe (step 5 measures each "
+                "kind of card and keeps the smallest batch), then resume (r)",
+            )
         return Diagnosis(
             "oom", f"CUDA ran out of GPU memory{_bucket_hint(state)}",
             "lower the batch size or choose a smaller VRAM preset: run the probe (step 5, GPU & batch size) to find "
             "what fits, then resume (r)",
         )
+    for known in ddp_failures.TABLE:  # several GPUs: NCCL, rendezvous, a busy GPU (texts and sources in the table)
+        if known.kind in kinds and "exception" not in kinds:  # a Python error on one rank is the cause, not NCCL
+            return Diagnosis(known.kind, f"{known.what}{_ranks_hint(state, kinds[known.kind])}", known.advice)
     if "missing_model" in kinds:
         text = kinds["missing_model"].text
         match = re.search(r"['\"]([^'\"]+)['\"]", text)
@@ -73,6 +91,12 @@ def diagnose(
         return None
     if stopped:
         return None
+    root = kinds.get("rank_failed")
+    if root is not None and root.code is not None and root.code in (-9, 137):
+        return Diagnosis("host_oom", f"rank {root.rank} was killed (SIGKILL), most likely by the kernel when host RAM "
+                         "ran out; torchrun stopped the other processes",
+                         "each process holds its own copy of the models in RAM: use fewer GPUs, a smaller preset or "
+                         "an fp8 T5-XXL, or add RAM/swap; then resume (r)")
     launcher = kinds.get("launcher")
     code = launcher.code if launcher is not None and launcher.code is not None else returncode
     if code is not None and code in (-9, 137) or (launcher is not None and "SIGKILL" in launcher.text):
@@ -80,8 +104,15 @@ def diagnose(
                          "use fewer blocks_to_swap or a smaller preset, close other programs, or add RAM/swap; "
                          "then resume (r)")
     if "exception" in kinds:
-        text = kinds["exception"].text
-        return Diagnosis("crash", f"the trainer crashed: {text[:160]}", "see the full log (l) for the traceback")
+        failure = next((f for f in state.failures if f.kind == "exception" and root is not None and f.rank == root.rank),
+                       kinds["exception"])  # the rank torchrun saw fail first
+        who = f"rank {failure.rank} of the trainer" if failure.rank is not None else "the trainer"
+        stopped = "; torchrun stopped the other processes" if root is not None else ""
+        return Diagnosis("crash", f"{who} crashed: {failure.text[:160]}{stopped}",
+                         "see the full log (l) for the traceback")
+    if root is not None:
+        return Diagnosis("crash", f"{root.text}; torchrun stopped the other processes",
+                         "see the full log (l): that rank's lines start with [rank" + f"{root.rank}]:")
     if "interrupted" in kinds:
         return Diagnosis("interrupted", "the trainer was interrupted", "resume (r) from the newest state")
     if state.model_saved and (returncode in (0, None)):

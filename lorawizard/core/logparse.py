@@ -21,6 +21,8 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 
+from lorawizard.core import ddp_failures
+
 # ------------------------------------------------------------------ events
 
 
@@ -30,6 +32,7 @@ class Line:
 
     text: str
     level: str = ""  # "INFO", "WARNING", "ERROR" for log records; "" for plain output
+    rank: int | None = None  # the process that printed it, when torchrun's `[rankN]:` prefix says so
 
 
 @dataclass(slots=True)
@@ -103,11 +106,14 @@ class ModelSaved:
 @dataclass(slots=True)
 class Failure:
     """A known failure. kind: oom, missing_model, dataset_config, no_data, resume_missing, exception,
-    interrupted, launcher (accelerate's CalledProcessError; `code` is the child's status, negative = signal)."""
+    interrupted, launcher (accelerate's CalledProcessError or torchrun's ChildFailedError; `code` is the child's
+    status, negative = signal), rank_failed (torchrun's "Root Cause": the rank that failed first), and the
+    several-GPU kinds of core.ddp_failures (nccl_timeout, nccl_cuda_error, …). `rank`: which process, when known."""
 
     kind: str
     text: str
     code: int | None = None
+    rank: int | None = None
 
 
 Event = Line | Bar | Totals | Epoch | Phase | CheckpointSaved | StateSaved | SampleStarted | Resumed | ModelSaved | Failure
@@ -126,7 +132,10 @@ _STATE = re.compile(r"^save train state to (.+?)/train_state\.json at epoch (\d+
 _LOADSTATE = re.compile(r"^load train state from (.+?)/train_state\.json: .*?'current_epoch': (\d+).*?'current_step': (\d+)")
 _SAMPLE = re.compile(r"^generating sample images at step / .*?(\d+)\s*$")
 _OVERRIDE = re.compile(r"^override steps\. steps for \d+ epochs is / .*?: (\d+)")
-_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Invalid))(?:: (.*))?$")
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Invalid))(?::(?: (.*))?)?$")
+_RANK = re.compile(r"^\[rank(\d+)\]:\s?(.*)$")  # torchrun's prefix on a process's lines (tracebacks)
+_RANK_INSIDE = re.compile(r"\[Rank (\d+)\]")  # ProcessGroupNCCL's own "[Rank 1] Watchdog caught …"
+_ROOT_FIELD = re.compile(r"^\s+(rank|exitcode)\s*: (-?\d+)")
 _CALLED = re.compile(r"returned non-zero exit status (-?\d+)|died with <Signals\.\w+: (\d+)>")
 
 _PHASES = (
@@ -257,7 +266,10 @@ class LogParser:
         self._early_bar: str | None = None  # text of a bar already reported from the unterminated tail
         self._open_bar: str | None = None  # last bar drawn, shown as a line once something else is printed
         self._totals: dict[str, str] | None = None
-        self._traceback = False
+        self._tracebacks: set[int | None] = set()  # ranks (None: no prefix) inside a traceback
+        self._rank: int | None = None  # rank of the line being read
+        self._root_cause: dict[str, int] | None = None  # torchrun's "Root Cause (first observed failure)" block
+        self._failed: set[tuple[str, int | None]] = set()  # (kind, rank) already reported: once per process
 
     # -- public
 
@@ -337,6 +349,14 @@ class LogParser:
                     self._segment(text[end:], events)
                 return
         self._early_bar = None
+        if text[:5] == "[rank":
+            match = _RANK.match(text)
+            if match:
+                self._close_record(events)
+                self._rank = int(match.group(1))
+                self._message(match.group(2).rstrip(), "", events)
+                return
+        self._rank = None
         if len(text) > 29 and text[19] == " " and text[20:29] in _LEVELS and (text[0] == " " or text[0].isdigit()):
             self._start_record(text, events)
             return
@@ -404,14 +424,30 @@ class LogParser:
                     self._close_totals(events)
                 return
             self._close_totals(events)
-        if self._traceback and not text.startswith(" ") and not level:
+        if not level:
+            if self._root_cause is not None and self._torchrun_root(text, events):
+                return
+            known = ddp_failures.match(text)
+            if known is not None:
+                self._tracebacks.discard(self._rank)
+                events.append(Line(text, "ERROR", self._rank))
+                inside = _RANK_INSIDE.search(text) if self._rank is None else None
+                self._fail(known.kind, text, events, rank=int(inside.group(1)) if inside else self._rank)
+                return
+            if text.startswith("Root Cause (first observed failure)"):
+                self._root_cause = {}
+            elif "closing signal SIGTERM" in text:  # torchrun stops the other ranks after one failed
+                events.append(Line(text, "", self._rank))
+                events.append(Phase("stopping the other processes"))
+                return
+        if self._tracebacks and not text.startswith(" ") and not level and self._rank in self._tracebacks:
             exc = _EXC.match(text)
             if exc:
-                self._traceback = False
-                events.append(Line(text, "ERROR"))
+                self._tracebacks.discard(self._rank)
+                events.append(Line(text, "ERROR", self._rank))
                 self._exception(exc.group(1), text, events)
                 return
-        events.append(Line(text, level))
+        events.append(Line(text, level, self._rank))
         if not text.startswith(_INTERESTING):
             if level == "ERROR" or (not level and text[:1].isalpha() and _EXC.match(text)):
                 self._other(text, level, events)
@@ -444,7 +480,7 @@ class LogParser:
             if match:
                 events.append(Totals(None, None, None, "", None, int(match.group(1))))
         elif text.startswith("Traceback"):
-            self._traceback = True
+            self._tracebacks.add(self._rank)
         elif text.startswith(("No data found", "Invalid user config")):
             self._other(text, level, events)
         else:
@@ -453,35 +489,63 @@ class LogParser:
                     events.append(Phase(phase))
                     break
 
+    def _torchrun_root(self, text: str, events: list[Event]) -> bool:
+        """Inside torchrun's "Root Cause" block: `rank : 1 (local_rank: 1)`, `exitcode : -9 (pid: …)`."""
+        root = self._root_cause
+        assert root is not None
+        if text.startswith("=") or text.startswith("Failures:"):
+            self._root_cause = None
+            return False
+        match = _ROOT_FIELD.match(text)
+        if not match:
+            return False
+        root[match.group(1)] = int(match.group(2))
+        events.append(Line(text))
+        if "rank" in root and "exitcode" in root:
+            rank, code = root["rank"], root["exitcode"]
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            self._root_cause = None
+            self._fail("rank_failed", f"rank {rank} failed first: it {how}", events, code=code, rank=rank)
+        return True
+
+    def _fail(self, kind: str, text: str, events: list[Event], *, code: int | None = None,
+              rank: int | None = None) -> None:
+        """A Failure, once per (kind, rank): every rank repeats the same error; the watchdog prints it twice."""
+        if (kind, rank) in self._failed:
+            return
+        self._failed.add((kind, rank))
+        events.append(Failure(kind, text, code, rank))
+
     def _other(self, text: str, level: str, events: list[Event]) -> None:
         if text.startswith("No data found"):
-            events.append(Failure("no_data", text))
+            self._fail("no_data", text, events, rank=self._rank)
         elif text.startswith("Invalid user config"):
-            events.append(Failure("dataset_config", text))
+            self._fail("dataset_config", text, events, rank=self._rank)
         elif not level:
             exc = _EXC.match(text)
             if exc:
                 self._exception(exc.group(1), text, events)
 
     def _exception(self, name: str, text: str, events: list[Event]) -> None:
+        rank = self._rank
         if "CUDA out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text or "CUDA error: out of memory" in text:
-            events.append(Failure("oom", text))
-        elif name.endswith("CalledProcessError"):
+            self._fail("oom", text, events, rank=rank)
+        elif name.endswith(("CalledProcessError", "ChildFailedError")):
             match = _CALLED.search(text)
             code = None
             if match:
                 code = int(match.group(1)) if match.group(1) else -int(match.group(2))
-            events.append(Failure("launcher", text, code))
+            self._fail("launcher", text, events, code=code, rank=rank)
         elif name == "FileNotFoundError" or name.endswith("SafetensorError"):
-            events.append(Failure("missing_model", text))
+            self._fail("missing_model", text, events, rank=rank)
         elif name.startswith("voluptuous"):
-            events.append(Failure("dataset_config", text))
+            self._fail("dataset_config", text, events, rank=rank)
         elif name == "ValueError" and "Tried to find" in text:
-            events.append(Failure("resume_missing", text))
+            self._fail("resume_missing", text, events, rank=rank)
         elif name == "KeyboardInterrupt":
-            events.append(Failure("interrupted", text))
+            self._fail("interrupted", text, events, rank=rank)
         else:
-            events.append(Failure("exception", text))
+            self._fail("exception", text, events, rank=rank)
 
 
 def parse_bytes(data: bytes, chunk: int = 1 << 16) -> list[Event]:
@@ -566,10 +630,13 @@ class TrainState:
     lines: deque[Line] = field(default_factory=deque)
     events_seen: int = 0
     line_count: int = 0  # display lines ever appended (the tail keeps the last `tail_lines`)
+    processes: int = 1  # trainer processes (several GPUs): every rank prints the same warnings
+    repeats_hidden: int = 0  # warnings not shown again because another rank already printed them
 
     def __post_init__(self) -> None:
         self.lines = deque(maxlen=self.tail_lines)
         self.losses = LossHistory()
+        self._warning_copies: dict[str, int] = {}
         if self.base_step:
             self.step = self.base_step
             self.epoch = self.base_epoch
@@ -591,6 +658,8 @@ class TrainState:
             self.events_seen += 1
             kind = type(event)
             if kind is Line:
+                if self.processes > 1 and event.level == "WARNING" and self._repeated(event.text):  # type: ignore[union-attr]
+                    continue
                 self.lines.append(event)  # type: ignore[arg-type]
                 self.line_count += 1
             elif kind is Bar:
@@ -621,6 +690,25 @@ class TrainState:
                 self.phase = "finished"
             elif kind is Failure:
                 self.failures.append(event)  # type: ignore[arg-type]
+
+    def _repeated(self, text: str) -> bool:
+        """True for the 2nd..Nth copy of a warning when N processes run (shown once, counted in repeats_hidden)."""
+        copies = self._warning_copies
+        if len(copies) > 4096:
+            copies.clear()
+        seen = copies.get(text, 0)
+        copies[text] = seen + 1
+        if seen % self.processes:
+            self.repeats_hidden += 1
+            return True
+        return False
+
+    @property
+    def failed_ranks(self) -> list[int]:
+        """Ranks that reported a failure (torchrun's root cause first), for "which process failed"."""
+        root = [f.rank for f in self.failures if f.kind == "rank_failed" and f.rank is not None]
+        others = sorted({f.rank for f in self.failures if f.rank is not None} - set(root))
+        return root + others
 
     @property
     def bar_line(self) -> str:

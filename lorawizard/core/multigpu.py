@@ -239,3 +239,10 @@ def busy_notes(gpus: list[GpuInfo], nvml: NvmlAdapter) -> list[str]:
             notes.append(f"GPU {gpu.index} ({gpu.name}) is in use{who}: {used / GB:.1f} GB taken — close that program, "
                          "or the batch sizes probed on an idle card may not fit")
     return notes
+
+
+def steps_per_epoch(batches: dict[str, tuple[int, int]], repeats: int, processes: int = 1) -> int:
+    """Optimizer steps per epoch as sd-scripts counts them: {bucket: (images, batch)} → Σ ⌈images×repeats / batch⌉
+    batches, shared by the processes (accelerate gives each process ⌈batches / processes⌉; even_batches pads)."""
+    total = sum(-(-images * repeats // max(1, batch)) for images, batch in batches.values())
+    return -(-total // max(1, processes))

@@ -30,7 +30,8 @@ class RunFollower:
 
     def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Any = time.monotonic) -> None:
         self.record = record
-        self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch)
+        self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
+                                processes=int(record.extra.get("processes") or 1))
         self.parser = LogParser()
         self.chunk = chunk
         self.clock = clock
