@@ -234,6 +234,8 @@ def _value_for(field):
         return st.sampled_from(field.choices)
     if field.key == "dataset.max_side":
         return st.sampled_from([256, 512, 1024, 2048])
+    if field.key == "captions.max_tokens":
+        return st.integers(min_value=16, max_value=480)
     if field.kind == "int":
         return st.integers(min_value=1, max_value=10_000)
     if field.kind == "float":

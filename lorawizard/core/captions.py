@@ -50,6 +50,8 @@ NO_TRIGGER = 32  # no trigger word is set
 TRIGGER_TWICE = 64  # the trigger appears again after its place at the front
 IMPORT_NOTE = 128  # the sidecar was not clean UTF-8, was cut, or had several lines
 UNWRITTEN = 256  # what would be written differs from the caption file on disk (a missing one too)
+AUTO = 512  # a captioner's draft nobody has reviewed yet (session: caption_auto = true)
+REVIEWED = 1024  # a caption a person wrote, edited, imported or accepted
 OVER = OVER_CLIP | OVER_T5
 
 FILTERS: dict[str, tuple[str, int]] = {  # name → (label, mask); 0 = everything
@@ -59,6 +61,8 @@ FILTERS: dict[str, tuple[str, int]] = {  # name → (label, mask); 0 = everythin
     "over": ("over budget", OVER),
     "trigger": ("trigger issues", NO_TRIGGER | TRIGGER_TWICE),
     "imported": ("import notes", IMPORT_NOTE),
+    "auto": ("auto drafts", AUTO),
+    "reviewed": ("reviewed", REVIEWED),
 }
 
 
@@ -204,6 +208,7 @@ class Caption:
     on_disk: bytes | None = None  # the caption file as it is now (None: no file)
     base: str | None = field(default=None, repr=False)  # the body before the person's edits (see `settle`)
     note: str = ""  # import notes, for people
+    auto: bool = False  # the body is a captioner's draft nobody reviewed yet
     line: str = ""  # what would be written (trigger first, one line)
     clip: int = 0
     t5: int = 0
@@ -285,7 +290,8 @@ class CaptionSet:
             if entry.get("skip"):
                 continue
             body = entry.get("caption")
-            items.append(Caption(prepared.source, prepared.output, None if body is None else str(body), note=notes.get(prepared.source, "")))
+            items.append(Caption(prepared.source, prepared.output, None if body is None else str(body),
+                                 note=notes.get(prepared.source, ""), auto=bool(entry.get("caption_auto")) and body is not None))
         trigger = str(session.get("dataset.trigger") or "")
         if read_disk:
             for item in items:
@@ -330,6 +336,8 @@ class CaptionSet:
                 flags |= TRIGGER_TWICE
             if item.note:
                 flags |= IMPORT_NOTE
+            if not flags & (MISSING | EMPTY):
+                flags |= AUTO if item.auto else REVIEWED
             changed = changed or flags != item.flags
             item.flags = flags
         if changed:  # typing mostly keeps a caption's flags: the filter rows and counts stay valid then
@@ -386,13 +394,29 @@ class CaptionSet:
 
     # -- editing
 
-    def set_body(self, index: int, body: str | None) -> bool:
+    def set_body(self, index: int, body: str | None, *, auto: bool = False) -> bool:
+        """A person's edit (the caption counts as reviewed from then on), or a captioner's draft (`auto`)."""
         item = self.items[index]
-        if item.body == body:
+        if item.body == body and item.auto == auto:
             return False
         item.body = body
+        item.auto = auto and body is not None
         self.refresh([index])
         return True
+
+    def is_persons(self, index: int) -> bool:
+        """A caption a person wrote, edited, imported or accepted: a captioner never replaces it unasked."""
+        item = self.items[index]
+        return bool(item.body and one_line(item.body)) and not item.auto
+
+    def accept(self, indices: Iterable[int] | None = None) -> list[int]:
+        """Mark auto drafts as reviewed (all of them, or those of `indices`). Returns the changed indices."""
+        chosen = range(len(self.items)) if indices is None else indices
+        changed = [i for i in chosen if self.items[i].auto]
+        for i in changed:
+            self.items[i].auto = False
+        self.refresh(changed)
+        return changed
 
     def set_trigger(self, trigger: str) -> None:
         if trigger != self.trigger:
@@ -481,7 +505,8 @@ class CaptionSet:
         changes = []
         for i in indices:
             body = self.items[i].body
-            changes.append((self.items[i].file, {"caption": None if body is None else toml_string(body)}))
+            auto = True if self.items[i].auto and body is not None else None  # None removes the mark
+            changes.append((self.items[i].file, {"caption": None if body is None else toml_string(body), "caption_auto": auto}))
         return changes
 
 
@@ -706,6 +731,11 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.log(f"imported {len(imports.captions)} captions from .txt/.caption files next to the originals")
     for file, note in imports.notes.items():
         ctx.log(f"import note: {file}: {note}")
+    drafted = None
+    if session.get("captions.auto"):
+        from lorawizard.core.autocaption import draft_missing
+
+        drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run
 
     captions = CaptionSet.from_session(session)
     ctx.check_cancelled()
@@ -736,6 +766,8 @@ def run_step(ctx: StepContext) -> StepResult:
         details.append("no trigger word set (dataset.trigger): captions are written without one")
     verb = "would write" if dry_run else "wrote"
     parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
+    if drafted is not None and drafted.drafted:
+        parts.append(f"{len(drafted.drafted)} auto drafts to review")
     if report.removed:
         parts.append(f"{'would remove' if dry_run else 'removed'} {len(report.removed)} stale ones")
     if report.caches_deleted:
@@ -751,6 +783,7 @@ def run_step(ctx: StepContext) -> StepResult:
         "over_clip": [i.file for i in over_clip],
         "over_t5": [i.file for i in over_t5],
         "exact_tokens": captions.counter.exact,
+        "auto": [i.file for i in captions.items if i.flags & AUTO],
     }
     if uncaptioned and not captions.captionless:
         summary = (

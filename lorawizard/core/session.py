@@ -98,11 +98,20 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.optimizer_type", "str", "adamw8bit", None, "optimizer"),
     Field("train.seed", "int", 42, None, "random seed"),
     Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
+    Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
+    Field("captions.model", "str", "qwen2.5-vl-3b", None, "captioner: a catalog name or a folder with a transformers model"),
+    Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),
+    Field("captions.max_tokens", "int", 160, lambda v: None if 16 <= v <= 480 else "16 to 480 (the T5 budget is 512)",
+          "longest draft the captioner may write, in tokens"),
+    Field("captions.auto", "bool", False, None, "replay: draft a caption for every image that has none"),
+    Field("captions.device", "str", "auto", None, "where the captioner runs", ("auto", "gpu", "cpu")),
 )
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
 TABLES = ("paths", "models", "dataset", "gpu", "train")
+OPTIONAL_TABLES = ("captions",)  # not in a new session file; created when first set
 
-IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool"}
+IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool",
+                               "caption_auto": "bool"}  # caption_auto: a captioner's draft nobody reviewed yet
 
 
 _KIND_WORDS = {
@@ -530,7 +539,7 @@ def _read_regular_file(path: Path) -> bytes:
 def _walk(doc: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in doc.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted in TABLES:
+        if isinstance(value, dict) and (dotted in TABLES or dotted in OPTIONAL_TABLES):
             yield from _walk(value, dotted + ".")
         else:
             yield dotted, _plain(value)

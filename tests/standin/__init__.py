@@ -80,3 +80,24 @@ def make_train_project(
     session.set_batch_size(bucket, batch_size)
     session.save()
     return session
+
+
+CAPTIONER = STANDIN_DIR / "caption_images.py"
+
+
+def make_standin_captioner_python(tmp_path: Path | str) -> Path:
+    """A "trainer python" that runs the stand-in captioner in place of trainer_side/caption_images.py (tests only).
+
+    Every other invocation runs this interpreter as usual.
+    """
+    python = Path(tmp_path) / "captioner-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        "# stand-in trainer python for the captioner (tests only)\n"
+        'case "$1" in *caption_images.py) shift; set -- '
+        f'{shlex.quote(str(CAPTIONER))} "$@";; esac\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    return python

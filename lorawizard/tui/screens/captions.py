@@ -247,7 +247,7 @@ class CaptionsScreen(StepScreen):
         info.append(f"{item.file}\n", style="bold")
         info.append(f"{item.output.parent.name}/{item.output.name}", style="dim")
         word, kind = status_of(item)
-        colour = {"ok": "green", "warn": "yellow", "bad": "red", "edit": "magenta"}[kind]
+        colour = {"ok": "green", "warn": "yellow", "bad": "red", "edit": "magenta", "auto": "cyan"}[kind]
         info.append("  ")
         info.append(_status_sentence(item, word), style=colour)
         info.append("\n")

@@ -19,6 +19,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from lorawizard.core.captions import (
+    AUTO,
     EDITED,
     EMPTY,
     IMPORT_NOTE,
@@ -46,6 +47,8 @@ def status_of(item: Caption) -> tuple[str, str]:
         return "trigger×2", "warn"
     if flags & IMPORT_NOTE:
         return "note", "warn"
+    if flags & AUTO:
+        return "auto", "auto"  # a captioner's draft: review it (accept or edit)
     if flags & EDITED:
         return "edited", "edit"
     return "✓", "ok"  # NO_TRIGGER is said once, in the header
@@ -58,6 +61,7 @@ class CaptionList(ScrollView, can_focus=True):
         "caption-list--warn",
         "caption-list--bad",
         "caption-list--edit",
+        "caption-list--auto",
     }
     DEFAULT_CSS = """
     CaptionList { height: 1fr; background: $surface; }
@@ -67,6 +71,7 @@ class CaptionList(ScrollView, can_focus=True):
     CaptionList > .caption-list--warn { color: $text-warning; }
     CaptionList > .caption-list--bad { color: $text-error; }
     CaptionList > .caption-list--edit { color: $text-secondary; }
+    CaptionList > .caption-list--auto { color: $text-accent; }
     """
     BINDINGS = [
         Binding("up", "move(-1)", "Up", show=False),
