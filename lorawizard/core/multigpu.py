@@ -246,3 +246,49 @@ def steps_per_epoch(batches: dict[str, tuple[int, int]], repeats: int, processes
     batches, shared by the processes (accelerate gives each process ⌈batches / processes⌉; even_batches pads)."""
     total = sum(-(-images * repeats // max(1, batch)) for images, batch in batches.values())
     return -(-total // max(1, processes))
+
+
+@dataclass(frozen=True)
+class CardSpeed:
+    """One kind of card from the probe: how many of them, its own largest batch and s/step at that batch."""
+
+    name: str
+    count: int
+    batch: int
+    s_per_step: float | None
+
+
+def speed_summary(cards: list[CardSpeed], batch: int) -> list[str]:
+    """What the slower card costs and what the cards together gain, in plain words (estimates, labelled so).
+
+    DDP runs the same `batch` on every card and each step waits for the slowest. s/step at `batch` on a card that
+    could take more is scaled linearly from its measured s/step (an estimate; all-reduce of LoRA gradients ignored).
+    """
+    timed = [c for c in cards if c.s_per_step]
+    if len(timed) < len(cards) or not cards:
+        return ["no step times measured: run the probe to see what each card costs and gains"]
+    at_batch = {c.name: c.s_per_step * batch / c.batch for c in timed}  # type: ignore[operator]
+    slow = max(timed, key=lambda c: at_batch[c.name])
+    fast = min(timed, key=lambda c: at_batch[c.name])
+    step = at_batch[slow.name]
+    processes = sum(c.count for c in cards)
+    together = processes * batch / step
+    alone = max(c.batch / c.s_per_step for c in timed)  # type: ignore[operator]
+    best = max(timed, key=lambda c: c.batch / c.s_per_step)  # type: ignore[operator]
+    short = short_name
+    lines = []
+    if slow.name != fast.name:
+        idle = 1 - at_batch[fast.name] / step
+        lines.append(f"each step waits for the slowest card: {short(slow.name)} ~{step:.2f} s/step at batch {batch}, "
+                     f"{short(fast.name)} ~{at_batch[fast.name]:.2f} — the {short(fast.name)} idles ~{idle:.0%} of "
+                     "every step")
+    ratio = together / alone
+    verdict = "faster" if ratio > 1.05 else ("no faster" if ratio >= 0.95 else "slower")
+    lines.append(f"estimate: {processes} GPUs ≈ {together:.2f} images/s; the {short(best.name)} alone at its own batch "
+                 f"{best.batch} ≈ {alone:.2f} images/s → ×{ratio:.2f} ({verdict} together)")
+    return lines
+
+
+def short_name(name: str) -> str:
+    """`RTX 3090` for `NVIDIA GeForce RTX 3090`."""
+    return name.replace("NVIDIA ", "").replace("GeForce ", "")

@@ -39,6 +39,7 @@ from typing import Any
 
 from lorawizard.core.command import preset_overrides
 from lorawizard.core.dataset import bucket_counts
+from lorawizard.core import multigpu
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
 from lorawizard.core.procs import kill_process_group
@@ -46,7 +47,7 @@ from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.session import Session, bucket_area, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.vram_presets import (
-    PresetError, VramPreset, load_presets, preset_named, session_preset, step_down,
+    PresetError, VramPreset, load_presets, preset_for_memory, preset_named, session_preset, step_down,
 )
 
 MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
@@ -495,6 +496,13 @@ class AreaResult:
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     nvml: NvmlAdapter | None = ctx.options.get("nvml")
+    if not ctx.options.get("gpu_uuid"):
+        try:
+            uuids = multigpu.chosen_uuids(session)
+        except multigpu.SelectionError as exc:
+            raise StepFailed(str(exc)) from None
+        if len(uuids) > 1:
+            return _run_several(ctx, uuids)
     inv: Inventory = inventory(nvml)
     if not inv.gpus:
         raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
@@ -515,7 +523,7 @@ def run_step(ctx: StepContext) -> StepResult:
     if wanted and preset_named(wanted, presets) is None:
         known = ", ".join(p.name for p in presets)
         raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {known})")
-    preset = session_preset(session, gpu.memory_total)
+    preset = preset_named(ctx.options.get("preset"), presets) or session_preset(session, gpu.memory_total)
     if session.get("gpu.vram_preset") != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
     ctx.log(f"preset: {preset.title()}")
@@ -739,3 +747,110 @@ def load_results(session: Session) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
 
+
+
+# ---------------------------------------------------------------- several GPUs
+
+
+class _Collecting(StepContext):
+    """A sub-step's context whose decisions are kept for the caller instead of being saved."""
+
+    def record(self, key: str, value: Any) -> None:
+        self.decisions[key] = value
+
+
+def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
+    """Several GPUs train the same per-process batch (DDP): probe each kind of card once (same name and memory), all
+    with the smallest card's preset, and keep per bucket the smallest batch that fits every card."""
+    session, nvml = ctx.session, ctx.options.get("nvml")
+    try:
+        gpus = multigpu.training_order(multigpu.present(uuids, inventory(nvml)))
+        multigpu.check_architectures(gpus)
+        presets = load_presets(session)
+    except (multigpu.SelectionError, PresetError) as exc:
+        raise StepFailed(str(exc)) from None
+    kinds: dict[tuple[str, int], list[GpuInfo]] = {}
+    for gpu in gpus:
+        kinds.setdefault((gpu.name, gpu.memory_total), []).append(gpu)
+    smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
+    preset = preset_for_memory(smallest.memory_total, presets)
+    chosen = preset_named(session.get("gpu.vram_preset"), presets)
+    if chosen is not None and chosen.min_gb <= preset.min_gb:
+        preset = chosen  # the person asked for this much swapping or more: keep it
+    ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
+            f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
+    per_kind: list[tuple[list[GpuInfo], StepResult]] = []
+    for members in sorted(kinds.values(), key=lambda m: (m[0].memory_total, m[0].index)):
+        card = members[0]
+        ctx.check_cancelled()
+        stands = "" if len(members) == 1 else f", stands for {len(members)} cards"
+        ctx.log(f"== probing {card.name} (GPU {card.index}{stands})")
+        options = {**ctx.options, "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
+        if ctx.options.get("trial_runner_for"):  # tests: a stand-in runner per card
+            options["trial_runner"] = ctx.options["trial_runner_for"](card)
+        sub = _Collecting(session=session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run, cancel=ctx.cancel,
+                          options=options)
+        per_kind.append((members, run_step(sub)))
+        stepped = sub.decisions.get("gpu.vram_preset")
+        if stepped and stepped != preset.name and (named := preset_named(stepped, presets)) is not None:
+            preset = named  # batch 1 did not fit: this card needed more swapping, so every card uses it
+    if ctx.dry_run:
+        details = [line for _, result in per_kind for line in result.details]
+        return StepResult(True, f"dry run: {len(kinds)} kind(s) of card to probe, preset {preset.name}; nothing was run",
+                          details=details)
+    batch_sizes: dict[str, int] = {}
+    for _, result in per_kind:
+        for bucket, size in result.data.get("batch_sizes", {}).items():
+            batch_sizes[bucket] = min(size, batch_sizes.get(bucket, size))
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    for bucket, size in batch_sizes.items():
+        ctx.record(f"gpu.batch_size.{bucket}", size)
+    lines = [f"{'bucket':<11}{'batch':>6}  per card (own largest batch, s/step)"]
+    speed_lines: list[str] = []
+    for bucket, size in batch_sizes.items():
+        cards = []
+        for members, result in per_kind:
+            measured = next((r for r in result.data.get("results", []) if bucket in r["buckets"]), None)
+            own = result.data.get("batch_sizes", {}).get(bucket, size)
+            cards.append(multigpu.CardSpeed(members[0].name, len(members), own,
+                                            measured.get("s_per_step") if measured else None))
+        lines.append(f"{bucket:<11}{size:>6}  " + " · ".join(
+            f"{multigpu.short_name(c.name)}: {c.batch}" + (f", {c.s_per_step:.2f} s/step" if c.s_per_step else "")
+            for c in cards))
+        if not speed_lines:  # the largest bucket speaks for the run
+            speed_lines = [f"{bucket}: " + line for line in multigpu.speed_summary(cards, size)]
+    _save_several(session, gpus, smallest, preset, per_kind, batch_sizes, ctx)
+    summary = ", ".join(f"{b} → {n}" for b, n in batch_sizes.items())
+    return StepResult(True, f"{summary} on {len(gpus)} GPUs (the smallest batch that fits every card; preset "
+                      f"{preset.name})", details=lines + speed_lines,
+                      data={"batch_sizes": batch_sizes, "preset": preset.name, "gpus": [g.uuid for g in gpus],
+                            "speed": speed_lines})
+
+
+def _save_several(session: Session, gpus: list[GpuInfo], smallest: GpuInfo, preset: VramPreset,
+                  per_kind: list[tuple[list[GpuInfo], StepResult]], batch_sizes: dict[str, int],
+                  ctx: StepContext) -> None:
+    """probe.json for a several-GPU choice: the binding (smallest) card as `gpu`, every card, each kind's results."""
+    path = session.paths.state / RESULTS_FILE
+    by_bucket = {}
+    for members, result in per_kind:
+        if members[0].uuid != smallest.uuid:
+            continue
+        for entry in result.data.get("results", []):
+            for bucket in entry["buckets"]:
+                by_bucket[bucket] = entry
+    data = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "how": "each kind of card probed alone with the smallest card's preset; batch = the smallest that fits every card",
+        "gpu": {"uuid": smallest.uuid, "name": smallest.name, "memory_total": smallest.memory_total},
+        "gpus": [{"uuid": g.uuid, "name": g.name, "memory_total": g.memory_total} for g in gpus],
+        "preset": preset.name,
+        "buckets": by_bucket,
+        "per_card": {members[0].name: result.data.get("results", []) for members, result in per_kind},
+        "batch_sizes": batch_sizes,
+    }
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        ctx.log(f"could not write {path}: {exc.strerror or exc}")

@@ -21,6 +21,7 @@ from textual.widgets.option_list import Option
 
 from lorawizard.core.dataset import bucket_counts
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
+from lorawizard.core.multigpu import short_name
 from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, load_results
 from lorawizard.core.session import bucket_area, parse_bucket
 from lorawizard.core.vram_presets import (
@@ -55,6 +56,7 @@ class GpuScreen(StepScreen):
     BINDINGS = [
         Binding("r", "reprobe", "Re-probe all", show=True),
         Binding("u", "refresh", "Refresh GPUs", show=True),
+        Binding("space", "toggle_gpu", "Add/remove GPU", show=False),
     ]
 
     # Tests put options for the probe step here (e.g. a trial runner); the wizard leaves it empty.
@@ -123,9 +125,42 @@ class GpuScreen(StepScreen):
     # -- GPUs
 
     def _chosen(self) -> GpuInfo | None:
+        """The one GPU, or with several the smallest of them (it sets the preset and the batch for all)."""
         if self.inventory is None:
             return None
+        several = self._several()
+        if len(several) > 1:
+            return min(several, key=lambda gpu: (gpu.memory_total, gpu.index))
         return self.inventory.choose(self.app.session.get("gpu.uuid"))  # type: ignore[attr-defined]
+
+    def _several(self) -> list[GpuInfo]:
+        """The GPUs of `gpu.uuids` that are visible now (empty when one GPU trains)."""
+        if self.inventory is None:
+            return []
+        uuids = self.app.session.get("gpu.uuids")  # type: ignore[attr-defined]
+        return [gpu for gpu in self.inventory.gpus if gpu.uuid in uuids] if len(uuids) > 1 else []
+
+    def action_toggle_gpu(self) -> None:
+        """Space: add the highlighted GPU to the ones training together, or take it out."""
+        options = self.query_one("#gpu-list", OptionList)
+        if self.inventory is None or options.highlighted is None or len(self.inventory.gpus) < 2:
+            return
+        uuid = options.get_option_at_index(options.highlighted).id
+        session = self.app.session  # type: ignore[attr-defined]
+        current = list(session.get("gpu.uuids")) or [g.uuid for g in [self._chosen()] if g is not None]
+        chosen = [u for u in current if u != uuid] if uuid in current else [*current, uuid]
+        if len(chosen) > 1:
+            error = self.app.decide("gpu.uuids", chosen)  # type: ignore[attr-defined]
+        else:
+            error = self.app.decide("gpu.uuids", []) or (  # type: ignore[attr-defined]
+                self.app.decide("gpu.uuid", chosen[0]) if chosen else None)  # type: ignore[attr-defined]
+        if error:
+            self.notify(error, severity="error")
+        elif len(chosen) > 1:
+            self.notify(f"{len(chosen)} GPUs train together: press r to probe each kind of card", timeout=6)
+        self._show_gpus()
+        self._show_preset()
+        self._show_buckets()
 
     def _show_gpus(self) -> None:
         state = self.query_one("#gpu-state", Static)
@@ -143,13 +178,26 @@ class GpuScreen(StepScreen):
         state.remove_class("problem")
         chosen = self._chosen()
         saved = self.app.session.get("gpu.uuid")  # type: ignore[attr-defined]
-        if saved and inv.by_uuid(saved) is None:
+        several = self._several()
+        marked = {gpu.uuid for gpu in several}
+        gone = [u for u in self.app.session.get("gpu.uuids") if inv.by_uuid(u) is None]  # type: ignore[attr-defined]
+        if gone:
+            state.update(f"the chosen GPU {gone[0]} is not visible now: Space on the rows to choose again")
+        elif several:
+            state.update(f"{len(several)} GPUs train together (one process each); every card trains the same batch, "
+                         f"so it must fit the smallest ({short_name(chosen.name)}). Space adds/removes, Enter goes "
+                         "back to one:" if chosen else "")
+        elif saved and inv.by_uuid(saved) is None:
             state.update(f"the saved GPU {saved} is not visible: using the one with the most free memory")
         else:
-            state.update("GPU (Enter on a row to choose; saved by UUID):" if len(inv.gpus) > 1 else "GPU:")
+            state.update("GPU (Enter on a row to choose, Space to add more; saved by UUID):" if len(inv.gpus) > 1
+                         else "GPU:")
         options.clear_options()
         for gpu in inv.gpus:
-            mark = "●" if chosen is not None and gpu.uuid == chosen.uuid else "○"
+            if marked:
+                mark = "☑" if gpu.uuid in marked else "☐"
+            else:
+                mark = "●" if chosen is not None and gpu.uuid == chosen.uuid else "○"
             text = Text(f"{mark} {gpu.describe()}", no_wrap=True, overflow="ellipsis")
             vitals = gpu.vitals()
             if vitals:
@@ -162,6 +210,10 @@ class GpuScreen(StepScreen):
     @on(OptionList.OptionSelected, "#gpu-list")
     def _gpu_selected(self, event: OptionList.OptionSelected) -> None:
         uuid = event.option.id
+        if self._several():  # Enter: back to one GPU
+            error = self.app.decide("gpu.uuids", [])  # type: ignore[attr-defined]
+            if error:
+                self.notify(error, severity="error")
         if uuid and uuid != self.app.session.get("gpu.uuid"):  # type: ignore[attr-defined]
             error = self.app.decide("gpu.uuid", uuid)  # type: ignore[attr-defined]
             if error:
@@ -286,7 +338,7 @@ class GpuScreen(StepScreen):
         options["reprobe"] = reprobe
         options["on_event"] = lambda event: self.post_message(ProbeUpdate(event))
         chosen = self._chosen()
-        if chosen is not None:
+        if chosen is not None and not self._several():  # several GPUs: the step probes each kind of card
             options["gpu_uuid"] = chosen.uuid
         self.runner.start(**options)
 
