@@ -26,14 +26,15 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomlkit
+from tomlkit.items import Item, Table
 
 from lorawizard.core import vram_presets
 from lorawizard.core.fsutil import atomic_write_text
@@ -717,6 +718,10 @@ def dataset_config_data(
     return data
 
 
+def _comment(table: Table, key: str, text: str) -> None:
+    cast(Item, table.item(key)).comment(text)  # a plain key of a table we just built: an Item
+
+
 def dataset_config_text(data: Mapping[str, Any]) -> str:
     doc = tomlkit.document()
     doc.add(tomlkit.comment("sd-scripts dataset config written by lorawizard for one run (see --dataset_config)."))
@@ -726,8 +731,8 @@ def dataset_config_text(data: Mapping[str, Any]) -> str:
     general.add(tomlkit.comment("captions: <image>.txt beside each image; the trigger word is the first token and stays first"))
     for key, value in data["general"].items():
         general.add(key, value)
-    general.item("shuffle_caption").comment("must stay off: text-encoder outputs are cached")
-    general.item("keep_tokens").comment("the trigger word")
+    _comment(general, "shuffle_caption", "must stay off: text-encoder outputs are cached")
+    _comment(general, "keep_tokens", "the trigger word")
     doc.add("general", general)
     datasets = tomlkit.aot()
     for entry in data["datasets"]:
@@ -735,16 +740,16 @@ def dataset_config_text(data: Mapping[str, Any]) -> str:
         width, height = entry["resolution"]
         table.add(tomlkit.comment(f"bucket {width}x{height}"))
         table.add("resolution", entry["resolution"])
-        table.item("resolution").comment("[width, height]")
+        _comment(table, "resolution", "[width, height]")
         table.add("batch_size", entry["batch_size"])
         table.add("num_repeats", entry["num_repeats"])
-        table.item("num_repeats").comment("times each image is seen per epoch")
+        _comment(table, "num_repeats", "times each image is seen per epoch")
         subsets = tomlkit.aot()
         for subset in entry["subsets"]:
             sub = tomlkit.table()
             for key, value in subset.items():
                 sub.add(key, value)
-            sub.item("image_dir").comment("absolute: sd-scripts resolves relative paths against its own folder")
+            _comment(sub, "image_dir", "absolute: sd-scripts resolves relative paths against its own folder")
             subsets.append(sub)
         table.add("subsets", subsets)
         datasets.append(table)
@@ -784,7 +789,7 @@ class PreparedRun:
     def files(self) -> list[Path]:
         return [self.dataset_config, self.accelerate_config]
 
-    def __iter__(self):  # noqa: ANN204 - `command, files = prepare_run(...)` works too
+    def __iter__(self) -> Iterator[Any]:  # `command, files = prepare_run(...)` works too
         return iter((self.command, self.files))
 
 

@@ -314,17 +314,17 @@ def assign_outputs(plan: Plan, previous: dict[str, Any]) -> None:
     numbers: dict[str, int] = {}
     used = plan.used
     for item in used:
-        number = by_source.get(item.source)
-        if number is not None and number not in taken:
-            numbers[item.source] = number
-            taken.add(number)
+        kept = by_source.get(item.source)
+        if kept is not None and kept not in taken:
+            numbers[item.source] = kept
+            taken.add(kept)
     for item in used:
         if item.source in numbers:
             continue
-        number = by_hash.get(item.sha256)
-        if number is not None and number not in taken:
-            numbers[item.source] = number
-            taken.add(number)
+        kept = by_hash.get(item.sha256)
+        if kept is not None and kept not in taken:
+            numbers[item.source] = kept
+            taken.add(kept)
     next_free = 1
     for item in used:
         if item.source in numbers:

@@ -107,8 +107,8 @@ def diagnose(
         failure = next((f for f in state.failures if f.kind == "exception" and root is not None and f.rank == root.rank),
                        kinds["exception"])  # the rank torchrun saw fail first
         who = f"rank {failure.rank} of the trainer" if failure.rank is not None else "the trainer"
-        stopped = "; torchrun stopped the other processes" if root is not None else ""
-        return Diagnosis("crash", f"{who} crashed: {failure.text[:160]}{stopped}",
+        others = "; torchrun stopped the other processes" if root is not None else ""
+        return Diagnosis("crash", f"{who} crashed: {failure.text[:160]}{others}",
                          "see the full log (l) for the traceback")
     if root is not None:
         return Diagnosis("crash", f"{root.text}; torchrun stopped the other processes",

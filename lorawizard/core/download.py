@@ -392,7 +392,7 @@ def download_file(
     cancel: threading.Event | None = None,
     chunk_size: int = CHUNK,
     retries: int = RETRIES,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], object] = lambda line: None,
     _attempt: int = 1,
 ) -> Path:
     """Download `remote` to `dest` (resuming a `.part`), verify it, rename it into place. Returns `dest`.
@@ -469,7 +469,7 @@ def _transfer(
     cancel: threading.Event | None,
     chunk_size: int,
     retries: int,
-    log: Callable[[str], None],
+    log: Callable[[str], object],
 ) -> tuple[str, str | None]:
     total = remote.size
     have = part.stat().st_size if part.exists() else 0

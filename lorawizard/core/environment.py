@@ -9,6 +9,7 @@ ever imported there. No subprocess goes through a shell.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlparse
 
 from lorawizard.core import gpu as gpu_module
@@ -31,10 +32,11 @@ from lorawizard.core.command import TRAIN_SCRIPT
 from lorawizard.core.fsutil import display_path
 from lorawizard.core.gpu import NO_GPU, Inventory
 from lorawizard.core.procs import kill_process_group
-from lorawizard.core.progress import ProgressCallback, ProgressMeter, ignore_progress
+from lorawizard.core.progress import LogCallback, ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
+FindingStatus = Literal["ok", "warning", "error"]
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
 BRANCHES = ("main", "sd3")  # identical trees since v0.10.0 (2026-01); main up to v0.9.1 has no FLUX
 DEFAULT_BRANCH = "main"
@@ -65,7 +67,7 @@ COMMON_PLACES = (
 @dataclass
 class Finding:
     key: str  # "sd_scripts", "python", "torch", "cuda", "gpu", "accelerate", "requirements", "models", "command", ...
-    status: str  # "ok" | "warning" | "error"
+    status: FindingStatus
     title: str
     message: str  # one line
     fix: str = ""  # what to do, one line
@@ -616,7 +618,7 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
     devices = torch.get("devices") or []
     if devices:
         capability = tuple(devices[0].get("capability", ()))[:2] or None
-    wheel = torch_wheel_for(driver_cuda, capability)  # type: ignore[arg-type]
+    wheel = torch_wheel_for(driver_cuda, capability)
     install = [wheel.pip_argv(python)] if wheel and python else []
     wheel_text = f"torch {wheel.torch} for CUDA {wheel.cuda[0]}.{wheel.cuda[1]} ({wheel.tag})" if wheel else ""
     if not torch.get("imported"):
@@ -662,7 +664,7 @@ def _torch_findings(data: Mapping[str, Any], python: Path | None, gpus: list[Any
         else:
             names = ", ".join(sorted({d.get("name", "?") for d in devices})) or "?"
             finding = Finding("cuda", "ok", "CUDA", f"torch sees {len(devices)} device{'s' if len(devices) != 1 else ''}: {names}")
-            if capability and not _arch_supported(torch.get("arch_list") or [], capability):  # type: ignore[arg-type]
+            if capability and not _arch_supported(torch.get("arch_list") or [], capability):
                 sm = f"sm_{capability[0]}{capability[1]}"
                 finding = Finding("cuda", "error", "CUDA", f"torch {version} has no kernels for {names} ({sm})",
                                   f"install {wheel_text}" if wheel else "update the NVIDIA driver",
@@ -857,8 +859,8 @@ def run_streamed(
     chunks: queue.Queue[bytes | None] = queue.Queue()
 
     def pump() -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        stdout = cast(io.BufferedReader, proc.stdout)  # binary pipe: read1 returns what is there, no waiting for more
+        for chunk in iter(lambda: stdout.read1(65536), b""):
             chunks.put(chunk)
         chunks.put(None)
 
@@ -906,7 +908,7 @@ def run_fix(
     *,
     branch: str = DEFAULT_BRANCH,
     url: str = SD_SCRIPTS_URL,
-    log: Callable[[str], None] = lambda line: None,
+    log: LogCallback = lambda line: None,
     progress: ProgressCallback = ignore_progress,
     cancel: threading.Event | None = None,
     record: Callable[[str, Any], None] | None = None,
@@ -933,7 +935,7 @@ def _manual(commands: list[list[str]], cwd: Path | None = None) -> str:
 
 
 def _run_steps(
-    session: Session, action: str, steps: list[tuple[str, list[str], Path | None]], log: Callable[[str], None],
+    session: Session, action: str, steps: list[tuple[str, list[str], Path | None]], log: LogCallback,
     progress: ProgressCallback, cancel: threading.Event | None,
 ) -> tuple[bool, str, Path, list[str]]:
     """Run commands in order into one log file; stop at the first failure. (ok, failure text, log path, last lines)."""
@@ -974,7 +976,7 @@ def _failure(summary: str, tail: list[str], path: Path | None, commands: list[li
     return FixResult(False, text, path, commands, cwd, offline=offline)
 
 
-def _fix_clone(session: Session, branch: str, url: str, log: Callable[[str], None], progress: ProgressCallback,
+def _fix_clone(session: Session, branch: str, url: str, log: LogCallback, progress: ProgressCallback,
                cancel: threading.Event | None, record: Callable[[str, Any], None] | None, dry_run: bool) -> FixResult:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", branch or ""):
         return FixResult(False, f"{branch!r} is not a branch name")
@@ -1011,7 +1013,7 @@ def _fix_clone(session: Session, branch: str, url: str, log: Callable[[str], Non
     return FixResult(checkout.has_flux, f"cloned sd-scripts {branch} into {target} ({checkout.describe()}){flux}", path, commands)
 
 
-def _fix_venv(session: Session, log: Callable[[str], None], progress: ProgressCallback, cancel: threading.Event | None,
+def _fix_venv(session: Session, log: LogCallback, progress: ProgressCallback, cancel: threading.Event | None,
               record: Callable[[str, Any], None] | None, with_pip: bool, dry_run: bool) -> FixResult:
     sd_scripts = find_sd_scripts(session)
     python = find_python(session, sd_scripts)
@@ -1035,7 +1037,7 @@ def _fix_venv(session: Session, log: Callable[[str], None], progress: ProgressCa
     return FixResult(True, f"created {venv} with {commands[0][0]}", path, commands)
 
 
-def _fix_install(session: Session, log: Callable[[str], None], progress: ProgressCallback, cancel: threading.Event | None,
+def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback, cancel: threading.Event | None,
                  dry_run: bool) -> FixResult:
     sd_scripts = find_sd_scripts(session)
     python = find_python(session, sd_scripts)

@@ -191,7 +191,7 @@ class PynvmlAdapter:
             status = function(n.nvmlDeviceGetHandleByUUID(uuid_a), n.nvmlDeviceGetHandleByUUID(uuid_b), index)
         except n.NVMLError:
             return None
-        return status == getattr(n, "NVML_P2P_STATUS_OK", 0)
+        return bool(status == getattr(n, "NVML_P2P_STATUS_OK", 0))
 
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         n = self._nvml()

@@ -14,7 +14,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -81,7 +81,7 @@ def heif_available() -> bool:
     global _heif_state
     if _heif_state is None:
         try:
-            from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
+            from pillow_heif import register_heif_opener
 
             register_heif_opener()
             _heif_state = True
@@ -302,13 +302,13 @@ def _flatten(rgba: Image.Image) -> Image.Image:
 def _deep_to_l(im: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float greyscale → 8 bits by scaling, never by clipping."""
     if im.mode == "F":
-        low, high = im.getextrema()
+        low, high = cast("tuple[float, float]", im.getextrema())  # one band
         if 0.0 <= low and high <= 1.0:
             low, high = 0.0, 1.0
         span = (high - low) or 1.0
         return im.point(lambda v: (v - low) * (255.0 / span)).convert("L")
     wide = im.convert("I") if im.mode != "I" else im
-    low, high = wide.getextrema()
+    low, high = cast("tuple[int, int]", wide.getextrema())
     if im.mode.startswith("I;16") or 0 <= low and high <= 65535 and high > 255:
         low, span = 0, 65535
     elif 0 <= low and high <= 255:
@@ -371,7 +371,7 @@ def load_upright(path: Path, *, scale: float = 1.0) -> tuple[Image.Image, dict[s
         if scale < 1.0 and im.format in ("JPEG", "MPO"):
             want = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
             try:
-                im.draft(None, want)  # type: ignore[arg-type]
+                im.draft(None, want)
             except Exception:
                 pass
         decoded_scale = im.size[0] / full_w
@@ -442,7 +442,7 @@ def render(job: RenderJob) -> RenderOutcome:
         data = buffer.getvalue()
         atomic_write_bytes(job.output, data)
         notes = []
-        if all(high - low <= 2 for low, high in out.getextrema()):
+        if all(high - low <= 2 for low, high in cast("tuple[tuple[int, int], ...]", out.getextrema())):  # RGB
             notes.append("one flat colour: nothing to learn from it")
         return RenderOutcome(True, bytes=len(data), notes=notes)
     except ImageProblem as exc:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lorawizard.core.catalog import COMFY_FOLDERS, ModelFile
 from lorawizard.core.fsutil import atomic_write_json
@@ -33,7 +34,7 @@ class HashCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._data: dict[str, dict] = {}
+        self._data: dict[str, dict[str, Any]] = {}
         self._dirty = False
         try:
             loaded = json.loads(path.read_text(encoding="utf-8"))
@@ -43,7 +44,7 @@ class HashCache:
             pass
 
     @staticmethod
-    def _stamp(st: os.stat_result) -> dict:
+    def _stamp(st: os.stat_result) -> dict[str, int]:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
     def get(self, file: Path) -> str | None:

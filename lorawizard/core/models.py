@@ -234,8 +234,14 @@ def run_step(ctx: StepContext) -> StepResult:
     return _report(plan, [], False, dry_run=False, find_only=False)
 
 
+def _meter_callback(meter: ProgressMeter) -> Callable[[int, int], None]:
+    """sha256_of's (done, total) → the meter (bound now: the caller's loop moves on)."""
+    return lambda done, total: meter.update(done)
+
+
 def _known(plan: _Plan, entry: ModelFile) -> dict[str, Any]:
-    return plan.meta.get("files", {}).get(entry.key, {})
+    known: dict[str, Any] = plan.meta.get("files", {}).get(entry.key, {})
+    return known
 
 
 def _first_contact(plan: _Plan) -> None:
@@ -312,7 +318,7 @@ def _find(plan: _Plan, role: str) -> None:
             meter = ProgressMeter(ctx.progress, "models", f"verifying {candidate.path.name}", size, "B")
             try:
                 actual = sha256_of(candidate.path, plan.hashes, cancel=ctx.cancel,
-                                   progress=lambda done, total, meter=meter: meter.update(done))
+                                   progress=_meter_callback(meter))
             except HashCancelled:
                 raise Cancelled() from None
             except OSError as exc:

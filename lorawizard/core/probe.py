@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lorawizard.core.command import preset_overrides
 from lorawizard.core.dataset import bucket_counts
@@ -61,7 +61,8 @@ SIGKILL_TEXTS = ("died with <Signals.SIGKILL: 9>", "Signals.SIGKILL")
 _BAR_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[[^\]]*?([\d.]+)(it/s|s/it)")
 _BAR_START_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
-STATUS_WORDS = {
+TrialStatus = Literal["ok", "oom", "over-margin", "killed", "timeout", "error"]
+STATUS_WORDS: dict[TrialStatus, str] = {
     "ok": "ok",
     "oom": "out of memory",
     "over-margin": "over 95% margin",
@@ -86,7 +87,7 @@ class TrialSpec:
 @dataclass(frozen=True)
 class TrialOutcome:
     batch: int
-    status: str  # "ok" | "oom" | "over-margin" | "killed" | "timeout" | "error"
+    status: TrialStatus
     peak_bytes: int | None = None  # the trial's own GPU memory peak
     device_peak_bytes: int | None = None  # the whole GPU's peak during the trial (others' memory included)
     s_per_step: float | None = None
@@ -121,7 +122,7 @@ class ProbeEvent:
 TrialRunner = Callable[[TrialSpec, Callable[[ProbeEvent], None]], TrialOutcome]
 
 
-def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: int) -> tuple[str, str]:
+def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: int) -> tuple[TrialStatus, str]:
     """(status, detail) of a finished trial from its exit status and log text."""
     for needle in OOM_TEXTS:
         index = text.find(needle)
@@ -261,7 +262,8 @@ class SubprocessTrialRunner:
             sampler.stop()
         tail.read()
         seconds = time.monotonic() - started
-        common = dict(peak_bytes=sampler.peak, device_peak_bytes=sampler.device_peak, seconds=seconds, log=str(log_path))
+        common: dict[str, Any] = dict(peak_bytes=sampler.peak, device_peak_bytes=sampler.device_peak, seconds=seconds,
+                                      log=str(log_path))
         shutil.rmtree(trial_dir / "out", ignore_errors=True)  # the throwaway LoRA; the log stays
         if ended_by == "cancel":
             raise Cancelled()
@@ -457,7 +459,7 @@ class BatchSearch:
         else:
             candidate = (lo + hi) // 2 if hi - lo > 1 else lo + 1
         if candidate in tried or candidate <= lo:
-            candidate = lo + 1 if lo + 1 not in tried else None
+            return lo + 1 if lo + 1 not in tried else None
         return candidate
 
 
@@ -521,8 +523,8 @@ def run_step(ctx: StepContext) -> StepResult:
         raise StepFailed(str(exc)) from None
     wanted = session.get("gpu.vram_preset")
     if wanted and preset_named(wanted, presets) is None:
-        known = ", ".join(p.name for p in presets)
-        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {known})")
+        names = ", ".join(p.name for p in presets)
+        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
     preset = preset_named(ctx.options.get("preset"), presets) or session_preset(session, gpu.memory_total)
     if session.get("gpu.vram_preset") != preset.name:
         ctx.record("gpu.vram_preset", preset.name)

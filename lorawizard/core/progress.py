@@ -29,7 +29,8 @@ class Progress:
         return max(0.0, min(1.0, self.done / self.total))
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[Progress], object]  # what it returns is ignored (post_message returns a bool)
+LogCallback = Callable[[str], object]  # one line for a person; result ignored
 
 
 def ignore_progress(_: Progress) -> None:

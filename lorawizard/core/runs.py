@@ -188,7 +188,7 @@ def process_matches(pid: int, create_time: float) -> bool:
         process = psutil.Process(pid)
         if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE:
             return False
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
@@ -365,7 +365,7 @@ def _still_running(proc: Any) -> bool:
     import psutil
 
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

@@ -20,7 +20,7 @@ from pathlib import Path
 EXIT_FILE = "exit.json"
 
 
-def _write(path: Path, data: dict) -> None:
+def _write(path: Path, data: dict[str, object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle)

@@ -118,7 +118,8 @@ def _load_cache(path: Path | None) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
         if data.get("version") == CACHE_VERSION and isinstance(data.get("files"), dict):
-            return data["files"]
+            files: dict[str, Any] = data["files"]
+            return files
     except (OSError, ValueError, AttributeError):
         pass
     return {}
@@ -143,7 +144,9 @@ def scan_source(
     write_cache: bool = True,
 ) -> ScanResult:
     """Walk, classify, hash and probe. Raises OSError only when `root` itself cannot be read."""
-    cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
     files, skipped = _walk(root, exclude or [], cancelled)
     result = ScanResult(root=root, ignored=list(skipped))
     cache_path = cache_dir / CACHE_FILE if cache_dir is not None else None

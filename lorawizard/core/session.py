@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomlkit
 from tomlkit.exceptions import ParseError, TOMLKitError
@@ -510,7 +510,7 @@ class Session:
         dataset, _ = self._table_for("dataset.images")
         if "images" not in dataset:
             dataset.append("images", tomlkit.aot())
-        return dataset["images"]
+        return cast(AoT, dataset["images"])
 
     def _image_tables(self) -> list[Any]:
         dataset = self.doc.get("dataset")

@@ -11,11 +11,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lorawizard.core.progress import ProgressCallback, ignore_progress
+from lorawizard.core.progress import LogCallback, ProgressCallback, ignore_progress
 from lorawizard.core.session import Session
 
+StepState = Literal["todo", "done", "attention"]  # what the step bar shows for a step (besides "current")
 STEP_ORDER: tuple[str, ...] = ("env", "models", "dataset", "captions", "probe", "train")
 STEP_TITLES: dict[str, str] = {
     "env": "Environment",
@@ -56,7 +57,7 @@ class StepResult:
 class StepContext:
     session: Session
     progress: ProgressCallback = ignore_progress
-    log: Callable[[str], None] = lambda line: None  # informational lines for a person
+    log: LogCallback = lambda line: None  # informational lines for a person
     dry_run: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
@@ -93,7 +94,8 @@ def _apply(session: Session, key: str, value: Any) -> None:
 
 def load_step(name: str) -> Callable[[StepContext], StepResult]:
     module_name, _, function = STEP_FUNCTIONS[name].partition(":")
-    return getattr(importlib.import_module(module_name), function)
+    step: Callable[[StepContext], StepResult] = getattr(importlib.import_module(module_name), function)
+    return step
 
 
 def parse_steps(text: str | None) -> list[str]:

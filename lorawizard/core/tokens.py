@@ -191,7 +191,7 @@ def load_t5_tokenizer(folder: Path) -> Any:
         raise TokenizerError(f"{folder}/spiece.model: not a sentencepiece model ({exc})") from None
     unk_id = next((i for i, (_, _, kind) in enumerate(pieces) if kind == 2), 2)
     tokenizer = Tokenizer(models.Unigram([(piece, score) for piece, score, _ in pieces], unk_id, False))
-    steps = [normalizers.NFKC()]  # sentencepiece's nmt_nfkc, near enough when the model carries no charsmap
+    steps: list[normalizers.Normalizer] = [normalizers.NFKC()]  # sentencepiece's nmt_nfkc, near enough when the model carries no charsmap
     if charsmap:
         try:
             steps = [normalizers.Precompiled(charsmap)]
@@ -239,6 +239,7 @@ def _fields(data: bytes) -> Iterable[tuple[int, int, Any]]:
     while pos < len(data):
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: Any
         if wire == 0:
             value, pos = _varint(data, pos)
         elif wire == 1:

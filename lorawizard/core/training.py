@@ -9,6 +9,7 @@ and at each epoch; Ctrl-C stops the run gracefully (SIGINT to its process group)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
 class RunFollower:
     """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off)."""
 
-    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Any = time.monotonic) -> None:
+    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
         self.record = record
         self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
                                 processes=int(record.extra.get("processes") or 1))

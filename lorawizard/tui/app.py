@@ -11,7 +11,7 @@ from textual.screen import Screen
 
 from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
-from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
+from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens import SCREENS
 
@@ -39,7 +39,7 @@ class LoraWizardApp(App[None]):
         super().__init__()
         self.session = session
         self.start_step = start_step
-        self.step_states: dict[str, str] = {step: "todo" for step in STEP_ORDER}
+        self.step_states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self._flushers: list[Callable[[], None]] = []
         self.step_states.update(session_step_states(session))
 
@@ -74,7 +74,7 @@ class LoraWizardApp(App[None]):
         ok = message.result is not None and message.result.ok
         self.set_step_state(message.step, "done" if ok else "attention")
 
-    def set_step_state(self, step: str, state: str) -> None:
+    def set_step_state(self, step: str, state: StepState) -> None:
         self.step_states[step] = state
         from lorawizard.tui.widgets.step_bar import StepBar
 
@@ -134,9 +134,9 @@ class LoraWizardApp(App[None]):
         yield SystemCommand("Help: keys", "Show every key", self.action_help)
 
 
-def session_step_states(session: Session) -> dict[str, str]:
+def session_step_states(session: Session) -> dict[str, StepState]:
     """Cheap guesses from the session alone (no I/O beyond stat): enough for the step bar at start-up."""
-    states: dict[str, str] = {}
+    states: dict[str, StepState] = {}
     paths = session.paths
     if paths.python is not None and paths.python.exists():
         states["env"] = "done"

@@ -90,11 +90,11 @@ class GpuScreen(StepScreen):
             yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
             yield Static("", id="estimate")
         yield Static("", id="preset-note")
-        table = DataTable(id="buckets", cursor_type="row", zebra_stripes=True)
+        table: DataTable[str | Text] = DataTable(id="buckets", cursor_type="row", zebra_stripes=True)
         for column, width in (("bucket", 9), ("images", 6), ("batch", 5), ("peak GB", 7), ("s/step", 6), ("source", 32)):
             table.add_column(column, width=width, key=column)  # fixed widths: the header never lags the rows
         yield table
-        trials = DataTable(id="trials", cursor_type="none")
+        trials: DataTable[str | Text] = DataTable(id="trials", cursor_type="none")
         for column, width in (("#", 3), ("bucket", 9), ("batch", 5), ("peak GB", 7), ("result", 22), ("s/step", 6)):
             trials.add_column(column, width=width, key=column)
         yield trials

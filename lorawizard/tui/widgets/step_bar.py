@@ -7,6 +7,7 @@ from textual.events import Click
 from textual.widget import Widget
 
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
+from lorawizard.tui.typed_app import wizard_app
 
 SHORT_TITLES = {"env": "Env", "models": "Models", "dataset": "Dataset", "captions": "Captions", "probe": "GPU", "train": "Train"}
 MARKS = {"done": "✓", "current": "●", "todo": "○", "attention": "✗"}
@@ -44,4 +45,4 @@ class StepBar(Widget):
     def on_click(self, event: Click) -> None:
         for start, end, name in self._spans:
             if start <= event.x < end:
-                self.app.action_goto(name)
+                wizard_app(self).action_goto(name)
