@@ -107,7 +107,7 @@ def _run_wizard(project: Path, images: str | None) -> int:
         return 2
     from lorawizard.tui.images import choose_renderer
 
-    choose_renderer(images)  # must probe the terminal before the app takes it over
+    choose_renderer(images)  # asks the terminal (one round trip) before the app takes stdin over
     from lorawizard.tui.app import LoraWizardApp
 
     app = LoraWizardApp(session)

@@ -47,10 +47,28 @@ class LoraWizardApp(App[None]):
     def project_label(self) -> str:
         return display_path(self.session.project_dir)
 
+    def get_driver_class(self):  # noqa: ANN201 - Textual's own signature
+        from lorawizard.tui.terminal import install_reply_filter
+
+        install_reply_filter()  # a terminal's late reply is never typed into a field
+        return super().get_driver_class()
+
     def on_mount(self) -> None:
         for warning in self.session.warnings:
             self.notify(warning, severity="warning", timeout=8)
         self.switch_mode(self.start_step or self._first_open_step())
+        self.call_after_refresh(self._replay_typed_ahead)
+
+    def _replay_typed_ahead(self) -> None:
+        """Keys pressed while the terminal was being asked (images.choose_renderer) still count."""
+        from lorawizard.tui import images
+
+        text, images.typed_ahead = images.typed_ahead, ""
+        if text:
+            from lorawizard.tui.terminal import typed_keys
+
+            for event in typed_keys(text):
+                self.post_message(event)  # type: ignore[arg-type]
 
     def _first_open_step(self) -> str:
         if _training_is_live(self.session):
