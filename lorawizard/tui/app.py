@@ -68,7 +68,7 @@ class LoraWizardApp(App[None]):
             from lorawizard.tui.terminal import typed_keys
 
             for event in typed_keys(text):
-                self.post_message(event)  # type: ignore[arg-type]
+                self.post_message(event)
 
     def _first_open_step(self) -> str:
         if _training_is_live(self.session):

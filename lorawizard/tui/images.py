@@ -56,7 +56,7 @@ def _textual_image_widget() -> Any:
     if not hasattr(_terminal.get_cell_size, "_result"):
         _terminal.get_cell_size._result = _terminal.CellSize(*_cell_size)  # type: ignore[attr-defined]
     real_stdout = sys.__stdout__
-    sys.__stdout__ = _NotATerminal(real_stdout)  # type: ignore[misc]
+    sys.__stdout__ = _NotATerminal(real_stdout)  # type: ignore[misc,assignment]
     try:
         from textual_image import widget
     finally:

@@ -17,6 +17,11 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from textual._xterm_parser import XTermParser
+    from textual.message import Message
 
 TGP_QUERY = "\x1b_Gi=31,s=1,v=1,a=q,t=d,f=24;AAAA\x1b\\"  # kitty graphics: "could you show this 1×1 pixel?"
 CELL_SIZE_QUERY = "\x1b[16t"
@@ -108,7 +113,7 @@ def _read_until_da1(fd: int, timeout: float) -> str:
 # -- late replies: never keys
 
 
-def _textual_parser_class() -> type:
+def _textual_parser_class() -> type[XTermParser]:
     from textual import events
     from textual._xterm_parser import XTermParser
     from textual.keys import Keys
@@ -120,7 +125,7 @@ def _textual_parser_class() -> type:
         when the parser has gathered it (it asks `_sequence_to_key_events` after each character).
         """
 
-        def feed(self, data: str) -> Iterable[object]:
+        def feed(self, data: str) -> Iterable[Message]:
             filtered = TERMINAL_REPLY.sub("", data)
             if data and not filtered:
                 return ()  # feed("") means end of input to the parser
@@ -142,10 +147,10 @@ def install_reply_filter() -> None:
         return
     from textual.drivers import linux_driver
 
-    linux_driver.XTermParser = _textual_parser_class()  # type: ignore[attr-defined,misc]
+    linux_driver.XTermParser = _textual_parser_class()  # type: ignore[misc]
 
 
-def typed_keys(text: str) -> list[object]:
+def typed_keys(text: str) -> list[Message]:
     """Keys typed during the probe, as Textual events, to post once the app runs."""
     from textual._xterm_parser import XTermParser
 
