@@ -389,3 +389,11 @@ def test_headless_without_auto_does_not_start_the_captioner(tmp_path: Path) -> N
     code, out, err = _replay(session)
     assert code == 1 and "have no caption" in err  # as before: the captions are missing, no model involved
     assert not (session.paths.state / ac.JOB_FILE).exists()
+
+
+def test_a_draft_counts_as_auto_not_as_the_persons_edit(tmp_path: Path) -> None:
+    _, captions = _set(tmp_path)
+    captions.set_body(0, "a draft", auto=True)
+    assert captions.counts()["edited"] == 0 and captions.counts()["auto"] == 1
+    captions.set_body(0, "a draft, then mine")
+    assert captions.counts()["edited"] == 1 and captions.counts()["auto"] == 0

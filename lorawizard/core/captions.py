@@ -324,8 +324,8 @@ class CaptionSet:
                 flags |= EMPTY
             if item.wanted_bytes != item.on_disk:
                 flags |= UNWRITTEN
-                if one_line(item.body or "") != one_line(item.base or ""):
-                    flags |= EDITED
+                if not item.auto and one_line(item.body or "") != one_line(item.base or ""):
+                    flags |= EDITED  # a captioner's draft is not the person's edit: it counts as auto
             if clip > CLIP_LIMIT:
                 flags |= OVER_CLIP
             if t5 > T5_LIMIT:
@@ -732,7 +732,7 @@ def run_step(ctx: StepContext) -> StepResult:
     for file, note in imports.notes.items():
         ctx.log(f"import note: {file}: {note}")
     drafted = None
-    if session.get("captions.auto"):
+    if session.get("captions.auto") and ctx.options.get("autocaption", session.read_only):  # the screen drafts itself
         from lorawizard.core.autocaption import draft_missing
 
         drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run

@@ -3,7 +3,8 @@
 Keyboard: Ctrl+N / Ctrl+B next / previous (from the editor too), Tab between list and editor,
 Ctrl+F (or / in the list) cycles the filter; in the list a/m/e/o/t/i pick one (all, missing,
 edited, over budget, trigger, import notes); Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
-Ctrl+T trigger word, Ctrl+G writes the caption files. Every edit goes into session.toml (saved half a
+Ctrl+T trigger word, Ctrl+G writes the caption files; F5 auto-captions (F6 redraft this one, F7 accept this
+draft; in the list d/r filter auto drafts / reviewed). Every edit goes into session.toml (saved half a
 second after the last keystroke, and at once when leaving the screen or quitting).
 """
 
@@ -40,6 +41,7 @@ from lorawizard.core.session import SessionError
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
+from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptionMixin
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.caption_list import CaptionList, set_virtual_size, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -51,7 +53,7 @@ GUIDE = (
     "for a style LoRA the subject."
 )
 FILTER_ORDER = list(core.FILTERS)
-FILTER_KEYS = {"a": "all", "m": "missing", "e": "edited", "o": "over", "t": "trigger", "i": "imported"}  # list focused
+FILTER_KEYS = {"a": "all", "m": "missing", "e": "edited", "o": "over", "t": "trigger", "i": "imported", "d": "auto", "r": "reviewed"}  # list focused
 THUMB_PIXELS = 192
 THUMBS_KEPT = 96  # decoded thumbnails (a few objects each)
 DRAWN_KEPT = 10  # of those, drawn as cells (the current one and its prefetched neighbours)
@@ -60,7 +62,7 @@ SAVE_DELAY = 0.5
 FREEZE_FROM = 1000  # images
 
 
-class CaptionsScreen(StepScreen):
+class CaptionsScreen(AutoCaptionMixin, StepScreen):
     STEP = "captions"
     PRIMARY = "write the caption files"
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
@@ -76,6 +78,7 @@ class CaptionsScreen(StepScreen):
         Binding("f4", "undo_bulk", "Undo bulk", priority=True),
         Binding("ctrl+t", "trigger", "Trigger", priority=True),
         Binding("ctrl+g", "primary", "Write files", show=True, priority=True),
+        *AUTO_BINDINGS,
     ]
 
     DEFAULT_CSS = """
@@ -266,10 +269,15 @@ class CaptionsScreen(StepScreen):
             return
         counts = self.captions.counts()
         header = Text(no_wrap=True, overflow="ellipsis")
+        drafting = self.auto_status()
+        if drafting is not None:  # first: at 80 columns the end of the line is cut
+            header.append_text(drafting)
+            header.append(" │ ")
         header.append(f"{counts['all']} captions", style="bold")
-        for name, label in (("missing", "missing"), ("edited", "edited"), ("over", "over budget"), ("trigger", "trigger?")):
+        for name, label in (("missing", "missing"), ("auto", "auto"), ("edited", "edited"), ("over", "over budget"),
+                            ("trigger", "trigger?")):
             if counts[name]:
-                style = "red" if name in ("missing", "over") else "yellow"
+                style = "red" if name in ("missing", "over") else "cyan" if name == "auto" else "yellow"
                 header.append(" · ")
                 header.append(f"{label} {counts[name]}", style=style)
         trigger = self.captions.trigger
@@ -672,6 +680,8 @@ def _status_sentence(item: core.Caption, word: str) -> str:
         return "missing"
     if item.flags & core.EMPTY:
         return "empty"
+    if item.flags & core.AUTO:
+        return "auto draft: F7 accepts, or edit it"
     if item.flags & core.UNWRITTEN:
         return "not written yet" if word in ("edited", "✓") else f"{word} · not written yet"
     return word

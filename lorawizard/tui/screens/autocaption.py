@@ -1,0 +1,265 @@
+"""Auto-captions on the Captions screen: draft with a local vision-language model, then review.
+
+F5 opens the dialog (instruction, model, device; draft the missing captions, overwrite all, accept all drafts),
+F6 redrafts the current image (a caption of the person's only when F6 is pressed twice), F7 accepts the current
+draft. Drafting runs `core.autocaption.draft` in a worker; each draft arrives on the UI thread and goes into the
+caption set and session.toml like an edit, marked auto. Esc cancels; the drafts so far are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Select, Static
+
+from lorawizard.core import autocaption as ac
+from lorawizard.core.progress import Progress, ProgressMeter, format_duration
+from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.tui.widgets.settings_form import SettingsForm
+
+CONFIRM_S = 5.0  # a second F6 within this replaces a person's caption
+
+AUTO_BINDINGS = [
+    Binding("f5", "autocaption", "Auto-caption", priority=True),
+    Binding("f6", "redraft", "Redraft", show=False, priority=True),
+    Binding("f7", "accept_draft", "Accept", show=False, priority=True),
+]
+
+
+class AutoCaptionMixin:
+    """The Captions screen's auto-caption actions (a mixin: the screen keeps its own size)."""
+
+    _auto_cancel: threading.Event | None = None
+    _auto_status: str = ""
+    _confirm_redraft: tuple[int, float] | None = None
+
+    @property
+    def drafting(self) -> bool:
+        return self._auto_cancel is not None
+
+    def auto_status(self) -> Text | None:
+        """The header's drafting segment while drafts come in."""
+        return Text(self._auto_status, style="cyan") if self._auto_status else None
+
+    def action_autocaption(self) -> None:
+        captions = self.captions  # type: ignore[attr-defined]
+        if captions is None:
+            return
+        if self.drafting:
+            self.notify("drafting is under way: Esc stops it (drafts so far are kept)")  # type: ignore[attr-defined]
+            return
+        self.flush()  # type: ignore[attr-defined]
+        missing = len(ac.targets(captions.items))
+        drafts = captions.counts()["auto"]
+
+        def chosen(choice: str | None) -> None:
+            if choice == "accept":
+                self.accept_drafts(None)
+            elif choice in ("missing", "all"):
+                chosen_items = ac.targets(captions.items, overwrite=choice == "all")
+                self.start_drafting([captions.items.index(i) for i in chosen_items])
+
+        self.app.push_screen(AutoCaptionScreen(missing, len(captions), drafts), chosen)  # type: ignore[attr-defined]
+
+    def action_redraft(self) -> None:
+        captions, index = self.captions, self.current  # type: ignore[attr-defined]
+        if captions is None or index is None or self.drafting:
+            return
+        if captions.is_persons(index):
+            now = time.monotonic()
+            if self._confirm_redraft is None or self._confirm_redraft[0] != index or now - self._confirm_redraft[1] > CONFIRM_S:
+                self._confirm_redraft = (index, now)
+                self.notify("this caption is yours: F6 again replaces it with a draft")  # type: ignore[attr-defined]
+                return
+        self._confirm_redraft = None
+        self.flush()  # type: ignore[attr-defined]
+        self.start_drafting([index])
+
+    def action_accept_draft(self) -> None:
+        if self.current is not None:  # type: ignore[attr-defined]
+            self.accept_drafts([self.current])  # type: ignore[attr-defined]
+
+    def accept_drafts(self, indices: list[int] | None) -> None:
+        captions = self.captions  # type: ignore[attr-defined]
+        if captions is None:
+            return
+        changed = captions.accept(indices)
+        if not changed:
+            self.notify("no auto draft here to accept")  # type: ignore[attr-defined]
+            return
+        self._store(changed)  # type: ignore[attr-defined]
+        self._apply_filter(self.current)  # type: ignore[attr-defined]
+        self._update_details()  # type: ignore[attr-defined]
+        self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")  # type: ignore[attr-defined]
+
+    def action_cancel(self) -> None:
+        """Esc: stop drafting first (the drafts so far are kept); else what the step screen does."""
+        if self._auto_cancel is not None:
+            self._auto_cancel.set()
+            self._set_auto_status("stopping the captioner…")
+            return
+        super().action_cancel()  # type: ignore[misc]
+
+    def start_drafting(self, indices: list[int]) -> None:
+        captions = self.captions  # type: ignore[attr-defined]
+        if captions is None or not indices:
+            self.notify("nothing to draft: every image has a caption")  # type: ignore[attr-defined]
+            return
+        self._auto_cancel = threading.Event()
+        self._auto_status = f"auto-caption: starting ({len(indices)} images) · Esc stops"
+        self._update_header()  # type: ignore[attr-defined]
+        images = [(captions.items[i].file, captions.items[i].output) for i in indices]
+        counter, trigger = captions.counter, captions.trigger
+        self._draft_worker(images, set(indices), self._auto_cancel, counter, trigger)
+
+    @work(thread=True, exclusive=True, group="captions-auto", exit_on_error=False)
+    def _draft_worker(self, images: list[tuple[str, Any]], allowed: set[int], cancel: threading.Event,
+                      counter: Any, trigger: str) -> None:
+        app = self.app  # type: ignore[attr-defined]
+        from lorawizard.core.captions import compose
+        from lorawizard.core.tokens import T5_LIMIT
+
+        def progress(event: Progress) -> None:
+            rate = f" · {event.rate:.2f} images/s" if event.rate else ""
+            eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
+            app.call_from_thread(self._set_auto_status,
+                                 f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops")
+
+        meter = ProgressMeter(progress, "captions", "drafting captions", len(images), "images", interval=0.3)
+        outcome: str
+        severity = "information"
+        try:
+            report = ac.draft(
+                self.session, images,  # type: ignore[attr-defined]
+                on_draft=lambda file, text: app.call_from_thread(self._drafted, file, text, allowed),
+                cancel=cancel, log=lambda line: None, meter=meter,
+                fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
+                trigger_tokens=counter.count(trigger)[1] if trigger else 0,
+            )
+            skipped = f"; {len(report.skipped)} not captioned ({next(iter(report.skipped.values()))})" if report.skipped else ""
+            outcome = ac.rate_line(report) + skipped + " · F7 accepts, filter “auto drafts”"
+        except Cancelled:
+            outcome = "auto-caption stopped: the drafts so far are kept"
+        except StepFailed as exc:
+            outcome, severity = str(exc), "error"
+        except Exception as exc:  # noqa: BLE001 - a worker never takes the app down
+            outcome, severity = f"auto-caption failed: {exc}", "error"
+        app.call_from_thread(self._drafting_done, outcome, severity)
+
+    def _set_auto_status(self, text: str) -> None:
+        if self.drafting:
+            self._auto_status = text
+            self._update_header()  # type: ignore[attr-defined]
+
+    def _drafted(self, file: str, text: str, allowed: set[int]) -> None:
+        captions = self.captions  # type: ignore[attr-defined]
+        if captions is None:
+            return
+        index = next((i for i in allowed if captions.items[i].file == file), None)
+        if index is None:
+            return
+        captions.set_body(index, text, auto=True)
+        self._store([index])  # type: ignore[attr-defined]
+        self.caption_list.refresh_item(index)  # type: ignore[attr-defined]
+        if index == self.current:  # type: ignore[attr-defined]
+            self.editor.load_text(text)  # type: ignore[attr-defined]
+            self._update_details()  # type: ignore[attr-defined]
+
+    def _drafting_done(self, outcome: str, severity: str) -> None:
+        self._auto_cancel = None
+        self._auto_status = ""
+        self.flush()  # type: ignore[attr-defined]
+        self._apply_filter(self.current)  # type: ignore[attr-defined]
+        self._update_details()  # type: ignore[attr-defined]
+        self.notify(outcome, severity=severity, timeout=10)  # type: ignore[attr-defined]
+
+
+class AutoCaptionScreen(ModalScreen["str | None"]):
+    """What the captioner will do: model, where it runs, the instruction; draft missing / overwrite all / accept."""
+
+    BINDINGS = [Binding("escape", "close", "Close")]
+    DEFAULT_CSS = """
+    AutoCaptionScreen { align: center middle; }
+    AutoCaptionScreen > VerticalScroll { width: 96%; max-width: 110; height: auto; max-height: 96%;
+                                   border: round $accent; background: $surface; padding: 0 1; }
+    AutoCaptionScreen #auto-about { height: auto; }
+    AutoCaptionScreen #auto-instruction { height: auto; color: $text-muted; margin: 0 0 1 0; }
+    AutoCaptionScreen #auto-buttons { height: auto; margin: 1 0; }
+    AutoCaptionScreen #auto-buttons Button { margin: 0 2 0 0; }
+    """
+
+    def __init__(self, missing: int, total: int, drafts: int) -> None:
+        super().__init__()
+        self.missing, self.total, self.drafts = missing, total, drafts
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static("", id="auto-about")
+            with Horizontal(id="auto-buttons"):  # before the form: at 80x24 the buttons stay on screen
+                yield Button(f"Draft missing ({self.missing})", id="auto-missing", variant="primary",
+                             disabled=not self.missing, compact=True)
+                yield Button(f"Overwrite all ({self.total})", id="auto-all", variant="error", compact=True)
+                yield Button(f"Accept all drafts ({self.drafts})", id="auto-accept", disabled=not self.drafts,
+                             compact=True)
+            yield SettingsForm(["captions.kind", "captions.model", "captions.device", "captions.max_tokens",
+                                "captions.instruction"])
+            yield Static("", id="auto-instruction")
+
+    def on_mount(self) -> None:
+        self.describe()
+        self.query_one("#auto-missing" if self.missing else "#auto-all", Button).focus()
+
+    @on(Select.Changed)
+    def _setting_chosen(self) -> None:
+        self.call_after_refresh(self.describe)  # after the form saved it
+
+    def on_descendant_blur(self) -> None:
+        self.describe()
+
+    def describe(self) -> None:
+        session = self.app.session  # type: ignore[attr-defined]
+        about = Text()
+        about.append("Auto-captions", style="bold")
+        about.append(": drafts stay ")
+        about.append("auto", style="cyan")
+        about.append(" until you accept (F7) or edit them; only “Overwrite all” replaces your own captions. Esc closes.\n")
+        try:
+            model = ac.choose_model(session)
+        except StepFailed as exc:
+            about.append(str(exc), style="red")
+        else:
+            spec = model.spec
+            if spec is not None:
+                about.append(f"{spec.title}", style="bold")
+                about.append(f" · {spec.approx_gb:g} GB download · needs ~{spec.vram_gb:g} GB VRAM · {spec.license}\n")
+            else:
+                about.append(f"your model folder {model.folder}\n", style="bold")
+            problem = ac.folder_problem(model.folder)
+            if problem:
+                hint = " — the Models step (2) downloads it" if spec is not None else ""
+                about.append(f"✗ {problem}{hint}\n", style="red")
+            try:
+                placement = ac.place(session, max(self.missing, 1), spec)
+                about.append(f"runs on {placement.note}", style="yellow" if placement.device == "cpu" else "")
+            except StepFailed as exc:
+                about.append(str(exc), style="red")
+        self.query_one("#auto-about", Static).update(about)
+        custom = session.get("captions.instruction")
+        shown = "(your instruction above)" if custom else f"default instruction: {ac.instruction_for(session)}"
+        self.query_one("#auto-instruction", Static).update(shown)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        choice = {"auto-missing": "missing", "auto-all": "all", "auto-accept": "accept"}.get(event.button.id or "")
+        self.dismiss(choice)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
