@@ -181,6 +181,28 @@ def launch_lines(launch: Any) -> list[str]:
             *launch.notes]
 
 
+def expected_steps_lines(session: Session, launch: Any) -> list[str]:
+    """What sd-scripts will count: steps per epoch (shared by the processes) × epochs; its own totals must agree."""
+    from lorawizard.core import multigpu
+    from lorawizard.core.command import CommandError, batch_size_for
+    from lorawizard.core.dataset import bucket_counts
+
+    try:
+        batches = {b: (n, batch_size_for(session, b)) for b, n in bucket_counts(session).items()}
+    except (CommandError, OSError, ValueError):
+        return []
+    if not batches:
+        return []
+    processes = launch.processes if launch is not None else 1
+    repeats, epochs = int(session.get("dataset.num_repeats")), int(session.get("train.max_train_epochs"))
+    per = multigpu.steps_per_epoch(batches, repeats, processes)
+    shared = ""
+    if processes > 1:
+        shared = (f" ({processes} processes share each epoch's batches: "
+                  f"{multigpu.steps_per_epoch(batches, repeats)} steps per epoch on one)")
+    return [f"expected: {per} steps per epoch × {epochs} epochs = {per * epochs} steps{shared}"]
+
+
 def status_line(state: TrainState) -> str:
     """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · elapsed 1:03 · ETA 4:31`."""
     parts = []
@@ -213,7 +235,7 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.log(f"train: {one_line(problem)}")
     if ctx.dry_run:
         plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
-        for line in launch_lines(plan.launch):
+        for line in launch_lines(plan.launch) + expected_steps_lines(session, plan.launch):
             ctx.log(line)
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
         for path in plan.files:

@@ -235,18 +235,21 @@ class TrainScreen(StepScreen):
         readings.update(cpu_pct=cpu, rss=rss, procs=procs)
         readings["checkpoints"] = [(p.stem, e, s) for p, e, s in runs.checkpoints(record.dir, name)]
         readings["sample"] = runs.newest_sample(record.dir)
-        gpu, note = None, ""
+        gpu, note, gpus = None, "", []
         if record.gpu_uuid:
             try:
                 from lorawizard.core import gpu as gpu_module
 
-                gpu = gpu_module.gpu_by_uuid(record.gpu_uuid)
-                note = "" if gpu is not None else "GPU not visible to NVML"
+                uuids = list(record.extra.get("gpu_uuids") or [record.gpu_uuid])
+                inv = gpu_module.inventory()
+                gpus = [g for g in (inv.by_uuid(u) for u in uuids) if g is not None]  # every GPU of the run
+                gpu = gpus[0] if gpus else None
+                note = "" if len(gpus) == len(uuids) else f"{len(uuids) - len(gpus)} GPU(s) not visible to NVML"
             except Exception as exc:  # noqa: BLE001 - the GPU panel must never break the dashboard
                 note = f"no GPU reading ({exc.__class__.__name__})"
         else:
             note = "no GPU chosen (step 5)"
-        readings.update(gpu=gpu, gpu_note=note)
+        readings.update(gpu=gpu, gpu_note=note, gpus=gpus if len(gpus) > 1 else [])
         return readings
 
     def on_unmount(self) -> None:
@@ -380,6 +383,7 @@ def _view_from(state: Any, record: Any, name: str, status: str, alive: bool, new
         loss=state.loss, base_step=record.base_step, losses=state.losses.values(400), bar_line=state.bar_line,
         new_lines=new_lines, reset_lines=first, checkpoints=extra.get("checkpoints", []), states=len(states),
         newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
+        gpus=extra.get("gpus", []),
         gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"), rss=extra.get("rss"),
         procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive), log_path=str(record.log_path),
     )

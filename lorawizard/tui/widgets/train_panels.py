@@ -38,6 +38,7 @@ class TrainView:
     newest_state: str = ""
     sample: Path | None = None
     gpu: Any = None  # core.gpu.GpuInfo
+    gpus: list[Any] = field(default_factory=list)  # every GPU of a run on several (rank order); empty for one
     gpu_note: str = ""
     cpu_pct: float | None = None
     rss: int | None = None
@@ -114,7 +115,16 @@ class ResourcePanel(Static):
     def show(self, view: TrainView) -> None:
         gpu = view.gpu
         text = Text(no_wrap=True, overflow="ellipsis")
-        if gpu is not None:
+        if len(view.gpus) > 1:  # several GPUs: one line each, in rank order
+            self.border_title = f"{len(view.gpus)} GPUs"
+            for rank, card in enumerate(view.gpus):
+                total = card.memory_total
+                util = f"{card.utilization_pct}%" if card.utilization_pct is not None else "–"
+                name = card.name.replace("NVIDIA ", "").replace("GeForce ", "")
+                text.append(f"{rank} {name[:12]:<12} {card.memory_used / 1e9:4.1f}/{total / 1e9:.0f} GB ")
+                text.append_text(_bar(card.memory_used / total if total else 0, 6))
+                text.append(f" {util:>4}\n")
+        elif gpu is not None:
             short = gpu.name.replace("NVIDIA ", "").replace("GeForce ", "")
             self.border_title = f"GPU {gpu.index} · {short}"
             used, total = gpu.memory_used, gpu.memory_total

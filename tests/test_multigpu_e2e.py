@@ -1,0 +1,54 @@
+"""Extra (not in the default suite): the distributed path with the real sd-scripts on the CPU.
+
+Test mode `LORAWIZARD_CPU_PROCESSES=2`: lorawizard writes a MULTI_GPU accelerate config with 2 processes and sets
+`ACCELERATE_USE_CPU=true`, so accelerate's multi-GPU launcher (torchrun + gloo) starts two trainer processes on the
+CPU — the code path multi-GPU users run. `../shared/e2e/ddp_shim` goes on PYTHONPATH (its docstring: accelerate's CPU
+branch wraps the frozen FLUX model in DDP and torch refuses; its GPU branch skips frozen modules). Driven by
+`--replay --steps train`. Two processes must run, sharded (steps per epoch halve: 4 images at batch 2 → 1 step per
+epoch instead of 2), and one LoRA is saved. Needs ~22 GB of RAM (each process holds T5-XXL) and ~5-10 min:
+
+    flock /tmp/e2e.lock env LORAWIZARD_E2E=/work/e2e python -m pytest -m extra tests/test_multigpu_e2e.py -s
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_command_e2e import e2e_session, needs_e2e
+
+pytestmark = pytest.mark.extra
+SHIM = Path(__file__).resolve().parents[2] / "shared" / "e2e" / "ddp_shim"
+SHIM = Path(os.environ.get("LORAWIZARD_DDP_SHIM", SHIM))
+
+
+@needs_e2e
+@pytest.mark.skipif(not (SHIM / "sitecustomize.py").is_file(), reason="needs ../shared/e2e/ddp_shim")
+def test_two_cpu_processes_train_sharded_and_save_one_lora(project: Path) -> None:
+    session = e2e_session(project, train__max_train_epochs=1)
+    env = dict(os.environ)
+    env["LORAWIZARD_CPU_PROCESSES"] = "2"
+    env["PYTHONPATH"] = os.pathsep.join([str(SHIM), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "lorawizard", "--replay", str(session.path), "--steps", "train"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - started
+    logs = sorted((project / "runs").glob("*/train.log"))
+    assert len(logs) == 1, done.stdout + done.stderr
+    log = logs[0].read_bytes().decode("utf-8", "replace")
+    print(f"2 CPU processes: rc={done.returncode} in {seconds:.0f} s\n{done.stdout[-1500:]}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:] + log[-4000:]
+    assert "2 processes (data-parallel" in done.stdout
+    assert log.count("accelerator device:") == 2  # two trainer processes ran
+    batches = re.findall(r"num batches per epoch / .*?: (\d+)", log)
+    assert batches == ["1"]  # 2 batches of 2 images, shared by 2 processes (printed once, by rank 0)
+    loras = sorted(p.name for p in logs[0].parent.glob("*.safetensors"))
+    assert loras == ["tiny.safetensors"]
+    config = (logs[0].parent / "accelerate.yaml").read_text()
+    assert "distributed_type: MULTI_GPU" in config and "num_processes: 2" in config
