@@ -24,8 +24,9 @@ import pytest
 from tests.test_command_e2e import e2e_session, needs_e2e
 
 pytestmark = pytest.mark.extra
-SHIM = Path(__file__).resolve().parents[2] / "shared" / "e2e" / "ddp_shim"
-SHIM = Path(os.environ.get("LORAWIZARD_DDP_SHIM", SHIM))
+# ../shared/e2e/ddp_shim from the checkout (a worktree may sit deeper: the nearest one up the tree)
+_FOUND = [p / "shared" / "e2e" / "ddp_shim" for p in Path(__file__).resolve().parents]
+SHIM = Path(os.environ.get("LORAWIZARD_DDP_SHIM") or next((p for p in _FOUND if p.is_dir()), _FOUND[1]))
 
 
 @needs_e2e
