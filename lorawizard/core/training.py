@@ -233,6 +233,8 @@ def run_step(ctx: StepContext) -> StepResult:
     live = runs.live_run(runs_dir, problems)
     for problem in problems:
         ctx.log(f"train: {one_line(problem)}")
+    if session.is_set("gpu.machines") and session.get("gpu.machines"):
+        return _several_machines(ctx, runs_dir)
     if ctx.dry_run:
         plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
         for line in launch_lines(plan.launch) + expected_steps_lines(session, plan.launch):
@@ -264,6 +266,29 @@ def run_step(ctx: StepContext) -> StepResult:
         return StepResult(True, f"run {record.run_id} started in the background (pid {record.pid})",
                           data={"run_id": record.run_id, "pid": record.pid, "log": str(record.log_path)})
     return follow(ctx, record)
+
+
+def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
+    """`gpu.machines`: --dry-run writes one accelerate config per machine and prints each one's command; we never
+    start anything on other machines (no SSH), so a real run says how to start it."""
+    from lorawizard.core import machines
+    from lorawizard.core.command import CommandError
+    from lorawizard.core.multigpu import SelectionError
+
+    if not ctx.dry_run:
+        raise StepFailed("gpu.machines: lorawizard does not start trainers on other machines — run with --dry-run "
+                         "and start the printed command on each machine")
+    run_dir = runs_dir / "machines"
+    try:
+        lines = machines.dry_run_lines(ctx.session, run_dir)
+    except (CommandError, SelectionError) as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot write the machines' config files in {run_dir}: {exc.strerror or exc}") from None
+    for line in lines:
+        ctx.log(line)
+    return StepResult(True, f"dry run: one accelerate config per machine in {run_dir}; start each printed command on "
+                      "its machine (main machine first)")
 
 
 def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
