@@ -123,3 +123,19 @@ def test_a_rank_killed_by_the_kernel() -> None:
     assert [(f.kind, f.rank, f.code) for f in state.failures] == [("rank_failed", 0, -9)]
     problem = diagnose(state, alive=False, returncode=1)
     assert problem is not None and problem.kind == "host_oom" and problem.what.startswith("rank 0 was killed")
+
+
+def test_a_failed_rank_does_not_leave_the_others_hanging() -> None:
+    from lorawizard.core.training import RankWatch
+
+    state = state_of(b"[rank1]: Traceback (most recent call last):\n[rank1]: RuntimeError: boom\n")
+    watch = RankWatch(grace_s=60)
+    assert not watch.check(state, 100.0)  # first seen: torchrun usually stops the others now
+    assert not watch.check(state, 130.0)
+    assert watch.check(state, 161.0) and not watch.check(state, 200.0)  # once
+    assert RankWatch.reason(state) == "rank 1 failed and the other processes were still running"
+    healthy = state_of((LOGS / "v_ddp2.excerpt.log").read_bytes())
+    assert not RankWatch(grace_s=0).check(healthy, 0.0) and not RankWatch(grace_s=0).check(healthy, 10.0)
+    single = state_of(b"Traceback (most recent call last):\nRuntimeError: boom\n", processes=1)
+    watch = RankWatch(grace_s=0)
+    assert not watch.check(single, 0.0) and not watch.check(single, 10.0)

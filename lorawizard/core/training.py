@@ -294,6 +294,7 @@ def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
 def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
     follower = RunFollower(record)
     state = follower.state
+    orphans = RankWatch()
     seen_epochs = 0
     last_phase = ""
     warned: set[str] = set()
@@ -317,6 +318,10 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 ctx.log(f"train: warning: {problem.line()}")
             if not alive:
                 break
+            if orphans.check(state, follower.clock()):
+                ctx.log(f"train: {orphans.reason(state)}: stopping the rest of run {record.run_id}")
+                runs.stop(record, int_timeout=10, term_timeout=5, kill_timeout=3)
+                continue
             if ctx.cancel.is_set():
                 ctx.log(f"train: stopping run {record.run_id} (SIGINT to its process group)…")
                 how = runs.stop(record, int_timeout=15, term_timeout=5, kill_timeout=3)
@@ -337,6 +342,35 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                           data={"run_id": record.run_id})
     summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"
     return StepResult(False, summary, details, data={"run_id": record.run_id, "returncode": code})
+
+
+class RankWatch:
+    """Several processes: once one rank has failed, the others must not be left hanging. torchrun stops them at once
+    when a rank exits; a rank that failed but lives on (stuck in a collective) is caught here after `grace_s`."""
+
+    def __init__(self, grace_s: float = 120.0) -> None:
+        self.grace_s = grace_s
+        self.failed_at: float | None = None
+        self.fired = False
+
+    def check(self, state: TrainState, now: float) -> bool:
+        """True once, `grace_s` after the first rank failure was seen while the run is still alive."""
+        if self.fired or state.processes < 2:
+            return False
+        if not any(f.rank is not None and f.kind != "launcher" for f in state.failures):
+            return False
+        if self.failed_at is None:
+            self.failed_at = now
+            return False
+        if now - self.failed_at >= self.grace_s:
+            self.fired = True
+            return True
+        return False
+
+    @staticmethod
+    def reason(state: TrainState) -> str:
+        ranks = state.failed_ranks
+        return f"rank {ranks[0]} failed and the other processes were still running" if ranks else "a rank failed"
 
 
 def _progress(state: TrainState, *, finished: bool = False) -> Progress:
