@@ -105,6 +105,13 @@ def check_inputs(session: Session, steps: list[str]) -> str | None:
     for role in ("flux", "ae", "clip_l", "t5xxl"):
         if session.is_set(f"models.{role}"):
             wanted.append((f"models.{role}", session.get(f"models.{role}")))
+    if {"probe", "train"} & set(steps):  # the options reach the trainer's argv: bad ones are bad usage (exit 2)
+        from lorawizard.core.command import CommandError, parse_extra_args
+
+        try:
+            parse_extra_args(session.get("train.extra_args"))
+        except CommandError as exc:
+            return f"{session.path}: {exc}"
     for key, value in wanted:
         if value is None:
             return f"{session.path}: {key} is not set (the {key.split('.')[0]} step needs it)"

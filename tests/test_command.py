@@ -211,13 +211,13 @@ def test_explicit_optimizer_beats_the_preset(project: Path) -> None:
 
 def test_extra_args_are_checked_and_passed(project: Path) -> None:
     extra = ["--noise_offset", "0.05", "--flip_aug", "--network_args", "train_blocks=single", "x=1",
-             "--lr_warmup_steps=10%", "--network_alpha", "-1.5", "--max_data_loader_n_workers", "4"]
+             "--lr_warmup_steps=10%", "--logit_mean", "-1.5", "--max_data_loader_n_workers", "4"]
     session = make_session(project, train__extra_args=extra)
     command = cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
     words = script_options(command)
     args = real_like_parser().parse_args(words)
     assert args.noise_offset == 0.05 and args.flip_aug and args.network_args == ["train_blocks=single", "x=1"]
-    assert args.lr_warmup_steps == "10%" and args.network_alpha == -1.5 and args.max_data_loader_n_workers == 4
+    assert args.lr_warmup_steps == "10%" and args.logit_mean == -1.5 and args.max_data_loader_n_workers == 4
     assert words.count("--max_data_loader_n_workers") == 1  # replaced, not repeated
 
 
@@ -233,7 +233,7 @@ def test_extra_args_are_checked_and_passed(project: Path) -> None:
         (["--noise_offset"], "--noise_offset needs a value"),
         (["--noise_offset", "--flip_aug"], "--noise_offset needs a value"),
         (["--network_alpha", "one"], "--network_alpha expects a number, got 'one'"),
-        (["--max_grad_norm", "nan"], "--max_grad_norm expects a number"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm expects a finite number"),
         (["--gradient_accumulation_steps", "2.5"], "expects an integer"),
         (["--loss_type", "l3"], "--loss_type must be one of l1, l2, huber, smooth_l1"),
         (["--lr_warmup_steps", "ten"], "--lr_warmup_steps expects a step count"),
@@ -284,7 +284,9 @@ def test_accelerate_config_pins_the_gpu_and_leaves_the_global_alone(project: Pat
     assert not (isolated_home / ".cache" / "huggingface" / "accelerate").exists()
     assert "gpu_ids: all" in cmd.accelerate_config_text(make_session(project))
     with pytest.raises(CommandError, match="does not look like"):
-        cmd.accelerate_config_text(make_session(project, gpu__uuid="GPU-1'; rm -rf /"))
+        session = make_session(project)
+        session.doc["gpu"]["uuid"] = "GPU-1'; rm -rf /"  # past the session's own check (edited by hand)
+        cmd.accelerate_config_text(session)
 
 
 def test_accelerate_config_is_yaml_that_accelerate_reads(project: Path) -> None:

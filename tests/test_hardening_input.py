@@ -17,7 +17,7 @@ import pytest
 
 from lorawizard import cli
 from lorawizard.core import runs
-from lorawizard.core.session import Session
+from lorawizard.core.session import Session, SessionError
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 
@@ -194,3 +194,131 @@ async def test_the_wizard_reattach_reports_a_malformed_run_record(tmp_path) -> N
         messages = [n.message for n in app._notifications]
         assert any("20200101-000000" in m and "JSON object" in m for m in messages), messages
         assert app.screen.is_attached and app.return_code is None
+
+
+# ---------------------------------------------------------------- 3: names and paths validated where they are read
+
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz012345"
+
+HOSTILE_SESSIONS = [
+    # (case, key, value, expected one-line fragment)
+    ("name climbs out", "name", "../../../../ESCAPED", "name: expected a file name"),
+    ("name absolute", "name", "/tmp/ESCAPED", "name: expected a file name"),
+    ("name hidden", "name", ".hidden", "name: expected a file name"),
+    ("name like an option", "name", "-rf", "name: expected a file name"),
+    ("name too long", "name", "a" * 101, "name: expected a file name"),
+    ("name with space", "name", "my lora", "name: expected a file name"),
+    ("name empty", "name", "", "name: expected a file name"),
+    ("name with NUL", "name", "a\x00b", "name: expected"),
+    ("name a token", "name", TOKEN, "name: looks like a Hugging Face token"),
+    ("optimizer as option", "train.optimizer_type", "--flip_aug", "train.optimizer_type: expected an optimizer name"),
+    ("optimizer with space", "train.optimizer_type", "adamw --flip_aug", "train.optimizer_type: expected an optimizer"),
+    ("gpu uuid shell", "gpu.uuid", "GPU-1'; rm -rf /", "gpu.uuid: expected an NVML GPU UUID"),
+    ("gpu uuid option", "gpu.uuid", "-1", "gpu.uuid: expected an NVML GPU UUID"),
+    ("NUL in a path", "paths.runs", "runs\x00x", "paths.runs: expected text without NUL, CR or line breaks"),
+    ("LF in a path", "paths.sd_scripts", "/opt/sd\nscripts", "paths.sd_scripts: expected text without NUL"),
+    ("CR in a path", "paths.models", "models\r", "paths.models: expected text without NUL"),
+    ("LF in the trigger", "dataset.trigger", "tok\nen", "dataset.trigger: expected text without NUL"),
+    ("NUL in extra_args", "train.extra_args", ["--network_args", "a\x00b"], "train.extra_args: expected text without NUL"),
+    ("LF in extra_args", "train.extra_args", ["--network_args", "a\nb"], "train.extra_args: expected text without NUL"),
+    ("token in extra_args", "train.extra_args", ["--network_args", TOKEN], "looks like a Hugging Face token"),
+    ("inf learning rate", "train.learning_rate", float("inf"), "train.learning_rate: expected a finite number"),
+    ("nan learning rate", "train.learning_rate", float("nan"), "train.learning_rate: expected a finite number"),
+    ("huge learning rate", "train.learning_rate", 1e300, "train.learning_rate: expected a positive number up to 10"),
+    ("seed beyond int64", "train.seed", 2**70, "train.seed: expected an integer that fits in 64 bits"),
+    ("seed beyond numpy", "train.seed", 2**33, "train.seed: expected a value from 0 to 4294967295"),
+    ("negative seed", "train.seed", -1, "train.seed: expected a value from 0 to 4294967295"),
+    ("rank absurd", "train.network_dim", 10**9, "train.network_dim: expected a value from 1 to 4096"),
+    ("epochs absurd", "train.max_train_epochs", 10**12, "train.max_train_epochs: expected a value from 1 to 100000"),
+    ("repeats absurd", "dataset.num_repeats", 10**7, "dataset.num_repeats: expected a value from 1 to 10000"),
+    ("batch beyond int64", "gpu.batch_size", {"512x512": 2**70}, "gpu.batch_size.512x512: expected a positive integer"),
+    ("batch absurd", "gpu.batch_size", {"512x512": 10**6}, "gpu.batch_size.512x512: expected a positive integer up to"),
+    ("crop beyond int32", "dataset.images", [{"file": "a.jpg", "crop": [0, 0, 2**40, 5]}], "dataset.images[0].crop"),
+    ("NUL in an image file", "dataset.images", [{"file": "a\x00.jpg"}], "dataset.images[0].file: expected a file name"),
+    # extra_args reach argv: checked against sd-scripts' options before any step runs
+    ("inf option value", "train.extra_args", ["--noise_offset", "inf"], "--noise_offset expects a finite number"),
+    ("nan option value", "train.extra_args", ["--noise_offset", "nan"], "--noise_offset expects a finite number"),
+    ("int beyond int64", "train.extra_args", ["--max_train_steps", str(2**64)], "fits in 64 bits"),
+    ("value like an option", "train.extra_args", ["--lr_scheduler_type", "-x"], "starts with '-' and would be read"),
+    ("list value like option", "train.extra_args", ["--network_args", "-v"], "starts with '-' and would be read"),
+    ("inline value like option", "train.extra_args", ["--lr_scheduler_type=--flip_aug"], "starts with '-'"),
+    ("negative not allowed", "train.extra_args", ["--max_grad_norm", "-1"], "--max_grad_norm takes no negative number"),
+    ("warmup inf", "train.extra_args", ["--lr_warmup_steps", "inf"], "--lr_warmup_steps expects a finite number"),
+    ("warmup negative", "train.extra_args", ["--lr_warmup_steps", "-5"], "--lr_warmup_steps takes no negative"),
+]
+
+
+def _hostile_session(tmp_path: Path, key: str, value) -> Path:
+    """The stand-in train project with one value put straight into the file (past Session.set's checks)."""
+    import tomlkit
+
+    session = make_train_project(tmp_path)
+    doc = tomlkit.parse(session.path.read_text())
+    table, _, leaf = key.rpartition(".")
+    node = doc if not table else doc.setdefault(table, tomlkit.table())
+    if key == "dataset.images":
+        node = doc["dataset"]
+        aot = tomlkit.aot()
+        for entry in value:
+            aot.append(tomlkit.item(entry))
+        node["images"] = aot
+    elif key == "gpu.batch_size":
+        doc["gpu"]["batch_size"] = value
+    else:
+        node[leaf] = value
+    session.path.write_text(tomlkit.dumps(doc))
+    return session.path
+
+
+@pytest.mark.parametrize(("case", "key", "value", "message"), HOSTILE_SESSIONS, ids=[c[0] for c in HOSTILE_SESSIONS])
+def test_hostile_values_are_one_line_exit_2_and_write_nothing(tmp_path, case, key, value, message) -> None:
+    path = _hostile_session(tmp_path, key, value)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out, err = _replay(path, ["train"], dry_run=True)
+    assert code == 2, out + err
+    assert message in _one_line(err)
+    assert TOKEN not in err  # a token is named, never echoed
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # no run folder, no dry-run files, nothing escaped
+
+
+def test_a_safe_name_is_still_fine(tmp_path) -> None:
+    for name in ("my-lora", "Lora_v1.2", "_x", "a" * 100, "0"):
+        path = _hostile_session(tmp_path / name[:10], "name", name)
+        assert Session.load(path).get("name") == name
+
+
+def test_the_command_builder_and_the_run_folder_check_the_name_too(tmp_path) -> None:
+    """A name that got past the session (set in memory, an older file) is refused where it becomes a path."""
+    from lorawizard.core.command import CommandError, build_train_command
+
+    session = make_train_project(tmp_path)
+    session.doc["name"] = "../../ESCAPED"
+    with pytest.raises(CommandError, match="name: expected a file name"):
+        build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    session.doc["name"] = "ok"
+    with pytest.raises(CommandError, match="name: expected a file name"):
+        build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o", output_name="/abs")
+    session.doc["paths"]["sd_scripts"] = "/opt/sd\x00scripts"
+    with pytest.raises(CommandError, match="NUL, CR or a line break"):
+        build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    with pytest.raises(runs.RunError, match="not a safe file name"):
+        runs.launch(["true"], tmp_path / "runs" / "x", output_name="../../ESCAPED")
+    with pytest.raises(runs.RunError, match="NUL, CR or a line break"):
+        runs.launch(["true", "a\x00b"], tmp_path / "runs" / "y")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ESCAPED").exists()
+
+
+def test_a_negative_number_passes_where_the_option_takes_one(tmp_path) -> None:
+    from lorawizard.core.command import parse_extra_args
+
+    assert parse_extra_args(["--logit_mean", "-0.5", "--base_weights_multiplier", "-1", "0.5"]) == {
+        "logit_mean": "-0.5", "base_weights_multiplier": ["-1", "0.5"]}
+
+
+def test_the_wizard_refuses_a_hostile_name_before_it_opens(tmp_path, capsys) -> None:
+    path = _hostile_session(tmp_path, "name", "../../ESCAPED")
+    code, _, err = _cli([str(path.parent)], capsys)
+    assert code == 2 and "name: expected a file name" in _one_line(err)
+    session = make_train_project(tmp_path / "good")
+    with pytest.raises(SessionError, match="name: expected a file name"):
+        session.set("name", "../x")  # what the wizard's form calls

@@ -10,7 +10,7 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorawizard.core.session import SCHEMA, Session, SessionError, find_line
+from lorawizard.core.session import NAME_RE, SCHEMA, Session, SessionError, find_line
 
 EXAMPLE = """\
 # my character LoRA
@@ -136,7 +136,7 @@ def test_unknown_keys_are_kept_and_warned(tmp_path: Path) -> None:
 
 BAD_VALUES = [
     ('[train]\nnetwork_dim = "four"\n', r":3: train\.network_dim: expected an integer, got \"four\""),
-    ("[train]\nnetwork_dim = 0\n", r":3: train\.network_dim: expected a value of at least 1"),
+    ("[train]\nnetwork_dim = 0\n", r":3: train\.network_dim: expected a value from 1 to 4096"),
     ("[train]\nlearning_rate = -1.0\n", r":3: train\.learning_rate: expected a positive number"),
     ("[train]\nlearning_rate = true\n", r"train\.learning_rate: expected a number"),
     ('[train]\nextra_args = "--foo"\n', r"train\.extra_args: expected a list of strings"),
@@ -236,13 +236,19 @@ def _value_for(field):
         return st.sampled_from([256, 512, 1024, 2048])
     if field.key == "captions.max_tokens":
         return st.integers(min_value=16, max_value=480)
+    if field.key == "name":
+        return st.from_regex(NAME_RE, fullmatch=True).filter(lambda v: not v.startswith("hf_"))
+    if field.key == "train.optimizer_type":
+        return st.from_regex(r"[A-Za-z][A-Za-z0-9_.]{0,19}", fullmatch=True)
+    if field.key == "gpu.uuid":
+        return st.from_regex(r"GPU-[0-9a-f-]{1,20}", fullmatch=True)
     if field.kind == "int":
-        return st.integers(min_value=1, max_value=10_000)
+        return st.integers(min_value=1, max_value=4096)
     if field.kind == "float":
         return st.floats(min_value=1e-7, max_value=1.0, allow_nan=False)
     if field.kind == "bool":
         return st.booleans()
-    return st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+    return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=20)
 
 
 @st.composite

@@ -38,7 +38,9 @@ from tomlkit.items import Item, Table
 
 from lorawizard.core import vram_presets
 from lorawizard.core.fsutil import atomic_write_text
-from lorawizard.core.session import BUCKET_RE, Session, parse_bucket
+from lorawizard.core.session import (
+    BUCKET_RE, FORBIDDEN_CHARS, INT64_MAX, INT64_MIN, Session, name_problem, parse_bucket,
+)
 
 TRAIN_SCRIPT = "flux_train_network.py"
 LAUNCH_MODULE = "accelerate.commands.launch"
@@ -232,6 +234,11 @@ _CONFLICTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Options whose value may be a negative number (sd-scripts: the logit-normal mean; merge weights). Any other value
+# that starts with "-" is refused: argparse could read it as an option.
+NEGATIVE_OK = frozenset({"logit_mean", "base_weights_multiplier"})
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -241,22 +248,30 @@ def _is_number(text: str) -> bool:
 
 
 def _check_value(spec: OptionSpec, text: str, *, where: str) -> None:
+    if FORBIDDEN_CHARS.search(text):
+        raise CommandError(f"{where}: --{spec.name}: a value may not contain NUL, CR or line breaks, got {text!r}")
     base = spec.base_type
+    number: float | None = None
     if base == "int":
         try:
-            int(text)
+            number = int(text)
         except ValueError:
             raise CommandError(f"{where}: --{spec.name} expects an integer, got {text!r}") from None
-    elif base == "float":
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise CommandError(f"{where}: --{spec.name} expects an integer that fits in 64 bits, got {text!r}")
+    elif base == "float" or (base == "int_or_float" and not re.fullmatch(r"\d+%", text)):
         try:
-            value = float(text)
+            number = float(text)
         except ValueError:
-            raise CommandError(f"{where}: --{spec.name} expects a number, got {text!r}") from None
-        if math.isnan(value):
-            raise CommandError(f"{where}: --{spec.name} expects a number, got {text!r}")
-    elif base == "int_or_float":
-        if not (re.fullmatch(r"\d+%", text) or _is_number(text)):
-            raise CommandError(f"{where}: --{spec.name} expects a step count, a ratio below 1 or 'NN%', got {text!r}")
+            what = "a step count, a ratio below 1 or 'NN%'" if base == "int_or_float" else "a number"
+            raise CommandError(f"{where}: --{spec.name} expects {what}, got {text!r}") from None
+        if not math.isfinite(number):
+            raise CommandError(f"{where}: --{spec.name} expects a finite number, got {text!r}")
+    if text.startswith("-"):
+        if number is None:
+            raise CommandError(f"{where}: --{spec.name}: the value {text!r} starts with '-' and would be read as an option")
+        if spec.name not in NEGATIVE_OK:
+            raise CommandError(f"{where}: --{spec.name} takes no negative number, got {text!r}")
     choices = [c for c in spec.choices if c != "None"]
     if choices and text not in choices:
         raise CommandError(f"{where}: --{spec.name} must be one of {', '.join(choices)}; got {text!r}")
@@ -446,6 +461,9 @@ def trainer_options(
     options["dataset_config"] = _absolute(dataset_config) if dataset_config is not None else None
     options["output_dir"] = _absolute(output_dir) if output_dir is not None else None
     options["output_name"] = output_name or session.get("name")
+    problem = name_problem(options["output_name"])
+    if problem:  # checked here too: it becomes a file name in the run folder, whatever set it
+        raise CommandError(f"name: expected {problem}, got {options['output_name']!r}")
     options["logging_dir"] = _absolute(logging_dir) if logging_dir is not None else None
     options["resume"] = _absolute(resume) if resume is not None else None
     for name, value in (overrides or {}).items():
@@ -514,6 +532,9 @@ def build_train_command(
         *render_options(options),
     ]
     env = {"PYTHONUNBUFFERED": "1", **launch.env}
+    bad = next((word for word in [*argv, *env.values()] if FORBIDDEN_CHARS.search(word)), None)
+    if bad is not None:  # paths from the session: NUL cannot be passed, CR/LF would break logs and copies
+        raise CommandError(f"the command would contain NUL, CR or a line break: {bad!r}")
     return TrainCommand(argv=argv, env=env, cwd=sd_scripts, options=options)
 
 

@@ -272,6 +272,12 @@ def launch(
     """Start `argv` detached (own session, stdin closed, stdout+stderr → train.log) and write run.json."""
     import psutil
 
+    from lorawizard.core.session import FORBIDDEN_CHARS, name_problem
+
+    if output_name and name_problem(output_name):  # the trainer writes <run_dir>/<output_name>*.safetensors
+        raise RunError(f"name: {output_name!r} is not a safe file name: {name_problem(output_name)}")
+    if any(FORBIDDEN_CHARS.search(str(word)) for word in [*argv, *(env or {}).values()]):
+        raise RunError("the command contains NUL, CR or a line break: refused")
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     ours = dict(env or {})

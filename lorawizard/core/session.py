@@ -27,6 +27,9 @@ SESSION_VERSION = 1
 STATE_DIR = ".lorawizard"  # our own bookkeeping inside the project (caches, manifests, logs)
 BUCKET_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _BOM = "\ufeff"
+FORBIDDEN_CHARS = re.compile(r"[\x00\r\n]")  # in a path or argv: NUL cannot be passed, CR/LF split lines
+INT64_MIN, INT64_MAX, INT32_MAX = -(2**63), 2**63 - 1, 2**31 - 1
+MAX_BATCH = 4096
 _SECRET_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
@@ -57,9 +60,32 @@ def _positive(v: float) -> str | None:
     return None if v > 0 and math.isfinite(v) else "a positive number"
 
 
+def _between(low: int | float, high: int | float) -> Check:
+    return lambda v: None if low <= v <= high else f"a value from {low} to {high}"
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def name_problem(name: str) -> str | None:
+    """What a LoRA name must be (it becomes a file name in the run folder), or None when `name` is fine."""
+    if NAME_RE.fullmatch(name) is None:
+        return "a file name of letters, digits, '-', '_' and '.' (not starting with '.' or '-', at most 100)"
+    return None
+
+
+def _word(pattern: str, what: str) -> Check:
+    compiled = re.compile(pattern)
+    return lambda v: None if v == "" or compiled.fullmatch(v) else what
+
+
 def _power_of_two_side(v: int) -> str | None:
     ok = 256 <= v <= 2048 and v & (v - 1) == 0
     return None if ok else "a power of two from 256 to 2048 (256, 512, 1024, 2048)"
+
+
+def _learning_rate(v: float) -> str | None:
+    return None if 0 < v <= 10 else "a positive number up to 10"
 
 
 def _version(v: int) -> str | None:
@@ -71,7 +97,7 @@ MODEL_PRESETS = ("flux1-dev-fp8", "flux1-dev-bf16")
 
 SCHEMA: tuple[Field, ...] = (
     Field("version", "int", SESSION_VERSION, _version, "format version of this file"),
-    Field("name", "str", "my-lora", None, "the LoRA's output name (file name of the .safetensors)"),
+    Field("name", "str", "my-lora", name_problem, "the LoRA's output name (file name of the .safetensors)"),
     Field("paths.sd_scripts", "path", None, None, "kohya-ss/sd-scripts checkout"),
     Field("paths.python", "path", None, None, "the trainer's Python (default <sd_scripts>/.venv/bin/python)"),
     Field("paths.models", "path", "models", None, "where model files live or are downloaded to"),
@@ -83,20 +109,22 @@ SCHEMA: tuple[Field, ...] = (
     Field("dataset.source", "path", None, None, "your original photos (never modified)"),
     Field("dataset.max_side", "int", 1024, _power_of_two_side, "longest side of every bucket"),
     Field("dataset.trigger", "str", "", None, "trigger word, written first in every caption"),
-    Field("dataset.num_repeats", "int", 10, _at_least(1), "how often each image is seen per epoch"),
+    Field("dataset.num_repeats", "int", 10, _between(1, 10_000), "how often each image is seen per epoch"),
     Field("dataset.captionless", "bool", False, None, "train without captions on purpose"),
-    Field("gpu.uuid", "str", None, None, "the one GPU to train on (NVML UUID)"),
+    Field("gpu.uuid", "str", None, _word(r"[A-Za-z0-9][A-Za-z0-9._:-]*", "an NVML GPU UUID (GPU-xxxxxxxx-...)"),
+          "the one GPU to train on (NVML UUID)"),
     Field("gpu.uuids", "str_list", [], None, "several GPUs to train on together (NVML UUIDs; data-parallel)"),
     Field("gpu.machines", "str_list", [], None, 'several machines: "host:gpus" each, the main one first'),
     Field("gpu.main_process_port", "int", None, None, "rendezvous port (one machine: a free one is picked)"),
     Field("gpu.same_network", "bool", True, None, "the machines share one local network"),
     Field("gpu.vram_preset", "str", None, None, "low-VRAM preset (chosen from the GPU's memory)"),
-    Field("train.network_dim", "int", 4, _at_least(1), "LoRA rank"),
-    Field("train.learning_rate", "float", 1e-4, _positive, "learning rate"),
-    Field("train.max_train_epochs", "int", 16, _at_least(1), "epochs to train"),
-    Field("train.save_every_n_epochs", "int", 4, _at_least(1), "save a checkpoint and state every N epochs"),
-    Field("train.optimizer_type", "str", "adamw8bit", None, "optimizer"),
-    Field("train.seed", "int", 42, None, "random seed"),
+    Field("train.network_dim", "int", 4, _between(1, 4096), "LoRA rank"),
+    Field("train.learning_rate", "float", 1e-4, _learning_rate, "learning rate"),
+    Field("train.max_train_epochs", "int", 16, _between(1, 100_000), "epochs to train"),
+    Field("train.save_every_n_epochs", "int", 4, _between(1, 100_000), "save a checkpoint and state every N epochs"),
+    Field("train.optimizer_type", "str", "adamw8bit",
+          _word(r"[A-Za-z][A-Za-z0-9_.]*", "an optimizer name such as AdamW8bit or prodigyopt.Prodigy"), "optimizer"),
+    Field("train.seed", "int", 42, _between(0, 2**32 - 1), "random seed (numpy takes 0 to 2^32-1)"),
     Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
     Field("captions.model", "str", "qwen2.5-vl-3b", None, "captioner: a catalog name or a folder with a transformers model"),
@@ -149,12 +177,30 @@ def _coerce(kind: str, value: Any) -> tuple[Any, str | None]:
         ok = (
             isinstance(value, list)
             and len(value) == 4
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT32_MAX for v in value)
             and value[0] < value[2]
             and value[1] < value[3]
         )
         return ([int(v) for v in value], None) if ok else (None, _KIND_WORDS[kind])
     raise ValueError(kind)
+
+
+def _value_problem(spec: Field, value: Any) -> str | None:
+    """What `value` should have been for `spec` (type, line breaks, range, choices), or None when it fits."""
+    coerced, problem = _coerce(spec.kind, value)
+    if problem is None and spec.kind == "int" and not INT64_MIN <= coerced <= INT64_MAX:
+        problem = "an integer that fits in 64 bits"
+    if problem is None and spec.kind == "float" and not math.isfinite(coerced):
+        problem = "a finite number (not inf or nan)"
+    if problem is None and spec.kind in ("str", "path", "str_list"):
+        texts = coerced if isinstance(coerced, list) else [coerced]
+        if any(FORBIDDEN_CHARS.search(text) for text in texts):
+            problem = "text without NUL, CR or line breaks"
+    if problem is None and spec.check is not None:
+        problem = spec.check(coerced)
+    if problem is None and spec.choices and coerced not in spec.choices:
+        problem = "one of " + ", ".join(f'"{c}"' for c in spec.choices)
+    return problem
 
 
 def _describe(value: Any) -> str:
@@ -298,20 +344,19 @@ class Session:
                         raise SessionError(
                             f"{where(key, bucket)}: gpu.batch_size.{bucket}: expected a bucket name such as \"1024x512\""
                         )
-                    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BATCH:
                         raise SessionError(
-                            f"{where(key, bucket)}: gpu.batch_size.{bucket}: expected a positive integer, "
+                            f"{where(key, bucket)}: gpu.batch_size.{bucket}: expected a positive integer up to {MAX_BATCH}, "
                             f"got {_describe(size)}"
                         )
                 continue
             if spec is None:
                 warnings.append(f"{where(table, leaf)}: unknown key `{key}` (kept, not used)")
                 continue
-            _, problem = _coerce(spec.kind, value)
-            if problem is None and spec.check is not None:
-                problem = spec.check(_coerce(spec.kind, value)[0])
-            if problem is None and spec.choices and value not in spec.choices:
-                problem = "one of " + ", ".join(f'"{c}"' for c in spec.choices)
+            if _looks_secret(value):  # said before anything that would echo the value
+                raise SessionError(f"{where(table, leaf)}: {key}: looks like a Hugging Face token; remove it "
+                                   "(tokens belong in huggingface_hub's token store, never in session.toml)")
+            problem = _value_problem(spec, value)
             if problem is not None:
                 raise SessionError(f"{where(table, leaf)}: {key}: expected {problem}, got {_describe(value)}")
         return warnings
@@ -329,6 +374,8 @@ class Session:
             for key, item in entry.items():
                 kind = IMAGE_FIELDS.get(key)
                 problem = _coerce(kind, item)[1] if kind is not None else None
+                if problem is None and key == "file" and "\x00" in item:
+                    problem = "a file name (without NUL)"
                 if kind is not None and problem is None:
                     continue  # find_line scans the whole file: only for messages, or 5,000 images take minutes
                 line = find_line(text, "dataset.images", key, index)
@@ -406,14 +453,11 @@ class Session:
         if value is None:
             self._remove(key)
             return
-        coerced, problem = _coerce(spec.kind, value)
-        if problem is None and spec.check is not None:
-            problem = spec.check(coerced)
-        if problem is None and spec.choices and coerced not in spec.choices:
-            problem = "one of " + ", ".join(f'"{c}"' for c in spec.choices)
+        _refuse_secret(key, value)  # before any message that would echo the value
+        problem = _value_problem(spec, value)
         if problem is not None:
             raise SessionError(f"{key}: expected {problem}, got {_describe(value)}")
-        _refuse_secret(key, coerced)
+        coerced = _coerce(spec.kind, value)[0]
         table, leaf = self._table_for(key)
         if leaf in table and _plain(table[leaf]) == coerced:
             return  # keep the user's formatting (e.g. 1e-4 vs 0.0001) when nothing changed
@@ -426,8 +470,8 @@ class Session:
             if "batch_size" in gpu:
                 gpu["batch_size"].pop(bucket, None)
             return
-        if not isinstance(size, int) or size < 1:
-            raise SessionError(f"gpu.batch_size.{bucket}: expected a positive integer, got {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BATCH:
+            raise SessionError(f"gpu.batch_size.{bucket}: expected a positive integer up to {MAX_BATCH}, got {size!r}")
         if "batch_size" not in gpu:
             gpu["batch_size"] = tomlkit.table()
         gpu["batch_size"][bucket] = size
@@ -553,12 +597,16 @@ def _copy_default(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def _refuse_secret(key: str, value: Any) -> None:
+def _looks_secret(value: Any) -> bool:
     texts = value if isinstance(value, list) else [value]
-    if any(isinstance(t, str) and _SECRET_RE.search(t) for t in texts):
+    return any(isinstance(t, str) and _SECRET_RE.search(t) for t in texts)
+
+
+def _refuse_secret(key: str, value: Any) -> None:
+    if _looks_secret(value):
         raise SessionError(f"{key}: looks like a Hugging Face token; tokens never go into session.toml")
 
 
 def _default_name(folder: Path) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.resolve().name).strip("-")
-    return slug or "my-lora"
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.resolve().name).strip("-")[:100].rstrip("-")
+    return slug if slug and name_problem(slug) is None and not _looks_secret(slug) else "my-lora"
