@@ -281,6 +281,11 @@ def test_hostile_values_are_one_line_exit_2_and_write_nothing(tmp_path, case, ke
     assert sorted(p for p in tmp_path.rglob("*")) == before  # no run folder, no dry-run files, nothing escaped
 
 
+def test_a_multiline_captioner_instruction_is_still_fine(tmp_path) -> None:
+    path = _hostile_session(tmp_path, "captions.instruction", "Describe the photo.\nDo not name the person.")
+    assert Session.load(path).get("captions.instruction").count("\n") == 1
+
+
 def test_a_safe_name_is_still_fine(tmp_path) -> None:
     for name in ("my-lora", "Lora_v1.2", "_x", "a" * 100, "0"):
         path = _hostile_session(tmp_path / name[:10], "name", name)

@@ -30,6 +30,7 @@ _BOM = "\ufeff"
 FORBIDDEN_CHARS = re.compile(r"[\x00\r\n]")  # in a path or argv: NUL cannot be passed, CR/LF split lines
 INT64_MIN, INT64_MAX, INT32_MAX = -(2**63), 2**63 - 1, 2**31 - 1
 MAX_BATCH = 4096
+MULTILINE_OK = frozenset({"captions.instruction"})
 _SECRET_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
@@ -194,7 +195,10 @@ def _value_problem(spec: Field, value: Any) -> str | None:
         problem = "a finite number (not inf or nan)"
     if problem is None and spec.kind in ("str", "path", "str_list"):
         texts = coerced if isinstance(coerced, list) else [coerced]
-        if any(FORBIDDEN_CHARS.search(text) for text in texts):
+        if spec.key in MULTILINE_OK:  # prose that goes into a JSON file, never a path or argv
+            if any("\x00" in text for text in texts):
+                problem = "text without NUL"
+        elif any(FORBIDDEN_CHARS.search(text) for text in texts):
             problem = "text without NUL, CR or line breaks"
     if problem is None and spec.check is not None:
         problem = spec.check(coerced)
