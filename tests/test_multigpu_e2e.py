@@ -8,6 +8,9 @@ branch wraps the frozen FLUX model in DDP and torch refuses; its GPU branch skip
 epoch instead of 2), and one LoRA is saved. Needs ~22 GB of RAM (each process holds T5-XXL) and ~5-10 min:
 
     flock /tmp/e2e.lock env LORAWIZARD_E2E=/work/e2e python -m pytest -m extra tests/test_multigpu_e2e.py -s
+
+Without caches each process encodes the latents and T5 outputs itself: on a loaded 2-core box (load ~13) that ran
+at ~520 s per 128px latent and the run was stopped before training; give it caches (LORAWIZARD_E2E_CACHES) or time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_command_e2e import e2e_session, needs_e2e
+from tests.test_train_e2e import _reuse_caches
 
 pytestmark = pytest.mark.extra
 # ../shared/e2e/ddp_shim from the checkout (a worktree may sit deeper: the nearest one up the tree)
@@ -33,6 +37,7 @@ SHIM = Path(os.environ.get("LORAWIZARD_DDP_SHIM") or next((p for p in _FOUND if 
 @pytest.mark.skipif(not (SHIM / "sitecustomize.py").is_file(), reason="needs ../shared/e2e/ddp_shim")
 def test_two_cpu_processes_train_sharded_and_save_one_lora(project: Path) -> None:
     session = e2e_session(project, train__max_train_epochs=1)
+    _reuse_caches(project)  # LORAWIZARD_E2E_CACHES: latent/TE caches of an earlier run skip minutes of encoding
     env = dict(os.environ)
     env["LORAWIZARD_CPU_PROCESSES"] = "2"
     env["PYTHONPATH"] = os.pathsep.join([str(SHIM), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
