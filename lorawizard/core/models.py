@@ -191,6 +191,15 @@ class _Plan:
 
 
 def run_step(ctx: StepContext) -> StepResult:
+    """The FLUX files and tokenizers, then the captioner's row (downloaded too with `[captions] auto = true`)."""
+    from lorawizard.core.captioner_models import after_model_files, captioner_step
+
+    if ctx.options.get("action") == "captioner":
+        return captioner_step(ctx)
+    return after_model_files(ctx, _model_files_step(ctx))
+
+
+def _model_files_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     preset = catalog.preset(_preset_name(session))
     action = str(ctx.options.get("action", "download"))

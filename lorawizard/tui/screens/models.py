@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select
 
 from lorawizard.core import catalog
+from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
 from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
@@ -86,6 +87,7 @@ class ModelsScreen(StepScreen):
         Binding("f", "ask('file')", "Choose file", show=True),
         Binding("a", "ask('folder')", "Add folder", show=True),
         Binding("t", "ask('token')", "Token", show=True),
+        Binding("c", "captioner", "Captioner", show=True),
     ]
 
     DEFAULT_CSS = """
@@ -110,7 +112,7 @@ class ModelsScreen(StepScreen):
         yield table
         yield Label("", id="model-problem")
         yield Label("Ctrl+G download all · v verify · f choose a file for the row · a add a folder to search · "
-                    "t Hugging Face token", id="model-hint")
+                    "t Hugging Face token · c the auto-captions model", id="model-hint")
         yield Input(id="model-ask")
 
     def on_mount(self) -> None:
@@ -128,11 +130,28 @@ class ModelsScreen(StepScreen):
                 state = RoleState(role, entry.filename, entry.repo)
             self.rows[role] = state
             table.add_row(Text(ROW_TITLES[role]), state_text(state), where_text(state), key=role)
+        self._add_captioner_row(table)
         self.call_after_refresh(self._fit_where)
         self.call_after_refresh(self.action_verify)
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_where)
+
+    def _add_captioner_row(self, table: DataTable[Text]) -> None:
+        """The auto-captions model (a catalog one; a folder of the user's has no row)."""
+        name = chosen_catalog_name(self.app.session)  # type: ignore[attr-defined]
+        if name is None:
+            return
+        state = state_of(self.app.session, name)  # type: ignore[attr-defined]
+        row = RoleState(CAPTIONER_ROLE, state.spec.repo, "", state="found" if state.ready else "missing",
+                        size=int(state.spec.approx_gb * 1e9),
+                        path=state.folder if state.ready else None, source="captioner folder",
+                        note=f"{state.spec.approx_gb:g} GB · ~{state.spec.vram_gb:g} GB VRAM · {state.spec.license}")
+        self.rows[CAPTIONER_ROLE] = row
+        table.add_row(Text("captioner"), state_text(row), where_text(row), key=CAPTIONER_ROLE)
+
+    def action_captioner(self) -> None:
+        self._start("captioner")
 
     def _fit_where(self) -> None:
         """The `where` column takes the rest of the width (paths are long; ellipsis at the end)."""
@@ -168,8 +187,10 @@ class ModelsScreen(StepScreen):
     @on(ModelRowChanged)
     def _row_changed(self, message: ModelRowChanged) -> None:
         state = message.state
-        self.rows[state.role] = state
         table = self.query_one(DataTable)
+        if state.role not in self.rows and state.role == CAPTIONER_ROLE:
+            return  # no row: the captioner is a folder of the user's
+        self.rows[state.role] = state
         table.update_cell(state.role, "state", state_text(state))
         table.update_cell(state.role, "where", where_text(state), update_width=False)
 
@@ -217,6 +238,10 @@ class ModelsScreen(StepScreen):
         ask.value = ""
         ask.password = what == "token"
         if what == "file":
+            if self.query_one(DataTable).cursor_row >= len(ROWS):
+                self.query_one("#model-problem", Label).update(
+                    "the captioner is a folder: set [captions] model to it (F5 on the Captions screen)")
+                return
             role = self._selected_role()
             if role == TOKENIZER_ROLE:
                 self.query_one("#model-problem", Label).update("tokenizers are a folder: set paths.tokenizers instead")
