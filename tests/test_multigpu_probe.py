@@ -114,3 +114,21 @@ async def test_gpu_screen_space_adds_a_second_card_and_the_probe_measures_each(
         await pilot.pause()
         assert app.session.get("gpu.uuids") == [] and app.session.get("gpu.uuid") == RTX_3090_24.uuid
     assert session.path.exists()
+
+
+async def test_gpu_screen_names_a_chosen_gpu_that_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorawizard.core.session import Session
+    from lorawizard.tui.app import LoraWizardApp
+    from tests.fake_nvml import install, two_cards_no_p2p
+
+    install(monkeypatch, two_cards_no_p2p())
+    project = tmp_path / "p"
+    session = make_project(project, {"512x512": 2}, preset=None)
+    session.set("gpu.uuids", [RTX_3090_24.uuid, "GPU-gone-5678"])
+    session.save()
+    app = LoraWizardApp(Session.open_project(project), start_step="probe")
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(3):
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+        assert "the chosen GPU GPU-gone-5678 is not visible now" in str(app.screen.query_one("#gpu-state").render())
