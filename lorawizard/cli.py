@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lorawizard",
         description="Train a FLUX.1-dev LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless replay.",
         epilog=(
-            "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted. "
+            "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted; "
+            "--status/--follow: 0 finished ok, 1 failed or stopped, 3 running, 4 no run; --stop: 0 stopped, 4 none running. "
             "Over SSH without COLORTERM, set TEXTUAL_COLOR_SYSTEM=truecolor for true colours."
         ),
     )
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --replay: change nothing outside the project (no downloads, no trainer launch); print what would run",
     )
     parser.add_argument("--detach", action="store_true", help="with --replay: start training and leave it running")
+    parser.add_argument("--resume", action="store_true", help="with --replay --steps train: resume from the newest state")
+    control = parser.add_mutually_exclusive_group()
+    control.add_argument("--status", action="store_true", help="one line about the project's newest run (exit 0/1/3/4)")
+    control.add_argument("--follow", action="store_true", help="follow the live run and exit with its result")
+    control.add_argument("--stop", action="store_true", help="stop the live run (SIGINT, SIGTERM, SIGKILL) and wait")
     parser.add_argument("--reprobe", action="store_true", help="with --replay: probe buckets that already have a batch size")
     parser.add_argument(
         "--images", choices=IMAGE_RENDERERS, default=None,
@@ -62,10 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
 
     replay_only = [flag for flag, used in (("--steps", args.steps), ("--dry-run", args.dry_run),
-                                            ("--detach", args.detach), ("--reprobe", args.reprobe)) if used]
+                                            ("--detach", args.detach), ("--reprobe", args.reprobe),
+                                            ("--resume", args.resume)) if used]
     if args.replay is None and replay_only:
         print(f"lorawizard: error: {replay_only[0]} needs --replay SESSION.toml", file=sys.stderr)
         return 2
+
+    control = next((name for name in ("status", "follow", "stop") if getattr(args, name)), None)
+    if control is not None:
+        if args.replay is not None:
+            print(f"lorawizard: error: --{control} takes the project folder, not --replay", file=sys.stderr)
+            return 2
+        from lorawizard import runctl
+
+        return getattr(runctl, control)(args.project)
 
     if args.replay is not None:
         from lorawizard.core.steps import parse_steps
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return replay(args.replay, steps, dry_run=args.dry_run,
-                          options={"detach": args.detach, "reprobe": args.reprobe})
+                          options={"detach": args.detach, "reprobe": args.reprobe, "resume": args.resume})
         except KeyboardInterrupt:
             print("lorawizard: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

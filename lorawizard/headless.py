@@ -112,6 +112,12 @@ def check_inputs(session: Session, steps: list[str]) -> str | None:
             parse_extra_args(session.get("train.extra_args"))
         except CommandError as exc:
             return f"{session.path}: {exc}"
+    if "train" in steps and session.get("train.keep_epoch"):
+        from lorawizard.core.keep import epoch_exists_in_plan
+
+        problem = epoch_exists_in_plan(session, session.get("train.keep_epoch"))
+        if problem:
+            return f"{session.path}: {problem}"
     for key, value in wanted:
         if value is None:
             return f"{session.path}: {key} is not set (the {key.split('.')[0]} step needs it)"

@@ -131,7 +131,9 @@ def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
 
     plan = plan_run(session, resume=True)
     assert (plan.base_step, plan.base_epoch, plan.resumed_from) == (4, 2, state.path)
-    assert "--resume" in plan.command.argv and "--initial_step" not in plan.command.argv
+    argv = plan.command.argv
+    # the absolute step, with the batches of a partly trained epoch skipped (sd-scripts' --skip_until_initial_step)
+    assert "--resume" in argv and argv[argv.index("--initial_step") + 1] == "4" and "--skip_until_initial_step" in argv
     resumed = _wait(start_run(session, plan)).state
     # sd-scripts' bar stopped at 4/8; the dashboard counts 8/8 and epoch 4/4
     assert resumed.model_saved and (resumed.step, resumed.total_steps, resumed.epoch) == (8, 8, 4)

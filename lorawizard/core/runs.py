@@ -109,14 +109,15 @@ class RunRecord:
         return info if isinstance(info, dict) else None
 
     def is_alive(self) -> bool:
-        return process_matches(self.pid, self.create_time)
+        """The trainer is running: the leader lives and has not yet written exit.json (then it may run on_finish)."""
+        return process_matches(self.pid, self.create_time) and not (self.dir / EXIT_FILE).exists()
 
     def status(self) -> str:
         """running | finished | failed | stopped | lost (ended without telling how: killed with its supervisor)."""
         _reap(self.pid)
-        if self.is_alive():
+        info = self.exit_info()  # written when the trainer ends, before on_finish runs (the leader may live on)
+        if info is None and self.is_alive():
             return "running"
-        info = self.exit_info()
         if self.stop_requested is not None:
             return "stopped" if not log_has_model_saved(self.log_path) else "finished"
         if info is None:
@@ -357,7 +358,9 @@ def stop(
         while time.monotonic() < deadline:
             _reap(record.pid)
             _, alive = psutil.wait_procs(procs, timeout=0.1)
-            alive = [p for p in alive if _still_running(p)]
+            # once the trainer has ended, a leader that lives on runs on_finish (in its own session): not ours to kill
+            ended = bool(record.extra.get("on_finish")) and record.exit_info() is not None
+            alive = [p for p in alive if _still_running(p) and not (ended and p.pid == record.pid)]
             if not alive:
                 _reap(record.pid)
                 if record.exit_info() is None:
@@ -403,7 +406,8 @@ def saved_states(runs_dir: Path) -> list[SavedState]:
                 mtime = (folder / "train_state.json").stat().st_mtime
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            states.append(SavedState(folder, epoch, record.base_step + step, record.run_id, mtime))
+            offset = int(record.extra.get("state_step_offset", record.base_step))  # see training.plan_run
+            states.append(SavedState(folder, epoch, offset + step, record.run_id, mtime))
     states.sort(key=lambda s: (s.step, s.mtime))
     return states
 

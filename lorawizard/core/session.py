@@ -134,10 +134,23 @@ SCHEMA: tuple[Field, ...] = (
           "longest draft the captioner may write, in tokens"),
     Field("captions.auto", "bool", False, None, "replay: draft a caption for every image that has none"),
     Field("captions.device", "str", "auto", None, "where the captioner runs", ("auto", "gpu", "cpu")),
+    Field("train.keep_epoch", "int", None, _at_least(0), "the epoch whose LoRA is kept (0 or unset: the final one)"),
+    Field("train.on_finish", "str_list", [], None, "argv run once when a run ends (never a shell)"),
+    Field("train.state_minutes", "int", 15, _at_least(1), "save a resumable state about every N minutes"),
+    Field("train.samples.prompts", "str_list", None, None, "sample prompts (default: 3 from the trigger; [] = off)"),
+    Field("train.samples.every_n_epochs", "int", None, _at_least(1), "sample every N epochs (default: the save cadence)"),
+    Field("train.samples.width", "int", None, _at_least(64), "sample width (default: the largest bucket's)"),
+    Field("train.samples.height", "int", None, _at_least(64), "sample height (default: the largest bucket's)"),
+    Field("train.samples.steps", "int", 20, _at_least(1), "denoising steps per sample"),
+    Field("train.samples.guidance", "float", 3.5, _positive, "FLUX embedded guidance for samples"),
+    Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
+    Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
+    Field("publish.repo_id", "str", None, None, "Hugging Face repo to publish to (default <user>/<name>)"),
+    Field("publish.private", "bool", True, None, "create the repo private"),
 )
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
 TABLES = ("paths", "models", "dataset", "gpu", "train")
-OPTIONAL_TABLES = ("captions",)  # not in a new session file; created when first set
+OPTIONAL_TABLES = ("captions", "train.samples", "publish")  # not in a new session file; created when first set
 
 IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool",
                                "caption_auto": "bool"}  # caption_auto: a captioner's draft nobody reviewed yet

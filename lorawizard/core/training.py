@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,44 +117,71 @@ class Plan:
     base_epoch: int = 0
     resumed_from: Path | None = None
     launch: Any = None  # core.multigpu.Launch: processes, GPUs in rank order, notes
+    notes: list[str] = field(default_factory=list)  # for people: state cadence, sampling cost
+    extra: dict[str, Any] = field(default_factory=dict)  # kept in run.json
 
 
 def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = None) -> Plan:
     """Write the run's config files and build its command. Raises StepFailed with one line when it cannot."""
+    from lorawizard.core import samples, statesave
     from lorawizard.core.command import CommandError, prepare_run
 
     runs_dir = session.paths.runs
     overrides: dict[str, Any] = {"save_state": True}
     state = None
+    base_step = base_epoch = 0
+    extra: dict[str, Any] = {}
     if resume:
         state = runs.newest_state(runs_dir)
         if state is None:
             raise StepFailed(f"nothing to resume: no saved state under {runs_dir} (states are saved every "
                              f"{session.get('train.save_every_n_epochs')} epochs)")
-        overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
-    run_dir = run_dir or runs_dir / runs.new_run_id(runs_dir)
+        base_step, base_epoch = state.step, state.epoch
+        per_epoch = statesave.steps_per_epoch(state.path.parent / runs.LOG_FILE)
+        if per_epoch:
+            # skip the batches already trained in the state's epoch: a step state loses nothing more than the stop did
+            overrides.update({"initial_step": state.step, "skip_until_initial_step": True})
+            base_epoch = state.step // per_epoch
+            extra["state_step_offset"] = state.step - state.step % per_epoch  # sd-scripts' step restarts at the remainder
+        else:
+            overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
+    cadence = statesave.cadence(session)
+    overrides.update(cadence.overrides())
+    run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        overrides.update(samples.sample_overrides(session, run_dir))
         prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None)
     except CommandError as exc:
         raise StepFailed(str(exc)) from None
     except OSError as exc:
         raise StepFailed(f"cannot write the run's config files in {run_dir}: {exc.strerror or exc}") from None
+    files = list(prepared.files)
+    if overrides.get("sample_prompts"):
+        files.append(Path(overrides["sample_prompts"]))
+    size, estimated = statesave.state_bytes(runs_dir)
+    if size is None:
+        size = statesave.estimated_state_bytes(session.get("train.network_dim"), session.get("train.optimizer_type"))
+    notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step)]
     return Plan(
-        run_dir=Path(run_dir), command=prepared.command, files=list(prepared.files),
-        base_step=state.step if state else 0, base_epoch=state.epoch if state else 0,
-        resumed_from=state.path if state else None, launch=prepared.launch,
+        run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
+        resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
     )
 
 
 def start_run(session: Session, plan: Plan) -> RunRecord:
     command = plan.command
+    extra = dict(plan.extra)
+    on_finish = session.get("train.on_finish")
+    if on_finish:
+        extra["on_finish"] = list(on_finish)
     try:
         return runs.launch(
             command.argv, plan.run_dir, env=command.env, cwd=command.cwd, session_text=session.to_text(),
             output_name=str(command.options.get("output_name", session.get("name"))),
             base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
             gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.get("gpu.uuid"),
-            extra=_launch_extra(plan.launch),
+            extra={**_launch_extra(plan.launch), **extra},
         )
     except RunError as exc:
         raise StepFailed(str(exc)) from None
@@ -242,6 +269,8 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
         for path in plan.files:
             ctx.log(f"  {path}")
+        for note in plan.notes:
+            ctx.log(note)
         ctx.log(plan.command.shell_text(multiline=True))
         note = f"; a run is going now: {live.run_id}" if live else ""
         return StepResult(True, f"dry run: command printed, nothing launched{note}",
@@ -259,13 +288,32 @@ def run_step(ctx: StepContext) -> StepResult:
         record = start_run(session, plan)
         what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
         ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
+        for note in plan.notes:
+            ctx.log(f"train: {note}")
 
     if detach:
         ctx.log(f"training keeps running in the background. Follow it: lorawizard {session.project_dir}")
         ctx.log(f"  or: tail -f {record.log_path}")
         return StepResult(True, f"run {record.run_id} started in the background (pid {record.pid})",
                           data={"run_id": record.run_id, "pid": record.pid, "log": str(record.log_path)})
-    return follow(ctx, record)
+    result = follow(ctx, record)
+    if result.ok:
+        result = _keep(ctx, result)
+    return result
+
+
+def _keep(ctx: StepContext, result: StepResult) -> StepResult:
+    """Copy the chosen epoch (train.keep_epoch, else the final LoRA) to <project>/loras/ with its sidecar."""
+    from lorawizard.core.keep import KeepError, keep_epoch
+
+    try:
+        kept = keep_epoch(ctx.session, ctx.session.get("train.keep_epoch"))
+    except KeepError as exc:
+        return StepResult(False, f"training finished, but {exc}", result.details, result.data)
+    ctx.log(f"train: kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})")
+    result.details.append(f"kept: {kept.lora}")
+    result.data["kept"] = str(kept.lora)
+    return result
 
 
 def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:

@@ -215,7 +215,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         add(f"--{name}", default=None)
     for name in ("max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "blocks_to_swap",
                  "sample_every_n_epochs", "sample_every_n_steps", "network_dim", "initial_step", "initial_epoch",
-                 "gradient_accumulation_steps"):
+                 "gradient_accumulation_steps", "save_last_n_steps", "save_last_n_steps_state",
+                 "save_last_n_epochs_state"):
         add(f"--{name}", type=int, default=None)
     add("--max_train_steps", type=int, default=1600)
     add("--seed", type=int, default=None)
@@ -348,6 +349,11 @@ def main(argv: list[str]) -> int:
             console.warning("steps from the state is ignored because initial_step is specified / "
                             "initial_stepが指定されているため、stateからのステップ数は無視されます", "train_network.py:1236")
             start_epoch = args.initial_step // steps_per_epoch
+    skip = 0
+    if args.initial_step and args.skip_until_initial_step:  # sd-scripts: the step restarts at the remainder
+        console.info(f"skipping {args.initial_step} steps / {args.initial_step}ステップをスキップします", "train_network.py:1265")
+        start_epoch = args.initial_step // steps_per_epoch
+        skip = args.initial_step % steps_per_epoch
     if args.logging_dir:
         tb = Path(args.logging_dir) / datetime.now().strftime("%Y%m%d%H%M%S") / "network_train"
         tb.mkdir(parents=True, exist_ok=True)
@@ -392,31 +398,53 @@ def main(argv: list[str]) -> int:
         console.info(f"generating sample images at step / サンプル画像生成 ステップ: {step}", "flux_train_utils.py:61")
         folder = output_dir / "sample"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}_e{epoch:06d}_00_{datetime.now().strftime('%Y%m%d%H%M%S')}_{args.seed or 0}.png"
         try:
-            from PIL import Image
+            prompts = json.loads(Path(args.sample_prompts).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            prompts = [{"prompt": "standin"}]
+        for index, entry in enumerate(prompts):
+            entry = entry if isinstance(entry, dict) else {"prompt": str(entry)}
+            console.info(f"prompt: {entry.get('prompt')}", "flux_train_utils.py:183")
+            seed = entry.get("seed")
+            stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+            path = folder / f"{name}_e{epoch:06d}_{index:02d}_{stamp}{'_' + str(seed) if seed is not None else ''}.png"
+            try:
+                from PIL import Image
 
-            image = Image.new("RGB", (64, 64), (40 * epoch % 256, 120, 200))
-            image.save(path)
-        except ImportError:
-            path.write_bytes(b"")
+                image = Image.new("RGB", (64, 64), ((40 * epoch) % 256, (90 * index) % 256, 200))
+                image.save(path)
+            except ImportError:
+                path.write_bytes(b"")
 
     if args.sample_prompts and args.sample_at_first:
-        save_sample(0, 0)
-    bar = Bar(args.max_train_steps, "steps")
-    global_step = 0
+        save_sample(start_epoch, 0)
+
+    def prune(pattern: str, number: int) -> None:
+        if number > 0:
+            for path in (output_dir / pattern.format(number),):
+                if path.is_dir():
+                    console.info(f"removing old state: {path}", "train_util.py:5960")
+                    for child in path.iterdir():
+                        child.unlink()
+                    path.rmdir()
+                elif path.exists():
+                    out(f"removing old checkpoint: {path}")
+                    path.unlink()
+
+    bar = Bar(args.max_train_steps - skip, "steps")
+    global_step = skip
     losses: list[float] = []
     for epoch in range(start_epoch, num_epochs):
         out(f"\nepoch {epoch + 1}/{num_epochs}\n")
         console.info(f"epoch is incremented. current_epoch: {epoch}, epoch: {epoch + 1}", "train_util.py:784")
-        for _ in range(steps_per_epoch):
+        for _ in range(steps_per_epoch - (skip if epoch == start_epoch else 0)):
             if over_budget:
                 oom_exit()
             time.sleep(STEP_SECONDS)
             absolute = start_epoch * steps_per_epoch + global_step + 1
-            if kill_at and global_step + 1 >= kill_at:
+            if kill_at and bar.n + 1 >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if hang_at and global_step + 1 >= hang_at:
+            if hang_at and bar.n + 1 >= hang_at:
                 while True:
                     time.sleep(3600)
             global_step += 1
@@ -431,6 +459,17 @@ def main(argv: list[str]) -> int:
                 ckpt = output_dir / f"{name}-step{global_step:08d}.safetensors"
                 out(f"\nsaving checkpoint: {ckpt}")
                 write_sparse(ckpt, ckpt_bytes)
+                every = args.save_every_n_steps
+                if args.save_last_n_steps:
+                    number = global_step - args.save_last_n_steps - 1
+                    prune(name + "-step{:08d}.safetensors", number - number % every)
+                if args.save_state:
+                    save_state(output_dir / f"{name}-step{global_step:08d}-state", epoch + 1, global_step,
+                               f"saving state at step {global_step}")
+                    keep = args.save_last_n_steps_state or args.save_last_n_steps
+                    if keep:
+                        number = global_step - keep - 1
+                        prune(name + "-step{:08d}-state", number - number % every)
             if global_step >= args.max_train_steps:
                 break
         done_epoch = epoch + 1
@@ -441,6 +480,8 @@ def main(argv: list[str]) -> int:
             if args.save_state:
                 save_state(output_dir / f"{name}-{done_epoch:06d}-state", done_epoch, global_step,
                            f"saving state at epoch {done_epoch}")
+                if args.save_last_n_epochs_state:
+                    prune(name + "-{:06d}-state", done_epoch - args.save_every_n_epochs * args.save_last_n_epochs_state)
         if args.sample_prompts and args.sample_every_n_epochs and done_epoch % args.sample_every_n_epochs == 0:
             save_sample(done_epoch, global_step)
         if global_step >= args.max_train_steps:

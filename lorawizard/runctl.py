@@ -1,0 +1,129 @@
+"""Run control from the shell: `lorawizard DIR --status | --follow | --stop` (for SSH, scripts, cron). No Textual.
+
+Exit codes: 0 the newest run finished ok, 1 it failed (or was stopped / lost), 3 it is running, 4 no run.
+`--stop` exits 0 once the run has stopped, 4 when none was running.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+EXIT_FINISHED, EXIT_FAILED, EXIT_RUNNING, EXIT_NO_RUN = 0, 1, 3, 4
+_CODES = {"finished": EXIT_FINISHED, "running": EXIT_RUNNING}
+
+
+def _runs_dir(project: Path) -> Path | None:
+    from lorawizard.core.session import SESSION_FILE, Session, SessionError
+
+    path = Path(project).expanduser() / SESSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Session.load(path, read_only=True).paths.runs
+    except SessionError as exc:
+        raise SystemExit(f"lorawizard: {exc}") from None
+
+
+def _newest(project: Path):  # -> RunRecord | None
+    from lorawizard.core import runs
+
+    runs_dir = _runs_dir(project)
+    if runs_dir is None:
+        return None
+    records = runs.list_runs(runs_dir)
+    live = next((r for r in reversed(records) if r.status() == "running"), None)
+    return live or (records[-1] if records else None)
+
+
+def status_text(record) -> tuple[str, int]:  # record: RunRecord
+    """One line (state, step/total, epoch, ETA, last loss, run id, lost steps) and the exit code."""
+    from lorawizard.core import runs, statesave
+    from lorawizard.core.training import RunFollower, status_line
+
+    status = record.status()
+    follower = RunFollower(record)
+    follower.finish()
+    line = f"{status} · {status_line(follower.state)} · run {record.run_id}"
+    if status == "running":
+        newest = _newest_state_step(record)
+        line += f" · a stop now loses {statesave.steps_lost(follower.state.step, newest)} steps"
+    elif status in ("stopped", "lost", "failed") and runs.newest_state(record.dir.parent) is not None:
+        line += " · resumable (--replay SESSION --steps train --resume)"
+    info = record.exit_info() or {}
+    hook = info.get("on_finish")
+    if hook and not hook.get("ok"):
+        line += f" · on_finish failed: {hook.get('line')}"
+    return line, _CODES.get(status, EXIT_FAILED)
+
+
+def _newest_state_step(record) -> int | None:
+    from lorawizard.core import runs
+
+    own = [s for s in runs.saved_states(record.dir.parent) if s.run_id == record.run_id]
+    if own:
+        return own[-1].step
+    return record.base_step or None
+
+
+def status(project: Path, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    record = _newest(project)
+    if record is None:
+        out.write(f"no run · {project}\n")
+        return EXIT_NO_RUN
+    line, code = status_text(record)
+    out.write(line + "\n")
+    return code
+
+
+def follow(project: Path, out: TextIO | None = None) -> int:
+    """Follow the live run (progress lines like replay) and exit with its result; without one, --status."""
+    from lorawizard.core.session import SESSION_FILE, Session
+    from lorawizard.core.steps import Cancelled, StepContext
+    from lorawizard.core.training import follow as follow_run
+    from lorawizard.headless import EXIT_INTERRUPTED, ProgressPrinter
+
+    out = out or sys.stdout
+    record = _newest(project)
+    if record is None or record.status() != "running":
+        return status(project, out)
+    session = Session.load(Path(project).expanduser() / SESSION_FILE, read_only=True)
+    printer = ProgressPrinter(out)
+    ctx = StepContext(session=session, progress=printer, log=printer.line)
+    printer.line(f"following run {record.run_id} (pid {record.pid}); Ctrl-C leaves it running")
+    try:
+        result = follow_run(ctx, record)
+    except (KeyboardInterrupt, Cancelled):
+        printer.line("stopped following; the run goes on")
+        return EXIT_INTERRUPTED
+    for detail in result.details:
+        printer.line(f"  {detail}")
+    printer.line(result.summary)
+    return EXIT_FINISHED if result.ok else EXIT_FAILED
+
+
+def stop(project: Path, out: TextIO | None = None) -> int:
+    """SIGINT → SIGTERM → SIGKILL (as the wizard's s), waiting for the run to end."""
+    from lorawizard.core import runs, statesave
+    from lorawizard.core.training import RunFollower
+
+    out = out or sys.stdout
+    record = _newest(project)
+    if record is None or record.status() != "running":
+        out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
+        return EXIT_NO_RUN
+    follower = RunFollower(record)
+    follower.finish()
+    lost = statesave.steps_lost(follower.state.step, _newest_state_step(record))
+    out.write(f"stopping run {record.run_id} at step {follower.state.step}: loses {lost} steps since the newest "
+              "saved state (SIGINT, then SIGTERM, then SIGKILL)…\n")
+    out.flush()
+    try:
+        how = runs.stop(record, on_stage=lambda stage: (out.write(f"  {stage}\n"), out.flush()))
+    except runs.RunError as exc:
+        out.write(f"lorawizard: {exc}\n")
+        return EXIT_FAILED
+    out.write(f"run {record.run_id} stopped ({how}); resume: lorawizard --replay SESSION.toml --steps train --resume\n")
+    return EXIT_FINISHED
