@@ -125,7 +125,7 @@ def sampling_cost(session: Session, s_per_step: float | None = None) -> str:
 
 # ------------------------------------------------------------------ reading the images back
 
-_NAME_TAIL = re.compile(r"_e(?P<epoch>\d{6})_(?P<index>\d{2})_(?P<stamp>\d{14})(?:_(?P<seed>\d+))?\.png")
+_NAME_TAIL = re.compile(r"e(?P<epoch>\d{6})_(?P<index>\d{2})_(?P<stamp>\d{14})(?:_(?P<seed>\d+))?\.png")
 
 
 @dataclass(frozen=True)
