@@ -75,9 +75,9 @@ def sample_settings(session: Session) -> SampleSettings | None:
 
 
 def _largest_bucket(session: Session) -> tuple[int, int]:
-    from lorawizard.core.command import buckets_in_use
+    from lorawizard.core.dataset import bucket_counts
 
-    buckets = buckets_in_use(session)  # largest area first
+    buckets = list(bucket_counts(session))  # largest area first
     if buckets:
         return parse_bucket(buckets[0])
     side = session.get("dataset.max_side")

@@ -65,9 +65,9 @@ def measured_s_per_step(session: Session) -> tuple[float | None, str]:
 
     buckets = load_results(session).get("buckets", {})
     try:
-        from lorawizard.core.command import buckets_in_use
+        from lorawizard.core.dataset import bucket_counts
 
-        used = set(buckets_in_use(session))
+        used = set(bucket_counts(session))
     except Exception:  # noqa: BLE001 - no dataset yet: any probed bucket
         used = set()
     speeds = [b.get("s_per_step") for name, b in buckets.items() if (not used or name in used) and b.get("s_per_step")]
