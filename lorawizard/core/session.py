@@ -30,7 +30,7 @@ _BOM = "\ufeff"
 FORBIDDEN_CHARS = re.compile(r"[\x00\r\n]")  # in a path or argv: NUL cannot be passed, CR/LF split lines
 INT64_MIN, INT64_MAX, INT32_MAX = -(2**63), 2**63 - 1, 2**31 - 1
 MAX_BATCH = 4096
-MULTILINE_OK = frozenset({"captions.instruction"})
+MULTILINE_OK = frozenset({"captions.instruction", "train.samples.prompts"})  # prose into JSON files, never argv
 _SECRET_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
