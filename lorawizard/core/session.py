@@ -145,12 +145,10 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.samples.guidance", "float", 3.5, _positive, "FLUX embedded guidance for samples"),
     Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
     Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
-    Field("publish.repo_id", "str", None, None, "Hugging Face repo to publish to (default <user>/<name>)"),
-    Field("publish.private", "bool", True, None, "create the repo private"),
 )
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
 TABLES = ("paths", "models", "dataset", "gpu", "train")
-OPTIONAL_TABLES = ("captions", "train.samples", "publish")  # not in a new session file; created when first set
+OPTIONAL_TABLES = ("captions", "train.samples")  # not in a new session file; created when first set
 
 IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool",
                                "caption_auto": "bool"}  # caption_auto: a captioner's draft nobody reviewed yet
