@@ -151,3 +151,33 @@ async def test_escape_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: 
         await pilot.press("ctrl+q")
     saved = Session.load(project / "session.toml").images()
     assert sum(1 for entry in saved.values() if entry.get("caption_auto")) == kept
+
+
+async def test_quitting_while_drafting_stops_the_captioner(isolated_home: Path, no_gpu, monkeypatch,
+                                                           tmp_path: Path) -> None:
+    import os
+    import time
+
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("STANDIN_CAPTION_DELAY", "0.5")
+    monkeypatch.setenv("STANDIN_CAPTION_PIDFILE", str(pidfile))
+    project = auto_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        screen.start_drafting([1, 2, 3, 4, 5])
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if pidfile.exists() and pidfile.read_text():
+                break
+        await pilot.press("ctrl+q")
+    pid = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the captioner outlived the app")

@@ -100,6 +100,10 @@ class AutoCaptionMixin:
         self._update_details()  # type: ignore[attr-defined]
         self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")  # type: ignore[attr-defined]
 
+    def stop_drafting(self) -> None:
+        if self._auto_cancel is not None:
+            self._auto_cancel.set()
+
     def action_cancel(self) -> None:
         """Esc: stop drafting first (the drafts so far are kept); else what the step screen does."""
         if self._auto_cancel is not None:

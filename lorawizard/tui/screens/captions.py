@@ -467,6 +467,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
                 self._update_details()
 
     def on_unmount(self) -> None:
+        self.stop_drafting()  # quitting never leaves a captioner holding the GPU
         self.flush()
 
     # -- actions
