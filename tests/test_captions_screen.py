@@ -9,7 +9,8 @@ from textual.widgets import Input, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.captions import SAVE_DELAY, BulkEditScreen, CaptionsScreen
+from lorawizard.core.session_store import SAVE_DELAY
+from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
 from tests.captions_fixtures import make_project, txt_of
 
@@ -81,16 +82,15 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
     app = LoraWizardApp(Session.open_project(project), start_step="captions")
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        screen = screen_of(app)
+        screen_of(app)
         await pilot.press("tab")
         editor = app.screen.query_one("#cap-editor", TextArea)
         editor.move_cursor(editor.document.end)
         await pilot.press(*" and a hat")
         await pilot.pause(SAVE_DELAY)
-        for _ in range(50):  # the timer fires, a worker writes session.toml (no flush: the screen is still open)
-            await app.workers.wait_for_complete()
+        for _ in range(50):  # the window closes, the store's timer thread writes (no flush: the screen is still open)
             await pilot.pause(0.1)
-            if not screen._pending and not screen._saving:
+            if app.store.writes:
                 break
         saved = Session.load(project / "session.toml").images()
         assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
@@ -99,7 +99,7 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
         held, release = threading.Event(), threading.Event()
 
         def save_in_flight() -> None:
-            with screen._session_lock:
+            with app.store.lock:
                 held.set()
                 release.wait(10)
 
@@ -107,7 +107,7 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
         thread.start()
         held.wait(10)
         await pilot.press(*" and gloves")
-        assert list(screen._unstored) == ["IMG_0001.jpg"]  # waits, by file
+        assert app.store.queued == ["IMG_0001.jpg"]  # waits, by file
         assert not str(app.session.images()["IMG_0001.jpg"]["caption"]).endswith("gloves")  # not touched meanwhile
         release.set()
         thread.join()

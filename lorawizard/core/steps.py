@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from lorawizard.core.progress import LogCallback, ProgressCallback, ignore_progress
 from lorawizard.core.session import Session
+from lorawizard.core.session_store import SessionStore
 
 StepState = Literal["todo", "done", "attention"]  # what the step bar shows for a step (besides "current")
 STEP_ORDER: tuple[str, ...] = ("env", "models", "dataset", "captions", "probe", "train")
@@ -62,6 +63,7 @@ class StepContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
     decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
+    store: SessionStore | None = None  # the wizard's one writer of session.toml (None: record saves at once)
 
     def may_write(self, path: Path) -> bool:
         """Whether this run may change `path`: always, except that a dry run changes nothing outside the project."""
@@ -78,6 +80,8 @@ class StepContext:
         if self.session.read_only:
             self.decisions[key] = value
             _apply(self.session, key, value)  # later steps of this replay still see it
+        elif self.store is not None:
+            self.store.apply(lambda session: _apply(session, key, value))
         else:
             _apply(self.session, key, value)
             self.session.save()

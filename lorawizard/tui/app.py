@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -11,8 +11,9 @@ from textual.screen import Screen
 
 from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
+from lorawizard.core.session_store import SessionStore
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
-from lorawizard.tui.messages import StepFinished
+from lorawizard.tui.messages import SessionSaveFailed, StepFinished
 from lorawizard.tui.screens import SCREENS
 
 
@@ -40,7 +41,7 @@ class LoraWizardApp(App[None]):
         self.session = session
         self.start_step = start_step
         self.step_states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
-        self._flushers: list[Callable[[], None]] = []
+        self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
         self.step_states.update(session_step_states(session))
 
     @property
@@ -78,15 +79,21 @@ class LoraWizardApp(App[None]):
     # -- decisions
 
     def decide(self, key: str, value: object) -> str | None:
-        """Validate, store and save one decision. Returns a one-line error, or None when saved."""
+        """Validate and store one decision (written within SAVE_DELAY, off this thread). A one-line error, or None."""
         try:
-            self.session.set(key, value)
-            self.session.save()
+            self.store.decide(key, value)
         except SessionError as exc:
             return str(exc)
-        except OSError as exc:
-            return f"could not save {self.session.path}: {exc.strerror or exc}"
         return None
+
+    def on_unmount(self) -> None:
+        """However the app ends (quit, ctrl+c, a test leaving run_test): waiting decisions reach the file."""
+        problem = self.store.flush()
+        if problem is not None:
+            self.log.error(problem)
+
+    def on_session_save_failed(self, message: SessionSaveFailed) -> None:
+        self.notify(message.problem, severity="error")
 
     def step_finished(self, message: StepFinished) -> None:
         ok = message.result is not None and message.result.ok
@@ -99,16 +106,11 @@ class LoraWizardApp(App[None]):
         for bar in self.screen.query(StepBar):
             bar.refresh()
 
-    def on_flush(self, flush: Callable[[], None]) -> None:
-        """Register something to save before the app quits (e.g. a caption being typed)."""
-        self._flushers.append(flush)
-
     def flush_decisions(self) -> None:
-        for flush in self._flushers:
-            try:
-                flush()
-            except Exception as exc:  # quitting must not be blocked by one failed save
-                self.log.error(f"flush failed: {exc!r}")
+        """Write session.toml now (waits for a write in flight): on quit."""
+        problem = self.store.flush()
+        if problem is not None:
+            self.notify(problem, severity="error")
 
     # -- actions
 

@@ -31,6 +31,13 @@ class StepLog(Message):
 
 
 @dataclass
+class SessionSaveFailed(Message):
+    """The session store's debounced write failed (posted from its timer thread)."""
+
+    problem: str
+
+
+@dataclass
 class StepFinished(Message):
     step: str
     result: StepResult | None  # None: cancelled

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import io
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
@@ -28,10 +27,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.geometry import Size
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.strip import Strip
-from textual.timer import Timer
 from textual.worker import get_current_worker
 from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
 
@@ -43,6 +40,7 @@ from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptionMixin
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.caption_list import CaptionList, set_virtual_size, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
@@ -58,7 +56,6 @@ THUMB_PIXELS = 192
 THUMBS_KEPT = 96  # decoded thumbnails (a few objects each)
 DRAWN_KEPT = 10  # of those, drawn as cells (the current one and its prefetched neighbours)
 LETTERBOX = (24, 24, 28)
-SAVE_DELAY = 0.5
 FREEZE_FROM = 1000  # images
 
 
@@ -102,11 +99,6 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self.captions: CaptionSet | None = None
         self.filter = "all"
         self.current: int | None = None
-        self._save_timer: Timer | None = None
-        self._pending = False  # the session holds edits not yet in session.toml
-        self._saving = False  # a worker is writing session.toml
-        self._session_lock = threading.RLock()  # held while anything but the UI thread reads the session
-        self._unstored: dict[str, dict[str, Any]] = {}  # caption edits made while a worker held the session
         self._thumbs: OrderedDict[Path, tuple[Any, DrawnImage | None]] = OrderedDict()  # image, its cells
         self._problem = ""
         self._manifest_stamp: tuple[int, int] | None = None
@@ -145,9 +137,6 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         return self.query_one(CaptionList)
 
     def on_mount(self) -> None:
-        register = getattr(self.app, "on_flush", None)
-        if register is not None:
-            register(self.flush)
         self.editor.disabled = True
         self.editor.border_title = "caption: what the LoRA should NOT learn"
         self.caption_list.on_cursor = self._follow  # same frame as the list's repaint
@@ -160,7 +149,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         session = self.session
         self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST_FILE)
         try:
-            with self._session_lock:  # released before call_from_thread: flush may be waiting for it
+            with wizard_app(self).store.lock:  # released before call_from_thread: flush may be waiting for it
                 images = core.prepared_images(session)
                 imported = core.find_imports(session, images)
                 count = core.store_imports(session, imported) if not session.read_only else 0
@@ -361,95 +350,29 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self._update_details()
         self._update_header()
 
-    # -- saving: session.toml of 5,000 images takes ~60 ms to write, so the debounced save runs in a worker.
-    # The Session is not thread-safe: `_session_lock` is held while a worker (this save, the loading) uses
-    # it; an edit typed meanwhile waits in `_unstored` (the caption set already has it) and is stored after.
-    # Leaving the screen, a modal dialog (it suspends this screen), bulk changes and quitting call `flush`,
-    # which waits for a save in flight and writes everything on the UI thread: nothing is lost on quit.
+    # -- saving: the app's SessionStore writes session.toml (~60 ms for 5,000 images) off the UI thread, debounced.
+    # An edit typed while the store's lock is held (a write in flight, the loading worker) waits there by file, the
+    # caption set already has it. Leaving the screen, a modal dialog (it suspends this screen), bulk changes and
+    # quitting call `flush`, which waits for a write in flight and writes: nothing is lost on quit.
 
-    def _store(self, indices: list[int], *, arm: bool = True) -> None:
-        """Put captions into the session now; write session.toml shortly (and on leave/quit)."""
+    def _store(self, indices: list[int]) -> None:
+        """Put captions into the session now (or queued, never waiting); session.toml is written shortly."""
         if self.captions is None or not indices:
             return
-        self._store_changes(self.captions.session_changes(indices), arm=arm)
-
-    def _store_changes(self, changes: list[tuple[str, dict[str, Any]]], *, arm: bool = True) -> None:
-        if not self._session_lock.acquire(blocking=False):  # a worker is using the session
-            self._unstored.update(changes)  # by file: the newest text of each caption wins
-            self._pending = True
-            self._arm_save()
+        changes = self.captions.session_changes(indices)
+        if not changes:
             return
+        key = changes[0][0] if len(changes) == 1 else tuple(file for file, _ in changes)
         try:
-            self.session.update_images(changes)
+            wizard_app(self).store.apply(lambda session: session.update_images(changes), queue_as=key)
         except SessionError as exc:
             self.notify(str(exc), severity="error")
-            return
-        finally:
-            self._session_lock.release()
-        self._pending = True
-        if arm:
-            self._arm_save()
-
-    def _arm_save(self) -> None:
-        if self._save_timer is not None:
-            self._save_timer.stop()
-        self._save_timer = self.set_timer(SAVE_DELAY, self._save_soon)
-
-    def _store_unstored(self, *, arm: bool = True) -> None:
-        if self._unstored:
-            changes, self._unstored = list(self._unstored.items()), {}
-            self._store_changes(changes, arm=arm)
-
-    def _save_soon(self) -> None:
-        """The debounced save: in a worker, so typing never waits for session.toml to be written."""
-        self._save_timer = None
-        if self._saving:  # the previous save is still writing: try again after it
-            self._arm_save()
-            return
-        self._store_unstored(arm=False)
-        if self._unstored:  # the loading worker still holds the session: the timer is armed again
-            return
-        if not self._pending:
-            return
-        self._pending = False
-        self._saving = True
-        self._save_in_worker()
-
-    @work(thread=True, group="captions-save", exit_on_error=False)
-    def _save_in_worker(self) -> None:
-        problem: str | None = "session.toml was not saved (it is saved again on leave and quit)"
-        try:
-            with self._session_lock:
-                problem = _save(self.session)
-        finally:  # thread-safe; never wait for the UI thread while holding the lock
-            self.post_message(self._Saved(problem))
-
-    @dataclass
-    class _Saved(Message):
-        problem: str | None
-
-    @on(_Saved)
-    def _saved(self, message: _Saved) -> None:
-        self._saving = False
-        if message.problem is not None:
-            self._pending = True
-            self.notify(message.problem, severity="error")
-        self._store_unstored()
 
     def flush(self) -> None:
-        """Write session.toml now if an edit is waiting (on leave, quit, bulk changes; waits for a save in flight)."""
-        if self._save_timer is not None:
-            self._save_timer.stop()
-            self._save_timer = None
-        with self._session_lock:  # a worker's save finishes first (tens of ms): the session is ours after it
-            self._store_unstored(arm=False)  # the lock is re-entrant
-            if not self._pending:
-                return
-            problem = _save(self.session)
+        """Write session.toml now if an edit is waiting (on leave, quit, bulk changes; waits for a write in flight)."""
+        problem = wizard_app(self).store.flush()
         if problem is not None:
             self.notify(problem, severity="error")
-            return
-        self._pending = False
 
     def on_screen_suspend(self) -> None:
         self.flush()
@@ -570,16 +493,6 @@ class CaptionEditor(TextArea):
         set_virtual_size(self, Size(0, self.wrapped_document.height))
         self._refresh_scrollbars()
 
-
-def _save(session: Any) -> str | None:
-    """Write session.toml; a one-line problem, or None when saved (or nothing changed)."""
-    try:
-        session.save()
-    except SessionError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"could not save {session.path}: {exc.strerror or exc}"
-    return None
 
 
 def _stamp(path: Path) -> tuple[int, int]:

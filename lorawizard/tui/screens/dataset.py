@@ -27,13 +27,13 @@ from lorawizard.core.session import SessionError
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished, StepProgress
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
 from lorawizard.tui.widgets.step_runner import StepRunner
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
 THUMB_CACHE = 200
-SAVE_DELAY = 0.5
 MOVE_STEP = 0.1  # of the crop's own size
 STATUS_WORDS = {"use": "", "small": "too small", "skip": "skipped", "duplicate": "duplicate", "bad": ""}
 SETTINGS = ["dataset.source", "dataset.max_side", "paths.dataset"]
@@ -130,7 +130,6 @@ class DatasetScreen(StepScreen):
         self.current: str | None = None
         self._thumbs: OrderedDict[str, Any] = OrderedDict()
         self._failed_thumbs: dict[str, str] = {}
-        self._save_timer: Timer | None = None
         self._preview_timer: Timer | None = None
         self._scanning = False
         self._scanned_settings: tuple[Any, ...] = ()
@@ -157,9 +156,6 @@ class DatasetScreen(StepScreen):
         return self.query_one("#ds-table", DataTable)
 
     def on_mount(self) -> None:
-        register = getattr(self.app, "on_flush", None)
-        if register is not None:
-            register(self.flush)
         table = self.table
         wide = self.app.size.width >= 110
         table.add_column("file", key="file", width=24 if wide else 13)
@@ -388,7 +384,7 @@ class DatasetScreen(StepScreen):
 
     def _decide(self, item: core.PlanItem, **values: Any) -> None:
         try:
-            self.session.update_image(item.source, **values)
+            wizard_app(self).store.apply(lambda session: session.update_image(item.source, **values))
         except SessionError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -397,7 +393,6 @@ class DatasetScreen(StepScreen):
         self._refresh_row(item)
         self._update_head()
         self._show_preview()
-        self._schedule_save()
 
     def action_move(self, dx: int, dy: int) -> None:
         item = self._editable()
@@ -441,22 +436,12 @@ class DatasetScreen(StepScreen):
         else:
             self._decide(item, skip=True)
 
-    # -- saving: the session now, the file shortly after the last key
-
-    def _schedule_save(self) -> None:
-        if self._save_timer is not None:
-            self._save_timer.stop()
-        self._save_timer = self.set_timer(SAVE_DELAY, self.flush)
+    # -- saving: the session now, the file by the app's SessionStore (shortly after, off this thread)
 
     def flush(self) -> None:
-        if self._save_timer is not None:
-            self._save_timer.stop()
-            self._save_timer = None
-        try:
-            if self.session.dirty:
-                self.session.save()
-        except (SessionError, OSError) as exc:
-            self.notify(f"could not save: {exc}", severity="error")
+        problem = wizard_app(self).store.flush()
+        if problem is not None:
+            self.notify(f"could not save: {problem}", severity="error")
 
     def on_screen_suspend(self) -> None:
         self.flush()

@@ -15,8 +15,10 @@ from textual.widgets import Label, Log, ProgressBar
 from textual.worker import get_current_worker
 
 from lorawizard.core.progress import Progress, format_progress
+from lorawizard.core.session_store import SessionStore
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
-from lorawizard.tui.messages import StepFinished, StepLog, StepProgress
+from lorawizard.tui.messages import SessionSaveFailed, StepFinished, StepLog, StepProgress
+from lorawizard.tui.typed_app import wizard_app
 
 
 class StepRunner(Vertical):
@@ -63,26 +65,38 @@ class StepRunner(Vertical):
     @work(thread=True, exclusive=True, exit_on_error=False, group="step")
     def _run(self, cancel: threading.Event, options: dict[str, object]) -> None:
         worker = get_current_worker()
-        session = self.app.session  # type: ignore[attr-defined]
+        store = wizard_app(self).store
         ctx = StepContext(
-            session=session,
+            session=store.session,
+            store=store,
             progress=lambda event: self.post_message(StepProgress(self.step, event)),
             log=lambda line: self.post_message(StepLog(self.step, [line])),
             cancel=cancel,
             options=options,
         )
+        error: str | None = None
+        result = None
         try:
             result = load_step(self.step)(ctx)
         except Cancelled:
-            result = None
+            pass
         except StepFailed as exc:
-            self.post_message(StepFinished(self.step, None, error=str(exc)))
-            return
+            error = str(exc)
         except Exception as exc:  # a bug: say it in one line, keep the traceback in Textual's log
+            self._save_recorded(store)
             self.post_message(StepFinished(self.step, None, error=f"unexpected error: {exc!r}"))
             raise
-        if not worker.is_cancelled:
+        self._save_recorded(store)
+        if error is not None:
+            self.post_message(StepFinished(self.step, None, error=error))
+        elif not worker.is_cancelled:
             self.post_message(StepFinished(self.step, result))
+
+    def _save_recorded(self, store: SessionStore) -> None:
+        """What the step recorded is on disk when it ends: one write, not one per decision."""
+        problem = store.flush()
+        if problem is not None:
+            self.post_message(SessionSaveFailed(problem))
 
     @on(StepProgress)
     def _progress(self, message: StepProgress) -> None:

@@ -1,0 +1,108 @@
+"""SessionStore: the one writer of session.toml in the wizard.
+
+Decisions come from the UI thread (settings, crops, captions) and from step workers (`ctx.record`). Each change
+runs under one lock; the file is written at most once per debounce window, by a timer thread, so the UI thread never
+pays for serialising 5,000 images (~60 ms). `flush()` (leave, quit, end of a step) is the only wait: it writes now,
+after a write in flight. A change that must not wait (a keystroke while a write is in flight) is queued by a key,
+the newest per key wins, and runs under the lock before the next write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+
+from lorawizard.core.session import Session, SessionError
+
+SAVE_DELAY = 0.5  # seconds from the first change to the write that carries it (and every change made meanwhile)
+
+Change = Callable[[Session], None]
+
+
+class SessionStore:
+    def __init__(self, session: Session, *, delay: float = SAVE_DELAY,
+                 on_error: Callable[[str], object] = lambda problem: None) -> None:
+        self.session = session
+        self.lock = threading.RLock()  # held while the Session is changed or written; readers off the UI thread too
+        self.delay = delay
+        self.writes = 0  # files written (a window with nothing new writes nothing)
+        self._on_error = on_error  # a timer-thread write that failed (flush returns its problem instead)
+        self._queued: dict[Hashable, Change] = {}
+        self._queue_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+
+    # -- changes
+
+    def decide(self, key: str, value: object) -> None:
+        """Validate and store one setting (SessionError: nothing changed); written within `delay`."""
+        self.apply(lambda session: session.set(key, value))
+
+    def apply(self, change: Change, *, queue_as: Hashable | None = None) -> bool:
+        """Run `change(session)` under the lock and schedule a write; its SessionError reaches the caller.
+
+        With `queue_as`, a busy lock (a write in flight) does not block: the change waits under that key and runs
+        before the next write (a failure then goes to `on_error`). Returns whether the change ran now.
+        """
+        if queue_as is not None and not self.lock.acquire(blocking=False):
+            with self._queue_lock:
+                self._queued.pop(queue_as, None)  # to the end: it runs after changes queued before it
+                self._queued[queue_as] = change
+            self._schedule()
+            return False
+        if queue_as is None:
+            self.lock.acquire()
+        try:
+            change(self.session)
+        finally:
+            self.lock.release()
+        self._schedule()
+        return True
+
+    @property
+    def queued(self) -> list[Hashable]:
+        with self._queue_lock:
+            return list(self._queued)
+
+    # -- writing
+
+    def flush(self) -> str | None:
+        """Write now on this thread (after a write in flight). A one-line problem, or None when saved."""
+        with self._timer_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        return self._write()
+
+    def _schedule(self) -> None:
+        with self._timer_lock:
+            if self._timer is None:  # a window is open: this change goes with its write
+                self._timer = threading.Timer(self.delay, self._window_closed)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _window_closed(self) -> None:
+        with self._timer_lock:
+            self._timer = None
+        problem = self._write()
+        if problem is not None:
+            self._on_error(problem)
+
+    def _write(self) -> str | None:
+        problems: list[str] = []
+        with self.lock:
+            with self._queue_lock:
+                queued, self._queued = list(self._queued.values()), {}
+            for change in queued:
+                try:
+                    change(self.session)
+                except SessionError as exc:
+                    problems.append(str(exc))
+            try:
+                if self.session.save():
+                    self.writes += 1
+            except SessionError as exc:
+                problems.append(str(exc))
+            except OSError as exc:
+                problems.append(f"could not save {self.session.path}: {exc.strerror or exc}")
+        return "; ".join(problems) or None

@@ -1,0 +1,98 @@
+"""SessionStore: one writer for session.toml; concurrent decisions, debounced writes, flush waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core.session import Session, SessionError
+from lorawizard.core.session_store import SessionStore
+
+
+def new_store(project: Path, delay: float = 3600.0) -> SessionStore:
+    session = Session.new(project / "session.toml")
+    session.save()
+    return SessionStore(session, delay=delay)
+
+
+def test_concurrent_decisions_from_several_threads_lose_nothing_and_share_one_write(project: Path) -> None:
+    store = new_store(project)  # the window stays open until we close it
+    start = threading.Barrier(4)
+
+    def decide(worker: int) -> None:
+        start.wait()
+        for n in range(50):
+            file = f"w{worker}/{n:03}.jpg"
+            store.apply(lambda session, file=file, n=n: session.update_image(file, caption=f"c{n}"))
+
+    threads = [threading.Thread(target=decide, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.writes == 0  # nothing written yet: one window, still open
+    window = store._timer
+    assert window is not None
+    window.cancel()
+    window.function()  # the window closes: one write carries all 200 decisions
+    assert store.writes == 1
+    images = Session.load(project / "session.toml").images()
+    assert len(images) == 200 and images["w3/049.jpg"]["caption"] == "c49"
+    assert store.flush() is None and store.writes == 1  # nothing new: no second write
+
+
+def test_the_window_closes_by_itself(project: Path) -> None:
+    store = new_store(project, delay=0.01)
+    store.decide("name", "mylora")
+    for _ in range(500):
+        if store.writes:
+            break
+        time.sleep(0.01)
+    assert store.writes == 1 and Session.load(project / "session.toml").get("name") == "mylora"
+
+
+def test_a_bad_decision_is_refused_at_once_and_changes_nothing(project: Path) -> None:
+    store = new_store(project)
+    with pytest.raises(SessionError):
+        store.decide("train.learning_rate", "fast")
+    assert store.flush() is None and store.writes == 0
+
+
+def test_a_queued_change_waits_for_the_write_in_flight_and_the_newest_wins(project: Path) -> None:
+    store = new_store(project)
+    with store.lock:  # another thread is writing: a keystroke must not wait for it
+        held = threading.Thread(target=lambda: [
+            store.apply(lambda s: s.update_image("a.jpg", caption="first"), queue_as="a.jpg"),
+            store.apply(lambda s: s.update_image("a.jpg", caption="second"), queue_as="a.jpg")])
+        held.start()
+        held.join()
+        assert store.queued == ["a.jpg"]
+    assert "a.jpg" not in store.session.images()
+    assert store.flush() is None
+    assert Session.load(project / "session.toml").images()["a.jpg"]["caption"] == "second"
+
+
+def test_flush_waits_for_a_write_in_flight(project: Path) -> None:
+    store = new_store(project)
+    held, flushing = threading.Event(), threading.Event()
+    problems: list[str | None] = []
+
+    def write_in_flight() -> None:
+        with store.lock:
+            held.set()
+            flushing.wait(10)
+            time.sleep(0.05)  # let flush reach the lock
+            store.session.set("name", "late")
+
+    holder = threading.Thread(target=write_in_flight)
+    holder.start()
+    held.wait(10)
+    flusher = threading.Thread(target=lambda: (flushing.set(), problems.append(store.flush())))
+    flusher.start()
+    flusher.join()
+    holder.join()
+    assert problems == [None]
+    assert Session.load(project / "session.toml").get("name") == "late"  # written after the holder was done
