@@ -88,11 +88,11 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
         editor.move_cursor(editor.document.end)
         await pilot.press(*" and a hat")
         await pilot.pause(SAVE_DELAY)
-        for _ in range(50):  # the window closes, the store's timer thread writes (no flush: the screen is still open)
+        for _ in range(100):  # the window closes, the store's timer thread writes (no flush: the screen is still open)
             await pilot.pause(0.1)
-            if app.store.writes:
+            saved = Session.load(project / "session.toml").images()
+            if saved["IMG_0001.jpg"]["caption"].endswith("and a hat"):
                 break
-        saved = Session.load(project / "session.toml").images()
         assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
 
         # a save in flight holds the session (another thread): typing goes on, the edit waits, nothing is lost

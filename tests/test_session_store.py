@@ -54,6 +54,13 @@ def test_the_window_closes_by_itself(project: Path) -> None:
     assert store.writes == 1 and Session.load(project / "session.toml").get("name") == "mylora"
 
 
+def test_a_new_project_gets_no_file_until_something_is_decided(project: Path) -> None:
+    store = SessionStore(Session.new(project / "session.toml"))
+    assert store.flush() is None and not (project / "session.toml").exists()
+    store.decide("name", "mylora")
+    assert store.flush() is None and Session.load(project / "session.toml").get("name") == "mylora"
+
+
 def test_a_bad_decision_is_refused_at_once_and_changes_nothing(project: Path) -> None:
     store = new_store(project)
     with pytest.raises(SessionError):
@@ -85,7 +92,7 @@ def test_flush_waits_for_a_write_in_flight(project: Path) -> None:
             held.set()
             flushing.wait(10)
             time.sleep(0.05)  # let flush reach the lock
-            store.session.set("name", "late")
+            store.decide("name", "late")  # re-entrant: the holder may change the session
 
     holder = threading.Thread(target=write_in_flight)
     holder.start()

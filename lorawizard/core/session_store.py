@@ -28,6 +28,7 @@ class SessionStore:
         self.writes = 0  # files written (a window with nothing new writes nothing)
         self._on_error = on_error  # a timer-thread write that failed (flush returns its problem instead)
         self._queued: dict[Hashable, Change] = {}
+        self._changed = False  # a change ran since the last write (a new project's file appears only then)
         self._queue_lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
@@ -54,6 +55,7 @@ class SessionStore:
             self.lock.acquire()
         try:
             change(self.session)
+            self._changed = True
         finally:
             self.lock.release()
         self._schedule()
@@ -96,13 +98,19 @@ class SessionStore:
             for change in queued:
                 try:
                     change(self.session)
+                    self._changed = True
                 except SessionError as exc:
                     problems.append(str(exc))
+            if not self._changed:
+                return "; ".join(problems) or None
             try:
+                self._changed = False
                 if self.session.save():
                     self.writes += 1
             except SessionError as exc:
+                self._changed = True  # the next flush tries again
                 problems.append(str(exc))
             except OSError as exc:
+                self._changed = True
                 problems.append(f"could not save {self.session.path}: {exc.strerror or exc}")
         return "; ".join(problems) or None
