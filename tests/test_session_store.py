@@ -82,6 +82,18 @@ def test_a_queued_change_waits_for_the_write_in_flight_and_the_newest_wins(proje
     assert Session.load(project / "session.toml").images()["a.jpg"]["caption"] == "second"
 
 
+def test_a_change_made_after_a_queued_one_is_not_undone_by_it(project: Path) -> None:
+    store = new_store(project)
+    with store.lock:
+        queued = threading.Thread(
+            target=store.apply, args=(lambda s: s.update_image("a.jpg", caption="older"),), kwargs={"queue_as": "a.jpg"})
+        queued.start()
+        queued.join()
+    store.apply(lambda s: s.update_image("a.jpg", caption="newer"), queue_as="a.jpg")  # the lock is free now
+    assert store.flush() is None
+    assert Session.load(project / "session.toml").images()["a.jpg"]["caption"] == "newer"
+
+
 def test_flush_waits_for_a_write_in_flight(project: Path) -> None:
     store = new_store(project)
     held, flushing = threading.Event(), threading.Event()

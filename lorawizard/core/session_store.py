@@ -54,10 +54,13 @@ class SessionStore:
         if queue_as is None:
             self.lock.acquire()
         try:
+            problems = self._run_queued()  # changes queued earlier go first: an older text never wins
             change(self.session)
             self._changed = True
         finally:
             self.lock.release()
+        if problems:
+            self._on_error("; ".join(problems))
         self._schedule()
         return True
 
@@ -90,17 +93,22 @@ class SessionStore:
         if problem is not None:
             self._on_error(problem)
 
-    def _write(self) -> str | None:
+    def _run_queued(self) -> list[str]:
+        """Run the queued changes in order (the caller holds the lock); their one-line problems."""
         problems: list[str] = []
+        with self._queue_lock:
+            queued, self._queued = list(self._queued.values()), {}
+        for change in queued:
+            try:
+                change(self.session)
+                self._changed = True
+            except SessionError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def _write(self) -> str | None:
         with self.lock:
-            with self._queue_lock:
-                queued, self._queued = list(self._queued.values()), {}
-            for change in queued:
-                try:
-                    change(self.session)
-                    self._changed = True
-                except SessionError as exc:
-                    problems.append(str(exc))
+            problems = self._run_queued()
             if not self._changed:
                 return "; ".join(problems) or None
             try:
