@@ -325,7 +325,7 @@ def stop(
     int_timeout: float = 60.0,
     term_timeout: float = 15.0,
     kill_timeout: float = 5.0,
-    on_stage: Callable[[str], None] = lambda stage: None,
+    on_stage: Callable[[str], object] = lambda stage: None,
 ) -> str:
     """SIGINT to the run's process group, then SIGTERM, then SIGKILL, each after its time limit.
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 EXIT_FILE = "exit.json"
@@ -51,20 +52,20 @@ def main(argv: list[str]) -> int:
         _write(run_dir / EXIT_FILE, {"returncode": 127, "started": started, "ended": time.time(), "error": str(exc)})
         return 127
     code = child.wait()
-    info = {"returncode": code, "child_pid": child.pid, "started": started, "ended": time.time(),
+    info: dict[str, Any] = {"returncode": code, "child_pid": child.pid, "started": started, "ended": time.time(),
             "signals": sorted(set(received))}
     _write(run_dir / EXIT_FILE, info)  # first: the run has ended, whatever on_finish does
     record = _read_json(run_dir / RUN_FILE)
-    command = (record.get("extra") or {}).get("on_finish")
-    if command:
-        info["on_finish"] = run_on_finish(command, run_dir, run_status(run_dir, code, received, record), record)
+    on_finish = (record.get("extra") or {}).get("on_finish")
+    if on_finish:
+        info["on_finish"] = run_on_finish(on_finish, run_dir, run_status(run_dir, code, received, record), record)
         sys.stdout.write(f"lorawizard: on_finish: {info['on_finish']['line']}\n")
         sys.stdout.flush()
         _write(run_dir / EXIT_FILE, info)
     return code if code >= 0 else 128 - code
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -82,7 +83,7 @@ def _log_says_saved(run_dir: Path) -> bool:
         return False
 
 
-def run_status(run_dir: Path, code: int, received: list[int], record: dict) -> str:
+def run_status(run_dir: Path, code: int, received: list[int], record: dict[str, Any]) -> str:
     if code == 0 and _log_says_saved(run_dir):
         return "finished"
     stopped = record.get("stop_requested") or _read_json(run_dir / RUN_FILE).get("stop_requested")
@@ -91,7 +92,8 @@ def run_status(run_dir: Path, code: int, received: list[int], record: dict) -> s
     return "failed"
 
 
-def run_on_finish(command: list, run_dir: Path, status: str, record: dict, timeout: float | None = None) -> dict:
+def run_on_finish(command: list[Any], run_dir: Path, status: str, record: dict[str, Any],
+                  timeout: float | None = None) -> dict[str, Any]:
     """Run the on_finish argv once; returns {status, returncode, line} (never raises)."""
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         return {"ok": False, "returncode": None, "line": "train.on_finish must be a list of strings; not run"}
