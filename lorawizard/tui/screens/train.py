@@ -125,6 +125,7 @@ class TrainScreen(StepScreen):
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
         Binding("l", "full_log", "Full log"),
+        Binding("g", "samples", "Samples"),
     ]
 
     def __init__(self, *, follow: bool = True) -> None:
@@ -262,6 +263,10 @@ class TrainScreen(StepScreen):
         self.apply_view(message.view)
 
     def apply_view(self, view: TrainView) -> None:
+        if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost"):
+            self.app.bell()  # a run that ends while nobody watches: the terminal says so
+            self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch"
+                        if view.status == "finished" else ""), timeout=15)
         if view.status != self.view.status and view.status in _STEP_STATES:
             self.app.set_step_state("train", _STEP_STATES[view.status])  # type: ignore[attr-defined]
         with self.app.batch_update():
@@ -334,7 +339,11 @@ class TrainScreen(StepScreen):
         if self.record is None or not self.record.is_alive():
             self.notify("no run is going")
             return
-        self.notify("stopping: SIGINT to the run's process group (then SIGTERM, then SIGKILL)…")
+        from lorawizard.core import statesave
+        from lorawizard.runctl import _newest_state_step
+
+        lost = statesave.steps_lost(self.view.step, _newest_state_step(self.record))
+        self.notify(f"stopping: loses {lost} steps since the newest saved state (SIGINT, then SIGTERM, then SIGKILL)…")
         self._stop_run(self.record)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
@@ -347,6 +356,19 @@ class TrainScreen(StepScreen):
             self.post_message(TrainNotice(str(exc), "error"))
             return
         self.post_message(TrainNotice(f"run {record.run_id} stopped ({how}); r resumes from the newest state"))
+
+    def action_samples(self) -> None:
+        if self.record is None:
+            self.notify("no run yet: samples appear once a run has made them")
+            return
+        from lorawizard.core.keep import _run_chain
+        from lorawizard.core.samples import read_prompts
+        from lorawizard.tui.screens.samples import SamplesScreen
+
+        chain = _run_chain(self.record)
+        name = self.record.output_name or self.app.session.get("name")  # type: ignore[attr-defined]
+        self.app.push_screen(SamplesScreen([r.dir for r in chain], name, read_prompts(self.record.dir),
+                                           last_epoch=self.view.epochs))
 
     def action_full_log(self) -> None:
         if self.record is None:

@@ -1,0 +1,113 @@
+"""Samples view: grid snapshots at 80×24 and 120×40, paging, keys, keep an epoch, live fill from the stand-in."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core import samples
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.samples import SamplesScreen, page_layout
+from tests.standin import make_train_project
+
+PROMPTS = ["mychar, a photo, plain background", "mychar on a city street at night, neon lights",
+           "mychar, an oil painting in the style of an old master"]
+
+
+def _sample_dir(run_dir: Path, epochs: list[int]) -> None:
+    from PIL import Image
+
+    folder = run_dir / "sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch in epochs:
+        for index in range(3):
+            picture = Image.new("RGB", (32, 32))
+            picture.putdata([((x * 8 + epoch * 20) % 256, (y * 8) % 256, 60 * index) for y in range(32) for x in range(32)])
+            picture.save(folder / f"mychar_e{epoch:06d}_{index:02d}_20261125{epoch:06d}_42.png")
+    (folder / "notes.png").write_bytes(b"not a sample")
+
+
+def _screen(project: Path, epochs: list[int]) -> SamplesScreen:
+    run_dir = project / "runs" / "20261125-101500"
+    _sample_dir(run_dir, epochs)
+    grid = samples.gallery([run_dir], "mychar", PROMPTS)
+    return SamplesScreen([run_dir], "mychar", PROMPTS, last_epoch=16, gallery=grid, live=False)
+
+
+@pytest.fixture
+def home_project(isolated_home: Path) -> Path:
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    session = Session.open_project(folder)
+    session.set("name", "mychar")
+    session.save()
+    return folder
+
+
+def _push(screen: SamplesScreen):
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await pilot.app.push_screen(screen)
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_snapshot_gallery_80x24(snap_compare, home_project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    screen = _screen(home_project, [0, 4, 8, 12, 16])
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_push(screen))
+
+
+def test_snapshot_gallery_120x40(snap_compare, home_project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    screen = _screen(home_project, [0, 4, 8, 12, 16])
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_push(screen))
+
+
+def test_page_layout_fits_four_epochs_at_80x24() -> None:
+    cell_w, cell_h, columns = page_layout(80, 24, 3)
+    assert columns == 4 and 14 + columns * (cell_w + 1) <= 80 and 3 * cell_h <= 24 - 3
+
+
+async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
+    session = make_train_project(tmp_path, epochs=6, name="mychar")
+    session.set("train.samples.prompts", PROMPTS)
+    session.set("train.samples.every_n_epochs", 1)
+    session.save()
+    from lorawizard.core.training import plan_run, start_run
+
+    record = start_run(session, plan_run(session))
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        deadline = time.monotonic() + 30
+        while record.is_alive():
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        await pilot.pause(0.3)
+        await pilot.press("g")
+        screen = app.screen
+        assert isinstance(screen, SamplesScreen)
+        while screen.gallery.epochs != [0, 1, 2, 3, 4, 5, 6]:  # filled live from the run's sample folder
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        assert screen.col == 6 and screen.first == 3  # follows the newest epoch, on the last page
+        await pilot.press("left_square_bracket")
+        assert screen.first == 0
+        await pilot.press("left", "left", "left", "left", "left", "left")
+        await pilot.press("right", "right", "down")
+        assert (screen.row, screen.gallery.epochs[screen.col]) == (1, 2)
+        await pilot.press("enter")
+        assert type(app.screen).__name__ == "LargeSample"
+        await pilot.press("escape")
+        await pilot.press("k")
+        kept = session.project_dir / "loras" / "mychar-e2.safetensors"
+        while not kept.is_file():
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        await pilot.pause(0.2)
+    assert Session.load(session.path).get("train.keep_epoch") == 2
+    assert (session.project_dir / "loras" / "mychar-e2.json").is_file()
