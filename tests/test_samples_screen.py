@@ -109,5 +109,6 @@ async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.
             assert time.monotonic() < deadline
             await pilot.pause(0.1)
         await pilot.pause(0.2)
-    assert Session.load(session.path).get("train.keep_epoch") == 2
+        assert app.session.get("train.keep_epoch") == 2
+    assert Session.load(session.path).get("train.keep_epoch") == 2  # written by the app's store
     assert (session.project_dir / "loras" / "mychar-e2.json").is_file()

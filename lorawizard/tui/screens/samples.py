@@ -251,7 +251,6 @@ class SamplesScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="samples-keep", exit_on_error=False)
     def _keep(self, epoch: int) -> None:
         from lorawizard.core.keep import KeepError, keep_epoch
-        from lorawizard.core.session import SessionError
 
         session = self.app.session  # type: ignore[attr-defined]
         try:
@@ -259,17 +258,11 @@ class SamplesScreen(Screen[None]):
         except KeepError as exc:
             self.post_message(KeepDone(str(exc), "error"))
             return
-        try:
-            self.app.call_from_thread(self._record_keep, epoch)
-        except SessionError as exc:
-            self.post_message(KeepDone(str(exc), "error"))
+        problem = self.app.call_from_thread(self.app.decide, "train.keep_epoch", epoch)  # type: ignore[attr-defined]
+        if problem:
+            self.post_message(KeepDone(problem, "error"))
             return
         self.post_message(KeepDone(f"kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})"))
-
-    def _record_keep(self, epoch: int) -> None:
-        session = self.app.session  # type: ignore[attr-defined]
-        session.set("train.keep_epoch", epoch)
-        session.save()
 
     @on(KeepDone)
     def _kept(self, message: KeepDone) -> None:
