@@ -64,7 +64,7 @@ def test_replay_failure_is_one_line_and_exit_1(hub: FakeHub, project: Path):
 def test_step_bar_knows_models_are_ready_at_start(hub: FakeHub, project: Path):
     from lorawizard.core.models import models_ready
     from lorawizard.headless import replay
-    from lorawizard.tui.app import session_step_states
+    from lorawizard.core.step_states import session_step_states
 
     path = session_file(project)
     session = Session.load(path)

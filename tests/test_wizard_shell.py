@@ -106,7 +106,7 @@ async def test_help_lists_the_screens_own_keys(project: Path) -> None:
 
 def test_step_bar_knows_captions_and_training_are_done(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lorawizard.core import runs
-    from lorawizard.tui.app import session_step_states
+    from lorawizard.core.step_states import session_step_states
     from tests.captions_fixtures import make_project
 
     session = make_project(project, ["a.jpg", "b.jpg"], captions={"a.jpg": "a red wall"})

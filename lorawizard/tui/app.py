@@ -12,6 +12,7 @@ from textual.screen import Screen
 from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
+from lorawizard.core.step_states import session_step_states, training_is_live
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
 from lorawizard.tui.messages import SessionSaveFailed, StepFinished
 from lorawizard.tui.screens import SCREENS
@@ -72,7 +73,7 @@ class LoraWizardApp(App[None]):
                 self.post_message(event)
 
     def _first_open_step(self) -> str:
-        if _training_is_live(self.session):
+        if training_is_live(self.session):
             return "train"  # a detached run is going: open its dashboard (it reattaches)
         return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[0])
 
@@ -152,59 +153,3 @@ class LoraWizardApp(App[None]):
                 lambda step=step: self.action_goto(step),
             )
         yield SystemCommand("Help: keys", "Show every key", self.action_help)
-
-
-def session_step_states(session: Session) -> dict[str, StepState]:
-    """Cheap guesses from the session alone (no I/O beyond stat): enough for the step bar at start-up."""
-    states: dict[str, StepState] = {}
-    paths = session.paths
-    if paths.python is not None and paths.python.exists():
-        states["env"] = "done"
-    if session.batch_sizes():
-        states["probe"] = "done"
-    if (paths.dataset / "lorawizard-manifest.json").exists():  # written by the dataset step
-        states["dataset"] = "done"
-    from lorawizard.core.models import models_ready
-
-    if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
-        states["models"] = "done"
-    if states.get("dataset") == "done" and _captions_written(session):
-        states["captions"] = "done"
-    if _has_finished_run(session):
-        states["train"] = "done"
-    return states
-
-
-def _captions_written(session: Session) -> bool:
-    """Every prepared image has a caption (or captionless training is intended) and its caption file on disk."""
-    from lorawizard.core.dataset import load_manifest
-
-    images = load_manifest(session)
-    entries = session.images()
-    captionless = bool(session.get("dataset.captionless"))
-
-    def captioned(source: str) -> bool:
-        return captionless or bool(str(entries.get(source, {}).get("caption") or "").strip())
-
-    return bool(images) and all(
-        captioned(image.source) and image.output.with_suffix(".txt").is_file() for image in images
-    )
-
-
-def _has_finished_run(session: Session) -> bool:
-    from lorawizard.core.runs import list_runs
-
-    try:
-        return any(run.status() == "finished" for run in reversed(list_runs(session.paths.runs)))  # newest first
-    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
-        return False
-
-
-def _training_is_live(session: Session) -> bool:
-    """Whether a training run of this project is still running (pid + create-time; never a reused pid)."""
-    try:
-        from lorawizard.core.runs import live_run
-
-        return live_run(session.paths.runs) is not None
-    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
-        return False

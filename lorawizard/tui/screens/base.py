@@ -9,6 +9,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from lorawizard.core.session import Session
+from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.step_bar import StepBar
 from lorawizard.tui.widgets.step_runner import StepRunner
 
@@ -25,7 +26,7 @@ class StepScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP, self.app.project_label)  # type: ignore[attr-defined]
+        yield StepBar(self.STEP, wizard_app(self).project_label)
         with VerticalScroll(classes="step-body"):
             if self.INTRO:
                 yield Static(self.INTRO, classes="intro")
@@ -38,7 +39,7 @@ class StepScreen(Screen):
 
     @property
     def session(self) -> Session:
-        return self.app.session  # type: ignore[attr-defined]
+        return wizard_app(self).session
 
     @property
     def runner(self) -> StepRunner:

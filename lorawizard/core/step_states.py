@@ -1,0 +1,57 @@
+"""What the step bar shows at start-up, guessed from the project as it is on disk (stat, the manifest, run folders)."""
+
+from __future__ import annotations
+
+from lorawizard.core.dataset import MANIFEST_FILE, load_manifest
+from lorawizard.core.models import models_ready
+from lorawizard.core import runs
+from lorawizard.core.session import Session
+from lorawizard.core.steps import StepState
+
+
+def session_step_states(session: Session) -> dict[str, StepState]:
+    """Cheap guesses from the session alone (no I/O beyond stat): enough for the step bar at start-up."""
+    states: dict[str, StepState] = {}
+    paths = session.paths
+    if paths.python is not None and paths.python.exists():
+        states["env"] = "done"
+    if session.batch_sizes():
+        states["probe"] = "done"
+    if (paths.dataset / MANIFEST_FILE).exists():  # written by the dataset step
+        states["dataset"] = "done"
+    if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
+        states["models"] = "done"
+    if states.get("dataset") == "done" and _captions_written(session):
+        states["captions"] = "done"
+    if _has_finished_run(session):
+        states["train"] = "done"
+    return states
+
+
+def _captions_written(session: Session) -> bool:
+    """Every prepared image has a caption (or captionless training is intended) and its caption file on disk."""
+    images = load_manifest(session)
+    entries = session.images()
+    captionless = bool(session.get("dataset.captionless"))
+
+    def captioned(source: str) -> bool:
+        return captionless or bool(str(entries.get(source, {}).get("caption") or "").strip())
+
+    return bool(images) and all(
+        captioned(image.source) and image.output.with_suffix(".txt").is_file() for image in images
+    )
+
+
+def _has_finished_run(session: Session) -> bool:
+    try:
+        return any(run.status() == "finished" for run in reversed(runs.list_runs(session.paths.runs)))  # newest first
+    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
+        return False
+
+
+def training_is_live(session: Session) -> bool:
+    """Whether a training run of this project is still running (pid + create-time; never a reused pid)."""
+    try:
+        return runs.live_run(session.paths.runs) is not None
+    except Exception:  # noqa: BLE001 - start-up must never fail on a damaged runs folder
+        return False
