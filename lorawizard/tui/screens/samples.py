@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from lorawizard.core.samples import Gallery
@@ -175,7 +176,7 @@ class SamplesScreen(Screen[None]):
 
         box = self.query_one("#samples-grid", Vertical)
         box.remove_children()
-        rows = []
+        rows: list[Widget] = []
         for row in range(self.gallery.rows):
             prompt = self.gallery.prompts[row] if row < len(self.gallery.prompts) else ""
             label = Static(Text(f"{row + 1} {' '.join(prompt.split())}", overflow="ellipsis"), classes="samples-label")
