@@ -112,3 +112,14 @@ async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.
         assert app.session.get("train.keep_epoch") == 2
     assert Session.load(session.path).get("train.keep_epoch") == 2  # written by the app's store
     assert (session.project_dir / "loras" / "mychar-e2.json").is_file()
+
+
+async def test_sample_prompts_are_editable_on_the_train_screen(home_project: Path) -> None:
+    from textual.widgets import Input
+
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        field = app.screen.query_one("#set-train-samples-prompts", Input)
+        field.value = "'mychar, a photo' 'mychar --w 64, \"quoted\"'"
+        await pilot.pause(0.1)
+        assert app.session.get("train.samples.prompts") == ["mychar, a photo", 'mychar --w 64, "quoted"']

@@ -149,7 +149,9 @@ class TrainScreen(StepScreen):
         yield Log(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
         yield SettingsForm(
             ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
-             "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args"],
+             "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args",
+             "train.samples.prompts"],
+            labels={"train.samples.prompts": "sample prompts"},
             id="train-settings",
         )
 

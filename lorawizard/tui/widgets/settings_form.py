@@ -77,7 +77,9 @@ class SettingsForm(Vertical):
         yield Label("", classes="setting-error")
 
     def _key_of(self, widget_id: str | None) -> str:
-        return (widget_id or "").removeprefix("set-").replace("-", ".", 1)
+        rest = (widget_id or "").removeprefix("set-")
+        nested = rest.replace("-", ".")  # train.samples.prompts
+        return nested if nested in FIELDS else rest.replace("-", ".", 1)
 
     def _save(self, key: str, value: object) -> None:
         error = self.app.decide(key, value)  # type: ignore[attr-defined]
