@@ -102,7 +102,10 @@ async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, 
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         app.screen.set_focus(None)
-        await pilot.press("c")
+        await pilot.press("c")  # asks first
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        await pilot.press("enter")
         await wait_idle(pilot)
         log = app.screen.runner.query_one(Log)
         assert log.display and any("Cloning into" in line for line in log.lines)
@@ -118,7 +121,33 @@ async def test_offline_fix_says_so(project: Path, monkeypatch: pytest.MonkeyPatc
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         app.screen.set_focus(None)
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await wait_idle(pilot)
         status = str(app.screen.runner.query_one(".runner-status").render())
         assert "no network (github.com unreachable): run by hand: git clone" in status
+
+
+async def test_a_letter_never_clones_without_a_yes(project: Path, isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for key in ("c", "v", "i"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "ConfirmScreen"
+            await pilot.press("n")
+            await pilot.pause()
+            assert not app.screen.runner.running
+    assert not (isolated_home / "sd-scripts").exists()
+
+
+async def test_enter_in_a_field_runs_the_check_and_no_sd_scripts_leads(project: Path) -> None:
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.screen.query_one("#set-paths-python").focus()
+        await pilot.press("enter")
+        await wait_idle(pilot)
+        assert app.screen.focused is None  # back out of the field: letters act on the screen
+        lead = app.screen.query_one("#lead")
+        assert lead.has_class("shown") and "Press c to clone it into ~/sd-scripts" in str(lead.render())

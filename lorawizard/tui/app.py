@@ -32,6 +32,9 @@ class LoraWizardApp(App[None]):
     MODES = {step: _screen_factory(step) for step in STEP_ORDER}
     BINDINGS = [
         *(Binding(str(n), f"goto('{step}')", STEP_TITLES[step], show=False) for n, step in enumerate(STEP_ORDER, 1)),
+        # F1–F6 work from inside a text field too (a key that can't be typed); 1–6 only outside fields
+        *(Binding(f"f{n}", f"goto('{step}')", STEP_TITLES[step], show=False,
+                  priority=True) for n, step in enumerate(STEP_ORDER, 1)),
         Binding("question_mark", "help", "Help", show=True),
         Binding("q", "quit", "Quit", show=True),
         Binding("f8", "save_screenshot", "Screenshot", show=False),
@@ -118,6 +121,11 @@ class LoraWizardApp(App[None]):
     async def action_quit(self) -> None:
         self.flush_decisions()
         self.exit()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "goto" and parameters and parameters[0] == self.current_mode:
+            return False  # already there: the screen's own use of the key (Captions F4: undo bulk) gets it
+        return True
 
     def action_goto(self, step: str) -> None:
         if step in STEP_ORDER and self.current_mode != step:

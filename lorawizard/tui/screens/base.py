@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Input, Static, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.typed_app import wizard_app
@@ -18,6 +19,10 @@ class StepScreen(Screen):
     STEP = ""
     PRIMARY = "run this step"  # what Enter does, shown in the footer
     INTRO = ""
+    # The screen's main list/table: focused when the screen opens and again after every action, so single-letter
+    # keys and 1–6 act on the screen, never type into a field. None: nothing focused (keys act on the screen).
+    MAIN: str | None = None
+    AUTO_FOCUS = None  # subclasses: = MAIN (Textual focuses it when the screen opens)
 
     BINDINGS = [
         Binding("enter", "primary", "Run", show=False),
@@ -47,9 +52,29 @@ class StepScreen(Screen):
 
     def action_primary(self) -> None:
         self.runner.start()
+        self.focus_main()
 
     def action_cancel(self) -> None:
+        """Esc: leave the text field first; outside fields, cancel what runs."""
+        if self.in_text_field():
+            self.focus_main()
+            return
         self.runner.cancel()
+
+    def in_text_field(self) -> bool:
+        return isinstance(self.focused, (Input, TextArea))
+
+    def focus_main(self) -> None:
+        main = next(iter(self.query(self.MAIN)), None) if self.MAIN else None
+        if main is not None and main.focusable:
+            main.focus()
+        else:
+            self.set_focus(None)
+
+    @on(Input.Submitted)
+    def _back_to_main(self) -> None:
+        """After Enter in a field, focus returns to the main list (a step key must not type into the field)."""
+        self.call_after_refresh(self.focus_main)
 
     def on_screen_resume(self) -> None:
         self._fit_footer()

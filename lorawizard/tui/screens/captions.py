@@ -61,6 +61,8 @@ FREEZE_FROM = 1000  # images
 
 class CaptionsScreen(AutoCaptionMixin, StepScreen):
     STEP = "captions"
+    MAIN = "CaptionList"
+    AUTO_FOCUS = MAIN
     PRIMARY = "write the caption files"
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]

@@ -1,7 +1,7 @@
 """Dataset: every photo with its bucket and crop, a preview with the crop box, per-image decisions, apply.
 
 Keys: ↑/↓ choose an image · ←/→ and Shift+↑/↓ (or Shift+arrows) move the crop · + / - crop size ·
-b next bucket · r reset the crop · Space skip / use · / filter · s settings · F5 rescan · Ctrl+G apply.
+b next bucket · r reset the crop · Space skip / use · / filter · s settings · Ctrl+R rescan · Ctrl+G apply.
 The scan and every thumbnail run in thread workers; the UI thread never decodes an image. Decisions go
 into `[[dataset.images]]` at once (session.toml is written half a second after the last key).
 """
@@ -82,6 +82,8 @@ class ImageTable(DataTable, inherit_bindings=False):
 
 class DatasetScreen(StepScreen):
     STEP = "dataset"
+    MAIN = "#ds-table"
+    AUTO_FOCUS = None  # on_mount: the table, or the source field while there is none
     PRIMARY = "prepare the dataset"
     INTRO = "Turns your photos into upright, power-of-two buckets (originals untouched)."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
@@ -101,7 +103,7 @@ class DatasetScreen(StepScreen):
         Binding("space", "toggle_skip", "Skip/use", show=True),
         Binding("slash", "filter", "Filter", show=True),
         Binding("s", "settings", "Settings", show=False),
-        Binding("f5", "rescan", "Rescan", show=False),
+        Binding("ctrl+r", "rescan", "Rescan", show=False),  # F5 is the GPU step
         Binding("escape", "escape", "Back", show=False),
     ]
 
@@ -165,6 +167,7 @@ class DatasetScreen(StepScreen):
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")
             self._set_head(Text("Choose the folder with your photos (source) and press Enter: the scan starts.", style="yellow"))
+            self.query_one("#set-dataset-source", Input).focus()  # the one thing this screen needs first
             return
         table.focus()
         self.rescan()
@@ -467,6 +470,8 @@ class DatasetScreen(StepScreen):
             self.query_one("#ds-filter", Input).value = ""
             self.set_class(False, "-filtering")
             self.table.focus()
+        elif self.in_text_field():
+            self.focus_main()
         elif self.runner.running:
             self.runner.cancel()
 
@@ -490,7 +495,7 @@ class DatasetScreen(StepScreen):
 
     def action_primary(self) -> None:
         if self.plan is None:
-            self.notify("nothing to apply yet: set dataset.source (s) and rescan (F5)", severity="warning")
+            self.notify("nothing to apply yet: set dataset.source (s) and rescan (Ctrl+R)", severity="warning")
             return
         self.flush()
         self.runner.start()

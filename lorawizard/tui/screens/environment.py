@@ -18,6 +18,7 @@ from textual.containers import Horizontal
 from textual.widgets import Input, Label, Log, Select, Static
 
 from lorawizard.core import environment as core_env
+from lorawizard.core.fsutil import display_path
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -40,6 +41,8 @@ class EnvironmentScreen(StepScreen):
 
     DEFAULT_CSS = """
     EnvironmentScreen #findings { height: auto; margin: 0 0 1 0; }
+    EnvironmentScreen #lead { height: auto; display: none; color: $warning; text-style: bold; margin: 0 0 1 0; }
+    EnvironmentScreen #lead.shown { display: block; }
     EnvironmentScreen #branch-row { height: auto; }
     EnvironmentScreen #branch-row Label { width: 22; padding: 1 1 0 0; text-align: right; }
     EnvironmentScreen #branch { width: 20; }
@@ -59,7 +62,9 @@ class EnvironmentScreen(StepScreen):
         self._fixing = False
 
     def compose_body(self) -> ComposeResult:
-        yield Static(Text("Press Enter to check the environment.", style="dim"), id="findings")
+        yield Static(Text("Press Enter (here or in a field below) to check the environment.", style="dim"),
+                     id="findings")
+        yield Static("", id="lead")
         yield SettingsForm(["paths.sd_scripts", "paths.python"], labels={"paths.sd_scripts": "sd-scripts",
                                                                         "paths.python": "trainer Python"})
         with Horizontal(id="branch-row"):
@@ -120,6 +125,17 @@ class EnvironmentScreen(StepScreen):
             grid.add_row(Text(core_env.STATUS_MARKS[finding.status], style=STYLES[finding.status]),
                          Text(finding.title, style="bold"), body)
         self.query_one("#findings", Static).update(grid)
+        self._show_lead(findings)
+
+    def _show_lead(self, findings: list[core_env.Finding]) -> None:
+        """No sd-scripts: say the two ways on, above everything else."""
+        missing = any(f.action == "clone" and f.status == "error" for f in findings)
+        lead = self.query_one("#lead", Static)
+        if missing:
+            target = display_path(core_env.default_clone_target(self.app.session))  # type: ignore[attr-defined]
+            lead.update(f"sd-scripts is not on this machine. Press c to clone it into {target} (asks once), "
+                        "or type the path of your checkout in the sd-scripts field below and press Enter.")
+        lead.set_class(missing, "shown")
 
     @on(StepFinished)
     def _step_finished(self, message: StepFinished) -> None:
@@ -158,15 +174,35 @@ class EnvironmentScreen(StepScreen):
     # -- actions
 
     def action_fix(self, action: str) -> None:
+        """A fix installs or clones: it asks first (a stray letter must never start one)."""
         if self.runner.running:
             self.notify("busy: wait for the current check or fix, or press Esc", severity="warning")
             return
-        branch = self.query_one("#branch", Select).value
+        from lorawizard.tui.screens.confirm import ConfirmScreen
+
+        branch = str(self.query_one("#branch", Select).value)
+        session = self.app.session  # type: ignore[attr-defined]
+        questions = {
+            "clone": f"Clone kohya-ss/sd-scripts (branch {branch}) into {core_env.default_clone_target(session)}?",
+            "venv": "Create the trainer's Python environment (a venv inside sd-scripts)?",
+            "install": "Install torch for your driver and sd-scripts' requirements into the trainer's Python?",
+        }
+        self.app.push_screen(ConfirmScreen(questions.get(action, f"Run the fix {action!r}?"),
+                                           "This downloads and writes files; it can take minutes."),
+                             lambda yes: self._run_fix(action, branch) if yes else None)
+
+    def _run_fix(self, action: str, branch: str) -> None:
         self._fixing = True
-        self.runner.start(fix=action, branch=str(branch), **self.fix_options)
+        self.runner.start(fix=action, branch=branch, **self.fix_options)
         self.runner.scroll_visible()
 
     @on(Input.Submitted)
     @on(Input.Blurred)
     def _setting_saved(self) -> None:
         self._show_command_preview()
+
+    @on(Input.Submitted)
+    def _check_after_enter(self) -> None:
+        """Enter in a field saves it and runs the check (the form has nothing else to submit)."""
+        if not self.runner.running:
+            self.call_after_refresh(self.action_primary)

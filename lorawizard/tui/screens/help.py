@@ -11,9 +11,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 GLOBAL_KEYS: list[tuple[str, str]] = [
-    ("1 … 6", "jump to a step: Environment, Models, Dataset, Captions, GPU, Train"),
+    ("1 … 6", "jump to a step: Environment, Models, Dataset, Captions, GPU, Train (outside text fields)"),
+    ("F1 … F6", "the same, from anywhere, text fields included"),
     ("ctrl+g", "run this screen's primary action (enter too, outside text fields)"),
-    ("esc", "cancel what is running · close a dialog"),
+    ("esc", "leave a text field · cancel what is running · close a dialog"),
     ("tab / shift+tab", "move between fields"),
     ("ctrl+p", "command palette: jump to any step"),
     ("f8", "save a screenshot (SVG) into the project folder"),

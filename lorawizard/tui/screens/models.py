@@ -79,6 +79,8 @@ def where_text(state: RoleState) -> Text:
 
 class ModelsScreen(StepScreen):
     STEP = "models"
+    MAIN = "#model-rows"
+    AUTO_FOCUS = MAIN
     PRIMARY = "download what is missing"
     INTRO = "Uses the FLUX.1-dev files you already have (HF cache, ComfyUI, your folders) and downloads the rest, resumably."
 

@@ -378,8 +378,9 @@ class TrainScreen(StepScreen):
             return
         self.app.push_screen(FullLogScreen(self.record.log_path))
 
-    def action_cancel(self) -> None:  # Esc never stops training; s does
-        pass
+    def action_cancel(self) -> None:  # Esc never stops training (s does); it only leaves a field
+        if self.in_text_field():
+            self.focus_main()
 
 
 _STEP_STATES = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}

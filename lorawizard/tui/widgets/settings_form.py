@@ -111,11 +111,16 @@ class SettingsForm(Vertical):
         except ValueError as exc:
             self.query_one(".setting-error", Label).update(str(exc))
             return
+        if value == self.app.session.get(key) and not self.app.session.dirty:  # type: ignore[attr-defined]
+            self.query_one(".setting-error", Label).update("")
+            return  # leaving a field unchanged writes nothing
         self._save(key, value)
 
     @on(Select.Changed)
     def _selected(self, event: Select.Changed) -> None:
-        self._save(self._key_of(event.select.id), event.value)
+        key = self._key_of(event.select.id)
+        if event.value != self.app.session.get(key):  # type: ignore[attr-defined]  # Select posts Changed on mount
+            self._save(key, event.value)
 
     @on(Switch.Changed)
     def _switched(self, event: Switch.Changed) -> None:
