@@ -33,7 +33,7 @@ class LoraWizardApp(App[None]):
     BINDINGS = [
         *(Binding(str(n), f"goto('{step}')", STEP_TITLES[step], show=False) for n, step in enumerate(STEP_ORDER, 1)),
         # F1–F6 work from inside a text field too (a key that can't be typed); 1–6 only outside fields
-        *(Binding(f"f{n}", f"goto('{step}')", STEP_TITLES[step], show=False,
+        *(Binding(f"f{n}", f"jump('{step}')", STEP_TITLES[step], show=False,
                   priority=True) for n, step in enumerate(STEP_ORDER, 1)),
         Binding("question_mark", "help", "Help", show=True),
         Binding("q", "quit", "Quit", show=True),
@@ -123,9 +123,16 @@ class LoraWizardApp(App[None]):
         self.exit()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "goto" and parameters and parameters[0] == self.current_mode:
+        if action in ("goto", "jump") and parameters and parameters[0] == self.current_mode:
             return False  # already there: the screen's own use of the key (Captions F4: undo bulk) gets it
+        if action == "jump" and parameters and parameters[0] in STEP_ORDER:
+            key = f"f{STEP_ORDER.index(str(parameters[0])) + 1}"
+            if any(key in bindings.key_to_bindings for node, bindings in self.screen._binding_chain if node is not self):
+                return False  # the screen uses this F-key itself (Captions: F5 auto-caption)
         return True
+
+    def action_jump(self, step: str) -> None:
+        self.action_goto(step)
 
     def action_goto(self, step: str) -> None:
         if step in STEP_ORDER and self.current_mode != step:

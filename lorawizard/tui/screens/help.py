@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 GLOBAL_KEYS: list[tuple[str, str]] = [
     ("1 … 6", "jump to a step: Environment, Models, Dataset, Captions, GPU, Train (outside text fields)"),
-    ("F1 … F6", "the same, from anywhere, text fields included"),
+    ("F1 … F6", "the same, from anywhere, text fields included (unless the screen uses the key itself)"),
     ("ctrl+g", "run this screen's primary action (enter too, outside text fields)"),
     ("esc", "leave a text field · cancel what is running · close a dialog"),
     ("tab / shift+tab", "move between fields"),
