@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,8 +23,8 @@ class StepScreen(Screen):
     INTRO = ""
     # The screen's main list/table: focused when the screen opens and again after every action, so single-letter
     # keys and 1–6 act on the screen, never type into a field. None: nothing focused (keys act on the screen).
-    MAIN: str | None = None
-    AUTO_FOCUS = None  # subclasses: = MAIN (Textual focuses it when the screen opens)
+    MAIN: ClassVar[str | None] = None
+    AUTO_FOCUS: ClassVar[str | None] = None  # subclasses: = MAIN (Textual focuses it when the screen opens)
 
     BINDINGS = [
         Binding("enter", "primary", "Run", show=False),
