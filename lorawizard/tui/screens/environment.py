@@ -62,9 +62,9 @@ class EnvironmentScreen(StepScreen):
         self._fixing = False
 
     def compose_body(self) -> ComposeResult:
+        yield Static("", id="lead")  # above the findings: what to do when sd-scripts is missing
         yield Static(Text("Press Enter (here or in a field below) to check the environment.", style="dim"),
                      id="findings")
-        yield Static("", id="lead")
         yield SettingsForm(["paths.sd_scripts", "paths.python"], labels={"paths.sd_scripts": "sd-scripts",
                                                                         "paths.python": "trainer Python"})
         with Horizontal(id="branch-row"):
@@ -183,7 +183,7 @@ class EnvironmentScreen(StepScreen):
         branch = str(self.query_one("#branch", Select).value)
         session = self.app.session  # type: ignore[attr-defined]
         questions = {
-            "clone": f"Clone kohya-ss/sd-scripts (branch {branch}) into {core_env.default_clone_target(session)}?",
+            "clone": f"Clone kohya-ss/sd-scripts (branch {branch}) into {display_path(core_env.default_clone_target(session))}?",
             "venv": "Create the trainer's Python environment (a venv inside sd-scripts)?",
             "install": "Install torch for your driver and sd-scripts' requirements into the trainer's Python?",
         }
