@@ -284,3 +284,14 @@ def test_follow_follows_a_live_run_to_its_end(tmp_path: Path) -> None:
     out = io.StringIO()
     assert runctl.follow(session.project_dir, out) == 0
     assert "following run" in out.getvalue() and "model saved" in out.getvalue()
+
+
+def test_probe_report_says_what_sampling_adds(tmp_path: Path) -> None:
+    from lorawizard.core.probe import AreaResult, _sampling_note
+
+    session = make_train_project(tmp_path, epochs=4, save_every=2)
+    note = _sampling_note(session, [])
+    assert "without sampling" in note and "3 prompts × 3 times" in note and "VRAM" in note
+    session.set("train.samples.prompts", [])
+    assert "sampling off" in _sampling_note(session, [])
+    assert AreaResult  # the type the note reads s/step from

@@ -636,7 +636,7 @@ def run_step(ctx: StepContext) -> StepResult:
     return StepResult(
         True,
         f"{summary} ({number} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
-        details=_table_lines(results, batch_sizes, buckets),
+        details=_table_lines(results, batch_sizes, buckets) + [_sampling_note(session, results)],
         data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
               "results": [_result_json(r) for r in results]},
     )
@@ -676,6 +676,14 @@ def _dry_run(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, groups: list[tu
         raise StepFailed(f"cannot build the trial's command: {exc}") from None
     return StepResult(True, f"dry run: {len(groups)} bucket areas to probe on GPU {gpu.index}, starting at batch "
                       f"{spec.batch}; nothing was run", details=details)
+
+
+def _sampling_note(session: Session, results: list[AreaResult]) -> str:
+    """The trials never sample; training does (train.samples): what that adds on top of these figures."""
+    from lorawizard.core.samples import sampling_cost
+
+    speeds = [r.s_per_step for r in results if r.s_per_step is not None]
+    return "note: these figures are without sampling; " + sampling_cost(session, max(speeds) if speeds else None)
 
 
 def _table_lines(results: list[AreaResult], batch_sizes: dict[str, int], buckets: dict[str, int]) -> list[str]:
