@@ -24,6 +24,7 @@ from lorawizard.core import autocaption as ac
 from lorawizard.core.progress import Progress, ProgressMeter, format_duration
 from lorawizard.core.steps import Cancelled, StepFailed
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.typed_app import wizard_app
 
 CONFIRM_S = 5.0  # a second F6 within this replaces a person's caption
 
@@ -229,7 +230,7 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
         self.describe()
 
     def describe(self) -> None:
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         about = Text()
         about.append("Auto-captions", style="bold")
         about.append(": drafts stay ")

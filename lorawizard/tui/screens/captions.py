@@ -108,7 +108,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     # -- layout
 
     def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP, self.app.project_label)  # type: ignore[attr-defined]
+        yield StepBar(self.STEP, wizard_app(self).project_label)
         yield Static("loading captions…", id="cap-header")
         with Horizontal(id="cap-main"):
             yield CaptionList(id="cap-list")
@@ -128,7 +128,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
     @property
     def session(self) -> Any:
-        return self.app.session  # type: ignore[attr-defined]
+        return wizard_app(self).session
 
     @property
     def editor(self) -> TextArea:

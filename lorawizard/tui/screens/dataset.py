@@ -139,7 +139,7 @@ class DatasetScreen(StepScreen):
     # -- layout
 
     def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP, self.app.project_label)  # type: ignore[attr-defined]
+        yield StepBar(self.STEP, wizard_app(self).project_label)
         yield Static("", id="ds-head")
         with Vertical(id="ds-settings"):
             yield SettingsForm(SETTINGS)

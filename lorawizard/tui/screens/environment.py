@@ -22,6 +22,7 @@ from lorawizard.core.fsutil import display_path
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.typed_app import wizard_app
 
 STYLES = {"ok": "green", "warning": "yellow", "error": "bold red"}
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
@@ -85,7 +86,7 @@ class EnvironmentScreen(StepScreen):
         from lorawizard.core.command import CommandError
 
         try:
-            command = core_env.preview_command(self.app.session)  # type: ignore[attr-defined]
+            command = core_env.preview_command(wizard_app(self).session)
         except CommandError as exc:
             self._set_command(None, f"✗ {exc}")
             return
@@ -151,7 +152,7 @@ class EnvironmentScreen(StepScreen):
         diagnosis = result.data.get("diagnosis")
         if command is not None:
             written = getattr(diagnosis, "command_files_written", False)
-            where = core_env.preview_run_dir(self.app.session)  # type: ignore[attr-defined]
+            where = core_env.preview_run_dir(wizard_app(self).session)
             note = (f"y copies it as one line · config files in {where}" if written
                     else "y copies it as one line · the dataset config is written once the dataset step has run")
             self._set_command(command, note)
@@ -164,7 +165,7 @@ class EnvironmentScreen(StepScreen):
 
     def _refresh_form(self) -> None:
         """A fix may have recorded paths.sd_scripts / paths.python: show the saved values."""
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         for key in ("paths.sd_scripts", "paths.python"):
             widget = self.query_one("#set-" + key.replace(".", "-"), Input)
             value = session.get(key)

@@ -29,6 +29,7 @@ from lorawizard.core.vram_presets import (
 )
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.typed_app import wizard_app
 
 
 @dataclass
@@ -114,7 +115,7 @@ class GpuScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="gpu-inventory", exit_on_error=False)
     def _load(self) -> None:
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         self.post_message(InventoryLoaded(inventory(), bucket_counts(session)))
 
     @on(InventoryLoaded)
@@ -133,13 +134,13 @@ class GpuScreen(StepScreen):
         several = self._several()
         if len(several) > 1:
             return min(several, key=lambda gpu: (gpu.memory_total, gpu.index))
-        return self.inventory.choose(self.app.session.get("gpu.uuid"))  # type: ignore[attr-defined]
+        return self.inventory.choose(wizard_app(self).session.get("gpu.uuid"))
 
     def _several(self) -> list[GpuInfo]:
         """The GPUs of `gpu.uuids` that are visible now (empty when one GPU trains)."""
         if self.inventory is None:
             return []
-        uuids = self.app.session.get("gpu.uuids")  # type: ignore[attr-defined]
+        uuids = wizard_app(self).session.get("gpu.uuids")
         return [gpu for gpu in self.inventory.gpus if gpu.uuid in uuids] if len(uuids) > 1 else []
 
     def action_toggle_gpu(self) -> None:
@@ -148,14 +149,14 @@ class GpuScreen(StepScreen):
         if self.inventory is None or options.highlighted is None or len(self.inventory.gpus) < 2:
             return
         uuid = options.get_option_at_index(options.highlighted).id
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         current = list(session.get("gpu.uuids")) or [g.uuid for g in [self._chosen()] if g is not None]
         chosen = [u for u in current if u != uuid] if uuid in current else [*current, uuid]
         if len(chosen) > 1:
-            error = self.app.decide("gpu.uuids", chosen)  # type: ignore[attr-defined]
+            error = wizard_app(self).decide("gpu.uuids", chosen)
         else:
-            error = self.app.decide("gpu.uuids", []) or (  # type: ignore[attr-defined]
-                self.app.decide("gpu.uuid", chosen[0]) if chosen else None)  # type: ignore[attr-defined]
+            error = wizard_app(self).decide("gpu.uuids", []) or (
+                wizard_app(self).decide("gpu.uuid", chosen[0]) if chosen else None)
         if error:
             self.notify(error, severity="error")
         elif len(chosen) > 1:
@@ -179,10 +180,10 @@ class GpuScreen(StepScreen):
             return
         state.remove_class("problem")
         chosen = self._chosen()
-        saved = self.app.session.get("gpu.uuid")  # type: ignore[attr-defined]
+        saved = wizard_app(self).session.get("gpu.uuid")
         several = self._several()
         marked = {gpu.uuid for gpu in several}
-        gone = [u for u in self.app.session.get("gpu.uuids") if inv.by_uuid(u) is None]  # type: ignore[attr-defined]
+        gone = [u for u in wizard_app(self).session.get("gpu.uuids") if inv.by_uuid(u) is None]
         if gone:
             state.update(f"the chosen GPU {gone[0]} is not visible now: Space on the rows to choose again")
         elif several:
@@ -213,14 +214,14 @@ class GpuScreen(StepScreen):
     def _gpu_selected(self, event: OptionList.OptionSelected) -> None:
         uuid = event.option.id
         if self._several():  # Enter: back to one GPU
-            error = self.app.decide("gpu.uuids", [])  # type: ignore[attr-defined]
+            error = wizard_app(self).decide("gpu.uuids", [])
             if error:
                 self.notify(error, severity="error")
-        if uuid and uuid != self.app.session.get("gpu.uuid"):  # type: ignore[attr-defined]
-            error = self.app.decide("gpu.uuid", uuid)  # type: ignore[attr-defined]
+        if uuid and uuid != wizard_app(self).session.get("gpu.uuid"):
+            error = wizard_app(self).decide("gpu.uuid", uuid)
             if error:
                 self.notify(error, severity="error")
-            elif load_results(self.app.session).get("gpu", {}).get("uuid") not in (None, uuid):  # type: ignore[attr-defined]
+            elif load_results(wizard_app(self).session).get("gpu", {}).get("uuid") not in (None, uuid):
                 self.notify("the batch sizes were measured on another GPU: press r to re-probe", severity="warning",
                             timeout=8)
             self._show_buckets()
@@ -231,7 +232,7 @@ class GpuScreen(StepScreen):
 
     def _presets(self) -> list[VramPreset]:
         try:
-            return load_presets(self.app.session)  # type: ignore[attr-defined]
+            return load_presets(wizard_app(self).session)
         except PresetError as exc:
             self.notify(str(exc), severity="error", timeout=8)
             return load_presets(None)
@@ -240,14 +241,14 @@ class GpuScreen(StepScreen):
         select = self.query_one("#preset-select", Select)
         with select.prevent(Select.Changed):
             select.set_options([(p.title(), p.name) for p in self._presets()])
-            name = self.app.session.get("gpu.vram_preset")  # type: ignore[attr-defined]
+            name = wizard_app(self).session.get("gpu.vram_preset")
             if preset_named(name, self._presets()) is not None:
                 select.value = name
 
     def _current_preset(self) -> tuple[VramPreset | None, bool]:
         """(preset, whether the session sets it) — else the one suggested for the chosen GPU."""
         presets = self._presets()
-        named = preset_named(self.app.session.get("gpu.vram_preset"), presets)  # type: ignore[attr-defined]
+        named = preset_named(wizard_app(self).session.get("gpu.vram_preset"), presets)
         if named is not None:
             return named, True
         gpu = self._chosen()
@@ -272,11 +273,11 @@ class GpuScreen(StepScreen):
     def _preset_changed(self, event: Select.Changed) -> None:
         if event.value is Select.BLANK:
             return
-        error = self.app.decide("gpu.vram_preset", event.value)  # type: ignore[attr-defined]
+        error = wizard_app(self).decide("gpu.vram_preset", event.value)
         if error:
             self.notify(error, severity="error")
-        measured_with = load_results(self.app.session).get("preset")  # type: ignore[attr-defined]
-        if self.app.session.batch_sizes() and measured_with and measured_with != event.value:  # type: ignore[attr-defined]
+        measured_with = load_results(wizard_app(self).session).get("preset")
+        if wizard_app(self).session.batch_sizes() and measured_with and measured_with != event.value:
             self.notify(f"the batch sizes were measured with the {measured_with} preset: press r to re-probe",
                         severity="warning", timeout=8)
         self._show_preset()
@@ -287,7 +288,7 @@ class GpuScreen(StepScreen):
     def _show_buckets(self) -> None:
         table = self.query_one("#buckets", DataTable)
         table.clear()
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         if not self.buckets:
             table.display = False
             return

@@ -24,6 +24,7 @@ from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.typed_app import wizard_app
 
 ROW_TITLES = {**catalog.ROLE_TITLES, TOKENIZER_ROLE: "tokenizers"}
 ROWS = (*catalog.ROLES, TOKENIZER_ROLE)
@@ -122,7 +123,7 @@ class ModelsScreen(StepScreen):
         table.add_column("model", key="role", width=18)
         table.add_column("state", key="state", width=24)
         table.add_column("where", key="where")
-        preset = catalog.preset(self.app.session.get("models.preset"))  # type: ignore[attr-defined]
+        preset = catalog.preset(wizard_app(self).session.get("models.preset"))
         self._preset = preset.name
         for role in ROWS:
             if role == TOKENIZER_ROLE:
@@ -141,10 +142,10 @@ class ModelsScreen(StepScreen):
 
     def _add_captioner_row(self, table: DataTable[Text]) -> None:
         """The auto-captions model (a catalog one; a folder of the user's has no row)."""
-        name = chosen_catalog_name(self.app.session)  # type: ignore[attr-defined]
+        name = chosen_catalog_name(wizard_app(self).session)
         if name is None:
             return
-        state = state_of(self.app.session, name)  # type: ignore[attr-defined]
+        state = state_of(wizard_app(self).session, name)
         row = RoleState(CAPTIONER_ROLE, state.spec.repo, "", state="found" if state.ready else "missing",
                         size=int(state.spec.approx_gb * 1e9),
                         path=state.folder if state.ready else None, source="captioner folder",
@@ -224,7 +225,7 @@ class ModelsScreen(StepScreen):
         self.call_after_refresh(self.action_verify)
 
     def _relabel(self) -> None:
-        preset = catalog.preset(self.app.session.get("models.preset"))  # type: ignore[attr-defined]
+        preset = catalog.preset(wizard_app(self).session.get("models.preset"))
         for role in catalog.ROLES:
             entry = preset.file_for(role)
             self._row_changed(ModelRowChanged(RoleState(role, entry.filename, entry.repo)))
@@ -286,12 +287,12 @@ class ModelsScreen(StepScreen):
             if not path.is_file():
                 problem.update(f"{path} is not a file")
                 return
-            error = self.app.decide(f"models.{role}", str(path.resolve()))  # type: ignore[attr-defined]
+            error = wizard_app(self).decide(f"models.{role}", str(path.resolve()))
             problem.update(error or "")
             if not error:
                 self.action_verify()
         elif asking == "folder":
-            error = add_search_folder(self.app.session, value)  # type: ignore[attr-defined]
+            error = add_search_folder(wizard_app(self).session, value)
             problem.update(error or "")
             if not error:
                 self.action_verify()

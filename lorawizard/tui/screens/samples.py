@@ -23,6 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from lorawizard.core.samples import Gallery
+from lorawizard.tui.typed_app import wizard_app
 
 LABEL_WIDTH = 14
 RESCAN_S = 1.0
@@ -253,13 +254,13 @@ class SamplesScreen(Screen[None]):
     def _keep(self, epoch: int) -> None:
         from lorawizard.core.keep import KeepError, keep_epoch
 
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         try:
             kept = keep_epoch(session, epoch)
         except KeepError as exc:
             self.post_message(KeepDone(str(exc), "error"))
             return
-        problem = self.app.call_from_thread(self.app.decide, "train.keep_epoch", epoch)  # type: ignore[attr-defined]
+        problem = self.app.call_from_thread(wizard_app(self).decide, "train.keep_epoch", epoch)
         if problem:
             self.post_message(KeepDone(problem, "error"))
             return

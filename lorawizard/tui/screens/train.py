@@ -24,10 +24,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
 from lorawizard.core.fsutil import display_path
+from lorawizard.core.steps import StepState
 from lorawizard.core.text import one_line
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.train_panels import (
     CheckpointPanel,
     DiagnosisLine,
@@ -185,7 +187,7 @@ class TrainScreen(StepScreen):
         from lorawizard.core import runs
 
         problems: list[str] = []
-        records = runs.list_runs(self.app.session.paths.runs, problems)  # type: ignore[attr-defined]
+        records = runs.list_runs(wizard_app(self).session.paths.runs, problems)
         for problem in problems:  # a damaged run.json: said, then skipped
             self.notify(one_line(problem), severity="warning")
         if not records:
@@ -208,7 +210,7 @@ class TrainScreen(StepScreen):
 
         follower = RunFollower(record)
         sampler = ProcessSampler()
-        name = record.output_name or self.app.session.get("name")  # type: ignore[attr-defined]
+        name = record.output_name or wizard_app(self).session.get("name")
         slow_at, seen, first = 0.0, 0, True
         extra: dict[str, Any] = {}
         while True:
@@ -270,7 +272,7 @@ class TrainScreen(StepScreen):
             self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch"
                         if view.status == "finished" else ""), timeout=15)
         if view.status != self.view.status and view.status in _STEP_STATES:
-            self.app.set_step_state("train", _STEP_STATES[view.status])  # type: ignore[attr-defined]
+            wizard_app(self).set_step_state("train", _STEP_STATES[view.status])
         with self.app.batch_update():
             self.view = view
             self.query_one(TrainHeader).show(view)
@@ -322,7 +324,7 @@ class TrainScreen(StepScreen):
         from lorawizard.core.steps import StepFailed
         from lorawizard.core.training import plan_run, start_run
 
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         try:
             plan = plan_run(session, resume=resume)
             record = start_run(session, plan)
@@ -368,7 +370,7 @@ class TrainScreen(StepScreen):
         from lorawizard.tui.screens.samples import SamplesScreen
 
         chain = _run_chain(self.record)
-        name = self.record.output_name or self.app.session.get("name")  # type: ignore[attr-defined]
+        name = self.record.output_name or wizard_app(self).session.get("name")
         self.app.push_screen(SamplesScreen([r.dir for r in chain], name, read_prompts(self.record.dir),
                                            last_epoch=self.view.epochs))
 
@@ -383,7 +385,7 @@ class TrainScreen(StepScreen):
             self.focus_main()
 
 
-_STEP_STATES = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}
+_STEP_STATES: dict[str, StepState] = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}
 
 
 def _line_text(line: Any) -> str:

@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Select, Switch
 
 from lorawizard.core.session import FIELDS, Field
+from lorawizard.tui.typed_app import wizard_app
 
 
 def _text_of(spec: Field, value: object) -> str:
@@ -61,7 +62,7 @@ class SettingsForm(Vertical):
         self.labels = labels or {}
 
     def compose(self) -> ComposeResult:
-        session = self.app.session  # type: ignore[attr-defined]
+        session = wizard_app(self).session
         for key in self.keys:
             spec = FIELDS[key]
             with Horizontal():
@@ -82,7 +83,7 @@ class SettingsForm(Vertical):
         return nested if nested in FIELDS else rest.replace("-", ".", 1)
 
     def _save(self, key: str, value: object) -> None:
-        error = self.app.decide(key, value)  # type: ignore[attr-defined]
+        error = wizard_app(self).decide(key, value)
         self.query_one(".setting-error", Label).update(error or "")
 
     @on(Input.Submitted)
@@ -97,8 +98,8 @@ class SettingsForm(Vertical):
             value = parse_input(FIELDS[key], event.value)
         except ValueError:
             return  # half-typed; the reason is shown when the field is left or submitted
-        if value != self.app.session.get(key):  # type: ignore[attr-defined]
-            self.app.decide(key, value)  # type: ignore[attr-defined]
+        if value != wizard_app(self).session.get(key):
+            wizard_app(self).decide(key, value)
 
     @on(Input.Blurred)
     def _blurred(self, event: Input.Blurred) -> None:

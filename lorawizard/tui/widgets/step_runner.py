@@ -123,4 +123,4 @@ class StepRunner(Vertical):
             mark = "✓" if message.result.ok else "✗"
             status.update(f"{mark} {message.result.summary}")
             log.write_lines(message.result.details)
-        self.app.step_finished(message)  # type: ignore[attr-defined]
+        wizard_app(self).step_finished(message)
