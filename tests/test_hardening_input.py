@@ -327,3 +327,63 @@ def test_the_wizard_refuses_a_hostile_name_before_it_opens(tmp_path, capsys) -> 
     session = make_train_project(tmp_path / "good")
     with pytest.raises(SessionError, match="name: expected a file name"):
         session.set("name", "../x")  # what the wizard's form calls
+
+
+# ---------------------------------------------------------------- 5: dry run and the photo folder
+
+
+def test_a_dry_run_writes_only_inside_the_project_even_with_runs_outside(tmp_path) -> None:
+    session = make_train_project(tmp_path)
+    outside = tmp_path / "outside"
+    session.set("paths.runs", str(outside))
+    session.save()
+    code, out, err = _replay(session.path, ["train"], dry_run=True)
+    assert code == 0, err
+    assert not outside.exists()
+    dry = session.project_dir / ".lorawizard" / "dry-run"
+    assert (dry / "dataset_config.toml").is_file() and (dry / "accelerate.yaml").is_file()
+    assert f"would start run in {outside}/<run-id>" in out
+
+
+@pytest.mark.parametrize("source", [".", "..", "./"])
+def test_a_photo_folder_that_holds_the_project_is_refused_and_not_written(tmp_path, source) -> None:
+    from tests.dataset_fixtures import photo, write_session
+
+    project = tmp_path / "photos" / "project" if source == ".." else tmp_path / "photos"
+    project.mkdir(parents=True)
+    photo(project / "a.jpg", 300, 300)
+    path = write_session(project, Path(source))
+    with path.open("a") as handle:
+        handle.write(f'[paths]\ndataset = "{tmp_path / "out"}"\n')  # the dataset itself is outside the photos
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, out, err = _replay(path, ["dataset"])
+    assert code == 1
+    assert "holds the project folder" in _one_line(err) and "folder of their own" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no scan cache among the photos
+
+
+def test_file_names_with_line_breaks_are_escaped_in_one_line_reports(tmp_path) -> None:
+    from tests.dataset_fixtures import photo, write_session
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    photo(source / "good.jpg", 300, 300)
+    (source / "evil\nskipped: fake.jpg").write_bytes(b"not an image")
+    (source / "bell\x1b[2J.txt").write_text("a caption without an image")
+    path = write_session(tmp_path / "project", source)
+    code, out, err = _replay(path, ["dataset"])
+    assert code == 0, err
+    assert "evil\\nskipped: fake.jpg" in out and "bell\\x1b[2J.txt" in out
+    assert "\x1b[2J" not in out
+    assert not any(line.startswith("skipped: fake.jpg") for line in out.splitlines())
+    from lorawizard.core.dataset import REPORT_FILE
+
+    report = (tmp_path / "project" / "dataset" / REPORT_FILE).read_text()
+    assert "evil\\nskipped: fake.jpg" in report and "\x1b" not in report
+
+
+def test_progress_details_are_one_line() -> None:
+    from lorawizard.core.progress import Progress, format_progress
+
+    line = format_progress(Progress("dataset", "scanning photos", 1, 2, "files", None, None, "a\nb\x1bc.jpg"))
+    assert "\n" not in line and "\x1b" not in line and line.endswith("a\\nb\\x1bc.jpg")

@@ -23,7 +23,7 @@ def test_dry_run_writes_the_config_files_and_prints_the_command(tmp_path: Path) 
     session = make_train_project(tmp_path)
     code, out, _ = _replay(session, dry_run=True)
     assert code == 0
-    dry = session.paths.runs / "dry-run"
+    dry = session.paths.state / "dry-run"
     assert (dry / "dataset_config.toml").is_file() and (dry / "accelerate.yaml").is_file()
     assert "accelerate.commands.launch" in out and "flux_train_network.py" in out and "--save_state" in out
     assert runs.list_runs(session.paths.runs) == []  # nothing launched

@@ -32,6 +32,7 @@ from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import SIDECAR_EXTENSIONS
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed, StepResult
+from lorawizard.core.text import one_line as escaped
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT, TokenCounter, load_counter
 
 MAX_IMPORT_BYTES = 64 * 1024  # a caption is a sentence or three; a bigger file is a mistake, read its start
@@ -730,7 +731,7 @@ def run_step(ctx: StepContext) -> StepResult:
             store_imports(session, imports)
         ctx.log(f"imported {len(imports.captions)} captions from .txt/.caption files next to the originals")
     for file, note in imports.notes.items():
-        ctx.log(f"import note: {file}: {note}")
+        ctx.log(escaped(f"import note: {file}: {note}"))
     drafted = None
     if session.get("captions.auto") and ctx.options.get("autocaption", session.read_only):  # the screen drafts itself
         from lorawizard.core.autocaption import draft_missing

@@ -38,6 +38,7 @@ from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import ScanResult, scan_source
 from lorawizard.core.session import BUCKET_RE, Session, bucket_area, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.text import one_line
 
 MANIFEST_FILE = "lorawizard-manifest.json"
 REPORT_FILE = "lorawizard-report.txt"
@@ -183,6 +184,11 @@ def resolve_folders(session: Session) -> tuple[Path, Path]:
         raise StepFailed(f"paths.dataset ({dataset}) is inside dataset.source; nothing may be written there: choose another folder")
     if dst in src.parents:
         raise StepFailed(f"dataset.source ({source}) is inside paths.dataset ({dataset}): keep your originals elsewhere")
+    state = session.paths.state.resolve()
+    if state == src or src in state.parents:  # our bookkeeping (scan cache, logs) would land among the photos
+        raise StepFailed(f"dataset.source ({source}) holds the project folder {session.project_dir}, where lorawizard "
+                         "writes session.toml and .lorawizard/: move the photos into a folder of their own "
+                         "(e.g. photos/) and set dataset.source to it")
     return source, dataset
 
 
@@ -644,7 +650,7 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
     if stats is not None:
         lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
                      for name in stats.unknown_files)
-    return lines
+    return [one_line(line) for line in lines]  # a file name with a line break must not split a report line
 
 
 def _write_report(plan: Plan, lines: list[str]) -> Path:

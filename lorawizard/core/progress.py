@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lorawizard.core.text import one_line
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -121,5 +123,5 @@ def format_progress(event: Progress) -> str:
     percent = f" ({event.fraction:.0%})" if event.fraction is not None else ""
     eta = f" ETA {format_duration(event.eta_s)}" if event.eta_s is not None and not event.finished else ""
     done = " done" if event.finished else ""
-    detail = f" {event.detail}" if event.detail else ""
+    detail = f" {one_line(event.detail)}" if event.detail else ""  # often a file name: may hold a line break
     return f"{event.step}: {event.task} {amount}{percent}{rate}{eta}{done}{detail}"

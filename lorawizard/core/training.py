@@ -23,6 +23,7 @@ from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.text import one_line
 
+DRY_RUN_DIR = "dry-run"  # under <project>/.lorawizard/: the config files a dry run writes
 FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
 
 
@@ -263,7 +264,8 @@ def run_step(ctx: StepContext) -> StepResult:
     if session.is_set("gpu.machines") and session.get("gpu.machines"):
         return _several_machines(ctx, runs_dir)
     if ctx.dry_run:
-        plan = plan_run(session, resume=resume, run_dir=runs_dir / "dry-run")
+        # inside the project whatever paths.runs says: a dry run changes nothing outside it
+        plan = plan_run(session, resume=resume, run_dir=session.paths.state / DRY_RUN_DIR)
         for line in launch_lines(plan.launch) + expected_steps_lines(session, plan.launch):
             ctx.log(line)
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
@@ -326,7 +328,7 @@ def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
     if not ctx.dry_run:
         raise StepFailed("gpu.machines: lorawizard does not start trainers on other machines — run with --dry-run "
                          "and start the printed command on each machine")
-    run_dir = runs_dir / "machines"
+    run_dir = runs_dir / "machines" if ctx.may_write(runs_dir) else ctx.session.paths.state / "machines"
     try:
         lines = machines.dry_run_lines(ctx.session, run_dir)
     except (CommandError, SelectionError) as exc:
