@@ -151,6 +151,14 @@ def replay(
         err.write(f"lorawizard: {one_line(problem)}\n")
         return EXIT_USAGE
 
+    if "train" in steps and not dry_run:  # refuse before doing any step, not after an hour of captions
+        from lorawizard.core.training import claim_project
+
+        try:
+            claim_project(session)
+        except StepFailed as exc:
+            err.write(f"lorawizard: {exc}\n")
+            return EXIT_STEP_FAILED
     printer = ProgressPrinter(out, tty=tty)
     ctx = StepContext(session=session, progress=printer, log=printer.line, dry_run=dry_run, options=dict(options or {}))
     report = ReplayReport()

@@ -217,12 +217,18 @@ def log_has_model_saved(path: Path, *, tail_bytes: int = 1 << 16) -> bool:
 
 
 def new_run_id(runs_dir: Path, now: datetime | None = None) -> str:
+    """A fresh `YYYYmmdd-HHMMSS[-N]` id whose folder this call has created (mkdir is the reservation, so two
+    callers in the same second, even in two processes, never get the same one)."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    run_id, n = stamp, 1
-    while (runs_dir / run_id).exists():
-        n += 1
-        run_id = f"{stamp}-{n}"
-    return run_id
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        run_id = stamp if n == 1 else f"{stamp}-{n}"
+        try:
+            (Path(runs_dir) / run_id).mkdir()
+            return run_id
+        except FileExistsError:
+            n += 1
 
 
 def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunRecord]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core import runs
+from lorawizard.core import projectlock, runs
 from lorawizard.core.diagnosis import Diagnosis, diagnose
 from lorawizard.core.logparse import Epoch, LogParser, TrainState
 from lorawizard.core.progress import Progress, format_duration
@@ -170,6 +170,21 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     )
 
 
+def claim_project(session: Session) -> None:
+    """Take the project lock (kept for the life of this process) before launching or changing a run."""
+    try:
+        projectlock.claim(session.project_dir, "replay" if session.read_only else "wizard")
+    except projectlock.ProjectBusy as exc:
+        raise StepFailed(busy_line(session, exc)) from None
+
+
+def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
+    holder = f"pid {busy.pid}" if busy.pid else "another process"
+    what = f" ({busy.what})" if busy.what else ""
+    return (f"a run is starting in this project: {holder}{what} holds it; "
+            f"use `lorawizard {session.project_dir}` to watch it, or try again when that process has ended")
+
+
 def start_run(session: Session, plan: Plan) -> RunRecord:
     command = plan.command
     extra = dict(plan.extra)
@@ -257,6 +272,8 @@ def run_step(ctx: StepContext) -> StepResult:
     detach = bool(ctx.options.get("detach"))
     resume = bool(ctx.options.get("resume"))
 
+    if not ctx.dry_run:
+        claim_project(session)  # before looking for a live run: nobody else can start one after we looked
     problems: list[str] = []
     live = runs.live_run(runs_dir, problems)
     for problem in problems:

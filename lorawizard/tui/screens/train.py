@@ -321,11 +321,16 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-start", exit_on_error=False)
     def _start_run(self, resume: bool) -> None:
+        from lorawizard.core import runs
         from lorawizard.core.steps import StepFailed
-        from lorawizard.core.training import plan_run, start_run
+        from lorawizard.core.training import claim_project, plan_run, start_run
 
         session = wizard_app(self).session
         try:
+            claim_project(session)  # refuses (one line) while a replay in another terminal drives the project
+            live = runs.live_run(session.paths.runs)
+            if live is not None:
+                raise StepFailed(f"a run is already going ({live.run_id}, pid {live.pid}): stop it first (s)")
             plan = plan_run(session, resume=resume)
             record = start_run(session, plan)
         except StepFailed as exc:
@@ -353,7 +358,14 @@ class TrainScreen(StepScreen):
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
     def _stop_run(self, record: Any) -> None:
         from lorawizard.core import runs
+        from lorawizard.core.steps import StepFailed
+        from lorawizard.core.training import claim_project
 
+        try:
+            claim_project(self.app.session)  # type: ignore[attr-defined]
+        except StepFailed as exc:
+            self.post_message(TrainNotice(str(exc), "error"))
+            return
         try:
             how = runs.stop(record)
         except runs.RunError as exc:
