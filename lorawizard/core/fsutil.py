@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,11 @@ def display_path(path: Path | str) -> str:
     except ValueError:
         return str(path)
     return "~" if inside == Path(".") else f"~/{inside}"
+
+
+def tilde_paths(text: str) -> str:
+    """Every path under the home folder in a line of text (a trainer's log) written `~/…`, as display_path does."""
+    home = str(Path.home()).rstrip("/")
+    if len(home) < 2 or home not in text:
+        return text
+    return re.sub(r"(?<![\w./~-])" + re.escape(home) + r"(?=/|[^\w.-]|$)", "~", text)

@@ -23,7 +23,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
-from lorawizard.core.fsutil import display_path
+from lorawizard.core.fsutil import display_path, tilde_paths
 from lorawizard.core.steps import StepState
 from lorawizard.core.text import one_line
 from lorawizard.tui.screens.base import StepScreen
@@ -96,7 +96,7 @@ class FullLogScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f" {self.path}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
+            yield Label(f" {display_path(self.path)}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
             yield Log(max_lines=self.max_lines, auto_scroll=True)
 
     def on_mount(self) -> None:
@@ -111,11 +111,11 @@ class FullLogScreen(ModalScreen[None]):
         try:
             with open(self.path, "rb") as handle:
                 while chunk := handle.read(1 << 20):
-                    lines += [e.text for e in parser.feed(chunk) if type(e) is Line]
+                    lines += [tilde_paths(e.text) for e in parser.feed(chunk) if type(e) is Line]
                     del lines[: -self.max_lines]
         except OSError as exc:
             lines = [f"cannot read {self.path}: {exc.strerror}"]
-        lines += [e.text for e in parser.finish() if type(e) is Line]
+        lines += [tilde_paths(e.text) for e in parser.finish() if type(e) is Line]
         self.app.call_from_thread(self.query_one(Log).write_lines, lines[-self.max_lines :])
 
 
@@ -165,7 +165,8 @@ class TrainScreen(StepScreen):
     TrainScreen.-wide #train-sample.-has-image { display: block; }
     TrainScreen #train-sample > * { width: auto; height: 1fr; }
     TrainScreen #train-bar-line { height: 1; color: $text-muted; }
-    TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted; }
+    TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted;
+                             overflow-x: hidden; scrollbar-size-vertical: 1; }
     TrainScreen #train-settings { margin: 1 0 0 0; }
     """
 
@@ -401,7 +402,7 @@ _STEP_STATES: dict[str, StepState] = {"finished": "done", "failed": "attention",
 
 
 def _line_text(line: Any) -> str:
-    text = getattr(line, "text", str(line))
+    text = tilde_paths(getattr(line, "text", str(line)))  # as the log's title shows its path
     level = getattr(line, "level", "")
     if level in ("WARNING", "ERROR", "CRITICAL"):
         text = f"{level}: {text}"

@@ -8,6 +8,10 @@ from rich.text import Text
 from textual.widget import Widget
 
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # braille dot bits by (row 0..3, column 0..1)
+BLANK = chr(0x2800)
+# The chart is drawn one segment per cell, empty cells as spaces: an SVG screenshot then places every braille
+# cell at its own column. Drawn as one run, a renderer whose monospace font has no braille (DejaVu Sans Mono)
+# takes wider glyphs from another font and the line runs past the panel's border into the next one.
 
 
 def braille_plot(values: list[float], width: int, height: int) -> tuple[list[str], float, float] | None:
@@ -83,7 +87,8 @@ class LossChart(Widget):
             else:
                 label = ""
             text.append(label.rjust(label_width - 1)[: label_width - 1] + " ", style="dim")
-            text.append(row, style="bold cyan")
+            for cell in row:  # one segment per cell, see below
+                text.append(cell if cell != BLANK else " ", style="bold cyan")
             if index < len(rows) - 1:
                 text.append("\n")
         return text
