@@ -19,13 +19,14 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from lorawizard.core.batch_sources import Tone, bucket_rows
 from lorawizard.core.dataset import bucket_counts
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
 from lorawizard.core.multigpu import short_name
 from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, load_results
-from lorawizard.core.session import bucket_area, parse_bucket
+from lorawizard.core.session import parse_bucket
 from lorawizard.core.vram_presets import (
-    PresetError, VramPreset, estimate_batch, estimate_text, load_presets, preset_for_memory, preset_named,
+    PresetError, VramPreset, estimate_text, load_presets, preset_for_memory, preset_named,
 )
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -43,6 +44,9 @@ class ProbeUpdate(Message):
     """A probe event from the worker thread."""
 
     event: ProbeEvent
+
+
+_TONE_STYLES: dict[Tone, str] = {"good": "green", "warning": "yellow", "dim": "dim", "plain": ""}
 
 
 def _cell(text: str, style: str = "") -> Text:
@@ -288,39 +292,16 @@ class GpuScreen(StepScreen):
     def _show_buckets(self) -> None:
         table = self.query_one("#buckets", DataTable)
         table.clear()
-        session = wizard_app(self).session
         if not self.buckets:
             table.display = False
             return
         table.display = True
-        set_sizes = session.batch_sizes()
-        results = load_results(session)
-        measured = results.get("buckets", {})
-        same_gpu = results.get("gpu", {}).get("uuid") == session.get("gpu.uuid")
         preset, _ = self._current_preset()
         gpu = self._chosen()
-        by_area = {bucket_area(b): (b, n) for b, n in set_sizes.items() if b in self.buckets}
-        for bucket, count in self.buckets.items():
-            entry = measured.get(bucket)
-            peak = speed = "—"
-            if bucket in set_sizes:
-                batch = str(set_sizes[bucket])
-                if entry and entry.get("batch_size") == set_sizes[bucket]:
-                    peak = f"{entry['peak_gb']:.1f}" if entry.get("peak_gb") is not None else "—"
-                    speed = f"{entry['s_per_step']:.2f}" if entry.get("s_per_step") is not None else "—"
-                    source = _cell("probed" if same_gpu else "probed on another GPU", "green" if same_gpu else "yellow")
-                else:
-                    source = _cell("set by hand")
-            elif bucket_area(bucket) in by_area:
-                twin, size = by_area[bucket_area(bucket)]
-                batch, source = f"~{size}", _cell(f"same area as {twin}", "dim")
-            elif preset is not None and gpu is not None:
-                width, height = parse_bucket(bucket)
-                guess = estimate_batch(preset, width, height, gpu.memory_total)
-                batch, source = f"~{guess}", _cell("estimate", "dim")
-            else:
-                batch, source = "—", _cell("not probed", "dim")
-            table.add_row(bucket, str(count), batch, peak, speed, source, key=bucket)
+        for row in bucket_rows(wizard_app(self).session, self.buckets, preset,
+                               gpu.memory_total if gpu is not None else None):
+            table.add_row(row.bucket, str(row.images), row.batch, row.peak_gb, row.s_per_step,
+                          _cell(row.source, _TONE_STYLES[row.tone]), key=row.bucket)
 
     # -- the probe
 
