@@ -14,7 +14,7 @@ from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.step_states import session_step_states, training_is_live
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
-from lorawizard.tui.messages import SessionSaveFailed, StepFinished
+from lorawizard.tui.messages import SessionSaveFailed, StepFinished, TerminalAnswered
 from lorawizard.tui.screens import SCREENS
 
 
@@ -62,18 +62,35 @@ class LoraWizardApp(App[None]):
         for warning in self.session.warnings:
             self.notify(warning, severity="warning", timeout=8)
         self.switch_mode(self.start_step or self._first_open_step())
-        self.call_after_refresh(self._replay_typed_ahead)
+        self.call_after_refresh(self._ask_terminal)
 
-    def _replay_typed_ahead(self) -> None:
-        """Keys pressed while the terminal was being asked (images.choose_renderer) still count."""
-        from lorawizard.tui import images
+    def _ask_terminal(self) -> None:
+        """After the first frame (`--images auto` on a terminal): ask which images the terminal shows, in one round
+        trip. The answer comes back through the input thread's reply filter as a TerminalAnswered message."""
+        from lorawizard.tui import images, terminal
 
-        text, images.typed_ahead = images.typed_ahead, ""
-        if text:
-            from lorawizard.tui.terminal import typed_keys
+        if not images.awaiting_terminal() or self._driver is None:
+            return
+        cell = terminal.cell_size_from_ioctl()
+        collector = terminal.ReplyCollector(lambda result: self.post_message(TerminalAnswered(result)), cell)
+        terminal.listen(collector)
+        self._driver.write(terminal.queries(cell_known=cell is not None))
+        self._driver.flush()
+        self.set_timer(terminal.TIMEOUT_S, collector.give_up)
 
-            for event in typed_keys(text):
-                self.post_message(event)
+    def on_terminal_answered(self, message: TerminalAnswered) -> None:
+        from lorawizard.tui import images, terminal
+
+        terminal.listen(None)
+        if not images.answer(message.result.renderer, message.result.cell_size):
+            return
+        # screens drawn before the answer hold a halfcell image widget: they swap it (Textual keeps one screen
+        # stack per mode; `_screen_stacks` is private, textual==8.2.8 pinned)
+        for stack in self._screen_stacks.values():
+            for screen in stack:
+                swap = getattr(screen, "renderer_changed", None)
+                if swap is not None and screen.is_mounted:
+                    swap()
 
     def _first_open_step(self) -> str:
         if training_is_live(self.session):

@@ -1,6 +1,7 @@
 """Which terminal image renderer the wizard uses, chosen once before the app starts.
 
-`choose_renderer` runs before App.run (cli.py): for `auto` it asks the terminal in one round trip (terminal.py).
+`choose_renderer` runs before App.run (cli.py). For `auto` the app draws its first frame with halfcell, asks the
+terminal in one round trip (terminal.py) and switches when the answer comes (`answer`), a few milliseconds later.
 textual-image would probe the terminal itself when `textual_image.renderable` is first imported, which inside the
 running app races Textual for stdin (a swallowed key, a reply typed into a field); so it is imported here only with
 its probe switched off and the answer we already have. Tests and screenshots force halfcell, which renders the
@@ -17,22 +18,44 @@ RENDERERS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
 _chosen: str = "halfcell"
 _cell_size: tuple[int, int] = (10, 20)  # VT340's, textual-image's own fallback
-typed_ahead: str = ""  # keys pressed while the terminal was being asked; the app replays them
+_awaiting_terminal = False  # `auto` on a terminal: the app asks it after the first frame
 
 
 def choose_renderer(name: str | None = None) -> str:
-    """Fix the renderer (asking the terminal for `auto`). Returns the renderer used."""
-    global _chosen, _cell_size, typed_ahead
+    """Fix the renderer, or for `auto` on a terminal start with halfcell until the terminal answers (the app asks
+    after its first frame). Returns the renderer used now."""
+    global _chosen, _awaiting_terminal
     name = name or os.environ.get("LORAWIZARD_IMAGES", "auto")
     if name not in RENDERERS:
         name = "auto"
+    _awaiting_terminal = False
     if name == "auto":
-        from lorawizard.tui.terminal import probe
-
-        result = probe()
-        name, _cell_size, typed_ahead = result.renderer, result.cell_size, result.typed
+        stdin, stdout = sys.__stdin__, sys.__stdout__
+        if stdin is None or stdout is None or not (stdin.isatty() and stdout.isatty()):
+            name = "unicode"
+        else:
+            name, _awaiting_terminal = "halfcell", True
     _chosen = name
     return name
+
+
+def awaiting_terminal() -> bool:
+    return _awaiting_terminal
+
+
+def answer(renderer: str, cell_size: tuple[int, int]) -> bool:
+    """The terminal's answer (terminal.ReplyCollector). True when the renderer changed (image widgets made before
+    show halfcell: their screens swap them)."""
+    global _chosen, _cell_size, _awaiting_terminal
+    if not _awaiting_terminal:
+        return False
+    _awaiting_terminal = False
+    changed = renderer != _chosen
+    _chosen, _cell_size = renderer, cell_size
+    if "textual_image._terminal" in sys.modules:  # imported by a screen drawn before the answer: its cached size
+        cached = sys.modules["textual_image._terminal"]
+        cached.get_cell_size._result = cached.CellSize(*cell_size)
+    return changed
 
 
 def image_widget_class() -> Any:

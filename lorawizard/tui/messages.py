@@ -8,6 +8,7 @@ from textual.message import Message
 
 from lorawizard.core.progress import Progress
 from lorawizard.core.steps import StepResult
+from lorawizard.tui.terminal import ProbeResult
 
 
 @dataclass
@@ -42,3 +43,11 @@ class StepFinished(Message):
     step: str
     result: StepResult | None  # None: cancelled
     error: str | None = None
+
+
+@dataclass
+class TerminalAnswered(Message):
+    """The terminal answered the image question (terminal.ReplyCollector, from the input thread), or gave no DA1 in
+    time."""
+
+    result: ProbeResult

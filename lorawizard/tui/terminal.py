@@ -1,21 +1,21 @@
-"""The terminal's answers: asked once, in one round trip, before the app starts; never typed into a widget.
+"""The terminal's answers: asked once, in one round trip, after the first frame; never typed into a widget.
 
-`probe()` asks the terminal which image protocol it speaks (kitty graphics query, then primary device attributes,
-DA1, which every terminal answers and which comes back last: the end of the round trip). textual-image would ask
-the same with a 0.1 s timeout per question, and it asks when `textual_image.renderable` is first imported, which
-inside a running app means its reader races Textual's for stdin: it swallowed the first key and let the reply
-`ESC [ ? 1 ; 2 c` through as keys, typed into the focused field (issue 11). So textual-image is imported only
-with its probe switched off (images.py), and `ReplyFilteringParser` drops terminal replies that arrive late.
+The wizard asks the terminal which image protocol it speaks (kitty graphics query, then primary device attributes,
+DA1, which every terminal answers and which comes back last: the end of the round trip). It asks from inside the
+running app, after the first frame is drawn (issue 12.9: a probe before App.run put a round trip, or a 0.3 s wait
+for a terminal that never answers, in front of the first frame). Textual's input thread reads the answer:
+`ReplyFilteringParser` cuts every terminal reply out of the input (a reply is never keys: issue 11, the reply
+`ESC [ ? 1 ; 2 c` typed into the focused field) and hands the ones we asked for to the `ReplyCollector`.
+textual-image would ask the same itself with a 0.1 s timeout per question when `textual_image.renderable` is
+first imported, racing Textual's reader for stdin; so it is imported only with its probe switched off (images.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import sys
-import time
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 TGP_QUERY = "\x1b_Gi=31,s=1,v=1,a=q,t=d,f=24;AAAA\x1b\\"  # kitty graphics: "could you show this 1×1 pixel?"
 CELL_SIZE_QUERY = "\x1b[16t"
 DA1_QUERY = "\x1b[c"
-TIMEOUT_S = 0.3  # only a terminal that never answers DA1 waits this long
+TIMEOUT_S = 0.5  # a terminal that never answers DA1: halfcell after this long (the app is already drawn)
 
 _DA1 = re.compile(r"\x1b\[\?([\d;]*)c")
 _TGP_REPLY = re.compile(r"\x1b_G[^\x1b]*\x1b\\")
@@ -40,35 +40,69 @@ _CSI_REPLY = re.compile(r"\x1b\[[?>=][\d;]*c|\x1b\[[2-9];\d+;\d+t")
 
 @dataclass(frozen=True)
 class ProbeResult:
-    renderer: str  # "sixel", "tgp", "halfcell" or "unicode" (not a terminal)
+    renderer: str  # "sixel", "tgp" or "halfcell"
     cell_size: tuple[int, int]  # pixels per cell (width, height); VT340's 10×20 when unknown
-    typed: str = ""  # keys the person pressed while we waited: replayed into the app, never lost
     answered: bool = True  # False when the terminal did not answer DA1 within TIMEOUT_S
 
 
-def probe(timeout: float = TIMEOUT_S) -> ProbeResult:
-    """One round trip to the terminal (no-op when stdin/stdout are not terminals)."""
-    stdin, stdout = sys.__stdin__, sys.__stdout__
-    if stdin is None or stdout is None or not (stdin.isatty() and stdout.isatty()):
-        return ProbeResult("unicode", (10, 20))
-    cell = _ioctl_cell_size(stdout.fileno())
-    import termios
-    import tty
+def queries(cell_known: bool) -> str:
+    """The round trip's questions: kitty graphics, the cell size (when the ioctl did not tell), DA1 last."""
+    return TGP_QUERY + ("" if cell_known else CELL_SIZE_QUERY) + DA1_QUERY
 
-    fd = stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    tty.setcbreak(fd, termios.TCSANOW)
-    try:
-        stdout.write(TGP_QUERY + ("" if cell else CELL_SIZE_QUERY) + DA1_QUERY)
-        stdout.flush()
-        received = _read_until_da1(fd, timeout)
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
-    return parse_replies(received, cell)
+
+def cell_size_from_ioctl() -> tuple[int, int] | None:
+    stdout = sys.__stdout__
+    if stdout is None or not stdout.isatty():
+        return None
+    return _ioctl_cell_size(stdout.fileno())
+
+
+class ReplyCollector:
+    """Gathers the replies the input parser cut out (input thread) until DA1 ends the round trip, then calls
+    `on_answer` once with what they mean. Replies that nobody asked for are dropped all the same."""
+
+    def __init__(self, on_answer: Callable[[ProbeResult], object], cell: tuple[int, int] | None = None) -> None:
+        self._on_answer, self._cell = on_answer, cell
+        self._seen = ""
+        self._done = False
+        self._lock = threading.Lock()
+
+    def add(self, reply: str) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._seen += reply
+            if not _DA1.search(self._seen):
+                return
+            self._done = True
+        self._on_answer(parse_replies(self._seen, self._cell))
+
+    def give_up(self) -> None:
+        """No DA1 in time: decide from what came (halfcell unless a kitty reply came), and stop listening."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._on_answer(parse_replies(self._seen, self._cell))
+
+
+_collector: ReplyCollector | None = None
+
+
+def listen(collector: ReplyCollector | None) -> None:
+    """Hand the replies the input parser sees to `collector` (None: drop them, as always)."""
+    global _collector
+    _collector = collector
+
+
+def _collect(reply: str) -> None:
+    collector = _collector
+    if collector is not None:
+        collector.add(reply)
 
 
 def parse_replies(received: str, cell: tuple[int, int] | None = None) -> ProbeResult:
-    """What the terminal said (and what the person typed meanwhile) → the renderer; pure, for tests."""
+    """What the terminal said → the renderer; pure, for tests."""
     da1 = _DA1.search(received)
     if cell is None and (size := _CELL_SIZE.search(received)):
         height, width = int(size.group(1)), int(size.group(2))
@@ -79,7 +113,7 @@ def parse_replies(received: str, cell: tuple[int, int] | None = None) -> ProbeRe
         renderer = "tgp"
     else:
         renderer = "halfcell"
-    return ProbeResult(renderer, cell or (10, 20), TERMINAL_REPLY.sub("", received), answered=da1 is not None)
+    return ProbeResult(renderer, cell or (10, 20), answered=da1 is not None)
 
 
 def _ioctl_cell_size(fd: int) -> tuple[int, int] | None:
@@ -96,20 +130,6 @@ def _ioctl_cell_size(fd: int) -> tuple[int, int] | None:
     return width // columns, height // rows
 
 
-def _read_until_da1(fd: int, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not _DA1.search(data.decode(errors="replace")):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace")
-
-
 # -- late replies: never keys
 
 
@@ -122,10 +142,13 @@ def _textual_parser_class() -> type[XTermParser]:
         """Textual's parser turns an escape sequence it does not know into keys; a terminal reply is not keys.
 
         Whole replies inside one read are cut out before parsing; a CSI reply split across reads is recognised
-        when the parser has gathered it (it asks `_sequence_to_key_events` after each character).
+        when the parser has gathered it (it asks `_sequence_to_key_events` after each character). Either way the
+        reply goes to the collector when the wizard is waiting for the terminal's answer.
         """
 
         def feed(self, data: str) -> Iterable[Message]:
+            for reply in TERMINAL_REPLY.finditer(data):
+                _collect(reply.group(0))
             filtered = TERMINAL_REPLY.sub("", data)
             if data and not filtered:
                 return ()  # feed("") means end of input to the parser
@@ -133,6 +156,7 @@ def _textual_parser_class() -> type[XTermParser]:
 
         def _sequence_to_key_events(self, sequence: str, alt: bool = False) -> Iterable[events.Key]:
             if _CSI_REPLY.fullmatch(sequence):
+                _collect(sequence)
                 yield events.Key(Keys.Ignore, sequence)  # the parser drops Ignore keys
                 return
             yield from super()._sequence_to_key_events(sequence, alt)
@@ -148,16 +172,3 @@ def install_reply_filter() -> None:
     from textual.drivers import linux_driver
 
     linux_driver.XTermParser = _textual_parser_class()  # type: ignore[misc]
-
-
-def typed_keys(text: str) -> list[Message]:
-    """Keys typed during the probe, as Textual events, to post once the app runs."""
-    from textual._xterm_parser import XTermParser
-
-    parser = XTermParser()
-    events = list(parser.feed(text))
-    try:
-        events += list(parser.feed(""))  # end of input: flushes a lone Escape
-    except EOFError:
-        pass
-    return events

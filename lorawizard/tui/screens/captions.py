@@ -283,6 +283,17 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
     # -- the image, loaded off the UI thread
 
+    def renderer_changed(self) -> None:
+        """The terminal answered after this screen was drawn (images.answer): the image widget of the new kind."""
+        self.call_later(self._swap_image)
+
+    async def _swap_image(self) -> None:
+        await self.query_one("#cap-image").remove()
+        self._thumbs.clear()  # halfcell thumbnails carry pre-drawn cells
+        await self.query_one("#cap-top").mount(caption_image_class()(None, id="cap-image"), before=0)
+        if self.captions is not None and self.current is not None:
+            self.call_after_refresh(self._request_image, self.captions.items[self.current].output)
+
     def _request_image(self, path: Path) -> None:
         thumb = self._thumbs.get(path)
         widget = self.query_one("#cap-image")

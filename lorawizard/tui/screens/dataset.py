@@ -306,6 +306,15 @@ class DatasetScreen(StepScreen):
     def _item(self) -> core.PlanItem | None:
         return self.items.get(self.current or "")
 
+    def renderer_changed(self) -> None:
+        """The terminal answered after this screen was drawn (images.answer): the image widget of the new kind."""
+        self.call_later(self._swap_image)
+
+    async def _swap_image(self) -> None:
+        await self.query_one("#ds-image").remove()
+        await self.query_one("#ds-preview").mount(image_widget_class()(None, id="ds-image"), before=0)
+        self._show_preview()
+
     def _show_preview(self) -> None:
         item = self._item()
         info = self.query_one("#ds-info", Static)
