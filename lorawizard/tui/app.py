@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.reactive import reactive
 from textual.screen import Screen
 
 from lorawizard.core.fsutil import display_path
@@ -14,7 +15,7 @@ from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.step_states import session_step_states, training_is_live
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
-from lorawizard.tui.messages import SessionSaveFailed, StepFinished, TerminalAnswered
+from lorawizard.tui.messages import Notice, SessionSaveFailed, StepFinished, TerminalAnswered
 from lorawizard.tui.screens import SCREENS
 
 
@@ -40,13 +41,16 @@ class LoraWizardApp(App[None]):
         Binding("f8", "save_screenshot", "Screenshot", show=False),
     ]
 
+    # What the step bar shows per step. Replaced, never changed in place (set_step_state): every StepBar watches it.
+    step_states: reactive[dict[str, StepState]] = reactive(dict, init=False)
+
     def __init__(self, session: Session, *, start_step: str | None = None) -> None:
         super().__init__()
         self.session = session
         self.start_step = start_step
-        self.step_states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
-        self.step_states.update(session_step_states(session))
+        states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
+        self.set_reactive(LoraWizardApp.step_states, {**states, **session_step_states(session)})
 
     @property
     def project_label(self) -> str:
@@ -116,16 +120,17 @@ class LoraWizardApp(App[None]):
     def on_session_save_failed(self, message: SessionSaveFailed) -> None:
         self.notify(message.problem, severity="error")
 
-    def step_finished(self, message: StepFinished) -> None:
+    def on_notice(self, message: Notice) -> None:
+        """A worker's line (posted to its screen, bubbled up here): a notification."""
+        self.notify(message.text, severity=message.severity, timeout=8)
+
+    def on_step_finished(self, message: StepFinished) -> None:
+        """A StepRunner's step ended (the message bubbles up from the runner, through its screen)."""
         ok = message.result is not None and message.result.ok
         self.set_step_state(message.step, "done" if ok else "attention")
 
     def set_step_state(self, step: str, state: StepState) -> None:
-        self.step_states[step] = state
-        from lorawizard.tui.widgets.step_bar import StepBar
-
-        for bar in self.screen.query(StepBar):
-            bar.refresh()
+        self.step_states = {**self.step_states, step: state}  # a new dict: the reactive compares, bars repaint
 
     def flush_decisions(self) -> None:
         """Write session.toml now (waits for a write in flight): on quit."""

@@ -1,10 +1,15 @@
-"""App-wide messages. High-frequency ones collapse in the queue (`can_replace`)."""
+"""App-wide messages. High-frequency ones collapse in the queue (`can_replace`).
+
+Workers (thread workers, the session store's timer) only post these or a screen's own typed messages; the
+handlers, on the UI thread, change widgets. Screen-specific messages live beside their screen.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from textual.message import Message
+from textual.notifications import SeverityLevel
 
 from lorawizard.core.progress import Progress
 from lorawizard.core.steps import StepResult
@@ -13,6 +18,8 @@ from lorawizard.tui.terminal import ProbeResult
 
 @dataclass
 class StepProgress(Message):
+    """A core step run by a StepRunner reports progress (one waiting per step and task: newer replaces older)."""
+
     step: str
     progress: Progress
 
@@ -20,6 +27,20 @@ class StepProgress(Message):
         return (
             isinstance(message, StepProgress)
             and message.step == self.step
+            and message.progress.task == self.progress.task
+            and not message.progress.finished
+        )
+
+
+@dataclass
+class ScanProgress(Message):
+    """A screen's own background scan (not a step run: the Dataset screen's photo scan) reports progress."""
+
+    progress: Progress
+
+    def can_replace(self, message: Message) -> bool:
+        return (
+            isinstance(message, ScanProgress)
             and message.progress.task == self.progress.task
             and not message.progress.finished
         )
@@ -40,6 +61,8 @@ class SessionSaveFailed(Message):
 
 @dataclass
 class StepFinished(Message):
+    """A StepRunner's step ended; bubbles to the screen (its own follow-up) and the App (the step bar's state)."""
+
     step: str
     result: StepResult | None  # None: cancelled
     error: str | None = None
@@ -51,3 +74,11 @@ class TerminalAnswered(Message):
     time."""
 
     result: ProbeResult
+
+
+@dataclass
+class Notice(Message):
+    """A worker has something to say: the handler shows it as a notification."""
+
+    text: str
+    severity: SeverityLevel = "information"

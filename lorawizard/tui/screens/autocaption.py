@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -17,6 +18,8 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 from textual.widgets import Button, Select, Static
 
@@ -33,6 +36,31 @@ AUTO_BINDINGS = [
     Binding("f6", "redraft", "Redraft", show=False, priority=True),
     Binding("f7", "accept_draft", "Accept", show=False, priority=True),
 ]
+
+
+@dataclass
+class DraftStatus(Message):
+    """The drafting worker's progress line for the header (a newer one replaces one still waiting)."""
+
+    text: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DraftStatus)
+
+
+@dataclass
+class Drafted(Message):
+    """One draft from the captioner, for `file` (a caption set item among the `allowed` indices)."""
+
+    file: str
+    text: str
+    allowed: set[int]
+
+
+@dataclass
+class DraftingDone(Message):
+    outcome: str
+    severity: SeverityLevel = "information"
 
 
 class AutoCaptionMixin:
@@ -128,23 +156,22 @@ class AutoCaptionMixin:
     @work(thread=True, exclusive=True, group="captions-auto", exit_on_error=False)
     def _draft_worker(self, images: list[tuple[str, Any]], allowed: set[int], cancel: threading.Event,
                       counter: Any, trigger: str) -> None:
-        app = self.app  # type: ignore[attr-defined]
+        post = self.post_message  # type: ignore[attr-defined]
         from lorawizard.core.captions import compose
         from lorawizard.core.tokens import T5_LIMIT
 
         def progress(event: Progress) -> None:
             rate = f" · {event.rate:.2f} images/s" if event.rate else ""
             eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
-            app.call_from_thread(self._set_auto_status,
-                                 f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops")
+            post(DraftStatus(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
 
         meter = ProgressMeter(progress, "captions", "drafting captions", len(images), "images", interval=0.3)
         outcome: str
-        severity = "information"
+        severity: SeverityLevel = "information"
         try:
             report = ac.draft(
                 self.session, images,  # type: ignore[attr-defined]
-                on_draft=lambda file, text: app.call_from_thread(self._drafted, file, text, allowed),
+                on_draft=lambda file, text: post(Drafted(file, text, allowed)),
                 cancel=cancel, log=lambda line: None, meter=meter,
                 fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
                 trigger_tokens=counter.count(trigger)[1] if trigger else 0,
@@ -157,18 +184,24 @@ class AutoCaptionMixin:
             outcome, severity = str(exc), "error"
         except Exception as exc:  # noqa: BLE001 - a worker never takes the app down
             outcome, severity = f"auto-caption failed: {exc}", "error"
-        app.call_from_thread(self._drafting_done, outcome, severity)
+        post(DraftingDone(outcome, severity))
+
+    # Handlers by name (on_<message>): Textual collects @on handlers only from a MessagePump class's own body.
+
+    def on_draft_status(self, message: DraftStatus) -> None:
+        self._set_auto_status(message.text)
 
     def _set_auto_status(self, text: str) -> None:
         if self.drafting:
             self._auto_status = text
             self._update_header()  # type: ignore[attr-defined]
 
-    def _drafted(self, file: str, text: str, allowed: set[int]) -> None:
+    def on_drafted(self, message: Drafted) -> None:
         captions = self.captions  # type: ignore[attr-defined]
         if captions is None:
             return
-        index = next((i for i in allowed if captions.items[i].file == file), None)
+        file, text = message.file, message.text
+        index = next((i for i in message.allowed if captions.items[i].file == file), None)
         if index is None:
             return
         captions.set_body(index, text, auto=True)
@@ -178,7 +211,8 @@ class AutoCaptionMixin:
             self.editor.load_text(text)  # type: ignore[attr-defined]
             self._update_details()  # type: ignore[attr-defined]
 
-    def _drafting_done(self, outcome: str, severity: str) -> None:
+    def on_drafting_done(self, message: DraftingDone) -> None:
+        outcome, severity = message.outcome, message.severity
         self._auto_cancel = None
         self._auto_status = ""
         self.flush()  # type: ignore[attr-defined]

@@ -18,9 +18,15 @@ from lorawizard.tui.widgets.step_runner import StepRunner
 
 
 class StepScreen(Screen):
+    """A step's screen: compose_body() is the screen's own part; the options below choose the frame around it."""
+
     STEP = ""
-    PRIMARY = "run this step"  # what Enter does, shown in the footer
-    INTRO = ""
+    INTRO = ""  # a line above the body (a scrolling body only)
+    # True: the body fills the width and height between the step bar and the runner, and lays itself out (its
+    # own scrolling lists: Dataset, Captions); False: the body scrolls as one column, the runner at its end.
+    FULL_BODY: ClassVar[bool] = False
+    # False: no StepRunner (the screen runs no core step through one: Train launches a detached run itself).
+    RUNNER: ClassVar[bool] = True
     # The screen's main list/table: focused when the screen opens and again after every action, so single-letter
     # keys and 1–6 act on the screen, never type into a field. None: nothing focused (keys act on the screen).
     MAIN: ClassVar[str | None] = None
@@ -34,11 +40,17 @@ class StepScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StepBar(self.STEP, wizard_app(self).project_label)
-        with VerticalScroll(classes="step-body"):
-            if self.INTRO:
-                yield Static(self.INTRO, classes="intro")
+        if self.FULL_BODY:
             yield from self.compose_body()
-            yield StepRunner(self.STEP)
+            if self.RUNNER:
+                yield StepRunner(self.STEP)
+        else:
+            with VerticalScroll(classes="step-body"):
+                if self.INTRO:
+                    yield Static(self.INTRO, classes="intro")
+                yield from self.compose_body()
+                if self.RUNNER:
+                    yield StepRunner(self.STEP)
         yield Footer()
 
     def compose_body(self) -> ComposeResult:
@@ -50,6 +62,7 @@ class StepScreen(Screen):
 
     @property
     def runner(self) -> StepRunner:
+        """The step's runner (a screen with RUNNER = False has none: NoMatches)."""
         return self.query_one(StepRunner)
 
     def action_primary(self) -> None:
@@ -88,6 +101,3 @@ class StepScreen(Screen):
         """Below 100 columns the palette hint would cover the screen's last keys (ctrl+p still works)."""
         for footer in self.query(Footer):
             footer.show_command_palette = self.app.size.width >= 100
-
-    def refresh_step_bar(self) -> None:
-        self.query_one(StepBar).refresh()

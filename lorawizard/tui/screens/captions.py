@@ -27,10 +27,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.geometry import Size
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.worker import get_current_worker
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from lorawizard.core import captions as core
 from lorawizard.core.captions import CaptionSet
@@ -43,8 +44,6 @@ from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.caption_list import CaptionList, set_virtual_size, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
-from lorawizard.tui.widgets.step_bar import StepBar
-from lorawizard.tui.widgets.step_runner import StepRunner
 
 GUIDE = (
     "Describe what the LoRA should NOT learn: for a subject LoRA the clothing, setting, light, style; "
@@ -59,13 +58,35 @@ LETTERBOX = (24, 24, 28)
 FREEZE_FROM = 1000  # images
 
 
+@dataclass
+class CaptionsLoaded(Message):
+    """Posted by the loading worker: the caption set (None: no prepared images yet) and what was imported."""
+
+    captions: CaptionSet | None
+    imported: int
+    noted: int
+
+
+@dataclass
+class CaptionsLoadFailed(Message):
+    problem: str
+
+
+@dataclass
+class FilesReread(Message):
+    """Posted by the worker that reread the caption files after writing them (`contents` per item)."""
+
+    captions: CaptionSet
+    contents: list[bytes | None]
+
+
 class CaptionsScreen(AutoCaptionMixin, StepScreen):
     STEP = "captions"
     MAIN = "CaptionList"
     AUTO_FOCUS = MAIN
-    PRIMARY = "write the caption files"
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    FULL_BODY = True  # its own layout: a table/list and a preview side by side, filling the screen
 
     BINDINGS = [
         Binding("ctrl+n", "step(1)", "Next", priority=True),
@@ -107,8 +128,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
     # -- layout
 
-    def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP, wizard_app(self).project_label)
+    def compose_body(self) -> ComposeResult:
         yield Static("loading captions…", id="cap-header")
         with Horizontal(id="cap-main"):
             yield CaptionList(id="cap-list")
@@ -123,12 +143,6 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
                     placeholder=f"No caption yet. {GUIDE}",
                 )
                 yield Static("", id="cap-tokens")
-        yield StepRunner(self.STEP)
-        yield Footer()
-
-    @property
-    def session(self) -> Any:
-        return wizard_app(self).session
 
     @property
     def editor(self) -> TextArea:
@@ -151,21 +165,24 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         session = self.session
         self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST_FILE)
         try:
-            with wizard_app(self).store.lock:  # released before call_from_thread: flush may be waiting for it
+            with wizard_app(self).store.lock:  # the session is not changed meanwhile (a write, a step's record)
                 images = core.prepared_images(session)
                 imported = core.find_imports(session, images)
                 count = core.store_imports(session, imported) if not session.read_only else 0
                 captions = CaptionSet.from_session(session) if images else None
         except (core.StepFailed, SessionError, OSError) as exc:
-            self.app.call_from_thread(self._load_failed, str(exc))
+            self.post_message(CaptionsLoadFailed(str(exc)))
             return
-        self.app.call_from_thread(self._loaded, captions, count, len(imported.notes))
+        self.post_message(CaptionsLoaded(captions, count, len(imported.notes)))
 
-    def _load_failed(self, problem: str) -> None:
-        self._problem = problem
-        self.query_one("#cap-header", Static).update(Text(f"✗ {problem}", style="bold red"))
+    @on(CaptionsLoadFailed)
+    def _load_failed(self, message: CaptionsLoadFailed) -> None:
+        self._problem = message.problem
+        self.query_one("#cap-header", Static).update(Text(f"✗ {message.problem}", style="bold red"))
 
-    def _loaded(self, captions: CaptionSet | None, imported: int, noted: int) -> None:
+    @on(CaptionsLoaded)
+    def _loaded(self, message: CaptionsLoaded) -> None:
+        captions, imported, noted = message.captions, message.imported, message.noted
         if captions is None:
             self._problem = "no prepared images yet: run the Dataset step (3) first"
             self.query_one("#cap-header", Static).update(Text(self._problem, style="bold"))
@@ -486,12 +503,14 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
     def _reread_files(self, captions: CaptionSet) -> None:
         contents = captions.read_disk()
-        self.app.call_from_thread(self._files_reread, captions, contents)
+        self.post_message(FilesReread(captions, contents))
 
-    def _files_reread(self, captions: CaptionSet, contents: list[bytes | None]) -> None:
+    @on(FilesReread)
+    def _files_reread(self, message: FilesReread) -> None:
+        captions = message.captions
         if captions is not self.captions:
             return
-        captions.sync_disk(contents)
+        captions.sync_disk(message.contents)
         self._apply_filter(self.current)
         self._update_details()
 

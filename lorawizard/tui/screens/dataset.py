@@ -9,6 +9,7 @@ into `[[dataset.images]]` at once (session.toml is written half a second after t
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +18,19 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from lorawizard.core import dataset as core
 from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError
 from lorawizard.tui.images import image_widget_class
-from lorawizard.tui.messages import StepFinished, StepProgress
+from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingsForm
-from lorawizard.tui.widgets.step_bar import StepBar
-from lorawizard.tui.widgets.step_runner import StepRunner
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
 THUMB_CACHE = 200
@@ -66,6 +66,20 @@ def draw_crop(thumb: Any, item: core.PlanItem) -> Any:
     return shaded
 
 
+@dataclass
+class ScanDone(Message):
+    """Posted by the scan worker: the plan for every photo."""
+
+    plan: core.Plan
+
+
+@dataclass
+class ScanFailed(Message):
+    """Posted by the scan worker: why there is no plan (one line)."""
+
+    reason: str
+
+
 class ImageTable(DataTable, inherit_bindings=False):
     """A row table whose ←/→ are free for moving the crop."""
 
@@ -84,9 +98,9 @@ class DatasetScreen(StepScreen):
     STEP = "dataset"
     MAIN = "#ds-table"
     AUTO_FOCUS = None  # on_mount: the table, or the source field while there is none
-    PRIMARY = "prepare the dataset"
     INTRO = "Turns your photos into upright, power-of-two buckets (originals untouched)."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    FULL_BODY = True  # its own layout: a table/list and a preview side by side, filling the screen
 
     BINDINGS = [
         Binding("ctrl+g", "primary", "Apply", show=True, priority=True),
@@ -138,8 +152,7 @@ class DatasetScreen(StepScreen):
 
     # -- layout
 
-    def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP, wizard_app(self).project_label)
+    def compose_body(self) -> ComposeResult:
         yield Static("", id="ds-head")
         with Vertical(id="ds-settings"):
             yield SettingsForm(SETTINGS)
@@ -150,8 +163,6 @@ class DatasetScreen(StepScreen):
                 yield image_widget_class()(None, id="ds-image")
                 yield Static("", id="ds-info")
         yield Static("←→ ⇧↑↓ move crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings", id="ds-keys")
-        yield StepRunner(self.STEP)
-        yield Footer()
 
     @property
     def table(self) -> DataTable:
@@ -188,30 +199,32 @@ class DatasetScreen(StepScreen):
     def _scan(self) -> None:
         from lorawizard.core.steps import StepContext, StepFailed
 
-        ctx = StepContext(session=self.session, progress=lambda e: self.post_message(StepProgress("dataset-scan", e)))
+        ctx = StepContext(session=self.session, progress=lambda e: self.post_message(ScanProgress(e)))
         try:
             plan = core.scan_and_plan(self.session, ctx)
         except StepFailed as exc:
-            self.app.call_from_thread(self._scan_failed, str(exc))
+            self.post_message(ScanFailed(str(exc)))
             return
         except Exception as exc:  # a bug: one line here, the traceback in Textual's log
-            self.app.call_from_thread(self._scan_failed, f"unexpected error while scanning: {exc!r}")
+            self.post_message(ScanFailed(f"unexpected error while scanning: {exc!r}"))
             raise
-        self.app.call_from_thread(self.show_plan, plan)
+        self.post_message(ScanDone(plan))
 
-    def _scan_failed(self, reason: str) -> None:
+    @on(ScanDone)
+    def _scan_done(self, message: ScanDone) -> None:
+        self.show_plan(message.plan)
+
+    @on(ScanFailed)
+    def _scan_failed(self, message: ScanFailed) -> None:
         self._scanning = False
         self.set_class(True, "-settings")
-        self._set_head(Text(f"✗ {reason}", style="bold red"))
+        self._set_head(Text(f"✗ {message.reason}", style="bold red"))
 
-    @on(StepProgress)
-    def _scan_progress(self, message: StepProgress) -> None:
-        if message.step != "dataset-scan":
-            return  # the runner's own progress (apply) is shown by the runner
-        message.stop()
+    @on(ScanProgress)
+    def _scan_progress(self, message: ScanProgress) -> None:
         event: Progress = message.progress
         if self._scanning and not event.finished:
-            self._set_head(Text(format_progress(event).removeprefix("dataset-scan: ")))
+            self._set_head(Text(format_progress(event)))
 
     # -- the table
 
@@ -490,11 +503,10 @@ class DatasetScreen(StepScreen):
     def _settings_now(self) -> tuple[Any, ...]:
         return tuple(self.session.get(key) for key in SETTINGS)
 
-    @on(Input.Submitted, "#ds-settings Input")
-    @on(Input.Blurred, "#ds-settings Input")
-    def _setting_edited(self) -> None:
-        # The form saves first (it is nearer to the input); rescan once a setting really changed.
-        self.call_after_refresh(self._rescan_if_settings_changed)
+    @on(SettingsForm.Saved)
+    def _setting_saved(self) -> None:
+        """Rescan once a setting really changed (Enter or leaving a field; the value is in the session already)."""
+        self._rescan_if_settings_changed()
 
     def _rescan_if_settings_changed(self) -> None:
         if self._settings_now() != self._scanned_settings and self.session.get("dataset.source"):

@@ -30,7 +30,6 @@ ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
 
 class EnvironmentScreen(StepScreen):
     STEP = "env"
-    PRIMARY = "check the environment"
     INTRO = "Finds sd-scripts and its Python, checks torch, CUDA and accelerate, and fixes what is missing."
 
     BINDINGS = [
@@ -133,7 +132,7 @@ class EnvironmentScreen(StepScreen):
         missing = any(f.action == "clone" and f.status == "error" for f in findings)
         lead = self.query_one("#lead", Static)
         if missing:
-            target = display_path(core_env.default_clone_target(self.app.session))  # type: ignore[attr-defined]
+            target = display_path(core_env.default_clone_target(self.session))
             lead.update(f"sd-scripts is not on this machine. Press c to clone it into {target} (asks once), "
                         "or type the path of your checkout in the sd-scripts field below and press Enter.")
         lead.set_class(missing, "shown")
@@ -182,7 +181,7 @@ class EnvironmentScreen(StepScreen):
         from lorawizard.tui.screens.confirm import ConfirmScreen
 
         branch = str(self.query_one("#branch", Select).value)
-        session = self.app.session  # type: ignore[attr-defined]
+        session = self.session
         questions = {
             "clone": f"Clone kohya-ss/sd-scripts (branch {branch}) into {display_path(core_env.default_clone_target(session))}?",
             "venv": "Create the trainer's Python environment (a venv inside sd-scripts)?",
@@ -197,13 +196,9 @@ class EnvironmentScreen(StepScreen):
         self.runner.start(fix=action, branch=branch, **self.fix_options)
         self.runner.scroll_visible()
 
-    @on(Input.Submitted)
-    @on(Input.Blurred)
-    def _setting_saved(self) -> None:
+    @on(SettingsForm.Saved)
+    def _setting_saved(self, message: SettingsForm.Saved) -> None:
+        """The command follows the paths; Enter in a field also runs the check (the form has nothing else to submit)."""
         self._show_command_preview()
-
-    @on(Input.Submitted)
-    def _check_after_enter(self) -> None:
-        """Enter in a field saves it and runs the check (the form has nothing else to submit)."""
-        if not self.runner.running:
+        if message.submitted and not self.runner.running:
             self.call_after_refresh(self.action_primary)

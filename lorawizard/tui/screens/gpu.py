@@ -57,7 +57,6 @@ class GpuScreen(StepScreen):
     STEP = "probe"
     MAIN = "#buckets"
     AUTO_FOCUS = MAIN
-    PRIMARY = "probe batch sizes"
     INTRO = "One GPU trains (chosen by UUID). The probe finds, per bucket, the largest batch size that really trains."
 
     BINDINGS = [

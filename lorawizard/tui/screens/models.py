@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Input, Label, Select
+from textual.widgets import DataTable, Input, Label
 
 from lorawizard.core import catalog
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
@@ -35,6 +35,14 @@ class ModelRowChanged(Message):
     """Posted from the worker thread whenever a row's state changes."""
 
     state: RoleState
+
+
+@dataclass
+class TokenChecked(Message):
+    """Posted by the token worker: whom Hugging Face knows the token as, or why it was refused."""
+
+    user: str | None
+    problem: str = ""
 
 
 def _home_short(path: Path | None) -> str:
@@ -82,7 +90,6 @@ class ModelsScreen(StepScreen):
     STEP = "models"
     MAIN = "#model-rows"
     AUTO_FOCUS = MAIN
-    PRIMARY = "download what is missing"
     INTRO = "Uses the FLUX.1-dev files you already have (HF cache, ComfyUI, your folders) and downloads the rest, resumably."
 
     BINDINGS = [
@@ -211,18 +218,15 @@ class ModelsScreen(StepScreen):
             action, self._next = self._next, None
             self.call_after_refresh(self._start, action)
 
-    @on(Select.Changed, "#set-models-preset")
-    def _preset_changed(self, event: Select.Changed) -> None:
-        # the form saved it first (its handler runs before this one bubbles up here)
-        if event.value == self._preset:
-            return  # the Select announcing its initial value
-        self._preset = str(event.value)
-        self._relabel()
-        self.call_after_refresh(self.action_verify)
-
-    @on(Input.Submitted, "#set-paths-models")
-    def _models_folder_changed(self, event: Input.Submitted) -> None:
-        self.call_after_refresh(self.action_verify)
+    @on(SettingsForm.Saved)
+    def _setting_saved(self, message: SettingsForm.Saved) -> None:
+        """Another preset: new file names, verified again; Enter on the models folder: verify again."""
+        if message.key == "models.preset" and message.value != self._preset:
+            self._preset = str(message.value)
+            self._relabel()
+            self.call_after_refresh(self.action_verify)
+        elif message.key == "paths.models" and message.submitted:
+            self.call_after_refresh(self.action_verify)
 
     def _relabel(self) -> None:
         preset = catalog.preset(wizard_app(self).session.get("models.preset"))
@@ -307,7 +311,12 @@ class ModelsScreen(StepScreen):
         try:
             user = store_token(token)
         except DownloadError as exc:
-            self.app.call_from_thread(self.query_one("#model-problem", Label).update, str(exc))
+            self.post_message(TokenChecked(None, str(exc)))
             return
-        self.app.call_from_thread(self.query_one("#model-problem", Label).update, "")
-        self.app.call_from_thread(self.notify, f"logged in to Hugging Face as {user}")
+        self.post_message(TokenChecked(user))
+
+    @on(TokenChecked)
+    def _token_checked(self, message: TokenChecked) -> None:
+        self.query_one("#model-problem", Label).update(message.problem)
+        if message.user is not None:
+            self.notify(f"logged in to Hugging Face as {message.user}")

@@ -23,6 +23,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from lorawizard.core.samples import Gallery
+from lorawizard.core.session import SessionError
+from lorawizard.tui.messages import Notice
 from lorawizard.tui.typed_app import wizard_app
 
 LABEL_WIDTH = 14
@@ -32,12 +34,6 @@ RESCAN_S = 1.0
 @dataclass
 class GalleryChanged(Message):
     gallery: Gallery
-
-
-@dataclass
-class KeepDone(Message):
-    text: str
-    severity: str = "information"
 
 
 def page_layout(width: int, height: int, rows: int) -> tuple[int, int, int]:
@@ -254,21 +250,14 @@ class SamplesScreen(Screen[None]):
     def _keep(self, epoch: int) -> None:
         from lorawizard.core.keep import KeepError, keep_epoch
 
-        session = wizard_app(self).session
+        store = wizard_app(self).store
         try:
-            kept = keep_epoch(session, epoch)
-        except KeepError as exc:
-            self.post_message(KeepDone(str(exc), "error"))
+            kept = keep_epoch(store.session, epoch)
+            store.decide("train.keep_epoch", epoch)  # the store is thread-safe: no hop to the UI thread
+        except (KeepError, SessionError) as exc:
+            self.post_message(Notice(str(exc), "error"))  # shown by the App
             return
-        problem = self.app.call_from_thread(wizard_app(self).decide, "train.keep_epoch", epoch)
-        if problem:
-            self.post_message(KeepDone(problem, "error"))
-            return
-        self.post_message(KeepDone(f"kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})"))
-
-    @on(KeepDone)
-    def _kept(self, message: KeepDone) -> None:
-        self.notify(message.text, severity=message.severity, timeout=8)  # type: ignore[arg-type]
+        self.post_message(Notice(f"kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})"))
 
 
 class LargeSample(ModalScreen[None]):

@@ -26,6 +26,7 @@ from textual.widgets import Label, Log, Static
 from lorawizard.core.fsutil import display_path, tilde_paths
 from lorawizard.core.steps import StepState
 from lorawizard.core.text import one_line
+from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -49,9 +50,10 @@ class TrainUpdate(Message):
 
 
 @dataclass
-class TrainNotice(Message):
-    text: str
-    severity: str = "information"
+class RunStarted(Message):
+    """Posted by the start worker: the run is launched; the screen follows it."""
+
+    record: Any  # core.runs.RunRecord
 
 
 class ProcessSampler:
@@ -99,11 +101,16 @@ class FullLogScreen(ModalScreen[None]):
             yield Label(f" {display_path(self.path)}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
             yield Log(max_lines=self.max_lines, auto_scroll=True)
 
+    @dataclass
+    class Loaded(Message):
+        lines: list[str]
+
     def on_mount(self) -> None:
         self.load()
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
+        """Read and parse the whole log off the UI thread; the handler writes the lines into the Log."""
         from lorawizard.core.logparse import Line, LogParser
 
         parser = LogParser()
@@ -116,13 +123,17 @@ class FullLogScreen(ModalScreen[None]):
         except OSError as exc:
             lines = [f"cannot read {self.path}: {exc.strerror}"]
         lines += [tilde_paths(e.text) for e in parser.finish() if type(e) is Line]
-        self.app.call_from_thread(self.query_one(Log).write_lines, lines[-self.max_lines :])
+        self.post_message(self.Loaded(lines[-self.max_lines :]))
+
+    @on(Loaded)
+    def _loaded(self, message: Loaded) -> None:
+        self.query_one(Log).write_lines(message.lines)
 
 
 class TrainScreen(StepScreen):
     STEP = "train"
-    PRIMARY = "start training"
     INTRO = "Training runs detached: quitting or an SSH drop never stops it."
+    RUNNER = False  # the run is detached (core.training.start_run); a thread follows its log
     BINDINGS = [
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
@@ -335,15 +346,15 @@ class TrainScreen(StepScreen):
             plan = plan_run(session, resume=resume)
             record = start_run(session, plan)
         except StepFailed as exc:
-            self.post_message(TrainNotice(str(exc), "error"))
+            self.post_message(Notice(str(exc), "error"))
             return
         what = f"resumed at step {plan.base_step}" if resume else "started"
-        self.post_message(TrainNotice(f"training {what}: run {record.run_id}"))
-        self.app.call_from_thread(self._start_tail, record)
+        self.post_message(Notice(f"training {what}: run {record.run_id}"))
+        self.post_message(RunStarted(record))
 
-    @on(TrainNotice)
-    def _notice(self, message: TrainNotice) -> None:
-        self.notify(message.text, severity=message.severity, timeout=8)  # type: ignore[arg-type]
+    @on(RunStarted)
+    def _run_started(self, message: RunStarted) -> None:
+        self._start_tail(message.record)
 
     def action_stop(self) -> None:
         if self.record is None or not self.record.is_alive():
@@ -363,16 +374,16 @@ class TrainScreen(StepScreen):
         from lorawizard.core.training import claim_project
 
         try:
-            claim_project(self.app.session)  # type: ignore[attr-defined]
+            claim_project(wizard_app(self).session)
         except StepFailed as exc:
-            self.post_message(TrainNotice(str(exc), "error"))
+            self.post_message(Notice(str(exc), "error"))
             return
         try:
             how = runs.stop(record)
         except runs.RunError as exc:
-            self.post_message(TrainNotice(str(exc), "error"))
+            self.post_message(Notice(str(exc), "error"))
             return
-        self.post_message(TrainNotice(f"run {record.run_id} stopped ({how}); r resumes from the newest state"))
+        self.post_message(Notice(f"run {record.run_id} stopped ({how}); r resumes from the newest state"))
 
     def action_samples(self) -> None:
         if self.record is None:

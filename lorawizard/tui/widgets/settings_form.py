@@ -1,4 +1,9 @@
-"""A form over session keys: each edit is validated by the core schema and saved at once."""
+"""A form over session keys: each edit is validated by the core schema and saved at once.
+
+Screens that follow a setting listen for `SettingsForm.Saved(key, value)`, posted after the value is in the
+session, never for the form's inner Input/Select events (those reach a screen before or after the save,
+depending on handler order).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import shlex
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Input, Label, Select, Switch
 
 from lorawizard.core.session import FIELDS, Field
@@ -47,6 +53,24 @@ def parse_input(spec: Field, text: str) -> object:
 class SettingsForm(Vertical):
     """Rows of `label  [input]`; Enter or leaving a field saves it through `app.decide`."""
 
+    class Saved(Message):
+        """A field was committed (Enter or leaving a text field, a choice, a switch) and `value` is in the session.
+
+        Posted whether or not the value differs from before (Enter on an unchanged field re-submits it); never for
+        a value the schema refused (the form shows why) nor for each keystroke (those are saved silently).
+        """
+
+        def __init__(self, form: SettingsForm, key: str, value: object, *, submitted: bool = False) -> None:
+            super().__init__()
+            self.form = form
+            self.key = key
+            self.value = value
+            self.submitted = submitted  # Enter in a text field (not leaving it, a choice or a switch)
+
+        @property
+        def control(self) -> SettingsForm:
+            return self.form
+
     DEFAULT_CSS = """
     SettingsForm { height: auto; }
     SettingsForm > Horizontal { height: auto; }
@@ -82,13 +106,15 @@ class SettingsForm(Vertical):
         nested = rest.replace("-", ".")  # train.samples.prompts
         return nested if nested in FIELDS else rest.replace("-", ".", 1)
 
-    def _save(self, key: str, value: object) -> None:
+    def _save(self, key: str, value: object, *, submitted: bool = False) -> None:
         error = wizard_app(self).decide(key, value)
         self.query_one(".setting-error", Label).update(error or "")
+        if error is None:
+            self.post_message(self.Saved(self, key, value, submitted=submitted))
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
-        self._save_input(event.input)
+        self._save_input(event.input, submitted=True)
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
@@ -105,22 +131,24 @@ class SettingsForm(Vertical):
     def _blurred(self, event: Input.Blurred) -> None:
         self._save_input(event.input)
 
-    def _save_input(self, widget: Input) -> None:
+    def _save_input(self, widget: Input, *, submitted: bool = False) -> None:
         key = self._key_of(widget.id)
         try:
             value = parse_input(FIELDS[key], widget.value)
         except ValueError as exc:
             self.query_one(".setting-error", Label).update(str(exc))
             return
-        if value == self.app.session.get(key) and not self.app.session.dirty:  # type: ignore[attr-defined]
+        session = wizard_app(self).session
+        if value == session.get(key) and not session.dirty:
             self.query_one(".setting-error", Label).update("")
-            return  # leaving a field unchanged writes nothing
-        self._save(key, value)
+            self.post_message(self.Saved(self, key, value, submitted=submitted))
+            return  # leaving a field unchanged writes nothing (the value is in the session already)
+        self._save(key, value, submitted=submitted)
 
     @on(Select.Changed)
     def _selected(self, event: Select.Changed) -> None:
         key = self._key_of(event.select.id)
-        if event.value != self.app.session.get(key):  # type: ignore[attr-defined]  # Select posts Changed on mount
+        if event.value != wizard_app(self).session.get(key):  # Select posts Changed on mount
             self._save(key, event.value)
 
     @on(Switch.Changed)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.events import Click
+from textual.reactive import reactive
 from textual.widget import Widget
 
-from lorawizard.core.steps import STEP_ORDER, STEP_TITLES
+from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
 from lorawizard.tui.typed_app import wizard_app
 
 SHORT_TITLES = {"env": "Env", "models": "Models", "dataset": "Dataset", "captions": "Captions", "probe": "GPU", "train": "Train"}
@@ -18,14 +19,22 @@ class StepBar(Widget):
     StepBar { height: 1; background: $panel; color: $text; }
     """
 
+    states: reactive[dict[str, StepState]] = reactive(dict)  # the App's step_states, followed (repaints)
+
     def __init__(self, step: str, project_label: str) -> None:
         super().__init__()
         self.step = step
         self.project_label = project_label
         self._spans: list[tuple[int, int, str]] = []
 
+    def on_mount(self) -> None:
+        self.watch(wizard_app(self), "step_states", self._follow)  # now, and whenever the App replaces them
+
+    def _follow(self, states: dict[str, StepState]) -> None:
+        self.states = states
+
     def render(self) -> Text:
-        states = getattr(self.app, "step_states", {})
+        states = self.states
         text = Text(no_wrap=True, overflow="ellipsis")
         compact = self.size.width < 100
         text.append(" lorawizard", style="bold")

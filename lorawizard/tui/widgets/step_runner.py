@@ -123,4 +123,4 @@ class StepRunner(Vertical):
             mark = "✓" if message.result.ok else "✗"
             status.update(f"{mark} {message.result.summary}")
             log.write_lines(message.result.details)
-        wizard_app(self).step_finished(message)
+        # not stopped: it bubbles on to the screen (its follow-up) and the App (the step bar's state)
