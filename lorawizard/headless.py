@@ -7,6 +7,7 @@ user's session file: decisions it had to take are written beside the outputs ins
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -165,58 +166,112 @@ def replay(
     mode = " (dry run: nothing outside the project changes)" if dry_run else ""
     printer.line(f"lorawizard replay of {session.path}{mode}: {', '.join(steps)}")
     code = EXIT_OK
-    for name in steps:
-        printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
-        started = time.monotonic()
-        try:
+    with CtrlC(ctx) as ctrl_c:
+        for name in steps:
+            if ctx.cancel.is_set():  # Ctrl-C between two steps: the next one does not start
+                printer.line(f"interrupted before {name}")
+                code = EXIT_INTERRUPTED
+                break
+            printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
+            started = time.monotonic()
             try:
-                result = _run_interruptible(name, ctx)
-            except KeyboardInterrupt:  # arrived between our own checks
-                ctx.cancel.set()
-                raise Cancelled() from None
-        except Cancelled:
-            printer.line(f"{name}: interrupted")
-            report.results.append((name, None, time.monotonic() - started))
-            code = EXIT_INTERRUPTED
-            break
-        except StepFailed as exc:
-            result = StepResult(ok=False, summary=str(exc))
-        elapsed = time.monotonic() - started
-        report.results.append((name, result, elapsed))
-        for detail in result.details:
-            printer.line(f"  {detail}")
-        printer.line(f"{name}: {'ok' if result.ok else 'FAILED'} - {result.summary}")
-        if not result.ok:
-            err.write(f"lorawizard: step {name} failed: {one_line(result.summary)}\n")
-            code = EXIT_STEP_FAILED
-            break
-    _write_decisions(session, ctx.decisions)
+                result = _run_interruptible(name, ctx, ctrl_c, printer)
+            except Cancelled:
+                printer.line(f"{name}: interrupted")
+                report.results.append((name, None, time.monotonic() - started))
+                code = EXIT_INTERRUPTED
+                break
+            except StepFailed as exc:
+                result = StepResult(ok=False, summary=str(exc))
+            elapsed = time.monotonic() - started
+            report.results.append((name, result, elapsed))
+            for detail in result.details:
+                printer.line(f"  {detail}")
+            printer.line(f"{name}: {'ok' if result.ok else 'FAILED'} - {result.summary}")
+            if not result.ok:
+                err.write(f"lorawizard: step {name} failed: {one_line(result.summary)}\n")
+                code = EXIT_STEP_FAILED
+                break
+        _write_decisions(session, ctx.decisions)
     printer.line(_summary(report, steps))
     return code
 
 
-def _run_interruptible(name: str, ctx: StepContext) -> StepResult:
-    """Run the step in a thread so Ctrl-C in the main thread can ask it to stop and wait for its cleanup."""
+class CtrlC:
+    """Ctrl-C during replay, without KeyboardInterrupt: the first press sets `ctx.cancel` (the step stops what it
+    started and tidies up), each further one sets `ctx.hurry` (a run being stopped gets the next signal now).
+
+    The main thread waits for the step's thread on an Event, never on `Thread.join`: on Python 3.11 a join cut short
+    by KeyboardInterrupt makes the next `join(timeout)` return at once while the thread still runs, and the process
+    then exited with the step (and the trainer it was stopping) half done. A handler is installed only in the main
+    thread and only where SIGINT has Python's default handler (an ignored SIGINT, e.g. under nohup, stays ignored).
+    """
+
+    GIVE_UP_AFTER = 4  # presses: the 4th leaves a step that does not stop (a run has had SIGINT, SIGTERM, SIGKILL)
+
+    def __init__(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.presses = 0
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:  # only sets flags: the main thread may hold the printer's lock
+        self.press()
+
+    def press(self) -> None:
+        self.presses += 1
+        (self.ctx.cancel if self.presses == 1 else self.ctx.hurry).set()
+
+
+def _run_interruptible(name: str, ctx: StepContext, ctrl_c: CtrlC, printer: ProgressPrinter) -> StepResult:
+    """Run the step in a thread; the main thread waits on an Event (see CtrlC) until the step has ended, including
+    its cleanup after a Ctrl-C (a run stopped, a process pool shut down, temp files gone)."""
     outcome: dict[str, Any] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["result"] = load_step(name)(ctx)
         except BaseException as exc:  # carried back to the main thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=target, name=f"step-{name}", daemon=True)
-    try:
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        ctx.cancel.set()
-        worker.join(30)  # let the step kill its children and tidy up
-        raise Cancelled() from None
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    worker.start()
+    seen = 0
+    while not done.is_set():
+        try:
+            done.wait(0.2)
+        except KeyboardInterrupt:  # no handler of ours (not the main thread): the same, one press
+            ctrl_c.press()
+        if ctrl_c.presses != seen:
+            seen = ctrl_c.presses
+            if seen == 1:
+                printer.line(f"{name}: Ctrl-C: stopping (Ctrl-C again to hurry)…")
+            elif seen < CtrlC.GIVE_UP_AFTER:
+                printer.line(f"{name}: Ctrl-C again: hurrying")
+            else:
+                printer.line(f"{name}: did not stop after {seen} Ctrl-C; leaving it (what it started may still run)")
+                raise Cancelled()
+    error = outcome.get("error")
+    if ctx.cancel.is_set() and (isinstance(error, StepFailed) or (error is None and not outcome["result"].ok)):
+        raise Cancelled()  # a step cut short by Ctrl-C failed because of it: that is an interruption
+    if error is not None:
+        raise error
+    result: StepResult = outcome["result"]
+    return result
 
 
 def _write_decisions(session: Session, decisions: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from lorawizard.core.imaging import (
     fit_crop,
     render,
 )
+from lorawizard.core.procs import parent_identity, pool_worker_init
 from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import ScanResult, scan_source
 from lorawizard.core.session import BUCKET_RE, Session, bucket_area, parse_bucket
@@ -454,7 +455,9 @@ def _executor(workers: int) -> Executor:
     if method == "forkserver":
         context.set_forkserver_preload(["lorawizard.core.imaging"])  # workers start with Pillow imported
     _start_resource_tracker()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    # workers leave Ctrl-C to us (we shut the pool down) and exit when this process is gone (kill -9)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=pool_worker_init,
+                               initargs=parent_identity())
 
 
 def _start_resource_tracker() -> None:
@@ -595,8 +598,11 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
                                 raise _PoolBroken() from None
                             finish(item, outcome)
                         ctx.check_cancelled()
-                except Cancelled:
+                except Cancelled:  # the workers finish the image in hand (they leave Ctrl-C to us), then exit
                     pool.shutdown(wait=True, cancel_futures=True)
+                    for future, item in items_by_future.items():  # keep what they finished: it is on disk
+                        if future.done() and not future.cancelled() and future.exception() is None:
+                            finish(item, future.result())
                     raise
                 except _PoolBroken:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -606,10 +612,19 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
             finish(item, render(job_of(item)))
     except Cancelled:
         writer.write(complete=False)
+        _remove_temp_files(dataset_dir)  # the pool is shut down: a temp file left now is no one's
         raise
     meter.finish(f"{stats.rendered} written, {stats.unchanged} unchanged")
     writer.write(complete=True, extra={"skipped": _not_used(plan)})
     return stats
+
+
+def _remove_temp_files(dataset_dir: Path) -> None:
+    """Our atomic writes' `.NAME.*.tmp` files in the dataset folder and its bucket folders."""
+    for pattern in (".*.tmp", "*/.*.tmp"):
+        for path in dataset_dir.glob(pattern):
+            if path.parent == dataset_dir or BUCKET_RE.match(path.parent.name):
+                _unlink(path)
 
 
 def _not_used(plan: Plan) -> list[dict[str, str]]:

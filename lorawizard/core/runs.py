@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from lorawizard.core.runsupervisor import EXIT_FILE
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 CREATE_TIME_TOLERANCE = 0.05  # psutil's create_time has ~10 ms resolution
+# how long a stop waits after SIGINT, then SIGTERM, then SIGKILL: the wizard's s, `--stop` and Ctrl-C in replay alike
+STOP_INT_S, STOP_TERM_S, STOP_KILL_S = 60.0, 15.0, 5.0
 _children: dict[int, subprocess.Popen[bytes]] = {}  # runs started by this process (reaped by poll())
 
 
@@ -328,13 +331,16 @@ def launch(
 def stop(
     record: RunRecord,
     *,
-    int_timeout: float = 60.0,
-    term_timeout: float = 15.0,
-    kill_timeout: float = 5.0,
+    int_timeout: float = STOP_INT_S,
+    term_timeout: float = STOP_TERM_S,
+    kill_timeout: float = STOP_KILL_S,
     on_stage: Callable[[str], object] = lambda stage: None,
+    hurry: threading.Event | None = None,
 ) -> str:
     """SIGINT to the run's process group, then SIGTERM, then SIGKILL, each after its time limit.
 
+    `hurry` (a further Ctrl-C in replay): when it is set, the current stage's wait ends at once and the next signal
+    goes out (the event is cleared, so each press moves one stage on).
     Returns the signal that ended it ("SIGINT", "SIGTERM", "SIGKILL"), or "not running".
     """
     import psutil
@@ -362,6 +368,9 @@ def stop(
                     pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set() and signum != signal.SIGKILL:
+                hurry.clear()
+                break
             _reap(record.pid)
             _, alive = psutil.wait_procs(procs, timeout=0.1)
             # once the trainer has ended, a leader that lives on runs on_finish (in its own session): not ours to kill

@@ -61,6 +61,9 @@ class StepContext:
     log: LogCallback = lambda line: None  # informational lines for a person
     dry_run: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
+    # set again while a cancel is under way (a further Ctrl-C in replay): a stop in progress moves to its next,
+    # harsher stage now instead of waiting out its time limit (runs.stop: SIGINT → SIGTERM → SIGKILL)
+    hurry: threading.Event = field(default_factory=threading.Event)
     options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
     decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
     store: SessionStore | None = None  # the wizard's one writer of session.toml (None: record saves at once)

@@ -2,7 +2,9 @@
 
 `run_step(ctx)` options: `detach` (start and return), `resume` (continue from the newest state folder),
 `attach` (only follow a live run, never start one). Headless, the step reports a progress line every few seconds
-and at each epoch; Ctrl-C stops the run gracefully (SIGINT to its process group). The wizard's Train screen uses
+and at each epoch; Ctrl-C (`ctx.cancel`) stops the run as the wizard's s does (SIGINT, SIGTERM, SIGKILL to its
+process group, each after its time limit; `ctx.hurry` skips to the next) and waits until it is gone; with `detach`
+a run that was started is left running. The wizard's Train screen uses
 `RunFollower` and `start_run` directly.
 """
 
@@ -304,6 +306,7 @@ def run_step(ctx: StepContext) -> StepResult:
         plan = plan_run(session, resume=resume)
         for line in launch_lines(plan.launch):
             ctx.log(f"train: {line}")
+        ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
         record = start_run(session, plan)
         what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
         ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
@@ -311,6 +314,10 @@ def run_step(ctx: StepContext) -> StepResult:
             ctx.log(f"train: {note}")
 
     if detach:
+        if ctx.cancel.is_set():  # Ctrl-C while it was being started: --detach means it is left running
+            ctx.log(f"train: interrupted; run {record.run_id} (pid {record.pid}) keeps running (--detach). "
+                    f"Stop it: lorawizard {session.project_dir} --stop")
+            raise Cancelled()
         ctx.log(f"training keeps running in the background. Follow it: lorawizard {session.project_dir}")
         ctx.log(f"  or: tail -f {record.log_path}")
         return StepResult(True, f"run {record.run_id} started in the background (pid {record.pid})",
@@ -390,10 +397,7 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 runs.stop(record, int_timeout=10, term_timeout=5, kill_timeout=3)
                 continue
             if ctx.cancel.is_set():
-                ctx.log(f"train: stopping run {record.run_id} (SIGINT to its process group)…")
-                how = runs.stop(record, int_timeout=15, term_timeout=5, kill_timeout=3)
-                ctx.log(f"train: run {record.run_id} stopped ({how}); resume it later with r in the wizard")
-                raise Cancelled()
+                _stop_on_cancel(ctx, record)
             time.sleep(poll_s)
     finally:
         follower.finish()
@@ -409,6 +413,25 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                           data={"run_id": record.run_id})
     summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"
     return StepResult(False, summary, details, data={"run_id": record.run_id, "returncode": code})
+
+
+def _stop_on_cancel(ctx: StepContext, record: RunRecord) -> None:
+    """Ctrl-C while following (not detached): stop the run as the wizard's s does (same signals, same time limits),
+    wait until its whole process group is gone, then raise Cancelled. `ctx.hurry` moves to the next signal at once."""
+    ctx.log(f"train: stopping run {record.run_id}: SIGINT to its process group, SIGTERM after "
+            f"{runs.STOP_INT_S:g} s, SIGKILL after {runs.STOP_TERM_S:g} s more (Ctrl-C again: the next signal now)…")
+
+    def stage(name: str) -> None:
+        if name != "SIGINT":
+            ctx.log(f"train: sending {name} to run {record.run_id}")
+
+    try:
+        how = runs.stop(record, on_stage=stage, hurry=ctx.hurry)
+    except RunError as exc:
+        raise StepFailed(str(exc)) from None
+    ctx.log(f"train: run {record.run_id} stopped ({how}); resume: lorawizard --replay SESSION.toml --steps train "
+            "--resume (or r in the wizard)")
+    raise Cancelled()
 
 
 class RankWatch:
