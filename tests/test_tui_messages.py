@@ -215,3 +215,29 @@ async def test_a_finished_step_reaches_the_app_by_bubbling(project: Path) -> Non
         runner.post_message(StepFinished("captions", StepResult(ok=True, summary="written")))
         await until(pilot, lambda: app.step_states.get("captions") == "done")
         assert "written" in str(runner.query_one(".runner-status", Label).render())
+
+
+async def test_auto_caption_dialog_follows_the_forms_saved_settings(project: Path) -> None:
+    """The dialog re-describes itself from SettingsForm.Saved (no longer from Select.Changed plus handler order)."""
+    from textual.widgets import Select, Static
+
+    from lorawizard.tui.screens.autocaption import AutoCaptionScreen
+
+    app = LoraWizardApp(Session.open_project(project), start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.push_screen(AutoCaptionScreen(2, 3, 0))
+        await pilot.pause()
+        dialog = app.screen
+        shown = dialog.query_one("#auto-instruction", Static)
+        before = str(shown.render())
+        assert before.startswith("default instruction:")
+        dialog.query_one("#set-captions-kind", Select).value = "style"
+        await until(pilot, lambda: str(shown.render()) != before)
+        assert app.session.get("captions.kind") == "style" and str(shown.render()).startswith("default instruction:")
+        field = dialog.query_one("#set-captions-instruction", Input)
+        field.focus()
+        await pilot.pause()
+        field.value = "Describe the background only."
+        await pilot.pause()
+        dialog.set_focus(None)
+        await until(pilot, lambda: str(shown.render()) == "(your instruction above)")

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
-from textual.widgets import Button, Select, Static
+from textual.widgets import Button, Static
 
 from lorawizard.core import autocaption as ac
 from lorawizard.core.progress import Progress, ProgressMeter, format_duration
@@ -256,12 +256,9 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
         self.describe()
         self.query_one("#auto-missing" if self.missing else "#auto-all", Button).focus()
 
-    @on(Select.Changed)
-    def _setting_chosen(self) -> None:
-        self.call_after_refresh(self.describe)  # after the form saved it
-
-    def on_descendant_blur(self) -> None:
-        self.describe()
+    @on(SettingsForm.Saved)
+    def _setting_saved(self) -> None:
+        self.describe()  # the value is in the session already: the model, device and instruction follow it
 
     def describe(self) -> None:
         session = wizard_app(self).session
