@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay", metavar="SESSION.toml", type=Path, help="run the session's steps headless")
     parser.add_argument(
         "--steps", metavar="STEP[,STEP...]",
-        help=f"with --replay: which steps, run in this order: {','.join(STEPS)} (default: all)",
+        help=f"with --replay: which steps, run in this order: {','.join(STEPS)},publish (default: the six, plus "
+             "publish when session.toml has [publish] repo)",
     )
     parser.add_argument(
         "--dry-run", action="store_true",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lorawizard: error: --steps: {one_line(str(exc))}", file=sys.stderr)
             return 2
         try:
-            return replay(args.replay, steps, dry_run=args.dry_run,
+            return replay(args.replay, steps, dry_run=args.dry_run, all_steps=args.steps is None,
                           options={"detach": args.detach, "reprobe": args.reprobe, "resume": args.resume})
         except KeyboardInterrupt:
             print("lorawizard: interrupted", file=sys.stderr)

@@ -94,7 +94,7 @@ class ReplayReport:
     results: list[tuple[str, StepResult | None, float]] = field(default_factory=list)
 
 
-def check_inputs(session: Session, steps: list[str]) -> str | None:
+def check_inputs(session: Session, steps: list[str], *, dry_run: bool = False, detach: bool = False) -> str | None:
     """Inputs the user named must exist (outputs are created). Returns a one-line problem or None."""
     wanted: list[tuple[str, Any]] = []
     if {"dataset", "captions"} & set(steps):
@@ -119,6 +119,14 @@ def check_inputs(session: Session, steps: list[str]) -> str | None:
         problem = epoch_exists_in_plan(session, session.get("train.keep_epoch"))
         if problem:
             return f"{session.path}: {problem}"
+    if "publish" in steps:  # a missing repo or token is a setup problem: said before any step runs (exit 2)
+        from lorawizard.core.publish import problem as publish_problem
+
+        blocked = publish_problem(session, need_token=not dry_run)
+        if blocked:
+            return f"{session.path}: {blocked}" if "[publish]" in blocked else blocked
+        if "train" in steps and detach:
+            return "--detach leaves training running, so there is nothing to publish yet: drop --detach or publish later"
     for key, value in wanted:
         if value is None:
             return f"{session.path}: {key} is not set (the {key.split('.')[0]} step needs it)"
@@ -137,7 +145,9 @@ def replay(
     out: TextIO | None = None,
     err: TextIO | None = None,
     tty: bool | None = None,
+    all_steps: bool = False,
 ) -> int:
+    """Run `steps`; `all_steps` (no --steps given) adds publish when the session has `[publish] repo`."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -147,7 +157,9 @@ def replay(
         return EXIT_USAGE
     for warning in session.warnings:
         err.write(f"lorawizard: warning: {one_line(warning)}\n")
-    problem = check_inputs(session, steps)
+    if all_steps and session.is_set("publish.repo") and "publish" not in steps:
+        steps = [*steps, "publish"]
+    problem = check_inputs(session, steps, dry_run=dry_run, detach=bool((options or {}).get("detach")))
     if problem:
         err.write(f"lorawizard: {one_line(problem)}\n")
         return EXIT_USAGE

@@ -241,6 +241,8 @@ def _value_for(field):
         return st.from_regex(NAME_RE, fullmatch=True).filter(lambda v: not v.startswith("hf_"))
     if field.key == "train.optimizer_type":
         return st.from_regex(r"[A-Za-z][A-Za-z0-9_.]{0,19}", fullmatch=True)
+    if field.key == "publish.repo":
+        return st.from_regex(r"[a-z][a-z0-9]{0,10}/[a-z][a-z0-9_]{0,10}", fullmatch=True)
     if field.key == "gpu.uuid":
         return st.from_regex(r"GPU-[0-9a-f-]{1,20}", fullmatch=True)
     if field.kind == "int":

@@ -93,6 +93,18 @@ def _version(v: int) -> str | None:
     return None if v == SESSION_VERSION else f"version {SESSION_VERSION} (this lorawizard reads only that)"
 
 
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+REPO_ID_RE = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}")
+
+
+def repo_id_problem(repo: str) -> str | None:
+    """What a Hugging Face repo id must look like ("user/name", or "name" for the token's user), or None."""
+    if REPO_ID_RE.fullmatch(repo) is None or "--" in repo or ".." in repo or repo.endswith(".git"):
+        return ('a Hugging Face repo id "user/name" (letters, digits, "-", "_", "." inside each part, '
+                'at most 96 each, no "--" or "..")')
+    return None
+
+
 MODEL_ROLES = ("flux", "ae", "clip_l", "t5xxl")
 MODEL_PRESETS = ("flux1-dev-fp8", "flux1-dev-bf16")
 
@@ -145,10 +157,14 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.samples.guidance", "float", 3.5, _positive, "FLUX embedded guidance for samples"),
     Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
     Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
+    Field("publish.repo", "str", None, repo_id_problem, 'Hugging Face repo to publish to ("user/name")'),
+    Field("publish.private", "bool", True, None, "create the repo private (an existing repo keeps its visibility)"),
+    Field("publish.tags", "str_list", [], None, "extra tags for the model card"),
+    Field("publish.existing", "bool", False, None, "upload into a repo that exists but this project did not create"),
 )
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
 TABLES = ("paths", "models", "dataset", "gpu", "train")
-OPTIONAL_TABLES = ("captions", "train.samples")  # not in a new session file; created when first set
+OPTIONAL_TABLES = ("captions", "train.samples", "publish")  # not in a new session file; created when first set
 
 IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool",
                                "caption_auto": "bool"}  # caption_auto: a captioner's draft nobody reviewed yet

@@ -19,6 +19,10 @@ from lorawizard.core.session_store import SessionStore
 
 StepState = Literal["todo", "done", "attention"]  # what the step bar shows for a step (besides "current")
 STEP_ORDER: tuple[str, ...] = ("env", "models", "dataset", "captions", "probe", "train")
+# Steps after the six that only run when asked (`--steps publish`, or a full replay with `[publish] repo` set);
+# they have no screen of their own (publish is key p on the Train screen).
+EXTRA_STEPS: tuple[str, ...] = ("publish",)
+REPLAY_STEPS: tuple[str, ...] = STEP_ORDER + EXTRA_STEPS
 STEP_TITLES: dict[str, str] = {
     "env": "Environment",
     "models": "Models",
@@ -26,6 +30,7 @@ STEP_TITLES: dict[str, str] = {
     "captions": "Captions",
     "probe": "GPU & batch size",
     "train": "Train",
+    "publish": "Publish",
 }
 # Imported lazily so `--replay --steps dataset` never pays for the other steps' imports.
 STEP_FUNCTIONS: dict[str, str] = {
@@ -35,6 +40,7 @@ STEP_FUNCTIONS: dict[str, str] = {
     "captions": "lorawizard.core.captions:run_step",
     "probe": "lorawizard.core.probe:run_step",
     "train": "lorawizard.core.training:run_step",
+    "publish": "lorawizard.core.publish:run_step",
 }
 
 
@@ -106,13 +112,16 @@ def load_step(name: str) -> Callable[[StepContext], StepResult]:
 
 
 def parse_steps(text: str | None) -> list[str]:
-    """`"dataset,captions"` → ["dataset", "captions"] in the canonical order; ValueError names a bad one."""
+    """`"dataset,captions"` → ["dataset", "captions"] in the canonical order; ValueError names a bad one.
+
+    None (no `--steps`) means the six wizard steps; replay adds publish itself when `[publish] repo` is set.
+    """
     if text is None:
         return list(STEP_ORDER)
     wanted = [part.strip() for part in text.split(",") if part.strip()]
     if not wanted:  # `--steps ""` must not mean "all six, training included"
-        raise ValueError(f"no step named (steps: {', '.join(STEP_ORDER)})")
-    unknown = [part for part in wanted if part not in STEP_ORDER]
+        raise ValueError(f"no step named (steps: {', '.join(REPLAY_STEPS)})")
+    unknown = [part for part in wanted if part not in REPLAY_STEPS]
     if unknown:
-        raise ValueError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEP_ORDER)})")
-    return [step for step in STEP_ORDER if step in wanted]
+        raise ValueError(f"unknown step {unknown[0]!r} (steps: {', '.join(REPLAY_STEPS)})")
+    return [step for step in REPLAY_STEPS if step in wanted]

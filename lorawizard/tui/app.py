@@ -122,7 +122,7 @@ class LoraWizardApp(App[None]):
 
     def on_notice(self, message: Notice) -> None:
         """A worker's line (posted to its screen, bubbled up here): a notification."""
-        self.notify(message.text, severity=message.severity, timeout=8)
+        self.notify(message.text, severity=message.severity, timeout=8, markup=False)  # plain text ("[publish] repo")
 
     def on_step_finished(self, message: StepFinished) -> None:
         """A StepRunner's step ended (the message bubbles up from the runner, through its screen)."""

@@ -13,6 +13,14 @@ Fault injection, set by a test between calls:
   throttle_bps = n         bytes per second for file bodies (to kill a client mid-way)
   ignore_range = True      answer 200 to Range requests
   down = True              every connection is closed without an answer
+  cut_after_commits = n    after n more commits the hub goes down (a connection cut in the middle of a publish)
+
+Publishing (the routes `HfApi.create_repo` / `create_commit` call with Xet off, `HF_HUB_DISABLE_XET`): whoami-v2
+with the token's role, `POST /api/repos/create` (401 no/bad token, 403 read token or someone else's namespace,
+409 exists), `POST /api/validate-yaml`, `POST /api/models/{repo}/preupload/{rev}`, the LFS batch API
+`POST /{repo}.git/info/lfs/objects/batch` (basic transfer) → `PUT /lfs-upload/{oid}` → `POST /lfs-verify`, and
+`POST /api/models/{repo}/commit/{rev}` (ndjson). Private repositories are visible to their owner only. Xet CAS is
+not emulated.
 `log` holds every request: role, method, path, range, auth, status, sent (bytes of body sent).
 """
 
@@ -62,6 +70,12 @@ class FakeRepo:
     repo_id: str
     files: dict[str, FakeFile] = field(default_factory=dict)
     gated: bool = False
+    private: bool = False
+    commits: list[str] = field(default_factory=list)  # commit summaries, oldest first
+
+    @property
+    def namespace(self) -> str:
+        return self.repo_id.split("/", 1)[0]
 
     @property
     def commit(self) -> str:
@@ -76,6 +90,10 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_threshold = lfs_threshold
         self.tokens: dict[str, str] = {}  # token → user
+        self.roles: dict[str, str] = {}  # token → "read" | "write"
+        self.orgs: dict[str, set[str]] = {}  # user → organisations they may write to
+        self.uploads: dict[str, bytes] = {}  # LFS objects uploaded (sha256 → bytes), not yet in a commit
+        self.cut_after_commits: int | None = None
         self.access: dict[str, set[str]] = {}  # gated repo → users with an accepted license
         self.drop_after: dict[str, int] = {}
         self.corrupt: dict[str, int] = {}
@@ -95,8 +113,11 @@ class FakeHub:
         repo.files[path] = FakeFile(path, data, len(data) >= self.lfs_threshold)
         return repo.files[path]
 
-    def add_token(self, token: str, user: str, *, gated_repos: tuple[str, ...] = ()) -> None:
+    def add_token(self, token: str, user: str, *, gated_repos: tuple[str, ...] = (), role: str = "read",
+                  orgs: tuple[str, ...] = ()) -> None:
         self.tokens[token] = user
+        self.roles[token] = role
+        self.orgs.setdefault(user, set()).update(orgs)
         for repo in gated_repos:
             self.access.setdefault(repo, set()).add(user)
 
@@ -135,6 +156,14 @@ class FakeHub:
                     return f
         return None
 
+    def can_write(self, token: str | None, namespace: str) -> bool:
+        user = self.tokens.get(token or "")
+        return user is not None and self.roles.get(token or "") == "write" and (
+            namespace == user or namespace in self.orgs.get(user, set()))
+
+    def can_read(self, user: str | None, repo: FakeRepo) -> bool:
+        return not repo.private or (user is not None and (repo.namespace == user or repo.namespace in self.orgs.get(user, set())))
+
 
 def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -151,6 +180,25 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._dispatch(head=False)
+
+        def do_PUT(self) -> None:
+            self._dispatch(head=False)
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+        def _token(self) -> str | None:
+            auth = self.headers.get("Authorization")
+            return auth.split(" ", 1)[-1].strip() if auth else None
 
         # -- helpers
         def _user(self) -> tuple[str | None, bool]:
@@ -266,13 +314,15 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 return self._content(f, head, entry)
             if parts[:1] == ["api"]:
                 return self._api(parts[1:], head), 0
+            if parts[:1] in (["lfs-upload"], ["lfs-verify"]) or parts[-4:] == ["info", "lfs", "objects", "batch"]:
+                return self._lfs(parts, head), 0
             if len(parts) >= 5 and parts[2] == "resolve":
                 repo_id, rev, path = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
                 user, sent_auth = self._user()
                 if sent_auth and user is None:
                     return self._error(401, None, "Invalid credentials in Authorization header", head), 0
                 repo = hub.repos.get(repo_id)
-                if repo is None:
+                if repo is None or not hub.can_read(user, repo):
                     return self._error(404, "RepoNotFound", "Repository not found", head), 0
                 denied = self._gate(repo, head)
                 if denied:
@@ -296,13 +346,26 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 user, _ = self._user()
                 if user is None:
                     return self._error(401, None, "Invalid credentials in Authorization header", head)
-                return self._json({"type": "user", "name": user, "auth": {"type": "access_token", "accessToken": {
-                    "displayName": "fakehub", "role": "read"}}}, head)
+                return self._json({"type": "user", "name": user, "orgs": [
+                    {"name": org, "roleInOrg": "write"} for org in sorted(hub.orgs.get(user, ()))],
+                    "auth": {"type": "access_token", "accessToken": {
+                        "displayName": "fakehub", "role": hub.roles.get(self._token() or "", "read")}}}, head)
+            if parts == ["repos", "create"]:
+                return self._create_repo(head)
+            if parts == ["validate-yaml"]:
+                self._body()
+                return self._json({"errors": [], "warnings": []}, head)
             if len(parts) >= 3 and parts[0] == "models":
                 repo = hub.repos.get(f"{parts[1]}/{parts[2]}")
-                if repo is None:
+                user, _ = self._user()
+                if repo is None or not hub.can_read(user, repo):
                     return self._error(404, "RepoNotFound", "Repository not found", head)
                 rest = parts[3:]
+                if rest[:1] in (["preupload"], ["commit"]):
+                    if not hub.can_write(self._token(), repo.namespace):
+                        self._body()
+                        return self._error(403, None, f"You don't have the rights to write to {repo.repo_id}", head)
+                    return self._preupload(repo, head) if rest[0] == "preupload" else self._commit(repo, head)
                 if rest[:1] == ["auth-check"]:
                     return self._gate(repo, head) or self._json({}, head)
                 if rest[:1] == ["paths-info"]:
@@ -316,6 +379,90 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 return self._json({"id": repo.repo_id, "sha": repo.commit, "gated": "manual" if repo.gated else False,
                                    "siblings": [{"rfilename": p} for p in repo.files]}, head)
             return self._error(404, None, "unknown api route", head)
+
+        # -- publishing
+        def _create_repo(self, head: bool) -> int:
+            payload = json.loads(self._body() or b"{}")
+            token = self._token()
+            user = hub.tokens.get(token or "")
+            if token is None or user is None:
+                return self._error(401, None, "Invalid username or password.", head)
+            namespace = payload.get("organization") or user
+            repo_id = f"{namespace}/{payload.get('name')}"
+            if not hub.can_write(token, namespace):
+                return self._error(403, None, f"You don't have the rights to create a model under the namespace "
+                                   f'"{namespace}"', head)
+            if repo_id in hub.repos:
+                return self._error(409, None, "You already created this model repo", head)
+            hub.repos[repo_id] = FakeRepo(repo_id, private=payload.get("visibility") == "private"
+                                          or bool(payload.get("private")))
+            return self._json({"url": f"{hub.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}, head)
+
+        def _preupload(self, repo: FakeRepo, head: bool) -> int:
+            files = json.loads(self._body() or b"{}").get("files", [])
+            answer = []
+            for entry in files:
+                lfs = entry["size"] >= hub.lfs_threshold or entry["path"].endswith((".safetensors", ".png"))
+                old = repo.files.get(entry["path"])
+                oid = None if old is None else (old.sha256 if old.lfs else git_blob_sha1(old.data))
+                answer.append({"path": entry["path"], "uploadMode": "lfs" if lfs else "regular",
+                               "shouldIgnore": False, "oid": oid})
+            return self._json({"files": answer, "commitOid": repo.commit}, head)
+
+        def _commit(self, repo: FakeRepo, head: bool) -> int:
+            import base64
+
+            lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+            if hub.cut_after_commits is not None:
+                if hub.cut_after_commits <= 0:
+                    hub.down = True
+                    self.close_connection = True
+                    return 0
+                hub.cut_after_commits -= 1
+            summary = ""
+            for item in lines:
+                value = item["value"]
+                if item["key"] == "header":
+                    summary = value.get("summary", "")
+                elif item["key"] == "file":
+                    data = base64.b64decode(value["content"])
+                    repo.files[value["path"]] = FakeFile(value["path"], data, False)
+                elif item["key"] == "lfsFile":
+                    data = hub.uploads.get(value["oid"]) or (hub.blob(value["oid"]) or FakeFile("", b"", True)).data
+                    if hashlib.sha256(data).hexdigest() != value["oid"]:
+                        return self._error(422, None, f"LFS object {value['oid']} was never uploaded", head)
+                    repo.files[value["path"]] = FakeFile(value["path"], data, True)
+                else:
+                    return self._error(400, None, f"unsupported commit operation {item['key']}", head)
+            repo.commits.append(summary)
+            return self._json({"commitUrl": f"{hub.endpoint}/{repo.repo_id}/commit/{repo.commit}",
+                               "commitOid": repo.commit, "pullRequestUrl": None}, head)
+
+        def _lfs(self, parts: list[str], head: bool) -> int:
+            if parts[0] == "lfs-upload":
+                data = self._body()
+                if hashlib.sha256(data).hexdigest() != parts[1]:
+                    return self._error(400, None, "sha256 mismatch", head)
+                hub.uploads[parts[1]] = data
+                return self._send(200, {}, b"", head)
+            if parts[0] == "lfs-verify":
+                oid = json.loads(self._body() or b"{}").get("oid")
+                return self._json({}, head) if oid in hub.uploads else self._error(404, None, "object not found", head)
+            repo_id = f"{parts[0]}/{parts[1].removesuffix('.git')}"
+            payload = json.loads(self._body() or b"{}")
+            repo = hub.repos.get(repo_id)
+            if repo is None:
+                return self._error(404, "RepoNotFound", "Repository not found", head)
+            if not hub.can_write(self._token(), repo.namespace):
+                return self._error(403, None, f"You don't have the rights to write to {repo_id}", head)
+            objects = []
+            for obj in payload.get("objects", []):
+                entry = {"oid": obj["oid"], "size": obj["size"]}
+                if obj["oid"] not in hub.uploads and hub.blob(obj["oid"]) is None:
+                    entry["actions"] = {"upload": {"href": f"{hub.endpoint}/lfs-upload/{obj['oid']}"},
+                                        "verify": {"href": f"{hub.endpoint}/lfs-verify"}}
+                objects.append(entry)
+            return self._json({"transfer": "basic", "objects": objects}, head)
 
     return Handler
 

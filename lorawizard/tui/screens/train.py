@@ -3,7 +3,7 @@
 A thread worker tails the run's train.log through `core.training.RunFollower` and posts one `TrainUpdate` a few
 times a second (never one message per log line). Leaving the wizard leaves the run running; opening the project
 again reattaches (pid + create-time). Keys: s stop (SIGINT → SIGTERM → SIGKILL), r resume from the newest state,
-l the full log.
+l the full log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a confirmation).
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ class RunStarted(Message):
     """Posted by the start worker: the run is launched; the screen follows it."""
 
     record: Any  # core.runs.RunRecord
+
+
+@dataclass
+class PublishProgress(Message):
+    text: str  # one line: what is uploading, bytes, rate, ETA
+    done: bool = False
 
 
 class ProcessSampler:
@@ -139,6 +145,7 @@ class TrainScreen(StepScreen):
         Binding("r", "resume", "Resume"),
         Binding("l", "full_log", "Full log"),
         Binding("g", "samples", "Samples"),
+        Binding("p", "publish", "Publish", show=False),  # in help (?) and said when a run finishes
     ]
 
     def __init__(self, *, follow: bool = True) -> None:
@@ -159,6 +166,7 @@ class TrainScreen(StepScreen):
                 yield CheckpointPanel(id="train-checkpoints")
             yield Vertical(id="train-sample")
         yield Static("", id="train-bar-line")
+        yield Static("", id="train-publish", markup=False)
         yield Log(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
         yield SettingsForm(
             ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
@@ -176,6 +184,8 @@ class TrainScreen(StepScreen):
     TrainScreen.-wide #train-sample.-has-image { display: block; }
     TrainScreen #train-sample > * { width: auto; height: 1fr; }
     TrainScreen #train-bar-line { height: 1; color: $text-muted; }
+    TrainScreen #train-publish { height: 1; display: none; color: $accent; }
+    TrainScreen #train-publish.-shown { display: block; }
     TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted;
                              overflow-x: hidden; scrollbar-size-vertical: 1; }
     TrainScreen #train-settings { margin: 1 0 0 0; }
@@ -281,8 +291,8 @@ class TrainScreen(StepScreen):
     def apply_view(self, view: TrainView) -> None:
         if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost"):
             self.app.bell()  # a run that ends while nobody watches: the terminal says so
-            self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch"
-                        if view.status == "finished" else ""), timeout=15)
+            self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch, "
+                        "p publishes" if view.status == "finished" else ""), timeout=15)
         if view.status != self.view.status and view.status in _STEP_STATES:
             wizard_app(self).set_step_state("train", _STEP_STATES[view.status])
         with self.app.batch_update():
@@ -397,6 +407,73 @@ class TrainScreen(StepScreen):
         name = self.record.output_name or wizard_app(self).session.get("name")
         self.app.push_screen(SamplesScreen([r.dir for r in chain], name, read_prompts(self.record.dir),
                                            last_epoch=self.view.epochs))
+
+    def action_publish(self) -> None:
+        from lorawizard.core.download import hub_endpoint
+        from lorawizard.core.keep import kept_lora
+        from lorawizard.core.publish import problem
+        from lorawizard.tui.screens.confirm import ConfirmScreen
+
+        if self._publishing:
+            self.notify("publishing is already under way")
+            return
+        if self.record is not None and self.record.is_alive():
+            self.notify("a run is going: publish once it has finished (and you kept an epoch: g, then k)",
+                        severity="warning")
+            return
+        session = wizard_app(self).session
+        blocked = problem(session)
+        if blocked:
+            self.notify(blocked, severity="error", timeout=12, markup=False)
+            return
+        repo = session.get("publish.repo")
+        lora = kept_lora(session)
+        what = lora.name if lora is not None else "the final LoRA (kept into loras/ first)"
+        visibility = "private" if session.get("publish.private") else "PUBLIC"
+        self.app.push_screen(
+            ConfirmScreen(f"Publish {what} to {repo} ({visibility})?",
+                          f"Uploads the LoRA, the sample images and a model card to {hub_endpoint()}/{repo}, one "
+                          "commit per file (files already there are skipped). The token comes from HF_TOKEN or "
+                          "`hf auth login`."),
+            self._publish_answer)
+
+    _publishing = False
+
+    def _publish_answer(self, yes: bool | None) -> None:
+        if not yes:
+            return
+        self._publishing = True
+        line = self.query_one("#train-publish", Static)
+        line.update("publish: starting…")
+        line.add_class("-shown")
+        self._publish(wizard_app(self).session)
+
+    @work(thread=True, exclusive=True, group="train-publish", exit_on_error=False)
+    def _publish(self, session: Any) -> None:
+        from lorawizard.core.progress import format_progress
+        from lorawizard.core.publish import run_step
+        from lorawizard.core.steps import StepContext, StepFailed
+
+        ctx = StepContext(session=session, progress=lambda e: self.post_message(PublishProgress(format_progress(e))),
+                          log=lambda text: None)
+        try:
+            result = run_step(ctx)
+        except StepFailed as exc:
+            self.post_message(PublishProgress(f"publish failed: {one_line(str(exc))}", done=True))
+            self.post_message(Notice(f"publish failed: {exc}", "error"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a worker error must reach the person, not end the app
+            self.post_message(PublishProgress(f"publish failed: {type(exc).__name__}: {exc}", done=True))
+            self.post_message(Notice(f"publish failed: {type(exc).__name__}: {exc}", "error"))
+            return
+        self.post_message(PublishProgress(f"publish: {result.summary}", done=True))
+        self.post_message(Notice(result.summary))
+
+    @on(PublishProgress)
+    def _publish_progress(self, message: PublishProgress) -> None:
+        self.query_one("#train-publish", Static).update(message.text)
+        if message.done:
+            self._publishing = False
 
     def action_full_log(self) -> None:
         if self.record is None:
