@@ -198,7 +198,10 @@ def test_publish_runs_only_when_asked(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "== Publish" not in capsys_out.getvalue()  # a plain full replay never publishes
     monkeypatch.setenv("HF_TOKEN", WRITE)
     path.write_text('version = 1\n[dataset]\nsource = "."\n[publish]\nrepo = "alice/x"\n')
+    import huggingface_hub.constants as constants
+
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read at import: another test may have imported it offline
     assert cli.main(["--replay", str(path)]) == 0
     assert "== Publish (publish) ==" in capsys_out.getvalue()  # ... unless [publish] repo says where
     assert cli.main(["--replay", str(path), "--steps", "train,publish", "--detach"]) == 2
@@ -258,3 +261,17 @@ async def test_train_screen_p_without_a_repo_says_what_to_set(hub: FakeHub, trai
         assert not isinstance(app.screen, ConfirmScreen)
         assert any("[publish] repo" in n.message for n in app._notifications)
     assert hub.requests() == []
+
+
+def test_a_long_upload_keeps_reporting() -> None:
+    from lorawizard.core.progress import ProgressMeter
+    from lorawizard.core.publish import _heartbeat
+
+    events: list = []
+    meter = ProgressMeter(events.append, "publish", "uploading", 100, "B")
+    with _heartbeat(meter, "big.safetensors", every=0.02):
+        time.sleep(0.2)
+    count = len(events)
+    time.sleep(0.1)
+    assert count >= 3 and len(events) == count  # it ticks while the file uploads, and stops with it
+    assert all("big.safetensors" in e.detail and "on it" in e.detail for e in events)

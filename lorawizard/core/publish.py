@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorawizard.core.fsutil import atomic_write_json
-from lorawizard.core.progress import ProgressMeter, format_bytes
+from lorawizard.core.progress import ProgressMeter, format_bytes, format_duration
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed, StepResult
 from lorawizard.core.text import one_line
@@ -306,8 +309,9 @@ def _publish(ctx: StepContext, the_plan: Plan, total: int) -> StepResult:
         meter.update(meter.done, f"{f.path_in_repo} ({format_bytes(size)})", force=True)
         source: Any = str(f.source) if f.source is not None else f.data
         try:
-            api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=source)],
-                              commit_message=f"lorawizard: upload {f.path_in_repo}")
+            with _heartbeat(meter, f"{f.path_in_repo} ({format_bytes(size)})"):
+                api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=source)],
+                                  commit_message=f"lorawizard: upload {f.path_in_repo}")
         except Exception as exc:  # noqa: BLE001
             error = _explain(exc, repo_id)
             raise StepFailed(f"{error} ({len(uploaded) + len(skipped)} of {len(the_plan.files)} files are up; "
@@ -326,6 +330,26 @@ def _publish(ctx: StepContext, the_plan: Plan, total: int) -> StepResult:
                             f"{len(skipped)} already there)",
                       details=[f"repo: {url} ({visibility} when created)"],
                       data={"repo": repo_id, "url": url, "uploaded": uploaded, "skipped": skipped})
+
+
+@contextmanager
+def _heartbeat(meter: ProgressMeter, detail: str, every: float = 1.0) -> Iterator[None]:
+    """While one file uploads (huggingface_hub reports nothing to us), repeat the progress line each second with the
+    time spent on it, so a large LoRA shows it is moving; the ETA stays the meter's (from the files before)."""
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            meter.callback(meter.snapshot(f"{detail}, {format_duration(time.monotonic() - started)} on it"))
+
+    thread = threading.Thread(target=tick, name="publish-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _create_repo(ctx: StepContext, api: Any, repo_id: str, private: bool, state: dict[str, Any]) -> bool:
