@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -103,25 +102,9 @@ def make_photos(folder: Path) -> None:
 
 def make_trainer(home: Path) -> tuple[Path, Path]:
     """A fake sd-scripts checkout (git, branch sd3, origin set) whose .venv/bin/python is the demo trainer Python."""
-    from tests.fake_trainer_env import canned_check, make_canned_python, make_checkout
-    from tests.standin import make_fake_sd_scripts
+    from tests.standin import make_ready_trainer
 
-    sd_scripts = make_checkout(home / "sd-scripts")  # git checkout on sd3 (its flux_train_network.py is a stub)
-    make_fake_sd_scripts(home)  # ...replaced by the stand-in trainer; its python wrapper goes to .venv/bin/python
-    venv = sd_scripts / ".venv" / "bin"
-    standin = venv / "python"
-    standin.rename(venv / "python-standin")
-    make_canned_python(venv / "python-check", canned_check(python="3.10.14", sd_scripts=sd_scripts))
-    python = venv / "python"
-    python.write_text(
-        "#!/bin/sh\n"
-        "# demo trainer python (screenshots only): the environment check gets the fake trainer env's canned answer,\n"
-        "# everything else runs the stand-in trainer (tests/standin)\n"
-        'case "$1" in */trainer_check.py) exec ' + shlex.quote(str(venv / "python-check")) + ' "$@";; esac\n'
-        "exec " + shlex.quote(str(venv / "python-standin")) + ' "$@"\n'
-    )
-    python.chmod(0o755)
-    return sd_scripts, python
+    return make_ready_trainer(home)
 
 
 def make_models(home: Path) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import stat as statmod
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,3 +228,36 @@ def _stem_key(rel: str) -> str:
     folder, _, name = rel.rpartition("/")
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return f"{folder}/{stem}"
+
+
+def guess_photo_folder(project: Path, exclude: Iterable[Path] = ()) -> Path | None:
+    """The project folder's one subfolder with images in it (at any depth), or None: when there are several (the
+    person chooses), none, or images directly in the project folder (it is not a photo folder: lorawizard writes
+    there). Hidden folders and `exclude` (the dataset and runs folders) are not candidates. Stops at each folder's
+    first image, so a big photo folder costs a few directory reads."""
+    skip = {path.resolve() for path in exclude}
+    try:
+        entries = sorted(os.scandir(project), key=lambda entry: entry.name)
+    except OSError:
+        return None
+    found: list[Path] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            return None  # photos in the project folder itself
+        if entry.is_dir() and Path(entry.path).resolve() not in skip and _holds_images(Path(entry.path)):
+            found.append(Path(entry.path))
+    return found[0] if len(found) == 1 else None
+
+
+def _holds_images(folder: Path, max_folders: int = 200) -> bool:
+    """An image somewhere below `folder`, looking into at most `max_folders` folders (a checkout or a venv in the
+    project is not a photo folder, and the screen asks on its own thread)."""
+    for seen, (_root, dirs, files) in enumerate(os.walk(folder)):
+        if seen >= max_folders or "pyvenv.cfg" in files:
+            return False
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in files):
+            return True
+    return False

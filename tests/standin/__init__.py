@@ -42,6 +42,30 @@ def make_fake_sd_scripts(tmp_path: Path | str) -> tuple[Path, Path]:
     return root, python
 
 
+def make_ready_trainer(home: Path) -> tuple[Path, Path]:
+    """`~/sd-scripts` as a person who set it up has it: a git checkout (branch sd3, origin kohya-ss) whose
+    `.venv/bin/python` answers the environment check with the fake trainer env's canned answer (torch 2.6, CUDA,
+    accelerate: all fine) and runs everything else with the stand-in trainer. Returns (sd_scripts, python)."""
+    from tests.fake_trainer_env import canned_check, make_canned_python, make_checkout
+
+    sd_scripts = make_checkout(home / "sd-scripts")  # git checkout on sd3 (its flux_train_network.py is a stub)
+    make_fake_sd_scripts(home)  # ...replaced by the stand-in trainer; its python wrapper goes to .venv/bin/python
+    venv = sd_scripts / ".venv" / "bin"
+    standin = venv / "python"
+    standin.rename(venv / "python-standin")
+    make_canned_python(venv / "python-check", canned_check(python="3.10.14", sd_scripts=sd_scripts))
+    python = venv / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        "# a ready trainer python (tests, screenshots): the environment check gets the fake trainer env's canned\n"
+        "# answer, everything else runs the stand-in trainer (tests/standin)\n"
+        'case "$1" in */check_environment.py) exec ' + shlex.quote(str(venv / "python-check")) + ' "$@";; esac\n'
+        "exec " + shlex.quote(str(venv / "python-standin")) + ' "$@"\n'
+    )
+    python.chmod(0o755)
+    return sd_scripts, python
+
+
 def standin_env(**values: object) -> dict[str, str]:
     """os.environ plus STANDIN_* settings, e.g. `standin_env(STEP_SECONDS=0.01, NAN_AT_STEP=3)`."""
     env = dict(os.environ)

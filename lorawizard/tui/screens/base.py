@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TextArea
+from textual.widgets import DataTable, Footer, Input, Static, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.typed_app import wizard_app
@@ -85,6 +85,14 @@ class StepScreen(Screen):
             main.focus()
         else:
             self.set_focus(None)
+
+    @on(DataTable.RowSelected)
+    def _enter_on_main(self, event: DataTable.RowSelected) -> None:
+        """Enter on the screen's main table runs the primary action, as everywhere (a DataTable takes Enter for
+        itself: before this, Enter on the Models and GPU screens did nothing)."""
+        if self.MAIN and event.data_table.id == self.MAIN.removeprefix("#"):
+            event.stop()
+            self.action_primary()
 
     @on(Input.Submitted)
     def _back_to_main(self) -> None:

@@ -149,6 +149,7 @@ class DatasetScreen(StepScreen):
         self._preview_timer: Timer | None = None
         self._scanning = False
         self._scanned_settings: tuple[Any, ...] = ()
+        self._guess: str | None = None  # the photo folder found in the project, until the person accepts it
 
     # -- layout
 
@@ -177,8 +178,16 @@ class DatasetScreen(StepScreen):
         table.add_column("note", key="note")
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")
-            self._set_head(Text("Choose the folder with your photos (source) and press Enter: the scan starts.", style="yellow"))
-            self.query_one("#set-dataset-source", Input).focus()  # the one thing this screen needs first
+            field = self.query_one("#set-dataset-source", Input)
+            self._guess = self._guess_source()
+            if self._guess:
+                field.placeholder = f"{self._guess} (found; Enter uses it, or type another folder)"
+                self._set_head(Text(f"Found {self._guess}/: Enter scans it (or type another folder as source).",
+                                    style="yellow"))
+            else:
+                self._set_head(Text("Choose the folder with your photos (source) and press Enter: the scan starts.",
+                                    style="yellow"))
+            field.focus()  # the one thing this screen needs first
             return
         table.focus()
         self.rescan()
@@ -287,10 +296,6 @@ class DatasetScreen(StepScreen):
             return
         self.current = str(key)
         self._show_preview()
-
-    @on(DataTable.RowSelected, "#ds-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        self.action_primary()
 
     def _set_head(self, text: Text) -> None:
         self.query_one("#ds-head", Static).update(text)
@@ -503,9 +508,23 @@ class DatasetScreen(StepScreen):
     def _settings_now(self) -> tuple[Any, ...]:
         return tuple(self.session.get(key) for key in SETTINGS)
 
+    def _guess_source(self) -> str | None:
+        """The project folder's one folder of images, as a person would type it (relative), shown as a guess only:
+        session.toml gets it when the person accepts it with Enter."""
+        from lorawizard.core.scan import guess_photo_folder
+
+        session = self.session
+        paths = session.paths
+        folder = guess_photo_folder(session.project_dir, [paths.dataset, paths.runs, paths.state, paths.models])
+        return folder.relative_to(session.project_dir).as_posix() if folder is not None else None
+
     @on(SettingsForm.Saved)
-    def _setting_saved(self) -> None:
-        """Rescan once a setting really changed (Enter or leaving a field; the value is in the session already)."""
+    def _setting_saved(self, message: SettingsForm.Saved) -> None:
+        """Rescan once a setting really changed (Enter or leaving a field; the value is in the session already).
+        Enter in the empty source field takes the guessed photo folder."""
+        if message.key == "dataset.source" and message.value is None and message.submitted and self._guess:
+            if wizard_app(self).decide("dataset.source", self._guess) is None:
+                self.query_one("#set-dataset-source", Input).value = self._guess
         self._rescan_if_settings_changed()
 
     def _rescan_if_settings_changed(self) -> None:

@@ -7,6 +7,7 @@ only turns the step's result into widgets.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.table import Table
@@ -60,6 +61,7 @@ class EnvironmentScreen(StepScreen):
         self.command: Any = None  # core.command.TrainCommand
         self.findings: list[core_env.Finding] = []
         self._fixing = False
+        self._guessed = False  # sd-scripts found in a usual place, not yet kept
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="lead")  # above the findings: what to do when sd-scripts is missing
@@ -76,7 +78,29 @@ class EnvironmentScreen(StepScreen):
         yield Static("", id="command-note")
 
     def on_mount(self) -> None:
+        found = self._show_guesses()
+        if found is not None:
+            self.query_one("#findings", Static).update(Text(
+                f"Found sd-scripts in {display_path(found)}. Press Enter to check the environment "
+                "(or type another path below).", style="dim"))
         self._show_command_preview()
+
+    def _show_guesses(self) -> Path | None:
+        """sd-scripts in a usual place and the venv inside it, shown as guesses (placeholders): the check (Enter)
+        keeps them in session.toml; typing a path replaces them."""
+        session = wizard_app(self).session
+        sd_scripts = None if session.is_set("paths.sd_scripts") else core_env.find_sd_scripts(session)
+        guesses = {"paths.sd_scripts": sd_scripts}
+        if not session.is_set("paths.python"):
+            python = core_env.find_python(session, sd_scripts or session.paths.sd_scripts)
+            guesses["paths.python"] = python if python is not None and python.exists() else None
+        found = {key: path for key, path in guesses.items() if path is not None}
+        for key, path in found.items():
+            field = self.query_one("#set-" + key.replace(".", "-"), Input)
+            field.placeholder = f"{display_path(path)} (found" + (
+                "; Enter checks it and keeps it)" if key == "paths.sd_scripts" else ": the venv in sd-scripts)")
+        self._guessed = sd_scripts is not None
+        return sd_scripts
 
     # -- the command
 
@@ -87,7 +111,10 @@ class EnvironmentScreen(StepScreen):
         try:
             command = core_env.preview_command(wizard_app(self).session)
         except CommandError as exc:
-            self._set_command(None, f"✗ {exc}")
+            if self._guessed and not wizard_app(self).session.is_set("paths.sd_scripts"):
+                self._set_command(None, "shown once the check (Enter) has kept the sd-scripts found")
+            else:
+                self._set_command(None, f"✗ {exc}")
             return
         self._set_command(command, "y copies it as one line · its config files are written by the check (Enter)")
 
@@ -170,6 +197,7 @@ class EnvironmentScreen(StepScreen):
             value = session.get(key)
             if value and widget.value != value:
                 widget.value = value
+        self._show_guesses()
 
     # -- actions
 
