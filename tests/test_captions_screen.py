@@ -282,3 +282,34 @@ async def test_the_guide_stays_out_of_the_editors_way_when_narrow(isolated_home:
         await pilot.resize_terminal(120, 40)
         await pilot.pause()
         assert "should NOT learn: for a" in str(info.render())
+
+
+async def test_trigger_dialog_at_80x24_enter_closes_and_labels_sit_beside_their_fields(isolated_home: Path) -> None:
+    """A person types the word and presses Enter: the dialog closes with the word saved. Each label is on the row
+    of its field (a margin meant for the dialog's intro once pushed every label a row below its field)."""
+    from textual.widgets import Switch
+
+    from lorawizard.tui.screens.captions import TriggerScreen
+    from lorawizard.tui.widgets.settings_form import SettingsForm
+
+    project = demo_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, TriggerScreen)
+        form = dialog.query_one(SettingsForm)
+        for row, field in zip(form.query("Horizontal"), (Input, Switch)):
+            label = row.query_one(".setting-label")
+            assert label.region.y == row.query_one(field).region.y, label.render()
+        intro = dialog.query_one("Vertical > Label")
+        assert intro.region.height >= 2  # wraps inside the dialog instead of being cut at its edge
+        field = dialog.query_one("#set-dataset-trigger", Input)
+        assert app.focused is field
+        await pilot.press("ctrl+a", "ctrl+k", *"sks", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, CaptionsScreen)
+        assert screen_of(app).captions.trigger == "sks"
+        assert app.session.get("dataset.trigger") == "sks"

@@ -123,3 +123,32 @@ async def test_sample_prompts_are_editable_on_the_train_screen(home_project: Pat
         field.value = "'mychar, a photo' 'mychar --w 64, \"quoted\"'"
         await pilot.pause(0.1)
         assert app.session.get("train.samples.prompts") == ["mychar, a photo", 'mychar --w 64, "quoted"']
+
+
+async def test_pages_count_from_the_newest_epoch_and_stay_full(home_project: Path) -> None:
+    """Five epochs, four columns at 80x24: the gallery follows the newest epoch (epochs 4-16 shown); that is the
+    last page, `]` there changes nothing, `[` shows the baseline. (It used to say page 1/2 there, and `]` showed
+    epoch 16 alone as page 2/2.)"""
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    screen = _screen(home_project, [0, 4, 8, 12, 16])
+
+    def title() -> str:
+        return str(screen.query_one("#samples-title").render())
+
+    def shown() -> list[int]:
+        return screen.gallery.epochs[screen.first : screen.first + page_layout(80, 24, 3)[2]]
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(screen)
+        await pilot.pause(0.2)
+        await pilot.press("right", "right", "right", "right")
+        assert shown() == [4, 8, 12, 16] and "page 2/2" in title()
+        await pilot.press("right_square_bracket")
+        assert shown() == [4, 8, 12, 16] and "page 2/2" in title()
+        assert screen.gallery.epochs[screen.col] == 16
+        await pilot.press("left_square_bracket")
+        assert shown() == [0, 4, 8, 12] and "page 1/2" in title()
+        await pilot.press("left_square_bracket")
+        assert shown() == [0, 4, 8, 12] and screen.first == 0
+        await pilot.press("right_square_bracket")
+        assert shown() == [4, 8, 12, 16] and "page 2/2" in title()

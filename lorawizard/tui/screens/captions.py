@@ -640,7 +640,7 @@ class TriggerScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     TriggerScreen { align: center middle; }
     TriggerScreen > Vertical { width: 72; height: auto; border: round $accent; background: $surface; padding: 0 1; }
-    TriggerScreen Label { margin: 1 0 0 0; }
+    TriggerScreen > Vertical > Label { margin: 1 0 0 0; width: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
@@ -651,6 +651,12 @@ class TriggerScreen(ModalScreen[None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_close()
+
+    @on(SettingsForm.Saved)
+    def _saved(self, message: SettingsForm.Saved) -> None:
+        """Enter in the trigger field is done (the word is saved; a refused one keeps the dialog open, saying why)."""
+        if message.submitted:
+            self.action_close()
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -150,7 +150,8 @@ class SamplesScreen(Screen[None]):
             self.first = self.col - columns + 1
         shown = epochs[self.first : self.first + columns]
         pages = max(1, -(-len(epochs) // columns))
-        page = self.first // columns + 1 if columns else 1
+        # counted from the newest epoch: the window that ends with it is the last page (it opens there)
+        page = pages - -(-max(0, len(epochs) - self.first - columns) // columns)
         title = Text(f" samples · {self.output_name} · {len(epochs)} columns", no_wrap=True, overflow="ellipsis")
         if pages > 1:
             title.append(f" · page {page}/{pages} ([ ])")
@@ -216,9 +217,13 @@ class SamplesScreen(Screen[None]):
         self.redraw()
 
     def action_page(self, pages: int) -> None:
+        """Moves the window a page of columns, never past either end (so a page is always full: the last one ends
+        with the newest epoch, the first one begins with the oldest); the cursor moves along with it."""
         _, _, columns = self._layout()
-        self.col = max(0, min(len(self.gallery.epochs) - 1, self.col + pages * columns))
-        self.first = max(0, (self.col // columns) * columns)
+        count = len(self.gallery.epochs)
+        first = max(0, min(count - columns, self.first + pages * columns))
+        self.col = max(first, min(first + columns - 1, count - 1, self.col + first - self.first))
+        self.first = first
         self.redraw()
 
     def selected(self) -> tuple[int, Any] | None:
