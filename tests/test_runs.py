@@ -144,6 +144,22 @@ def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
     assert runs.resume_overrides(newest, 4) == {"initial_step": 8}
 
 
+def test_resume_after_a_finished_run_says_there_is_nothing_left(tmp_path: Path) -> None:
+    """The newest state is the end of training: r (or --resume) refuses in one line instead of launching a run that
+    trains nothing; with more epochs asked for, it resumes from that state."""
+    from lorawizard.core.steps import StepFailed
+
+    session = make_train_project(tmp_path, epochs=2)  # 2 steps per epoch
+    finished = _wait(_start(session, STEP_SECONDS=0.01))
+    assert finished.state.model_saved and runs.newest_state(session.paths.runs).epoch == 2
+    with pytest.raises(StepFailed, match="nothing to resume: .* already at epoch 2 of train.max_train_epochs = 2"):
+        plan_run(session, resume=True)
+    assert len(runs.list_runs(session.paths.runs)) == 1  # no run folder left behind
+    session.set("train.max_train_epochs", 3)
+    plan = plan_run(session, resume=True)
+    assert (plan.base_epoch, plan.base_step) == (2, 4)
+
+
 def _diagnose_run(tmp_path: Path, session=None, **env: object):
     session = session or make_train_project(tmp_path)
     record = _start(session, STEP_SECONDS=0.01, **env)

@@ -148,6 +148,11 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
             extra["state_step_offset"] = state.step - state.step % per_epoch  # sd-scripts' step restarts at the remainder
         else:
             overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
+        epochs = int(session.get("train.max_train_epochs"))
+        if base_epoch >= epochs:
+            raise StepFailed(f"nothing to resume: the newest saved state ({state.path.name}, run {state.run_id}) is "
+                             f"already at epoch {epochs} of train.max_train_epochs = {epochs}; start a new run, or "
+                             "raise train.max_train_epochs to train on from it")
     cadence = statesave.cadence(session)
     overrides.update(cadence.overrides())
     run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
