@@ -11,7 +11,7 @@ a run that was started is left running. The wizard's Train screen uses
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,44 @@ class RunFollower:
             self.state, alive=alive, returncode=None if alive else self.record.returncode(),
             quiet_s=self.quiet_s, stopped=self.record.stop_requested is not None,
         )
+
+
+@dataclass
+class Tick:
+    """One look at a followed run: `follower.state` is up to date; `new_lines` arrived since the previous tick."""
+
+    follower: RunFollower
+    record: RunRecord  # reloaded once the run has ended (its exit information)
+    alive: bool
+    new_lines: list[Any]  # logparse.Line
+    first: bool
+
+
+def watch(record: RunRecord, *, poll_s: float = 0.25, wait: Callable[[float], bool | None] = time.sleep,
+          follower: RunFollower | None = None) -> Generator[Tick, None, None]:
+    """The one follow loop (headless `follow` and the wizard's dashboard): poll the log, yield a `Tick`, wait
+    `poll_s`; after the run has ended the rest of the log is read and a last tick yielded. `wait` returning True
+    stops the loop (a threading.Event's wait). Closing the iterator early reads the rest of the log too."""
+    follower = follower or RunFollower(record)
+    seen, first, finished = 0, True, False
+    try:
+        while True:
+            follower.poll()
+            alive = record.is_alive()
+            if not alive:
+                follower.finish()
+                finished = True
+                record = record.reload()
+            state = follower.state
+            count, seen = state.line_count - seen, state.line_count
+            new = list(state.lines)[-count:] if count > 0 else []
+            yield Tick(follower, record, alive, new, first)
+            first = False
+            if not alive or wait(poll_s):
+                return
+    finally:
+        if not finished:
+            follower.finish()
 
 
 # ------------------------------------------------------------------ starting a run
@@ -377,10 +415,9 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     seen_epochs = 0
     last_phase = ""
     warned: set[str] = set()
+    ticks = watch(record, poll_s=poll_s, follower=follower)
     try:
-        while True:
-            follower.poll()
-            alive = record.is_alive()
+        for tick in ticks:
             while seen_epochs < len(follower.epochs_seen):
                 epoch = follower.epochs_seen[seen_epochs]
                 seen_epochs += 1
@@ -391,11 +428,11 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
             elif state.phase != last_phase:
                 ctx.log(f"train: {state.phase}…")
             last_phase = state.phase
-            problem = follower.diagnosis(alive=alive) if alive else None
+            problem = follower.diagnosis(alive=tick.alive) if tick.alive else None
             if problem is not None and problem.kind not in warned:
                 warned.add(problem.kind)
                 ctx.log(f"train: warning: {problem.line()}")
-            if not alive:
+            if not tick.alive:
                 break
             if orphans.check(state, follower.clock()):
                 ctx.log(f"train: {orphans.reason(state)}: stopping the rest of run {record.run_id}")
@@ -403,9 +440,8 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 continue
             if ctx.cancel.is_set():
                 _stop_on_cancel(ctx, record)
-            time.sleep(poll_s)
     finally:
-        follower.finish()
+        ticks.close()  # reads the rest of the log (also when cancelled)
     ctx.progress(_progress(state, finished=True))
     record = record.reload()
     code = record.returncode()

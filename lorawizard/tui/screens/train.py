@@ -1,16 +1,16 @@
 """Train step screen: start/attach a detached run and watch it (progress, loss, GPU, resources, checkpoints, log).
 
-A thread worker tails the run's train.log through `core.training.RunFollower` and posts one `TrainUpdate` a few
-times a second (never one message per log line). Leaving the wizard leaves the run running; opening the project
-again reattaches (pid + create-time). Keys: s stop (SIGINT → SIGTERM → SIGKILL), r resume from the newest state,
-l the full log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a confirmation).
+A thread worker follows the run through `core.dashboard.views` (the one follow loop, `core.training.watch`) and
+posts one `TrainUpdate` a few times a second (never one message per log line); the screen only renders. Leaving
+the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop
+(SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full log, g the samples, p publish the kept
+LoRA to the Hugging Face hub (after a confirmation).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,6 @@ from lorawizard.tui.widgets.train_panels import (
     TrainView,
 )
 
-UPDATE_EVERY_S = 0.25
-SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
 TAIL_LINES = 300
 
 
@@ -60,34 +58,6 @@ class RunStarted(Message):
 class PublishProgress(Message):
     text: str  # one line: what is uploading, bytes, rate, ETA
     done: bool = False
-
-
-class ProcessSampler:
-    """CPU % and RSS of a run's process tree; keeps psutil.Process objects so cpu_percent has a baseline."""
-
-    def __init__(self) -> None:
-        self._procs: dict[int, Any] = {}
-
-    def sample(self, tree: list[Any]) -> tuple[float | None, int | None, int]:
-        import psutil
-
-        if not tree:
-            self._procs.clear()
-            return None, None, 0
-        cpu, rss, alive = 0.0, 0, 0
-        current = {}
-        for proc in tree:
-            known = self._procs.get(proc.pid, proc)
-            current[proc.pid] = known
-            try:
-                with known.oneshot():
-                    cpu += known.cpu_percent(None)
-                    rss += known.memory_info().rss
-                alive += 1
-            except psutil.Error:
-                continue
-        self._procs = current
-        return cpu, rss, alive
 
 
 class FullLogScreen(ModalScreen[None]):
@@ -228,56 +198,11 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-tail", exit_on_error=False)
     def _tail(self, record: Any, stop: threading.Event) -> None:
-        from lorawizard.core.training import RunFollower
+        from lorawizard.core.dashboard import views
 
-        follower = RunFollower(record)
-        sampler = ProcessSampler()
         name = record.output_name or wizard_app(self).session.get("name")
-        slow_at, seen, first = 0.0, 0, True
-        extra: dict[str, Any] = {}
-        while True:
-            follower.poll()
-            alive = record.is_alive()
-            if not alive:
-                follower.finish()
-                record = record.reload()
-            state = follower.state
-            now = time.monotonic()
-            if now >= slow_at or not alive:
-                slow_at = now + SLOW_EVERY_S
-                extra = self._slow_readings(record, sampler, alive, name)
-            count, seen = state.line_count - seen, state.line_count
-            new = list(state.lines)[-count:] if count > 0 else []
-            status = "running" if alive else record.status()
-            self.post_message(TrainUpdate(_view_from(state, record, name, status, alive, new, first, follower, extra)))
-            first = False
-            if not alive or stop.wait(UPDATE_EVERY_S):
-                return
-
-    def _slow_readings(self, record: Any, sampler: ProcessSampler, alive: bool, name: str) -> dict[str, Any]:
-        from lorawizard.core import runs
-
-        readings: dict[str, Any] = {}
-        cpu, rss, procs = sampler.sample(record.process_tree() if alive else [])
-        readings.update(cpu_pct=cpu, rss=rss, procs=procs)
-        readings["checkpoints"] = [(p.stem, e, s) for p, e, s in runs.checkpoints(record.dir, name)]
-        readings["sample"] = runs.newest_sample(record.dir)
-        gpu, note, gpus = None, "", []
-        if record.gpu_uuid:
-            try:
-                from lorawizard.core import gpu as gpu_module
-
-                uuids = list(record.extra.get("gpu_uuids") or [record.gpu_uuid])
-                inv = gpu_module.inventory()
-                gpus = [g for g in (inv.by_uuid(u) for u in uuids) if g is not None]  # every GPU of the run
-                gpu = gpus[0] if gpus else None
-                note = "" if len(gpus) == len(uuids) else f"{len(uuids) - len(gpus)} GPU(s) not visible to NVML"
-            except Exception as exc:  # noqa: BLE001 - the GPU panel must never break the dashboard
-                note = f"no GPU reading ({exc.__class__.__name__})"
-        else:
-            note = "no GPU chosen (step 5)"
-        readings.update(gpu=gpu, gpu_note=note, gpus=gpus if len(gpus) > 1 else [])
-        return readings
+        for view in views(record, name, wait=stop.wait):
+            self.post_message(TrainUpdate(view))
 
     def on_unmount(self) -> None:
         self._stop_tail.set()
@@ -495,23 +420,3 @@ def _line_text(line: Any) -> str:
     if level in ("WARNING", "ERROR", "CRITICAL"):
         text = f"{level}: {text}"
     return text[:1000]
-
-
-def _view_from(state: Any, record: Any, name: str, status: str, alive: bool, new_lines: list[Any], first: bool,
-               follower: Any, extra: dict[str, Any]) -> TrainView:
-    states = [s for s in state.states]
-    elapsed = None
-    if record.started_ts:
-        info = record.exit_info() if not alive else None
-        end = info.get("ended") if info else None
-        elapsed = (end or time.time()) - record.started_ts if (alive or end) else state.elapsed_s
-    return TrainView(
-        name=name, run_id=record.run_id, status=status, phase=state.phase, epoch=state.epoch, epochs=state.epochs,
-        step=state.step, total_steps=state.total_steps, rate=state.rate, elapsed_s=elapsed, eta_s=state.eta_s,
-        loss=state.loss, base_step=record.base_step, losses=state.losses.values(400), bar_line=state.bar_line,
-        new_lines=new_lines, reset_lines=first, checkpoints=extra.get("checkpoints", []), states=len(states),
-        newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
-        gpus=extra.get("gpus", []),
-        gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"), rss=extra.get("rss"),
-        procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive), log_path=str(record.log_path),
-    )

@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 from rich.text import Text
 from textual.widgets import Static
 
+from lorawizard.core.dashboard import TrainView
 from lorawizard.core.progress import format_bytes, format_duration
 
-
-@dataclass
-class TrainView:
-    """Everything the dashboard shows, computed off the UI thread (or built by hand in tests)."""
-
-    name: str = ""
-    run_id: str = ""
-    status: str = "no run"  # running | finished | failed | stopped | lost | no run
-    phase: str = ""
-    epoch: int = 0
-    epochs: int | None = None
-    step: int = 0
-    total_steps: int | None = None
-    rate: float | None = None
-    elapsed_s: float | None = None
-    eta_s: float | None = None
-    loss: float | None = None
-    base_step: int = 0
-    losses: list[float] = field(default_factory=list)
-    bar_line: str = ""
-    new_lines: list[Any] = field(default_factory=list)  # logparse.Line
-    reset_lines: bool = False
-    checkpoints: list[tuple[str, int | None, int]] = field(default_factory=list)  # name, epoch, bytes
-    states: int = 0
-    newest_state: str = ""
-    sample: Path | None = None
-    gpu: Any = None  # core.gpu.GpuInfo
-    gpus: list[Any] = field(default_factory=list)  # every GPU of a run on several (rank order); empty for one
-    gpu_note: str = ""
-    cpu_pct: float | None = None
-    rss: int | None = None
-    procs: int = 0
-    diagnosis: Any = None  # core.diagnosis.Diagnosis
-    log_path: str = ""
+__all__ = ["TrainView", "TrainHeader", "DiagnosisLine", "ResourcePanel", "CheckpointPanel"]
 
 
 def _rate(rate: float | None) -> str:
