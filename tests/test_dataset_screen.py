@@ -52,7 +52,8 @@ async def settle(pilot) -> None:  # noqa: ANN001
         if not isinstance(screen, DatasetScreen) or screen.plan is None:
             continue
         item = screen.items.get(screen.current or "")
-        if item is None or item.source in screen._thumbs or item.status == "bad" or item.source in screen._failed_thumbs:
+        if (item is None or item.source in screen._thumbs or item.status == "bad"
+                or screen._thumbs.problem(item.source) is not None):
             break
     await pilot.pause()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -36,6 +35,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from lorawizard.core import captions as core
 from lorawizard.core.captions import CaptionSet
 from lorawizard.core.session import SessionError
+from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
@@ -54,7 +54,6 @@ FILTER_KEYS = {"a": "all", "m": "missing", "e": "edited", "o": "over", "t": "tri
 THUMB_PIXELS = 192
 THUMBS_KEPT = 96  # decoded thumbnails (a few objects each)
 DRAWN_KEPT = 10  # of those, drawn as cells (the current one and its prefetched neighbours)
-LETTERBOX = (24, 24, 28)
 FREEZE_FROM = 1000  # images
 
 
@@ -122,7 +121,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self.captions: CaptionSet | None = None
         self.filter = "all"
         self.current: int | None = None
-        self._thumbs: OrderedDict[Path, tuple[Any, DrawnImage | None]] = OrderedDict()  # image, its cells
+        self._thumbs: ThumbnailCache[Path] = ThumbnailCache(THUMBS_KEPT, drawn_kept=DRAWN_KEPT)  # image, its cells
         self._problem = ""
         self._manifest_stamp: tuple[int, int] | None = None
 
@@ -315,8 +314,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         thumb = self._thumbs.get(path)
         widget = self.query_one("#cap-image")
         if thumb is not None:
-            self._thumbs.move_to_end(path)
-            widget.show(*thumb)  # type: ignore[attr-defined]
+            widget.show(thumb.picture, thumb.drawn)  # type: ignore[attr-defined]
         else:
             widget.show(None)  # type: ignore[attr-defined]
         style = widget.visual_style.rich_style if widget.prerenders else None  # type: ignore[attr-defined]
@@ -341,26 +339,17 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         for wanted in [path, *more]:
             if worker.is_cancelled:
                 return
-            cached = self._thumbs.get(wanted)
-            if cached is not None and (style is None or cached[1] is not None and cached[1].size == box):
+            cached = self._thumbs.peek(wanted)
+            if cached is not None and (style is None or cached.drawn is not None and cached.drawn.size == box):
                 continue
-            thumb = cached[0] if cached is not None else make_thumbnail(wanted)
+            thumb = cached.picture if cached is not None else make_thumbnail(wanted)
             drawn = draw_cells(thumb, box, style) if style is not None and thumb is not None else None
             self.app.call_from_thread(self._image_loaded, wanted, thumb, drawn)
 
     def _image_loaded(self, path: Path, thumb: Any, drawn: DrawnImage | None = None) -> None:
         if thumb is not None:
-            self._thumbs[path] = (thumb, drawn)
-            self._thumbs.move_to_end(path)
-            while len(self._thumbs) > THUMBS_KEPT:
-                self._thumbs.popitem(last=False)
-            if drawn is not None:
-                # drawn cells are ~1,000 objects the garbage collector tracks per image: keep them only near
-                # the cursor, or each full collection walks 100,000 more of them (pauses of 100 ms and up)
-                for older in list(self._thumbs)[:-DRAWN_KEPT]:
-                    picture, cells = self._thumbs[older]
-                    if cells is not None:
-                        self._thumbs[older] = (picture, None)
+            # drawn cells are kept only near the cursor (DRAWN_KEPT): see core.thumbnails
+            self._thumbs.put(path, thumb, drawn)
         if self.captions is not None and self.current is not None and self.captions.items[self.current].output == path:
             self.query_one("#cap-image").show(thumb, drawn)  # type: ignore[attr-defined]
 
@@ -541,17 +530,7 @@ def make_thumbnail(path: Path) -> Any:
     Square because the image box is square in pixels (cells are twice as tall as wide): the box keeps
     its size for every picture, so showing the next one repaints it without a layout pass.
     """
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (THUMB_PIXELS, THUMB_PIXELS))
-            picture = ImageOps.contain(image.convert("RGB"), (THUMB_PIXELS, THUMB_PIXELS))
-    except (OSError, ValueError):
-        return None
-    canvas = Image.new("RGB", (THUMB_PIXELS, THUMB_PIXELS), LETTERBOX)
-    canvas.paste(picture, ((THUMB_PIXELS - picture.width) // 2, (THUMB_PIXELS - picture.height) // 2))
-    return canvas
+    return letterboxed(path, THUMB_PIXELS)
 
 
 @dataclass(frozen=True)

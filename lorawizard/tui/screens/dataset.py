@@ -8,7 +8,6 @@ into `[[dataset.images]]` at once (session.toml is written half a second after t
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from lorawizard.core import dataset as core
 from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError
+from lorawizard.core.thumbnails import ThumbnailCache, upright_preview
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -144,8 +144,7 @@ class DatasetScreen(StepScreen):
         self.items: dict[str, core.PlanItem] = {}
         self.filter_text = ""
         self.current: str | None = None
-        self._thumbs: OrderedDict[str, Any] = OrderedDict()
-        self._failed_thumbs: dict[str, str] = {}
+        self._thumbs: ThumbnailCache[str] = ThumbnailCache(THUMB_CACHE)  # by source
         self._preview_timer: Timer | None = None
         self._scanning = False
         self._scanned_settings: tuple[Any, ...] = ()
@@ -242,10 +241,10 @@ class DatasetScreen(StepScreen):
         for item in plan.items:  # a photo edited since its thumbnail was made
             before = self.items.get(item.source)
             if before is not None and before.sha256 != item.sha256:
-                self._thumbs.pop(item.source, None)
+                self._thumbs.forget(item.source)
         self.plan = plan
         self.items = {item.source: item for item in plan.items}
-        self._failed_thumbs.clear()
+        self._thumbs.clear_failures()
         self._fill_table()
         self._update_head()
 
@@ -344,11 +343,10 @@ class DatasetScreen(StepScreen):
         info.update(self._info_text(item))
         thumb = self._thumbs.get(item.source)
         if thumb is not None:
-            self._thumbs.move_to_end(item.source)
-            image.image = draw_crop(thumb, item)  # type: ignore[attr-defined]
+            image.image = draw_crop(thumb.picture, item)  # type: ignore[attr-defined]
             return
         image.image = None  # type: ignore[attr-defined]
-        if item.status == "bad" or item.source in self._failed_thumbs or not item.probe.ok:
+        if item.status == "bad" or self._thumbs.problem(item.source) is not None or not item.probe.ok:
             return
         if self._preview_timer is not None:
             self._preview_timer.stop()
@@ -357,27 +355,18 @@ class DatasetScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="dataset-preview", exit_on_error=False)
     def _load_preview(self, source: str, path: Path) -> None:
-        from lorawizard.core.imaging import ImageProblem, preview
-
-        try:
-            thumb, problem = preview(path, PREVIEW_PIXELS), ""
-        except ImageProblem as exc:
-            thumb, problem = None, str(exc)
-        except Exception as exc:  # never let a hostile file take the screen down
-            thumb, problem = None, f"cannot show it: {type(exc).__name__}"
+        thumb, problem = upright_preview(path, PREVIEW_PIXELS)
         self.app.call_from_thread(self._preview_loaded, source, thumb, problem)
 
     def _preview_loaded(self, source: str, thumb: Any, problem: str) -> None:
         if thumb is None:
-            self._failed_thumbs[source] = problem
+            self._thumbs.fail(source, problem)
             item = self.items.get(source)
             if item is not None and item.status != "bad":
                 item.notes.append(problem)
                 self._refresh_row(item)
         else:
-            self._thumbs[source] = thumb
-            while len(self._thumbs) > THUMB_CACHE:
-                self._thumbs.popitem(last=False)
+            self._thumbs.put(source, thumb)
         if source == self.current:
             self._show_preview()
 
@@ -396,7 +385,7 @@ class DatasetScreen(StepScreen):
             text.append("; ".join(notes) + "\n", style="italic")
         if item.status != "use":
             text.append(item.reason + "\n", style="red" if item.status == "bad" else "yellow")
-        problem = self._failed_thumbs.get(item.source)
+        problem = self._thumbs.problem(item.source)
         if problem and item.status != "bad":
             text.append(problem + "\n", style="red")
         return text
