@@ -15,6 +15,7 @@ from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.step_states import session_step_states, training_is_live
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
+from lorawizard.tui._textual_hacks import binding_chain
 from lorawizard.tui.messages import Notice, SessionSaveFailed, StepFinished, TerminalAnswered
 from lorawizard.tui.screens import SCREENS
 
@@ -149,7 +150,7 @@ class LoraWizardApp(App[None]):
             return False  # already there: the screen's own use of the key (Captions F4: undo bulk) gets it
         if action == "jump" and parameters and parameters[0] in STEP_ORDER:
             key = f"f{STEP_ORDER.index(str(parameters[0])) + 1}"
-            if any(key in bindings.key_to_bindings for node, bindings in self.screen._binding_chain if node is not self):
+            if any(key in bindings.key_to_bindings for node, bindings in binding_chain(self.screen) if node is not self):
                 return False  # the screen uses this F-key itself (Captions: F5 auto-caption)
         return True
 

@@ -37,12 +37,15 @@ from lorawizard.core.captions import CaptionSet
 from lorawizard.core.session import SessionError
 from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.tui._textual_hacks import (
+    clear_dirty_regions, refresh_scrollbars, renderable_class, set_virtual_size, shown_image,
+)
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptionMixin
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.typed_app import wizard_app
-from lorawizard.tui.widgets.caption_list import CaptionList, set_virtual_size, status_of
+from lorawizard.tui.widgets.caption_list import CaptionList, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
 
 GUIDE = (
@@ -512,7 +515,7 @@ class CaptionEditor(TextArea):
             super()._refresh_size()
             return
         set_virtual_size(self, Size(0, self.wrapped_document.height))
-        self._refresh_scrollbars()
+        refresh_scrollbars(self)
 
 
 
@@ -550,11 +553,11 @@ def draw_cells(image: Any, box: Size, style: RichStyle | None = None, renderable
     width, height = box
     if width <= 0 or height <= 0:
         return None
-    renderable_class = renderable or image_widget_class()._Renderable
+    drawer = renderable or renderable_class(image_widget_class())
     console = Console(file=io.StringIO(), width=width, height=height, color_system="truecolor", force_terminal=True,
                       legacy_windows=False)
     options = console.options.update(width=width, height=height, highlight=False)
-    segments = console.render(renderable_class(image, width, height), options)
+    segments = console.render(drawer(image, width, height), options)
     lines = [Strip(line) for line in islice(Segment.split_and_crop_lines(segments, width, include_new_lines=False,
                                                                           pad=False), height)]
     if style is not None:  # as Textual's render does: the widget's style underneath each cell's colours
@@ -572,9 +575,9 @@ def caption_image_class() -> Any:
     base = image_widget_class()
     cached = _IMAGE_CLASSES.get(base)
     if cached is None:
-        text_renderer = base._Renderable.__module__.rsplit(".", 1)[-1] in ("halfcell", "unicode")
+        text_renderer = renderable_class(base).__module__.rsplit(".", 1)[-1] in ("halfcell", "unicode")
 
-        class CaptionImage(base, Renderable=base._Renderable):  # type: ignore[misc, valid-type, call-arg]
+        class CaptionImage(base, Renderable=renderable_class(base)):  # type: ignore[misc, valid-type, call-arg]
             prerenders = text_renderer
             _drawn: DrawnImage | None = None
 
@@ -588,9 +591,9 @@ def caption_image_class() -> Any:
             def render_line(self, y: int) -> Strip:
                 drawn = self._drawn
                 style = self.visual_style.rich_style
-                if drawn is None or self._image is None or drawn.size != self.size or drawn.style != style:
+                if drawn is None or shown_image(self) is None or drawn.size != self.size or drawn.style != style:
                     return super().render_line(y)  # drawn for another box or style (resize, theme): render
-                self._dirty_regions.clear()  # what _render_content does: nothing left to render
+                clear_dirty_regions(self)
                 return drawn.lines[y] if 0 <= y < len(drawn.lines) else Strip.blank(self.size.width, style)
 
         cached = _IMAGE_CLASSES[base] = CaptionImage

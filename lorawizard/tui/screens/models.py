@@ -21,6 +21,7 @@ from lorawizard.core import catalog
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
 from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
+from lorawizard.tui._textual_hacks import require_update_dimensions
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -172,7 +173,7 @@ class ModelsScreen(StepScreen):
             return
         column.auto_width = False
         column.width = max(20, width - 18 - 24 - 2 * 3)
-        table._require_update_dimensions = True
+        require_update_dimensions(table)
         table.refresh()
 
     # -- running the step

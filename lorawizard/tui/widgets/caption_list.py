@@ -16,7 +16,6 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.widget import Widget
 
 from lorawizard.core.captions import (
     AUTO,
@@ -30,6 +29,7 @@ from lorawizard.core.captions import (
     Caption,
     CaptionSet,
 )
+from lorawizard.tui._textual_hacks import set_virtual_size
 
 
 def status_of(item: Caption) -> tuple[str, str]:
@@ -206,21 +206,6 @@ class CaptionList(ScrollView, can_focus=True):
         gap = max(1, width - len(left) - len(word))
         segments = [Segment(left + " " * gap, base), Segment(word, status_style)]
         return Strip(segments, width).crop(0, width).extend_cell_length(width, base)
-
-
-def set_virtual_size(widget: Widget, size: Size) -> None:
-    """Change how much a scrolling widget holds without laying out the whole screen.
-
-    Assigning `virtual_size` asks for a layout of the screen (and a repaint of everything it moves), but a
-    widget whose box does not depend on its content only needs its scrollbars and its own lines redrawn.
-    A scrollbar that appears or disappears still changes the box: setting its `display` lays out then.
-    """
-    if widget.virtual_size == size:
-        return
-    widget.set_reactive(Widget.virtual_size, size)
-    if widget.is_mounted and widget.container_size:
-        widget._scroll_update(size)  # noqa: SLF001  (what Textual's layout would do for this widget)
-    widget.refresh()
 
 
 def _position(rows: list[int], index: int) -> int:
