@@ -28,7 +28,7 @@ RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.8
 def gpus(monkeypatch: pytest.MonkeyPatch) -> list:
     """The NVML inventory the doctor sees (default: one RTX 3090 with a CUDA 12.8 driver)."""
     visible = [RTX3090]
-    monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(gpus=visible, problem=None, reason=None))
+    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=visible, problem=None, reason=None))
     return visible
 
 
@@ -164,7 +164,7 @@ def test_fork_and_export_are_warnings(project: Path, gpus: list) -> None:
 
 def test_git_details_without_the_git_binary(project: Path, gpus: list, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = make_checkout(project / "sd", git_branch="sd3")
-    monkeypatch.setattr(env.shutil, "which", lambda name: None)
+    monkeypatch.setattr(env.checkout.shutil, "which", lambda name: None)
     info = env.inspect_checkout(sd)
     assert info.branch == "sd3" and len(info.commit or "") == 40 and info.date is None
     assert info.remote == "https://github.com/kohya-ss/sd-scripts.git"
@@ -220,9 +220,9 @@ def test_check_that_hangs_is_stopped(project: Path, gpus: list) -> None:
 
 
 def test_old_python_is_an_error(project: Path, gpus: list) -> None:
-    finding = env._python_findings({"python": {"version": "3.9.18", "version_info": [3, 9, 18], "venv": True}})[0]
+    finding = env.doctor._python_findings({"python": {"version": "3.9.18", "version_info": [3, 9, 18], "venv": True}})[0]
     assert finding.status == "error" and finding.action == "venv"
-    assert env._python_findings({"python": {"version_info": [3, 13, 1]}})[0].status == "warning"
+    assert env.doctor._python_findings({"python": {"version_info": [3, 13, 1]}})[0].status == "warning"
 
 
 # ---------------------------------------------------------------- torch, CUDA, driver
@@ -284,7 +284,7 @@ def test_no_bf16_is_a_warning(project: Path, gpus: list) -> None:
 
 
 def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(
+    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(
         gpus=[], problem="no NVIDIA GPU visible — probing and training need one", reason="NVIDIA driver not installed"))
     session = setup(project, torch={"available": False, "devices": []})
     diagnosis = env.examine(session)
@@ -296,7 +296,7 @@ def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytes
 
 
 def test_nvml_blowing_up_is_a_finding(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env, "gpu_inventory", lambda: 1 / 0)
+    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: 1 / 0)
     found = by_key(env.examine(setup(project), imports=False))["gpu"]
     assert found.status == "warning" and "no NVIDIA GPU visible" in found.message
 

@@ -23,7 +23,7 @@ WEIRD = "we ird $x `y`;'q'&"
 @pytest.fixture(autouse=True)
 def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = fake_gpu(0, "NVIDIA GeForce RTX 4090", 24.0, cuda_driver_version="12.4")
-    monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
+    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_bad_branch_name_is_refused(project: Path) -> None:
 
 def test_venv_is_created_for_real(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = make_checkout(project / WEIRD, git_branch=None)
-    monkeypatch.setattr(env, "base_python_for_venv", lambda: sys.executable)
+    monkeypatch.setattr(env.trainer_python, "base_python_for_venv", lambda: sys.executable)
     session = new_session(project, sd)
     result = env.run_fix(session, "venv", with_pip=False)
     assert result.ok, result.summary
@@ -150,7 +150,7 @@ def test_venv_needs_sd_scripts_first(project: Path) -> None:
 
 @pytest.fixture
 def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env, "network_ok", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(env.fixes, "network_ok", lambda url, timeout=3.0: True)
 
 
 def venv_without_packages(project: Path) -> Session:

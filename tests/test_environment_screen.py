@@ -20,7 +20,7 @@ from tests.fake_trainer_env import canned_check, git, make_canned_python, make_c
 @pytest.fixture(autouse=True)
 def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
-    monkeypatch.setattr(env, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
+    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
 
 
 def fixed_project(name: str) -> Path:
