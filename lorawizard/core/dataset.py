@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -481,65 +482,20 @@ def _start_resource_tracker() -> None:
 
 
 def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyStats:
+    """Write the plan into the dataset folder: keep what is unchanged, carry captions that move with their image,
+    remove what the plan no longer holds, render the rest (a process pool), and write the manifest as it goes."""
     dataset_dir = plan.dataset
     stats = ApplyStats()
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    old_by_output = {str(r.get("output")): r for r in previous.get("images", []) if isinstance(r, dict)}
-    old_by_source = {str(r.get("source")): r for r in previous.get("images", []) if isinstance(r, dict)}
-    used = plan.used
+    old_records = [r for r in previous.get("images", []) if isinstance(r, dict)]
+    old_by_output = {str(r.get("output")): r for r in old_records}
+    old_by_source = {str(r.get("source")): r for r in old_records}
     writer = _ManifestWriter(dataset_dir, plan)
-    jobs: list[PlanItem] = []
-    for item in used:
-        if _same(old_by_output.get(item.output or ""), item, dataset_dir):
-            record = old_by_output[item.output or ""]
-            writer.records[item.output or ""] = {**record, "sidecar": item.sidecar, "notes": list(dict.fromkeys(item.notes + record.get("notes", [])))}
-            item.notes[:] = writer.records[item.output or ""]["notes"]
-            stats.unchanged += 1
-        else:
-            jobs.append(item)
-
+    used = plan.used
+    jobs = _keep_unchanged(used, old_by_output, writer, dataset_dir, stats)
     # Captions that move with their image (new bucket or number) are carried over before any cleanup.
-    carried: dict[str, bytes] = {}
-    for item in jobs:
-        old = old_by_source.get(item.source)
-        if old and old.get("output") != item.output:
-            try:
-                carried[item.output or ""] = (dataset_dir / Path(str(old["output"])).with_suffix(".txt")).read_bytes()
-            except OSError:
-                pass
-
-    for leftover in dataset_dir.glob(".*.tmp"):  # a manifest or report write cut short by a kill
-        _unlink(leftover)
-    wanted = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in used}
-    redo = {(str(Path(item.output or "").parent), Path(item.output or "").stem): item for item in jobs}
-    for folder in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)) if dataset_dir.is_dir() else []:
-        changed = False
-        for path in sorted(folder.iterdir()):
-            name = path.name
-            if name.startswith(".") and name.endswith(".tmp"):
-                _unlink(path)  # left behind by a kill during a write
-                continue
-            match = OWN_FILE_RE.match(name)
-            if not match:
-                if name == "metadata_cache.json":
-                    continue
-                stats.unknown_files.append(f"{folder.name}/{name}")
-                continue
-            key = (folder.name, match.group(1))
-            if key not in wanted:
-                if _unlink(path) and match.group(2) == ".png":
-                    stats.removed += 1
-                changed = True
-            elif key in redo:
-                item = redo[key]
-                previous_owner = old_by_output.get(item.output or "", {}).get("source")
-                if LATENT_RE.match(name) or (previous_owner != item.source and match.group(2) != ".png"):
-                    _unlink(path)  # stale latents; or caption and caches of a different image
-                    changed = True
-        if changed:
-            _unlink(folder / "metadata_cache.json")
-        if not any(folder.iterdir()):
-            folder.rmdir()
+    carried = _carried_captions(jobs, old_by_source, dataset_dir)
+    _remove_stale(dataset_dir, used, jobs, old_by_output, stats)
     for output, data in carried.items():
         target = (dataset_dir / output).with_suffix(".txt")
         if not target.exists():
@@ -551,7 +507,6 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
     meter = ProgressMeter(ctx.progress, "dataset", "preparing images", len(jobs), "images")
     # Each worker holds one picture at a time (~40 MB for a 12 Mpx JPEG); 4 keep the whole step well under 500 MB.
     workers = int(ctx.options.get("workers") or min(os.cpu_count() or 1, 4))
-    items_by_future: dict[Future[RenderOutcome], PlanItem] = {}
 
     def finish(item: PlanItem, outcome: RenderOutcome) -> None:
         plan.checked[item.sha256] = "" if outcome.ok else outcome.reason
@@ -578,38 +533,8 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
         output = str(dataset_dir / item.output) if item.used and item.output else ""
         return RenderJob(str(item.path), output, item.bucket, item.crop, item.width, item.height)
 
-    pending = list(reversed(jobs))
     try:
-        if workers > 1 and len(jobs) >= 4:
-            with _executor(min(workers, len(jobs))) as pool:
-                try:
-                    while pending or items_by_future:
-                        while pending and len(items_by_future) < workers * 2:
-                            item = pending.pop()
-                            items_by_future[pool.submit(render, job_of(item))] = item
-                        done, _ = wait(list(items_by_future), timeout=0.2, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            item = items_by_future.pop(future)
-                            try:
-                                outcome = future.result()
-                            except Exception:  # the pool broke (a worker was killed): finish in this process
-                                pending.append(item)
-                                pending.extend(items_by_future.pop(f) for f in list(items_by_future))
-                                raise _PoolBroken() from None
-                            finish(item, outcome)
-                        ctx.check_cancelled()
-                except Cancelled:  # the workers finish the image in hand (they leave Ctrl-C to us), then exit
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    for future, item in items_by_future.items():  # keep what they finished: it is on disk
-                        if future.done() and not future.cancelled() and future.exception() is None:
-                            finish(item, future.result())
-                    raise
-                except _PoolBroken:
-                    pool.shutdown(wait=False, cancel_futures=True)
-        while pending:
-            ctx.check_cancelled()
-            item = pending.pop()
-            finish(item, render(job_of(item)))
+        _render_jobs(jobs, workers, job_of, finish, ctx)
     except Cancelled:
         writer.write(complete=False)
         _remove_temp_files(dataset_dir)  # the pool is shut down: a temp file left now is no one's
@@ -625,6 +550,127 @@ def _remove_temp_files(dataset_dir: Path) -> None:
         for path in dataset_dir.glob(pattern):
             if path.parent == dataset_dir or BUCKET_RE.match(path.parent.name):
                 _unlink(path)
+
+
+def _keep_unchanged(used: list[PlanItem], old_by_output: dict[str, dict[str, Any]], writer: _ManifestWriter,
+                    dataset_dir: Path, stats: ApplyStats) -> list[PlanItem]:
+    """Images already written as the plan wants them keep their files and manifest record; the rest are returned
+    (to render)."""
+    jobs: list[PlanItem] = []
+    for item in used:
+        if _same(old_by_output.get(item.output or ""), item, dataset_dir):
+            record = old_by_output[item.output or ""]
+            notes = list(dict.fromkeys(item.notes + record.get("notes", [])))
+            writer.records[item.output or ""] = {**record, "sidecar": item.sidecar, "notes": notes}
+            item.notes[:] = writer.records[item.output or ""]["notes"]
+            stats.unchanged += 1
+        else:
+            jobs.append(item)
+    return jobs
+
+
+def _carried_captions(jobs: list[PlanItem], old_by_source: dict[str, dict[str, Any]],
+                      dataset_dir: Path) -> dict[str, bytes]:
+    """The caption files of images that move (new bucket or number), by their new output."""
+    carried: dict[str, bytes] = {}
+    for item in jobs:
+        old = old_by_source.get(item.source)
+        if old and old.get("output") != item.output:
+            try:
+                carried[item.output or ""] = (dataset_dir / Path(str(old["output"])).with_suffix(".txt")).read_bytes()
+            except OSError:
+                pass
+    return carried
+
+
+def _output_key(item: PlanItem) -> tuple[str, str]:
+    output = Path(item.output or "")
+    return str(output.parent), output.stem
+
+
+def _remove_stale(dataset_dir: Path, used: list[PlanItem], jobs: list[PlanItem],
+                  old_by_output: dict[str, dict[str, Any]], stats: ApplyStats) -> None:
+    """Remove what the plan no longer holds: our files of images gone, stale latents and the caption and caches of
+    a different image under a reused name, temp files of a write cut short; empty bucket folders go too.
+    Files we did not write are counted in `stats.unknown_files`, never removed."""
+    for leftover in dataset_dir.glob(".*.tmp"):  # a manifest or report write cut short by a kill
+        _unlink(leftover)
+    wanted = {_output_key(item): item for item in used}
+    redo = {_output_key(item): item for item in jobs}
+    folders = sorted(p for p in dataset_dir.iterdir() if p.is_dir() and BUCKET_RE.match(p.name)) \
+        if dataset_dir.is_dir() else []
+    for folder in folders:
+        changed = False
+        for path in sorted(folder.iterdir()):
+            changed = _remove_if_stale(path, folder, wanted, redo, old_by_output, stats) or changed
+        if changed:
+            _unlink(folder / "metadata_cache.json")
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _remove_if_stale(path: Path, folder: Path, wanted: dict[tuple[str, str], PlanItem],
+                     redo: dict[tuple[str, str], PlanItem], old_by_output: dict[str, dict[str, Any]],
+                     stats: ApplyStats) -> bool:
+    """One file of a bucket folder; True when something the trainer's cache describes was removed."""
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp"):
+        _unlink(path)  # left behind by a kill during a write
+        return False
+    match = OWN_FILE_RE.match(name)
+    if not match:
+        if name != "metadata_cache.json":
+            stats.unknown_files.append(f"{folder.name}/{name}")
+        return False
+    key = (folder.name, match.group(1))
+    if key not in wanted:
+        if _unlink(path) and match.group(2) == ".png":
+            stats.removed += 1
+        return True
+    if key in redo:
+        item = redo[key]
+        previous_owner = old_by_output.get(item.output or "", {}).get("source")
+        if LATENT_RE.match(name) or (previous_owner != item.source and match.group(2) != ".png"):
+            _unlink(path)  # stale latents; or caption and caches of a different image
+            return True
+    return False
+
+
+def _render_jobs(jobs: list[PlanItem], workers: int, job_of: Callable[[PlanItem], RenderJob],
+                 finish: Callable[[PlanItem, RenderOutcome], None], ctx: StepContext) -> None:
+    """Render every job, in a process pool when there are enough (a broken pool: the rest in this process)."""
+    pending = list(reversed(jobs))
+    items_by_future: dict[Future[RenderOutcome], PlanItem] = {}
+    if workers > 1 and len(jobs) >= 4:
+        with _executor(min(workers, len(jobs))) as pool:
+            try:
+                while pending or items_by_future:
+                    while pending and len(items_by_future) < workers * 2:
+                        item = pending.pop()
+                        items_by_future[pool.submit(render, job_of(item))] = item
+                    done, _ = wait(list(items_by_future), timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        item = items_by_future.pop(future)
+                        try:
+                            outcome = future.result()
+                        except Exception:  # the pool broke (a worker was killed): finish in this process
+                            pending.append(item)
+                            pending.extend(items_by_future.pop(f) for f in list(items_by_future))
+                            raise _PoolBroken() from None
+                        finish(item, outcome)
+                    ctx.check_cancelled()
+            except Cancelled:  # the workers finish the image in hand (they leave Ctrl-C to us), then exit
+                pool.shutdown(wait=True, cancel_futures=True)
+                for future, item in items_by_future.items():  # keep what they finished: it is on disk
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        finish(item, future.result())
+                raise
+            except _PoolBroken:
+                pool.shutdown(wait=False, cancel_futures=True)
+    while pending:
+        ctx.check_cancelled()
+        item = pending.pop()
+        finish(item, render(job_of(item)))
 
 
 def _not_used(plan: Plan) -> list[dict[str, str]]:
