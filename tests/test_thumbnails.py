@@ -24,6 +24,8 @@ def test_lru_keeps_the_most_recent_and_get_marks_recent() -> None:
     assert cache.peek("a") is not None
     cache.forget("a")
     assert cache.get("a") is None
+    cache.clear()
+    assert len(cache) == 0 and "c" not in cache
 
 
 def test_drawn_cells_are_kept_only_for_the_most_recent() -> None:

@@ -78,6 +78,11 @@ class ThumbnailCache(Generic[K]):
         with self._lock:
             self._entries.pop(key, None)
 
+    def clear(self) -> None:
+        """Drop every thumbnail (the image widget changed kind: drawn cells no longer fit)."""
+        with self._lock:
+            self._entries.clear()
+
     # -- pictures that could not be decoded
 
     @property
