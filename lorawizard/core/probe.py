@@ -505,30 +505,8 @@ def run_step(ctx: StepContext) -> StepResult:
             raise StepFailed(str(exc)) from None
         if len(uuids) > 1:
             return _run_several(ctx, uuids)
-    inv: Inventory = inventory(nvml)
-    if not inv.gpus:
-        raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
-    saved = session.get("gpu.uuid")
-    gpu = inv.choose(ctx.options.get("gpu_uuid") or saved)
-    assert gpu is not None
-    if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
-        ctx.log(f"the saved GPU {saved} is not visible now; using GPU {gpu.index} ({gpu.name}, {gpu.uuid})")
-    if saved != gpu.uuid:
-        ctx.record("gpu.uuid", gpu.uuid)
-    ctx.log(f"GPU: {gpu.describe()} ({gpu.uuid})")
-
-    try:
-        presets = load_presets(session)
-    except PresetError as exc:
-        raise StepFailed(str(exc)) from None
-    wanted = session.get("gpu.vram_preset")
-    if wanted and preset_named(wanted, presets) is None:
-        names = ", ".join(p.name for p in presets)
-        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
-    preset = preset_named(ctx.options.get("preset"), presets) or session_preset(session, gpu.memory_total)
-    if session.get("gpu.vram_preset") != preset.name:
-        ctx.record("gpu.vram_preset", preset.name)
-    ctx.log(f"preset: {preset.title()}")
+    gpu = _choose_gpu(ctx, nvml)
+    preset, presets = _choose_preset(ctx, gpu)
 
     buckets = bucket_counts(session)
     if not buckets:
@@ -555,75 +533,12 @@ def run_step(ctx: StepContext) -> StepResult:
         session, gpu, workdir, cancel=ctx.cancel, nvml=nvml,
         timeout_s=float(ctx.options.get("trial_timeout_s") or TRIAL_TIMEOUT_S),
     )
-    on_event: Callable[[ProbeEvent], None] = ctx.options.get("on_event") or (lambda event: None)
-    limit = int(gpu.memory_total * MARGIN)
+    probe = _Probe(ctx, runner, gpu, limit=int(gpu.memory_total * MARGIN),
+                   max_batch=int(ctx.options.get("max_batch") or MAX_BATCH),
+                   on_event=ctx.options.get("on_event") or (lambda event: None))
     started = time.monotonic()
-    meter = ProgressMeter(ctx.progress, "probe", "bucket areas", len(groups), "areas", interval=0)
-    meter.update(0, force=True)
+    preset, results = probe.every_area(groups, preset, presets)
 
-    results: list[AreaResult] = []
-    number = 0
-    while True:  # once per preset: a step-down starts the areas again
-        results = []
-        stepped: VramPreset | None = None
-        previous = 0
-        for bucket, members, images in groups:
-            search = BatchSearch(max(preset.batch_size, previous, 1), limit_bytes=limit,
-                                 max_batch=int(ctx.options.get("max_batch") or MAX_BATCH))
-            ctx.log(f"probing {bucket}" + (f" (also {', '.join(m for m in members if m != bucket)})" if len(members) > 1 else "")
-                    + f": {images} images, preset {preset.name}, starting at batch {search.start}")
-            while (batch := search.next()) is not None:
-                ctx.check_cancelled()
-                number += 1
-                spec = TrialSpec(bucket, batch, preset, images, number)
-                on_event(ProbeEvent("trial-start", spec, 0, PROBE_STEPS))
-                trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
-
-                def report(event: ProbeEvent, trial_meter: ProgressMeter = trial_meter) -> None:
-                    peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes else ""
-                    trial_meter.update(event.step, f"{event.text or 'running'}{peak}")
-                    on_event(event)
-
-                outcome = _with_margin(runner(spec, report), limit, gpu)
-                word = STATUS_WORDS.get(outcome.status, outcome.status)
-                if outcome.fits:
-                    trial_meter.finish(word)
-                else:  # not "3/3 (100%)": the trial stopped where it stopped
-                    ctx.progress(trial_meter.snapshot(f"→ {word}", finished=True))
-                search.add(outcome)
-                on_event(ProbeEvent("trial-end", spec, outcome=outcome))
-                ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
-                if outcome.status == "error":
-                    raise StepFailed(f"trial {bucket} batch {batch}: {outcome.detail} (log: {outcome.log})")
-                if outcome.status in ("killed", "timeout") and batch == 1:
-                    what = "was killed (SIGKILL): host RAM ran out? Close other programs or add swap" \
-                        if outcome.status == "killed" else f"did not finish in time (hung?): see {outcome.log}"
-                    raise StepFailed(f"trial {bucket} batch 1 {what}")
-            if search.best == 0:
-                stepped = step_down(preset, presets)
-                if stepped is None:
-                    raise StepFailed(
-                        f"even batch 1 does not fit {bucket} with the {preset.name} preset "
-                        f"({preset.blocks_to_swap} blocks swapped): free GPU memory, use an fp8 T5-XXL, or smaller buckets"
-                    )
-                text = (f"batch 1 does not fit {bucket} with preset {preset.name}: stepping down to {stepped.name} "
-                        f"({stepped.blocks_to_swap} blocks swapped; slower, uses more host RAM)")
-                ctx.log(text)
-                on_event(ProbeEvent("step-down", text=text))
-                break
-            fitting = [o for o in search.outcomes if o.fits and o.batch == search.best]
-            best = fitting[-1] if fitting else None
-            results.append(AreaResult(bucket, members, search.best, preset.name, best.peak_bytes if best else None,
-                                      best.s_per_step if best else None, list(search.outcomes)))
-            previous = search.best
-            on_event(ProbeEvent("area-done", text=f"{bucket} → {search.best}"))
-            meter.update(len(results), f"{bucket} → batch {search.best}")
-        if stepped is None:
-            break
-        preset = stepped
-        meter.update(0, f"stepped down to {preset.name}")
-
-    meter.finish()
     if session.get("gpu.vram_preset") != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
     batch_sizes = dict(known)
@@ -635,11 +550,137 @@ def run_step(ctx: StepContext) -> StepResult:
     summary = ", ".join(f"{r.bucket} → {r.batch}" for r in results)
     return StepResult(
         True,
-        f"{summary} ({number} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
+        f"{summary} ({probe.number} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
         details=_table_lines(results, batch_sizes, buckets) + [_sampling_note(session, results)],
         data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
               "results": [_result_json(r) for r in results]},
     )
+
+
+def _choose_gpu(ctx: StepContext, nvml: NvmlAdapter | None) -> GpuInfo:
+    """The GPU asked for (option), else the saved one, else the one with the most free memory; recorded."""
+    inv: Inventory = inventory(nvml)
+    if not inv.gpus:
+        raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
+    saved = ctx.session.get("gpu.uuid")
+    gpu = inv.choose(ctx.options.get("gpu_uuid") or saved)
+    assert gpu is not None
+    if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
+        ctx.log(f"the saved GPU {saved} is not visible now; using GPU {gpu.index} ({gpu.name}, {gpu.uuid})")
+    if saved != gpu.uuid:
+        ctx.record("gpu.uuid", gpu.uuid)
+    ctx.log(f"GPU: {gpu.describe()} ({gpu.uuid})")
+    return gpu
+
+
+def _choose_preset(ctx: StepContext, gpu: GpuInfo) -> tuple[VramPreset, list[VramPreset]]:
+    """The preset to start from (option, session, or the one for the GPU's memory), recorded; and every preset."""
+    session = ctx.session
+    try:
+        presets = load_presets(session)
+    except PresetError as exc:
+        raise StepFailed(str(exc)) from None
+    wanted = session.get("gpu.vram_preset")
+    if wanted and preset_named(wanted, presets) is None:
+        names = ", ".join(p.name for p in presets)
+        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
+    preset = preset_named(ctx.options.get("preset"), presets) or session_preset(session, gpu.memory_total)
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    ctx.log(f"preset: {preset.title()}")
+    return preset, presets
+
+
+@dataclass
+class _Probe:
+    """The search over every bucket area: trials numbered across areas and presets, events to `on_event`."""
+
+    ctx: StepContext
+    runner: TrialRunner
+    gpu: GpuInfo
+    limit: int  # bytes: a trial fits when its peak stays under this
+    max_batch: int
+    on_event: Callable[[ProbeEvent], None]
+    number: int = 0  # trials run so far
+
+    def every_area(self, groups: list[tuple[str, list[str], int]], preset: VramPreset,
+                   presets: list[VramPreset]) -> tuple[VramPreset, list[AreaResult]]:
+        """Largest area first, each starting from the previous result; when batch 1 does not fit, the next lower
+        preset starts the areas again. Returns the preset that fits and the result per area."""
+        meter = ProgressMeter(self.ctx.progress, "probe", "bucket areas", len(groups), "areas", interval=0)
+        meter.update(0, force=True)
+        while True:  # once per preset: a step-down starts the areas again
+            results: list[AreaResult] = []
+            stepped: VramPreset | None = None
+            previous = 0
+            for bucket, members, images in groups:
+                search = self.area(bucket, members, images, preset, previous)
+                if search.best == 0:
+                    stepped = self._step_down(bucket, preset, presets)
+                    break
+                fitting = [o for o in search.outcomes if o.fits and o.batch == search.best]
+                best = fitting[-1] if fitting else None
+                results.append(AreaResult(bucket, members, search.best, preset.name, best.peak_bytes if best else None,
+                                          best.s_per_step if best else None, list(search.outcomes)))
+                previous = search.best
+                self.on_event(ProbeEvent("area-done", text=f"{bucket} → {search.best}"))
+                meter.update(len(results), f"{bucket} → batch {search.best}")
+            if stepped is None:
+                meter.finish()
+                return preset, results
+            preset = stepped
+            meter.update(0, f"stepped down to {preset.name}")
+
+    def _step_down(self, bucket: str, preset: VramPreset, presets: list[VramPreset]) -> VramPreset:
+        stepped = step_down(preset, presets)
+        if stepped is None:
+            raise StepFailed(
+                f"even batch 1 does not fit {bucket} with the {preset.name} preset "
+                f"({preset.blocks_to_swap} blocks swapped): free GPU memory, use an fp8 T5-XXL, or smaller buckets"
+            )
+        text = (f"batch 1 does not fit {bucket} with preset {preset.name}: stepping down to {stepped.name} "
+                f"({stepped.blocks_to_swap} blocks swapped; slower, uses more host RAM)")
+        self.ctx.log(text)
+        self.on_event(ProbeEvent("step-down", text=text))
+        return stepped
+
+    def area(self, bucket: str, members: list[str], images: int, preset: VramPreset, previous: int) -> BatchSearch:
+        """Trials for one bucket area until the search settles (`search.best`: 0 when batch 1 does not fit)."""
+        search = BatchSearch(max(preset.batch_size, previous, 1), limit_bytes=self.limit, max_batch=self.max_batch)
+        also = f" (also {', '.join(m for m in members if m != bucket)})" if len(members) > 1 else ""
+        self.ctx.log(f"probing {bucket}{also}: {images} images, preset {preset.name}, starting at batch {search.start}")
+        while (batch := search.next()) is not None:
+            self.ctx.check_cancelled()
+            self.number += 1
+            search.add(self.trial(TrialSpec(bucket, batch, preset, images, self.number)))
+        return search
+
+    def trial(self, spec: TrialSpec) -> TrialOutcome:
+        """One trial: progress per step, its line in the log; an error (or batch 1 killed / timed out) fails the step."""
+        ctx, bucket, batch = self.ctx, spec.bucket, spec.batch
+        self.on_event(ProbeEvent("trial-start", spec, 0, PROBE_STEPS))
+        trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
+
+        def report(event: ProbeEvent) -> None:
+            peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes else ""
+            trial_meter.update(event.step, f"{event.text or 'running'}{peak}")
+            self.on_event(event)
+
+        outcome = _with_margin(self.runner(spec, report), self.limit, self.gpu)
+        word = STATUS_WORDS.get(outcome.status, outcome.status)
+        if outcome.fits:
+            trial_meter.finish(word)
+        else:  # not "3/3 (100%)": the trial stopped where it stopped
+            ctx.progress(trial_meter.snapshot(f"→ {word}", finished=True))
+        self.on_event(ProbeEvent("trial-end", spec, outcome=outcome))
+        ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
+        if outcome.status == "error":
+            raise StepFailed(f"trial {bucket} batch {batch}: {outcome.detail} (log: {outcome.log})")
+        if outcome.status in ("killed", "timeout") and batch == 1:
+            what = "was killed (SIGKILL): host RAM ran out? Close other programs or add swap" \
+                if outcome.status == "killed" else f"did not finish in time (hung?): see {outcome.log}"
+            raise StepFailed(f"trial {bucket} batch 1 {what}")
+        return outcome
 
 
 def _with_margin(outcome: TrialOutcome, limit: int, gpu: GpuInfo) -> TrialOutcome:
