@@ -399,7 +399,7 @@ def _download_tokenizers(plan: _Plan) -> None:
 
 
 def _download_models(plan: _Plan, missing: list[str]) -> None:
-    ctx, session = plan.ctx, plan.session
+    """Download every missing file (checked first, all together), with a total across the files."""
     if is_offline():
         from lorawizard.core.download import offline_error
 
@@ -408,8 +408,20 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
             plan.rows.update(role, state="error", note="offline")
         raise error
     token = hub_token()
-    # gated repositories: check access first, once per repository, before anything else starts
-    for repo in sorted({plan.entries[r].repo for r in missing if plan.entries[r].gated}):
+    remaining = _before_download(plan, missing, token)
+    grand = sum((plan.remote[r].size or 0) for r in missing)
+    total = ProgressMeter(plan.ctx.progress, "models", "total", grand or None, "B", interval=0.25)
+    finished_bytes = 0
+    for role in missing:
+        _download_one(plan, role, missing, token, total, finished_bytes, remaining[role])
+        finished_bytes += plan.remote[role].size or 0
+    total.finish()
+
+
+def _before_download(plan: _Plan, missing: list[str], token: str | None) -> dict[str, int]:
+    """Before any byte moves: access to gated repositories, fresh metadata (CDN links expire; recorded), no file in
+    the way, enough disk space. Returns the bytes still to fetch per role (a partial file resumes)."""
+    for repo in sorted({plan.entries[r].repo for r in missing if plan.entries[r].gated}):  # once per repository
         try:
             check_access(repo, token=token)
         except DownloadError as exc:
@@ -417,7 +429,6 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
                 if plan.entries[role].repo == repo:
                     plan.rows.update(role, state="error", note=str(exc))
             raise
-    # fresh metadata for each (CDN links expire); record it
     for role in missing:
         entry = plan.entries[role]
         try:
@@ -427,7 +438,7 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
             raise
         plan.remote[role] = remote
         _remember(plan, entry, remote)
-    dest_dir = session.paths.models
+    dest_dir = plan.session.paths.models
     for role in missing:  # never overwrite a file that is there but is not this one
         dest = dest_dir / plan.entries[role].filename
         if dest.exists():
@@ -442,52 +453,53 @@ def _download_models(plan: _Plan, missing: list[str]) -> None:
         for role in missing:
             plan.rows.update(role, state="error", note="not enough disk space")
         raise exc
-    grand = sum((plan.remote[r].size or 0) for r in missing)
-    total = ProgressMeter(ctx.progress, "models", "total", grand or None, "B", interval=0.25)
-    finished_bytes = 0
-    for role in missing:
-        entry, remote = plan.entries[role], plan.remote[role]
-        dest = dest_dir / entry.filename
-        already = (remote.size or 0) - remaining[role]
-        # the screen shows each file in its row and the total in its status line; replay prints both
-        file_events = ignore_progress if ctx.options.get("rows_only") else ctx.progress
-        meter = ProgressMeter(file_events, "models", entry.filename, remote.size, "B", start=already)
-        plan.rows.update(role, state="downloading", size=remote.size, done=already)
-        ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")
-        last_row = [0.0]
+    return remaining
 
-        def progress(done: int, role: str = role, meter: ProgressMeter = meter, base: int = finished_bytes,
-                     last_row: list[float] = last_row) -> None:
-            meter.update(done)
-            total.update(base + done)
-            now = time.monotonic()
-            if now - last_row[0] >= 0.2:
-                last_row[0] = now
-                plan.rows.update(role, done=done, rate=meter.rate, eta_s=meter.snapshot().eta_s)
 
-        try:
-            path = download_file(remote, dest, token=token, progress=progress, cancel=ctx.cancel, log=ctx.log)
-        except DownloadError as exc:
-            plan.rows.update(role, state="error", note=str(exc))
-            raise
-        except DownloadCancelled:
-            kept = _have(remote, dest)
-            ctx.log(f"{entry.filename}: paused at {format_bytes(kept)}; the partial file is kept and the next "
-                    "download resumes from there")
-            for other in missing:
-                if plan.rows.rows[other].state == "downloading" or other == role:
-                    plan.rows.update(other, state="missing", note=f"paused at {format_bytes(kept)}"
-                                     if other == role else "")
-            raise
-        meter.finish()
-        finished_bytes += remote.size or 0
-        if remote.sha256:
-            st = path.stat()
-            plan.hashes.put(path, st, remote.sha256)  # hashed while downloading: no second pass later
-        plan.rows.update(role, state="found", path=path, source="downloaded", verified=bool(remote.sha256),
-                         note="sha256 verified" if remote.sha256 else "size checked", done=remote.size or 0)
-        _save(plan)
-    total.finish()
+def _download_one(plan: _Plan, role: str, missing: list[str], token: str | None, total: ProgressMeter,
+                  base: int, remaining: int) -> None:
+    """One file: its row and the total follow the bytes; a pause keeps the partial file for the next run."""
+    ctx = plan.ctx
+    entry, remote = plan.entries[role], plan.remote[role]
+    dest = plan.session.paths.models / entry.filename
+    already = (remote.size or 0) - remaining
+    # the screen shows each file in its row and the total in its status line; replay prints both
+    file_events = ignore_progress if ctx.options.get("rows_only") else ctx.progress
+    meter = ProgressMeter(file_events, "models", entry.filename, remote.size, "B", start=already)
+    plan.rows.update(role, state="downloading", size=remote.size, done=already)
+    ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")
+    last_row = 0.0
+
+    def progress(done: int) -> None:
+        nonlocal last_row
+        meter.update(done)
+        total.update(base + done)
+        now = time.monotonic()
+        if now - last_row >= 0.2:
+            last_row = now
+            plan.rows.update(role, done=done, rate=meter.rate, eta_s=meter.snapshot().eta_s)
+
+    try:
+        path = download_file(remote, dest, token=token, progress=progress, cancel=ctx.cancel, log=ctx.log)
+    except DownloadError as exc:
+        plan.rows.update(role, state="error", note=str(exc))
+        raise
+    except DownloadCancelled:
+        kept = _have(remote, dest)
+        ctx.log(f"{entry.filename}: paused at {format_bytes(kept)}; the partial file is kept and the next "
+                "download resumes from there")
+        for other in missing:
+            if plan.rows.rows[other].state == "downloading" or other == role:
+                plan.rows.update(other, state="missing", note=f"paused at {format_bytes(kept)}"
+                                 if other == role else "")
+        raise
+    meter.finish()
+    if remote.sha256:
+        st = path.stat()
+        plan.hashes.put(path, st, remote.sha256)  # hashed while downloading: no second pass later
+    plan.rows.update(role, state="found", path=path, source="downloaded", verified=bool(remote.sha256),
+                     note="sha256 verified" if remote.sha256 else "size checked", done=remote.size or 0)
+    _save(plan)
 
 
 def _have(remote: RemoteFile, dest: Path) -> int:
@@ -505,33 +517,38 @@ def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool
     errors = [r for r in ROLES if rows[r].state == "error"]
     paths = {r: str(rows[r].path) for r in ROLES if rows[r].path is not None and rows[r].state == "found"}
     data: dict[str, Any] = {"paths": paths, "missing": missing, "tokenizers": str(tokenizer_dir(plan.session))}
+    if (dry_run or find_only) and (missing or tok_missing):
+        return _would_download(plan, missing, tok_missing, details, data, ok=not errors, dry_run=dry_run)
     if dry_run or find_only:
-        sizes = [plan.meta.get("files", {}).get(plan.entries[r].key, {}).get("size") for r in missing]
-        known = sum(s for s in sizes if s)
-        if missing or tok_missing:
-            unknown = any(not s for s in sizes)
-            amount = (f"{format_bytes(known)}" + (" + files of unknown size" if unknown and known else "")
-                      if not unknown or known else "size unknown until the hub is reached")
-            tokens = " + tokenizers" if tok_missing else ""
-            data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
-            if find_only and not dry_run:
-                what = f"{len(missing)} model file(s) missing ({amount}){tokens}" if missing else "tokenizers missing"
-                summary = f"{what}: Ctrl+G downloads them"
-                return StepResult(False, summary, [], data)
-            lines = [f"would download {plan.entries[r].repo}/{plan.entries[r].filename} "
-                     f"({format_bytes(s) if s else 'size unknown'})" for r, s in zip(missing, sizes, strict=True)]
-            if tok_missing:
-                lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
-            summary = f"{len(missing)} model file(s) to download: {amount}{tokens}"
-            kept = [line for role, line in zip([*ROLES, TOKENIZER_ROLE], details, strict=True)
-                    if rows[role].state != "missing"]
-            return StepResult(not errors, summary, kept + lines, data)
         summary = "all model files are present" + (" and verified" if _all_verified(rows) else "")
         return StepResult(not errors, summary, [] if find_only else details, data)
     if errors:
         return StepResult(False, rows[errors[0]].note, details, data)
     return StepResult(True, "all model files ready" + (" and verified" if _all_verified(rows) else "")
                       + f"; tokenizers in {tokenizer_dir(plan.session)}", details, data)
+
+
+def _would_download(plan: _Plan, missing: list[str], tok_missing: bool, details: list[str], data: dict[str, Any],
+                    *, ok: bool, dry_run: bool) -> StepResult:
+    """What a download would fetch (sizes from the recorded metadata): the dry run's lines, or the screen's one line."""
+    sizes = [plan.meta.get("files", {}).get(plan.entries[r].key, {}).get("size") for r in missing]
+    known = sum(s for s in sizes if s)
+    unknown = any(not s for s in sizes)
+    amount = (f"{format_bytes(known)}" + (" + files of unknown size" if unknown and known else "")
+              if not unknown or known else "size unknown until the hub is reached")
+    tokens = " + tokenizers" if tok_missing else ""
+    data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
+    if not dry_run:  # find only
+        what = f"{len(missing)} model file(s) missing ({amount}){tokens}" if missing else "tokenizers missing"
+        return StepResult(False, f"{what}: Ctrl+G downloads them", [], data)
+    lines = [f"would download {plan.entries[r].repo}/{plan.entries[r].filename} "
+             f"({format_bytes(s) if s else 'size unknown'})" for r, s in zip(missing, sizes, strict=True)]
+    if tok_missing:
+        lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
+    summary = f"{len(missing)} model file(s) to download: {amount}{tokens}"
+    rows = plan.rows.rows
+    kept = [line for role, line in zip([*ROLES, TOKENIZER_ROLE], details, strict=True) if rows[role].state != "missing"]
+    return StepResult(ok, summary, kept + lines, data)
 
 
 def _all_verified(rows: dict[str, RoleState]) -> bool:
