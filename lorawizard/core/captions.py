@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from lorawizard.core.dataset import MANIFEST_FILE, load_manifest
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json
@@ -717,6 +717,16 @@ def _listing(title: str, items: Sequence[Caption], describe: Callable[[Caption],
     return lines
 
 
+class CaptionsOptions(TypedDict, total=False):
+    """What the captions step reads from `ctx.options` (all optional)."""
+
+    autocaption: bool  # draft missing captions when `captions.auto` (default: in replay only; the screen drafts itself)
+
+
+def _options(ctx: StepContext) -> CaptionsOptions:
+    return cast(CaptionsOptions, ctx.options)
+
+
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     images = prepared_images(session)
@@ -733,7 +743,7 @@ def run_step(ctx: StepContext) -> StepResult:
     for file, note in imports.notes.items():
         ctx.log(escaped(f"import note: {file}: {note}"))
     drafted = None
-    if session.get("captions.auto") and ctx.options.get("autocaption", session.read_only):  # the screen drafts itself
+    if session.get("captions.auto") and _options(ctx).get("autocaption", session.read_only):  # the screen drafts itself
         from lorawizard.core.autocaption import draft_missing
 
         drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lorawizard.core.imaging import (
@@ -481,6 +481,16 @@ def _start_resource_tracker() -> None:
         sys.stderr = saved
 
 
+class DatasetOptions(TypedDict, total=False):
+    """What the dataset step reads from `ctx.options` (all optional)."""
+
+    workers: int  # render processes (default: CPUs, at most 4)
+
+
+def _options(ctx: StepContext) -> DatasetOptions:
+    return cast(DatasetOptions, ctx.options)
+
+
 def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyStats:
     """Write the plan into the dataset folder: keep what is unchanged, carry captions that move with their image,
     remove what the plan no longer holds, render the rest (a process pool), and write the manifest as it goes."""
@@ -506,7 +516,7 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
     jobs += [item for item in plan.items if item.status == "small" and item.sha256 not in plan.checked]
     meter = ProgressMeter(ctx.progress, "dataset", "preparing images", len(jobs), "images")
     # Each worker holds one picture at a time (~40 MB for a 12 Mpx JPEG); 4 keep the whole step well under 500 MB.
-    workers = int(ctx.options.get("workers") or min(os.cpu_count() or 1, 4))
+    workers = int(_options(ctx).get("workers") or min(os.cpu_count() or 1, 4))
 
     def finish(item: PlanItem, outcome: RenderOutcome) -> None:
         plan.checked[item.sha256] = "" if outcome.ok else outcome.reason

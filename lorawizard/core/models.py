@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from lorawizard.core import catalog
 from lorawizard.core.catalog import ROLES, ModelFile, Tokenizer
@@ -190,11 +190,23 @@ class _Plan:
     contact_notes: dict[str, str] = field(default_factory=dict)  # role → why its metadata is unknown (gated, …)
 
 
+class ModelsOptions(TypedDict, total=False):
+    """What the models step reads from `ctx.options` (all optional)."""
+
+    action: str  # "download" (default), "find" (look and verify only), "captioner" (the captioner's folder)
+    on_state: Callable[[RoleState], None]  # each row's change (the Models screen)
+    rows_only: bool  # per-file progress only in the rows, not as progress events
+
+
+def _options(ctx: StepContext) -> ModelsOptions:
+    return cast(ModelsOptions, ctx.options)
+
+
 def run_step(ctx: StepContext) -> StepResult:
     """The FLUX files and tokenizers, then the captioner's row (downloaded too with `[captions] auto = true`)."""
     from lorawizard.core.captioner_models import after_model_files, captioner_step
 
-    if ctx.options.get("action") == "captioner":
+    if _options(ctx).get("action") == "captioner":
         return captioner_step(ctx)
     return after_model_files(ctx, _model_files_step(ctx))
 
@@ -202,8 +214,8 @@ def run_step(ctx: StepContext) -> StepResult:
 def _model_files_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     preset = catalog.preset(_preset_name(session))
-    action = str(ctx.options.get("action", "download"))
-    rows = _Rows(ctx.options.get("on_state") or (lambda state: None))
+    action = str(_options(ctx).get("action", "download"))
+    rows = _Rows(_options(ctx).get("on_state") or (lambda state: None))
     plan = _Plan(session, {f.role: f for f in preset.files}, load_metadata(session),
                  HashCache(_state_file(session, HASH_CACHE_FILE)), rows, ctx)
     for role in ROLES:
@@ -464,7 +476,7 @@ def _download_one(plan: _Plan, role: str, missing: list[str], token: str | None,
     dest = plan.session.paths.models / entry.filename
     already = (remote.size or 0) - remaining
     # the screen shows each file in its row and the total in its status line; replay prints both
-    file_events = ignore_progress if ctx.options.get("rows_only") else ctx.progress
+    file_events = ignore_progress if _options(ctx).get("rows_only") else ctx.progress
     meter = ProgressMeter(file_events, "models", entry.filename, remote.size, "B", start=already)
     plan.rows.update(role, state="downloading", size=remote.size, done=already)
     ctx.log(f"{role}: downloading {entry.repo}/{entry.filename} ({format_bytes(remote.size or 0)})")

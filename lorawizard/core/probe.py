@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core.command import preset_overrides
 from lorawizard.core.dataset import bucket_counts
@@ -495,10 +495,28 @@ class AreaResult:
     trials: list[TrialOutcome]
 
 
+class ProbeOptions(TypedDict, total=False):
+    """What the probe step reads from `ctx.options` (all optional); test doubles come in here, never as globals."""
+
+    gpu_uuid: str  # probe this GPU (else the session's; with several chosen, each kind of card)
+    preset: str  # start from this preset
+    reprobe: bool  # measure buckets that already have a batch size
+    max_batch: int
+    trial_timeout_s: float
+    on_event: Callable[[ProbeEvent], None]  # live trial events (the GPU screen)
+    nvml: NvmlAdapter  # tests: a fake NVML
+    trial_runner: TrialRunner  # tests: a stand-in for the trainer
+    trial_runner_for: Callable[[GpuInfo], TrialRunner]  # tests, several GPUs: a stand-in per card
+
+
+def _options(ctx: StepContext) -> ProbeOptions:
+    return cast(ProbeOptions, ctx.options)
+
+
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
-    nvml: NvmlAdapter | None = ctx.options.get("nvml")
-    if not ctx.options.get("gpu_uuid"):
+    nvml: NvmlAdapter | None = _options(ctx).get("nvml")
+    if not _options(ctx).get("gpu_uuid"):
         try:
             uuids = multigpu.chosen_uuids(session)
         except multigpu.SelectionError as exc:
@@ -512,7 +530,7 @@ def run_step(ctx: StepContext) -> StepResult:
     if not buckets:
         raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
     known = session.batch_sizes()
-    reprobe = bool(ctx.options.get("reprobe"))
+    reprobe = bool(_options(ctx).get("reprobe"))
     todo = {b: n for b, n in buckets.items() if reprobe or b not in known}
     skipped = [b for b in buckets if b not in todo]
     if skipped:
@@ -529,13 +547,13 @@ def run_step(ctx: StepContext) -> StepResult:
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    runner: TrialRunner = ctx.options.get("trial_runner") or SubprocessTrialRunner(
+    runner: TrialRunner = _options(ctx).get("trial_runner") or SubprocessTrialRunner(
         session, gpu, workdir, cancel=ctx.cancel, nvml=nvml,
-        timeout_s=float(ctx.options.get("trial_timeout_s") or TRIAL_TIMEOUT_S),
+        timeout_s=float(_options(ctx).get("trial_timeout_s") or TRIAL_TIMEOUT_S),
     )
     probe = _Probe(ctx, runner, gpu, limit=int(gpu.memory_total * MARGIN),
-                   max_batch=int(ctx.options.get("max_batch") or MAX_BATCH),
-                   on_event=ctx.options.get("on_event") or (lambda event: None))
+                   max_batch=int(_options(ctx).get("max_batch") or MAX_BATCH),
+                   on_event=_options(ctx).get("on_event") or (lambda event: None))
     started = time.monotonic()
     preset, results = probe.every_area(groups, preset, presets)
 
@@ -563,7 +581,7 @@ def _choose_gpu(ctx: StepContext, nvml: NvmlAdapter | None) -> GpuInfo:
     if not inv.gpus:
         raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
     saved = ctx.session.get("gpu.uuid")
-    gpu = inv.choose(ctx.options.get("gpu_uuid") or saved)
+    gpu = inv.choose(_options(ctx).get("gpu_uuid") or saved)
     assert gpu is not None
     if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
         ctx.log(f"the saved GPU {saved} is not visible now; using GPU {gpu.index} ({gpu.name}, {gpu.uuid})")
@@ -584,7 +602,7 @@ def _choose_preset(ctx: StepContext, gpu: GpuInfo) -> tuple[VramPreset, list[Vra
     if wanted and preset_named(wanted, presets) is None:
         names = ", ".join(p.name for p in presets)
         raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
-    preset = preset_named(ctx.options.get("preset"), presets) or session_preset(session, gpu.memory_total)
+    preset = preset_named(_options(ctx).get("preset"), presets) or session_preset(session, gpu.memory_total)
     if session.get("gpu.vram_preset") != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
     ctx.log(f"preset: {preset.title()}")
@@ -813,7 +831,7 @@ class _Collecting(StepContext):
 def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
     """Several GPUs train the same per-process batch (DDP): probe each kind of card once (same name and memory), all
     with the smallest card's preset, and keep per bucket the smallest batch that fits every card."""
-    session, nvml = ctx.session, ctx.options.get("nvml")
+    session, nvml = ctx.session, _options(ctx).get("nvml")
     try:
         gpus = multigpu.training_order(multigpu.present(uuids, inventory(nvml)))
         multigpu.check_architectures(gpus)
@@ -837,8 +855,8 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
         stands = "" if len(members) == 1 else f", stands for {len(members)} cards"
         ctx.log(f"== probing {card.name} (GPU {card.index}{stands})")
         options = {**ctx.options, "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
-        if ctx.options.get("trial_runner_for"):  # tests: a stand-in runner per card
-            options["trial_runner"] = ctx.options["trial_runner_for"](card)
+        if _options(ctx).get("trial_runner_for"):  # tests: a stand-in runner per card
+            options["trial_runner"] = _options(ctx)["trial_runner_for"](card)
         sub = _Collecting(session=session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run, cancel=ctx.cancel,
                           options=options)
         per_kind.append((members, run_step(sub)))

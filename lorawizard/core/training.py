@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from lorawizard.core import projectlock, runs
 from lorawizard.core.diagnosis import Diagnosis, diagnose
@@ -311,11 +311,23 @@ def status_line(state: TrainState) -> str:
 # ------------------------------------------------------------------ the step
 
 
+class TrainOptions(TypedDict, total=False):
+    """What the train step reads from `ctx.options` (all optional)."""
+
+    detach: bool  # start and return
+    resume: bool  # continue from the newest state folder
+    attach: bool  # only follow a live run, never start one
+
+
+def _options(ctx: StepContext) -> TrainOptions:
+    return cast(TrainOptions, ctx.options)
+
+
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     runs_dir = session.paths.runs
-    detach = bool(ctx.options.get("detach"))
-    resume = bool(ctx.options.get("resume"))
+    detach = bool(_options(ctx).get("detach"))
+    resume = bool(_options(ctx).get("resume"))
 
     if not ctx.dry_run:
         claim_project(session)  # before looking for a live run: nobody else can start one after we looked
@@ -343,7 +355,7 @@ def run_step(ctx: StepContext) -> StepResult:
     if live is not None:
         ctx.log(f"a run is already going ({live.run_id}, pid {live.pid}): following it instead of starting another")
         record = live
-    elif ctx.options.get("attach"):
+    elif _options(ctx).get("attach"):
         raise StepFailed(f"no training run is going under {runs_dir}")
     else:
         plan = plan_run(session, resume=resume)

@@ -16,7 +16,7 @@ works for all of them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from lorawizard.core.environment.checkout import (
     BRANCHES, COMMON_PLACES, DEFAULT_BRANCH, SD_SCRIPTS_URL, Checkout, clone_argv, default_clone_target,
@@ -51,24 +51,38 @@ __all__ = [
 ]
 
 
+class EnvOptions(TypedDict, total=False):
+    """What the env step reads from `ctx.options` (all optional)."""
+
+    fix: str  # one of FIXES, performed before the diagnosis
+    branch: str  # clone: sd-scripts branch
+    url: str  # clone: repository (tests: a local bare repository)
+    with_pip: bool  # venv: with pip (default)
+    check_timeout: float  # seconds for the check in the trainer's Python
+
+
+def _options(ctx: StepContext) -> EnvOptions:
+    return cast(EnvOptions, ctx.options)
+
+
 def run_step(ctx: StepContext) -> StepResult:
-    """Diagnose (and first perform the fix asked for in ctx.options["fix"], if any). ok when no finding is an error."""
+    """Diagnose (and first perform the fix asked for in _options(ctx)["fix"], if any). ok when no finding is an error."""
     session = ctx.session
     details: list[str] = []
     data: dict[str, Any] = {}
-    fix = ctx.options.get("fix")
+    fix = _options(ctx).get("fix")
     if fix:
         result = run_fix(
-            session, str(fix), branch=str(ctx.options.get("branch") or DEFAULT_BRANCH),
-            url=str(ctx.options.get("url") or SD_SCRIPTS_URL), log=ctx.log, progress=ctx.progress,
-            cancel=ctx.cancel, record=ctx.record, with_pip=bool(ctx.options.get("with_pip", True)), dry_run=ctx.dry_run,
+            session, str(fix), branch=str(_options(ctx).get("branch") or DEFAULT_BRANCH),
+            url=str(_options(ctx).get("url") or SD_SCRIPTS_URL), log=ctx.log, progress=ctx.progress,
+            cancel=ctx.cancel, record=ctx.record, with_pip=bool(_options(ctx).get("with_pip", True)), dry_run=ctx.dry_run,
         )
         data["fix"] = result
         details.append(("✓ " if result.ok else "✗ ") + result.summary)
         if not result.ok:
             return StepResult(False, result.summary, details, data)
     diagnosis = examine(session, cancel=ctx.cancel, progress=ctx.progress,
-                         timeout=float(ctx.options.get("check_timeout", CHECK_TIMEOUT_S)))
+                         timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)))
     if diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts"):
         if inspect_checkout(diagnosis.sd_scripts).has_flux:
             ctx.record("paths.sd_scripts", str(diagnosis.sd_scripts))
