@@ -97,8 +97,7 @@ async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, 
     upstream = make_checkout(tmp_path / "upstream", git_branch="main", remote=None)
     bare = tmp_path / "sd.git"
     git("clone", "-q", "--bare", str(upstream), str(bare), cwd=tmp_path)
-    monkeypatch.setattr(EnvironmentScreen, "fix_options", {"url": bare.as_uri()})
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = LoraWizardApp(Session.open_project(project), start_step="env", step_options={"env": {"url": bare.as_uri()}})
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         app.screen.set_focus(None)

@@ -11,7 +11,6 @@ from textual.widgets import DataTable, OptionList, Select
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.gpu import GpuScreen
 from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible, one_gpu, two_different_gpus
 from tests.test_probe import PixelBudgetRunner, budget_gpu
 
@@ -71,8 +70,8 @@ async def test_choose_the_other_gpu_and_a_preset(home_project: Path, monkeypatch
 
 async def test_probe_runs_live_and_fills_the_tables(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(monkeypatch, one_gpu())
-    monkeypatch.setattr(GpuScreen, "probe_options", {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)})
-    app = LoraWizardApp(with_dataset(home_project), start_step="probe")
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         await pilot.press("ctrl+g")
@@ -128,10 +127,10 @@ def test_snapshot_no_gpu_80x24(snap_compare, home_project: Path, monkeypatch: py
 
 def test_snapshot_after_a_probe_120x40(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(monkeypatch, budget_gpu(3 * 1024 * 1024))
-    monkeypatch.setattr(GpuScreen, "probe_options", {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)})
     session = with_dataset(home_project)
     session.set("gpu.vram_preset", "24gb")
-    app = LoraWizardApp(session, start_step="probe")
+    app = LoraWizardApp(session, start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
 
     async def probe(pilot) -> None:  # noqa: ANN001
         await settle(pilot)

@@ -82,15 +82,14 @@ async def test_gpu_screen_space_adds_a_second_card_and_the_probe_measures_each(
 
     from lorawizard.core.session import Session
     from lorawizard.tui.app import LoraWizardApp
-    from lorawizard.tui.screens.gpu import GpuScreen
     from tests.fake_nvml import install, two_cards_no_p2p
 
     install(monkeypatch, two_cards_no_p2p())
     calls: list[tuple[str, str, int, str]] = []
-    monkeypatch.setattr(GpuScreen, "probe_options", {"trial_runner_for": lambda gpu: CardRunner(gpu, calls)})
     project = tmp_path / "p"
     session = make_project(project, {"512x512": 2}, preset=None)
-    app = LoraWizardApp(Session.open_project(project), start_step="probe")
+    app = LoraWizardApp(Session.open_project(project), start_step="probe",
+                        step_options={"probe": {"trial_runner_for": lambda gpu: CardRunner(gpu, calls)}})
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(3):
             await pilot.pause()

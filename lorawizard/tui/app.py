@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -45,10 +46,13 @@ class LoraWizardApp(App[None]):
     # What the step bar shows per step. Replaced, never changed in place (set_step_state): every StepBar watches it.
     step_states: reactive[dict[str, StepState]] = reactive(dict, init=False)
 
-    def __init__(self, session: Session, *, start_step: str | None = None) -> None:
+    def __init__(self, session: Session, *, start_step: str | None = None,
+                 step_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         super().__init__()
         self.session = session
         self.start_step = start_step
+        # extra options per step for its runs (tests pass their doubles here: a trial runner, a clone URL)
+        self.step_options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (step_options or {}).items()}
         self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
         states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self.set_reactive(LoraWizardApp.step_states, {**states, **session_step_states(session)})

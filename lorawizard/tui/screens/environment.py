@@ -8,7 +8,7 @@ only turns the step's result into widgets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -52,9 +52,6 @@ class EnvironmentScreen(StepScreen):
     EnvironmentScreen #command-note { height: auto; color: $text-muted; }
     EnvironmentScreen .step-body { scrollbar-gutter: stable; }
     """
-
-    # Tests put options for the fixes here (e.g. a local clone URL); the wizard leaves it empty.
-    fix_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -221,7 +218,7 @@ class EnvironmentScreen(StepScreen):
 
     def _run_fix(self, action: str, branch: str) -> None:
         self._fixing = True
-        self.runner.start(fix=action, branch=branch, **self.fix_options)
+        self.runner.start(fix=action, branch=branch, **wizard_app(self).step_options.get(self.STEP, {}))
         self.runner.scroll_visible()
 
     @on(SettingsForm.Saved)

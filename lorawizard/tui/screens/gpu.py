@@ -8,7 +8,7 @@ trial events arrive here as `ProbeUpdate` messages. Esc cancels a probe (the tri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -64,9 +64,6 @@ class GpuScreen(StepScreen):
         Binding("u", "refresh", "Refresh GPUs", show=True),
         Binding("space", "toggle_gpu", "Add/remove GPU", show=False),
     ]
-
-    # Tests put options for the probe step here (e.g. a trial runner); the wizard leaves it empty.
-    probe_options: ClassVar[dict[str, Any]] = {}
 
     DEFAULT_CSS = """
     GpuScreen #gpu-list { height: auto; max-height: 5; border: none; padding: 0; }
@@ -317,7 +314,7 @@ class GpuScreen(StepScreen):
         trials.clear()
         self._trial_rows.clear()
         trials.display = True
-        options: dict[str, Any] = dict(self.probe_options)
+        options: dict[str, Any] = dict(wizard_app(self).step_options.get(self.STEP, {}))
         options["reprobe"] = reprobe
         options["on_event"] = lambda event: self.post_message(ProbeUpdate(event))
         chosen = self._chosen()
