@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lorawizard.core import runs
-from lorawizard.core.runs import RunRecord
+from lorawizard.core.runs import RunRecord, RunStatus
 from lorawizard.core.training import Tick, watch
 
 UPDATE_EVERY_S = 0.25
@@ -27,7 +27,7 @@ class TrainView:
 
     name: str = ""
     run_id: str = ""
-    status: str = "no run"  # running | finished | failed | stopped | lost | no run
+    status: RunStatus | Literal["no run"] = "no run"
     phase: str = ""
     epoch: int = 0
     epochs: int | None = None

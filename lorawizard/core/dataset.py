@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lorawizard.core.imaging import (
@@ -60,6 +60,9 @@ class PreparedImage:
     crop: tuple[int, int, int, int]
 
 
+ImageStatus = Literal["use", "small", "skip", "duplicate", "bad"]  # small: flagged, skipped unless the user said use
+
+
 @dataclass
 class PlanItem:
     """One image of the source folder and what the step will do with it."""
@@ -68,7 +71,7 @@ class PlanItem:
     path: Path
     sha256: str
     probe: Probe
-    status: str  # "use" | "small" (flagged; skipped unless the user said use) | "skip" | "duplicate" | "bad"
+    status: ImageStatus
     width: int = 0  # upright
     height: int = 0
     bucket: tuple[int, int] | None = None

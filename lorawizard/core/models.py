@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core import catalog
 from lorawizard.core.catalog import ROLES, ModelFile, Tokenizer
@@ -126,12 +126,15 @@ def _preset_name(session: Session) -> str:
 # ---------------------------------------------------------------- row state
 
 
+RoleStateWord = Literal["unknown", "checking", "found", "missing", "downloading", "error"]
+
+
 @dataclass
 class RoleState:
     role: str  # flux | ae | clip_l | t5xxl | tokenizers
     file: str  # file name (or the tokenizer repos)
     repo: str
-    state: str = "unknown"  # unknown | checking | found | missing | downloading | error
+    state: RoleStateWord = "unknown"
     path: Path | None = None
     source: str = ""
     verified: bool = False  # sha256 matched the hub's

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.runsupervisor import EXIT_FILE
@@ -37,6 +37,7 @@ CREATE_TIME_TOLERANCE = 0.05  # psutil's create_time has ~10 ms resolution
 # how long a stop waits after SIGINT, then SIGTERM, then SIGKILL: the wizard's s, `--stop` and Ctrl-C in replay alike
 STOP_INT_S, STOP_TERM_S, STOP_KILL_S = 60.0, 15.0, 5.0
 _children: dict[int, subprocess.Popen[bytes]] = {}  # runs started by this process (reaped by poll())
+RunStatus = Literal["running", "finished", "failed", "stopped", "lost"]  # lost: ended without telling how
 
 
 class RunError(Exception):
@@ -115,7 +116,7 @@ class RunRecord:
         """The trainer is running: the leader lives and has not yet written exit.json (then it may run on_finish)."""
         return process_matches(self.pid, self.create_time) and not (self.dir / EXIT_FILE).exists()
 
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """running | finished | failed | stopped | lost (ended without telling how: killed with its supervisor)."""
         _reap(self.pid)
         info = self.exit_info()  # written when the trainer ends, before on_finish runs (the leader may live on)
