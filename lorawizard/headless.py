@@ -22,6 +22,7 @@ from lorawizard.core.text import one_line
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DECISIONS_FILE = "replay-decisions.toml"
+MAX_WARNINGS = 20  # session.toml warnings printed; more are counted in one line
 
 
 class ProgressPrinter:
@@ -155,8 +156,10 @@ def replay(
     except SessionError as exc:
         err.write(f"lorawizard: {one_line(str(exc))}\n")
         return EXIT_USAGE
-    for warning in session.warnings:
+    for warning in session.warnings[:MAX_WARNINGS]:
         err.write(f"lorawizard: warning: {one_line(warning)}\n")
+    if len(session.warnings) > MAX_WARNINGS:  # bounded output whatever the file holds
+        err.write(f"lorawizard: warning: ... and {len(session.warnings) - MAX_WARNINGS:,} more warnings about {session.path}\n")
     if all_steps and session.is_set("publish.repo") and "publish" not in steps:
         steps = [*steps, "publish"]
     problem = check_inputs(session, steps, dry_run=dry_run, detach=bool((options or {}).get("detach")))

@@ -40,7 +40,7 @@ from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import ScanResult, scan_source
 from lorawizard.core.session import BUCKET_RE, Session, bucket_area, parse_bucket
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
-from lorawizard.core.text import one_line
+from lorawizard.core.text import first_few, one_line
 
 MANIFEST_FILE = "lorawizard-manifest.json"
 REPORT_FILE = "lorawizard-report.txt"
@@ -101,6 +101,7 @@ class Plan:
     items: list[PlanItem]
     ignored: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # session.toml entries for files not in the source folder
     checked: dict[str, str] = field(default_factory=dict)  # sha256 → "" decodes / reason it does not
 
     @property
@@ -300,10 +301,8 @@ def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None =
         item.base_notes = list(item.notes)
         plan_item(item, decisions.get(source.rel, {}), max_side)
 
-    known = {item.source for item in plan.items}
-    for file in decisions:
-        if file not in known and not any(file == rel for rel, _ in plan.ignored):
-            plan.notes.append(f"session.toml has an entry for {file}, which is not in the source folder")
+    known = {item.source for item in plan.items} | {rel for rel, _ in plan.ignored}
+    plan.missing = [file for file in decisions if file not in known]
     assign_outputs(plan, previous)
     present = {source.sha256 for source in scan.images}
     plan.checked = {sha: reason for sha, reason in checked.items() if sha in present} if isinstance(checked, dict) else {}
@@ -696,6 +695,17 @@ def _not_used(plan: Plan) -> list[dict[str, str]]:
 ROUTINE_NOTE = re.compile(r"^(rotated \(EXIF \d\)|\d+ frames: first used)$")
 
 
+MISSING_LISTED = 1000  # the report file names this many stale entries; the console and the wizard's log 3
+
+
+def missing_note(files: list[str], *, listed: int = 3) -> str:
+    """One line for session.toml entries whose files are not in the source folder: the count and the first few."""
+    if len(files) == 1:
+        return f"note: session.toml has an entry for {files[0]}, which is not in the source folder"
+    return (f"note: session.toml has {len(files):,} entries for files that are not in the source folder "
+            f"{first_few(files, limit=listed)}")
+
+
 def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: bool = True) -> list[str]:
     """Report lines. Bad, skipped and ignored files always get a line each; with `every_note=False`
     routine notes (EXIF rotations, animations) are counted instead of listed (the report file lists them)."""
@@ -721,6 +731,8 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
     if routine:
         lines.append("notes: " + ", ".join(f"{kind}: {count}" for kind, count in sorted(routine.items())) + " (each one is in the report)")
     lines.extend(f"note: {note}" for note in plan.notes)
+    if plan.missing:  # one line however many (a session of 400,000 stale entries must not print 400,000)
+        lines.append(missing_note(plan.missing, listed=MISSING_LISTED if every_note else 3))
     if stats is not None:
         lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
                      for name in stats.unknown_files)

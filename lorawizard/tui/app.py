@@ -68,8 +68,11 @@ class LoraWizardApp(App[None]):
         return super().get_driver_class()
 
     def on_mount(self) -> None:
-        for warning in self.session.warnings:
+        warnings = self.session.warnings
+        for warning in warnings[:5]:  # toasts pile up: a handful, then a count
             self.notify(warning, severity="warning", timeout=8)
+        if len(warnings) > 5:
+            self.notify(f"... and {len(warnings) - 5:,} more warnings about {self.session.path.name}", severity="warning", timeout=8)
         self.switch_mode(self.start_step or self._first_open_step())
         self.call_after_refresh(self._ask_terminal)
 

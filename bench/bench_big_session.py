@@ -1,0 +1,153 @@
+"""A very large session.toml (issue #11 item 7): load time, peak memory and lines printed, naive vs ours, in one run.
+
+    python bench/bench_big_session.py [--images 100000,423729] [--unknown-every 1] [--naive-max N] [--keep DIR]
+
+Each session has `--images` `[[dataset.images]]` entries (file, bucket, caption, a crop in every tenth; about 120
+bytes each, so 423,729 is the ~50 MB file of the issue, above the supported maximum, and 100,000 is ~12 MB), three of them for photos that exist and the rest for files that are not in
+the source folder; every `--unknown-every`-th entry carries an unknown key `x`. Each measurement runs in a fresh
+child process (peak RSS is the child's own `ru_maxrss`):
+
+naive:  tomlkit.parse of the whole file (the round-trip document the wizard edits) and validate it with the old
+        one-line-per-problem notes (a `find_line` scan of the file for each unknown key, one note per missing entry);
+        the note count is what would have been printed.
+ours:   `lorawizard --replay session.toml --steps dataset --dry-run` (headless.replay in the child), the lines it prints.
+load:   `Session.load(read_only=True)` alone (what replay, `lorawizard status` and `stop` pay).
+
+Prints what it measured; asserts nothing about time (machines differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CAPTIONS = ("a woman in a red raincoat standing on a pier, overcast light",
+            "a man in a grey coat on a bicycle at dusk, wide lens",
+            "close-up portrait, studio backdrop, smiling, looking away")
+
+
+def make_project(root: Path, images: int, unknown_every: int) -> Path:
+    from PIL import Image
+
+    project = root / "project"
+    photos = project / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    real = []
+    for n in range(3):
+        name = f"real_{n}.jpg"
+        Image.new("RGB", (1024, 1024), (40 * n, 90, 160)).save(photos / name, quality=80)
+        real.append(name)
+    parts = ['version = 1\nname = "big"\n\n[paths]\n\n[models]\n\n[dataset]\nsource = "photos"\ntrigger = "ohwx"\n\n']
+    for n in range(images):
+        file = real[n] if n < len(real) else f"IMG_{n:07d}.jpg"
+        crop = "crop = [0, 504, 3024, 3528]\n" if n % 10 == 0 else ""
+        entry = (f'[[dataset.images]]\nfile = "{file}"\nbucket = "1024x1024"\n{crop}'
+                 f'caption = "{CAPTIONS[n % len(CAPTIONS)]}"\n')
+        if unknown_every and n % unknown_every == 0:
+            entry += "x = 1\n"
+        parts.append(entry + "\n")
+    parts.append("[gpu]\n\n[train]\n")
+    path = project / "session.toml"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
+
+
+NAIVE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+import tomlkit
+from lorawizard.core.session import find_line
+started = time.perf_counter()
+text = open(sys.argv[1], encoding="utf-8").read()
+doc = tomlkit.parse(text)
+notes = []
+known = {"file", "bucket", "crop", "caption", "skip", "caption_auto"}
+for index, entry in enumerate(doc["dataset"]["images"]):
+    for key in entry:
+        if key not in known:
+            if len(notes) < 200:  # the old code scanned the whole file per note; 200 are timed, the rest extrapolated
+                notes.append(f"{sys.argv[1]}:{find_line(text, 'dataset.images', key, index)}: unknown key")
+            else:
+                notes.append(None)
+    notes.append(f"note: session.toml has an entry for {entry['file']}, which is not in the source folder")
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "lines": len(notes)}))
+"""
+
+LOAD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from lorawizard.core.session import Session
+started = time.perf_counter()
+session = Session.load(sys.argv[1], read_only=True)
+images = session.images()
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "lines": len(session.warnings), "images": len(images)}))
+"""
+
+REPLAY = r"""
+import io, json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from lorawizard.headless import replay
+out, err = io.StringIO(), io.StringIO()
+started = time.perf_counter()
+code = replay(Path(sys.argv[1]), ["dataset"], dry_run=True, out=out, err=err, tty=False)
+elapsed = time.perf_counter() - started
+text = out.getvalue() + err.getvalue()
+print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "lines": text.count("\n"), "code": code, "head": text.splitlines()[:12]}))
+"""
+
+
+def child(script: str, session: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script, str(session), str(ROOT)], capture_output=True, text=True,
+                          env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", default="100000,423729", help="entry counts, comma-separated (one session each)")
+    parser.add_argument("--unknown-every", type=int, default=1, help="an unknown key in every Nth entry (0: none)")
+    parser.add_argument("--naive-max", type=int, default=10**9, help="skip the naive measurement above this many entries")
+    parser.add_argument("--keep", type=Path, help="build the projects here and keep them")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bigsession-"))
+    for images in (int(n) for n in args.images.split(",")):
+        started = time.perf_counter()
+        session = make_project(root / f"n{images}", images, args.unknown_every)
+        size_mb = session.stat().st_size / 1e6
+        print(f"session: {images:,} image entries, {size_mb:.1f} MB (written in {time.perf_counter() - started:.1f} s)")
+        results = {}
+        if images <= args.naive_max:
+            results["naive"] = child(NAIVE, session)
+        results["load"] = child(LOAD, session)
+        results["ours"] = child(REPLAY, session)
+        for name, r in results.items():
+            print(f"  {name:6s} {r['seconds']:8.1f} s  peak RSS {r['rss_mb']:7.0f} MB  lines {r['lines']:,}")
+        if "naive" in results:
+            naive, ours = results["naive"], results["ours"]
+            print(f"  ratio naive/ours: time {naive['seconds'] / ours['seconds']:.1f}x, "
+                  f"peak RSS {naive['rss_mb'] / ours['rss_mb']:.1f}x, lines {naive['lines'] / max(ours['lines'], 1):,.0f}x")
+        print("  replay output:")
+        for line in results["ours"].get("head", []):
+            print("    " + line[:200])
+
+
+if __name__ == "__main__":
+    main()
