@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.core.steps import STEP_ORDER
 from lorawizard.tui.app import LoraWizardApp
 
-# Keys never typed into a field, and keys that are characters in a field (pressed only outside fields). Every step
-# key is pressed from every screen with nothing focused; in the other states the keys that stay (switching screens
-# 300 times would make this a minute-long test on a loaded machine).
+# The global keys. STAY keys never switch screens: pressed in every focus state of every screen. F1–F6 work from
+# inside fields too; 1–6 and ? are characters in a field (typing them there is the field's business), so they are
+# pressed only outside fields. q quits, F8 writes a screenshot file: not swept.
 EVERYWHERE = ["escape", "ctrl+p"]
 OUTSIDE_FIELDS = ["question_mark"]
+F_KEYS = [f"f{n}" for n in range(1, 7)]
+DIGITS = [str(n) for n in range(1, 7)]
 
 
 def _saved_project(project: Path) -> bytes:
@@ -33,47 +36,71 @@ async def _settle(pilot, app: LoraWizardApp) -> None:  # noqa: ANN001
 
 
 def _focus_states(screen) -> list[str | None]:  # noqa: ANN001
-    """Nothing focused, then every text field, and one widget of every other focusable kind (the main list…)."""
-    states: list[str | None] = [None]
-    kinds: set[type] = set()
-    for widget in screen.query("*"):
-        if not (widget.focusable and widget.id):
-            continue
-        if isinstance(widget, (Input, TextArea)) or type(widget) not in kinds:
-            states.append(widget.id)
-            kinds.add(type(widget))
-    return states
+    """Nothing focused, then every focusable widget with an id (every field, list, table, button, checkbox…)."""
+    return [None] + [widget.id for widget in screen.query("*") if widget.focusable and widget.id]
 
 
-async def test_every_global_key_on_every_screen_in_every_focus_state_leaves_the_session(project: Path) -> None:
+def _keys_for(screen_index: int, state_index: int, in_field: bool, *, full: bool) -> list[str]:
+    """The keys pressed in one focus state. `full`: every global key. Otherwise every key that stays on the screen,
+    plus one F-key and one digit, rotating with the state so every screen presses each of them from some state
+    (a screen switch and the way back is what makes the full sweep take minutes)."""
+    if full:
+        switching = F_KEYS + ([] if in_field else DIGITS)
+    else:
+        turn = screen_index + state_index
+        switching = [F_KEYS[turn % 6]] + ([] if in_field else [DIGITS[(turn + 3) % 6]])
+    return EVERYWHERE + ([] if in_field else OUTSIDE_FIELDS) + switching
+
+
+async def _sweep(project: Path, step: str, *, full: bool) -> set[str]:
+    """Press the global keys on `step`'s screen in each of its focus states; session.toml and the focused field's
+    text must be unchanged after every key. Returns the keys pressed."""
     before = _saved_project(project)
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
-    pressed = 0
+    app = LoraWizardApp(Session.open_project(project), start_step=step)
+    pressed: set[str] = set()
     async with app.run_test(size=(80, 24)) as pilot:
-        for step in STEP_ORDER:
-            await app.switch_mode(step)
-            await pilot.pause()
-            screen = app.screen
-            states = _focus_states(screen)
-            for index, state in enumerate(states):
-                steps = range(1, 7) if index == 0 else []  # (screen switches are the slow part)
-                for key in EVERYWHERE + [f"f{n}" for n in steps] + OUTSIDE_FIELDS + [str(n) for n in steps]:
-                    if app.current_mode != step:
-                        await app.switch_mode(step)
-                    await _settle(pilot, app)
-                    if state is None:
-                        screen.set_focus(None)
-                    else:
-                        screen.query_one(f"#{state}").focus()
-                    await pilot.pause()
-                    in_field = state is not None and isinstance(screen.query_one(f"#{state}"), (Input, TextArea))
-                    if in_field and (key in OUTSIDE_FIELDS or key.isdigit()):
-                        continue
-                    await pilot.press(key)
-                    pressed += 1
-                    await _settle(pilot, app)
-                    assert (project / "session.toml").read_bytes() == before, (step, state, key)
-    assert pressed > 60
+        await pilot.pause()
+        screen = app.screen
+        states = _focus_states(screen)
+        assert len(states) > 1, step
+        for index, state in enumerate(states):
+            widget = None if state is None else screen.query_one(f"#{state}")
+            in_field = isinstance(widget, (Input, TextArea))
+            for key in _keys_for(STEP_ORDER.index(step), index, in_field, full=full):
+                if app.current_mode != step:
+                    await app.switch_mode(step)
+                await _settle(pilot, app)
+                if widget is None:
+                    screen.set_focus(None)
+                elif widget.display and widget.focusable:
+                    widget.focus()
+                else:
+                    break  # hidden by an earlier key's state (nothing to press from)
+                await pilot.pause()
+                text = widget.value if isinstance(widget, Input) else widget.text if isinstance(widget, TextArea) else None
+                await pilot.press(key)
+                pressed.add(key)
+                await _settle(pilot, app)
+                where = (step, state, key)
+                assert (project / "session.toml").read_bytes() == before, where
+                if isinstance(widget, Input):
+                    assert widget.value == text, where
+                elif isinstance(widget, TextArea):
+                    assert widget.text == text, where
+    return pressed
+
+
+@pytest.mark.parametrize("step", STEP_ORDER)
+async def test_every_global_key_on_every_screen_in_every_focus_state_leaves_the_session(project: Path, step: str) -> None:
+    pressed = await _sweep(project, step, full=False)
+    assert set(EVERYWHERE + OUTSIDE_FIELDS) <= pressed and len(pressed & set(F_KEYS)) >= 2, pressed
+
+
+@pytest.mark.extra
+@pytest.mark.parametrize("step", STEP_ORDER)
+async def test_full_key_sweep(project: Path, step: str) -> None:
+    """Every global key in every focus state (the default sweep rotates F-keys and digits over the states)."""
+    assert await _sweep(project, step, full=True) == set(EVERYWHERE + OUTSIDE_FIELDS + F_KEYS + DIGITS)
 
 
 async def test_f_keys_jump_from_inside_a_field_without_typing(project: Path) -> None:
