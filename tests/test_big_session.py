@@ -162,3 +162,14 @@ def test_missing_note_one_and_many() -> None:
     assert missing_note(["a.jpg"]) == "note: session.toml has an entry for a.jpg, which is not in the source folder"
     assert missing_note(["a.jpg", "b\nc.jpg"]) == (
         "note: session.toml has 2 entries for files that are not in the source folder (a.jpg, b\\nc.jpg)")
+
+
+def test_read_only_images_are_copies(tmp_path: Path) -> None:
+    path = tmp_path / "session.toml"
+    path.write_text(EXAMPLE)
+    session = Session.load(path, read_only=True)
+    got = session.images()["IMG_0001.jpg"]
+    got["crop"][0] = 99
+    got["caption"] = "changed by a caller"
+    assert session.images()["IMG_0001.jpg"]["crop"][0] == 0
+    assert session.images()["IMG_0001.jpg"]["caption"] == "a woman in a red raincoat"

@@ -518,7 +518,7 @@ class Session:
 
     def images(self) -> dict[str, dict[str, Any]]:
         """`[[dataset.images]]` as {file: {bucket, crop, caption, skip}} (plain values, in file order)."""
-        return {str(entry["file"]): _plain(entry) for entry in self._image_tables()}
+        return {str(entry["file"]): _plain_entry(entry) for entry in self._image_tables()}
 
     # -- writing
 
@@ -693,6 +693,14 @@ def _walk(doc: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 def _plain(value: Any) -> Any:
     return value.unwrap() if hasattr(value, "unwrap") else value
+
+
+def _plain_entry(entry: Any) -> dict[str, Any]:
+    """A plain copy of one image entry: tomlkit's unwrap copies; tomllib's dict (read-only) is copied here, so a
+    caller that changes what it got never changes the session."""
+    if hasattr(entry, "unwrap"):
+        return cast(dict[str, Any], entry.unwrap())
+    return {key: list(value) if isinstance(value, list) else value for key, value in entry.items()}
 
 
 def _copy_default(value: Any) -> Any:
