@@ -370,7 +370,7 @@ class Session:
 
     def validate(self, text: str | None = None) -> list[str]:
         """Raise SessionError on the first invalid value; return warnings for unknown keys."""
-        text = text if text is not None else self.doc.as_string()
+        text = text if text is not None else self.to_text()  # tomlkit or (read-only) plain dicts
         warnings: list[str] = []
         unknown: list[str] = []
 
