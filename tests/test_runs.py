@@ -160,6 +160,21 @@ def test_resume_after_a_finished_run_says_there_is_nothing_left(tmp_path: Path) 
     assert (plan.base_epoch, plan.base_step) == (2, 4)
 
 
+def test_resume_continues_the_run_started_last_not_an_older_one_further_on(tmp_path: Path) -> None:
+    """A finished run (4 steps), then a fresh run killed at step 3 (a state at step 2): r resumes the fresh run, the
+    one a person just watched, although the finished run's end state has the higher step."""
+    session = make_train_project(tmp_path, epochs=2)  # 2 steps per epoch, a state every epoch
+    old = _wait(_start(session, STEP_SECONDS=0.01))
+    assert old.state.model_saved
+    session.set("train.max_train_epochs", 4)
+    fresh = _start(session, STEP_SECONDS=0.01, KILL_AT_STEP=3)
+    _wait(fresh)
+    newest = runs.newest_state(session.paths.runs)
+    assert (newest.run_id, newest.step) == (fresh.run_id, 2)
+    plan = plan_run(session, resume=True)
+    assert plan.resumed_from is not None and plan.resumed_from.parent == fresh.dir and plan.base_step == 2
+
+
 def _diagnose_run(tmp_path: Path, session=None, **env: object):
     session = session or make_train_project(tmp_path)
     record = _start(session, STEP_SECONDS=0.01, **env)

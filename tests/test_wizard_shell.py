@@ -129,3 +129,25 @@ def test_step_bar_knows_captions_and_training_are_done(project: Path, monkeypatc
     assert "train" not in session_step_states(session)
     monkeypatch.setattr(runs, "list_runs", lambda folder: [Run("finished"), Run("failed")])
     assert session_step_states(session).get("train") == "done"
+
+
+@pytest.mark.parametrize("step", ["env", "train"])
+async def test_tab_goes_to_the_first_field_never_the_scrolling_body(project: Path, step: str) -> None:
+    """At 80x24 a person presses Tab to reach a field and types a path: the first Tab used to focus the body (out of
+    sight), so `/tmp/qa/...` ran the letter keys and q quit the wizard."""
+    from textual.widgets import Log
+
+    app = make_app(project, start=step)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.screen.set_focus(None)  # as after Enter ran the check: keys act on the screen
+        await pilot.press("tab")
+        first = {"env": "set-paths-sd_scripts", "train": "train-log"}[step]
+        assert app.focused is not None and app.focused.id == first
+        if step == "env":
+            await pilot.press(*"/tmp/q")
+            assert app.is_running and app.screen.query_one("#set-paths-sd_scripts", Input).value == "/tmp/q"
+            await pilot.press("shift+tab")
+            assert not (app.focused is not None and app.focused.has_class("step-body"))
+        else:
+            assert isinstance(app.focused, Log)

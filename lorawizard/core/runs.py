@@ -408,9 +408,11 @@ class SavedState:
 
 
 def saved_states(runs_dir: Path) -> list[SavedState]:
-    """Every `*-state` folder with a train_state.json under `runs_dir`, oldest (lowest step) first."""
-    states = []
-    for record in list_runs(runs_dir):
+    """Every `*-state` folder with a train_state.json under `runs_dir`, oldest first: by run (the order they were
+    started), then by step within a run. The last one continues the newest run: a run started afresh begins again at
+    step 0, so an older run's higher step is not newer (r after stopping a fresh run resumed an old one's end)."""
+    states: list[tuple[int, SavedState]] = []
+    for order, record in enumerate(list_runs(runs_dir)):
         try:
             folders = [p for p in record.dir.iterdir() if p.is_dir() and p.name.endswith("-state")]
         except OSError:
@@ -423,9 +425,9 @@ def saved_states(runs_dir: Path) -> list[SavedState]:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             offset = int(record.extra.get("state_step_offset", record.base_step))  # see training.plan_run
-            states.append(SavedState(folder, epoch, offset + step, record.run_id, mtime))
-    states.sort(key=lambda s: (s.step, s.mtime))
-    return states
+            states.append((order, SavedState(folder, epoch, offset + step, record.run_id, mtime)))
+    states.sort(key=lambda item: (item[0], item[1].step, item[1].mtime))
+    return [state for _, state in states]
 
 
 def newest_state(runs_dir: Path) -> SavedState | None:

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Static, TextArea
 
 from lorawizard.core.session import Session
@@ -78,6 +79,20 @@ class StepScreen(Screen):
 
     def in_text_field(self) -> bool:
         return isinstance(self.focused, (Input, TextArea))
+
+    def focus_next(self, selector: str | type[Widget] = "*") -> Widget | None:
+        """Tab skips the scrolling body (it only scrolls: a person pressing Tab to reach a field landed there, out of
+        sight, and the path typed next ran the screen's letter keys; a q in it quit the wizard)."""
+        focused = super().focus_next(selector)
+        if focused is not None and focused.has_class("step-body"):
+            focused = super().focus_next(selector)
+        return focused
+
+    def focus_previous(self, selector: str | type[Widget] = "*") -> Widget | None:
+        focused = super().focus_previous(selector)
+        if focused is not None and focused.has_class("step-body"):
+            focused = super().focus_previous(selector)
+        return focused
 
     def focus_main(self) -> None:
         main = next(iter(self.query(self.MAIN)), None) if self.MAIN else None
