@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lorawizard.core import catalog
 from lorawizard.core.autocaption import captioner_folder, folder_problem
@@ -33,7 +33,7 @@ from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
 if TYPE_CHECKING:
-    from lorawizard.core.models import RoleState
+    from lorawizard.core.models import ModelsOptions, RoleState
 
 REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
 INDEX = "model.safetensors.index.json"
@@ -183,7 +183,7 @@ def _row(captioner: CaptionerState, **changes: object) -> RoleState:
 
 
 def _notify(ctx: StepContext, row: RoleState) -> None:
-    callback = ctx.options.get("on_state")
+    callback = cast("ModelsOptions", ctx.options).get("on_state")
     if callback is not None:
         try:
             callback(row)
@@ -209,7 +209,7 @@ def after_model_files(ctx: StepContext, result: StepResult) -> StepResult:
     _notify(ctx, _row(state))
     if not ctx.session.get("captions.auto"):
         return result
-    action = str(ctx.options.get("action", "download"))
+    action = str(cast("ModelsOptions", ctx.options).get("action", "download"))
     if state.ready or not result.ok or action == "find" or ctx.dry_run:
         verb = "would download" if ctx.dry_run and not state.ready else ""
         result.details.append(f"{verb} {state.line()}".strip())
