@@ -12,7 +12,7 @@ import tomlkit
 
 from lorawizard.core import command as cmd
 from lorawizard.core.command import CommandError
-from lorawizard.core.session import Session
+from lorawizard.core.session import Session, SessionError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 WEIRD = "we ird $HOME `x` ; 'q' \"d\" & | > <"  # characters a shell would interpret
@@ -268,6 +268,23 @@ def test_caption_dropout_zero_is_not_a_conflict(project: Path) -> None:
     session = make_session(project, train__extra_args=["--caption_dropout_rate", "0", "--blocks_to_swap", "0",
                                                         "--cpu_offload_checkpointing"])
     cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+
+
+def test_fp32_runs_agree_everywhere_and_drop_fp8(project: Path) -> None:
+    """train.mixed_precision = "no" (fp32: CPUs without native bf16 — the e2e harness — and debugging): the launcher,
+    its config and the trainer all say `no`, and fp8_base (sd-scripts asserts it needs mixed precision) is dropped."""
+    session = make_session(project, train__mixed_precision="no", gpu__vram_preset="12gb")
+    command = cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    assert command.argv[7:9] == ["--mixed_precision", "no"]
+    args = real_like_parser().parse_args(script_options(command))
+    assert args.mixed_precision == "no" and args.save_precision == "bf16" and not args.fp8_base
+    assert args.blocks_to_swap == 16  # the rest of the preset stays
+    assert "mixed_precision: no" in cmd.accelerate_config_text(session)
+    session.set("train.extra_args", ["--mixed_precision", "fp16"])
+    with pytest.raises(CommandError, match="train.mixed_precision"):
+        cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    with pytest.raises(SessionError, match="bf16"):
+        session.set("train.mixed_precision", "fp16")
 
 
 # ---------------------------------------------------------------- accelerate config

@@ -8,7 +8,7 @@ sd-scripts-dataset-config-schema.tsv; a test keeps them equal):
   have the parser's type and choices; the session's `train.extra_args` go through the same check and are rejected
   with one clear line when unknown or malformed. No shell is ever involved: `argv` is a list, `shell_text()` is
   only for people (shell-quoted, copyable).
-* `write_accelerate_config(session, path)`: a project-local YAML (one machine, no dynamo, bf16; one process on the
+* `write_accelerate_config(session, path)`: a project-local YAML (one machine, no dynamo, train.mixed_precision; one process on the
   chosen GPU, or MULTI_GPU over several — see core.multigpu). The user's global accelerate config is never read or
   changed (we always pass `--config_file`).
 * `write_dataset_config(session, path, ...)`: one `[[datasets]]` per bucket in use, absolute `image_dir`, types
@@ -216,6 +216,7 @@ MANAGED_OPTIONS: dict[str, str] = {
     "learning_rate": "train.learning_rate",
     "optimizer_type": "train.optimizer_type",
     "seed": "train.seed",
+    "mixed_precision": "train.mixed_precision (the launcher and its config must agree with the trainer)",
     "huggingface_token": "nowhere: tokens never go on a command line",
     "wandb_api_key": "nowhere: keys never go on a command line",
 }
@@ -415,7 +416,7 @@ def base_options(session: Session) -> dict[str, Any]:
         "max_data_loader_n_workers": 2,
         "seed": session.get("train.seed"),
         "gradient_checkpointing": True,
-        "mixed_precision": "bf16",
+        "mixed_precision": session.get("train.mixed_precision"),
         "save_precision": "bf16",
         "network_module": "networks.lora_flux",
         "network_dim": session.get("train.network_dim"),
@@ -458,6 +459,9 @@ def trainer_options(
             options[name] = value
     extra = parse_extra_args(session.get("train.extra_args"))
     options.update(extra)
+    if options["mixed_precision"] == "no":  # sd-scripts asserts fp8_base/full_bf16 need mixed precision
+        for name in ("fp8_base", "fp8_base_unet", "full_bf16"):
+            options[name] = None
     options["dataset_config"] = _absolute(dataset_config) if dataset_config is not None else None
     options["output_dir"] = _absolute(output_dir) if output_dir is not None else None
     options["output_name"] = output_name or session.get("name")
@@ -527,7 +531,7 @@ def build_train_command(
         "--num_cpu_threads_per_process",
         "1",
         "--mixed_precision",
-        "bf16",
+        str(options["mixed_precision"]),
         str(sd_scripts / TRAIN_SCRIPT),
         *render_options(options),
     ]
@@ -603,7 +607,7 @@ def accelerate_config_text(session: Session, launch: Any = None, *, machine: Any
         )
     same_network = "true" if machine is None or session.get("gpu.same_network") else "false"
     return header + body + (
-        "mixed_precision: bf16\n"
+        f"mixed_precision: {session.get('train.mixed_precision')}\n"
         "use_cpu: false\n"
         "debug: false\n"
         "downcast_bf16: 'no'\n"

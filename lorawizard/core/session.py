@@ -145,6 +145,8 @@ SCHEMA: tuple[Field, ...] = (
           _word(r"[A-Za-z][A-Za-z0-9_.]*", "an optimizer name such as AdamW8bit or prodigyopt.Prodigy"), "optimizer"),
     Field("train.seed", "int", 42, _between(0, 2**32 - 1), "random seed (numpy takes 0 to 2^32-1)"),
     Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
+    Field("train.mixed_precision", "str", "bf16", None,
+          "bf16 (every GPU FLUX trains on) or no (fp32: CPUs without native bf16, debugging; ~2x memory)", ("bf16", "no")),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
     Field("captions.model", "str", "qwen2.5-vl-3b", None, "captioner: a catalog name or a folder with a transformers model"),
     Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),
