@@ -63,6 +63,13 @@ def e2e_precision() -> str:
     return "bf16" if "avx512" in flags else "no"
 
 
+def e2e_t5() -> Path:
+    """The T5-XXL file: in fp32 runs its fp32 copy when there is one (tests/e2e_tools/t5_to_fp32.py): sd-scripts' cast
+    is then a no-op and the tensors stay mmap'd (page cache, shared by processes) instead of 17.7 GiB each."""
+    fp32 = E2E / "models" / "t5xxl-random_fp32.safetensors"
+    return fp32 if e2e_precision() == "no" and fp32.is_file() else E2E / "models" / "t5xxl-random_bf16.safetensors"
+
+
 def e2e_session(project: Path, **values: object) -> Session:
     """A project that uses the e2e setup: its sd-scripts, venv, tiny models, tokenizers; its 4 images as one bucket."""
     bucket = project / "dataset" / "128x128"
@@ -77,7 +84,7 @@ def e2e_session(project: Path, **values: object) -> Session:
     session.set("models.flux", str(E2E / "models" / "flux1-dev-tiny-1d1s.safetensors"))
     session.set("models.ae", str(E2E / "models" / "ae-random.safetensors"))
     session.set("models.clip_l", str(E2E / "models" / "clip_l-random.safetensors"))
-    session.set("models.t5xxl", str(E2E / "models" / "t5xxl-random_bf16.safetensors"))
+    session.set("models.t5xxl", str(e2e_t5()))
     session.set("train.mixed_precision", e2e_precision())
     session.set("dataset.num_repeats", 1)
     session.set("train.max_train_epochs", 2)

@@ -9,6 +9,11 @@ epoch instead of 2), and one LoRA is saved. Needs ~22 GB of RAM (each process ho
 
     flock /tmp/e2e.lock env LORAWIZARD_E2E=/work/e2e python -m pytest -m extra tests/test_multigpu_e2e.py -s
 
+On a CPU without native bf16 the e2e runs use fp32 (tests/test_command_e2e.py:e2e_precision); sd-scripts would then
+cast the bf16 T5-XXL to fp32 in each process (17.7 GiB each: two do not fit in 24 GiB). So this test wants an fp32
+copy of it, made once with `tests/e2e_tools/t5_to_fp32.py`: loaded from fp32 the cast is a no-op and the mmap'd
+tensors are shared by both processes through the page cache.
+
 Without caches each process encodes the latents and T5 outputs itself: on a loaded 2-core box (load ~13) that ran
 at ~520 s per 128px latent and the run was stopped before training; give it caches (LORAWIZARD_E2E_CACHES) or time.
 """
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_command_e2e import e2e_session, needs_e2e
+from tests.test_command_e2e import E2E, e2e_precision, e2e_session, needs_e2e
 from tests.test_train_e2e import _reuse_caches
 
 pytestmark = pytest.mark.extra
@@ -37,6 +42,10 @@ SHIM = Path(os.environ.get("LORAWIZARD_DDP_SHIM") or next((p for p in _FOUND if 
 @pytest.mark.skipif(not (SHIM / "sitecustomize.py").is_file(), reason="needs ../shared/e2e/ddp_shim")
 def test_two_cpu_processes_train_sharded_and_save_one_lora(project: Path) -> None:
     session = e2e_session(project, train__max_train_epochs=1)
+    if e2e_precision() == "no":
+        t5 = E2E / "models" / "t5xxl-random_fp32.safetensors"
+        if not t5.is_file():
+            pytest.skip(f"fp32 runs need {t5}: python tests/e2e_tools/t5_to_fp32.py (see this module's docstring)")
     _reuse_caches(project)  # LORAWIZARD_E2E_CACHES: latent/TE caches of an earlier run skip minutes of encoding
     env = dict(os.environ)
     env["LORAWIZARD_CPU_PROCESSES"] = "2"
