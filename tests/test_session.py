@@ -320,3 +320,18 @@ def test_display_path_uses_tilde_under_home(isolated_home: Path) -> None:
     assert display_path(isolated_home) == "~"
     assert display_path(isolated_home / "loras" / "a b") == "~/loras/a b"
     assert display_path("/etc/hosts") == "/etc/hosts"
+
+
+@pytest.mark.parametrize("repo", ["a/a_", "_a/b", "a-/b", "a/.b", "a/b--c", "user/name", "a/b.git", "name", "a/b/c",
+                                  "a" * 96 + "/b", "a" * 97 + "/b", "ü/b", "a/-b", "a/b_-_c"])
+def test_repo_ids_follow_huggingface_hubs_own_rule(repo: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from lorawizard.core.session import repo_id_problem
+
+    try:
+        validate_repo_id(repo)
+        valid = True
+    except HFValidationError:
+        valid = False
+    assert (repo_id_problem(repo) is None) == valid

@@ -99,7 +99,8 @@ def _version(v: int) -> str | None:
     return None if v == SESSION_VERSION else f"version {SESSION_VERSION} (this lorawizard reads only that)"
 
 
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+# huggingface_hub's validate_repo_id: `\b[\w\-.]{1,96}\b` per part, so "_" may start or end a part, "-" and "." not
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 REPO_ID_RE = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}")
 
 
