@@ -74,6 +74,19 @@ def test_dataset_screen_80x24(snap_compare, isolated_home: Path) -> None:
     assert snap_compare(make_app(isolated_home), terminal_size=(80, 24), run_before=ready)
 
 
+async def test_key_hints_fit_80_columns(isolated_home: Path) -> None:
+    """The hint line is the only place that says s shows the settings (source, max side) once a scan is shown; at
+    80 columns it was cut at "s"."""
+    from textual.widgets import Static
+
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        keys = app.screen.query_one("#ds-keys", Static)
+        text = str(keys.render())
+        assert text.rstrip().endswith("s settings") and len(text.rstrip()) <= keys.content_region.width
+
+
 def test_dataset_screen_120x40(snap_compare, isolated_home: Path) -> None:
     async def ready(pilot) -> None:  # noqa: ANN001
         await settle(pilot)

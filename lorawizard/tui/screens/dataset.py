@@ -162,7 +162,7 @@ class DatasetScreen(StepScreen):
             with Vertical(id="ds-preview"):
                 yield image_widget_class()(None, id="ds-image")
                 yield Static("", id="ds-info")
-        yield Static("←→ ⇧↑↓ move crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings", id="ds-keys")
+        yield Static("←→ ⇧↑↓ crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings", id="ds-keys")
 
     @property
     def table(self) -> DataTable:
