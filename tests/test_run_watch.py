@@ -73,3 +73,28 @@ def test_dashboard_views_come_from_the_same_loop(tmp_path: Path) -> None:
     assert [v.status for v in shown] == ["running", "finished"]
     assert [v.reset_lines for v in shown] == [True, False]
     assert shown[-1].procs == 0 and shown[-1].gpu_note == "no GPU chosen (step 5)"
+
+
+def test_the_dashboard_stops_the_surviving_ranks_of_a_failed_run(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Several processes: one rank failed, the others still run (stuck in a collective). The wizard's dashboard stops
+    them as replay does (once, in a thread) and says so once."""
+    import threading
+
+    from lorawizard.core import runs
+
+    stopped: list[object] = []
+    done = threading.Event()
+    monkeypatch.setattr(runs, "stop", lambda record, **kw: (stopped.append((record, kw)), done.set()))
+    log = tmp_path / "train.log"
+    log.write_text("[rank1]: Traceback (most recent call last):\n[rank1]: RuntimeError: boom\n")
+    record = FakeRecord(log, ticks=5)
+    record.extra["processes"] = 2
+    shown = list(views(record, "x", wait=lambda s: None, rank_grace_s=0))  # type: ignore[arg-type]
+    assert done.wait(5)
+    notices = [v.notice for v in shown if v.notice]
+    assert notices == ["rank 1 failed and the other processes were still running: stopping the rest of run r1"]
+    assert len(stopped) == 1 and stopped[0][0] is record
+    healthy = FakeRecord(tmp_path / "ok.log", ticks=5)
+    (tmp_path / "ok.log").write_text("")
+    healthy.extra["processes"] = 2
+    assert not [v.notice for v in views(healthy, "x", wait=lambda s: None, rank_grace_s=0) if v.notice]  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ memory, the checkpoint folder, the newest sample image) at most once a second an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from lorawizard.core import runs
 from lorawizard.core.runs import RunRecord, RunStatus
-from lorawizard.core.training import Tick, watch
+from lorawizard.core.training import RankWatch, Tick, watch
 
 UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
@@ -54,6 +55,7 @@ class TrainView:
     procs: int = 0
     diagnosis: Any = None  # core.diagnosis.Diagnosis
     log_path: str = ""
+    notice: str = ""  # once, for a pop-up: e.g. the surviving ranks of a failed run are being stopped
 
 
 class ProcessSampler:
@@ -132,14 +134,27 @@ def view_from(tick: Tick, name: str, extra: dict[str, Any]) -> TrainView:
 
 
 def views(record: RunRecord, name: str, *, wait: Callable[[float], bool | None],
-          poll_s: float = UPDATE_EVERY_S, slow_s: float = SLOW_EVERY_S) -> Iterator[TrainView]:
+          poll_s: float = UPDATE_EVERY_S, slow_s: float = SLOW_EVERY_S,
+          rank_grace_s: float = 120.0) -> Iterator[TrainView]:
     """One `TrainView` per tick of `watch` until the run ends or `wait` returns True (the screen leaves)."""
     sampler = ProcessSampler()
     slow_at = 0.0
     extra: dict[str, Any] = {}
+    orphans = RankWatch(rank_grace_s)
     for tick in watch(record, poll_s=poll_s, wait=wait):
         now = time.monotonic()
         if now >= slow_at or not tick.alive:
             slow_at = now + slow_s
             extra = slow_readings(tick.record, sampler, tick.alive, name)
-        yield view_from(tick, name, extra)
+        view = view_from(tick, name, extra)
+        if tick.alive and orphans.check(tick.follower.state, tick.follower.clock()):
+            view.notice = stop_surviving_ranks(tick.record, orphans.reason(tick.follower.state))
+        yield view
+
+
+def stop_surviving_ranks(record: RunRecord, reason: str) -> str:
+    """Several processes, one failed and the others still run (stuck in a collective): stop them as replay does,
+    in a thread so the dashboard keeps updating while the signals escalate."""
+    threading.Thread(target=runs.stop, args=(record,), kwargs={"int_timeout": 10, "term_timeout": 5, "kill_timeout": 3},
+                     name=f"stop-ranks-{record.run_id}", daemon=True).start()
+    return f"{reason}: stopping the rest of run {record.run_id}"

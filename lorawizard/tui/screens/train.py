@@ -214,6 +214,8 @@ class TrainScreen(StepScreen):
         self.apply_view(message.view)
 
     def apply_view(self, view: TrainView) -> None:
+        if view.notice:
+            self.notify(view.notice, severity="warning", timeout=15)
         if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost"):
             self.app.bell()  # a run that ends while nobody watches: the terminal says so
             self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch, "
