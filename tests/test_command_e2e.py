@@ -64,8 +64,8 @@ def e2e_precision() -> str:
 
 
 def e2e_t5() -> Path:
-    """The T5-XXL file: in fp32 runs its fp32 copy when there is one (tests/e2e_tools/t5_to_fp32.py): sd-scripts' cast
-    is then a no-op and the tensors stay mmap'd (page cache, shared by processes) instead of 17.7 GiB each."""
+    """The T5-XXL file: in fp32 runs its fp32 copy when there is one (tests/e2e_tools/t5_to_fp32.py), so sd-scripts
+    does not cast 4.7 B parameters at load (measured: ~11 GiB resident per process instead of ~22 GiB peak)."""
     fp32 = E2E / "models" / "t5xxl-random_fp32.safetensors"
     return fp32 if e2e_precision() == "no" and fp32.is_file() else E2E / "models" / "t5xxl-random_bf16.safetensors"
 

@@ -9,10 +9,12 @@ epoch instead of 2), and one LoRA is saved. Needs ~22 GB of RAM (each process ho
 
     flock /tmp/e2e.lock env LORAWIZARD_E2E=/work/e2e python -m pytest -m extra tests/test_multigpu_e2e.py -s
 
-On a CPU without native bf16 the e2e runs use fp32 (tests/test_command_e2e.py:e2e_precision); sd-scripts would then
-cast the bf16 T5-XXL to fp32 in each process (17.7 GiB each: two do not fit in 24 GiB). So this test wants an fp32
-copy of it, made once with `tests/e2e_tools/t5_to_fp32.py`: loaded from fp32 the cast is a no-op and the mmap'd
-tensors are shared by both processes through the page cache.
+On a CPU without native bf16 the e2e runs use fp32 (tests/test_command_e2e.py:e2e_precision), which needs more
+memory than two processes have on a 24 GiB box: measured 2026-12-03 on an AVX2-only 2-core EPYC with the fp32 T5-XXL
+copy (tests/e2e_tools/t5_to_fp32.py), each rank still held ~11.3 GiB of anonymous memory once its models were loaded
+(the hoped-for sharing of the mmap'd file did not happen), and the kernel killed rank 1 while both cached text-encoder
+outputs; lorawizard's diagnosis named it ("own copy of the models in RAM: use fewer GPUs … or add RAM/swap"). With
+bf16 (AVX-512 machines) the memory is halved. Needs ~32 GiB with fp32.
 
 Without caches each process encodes the latents and T5 outputs itself: on a loaded 2-core box (load ~13) that ran
 at ~520 s per 128px latent and the run was stopped before training; give it caches (LORAWIZARD_E2E_CACHES) or time.

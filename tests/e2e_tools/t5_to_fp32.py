@@ -1,9 +1,9 @@
 """Write an fp32 copy of a safetensors file tensor by tensor (peak memory: one tensor), for the CPU e2e harness.
 
 Why: on a CPU without native bf16 the e2e runs use fp32 (`train.mixed_precision = "no"`); sd-scripts then casts the
-bf16 T5-XXL to fp32 in each process (17.7 GiB each), so two processes do not fit in 24 GiB. Loaded from an fp32 file
-the cast is a no-op and safetensors' tensors stay file-backed (mmap), so both processes share one copy in the page
-cache. Run it with the trainer's Python (needs torch + safetensors):
+bf16 T5-XXL to fp32 at load (peak ~22 GiB resident for one process). Loaded from an fp32 file the cast is a no-op:
+~11 GiB resident per process (measured). Two processes still do not fit in 24 GiB: the file-backed pages were not
+shared (each rank's anonymous memory grew to ~11.3 GiB). Run it with the trainer's Python (needs torch + safetensors):
     /work/e2e/venv/bin/python tests/e2e_tools/t5_to_fp32.py IN.safetensors OUT.safetensors
 """
 
