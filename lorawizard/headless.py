@@ -26,15 +26,21 @@ MAX_WARNINGS = 20  # session.toml warnings printed; more are counted in one line
 
 
 class ProgressPrinter:
-    """Progress events → a live bar on a TTY, or a plain line every `every` seconds otherwise."""
+    """Progress events → a live bar on a TTY, or plain lines otherwise.
+
+    Plain lines: one when the task begins, one when it finishes, and in between one when something a person
+    reads changed (the count or the task: not the rate or ETA), at most every `every` seconds. A task whose
+    count stands still gets a heartbeat every `unchanged_every` seconds that says how long it has not moved.
+    """
 
     def __init__(self, out: TextIO, *, tty: bool | None = None, every: float = 2.0, unchanged_every: float = 30.0) -> None:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.every = every
         self.unchanged_every = unchanged_every  # a line that says nothing new is only a heartbeat
-        self._last: dict[tuple[str, str], float] = {}
-        self._last_text: dict[tuple[str, str], str] = {}
+        self._printed: dict[tuple[str, str], tuple[float, str]] = {}  # task → when it last printed, its news
+        self._since: dict[tuple[str, str], float] = {}  # task → when its news last changed
+        self._last_line = ""
         self._live = False
         self._lock = threading.Lock()
 
@@ -46,25 +52,36 @@ class ProgressPrinter:
                 return
             key = (event.step, event.task)
             now = time.monotonic()
-            first = key not in self._last
-            since = now - self._last.get(key, now)
-            wait = self.unchanged_every if line == self._last_text.get(key) else self.every
-            if first or event.finished or since >= wait:
-                self._last[key] = now
-                self._last_text[key] = line
-                self.out.write(line + "\n")
-                self.out.flush()
+            news = _news(event)
+            previous = self._printed.get(key)
+            if previous is None or event.finished:
+                due = True
+            elif news != previous[1]:
+                due = now - previous[0] >= self.every
+            else:
+                due = now - previous[0] >= self.unchanged_every
+                if due:
+                    line += f" · no change for {format_duration(now - self._since.get(key, previous[0]))}"
+            if due and line != self._last_line:
+                if previous is None or news != previous[1]:
+                    self._since[key] = now
+                self._printed[key] = (now, news)
+                self._write(line)
             if event.finished:
-                self._last.pop(key, None)
-                self._last_text.pop(key, None)
+                self._printed.pop(key, None)
+                self._since.pop(key, None)
+
+    def _write(self, line: str) -> None:
+        self._last_line = line
+        self.out.write(line + "\n")
+        self.out.flush()
 
     def line(self, text: str) -> None:
         with self._lock:
             if self._live:
                 self.out.write("\r\x1b[2K")
                 self._live = False
-            self.out.write(text + "\n")
-            self.out.flush()
+            self._write(text)
 
     def _draw(self, line: str, *, final: bool) -> None:
         fraction = _fraction(line)
@@ -77,6 +94,11 @@ class ProgressPrinter:
         if final:
             self.out.write("\n")
         self.out.flush()
+
+
+def _news(event: Progress) -> str:
+    """What a person reads in a progress line, less what moves on its own (rate, ETA, the current file)."""
+    return format_progress(Progress(event.step, event.task, event.done, event.total, event.unit))
 
 
 def _fraction(line: str) -> float | None:

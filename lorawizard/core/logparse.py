@@ -675,6 +675,8 @@ class TrainState:
                 if event.batches_per_epoch is not None:  # type: ignore[union-attr]
                     self.steps_per_epoch = event.batches_per_epoch  # type: ignore[union-attr]
             elif kind is Phase:
+                if event.name != self.phase:  # type: ignore[union-attr]
+                    self.phase_bar = None  # the last phase's bar: the new phase has none yet
                 self.phase = event.name  # type: ignore[union-attr]
             elif kind is CheckpointSaved:
                 self.checkpoints.append(event.path)  # type: ignore[union-attr]

@@ -19,7 +19,7 @@ from typing import Any, TypedDict, cast
 from lorawizard.core import projectlock, runs
 from lorawizard.core.diagnosis import Diagnosis, diagnose
 from lorawizard.core.logparse import Epoch, LogParser, TrainState
-from lorawizard.core.progress import Progress, format_duration
+from lorawizard.core.progress import LogCallback, Progress, ProgressCallback, format_duration
 from lorawizard.core.runs import RunError, RunRecord
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
@@ -294,7 +294,7 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
 def status_line(state: TrainState) -> str:
     """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · elapsed 1:03 · ETA 4:31`."""
     parts = []
-    if state.epochs:
+    if state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
         parts.append(f"epoch {state.epoch}/{state.epochs}")
     if state.total_steps:
         parts.append(f"step {state.step}/{state.total_steps} ({state.fraction or 0:.0%})")
@@ -424,22 +424,12 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     follower = RunFollower(record)
     state = follower.state
     orphans = RankWatch()
-    seen_epochs = 0
-    last_phase = ""
+    reporter = FollowReporter(follower, ctx.progress, ctx.log)
     warned: set[str] = set()
     ticks = watch(record, poll_s=poll_s, follower=follower)
     try:
         for tick in ticks:
-            while seen_epochs < len(follower.epochs_seen):
-                epoch = follower.epochs_seen[seen_epochs]
-                seen_epochs += 1
-                now = f" · {status_line(state)}" if seen_epochs == len(follower.epochs_seen) else ""
-                ctx.log(f"train: epoch {epoch.n}/{epoch.total} begins{now}")
-            if state.total_steps or state.phase_bar is not None:
-                ctx.progress(_progress(state))
-            elif state.phase != last_phase:
-                ctx.log(f"train: {state.phase}…")
-            last_phase = state.phase
+            reporter.report()
             problem = follower.diagnosis(alive=tick.alive) if tick.alive else None
             if problem is not None and problem.kind not in warned:
                 warned.add(problem.kind)
@@ -487,6 +477,34 @@ def _stop_on_cancel(ctx: StepContext, record: RunRecord) -> None:
     raise Cancelled()
 
 
+class FollowReporter:
+    """What one poll of a followed run tells a person: each epoch that began (one line), then the progress of
+    the current phase or of training (the caller's progress callback decides how often it shows), or a line
+    when a phase without a bar begins."""
+
+    def __init__(self, follower: RunFollower, progress: ProgressCallback, log: LogCallback) -> None:
+        self.follower, self.progress, self.log = follower, progress, log
+        self.seen_epochs = 0
+        self.last_phase = ""
+        self.begun_at: tuple[int, int] | None = None  # (epoch, step) the last "begins" line showed
+
+    def report(self) -> None:
+        state, epochs = self.follower.state, self.follower.epochs_seen
+        while self.seen_epochs < len(epochs):
+            epoch = epochs[self.seen_epochs]
+            self.seen_epochs += 1
+            now = f" · {status_line(state)}" if self.seen_epochs == len(epochs) else ""
+            self.log(f"train: epoch {epoch.n}/{epoch.total} begins{now}")
+            self.begun_at = (state.epoch, state.step)
+        if state.total_steps and (state.epoch, state.step) == self.begun_at and state.phase_bar is None:
+            pass  # the "begins" line said where training stands; the next step is news
+        elif state.total_steps or state.phase_bar is not None:
+            self.progress(_progress(state))
+        elif state.phase != self.last_phase:
+            self.log(f"train: {state.phase}…")
+        self.last_phase = state.phase
+
+
 class RankWatch:
     """Several processes: once one rank has failed, the others must not be left hanging. torchrun stops them at once
     when a rank exits; a rank that failed but lives on (stuck in a collective) is caught here after `grace_s`."""
@@ -518,7 +536,8 @@ class RankWatch:
 
 def _progress(state: TrainState, *, finished: bool = False) -> Progress:
     if state.total_steps:
-        task = f"epoch {state.epoch}/{state.epochs}" if state.epochs else "training"
+        # sd-scripts draws its step bar (0/N) before it prints "epoch 1/N": no epoch has begun yet, not "epoch 0"
+        task = f"epoch {state.epoch}/{state.epochs}" if state.epochs and state.epoch else "training"
         detail = f"loss {state.loss:.3g}" if state.loss is not None else ""
         if state.base_step:
             detail += f" (resumed at step {state.base_step}; steps shown are absolute)"
