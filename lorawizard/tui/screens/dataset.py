@@ -31,6 +31,7 @@ from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.tables import Table
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
 THUMB_CACHE = 200
@@ -80,7 +81,7 @@ class ScanFailed(Message):
     reason: str
 
 
-class ImageTable(DataTable, inherit_bindings=False):
+class ImageTable(Table, inherit_bindings=False):
     """A row table whose ←/→ are free for moving the crop."""
 
     BINDINGS = [

@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import DataTable, Label, OptionList, Select, Static
+from textual.widgets import Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from lorawizard.core.batch_sources import Tone, bucket_rows
@@ -31,6 +31,7 @@ from lorawizard.core.vram_presets import (
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.tables import Table
 
 
 @dataclass
@@ -93,11 +94,11 @@ class GpuScreen(StepScreen):
             yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
             yield Static("", id="estimate")
         yield Static("", id="preset-note")
-        table: DataTable[str | Text] = DataTable(id="buckets", cursor_type="row", zebra_stripes=True)
+        table = Table(id="buckets", cursor_type="row", zebra_stripes=True)
         for column, width in (("bucket", 9), ("images", 6), ("batch", 5), ("peak GB", 7), ("s/step", 6), ("source", 32)):
             table.add_column(column, width=width, key=column)  # fixed widths: the header never lags the rows
         yield table
-        trials: DataTable[str | Text] = DataTable(id="trials", cursor_type="none")
+        trials = Table(id="trials", cursor_type="none")
         for column, width in (("#", 3), ("bucket", 9), ("batch", 5), ("peak GB", 7), ("result", 22), ("s/step", 6)):
             trials.add_column(column, width=width, key=column)
         yield trials
@@ -286,7 +287,7 @@ class GpuScreen(StepScreen):
     # -- buckets
 
     def _show_buckets(self) -> None:
-        table = self.query_one("#buckets", DataTable)
+        table = self.query_one("#buckets", Table)
         table.clear()
         if not self.buckets:
             table.display = False
@@ -310,7 +311,7 @@ class GpuScreen(StepScreen):
     def _start_probe(self, *, reprobe: bool) -> None:
         if self.runner.running:
             return
-        trials = self.query_one("#trials", DataTable)
+        trials = self.query_one("#trials", Table)
         trials.clear()
         self._trial_rows.clear()
         trials.display = True
@@ -325,7 +326,7 @@ class GpuScreen(StepScreen):
     @on(ProbeUpdate)
     def _probe_update(self, message: ProbeUpdate) -> None:
         event = message.event
-        trials = self.query_one("#trials", DataTable)
+        trials = self.query_one("#trials", Table)
         if event.kind == "step-down":
             self.notify(event.text, severity="warning", timeout=10)
             return

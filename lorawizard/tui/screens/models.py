@@ -15,17 +15,17 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Input, Label
+from textual.widgets import Input, Label
 
 from lorawizard.core import catalog
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
 from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
-from lorawizard.tui._textual_hacks import require_update_dimensions
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.tables import Table
 
 ROW_TITLES = {**catalog.ROLE_TITLES, TOKENIZER_ROLE: "tokenizers"}
 ROWS = (*catalog.ROLES, TOKENIZER_ROLE)
@@ -119,7 +119,7 @@ class ModelsScreen(StepScreen):
 
     def compose_body(self) -> ComposeResult:
         yield SettingsForm(["models.preset", "paths.models"], {"models.preset": "preset", "paths.models": "models folder"})
-        table: DataTable[Text] = DataTable(id="model-rows", cursor_type="row", zebra_stripes=False)
+        table = Table(id="model-rows", cursor_type="row", zebra_stripes=False)
         yield table
         yield Label("", id="model-problem")
         yield Label("Ctrl+G download all · v verify · f choose a file for the row · a add a folder to search · "
@@ -127,7 +127,7 @@ class ModelsScreen(StepScreen):
         yield Input(id="model-ask")
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.query_one(Table)
         table.add_column("model", key="role", width=18)
         table.add_column("state", key="state", width=24)
         table.add_column("where", key="where")
@@ -148,7 +148,7 @@ class ModelsScreen(StepScreen):
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_where)
 
-    def _add_captioner_row(self, table: DataTable[Text]) -> None:
+    def _add_captioner_row(self, table: Table) -> None:
         """The auto-captions model (a catalog one; a folder of the user's has no row)."""
         name = chosen_catalog_name(wizard_app(self).session)
         if name is None:
@@ -166,15 +166,7 @@ class ModelsScreen(StepScreen):
 
     def _fit_where(self) -> None:
         """The `where` column takes the rest of the width (paths are long; ellipsis at the end)."""
-        table = self.query_one(DataTable)
-        column = table.columns.get("where")  # type: ignore[call-overload]
-        width = table.size.width or self.size.width - 2
-        if column is None or width <= 0:
-            return
-        column.auto_width = False
-        column.width = max(20, width - 18 - 24 - 2 * 3)
-        require_update_dimensions(table)
-        table.refresh()
+        self.query_one(Table).fill_width("where", 20, unsized=self.size.width - 2)
 
     # -- running the step
 
@@ -198,7 +190,7 @@ class ModelsScreen(StepScreen):
     @on(ModelRowChanged)
     def _row_changed(self, message: ModelRowChanged) -> None:
         state = message.state
-        table = self.query_one(DataTable)
+        table = self.query_one(Table)
         if state.role not in self.rows and state.role == CAPTIONER_ROLE:
             return  # no row: the captioner is a folder of the user's
         self.rows[state.role] = state
@@ -238,7 +230,7 @@ class ModelsScreen(StepScreen):
     # -- asking for a file, a folder or a token
 
     def _selected_role(self) -> str:
-        table = self.query_one(DataTable)
+        table = self.query_one(Table)
         return ROWS[min(max(table.cursor_row, 0), len(ROWS) - 1)]
 
     def action_ask(self, what: str) -> None:
@@ -246,7 +238,7 @@ class ModelsScreen(StepScreen):
         ask.value = ""
         ask.password = what == "token"
         if what == "file":
-            if self.query_one(DataTable).cursor_row >= len(ROWS):
+            if self.query_one(Table).cursor_row >= len(ROWS):
                 self.query_one("#model-problem", Label).update(
                     "the captioner is a folder: set [captions] model to it (F5 on the Captions screen)")
                 return
@@ -276,7 +268,7 @@ class ModelsScreen(StepScreen):
         ask.value = ""
         ask.remove_class("shown")
         self.asking = None
-        self.query_one(DataTable).focus()
+        self.query_one(Table).focus()
 
     @on(Input.Submitted, "#model-ask")
     def _answered(self, event: Input.Submitted) -> None:

@@ -26,7 +26,7 @@ class StepRunner(Vertical):
     StepRunner { height: auto; max-height: 12; }
     StepRunner ProgressBar { width: 1fr; }
     StepRunner Label.runner-status { height: 1; }
-    StepRunner Log { height: auto; max-height: 8; }
+    StepRunner Log { height: auto; max-height: 8; overflow-x: hidden; }  /* long lines clip: no bar */
     """
 
     def __init__(self, step: str, **kwargs: object) -> None:
