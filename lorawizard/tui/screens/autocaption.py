@@ -26,6 +26,7 @@ from textual.widgets import Button, Static
 from lorawizard.core import autocaption as ac
 from lorawizard.core.progress import Progress, ProgressMeter, format_duration
 from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
 
@@ -76,7 +77,7 @@ class AutoCaptionMixin:
 
     def auto_status(self) -> Text | None:
         """The header's drafting segment while drafts come in."""
-        return Text(self._auto_status, style="cyan") if self._auto_status else None
+        return Text(self._auto_status, style=tone("info")) if self._auto_status else None
 
     def action_autocaption(self) -> None:
         captions = self.captions  # type: ignore[attr-defined]
@@ -265,12 +266,12 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
         about = Text()
         about.append("Auto-captions", style="bold")
         about.append(": drafts stay ")
-        about.append("auto", style="cyan")
+        about.append("auto", style=tone("info"))
         about.append(" until you accept (F7) or edit them; only “Overwrite all” replaces your own captions. Esc closes.\n")
         try:
             model = ac.choose_model(session)
         except StepFailed as exc:
-            about.append(str(exc), style="red")
+            about.append(str(exc), style=tone("error"))
         else:
             spec = model.spec
             if spec is not None:
@@ -281,12 +282,12 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
             problem = ac.folder_problem(model.folder)
             if problem:
                 hint = " — the Models step (2) downloads it" if spec is not None else ""
-                about.append(f"✗ {problem}{hint}\n", style="red")
+                about.append(f"✗ {problem}{hint}\n", style=tone("error"))
             try:
                 placement = ac.place(session, max(self.missing, 1), spec)
-                about.append(f"runs on {placement.note}", style="yellow" if placement.device == "cpu" else "")
+                about.append(f"runs on {placement.note}", style=tone("warning") if placement.device == "cpu" else "")
             except StepFailed as exc:
-                about.append(str(exc), style="red")
+                about.append(str(exc), style=tone("error"))
         self.query_one("#auto-about", Static).update(about)
         custom = session.get("captions.instruction")
         shown = "(your instruction above)" if custom else f"default instruction: {ac.instruction_for(session)}"

@@ -44,10 +44,12 @@ from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptionMixin
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.tones import Tone, tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.caption_list import CaptionList, status_of
 from lorawizard.tui.widgets.settings_form import SettingsForm
 
+_KIND_TONES: dict[str, Tone] = {"ok": "success", "warn": "warning", "bad": "error", "edit": "other", "auto": "info"}
 GUIDE = (
     "Describe what the LoRA should NOT learn: for a subject LoRA the clothing, setting, light, style; "
     "for a style LoRA the subject."
@@ -180,7 +182,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     @on(CaptionsLoadFailed)
     def _load_failed(self, message: CaptionsLoadFailed) -> None:
         self._problem = message.problem
-        self.query_one("#cap-header", Static).update(Text(f"✗ {message.problem}", style="bold red"))
+        self.query_one("#cap-header", Static).update(Text(f"✗ {message.problem}", style=tone("error", bold=True)))
 
     @on(CaptionsLoaded)
     def _loaded(self, message: CaptionsLoaded) -> None:
@@ -249,9 +251,9 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         item = self.captions.items[self.current]
         counter = self.captions.counter
         tokens = Text(no_wrap=True, overflow="ellipsis")
-        tokens.append(f"CLIP {item.clip}/{CLIP_LIMIT}", style="bold red" if item.flags & core.OVER_CLIP else "")
+        tokens.append(f"CLIP {item.clip}/{CLIP_LIMIT}", style=tone("error", bold=True) if item.flags & core.OVER_CLIP else "")
         tokens.append(" · ")
-        tokens.append(f"T5 {item.t5}/{T5_LIMIT}", style="bold red" if item.flags & core.OVER_T5 else "")
+        tokens.append(f"T5 {item.t5}/{T5_LIMIT}", style=tone("error", bold=True) if item.flags & core.OVER_T5 else "")
         if not counter.exact:
             tokens.append(" · estimated (no tokenizers yet)", style="dim")
         self.query_one("#cap-tokens", Static).update(tokens, layout=False)
@@ -260,14 +262,14 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         info.append(f"{item.file}\n", style="bold")
         info.append(f"{item.output.parent.name}/{item.output.name}", style="dim")
         word, kind = status_of(item)
-        colour = {"ok": "green", "warn": "yellow", "bad": "red", "edit": "magenta", "auto": "cyan"}[kind]
+        colour = tone(_KIND_TONES[kind])
         info.append("  ")
         info.append(_status_sentence(item, word), style=colour)
         info.append("\n")
         if item.flags & core.TRIGGER_TWICE:
-            info.append(f"“{self.captions.trigger}” also appears later in the caption\n", style="yellow")
+            info.append(f"“{self.captions.trigger}” also appears later in the caption\n", style=tone("warning"))
         if item.note:
-            info.append(f"⚑ {item.note}\n", style="yellow")
+            info.append(f"⚑ {item.note}\n", style=tone("warning"))
         written = item.line if len(item.line) <= 90 else item.line[:89] + "…"
         info.append(f"file: {written or '(none: nothing to write)'}", style="italic")
         if self.has_class("-wide"):  # narrow, it would run under the editor: the editor's title says it there
@@ -287,12 +289,12 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         for name, label in (("missing", "missing"), ("auto", "auto"), ("edited", "edited"), ("over", "over budget"),
                             ("trigger", "trigger?")):
             if counts[name]:
-                style = "red" if name in ("missing", "over") else "cyan" if name == "auto" else "yellow"
+                style = tone("error" if name in ("missing", "over") else "info" if name == "auto" else "warning")
                 header.append(" · ")
                 header.append(f"{label} {counts[name]}", style=style)
         trigger = self.captions.trigger
         header.append(" │ ")
-        header.append(f"“{trigger}”" if trigger else "no trigger (Ctrl+T)", style="bold" if trigger else "yellow")
+        header.append(f"“{trigger}”" if trigger else "no trigger (Ctrl+T)", style="bold" if trigger else tone("warning"))
         shown = len(self.caption_list.rows)
         header.append(f" │ filter: {core.FILTERS[self.filter][0]} ({shown})", style="bold" if self.filter != "all" else "dim")
         self.query_one("#cap-header", Static).update(header, layout=False)
@@ -738,14 +740,14 @@ class BulkEditScreen(ModalScreen["core.BulkPlan | None"]):
 def preview_text(plan: core.BulkPlan, examples: int = 3) -> Text:
     text = Text()
     if plan.error:
-        text.append(plan.error, style="yellow")
+        text.append(plan.error, style=tone("warning"))
         return text
     text.append(f"{len(plan.changes)} of {plan.scope} captions change", style="bold")
     for old, new in plan.examples(examples):
-        text.append("\n− ", style="red")
-        text.append(_clip(old), style="red")
-        text.append("\n+ ", style="green")
-        text.append(_clip(new), style="green")
+        text.append("\n− ", style=tone("error"))
+        text.append(_clip(old), style=tone("error"))
+        text.append("\n+ ", style=tone("success"))
+        text.append(_clip(new), style=tone("success"))
     return text
 
 

@@ -29,6 +29,7 @@ from lorawizard.core.thumbnails import ThumbnailCache, upright_preview
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.tables import Table
@@ -183,10 +184,10 @@ class DatasetScreen(StepScreen):
             if self._guess:
                 field.placeholder = f"{self._guess} (found; Enter uses it, or type another folder)"
                 self._set_head(Text(f"Found {self._guess}/: Enter scans it (or type another folder as source).",
-                                    style="yellow"))
+                                    style=tone("warning")))
             else:
                 self._set_head(Text("Choose the folder with your photos (source) and press Enter: the scan starts.",
-                                    style="yellow"))
+                                    style=tone("warning")))
             field.focus()  # the one thing this screen needs first
             return
         table.focus()
@@ -227,7 +228,7 @@ class DatasetScreen(StepScreen):
     def _scan_failed(self, message: ScanFailed) -> None:
         self._scanning = False
         self.set_class(True, "-settings")
-        self._set_head(Text(f"✗ {message.reason}", style="bold red"))
+        self._set_head(Text(f"✗ {message.reason}", style=tone("error", bold=True)))
 
     @on(ScanProgress)
     def _scan_progress(self, message: ScanProgress) -> None:
@@ -259,7 +260,7 @@ class DatasetScreen(StepScreen):
 
     def _row(self, item: core.PlanItem) -> tuple[Any, ...]:
         size = f"{item.width}×{item.height}" if item.width else "—"
-        style = {"bad": "red", "small": "yellow", "skip": "dim", "duplicate": "dim"}.get(item.status, "")
+        style = {"bad": tone("error"), "small": tone("warning"), "skip": "dim", "duplicate": "dim"}.get(item.status, "")
         note = Text(note_of(item), style=style, no_wrap=True, overflow="ellipsis")
         name = Text(item.source, style="dim" if not item.used else "", no_wrap=True, overflow="ellipsis")
         bucket = item.bucket_text if item.used else "—"
@@ -312,7 +313,7 @@ class DatasetScreen(StepScreen):
         bad = sum(1 for item in plan.items if item.status == "bad")
         head.append(f" · skipped {skipped}")
         if bad:
-            head.append(f" · bad {bad}", style="red")
+            head.append(f" · bad {bad}", style=tone("error"))
         if plan.ignored:
             head.append(f" · ignored {len(plan.ignored)}", style="dim")
         if self.filter_text:
@@ -385,10 +386,10 @@ class DatasetScreen(StepScreen):
         if notes:
             text.append("; ".join(notes) + "\n", style="italic")
         if item.status != "use":
-            text.append(item.reason + "\n", style="red" if item.status == "bad" else "yellow")
+            text.append(item.reason + "\n", style=tone("error") if item.status == "bad" else tone("warning"))
         problem = self._thumbs.problem(item.source)
         if problem and item.status != "bad":
-            text.append(problem + "\n", style="red")
+            text.append(problem + "\n", style=tone("error"))
         return text
 
     # -- decisions

@@ -22,11 +22,16 @@ from lorawizard.core import environment as core_env
 from lorawizard.core.fsutil import display_path
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
 
-STYLES = {"ok": "green", "warning": "yellow", "error": "bold red"}
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
+
+
+def _style(status: str) -> str:
+    """A finding's colour: ok, warning, or error (bold)."""
+    return {"ok": tone("success"), "warning": tone("warning")}.get(status) or tone("error", bold=True)
 
 
 class EnvironmentScreen(StepScreen):
@@ -119,7 +124,7 @@ class EnvironmentScreen(StepScreen):
         self.command = command
         text = command.shell_text(multiline=True) if command is not None else "(not available yet)"
         self.query_one("#command", Static).update(Text(text))
-        self.query_one("#command-note", Static).update(Text(note, style="red" if note.startswith("✗") else ""))
+        self.query_one("#command-note", Static).update(Text(note, style=tone("error") if note.startswith("✗") else ""))
 
     def action_copy_command(self) -> None:
         if self.command is None:
@@ -143,10 +148,10 @@ class EnvironmentScreen(StepScreen):
             if key:  # the one-key fix, as the footer shows it
                 hint = f"[{key}] {hint}" if hint else f"[{key}] fixes it"
             if hint:
-                body.append(f"\n→ {hint}", style="dim" if finding.status == "ok" else STYLES[finding.status])
+                body.append(f"\n→ {hint}", style="dim" if finding.status == "ok" else _style(finding.status))
             for line in finding.command_lines():
                 body.append(f"\n$ {line}", style="dim")
-            grid.add_row(Text(core_env.STATUS_MARKS[finding.status], style=STYLES[finding.status]),
+            grid.add_row(Text(core_env.STATUS_MARKS[finding.status], style=_style(finding.status)),
                          Text(finding.title, style="bold"), body)
         self.query_one("#findings", Static).update(grid)
         self._show_lead(findings)

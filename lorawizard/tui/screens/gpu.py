@@ -30,6 +30,7 @@ from lorawizard.core.vram_presets import (
 )
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.tables import Table
 
@@ -47,7 +48,8 @@ class ProbeUpdate(Message):
     event: ProbeEvent
 
 
-_TONE_STYLES: dict[Tone, str] = {"good": "green", "warning": "yellow", "dim": "dim", "plain": ""}
+def _tone_style(row_tone: Tone) -> str:
+    return {"good": tone("success"), "warning": tone("warning"), "dim": "dim", "plain": ""}[row_tone]
 
 
 def _cell(text: str, style: str = "") -> Text:
@@ -173,7 +175,7 @@ class GpuScreen(StepScreen):
         if inv is None or not inv.gpus:
             text = Text()
             text.append(f"✗ {inv.message() if inv else 'no NVIDIA GPU visible — probing and training need one'}\n",
-                        style="bold red")
+                        style=tone("error", bold=True))
             text.append("Every other step still works; probe and train on a machine with an NVIDIA GPU.", style="dim")
             state.update(text)
             state.add_class("problem")
@@ -298,7 +300,7 @@ class GpuScreen(StepScreen):
         for row in bucket_rows(wizard_app(self).session, self.buckets, preset,
                                gpu.memory_total if gpu is not None else None):
             table.add_row(row.bucket, str(row.images), row.batch, row.peak_gb, row.s_per_step,
-                          _cell(row.source, _TONE_STYLES[row.tone]), key=row.bucket)
+                          _cell(row.source, _tone_style(row.tone)), key=row.bucket)
 
     # -- the probe
 
@@ -339,13 +341,13 @@ class GpuScreen(StepScreen):
             trials.add_row(str(spec.number), spec.bucket, str(spec.batch), "…", _cell("starting", "dim"), "", key=key)
         if event.kind == "trial-step":
             doing = f"step {event.step}/{event.steps}" if event.step else (event.text or "starting")
-            trials.update_cell(key, "result", _cell(f"{doing}…", "cyan"))
+            trials.update_cell(key, "result", _cell(f"{doing}…", tone("info")))
             if event.peak_bytes is not None:
                 trials.update_cell(key, "peak GB", f"{event.peak_bytes / GB:.1f}")
         elif event.kind == "trial-end" and event.outcome is not None:
             outcome = event.outcome
             peak = f"{outcome.peak_bytes / GB:.1f}" if outcome.peak_bytes is not None else "—"
-            style = "green" if outcome.fits else ("magenta" if outcome.status in ("killed", "timeout") else "red")
+            style = tone("success") if outcome.fits else tone("other" if outcome.status in ("killed", "timeout") else "error")
             word = STATUS_WORDS.get(outcome.status, outcome.status)
             trials.update_cell(key, "peak GB", peak)
             trials.update_cell(key, "result", _cell(("✓ " if outcome.fits else "✗ ") + word, style))

@@ -23,6 +23,7 @@ from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.tables import Table
@@ -58,20 +59,21 @@ def state_text(state: RoleState) -> Text:
     """The state column: ✓ verified · ↓ 43% 85 MB/s ETA 2:10 · missing · ✗ reason."""
     if state.state == "found":
         if state.verified:
-            return Text("✓ verified", style="green")
-        return Text("✓ found", style="green") if state.role == TOKENIZER_ROLE else Text("✓ found (unverified)", "yellow")
+            return Text("✓ verified", style=tone("success"))
+        return Text("✓ found", style=tone("success")) if state.role == TOKENIZER_ROLE else Text("✓ found (unverified)",
+                                                                                                 tone("warning"))
     if state.state == "downloading":
         if state.size:
             pct = f"{state.done / state.size:.0%}"
             rate = f" {format_bytes(state.rate)}/s" if state.rate else ""
             eta = f" ETA {format_duration(state.eta_s)}" if state.eta_s is not None else ""
-            return Text(f"↓ {pct}{rate}{eta}", style="bold cyan")
-        return Text(f"↓ {format_bytes(state.done)}", style="bold cyan")
+            return Text(f"↓ {pct}{rate}{eta}", style=tone("info", bold=True))
+        return Text(f"↓ {format_bytes(state.done)}", style=tone("info", bold=True))
     if state.state == "missing":
         size = f" ({format_bytes(state.size)})" if state.size else ""
-        return Text(f"missing{size}", style="yellow")
+        return Text(f"missing{size}", style=tone("warning"))
     if state.state == "error":
-        return Text("✗ error", style="bold red")
+        return Text("✗ error", style=tone("error", bold=True))
     if state.state == "checking":
         return Text("checking…", style="dim")
     return Text("…", style="dim")
@@ -81,7 +83,7 @@ def where_text(state: RoleState) -> Text:
     if state.state == "found" and state.path is not None:
         return Text(f"{_home_short(state.path)} ({state.source})", overflow="ellipsis", no_wrap=True)
     if state.state == "error":
-        return Text(state.note, style="red", overflow="ellipsis", no_wrap=True)
+        return Text(state.note, style=tone("error"), overflow="ellipsis", no_wrap=True)
     repo = f"{state.repo}/" if state.repo else ""
     note = f" · {state.note}" if state.note and state.state == "missing" else ""
     return Text(f"{repo}{state.file}{note}", style="dim", overflow="ellipsis", no_wrap=True)

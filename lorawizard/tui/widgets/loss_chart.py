@@ -7,6 +7,8 @@ import math
 from rich.text import Text
 from textual.widget import Widget
 
+from lorawizard.tui.tones import tone
+
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # braille dot bits by (row 0..3, column 0..1)
 BLANK = chr(0x2800)
 # The chart is drawn one segment per cell, empty cells as spaces: an SVG screenshot then places every braille
@@ -79,6 +81,7 @@ class LossChart(Widget):
             return Text("waiting for the first steps…", style="dim")
         rows, low, high = plot
         text = Text(no_wrap=True, overflow="crop")
+        line_style = tone("info", bold=True)
         for index, row in enumerate(rows):
             if index == 0:
                 label = f"{high:.3g}"
@@ -88,7 +91,7 @@ class LossChart(Widget):
                 label = ""
             text.append(label.rjust(label_width - 1)[: label_width - 1] + " ", style="dim")
             for cell in row:  # one segment per cell, see below
-                text.append(cell if cell != BLANK else " ", style="bold cyan")
+                text.append(cell if cell != BLANK else " ", style=line_style)
             if index < len(rows) - 1:
                 text.append("\n")
         return text

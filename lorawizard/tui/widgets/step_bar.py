@@ -8,6 +8,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 
 SHORT_TITLES = {"env": "Env", "models": "Models", "dataset": "Dataset", "captions": "Captions", "probe": "GPU", "train": "Train"}
@@ -45,7 +46,7 @@ class StepBar(Widget):
         for number, name in enumerate(STEP_ORDER, start=1):
             state = "current" if name == self.step else states.get(name, "todo")
             title = SHORT_TITLES[name] if compact else STEP_TITLES[name]
-            style = {"current": "bold reverse", "done": "green", "attention": "bold red", "todo": "dim"}[state]
+            style = {"current": "bold reverse", "done": tone("success"), "attention": tone("error", bold=True), "todo": "dim"}[state]
             start = len(text.plain)
             text.append(f" {number}{MARKS[state]} {title} ", style=style)
             self._spans.append((start, len(text.plain), name))

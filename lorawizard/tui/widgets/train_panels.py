@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from lorawizard.core.dashboard import TrainView
 from lorawizard.core.progress import format_bytes, format_duration
+from lorawizard.tui.tones import Tone, tone
 
 __all__ = ["TrainView", "TrainHeader", "DiagnosisLine", "ResourcePanel", "CheckpointPanel"]
 
@@ -17,13 +18,17 @@ def _rate(rate: float | None) -> str:
     return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
 
 
+_STATUS_TONES: dict[str, Tone] = {"running": "success", "finished": "info", "failed": "error", "stopped": "warning",
+                                  "lost": "error"}
+
+
 def _bar(fraction: float, width: int) -> Text:
     filled = fraction * width
     full = int(filled)
-    text = Text("█" * full, style="green")
+    text = Text("█" * full, style=tone("success"))
     if full < width:
         if filled - full >= 0.5:
-            text.append("▌", style="green")
+            text.append("▌", style=tone("success"))
         else:
             text.append("░", style="dim")
         text.append("░" * (width - full - 1), style="dim")
@@ -44,13 +49,13 @@ class TrainHeader(Static):
         width = max(20, self.size.width or 80)
         if view is None or view.status == "no run":
             return Text("No training run yet. Ctrl+G starts one; r resumes from the newest saved state.", style="dim")
-        status_style = {"running": "bold green", "finished": "bold cyan", "failed": "bold red",
-                         "stopped": "bold yellow", "lost": "bold red"}.get(view.status, "bold")
+        status_tone = _STATUS_TONES.get(view.status)
+        status_style = tone(status_tone, bold=True) if status_tone else "bold"
         top = Text(no_wrap=True, overflow="ellipsis")
         top.append(f" {view.name} ", style="bold reverse")
         top.append(f" {view.status}", style=status_style)
         if view.phase and view.phase not in ("training", "finished") and view.status == "running":
-            top.append(f" · {view.phase}", style="yellow")
+            top.append(f" · {view.phase}", style=tone("warning"))
         if view.epochs:
             top.append(f" · epoch {view.epoch}/{view.epochs}")
         if view.total_steps:
@@ -129,7 +134,7 @@ class CheckpointPanel(Static):
             text.append(f"{format_bytes(size):>8} ", style="dim")
             text.append(name)
         if view.newest_state:
-            text.append(f"\nr resumes: {view.newest_state}", style="green")
+            text.append(f"\nr resumes: {view.newest_state}", style=tone("success"))
         self.update(text)
 
 
