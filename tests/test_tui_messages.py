@@ -241,3 +241,24 @@ async def test_auto_caption_dialog_follows_the_forms_saved_settings(project: Pat
         await pilot.pause()
         dialog.set_focus(None)
         await until(pilot, lambda: str(shown.render()) == "(your instruction above)")
+
+
+async def test_a_long_result_line_wraps_at_80_columns(project: Path) -> None:
+    """The runner's result line is the one that says what failed and what to do: at 80 columns it was cut after one
+    row (Models offline: "…so the tokenizers cannot be fe")."""
+    from lorawizard.core.steps import StepResult
+    from lorawizard.tui.messages import StepFinished
+    from lorawizard.tui.widgets.step_runner import StepRunner
+
+    summary = ("offline mode is on (HF_HUB_OFFLINE is set), so the tokenizers cannot be fetched: unset it, or copy "
+               "them into the tokenizers folder by hand")
+    app = LoraWizardApp(Session.open_project(project), start_step="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        runner = app.screen.query_one(StepRunner)
+        runner.post_message(StepFinished("models", StepResult(ok=False, summary=summary)))
+        await pilot.pause()
+        await pilot.pause()
+        status = runner.query_one(".runner-status", Label)
+        assert status.region.height >= 2 and status.region.right <= 80  # all of it shown, within the screen

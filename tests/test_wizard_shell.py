@@ -151,3 +151,22 @@ async def test_tab_goes_to_the_first_field_never_the_scrolling_body(project: Pat
             assert not (app.focused is not None and app.focused.has_class("step-body"))
         else:
             assert isinstance(app.focused, Log)
+
+
+async def test_page_keys_scroll_the_step_body_from_a_field_or_from_nowhere(project: Path) -> None:
+    """Tab skips the body, so PageDown/PageUp scroll it wherever the focus is (the findings below the fold at 80x24)."""
+    app = make_app(project, start="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        body = app.screen.query_one(".step-body")
+        assert body.max_scroll_y > 0
+        app.screen.set_focus(None)
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert body.scroll_y > 0
+        app.screen.query_one("#set-name", Input).focus()  # in a field: the body still pages
+        await pilot.pause()
+        before = body.scroll_y
+        await pilot.press("pageup")
+        await pilot.pause()
+        assert body.scroll_y < before and app.focused is app.screen.query_one("#set-name", Input)

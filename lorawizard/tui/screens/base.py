@@ -37,6 +37,8 @@ class StepScreen(Screen):
         Binding("enter", "primary", "Run", show=False),
         Binding("ctrl+g", "primary", "Go (run)", show=True, priority=True),
         Binding("escape", "cancel", "Cancel", show=False),
+        Binding("pageup", "scroll_body(-1)", "Page up", show=False),
+        Binding("pagedown", "scroll_body(1)", "Page down", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -79,6 +81,14 @@ class StepScreen(Screen):
 
     def in_text_field(self) -> bool:
         return isinstance(self.focused, (Input, TextArea))
+
+    def action_scroll_body(self, pages: int) -> None:
+        """PageUp/PageDown scroll the body from anywhere on the screen (Tab no longer stops on the body itself)."""
+        body = next(iter(self.query(".step-body")), None)
+        if body is not None and pages < 0:
+            body.scroll_page_up()
+        elif body is not None:
+            body.scroll_page_down()
 
     def focus_next(self, selector: str | type[Widget] = "*") -> Widget | None:
         """Tab skips the scrolling body (it only scrolls: a person pressing Tab to reach a field landed there, out of

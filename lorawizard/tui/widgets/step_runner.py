@@ -25,7 +25,7 @@ class StepRunner(Vertical):
     DEFAULT_CSS = """
     StepRunner { height: auto; max-height: 12; }
     StepRunner ProgressBar { width: 1fr; }
-    StepRunner Label.runner-status { height: 1; }
+    StepRunner Label.runner-status { height: auto; max-width: 100%; }
     StepRunner Log { height: auto; max-height: 8; overflow-x: hidden; }  /* long lines clip: no bar */
     """
 
