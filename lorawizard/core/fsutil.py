@@ -44,6 +44,15 @@ def atomic_write_json(path: Path | str, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_json_object(path: Path | str) -> dict[str, Any]:
+    """A JSON file's top-level object; {} when it is missing, unreadable, malformed or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.fsutil import atomic_write_json, read_json_object
 from lorawizard.core.progress import ProgressMeter, format_bytes, format_duration
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed, StepResult
@@ -110,21 +110,13 @@ def plan(session: Session, *, keep: bool = True) -> Plan:
             raise StepFailed(f"nothing to publish: {exc}") from None
     if lora is None:
         raise StepFailed("nothing to publish: no kept LoRA in loras/ (train first, or keep an epoch: g then k)")
-    sidecar = _read_json(lora.with_suffix(".json"))
+    sidecar = read_json_object(lora.with_suffix(".json"))
     samples = _sample_files(session, sidecar)
     card = model_card(session, lora, sidecar, samples)
     files = [PublishFile(lora.name, source=lora)]
     files += [PublishFile(path, source=source) for path, source, _, _ in samples]
     files.append(PublishFile("README.md", data=card.encode("utf-8")))
     return Plan(repo=repo, private=session.get("publish.private"), lora=lora, files=files, card=card)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
@@ -287,7 +279,7 @@ def _publish(ctx: StepContext, the_plan: Plan, total: int) -> StepResult:
         raise StepFailed(f"the token of {user!r} is read-only: publishing needs a write token "
                          "(https://huggingface.co/settings/tokens), stored with `hf auth login` or set in HF_TOKEN")
     state_path = session.paths.state / STATE_FILE
-    state = _read_json(state_path)
+    state = read_json_object(state_path)
     ctx.check_cancelled()
     created = _create_repo(ctx, api, repo_id, the_plan.private, state)
     state = {"repo": repo_id, "created": created or (state.get("repo") == repo_id and bool(state.get("created"))),
