@@ -201,3 +201,15 @@ async def test_the_wizard_opens_on_the_dashboard_when_a_run_is_live(tmp_path: Pa
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert app.current_mode != "train"  # nothing running: the first open step as before
+
+
+def test_header_never_says_epoch_0() -> None:
+    """sd-scripts draws its steps bar before it prints "epoch 1/N": the header shows the step, not an epoch 0."""
+    from lorawizard.core.dashboard import TrainView
+    from lorawizard.tui.widgets.train_panels import TrainHeader
+
+    header = TrainHeader()
+    header.view = TrainView(name="x", run_id="r1", status="running", epoch=0, epochs=2, step=0, total_steps=8)
+    assert "epoch" not in header.render().plain and "step 0/8" in header.render().plain
+    header.view = TrainView(name="x", run_id="r1", status="running", epoch=1, epochs=2, step=1, total_steps=8)
+    assert "epoch 1/2" in header.render().plain

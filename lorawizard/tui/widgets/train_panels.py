@@ -56,7 +56,7 @@ class TrainHeader(Static):
         top.append(f" {view.status}", style=status_style)
         if view.phase and view.phase not in ("training", "finished") and view.status == "running":
             top.append(f" · {view.phase}", style=tone("warning"))
-        if view.epochs:
+        if view.epochs and view.epoch:  # sd-scripts draws its bar before "epoch 1/N": no "epoch 0"
             top.append(f" · epoch {view.epoch}/{view.epochs}")
         if view.total_steps:
             top.append(f" · step {view.step}/{view.total_steps}")
