@@ -307,6 +307,17 @@ def test_chosen_gpu_gone(project: Path, gpus: list) -> None:
     assert "GPU-gone is not present" in by_key(env.examine(session, imports=False))["gpu"].message
 
 
+def test_every_gpu_of_several_is_checked(project: Path, gpus: list) -> None:
+    """`[gpu] uuids` (several GPUs): the environment step names the ones that are gone, not only `gpu.uuid`."""
+    session = setup(project)
+    session.set("gpu.uuids", [RTX3090.uuid, "GPU-gone-2"])
+    found = by_key(env.examine(session, imports=False))["gpu"]
+    assert found.status == "warning" and "1 of the 2 chosen GPUs: GPU-gone-2 not present" in found.message
+    gpus.append(SimpleNamespace(**{**vars(RTX3090), "uuid": "GPU-gone-2"}))
+    found = by_key(env.examine(session, imports=False))["gpu"]
+    assert found.status == "ok" and "(2 chosen)" in found.message
+
+
 @pytest.mark.parametrize(
     ("driver", "capability", "tag"),
     [((13, 0), (8, 6), "cu128"), ((12, 8), (12, 0), "cu128"), ((12, 8), (6, 1), "cu126"), ((12, 6), None, "cu126"),

@@ -141,16 +141,22 @@ def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
         problem = getattr(inventory, "problem", None) or "no NVIDIA GPU visible — probing and training need one"
         return Finding("gpu", "warning", "GPU", problem + (f"; {reason}" if reason else ""),
                        "install the NVIDIA driver or run lorawizard on the GPU machine; the other steps still work")
-    chosen_uuid = session.get("gpu.uuid")
-    chosen = next((g for g in gpus if g.uuid == chosen_uuid), None)
-    if chosen_uuid and chosen is None:
-        return Finding("gpu", "warning", "GPU", f"the chosen GPU {chosen_uuid} is not present ({len(gpus)} visible)",
-                       "choose a GPU again in the GPU step")
+    several = list(session.get("gpu.uuids") or [])  # training on several GPUs: every one must be here
+    chosen_uuids = several if len(several) > 1 else [u for u in [session.get("gpu.uuid")] if u]
+    visible = {g.uuid for g in gpus}
+    gone = [u for u in chosen_uuids if u not in visible]
+    if gone:
+        which = "the chosen GPU" if len(chosen_uuids) == 1 else f"{len(gone)} of the {len(chosen_uuids)} chosen GPUs:"
+        return Finding("gpu", "warning", "GPU", f"{which} {', '.join(gone)} not present ({len(gpus)} visible)"
+                       if len(chosen_uuids) > 1 else f"{which} {gone[0]} is not present ({len(gpus)} visible)",
+                       "choose the GPUs again in the GPU step")
+    chosen = next((g for g in gpus if chosen_uuids and g.uuid == chosen_uuids[0]), None)
     gpu = chosen or gpus[0]
     driver = f"driver {gpu.driver_version}" if gpu.driver_version else "driver ?"
     cuda = f"CUDA {gpu.cuda_driver_version}" if gpu.cuda_driver_version else "CUDA ?"
     count = f"{len(gpus)} GPUs; " if len(gpus) > 1 else ""
-    return Finding("gpu", "ok", "GPU", f"{count}{gpu.name} · {driver} · {cuda}" + (" (chosen)" if chosen else ""))
+    using = f" ({len(chosen_uuids)} chosen)" if len(chosen_uuids) > 1 else (" (chosen)" if chosen else "")
+    return Finding("gpu", "ok", "GPU", f"{count}{gpu.name} · {driver} · {cuda}{using}")
 
 
 def _python_findings(data: Mapping[str, Any], python: Path | None = None) -> list[Finding]:
