@@ -216,23 +216,23 @@ def explain(exc: BaseException, repo: str, filename: str | None, revision: str =
         return DownloadError("permission", f"permission denied writing {exc.filename}: choose a writable models folder")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DownloadError("disk_full", f"the disk is full while writing {exc.filename or what}: free space, then resume")
-    if _is_network_error(exc):
+    if is_network_error(exc):
         return DownloadError(
             "unreachable",
-            f"the hub at {hub_endpoint()} is unreachable ({_short(exc)}): check the network (or HF_ENDPOINT); "
+            f"the hub at {hub_endpoint()} is unreachable ({short_error(exc)}): check the network (or HF_ENDPOINT); "
             "the download resumes where it stopped",
         )
-    return DownloadError("network", f"{what}: {_short(exc)}")
+    return DownloadError("network", f"{what}: {short_error(exc)}")
 
 
-def _is_network_error(exc: BaseException) -> bool:
+def is_network_error(exc: BaseException) -> bool:
     name = type(exc).__name__
     if isinstance(exc, ConnectionError | TimeoutError | socket.timeout | socket.gaierror | HTTPException | urllib.error.URLError):
         return True
     return any(word in name for word in ("Connect", "Timeout", "Protocol", "Network", "ReadError"))
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(getattr(exc, "reason", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:120]
 
@@ -492,7 +492,7 @@ def _transfer(
             except (DownloadCancelled, DownloadError):
                 raise
             except (OSError, HTTPException) as exc:
-                if not _is_network_error(exc) or isinstance(exc, PermissionError):
+                if not is_network_error(exc) or isinstance(exc, PermissionError):
                     raise
                 now_have = part.stat().st_size if part.exists() else 0  # every byte on disk is also hashed
                 if now_have > have:
@@ -501,7 +501,7 @@ def _transfer(
                 failures += 1
                 if failures >= retries or _refused(exc) or time.monotonic() - last_gain > STALL_LIMIT:
                     raise explain(exc, remote.repo, remote.filename, remote.revision) from exc
-                log(f"{remote.filename}: connection lost at {have / 1e6:.0f} MB ({_short(exc)}); retrying")
+                log(f"{remote.filename}: connection lost at {have / 1e6:.0f} MB ({short_error(exc)}); retrying")
                 time.sleep(min(0.25 * 2 ** (failures - 1), 4.0))
                 continue
             if finished:

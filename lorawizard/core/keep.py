@@ -78,7 +78,7 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
     from lorawizard.core import statesave
 
     per_epoch = statesave.steps_per_epoch(record.log_path)
-    chain = _run_chain(record)
+    chain = run_chain(record)
     prompts = samples.read_prompts(record.dir)
     grid = samples.gallery([r.dir for r in chain], record.output_name or name, prompts)
     train = {key.removeprefix("train."): session.get(key) for key in (
@@ -94,7 +94,7 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
     return Kept(target, sidecar, shown, record.run_id)
 
 
-def _run_chain(record: Any) -> list[Any]:
+def run_chain(record: Any) -> list[Any]:
     """The run and the runs it resumed from, oldest first."""
     chain, seen = [record], {record.run_id}
     while chain[0].resumed_from:

@@ -57,11 +57,9 @@ class PublishFile:
     def sha256(self) -> str:
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
-        digest = hashlib.sha256()
-        with open(self.source, "rb") as handle:  # type: ignore[arg-type]
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        from lorawizard.core.model_finder import sha256_of
+
+        return sha256_of(self.source)  # type: ignore[arg-type]
 
     def git_sha1(self) -> str:
         data = self.read()
@@ -122,14 +120,14 @@ def plan(session: Session, *, keep: bool = True) -> Plan:
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
     """(path in repo, file, prompt index, epoch) for the sample grid of the kept LoRA's run: every epoch, baseline first."""
     from lorawizard.core import runs, samples
-    from lorawizard.core.keep import _run_chain
+    from lorawizard.core.keep import run_chain
 
     name = session.get("name")
     record = next((r for r in runs.list_runs(session.paths.runs) if r.run_id == sidecar.get("run_id")), None)
     images: list[samples.SampleImage] = []
     if record is not None:
         output = record.output_name or name
-        grid = samples.gallery([r.dir for r in _run_chain(record)], output, samples.read_prompts(record.dir))
+        grid = samples.gallery([r.dir for r in run_chain(record)], output, samples.read_prompts(record.dir))
         images = [grid.cells[key] for key in sorted(grid.cells, key=lambda k: (k[1], k[0]))]
     else:  # the run folder is gone: the kept epoch's samples the sidecar lists
         for text in sidecar.get("samples") or []:
@@ -400,7 +398,7 @@ def _explain(exc: BaseException, repo_id: str) -> StepFailed:
         return exc
     from huggingface_hub import errors
 
-    from lorawizard.core.download import _is_network_error, _short, hub_endpoint
+    from lorawizard.core.download import hub_endpoint, is_network_error, short_error
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
     message = one_line(str(getattr(exc, "server_message", "") or ""))[:160]
@@ -418,7 +416,7 @@ def _explain(exc: BaseException, repo_id: str) -> StepFailed:
         return StepFailed(f"{repo_id} was not found (404){said}: check [publish] repo and that the token can see it")
     if status is not None:
         return StepFailed(f"the hub answered {status} for {repo_id}{said}: try again later; a rerun skips what is up")
-    if _is_network_error(exc):
-        return StepFailed(f"the hub at {hub_endpoint()} is unreachable ({_short(exc)}): check the network "
+    if is_network_error(exc):
+        return StepFailed(f"the hub at {hub_endpoint()} is unreachable ({short_error(exc)}): check the network "
                           "(or HF_ENDPOINT); a rerun skips what is already up")
-    return StepFailed(f"publishing to {repo_id} failed: {type(exc).__name__}: {_short(exc)}")
+    return StepFailed(f"publishing to {repo_id} failed: {type(exc).__name__}: {short_error(exc)}")

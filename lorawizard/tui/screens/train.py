@@ -326,11 +326,11 @@ class TrainScreen(StepScreen):
         if self.record is None:
             self.notify("no run yet: samples appear once a run has made them")
             return
-        from lorawizard.core.keep import _run_chain
+        from lorawizard.core.keep import run_chain
         from lorawizard.core.samples import read_prompts
         from lorawizard.tui.screens.samples import SamplesScreen
 
-        chain = _run_chain(self.record)
+        chain = run_chain(self.record)
         name = self.record.output_name or wizard_app(self).session.get("name")
         self.app.push_screen(SamplesScreen([r.dir for r in chain], name, read_prompts(self.record.dir),
                                            last_epoch=self.view.epochs))
