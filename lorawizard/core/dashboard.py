@@ -7,7 +7,6 @@ memory, the checkpoint folder, the newest sample image) at most once a second an
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any, Literal
 
 from lorawizard.core import runs
 from lorawizard.core.runs import RunRecord, RunStatus
-from lorawizard.core.training import RankWatch, Tick, watch
+from lorawizard.core.training import Tick, watch
 
 UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
@@ -140,21 +139,11 @@ def views(record: RunRecord, name: str, *, wait: Callable[[float], bool | None],
     sampler = ProcessSampler()
     slow_at = 0.0
     extra: dict[str, Any] = {}
-    orphans = RankWatch(rank_grace_s)
-    for tick in watch(record, poll_s=poll_s, wait=wait):
+    for tick in watch(record, poll_s=poll_s, wait=wait, rank_grace_s=rank_grace_s):
         now = time.monotonic()
         if now >= slow_at or not tick.alive:
             slow_at = now + slow_s
             extra = slow_readings(tick.record, sampler, tick.alive, name)
         view = view_from(tick, name, extra)
-        if tick.alive and orphans.check(tick.follower.state, tick.follower.clock()):
-            view.notice = stop_surviving_ranks(tick.record, orphans.reason(tick.follower.state))
+        view.notice = tick.notice
         yield view
-
-
-def stop_surviving_ranks(record: RunRecord, reason: str) -> str:
-    """Several processes, one failed and the others still run (stuck in a collective): stop them as replay does,
-    in a thread so the dashboard keeps updating while the signals escalate."""
-    threading.Thread(target=runs.stop, args=(record,), kwargs={"int_timeout": 10, "term_timeout": 5, "kill_timeout": 3},
-                     name=f"stop-ranks-{record.run_id}", daemon=True).start()
-    return f"{reason}: stopping the rest of run {record.run_id}"

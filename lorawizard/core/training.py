@@ -10,6 +10,7 @@ a run that was started is left running. The wizard's Train screen uses
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -115,14 +116,16 @@ class Tick:
     alive: bool
     new_lines: list[Any]  # logparse.Line
     first: bool
+    notice: str = ""  # once: the surviving ranks of a failed multi-process run are being stopped
 
 
 def watch(record: RunRecord, *, poll_s: float = 0.25, wait: Callable[[float], bool | None] = time.sleep,
-          follower: RunFollower | None = None) -> Generator[Tick, None, None]:
+          follower: RunFollower | None = None, rank_grace_s: float = 120.0) -> Generator[Tick, None, None]:
     """The one follow loop (headless `follow` and the wizard's dashboard): poll the log, yield a `Tick`, wait
     `poll_s`; after the run has ended the rest of the log is read and a last tick yielded. `wait` returning True
     stops the loop (a threading.Event's wait). Closing the iterator early reads the rest of the log too."""
     follower = follower or RunFollower(record)
+    orphans = RankWatch(rank_grace_s)
     seen, first, finished = 0, True, False
     try:
         while True:
@@ -135,7 +138,10 @@ def watch(record: RunRecord, *, poll_s: float = 0.25, wait: Callable[[float], bo
             state = follower.state
             count, seen = state.line_count - seen, state.line_count
             new = list(state.lines)[-count:] if count > 0 else []
-            yield Tick(follower, record, alive, new, first)
+            notice = ""
+            if alive and orphans.check(state, follower.clock()):
+                notice = stop_surviving_ranks(record, orphans.reason(state))
+            yield Tick(follower, record, alive, new, first, notice)
             first = False
             if not alive or wait(poll_s):
                 return
@@ -423,7 +429,6 @@ def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
 def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
     follower = RunFollower(record)
     state = follower.state
-    orphans = RankWatch()
     reporter = FollowReporter(follower, ctx.progress, ctx.log)
     warned: set[str] = set()
     ticks = watch(record, poll_s=poll_s, follower=follower)
@@ -436,9 +441,8 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 ctx.log(f"train: warning: {problem.line()}")
             if not tick.alive:
                 break
-            if orphans.check(state, follower.clock()):
-                ctx.log(f"train: {orphans.reason(state)}: stopping the rest of run {record.run_id}")
-                runs.stop(record, int_timeout=10, term_timeout=5, kill_timeout=3)
+            if tick.notice:
+                ctx.log(f"train: {tick.notice}")
                 continue
             if ctx.cancel.is_set():
                 _stop_on_cancel(ctx, record)
@@ -503,6 +507,14 @@ class FollowReporter:
         elif state.phase != self.last_phase:
             self.log(f"train: {state.phase}…")
         self.last_phase = state.phase
+
+
+def stop_surviving_ranks(record: RunRecord, reason: str) -> str:
+    """Several processes, one failed and the others still run (stuck in a collective): stop them in a thread, so the
+    follower (replay's lines, the wizard's dashboard) keeps reading the log while the signals escalate."""
+    threading.Thread(target=runs.stop, args=(record,), kwargs={"int_timeout": 10, "term_timeout": 5, "kill_timeout": 3},
+                     name=f"stop-ranks-{record.run_id}", daemon=True).start()
+    return f"{reason}: stopping the rest of run {record.run_id}"
 
 
 class RankWatch:
