@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from lorawizard.core import captions as cap  # noqa: E402
+from lorawizard.core.steps import captions as cap  # noqa: E402
 from lorawizard.core.session import Session  # noqa: E402
 from lorawizard.core.tokens import estimate_counter  # noqa: E402
 

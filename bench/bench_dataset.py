@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorawizard.core import dataset  # noqa: E402
+from lorawizard.core.steps import dataset  # noqa: E402
 from lorawizard.core.imaging import center_crop, choose_bucket  # noqa: E402
 from lorawizard.core.session import Session  # noqa: E402
 from lorawizard.core.steps import StepContext  # noqa: E402

@@ -143,7 +143,7 @@ def check_inputs(session: Session, steps: list[str], *, dry_run: bool = False, d
         if problem:
             return f"{session.path}: {problem}"
     if "publish" in steps:  # a missing repo or token is a setup problem: said before any step runs (exit 2)
-        from lorawizard.core.publish import problem as publish_problem
+        from lorawizard.core.steps.publish import problem as publish_problem
 
         blocked = publish_problem(session, need_token=not dry_run)
         if blocked:
@@ -190,7 +190,7 @@ def replay(
         return EXIT_USAGE
 
     if "train" in steps and not dry_run:  # refuse before doing any step, not after an hour of captions
-        from lorawizard.core.training import claim_project
+        from lorawizard.core.steps.training import claim_project
 
         try:
             claim_project(session)

@@ -40,7 +40,7 @@ def _newest(project: Path):  # -> RunRecord | None
 def status_text(record) -> tuple[str, int]:  # record: RunRecord
     """One line (state, step/total, epoch, ETA, last loss, run id, lost steps) and the exit code."""
     from lorawizard.core import runs, statesave
-    from lorawizard.core.training import RunFollower, status_line
+    from lorawizard.core.steps.training import RunFollower, status_line
 
     status = record.status()
     follower = RunFollower(record)
@@ -82,7 +82,7 @@ def follow(project: Path, out: TextIO | None = None) -> int:
     """Follow the live run (progress lines like replay) and exit with its result; without one, --status."""
     from lorawizard.core.session import SESSION_FILE, Session
     from lorawizard.core.steps import Cancelled, StepContext
-    from lorawizard.core.training import follow as follow_run
+    from lorawizard.core.steps.training import follow as follow_run
     from lorawizard.headless import EXIT_INTERRUPTED, ProgressPrinter
 
     out = out or sys.stdout
@@ -107,7 +107,7 @@ def follow(project: Path, out: TextIO | None = None) -> int:
 def stop(project: Path, out: TextIO | None = None) -> int:
     """SIGINT → SIGTERM → SIGKILL (as the wizard's s), waiting for the run to end."""
     from lorawizard.core import runs, statesave
-    from lorawizard.core.training import RunFollower
+    from lorawizard.core.steps.training import RunFollower
 
     out = out or sys.stdout
     record = _newest(project)

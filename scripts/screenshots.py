@@ -122,7 +122,7 @@ def make_models(home: Path) -> None:
 
 def make_project(home: Path) -> Path:
     """The demo project: photos, trainer, session; then the real dataset, captions and probe steps."""
-    from lorawizard.core import captions, dataset, models, probe
+    from lorawizard.core.steps import captions, dataset, models, probe
     from lorawizard.core.session import Session
     from lorawizard.core.steps import StepContext
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lorawizard.core import autocaption as ac
-from lorawizard.core import captions as core
+from lorawizard.core.steps import captions as core
 from lorawizard.core import catalog
-from lorawizard.core.captions import AUTO, REVIEWED, CaptionSet
+from lorawizard.core.steps.captions import AUTO, REVIEWED, CaptionSet
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.steps import Cancelled, StepFailed
 from lorawizard.core.tokens import estimate_counter

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorawizard.core.batch_sources import bucket_rows
 from lorawizard.core.gpu import GB
-from lorawizard.core.probe import RESULTS_FILE
+from lorawizard.core.steps.probe import RESULTS_FILE
 from lorawizard.core.session import Session
 from lorawizard.core.vram_presets import load_presets, preset_named
 

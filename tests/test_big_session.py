@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lorawizard.core import session as session_module
-from lorawizard.core.dataset import missing_note
+from lorawizard.core.steps.dataset import missing_note
 from lorawizard.core.session import MAX_KEY_WARNINGS, MAX_SESSION_BYTES, SCHEMA, Session, SessionError
 from lorawizard.headless import MAX_WARNINGS, replay
 from tests.test_session import EXAMPLE

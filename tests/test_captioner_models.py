@@ -36,7 +36,7 @@ def add_captioner(hub: FakeHub, *, tokenizer: bool = True) -> dict[str, bytes]:
 
 
 def run(session: Session, **options: object):
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
 
     rows: list = []
     lines: list[str] = []

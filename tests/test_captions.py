@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import captions as cap
+from lorawizard.core.steps import captions as cap
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
 from lorawizard.core.tokens import estimate_counter, load_counter

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lorawizard.core import command as cmd
-from lorawizard.core import environment as env
+from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 
 pytestmark = pytest.mark.extra

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorawizard.core import dataset, imaging
-from lorawizard.core.dataset import MANIFEST_FILE, REPORT_FILE, PreparedImage, load_manifest
+from lorawizard.core import imaging
+from lorawizard.core.steps import dataset
+from lorawizard.core.steps.dataset import MANIFEST_FILE, REPORT_FILE, PreparedImage, load_manifest
 from lorawizard.core.progress import Progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from lorawizard.core import dataset
+from lorawizard.core.steps import dataset
 from lorawizard.core.imaging import choose_bucket, to_rgb8
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext

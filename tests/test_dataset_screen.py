@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from lorawizard.core import dataset as core
+from lorawizard.core.steps import dataset as core
 from lorawizard.core import imaging
 from lorawizard.core.imaging import Probe
 from lorawizard.core.session import Session

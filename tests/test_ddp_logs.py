@@ -126,7 +126,7 @@ def test_a_rank_killed_by_the_kernel() -> None:
 
 
 def test_a_failed_rank_does_not_leave_the_others_hanging() -> None:
-    from lorawizard.core.training import RankWatch
+    from lorawizard.core.steps.training import RankWatch
 
     state = state_of(b"[rank1]: Traceback (most recent call last):\n[rank1]: RuntimeError: boom\n")
     watch = RankWatch(grace_s=60)

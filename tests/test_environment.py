@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lorawizard.core import environment as env
+from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
 from tests.fake_nvml import fake_gpu

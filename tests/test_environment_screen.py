@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from textual.widgets import Log
 
-from lorawizard.core import environment as env
+from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.environment import EnvironmentScreen

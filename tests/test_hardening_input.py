@@ -376,7 +376,7 @@ def test_file_names_with_line_breaks_are_escaped_in_one_line_reports(tmp_path) -
     assert "evil\\nskipped: fake.jpg" in out and "bell\\x1b[2J.txt" in out
     assert "\x1b[2J" not in out
     assert not any(line.startswith("skipped: fake.jpg") for line in out.splitlines())
-    from lorawizard.core.dataset import REPORT_FILE
+    from lorawizard.core.steps.dataset import REPORT_FILE
 
     report = (tmp_path / "project" / "dataset" / REPORT_FILE).read_text()
     assert "evil\\nskipped: fake.jpg" in report and "\x1b" not in report

@@ -12,7 +12,7 @@ import pytest
 from lorawizard import headless
 from lorawizard.core.progress import Progress
 from lorawizard.core.runs import RunRecord
-from lorawizard.core.training import FollowReporter, RunFollower, _progress
+from lorawizard.core.steps.training import FollowReporter, RunFollower, _progress
 from lorawizard.headless import ProgressPrinter, replay
 from tests.standin import make_train_project
 

@@ -12,9 +12,8 @@ import pytest
 import lorawizard.core
 
 FORBIDDEN_IN_CORE = ("textual", "torch", "accelerate", "rich")
-CORE_MODULES = sorted(
-    f"lorawizard.core.{info.name}" for info in pkgutil.iter_modules(lorawizard.core.__path__) if not info.ispkg
-)
+# Every module and package below core/, the step packages (core/steps/, core/steps/environment/) included.
+CORE_MODULES = sorted(info.name for info in pkgutil.walk_packages(lorawizard.core.__path__, "lorawizard.core."))
 
 
 def _modules_after(code: str) -> set[str]:
@@ -26,6 +25,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_core_has_modules() -> None:
     assert "lorawizard.core.session" in CORE_MODULES and len(CORE_MODULES) >= 8
+    assert "lorawizard.core.steps.environment.doctor" in CORE_MODULES
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

@@ -23,7 +23,7 @@ def make_session(project: Path, preset: str = "flux1-dev-fp8") -> Session:
 
 
 def run(session: Session, **options: object):
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
 
     lines: list[str] = []
     events = []
@@ -49,7 +49,7 @@ def test_full_download_then_second_run_is_offline_and_instant(hub: FakeHub, proj
     assert (tok / "google_t5-v1_1-xxl" / "spiece.model").read_bytes() == hub.data["spiece.model"]
     assert any(e.task == "total" and e.finished for e in events)
     assert any(e.task == "flux1-dev-fp8.safetensors" and e.unit == "B" and e.total == 3 * MiB for e in events)
-    from lorawizard.core.models import resolved_model_paths
+    from lorawizard.core.steps.models import resolved_model_paths
 
     assert resolved_model_paths(session)["flux"] == models / "flux1-dev-fp8.safetensors"
     # second run: offline, finds everything by the recorded size + sha256 (from the hash cache) and fetches nothing
@@ -246,7 +246,7 @@ def test_permission_denied(hub: FakeHub, project: Path, monkeypatch):
 
 def test_dry_run_lists_sizes_and_downloads_nothing(hub: FakeHub, project: Path):
     session = make_session(project)
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
 
     ctx = StepContext(session=session, dry_run=True)
     result = run_step(ctx)
@@ -272,7 +272,7 @@ def test_token_typed_in_the_wizard_goes_to_hf_storage(hub: FakeHub, project: Pat
 def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: Path):
     import threading
 
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
     from lorawizard.core.steps import Cancelled
 
     session = make_session(project)
@@ -303,7 +303,7 @@ def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: P
 
 def test_server_going_down_mid_file_retries_then_says_unreachable(hub: FakeHub, project: Path, monkeypatch):
     import lorawizard.core.download as download
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
 
     monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # no backoff waits in the test
     session = make_session(project)

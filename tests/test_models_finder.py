@@ -13,7 +13,7 @@ from tests.fakehub import FakeHub
 
 
 def run(session: Session, **options: object):
-    from lorawizard.core.models import run_step
+    from lorawizard.core.steps.models import run_step
 
     lines: list[str] = []
     states: list = []
@@ -61,7 +61,7 @@ def test_comfyui_tree_and_hf_cache_are_used_in_place(hub: FakeHub, project: Path
     assert any("right size but another sha256" in line and "clip_l.safetensors" in line for line in lines)
     assert decoy.read_bytes() == bytes(len(data["clip_l.safetensors"]))  # the user's files are untouched
     assert not (project / "models" / "flux1-dev-fp8.safetensors").exists()  # used in place, not copied
-    from lorawizard.core.models import resolved_model_paths
+    from lorawizard.core.steps.models import resolved_model_paths
 
     assert {k: str(v) for k, v in resolved_model_paths(session).items()} == paths
 
@@ -73,7 +73,7 @@ def test_second_look_uses_the_hash_cache(hub: FakeHub, project: Path, isolated_h
     for name in ("flux1-dev-fp8.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"):
         (folder / name.replace(".safetensors", "-copy.safetensors")).write_bytes(data[name])
     session = new_session(project)
-    from lorawizard.core.models import add_search_folder
+    from lorawizard.core.steps.models import add_search_folder
 
     assert add_search_folder(session, project / "nope") is not None
     assert add_search_folder(session, folder) is None
@@ -109,7 +109,7 @@ def test_override_is_used_and_its_mismatch_is_said(hub: FakeHub, project: Path):
     result, _, states = run(session, action="find")
     clip = [s for s in states if s.role == "clip_l"][-1]
     assert clip.state == "found" and clip.path == mine and "not the preset's" in clip.note
-    from lorawizard.core.models import resolved_model_paths
+    from lorawizard.core.steps.models import resolved_model_paths
 
     assert resolved_model_paths(session)["clip_l"] == mine
 

@@ -168,7 +168,7 @@ async def test_another_preset_relabels_the_rows(home_project: Path) -> None:
 
 async def _show_a_download(pilot) -> None:
     """Rows as the worker reports them mid-download (posted directly: fixed numbers, no timing)."""
-    from lorawizard.core.models import RoleState
+    from lorawizard.core.steps.models import RoleState
     from lorawizard.tui.screens.models import ModelRowChanged
 
     await _wait(pilot)

@@ -11,7 +11,7 @@ import pytest
 
 from lorawizard.core import multigpu
 from lorawizard.core.gpu import GpuInfo
-from lorawizard.core.probe import ProbeEvent, TrialOutcome, TrialSpec, load_results, run_step
+from lorawizard.core.steps.probe import ProbeEvent, TrialOutcome, TrialSpec, load_results, run_step
 from lorawizard.core.steps import StepContext, StepFailed
 from tests.fake_nvml import RTX_3060_12, RTX_3090_24, FakeNvml
 from tests.test_probe import make_project

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.dataset import bucket_counts
+from lorawizard.core.steps.dataset import bucket_counts
 from lorawizard.core.gpu import GB
-from lorawizard.core.probe import (
+from lorawizard.core.steps.probe import (
     MARGIN, BatchSearch, ProbeEvent, TrialOutcome, TrialSpec, areas, classify, repeats_for, run_step,
 )
 from lorawizard.core.session import Session
@@ -310,7 +310,7 @@ def test_host_ram_kills_above_batch_1_cap_the_result_and_are_said(project: Path)
 
 
 def test_log_tail_follows_phases_and_steps_across_any_chunking(tmp_path: Path) -> None:
-    from lorawizard.core.probe import _LogTail
+    from lorawizard.core.steps.probe import _LogTail
 
     text = (
         "2026-11-25 16:44:52 INFO     Checking the state dict: Diffusers or BFL, dev or schnell  flux_utils.py:44\n"

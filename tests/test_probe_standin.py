@@ -15,7 +15,7 @@ import pytest
 import tomlkit
 
 from lorawizard.core.gpu import GB
-from lorawizard.core.probe import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec, run_step
+from lorawizard.core.steps.probe import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec, run_step
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed
 from lorawizard.core.vram_presets import preset_named
@@ -192,7 +192,7 @@ def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session,
 
 def test_leaving_mid_trial_kills_the_trial(standin: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`q` or a crash while a trial runs: the exit hook kills the trial's process group."""
-    from lorawizard.core import probe
+    from lorawizard.core.steps import probe
 
     monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
     cancel = threading.Event()

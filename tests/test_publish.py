@@ -37,7 +37,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
 @pytest.fixture
 def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Session:
     """A finished stand-in run: 2 epochs, 3 sample prompts at first and every epoch (9 PNGs)."""
-    from lorawizard.core.training import plan_run, start_run
+    from lorawizard.core.steps.training import plan_run, start_run
 
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     session = make_train_project(tmp_path, epochs=2, name="zkq")
@@ -88,7 +88,7 @@ def test_publish_uploads_the_lora_the_card_and_the_sample_grid(hub: FakeHub, tra
 
 
 def test_progress_has_a_rate_and_an_eta(hub: FakeHub, trained: Session, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core.publish import run_step
+    from lorawizard.core.steps.publish import run_step
     from lorawizard.core.steps import StepContext
 
     monkeypatch.setenv("HF_TOKEN", WRITE)
@@ -265,7 +265,7 @@ async def test_train_screen_p_without_a_repo_says_what_to_set(hub: FakeHub, trai
 
 def test_a_long_upload_keeps_reporting() -> None:
     from lorawizard.core.progress import ProgressMeter
-    from lorawizard.core.publish import _heartbeat
+    from lorawizard.core.steps.publish import _heartbeat
 
     events: list = []
     meter = ProgressMeter(events.append, "publish", "uploading", 100, "B")

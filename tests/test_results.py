@@ -14,7 +14,7 @@ import pytest
 from lorawizard import runctl
 from lorawizard.core import keep, runs, samples, statesave
 from lorawizard.core.runs import RunRecord
-from lorawizard.core.training import RunFollower, plan_run, start_run
+from lorawizard.core.steps.training import RunFollower, plan_run, start_run
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 
@@ -86,7 +86,7 @@ def test_an_empty_prompt_list_turns_sampling_off(tmp_path: Path) -> None:
 
 
 def test_the_probe_keeps_sampling_off(tmp_path: Path) -> None:
-    from lorawizard.core.probe import probe_overrides
+    from lorawizard.core.steps.probe import probe_overrides
     from lorawizard.core.vram_presets import load_presets
 
     session = make_train_project(tmp_path)
@@ -287,7 +287,7 @@ def test_follow_follows_a_live_run_to_its_end(tmp_path: Path) -> None:
 
 
 def test_probe_report_says_what_sampling_adds(tmp_path: Path) -> None:
-    from lorawizard.core.probe import AreaResult, _sampling_note
+    from lorawizard.core.steps.probe import AreaResult, _sampling_note
 
     session = make_train_project(tmp_path, epochs=4, save_every=2)
     note = _sampling_note(session, [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorawizard.core.dashboard import views
-from lorawizard.core.training import watch
+from lorawizard.core.steps.training import watch
 
 
 class FakeRecord:

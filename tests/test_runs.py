@@ -15,7 +15,7 @@ import pytest
 from lorawizard.core import runs
 from lorawizard.core.diagnosis import diagnose
 from lorawizard.core.runs import RunRecord
-from lorawizard.core.training import RunFollower, plan_run, start_run
+from lorawizard.core.steps.training import RunFollower, plan_run, start_run
 from tests.standin import make_train_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_reattach_after_the_wizard_process_is_killed(tmp_path: Path) -> None:
         sys.path.insert(0, {str(REPO)!r})
         os.environ["STANDIN_STEP_SECONDS"] = "0.3"
         from lorawizard.core.session import Session
-        from lorawizard.core.training import plan_run, start_run
+        from lorawizard.core.steps.training import plan_run, start_run
         session = Session.load({str(session.path)!r})
         record = start_run(session, plan_run(session))
         print(record.run_id, flush=True)

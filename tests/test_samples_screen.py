@@ -78,7 +78,7 @@ async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.
     session.set("train.samples.prompts", PROMPTS)
     session.set("train.samples.every_n_epochs", 1)
     session.save()
-    from lorawizard.core.training import plan_run, start_run
+    from lorawizard.core.steps.training import plan_run, start_run
 
     record = start_run(session, plan_run(session))
     app = LoraWizardApp(session, start_step="train")

@@ -12,7 +12,7 @@ from lorawizard.core.diagnosis import Diagnosis
 from lorawizard.core.gpu import GpuInfo
 from lorawizard.core.logparse import TrainState, parse_bytes
 from lorawizard.core.session import Session
-from lorawizard.core.training import plan_run, start_run
+from lorawizard.core.steps.training import plan_run, start_run
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.loss_chart import braille_plot
 from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView

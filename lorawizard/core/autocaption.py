@@ -221,7 +221,7 @@ def folder_problem(folder: Path) -> str | None:
 
 
 def trainer_python(session: Session) -> Path:
-    from lorawizard.core.environment import find_python, find_sd_scripts
+    from lorawizard.core.steps.environment import find_python, find_sd_scripts
 
     python = find_python(session, find_sd_scripts(session))
     if python is None or not python.exists():
@@ -507,7 +507,7 @@ def draft_missing(ctx: Any) -> DraftReport | None:
     In replay the drafts go through `ctx.record` (the user's session file is never rewritten); in the wizard they
     go into session.toml, saved every few seconds and at the end (a cancel keeps the drafts so far).
     """
-    from lorawizard.core.captions import CaptionSet, compose
+    from lorawizard.core.steps.captions import CaptionSet, compose
 
     session = ctx.session
     captions = CaptionSet.from_session(session, read_disk=False)

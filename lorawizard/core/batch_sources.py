@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lorawizard.core.probe import load_results
+from lorawizard.core.steps.probe import load_results
 from lorawizard.core.session import Session, bucket_area, parse_bucket
 from lorawizard.core.vram_presets import VramPreset, estimate_batch
 

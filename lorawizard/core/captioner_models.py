@@ -33,7 +33,7 @@ from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
 if TYPE_CHECKING:
-    from lorawizard.core.models import ModelsOptions, RoleState
+    from lorawizard.core.steps.models import ModelsOptions, RoleState
 
 REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
 INDEX = "model.safetensors.index.json"
@@ -168,7 +168,7 @@ CAPTIONER_ROLE = "captioner"
 
 
 def _row(captioner: CaptionerState, **changes: object) -> RoleState:
-    from lorawizard.core.models import RoleState
+    from lorawizard.core.steps.models import RoleState
 
     state, spec = captioner, captioner.spec
     row = RoleState(CAPTIONER_ROLE, spec.repo, "", size=int(spec.approx_gb * 1e9),

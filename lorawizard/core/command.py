@@ -399,7 +399,7 @@ def check_conflicts(options: Mapping[str, Any]) -> list[str]:
 
 def base_options(session: Session) -> dict[str, Any]:
     """The default trainer options (the notes' command plus what they missed), with the session's values."""
-    from lorawizard.core.models import resolved_model_paths
+    from lorawizard.core.steps.models import resolved_model_paths
 
     models = resolved_model_paths(session)
     return {
@@ -709,7 +709,7 @@ def dataset_config_data(
 ) -> dict[str, Any]:
     """The dataset config as plain data (checked against sd-scripts' schema)."""
     if buckets is None:
-        from lorawizard.core.dataset import bucket_counts  # imports Pillow: only when needed
+        from lorawizard.core.steps.dataset import bucket_counts  # imports Pillow: only when needed
 
         buckets = list(bucket_counts(session))
     chosen = list(buckets)

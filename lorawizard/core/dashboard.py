@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from lorawizard.core import runs
 from lorawizard.core.runs import RunRecord, RunStatus
-from lorawizard.core.training import Tick, watch
+from lorawizard.core.steps.training import Tick, watch
 
 UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder

@@ -75,7 +75,7 @@ def sample_settings(session: Session) -> SampleSettings | None:
 
 
 def _largest_bucket(session: Session) -> tuple[int, int]:
-    from lorawizard.core.dataset import bucket_counts
+    from lorawizard.core.steps.dataset import bucket_counts
 
     buckets = list(bucket_counts(session))  # largest area first
     if buckets:

@@ -61,11 +61,11 @@ def steps_for(s_per_step: float | None, minutes: int) -> int | None:
 
 def measured_s_per_step(session: Session) -> tuple[float | None, str]:
     """(seconds per step, where from): the probe's slowest bucket in use, else the newest run's log rate."""
-    from lorawizard.core.probe import load_results
+    from lorawizard.core.steps.probe import load_results
 
     buckets = load_results(session).get("buckets", {})
     try:
-        from lorawizard.core.dataset import bucket_counts
+        from lorawizard.core.steps.dataset import bucket_counts
 
         used = set(bucket_counts(session))
     except Exception:  # noqa: BLE001 - no dataset yet: any probed bucket

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lorawizard.core.models import run_step
+from lorawizard.core.steps.models import run_step
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
 

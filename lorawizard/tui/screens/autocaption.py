@@ -158,7 +158,7 @@ class AutoCaptionMixin:
     def _draft_worker(self, images: list[tuple[str, Any]], allowed: set[int], cancel: threading.Event,
                       counter: Any, trigger: str) -> None:
         post = self.post_message  # type: ignore[attr-defined]
-        from lorawizard.core.captions import compose
+        from lorawizard.core.steps.captions import compose
         from lorawizard.core.tokens import T5_LIMIT
 
         def progress(event: Progress) -> None:

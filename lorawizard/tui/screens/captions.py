@@ -32,8 +32,8 @@ from textual.strip import Strip
 from textual.worker import get_current_worker
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from lorawizard.core import captions as core
-from lorawizard.core.captions import CaptionSet
+from lorawizard.core.steps import captions as core
+from lorawizard.core.steps.captions import CaptionSet
 from lorawizard.core.session import SessionError
 from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
-from lorawizard.core import dataset as core
+from lorawizard.core.steps import dataset as core
 from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Input, Label, Log, Select, Static
 
-from lorawizard.core import environment as core_env
+from lorawizard.core.steps import environment as core_env
 from lorawizard.core.fsutil import display_path
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen

@@ -20,10 +20,10 @@ from textual.widgets import Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from lorawizard.core.batch_sources import Tone, bucket_rows
-from lorawizard.core.dataset import bucket_counts
+from lorawizard.core.steps.dataset import bucket_counts
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
 from lorawizard.core.multigpu import short_name
-from lorawizard.core.probe import STATUS_WORDS, ProbeEvent, load_results
+from lorawizard.core.steps.probe import STATUS_WORDS, ProbeEvent, load_results
 from lorawizard.core.session import parse_bucket
 from lorawizard.core.vram_presets import (
     PresetError, VramPreset, estimate_text, load_presets, preset_for_memory, preset_named,

@@ -19,7 +19,7 @@ from textual.widgets import Input, Label
 
 from lorawizard.core import catalog
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
-from lorawizard.core.models import TOKENIZER_ROLE, RoleState, add_search_folder
+from lorawizard.core.steps.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen

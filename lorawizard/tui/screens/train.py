@@ -272,7 +272,7 @@ class TrainScreen(StepScreen):
     def _start_run(self, resume: bool) -> None:
         from lorawizard.core import runs
         from lorawizard.core.steps import StepFailed
-        from lorawizard.core.training import claim_project, plan_run, start_run
+        from lorawizard.core.steps.training import claim_project, plan_run, start_run
 
         session = wizard_app(self).session
         try:
@@ -308,7 +308,7 @@ class TrainScreen(StepScreen):
     def _stop_run(self, record: Any) -> None:
         from lorawizard.core import runs
         from lorawizard.core.steps import StepFailed
-        from lorawizard.core.training import claim_project
+        from lorawizard.core.steps.training import claim_project
 
         try:
             claim_project(wizard_app(self).session)
@@ -338,7 +338,7 @@ class TrainScreen(StepScreen):
     def action_publish(self) -> None:
         from lorawizard.core.download import hub_endpoint
         from lorawizard.core.keep import kept_lora
-        from lorawizard.core.publish import problem
+        from lorawizard.core.steps.publish import problem
         from lorawizard.tui.screens.confirm import ConfirmScreen
 
         if self._publishing:
@@ -378,7 +378,7 @@ class TrainScreen(StepScreen):
     @work(thread=True, exclusive=True, group="train-publish", exit_on_error=False)
     def _publish(self, session: Any) -> None:
         from lorawizard.core.progress import format_progress
-        from lorawizard.core.publish import run_step
+        from lorawizard.core.steps.publish import run_step
         from lorawizard.core.steps import StepContext, StepFailed
 
         ctx = StepContext(session=session, progress=lambda e: self.post_message(PublishProgress(format_progress(e))),

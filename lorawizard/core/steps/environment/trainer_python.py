@@ -21,7 +21,7 @@ from lorawizard.core.procs import kill_process_group
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled
 
-CHECK_SCRIPT = Path(__file__).resolve().parents[2] / "trainer_side" / "check_environment.py"
+CHECK_SCRIPT = Path(__file__).resolve().parents[3] / "trainer_side" / "check_environment.py"
 CHECK_MARKER = "LORAWIZARD-CHECK "
 CHECK_TIMEOUT_S = 120.0
 

@@ -21,12 +21,12 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 from lorawizard.core.command import TRAIN_SCRIPT
-from lorawizard.core.environment.checkout import (
+from lorawizard.core.steps.environment.checkout import (
     DEFAULT_BRANCH, SD_SCRIPTS_URL, clone_argv, default_clone_target, find_sd_scripts, inspect_checkout,
 )
-from lorawizard.core.environment.doctor import safe_inventory, torch_findings
-from lorawizard.core.environment.torch_wheels import parse_cuda_version, torch_wheel_for
-from lorawizard.core.environment.trainer_python import (
+from lorawizard.core.steps.environment.doctor import safe_inventory, torch_findings
+from lorawizard.core.steps.environment.torch_wheels import parse_cuda_version, torch_wheel_for
+from lorawizard.core.steps.environment.trainer_python import (
     find_python, requirements_argv, run_trainer_check, venv_argv, venv_dir_of,
 )
 from lorawizard.core.procs import kill_process_group

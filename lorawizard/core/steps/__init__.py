@@ -34,13 +34,13 @@ STEP_TITLES: dict[str, str] = {
 }
 # Imported lazily so `--replay --steps dataset` never pays for the other steps' imports.
 STEP_FUNCTIONS: dict[str, str] = {
-    "env": "lorawizard.core.environment:run_step",
-    "models": "lorawizard.core.models:run_step",
-    "dataset": "lorawizard.core.dataset:run_step",
-    "captions": "lorawizard.core.captions:run_step",
-    "probe": "lorawizard.core.probe:run_step",
-    "train": "lorawizard.core.training:run_step",
-    "publish": "lorawizard.core.publish:run_step",
+    "env": "lorawizard.core.steps.environment:run_step",
+    "models": "lorawizard.core.steps.models:run_step",
+    "dataset": "lorawizard.core.steps.dataset:run_step",
+    "captions": "lorawizard.core.steps.captions:run_step",
+    "probe": "lorawizard.core.steps.probe:run_step",
+    "train": "lorawizard.core.steps.training:run_step",
+    "publish": "lorawizard.core.steps.publish:run_step",
 }
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core.command import preset_overrides
-from lorawizard.core.dataset import bucket_counts
+from lorawizard.core.steps.dataset import bucket_counts
 from lorawizard.core import multigpu
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory

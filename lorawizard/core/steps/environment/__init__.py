@@ -10,7 +10,7 @@ accelerate, requirements — one module per concern:
 - `fixes`: `run_fix(session, action)`, the one-key fixes (clone, venv, install) streamed to a log file under
   `.lorawizard/logs/`; without network a fix says so and shows the commands. No subprocess goes through a shell.
 
-This module is the step (`run_step`) and the public names of the others: `from lorawizard.core.environment import X`
+This module is the step (`run_step`) and the public names of the others: `from lorawizard.core.steps.environment import X`
 works for all of them.
 """
 
@@ -18,22 +18,22 @@ from __future__ import annotations
 
 from typing import Any, TypedDict, cast
 
-from lorawizard.core.environment.checkout import (
+from lorawizard.core.steps.environment.checkout import (
     BRANCHES, COMMON_PLACES, DEFAULT_BRANCH, SD_SCRIPTS_URL, Checkout, clone_argv, default_clone_target,
     find_sd_scripts, inspect_checkout,
 )
-from lorawizard.core.environment.doctor import (
+from lorawizard.core.steps.environment.doctor import (
     examine, preview_command, preview_output_dir, preview_run_dir, safe_inventory,
 )
-from lorawizard.core.environment.findings import STATUS_MARKS, Examination, Finding, FindingStatus
-from lorawizard.core.environment.fixes import (
+from lorawizard.core.steps.environment.findings import STATUS_MARKS, Examination, Finding, FindingStatus
+from lorawizard.core.steps.environment.fixes import (
     FIXES, FixResult, fix_log_path, network_ok, pip_configured, run_fix, run_streamed,
 )
-from lorawizard.core.environment.torch_wheels import (
+from lorawizard.core.steps.environment.torch_wheels import (
     MIN_TORCH, NO_DRIVER_WHEEL, TORCH_WHEELS, TorchWheel, gpu_inventory, parse_cuda_version, parse_torch_version,
     torch_wheel_for,
 )
-from lorawizard.core.environment.trainer_python import (
+from lorawizard.core.steps.environment.trainer_python import (
     CHECK_MARKER, CHECK_SCRIPT, CHECK_TIMEOUT_S, CheckRun, base_python_for_venv, find_python, requirements_argv,
     run_trainer_check, venv_argv, venv_dir_of, venv_python,
 )

@@ -279,7 +279,7 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
     """What sd-scripts will count: steps per epoch (shared by the processes) × epochs; its own totals must agree."""
     from lorawizard.core import multigpu
     from lorawizard.core.command import CommandError, batch_size_for
-    from lorawizard.core.dataset import bucket_counts
+    from lorawizard.core.steps.dataset import bucket_counts
 
     try:
         batches = {b: (n, batch_size_for(session, b)) for b, n in bucket_counts(session).items()}

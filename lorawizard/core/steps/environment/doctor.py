@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core.command import TRAIN_SCRIPT
-from lorawizard.core.environment.checkout import (
+from lorawizard.core.steps.environment.checkout import (
     Checkout, clone_argv, default_clone_target, find_sd_scripts, inspect_checkout,
 )
-from lorawizard.core.environment.findings import Examination, Finding
-from lorawizard.core.environment.torch_wheels import (
+from lorawizard.core.steps.environment.findings import Examination, Finding
+from lorawizard.core.steps.environment.torch_wheels import (
     MIN_TORCH, TorchWheel, arch_supported, gpu_inventory, parse_cuda_version, parse_torch_version, torch_wheel_for,
 )
-from lorawizard.core.environment.trainer_python import (
+from lorawizard.core.steps.environment.trainer_python import (
     CHECK_TIMEOUT_S, CheckRun, find_python, requirements_argv, run_trainer_check, venv_argv, venv_dir_of,
 )
 from lorawizard.core.fsutil import display_path
@@ -308,7 +308,7 @@ def _package_findings(data: Mapping[str, Any], python: Path | None, sd_scripts: 
 
 
 def _model_findings(session: Session) -> list[Finding]:
-    from lorawizard.core.models import resolved_model_paths
+    from lorawizard.core.steps.models import resolved_model_paths
 
     findings = []
     missing = [role for role, path in resolved_model_paths(session).items() if not path.is_file()]
