@@ -5,7 +5,8 @@ Test mode `LORAWIZARD_CPU_PROCESSES=2`: lorawizard writes a MULTI_GPU accelerate
 CPU — the code path multi-GPU users run. `../shared/e2e/ddp_shim` goes on PYTHONPATH (its docstring: accelerate's CPU
 branch wraps the frozen FLUX model in DDP and torch refuses; its GPU branch skips frozen modules). Driven by
 `--replay --steps train`. Two processes must run, sharded (steps per epoch halve: 4 images at batch 2 → 1 step per
-epoch instead of 2), and one LoRA is saved. Needs ~22 GB of RAM (each process holds T5-XXL) and ~5-10 min:
+epoch instead of 2), and one LoRA is saved. Each process holds T5-XXL (~22 GB in fp32, ~11 in bf16) until its
+text-encoder outputs are cached, so RAM + swap must hold two copies:
 
     flock /tmp/e2e.lock env LORAWIZARD_E2E=/work/e2e python -m pytest -m extra tests/test_multigpu_e2e.py -s
 
@@ -14,7 +15,12 @@ memory than two processes have on a 24 GiB box: measured 2026-12-03 on an AVX2-o
 copy (tests/e2e_tools/t5_to_fp32.py), each rank still held ~11.3 GiB of anonymous memory once its models were loaded
 (the hoped-for sharing of the mmap'd file did not happen), and the kernel killed rank 1 while both cached text-encoder
 outputs; lorawizard's diagnosis named it ("own copy of the models in RAM: use fewer GPUs … or add RAM/swap"). With
-bf16 (AVX-512 machines) the memory is halved. Needs ~32 GiB with fp32.
+bf16 (AVX-512 machines) the memory is halved. Needs ~45 GiB of RAM + swap with fp32.
+
+Passed 2026-12-03 on that 24 GiB box with 36 GiB of swap added (`fallocate` + `mkswap` + `swapon` on a file) and the
+caches of an earlier run (LORAWIZARD_E2E_CACHES): 1 passed in 1433 s. Peak: each rank ~11 GiB resident + ~11 GiB
+swapped while T5 encoded the sample prompts; T5 was freed after caching (swap back to ~0), then one step of 28.8 s,
+sampling, and the LoRA saved by rank 0 only.
 
 Without caches each process encodes the latents and T5 outputs itself: on a loaded 2-core box (load ~13) that ran
 at ~520 s per 128px latent and the run was stopped before training; give it caches (LORAWIZARD_E2E_CACHES) or time.
