@@ -150,3 +150,23 @@ async def test_enter_in_a_field_runs_the_check_and_no_sd_scripts_leads(project: 
         assert app.screen.focused is None  # back out of the field: letters act on the screen
         lead = app.screen.query_one("#lead")
         assert lead.has_class("shown") and "Press c to clone it into ~/sd-scripts" in str(lead.render())
+
+
+async def test_a_found_venv_is_no_longer_shown_once_another_sd_scripts_is_typed(
+        project: Path, isolated_home: Path) -> None:
+    """QA: sd-scripts found in ~/sd-scripts, then the person types another path (here a file): the trainer Python
+    field kept saying "~/sd-scripts/.venv/bin/python (found: the venv in sd-scripts)" under a finding that said
+    <typed>/.venv/bin/python does not exist."""
+    sd = make_checkout(isolated_home / "sd-scripts", git_branch=None)
+    make_canned_python(sd / ".venv" / "bin" / "python", canned_check(sd_scripts=sd))
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        python_field = app.screen.query_one("#set-paths-python")
+        assert "(found: the venv" in python_field.placeholder
+        field = app.screen.query_one("#set-paths-sd_scripts")
+        field.focus()
+        await pilot.press(*"~/sd-scripts/requirements.txt", "enter")
+        await wait_idle(pilot, until=lambda: bool(app.screen.findings))
+        assert "is a file" in next(f.message for f in app.screen.findings if f.title == "sd-scripts")
+        assert "found" not in python_field.placeholder

@@ -20,6 +20,7 @@ from textual.widgets import Input, Label, Log, Select, Static
 
 from lorawizard.core.steps import environment as core_env
 from lorawizard.core.fsutil import display_path
+from lorawizard.core.session import FIELDS
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
@@ -97,8 +98,12 @@ class EnvironmentScreen(StepScreen):
             python = core_env.find_python(session, sd_scripts or session.paths.sd_scripts)
             guesses["paths.python"] = python if python is not None and python.exists() else None
         found = {key: path for key, path in guesses.items() if path is not None}
-        for key, path in found.items():
+        for key, path in guesses.items():
             field = self.query_one("#set-" + key.replace(".", "-"), Input)
+            if path is None:  # no guess any more (another sd-scripts typed): a stale "found" would contradict
+                if "(found" in field.placeholder:  # the findings above it
+                    field.placeholder = FIELDS[key].doc
+                continue
             field.placeholder = f"{display_path(path)} (found" + (
                 "; Enter checks it and keeps it)" if key == "paths.sd_scripts" else ": the venv in sd-scripts)")
         self._guessed = sd_scripts is not None
