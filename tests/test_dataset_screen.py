@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.geometry import Region
 from textual.widgets import Input
 
 from lorawizard.core.steps import dataset as core
@@ -228,3 +229,27 @@ async def test_choosing_the_source_folder_starts_the_scan(isolated_home: Path) -
         await settle(pilot)
         assert screen.plan is not None and [item.source for item in screen.plan.items] == ["a.jpg"]
     assert Session.load(project / "session.toml").get("dataset.source") == str(photos)
+
+
+async def test_a_source_that_is_a_file_says_so_in_full_at_80_columns(isolated_home: Path) -> None:
+    """QA: a photo's path typed as the source; at 80 columns the error ended "… IMG_0412.jpg is not a" (the head
+    line was one row high): the reason, the part a person needs, was cut off."""
+    project = isolated_home / "loras" / "mychar"
+    (project / "photos").mkdir(parents=True)
+    fx.photo(project / "photos" / "IMG_0412.jpg", 800, 600)
+    app = LoraWizardApp(Session.open_project(project), start_step="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        field = app.screen.query_one("#set-dataset-source", Input)
+        field.focus()
+        field.value = "photos/IMG_0412.jpg"
+        await pilot.press("enter")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "✗" in str(app.screen.query_one("#ds-head").render()):
+                break
+        await pilot.pause()
+        head = app.screen.query_one("#ds-head")
+        strips = head.render_lines(Region(0, 0, head.size.width, head.size.height))
+        shown = " ".join(" ".join(strip.text.split()) for strip in strips)
+        assert shown.endswith("~/loras/mychar/photos/IMG_0412.jpg is not a folder"), shown

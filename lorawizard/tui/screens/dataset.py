@@ -22,6 +22,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
 from lorawizard.core.steps import dataset as core
+from lorawizard.core.fsutil import tilde_paths
 from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError
@@ -124,7 +125,7 @@ class DatasetScreen(StepScreen):
     ]
 
     DEFAULT_CSS = """
-    DatasetScreen #ds-head { height: 1; padding: 0 1; background: $panel; }
+    DatasetScreen #ds-head { height: auto; max-height: 3; padding: 0 1; background: $panel; }
     DatasetScreen #ds-settings { height: auto; padding: 0 1; display: none; }
     DatasetScreen.-settings #ds-settings { display: block; }
     DatasetScreen #ds-filter { height: 3; display: none; margin: 0 1; }
@@ -228,7 +229,8 @@ class DatasetScreen(StepScreen):
     def _scan_failed(self, message: ScanFailed) -> None:
         self._scanning = False
         self.set_class(True, "-settings")
-        self._set_head(Text(f"✗ {message.reason}", style=tone("error", bold=True)))
+        # in full (the head grows to three lines), the path as a person reads it
+        self._set_head(Text(f"✗ {tilde_paths(message.reason)}", style=tone("error", bold=True), overflow="fold"))
 
     @on(ScanProgress)
     def _scan_progress(self, message: ScanProgress) -> None:
