@@ -3,6 +3,10 @@ the wizard takes to draw its first frame in a real pty (80×24, answering DA1 as
 
 Goals: --help ≤ 0.15 s; first frame ≤ 0.45 s with `--images auto` as with `halfcell`, also in a terminal that
 never answers (the terminal is asked in one round trip after the first frame, not before it). Prints best-of-N wall times measured in this one run, and the ratios.
+
+Measured as installed: with bytecode caches (pip writes them; PYTHONDONTWRITEBYTECODE=1 in a dev shell would make
+every start compile ~45 modules, ~60 ms more). The floor is a bare Textual app with the same widget types as the
+Environment screen (step bar text, fields, a select, a progress bar, a log, a footer), in the same pty.
 Usage: PYTHONPATH=. python bench/bench_cli_startup.py [N]
 """
 
@@ -25,7 +29,37 @@ def best_of(argv: list[str], runs: int) -> float:
     return best
 
 
-def first_frame(images: str, runs: int, answer_da1: bool = True) -> float:
+BARE_TEXTUAL = """
+from textual.app import App
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Input, Label, Log, ProgressBar, Select, Static
+
+
+class Floor(App):
+    BINDINGS = [(k, "bell", k) for k in "qrtfce"]
+
+    def compose(self):
+        yield Static("Environment  Models  Dataset  Captions  GPU  Train")
+        with VerticalScroll():
+            yield Static("intro " * 20)
+            for name in ("sd-scripts", "python"):
+                with Horizontal():
+                    yield Label(name)
+                    yield Input(placeholder="path")
+            with Horizontal():
+                yield Label("torch")
+                yield Select([("a", 1), ("b", 2)])
+            yield Static("findings")
+        yield ProgressBar()
+        yield Log()
+        yield Footer()
+
+
+Floor().run()
+"""
+
+
+def first_frame(images: str, runs: int, answer_da1: bool = True, argv: list[str] | None = None) -> float:
     """Seconds from exec to the step bar on screen, best of `runs` (a fresh project: the Environment screen)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.pty_terminal import PtyTerminal
@@ -33,8 +67,9 @@ def first_frame(images: str, runs: int, answer_da1: bool = True) -> float:
     best = float("inf")
     with tempfile.TemporaryDirectory() as folder:
         env = dict(os.environ, TERM="xterm-256color", HOME=folder, LORAWIZARD_IMAGES=images)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode caches are written once, then used
         for _ in range(runs):
-            term = PtyTerminal.start([sys.executable, "-m", "lorawizard", folder, "--images", images],
+            term = PtyTerminal.start(argv or [sys.executable, "-m", "lorawizard", folder, "--images", images],
                                      env=env, cwd=folder, answer_da1=answer_da1)
             try:
                 best = min(best, term.wait_for(b"Train"))
@@ -53,13 +88,22 @@ def main() -> None:
     print(f"lorawizard --help       {help_ * 1000:7.1f} ms   (goal ≤ 150 ms: {'met' if help_ <= 0.15 else 'NOT met'})")
     print(f"naive (imports Textual) {naive * 1000:7.1f} ms")
     print(f"--help over bare: {help_ / bare:.2f}x   naive over --help: {naive / help_:.2f}x")
+    import compileall
+
+    compileall.compile_dir(str(Path(__file__).resolve().parents[1] / "lorawizard"), quiet=1)
+    with tempfile.TemporaryDirectory() as folder:
+        floor_app = Path(folder) / "floor.py"
+        floor_app.write_text(BARE_TEXTUAL)
+        floor = first_frame("halfcell", runs, argv=[python, str(floor_app)])
     auto = first_frame("auto", runs)
     halfcell = first_frame("halfcell", runs)
     silent = first_frame("auto", runs, answer_da1=False)
     for label, seconds in (("auto", auto), ("halfcell", halfcell), ("auto, silent terminal", silent)):
         verdict = "met" if seconds <= 0.45 else "NOT met"
         print(f"first frame, {label:22s} {seconds * 1000:7.1f} ms   (goal ≤ 450 ms: {verdict})")
-    print(f"auto over halfcell: {auto / halfcell:.2f}x   silent over halfcell: {silent / halfcell:.2f}x")
+    print(f"first frame, bare Textual, same widgets {floor * 1000:7.1f} ms   (the floor)")
+    print(f"auto over halfcell: {auto / halfcell:.2f}x   silent over halfcell: {silent / halfcell:.2f}x   "
+          f"halfcell over the bare-Textual floor: {halfcell / floor:.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import pytest
 from lorawizard import headless
 from lorawizard.core import runs
 from lorawizard.core.steps import training
-from lorawizard.core.steps.dataset import MANIFEST_FILE
+from lorawizard.core.manifest import MANIFEST_FILE
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 from tests import dataset_fixtures as fx
 from tests.standin import make_train_project, standin_env

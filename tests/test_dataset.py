@@ -17,7 +17,8 @@ from PIL import Image
 
 from lorawizard.core import imaging
 from lorawizard.core.steps import dataset
-from lorawizard.core.steps.dataset import MANIFEST_FILE, REPORT_FILE, PreparedImage, load_manifest
+from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, load_manifest
+from lorawizard.core.steps.dataset import REPORT_FILE
 from lorawizard.core.progress import Progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext, StepFailed

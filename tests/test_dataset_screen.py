@@ -11,6 +11,7 @@ from textual.widgets import Input
 
 from lorawizard.core.steps import dataset as core
 from lorawizard.core import imaging
+from lorawizard.core.manifest import load_manifest
 from lorawizard.core.imaging import Probe
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
@@ -158,7 +159,7 @@ async def test_filter_and_apply_with_progress(isolated_home: Path) -> None:
         await pilot.pause()
         status = str(screen.runner.query_one(".runner-status").render())
         assert app.step_states["dataset"] == "done", status
-    prepared = core.load_manifest(Session.load(isolated_home / "dataset-demo" / "session.toml"))
+    prepared = load_manifest(Session.load(isolated_home / "dataset-demo" / "session.toml"))
     assert sorted(p.source for p in prepared) == ["IMG_0001.jpg", "IMG_0002.jpg", "pano_03.jpg"]
     assert all(p.output.exists() for p in prepared)
 

@@ -64,3 +64,26 @@ def test_cli_step_list_matches_core() -> None:
     from lorawizard.core.steps import STEP_ORDER
 
     assert cli.STEPS == STEP_ORDER
+
+
+def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
+    """What runs before the wizard's first frame (cli → session → the App → the step states → the first screen)
+    must not pull the image pipeline, the downloader or the other steps' modules: they cost ~80 ms of start-up and
+    are imported by the workers that need them (bench/bench_cli_startup.py measures the frame)."""
+    code = (
+        "from pathlib import Path\n"
+        "from lorawizard.core.session import Session\n"
+        "from lorawizard.core.step_states import session_step_states, training_is_live\n"
+        "from lorawizard.tui.app import LoraWizardApp\n"
+        "import lorawizard.tui.screens.environment\n"
+        f"s = Session.open_project(Path({str(tmp_path)!r}))\n"
+        "session_step_states(s); training_is_live(s)\n"
+        "import sys, json\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    heavy = {"PIL", "huggingface_hub", "urllib.request", "http.client",
+             "lorawizard.core.steps.dataset", "lorawizard.core.steps.models", "lorawizard.core.imaging",
+             "lorawizard.core.download", "lorawizard.core.steps.captions", "lorawizard.core.steps.probe"}
+    assert not heavy & loaded, f"the first-frame path imported {sorted(heavy & loaded)}"

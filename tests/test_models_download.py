@@ -49,7 +49,7 @@ def test_full_download_then_second_run_is_offline_and_instant(hub: FakeHub, proj
     assert (tok / "google_t5-v1_1-xxl" / "spiece.model").read_bytes() == hub.data["spiece.model"]
     assert any(e.task == "total" and e.finished for e in events)
     assert any(e.task == "flux1-dev-fp8.safetensors" and e.unit == "B" and e.total == 3 * MiB for e in events)
-    from lorawizard.core.steps.models import resolved_model_paths
+    from lorawizard.core.model_files import resolved_model_paths
 
     assert resolved_model_paths(session)["flux"] == models / "flux1-dev-fp8.safetensors"
     # second run: offline, finds everything by the recorded size + sha256 (from the hash cache) and fetches nothing

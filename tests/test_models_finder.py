@@ -61,7 +61,7 @@ def test_comfyui_tree_and_hf_cache_are_used_in_place(hub: FakeHub, project: Path
     assert any("right size but another sha256" in line and "clip_l.safetensors" in line for line in lines)
     assert decoy.read_bytes() == bytes(len(data["clip_l.safetensors"]))  # the user's files are untouched
     assert not (project / "models" / "flux1-dev-fp8.safetensors").exists()  # used in place, not copied
-    from lorawizard.core.steps.models import resolved_model_paths
+    from lorawizard.core.model_files import resolved_model_paths
 
     assert {k: str(v) for k, v in resolved_model_paths(session).items()} == paths
 
@@ -109,7 +109,7 @@ def test_override_is_used_and_its_mismatch_is_said(hub: FakeHub, project: Path):
     result, _, states = run(session, action="find")
     clip = [s for s in states if s.role == "clip_l"][-1]
     assert clip.state == "found" and clip.path == mine and "not the preset's" in clip.note
-    from lorawizard.core.steps.models import resolved_model_paths
+    from lorawizard.core.model_files import resolved_model_paths
 
     assert resolved_model_paths(session)["clip_l"] == mine
 

@@ -62,7 +62,7 @@ def test_replay_failure_is_one_line_and_exit_1(hub: FakeHub, project: Path):
 
 
 def test_step_bar_knows_models_are_ready_at_start(hub: FakeHub, project: Path):
-    from lorawizard.core.steps.models import models_ready
+    from lorawizard.core.model_files import models_ready
     from lorawizard.headless import replay
     from lorawizard.core.step_states import session_step_states
 

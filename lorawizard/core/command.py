@@ -399,7 +399,7 @@ def check_conflicts(options: Mapping[str, Any]) -> list[str]:
 
 def base_options(session: Session) -> dict[str, Any]:
     """The default trainer options (the notes' command plus what they missed), with the session's values."""
-    from lorawizard.core.steps.models import resolved_model_paths
+    from lorawizard.core.model_files import resolved_model_paths
 
     models = resolved_model_paths(session)
     return {

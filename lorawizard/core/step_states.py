@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lorawizard.core.steps.dataset import MANIFEST_FILE, load_manifest
-from lorawizard.core.steps.models import models_ready
+from lorawizard.core.manifest import MANIFEST_FILE, load_manifest
+from lorawizard.core.model_files import models_ready
 from lorawizard.core import runs
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepState

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from lorawizard.core.steps.dataset import MANIFEST_FILE, load_manifest
+from lorawizard.core.manifest import MANIFEST_FILE, load_manifest
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json
 from lorawizard.core.progress import ProgressMeter
 from lorawizard.core.scan import SIDECAR_EXTENSIONS

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lorawizard.core.manifest import MANIFEST_FILE, MANIFEST_VERSION, load_manifest, read_manifest
 from lorawizard.core.imaging import (
     RECIPE,
     Crop,
@@ -42,22 +43,11 @@ from lorawizard.core.session import BUCKET_RE, Session, bucket_area, parse_bucke
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.text import first_few, one_line
 
-MANIFEST_FILE = "lorawizard-manifest.json"
 REPORT_FILE = "lorawizard-report.txt"
-MANIFEST_VERSION = 1
 # Files of ours inside a bucket folder: the image, its caption, and sd-scripts' caches (sd-scripts.md §7).
 OWN_FILE_RE = re.compile(r"^(\d+)(\.png|\.txt|\.caption|_flux_te\.npz|_\d+x\d+_flux\.npz)$")
 LATENT_RE = re.compile(r"^\d+_\d+x\d+_flux\.npz$")
 FLUSH_EVERY_S = 2.0
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    output: Path  # absolute
-    source: str  # relative to dataset.source
-    sha256: str
-    bucket: str
-    crop: tuple[int, int, int, int]
 
 
 ImageStatus = Literal["use", "small", "skip", "duplicate", "bad"]  # small: flagged, skipped unless the user said use
@@ -124,37 +114,6 @@ class Plan:
 
 
 # ---------------------------------------------------------------- manifest
-
-
-def read_manifest(dataset_dir: Path) -> dict[str, Any]:
-    """The raw manifest, or an empty one when there is none (or it is unreadable)."""
-    try:
-        data = json.loads((dataset_dir / MANIFEST_FILE).read_text("utf-8"))
-        if isinstance(data, dict) and data.get("version") == MANIFEST_VERSION and isinstance(data.get("images"), list):
-            return data
-    except (OSError, ValueError):
-        pass
-    return {"version": MANIFEST_VERSION, "images": []}
-
-
-def load_manifest(session: Session) -> list[PreparedImage]:
-    """Every prepared image of the last dataset run ([] when the step has not run)."""
-    dataset_dir = session.paths.dataset
-    images = []
-    for record in read_manifest(dataset_dir)["images"]:
-        try:
-            images.append(
-                PreparedImage(
-                    output=dataset_dir / record["output"],
-                    source=str(record["source"]),
-                    sha256=str(record["sha256"]),
-                    bucket=str(record["bucket"]),
-                    crop=tuple(int(v) for v in record["crop"]),  # type: ignore[arg-type]
-                )
-            )
-        except (KeyError, TypeError, ValueError):
-            continue
-    return images
 
 
 def bucket_counts(session: Session) -> dict[str, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core import catalog
-from lorawizard.core.catalog import ROLES, ModelFile, Tokenizer
+from lorawizard.core.catalog import ROLES, ModelFile
 from lorawizard.core.download import (
     DownloadCancelled,
     DownloadError,
@@ -36,12 +36,20 @@ from lorawizard.core.download import (
     part_path,
 )
 from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.model_files import (
+    METADATA_FILE,
+    load_metadata,
+    preset_name,
+    save_metadata,
+    state_file,
+    tokenizer_complete,
+    tokenizer_dir,
+)
 from lorawizard.core.model_finder import HashCache, HashCancelled, candidates, sha256_of
 from lorawizard.core.progress import ProgressMeter, format_bytes, ignore_progress
 from lorawizard.core.session import MODEL_ROLES, Session
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 
-METADATA_FILE = "models.json"
 HASH_CACHE_FILE = "hash-cache.json"
 FOLDERS_FILE = "model-folders.json"
 TOKENIZER_ROLE = "tokenizers"
@@ -52,25 +60,9 @@ assert tuple(MODEL_ROLES) == ROLES  # noqa: S101 - the session schema and the ca
 # ---------------------------------------------------------------- bookkeeping
 
 
-def _state_file(session: Session, name: str) -> Path:
-    return session.paths.state / name
-
-
-def load_metadata(session: Session) -> dict[str, Any]:
-    try:
-        data = json.loads(_state_file(session, METADATA_FILE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def save_metadata(session: Session, data: dict[str, Any]) -> None:
-    atomic_write_json(_state_file(session, METADATA_FILE), data)
-
-
 def search_folders(session: Session) -> list[Path]:
     try:
-        data = json.loads(_state_file(session, FOLDERS_FILE).read_text(encoding="utf-8"))
+        data = json.loads(state_file(session, FOLDERS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return [Path(p).expanduser() for p in data if isinstance(p, str)] if isinstance(data, list) else []
@@ -84,43 +76,8 @@ def add_search_folder(session: Session, folder: Path | str) -> str | None:
     path = path.resolve()
     folders = search_folders(session)
     if path not in folders:
-        atomic_write_json(_state_file(session, FOLDERS_FILE), [str(p) for p in [*folders, path]])
+        atomic_write_json(state_file(session, FOLDERS_FILE), [str(p) for p in [*folders, path]])
     return None
-
-
-def resolved_model_paths(session: Session) -> dict[str, Path]:
-    """role → the file training uses: the session's override, else the file this step found or downloaded
-    for the current preset, else `<paths.models>/<preset file>`. Cheap: no hashing, no network."""
-    chosen = load_metadata(session).get("resolved", {}).get(_preset_name(session), {})
-    files = catalog.preset(_preset_name(session))
-    paths: dict[str, Path] = {}
-    for role in MODEL_ROLES:
-        override = session.resolve(session.get(f"models.{role}"))
-        found = Path(chosen[role]) if isinstance(chosen.get(role), str) else None
-        if override is not None:
-            paths[role] = override
-        elif found is not None and found.is_file():
-            paths[role] = found
-        else:
-            paths[role] = session.paths.models / files.file_for(role).filename
-    return paths
-
-
-def models_ready(session: Session) -> bool:
-    """Cheap (stat only): every role has a file and the tokenizers are complete. For the step bar at start-up."""
-    if not all(path.is_file() for path in resolved_model_paths(session).values()):
-        return False
-    base = tokenizer_dir(session)
-    return all(_tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS)
-
-
-def tokenizer_dir(session: Session) -> Path:
-    """The folder to pass as `--tokenizer_cache_dir`."""
-    return session.paths.tokenizers
-
-
-def _preset_name(session: Session) -> str:
-    return session.get("models.preset") or catalog.DEFAULT_PRESET
 
 
 # ---------------------------------------------------------------- row state
@@ -216,11 +173,11 @@ def run_step(ctx: StepContext) -> StepResult:
 
 def _model_files_step(ctx: StepContext) -> StepResult:
     session = ctx.session
-    preset = catalog.preset(_preset_name(session))
+    preset = catalog.preset(preset_name(session))
     action = str(_options(ctx).get("action", "download"))
     rows = _Rows(_options(ctx).get("on_state") or (lambda state: None))
     plan = _Plan(session, {f.role: f for f in preset.files}, load_metadata(session),
-                 HashCache(_state_file(session, HASH_CACHE_FILE)), rows, ctx)
+                 HashCache(state_file(session, HASH_CACHE_FILE)), rows, ctx)
     for role in ROLES:
         entry = plan.entries[role]
         rows.set(RoleState(role, entry.filename, entry.repo, size=_known(plan, entry).get("size")))
@@ -298,7 +255,7 @@ def _remember(plan: _Plan, entry: ModelFile, remote: RemoteFile) -> None:
 
 
 def _save(plan: _Plan) -> None:
-    resolved = plan.meta.setdefault("resolved", {}).setdefault(_preset_name(plan.session), {})
+    resolved = plan.meta.setdefault("resolved", {}).setdefault(preset_name(plan.session), {})
     for role in ROLES:
         row = plan.rows.rows.get(role)
         if row is not None and row.state == "found" and row.path is not None:
@@ -306,7 +263,7 @@ def _save(plan: _Plan) -> None:
     try:
         save_metadata(plan.session, plan.meta)
     except OSError as exc:
-        plan.ctx.log(f"could not write {_state_file(plan.session, METADATA_FILE)}: {exc.strerror or exc}")
+        plan.ctx.log(f"could not write {state_file(plan.session, METADATA_FILE)}: {exc.strerror or exc}")
 
 
 def _find(plan: _Plan, role: str) -> None:
@@ -364,13 +321,9 @@ def _find(plan: _Plan, role: str) -> None:
 # ---------------------------------------------------------------- tokenizers
 
 
-def _tokenizer_complete(folder: Path, tokenizer: Tokenizer) -> bool:
-    return all((folder / name).is_file() for name in tokenizer.required)
-
-
 def _check_tokenizers(plan: _Plan) -> None:
     base = tokenizer_dir(plan.session)
-    if all(_tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS):
+    if all(tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS):
         plan.rows.update(TOKENIZER_ROLE, state="found", path=base, source="tokenizers folder", verified=False,
                          note="complete")
     else:

@@ -54,7 +54,8 @@ class StepScreen(Screen):
                 yield from self.compose_body()
                 if self.RUNNER:
                     yield StepRunner(self.STEP)
-        yield Footer()
+        # the palette hint decided now, not on resume: each change recomposes the footer (one whole restyle)
+        yield Footer(show_command_palette=self._palette_hint_fits())
 
     def compose_body(self) -> ComposeResult:
         return iter(())
@@ -133,4 +134,7 @@ class StepScreen(Screen):
     def _fit_footer(self) -> None:
         """Below 100 columns the palette hint would cover the screen's last keys (ctrl+p still works)."""
         for footer in self.query(Footer):
-            footer.show_command_palette = self.app.size.width >= 100
+            footer.show_command_palette = self._palette_hint_fits()
+
+    def _palette_hint_fits(self) -> bool:
+        return self.app.size.width >= 100

@@ -34,6 +34,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from lorawizard.core.steps import captions as core
 from lorawizard.core.steps.captions import CaptionSet
+from lorawizard.core.manifest import MANIFEST_FILE
 from lorawizard.core.session import SessionError
 from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
@@ -167,7 +168,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
     def load(self) -> None:
         session = self.session
-        self._manifest_stamp = _stamp(session.paths.dataset / core.MANIFEST_FILE)
+        self._manifest_stamp = _stamp(session.paths.dataset / MANIFEST_FILE)
         try:
             with wizard_app(self).store.lock:  # the session is not changed meanwhile (a write, a step's record)
                 images = core.prepared_images(session)
@@ -403,7 +404,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
     def on_screen_resume(self) -> None:
         """Back from another step: a new dataset run means new images; the trigger may have been changed."""
-        if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / core.MANIFEST_FILE) != self._manifest_stamp:
+        if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / MANIFEST_FILE) != self._manifest_stamp:
             self.load()
         elif self.captions is not None:
             trigger = str(self.session.get("dataset.trigger") or "")

@@ -308,7 +308,7 @@ def _package_findings(data: Mapping[str, Any], python: Path | None, sd_scripts: 
 
 
 def _model_findings(session: Session) -> list[Finding]:
-    from lorawizard.core.steps.models import resolved_model_paths
+    from lorawizard.core.model_files import resolved_model_paths
 
     findings = []
     missing = [role for role, path in resolved_model_paths(session).items() if not path.is_file()]
