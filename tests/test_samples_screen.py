@@ -152,3 +152,32 @@ async def test_pages_count_from_the_newest_epoch_and_stay_full(home_project: Pat
         assert shown() == [0, 4, 8, 12] and screen.first == 0
         await pilot.press("right_square_bracket")
         assert shown() == [4, 8, 12, 16] and "page 2/2" in title()
+
+
+async def test_a_new_epoch_does_not_move_the_cursor_off_the_epoch_looked_at(home_project: Path) -> None:
+    """QA: during a run, Enter on the newest epoch (12), Esc, k: epoch 16 had arrived meanwhile and the cursor,
+    following the newest, had moved onto it: k kept epoch 16, not the 12 the person had just looked at."""
+    from lorawizard.tui.screens.samples import GalleryChanged
+
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        run_dir = home_project / "runs" / "20261125-101500"
+        _sample_dir(run_dir, [0, 4, 8])
+        screen = SamplesScreen([run_dir], "mychar", PROMPTS, last_epoch=16, live=False)  # as g opens it
+        await app.push_screen(screen)
+        await pilot.pause(0.2)
+        screen.post_message(GalleryChanged(samples.gallery(screen.run_dirs, "mychar", PROMPTS)))
+        await pilot.pause()
+        assert screen.gallery.epochs[screen.col] == 8  # nothing chosen yet: the cursor follows the newest
+        _sample_dir(screen.run_dirs[0], [12])
+        screen.post_message(GalleryChanged(samples.gallery(screen.run_dirs, "mychar", PROMPTS)))
+        await pilot.pause()
+        assert screen.gallery.epochs[screen.col] == 12
+        await pilot.press("enter")  # looks at epoch 12, large
+        assert type(app.screen).__name__ == "LargeSample"
+        await pilot.press("escape")
+        _sample_dir(screen.run_dirs[0], [16])  # meanwhile the run saved epoch 16
+        screen.post_message(GalleryChanged(samples.gallery(screen.run_dirs, "mychar", PROMPTS)))
+        await pilot.pause()
+        assert screen.gallery.epochs == [0, 4, 8, 12, 16]
+        assert screen.selected() is not None and screen.selected()[0] == 12

@@ -92,6 +92,7 @@ class SamplesScreen(Screen[None]):
         self.col = 0  # index into gallery.epochs
         self.first = 0  # first epoch index shown
         self._stop = threading.Event()
+        self._chosen = False  # the person moved to, paged to or opened an epoch: new epochs no longer move the cursor
         self._drawn: tuple[Any, ...] | None = None
 
     def compose(self) -> ComposeResult:
@@ -127,7 +128,7 @@ class SamplesScreen(Screen[None]):
 
     @on(GalleryChanged)
     def _changed(self, message: GalleryChanged) -> None:
-        following_newest = not self.gallery.epochs or self.col == len(self.gallery.epochs) - 1
+        following_newest = not self.gallery.epochs or (self.col == len(self.gallery.epochs) - 1 and not self._chosen)
         self.gallery = message.gallery
         if following_newest:
             self.col = max(0, len(self.gallery.epochs) - 1)
@@ -212,6 +213,7 @@ class SamplesScreen(Screen[None]):
     # -- actions
 
     def action_move(self, rows: int, cols: int) -> None:
+        self._chosen = True
         self.row = max(0, min(self.gallery.rows - 1, self.row + rows))
         self.col = max(0, min(len(self.gallery.epochs) - 1, self.col + cols))
         self.redraw()
@@ -219,6 +221,7 @@ class SamplesScreen(Screen[None]):
     def action_page(self, pages: int) -> None:
         """Moves the window a page of columns, never past either end (so a page is always full: the last one ends
         with the newest epoch, the first one begins with the oldest); the cursor moves along with it."""
+        self._chosen = True
         _, _, columns = self._layout()
         count = len(self.gallery.epochs)
         first = max(0, min(count - columns, self.first + pages * columns))
@@ -237,6 +240,7 @@ class SamplesScreen(Screen[None]):
         if chosen is None or chosen[1] is None:
             self.notify("no image here yet")
             return
+        self._chosen = True  # k after the large view keeps this epoch, even if a newer one arrived meanwhile
         epoch, image = chosen
         prompt = self.gallery.prompts[self.row] if self.row < len(self.gallery.prompts) else ""
         self.app.push_screen(LargeSample(image.path, f"{epoch_label(epoch, self.last_epoch)} · {' '.join(prompt.split())}"))
