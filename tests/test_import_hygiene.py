@@ -85,5 +85,6 @@ def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     heavy = {"PIL", "huggingface_hub", "urllib.request", "http.client",
              "lorawizard.core.steps.dataset", "lorawizard.core.steps.models", "lorawizard.core.imaging",
-             "lorawizard.core.download", "lorawizard.core.steps.captions", "lorawizard.core.steps.probe"}
+             "lorawizard.core.download", "lorawizard.core.steps.captions", "lorawizard.core.steps.probe",
+             "textual.widgets._text_area"}
     assert not heavy & loaded, f"the first-frame path imported {sorted(heavy & loaded)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 from textual import on
@@ -10,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Input, Static, TextArea
+from textual.widgets import DataTable, Footer, Input, Static
 
 from lorawizard.core.session import Session
 from lorawizard.tui.typed_app import wizard_app
@@ -81,7 +82,11 @@ class StepScreen(Screen):
         self.runner.cancel()
 
     def in_text_field(self) -> bool:
-        return isinstance(self.focused, (Input, TextArea))
+        # TextArea costs ~17 ms to import and only the Captions screen has one: until some screen imported it,
+        # nothing focused can be one (importing it here would put it on every start's first-frame path)
+        text_area = sys.modules.get("textual.widgets._text_area")
+        fields = (Input,) if text_area is None else (Input, text_area.TextArea)
+        return isinstance(self.focused, fields)
 
     def action_scroll_body(self, pages: int) -> None:
         """PageUp/PageDown scroll the body from anywhere on the screen (Tab no longer stops on the body itself)."""

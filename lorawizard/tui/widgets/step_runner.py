@@ -36,12 +36,12 @@ class StepRunner(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("", classes="runner-status")
-        yield ProgressBar(total=None, show_eta=False, id="runner-bar")
-        yield Log(max_lines=500, auto_scroll=True)
-
-    def on_mount(self) -> None:
-        self.query_one(ProgressBar).display = False
-        self.query_one(Log).display = False
+        # hidden until a run: set before mounting, so the first frame styles them once (not again on mount)
+        bar = ProgressBar(total=None, show_eta=False, id="runner-bar")
+        log = Log(max_lines=500, auto_scroll=True)
+        bar.display = log.display = False
+        yield bar
+        yield log
 
     @property
     def running(self) -> bool:
