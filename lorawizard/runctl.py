@@ -47,7 +47,7 @@ def status_text(record) -> tuple[str, int]:  # record: RunRecord
     follower.finish()
     line = f"{status} · {status_line(follower.state)} · run {record.run_id}"
     if status == "running":
-        newest = _newest_state_step(record)
+        newest = runs.newest_state_step(record)
         line += f" · a stop now loses {statesave.steps_lost(follower.state.step, newest)} steps"
     elif status in ("stopped", "lost", "failed") and runs.newest_state(record.dir.parent) is not None:
         line += " · resumable (--replay SESSION --steps train --resume)"
@@ -56,15 +56,6 @@ def status_text(record) -> tuple[str, int]:  # record: RunRecord
     if hook and not hook.get("ok"):
         line += f" · on_finish failed: {hook.get('line')}"
     return line, _CODES.get(status, EXIT_FAILED)
-
-
-def _newest_state_step(record) -> int | None:
-    from lorawizard.core import runs
-
-    own = [s for s in runs.saved_states(record.dir.parent) if s.run_id == record.run_id]
-    if own:
-        return own[-1].step
-    return record.base_step or None
 
 
 def status(project: Path, out: TextIO | None = None) -> int:
@@ -116,7 +107,7 @@ def stop(project: Path, out: TextIO | None = None) -> int:
         return EXIT_NO_RUN
     follower = RunFollower(record)
     follower.finish()
-    lost = statesave.steps_lost(follower.state.step, _newest_state_step(record))
+    lost = statesave.steps_lost(follower.state.step, runs.newest_state_step(record))
     out.write(f"stopping run {record.run_id} at step {follower.state.step}: loses {lost} steps since the newest "
               "saved state (SIGINT, then SIGTERM, then SIGKILL)…\n")
     out.flush()

@@ -161,6 +161,15 @@ def test_stop_loses_only_the_steps_since_the_last_step_state(tmp_path: Path) -> 
     again = runs.newest_state(session.paths.runs)
     assert again.step == 16  # the end state of the resumed run, counted absolutely
     assert statesave.steps_lost(11, 9) == 2 and statesave.steps_lost(5, None) == 5
+    assert runs.newest_state_step(runs.RunRecord.load(again.path.parent)) == 16
+
+
+def test_the_stop_question_says_what_is_lost() -> None:
+    assert statesave.stop_question(340, 1200, 300) == (
+        "Stop the run at step 340/1200? It resumes from the state saved at step 300 (40 steps lost).")
+    assert statesave.stop_question(301, 1200, 300).endswith("(1 step lost).")
+    assert statesave.stop_question(12, None, None) == (
+        "Stop the run at step 12? No state is saved yet: a new run starts over (12 steps lost).")
 
 
 # ------------------------------------------------------------------ keep an epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lorawizard.core.logparse import TrainState, parse_bytes
 from lorawizard.core.session import Session
 from lorawizard.core.steps.training import plan_run, start_run
 from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.widgets.loss_chart import braille_plot
 from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView
 from tests.standin import make_train_project
@@ -152,6 +154,37 @@ async def test_reattach_to_a_live_run_and_stop_it(tmp_path: Path, monkeypatch: p
         await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.step >= 1)
         assert header.view.status == "running" and header.view.run_id == record.run_id and header.view.procs >= 3
         await pilot.press("s")
+        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("enter")
+        await _until(pilot, lambda: header.view.status == "stopped")
+    assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
+
+
+async def test_stop_asks_first_and_says_which_steps_it_loses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)  # 2 steps an epoch, a state saved every epoch
+    record = start_run(session, plan_run(session))
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        header = app.screen.query_one(TrainHeader)
+        await _until(pilot, lambda: runs.newest_state_step(record) is not None
+                     and getattr(header, "view", None) is not None and header.view.step >= 3)
+        for cancel in ("n", "escape"):
+            await pilot.press("s")
+            await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            question = app.screen.question
+            match = re.fullmatch(r"Stop the run at step (\d+)/40\? It resumes from the state saved at step (\d+) "
+                                 r"\((\d+) steps? lost\)\.", question)
+            assert match, question
+            step, saved, lost = map(int, match.groups())
+            assert saved % 2 == 0 and lost == step - saved and 0 <= lost <= 2  # the stand-in saves every 2 steps
+            await pilot.press(cancel)
+            await pilot.pause(0.6)
+            assert not isinstance(app.screen, ConfirmScreen) and record.is_alive(), cancel  # nothing was stopped
+        assert header.view.status == "running"
+        await pilot.press("s")
+        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
         await _until(pilot, lambda: header.view.status == "stopped")
     assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
 

@@ -435,6 +435,15 @@ def newest_state(runs_dir: Path) -> SavedState | None:
     return states[-1] if states else None
 
 
+def newest_state_step(record: RunRecord) -> int | None:
+    """The absolute step a resume after stopping `record` starts from: its own newest saved state, else the state it
+    was itself resumed from (None: nothing saved, a stop loses every step). `--stop`, `--status` and the wizard's s."""
+    own = [s for s in saved_states(record.dir.parent) if s.run_id == record.run_id]
+    if own:
+        return own[-1].step
+    return record.base_step or None
+
+
 def resume_overrides(state: SavedState, own_step_in_state: int | None = None) -> dict[str, Any]:
     """Trainer options for resuming from `state`. sd-scripts derives the epoch to start from the state's own step,
     which is wrong for a state written by a run that was itself resumed (its step restarted at 0): then the

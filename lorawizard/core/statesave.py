@@ -138,6 +138,16 @@ def steps_lost(current_step: int, newest_saved_step: int | None) -> int:
     return max(0, current_step - (newest_saved_step or 0))
 
 
+def stop_question(current_step: int, total_steps: int | None, newest_saved_step: int | None) -> str:
+    """One line before a stop: where the run is, where a resume starts, and what is lost in between."""
+    lost = steps_lost(current_step, newest_saved_step)
+    at = f"{current_step}/{total_steps}" if total_steps else str(current_step)
+    steps = f"{lost} step{'' if lost == 1 else 's'} lost"
+    if newest_saved_step is None:
+        return f"Stop the run at step {at}? No state is saved yet: a new run starts over ({steps})."
+    return f"Stop the run at step {at}? It resumes from the state saved at step {newest_saved_step} ({steps})."
+
+
 def read_state(folder: Path) -> tuple[int, int] | None:
     try:
         data = json.loads((folder / "train_state.json").read_text(encoding="utf-8"))

@@ -2,9 +2,9 @@
 
 A thread worker follows the run through `core.dashboard.views` (the one follow loop, `core.training.watch`) and
 posts one `TrainUpdate` a few times a second (never one message per log line); the screen only renders. Leaving
-the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop
-(SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full log, g the samples, p publish the kept
-LoRA to the Hugging Face hub (after a confirmation).
+the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop (asks
+first, saying which steps it loses; then SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full
+log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a confirmation).
 """
 
 from __future__ import annotations
@@ -294,15 +294,31 @@ class TrainScreen(StepScreen):
         self._start_tail(message.record)
 
     def action_stop(self) -> None:
+        """s: asks first, saying in one line which steps a stop loses (sd-scripts keeps only its saved states)."""
         if self.record is None or not self.record.is_alive():
             self.notify("no run is going")
             return
-        from lorawizard.core import statesave
-        from lorawizard.runctl import _newest_state_step
+        from lorawizard.core import runs, statesave
+        from lorawizard.tui.screens.confirm import ConfirmScreen
 
-        lost = statesave.steps_lost(self.view.step, _newest_state_step(self.record))
+        record = self.record
+        saved = runs.newest_state_step(record)
+        question = statesave.stop_question(self.view.step, self.view.total_steps, saved)
+        self.app.push_screen(
+            ConfirmScreen(question, "The trainer gets SIGINT, then SIGTERM, then SIGKILL; r resumes later."),
+            lambda yes: self._stop_answer(record, yes))
+
+    def _stop_answer(self, record: Any, yes: bool | None) -> None:
+        if not yes:
+            return
+        if not record.is_alive():
+            self.notify("the run has already ended")
+            return
+        from lorawizard.core import runs, statesave
+
+        lost = statesave.steps_lost(self.view.step, runs.newest_state_step(record))
         self.notify(f"stopping: loses {lost} steps since the newest saved state (SIGINT, then SIGTERM, then SIGKILL)…")
-        self._stop_run(self.record)
+        self._stop_run(record)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
     def _stop_run(self, record: Any) -> None:
