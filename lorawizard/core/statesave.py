@@ -139,7 +139,9 @@ def steps_lost(current_step: int, newest_saved_step: int | None) -> int:
 
 
 def stop_question(current_step: int, total_steps: int | None, newest_saved_step: int | None) -> str:
-    """One line before a stop: where the run is, where a resume starts, and what is lost in between."""
+    """One line before a stop: where the run is, where a resume starts, and what is lost in between. A state on disk
+    newer than the step the caller last read (its log view lags) puts the run at least at that state's step."""
+    current_step = max(current_step, newest_saved_step or 0)
     lost = steps_lost(current_step, newest_saved_step)
     at = f"{current_step}/{total_steps}" if total_steps else str(current_step)
     steps = f"{lost} step{'' if lost == 1 else 's'} lost"
