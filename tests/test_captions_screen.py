@@ -196,7 +196,7 @@ async def test_trigger_dialog_and_writing_the_files(isolated_home: Path) -> None
         field = app.screen.query_one("#set-dataset-trigger", Input)
         field.value = ""
         field.focus()
-        await pilot.press(*"sks", "escape")
+        await pilot.press(*"sks", "enter")  # Enter keeps the word and closes the dialog (Esc would undo it)
         await pilot.pause()
         screen = screen_of(app)
         assert screen.captions is not None and screen.captions.trigger == "sks"

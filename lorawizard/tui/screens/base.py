@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from lorawizard.core.session import Session
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.fit_footer import FitFooter
 from lorawizard.tui.widgets.step_bar import StepBar
 from lorawizard.tui.widgets.step_runner import StepRunner
 
@@ -33,6 +34,8 @@ class StepScreen(Screen):
     # keys and 1–6 act on the screen, never type into a field. None: nothing focused (keys act on the screen).
     MAIN: ClassVar[str | None] = None
     AUTO_FOCUS: ClassVar[str | None] = None  # subclasses: = MAIN (Textual focuses it when the screen opens)
+    # Actions whose keys leave the footer first when it is too narrow (then from its end); ? Help and q Quit stay.
+    FOOTER_DROP_FIRST: ClassVar[tuple[str, ...]] = ()
 
     BINDINGS = [
         Binding("enter", "primary", "Run", show=False),
@@ -56,7 +59,7 @@ class StepScreen(Screen):
                 if self.RUNNER:
                     yield StepRunner(self.STEP)
         # the palette hint decided now, not on resume: each change recomposes the footer (one whole restyle)
-        yield Footer(show_command_palette=self._palette_hint_fits())
+        yield FitFooter(show_command_palette=self._palette_hint_fits())
 
     def compose_body(self) -> ComposeResult:
         return iter(())

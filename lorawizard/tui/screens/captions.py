@@ -92,6 +92,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     FULL_BODY = True  # its own layout: a table/list and a preview side by side, filling the screen
+    FOOTER_DROP_FIRST = ("step", "undo_bulk", "cycle_filter")  # at 80 columns: ↑/↓ move too; ? lists them all
 
     BINDINGS = [
         Binding("ctrl+n", "step(1)", "Next", priority=True),

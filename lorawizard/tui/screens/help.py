@@ -14,7 +14,8 @@ GLOBAL_KEYS: list[tuple[str, str]] = [
     ("1 … 6", "jump to a step: Environment, Models, Dataset, Captions, GPU, Train (outside text fields)"),
     ("F1 … F6", "the same, from anywhere, text fields included (unless the screen uses the key itself)"),
     ("ctrl+g", "run this screen's primary action (enter too, outside text fields)"),
-    ("esc", "leave a text field · cancel what is running · close a dialog"),
+    ("esc", "undo the edit in a settings field (back to its value when you entered it) · leave a text field · "
+            "cancel what is running · close a dialog"),
     ("tab / shift+tab", "move between fields"),
     ("ctrl+p", "command palette: jump to any step"),
     ("f8", "save a screenshot (SVG) into the project folder"),

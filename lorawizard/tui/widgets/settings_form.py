@@ -1,5 +1,8 @@
 """A form over session keys: each edit is validated by the core schema and saved at once.
 
+Esc in a text field whose text changed since focus entered it undoes the edit: the field gets back the text it had,
+the session the value it had (saved as any edit), and focus leaves the field. Enter keeps the new value.
+
 Screens that follow a setting listen for `SettingsForm.Saved(key, value)`, posted after the value is in the
 session, never for the form's inner Input/Select events (those reach a screen before or after the save,
 depending on handler order).
@@ -11,6 +14,7 @@ import shlex
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Switch
@@ -25,6 +29,27 @@ def _text_of(spec: Field, value: object) -> str:
     if spec.kind == "str_list":
         return shlex.join(value)  # type: ignore[arg-type]
     return f"{value:g}" if spec.kind == "float" else str(value)
+
+
+class SettingInput(Input):
+    """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that)."""
+
+    def __init__(self, key: str, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.key = key
+        self.entered: tuple[str, bool, object] | None = None  # text, key set in the session, its value
+
+    def on_focus(self) -> None:
+        self.mark_entered()
+
+    def mark_entered(self) -> None:
+        """Now is what Esc goes back to (focus entering; Enter keeping a value)."""
+        session = wizard_app(self).session
+        self.entered = (self.value, session.is_set(self.key), session.get(self.key))
+
+    @property
+    def edited(self) -> bool:
+        return self.entered is not None and self.value != self.entered[0]
 
 
 def parse_input(spec: Field, text: str) -> object:
@@ -71,6 +96,8 @@ class SettingsForm(Vertical):
         def control(self) -> SettingsForm:
             return self.form
 
+    BINDINGS = [Binding("escape", "undo_edit", "Undo edit", show=True)]
+
     DEFAULT_CSS = """
     SettingsForm { height: auto; }
     SettingsForm > Horizontal { height: auto; }
@@ -84,6 +111,8 @@ class SettingsForm(Vertical):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.keys = keys
         self.labels = labels or {}
+        self._undone: Input | None = None  # the field Esc just restored: its blur saves nothing more
+        self._edit_shown = False  # whether the footer shows "esc Undo edit"
 
     def compose(self) -> ComposeResult:
         session = wizard_app(self).session
@@ -98,7 +127,7 @@ class SettingsForm(Vertical):
                 elif spec.kind == "bool":
                     yield Switch(value=bool(value), id=widget_id)
                 else:
-                    yield Input(_text_of(spec, value), placeholder=spec.doc, id=widget_id, compact=True)
+                    yield SettingInput(key, _text_of(spec, value), placeholder=spec.doc, id=widget_id, compact=True)
         yield Label("", classes="setting-error")
 
     def _key_of(self, widget_id: str | None) -> str:
@@ -115,10 +144,48 @@ class SettingsForm(Vertical):
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
         self._save_input(event.input, submitted=True)
+        if isinstance(event.input, SettingInput):
+            event.input.mark_entered()  # Enter keeps the new value: Esc no longer goes back past it
+            self._show_undo()
+
+    # -- Esc: undo the edit
+
+    def _edited_field(self) -> SettingInput | None:
+        focused = self.screen.focused
+        if isinstance(focused, SettingInput) and focused.edited and self in focused.ancestors:
+            return focused
+        return None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "undo_edit":
+            return self._edited_field() is not None  # else Esc does what the screen does (leave the field, close)
+        return True
+
+    def _show_undo(self) -> None:
+        shown = self._edited_field() is not None
+        if shown != self._edit_shown:
+            self._edit_shown = shown
+            self.refresh_bindings()
+
+    def action_undo_edit(self) -> None:
+        """Esc: the field's text and the session's value as they were when focus entered the field; focus leaves."""
+        field = self._edited_field()
+        if field is None or field.entered is None:
+            return
+        text, was_set, value = field.entered
+        self._undone = field
+        field.value = text
+        self._save(field.key, value if was_set else None)
+        focus_main = getattr(self.screen, "focus_main", None)
+        if callable(focus_main):
+            focus_main()
+        else:
+            self.screen.set_focus(None)
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
         """Save every keystroke that forms a valid value, so quitting mid-edit loses nothing."""
+        self._show_undo()
         key = self._key_of(event.input.id)
         try:
             value = parse_input(FIELDS[key], event.value)
@@ -129,6 +196,9 @@ class SettingsForm(Vertical):
 
     @on(Input.Blurred)
     def _blurred(self, event: Input.Blurred) -> None:
+        if event.input is self._undone:
+            self._undone = None
+            return  # Esc restored and saved it already
         self._save_input(event.input)
 
     def _save_input(self, widget: Input, *, submitted: bool = False) -> None:

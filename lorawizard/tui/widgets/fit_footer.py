@@ -1,0 +1,63 @@
+"""The footer of every step screen: the keys that work now, fitted to the width.
+
+At 80 columns a screen's own keys can fill the line and push the global ones (? Help, q Quit) off its end. Here the
+global keys (the app's) always show; a screen's keys that do not fit are left out, first those the screen names in
+`FOOTER_DROP_FIRST` (action names, without arguments), then from the end of the line. Every key stays in the help (?).
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.events import Resize
+from textual.widgets import Footer
+from textual.widgets._footer import FooterKey  # textual==8.2.8 pinned: the footer's own key widget
+from rich.cells import cell_len
+
+
+def key_width(key_display: str, description: str) -> int:
+    """Cells one key takes in the (non-compact) footer: ` key ` + `description `."""
+    return cell_len(key_display) + cell_len(description) + 3
+
+
+class FitFooter(Footer):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._width = 0
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        app = self.app
+        active = self.screen.active_bindings
+        by_action: dict[str, tuple[object, Binding, bool, str]] = {}
+        for node, binding, enabled, tooltip in active.values():
+            if binding.show:
+                by_action.setdefault(binding.action, (node, binding, enabled, tooltip))
+        items = list(by_action.values())
+        palette = active.get(app.COMMAND_PALETTE_BINDING) if self.show_command_palette and app.ENABLE_COMMAND_PALETTE else None
+        width = self._width = self.size.width or app.size.width
+        room = width - (key_width(app.get_key_display(palette.binding), palette.binding.description) + 1 if palette else 0)
+        drop_first = tuple(getattr(self.screen, "FOOTER_DROP_FIRST", ()))
+
+        def used() -> int:
+            return sum(key_width(app.get_key_display(b), b.description) for _, b, _, _ in items)
+
+        # the screen's keys that go first, then from the end; never the app's own (? Help, q Quit)
+        order = [item for action in drop_first for item in items if item[1].action.partition("(")[0] == action]
+        order += [item for item in reversed(items) if item[0] is not app and item not in order]
+        for item in order:
+            if used() <= room:
+                break
+            items.remove(item)
+        for _, binding, enabled, tooltip in items:
+            yield FooterKey(binding.key, app.get_key_display(binding), binding.description, binding.action,
+                            disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
+        if palette is not None:
+            yield FooterKey(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
+                            palette.binding.action, classes="-command-palette", disabled=not palette.enabled,
+                            tooltip=palette.binding.tooltip or palette.binding.description)
+
+    def on_resize(self, event: Resize) -> None:
+        if self._bindings_ready and event.size.width != self._width:
+            self.call_after_refresh(self.recompose)
