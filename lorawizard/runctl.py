@@ -37,7 +37,36 @@ def _newest(project: Path):  # -> RunRecord | None
     return live or (records[-1] if records else None)
 
 
-def status_text(record) -> tuple[str, int]:  # record: RunRecord
+def _session_facts(project: Path) -> tuple[str, int | None]:
+    """The session file as a shell argument, and train.max_train_epochs (None when unreadable)."""
+    from lorawizard.core.fsutil import shell_path
+    from lorawizard.core.session import SESSION_FILE, Session, SessionError
+
+    path = Path(project).expanduser().absolute() / SESSION_FILE
+    try:
+        epochs: int | None = int(Session.load(path, read_only=True).get("train.max_train_epochs"))
+    except (SessionError, OSError, TypeError, ValueError):
+        epochs = None
+    return shell_path(path), epochs
+
+
+def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # record: RunRecord
+    """What `--resume` would do after this (stopped, failed or lost) run, in a few words; "" when nothing.
+
+    `--resume` continues from the newest saved state of the project's runs: this run's own (or the state it was itself
+    resumed from), or, when it saved none, an older run's, which may already be at the last epoch (then nothing)."""
+    from lorawizard.core import runs
+
+    newest = runs.newest_state(record.dir.parent)
+    if newest is None or (max_epochs is not None and newest.epoch >= max_epochs):
+        return "saved no state to resume from: a new run starts from the beginning"
+    command = f"lorawizard --replay {session_arg} --steps train --resume"
+    if newest.run_id == record.run_id or record.base_step > 0:
+        return f"resumable: {command}"
+    return f"saved no state; {command} would continue the older run {newest.run_id} (epoch {newest.epoch})"
+
+
+def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | None = None) -> tuple[str, int]:
     """One line (state, step/total, epoch, ETA, last loss, run id, lost steps) and the exit code."""
     from lorawizard.core import runs, statesave
     from lorawizard.core.steps.training import RunFollower, status_line
@@ -49,8 +78,8 @@ def status_text(record) -> tuple[str, int]:  # record: RunRecord
     if status == "running":
         newest = runs.newest_state_step(record)
         line += f" · a stop now loses {statesave.steps_lost(follower.state.step, newest)} steps"
-    elif status in ("stopped", "lost", "failed") and runs.newest_state(record.dir.parent) is not None:
-        line += " · resumable (--replay SESSION --steps train --resume)"
+    elif status in ("stopped", "lost", "failed"):
+        line += " · " + resume_hint(record, session_arg, max_epochs)
     info = record.exit_info() or {}
     hook = info.get("on_finish")
     if hook and not hook.get("ok"):
@@ -64,7 +93,7 @@ def status(project: Path, out: TextIO | None = None) -> int:
     if record is None:
         out.write(f"no run · {project}\n")
         return EXIT_NO_RUN
-    line, code = status_text(record)
+    line, code = status_text(record, *_session_facts(project))
     out.write(line + "\n")
     return code
 
@@ -116,5 +145,5 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     except runs.RunError as exc:
         out.write(f"lorawizard: {exc}\n")
         return EXIT_FAILED
-    out.write(f"run {record.run_id} stopped ({how}); resume: lorawizard --replay SESSION.toml --steps train --resume\n")
+    out.write(f"run {record.run_id} stopped ({how}); {resume_hint(record, *_session_facts(project))}\n")
     return EXIT_FINISHED

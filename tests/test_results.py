@@ -306,3 +306,37 @@ def test_probe_report_says_what_sampling_adds(tmp_path: Path) -> None:
     session.set("train.samples.prompts", [])
     assert "sampling off" in _sampling_note(session, [])
     assert AreaResult  # the type the note reads s/step from
+
+
+def test_a_fresh_run_stopped_before_its_first_state_is_not_called_resumable(tmp_path: Path) -> None:
+    """QA: a finished run, then a fresh one stopped with --stop before it saved a state: --stop said "resume:
+    lorawizard --replay SESSION.toml …" and --status "resumable", but --resume refused (the newest state, the finished
+    run's, was already at the last epoch). Now both say so; a resumable run names the real session file."""
+    from lorawizard.cli import main
+
+    session = make_train_project(tmp_path / "my loras", epochs=2, batch_size=1)  # 4 steps per epoch
+    project = session.project_dir
+    _wait(_start(session, STEP_SECONDS=0.01))  # finished: its last state is at epoch 2 of 2
+    record = _start(session, STEP_SECONDS=0.2, HANG_AT_STEP=2)
+    deadline = time.monotonic() + 20
+    while _wait_step(record) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    out = io.StringIO()
+    assert runctl.stop(project, out) == 0
+    assert "resume:" not in out.getvalue() and "saved no state to resume from" in out.getvalue(), out.getvalue()
+    out = io.StringIO()
+    assert runctl.status(project, out) == 1
+    assert "resumable" not in out.getvalue() and "saved no state" in out.getvalue(), out.getvalue()
+    assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 1  # as both said
+
+    _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # a state at epoch 1, then it dies
+    out = io.StringIO()
+    assert runctl.status(project, out) == 1
+    assert f"resumable: lorawizard --replay '{session.path}' --steps train --resume" in out.getvalue(), out.getvalue()
+
+
+def _wait_step(record: RunRecord) -> int:
+    follower = RunFollower(record)
+    follower.finish()
+    return follower.state.step

@@ -69,6 +69,17 @@ def display_path(path: Path | str) -> str:
     return "~" if inside == Path(".") else f"~/{inside}"
 
 
+def shell_path(path: Path | str) -> str:
+    """A path to paste into a shell: `~/…` under the home folder when that needs no quoting, else shell-quoted."""
+    import shlex
+
+    shown = display_path(path)
+    rest = shown[2:] if shown.startswith("~/") else None
+    if rest is not None and rest and shlex.quote(rest) == rest:
+        return shown
+    return shlex.quote(str(path))
+
+
 def tilde_paths(text: str) -> str:
     """Every path under the home folder in a line of text (a trainer's log) written `~/…`, as display_path does."""
     home = str(Path.home()).rstrip("/")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from lorawizard.core import projectlock, runs
+from lorawizard.core.fsutil import shell_path
 from lorawizard.core.diagnosis import Diagnosis, diagnose
 from lorawizard.core.logparse import Epoch, LogParser, TrainState
 from lorawizard.core.progress import LogCallback, Progress, ProgressCallback, format_duration
@@ -476,8 +477,8 @@ def _stop_on_cancel(ctx: StepContext, record: RunRecord) -> None:
         how = runs.stop(record, on_stage=stage, hurry=ctx.hurry)
     except RunError as exc:
         raise StepFailed(str(exc)) from None
-    ctx.log(f"train: run {record.run_id} stopped ({how}); resume: lorawizard --replay SESSION.toml --steps train "
-            "--resume (or r in the wizard)")
+    ctx.log(f"train: run {record.run_id} stopped ({how}); resume: lorawizard --replay {shell_path(ctx.session.path)} "
+            "--steps train --resume (or r in the wizard)")
     raise Cancelled()
 
 
