@@ -254,3 +254,20 @@ async def test_a_source_that_is_a_file_says_so_in_full_at_80_columns(isolated_ho
         strips = head.render_lines(Region(0, 0, head.size.width, head.size.height))
         shown = " ".join(" ".join(strip.text.split()) for strip in strips)
         assert shown.endswith("~/loras/mychar/photos/IMG_0412.jpg is not a folder"), shown
+
+
+async def test_the_columns_follow_a_resize_across_110_columns(isolated_home: Path) -> None:
+    """QA: opened at 80 columns, then the terminal made 120 wide: the file column stayed 13 wide ("thumb_0001.j…")."""
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = screen_of(app).table
+        narrow = [c.width for c in table.ordered_columns][:2]
+        current = screen_of(app).current
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause(0.3)
+        assert [c.width - n for c, n in zip(table.ordered_columns, narrow)] == [11, 1]  # 13 → 24, 9 → 10
+        assert table.row_count == len(screen_of(app).plan.items) and screen_of(app).current == current
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.3)
+        assert [c.width for c in table.ordered_columns][:2] == narrow

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -152,6 +152,7 @@ class DatasetScreen(StepScreen):
         self._scanning = False
         self._scanned_settings: tuple[Any, ...] = ()
         self._guess: str | None = None  # the photo folder found in the project, until the person accepts it
+        self._columns_wide = False
 
     # -- layout
 
@@ -171,13 +172,29 @@ class DatasetScreen(StepScreen):
     def table(self) -> DataTable:
         return self.query_one("#ds-table", DataTable)
 
-    def on_mount(self) -> None:
+    def _add_columns(self) -> None:
+        """The file and source columns are wider from 110 columns on (the width the columns were made for)."""
         table = self.table
         wide = self.app.size.width >= 110
+        self._columns_wide = wide
         table.add_column("file", key="file", width=24 if wide else 13)
         table.add_column("source", key="source", width=10 if wide else 9)
         table.add_column("bucket", key="bucket", width=9)  # "1024x1024" whole: the bucket is the point
         table.add_column("note", key="note")
+
+    @on(events.Resize)
+    def _fit_columns(self) -> None:
+        """A terminal resized across 110 columns: the columns follow (from 80 to 120 columns they stayed narrow,
+        "thumb_0001.j…" beside an empty half of the screen; from 120 to 80 the notes were cut off)."""
+        if (self.app.size.width >= 110) == self._columns_wide:
+            return
+        self.table.clear(columns=True)
+        self._add_columns()
+        self._fill_table()
+
+    def on_mount(self) -> None:
+        table = self.table
+        self._add_columns()
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")
             field = self.query_one("#set-dataset-source", Input)
