@@ -151,3 +151,15 @@ def test_a_wrong_file_at_the_destination_is_never_overwritten(hub: FakeHub, proj
     result, _, _ = run(session)
     assert not result.ok and "is not the preset's file" in result.summary, result.summary
     assert (models / "ae.safetensors").read_bytes() == b"mine"
+
+
+def test_an_override_that_is_no_safetensors_file_is_an_error(project: Path):
+    """QA: models.flux set (by hand, or before the chooser checked) to a text file was "found"."""
+    mine = project / "requirements.txt"
+    mine.write_text("torch\n")
+    session = new_session(project)
+    session.set("models.flux", str(mine))
+    session.save()
+    result, _, states = run(session, action="find")
+    flux = [s for s in states if s.role == "flux"][-1]
+    assert flux.state == "error" and "not a .safetensors file" in flux.note

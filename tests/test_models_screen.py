@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Label
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
@@ -189,3 +189,23 @@ async def _show_a_download(pilot) -> None:
 
 def test_snapshot_downloading_120x40(snap_compare, home_project: Path) -> None:
     assert snap_compare(_app(home_project), terminal_size=(120, 40), run_before=_show_a_download)
+
+
+async def test_a_file_that_is_no_model_is_refused(home_project: Path) -> None:
+    """QA: f on FLUX.1-dev, then ~/sd-scripts/requirements.txt: the row said "✓ found (unverified)" and the training
+    would have failed much later. Now the chooser says why and nothing is recorded."""
+    text = home_project / "requirements.txt"
+    text.write_text("torch\n")
+    app = LoraWizardApp(Session.open_project(home_project), start_step="models")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=0)  # FLUX.1-dev
+        await pilot.press("f")
+        app.screen.query_one("#model-ask", Input).value = str(text)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert "is not a .safetensors file" in str(app.screen.query_one("#model-problem", Label).render())
+        assert "requirements" not in cell(app, "flux", "where")
+        assert app.session.get("models.flux") is None

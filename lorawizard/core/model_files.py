@@ -12,7 +12,7 @@ from typing import Any
 
 from lorawizard.core import catalog
 from lorawizard.core.catalog import Tokenizer
-from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.fsutil import atomic_write_json, display_path
 from lorawizard.core.session import MODEL_ROLES, Session
 
 METADATA_FILE = "models.json"  # under .lorawizard/: remote sizes/sha256/commits, and the file chosen per role
@@ -54,6 +54,17 @@ def resolved_model_paths(session: Session) -> dict[str, Path]:
         else:
             paths[role] = session.paths.models / files.file_for(role).filename
     return paths
+
+
+MODEL_SUFFIXES = (".safetensors", ".sft")  # the files sd-scripts' FLUX.1 loaders read
+
+
+def model_file_problem(path: Path) -> str | None:
+    """Why a file a person chose for a model role cannot be one (one line), or None. Only the format is checked: a
+    file of another size or hash is allowed (a fine-tune, another quantisation), a text file or an archive is not."""
+    if Path(path).suffix.lower() not in MODEL_SUFFIXES:
+        return f"{display_path(path)} is not a .safetensors file (sd-scripts reads FLUX.1 models only in that format)"
+    return None
 
 
 def tokenizer_dir(session: Session) -> Path:

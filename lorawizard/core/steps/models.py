@@ -37,6 +37,7 @@ from lorawizard.core.download import (
 )
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.model_files import (
+    model_file_problem,
     METADATA_FILE,
     load_metadata,
     preset_name,
@@ -274,6 +275,9 @@ def _find(plan: _Plan, role: str) -> None:
     plan.rows.update(role, state="checking", note="")
     if override is not None and not override.is_file():
         plan.rows.update(role, state="error", note=f"models.{role} points at {override}, which does not exist")
+        return
+    if override is not None and (problem := model_file_problem(override)) is not None:
+        plan.rows.update(role, state="error", note=f"models.{role}: {problem}")
         return
     found = candidates(
         entry, override=override, models_dir=session.paths.models, cache_dir=hf_cache_dir(), home=Path.home(),

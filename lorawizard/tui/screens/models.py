@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widgets import Input, Label
 
 from lorawizard.core import catalog
+from lorawizard.core.model_files import model_file_problem
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
 from lorawizard.core.steps.models import TOKENIZER_ROLE, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
@@ -285,6 +286,9 @@ class ModelsScreen(StepScreen):
             path = Path(value).expanduser()
             if not path.is_file():
                 problem.update(f"{path} is not a file")
+                return
+            if (wrong := model_file_problem(path)) is not None:  # a text file taken for FLUX.1: "✓ found"
+                problem.update(wrong)
                 return
             error = wizard_app(self).decide(f"models.{role}", str(path.resolve()))
             problem.update(error or "")
