@@ -28,7 +28,7 @@ from typing import Any
 from lorawizard.core import catalog
 from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.procs import kill_process_group
-from lorawizard.core.progress import ProgressMeter, format_duration
+from lorawizard.core.progress import ProgressMeter, format_duration, format_rate
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepFailed
 from lorawizard.core.tokens import T5_LIMIT
@@ -481,7 +481,7 @@ def draft(
 
 
 def rate_line(report: DraftReport) -> str:
-    rate = f", {report.images_per_s:.2f} images/s" if report.images_per_s else ""
+    rate = f", {format_rate(report.images_per_s, 'images')}" if report.images_per_s else ""
     where = f" on {report.device}" if report.device else ""
     return f"drafted {len(report.drafted)} captions in {format_duration(report.seconds)}{where}{rate}"
 

@@ -5,6 +5,7 @@ Core code calls a `ProgressCallback`; the TUI turns events into progress bars, h
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,14 +113,37 @@ def format_bytes(amount: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _figure(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def format_rate(rate: float | None, unit: str = "it") -> str:
+    """A speed a person can read at any size: `3.10 images/s` when units come faster than one a second, else the
+    time one takes, `28.8 s/step`, `4.7 min/latent`, `1.2 h/epoch` (never `0.0 steps/s`). "" when unknown."""
+    if rate is None or not math.isfinite(rate) or rate <= 0:
+        return ""
+    if unit == "B":
+        return f"{format_bytes(rate)}/s"
+    unit = unit or "it"
+    if rate >= 1:
+        return f"{_figure(rate)} {unit}/s"
+    one = unit[:-1] if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 1 else unit
+    seconds = 1 / rate
+    if seconds < 60:
+        return f"{_figure(seconds)} s/{one}"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min/{one}"
+    return f"{seconds / 3600:.1f} h/{one}"
+
+
 def format_progress(event: Progress) -> str:
     """One plain line: `dataset: resizing 12/48 (25%) 3.1 images/s ETA 0:12 IMG_0001.jpg`."""
     if event.unit == "B":
         amount = f"{format_bytes(event.done)}" + (f"/{format_bytes(event.total)}" if event.total else "")
-        rate = f" {format_bytes(event.rate)}/s" if event.rate else ""
     else:
         amount = f"{event.done:g}" + (f"/{event.total:g}" if event.total is not None else "")
-        rate = f" {event.rate:.1f} {event.unit}/s" if event.rate else ""
+    rate = format_rate(event.rate, event.unit)
+    rate = f" {rate}" if rate else ""
     percent = f" ({event.fraction:.0%})" if event.fraction is not None else ""
     eta = f" ETA {format_duration(event.eta_s)}" if event.eta_s is not None and not event.finished else ""
     done = " done" if event.finished else ""

@@ -21,7 +21,7 @@ from lorawizard.core import projectlock, runs
 from lorawizard.core.fsutil import shell_path
 from lorawizard.core.diagnosis import Diagnosis, diagnose
 from lorawizard.core.logparse import Epoch, LogParser, TrainState
-from lorawizard.core.progress import LogCallback, Progress, ProgressCallback, format_duration
+from lorawizard.core.progress import LogCallback, Progress, ProgressCallback, format_duration, format_rate
 from lorawizard.core.runs import RunError, RunRecord
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, StepResult
@@ -308,7 +308,7 @@ def status_line(state: TrainState) -> str:
     elif state.phase != "training":
         parts.append(state.phase)
     if state.rate:
-        parts.append(f"{state.rate:.2f} it/s" if state.rate >= 1 else f"{1 / state.rate:.2f} s/it")
+        parts.append(format_rate(state.rate, "it"))
     if state.loss is not None:
         parts.append(f"loss {state.loss:.3g}")
     parts.append(f"ETA {format_duration(state.eta_s)}")

@@ -24,7 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from lorawizard.core import autocaption as ac
-from lorawizard.core.progress import Progress, ProgressMeter, format_duration
+from lorawizard.core.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.steps import Cancelled, StepFailed
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -162,7 +162,7 @@ class AutoCaptionMixin:
         from lorawizard.core.tokens import T5_LIMIT
 
         def progress(event: Progress) -> None:
-            rate = f" · {event.rate:.2f} images/s" if event.rate else ""
+            rate = f" · {format_rate(event.rate, 'images')}" if event.rate else ""
             eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
             post(DraftStatus(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
 

@@ -6,16 +6,14 @@ from rich.text import Text
 from textual.widgets import Static
 
 from lorawizard.core.dashboard import TrainView
-from lorawizard.core.progress import format_bytes, format_duration
+from lorawizard.core.progress import format_bytes, format_duration, format_rate
 from lorawizard.tui.tones import Tone, tone
 
 __all__ = ["TrainView", "TrainHeader", "DiagnosisLine", "ResourcePanel", "CheckpointPanel"]
 
 
 def _rate(rate: float | None) -> str:
-    if not rate:
-        return "–"
-    return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+    return format_rate(rate, "it") or "–"
 
 
 _STATUS_TONES: dict[str, Tone] = {"running": "success", "finished": "info", "failed": "error", "stopped": "warning",
