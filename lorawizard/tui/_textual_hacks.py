@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from textual.geometry import Size
     from textual.screen import Screen
     from textual.widget import Widget
-    from textual.widgets import DataTable
+    from textual.widgets import DataTable, Footer
 
 
 def require_update_dimensions(table: DataTable[Any]) -> None:
@@ -77,3 +77,17 @@ def binding_chain(screen: Screen[Any]) -> Iterator[tuple[DOMNode, BindingsMap]]:
     gives an F-key to the screen when the screen binds it itself (Captions: F5 auto-caption), which only this
     chain tells."""
     return iter(screen._binding_chain)
+
+
+def footer_key(key: str, key_display: str, description: str, action: str, *, disabled: bool, tooltip: str,
+               classes: str = "") -> Widget:
+    """One key of the footer, as Textual's Footer draws it: `FooterKey` is not exported (textual.widgets._footer).
+    FitFooter composes its own selection of keys (those that fit the width) with it."""
+    from textual.widgets._footer import FooterKey
+
+    return FooterKey(key, key_display, description, action, disabled=disabled, tooltip=tooltip, classes=classes)
+
+
+def footer_bindings_ready(footer: Footer) -> bool:
+    """Whether a Footer has been told its screen's bindings (`_bindings_ready`): composing before that shows none."""
+    return footer._bindings_ready

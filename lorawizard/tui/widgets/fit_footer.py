@@ -11,8 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Resize
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey  # textual==8.2.8 pinned: the footer's own key widget
 from rich.cells import cell_len
+
+from lorawizard.tui._textual_hacks import footer_bindings_ready, footer_key
 
 
 def key_width(key_display: str, description: str) -> int:
@@ -26,7 +27,7 @@ class FitFooter(Footer):
         self._width = 0
 
     def compose(self) -> ComposeResult:
-        if not self._bindings_ready:
+        if not footer_bindings_ready(self):
             return
         app = self.app
         active = self.screen.active_bindings
@@ -51,13 +52,13 @@ class FitFooter(Footer):
                 break
             items.remove(item)
         for _, binding, enabled, tooltip in items:
-            yield FooterKey(binding.key, app.get_key_display(binding), binding.description, binding.action,
-                            disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
+            yield footer_key(binding.key, app.get_key_display(binding), binding.description, binding.action,
+                             disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
         if palette is not None:
-            yield FooterKey(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
-                            palette.binding.action, classes="-command-palette", disabled=not palette.enabled,
-                            tooltip=palette.binding.tooltip or palette.binding.description)
+            yield footer_key(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
+                             palette.binding.action, classes="-command-palette", disabled=not palette.enabled,
+                             tooltip=palette.binding.tooltip or palette.binding.description)
 
     def on_resize(self, event: Resize) -> None:
-        if self._bindings_ready and event.size.width != self._width:
+        if footer_bindings_ready(self) and event.size.width != self._width:
             self.call_after_refresh(self.recompose)

@@ -79,7 +79,8 @@ class SettingsForm(Vertical):
     """Rows of `label  [input]`; Enter or leaving a field saves it through `app.decide`."""
 
     class Saved(Message):
-        """A field was committed (Enter or leaving a text field, a choice, a switch) and `value` is in the session.
+        """A field was committed (Enter or leaving a text field, Esc undoing its edit, a choice, a switch) and `value`
+        is in the session.
 
         Posted whether or not the value differs from before (Enter on an unchanged field re-submits it); never for
         a value the schema refused (the form shows why) nor for each keystroke (those are saved silently).
