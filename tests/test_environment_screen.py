@@ -170,3 +170,20 @@ async def test_a_found_venv_is_no_longer_shown_once_another_sd_scripts_is_typed(
         await wait_idle(pilot, until=lambda: bool(app.screen.findings))
         assert "is a file" in next(f.message for f in app.screen.findings if f.title == "sd-scripts")
         assert "found" not in python_field.placeholder
+
+
+async def test_a_path_typed_outside_the_fields_goes_into_the_sd_scripts_field(project: Path) -> None:
+    """QA: the screen says "type another path below"; a person types /srv/kohya/sd-scripts right away. Nothing is
+    focused, so the letters ran the screen's keys (c asked to clone, y copied the command, a q would quit)."""
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not app.screen.in_text_field()
+        await pilot.press(*"/srv/kohya/sd-scripts")
+        await pilot.pause()
+        field = app.screen.query_one("#set-paths-sd_scripts")
+        assert field.has_focus and field.value == "/srv/kohya/sd-scripts"
+        assert app.screen.__class__.__name__ == "EnvironmentScreen"  # no clone question came up
+        await pilot.press("escape")  # Esc undoes the edit, as in any field
+        await pilot.pause()
+        assert field.value == "" and app.session.get("paths.sd_scripts") is None

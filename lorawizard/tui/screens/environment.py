@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -28,6 +28,7 @@ from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
 
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
+PATH_STARTS = ("/", "~")  # a path typed outside the fields begins the sd-scripts path
 
 
 def _style(status: str) -> str:
@@ -108,6 +109,18 @@ class EnvironmentScreen(StepScreen):
                 "; Enter checks it and keeps it)" if key == "paths.sd_scripts" else ": the venv in sd-scripts)")
         self._guessed = sd_scripts is not None
         return sd_scripts
+
+    def on_key(self, event: events.Key) -> None:
+        """A path typed with no field focused goes into the sd-scripts field: the screen says "type another path
+        below", and a person does, starting with / or ~ (before, the path's letters ran the screen's keys: c asked to
+        clone, y copied, a q quit)."""
+        outside = self.focused is None or self.focused.has_class("step-body")  # not in a field, a select, a log
+        if event.character in PATH_STARTS and outside and not self.runner.running:
+            field = self.query_one("#set-paths-sd_scripts", Input)
+            self.set_focus(field)  # now, not later (field.focus() would select the text after this key typed)
+            field.post_message(events.Key(event.key, event.character))  # after its Focus: it types over the value
+            event.stop()
+            event.prevent_default()
 
     # -- the command
 
