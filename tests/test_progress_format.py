@@ -25,6 +25,12 @@ from lorawizard.core.progress import Progress, format_progress, format_rate
         (0.0001, "files", "2.8 h/file"),
         (2.5e6, "B", "2.5 MB/s"),
         (0.25, "class", "4.00 s/class"),  # only a plural "s" is dropped
+        # at the edges the unit and the precision follow the figure shown, not the value before rounding
+        (9.999, "steps", "10.0 steps/s"),
+        (99.99, "steps", "100 steps/s"),
+        (1 / 9.999, "steps", "10.0 s/step"),
+        (1 / 59.99, "steps", "1.0 min/step"),
+        (1 / 3599, "steps", "1.0 h/step"),
     ],
 )
 def test_rates_read_at_every_size(rate: float, unit: str, text: str) -> None:

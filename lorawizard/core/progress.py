@@ -114,7 +114,10 @@ def format_bytes(amount: float) -> str:
 
 
 def _figure(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    """Three significant figures, chosen after rounding (9.999 is `10.0`, not `10.00`; 99.99 is `100`)."""
+    if float(f"{value:.1f}") >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if float(f"{value:.2f}") >= 10 else f"{value:.2f}"
 
 
 def format_rate(rate: float | None, unit: str = "it") -> str:
@@ -129,9 +132,9 @@ def format_rate(rate: float | None, unit: str = "it") -> str:
         return f"{_figure(rate)} {unit}/s"
     one = unit[:-1] if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 1 else unit
     seconds = 1 / rate
-    if seconds < 60:
+    if float(_figure(seconds)) < 60:  # by the figure shown: 59.99 s is `1.0 min`, never `60.0 s`
         return f"{_figure(seconds)} s/{one}"
-    if seconds < 3600:
+    if float(f"{seconds / 60:.1f}") < 60:
         return f"{seconds / 60:.1f} min/{one}"
     return f"{seconds / 3600:.1f} h/{one}"
 
