@@ -138,10 +138,75 @@ print(json.dumps({"seconds": elapsed, "rss_mb": peak_mb(),
 """
 
 
-def child(script: str, session: Path) -> dict:
+WIZARD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+import tomlkit
+from lorawizard.core.fsutil import atomic_write_text
+from lorawizard.core.session import Session
+from lorawizard.core.session_store import SessionStore
+from lorawizard.core.steps.captions import toml_string
+path, mode, out = Path(sys.argv[1]), sys.argv[3], {}
+count = int(sys.argv[4])
+def clock(name, work):
+    started = time.perf_counter()
+    result = work()
+    out[name] = time.perf_counter() - started
+    return result
+if mode == "naive":  # what the wizard did before: one tomlkit document of the whole file, dumped whole per save
+    text = path.read_text(encoding="utf-8")
+    doc = clock("open", lambda: tomlkit.parse(text))
+    def decide():
+        doc["train"]["seed"] = 7
+    clock("decide_ui", decide)  # a key that finds a write in flight waits for it too: the next line
+    clock("decide_save", lambda: atomic_write_text(path, tomlkit.dumps(doc)))
+    def captions():
+        for n, table in enumerate(doc["dataset"]["images"]):
+            table["caption"] = toml_string(f"caption number {n}")
+        atomic_write_text(path, tomlkit.dumps(doc))
+    clock("captions", captions)
+    def record():
+        new = tomlkit.document()
+        new.add("version", 1)
+        images = tomlkit.aot()
+        new.add("dataset", tomlkit.table())
+        new["dataset"]["images"] = images
+        images = new["dataset"]["images"]
+        for n in range(count):
+            entry = tomlkit.table()
+            entry["file"] = f"IMG_{n:07d}.jpg"
+            entry["bucket"] = "1024x1024"
+            entry["crop"] = [0, 504, 3024, 3528]
+            images.append(entry)
+        atomic_write_text(path.with_name("new.toml"), tomlkit.dumps(new))
+    clock("record", record)
+else:
+    session = clock("open", lambda: Session.load(path))
+    store = SessionStore(session, delay=3600)
+    clock("decide_ui", lambda: store.decide("train.seed", 7))
+    clock("decide_save", store.flush)
+    files = list(session.images())
+    def captions():
+        store.apply(lambda s: s.update_images((f, {"caption": toml_string(f"caption number {n}")})
+                                              for n, f in enumerate(files)))
+        store.flush()
+    clock("captions", captions)
+    def record():
+        new = SessionStore(Session.new(path.with_name("new.toml")), delay=3600)
+        for n in range(count):
+            values = {"bucket": "1024x1024", "crop": [0, 504, 3024, 3528]}
+            new.apply(lambda s, f=f"IMG_{n:07d}.jpg", v=values: s.update_image(f, **v))
+        new.flush()
+    clock("record", record)
+print(json.dumps(out))
+"""
+
+
+def child(script: str, session: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script, str(session), str(ROOT)], capture_output=True, text=True,
-                          env=env, check=False)
+    done = subprocess.run([sys.executable, "-c", script, str(session), str(ROOT), *extra], capture_output=True,
+                          text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"child failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -153,8 +218,14 @@ def main() -> None:
     parser.add_argument("--unknown-every", type=int, default=1, help="an unknown key in every Nth entry (0: none)")
     parser.add_argument("--naive-max", type=int, default=10**9, help="skip the naive measurement above this many entries")
     parser.add_argument("--keep", type=Path, help="build the projects here and keep them")
+    parser.add_argument("--wizard", action="store_true",
+                        help="measure the wizard instead: open, one decide (key + save), captions save, the dataset "
+                             "step's record path; naive = one tomlkit document of the whole file, as before")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bigsession-"))
+    if args.wizard:
+        wizard(root, [int(n) for n in args.images.split(",")], args.naive_max)
+        return
     for images in (int(n) for n in args.images.split(",")):
         started = time.perf_counter()
         session = make_project(root / f"n{images}", images, args.unknown_every)
@@ -174,6 +245,35 @@ def main() -> None:
         print("  replay output:")
         for line in results["ours"].get("head", []):
             print("    " + line[:200])
+
+
+def wizard(root: Path, counts: list[int], naive_max: int) -> None:
+    names = {"open": "open (load + validate)", "decide_ui": "decide() on the UI thread",
+             "decide_save": "its save (off the UI thread)",
+             "captions": "captions save (all)", "record": "record path (new project)"}
+    for images in counts:
+        session = make_project(root / f"w{images}", images, 0)
+        print(f"wizard, {images:,} image entries, {session.stat().st_size / 1e6:.1f} MB; load {_load()}")
+        backup = session.read_bytes()
+        results = {}
+        for mode in ("naive", "ours"):
+            if mode == "naive" and images > naive_max:
+                continue
+            session.write_bytes(backup)
+            results[mode] = child(WIZARD, session, mode, str(images))
+        for key, label in names.items():
+            row = "  ".join(f"{mode} {r[key]:8.3f} s" for mode, r in results.items())
+            ratio = (f"  ratio {results['naive'][key] / max(results['ours'][key], 1e-6):,.0f}x"
+                     if "naive" in results else "")
+            print(f"  {label:28s} {row}{ratio}")
+        print(f"  (load after: {_load()})")
+
+
+def _load() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load average unknown"
 
 
 if __name__ == "__main__":
