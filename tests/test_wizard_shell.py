@@ -170,3 +170,19 @@ async def test_page_keys_scroll_the_step_body_from_a_field_or_from_nowhere(proje
         await pilot.press("pageup")
         await pilot.pause()
         assert body.scroll_y < before and app.focused is app.screen.query_one("#set-name", Input)
+
+
+def test_step_bar_drops_the_gpu_tick_when_the_dataset_has_other_buckets(project: Path) -> None:
+    """QA: max_side 1024 → 512 and Apply: the buckets became 512x512…, the batch sizes were for 1024x1024…, and the
+    step bar (also after a restart) still showed GPU ✓."""
+    from lorawizard.core.manifest import load_manifest
+    from lorawizard.core.step_states import session_step_states
+    from tests.captions_fixtures import make_project
+
+    session = make_project(project, ["a.jpg", "b.jpg"], captions={"a.jpg": "a red wall"})
+    buckets = {image.bucket for image in load_manifest(session)}
+    session.set_batch_size("2048x2048", 1)
+    assert "probe" not in session_step_states(session)  # measured for a bucket the dataset does not have
+    for bucket in buckets:
+        session.set_batch_size(bucket, 2)
+    assert session_step_states(session).get("probe") == "done"

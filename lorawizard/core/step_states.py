@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorawizard.core.manifest import MANIFEST_FILE, load_manifest
+from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, load_manifest
 from lorawizard.core.model_files import models_ready
 from lorawizard.core import runs
 from lorawizard.core.session import Session
@@ -21,16 +21,26 @@ def session_step_states(session: Session) -> dict[str, StepState]:
         states["dataset"] = "done"
     if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
         states["models"] = "done"
-    if states.get("dataset") == "done" and _captions_written(session):
-        states["captions"] = "done"
+    if states.get("dataset") == "done":
+        images = load_manifest(session)  # read once: the captions and the probe both look at it
+        if _captions_written(session, images):
+            states["captions"] = "done"
+        if states.get("probe") == "done" and not probe_covers(session, images):
+            del states["probe"]
     if _has_finished_run(session):
         states["train"] = "done"
     return states
 
 
-def _captions_written(session: Session) -> bool:
+def probe_covers(session: Session, images: list[PreparedImage] | None = None) -> bool:
+    """Every bucket of the prepared dataset has a batch size (a new max_side makes other buckets: the probe's
+    numbers are for the old ones, and the step bar showed GPU ✓)."""
+    images = load_manifest(session) if images is None else images
+    return {image.bucket for image in images} <= set(session.batch_sizes())
+
+
+def _captions_written(session: Session, images: list[PreparedImage]) -> bool:
     """Every prepared image has a caption (or captionless training is intended) and its caption file on disk."""
-    images = load_manifest(session)
     entries = session.images()
     captionless = bool(session.get("dataset.captionless"))
 

@@ -136,6 +136,11 @@ class LoraWizardApp(App[None]):
         """A StepRunner's step ended (the message bubbles up from the runner, through its screen)."""
         ok = message.result is not None and message.result.ok
         self.set_step_state(message.step, "done" if ok else "attention")
+        if message.step == "dataset" and ok and self.step_states.get("probe") == "done":
+            from lorawizard.core.step_states import probe_covers
+
+            if not probe_covers(self.session):  # other buckets now: their batch sizes are not measured
+                self.set_step_state("probe", "todo")
 
     def set_step_state(self, step: str, state: StepState) -> None:
         self.step_states = {**self.step_states, step: state}  # a new dict: the reactive compares, bars repaint
