@@ -30,6 +30,7 @@ from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.wrap_log import WrapLog
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.train_panels import (
     CheckpointPanel,
@@ -66,6 +67,7 @@ class FullLogScreen(ModalScreen[None]):
     FullLogScreen { align: center middle; }
     FullLogScreen > Vertical { width: 95%; height: 90%; border: round $primary; background: $surface; }
     FullLogScreen Log { height: 1fr; }
+    FullLogScreen Label { width: 1fr; height: auto; }
     """
 
     def __init__(self, path: Path, max_lines: int = 20000) -> None:
@@ -75,7 +77,7 @@ class FullLogScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(f" {display_path(self.path)}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
-            yield Log(max_lines=self.max_lines, auto_scroll=True)
+            yield WrapLog(max_lines=self.max_lines, auto_scroll=True)
 
     @dataclass
     class Loaded(Message):
@@ -137,7 +139,7 @@ class TrainScreen(StepScreen):
             yield Vertical(id="train-sample")
         yield Static("", id="train-bar-line")
         yield Static("", id="train-publish", markup=False)
-        yield Log(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
+        yield WrapLog(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
         yield SettingsForm(
             ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
              "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args",

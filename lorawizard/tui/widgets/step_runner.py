@@ -19,6 +19,7 @@ from lorawizard.core.session_store import SessionStore
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
 from lorawizard.tui.messages import SessionSaveFailed, StepFinished, StepLog, StepProgress
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.wrap_log import WrapLog
 
 
 class StepRunner(Vertical):
@@ -26,7 +27,7 @@ class StepRunner(Vertical):
     StepRunner { height: auto; max-height: 12; }
     StepRunner ProgressBar { width: 1fr; }
     StepRunner Label.runner-status { height: auto; max-width: 100%; }
-    StepRunner Log { height: auto; max-height: 8; overflow-x: hidden; }  /* long lines clip: no bar */
+    StepRunner Log { height: auto; max-height: 8; }  /* long lines wrap (WrapLog): no horizontal bar */
     """
 
     def __init__(self, step: str, **kwargs: object) -> None:
@@ -38,7 +39,7 @@ class StepRunner(Vertical):
         yield Label("", classes="runner-status")
         # hidden until a run: set before mounting, so the first frame styles them once (not again on mount)
         bar = ProgressBar(total=None, show_eta=False, id="runner-bar")
-        log = Log(max_lines=500, auto_scroll=True)
+        log = WrapLog(max_lines=500, auto_scroll=True)
         bar.display = log.display = False
         yield bar
         yield log
