@@ -187,3 +187,28 @@ async def test_a_path_typed_outside_the_fields_goes_into_the_sd_scripts_field(pr
         await pilot.press("escape")  # Esc undoes the edit, as in any field
         await pilot.pause()
         assert field.value == "" and app.session.get("paths.sd_scripts") is None
+
+
+async def test_finding_labels_never_run_into_their_values_at_80x24(project: Path) -> None:
+    """A title as wide as its column (or wider) still leaves blanks before the value; a longer one ends with …"""
+    import re
+
+    from tests.test_train_layout import svg_cells
+
+    long_title = "a finding title longer than its column"
+    findings = [env.Finding("python", "ok", "trainer Python", "Python 3.10.14 at ~/sd-scripts/.venv/bin/python"),
+                env.Finding("command", "warning", "dataset config", "not written yet", fix="run the dataset step"),
+                env.Finding("other", "error", long_title, "and its value")]
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.screen._show_findings(findings)
+        await pilot.pause(0.1)
+        grid, _ = svg_cells(app.export_screenshot(), 80, 24)
+    rows = ["".join(row).rstrip() for row in grid]
+    shown = [re.match(r"^ [✓!✗] (\S(?:.*?\S)?)  +(\S.*)$", row) for row in rows if re.match(r"^ [✓!✗] ", row)]
+    assert [m.groups() if m else None for m in shown[:3]] == [
+        ("trainer Python", "Python 3.10.14 at ~/sd-scripts/.venv/bin/python"),
+        ("dataset config", "not written yet"),
+        ("a finding title…", "and its value"),
+    ], "\n".join(rows)

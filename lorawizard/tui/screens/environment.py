@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
 from rich.table import Table
 from rich.text import Text
 from textual import events, on
@@ -29,6 +30,12 @@ from lorawizard.tui.typed_app import wizard_app
 
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
 PATH_STARTS = ("/", "~")  # a path typed outside the fields begins the sd-scripts path
+LABEL_WIDTH = 16  # a finding's title takes at most this many cells (longer ones end with …)
+
+
+def _fit(label: str, width: int) -> str:
+    """`label` in at most `width` cells: cut with an ellipsis when longer."""
+    return label if cell_len(label) <= width else set_cell_size(label, width - 1).rstrip() + "…"
 
 
 def _style(status: str) -> str:
@@ -156,8 +163,9 @@ class EnvironmentScreen(StepScreen):
     def _show_findings(self, findings: list[core_env.Finding]) -> None:
         self.findings = list(findings)
         grid = Table.grid(padding=(0, 1), expand=True)
+        label_width = min(LABEL_WIDTH, max((cell_len(f.title) for f in findings), default=1))
         grid.add_column(width=1, no_wrap=True)
-        grid.add_column(width=14, no_wrap=True, overflow="ellipsis")
+        grid.add_column(width=label_width + 1, no_wrap=True)  # + 1: at least two blanks before the value
         grid.add_column(ratio=1, overflow="fold")
         for finding in findings:
             body = Text(finding.message)
@@ -170,7 +178,7 @@ class EnvironmentScreen(StepScreen):
             for line in finding.command_lines():
                 body.append(f"\n$ {line}", style="dim")
             grid.add_row(Text(core_env.STATUS_MARKS[finding.status], style=_style(finding.status)),
-                         Text(finding.title, style="bold"), body)
+                         Text(_fit(finding.title, label_width), style="bold"), body)
         self.query_one("#findings", Static).update(grid)
         self._show_lead(findings)
 
