@@ -87,6 +87,22 @@ async def test_probe_runs_live_and_fills_the_tables(home_project: Path, monkeypa
     assert Session.load(home_project / "session.toml").batch_sizes() == {"1024x1024": 3, "1024x512": 6, "512x1024": 6}
 
 
+async def test_the_presets_batch_reads_as_the_starting_guess_then_gives_way_to_the_probed_sizes(
+        home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        line = str(app.screen.query_one("#estimate").render())
+        assert line.startswith("starting guess before the probe: 1024×1024 batch 2 ≈"), line
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        line = str(app.screen.query_one("#estimate").render())
+        assert line == "probed: batch 3 · 6 · 6 per bucket (table below) · the preset's batch 2 was the starting guess"
+        assert "≈" not in line  # no estimate beside measured sizes
+
+
 # ---------------------------------------------------------------- snapshots
 
 

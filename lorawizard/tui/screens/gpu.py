@@ -74,7 +74,7 @@ class GpuScreen(StepScreen):
     GpuScreen #preset-row { height: auto; }
     GpuScreen #preset-row Label { padding: 1 1 0 0; }
     GpuScreen #preset-select { width: 54; }
-    GpuScreen #estimate { padding: 1 0 0 1; color: $text-muted; width: 1fr; }
+    GpuScreen #estimate { color: $text-muted; height: auto; }
     GpuScreen #preset-note { color: $text-muted; height: auto; }
     GpuScreen DataTable { height: auto; max-height: 12; margin: 1 0 0 0; }
     GpuScreen #trials { max-height: 10; }
@@ -94,8 +94,8 @@ class GpuScreen(StepScreen):
         with Horizontal(id="preset-row"):
             yield Label("VRAM preset", classes="setting-label")
             yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
-            yield Static("", id="estimate")
         yield Static("", id="preset-note")
+        yield Static("", id="estimate")  # full width: at 80 columns a column beside the preset was 13 cells
         table = Table(id="buckets", cursor_type="row", zebra_stripes=True)
         for column, width in (("bucket", 9), ("images", 6), ("batch", 5), ("peak GB", 7), ("s/step", 6), ("source", 32)):
             table.add_column(column, width=width, key=column)  # fixed widths: the header never lags the rows
@@ -261,16 +261,30 @@ class GpuScreen(StepScreen):
         preset, saved = self._current_preset()
         estimate = self.query_one("#estimate", Static)
         note = self.query_one("#preset-note", Static)
+        estimate.display = preset is not None
         if preset is None:
             estimate.update("")
             note.update("")
             return
-        bucket = next(iter(self.buckets), "1024x1024")
-        width, height = parse_bucket(bucket)
-        estimate.update(estimate_text(preset, width, height, preset.batch_size))
+        estimate.update(self._batch_line(preset))
         source = "" if saved else "suggested for this GPU · "
         t5 = " · use an fp8 T5-XXL file (Models step)" if preset.fp8_t5 else ""
         note.update(f"{source}{preset.note}{t5}")
+
+    def _batch_line(self, preset: VramPreset) -> str:
+        """The preset's batch is the guess the probe starts from: said so, and once a probe (or a hand) has set
+        sizes, those are shown instead, so "batch 2" never stands beside probed sizes as if it were the answer."""
+        session = wizard_app(self).session
+        set_sizes = session.batch_sizes()
+        if not any(bucket in set_sizes for bucket in self.buckets):
+            width, height = parse_bucket(next(iter(self.buckets), "1024x1024"))
+            return f"starting guess before the probe: {estimate_text(preset, width, height, preset.batch_size)}"
+        gpu = self._chosen()
+        rows = bucket_rows(session, self.buckets, preset, gpu.memory_total if gpu is not None else None)
+        sizes = " · ".join(row.batch for row in rows[:6]) + (" · …" if len(rows) > 6 else "")
+        head = "probed: batch" if all(row.source == "probed" for row in rows) else "batch"
+        return (f"{head} {sizes} per bucket (table below) · the preset's batch {preset.batch_size} was the "
+                "starting guess")
 
     @on(Select.Changed, "#preset-select")
     def _preset_changed(self, event: Select.Changed) -> None:
