@@ -89,6 +89,34 @@ async def test_key_hints_fit_80_columns(isolated_home: Path) -> None:
         assert text.rstrip().endswith("s settings") and len(text.rstrip()) <= keys.content_region.width
 
 
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+async def test_a_portrait_photos_crop_note_is_shown_whole(size: tuple[int, int], isolated_home: Path) -> None:
+    """A portrait preview is tall: at 80x24 it pushed the note under it (bucket, crop, EXIF) off the screen, leaving
+    the file name. The note stays whole, above the picture, and the picture fits below it."""
+    from textual.widgets import Static
+
+    from tests.test_train_layout import svg_cells
+
+    app = make_app(isolated_home)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        screen = screen_of(app)
+        assert screen.current == "IMG_0001.jpg"  # 900×1200 upright (stored turned, EXIF 6)
+        info = screen.query_one("#ds-info", Static)
+        note = [line for line in str(info.render()).splitlines() if line.strip()]
+        assert note[0] == "IMG_0001.jpg" and note[1].startswith("900×1200 → ") and note[2].startswith("crop ")
+        assert any("EXIF 6" in line for line in note)
+        placed = screen.find_widget(info)
+        image = screen.find_widget(screen.query_one("#ds-image"))
+        preview = screen.find_widget(screen.query_one("#ds-preview")).region
+        assert placed.visible_region == placed.region and placed.region.bottom <= preview.bottom
+        assert placed.region.bottom <= image.region.y and image.region.bottom <= preview.bottom
+        assert image.region.height >= 6  # the picture still shows, below the note
+        rows = ["".join(row) for row in svg_cells(app.export_screenshot(), *size)[0]]
+    for line in note:
+        assert any(line in row for row in rows), (line, rows)
+
+
 def test_dataset_screen_120x40(snap_compare, isolated_home: Path) -> None:
     async def ready(pilot) -> None:  # noqa: ANN001
         await settle(pilot)

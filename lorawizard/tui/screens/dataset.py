@@ -135,7 +135,7 @@ class DatasetScreen(StepScreen):
     DatasetScreen #ds-preview { width: 28; height: 1fr; padding: 0 0 0 1; }
     DatasetScreen.-wide #ds-preview { width: 48; }
     DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
-    DatasetScreen #ds-info { height: auto; color: $text-muted; }
+    DatasetScreen #ds-info { height: auto; color: $text-muted; dock: top; }  /* always whole (above the picture): a tall portrait preview pushed it off the screen */
     DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; }
     DatasetScreen StepRunner { padding: 0 1; max-height: 7; }
     DatasetScreen StepRunner Log { max-height: 4; }
