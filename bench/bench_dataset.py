@@ -3,7 +3,7 @@
     python bench/bench_dataset.py [--images 32] [--keep DIR]
 
 naive: one process; full decode → exif_transpose → centre crop → LANCZOS → PNG (Pillow's default level).
-ours:  core.dataset.run_step (draft decoding, reducing_gap, a process pool, PNG level 1, atomic writes).
+ours:  core.steps.dataset.run_step (draft decoding, reducing_gap, a process pool, PNG level 1, atomic writes).
 Then an unchanged re-run of ours. Each phase runs in a fresh Python; its time is measured inside it, its
 peak memory (largest sum of RSS over the process and its workers, sampled every 10 ms) from outside. Prints ratios; asserts nothing about time (machines differ).
 """

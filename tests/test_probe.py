@@ -1,4 +1,4 @@
-"""core.probe: log classification, repeats, and the batch-size search with a simulated GPU (fast, no processes).
+"""core.steps.probe: log classification, repeats, and the batch-size search with a simulated GPU (fast, no processes).
 
 The search must land exactly on the limit in ≤ ⌈log2(limit)⌉ + 2 trials when NVML gives peaks, and exactly (more
 trials) when it doesn't."""

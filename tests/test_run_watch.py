@@ -1,4 +1,4 @@
-"""core.training.watch: the one follow loop (headless `follow` and the dashboard's `core.dashboard.views`)."""
+"""core.steps.training.watch: the one follow loop (headless `follow` and the dashboard's `core.dashboard.views`)."""
 
 from __future__ import annotations
 

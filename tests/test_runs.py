@@ -1,4 +1,4 @@
-"""core.runs + core.training with the stand-in trainer: detached launch, reattach, pid reuse, stop, resume, diagnosis."""
+"""core.runs + core.steps.training with the stand-in trainer: detached launch, reattach, pid reuse, stop, resume, diagnosis."""
 
 from __future__ import annotations
 

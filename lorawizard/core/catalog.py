@@ -1,7 +1,7 @@
 """What the models step knows about: the model presets and the tokenizer files sd-scripts needs.
 
 Sizes and sha256 are deliberately *not* written here: they come from the hub's metadata at first contact and
-are then recorded under `.lorawizard/models.json`, so later checks work offline (see `core.models`).
+are then recorded under `.lorawizard/models.json`, so later checks work offline (see `core.steps.models` and `core.model_files`).
 """
 
 from __future__ import annotations

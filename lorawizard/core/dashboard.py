@@ -1,5 +1,5 @@
 """What the wizard's Train dashboard shows, computed off the UI thread from the one follow loop
-(`core.training.watch`): the screen only renders the `TrainView`s this module yields.
+(`core.steps.training.watch`): the screen only renders the `TrainView`s this module yields.
 
 Fast readings (log, progress, loss) come every tick; slow ones (GPU through NVML, the process tree's CPU and
 memory, the checkpoint folder, the newest sample image) at most once a second and once more when the run ends.

@@ -1,6 +1,6 @@
 """Train step screen: start/attach a detached run and watch it (progress, loss, GPU, resources, checkpoints, log).
 
-A thread worker follows the run through `core.dashboard.views` (the one follow loop, `core.training.watch`) and
+A thread worker follows the run through `core.dashboard.views` (the one follow loop, `core.steps.training.watch`) and
 posts one `TrainUpdate` a few times a second (never one message per log line); the screen only renders. Leaving
 the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop (asks
 first, saying which steps it loses; then SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full
@@ -111,7 +111,7 @@ class FullLogScreen(ModalScreen[None]):
 class TrainScreen(StepScreen):
     STEP = "train"
     INTRO = "Training runs detached: quitting or an SSH drop never stops it."
-    RUNNER = False  # the run is detached (core.training.start_run); a thread follows its log
+    RUNNER = False  # the run is detached (core.steps.training.start_run); a thread follows its log
     BINDINGS = [
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
