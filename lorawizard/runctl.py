@@ -58,6 +58,10 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
     from lorawizard.core import runs
 
     newest = runs.newest_state(record.dir.parent)
+    if newest is not None and newest.run_id == record.run_id and max_epochs is not None and newest.epoch >= max_epochs:
+        # its own state, at the end: "saved no state" would be untrue
+        return (f"its newest state is at the last epoch ({newest.epoch} of train.max_train_epochs = {max_epochs}): "
+                "nothing left to resume; raise train.max_train_epochs to train on from it")
     if newest is None or (max_epochs is not None and newest.epoch >= max_epochs):
         return "saved no state to resume from: a new run starts from the beginning"
     command = f"lorawizard --replay {session_arg} --steps train --resume"

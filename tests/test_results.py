@@ -340,3 +340,21 @@ def _wait_step(record: RunRecord) -> int:
     follower = RunFollower(record)
     follower.finish()
     return follower.state.step
+
+
+def test_a_run_whose_own_state_is_at_the_last_epoch_is_not_said_to_have_saved_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after writing its last state (say during the final sampling): --resume refuses, and the hint
+    says why, instead of "saved no state" (it saved one). An older run's state at the end still reads "no state"."""
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(run_id="r2", base_step=0, dir=tmp_path / "r2")
+    own = runs.SavedState(tmp_path / "r2" / "zkq-000002-state", 2, 8, "r2", 0.0)
+    monkeypatch.setattr(runs, "newest_state", lambda runs_dir: own)
+    hint = runctl.resume_hint(record, "s.toml", 2)
+    assert "saved no state" not in hint and "resumable" not in hint, hint
+    assert hint.startswith("its newest state is at the last epoch (2 of train.max_train_epochs = 2)"), hint
+    assert runctl.resume_hint(record, "s.toml", 3) == "resumable: lorawizard --replay s.toml --steps train --resume"
+    older = runs.SavedState(tmp_path / "r1" / "zkq-000002-state", 2, 8, "r1", 0.0)
+    monkeypatch.setattr(runs, "newest_state", lambda runs_dir: older)
+    assert runctl.resume_hint(record, "s.toml", 2).startswith("saved no state to resume from")
