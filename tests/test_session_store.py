@@ -115,3 +115,18 @@ def test_flush_waits_for_a_write_in_flight(project: Path) -> None:
     holder.join()
     assert problems == [None]
     assert Session.load(project / "session.toml").get("name") == "late"  # written after the holder was done
+
+
+def test_a_failed_save_says_what_to_do_and_keeps_the_decision(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = new_store(project)
+    store.decide("dataset.trigger", "ohwx")
+
+    def refuse() -> bool:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(store.session, "save", refuse)
+    problem = store.flush()
+    assert problem is not None and "Operation not permitted" in problem and "make its folder writable" in problem
+    monkeypatch.undo()  # the folder is writable again: the next flush writes what was kept
+    assert store.flush() is None
+    assert 'trigger = "ohwx"' in (project / "session.toml").read_text()

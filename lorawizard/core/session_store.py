@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable
 
+from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
 
 SAVE_DELAY = 0.5  # seconds from the first change to the write that carries it (and every change made meanwhile)
@@ -120,5 +121,8 @@ class SessionStore:
                 problems.append(str(exc))
             except OSError as exc:
                 self._changed = True
-                problems.append(f"could not save {self.session.path}: {exc.strerror or exc}")
+                # say what to do: the decisions are kept in memory and the next save tries again
+                problems.append(f"could not save {display_path(self.session.path)}: {exc.strerror or exc}: make its "
+                                "folder writable; your decisions are kept and saved with the next change (quitting "
+                                "before then loses them)")
         return "; ".join(problems) or None

@@ -453,7 +453,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self._store(changed)
         self.flush()
         self._after_bulk()
-        self.notify(f"changed {len(changed)} captions · F4 undoes it")
+        self.notify(f"changed {len(changed)} caption{'' if len(changed) == 1 else 's'} · F4 undoes it")
 
     def action_undo_bulk(self) -> None:
         if self.captions is None:
