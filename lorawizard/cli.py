@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return replay(args.replay, steps, dry_run=args.dry_run, all_steps=args.steps is None,
-                          options={"detach": args.detach, "reprobe": args.reprobe, "resume": args.resume})
+                          options={"probe": {"reprobe": args.reprobe},
+                                   "train": {"detach": args.detach, "resume": args.resume}})
         except KeyboardInterrupt:
             print("lorawizard: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -17,7 +17,9 @@ from typing import Any, TextIO
 
 from lorawizard.core.progress import Progress, format_duration, format_progress
 from lorawizard.core.session import Session, SessionError
-from lorawizard.core.steps import STEP_TITLES, Cancelled, StepContext, StepFailed, StepResult, load_step
+from lorawizard.core.steps import (
+    STEP_TITLES, Cancelled, OptionsByStep, StepContext, StepFailed, StepResult, load_step, options_for,
+)
 from lorawizard.core.text import one_line
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -164,7 +166,7 @@ def replay(
     steps: list[str],
     *,
     dry_run: bool = False,
-    options: dict[str, Any] | None = None,
+    options: OptionsByStep | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
     tty: bool | None = None,
@@ -184,7 +186,7 @@ def replay(
         err.write(f"lorawizard: warning: ... and {len(session.warnings) - MAX_WARNINGS:,} more warnings about {session.path}\n")
     if all_steps and session.is_set("publish.repo") and "publish" not in steps:
         steps = [*steps, "publish"]
-    problem = check_inputs(session, steps, dry_run=dry_run, detach=bool((options or {}).get("detach")))
+    problem = check_inputs(session, steps, dry_run=dry_run, detach=bool((options or {}).get("train", {}).get("detach")))
     if problem:
         err.write(f"lorawizard: {one_line(problem)}\n")
         return EXIT_USAGE
@@ -198,7 +200,7 @@ def replay(
             err.write(f"lorawizard: {exc}\n")
             return EXIT_STEP_FAILED
     printer = ProgressPrinter(out, tty=tty)
-    ctx = StepContext(session=session, progress=printer, log=printer.line, dry_run=dry_run, options=dict(options or {}))
+    ctx = StepContext(session=session, progress=printer, log=printer.line, dry_run=dry_run)
     report = ReplayReport()
     mode = " (dry run: nothing outside the project changes)" if dry_run else ""
     printer.line(f"lorawizard replay of {session.path}{mode}: {', '.join(steps)}")
@@ -211,6 +213,7 @@ def replay(
                 break
             printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
             started = time.monotonic()
+            ctx.options = options_for(options or {}, name)  # each step sees its own options only
             try:
                 result = _run_interruptible(name, ctx, ctrl_c, printer)
             except Cancelled:

@@ -173,7 +173,7 @@ def test_detach_and_dry_run_skip_a_malformed_run_record(tmp_path, monkeypatch) -
     code, out, err = _replay(session.path, ["train"], dry_run=True)
     assert code == 0, err
     assert "skipped" in out and "pid: expected a process id" in out
-    code, out, err = _replay(session.path, ["train"], options={"detach": True})
+    code, out, err = _replay(session.path, ["train"], options={"train": {"detach": True}})
     assert code == 0 and "Traceback" not in err, err
     live = [r for r in runs.list_runs(session.paths.runs) if r.run_id != "20200101-000000"]
     assert len(live) == 1

@@ -70,7 +70,7 @@ def test_run_ids_are_unique_within_one_second(tmp_path: Path) -> None:
 def _racer(session_path: str, go: object, result: object) -> None:
     go.wait(10)  # type: ignore[attr-defined]
     out, err = io.StringIO(), io.StringIO()
-    code = replay(Path(session_path), ["train"], options={"detach": True}, out=out, err=err, tty=False)
+    code = replay(Path(session_path), ["train"], options={"train": {"detach": True}}, out=out, err=err, tty=False)
     result.put((os.getpid(), code, err.getvalue()))  # type: ignore[attr-defined]
 
 

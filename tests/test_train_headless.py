@@ -57,7 +57,7 @@ def test_detach_leaves_it_running_and_says_how_to_follow(tmp_path: Path, monkeyp
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.1")
     session = make_train_project(tmp_path, epochs=3)
     started = time.monotonic()
-    code, out, _ = _replay(session, options={"detach": True})
+    code, out, _ = _replay(session, options={"train": {"detach": True}})
     assert code == 0 and time.monotonic() - started < 10
     assert f"lorawizard {session.project_dir}" in out
     live = runs.live_run(session.paths.runs)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -15,7 +14,7 @@ from lorawizard.core.fsutil import display_path
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.step_states import session_step_states, training_is_live
-from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
+from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, OptionsByStep, StepState
 from lorawizard.tui._textual_hacks import binding_chain
 from lorawizard.tui.messages import Notice, SessionSaveFailed, StepFinished, TerminalAnswered
 from lorawizard.tui.screens import SCREENS
@@ -47,12 +46,12 @@ class LoraWizardApp(App[None]):
     step_states: reactive[dict[str, StepState]] = reactive(dict, init=False)
 
     def __init__(self, session: Session, *, start_step: str | None = None,
-                 step_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 step_options: OptionsByStep | None = None) -> None:
         super().__init__()
         self.session = session
         self.start_step = start_step
         # extra options per step for its runs (tests pass their doubles here: a trial runner, a clone URL)
-        self.step_options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (step_options or {}).items()}
+        self.step_options: OptionsByStep = step_options.copy() if step_options else {}
         self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
         states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self.set_reactive(LoraWizardApp.step_states, {**states, **session_step_states(session)})

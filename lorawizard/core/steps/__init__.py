@@ -11,11 +11,27 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 from lorawizard.core.progress import LogCallback, ProgressCallback, ignore_progress
 from lorawizard.core.session import Session
 from lorawizard.core.session_store import SessionStore
+
+if TYPE_CHECKING:  # the step modules are imported lazily at run time (load_step); mypy sees their options here
+    from typing import TypeAlias
+
+    from lorawizard.core.steps.captions import CaptionsOptions
+    from lorawizard.core.steps.dataset import DatasetOptions
+    from lorawizard.core.steps.environment import EnvOptions
+    from lorawizard.core.steps.models import ModelsOptions
+    from lorawizard.core.steps.probe import ProbeOptions
+    from lorawizard.core.steps.training import TrainOptions
+
+    # What `StepContext.options` holds: the running step's own TypedDict (publish reads none). Whoever builds options
+    # builds one of these, so a misspelt key or a wrong value type is a mypy error, not a silently ignored option.
+    StepOptions: TypeAlias = (
+        EnvOptions | ModelsOptions | DatasetOptions | CaptionsOptions | ProbeOptions | TrainOptions
+    )
 
 StepState = Literal["todo", "done", "attention"]  # what the step bar shows for a step (besides "current")
 STEP_ORDER: tuple[str, ...] = ("env", "models", "dataset", "captions", "probe", "train")
@@ -44,6 +60,27 @@ STEP_FUNCTIONS: dict[str, str] = {
 }
 
 
+class OptionsByStep(TypedDict, total=False):
+    """Options for several steps at once, each under its step's name (replay's flags, the wizard's test doubles)."""
+
+    env: EnvOptions
+    models: ModelsOptions
+    dataset: DatasetOptions
+    captions: CaptionsOptions
+    probe: ProbeOptions
+    train: TrainOptions
+
+
+def options_for(by_step: OptionsByStep, name: str) -> StepOptions:
+    """The options `by_step` holds for step `name` (a fresh dict, empty when none)."""
+    options = by_step.get(name)
+    return cast("StepOptions", dict(options) if isinstance(options, dict) else {})
+
+
+def _no_options() -> StepOptions:
+    return {}
+
+
 class StepFailed(Exception):
     """A step could not do its job; the message is one line that says why and what to do."""
 
@@ -70,7 +107,7 @@ class StepContext:
     # set again while a cancel is under way (a further Ctrl-C in replay): a stop in progress moves to its next,
     # harsher stage now instead of waiting out its time limit (runs.stop: SIGINT → SIGTERM → SIGKILL)
     hurry: threading.Event = field(default_factory=threading.Event)
-    options: dict[str, Any] = field(default_factory=dict)  # step-specific: reprobe, detach, ...
+    options: StepOptions = field(default_factory=_no_options)  # the step's own TypedDict: reprobe, detach, doubles, ...
     decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
     store: SessionStore | None = None  # the wizard's one writer of session.toml (None: record saves at once)
 

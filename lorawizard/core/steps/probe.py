@@ -854,7 +854,7 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
         ctx.check_cancelled()
         stands = "" if len(members) == 1 else f", stands for {len(members)} cards"
         ctx.log(f"== probing {card.name} (GPU {card.index}{stands})")
-        options = {**ctx.options, "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
+        options: ProbeOptions = {**_options(ctx), "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
         if _options(ctx).get("trial_runner_for"):  # tests: a stand-in runner per card
             options["trial_runner"] = _options(ctx)["trial_runner_for"](card)
         sub = _Collecting(session=session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run, cancel=ctx.cancel,

@@ -249,7 +249,8 @@ class EnvironmentScreen(StepScreen):
 
     def _run_fix(self, action: str, branch: str) -> None:
         self._fixing = True
-        self.runner.start(fix=action, branch=branch, **wizard_app(self).step_options.get(self.STEP, {}))
+        options: core_env.EnvOptions = {**wizard_app(self).step_options.get("env", {}), "fix": action, "branch": branch}
+        self.runner.start(options)
         self.runner.scroll_visible()
 
     @on(SettingsForm.Saved)

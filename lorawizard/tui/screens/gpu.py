@@ -8,7 +8,6 @@ trial events arrive here as `ProbeUpdate` messages. Esc cancels a probe (the tri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -23,7 +22,7 @@ from lorawizard.core.batch_sources import Tone, bucket_rows
 from lorawizard.core.steps.dataset import bucket_counts
 from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
 from lorawizard.core.multigpu import short_name
-from lorawizard.core.steps.probe import STATUS_WORDS, ProbeEvent, load_results
+from lorawizard.core.steps.probe import STATUS_WORDS, ProbeEvent, ProbeOptions, load_results
 from lorawizard.core.session import parse_bucket
 from lorawizard.core.vram_presets import (
     PresetError, VramPreset, estimate_text, load_presets, preset_for_memory, preset_named,
@@ -331,13 +330,15 @@ class GpuScreen(StepScreen):
         trials.clear()
         self._trial_rows.clear()
         trials.display = True
-        options: dict[str, Any] = dict(wizard_app(self).step_options.get(self.STEP, {}))
-        options["reprobe"] = reprobe
-        options["on_event"] = lambda event: self.post_message(ProbeUpdate(event))
+        options: ProbeOptions = {**wizard_app(self).step_options.get("probe", {}), "reprobe": reprobe,
+                                 "on_event": self._post_event}
         chosen = self._chosen()
         if chosen is not None and not self._several():  # several GPUs: the step probes each kind of card
             options["gpu_uuid"] = chosen.uuid
-        self.runner.start(**options)
+        self.runner.start(options)
+
+    def _post_event(self, event: ProbeEvent) -> None:  # worker thread
+        self.post_message(ProbeUpdate(event))
 
     @on(ProbeUpdate)
     def _probe_update(self, message: ProbeUpdate) -> None:

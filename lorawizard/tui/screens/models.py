@@ -20,7 +20,7 @@ from textual.widgets import Input, Label
 from lorawizard.core import catalog
 from lorawizard.core.model_files import model_file_problem
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
-from lorawizard.core.steps.models import TOKENIZER_ROLE, RoleState, add_search_folder
+from lorawizard.core.steps.models import TOKENIZER_ROLE, ModelsOptions, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -179,7 +179,8 @@ class ModelsScreen(StepScreen):
             self.notify("busy: the current run finishes first" if action == "find" else f"{action} starts next")
             return
         self.query_one("#model-problem", Label).update("")
-        self.runner.start(action=action, on_state=self._post_state, rows_only=True)
+        options: ModelsOptions = {"action": action, "on_state": self._post_state, "rows_only": True}
+        self.runner.start(options)
 
     def _post_state(self, state: RoleState) -> None:  # worker thread
         self.post_message(ModelRowChanged(state))

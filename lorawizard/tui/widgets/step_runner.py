@@ -7,6 +7,7 @@ a time), so a step that reports thousands of times a second never floods the UI.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,6 +21,9 @@ from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
 from lorawizard.tui.messages import SessionSaveFailed, StepFinished, StepLog, StepProgress
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.wrap_log import WrapLog
+
+if TYPE_CHECKING:
+    from lorawizard.core.steps import StepOptions
 
 
 class StepRunner(Vertical):
@@ -48,7 +52,8 @@ class StepRunner(Vertical):
     def running(self) -> bool:
         return self.cancel_event is not None
 
-    def start(self, **options: object) -> None:
+    def start(self, options: StepOptions | None = None) -> None:
+        """Run the step in a worker with `options`: the step's own TypedDict (e.g. `ProbeOptions`), checked by mypy."""
         if self.running:
             return
         self.cancel_event = threading.Event()
@@ -56,7 +61,7 @@ class StepRunner(Vertical):
         self.query_one(Log).display = True
         self.query_one(ProgressBar).display = True
         self.query_one(".runner-status", Label).update(f"{self.step}: starting…")
-        self._run(self.cancel_event, dict(options))
+        self._run(self.cancel_event, options if options is not None else {})
 
     def cancel(self) -> None:
         if self.cancel_event is not None:
@@ -64,7 +69,7 @@ class StepRunner(Vertical):
             self.query_one(".runner-status", Label).update(f"{self.step}: cancelling…")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="step")
-    def _run(self, cancel: threading.Event, options: dict[str, object]) -> None:
+    def _run(self, cancel: threading.Event, options: StepOptions) -> None:
         worker = get_current_worker()
         store = wizard_app(self).store
         ctx = StepContext(
