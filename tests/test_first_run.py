@@ -10,6 +10,8 @@ count may not grow silently: FIRST_RUN_KEYS is the number in the README.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import tomllib
 from pathlib import Path
 
@@ -51,14 +53,33 @@ def new_user(home: Path, hub_data: dict[str, bytes] | None = None) -> Path:
     return project
 
 
+# How long one key's work may take before the walk fails. Generous on purpose: on a loaded box (a full suite beside
+# other suites) the probe's stand-in trials or the environment check can take many times their usual second; a calm
+# run settles in well under a second per key. The walk waits on conditions, never on a fixed time.
+SETTLE_TIMEOUT_S = 300.0
+QUIET_ROUNDS = 3  # checks in a row, each after the pending messages were handled, that find nothing running
+
+
 async def settle(pilot, app: LoraWizardApp) -> None:  # noqa: ANN001
-    """What a person does between keys: wait until the screen has done what the key started."""
-    for _ in range(600):
-        await pilot.pause(0.05)
-        await app.workers.wait_for_complete()
-        if not any(runner.running for runner in app.screen.query(StepRunner)):
-            break
-    await pilot.pause(0.1)
+    """What a person does between keys: wait until the screen has done what the key started.
+
+    Done means: no worker left, no step running, and still so after the messages then pending were handled (a
+    finished step posts a message whose handler may start the next thing) — QUIET_ROUNDS times in a row. It used to
+    give up silently after a fixed number of short pauses, so under heavy load the next key could land while a step
+    was still running; now it fails loudly after SETTLE_TIMEOUT_S instead.
+    """
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    quiet = 0
+    while quiet < QUIET_ROUNDS:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            running = [runner.step for runner in app.screen.query(StepRunner) if runner.running]
+            pytest.fail(f"the app did not settle within {SETTLE_TIMEOUT_S:.0f} s (running: {running}, "
+                        f"workers: {[w.name for w in app.workers]})")
+        await pilot.pause(0.05)  # handles what is pending, then lets the workers' threads run
+        await asyncio.wait_for(app.workers.wait_for_complete(), timeout=left)
+        busy = any(runner.running for runner in app.screen.query(StepRunner))
+        quiet = 0 if busy else quiet + 1
 
 
 async def test_keystrokes_from_start_to_a_training_run(hub, isolated_home: Path, tmp_path: Path,
