@@ -139,6 +139,16 @@ def test_rich_wrapping_word_wrap_and_fold() -> None:
     assert lines[1] == Line("cache_latents_to_disk is enabled, so cache_latents is also enabled /", "WARNING")
 
 
+def test_a_full_line_of_words_keeps_the_space_rich_wrapped_at() -> None:
+    # the first line's message fills its 32 columns exactly and ends a word: rich dropped the space at the wrap
+    # (seen as "in the style of anold master" on the Train log); only a one-word full line was a folded word
+    first = "2026-11-25 16:47:38 INFO     " + "prompt: painting in the style of" + " " + "train_util.py:4426"
+    assert len(first) == 80
+    text = first + "\n" + " " * 29 + "an old master".ljust(51) + "\n"
+    lines = [e for e in parse_bytes(text.encode()) if isinstance(e, Line)]
+    assert lines[0] == Line("prompt: painting in the style of an old master", "INFO")
+
+
 def test_wider_columns_and_ansi_colours() -> None:
     # a 160-column terminal with colours (what `script` captured under a pty): same events
     line = (

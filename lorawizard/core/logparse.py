@@ -263,6 +263,7 @@ class LogParser:
         self._record: list[str] | None = None  # [level, piece, piece, ...]
         self._record_width = 0
         self._last_piece_cells = 0
+        self._last_piece = ""
         self._early_bar: str | None = None  # text of a bar already reported from the unterminated tail
         self._open_bar: str | None = None  # last bar drawn, shown as a line once something else is printed
         self._totals: dict[str, str] | None = None
@@ -362,11 +363,13 @@ class LogParser:
             return
         if self._record is not None and text.startswith(_CONT):
             piece = text[29:].rstrip()
-            if self._last_piece_cells >= self._record_width:
-                self._record[-1] += piece  # rich folded a long word: no space was there
+            # rich folds only a word longer than the line, and starts it on a line of its own: a full line that is
+            # one word was folded (no space was there); a full line of words ended at a space rich dropped
+            if self._last_piece_cells >= self._record_width and " " not in self._last_piece.strip():
+                self._record[-1] += piece
             else:
                 self._record.append(piece)
-            self._last_piece_cells = _cells(piece)
+            self._last_piece_cells, self._last_piece = _cells(piece), piece
             return
         self._close_record(events)
         if not text.strip():
@@ -391,7 +394,7 @@ class LogParser:
             self._record_width = _cells(text) - 29
         piece = body.rstrip()
         self._record = [level, piece]
-        self._last_piece_cells = _cells(piece)
+        self._last_piece_cells, self._last_piece = _cells(piece), piece
 
     def _close_record(self, events: list[Event]) -> None:
         record = self._record
