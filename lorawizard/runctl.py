@@ -81,7 +81,7 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     line = f"{status} · {status_line(follower.state)} · run {record.run_id}"
     if status == "running":
         newest = runs.newest_state_step(record)
-        line += f" · a stop now loses {statesave.steps_lost(follower.state.step, newest)} steps"
+        line += f" · a stop now loses {statesave.steps_text(statesave.steps_lost(follower.state.step, newest))}"
     elif status in ("stopped", "lost", "failed"):
         line += " · " + resume_hint(record, session_arg, max_epochs)
     info = record.exit_info() or {}
@@ -141,7 +141,8 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     follower = RunFollower(record)
     follower.finish()
     lost = statesave.steps_lost(follower.state.step, runs.newest_state_step(record))
-    out.write(f"stopping run {record.run_id} at step {follower.state.step}: loses {lost} steps since the newest "
+    out.write(f"stopping run {record.run_id} at step {follower.state.step}: loses {statesave.steps_text(lost)} "
+              "since the newest "
               "saved state (SIGINT, then SIGTERM, then SIGKILL)…\n")
     out.flush()
     try:

@@ -170,6 +170,7 @@ def test_the_stop_question_says_what_is_lost() -> None:
     assert statesave.stop_question(301, 1200, 300).endswith("(1 step lost).")
     assert statesave.stop_question(298, 1200, 300) == (  # the log view lags a state already on disk
         "Stop the run at step 300/1200? It resumes from the state saved at step 300 (0 steps lost).")
+    assert [statesave.steps_text(n) for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]  # --stop, --status, s
     assert statesave.stop_question(12, None, None) == (
         "Stop the run at step 12? No state is saved yet: a new run starts over (12 steps lost).")
 

@@ -138,13 +138,18 @@ def steps_lost(current_step: int, newest_saved_step: int | None) -> int:
     return max(0, current_step - (newest_saved_step or 0))
 
 
+def steps_text(count: int) -> str:
+    """`1 step`, `40 steps`: the lost steps as every stop message writes them."""
+    return f"{count} step{'' if count == 1 else 's'}"
+
+
 def stop_question(current_step: int, total_steps: int | None, newest_saved_step: int | None) -> str:
     """One line before a stop: where the run is, where a resume starts, and what is lost in between. A state on disk
     newer than the step the caller last read (its log view lags) puts the run at least at that state's step."""
     current_step = max(current_step, newest_saved_step or 0)
     lost = steps_lost(current_step, newest_saved_step)
     at = f"{current_step}/{total_steps}" if total_steps else str(current_step)
-    steps = f"{lost} step{'' if lost == 1 else 's'} lost"
+    steps = f"{steps_text(lost)} lost"
     if newest_saved_step is None:
         return f"Stop the run at step {at}? No state is saved yet: a new run starts over ({steps})."
     return f"Stop the run at step {at}? It resumes from the state saved at step {newest_saved_step} ({steps})."

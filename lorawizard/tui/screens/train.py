@@ -319,7 +319,8 @@ class TrainScreen(StepScreen):
         from lorawizard.core import runs, statesave
 
         lost = statesave.steps_lost(self.view.step, runs.newest_state_step(record))
-        self.notify(f"stopping: loses {lost} steps since the newest saved state (SIGINT, then SIGTERM, then SIGKILL)…")
+        self.notify(f"stopping: loses {statesave.steps_text(lost)} since the newest saved state "
+                    "(SIGINT, then SIGTERM, then SIGKILL)…")
         self._stop_run(record)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
