@@ -1,20 +1,20 @@
 """Log panels wrap long lines (paths, warnings) at 80 columns instead of cutting them at the right edge: the wrapper
-(core.text.wrap_cells), the widget (WrapLog), and the Train screen's log panel and full log as a person sees them."""
+(wrap_cells), the widget (WrapLog), and the Train screen's log panel and full log as a person sees them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len as cell_width
 from textual.app import App, ComposeResult
 
 from lorawizard.core.logparse import Line
 from lorawizard.core.session import Session
-from lorawizard.core.text import cell_width, wrap_cells
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.train import FullLogScreen
 from lorawizard.tui.widgets.train_panels import TrainView
-from lorawizard.tui.widgets.wrap_log import WrapLog
+from lorawizard.tui.widgets.wrap_log import WrapLog, wrap_cells
 
 LONG = ("WARNING: model weights saved in /home/someone/loras/mychar/runs/20261125-101500/"
         + "nested-folder-" * 6 + "mychar-000008.safetensors (and a warning that goes on for a while after it)")
@@ -126,3 +126,8 @@ async def test_full_log_wraps_and_keeps_carriage_return_redraws_collapsed(tmp_pa
     assert log.lines == [BARS[-1], LONG]  # a bar redrawn with '\r' is one line: its last state
     assert rows[0] == BARS[-1]
     assert squeeze(unwrap(rows[1:])) == squeeze(LONG)
+
+
+def test_cells_are_counted_as_the_log_draws_them() -> None:
+    # a zero-width space takes no cell on screen (rich); counting it as one wrapped this line that fits
+    assert wrap_cells("x\u200b" * 15, 20) == ["x\u200b" * 15]

@@ -2,23 +2,72 @@
 
 Trainer lines are often longer than an 80-column panel (paths, warnings). WrapLog keeps the lines as written
 (`lines`, bounded by `max_lines`) and shows each one wrapped to the panel's width, continuation lines indented
-(core.text.wrap_cells); a resize wraps them again. Lines are written as they are given: '\\r' progress redraws are
+(wrap_cells); a resize wraps them again. Lines are written as they are given: '\\r' progress redraws are
 collapsed before they get here (core.logparse), so a tqdm bar is one line, as in Log.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from rich.cells import cell_len, get_character_cell_size
 from textual import events
 from textual.geometry import Size
 from textual.widgets import Log
 
-from lorawizard.core.text import wrap_cells
-
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+
+_TOKENS = re.compile(r"\s+|\S+")
+
+
+def _split_at_cells(word: str, cells: int) -> tuple[str, str]:
+    """`word` cut after at most `cells` terminal cells, measured as the Log draws them (rich): (head, rest)."""
+    used = 0
+    for index, char in enumerate(word):
+        used += get_character_cell_size(char)
+        if used > cells:
+            return word[:index], word[index:]
+    return word, ""
+
+
+def wrap_cells(text: str, width: int, indent: str = "  ") -> list[str]:
+    """`text` soft-wrapped into lines of at most `width` terminal cells, for a log panel: breaks at spaces where it
+    can, cuts a word longer than a line (a path, a tqdm bar) where the line ends, and starts each continuation line
+    with `indent` so it reads as the same log line. A line that fits (and any `width` < 8) comes back as [text]."""
+    if width < 8 or (len(text) <= width and text.isascii()) or cell_len(text) <= width:
+        return [text]
+    text = text.expandtabs()
+    lines: list[str] = []
+    line = ""
+    for token in _TOKENS.findall(text):
+        if token.isspace():
+            if line.strip() or not lines:  # kept inside a line (and as the first line's indentation)
+                line += token
+            continue
+        size = cell_len(token)
+        if size <= width - cell_len(line):
+            line += token
+            continue
+        if line.strip() and size <= width - len(indent):  # the word fits on a line of its own: break before it
+            lines.append(line.rstrip())
+            line = indent + token
+            continue
+        while token:  # longer than a line: fill this line, then the next ones
+            room = width - cell_len(line)
+            head, token = _split_at_cells(token, room) if room > 0 else ("", token)
+            if not head and line.strip() == "" and lines:  # a fresh line too narrow for one wide character
+                head, token = token[0], token[1:]
+            line += head
+            if token:
+                lines.append(line.rstrip() if line.strip() else line)
+                line = indent
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return lines
 
 
 class WrapLog(Log):
