@@ -140,8 +140,10 @@ def stop(project: Path, out: TextIO | None = None) -> int:
         return EXIT_NO_RUN
     follower = RunFollower(record)
     follower.finish()
-    lost = statesave.steps_lost(follower.state.step, runs.newest_state_step(record))
-    out.write(f"stopping run {record.run_id} at step {follower.state.step}: loses {statesave.steps_text(lost)} "
+    newest = runs.newest_state_step(record)
+    step = statesave.step_now(follower.state.step, newest)
+    lost = statesave.steps_lost(step, newest)
+    out.write(f"stopping run {record.run_id} at step {step}: loses {statesave.steps_text(lost)} "
               "since the newest "
               "saved state (SIGINT, then SIGTERM, then SIGKILL)…\n")
     out.flush()

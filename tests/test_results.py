@@ -165,6 +165,8 @@ def test_stop_loses_only_the_steps_since_the_last_step_state(tmp_path: Path) -> 
 
 
 def test_the_stop_question_says_what_is_lost() -> None:
+    # where the run is, for the question, --stop and --status alike: a newer saved state wins over a lagging log
+    assert statesave.step_now(3, 4) == 4 and statesave.step_now(5, 4) == 5 and statesave.step_now(5, None) == 5
     assert statesave.stop_question(340, 1200, 300) == (
         "Stop the run at step 340/1200? It resumes from the state saved at step 300 (40 steps lost).")
     assert statesave.stop_question(301, 1200, 300).endswith("(1 step lost).")

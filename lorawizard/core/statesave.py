@@ -133,6 +133,11 @@ def estimated_state_bytes(network_dim: int, optimizer: str) -> int:
     return int(params * (4 + moments))
 
 
+def step_now(log_step: int, newest_saved_step: int | None) -> int:
+    """Where the run is: the step last read from its log, or a newer saved state's (a log view lags the trainer)."""
+    return max(log_step, newest_saved_step or 0)
+
+
 def steps_lost(current_step: int, newest_saved_step: int | None) -> int:
     """Steps a stop now would lose: those since the newest state (all of them when there is none)."""
     return max(0, current_step - (newest_saved_step or 0))
@@ -144,9 +149,8 @@ def steps_text(count: int) -> str:
 
 
 def stop_question(current_step: int, total_steps: int | None, newest_saved_step: int | None) -> str:
-    """One line before a stop: where the run is, where a resume starts, and what is lost in between. A state on disk
-    newer than the step the caller last read (its log view lags) puts the run at least at that state's step."""
-    current_step = max(current_step, newest_saved_step or 0)
+    """One line before a stop: where the run is (step_now), where a resume starts, and what is lost in between."""
+    current_step = step_now(current_step, newest_saved_step)
     lost = steps_lost(current_step, newest_saved_step)
     at = f"{current_step}/{total_steps}" if total_steps else str(current_step)
     steps = f"{steps_text(lost)} lost"
