@@ -55,14 +55,15 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
 
     `--resume` continues from the newest saved state of the project's runs: this run's own (or the state it was itself
     resumed from), or, when it saved none, an older run's, which may already be at the last epoch (then nothing)."""
-    from lorawizard.core import runs
+    from lorawizard.core import statesave
 
-    newest = runs.newest_state(record.dir.parent)
-    if newest is not None and newest.run_id == record.run_id and max_epochs is not None and newest.epoch >= max_epochs:
+    point = statesave.resume_point(record.dir.parent, max_epochs)  # the verdict --resume itself acts on
+    newest = point.state
+    if newest is not None and not point.resumable and newest.run_id == record.run_id:
         # its own state, at the end: "saved no state" would be untrue
-        return (f"its newest state is at the last epoch ({newest.epoch} of train.max_train_epochs = {max_epochs}): "
+        return (f"its newest state is at the last epoch ({point.base_epoch} of train.max_train_epochs = {max_epochs}): "
                 "nothing left to resume; raise train.max_train_epochs to train on from it")
-    if newest is None or (max_epochs is not None and newest.epoch >= max_epochs):
+    if newest is None or not point.resumable:
         return "saved no state to resume from: a new run starts from the beginning"
     command = f"lorawizard --replay {session_arg} --steps train --resume"
     if newest.run_id == record.run_id or record.base_step > 0:

@@ -20,6 +20,7 @@ from lorawizard.core.session import Session
 KEEP_EPOCH_STATES = 2
 _BATCHES_RE = re.compile(rb"num batches per epoch / [^\n:]*: (\d+)")
 _RATE_RE = re.compile(rb"(\d+\.\d+)(it/s|s/it)")
+_STEP_STATE_RE = re.compile(r"-step\d+-state$")  # sd-scripts' step states: `<name>-step00000123-state`
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,52 @@ def stop_question(current_step: int, total_steps: int | None, newest_saved_step:
     if newest_saved_step is None:
         return f"Stop the run at step {at}? No state is saved yet: a new run starts over ({steps})."
     return f"Stop the run at step {at}? It resumes from the state saved at step {newest_saved_step} ({steps})."
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where `--resume` (the wizard's r, replay's --resume) would continue, and whether there is training left.
+
+    The one verdict on resumability: the train step (plan_run) acts on it, `--status` and `--stop` report it."""
+
+    state: Any  # runs.SavedState | None: the newest saved state of the project's runs
+    base_step: int  # the absolute step the resumed run starts at (the state's)
+    base_epoch: int  # epochs already finished at that step
+    steps_per_epoch: int | None  # from the state's run log (None: the log is gone or unreadable)
+    max_epochs: int | None  # train.max_train_epochs (None: unknown, so not judged)
+    reason: str = ""  # one line why there is nothing to resume; "" when there is
+
+    @property
+    def resumable(self) -> bool:
+        return not self.reason
+
+
+def resume_point(runs_dir: Path, max_epochs: int | None) -> ResumePoint:
+    """The newest saved state under `runs_dir` and what a resume from it would do with `max_epochs` epochs.
+
+    Finished epochs come from the state's step and its run's steps per epoch (a step state is saved mid-epoch: its
+    `current_epoch` is the epoch in progress, not a finished one). Without the run's log, a step state's epoch
+    counts as unfinished and an epoch state's as finished."""
+    from lorawizard.core import runs
+    from lorawizard.core.fsutil import display_path
+
+    state = runs.newest_state(runs_dir)
+    if state is None:
+        return ResumePoint(None, 0, 0, None, max_epochs,
+                           f"nothing to resume: no saved state under {display_path(runs_dir)}")
+    per_epoch = steps_per_epoch(state.path.parent / runs.LOG_FILE)
+    if per_epoch:
+        done = state.step // per_epoch
+    elif _STEP_STATE_RE.search(state.path.name):
+        done = max(0, state.epoch - 1)
+    else:
+        done = state.epoch
+    reason = ""
+    if max_epochs is not None and done >= max_epochs:
+        reason = (f"nothing to resume: the newest saved state ({state.path.name}, run {state.run_id}) is already "
+                  f"at epoch {done} of train.max_train_epochs = {max_epochs}; raise train.max_train_epochs to train "
+                  "on from it, or start a new run")
+    return ResumePoint(state, state.step, done, per_epoch, max_epochs, reason)
 
 
 def read_state(folder: Path) -> tuple[int, int] | None:

@@ -180,24 +180,17 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     base_step = base_epoch = 0
     extra: dict[str, Any] = {}
     if resume:
-        state = runs.newest_state(runs_dir)
-        if state is None:
-            raise StepFailed(f"nothing to resume: no saved state under {runs_dir} (states are saved every "
-                             f"{session.get('train.save_every_n_epochs')} epochs)")
-        base_step, base_epoch = state.step, state.epoch
-        per_epoch = statesave.steps_per_epoch(state.path.parent / runs.LOG_FILE)
-        if per_epoch:
+        point = statesave.resume_point(runs_dir, int(session.get("train.max_train_epochs")))
+        if point.state is None or not point.resumable:
+            raise StepFailed(point.reason)
+        state, base_step, base_epoch = point.state, point.base_step, point.base_epoch
+        if point.steps_per_epoch:
             # skip the batches already trained in the state's epoch: a step state loses nothing more than the stop did
             overrides.update({"initial_step": state.step, "skip_until_initial_step": True})
-            base_epoch = state.step // per_epoch
-            extra["state_step_offset"] = state.step - state.step % per_epoch  # sd-scripts' step restarts at the remainder
+            # sd-scripts' step restarts at the remainder
+            extra["state_step_offset"] = state.step - state.step % point.steps_per_epoch
         else:
             overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
-        epochs = int(session.get("train.max_train_epochs"))
-        if base_epoch >= epochs:
-            raise StepFailed(f"nothing to resume: the newest saved state ({state.path.name}, run {state.run_id}) is "
-                             f"already at epoch {epochs} of train.max_train_epochs = {epochs}; start a new run, or "
-                             "raise train.max_train_epochs to train on from it")
     cadence = statesave.cadence(session)
     overrides.update(cadence.overrides())
     run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
