@@ -126,3 +126,27 @@ async def test_the_footer_says_esc_undoes_an_edit_while_there_is_one(project: Pa
         await pilot.pause()
         line = _footer_line(app)
         assert "Undo edit" not in line and "? Help" in line and "q Quit" in line, line
+
+
+async def test_footer_keys_are_styled_once_not_restyled_for_compactness(project: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FooterKey starts compact; the Footer turned it off after mount, restyling every key twice (~100 ms of a
+    start-up). FitFooter decides it before mount: no key restyles on its way to the screen."""
+    from textual.widgets._footer import FooterKey
+
+    restyled: list[str] = []
+    original = FooterKey.update_node_styles
+
+    def counting(self: FooterKey, animate: bool = True) -> None:
+        restyled.append(self.description)
+        original(self, animate)
+
+    monkeypatch.setattr(FooterKey, "update_node_styles", counting)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        keys = list(app.screen.query(FooterKey))
+        assert len(keys) > 3
+        assert all(key.compact == key.has_class("-compact") for key in keys)
+        assert [key.compact for key in keys if key.has_class("-command-palette")] == [True]  # as Textual's Footer
+    assert restyled == []

@@ -80,12 +80,19 @@ def binding_chain(screen: Screen[Any]) -> Iterator[tuple[DOMNode, BindingsMap]]:
 
 
 def footer_key(key: str, key_display: str, description: str, action: str, *, disabled: bool, tooltip: str,
-               classes: str = "") -> Widget:
+               classes: str = "", compact: bool = False) -> Widget:
     """One key of the footer, as Textual's Footer draws it: `FooterKey` is not exported (textual.widgets._footer).
-    FitFooter composes its own selection of keys (those that fit the width) with it."""
+    FitFooter composes its own selection of keys (those that fit the width) with it.
+
+    Its compactness is decided before it mounts (Footer's keys follow a non-compact Footer through data_bind; its
+    palette key stays compact): a FooterKey starts compact (its reactive's default) and its watcher restyled it on
+    mount and again when the data_bind turned it off, ~1.8 ms a key each time, ~100 ms over a start-up (profiled)."""
     from textual.widgets._footer import FooterKey
 
-    return FooterKey(key, key_display, description, action, disabled=disabled, tooltip=tooltip, classes=classes)
+    classes = f"{classes} -compact" if compact else classes
+    widget = FooterKey(key, key_display, description, action, disabled=disabled, tooltip=tooltip, classes=classes)
+    widget.set_reactive(FooterKey.compact, compact)
+    return widget
 
 
 def footer_bindings_ready(footer: Footer) -> bool:

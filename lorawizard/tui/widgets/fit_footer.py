@@ -53,11 +53,11 @@ class FitFooter(Footer):
             items.remove(item)
         for _, binding, enabled, tooltip in items:
             yield footer_key(binding.key, app.get_key_display(binding), binding.description, binding.action,
-                             disabled=not enabled, tooltip=tooltip).data_bind(compact=Footer.compact)
+                             disabled=not enabled, tooltip=tooltip)
         if palette is not None:
             yield footer_key(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
-                             palette.binding.action, classes="-command-palette", disabled=not palette.enabled,
-                             tooltip=palette.binding.tooltip or palette.binding.description)
+                             palette.binding.action, classes="-command-palette", compact=True,
+                             disabled=not palette.enabled, tooltip=palette.binding.tooltip or palette.binding.description)
 
     def on_resize(self, event: Resize) -> None:
         if footer_bindings_ready(self) and event.size.width != self._width:
