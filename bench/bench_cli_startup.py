@@ -2,7 +2,12 @@
 the wizard takes to draw its first frame in a real pty (80×24, answering DA1 as tmux does), per `--images` mode.
 
 Goals: --help ≤ 0.15 s; first frame ≤ 0.45 s with `--images auto` as with `halfcell`, also in a terminal that
-never answers (the terminal is asked in one round trip after the first frame, not before it). Prints best-of-N wall times measured in this one run, and the ratios.
+never answers (the terminal is asked in one round trip after the first frame, not before it). Prints best-of-N wall
+times measured in this one run, and the ratios.
+
+The first frame is the step bar (the wizard draws it alone first: skeleton_first); the full screen is the opening
+step's body (the Environment screen's intro line). Both are printed: drawing the bar first costs the full screen a
+second screen's work, and that cost is measured here too, against the wizard started without the skeleton.
 
 Measured as installed: with bytecode caches (pip writes them; PYTHONDONTWRITEBYTECODE=1 in a dev shell would make
 every start compile ~45 modules, ~60 ms more). The floor is a bare Textual app with the same widget types as the
@@ -59,8 +64,29 @@ Floor().run()
 """
 
 
-def first_frame(images: str, runs: int, answer_da1: bool = True, argv: list[str] | None = None) -> float:
-    """Seconds from exec to the step bar on screen, best of `runs` (a fresh project: the Environment screen)."""
+NO_SKELETON = """
+import sys
+from lorawizard import cli
+from lorawizard.tui import app
+
+wizard_init = app.LoraWizardApp.__init__
+
+
+def without_skeleton(self, session, **options):
+    wizard_init(self, session, **{**options, "skeleton_first": False})
+
+
+app.LoraWizardApp.__init__ = without_skeleton  # the CLI asks for the skeleton; this run draws the screen at once
+sys.exit(cli.main())
+"""
+
+BODY_MARKER = b"Finds sd-scripts"  # the Environment screen's intro line
+
+
+def first_frame(images: str, runs: int, answer_da1: bool = True, argv: list[str] | None = None,
+                body: bool = False, script: Path | None = None) -> float:
+    """Seconds from exec to the step bar on screen (`body`: to the step's body), best of `runs` (a fresh project:
+    the Environment screen)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.pty_terminal import PtyTerminal
 
@@ -69,10 +95,11 @@ def first_frame(images: str, runs: int, answer_da1: bool = True, argv: list[str]
         env = dict(os.environ, TERM="xterm-256color", HOME=folder, LORAWIZARD_IMAGES=images)
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode caches are written once, then used
         for _ in range(runs):
-            term = PtyTerminal.start(argv or [sys.executable, "-m", "lorawizard", folder, "--images", images],
+            wizard = [sys.executable, *([str(script)] if script else ["-m", "lorawizard"]), folder, "--images", images]
+            term = PtyTerminal.start(argv or wizard,
                                      env=env, cwd=folder, answer_da1=answer_da1)
             try:
-                best = min(best, term.wait_for(b"Train"))
+                best = min(best, term.wait_for(BODY_MARKER if body else b"Train"))
             finally:
                 term.close()
     return best
@@ -98,12 +125,21 @@ def main() -> None:
     auto = first_frame("auto", runs)
     halfcell = first_frame("halfcell", runs)
     silent = first_frame("auto", runs, answer_da1=False)
+    full = first_frame("auto", runs, body=True)
+    with tempfile.TemporaryDirectory() as folder:
+        plain = Path(folder) / "no_skeleton.py"
+        plain.write_text(NO_SKELETON)
+        full_plain = first_frame("auto", runs, body=True, script=plain)
     for label, seconds in (("auto", auto), ("halfcell", halfcell), ("auto, silent terminal", silent)):
         verdict = "met" if seconds <= 0.45 else "NOT met"
         print(f"first frame, {label:22s} {seconds * 1000:7.1f} ms   (goal ≤ 450 ms: {verdict})")
     print(f"first frame, bare Textual, same widgets {floor * 1000:7.1f} ms   (the floor)")
+    print(f"full screen (the step's body), auto   {full * 1000:7.1f} ms")
+    print(f"full screen without the skeleton      {full_plain * 1000:7.1f} ms   (then it is the first frame too)")
     print(f"auto over halfcell: {auto / halfcell:.2f}x   silent over halfcell: {silent / halfcell:.2f}x   "
           f"halfcell over the bare-Textual floor: {halfcell / floor:.2f}x")
+    print(f"first frame over the full screen without the skeleton: {auto / full_plain:.2f}x   "
+          f"full screen, skeleton over none: {full / full_plain:.2f}x")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def _run_wizard(project: Path, images: str | None) -> int:
     choose_renderer(images)  # asks the terminal (one round trip) before the app takes stdin over
     from lorawizard.tui.app import LoraWizardApp
 
-    app = LoraWizardApp(session)
+    app = LoraWizardApp(session, skeleton_first=True)
     app.run()
     return app.return_code or 0
 

@@ -186,3 +186,43 @@ def test_step_bar_drops_the_gpu_tick_when_the_dataset_has_other_buckets(project:
     for bucket in buckets:
         session.set_batch_size(bucket, 2)
     assert session_step_states(session).get("probe") == "done"
+
+
+class SkeletonWatch(LoraWizardApp):
+    """The wizard as the CLI starts it (skeleton_first), noting what was on screen when the step screen was opened;
+    `key_on_skeleton`: a step the person chose (pressed 1–6) while only the skeleton was drawn."""
+
+    CSS_PATH = str(Path(__file__).resolve().parents[1] / "lorawizard" / "tui" / "app.tcss")  # relative to this file
+
+    def __init__(self, session: Session, key_on_skeleton: str | None = None) -> None:
+        super().__init__(session, skeleton_first=True)
+        self.key_on_skeleton = key_on_skeleton
+        self.seen_before_open: list[str] = []
+        self.help_on_skeleton: bool | None = None
+
+    def on_mount(self) -> None:  # Textual runs LoraWizardApp.on_mount too (handlers of every class in the MRO)
+        self.help_on_skeleton = self.check_action("help", ())
+        if self.key_on_skeleton:
+            self.action_goto(self.key_on_skeleton)
+
+    def _open_first_step(self) -> None:
+        self.seen_before_open = [type(widget).__name__ for widget in self.screen.walk_children()]
+        super()._open_first_step()
+
+
+async def test_skeleton_first_draws_the_step_bar_then_the_opening_step(project: Path) -> None:
+    app = SkeletonWatch(Session.open_project(project))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.seen_before_open == ["StepBar"]  # the first frame: the step bar alone, no step screen yet
+        assert app.current_mode == "env" and app.screen.query_one(StepBar).step == "env"
+        assert app.help_on_skeleton is False  # help pushed on the skeleton would hide behind the step screen
+        assert app.check_action("help", ()) is True
+
+
+async def test_a_step_chosen_on_the_skeleton_is_not_overridden(project: Path) -> None:
+    app = SkeletonWatch(Session.open_project(project), key_on_skeleton="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.pause()
+        assert app.current_mode == "dataset"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from textual.app import App, SystemCommand
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -46,7 +46,7 @@ class LoraWizardApp(App[None]):
     step_states: reactive[dict[str, StepState]] = reactive(dict, init=False)
 
     def __init__(self, session: Session, *, start_step: str | None = None,
-                 step_options: OptionsByStep | None = None) -> None:
+                 step_options: OptionsByStep | None = None, skeleton_first: bool = False) -> None:
         super().__init__()
         self.session = session
         self.start_step = start_step
@@ -55,6 +55,19 @@ class LoraWizardApp(App[None]):
         self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
         states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self.set_reactive(LoraWizardApp.step_states, {**states, **session_step_states(session)})
+        # In a terminal the wizard draws the step bar first and the opening step's screen right after it: composing
+        # and styling a step screen (~250 ms) is the biggest part of start-up, and a first frame at ~0.3 s says the
+        # app is there. It costs the full screen ~30–80 ms (a second screen; bench/bench_cli_startup.py prints both).
+        self.skeleton_first = skeleton_first
+        self.opening_step = start_step or self._first_open_step()
+
+    def compose(self) -> ComposeResult:
+        """The default screen: with skeleton_first, the step bar alone until the opening step's screen replaces it
+        (a footer too measured slower: its keys' styles are computed twice)."""
+        if self.skeleton_first:
+            from lorawizard.tui.widgets.step_bar import StepBar
+
+            yield StepBar(self.opening_step, self.project_label)
 
     @property
     def project_label(self) -> str:
@@ -72,7 +85,14 @@ class LoraWizardApp(App[None]):
             self.notify(warning, severity="warning", timeout=8)
         if len(warnings) > 5:
             self.notify(f"... and {len(warnings) - 5:,} more warnings about {self.session.path.name}", severity="warning", timeout=8)
-        self.switch_mode(self.start_step or self._first_open_step())
+        if self.skeleton_first:
+            self.call_after_refresh(self._open_first_step)
+        else:
+            self._open_first_step()
+
+    def _open_first_step(self) -> None:
+        if self.current_mode == self.DEFAULT_MODE:  # a step key pressed on the skeleton already chose a screen
+            self.switch_mode(self.opening_step)
         self.call_after_refresh(self._ask_terminal)
 
     def _ask_terminal(self) -> None:
@@ -157,6 +177,8 @@ class LoraWizardApp(App[None]):
         self.exit()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "help" and self.current_mode == self.DEFAULT_MODE:
+            return False  # on the skeleton: the help would stay behind the step screen that replaces it
         if action in ("goto", "jump") and parameters and parameters[0] == self.current_mode:
             return False  # already there: the screen's own use of the key (Captions F4: undo bulk) gets it
         if action == "jump" and parameters and parameters[0] in STEP_ORDER:
