@@ -299,3 +299,29 @@ async def test_the_columns_follow_a_resize_across_110_columns(isolated_home: Pat
         await pilot.resize_terminal(80, 24)
         await pilot.pause(0.3)
         assert [c.width for c in table.ordered_columns][:2] == narrow
+
+
+async def test_a_preview_that_fails_late_is_named_once(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a PNG whose header reads fine but whose data does not decode (Pillow's broken_data_stream.png) said
+    "corrupt or unsupported: …" twice in the preview note: once from the row's notes and once as the preview's
+    problem."""
+    from textual.widgets import Static
+
+    from lorawizard.tui.screens import dataset as screen_module
+
+    real = screen_module.upright_preview
+    problem = "corrupt or unsupported: unrecognized data stream contents when reading image file"
+
+    def preview(path: Path, pixels: int):  # noqa: ANN202
+        return (None, problem) if path.name == "IMG_0002.jpg" else real(path, pixels)
+
+    monkeypatch.setattr(screen_module, "upright_preview", preview)
+    app = make_app(isolated_home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("down")
+        await settle(pilot)
+        screen = screen_of(app)
+        assert screen.current == "IMG_0002.jpg"
+        text = str(screen.query_one("#ds-info", Static).render())
+        assert text.count("corrupt or unsupported") == 1, text

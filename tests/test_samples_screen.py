@@ -181,3 +181,14 @@ async def test_a_new_epoch_does_not_move_the_cursor_off_the_epoch_looked_at(home
         await pilot.pause()
         assert screen.gallery.epochs == [0, 4, 8, 12, 16]
         assert screen.selected() is not None and screen.selected()[0] == 12
+
+
+async def test_title_counts_one_column_in_the_singular(home_project: Path) -> None:
+    """QA: a run's first minutes have only the baseline samples: the title said "1 columns"."""
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    screen = _screen(home_project, [0])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(screen)
+        await pilot.pause(0.2)
+        title = str(screen.query_one("#samples-title").render())
+        assert "· 1 column" in title and "1 columns" not in title

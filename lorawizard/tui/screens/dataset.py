@@ -401,13 +401,14 @@ class DatasetScreen(StepScreen):
             left, top, right, bottom = item.crop
             text.append(f" → {item.bucket_text}\ncrop {right - left}×{bottom - top} at {left},{top}")
         text.append("\n")
-        notes = [n for n in item.notes if not n.startswith("crop ")]
+        problem = self._thumbs.problem(item.source) if item.status != "bad" else None
+        # the preview's problem is also one of the row's notes (the table shows it): said once, in red, below
+        notes = [n for n in item.notes if not n.startswith("crop ") and n != problem]
         if notes:
             text.append("; ".join(notes) + "\n", style="italic")
         if item.status != "use":
             text.append(item.reason + "\n", style=tone("error") if item.status == "bad" else tone("warning"))
-        problem = self._thumbs.problem(item.source)
-        if problem and item.status != "bad":
+        if problem:
             text.append(problem + "\n", style=tone("error"))
         return text
 

@@ -153,7 +153,8 @@ class SamplesScreen(Screen[None]):
         pages = max(1, -(-len(epochs) // columns))
         # counted from the newest epoch: the window that ends with it is the last page (it opens there)
         page = pages - -(-max(0, len(epochs) - self.first - columns) // columns)
-        title = Text(f" samples · {self.output_name} · {len(epochs)} columns", no_wrap=True, overflow="ellipsis")
+        columns_text = f"{len(epochs)} column" + ("" if len(epochs) == 1 else "s")
+        title = Text(f" samples · {self.output_name} · {columns_text}", no_wrap=True, overflow="ellipsis")
         if pages > 1:
             title.append(f" · page {page}/{pages} ([ ])")
         self.query_one("#samples-title", Static).update(title)
