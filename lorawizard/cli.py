@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from lorawizard import runctl
 
-        return getattr(runctl, control)(args.project)
+        try:
+            return getattr(runctl, control)(args.project)
+        except SystemExit as exc:  # an invalid session.toml: said in one line, exit 2
+            return int(exc.code or 0) if isinstance(exc.code, int) else 2
 
     if args.replay is not None:
         from lorawizard.core.steps import parse_steps

@@ -7,6 +7,7 @@ user's session file: decisions it had to take are written beside the outputs ins
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -91,7 +92,13 @@ class ProgressPrinter:
         if fraction is not None:
             filled = int(fraction * 20)
             bar = "█" * filled + "░" * (20 - filled) + " "
-        self.out.write("\r\x1b[2K" + bar + line[:160])
+        # within one row: a wrapped line leaves its first row behind at each redraw (\r goes to the last row)
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        if len(bar) >= width // 2:
+            bar = ""
+        room = width - len(bar)
+        text = line if len(line) <= room else line[: max(0, room - 1)] + "…"
+        self.out.write("\r\x1b[2K" + bar + text)
         self._live = not final
         if final:
             self.out.write("\n")

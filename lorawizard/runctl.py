@@ -1,7 +1,7 @@
 """Run control from the shell: `lorawizard DIR --status | --follow | --stop` (for SSH, scripts, cron). No Textual.
 
 Exit codes: 0 the newest run finished ok, 1 it failed (or was stopped / lost), 3 it is running, 4 no run.
-`--stop` exits 0 once the run has stopped, 4 when none was running.
+`--stop` exits 0 once the run has stopped, 4 when none was running. An invalid session.toml: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_RUNNING, EXIT_NO_RUN = 0, 1, 3, 4
+EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_SESSION, EXIT_RUNNING, EXIT_NO_RUN = 0, 1, 2, 3, 4
 _CODES = {"finished": EXIT_FINISHED, "running": EXIT_RUNNING}
 
 
@@ -22,8 +22,11 @@ def _runs_dir(project: Path) -> Path | None:
         return None
     try:
         return Session.load(path, read_only=True).paths.runs
-    except SessionError as exc:
-        raise SystemExit(f"lorawizard: {exc}") from None
+    except SessionError as exc:  # as replay and the wizard: exit 2, not 1 ("the run failed") as a bare SystemExit
+        from lorawizard.core.text import one_line
+
+        print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SESSION) from None
 
 
 def _newest(project: Path):  # -> RunRecord | None
@@ -79,7 +82,7 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     status = record.status()
     follower = RunFollower(record)
     follower.finish()
-    line = f"{status} · {status_line(follower.state)} · run {record.run_id}"
+    line = f"{status} · {status_line(follower.state, ended=status != 'running')} · run {record.run_id}"
     if status == "running":
         newest = runs.newest_state_step(record)
         line += f" · a stop now loses {statesave.steps_text(statesave.steps_lost(follower.state.step, newest))}"

@@ -187,6 +187,26 @@ def test_wizard_reports_bad_session_with_exit_2(capsys, tmp_path) -> None:
     assert code == 2 and "train.seed: expected an integer" in err
 
 
+@pytest.mark.parametrize("control", ["--status", "--follow", "--stop"])
+def test_run_control_reports_a_bad_session_with_exit_2(capsys, tmp_path, control) -> None:
+    """QA: a hand-edited bad value made `--status` exit 1, which says "the newest run failed or was stopped"."""
+    session_file(tmp_path, "[train]\nmax_train_epochs = 0\n")
+    code, out, err = run_cli([str(tmp_path), control], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "session.toml:4: train.max_train_epochs: expected a value from 1" in err
+
+
+def test_progress_printer_keeps_the_live_bar_within_the_terminal(monkeypatch) -> None:
+    """QA: at 80 columns the live bar (20 cells + a line of up to 160) wrapped onto a second row, and each redraw
+    (carriage return: back to the start of that second row) left the first row behind, one per update."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = io.StringIO()
+    printer = ProgressPrinter(out, tty=True)
+    printer(Progress("captions", "writing caption files", 1, 12, "captions", rate=2936.0, eta_s=1))
+    drawn = out.getvalue().split("\r\x1b[2K")[-1]
+    assert drawn.startswith("█") and "captions: writing caption files 1/12 (8%)" in drawn and len(drawn) <= 79
+
+
 def test_replay_direct_api_with_dry_run(tmp_path, fake_steps) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert replay(session_file(tmp_path), ["env"], dry_run=True, out=out, err=err, tty=False) == 0

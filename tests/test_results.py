@@ -187,6 +187,10 @@ def test_keep_epoch_copies_the_lora_with_a_sidecar(tmp_path: Path) -> None:
     _wait(_start(session, STEP_SECONDS=0.01))
     kept = keep.keep_epoch(session, 2)
     assert kept.lora == session.project_dir / "loras" / "tiny-e2.safetensors" and kept.lora.stat().st_size == 3154356
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # QA: the kept copy was 0600 (the temp file's mode) beside a 0644 sidecar and 0644 run checkpoints
+    assert kept.lora.stat().st_mode & 0o777 == 0o666 & ~umask == kept.sidecar.stat().st_mode & 0o777
     side = json.loads(kept.sidecar.read_text())
     assert side["epoch"] == 2 and side["step"] == 4 and side["trigger"] == "zkq" and side["run_id"] == kept.run_id
     assert side["settings"]["max_train_epochs"] == 3 and len(side["samples"]) == 3
@@ -282,12 +286,16 @@ def test_status_follow_stop_resume_exit_codes(tmp_path: Path, monkeypatch: pytes
     out = io.StringIO()
     assert runctl.stop(project, out) == 0
     assert "loses 2 steps" in out.getvalue() and "stopped (SIGINT)" in out.getvalue()
-    assert runctl.status(project, io.StringIO()) == 1
+    out = io.StringIO()
+    assert runctl.status(project, out) == 1
+    assert out.getvalue().startswith("stopped · ") and "ETA" not in out.getvalue()  # QA: it said "ETA 2:48"
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 1  # no state before epoch 1 ...
     _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # ... now there is one (epoch 1)
     assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 0
     assert main([str(project), "--status"]) == 0 and main([str(project), "--follow"]) == 0
+    out = io.StringIO()
+    assert runctl.status(project, out) == 0 and "ETA" not in out.getvalue()  # finished: no "ETA 0:00"
     newest = runs.list_runs(session.paths.runs)[-1]
     assert newest.base_step == 4 and newest.status() == "finished"
 

@@ -26,7 +26,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             # Keep the permission bits of the file we replace (a user's session.toml may be 0600).
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         else:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -57,6 +57,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def new_file_mode() -> int:
+    """The mode a newly created file gets here (0o666 less the umask): for a temp file that becomes one."""
+    return 0o666 & ~_umask()
 
 
 def display_path(path: Path | str) -> str:

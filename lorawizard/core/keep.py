@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core import runs
-from lorawizard.core.fsutil import atomic_write_json
+from lorawizard.core.fsutil import atomic_write_json, new_file_mode
 from lorawizard.core.session import Session
 
 LORAS_DIR = "loras"
@@ -126,10 +126,14 @@ def kept_lora(session: Session) -> Path | None:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy through a temp file and a rename; the copy gets a new file's usual mode (umask), not mkstemp's 0600."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

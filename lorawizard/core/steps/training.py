@@ -291,8 +291,9 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
     return [f"expected: {per} steps per epoch × {epochs} epochs = {per * epochs} steps{shared}"]
 
 
-def status_line(state: TrainState) -> str:
-    """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · elapsed 1:03 · ETA 4:31`."""
+def status_line(state: TrainState, *, ended: bool = False) -> str:
+    """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · ETA 4:31`; a run that `ended` (finished,
+    stopped, failed) has no ETA."""
     parts = []
     if state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
         parts.append(f"epoch {state.epoch}/{state.epochs}")
@@ -304,7 +305,8 @@ def status_line(state: TrainState) -> str:
         parts.append(format_rate(state.rate, "it"))
     if state.loss is not None:
         parts.append(f"loss {state.loss:.3g}")
-    parts.append(f"ETA {format_duration(state.eta_s)}")
+    if not ended:
+        parts.append(f"ETA {format_duration(state.eta_s)}")
     return " · ".join(parts)
 
 
@@ -446,11 +448,11 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     record = record.reload()
     code = record.returncode()
     problem = follower.diagnosis(alive=False)
-    details = [f"log: {record.log_path}", status_line(state)]
+    details = [f"log: {record.log_path}", status_line(state, ended=True)]
     if state.checkpoints:
         details.append(f"last checkpoint: {state.checkpoints[-1]}")
     if state.model_saved and code == 0:
-        return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state)})", details,
+        return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state, ended=True)})", details,
                           data={"run_id": record.run_id})
     summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"
     return StepResult(False, summary, details, data={"run_id": record.run_id, "returncode": code})
