@@ -55,9 +55,30 @@ def test_replay_refuses_politely_while_another_process_holds_the_project(tmp_pat
         child.wait()
     assert code == 1
     assert err.getvalue().count("\n") == 1
-    assert f"pid {child.pid}" in err.getvalue() and f"lorawizard {session.project_dir}" in err.getvalue()
+    # QA: it said "a run is starting in this project" where the holder was a wizard that had stopped its run
+    assert f"pid {child.pid} (replay) holds this project" in err.getvalue() and "no run is going" in err.getvalue()
+    assert "a run is starting" not in err.getvalue()
     assert out.getvalue() == ""  # refused before any step ran
     assert runs.list_runs(session.paths.runs) == []
+
+
+def test_the_refusal_names_a_live_run_to_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorawizard.core.steps.training import plan_run, start_run
+
+    monkeypatch.setenv("STANDIN_LOAD_SECONDS", "60")  # stays live while replay is refused
+    session = make_train_project(tmp_path)
+    record = start_run(session, plan_run(session))
+    projectlock.release(session.project_dir)  # this process started it; another one holds the project now
+    child = _holder(session.project_dir)
+    try:
+        err = io.StringIO()
+        code = replay(session.path, ["train"], out=io.StringIO(), err=err, tty=False)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        runs.stop(record, int_timeout=5, term_timeout=2, kill_timeout=2)
+    assert code == 1 and f"run {record.run_id} is going in this project and pid {child.pid}" in err.getvalue()
+    assert f"lorawizard {session.project_dir}" in err.getvalue()
 
 
 def test_run_ids_are_unique_within_one_second(tmp_path: Path) -> None:
@@ -94,6 +115,6 @@ def test_two_replays_racing_start_exactly_one_trainer(tmp_path: Path, monkeypatc
         live = [r for r in records if r.is_alive()]
         assert len(live) == 1, (round_, outcomes)
         for _, code, err in outcomes:  # the loser either was refused (naming the winner) or followed the run
-            assert code == 0 or (code == 1 and "a run is starting in this project: pid" in err), err
+            assert code == 0 or (code == 1 and "pid " in err and "holds" in err), err
         assert records[-1].run_id == live[0].run_id and len(records) == round_ + 1
         assert runs.stop(live[0], int_timeout=5, term_timeout=2, kill_timeout=2) != "not running"

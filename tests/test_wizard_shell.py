@@ -87,6 +87,17 @@ async def test_starts_on_first_unfinished_step(project: Path, start) -> None:
         assert app.current_mode == "env"
 
 
+async def test_opens_on_train_when_every_step_is_done(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: after a finished run every step is done, and reopening the project landed on Environment."""
+    from lorawizard.tui import app as app_module
+
+    monkeypatch.setattr(app_module, "session_step_states", lambda session: {step: "done" for step in STEP_ORDER})
+    app = LoraWizardApp(Session.open_project(project))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.current_mode == "train"
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_help_screen_snapshot(snap_compare, isolated_home: Path, size: tuple[int, int]) -> None:
     project = isolated_home / "loras" / "demo"  # shown as ~/loras/demo whatever the temp folder

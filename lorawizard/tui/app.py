@@ -126,7 +126,8 @@ class LoraWizardApp(App[None]):
     def _first_open_step(self) -> str:
         if training_is_live(self.session):
             return "train"  # a detached run is going: open its dashboard (it reattaches)
-        return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[0])
+        # every step done (a run finished): its results (samples, keep an epoch, publish), not Environment
+        return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[-1])
 
     # -- decisions
 

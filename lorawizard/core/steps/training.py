@@ -224,10 +224,16 @@ def claim_project(session: Session) -> None:
 
 
 def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
+    """Why another process has the project: a live run to watch, or (QA: a wizard that once started or stopped a run
+    keeps the lock while it is open) no run at all, which "a run is starting" wrongly said."""
     holder = f"pid {busy.pid}" if busy.pid else "another process"
     what = f" ({busy.what})" if busy.what else ""
-    return (f"a run is starting in this project: {holder}{what} holds it; "
-            f"use `lorawizard {session.project_dir}` to watch it, or try again when that process has ended")
+    live = runs.live_run(session.paths.runs)
+    if live is not None:
+        return (f"run {live.run_id} is going in this project and {holder}{what} holds it; "
+                f"use `lorawizard {session.project_dir}` to watch it, or try again when that process has ended")
+    return (f"{holder}{what} holds this project (it is starting a run, or started or stopped one and is still open; "
+            "no run is going now): try again when that process has ended (a wizard: quit it with q)")
 
 
 def start_run(session: Session, plan: Plan) -> RunRecord:
