@@ -13,6 +13,7 @@ from lorawizard import __version__, cli
 from lorawizard.core import steps
 from lorawizard.headless import ProgressPrinter, replay
 from lorawizard.core.progress import Progress
+from tests.terminal_child import TERMINAL_SIGINT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,11 +126,8 @@ def test_replay_step_failure_exits_1_and_names_step(capsys, tmp_path, fake_steps
 def test_replay_ctrl_c_exits_130(tmp_path) -> None:
     path = session_file(tmp_path)
     code = (
-        "import signal, sys\n"
-        # Ctrl-C as in a terminal. A parent started in the background (`cmd &` in a script, as a suite run by a
-        # background job is) hands its children an ignored SIGINT; replay rightly leaves that ignored (nohup), so
-        # the step's Ctrl-C was lost and the test failed "at random" - only when run from such a parent.
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        TERMINAL_SIGINT  # Ctrl-C as in a terminal, whatever this test run's parent did with SIGINT
+        + "import sys\n"
         "from lorawizard.core import steps\n"
         "steps.STEP_FUNCTIONS['env'] = 'tests.fake_steps:interrupt_me'\n"
         "from lorawizard import cli\n"

@@ -30,6 +30,7 @@ from lorawizard.core.manifest import MANIFEST_FILE
 from lorawizard.core.steps import Cancelled, StepContext, StepResult
 from tests import dataset_fixtures as fx
 from tests.standin import make_train_project, standin_env
+from tests.terminal_child import lorawizard_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +44,13 @@ def _until(condition: Callable[[], object], timeout: float, what: str) -> None:
 
 
 def _start(args: list[str], folder: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`python -m lorawizard ARGS` in its own process group (as a shell starts a foreground job); output to files."""
+    """`python -m lorawizard ARGS` in its own process group (as a shell starts a foreground job, SIGINT handled
+    whatever this process inherited); output to files."""
     env = dict(env or os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "out.txt", "wb") as out, open(folder / "err.txt", "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "lorawizard", *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(lorawizard_argv(*args), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, start_new_session=True)
 
 
