@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 from lorawizard.core.steps import StepContext
-from tests.fake_nvml import fake_gpu
+from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import (
     SD3_REQUIREMENTS,
     all_requirements,
@@ -25,11 +25,9 @@ RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.8
 
 
 @pytest.fixture
-def gpus(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The NVML inventory the doctor sees (default: one RTX 3090 with a CUDA 12.8 driver)."""
-    visible = [RTX3090]
-    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=visible, problem=None, reason=None))
-    return visible
+def nvml() -> FakeNvml:
+    """The NVML the doctor is given (default: one RTX 3090 with a CUDA 12.8 driver); tests change its `gpus`."""
+    return FakeNvml([RTX3090])
 
 
 def setup(project: Path, *, torch: dict | None = {}, packages: dict | None = None, **checkout: object) -> Session:
@@ -49,9 +47,9 @@ def by_key(diagnosis: env.Examination) -> dict[str, env.Finding]:
 # ---------------------------------------------------------------- healthy
 
 
-def test_healthy_environment(project: Path, gpus: list) -> None:
+def test_healthy_environment(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
-    diagnosis = env.examine(session)
+    diagnosis = env.examine(session, nvml=nvml)
     found = by_key(diagnosis)
     assert diagnosis.ok, [f.line() for f in diagnosis.errors]
     assert found["sd_scripts"].status == "ok" and "branch sd3" in found["sd_scripts"].message
@@ -67,11 +65,11 @@ def test_healthy_environment(project: Path, gpus: list) -> None:
     assert diagnosis.check["python"]["executable"]
 
 
-def test_run_step_reports_findings_and_the_command(project: Path, gpus: list) -> None:
+def test_run_step_reports_findings_and_the_command(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     session.save()
     replay = Session.load(project / "session.toml", read_only=True)
-    result = env.run_step(StepContext(session=replay))
+    result = env.run_step(StepContext(session=replay, options={"nvml": nvml}))
     assert result.ok and result.summary.startswith("environment ready")
     assert any(line.startswith("✓ sd-scripts: ") for line in result.details)
     assert "training command (dataset config not written yet):" in result.details
@@ -80,19 +78,19 @@ def test_run_step_reports_findings_and_the_command(project: Path, gpus: list) ->
     assert (project / ".lorawizard" / "manual-run" / "accelerate.yaml").is_file()
 
 
-def test_command_is_written_when_the_dataset_exists(project: Path, gpus: list) -> None:
+def test_command_is_written_when_the_dataset_exists(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     (project / "dataset" / "1024x1024").mkdir(parents=True)
     (project / "dataset" / "1024x1024" / "0001.png").write_bytes(b"png")
-    diagnosis = env.examine(session)
+    diagnosis = env.examine(session, nvml=nvml)
     assert diagnosis.command_files_written
     assert (project / ".lorawizard" / "manual-run" / "dataset_config.toml").is_file()
 
 
-def test_bad_extra_args_are_an_error_finding(project: Path, gpus: list) -> None:
+def test_bad_extra_args_are_an_error_finding(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     session.set("train.extra_args", ["--no_such_option"])
-    found = by_key(env.examine(session))
+    found = by_key(env.examine(session, nvml=nvml))
     assert found["command"].status == "error"
     assert "unknown sd-scripts option --no_such_option" in found["command"].message
 
@@ -100,8 +98,8 @@ def test_bad_extra_args_are_an_error_finding(project: Path, gpus: list) -> None:
 # ---------------------------------------------------------------- sd-scripts
 
 
-def test_no_sd_scripts_anywhere(project: Path, gpus: list) -> None:
-    diagnosis = env.examine(Session.new(project / "session.toml"))
+def test_no_sd_scripts_anywhere(project: Path, nvml: FakeNvml) -> None:
+    diagnosis = env.examine(Session.new(project / "session.toml"), nvml=nvml)
     found = by_key(diagnosis)
     assert found["sd_scripts"].status == "error" and found["sd_scripts"].action == "clone"
     assert found["sd_scripts"].commands[0][:5] == ["git", "clone", "--progress", "--branch", "main"]
@@ -110,59 +108,59 @@ def test_no_sd_scripts_anywhere(project: Path, gpus: list) -> None:
     assert not diagnosis.ok
 
 
-def test_found_in_home_and_recorded(project: Path, gpus: list, isolated_home: Path) -> None:
+def test_found_in_home_and_recorded(project: Path, nvml: FakeNvml, isolated_home: Path) -> None:
     sd = make_checkout(isolated_home / "sd-scripts", git_branch=None)
     session = Session.new(project / "session.toml")
     session.save()
     replay = Session.load(project / "session.toml", read_only=True)
-    ctx = StepContext(session=replay)
+    ctx = StepContext(session=replay, options={"nvml": nvml})
     env.run_step(ctx)
     assert ctx.decisions["paths.sd_scripts"] == str(sd)
     assert (project / "session.toml").read_text() == session.to_text()  # the user's file is untouched
 
 
-def test_not_a_checkout(project: Path, gpus: list) -> None:
+def test_not_a_checkout(project: Path, nvml: FakeNvml) -> None:
     folder = project / "photos"
     folder.mkdir()
     (folder / "a.jpg").write_bytes(b"x")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(folder))
-    found = by_key(env.examine(session))["sd_scripts"]
+    found = by_key(env.examine(session, nvml=nvml))["sd_scripts"]
     assert found.status == "error" and "is not a kohya-ss/sd-scripts checkout" in found.message
     assert found.action is None  # we never clone into someone's folder
 
 
-def test_sd_scripts_path_is_a_file(project: Path, gpus: list) -> None:
+def test_sd_scripts_path_is_a_file(project: Path, nvml: FakeNvml) -> None:
     (project / "sd").write_text("x")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(project / "sd"))
-    assert "is a file, not a folder" in by_key(env.examine(session))["sd_scripts"].message
+    assert "is a file, not a folder" in by_key(env.examine(session, nvml=nvml))["sd_scripts"].message
 
 
-def test_missing_sd_scripts_path_offers_a_clone_there(project: Path, gpus: list) -> None:
+def test_missing_sd_scripts_path_offers_a_clone_there(project: Path, nvml: FakeNvml) -> None:
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(project / "later"))
-    found = by_key(env.examine(session))["sd_scripts"]
+    found = by_key(env.examine(session, nvml=nvml))["sd_scripts"]
     assert found.action == "clone" and found.commands[0][-1] == str(project / "later")
 
 
-def test_old_main_without_flux(project: Path, gpus: list) -> None:
+def test_old_main_without_flux(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, flux=False, git_branch="main")
-    found = by_key(env.examine(session))["sd_scripts"]
+    found = by_key(env.examine(session, nvml=nvml))["sd_scripts"]
     assert found.status == "error" and "no flux_train_network.py" in found.message and "v0.10.0" in found.message
 
 
-def test_fork_and_export_are_warnings(project: Path, gpus: list) -> None:
+def test_fork_and_export_are_warnings(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, remote="https://github.com/someone/sd-scripts-fork.git")
-    assert by_key(env.examine(session, imports=False))["sd_scripts"].status == "warning"
+    assert by_key(env.examine(session, imports=False, nvml=nvml))["sd_scripts"].status == "warning"
     other = project / "other"
     other.mkdir()
     session = setup(other, git_branch=None)
-    found = by_key(env.examine(session, imports=False))["sd_scripts"]
+    found = by_key(env.examine(session, imports=False, nvml=nvml))["sd_scripts"]
     assert found.status == "warning" and "not a git clone" in found.fix
 
 
-def test_git_details_without_the_git_binary(project: Path, gpus: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_git_details_without_the_git_binary(project: Path, nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = make_checkout(project / "sd", git_branch="sd3")
     monkeypatch.setattr(env.checkout.shutil, "which", lambda name: None)
     info = env.inspect_checkout(sd)
@@ -173,21 +171,21 @@ def test_git_details_without_the_git_binary(project: Path, gpus: list, monkeypat
 # ---------------------------------------------------------------- the trainer's Python
 
 
-def test_python_missing_offers_the_venv(project: Path, gpus: list) -> None:
+def test_python_missing_offers_the_venv(project: Path, nvml: FakeNvml) -> None:
     sd = make_checkout(project / "sd-scripts")
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(sd))
-    found = by_key(env.examine(session))["python"]
+    found = by_key(env.examine(session, nvml=nvml))["python"]
     assert found.status == "error" and found.action == "venv"
     assert found.commands[0][1:] == ["-m", "venv", str(sd / ".venv")]
 
 
-def test_plain_venv_folder_is_found_and_recorded(project: Path, gpus: list) -> None:
+def test_plain_venv_folder_is_found_and_recorded(project: Path, nvml: FakeNvml) -> None:
     sd = make_checkout(project / "sd-scripts")
     make_fake_python(sd / "venv" / "bin" / "python", make_site(project / "site", torch={}, packages=all_requirements()))
     session = Session.new(project / "session.toml")
     session.set("paths.sd_scripts", str(sd))
-    ctx = StepContext(session=session)
+    ctx = StepContext(session=session, options={"nvml": nvml})
     result = env.run_step(ctx)
     assert result.ok
     assert session.get("paths.python") == str(sd / "venv" / "bin" / "python")
@@ -202,24 +200,24 @@ def test_plain_venv_folder_is_found_and_recorded(project: Path, gpus: list) -> N
         ("garbage", "does not run: Exec format error"),
     ],
 )
-def test_python_that_does_not_run(project: Path, gpus: list, kind: str, message: str) -> None:
+def test_python_that_does_not_run(project: Path, nvml: FakeNvml, kind: str, message: str) -> None:
     session = setup(project)
     python = session.paths.python
     make_broken_python(python, kind)
-    found = by_key(env.examine(session))["python"]
+    found = by_key(env.examine(session, nvml=nvml))["python"]
     assert found.status == "error" and message in found.message
 
 
-def test_check_that_hangs_is_stopped(project: Path, gpus: list) -> None:
+def test_check_that_hangs_is_stopped(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     make_broken_python(session.paths.python, "hang")
     started = time.monotonic()
-    found = by_key(env.examine(session, timeout=0.5))["python"]
+    found = by_key(env.examine(session, timeout=0.5, nvml=nvml))["python"]
     assert time.monotonic() - started < 5
     assert "did not finish within 0.5 s (hung?)" in found.message
 
 
-def test_old_python_is_an_error(project: Path, gpus: list) -> None:
+def test_old_python_is_an_error(project: Path, nvml: FakeNvml) -> None:
     finding = env.doctor._python_findings({"python": {"version": "3.9.18", "version_info": [3, 9, 18], "venv": True}})[0]
     assert finding.status == "error" and finding.action == "venv"
     assert env.doctor._python_findings({"python": {"version_info": [3, 13, 1]}})[0].status == "warning"
@@ -228,66 +226,64 @@ def test_old_python_is_an_error(project: Path, gpus: list) -> None:
 # ---------------------------------------------------------------- torch, CUDA, driver
 
 
-def test_torch_missing_gives_the_wheel_for_the_driver(project: Path, gpus: list) -> None:
+def test_torch_missing_gives_the_wheel_for_the_driver(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, torch=None)
-    found = by_key(env.examine(session))["torch"]
+    found = by_key(env.examine(session, nvml=nvml))["torch"]
     assert found.status == "error" and found.message == "not installed" and found.action == "install"
     assert found.commands == [[str(session.paths.python), "-m", "pip", "install", "torch==2.8.0", "torchvision==0.23.0",
                                "--index-url", "https://download.pytorch.org/whl/cu128"]]
 
 
-def test_torch_too_new_for_the_driver(project: Path, gpus: list) -> None:
-    gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4")
+def test_torch_too_new_for_the_driver(project: Path, nvml: FakeNvml) -> None:
+    nvml.gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4")
     session = setup(project, torch={"version": "2.14.1+cu130", "cuda": "13.0"})
-    found = by_key(env.examine(session))["torch"]
+    found = by_key(env.examine(session, nvml=nvml))["torch"]
     assert found.status == "error" and "needs a newer driver: this one supports CUDA 12.4" in found.message
     assert found.commands[0][-1] == "https://download.pytorch.org/whl/cu124" and "torch==2.6.0" in found.commands[0]
 
 
-def test_cpu_only_torch_with_a_gpu(project: Path, gpus: list) -> None:
+def test_cpu_only_torch_with_a_gpu(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, torch={"version": "2.6.0+cpu", "cuda": None, "available": False, "devices": []})
-    found = by_key(env.examine(session))["torch"]
+    found = by_key(env.examine(session, nvml=nvml))["torch"]
     assert found.status == "error" and "CPU-only build" in found.message and found.commands
 
 
-def test_old_torch(project: Path, gpus: list) -> None:
+def test_old_torch(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, torch={"version": "2.1.2+cu118", "cuda": "11.8"})
-    found = by_key(env.examine(session))["torch"]
+    found = by_key(env.examine(session, nvml=nvml))["torch"]
     assert found.status == "error" and "needs 2.6.0 or later" in found.message
 
 
-def test_torch_that_does_not_import(project: Path, gpus: list) -> None:
+def test_torch_that_does_not_import(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, torch={"import_error": "libcudnn.so.9: cannot open shared object file"})
-    found = by_key(env.examine(session))["torch"]
+    found = by_key(env.examine(session, nvml=nvml))["torch"]
     assert found.status == "error" and "does not import: ImportError: libcudnn.so.9" in found.message
 
 
-def test_cuda_not_available_says_why(project: Path, gpus: list) -> None:
+def test_cuda_not_available_says_why(project: Path, nvml: FakeNvml) -> None:
     warning = "The NVIDIA driver on your system is too old (found version 12040)."
     session = setup(project, torch={"available": False, "devices": [], "warning": warning})
-    found = by_key(env.examine(session))["cuda"]
+    found = by_key(env.examine(session, nvml=nvml))["cuda"]
     assert found.status == "error" and warning in found.message
 
 
-def test_no_kernels_for_a_new_gpu(project: Path, gpus: list) -> None:
-    gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 5090", 32.0, cuda_driver_version="12.8")
+def test_no_kernels_for_a_new_gpu(project: Path, nvml: FakeNvml) -> None:
+    nvml.gpus[0] = fake_gpu(0, "NVIDIA GeForce RTX 5090", 32.0, cuda_driver_version="12.8")
     session = setup(project, torch={"devices": [{"name": "NVIDIA GeForce RTX 5090", "capability": [12, 0],
                                                   "memory_total": 32 * 1024**3}]})
-    found = by_key(env.examine(session))["cuda"]
+    found = by_key(env.examine(session, nvml=nvml))["cuda"]
     assert found.status == "error" and "no kernels for NVIDIA GeForce RTX 5090 (sm_120)" in found.message
     assert "cu128" in found.commands[0][-1]
 
 
-def test_no_bf16_is_a_warning(project: Path, gpus: list) -> None:
+def test_no_bf16_is_a_warning(project: Path, nvml: FakeNvml) -> None:
     session = setup(project, torch={"bf16": False, "devices": [{"name": "Tesla V100", "capability": [7, 0], "memory_total": 1}]})
-    assert by_key(env.examine(session))["cuda"].status == "warning"
+    assert by_key(env.examine(session, nvml=nvml))["cuda"].status == "warning"
 
 
-def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(
-        gpus=[], problem="no NVIDIA GPU visible — probing and training need one", reason="NVIDIA driver not installed"))
+def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path) -> None:
     session = setup(project, torch={"available": False, "devices": []})
-    diagnosis = env.examine(session)
+    diagnosis = env.examine(session, nvml=FakeNvml(problem="NVIDIA driver not installed"))
     found = by_key(diagnosis)
     assert found["gpu"].status == "warning" and "no NVIDIA GPU visible" in found["gpu"].message
     assert "NVIDIA driver not installed" in found["gpu"].message
@@ -295,26 +291,29 @@ def test_no_gpu_is_a_clear_finding_not_a_crash(project: Path, monkeypatch: pytes
     assert diagnosis.ok  # the other steps still work
 
 
-def test_nvml_blowing_up_is_a_finding(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: 1 / 0)
-    found = by_key(env.examine(setup(project), imports=False))["gpu"]
+def test_nvml_blowing_up_is_a_finding(project: Path) -> None:
+    class Broken(FakeNvml):
+        def read_gpus(self) -> list:
+            return [1 / 0]
+
+    found = by_key(env.examine(setup(project), imports=False, nvml=Broken()))["gpu"]
     assert found.status == "warning" and "no NVIDIA GPU visible" in found.message
 
 
-def test_chosen_gpu_gone(project: Path, gpus: list) -> None:
+def test_chosen_gpu_gone(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     session.set("gpu.uuid", "GPU-gone")
-    assert "GPU-gone is not present" in by_key(env.examine(session, imports=False))["gpu"].message
+    assert "GPU-gone is not present" in by_key(env.examine(session, imports=False, nvml=nvml))["gpu"].message
 
 
-def test_every_gpu_of_several_is_checked(project: Path, gpus: list) -> None:
+def test_every_gpu_of_several_is_checked(project: Path, nvml: FakeNvml) -> None:
     """`[gpu] uuids` (several GPUs): the environment step names the ones that are gone, not only `gpu.uuid`."""
     session = setup(project)
     session.set("gpu.uuids", [RTX3090.uuid, "GPU-gone-2"])
-    found = by_key(env.examine(session, imports=False))["gpu"]
+    found = by_key(env.examine(session, imports=False, nvml=nvml))["gpu"]
     assert found.status == "warning" and "1 of the 2 chosen GPUs: GPU-gone-2 not present" in found.message
-    gpus.append(SimpleNamespace(**{**vars(RTX3090), "uuid": "GPU-gone-2"}))
-    found = by_key(env.examine(session, imports=False))["gpu"]
+    nvml.gpus.append(replace(RTX3090, uuid="GPU-gone-2"))
+    found = by_key(env.examine(session, imports=False, nvml=nvml))["gpu"]
     assert found.status == "ok" and "(2 chosen)" in found.message
 
 
@@ -340,38 +339,38 @@ def test_parse_versions() -> None:
 # ---------------------------------------------------------------- accelerate and requirements
 
 
-def test_missing_requirements(project: Path, gpus: list) -> None:
+def test_missing_requirements(project: Path, nvml: FakeNvml) -> None:
     packages = all_requirements()
     del packages["accelerate"], packages["voluptuous"]
-    found = by_key(env.examine(setup(project, packages=packages)))
+    found = by_key(env.examine(setup(project, packages=packages), nvml=nvml))
     assert found["accelerate"].status == "error"
     assert found["requirements"].status == "error" and "2 missing: accelerate, voluptuous" in found["requirements"].message
     assert found["requirements"].commands[0][-4:] == ["install", "--upgrade", "-r", "requirements.txt"]
 
 
-def test_requirement_that_does_not_import(project: Path, gpus: list) -> None:
+def test_requirement_that_does_not_import(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
     (project / "site" / "voluptuous" / "__init__.py").write_text("raise RuntimeError('broken wheel')\n")
-    found = by_key(env.examine(session))["requirements"]
+    found = by_key(env.examine(session, nvml=nvml))["requirements"]
     assert found.status == "error" and "does not import: voluptuous: RuntimeError: broken wheel" in found.message
 
 
-def test_version_mismatch_is_a_warning(project: Path, gpus: list) -> None:
+def test_version_mismatch_is_a_warning(project: Path, nvml: FakeNvml) -> None:
     packages = all_requirements()
     packages["transformers"] = "4.40.0"
-    found = by_key(env.examine(setup(project, packages=packages)))["requirements"]
+    found = by_key(env.examine(setup(project, packages=packages), nvml=nvml))["requirements"]
     assert found.status == "warning" and "transformers 4.40.0 (wants 4.54.1)" in found.message
 
 
-def test_requirements_file_parsing_in_the_check(project: Path, gpus: list) -> None:
+def test_requirements_file_parsing_in_the_check(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
-    packages = env.examine(session, imports=False).check["requirements"]["packages"]
+    packages = env.examine(session, imports=False, nvml=nvml).check["requirements"]["packages"]
     names = {p["name"]: p for p in packages}
     assert set(names) == set(all_requirements(SD3_REQUIREMENTS))
     assert names["opencv-python"]["module"] == "cv2" and names["diffusers"]["want"] == "0.32.1"
 
 
-def test_replay_env_reports_a_missing_python_as_a_finding(project: Path, gpus: list) -> None:
+def test_replay_env_reports_a_missing_python_as_a_finding(project: Path, nvml: FakeNvml) -> None:
     import io
 
     from lorawizard.headless import EXIT_STEP_FAILED, replay
@@ -380,6 +379,6 @@ def test_replay_env_reports_a_missing_python_as_a_finding(project: Path, gpus: l
     session.set("paths.python", str(project / "no" / "python"))
     session.save()
     out, err = io.StringIO(), io.StringIO()
-    code = replay(project / "session.toml", ["env"], out=out, err=err, tty=False)
+    code = replay(project / "session.toml", ["env"], out=out, err=err, tty=False, options={"env": {"nvml": nvml}})
     assert code == EXIT_STEP_FAILED
     assert f"✗ trainer Python: {project / 'no' / 'python'} does not exist" in out.getvalue()

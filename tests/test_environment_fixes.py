@@ -7,23 +7,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext
-from tests.fake_nvml import fake_gpu
+from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import git, make_checkout, make_fake_python, make_site
 
 WEIRD = "we ird $x `y`;'q'&"
 
 
-@pytest.fixture(autouse=True)
-def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpu = fake_gpu(0, "NVIDIA GeForce RTX 4090", 24.0, cuda_driver_version="12.4")
-    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
+# the GPUs every check and fix here is given: one RTX 4090 whose driver runs CUDA 12.4
+ONE_GPU = FakeNvml([fake_gpu(0, "NVIDIA GeForce RTX 4090", 24.0, cuda_driver_version="12.4")])
 
 
 @pytest.fixture
@@ -70,7 +67,7 @@ def test_clone_chosen_branch_streams_and_logs(project: Path, bare_repo: str) -> 
 
 def test_clone_into_home_records_the_path(project: Path, bare_repo: str, isolated_home: Path) -> None:
     session = new_session(project)
-    ctx = StepContext(session=session, options={"fix": "clone", "branch": "sd3", "url": bare_repo, "check_timeout": 30})
+    ctx = StepContext(session=session, options={"nvml": ONE_GPU, "fix": "clone", "branch": "sd3", "url": bare_repo, "check_timeout": 30})
     result = env.run_step(ctx)
     assert session.get("paths.sd_scripts") == str(isolated_home / "sd-scripts")
     assert result.details[0].startswith("✓ cloned sd-scripts sd3")
@@ -161,15 +158,15 @@ def venv_without_packages(project: Path) -> Session:
 
 def test_install_torch_for_the_driver_then_requirements(project: Path, online: None) -> None:
     session = venv_without_packages(project)
-    assert not env.examine(session, imports=False).ok
+    assert not env.examine(session, imports=False, nvml=ONE_GPU).ok
     lines: list[str] = []
-    result = env.run_fix(session, "install", log=lines.append)
+    result = env.run_fix(session, "install", log=lines.append, nvml=ONE_GPU)
     assert result.ok, result.summary
     assert result.commands[0][-1] == "https://download.pytorch.org/whl/cu124"  # the driver says CUDA 12.4
     assert result.commands[1][-4:] == ["install", "--upgrade", "-r", "requirements.txt"]
     assert "install 1/2: install torch 2.6.0 (cu124)" in lines and "Collecting torch==2.6.0" in lines
     assert "  50%" in lines  # pip's \r progress arrives as separate lines
-    diagnosis = env.examine(session)
+    diagnosis = env.examine(session, nvml=ONE_GPU)
     assert diagnosis.ok, [f.line() for f in diagnosis.errors]
     assert "2.6.0+cu124" in {f.key: f for f in diagnosis.findings}["torch"].message
 
@@ -178,7 +175,7 @@ def test_install_failing_halfway_keeps_the_log_and_can_be_retried(project: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     session = venv_without_packages(project)
     monkeypatch.setenv("FAKE_PIP_FAIL", "diffusers")
-    result = env.run_fix(session, "install")
+    result = env.run_fix(session, "install", nvml=ONE_GPU)
     assert not result.ok
     assert "install sd-scripts' requirements failed (exit 1) at step 2/2" in result.summary
     assert "No matching distribution found for diffusers[torch]==0.32.1" in result.summary
@@ -186,21 +183,21 @@ def test_install_failing_halfway_keeps_the_log_and_can_be_retried(project: Path,
     log = result.log_path.read_text()
     assert "Collecting torch==2.6.0" in log and "Successfully installed torch==2.6.0" in log and "ERROR" in log
     monkeypatch.delenv("FAKE_PIP_FAIL")
-    retry = env.run_fix(session, "install")
+    retry = env.run_fix(session, "install", nvml=ONE_GPU)
     assert retry.ok and len(retry.commands) == 1  # torch is fine now: only the requirements again
 
 
 def test_install_network_error_says_so(project: Path, online: None, monkeypatch: pytest.MonkeyPatch) -> None:
     session = venv_without_packages(project)
     monkeypatch.setenv("FAKE_PIP_OFFLINE", "1")
-    result = env.run_fix(session, "install")
+    result = env.run_fix(session, "install", nvml=ONE_GPU)
     assert not result.ok and result.offline and "no network? run by hand: cd " in result.summary
 
 
 def test_install_offline_shows_the_commands(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     session = venv_without_packages(project)
     monkeypatch.setenv("LORAWIZARD_OFFLINE", "1")
-    result = env.run_fix(session, "install")
+    result = env.run_fix(session, "install", nvml=ONE_GPU)
     assert not result.ok and result.offline
     assert "no network (download.pytorch.org unreachable): run by hand: cd " in result.summary
     assert "pip install torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124" in result.summary
@@ -208,7 +205,7 @@ def test_install_offline_shows_the_commands(project: Path, monkeypatch: pytest.M
 
 def test_dry_run_changes_nothing(project: Path) -> None:
     session = venv_without_packages(project)
-    ctx = StepContext(session=session, dry_run=True, options={"fix": "install"})
+    ctx = StepContext(session=session, dry_run=True, options={"nvml": ONE_GPU, "fix": "install"})
     result = env.run_step(ctx)
     assert result.details[0].startswith("✓ would run: cd ")
     assert not (project / ".lorawizard" / "logs").exists()

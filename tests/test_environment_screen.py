@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from textual.widgets import Log
@@ -13,14 +13,16 @@ from lorawizard.core.steps import environment as env
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.environment import EnvironmentScreen
-from tests.fake_nvml import fake_gpu
+from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import canned_check, git, make_canned_python, make_checkout
 
 
-@pytest.fixture(autouse=True)
-def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpu = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
-    monkeypatch.setattr(env.doctor, "gpu_inventory", lambda: SimpleNamespace(gpus=[gpu], problem=None, reason=None))
+RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
+
+
+def env_app(session: Session, **options: Any) -> LoraWizardApp:
+    """The wizard on the Environment screen; its checks and fixes see one RTX 3090 (a fake NVML)."""
+    return LoraWizardApp(session, start_step="env", step_options={"env": {"nvml": FakeNvml([RTX3090]), **options}})
 
 
 def fixed_project(name: str) -> Path:
@@ -58,25 +60,25 @@ async def wait_idle(pilot, until=lambda: True) -> None:  # noqa: ANN001
 
 
 def test_snapshot_findings_80x24(snap_compare) -> None:
-    app = LoraWizardApp(needs_torch_fix(fixed_project("80")), start_step="env")
+    app = env_app(needs_torch_fix(fixed_project("80")))
     assert snap_compare(app, terminal_size=(80, 24), run_before=check)
 
 
 def test_snapshot_findings_120x40(snap_compare) -> None:
-    app = LoraWizardApp(needs_torch_fix(fixed_project("120")), start_step="env")
+    app = env_app(needs_torch_fix(fixed_project("120")))
     assert snap_compare(app, terminal_size=(120, 40), run_before=check)
 
 
 def test_snapshot_nothing_set_up_120x40(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
     project = fixed_project("empty")
     monkeypatch.setenv("HOME", str(project.parent / "home"))
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     assert snap_compare(app, terminal_size=(120, 40), run_before=check)
 
 
 async def test_check_shows_findings_and_the_command(project: Path) -> None:
     session = needs_torch_fix(project)
-    app = LoraWizardApp(session, start_step="env")
+    app = env_app(session)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, EnvironmentScreen)
@@ -97,7 +99,7 @@ async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, 
     upstream = make_checkout(tmp_path / "upstream", git_branch="main", remote=None)
     bare = tmp_path / "sd.git"
     git("clone", "-q", "--bare", str(upstream), str(bare), cwd=tmp_path)
-    app = LoraWizardApp(Session.open_project(project), start_step="env", step_options={"env": {"url": bare.as_uri()}})
+    app = env_app(Session.open_project(project), url=bare.as_uri())
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         app.screen.set_focus(None)
@@ -116,7 +118,7 @@ async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, 
 
 async def test_offline_fix_says_so(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAWIZARD_OFFLINE", "1")
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         app.screen.set_focus(None)
@@ -127,7 +129,7 @@ async def test_offline_fix_says_so(project: Path, monkeypatch: pytest.MonkeyPatc
 
 
 async def test_a_letter_never_clones_without_a_yes(project: Path, isolated_home: Path) -> None:
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         for key in ("c", "v", "i"):
@@ -141,7 +143,7 @@ async def test_a_letter_never_clones_without_a_yes(project: Path, isolated_home:
 
 
 async def test_enter_in_a_field_runs_the_check_and_no_sd_scripts_leads(project: Path) -> None:
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         app.screen.query_one("#set-paths-python").focus()
@@ -159,7 +161,7 @@ async def test_a_found_venv_is_no_longer_shown_once_another_sd_scripts_is_typed(
     <typed>/.venv/bin/python does not exist."""
     sd = make_checkout(isolated_home / "sd-scripts", git_branch=None)
     make_canned_python(sd / ".venv" / "bin" / "python", canned_check(sd_scripts=sd))
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         python_field = app.screen.query_one("#set-paths-python")
@@ -175,7 +177,7 @@ async def test_a_found_venv_is_no_longer_shown_once_another_sd_scripts_is_typed(
 async def test_a_path_typed_outside_the_fields_goes_into_the_sd_scripts_field(project: Path) -> None:
     """QA: the screen says "type another path below"; a person types /srv/kohya/sd-scripts right away. Nothing is
     focused, so the letters ran the screen's keys (c asked to clone, y copied the command, a q would quit)."""
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert not app.screen.in_text_field()
@@ -199,7 +201,7 @@ async def test_finding_labels_never_run_into_their_values_at_80x24(project: Path
     findings = [env.Finding("python", "ok", "trainer Python", "Python 3.10.14 at ~/sd-scripts/.venv/bin/python"),
                 env.Finding("command", "warning", "dataset config", "not written yet", fix="run the dataset step"),
                 env.Finding("other", "error", long_title, "and its value")]
-    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    app = env_app(Session.open_project(project))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         app.screen._show_findings(findings)

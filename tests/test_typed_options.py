@@ -1,4 +1,4 @@
-"""Step options are typed end to end: a misspelt option key is a mypy error wherever options are built."""
+"""Step options are typed end to end: a misspelt option key or state word is a mypy error wherever options are built."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = '''
 from lorawizard.core.session import Session
 from lorawizard.core.steps import OptionsByStep, StepContext
+from lorawizard.core.steps.environment import EnvOptions
+from lorawizard.core.steps.models import ModelsOptions
 from lorawizard.core.steps.probe import ProbeOptions
 
 
@@ -27,6 +29,10 @@ def build(session: Session) -> None:
     bad: ProbeOptions = {"reprobe": True, "max_batch": "4"}  # BAD 2: wrong value type
     by_step: OptionsByStep = {"probe": {"reprobe": True}, "train": {"detach": True}}  # fine
     wrong_step: OptionsByStep = {"train": {"reprobe": True}}  # BAD 3: reprobe is the probe step's
+    fix: EnvOptions = {"fix": "install"}  # fine
+    no_fix: EnvOptions = {"fix": "reboot"}  # BAD 4: not a fix
+    find: ModelsOptions = {"action": "find"}  # fine
+    no_action: ModelsOptions = {"action": "fetch"}  # BAD 5: not a models action
 '''
 
 
@@ -42,7 +48,8 @@ def test_mypy_rejects_a_wrong_option_key_and_accepts_the_right_ones(tmp_path: Pa
     lines = textwrap.dedent(SNIPPET).splitlines()
     flagged = {lines[int(line.split(":")[1]) - 1].split("# ")[-1] for line in errors}
     assert flagged == {"BAD 1: no step has this key", "BAD 2: wrong value type",
-                       "BAD 3: reprobe is the probe step's"}, result.stdout + result.stderr
+                       "BAD 3: reprobe is the probe step's", "BAD 4: not a fix",
+                       "BAD 5: not a models action"}, result.stdout + result.stderr
 
 
 def test_replay_gives_each_step_only_its_own_options() -> None:

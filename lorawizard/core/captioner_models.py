@@ -209,7 +209,7 @@ def after_model_files(ctx: StepContext, result: StepResult) -> StepResult:
     _notify(ctx, _row(state))
     if not ctx.session.get("captions.auto"):
         return result
-    action = str(cast("ModelsOptions", ctx.options).get("action", "download"))
+    action = cast("ModelsOptions", ctx.options).get("action", "download")
     if state.ready or not result.ok or action == "find" or ctx.dry_run:
         verb = "would download" if ctx.dry_run and not state.ready else ""
         result.details.append(f"{verb} {state.line()}".strip())

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import tomlkit
 from tomlkit.items import Item, Table
@@ -41,6 +41,9 @@ from lorawizard.core.fsutil import atomic_write_text
 from lorawizard.core.session import (
     BUCKET_RE, FORBIDDEN_CHARS, INT64_MAX, INT64_MIN, Session, name_problem, parse_bucket,
 )
+
+if TYPE_CHECKING:
+    from lorawizard.core.gpu import NvmlAdapter
 
 TRAIN_SCRIPT = "flux_train_network.py"
 LAUNCH_MODULE = "accelerate.commands.launch"
@@ -498,10 +501,12 @@ def build_train_command(
     overrides: Mapping[str, Any] | None = None,
     resume: Path | str | None = None,
     launch: Any = None,
+    nvml: NvmlAdapter | None = None,
 ) -> TrainCommand:
     """`python -m accelerate.commands.launch --config_file CFG … <sd_scripts>/flux_train_network.py <options>`.
 
-    `launch` (core.multigpu.Launch) says which GPUs and how many processes; by default the session's choice.
+    `launch` (core.multigpu.Launch) says which GPUs and how many processes; by default the session's choice, checked
+    with `nvml` (None: the process-wide adapter).
     Raises CommandError (one line) when sd-scripts or its Python is not known, or an option is wrong.
     """
     paths = session.paths
@@ -509,7 +514,7 @@ def build_train_command(
         raise CommandError("paths.sd_scripts is not set: run the environment step to find or clone sd-scripts")
     if paths.python is None:
         raise CommandError("paths.python is not set: run the environment step to find or create the trainer's Python")
-    launch = launch if launch is not None else plan_launch(session)
+    launch = launch if launch is not None else plan_launch(session, nvml=nvml)
     extra_launch = {k: v for k, v in launch.options().items()
                     if k not in parse_extra_args(session.get("train.extra_args")) and k not in (overrides or {})}
     options = trainer_options(

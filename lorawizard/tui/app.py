@@ -50,7 +50,7 @@ class LoraWizardApp(App[None]):
         super().__init__()
         self.session = session
         self.start_step = start_step
-        # extra options per step for its runs (tests pass their doubles here: a trial runner, a clone URL)
+        # extra options per step for its runs (tests pass their doubles here: a trial runner, a fake NVML, a clone URL)
         self.step_options: OptionsByStep = step_options.copy() if step_options else {}
         self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
         states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}

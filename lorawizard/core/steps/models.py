@@ -151,10 +151,14 @@ class _Plan:
     contact_notes: dict[str, str] = field(default_factory=dict)  # role → why its metadata is unknown (gated, …)
 
 
+# "download" (the default), "find" (look and verify only), "captioner" (the captioner's folder)
+ModelsAction = Literal["download", "find", "captioner"]
+
+
 class ModelsOptions(TypedDict, total=False):
     """What the models step reads from `ctx.options` (all optional)."""
 
-    action: str  # "download" (default), "find" (look and verify only), "captioner" (the captioner's folder)
+    action: ModelsAction
     on_state: Callable[[RoleState], None]  # each row's change (the Models screen)
     rows_only: bool  # per-file progress only in the rows, not as progress events
 
@@ -175,7 +179,7 @@ def run_step(ctx: StepContext) -> StepResult:
 def _model_files_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     preset = catalog.preset(preset_name(session))
-    action = str(_options(ctx).get("action", "download"))
+    action = _options(ctx).get("action", "download")
     rows = _Rows(_options(ctx).get("on_state") or (lambda state: None))
     plan = _Plan(session, {f.role: f for f in preset.files}, load_metadata(session),
                  HashCache(state_file(session, HASH_CACHE_FILE)), rows, ctx)

@@ -136,7 +136,8 @@ class EnvironmentScreen(StepScreen):
         from lorawizard.core.command import CommandError
 
         try:
-            command = core_env.preview_command(wizard_app(self).session)
+            app = wizard_app(self)
+            command = core_env.preview_command(app.session, app.step_options.get("env", {}).get("nvml"))
         except CommandError as exc:
             if self._guessed and not wizard_app(self).session.is_set("paths.sd_scripts"):
                 self._set_command(None, "shown once the check (Enter) has kept the sd-scripts found")
@@ -231,6 +232,8 @@ class EnvironmentScreen(StepScreen):
 
     def action_fix(self, action: str) -> None:
         """A fix installs or clones: it asks first (a stray letter must never start one)."""
+        if not core_env.is_fix(action):  # the bindings c, v and i name one each
+            return
         if self.runner.running:
             self.notify("busy: wait for the current check or fix, or press Esc", severity="warning")
             return
@@ -238,16 +241,16 @@ class EnvironmentScreen(StepScreen):
 
         branch = str(self.query_one("#branch", Select).value)
         session = self.session
-        questions = {
+        questions: dict[core_env.FixAction, str] = {
             "clone": f"Clone kohya-ss/sd-scripts (branch {branch}) into {display_path(core_env.default_clone_target(session))}?",
             "venv": "Create the trainer's Python environment (a venv inside sd-scripts)?",
             "install": "Install torch for your driver and sd-scripts' requirements into the trainer's Python?",
         }
-        self.app.push_screen(ConfirmScreen(questions.get(action, f"Run the fix {action!r}?"),
+        self.app.push_screen(ConfirmScreen(questions[action],
                                            "This downloads and writes files; it can take minutes."),
                              lambda yes: self._run_fix(action, branch) if yes else None)
 
-    def _run_fix(self, action: str, branch: str) -> None:
+    def _run_fix(self, action: core_env.FixAction, branch: str) -> None:
         self._fixing = True
         options: core_env.EnvOptions = {**wizard_app(self).step_options.get("env", {}), "fix": action, "branch": branch}
         self.runner.start(options)

@@ -20,7 +20,7 @@ from textual.widgets import Input, Label
 from lorawizard.core import catalog
 from lorawizard.core.model_files import model_file_problem
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
-from lorawizard.core.steps.models import TOKENIZER_ROLE, ModelsOptions, RoleState, add_search_folder
+from lorawizard.core.steps.models import TOKENIZER_ROLE, ModelsAction, ModelsOptions, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -117,7 +117,7 @@ class ModelsScreen(StepScreen):
         super().__init__()
         self.rows: dict[str, RoleState] = {}
         self.asking: str | None = None
-        self._next: str | None = None  # an action to start once the running one finishes
+        self._next: ModelsAction | None = None  # an action to start once the running one finishes
         self._preset: str | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -173,7 +173,7 @@ class ModelsScreen(StepScreen):
 
     # -- running the step
 
-    def _start(self, action: str) -> None:
+    def _start(self, action: ModelsAction) -> None:
         if self.runner.running:
             self._next = action if action != "find" else self._next
             self.notify("busy: the current run finishes first" if action == "find" else f"{action} starts next")

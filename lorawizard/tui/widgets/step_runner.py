@@ -17,7 +17,7 @@ from textual.worker import get_current_worker
 
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session_store import SessionStore
-from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step, options_for
 from lorawizard.tui.messages import SessionSaveFailed, StepFinished, StepLog, StepProgress
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.wrap_log import WrapLog
@@ -53,7 +53,8 @@ class StepRunner(Vertical):
         return self.cancel_event is not None
 
     def start(self, options: StepOptions | None = None) -> None:
-        """Run the step in a worker with `options`: the step's own TypedDict (e.g. `ProbeOptions`), checked by mypy."""
+        """Run the step in a worker with `options`: the step's own TypedDict (e.g. `ProbeOptions`), checked by mypy;
+        None: the App's `step_options` for this step (tests pass doubles there), else none."""
         if self.running:
             return
         self.cancel_event = threading.Event()
@@ -61,7 +62,9 @@ class StepRunner(Vertical):
         self.query_one(Log).display = True
         self.query_one(ProgressBar).display = True
         self.query_one(".runner-status", Label).update(f"{self.step}: starting…")
-        self._run(self.cancel_event, options if options is not None else {})
+        if options is None:
+            options = options_for(wizard_app(self).step_options, self.step)
+        self._run(self.cancel_event, options)
 
     def cancel(self) -> None:
         if self.cancel_event is not None:

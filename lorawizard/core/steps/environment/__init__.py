@@ -5,7 +5,7 @@ accelerate, requirements — one module per concern:
 - `checkout`: where sd-scripts is, its branch and commit, whether it trains FLUX;
 - `trainer_python`: the trainer's Python (venv) and the check run inside it (`trainer_side/check_environment.py`
   by path with a time limit, JSON out: torch is only ever imported there);
-- `torch_wheels`: NVML's inventory, CUDA/torch versions, the torch wheel a driver can run;
+- `torch_wheels`: CUDA/torch versions, the torch wheel a driver can run;
 - `doctor`: `examine(session)`, every check in order turned into findings, and the training command's preview;
 - `fixes`: `run_fix(session, action)`, the one-key fixes (clone, venv, install) streamed to a log file under
   `.lorawizard/logs/`; without network a fix says so and shows the commands. No subprocess goes through a shell.
@@ -25,25 +25,28 @@ from lorawizard.core.steps.environment.checkout import (
 from lorawizard.core.steps.environment.doctor import (
     examine, preview_command, preview_output_dir, preview_run_dir, safe_inventory,
 )
-from lorawizard.core.steps.environment.findings import STATUS_MARKS, Examination, Finding, FindingStatus
+from lorawizard.core.steps.environment.findings import (
+    STATUS_MARKS, Examination, Finding, FindingStatus, FixAction,
+)
 from lorawizard.core.steps.environment.fixes import (
-    FIXES, FixResult, fix_log_path, network_ok, pip_configured, run_fix, run_streamed,
+    FIXES, FixResult, fix_log_path, is_fix, network_ok, pip_configured, run_fix, run_streamed,
 )
 from lorawizard.core.steps.environment.torch_wheels import (
-    MIN_TORCH, NO_DRIVER_WHEEL, TORCH_WHEELS, TorchWheel, gpu_inventory, parse_cuda_version, parse_torch_version,
+    MIN_TORCH, NO_DRIVER_WHEEL, TORCH_WHEELS, TorchWheel, parse_cuda_version, parse_torch_version,
     torch_wheel_for,
 )
 from lorawizard.core.steps.environment.trainer_python import (
     CHECK_MARKER, CHECK_SCRIPT, CHECK_TIMEOUT_S, CheckRun, base_python_for_venv, find_python, requirements_argv,
     run_trainer_check, venv_argv, venv_dir_of, venv_python,
 )
+from lorawizard.core.gpu import NvmlAdapter
 from lorawizard.core.steps import StepContext, StepResult
 
 __all__ = [
-    "BRANCHES", "CHECK_MARKER", "CHECK_SCRIPT", "CHECK_TIMEOUT_S", "COMMON_PLACES", "DEFAULT_BRANCH", "FIXES",
+    "BRANCHES", "CHECK_MARKER", "CHECK_SCRIPT", "CHECK_TIMEOUT_S", "COMMON_PLACES", "DEFAULT_BRANCH", "FIXES", "FixAction",
     "MIN_TORCH", "NO_DRIVER_WHEEL", "SD_SCRIPTS_URL", "STATUS_MARKS", "TORCH_WHEELS", "CheckRun", "Checkout",
     "Examination", "Finding", "FindingStatus", "FixResult", "TorchWheel", "base_python_for_venv", "clone_argv",
-    "default_clone_target", "examine", "find_python", "find_sd_scripts", "fix_log_path", "gpu_inventory",
+    "default_clone_target", "examine", "find_python", "find_sd_scripts", "fix_log_path", "is_fix",
     "inspect_checkout", "network_ok", "parse_cuda_version", "parse_torch_version", "pip_configured",
     "preview_command", "preview_output_dir", "preview_run_dir", "requirements_argv", "run_fix", "run_step",
     "run_streamed", "run_trainer_check", "safe_inventory", "torch_wheel_for", "venv_argv", "venv_dir_of",
@@ -54,11 +57,12 @@ __all__ = [
 class EnvOptions(TypedDict, total=False):
     """What the env step reads from `ctx.options` (all optional)."""
 
-    fix: str  # one of FIXES, performed before the diagnosis
+    fix: FixAction  # performed before the diagnosis
     branch: str  # clone: sd-scripts branch
     url: str  # clone: repository (tests: a local bare repository)
     with_pip: bool  # venv: with pip (default)
     check_timeout: float  # seconds for the check in the trainer's Python
+    nvml: NvmlAdapter  # the GPUs' adapter (tests: a fake NVML, tests/fake_nvml.py)
 
 
 def _options(ctx: StepContext) -> EnvOptions:
@@ -73,16 +77,17 @@ def run_step(ctx: StepContext) -> StepResult:
     fix = _options(ctx).get("fix")
     if fix:
         result = run_fix(
-            session, str(fix), branch=str(_options(ctx).get("branch") or DEFAULT_BRANCH),
+            session, fix, branch=str(_options(ctx).get("branch") or DEFAULT_BRANCH),
             url=str(_options(ctx).get("url") or SD_SCRIPTS_URL), log=ctx.log, progress=ctx.progress,
             cancel=ctx.cancel, record=ctx.record, with_pip=bool(_options(ctx).get("with_pip", True)), dry_run=ctx.dry_run,
+            nvml=_options(ctx).get("nvml"),
         )
         data["fix"] = result
         details.append(("✓ " if result.ok else "✗ ") + result.summary)
         if not result.ok:
             return StepResult(False, result.summary, details, data)
     diagnosis = examine(session, cancel=ctx.cancel, progress=ctx.progress,
-                         timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)))
+                         timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)), nvml=_options(ctx).get("nvml"))
     if diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts"):
         if inspect_checkout(diagnosis.sd_scripts).has_flux:
             ctx.record("paths.sd_scripts", str(diagnosis.sd_scripts))

@@ -13,15 +13,16 @@ from lorawizard.core.command import TRAIN_SCRIPT
 from lorawizard.core.steps.environment.checkout import (
     Checkout, clone_argv, default_clone_target, find_sd_scripts, inspect_checkout,
 )
-from lorawizard.core.steps.environment.findings import Examination, Finding
+from lorawizard.core.steps.environment.findings import Examination, Finding, FixAction
 from lorawizard.core.steps.environment.torch_wheels import (
-    MIN_TORCH, TorchWheel, arch_supported, gpu_inventory, parse_cuda_version, parse_torch_version, torch_wheel_for,
+    MIN_TORCH, TorchWheel, arch_supported, parse_cuda_version, parse_torch_version, torch_wheel_for,
 )
 from lorawizard.core.steps.environment.trainer_python import (
     CHECK_TIMEOUT_S, CheckRun, find_python, requirements_argv, run_trainer_check, venv_argv, venv_dir_of,
 )
 from lorawizard.core.fsutil import display_path
-from lorawizard.core.gpu import NO_GPU, Inventory
+from lorawizard.core import gpu as gpu_module
+from lorawizard.core.gpu import NO_GPU, Inventory, NvmlAdapter
 from lorawizard.core.progress import ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled
@@ -35,8 +36,10 @@ def examine(
     timeout: float = CHECK_TIMEOUT_S,
     imports: bool = True,
     preview_command: bool = True,
+    nvml: NvmlAdapter | None = None,
 ) -> Examination:
-    """Every check, in order; never raises for bad input (each problem becomes a finding)."""
+    """Every check, in order; never raises for bad input (each problem becomes a finding). `nvml`: the GPUs' adapter
+    (None: the process-wide one; tests pass a fake)."""
     meter = ProgressMeter(progress, "env", "checking", 5, "checks")
     findings: list[Finding] = []
     diagnosis = Examination(findings)
@@ -55,7 +58,7 @@ def examine(
     tick("sd-scripts")
 
     # 2. GPUs and driver (NVML)
-    inventory = safe_inventory()
+    inventory = safe_inventory(nvml)
     gpus = list(getattr(inventory, "gpus", []) or [])
     findings.append(_gpu_finding(session, inventory, gpus))
     driver_cuda = next((parse_cuda_version(g.cuda_driver_version) for g in gpus if g.cuda_driver_version), None)
@@ -94,14 +97,15 @@ def examine(
     # 5. models, tokenizers and the command
     findings.extend(_model_findings(session))
     if preview_command:
-        _preview_command(session, diagnosis)
+        _preview_command(session, diagnosis, nvml)
     meter.finish()
     return diagnosis
 
 
-def safe_inventory() -> Inventory:
+def safe_inventory(nvml: NvmlAdapter | None = None) -> Inventory:
+    """NVML's inventory (core.gpu.inventory); any failure of NVML is an inventory without GPUs, never a crash."""
     try:
-        return gpu_inventory()
+        return gpu_module.inventory(nvml)
     except Exception as exc:  # noqa: BLE001 - NVML problems are findings, never crashes
         return Inventory(gpus=[], problem=NO_GPU, reason=str(exc))
 
@@ -189,7 +193,7 @@ class _WheelFix:
         return f"install {self.text}" if self.wheel else otherwise
 
     @property
-    def action(self) -> str | None:
+    def action(self) -> FixAction | None:
         return "install" if self.wheel else None
 
 
@@ -335,25 +339,28 @@ def preview_output_dir(session: Session) -> Path:
     return session.paths.runs / "manual"
 
 
-def preview_command(session: Session) -> Any:
-    """The exact command the preview shows (nothing is written). Raises core.command.CommandError."""
+def preview_command(session: Session, nvml: NvmlAdapter | None = None) -> Any:
+    """The exact command the preview shows (nothing is written). Raises core.command.CommandError. `nvml`: the
+    adapter several chosen GPUs are checked with (None: the process-wide one)."""
     from lorawizard.core import command as command_module
 
     run_dir, output = preview_run_dir(session), preview_output_dir(session)
     return command_module.build_train_command(
         session, dataset_config=run_dir / command_module.DATASET_CONFIG_NAME,
         accelerate_config=run_dir / command_module.ACCELERATE_CONFIG_NAME, output_dir=output, logging_dir=output / "logs",
+        nvml=nvml,
     )
 
 
-def _preview_command(session: Session, diagnosis: Examination) -> None:
+def _preview_command(session: Session, diagnosis: Examination, nvml: NvmlAdapter | None) -> None:
     """Build the exact training command; write its two config files under .lorawizard/manual-run/ when possible."""
     from lorawizard.core import command as command_module
 
     run_dir = preview_run_dir(session)
     try:
-        diagnosis.command = preview_command(session)
-        command_module.write_accelerate_config(session, run_dir / command_module.ACCELERATE_CONFIG_NAME)
+        diagnosis.command = preview_command(session, nvml)
+        command_module.write_accelerate_config(session, run_dir / command_module.ACCELERATE_CONFIG_NAME,
+                                               command_module.plan_launch(session, nvml=nvml))
         try:
             command_module.write_dataset_config(session, run_dir / command_module.DATASET_CONFIG_NAME)
             diagnosis.command_files_written = True

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 FindingStatus = Literal["ok", "warning", "error"]
+FixAction = Literal["clone", "venv", "install"]  # a one-key fix (EnvOptions.fix, Finding.action, the screen's c/v/i)
 STATUS_MARKS = {"ok": "✓", "warning": "!", "error": "✗"}
 
 
@@ -22,7 +23,7 @@ class Finding:
     message: str  # one line
     fix: str = ""  # what to do, one line
     commands: list[list[str]] = field(default_factory=list)  # to run by hand (argv lists; shown shell-quoted)
-    action: str | None = None  # the one-key fix that solves it: "clone" | "venv" | "install"
+    action: FixAction | None = None  # the one-key fix that solves it
 
     def line(self) -> str:
         text = f"{STATUS_MARKS[self.status]} {self.title}: {self.message}"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast, get_args
 from urllib.parse import urlparse
 
 from lorawizard.core.command import TRAIN_SCRIPT
@@ -25,16 +25,18 @@ from lorawizard.core.steps.environment.checkout import (
     DEFAULT_BRANCH, SD_SCRIPTS_URL, clone_argv, default_clone_target, find_sd_scripts, inspect_checkout,
 )
 from lorawizard.core.steps.environment.doctor import safe_inventory, torch_findings
+from lorawizard.core.steps.environment.findings import FixAction
 from lorawizard.core.steps.environment.torch_wheels import parse_cuda_version, torch_wheel_for
 from lorawizard.core.steps.environment.trainer_python import (
     find_python, requirements_argv, run_trainer_check, venv_argv, venv_dir_of,
 )
 from lorawizard.core.procs import kill_process_group
+from lorawizard.core.gpu import NvmlAdapter
 from lorawizard.core.progress import LogCallback, ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled
 
-FIXES = ("clone", "venv", "install")
+FIXES: tuple[FixAction, ...] = get_args(FixAction)
 
 
 @dataclass
@@ -151,9 +153,14 @@ def run_streamed(
 _PERCENT = re.compile(r"(\d{1,3})% \(")
 
 
+def is_fix(word: str) -> TypeGuard[FixAction]:
+    """Whether `word` names a one-key fix (a Textual action's argument, a word from outside)."""
+    return word in FIXES
+
+
 def run_fix(
     session: Session,
-    action: str,
+    action: FixAction,
     *,
     branch: str = DEFAULT_BRANCH,
     url: str = SD_SCRIPTS_URL,
@@ -163,19 +170,21 @@ def run_fix(
     record: Callable[[str, Any], None] | None = None,
     with_pip: bool = True,
     dry_run: bool = False,
+    nvml: NvmlAdapter | None = None,
 ) -> FixResult:
     """Perform one fix: "clone" (sd-scripts, chosen branch), "venv" (the trainer's venv), "install" (torch + requirements).
 
     Never raises for expected failures (no network, pip failing halfway, an existing folder): the result says what
-    happened, where the log is, and which commands to run by hand. `record(key, value)` stores paths it decided.
+    happened, where the log is, and which commands to run by hand. `record(key, value)` stores paths it decided;
+    `nvml`: the GPUs' adapter install reads the driver from (None: the process-wide one).
     """
-    if action not in FIXES:
+    if not is_fix(action):  # a caller mypy does not check (a test, a word from outside)
         return FixResult(False, f"unknown fix {action!r} (fixes: {', '.join(FIXES)})")
     if action == "clone":
         return _fix_clone(session, branch, url, log, progress, cancel, record, dry_run)
     if action == "venv":
         return _fix_venv(session, log, progress, cancel, record, with_pip, dry_run)
-    return _fix_install(session, log, progress, cancel, dry_run)
+    return _fix_install(session, log, progress, cancel, dry_run, nvml)
 
 
 def _manual(commands: list[list[str]], cwd: Path | None = None) -> str:
@@ -287,7 +296,7 @@ def _fix_venv(session: Session, log: LogCallback, progress: ProgressCallback, ca
 
 
 def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback, cancel: threading.Event | None,
-                 dry_run: bool) -> FixResult:
+                 dry_run: bool, nvml: NvmlAdapter | None) -> FixResult:
     sd_scripts = find_sd_scripts(session)
     python = find_python(session, sd_scripts)
     if sd_scripts is None or not (sd_scripts / "requirements.txt").is_file():
@@ -297,7 +306,7 @@ def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback,
     # torch first (the wheel for this driver), so the requirements never pull a default torch from PyPI
     check = run_trainer_check(python, sd_scripts, imports=False, cancel=cancel)
     steps: list[tuple[str, list[str], Path | None]] = []
-    inventory = safe_inventory()
+    inventory = safe_inventory(nvml)
     gpus = list(getattr(inventory, "gpus", []) or [])
     driver_cuda = next((parse_cuda_version(g.cuda_driver_version) for g in gpus if g.cuda_driver_version), None)
     torch_ok = False

@@ -1,5 +1,5 @@
-"""GPU, driver and the torch wheel: NVML's inventory, CUDA and torch version parsing, and which torch wheel a
-driver (and a GPU architecture) can run."""
+"""GPU, driver and the torch wheel: CUDA and torch version parsing, and which torch wheel a driver (and a GPU
+architecture) can run."""
 
 from __future__ import annotations
 
@@ -8,15 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core import gpu as gpu_module
-from lorawizard.core.gpu import Inventory
-
 MIN_TORCH = (2, 6)  # sd-scripts README: "PyTorch 2.6.0 or later is required"
-
-
-def gpu_inventory() -> Inventory:
-    """core.gpu.inventory() (NVML behind the GPU step's adapter). Tests replace this function."""
-    return gpu_module.inventory()
 
 
 def parse_cuda_version(value: Any) -> tuple[int, int] | None:
