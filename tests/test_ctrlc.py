@@ -14,10 +14,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,16 +30,9 @@ from lorawizard.core.steps import Cancelled, StepContext, StepResult
 from tests import dataset_fixtures as fx
 from tests.standin import make_train_project, standin_env
 from tests.terminal_child import lorawizard_argv
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _start(args: list[str], folder: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -108,14 +100,14 @@ def test_ctrl_c_during_train_stops_the_whole_run_and_exits_130(tmp_path: Path, r
     logs = tmp_path / "replay"
     child = _start(["--replay", str(session.path), "--steps", "train"], logs, standin_env(STEP_SECONDS=0.05))
     reaper.append(child.pid)
-    _until(lambda: b"epoch 1/200" in _log(session.paths.runs), 20, "training to begin")
+    until(lambda: b"epoch 1/200" in _log(session.paths.runs), 20, "training to begin")
     record = runs.list_runs(session.paths.runs)[0]
     reaper.append(record.pid)  # the run's own session: pgid == the supervisor's pid
     assert _group(record.pid), "the run should be going"
 
     os.killpg(child.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
     assert child.wait(30) == 130, _text(logs, "err.txt")
-    _until(lambda: not _group(record.pid), 10, "the run's process group to be gone")  # (replay already waited)
+    until(lambda: not _group(record.pid), 10, "the run's process group to be gone")  # (replay already waited)
     out = _text(logs, "out.txt")
     assert f"run {record.run_id} stopped (SIGINT)" in out and "train: interrupted" in out
     assert record.reload().status() == "stopped"
@@ -165,7 +157,7 @@ def test_ctrl_c_while_following_a_detached_run_leaves_it_running(tmp_path: Path,
     logs = tmp_path / "follow"
     follower = _start([str(session.project_dir), "--follow"], logs, env)
     reaper.append(follower.pid)
-    _until(lambda: "Ctrl-C leaves it running" in _text(logs, "out.txt"), 20, "--follow to start")
+    until(lambda: "Ctrl-C leaves it running" in _text(logs, "out.txt"), 20, "--follow to start")
     os.killpg(follower.pid, signal.SIGINT)
     assert follower.wait(20) == 130
     assert "the run goes on" in _text(logs, "out.txt")
@@ -191,7 +183,7 @@ def _dataset_replay(tmp_path: Path, photos: Path, reaper: list[int]) -> tuple[su
     dataset = tmp_path / "project" / "dataset"
     child = _start(["--replay", str(session), "--steps", "dataset"], tmp_path / "replay")
     reaper.append(child.pid)
-    _until(lambda: any(dataset.rglob("*.png")), 30, "the first prepared image")
+    until(lambda: any(dataset.rglob("*.png")), 30, "the first prepared image")
     children = psutil.Process(child.pid).children(recursive=True)
     assert any("multiprocessing" in " ".join(p.cmdline()) for p in children), "the step should use a process pool"
     return child, dataset, children
@@ -209,14 +201,14 @@ def test_ctrl_c_during_the_dataset_step_shuts_the_pool_down_cleanly(tmp_path: Pa
     manifest = json.loads((dataset / MANIFEST_FILE).read_text())  # the step's own cleanup ran before the exit:
     assert not manifest["complete"] and {r["output"] for r in manifest["images"]} == written  # it kept all it made
     assert not [p for p in (tmp_path / "project").rglob("*") if p.name.endswith(".tmp")]
-    _until(lambda: not _living(children), 5, "the pool's processes to end")
+    until(lambda: not _living(children), 5, "the pool's processes to end")
 
 
 def test_kill_9_of_replay_leaves_no_pool_worker(tmp_path: Path, photos: Path, reaper: list[int]) -> None:
     child, _, children = _dataset_replay(tmp_path, photos, reaper)
     child.kill()  # replay only: its workers must notice on their own
     child.wait(10)
-    _until(lambda: not _living(children), 5, "the pool workers to notice their parent is gone")
+    until(lambda: not _living(children), 5, "the pool workers to notice their parent is gone")
 
 
 # ---------------------------------------------------------------- the wait itself

@@ -17,17 +17,7 @@ from lorawizard.core.runs import RunRecord
 from lorawizard.core.steps.training import RunFollower, plan_run, start_run
 from lorawizard.headless import replay
 from tests.standin import make_train_project
-
-
-def _wait(record: RunRecord, timeout: float = 30) -> RunFollower:
-    follower = RunFollower(record)
-    deadline = time.monotonic() + timeout
-    while record.is_alive():
-        follower.poll()
-        assert time.monotonic() < deadline, "run did not end"
-        time.sleep(0.05)
-    follower.finish()
-    return follower
+from tests.waiting import follow_to_end
 
 
 def _start(session, resume: bool = False, **env: object) -> RunRecord:
@@ -99,7 +89,7 @@ def test_standin_writes_real_sample_names_and_the_gallery_reads_them(tmp_path: P
     session.set("train.samples.prompts", AWKWARD[:2])
     session.set("train.samples.every_n_epochs", 1)
     record = _start(session, STEP_SECONDS=0.01)
-    assert _wait(record).state.model_saved
+    assert follow_to_end(record).state.model_saved
     names = sorted(p.name for p in (record.dir / "sample").iterdir())
     assert len(names) == 8 and names[0].startswith("tiny_e000000_00_") and names[0].endswith("_42.png")
     # foreign and half-written files are skipped
@@ -148,7 +138,7 @@ def test_stop_loses_only_the_steps_since_the_last_step_state(tmp_path: Path) -> 
     session.paths.state.mkdir(parents=True, exist_ok=True)
     (session.paths.state / "probe.json").write_text(json.dumps({"buckets": {"512x512": {"s_per_step": 20.0}}}))
     first = _start(session, STEP_SECONDS=0.01, KILL_AT_STEP=12)  # a state every 3 steps; killed at step 12
-    _wait(first)
+    follow_to_end(first)
     folders = sorted(p.name for p in first.dir.iterdir() if p.name.endswith("-state"))
     # step states pruned to the newest two (3 was removed); the epoch state stays
     assert folders == ["tiny-000001-state", "tiny-step00000006-state", "tiny-step00000009-state"]
@@ -156,7 +146,7 @@ def test_stop_loses_only_the_steps_since_the_last_step_state(tmp_path: Path) -> 
     assert (state.step, state.epoch) == (9, 2)
     plan = plan_run(session, resume=True)
     assert (plan.base_step, plan.base_epoch) == (9, 1)
-    resumed = _wait(start_run(session, plan)).state
+    resumed = follow_to_end(start_run(session, plan)).state
     assert resumed.model_saved and resumed.step == 16 and resumed.losses.points[0][0] == 10  # nothing redone
     again = runs.newest_state(session.paths.runs)
     assert again.step == 16  # the end state of the resumed run, counted absolutely
@@ -184,7 +174,7 @@ def test_keep_epoch_copies_the_lora_with_a_sidecar(tmp_path: Path) -> None:
     session = make_train_project(tmp_path, epochs=3)
     session.set("dataset.trigger", "zkq")
     session.set("train.samples.every_n_epochs", 1)
-    _wait(_start(session, STEP_SECONDS=0.01))
+    follow_to_end(_start(session, STEP_SECONDS=0.01))
     kept = keep.keep_epoch(session, 2)
     assert kept.lora == session.project_dir / "loras" / "tiny-e2.safetensors" and kept.lora.stat().st_size == 3154356
     umask = os.umask(0o022)
@@ -233,7 +223,7 @@ def test_on_finish_runs_once_with_the_run_in_its_environment(tmp_path: Path) -> 
         f"open({str(seen)!r}, 'a').write(json.dumps({{k: os.environ.get(k) for k in "
         "('LORAWIZARD_RUN_STATUS', 'LORAWIZARD_RUN_DIR', 'LORAWIZARD_LORA')}) + '\\n')\n")))
     record = _start(session, STEP_SECONDS=0.01)
-    _wait(record)
+    follow_to_end(record)
     deadline = time.monotonic() + 10
     while "on_finish" not in (record.exit_info() or {}):
         assert time.monotonic() < deadline
@@ -291,7 +281,7 @@ def test_status_follow_stop_resume_exit_codes(tmp_path: Path, monkeypatch: pytes
     assert out.getvalue().startswith("stopped · ") and "ETA" not in out.getvalue()  # QA: it said "ETA 2:48"
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 1  # no state before epoch 1 ...
-    _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # ... now there is one (epoch 1)
+    follow_to_end(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # ... now there is one (epoch 1)
     assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 0
     assert main([str(project), "--status"]) == 0 and main([str(project), "--follow"]) == 0
     out = io.StringIO()
@@ -327,7 +317,7 @@ def test_a_fresh_run_stopped_before_its_first_state_is_not_called_resumable(tmp_
 
     session = make_train_project(tmp_path / "my loras", epochs=2, batch_size=1)  # 4 steps per epoch
     project = session.project_dir
-    _wait(_start(session, STEP_SECONDS=0.01))  # finished: its last state is at epoch 2 of 2
+    follow_to_end(_start(session, STEP_SECONDS=0.01))  # finished: its last state is at epoch 2 of 2
     record = _start(session, STEP_SECONDS=0.2, HANG_AT_STEP=2)
     deadline = time.monotonic() + 20
     while _wait_step(record) < 1:
@@ -341,7 +331,7 @@ def test_a_fresh_run_stopped_before_its_first_state_is_not_called_resumable(tmp_
     assert "resumable" not in out.getvalue() and "saved no state" in out.getvalue(), out.getvalue()
     assert main(["--replay", str(session.path), "--steps", "train", "--resume"]) == 1  # as both said
 
-    _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # a state at epoch 1, then it dies
+    follow_to_end(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # a state at epoch 1, then it dies
     out = io.StringIO()
     assert runctl.status(project, out) == 1
     assert f"resumable: lorawizard --replay '{session.path}' --steps train --resume" in out.getvalue(), out.getvalue()

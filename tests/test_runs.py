@@ -17,19 +17,9 @@ from lorawizard.core.diagnosis import diagnose
 from lorawizard.core.runs import RunRecord
 from lorawizard.core.steps.training import RunFollower, plan_run, start_run
 from tests.standin import make_train_project
+from tests.waiting import follow_to_end
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _wait(record: RunRecord, timeout: float = 30) -> RunFollower:
-    follower = RunFollower(record)
-    deadline = time.monotonic() + timeout
-    while record.is_alive():
-        follower.poll()
-        assert time.monotonic() < deadline, "run did not end"
-        time.sleep(0.05)
-    follower.finish()
-    return follower
 
 
 def _start(session, **env: object) -> RunRecord:
@@ -49,7 +39,7 @@ def test_launch_detached_and_follow_to_the_end(tmp_path: Path) -> None:
     assert saved["pid"] == record.pid and saved["create_time"] > 0 and "version = 1" in saved["session_text"]
     assert saved["argv"][1:3] == ["-m", "accelerate.commands.launch"] and saved["env"]["PYTHONUNBUFFERED"] == "1"
     assert os.getpgid(record.pid) == record.pid  # its own session/process group: the wizard's signals never reach it
-    follower = _wait(record)
+    follower = follow_to_end(record)
     state = follower.state
     assert state.model_saved and (state.step, state.total_steps, state.epoch, state.epochs) == (6, 6, 3, 3)
     assert [Path(p).name for p in state.checkpoints] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny.safetensors"]
@@ -79,7 +69,7 @@ def test_reattach_after_the_wizard_process_is_killed(tmp_path: Path) -> None:
     wizard.wait()
     live = runs.live_run(session.paths.runs)
     assert live is not None and live.run_id == run_id and live.status() == "running"
-    follower = _wait(live)
+    follower = follow_to_end(live)
     assert follower.state.model_saved and live.status() == "finished"
     assert runs.live_run(session.paths.runs) is None
 
@@ -87,7 +77,7 @@ def test_reattach_after_the_wizard_process_is_killed(tmp_path: Path) -> None:
 def test_pid_reuse_is_never_taken_for_the_run(tmp_path: Path) -> None:
     session = make_train_project(tmp_path)
     record = _start(session, STEP_SECONDS=0.01)
-    _wait(record)
+    follow_to_end(record)
     # pretend the recorded pid now belongs to another live process (ours), with its own create time
     forged = RunRecord.load(record.dir)
     forged.pid = os.getpid()
@@ -124,7 +114,7 @@ def test_stop_escalates(tmp_path: Path, env: dict, expected: str) -> None:
 def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
     session = make_train_project(tmp_path, epochs=4)  # 2 steps per epoch, 8 steps
     first = _start(session, STEP_SECONDS=0.01, KILL_AT_STEP=6)  # killed during epoch 3, states after epochs 1, 2
-    follower = _wait(first)
+    follower = follow_to_end(first)
     assert follower.diagnosis(alive=False).kind == "host_oom"
     state = runs.newest_state(session.paths.runs)
     assert (state.epoch, state.step) == (2, 4)
@@ -134,7 +124,7 @@ def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
     argv = plan.command.argv
     # the absolute step, with the batches of a partly trained epoch skipped (sd-scripts' --skip_until_initial_step)
     assert "--resume" in argv and argv[argv.index("--initial_step") + 1] == "4" and "--skip_until_initial_step" in argv
-    resumed = _wait(start_run(session, plan)).state
+    resumed = follow_to_end(start_run(session, plan)).state
     # sd-scripts' bar stopped at 4/8; the dashboard counts 8/8 and epoch 4/4
     assert resumed.model_saved and (resumed.step, resumed.total_steps, resumed.epoch) == (8, 8, 4)
     assert resumed.losses.points[0][0] == 5
@@ -150,7 +140,7 @@ def test_resume_after_a_finished_run_says_there_is_nothing_left(tmp_path: Path) 
     from lorawizard.core.steps import StepFailed
 
     session = make_train_project(tmp_path, epochs=2)  # 2 steps per epoch
-    finished = _wait(_start(session, STEP_SECONDS=0.01))
+    finished = follow_to_end(_start(session, STEP_SECONDS=0.01))
     assert finished.state.model_saved and runs.newest_state(session.paths.runs).epoch == 2
     with pytest.raises(StepFailed, match="nothing to resume: .* already at epoch 2 of train.max_train_epochs = 2"):
         plan_run(session, resume=True)
@@ -164,11 +154,11 @@ def test_resume_continues_the_run_started_last_not_an_older_one_further_on(tmp_p
     """A finished run (4 steps), then a fresh run killed at step 3 (a state at step 2): r resumes the fresh run, the
     one a person just watched, although the finished run's end state has the higher step."""
     session = make_train_project(tmp_path, epochs=2)  # 2 steps per epoch, a state every epoch
-    old = _wait(_start(session, STEP_SECONDS=0.01))
+    old = follow_to_end(_start(session, STEP_SECONDS=0.01))
     assert old.state.model_saved
     session.set("train.max_train_epochs", 4)
     fresh = _start(session, STEP_SECONDS=0.01, KILL_AT_STEP=3)
-    _wait(fresh)
+    follow_to_end(fresh)
     newest = runs.newest_state(session.paths.runs)
     assert (newest.run_id, newest.step) == (fresh.run_id, 2)
     plan = plan_run(session, resume=True)
@@ -178,7 +168,7 @@ def test_resume_continues_the_run_started_last_not_an_older_one_further_on(tmp_p
 def _diagnose_run(tmp_path: Path, session=None, **env: object):
     session = session or make_train_project(tmp_path)
     record = _start(session, STEP_SECONDS=0.01, **env)
-    follower = _wait(record)
+    follower = follow_to_end(record)
     return follower.diagnosis(alive=False), follower.state, record
 
 
@@ -220,21 +210,21 @@ def test_diagnosis_stalled_while_alive() -> None:
 def test_second_resume_starts_at_the_right_epoch(tmp_path: Path) -> None:
     """A state written by a resumed run records sd-scripts' within-run step; we pass the absolute one."""
     session = make_train_project(tmp_path, epochs=4)  # 2 steps per epoch, 8 in all
-    _wait(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # states after epochs 1 and 2 (step 4)
+    follow_to_end(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # states after epochs 1 and 2 (step 4)
     os.environ.update(STANDIN_STEP_SECONDS="0.01", STANDIN_KILL_AT_STEP="3")
     try:  # resumed at step 4: epoch 3 (its state records within-run step 2), killed in epoch 4
         second = start_run(session, plan_run(session, resume=True))
     finally:
         os.environ.pop("STANDIN_STEP_SECONDS")
         os.environ.pop("STANDIN_KILL_AT_STEP")
-    _wait(second)
+    follow_to_end(second)
     newest = runs.newest_state(session.paths.runs)
     assert (newest.path.parent, newest.epoch, newest.step) == (second.dir, 3, 6)
     assert runs.read_state_step(newest.path) == 2  # what sd-scripts wrote
 
     plan = plan_run(session, resume=True)
     assert plan.command.argv[plan.command.argv.index("--initial_step") + 1] == "6"
-    third = _wait(start_run(session, plan)).state
+    third = follow_to_end(start_run(session, plan)).state
     assert [line.text for line in third.lines if line.text.startswith("epoch ") and "/" in line.text] == ["epoch 4/4"]
     assert third.model_saved and (third.step, third.total_steps, third.epoch) == (8, 8, 4)
 

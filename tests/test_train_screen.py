@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.widgets.loss_chart import braille_plot
 from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView
 from tests.standin import make_train_project
+from tests.waiting import pilot_until
 
 GPU = GpuInfo(0, "GPU-5a1c", "NVIDIA GeForce RTX 4090", 24_000_000_000, 21_400_000_000, 2_600_000_000,
               utilization_pct=98, temperature_c=71, power_w=341.0)
@@ -114,13 +114,6 @@ def test_braille_plot_spans_the_width_and_skips_nan() -> None:
     assert braille_plot([float("nan")], 10, 2) is None
 
 
-async def _until(pilot, predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await pilot.pause(0.1)
-
-
 async def test_start_from_the_wizard_and_watch_it_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.05")
     session = make_train_project(tmp_path, epochs=3)
@@ -128,7 +121,7 @@ async def test_start_from_the_wizard_and_watch_it_finish(tmp_path: Path, monkeyp
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+g")
         header = app.screen.query_one(TrainHeader)
-        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.status == "finished")
+        await pilot_until(pilot, lambda: getattr(header, "view", None) is not None and header.view.status == "finished")
         view = header.view
         assert (view.step, view.total_steps, view.epoch, view.epochs) == (6, 6, 3, 3)
         assert [c[0] for c in view.checkpoints] == ["tiny-000001", "tiny-000002", "tiny"]
@@ -138,7 +131,7 @@ async def test_start_from_the_wizard_and_watch_it_finish(tmp_path: Path, monkeyp
 
         from lorawizard.tui.screens.train import FullLogScreen
 
-        await _until(pilot, lambda: isinstance(app.screen, FullLogScreen) and app.screen.query_one(Log).line_count > 20)
+        await pilot_until(pilot, lambda: isinstance(app.screen, FullLogScreen) and app.screen.query_one(Log).line_count > 20)
         lines = app.screen.query_one(Log).lines
         assert "model saved." in lines and not any("\r" in line for line in lines)
         await pilot.press("escape")
@@ -151,12 +144,12 @@ async def test_reattach_to_a_live_run_and_stop_it(tmp_path: Path, monkeypatch: p
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(120, 40)) as pilot:
         header = app.screen.query_one(TrainHeader)
-        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.step >= 1)
+        await pilot_until(pilot, lambda: getattr(header, "view", None) is not None and header.view.step >= 1)
         assert header.view.status == "running" and header.view.run_id == record.run_id and header.view.procs >= 3
         await pilot.press("s")
-        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("enter")
-        await _until(pilot, lambda: header.view.status == "stopped")
+        await pilot_until(pilot, lambda: header.view.status == "stopped")
     assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
 
 
@@ -167,11 +160,11 @@ async def test_stop_asks_first_and_says_which_steps_it_loses(tmp_path: Path, mon
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(80, 24)) as pilot:
         header = app.screen.query_one(TrainHeader)
-        await _until(pilot, lambda: runs.newest_state_step(record) is not None
+        await pilot_until(pilot, lambda: runs.newest_state_step(record) is not None
                      and getattr(header, "view", None) is not None and header.view.step >= 3)
         for cancel in ("n", "escape"):
             await pilot.press("s")
-            await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             question = app.screen.question
             match = re.fullmatch(r"Stop the run at step (\d+)/120\? It resumes from the state saved at step (\d+) "
                                  r"\((\d+) steps? lost\)\.", question)
@@ -181,13 +174,13 @@ async def test_stop_asks_first_and_says_which_steps_it_loses(tmp_path: Path, mon
             seen = header.view.step
             await pilot.press(cancel)
             # nothing was stopped: the question is gone and the run goes on two more steps (a SIGINT ends it at once)
-            await _until(pilot, lambda: not isinstance(app.screen, ConfirmScreen) and header.view.step >= seen + 2)
+            await pilot_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen) and header.view.step >= seen + 2)
             assert record.is_alive() and record.reload().stop_requested is None, cancel
         assert header.view.status == "running"
         await pilot.press("s")
-        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await _until(pilot, lambda: header.view.status == "stopped")
+        await pilot_until(pilot, lambda: header.view.status == "stopped")
     assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
 
 
@@ -197,7 +190,7 @@ async def test_leaving_the_wizard_leaves_the_run_running(tmp_path: Path, monkeyp
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+g")
-        await _until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+        await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
     live = runs.live_run(session.paths.runs)
     assert live is not None and live.is_alive()
     assert runs.stop(live, int_timeout=5) == "SIGINT"
@@ -217,7 +210,7 @@ async def test_gpu_panel_reads_the_runs_gpu_through_nvml(tmp_path: Path, monkeyp
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(120, 40)) as pilot:
         header = app.screen.query_one(TrainHeader)
-        await _until(pilot, lambda: getattr(header, "view", None) is not None and header.view.gpu is not None)
+        await pilot_until(pilot, lambda: getattr(header, "view", None) is not None and header.view.gpu is not None)
         panel = app.screen.query_one(ResourcePanel)
         assert panel.border_title == "GPU 0 · RTX 4090" and "mem" in str(panel.render())
     assert runs.stop(record, int_timeout=5) == "SIGINT"

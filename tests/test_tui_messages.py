@@ -18,6 +18,7 @@ from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
+from tests.waiting import pilot_until
 
 
 @pytest.fixture
@@ -34,14 +35,6 @@ def off_thread_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(DOMNode, "query_one", query_one)
     return seen
-
-
-async def until(pilot, condition, tries: int = 200) -> None:  # noqa: ANN001
-    for _ in range(tries):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition never became true")
 
 
 def notifications(app: LoraWizardApp) -> list[str]:
@@ -73,7 +66,7 @@ async def test_token_check_reaches_the_screen_through_a_message(project: Path, m
         await pilot.press("t")
         await pilot.press(*"hf_secret", "enter")
         problem = app.screen.query_one("#model-problem", Label)
-        await until(pilot, lambda: bool(checked_on) and str(problem.render()) != "checking the token…")
+        await pilot_until(pilot, lambda: bool(checked_on) and str(problem.render()) != "checking the token…")
         if refused:
             assert "the token was refused (401)" in str(problem.render())
             assert not any("logged in" in n for n in notifications(app))
@@ -92,7 +85,7 @@ async def test_full_log_is_read_in_a_worker_and_written_by_its_handler(project: 
     app = LoraWizardApp(Session.open_project(project), start_step="train")
     async with app.run_test(size=(100, 30)) as pilot:
         await app.push_screen(FullLogScreen(log, max_lines=20))
-        await until(pilot, lambda: isinstance(app.screen, FullLogScreen) and app.screen.query_one(Log).line_count > 0)
+        await pilot_until(pilot, lambda: isinstance(app.screen, FullLogScreen) and app.screen.query_one(Log).line_count > 0)
         lines = list(app.screen.query_one(Log).lines)
         assert lines[-3:] == ["steps: 10%", "steps: 20%", "steps: 30%"]  # '\r' redraws: one line each
         assert len(lines) == 20 and lines[0] == "line 33"  # the newest max_lines
@@ -108,7 +101,7 @@ async def test_photo_scan_posts_its_progress_and_plan(tmp_path: Path, off_thread
     async with app.run_test(size=(120, 40), message_hook=posted.append) as pilot:
         screen = app.screen
         assert isinstance(screen, DatasetScreen)
-        await until(pilot, lambda: screen.plan is not None)
+        await pilot_until(pilot, lambda: screen.plan is not None)
         assert screen.table.row_count == len(screen.plan.items) > 0
     kinds = {type(m) for m in posted}
     assert ScanDone in kinds and ScanProgress in kinds
@@ -175,8 +168,7 @@ async def test_settings_form_says_saved_with_key_and_value_once_it_is_in_the_ses
         field.value = "16"
         await pilot.pause()
         app.screen.set_focus(None)  # leaving the field commits it too (not a submit)
-        await pilot.pause()
-        assert saved[-1] == ("train.network_dim", 16, False, 16)
+        await pilot_until(pilot, lambda: saved[-1] == ("train.network_dim", 16, False, 16), 10, f"Saved 16 ({saved})")
 
 
 # ---------------------------------------------------------------- step states render themselves
@@ -213,7 +205,7 @@ async def test_a_finished_step_reaches_the_app_by_bubbling(project: Path) -> Non
         await pilot.pause()
         runner = app.screen.query_one(StepRunner)
         runner.post_message(StepFinished("captions", StepResult(ok=True, summary="written")))
-        await until(pilot, lambda: app.step_states.get("captions") == "done")
+        await pilot_until(pilot, lambda: app.step_states.get("captions") == "done")
         assert "written" in str(runner.query_one(".runner-status", Label).render())
 
 
@@ -232,7 +224,7 @@ async def test_auto_caption_dialog_follows_the_forms_saved_settings(project: Pat
         before = str(shown.render())
         assert before.startswith("default instruction:")
         dialog.query_one("#set-captions-kind", Select).value = "style"
-        await until(pilot, lambda: str(shown.render()) != before)
+        await pilot_until(pilot, lambda: str(shown.render()) != before)
         assert app.session.get("captions.kind") == "style" and str(shown.render()).startswith("default instruction:")
         field = dialog.query_one("#set-captions-instruction", Input)
         field.focus()
@@ -240,7 +232,7 @@ async def test_auto_caption_dialog_follows_the_forms_saved_settings(project: Pat
         field.value = "Describe the background only."
         await pilot.pause()
         dialog.set_focus(None)
-        await until(pilot, lambda: str(shown.render()) == "(your instruction above)")
+        await pilot_until(pilot, lambda: str(shown.render()) == "(your instruction above)")
 
 
 async def test_a_long_result_line_wraps_at_80_columns(project: Path) -> None:
