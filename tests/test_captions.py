@@ -187,6 +187,34 @@ def test_bad_regex_and_empty_find_are_reasons_not_crashes() -> None:
     assert captions.apply(captions.plan_replace("(", "x", regex=True)) == []
 
 
+def test_a_prepared_bulk_change_commits_what_it_computed_and_keeps_what_changed_meanwhile() -> None:
+    """prepare (a worker) only reads; commit (the UI thread) sets the computed values; a caption typed, written or
+    re-triggered in between keeps the newer state and is recounted, never given stale flags."""
+    captions = _set(["a red coat", "a red hat", "a red car", "a red cup", None])
+    before = [(c.body, c.line, c.flags) for c in captions.items]
+    result = captions.prepare(captions.plan_replace("red", "green"))
+    assert [(c.body, c.line, c.flags) for c in captions.items] == before and captions.undo_stack == []
+    assert [file for file, _ in captions.session_changes_for(result)] == ["0", "1", "2", "3"]
+
+    captions.set_body(1, "a hat typed meanwhile")  # typed: kept
+    captions.items[2].on_disk = b"ohwx, a green car\n"  # its file was written meanwhile: recounted at commit
+    assert [file for file, _ in captions.session_changes_for(result)] == ["0", "2", "3"]
+    changed, kept = captions.commit(result)
+    assert changed == [0, 2, 3] and kept == 1
+    assert [c.body for c in captions.items] == ["a green coat", "a hat typed meanwhile", "a green car", "a green cup", None]
+    assert captions.items[0].line == "ohwx, a green coat" and captions.items[0].flags & cap.UNWRITTEN
+    assert not captions.items[2].flags & cap.UNWRITTEN  # not the flags computed for the old file
+    assert captions.filtered("missing") == [4] and captions.undo_stack[-1].changes.keys() == {0, 2, 3}
+
+    undo = captions.prepare_undo()
+    assert undo is not None and undo.undoing is captions.undo_stack[-1]
+    captions.set_trigger("sks")  # a new trigger meanwhile: the lines computed with the old one are not used
+    restored, kept = captions.commit(undo)
+    assert restored == [0, 2, 3] and kept == 0 and captions.undo_stack == []
+    assert captions.items[0].body == "a red coat" and captions.items[0].line == "sks, a red coat"
+    assert captions.prepare_undo() is None
+
+
 def test_prefix_suffix_only_where_missing_and_scoped_to_a_filter() -> None:
     captions = _set(["a coat", "film grain, a hat", None, "x"])
     plan = captions.plan_affix("film grain, ", "", indices=[0, 1, 2])

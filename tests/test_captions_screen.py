@@ -173,14 +173,14 @@ async def test_bulk_replace_preview_apply_and_undo(isolated_home: Path) -> None:
         preview = str(app.screen.query_one("#bulk-preview").render())
         assert "2 of 8 captions change" in preview and "+ a woman in a green raincoat" in preview
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await ready(pilot)  # the bulk worker computes, saves, and the screen commits
         screen = screen_of(app)
         assert "green raincoat" in (screen.captions.items[0].body or "")
         assert app.screen.query_one("#cap-editor", TextArea).text.startswith("a woman in a green raincoat")
         saved = Session.load(project / "session.toml").images()
         assert saved["IMG_0003.jpg"]["caption"] == "a close-up portrait, green lipstick, studio backdrop"
         await pilot.press("f4")
-        await pilot.pause()
+        await ready(pilot)
         saved = Session.load(project / "session.toml").images()
         assert saved["IMG_0003.jpg"]["caption"] == CAPTIONS["IMG_0003.jpg"]
         assert app.screen.query_one("#cap-editor", TextArea).text == CAPTIONS["IMG_0001.jpg"]

@@ -88,16 +88,23 @@ class TokenCounter:
         return hit
 
     def count_many(self, texts: Iterable[str]) -> list[tuple[int, int]]:
+        # The Captions screen counts on the UI thread (typing) and in a worker (a bulk change) at once: the result
+        # comes from this call's own `found`, never from a second look-up that the other thread's trim can miss.
         texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        cache = self._cache
+        found: dict[str, tuple[int, int]] = {}
+        for text in texts:
+            hit = cache.get(text)
+            if hit is not None:
+                found[text] = hit
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             for text, clip, t5 in zip(missing, self.clip_count(missing), self.t5_count(missing), strict=True):
-                self._cache[text] = (clip, t5)
-        if len(self._cache) > 200_000:  # bounded: a long editing session must not grow without end
-            keep = {t: self._cache[t] for t in texts}
-            self._cache.clear()
-            self._cache.update(keep)
-        return [self._cache[t] for t in texts]
+                found[text] = cache[text] = (clip, t5)
+        if len(cache) > 200_000:  # bounded: a long editing session must not grow without end
+            cache.clear()
+            cache.update(found)
+        return [found[t] for t in texts]
 
 
 def estimate_counter(reason: str = "tokenizers not fetched yet") -> TokenCounter:

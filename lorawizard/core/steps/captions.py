@@ -262,7 +262,24 @@ class BulkPlan:
 @dataclass
 class Undo:
     description: str
-    changes: dict[int, tuple[str | None, str]]  # index → (body before, body the bulk change set)
+    changes: dict[int, tuple[str | None, str | None]]  # index → (body before, body the bulk change set)
+
+
+@dataclass
+class BulkResult:
+    """A bulk change or its undo, computed (`CaptionSet.prepare`, `prepare_undo`) but not applied (`commit`)."""
+
+    description: str
+    undoing: Undo | None  # the bulk change this reverts (None: a new bulk change)
+    changes: dict[int, tuple[str | None, str | None]]  # index → (body it expects, body it sets)
+    derived: dict[int, tuple[str, int, int, int]]  # index → (line, clip, t5, flags) with the body it sets
+    inputs: dict[int, tuple[Any, ...]]  # index → what else `derived` was computed from (see _inputs)
+    trigger: str
+
+
+def _inputs(item: Caption) -> tuple[Any, ...]:
+    """What a caption's flags depend on besides its body and the trigger."""
+    return (item.auto, item.on_disk, item.base, item.note)
 
 
 @dataclass
@@ -310,22 +327,38 @@ class CaptionSet:
     def refresh(self, indices: Iterable[int] | None = None) -> None:
         """Recompute line, token counts and flags (of `indices`, or of everything)."""
         chosen = range(len(self.items)) if indices is None else list(indices)
-        trigger = one_line(self.trigger)
-        finder = _trigger_re(trigger) if trigger else None
-        lines = [compose(trigger, self.items[i].body) for i in chosen]
-        counts = self.counter.count_many(lines)
+        derived = self.derive(chosen, [self.items[i].body for i in chosen])
         changed = False
-        for i, line, (clip, t5) in zip(chosen, lines, counts, strict=True):
+        for i, (line, clip, t5, flags) in zip(chosen, derived, strict=True):
             item = self.items[i]
             item.line, item.clip, item.t5 = line, clip, t5
+            changed = changed or flags != item.flags
+            item.flags = flags
+        if changed:  # typing mostly keeps a caption's flags: the filter rows and counts stay valid then
+            self._derived.clear()
+
+    def derive(self, indices: Sequence[int], bodies: Sequence[str | None]) -> list[tuple[str, int, int, int]]:
+        """(line, CLIP tokens, T5 tokens, flags) of the captions at `indices` if their bodies were `bodies`.
+
+        Reads the set and changes nothing (token counts are cached by the counter), so a worker thread can
+        compute a bulk change's results while the UI thread keeps using the set.
+        """
+        trigger = one_line(self.trigger)
+        finder = _trigger_re(trigger) if trigger else None
+        lines = [compose(trigger, body) for body in bodies]
+        counts = self.counter.count_many(lines)
+        out = []
+        for i, body, line, (clip, t5) in zip(indices, bodies, lines, counts, strict=True):
+            item = self.items[i]
             flags = 0
-            if item.body is None:
+            flat = None if body is None else one_line(body)
+            if body is None:
                 flags |= MISSING
-            elif not one_line(item.body):
+            elif not flat:
                 flags |= EMPTY
-            if item.wanted_bytes != item.on_disk:
+            if ((line + "\n").encode("utf-8") if line else None) != item.on_disk:
                 flags |= UNWRITTEN
-                if not item.auto and one_line(item.body or "") != one_line(item.base or ""):
+                if not item.auto and (flat or "") != one_line(item.base or ""):
                     flags |= EDITED  # a captioner's draft is not the person's edit: it counts as auto
             if clip > CLIP_LIMIT:
                 flags |= OVER_CLIP
@@ -339,10 +372,8 @@ class CaptionSet:
                 flags |= IMPORT_NOTE
             if not flags & (MISSING | EMPTY):
                 flags |= AUTO if item.auto else REVIEWED
-            changed = changed or flags != item.flags
-            item.flags = flags
-        if changed:  # typing mostly keeps a caption's flags: the filter rows and counts stay valid then
-            self._derived.clear()
+            out.append((line, clip, t5, flags))
+        return out
 
     def read_disk(self) -> list[bytes | None]:
         """The caption files as they are now (slow part of `sync_disk`; safe in a worker thread)."""
@@ -480,26 +511,100 @@ class CaptionSet:
         """Apply a plan; it becomes the bulk change that `undo` reverts. Returns the changed indices."""
         if plan.error or not plan.changes:
             return []
-        for i, (_, new) in plan.changes.items():
-            self.items[i].body = new
-        self.refresh(plan.changes)
-        self.undo_stack.append(Undo(plan.description, dict(plan.changes)))
-        del self.undo_stack[:-20]
-        return list(plan.changes)
+        return self.commit(self.prepare(plan))[0]
 
     def undo(self) -> tuple[Undo | None, list[int], int]:
         """Revert the last bulk change. Captions edited by hand since then keep the hand edit.
 
         Returns (what was undone or None, restored indices, how many were kept because they changed since).
         """
-        if not self.undo_stack:
+        result = self.prepare_undo()
+        if result is None:
             return None, [], 0
-        last = self.undo_stack.pop()
-        restored = [i for i, (_, new) in last.changes.items() if self.items[i].body == new]
-        for i in restored:
-            self.items[i].body = last.changes[i][0]
-        self.refresh(restored)
-        return last, restored, len(last.changes) - len(restored)
+        restored, kept = self.commit(result)
+        return result.undoing, restored, kept
+
+    # A bulk change in two halves: `prepare` (or `prepare_undo`) does the slow part (new lines, token counts, flags)
+    # and only reads the set, so a worker thread runs it while the UI thread goes on; `commit`, on the UI thread,
+    # sets what was computed in one pass. A caption changed in between (typed, drafted) keeps that change.
+
+    def prepare(self, plan: BulkPlan) -> BulkResult:
+        """`plan` computed but not applied (thread-safe: reads only). `commit` applies it."""
+        changes: dict[int, tuple[str | None, str | None]] = {} if plan.error else dict(plan.changes)
+        return self._prepare(plan.description, None, changes)
+
+    def prepare_undo(self) -> BulkResult | None:
+        """The last bulk change's undo, computed but not applied (None: nothing to undo). Thread-safe: reads only."""
+        if not self.undo_stack:
+            return None
+        last = self.undo_stack[-1]
+        changes: dict[int, tuple[str | None, str | None]] = {
+            i: (new, old) for i, (old, new) in last.changes.items() if self.items[i].body == new
+        }
+        return self._prepare(last.description, last, changes)
+
+    def _prepare(self, description: str, undoing: Undo | None,
+                 changes: dict[int, tuple[str | None, str | None]]) -> BulkResult:
+        indices = list(changes)
+        inputs = [_inputs(self.items[i]) for i in indices]  # before deriving: a change meanwhile is then seen
+        derived = self.derive(indices, [changes[i][1] for i in indices])
+        return BulkResult(description, undoing, changes, dict(zip(indices, derived, strict=True)),
+                          dict(zip(indices, inputs, strict=True)), self.trigger)
+
+    def pending(self, result: BulkResult) -> list[int]:
+        """The captions of `result` that `commit` would change now (their body is still the one it expects)."""
+        return [i for i, (expected, _) in result.changes.items() if self.items[i].body == expected]
+
+    def commit(self, result: BulkResult) -> tuple[list[int], int]:
+        """Apply a prepared bulk change (or undo): one pass over the captions it changes, no recount.
+
+        A caption whose body changed since `prepare` keeps it; one whose other inputs changed (its file written,
+        its draft accepted, a new trigger) is recounted here. Returns (changed indices, how many were kept).
+        """
+        applied: list[int] = []
+        stale: list[int] = []
+        same_trigger = result.trigger == self.trigger
+        flags_changed = False
+        for i, (expected, body) in result.changes.items():
+            item = self.items[i]
+            if item.body != expected:
+                continue
+            item.body = body
+            applied.append(i)
+            if same_trigger and _inputs(item) == result.inputs[i]:
+                item.line, item.clip, item.t5, flags = result.derived[i]
+                flags_changed = flags_changed or flags != item.flags
+                item.flags = flags
+            else:
+                stale.append(i)
+        if flags_changed:
+            self._derived.clear()
+        if stale:
+            self.refresh(stale)
+        if result.undoing is None:
+            kept = len(result.changes) - len(applied)
+            if applied:
+                self.undo_stack.append(Undo(result.description, {i: result.changes[i] for i in applied}))
+                del self.undo_stack[:-20]
+        else:
+            kept = len(result.undoing.changes) - len(applied)
+            if self.undo_stack and self.undo_stack[-1] is result.undoing:
+                self.undo_stack.pop()
+        return applied, kept
+
+    def session_changes_for(self, result: BulkResult) -> list[tuple[str, dict[str, Any]]]:
+        """`Session.update_images` input for what `commit(result)` would set now (thread-safe: reads only).
+
+        Call it under the SessionStore's lock: an edit typed meanwhile then waits for the lock (queued) and lands
+        after it, so the session ends with the newest text either way.
+        """
+        changes = []
+        for i in self.pending(result):
+            body = result.changes[i][1]
+            item = self.items[i]
+            auto = True if item.auto and body is not None else None
+            changes.append((item.file, {"caption": None if body is None else toml_string(body), "caption_auto": auto}))
+        return changes
 
     def session_changes(self, indices: Iterable[int]) -> list[tuple[str, dict[str, Any]]]:
         """`Session.update_images` input for these captions (None removes a caption)."""

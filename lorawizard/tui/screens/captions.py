@@ -35,7 +35,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from lorawizard.core.steps import captions as core
 from lorawizard.core.steps.captions import CaptionSet
 from lorawizard.core.manifest import MANIFEST_FILE
-from lorawizard.core.session import SessionError
+from lorawizard.core.session import Session, SessionError
 from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
 from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.tui._textual_hacks import (
@@ -75,6 +75,15 @@ class CaptionsLoaded(Message):
 @dataclass
 class CaptionsLoadFailed(Message):
     problem: str
+
+
+@dataclass
+class BulkDone(Message):
+    """Posted by the bulk worker: a bulk change (or its undo) computed and in the session, for the UI to commit."""
+
+    captions: CaptionSet
+    result: core.BulkResult | None  # None: it failed (`problem` says why)
+    problem: str | None = None  # a save that failed (the change is kept in memory and saved with the next one)
 
 
 @dataclass
@@ -131,6 +140,8 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self._thumbs: ThumbnailCache[Path] = ThumbnailCache(THUMBS_KEPT, drawn_kept=DRAWN_KEPT)  # image, its cells
         self._problem = ""
         self._manifest_stamp: tuple[int, int] | None = None
+        self._bulk: str | None = None  # the bulk change (or undo) a worker is computing: one at a time
+        self._bulk_status = ""  # what the header says meanwhile
 
     # -- layout
 
@@ -283,8 +294,11 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             return
         counts = self.captions.counts()
         header = Text(no_wrap=True, overflow="ellipsis")
+        if self._bulk is not None:  # first: at 80 columns the end of the line is cut
+            header.append(self._bulk_status, style=tone("info", bold=True))
+            header.append(" │ ")
         drafting = self.auto_status()
-        if drafting is not None:  # first: at 80 columns the end of the line is cut
+        if drafting is not None:
             header.append_text(drafting)
             header.append(" │ ")
         header.append(f"{counts['all']} captions", style="bold")
@@ -401,7 +415,8 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             self.notify(problem, severity="error")
 
     def on_screen_suspend(self) -> None:
-        self.flush()
+        if self._bulk is None:  # else the bulk worker writes when it is done (waiting for it here would freeze keys)
+            self.flush()
 
     def on_screen_resume(self) -> None:
         """Back from another step: a new dataset run means new images; the trigger may have been changed."""
@@ -434,7 +449,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self._apply_filter(self.current)
 
     def action_bulk(self) -> None:
-        if self.captions is None:
+        if self.captions is None or self._bulk_refused():
             return
         scope = list(self.caption_list.rows)
 
@@ -444,39 +459,97 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
         self.app.push_screen(BulkEditScreen(self.captions, scope, core.FILTERS[self.filter][0]), done)
 
+    # -- bulk changes: computed in a worker (20,000 captions: about a second of recounting and session updates),
+    # committed on the UI thread in one pass over the changed captions; keys keep working meanwhile, and a second
+    # bulk change (or F4) is refused with a line until the first is in.
+
+    def _bulk_refused(self) -> bool:
+        if self._bulk is None:
+            return False
+        self.notify(f"still applying “{self._bulk}”: try again when it is done", severity="warning")
+        return True
+
     def apply_bulk(self, plan: core.BulkPlan) -> None:
-        if self.captions is None:
+        if self.captions is None or plan.error or not plan.changes or self._bulk_refused():
             return
-        changed = self.captions.apply(plan)
-        if not changed:
-            return
-        self._store(changed)
-        self.flush()
-        self._after_bulk()
-        self.notify(f"changed {len(changed)} caption{'' if len(changed) == 1 else 's'} · F4 undoes it")
+        self._start_bulk(plan.description, plan, f"applying “{plan.description}” to {len(plan.changes)} captions…")
 
     def action_undo_bulk(self) -> None:
-        if self.captions is None:
+        if self.captions is None or self._bulk_refused():
             return
-        undone, restored, kept = self.captions.undo()
-        if undone is None:
+        if not self.captions.undo_stack:
             self.notify("no bulk change to undo")
             return
-        self._store(restored)
-        self.flush()
-        self._after_bulk()
-        extra = f"; {kept} edited since were kept" if kept else ""
-        self.notify(f"undid “{undone.description}”: {len(restored)} captions restored{extra}")
+        last = self.captions.undo_stack[-1]
+        self._start_bulk(f"undo {last.description}", None, f"undoing “{last.description}”…")
 
-    def _after_bulk(self) -> None:
+    def _start_bulk(self, what: str, plan: core.BulkPlan | None, status: str) -> None:
+        assert self.captions is not None
+        self._bulk = what
+        self._bulk_status = status
+        self._update_header()
+        self._bulk_worker(self.captions, plan)
+
+    @work(thread=True, group="captions-bulk", exit_on_error=False)
+    def _bulk_worker(self, captions: CaptionSet, plan: core.BulkPlan | None) -> None:
+        """Compute the change, put it into the session (under the store's lock), write session.toml; never widgets."""
+        store = wizard_app(self).store
+        try:
+            result = captions.prepare(plan) if plan is not None else captions.prepare_undo()
+            problem = None
+            if result is not None and result.changes:
+                ready = result
+
+                def change(session: Session) -> None:
+                    # under the lock: a caption typed meanwhile is either in `captions` already (then left out
+                    # here) or waits for the lock and lands after this change (SessionStore.apply, queue_as)
+                    session.update_images(captions.session_changes_for(ready))
+
+                try:
+                    store.apply(change)
+                except SessionError as exc:
+                    problem = str(exc)
+                problem = problem or store.flush()  # written now, as a bulk change always was
+        except Exception as exc:  # noqa: BLE001 - a worker never takes the app down; the screen says what happened
+            self.post_message(BulkDone(captions, None, f"bulk edit failed: {exc}"))
+            return
+        self.post_message(BulkDone(captions, result, problem))
+
+    @on(BulkDone)
+    def _bulk_done(self, message: BulkDone) -> None:
+        self._bulk = None
+        result = message.result
+        if message.captions is not self.captions or result is None:  # reloaded meanwhile, or failed
+            self._update_header()
+            if message.problem:
+                self.notify(message.problem, severity="error")
+            return
+        changed, kept = message.captions.commit(result)
+        self._after_bulk(changed)
+        if len(message.captions) >= FREEZE_FROM:
+            gc.freeze()  # as after loading: the new captions and session entries stay out of full collections
+        if message.problem:
+            self.notify(message.problem, severity="error")
+        if result.undoing is not None:
+            extra = f"; {kept} edited since were kept" if kept else ""
+            self.notify(f"undid “{result.undoing.description}”: {len(changed)} captions restored{extra}")
+        elif changed:
+            extra = f"; {kept} edited meanwhile were kept" if kept else ""
+            self.notify(f"changed {len(changed)} caption{'' if len(changed) == 1 else 's'}{extra} · F4 undoes it")
+
+    def _after_bulk(self, changed: list[int]) -> None:
+        """Widgets after a bulk commit: the filter's rows and the header, the visible rows, the current caption."""
         self._apply_filter(self.current)
-        if self.current is not None and self.captions is not None:
+        if self.current is not None and self.captions is not None and changed:
             body = self.captions.items[self.current].body or ""
             if self.editor.text != body:
                 self.editor.load_text(body)
             self._update_details()
 
     def action_trigger(self) -> None:
+        if self._bulk_refused():  # a new trigger recounts every caption, the bulk change's too
+            return
+
         def done(_: object) -> None:
             if self.captions is None:
                 return
@@ -488,6 +561,8 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self.app.push_screen(TriggerScreen(), done)
 
     def action_primary(self) -> None:
+        if self._bulk_refused():  # the files would be written from captions about to change
+            return
         self.flush()
         super().action_primary()
 

@@ -1,0 +1,136 @@
+"""A bulk caption edit over a large set runs off the UI thread: keys keep working meanwhile, one at a time, undoable.
+
+Deterministic: the bulk worker is held at the SessionStore's lock (a save in flight, as the store's own timer thread
+would hold it) while keys are pressed, then let go. No timing is asserted; bench/bench_bulk_captions.py measures.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from textual.widgets import Input, TextArea
+
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
+from lorawizard.tui.widgets.caption_list import CaptionList
+from tests.captions_fixtures import make_project
+
+COUNT = 2000
+
+
+def big_project(home: Path) -> Path:
+    project = home / "big"
+    project.mkdir()
+    sources = [f"IMG_{n:05d}.jpg" for n in range(1, COUNT + 1)]
+    make_project(project, sources, captions={s: f"a photo of thing {n}" for n, s in enumerate(sources, 1)},
+                 trigger="ohwx", image_size=8)
+    return project
+
+
+async def ready(pilot) -> None:  # noqa: ANN001
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def notes(app: LoraWizardApp) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+@contextmanager
+def save_in_flight(app: LoraWizardApp) -> Iterator[None]:
+    """Another thread holds the store's lock (as a write in flight does) until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with app.store.lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(isolated_home: Path) -> None:
+    project = big_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, CaptionsScreen) and screen.captions is not None
+        captions = screen.captions
+        listing = screen.query_one(CaptionList)
+        editor = screen.query_one("#cap-editor", TextArea)
+        assert len(captions) == COUNT
+
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, BulkEditScreen)
+        await pilot.press(*"photo")
+        app.screen.query_one("#bulk-second", Input).value = "picture"
+        await pilot.pause()
+        assert f"{COUNT} of {COUNT} captions change" in str(app.screen.query_one("#bulk-preview").render())
+
+        with save_in_flight(app):  # the bulk worker computes, then waits here for the session
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert app.screen is screen and screen._bulk is not None  # type: ignore[comparison-overlap]
+            assert "applying" in str(screen.query_one("#cap-header").render())
+            assert captions.items[0].body == "a photo of thing 1"  # not committed yet
+
+            # keys are handled meanwhile: the list moves, the editor shows that caption, typing edits it
+            listing.focus()
+            await pilot.press("down", "down")
+            assert listing.cursor == 2 and screen.current == 2 and editor.text == "a photo of thing 3"
+            await pilot.press("tab")
+            assert app.focused is editor
+            editor.move_cursor(editor.document.end)
+            await pilot.press(*", by hand")
+            assert captions.items[2].body == "a photo of thing 3, by hand"
+
+            # a second bulk change, its undo or writing the files must wait: refused with one line each
+            await pilot.press("ctrl+r", "f4", "ctrl+g")
+            assert app.screen is screen  # type: ignore[comparison-overlap]  # no dialog opened
+            refused = [n for n in notes(app) if n.startswith("still applying")]
+            assert len(refused) == 3 and all("\n" not in n for n in refused)
+            assert screen._bulk is not None and all(c.body == f"a photo of thing {n}"
+                                                    for n, c in enumerate(captions.items, 1) if n != 3)
+
+        await ready(pilot)  # the worker gets the lock, saves, and the screen commits in one batch
+        assert screen._bulk is None
+        assert [c.body for c in captions.items] == [
+            "a photo of thing 3, by hand" if n == 3 else f"a picture of thing {n}" for n in range(1, COUNT + 1)]
+        assert "changed 1999 captions; 1 edited meanwhile were kept · F4 undoes it" in notes(app)
+        assert editor.text == "a photo of thing 3, by hand"
+        listing.focus()
+        await pilot.press("down")
+        assert editor.text == "a picture of thing 4"  # the list shows the committed captions
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_00001.jpg"]["caption"] == "a picture of thing 1"
+        assert saved["IMG_02000.jpg"]["caption"] == "a picture of thing 2000"
+        assert saved["IMG_00003.jpg"]["caption"] == "a photo of thing 3, by hand"  # the typed edit won
+        assert all(c.line.startswith("ohwx, a ") for c in captions.items)  # lines and counts follow the new text
+        assert captions.counts()["edited"] == COUNT
+
+        await pilot.press("f4")
+        await ready(pilot)
+        assert [c.body for c in captions.items] == [
+            "a photo of thing 3, by hand" if n == 3 else f"a photo of thing {n}" for n in range(1, COUNT + 1)]
+        assert any(n.startswith("undid “replace 'photo' with 'picture'”: 1999 captions restored") for n in notes(app))
+        assert captions.undo_stack == []
+        saved = Session.load(project / "session.toml").images()
+        assert saved["IMG_00001.jpg"]["caption"] == "a photo of thing 1"
+        assert saved["IMG_00003.jpg"]["caption"] == "a photo of thing 3, by hand"
+        assert captions.counts()["edited"] == 1
+        await pilot.press("f4")
+        assert "no bulk change to undo" in notes(app)
