@@ -3,9 +3,7 @@ stand-in captioner (tests/standin/caption_images.py) — drafts, skips, OOM retr
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from lorawizard.core.steps import Cancelled, StepFailed
 from lorawizard.core.tokens import estimate_counter
 from tests.captions_fixtures import make_project
 from tests.standin import make_standin_captioner_python
+from tests.waiting import pid_gone, until
 
 # ---------------------------------------------------------------- cleaning (table-driven)
 
@@ -284,14 +283,7 @@ def test_cancel_halfway_keeps_the_drafts_so_far_and_kills_the_group(tmp_path: Pa
         ac.draft(session, images, on_draft=on_draft, cancel=cancel)
     assert 2 <= len(drafts) < 40
     pid = int(pidfile.read_text())
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the captioner is still running after cancel")
+    until(lambda: pid_gone(pid), 10, "the captioner to end after the cancel")
 
 
 def test_refuses_while_a_training_run_uses_the_gpu(tmp_path: Path, monkeypatch) -> None:

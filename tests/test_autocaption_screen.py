@@ -15,6 +15,7 @@ from tests.captions_fixtures import make_project
 from tests.fake_nvml import FakeNvml, install
 from tests.standin import make_standin_captioner_python
 from tests.test_autocaption import make_model_folder
+from tests.waiting import pid_gone, pilot_until, until
 
 SOURCES = [f"IMG_{n:04d}.jpg" for n in range(1, 7)]
 DRAFT = "A IMG_{n:04d} standing in a garden. Soft light from the left. Shot with a wide lens."
@@ -139,11 +140,7 @@ async def test_escape_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: 
         captions = screen.captions
         assert captions is not None
         screen.start_drafting([1, 2, 3, 4, 5])
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if captions.counts()["auto"] >= 1:
-                break
-        assert "drafting" in str(screen.query_one("#cap-header").render()) or captions.counts()["auto"] >= 1
+        await pilot_until(pilot, lambda: captions.counts()["auto"] >= 1, 30, "a first draft")
         await pilot.press("escape")
         await ready(pilot)
         kept = captions.counts()["auto"]
@@ -155,9 +152,6 @@ async def test_escape_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: 
 
 async def test_quitting_while_drafting_stops_the_captioner(isolated_home: Path, no_gpu, monkeypatch,
                                                            tmp_path: Path) -> None:
-    import os
-    import time
-
     pidfile = tmp_path / "pid"
     monkeypatch.setenv("STANDIN_CAPTION_DELAY", "0.5")
     monkeypatch.setenv("STANDIN_CAPTION_PIDFILE", str(pidfile))
@@ -167,17 +161,7 @@ async def test_quitting_while_drafting_stops_the_captioner(isolated_home: Path, 
         await ready(pilot)
         screen = screen_of(app)
         screen.start_drafting([1, 2, 3, 4, 5])
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if pidfile.exists() and pidfile.read_text():
-                break
+        await pilot_until(pilot, lambda: pidfile.exists() and pidfile.read_text(), 30, "the captioner to start")
         await pilot.press("ctrl+q")
     pid = int(pidfile.read_text())
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the captioner outlived the app")
+    until(lambda: pid_gone(pid), 10, "the captioner to end with the app")

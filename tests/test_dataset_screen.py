@@ -17,6 +17,7 @@ from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.dataset import DatasetScreen
 from tests import dataset_fixtures as fx
+from tests.waiting import pilot_until
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
@@ -162,7 +163,7 @@ async def test_keys_decide_crop_bucket_and_skip(isolated_home: Path) -> None:
         assert screen.current == "empty.jpg"
         await pilot.press("space")
         assert screen.items["empty.jpg"].status == "bad"
-        await pilot.pause(0.7)  # the save timer
+    # (no wait: leaving the app writes what its session store holds)
     saved = Session.load(isolated_home / "dataset-demo" / "session.toml").images()
     assert saved["IMG_0002.jpg"] == {"file": "IMG_0002.jpg", "bucket": "512x256"}
     assert saved["thumb.jpg"] == {"file": "thumb.jpg", "skip": False}
@@ -293,12 +294,12 @@ async def test_the_columns_follow_a_resize_across_110_columns(isolated_home: Pat
         narrow = [c.width for c in table.ordered_columns][:2]
         current = screen_of(app).current
         await pilot.resize_terminal(120, 40)
-        await pilot.pause(0.3)
-        assert [c.width - n for c, n in zip(table.ordered_columns, narrow)] == [11, 1]  # 13 → 24, 9 → 10
+        await pilot_until(pilot, lambda: [c.width - n for c, n in zip(table.ordered_columns, narrow)] == [11, 1],
+                          10, f"the first columns 11 and 1 wider than {narrow} (13 → 24, 9 → 10)")
         assert table.row_count == len(screen_of(app).plan.items) and screen_of(app).current == current
         await pilot.resize_terminal(80, 24)
-        await pilot.pause(0.3)
-        assert [c.width for c in table.ordered_columns][:2] == narrow
+        await pilot_until(pilot, lambda: [c.width for c in table.ordered_columns][:2] == narrow, 10,
+                          f"the first columns back to {narrow}")
 
 
 async def test_a_preview_that_fails_late_is_named_once(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext
 from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import git, make_checkout, make_fake_python, make_site
+from tests.waiting import until
 
 WEIRD = "we ird $x `y`;'q'&"
 
@@ -235,8 +236,14 @@ def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
                          cancel=cancel)
     assert time.monotonic() - started < 10
     pid = int(marker.read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    until(lambda: _gone_or_zombie(pid), 10, "the fix's grandchild (sleep 60) to end")
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # killed, not yet reaped by its new parent
+    except OSError:
+        return True
 
 
 def test_network_ok_for_local_urls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from lorawizard.core import runs
 from lorawizard.core.session import Session, SessionError
 from lorawizard.headless import replay
 from tests.standin import make_train_project
+from tests.waiting import pilot_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,9 +191,8 @@ async def test_the_wizard_reattach_reports_a_malformed_run_record(tmp_path) -> N
     _write_record(session.paths.runs, "20200101-000000", [])
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.3)
-        messages = [n.message for n in app._notifications]
-        assert any("20200101-000000" in m and "JSON object" in m for m in messages), messages
+        await pilot_until(pilot, lambda: any("20200101-000000" in n.message and "JSON object" in n.message
+                                             for n in app._notifications), 20, "a notification naming the bad record")
         assert app.screen.is_attached and app.return_code is None
 
 

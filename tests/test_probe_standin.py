@@ -20,7 +20,7 @@ from lorawizard.core.session import Session
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed
 from lorawizard.core.vram_presets import preset_named
 from lorawizard.headless import replay
-from tests.fake_nvml import RTX_4090, FakeNvml, install, none_visible
+from tests.fake_nvml import RTX_4090, FakeNvml, none_visible
 from tests.standin import make_fake_sd_scripts
 
 BYTES_PER_PIXEL = 16384  # the stand-in's default pretend cost
@@ -161,9 +161,9 @@ def test_replay_steps_probe_prints_the_table_and_keeps_the_session(standin: Sess
     standin.set_batch_size("256x256", 5)
     standin.save()
     before = standin.path.read_bytes()
-    install(monkeypatch, standin_gpu(budget, tmp_path / "peak.json"))
     out, err = io.StringIO(), io.StringIO()
-    code = replay(standin.path, ["probe"], out=out, err=err, tty=False)
+    code = replay(standin.path, ["probe"], out=out, err=err, tty=False,
+                  options={"probe": {"nvml": standin_gpu(budget, tmp_path / "peak.json")}})
     text = out.getvalue()
     assert code == 0, err.getvalue() + text
     assert standin.path.read_bytes() == before  # replay never rewrites the session file
@@ -173,18 +173,17 @@ def test_replay_steps_probe_prints_the_table_and_keeps_the_session(standin: Sess
     assert "512x512" in flat and "256x256" not in flat
 
 
-def test_replay_without_gpu_exits_1_with_the_message(standin: Session, monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch, none_visible())
+def test_replay_without_gpu_exits_1_with_the_message(standin: Session) -> None:
     out, err = io.StringIO(), io.StringIO()
-    assert replay(standin.path, ["probe"], out=out, err=err, tty=False) == 1
+    assert replay(standin.path, ["probe"], out=out, err=err, tty=False, options={"probe": {"nvml": none_visible()}}) == 1
     assert "no NVIDIA GPU visible — probing and training need one" in err.getvalue()
 
 
-def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch, FakeNvml([RTX_4090]))
+def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session, tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
-    assert replay(standin.path, ["probe"], dry_run=True, out=out, err=err, tty=False) == 0, err.getvalue()
+    code = replay(standin.path, ["probe"], dry_run=True, out=out, err=err, tty=False,
+                  options={"probe": {"nvml": FakeNvml([RTX_4090])}})
+    assert code == 0, err.getvalue()
     text = out.getvalue()
     assert "would probe 512x512 (3 images)" in text and "first trial: cd " in text and "--max_train_steps 3" in text
     assert not (tmp_path / "args.json").exists() and not (standin.paths.state / "probe").exists()

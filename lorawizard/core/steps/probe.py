@@ -106,11 +106,14 @@ class TrialOutcome:
         return f"{bucket:>9}  batch {self.batch:>3}  {peak}  {STATUS_WORDS.get(self.status, self.status)}{speed}"
 
 
+ProbeEventKind = Literal["trial-start", "trial-step", "trial-end", "area-done", "step-down"]
+
+
 @dataclass(frozen=True)
 class ProbeEvent:
     """Live reports for a screen: a trial started, advanced a step, or finished (with its outcome)."""
 
-    kind: str  # "trial-start" | "trial-step" | "trial-end" | "area-done" | "step-down"
+    kind: ProbeEventKind
     spec: TrialSpec | None = None
     step: int = 0
     steps: int = 0
