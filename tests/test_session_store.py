@@ -130,3 +130,66 @@ def test_a_failed_save_says_what_to_do_and_keeps_the_decision(project: Path, mon
     monkeypatch.undo()  # the folder is writable again: the next flush writes what was kept
     assert store.flush() is None
     assert 'trigger = "ohwx"' in (project / "session.toml").read_text()
+
+
+# ---------------------------------------------------------------- a hand edit while the wizard is open
+
+
+def _hand_edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_a_hand_edit_made_while_the_wizard_is_open_is_kept(project: Path) -> None:
+    """QA: with the wizard open, a person set max_train_epochs = 10 (with a comment) in an editor; the wizard's next
+    save (a new trigger) wrote its own copy over the file: back to the old value, the comment gone, nothing said."""
+    path = project / "session.toml"
+    store = new_store(project)
+    store.decide("train.max_train_epochs", 12)
+    store.decide("dataset.trigger", "ohwx")
+    assert store.flush() is None
+    _hand_edit(path, "max_train_epochs = 12", "max_train_epochs = 10  # fewer, by hand")
+    notices: list[str] = []
+    store._on_notice = notices.append
+    store.decide("dataset.trigger", "sks")
+    store.apply(lambda session: session.update_image("a.jpg", caption="a red coat"))
+    assert store.flush() is None
+    text = path.read_text()
+    assert "max_train_epochs = 10  # fewer, by hand" in text and 'trigger = "sks"' in text
+    saved = Session.load(path)
+    assert saved.get("train.max_train_epochs") == 10 and saved.images()["a.jpg"]["caption"] == "a red coat"
+    assert store.session.get("train.max_train_epochs") == 10  # the wizard sees the hand edit from now on
+    assert len(notices) == 1 and "edited outside lorawizard" in notices[0]
+    store.decide("dataset.trigger", "zkq")  # no new hand edit: an ordinary write, no notice
+    assert store.flush() is None and len(notices) == 1 and "# fewer, by hand" in path.read_text()
+
+
+def test_a_hand_edit_that_does_not_read_is_never_written_over(project: Path) -> None:
+    path = project / "session.toml"
+    store = new_store(project)
+    store.decide("train.max_train_epochs", 12)
+    assert store.flush() is None
+    _hand_edit(path, "max_train_epochs = 12", "max_train_epochs = 0")
+    store.decide("dataset.trigger", "sks")
+    problem = store.flush()
+    assert problem is not None and "max_train_epochs" in problem and "not written over" in problem
+    assert len(problem.splitlines()) == 1 and "max_train_epochs = 0" in path.read_text()  # the person's file
+    _hand_edit(path, "max_train_epochs = 0", "max_train_epochs = 8")  # fixed: the waiting decision goes in
+    assert store.flush() is None
+    saved = Session.load(path)
+    assert saved.get("train.max_train_epochs") == 8 and saved.get("dataset.trigger") == "sks"
+
+
+def test_a_touched_file_is_not_taken_for_a_hand_edit(project: Path) -> None:
+    import os
+
+    path = project / "session.toml"
+    store = new_store(project)
+    store.decide("dataset.trigger", "ohwx")
+    assert store.flush() is None
+    os.utime(path, ns=(1, 1))  # same text, another mtime
+    notices: list[str] = []
+    store._on_notice = notices.append
+    store.decide("dataset.trigger", "sks")
+    assert store.flush() is None and notices == [] and Session.load(path).get("dataset.trigger") == "sks"

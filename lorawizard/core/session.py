@@ -306,6 +306,7 @@ class Session:
     read_only: bool = False  # replay never rewrites the user's file
     _saved_text: str | None = None
     _bom: bool = False  # the file began with a UTF-8 BOM: kept on save, so only the person's edits change it
+    _disk_stamp: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file as last read or written
 
     # -- construction
 
@@ -315,6 +316,7 @@ class Session:
         `read_only` (replay, status, stop) gets plain dicts from tomllib: ~8x faster and ~5x smaller for a large file."""
         path = Path(path).expanduser()
         try:
+            stamp = _stamp(path)  # before reading: a change made meanwhile shows as a newer stamp
             raw = _read_regular_file(path)
         except FileNotFoundError:
             raise SessionError(f"{path}: no such session file") from None
@@ -353,7 +355,7 @@ class Session:
                 doc, placeholder = _tomlkit_parse(path, head_text), _PLACEHOLDER in head_text
             else:  # an unusual layout (inline array, tables between entries): all of it in tomlkit, as before
                 doc, images = _tomlkit_parse(path, text), None
-        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text, _bom=bom)
+        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text, _bom=bom, _disk_stamp=stamp)
         session._images, session._placeholder = images, placeholder
         session.warnings = session.validate(text, data)
         return session
@@ -652,7 +654,40 @@ class Session:
             raise SessionError("refusing to save: the session would contain a Hugging Face token")
         atomic_write_text(self.path, (_BOM if self._bom else "") + text)
         self._saved_text = text
+        try:
+            self._disk_stamp = _stamp(self.path)
+        except OSError:
+            self._disk_stamp = None
         return True
+
+    def changed_on_disk(self) -> bool:
+        """Whether the file now differs from what this session last read or wrote: someone edited it by hand (or
+        another program wrote it) while the wizard had it open. A file that is gone or unreadable counts as unchanged
+        (the next save writes it again, or says why it cannot)."""
+        try:
+            stamp = _stamp(self.path)
+        except OSError:
+            return False
+        if stamp == self._disk_stamp:
+            return False
+        if self._saved_text is None:
+            return True  # a file appeared where this new session had none
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except OSError:
+            return False
+        except UnicodeDecodeError:
+            return True
+        if text.removeprefix(_BOM) == self._saved_text:
+            self._disk_stamp = stamp  # touched, not changed
+            return False
+        return True
+
+    def adopt(self, other: Session) -> None:
+        """Take `other`'s content (the file as it is on disk now) into this object, which the wizard shares."""
+        self.doc, self.warnings, self._saved_text, self._bom = other.doc, other.warnings, other._saved_text, other._bom
+        self._images, self._placeholder, self._index = other._images, other._placeholder, None
+        self._disk_stamp = other._disk_stamp
 
     # -- internals
 
@@ -807,6 +842,12 @@ class _TooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.size = size
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What tells a file changed without reading it (an editor that saves by rename makes a new inode)."""
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size, status.st_ino
 
 
 def _read_regular_file(path: Path, limit: int | None = None) -> bytes:

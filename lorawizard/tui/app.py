@@ -52,7 +52,8 @@ class LoraWizardApp(App[None]):
         self.start_step = start_step
         # extra options per step for its runs (tests pass their doubles here: a trial runner, a fake NVML, a clone URL)
         self.step_options: OptionsByStep = step_options.copy() if step_options else {}
-        self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)))
+        self.store = SessionStore(session, on_error=lambda problem: self.post_message(SessionSaveFailed(problem)),
+                                  on_notice=lambda line: self.post_message(Notice(line)))
         states: dict[str, StepState] = {step: "todo" for step in STEP_ORDER}
         self.set_reactive(LoraWizardApp.step_states, {**states, **session_step_states(session)})
         # In a terminal the wizard draws the step bar first and the opening step's screen right after it: composing
