@@ -389,3 +389,18 @@ def test_a_draft_counts_as_auto_not_as_the_persons_edit(tmp_path: Path) -> None:
     assert captions.counts()["edited"] == 0 and captions.counts()["auto"] == 1
     captions.set_body(0, "a draft, then mine")
     assert captions.counts()["edited"] == 1 and captions.counts()["auto"] == 0
+
+
+def test_writing_unreviewed_drafts_says_so(tmp_path: Path) -> None:
+    """QA: Ctrl+G wrote 3 captions that were still auto drafts and the summary said nothing about them."""
+    from lorawizard.core.steps import StepContext
+
+    session = make_project(tmp_path / "p", ["a.jpg", "b.jpg", "c.jpg"], captions={"a.jpg": "mine"}, trigger="tok")
+    session.update_image("b.jpg", caption="a draft", caption_auto=True)
+    session.update_image("c.jpg", caption="another draft", caption_auto=True)
+    session.save()
+    result = core.run_step(StepContext(session=session))
+    assert result.ok and "2 auto drafts not reviewed yet" in result.summary
+    session.update_image("c.jpg", caption_auto=None)
+    result = core.run_step(StepContext(session=session))
+    assert "1 auto draft not reviewed yet" in result.summary

@@ -188,9 +188,17 @@ async def test_filter_and_apply_with_progress(isolated_home: Path) -> None:
         await pilot.pause()
         status = str(screen.runner.query_one(".runner-status").render())
         assert app.step_states["dataset"] == "done", status
-    prepared = load_manifest(Session.load(isolated_home / "dataset-demo" / "session.toml"))
+        # QA: a crop moved after Apply is not in dataset/ yet; the step bar kept Dataset ✓ (also after a restart)
+        await pilot.press("home", "down", "right")
+        assert screen.current == "IMG_0002.jpg" and app.step_states["dataset"] == "todo"
+    from lorawizard.core.step_states import dataset_decisions_pending, session_step_states
+
+    session = Session.load(isolated_home / "dataset-demo" / "session.toml")
+    prepared = load_manifest(session)
     assert sorted(p.source for p in prepared) == ["IMG_0001.jpg", "IMG_0002.jpg", "pano_03.jpg"]
     assert all(p.output.exists() for p in prepared)
+    assert dataset_decisions_pending(session, prepared) == ["IMG_0002.jpg"]
+    assert "dataset" not in session_step_states(session)
 
 
 async def test_no_image_is_decoded_on_the_ui_thread(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

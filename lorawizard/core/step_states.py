@@ -27,9 +27,29 @@ def session_step_states(session: Session) -> dict[str, StepState]:
             states["captions"] = "done"
         if states.get("probe") == "done" and not probe_covers(session, images):
             del states["probe"]
+        if dataset_decisions_pending(session, images):
+            del states["dataset"]  # a crop, bucket or skip decided after the last Apply: not in dataset/ yet
     if _has_finished_run(session):
         states["train"] = "done"
     return states
+
+
+def dataset_decisions_pending(session: Session, images: list[PreparedImage]) -> list[str]:
+    """The sources whose crop, bucket or skip in the session differs from the prepared dataset: decided after the
+    last Apply (QA: a moved crop, then quit; the step bar said Dataset ✓ and training used the old crop)."""
+    prepared = {image.source: image for image in images}
+    pending = []
+    for source, entry in session.images().items():
+        image = prepared.get(source)
+        if image is None:
+            continue  # not prepared: skipped, unreadable, or new (the dataset screen's scan says which)
+        try:
+            crop = tuple(int(v) for v in entry["crop"]) if "crop" in entry else image.crop
+        except (TypeError, ValueError):
+            crop = image.crop
+        if entry.get("skip") is True or crop != image.crop or str(entry.get("bucket", image.bucket)) != image.bucket:
+            pending.append(source)
+    return pending
 
 
 def probe_covers(session: Session, images: list[PreparedImage] | None = None) -> bool:

@@ -882,8 +882,11 @@ def run_step(ctx: StepContext) -> StepResult:
         details.append("no trigger word set (dataset.trigger): captions are written without one")
     verb = "would write" if dry_run else "wrote"
     parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
+    unreviewed = [i for i in captions.items if i.flags & AUTO]
     if drafted is not None and drafted.drafted:
         parts.append(f"{len(drafted.drafted)} auto drafts to review")
+    elif unreviewed:  # QA: drafts nobody accepted went into the files unmentioned
+        parts.append(f"{len(unreviewed)} auto draft{'s' if len(unreviewed) != 1 else ''} not reviewed yet (F7 accepts)")
     if report.removed:
         parts.append(f"{'would remove' if dry_run else 'removed'} {len(report.removed)} stale ones")
     if report.caches_deleted:

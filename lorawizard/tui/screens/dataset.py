@@ -431,6 +431,9 @@ class DatasetScreen(StepScreen):
             return
         assert self.plan is not None
         core.replan(item, self.session.images().get(item.source, {}), self.plan.max_side)
+        app = wizard_app(self)
+        if app.step_states.get("dataset") == "done":
+            app.set_step_state("dataset", "todo")  # decided after the last Apply: dataset/ has the old one until Apply
         self._refresh_row(item)
         self._update_head()
         self._show_preview()
