@@ -1,4 +1,5 @@
-"""Test fixtures for the captions step: a project with originals, prepared PNGs and a dataset manifest.
+"""Test fixtures for the captions step: a project with originals, prepared PNGs and a dataset manifest; a save in
+flight (save_in_flight) and the bulk dialog's preview (bulk_replace_preview).
 
 The manifest is written directly in the dataset step's format, so these tests don't depend on that step.
 Also a tiny CLIP vocabulary and a hand-made sentencepiece model, to exercise the real-tokenizer path.
@@ -8,11 +9,16 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from lorawizard.core.session import Session
+from lorawizard.core.session_store import SessionStore
 from lorawizard.core.tokens import CLIP_DIR, T5_DIR
 
 COLOURS = [(200, 60, 50), (40, 120, 200), (60, 170, 90), (220, 190, 60), (150, 80, 170), (90, 90, 90)]
@@ -105,3 +111,38 @@ def make_tokenizers(folder: Path) -> Path:
     t5.mkdir(parents=True)
     (t5 / "spiece.model").write_bytes(model)
     return folder
+
+
+@contextmanager
+def save_in_flight(store: SessionStore) -> Iterator[None]:
+    """Another thread holds the store's lock (as a write in flight does) until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10), "the other thread never took the store's lock"
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+async def bulk_replace_preview(pilot: Any, find: str, replace: str) -> str:
+    """Ctrl+R on the Captions screen: the bulk dialog with `find` typed and `replace` set; the preview's text."""
+    from textual.widgets import Input
+
+    from lorawizard.tui.screens.captions import BulkEditScreen
+
+    await pilot.press("ctrl+r")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, BulkEditScreen)
+    await pilot.press(*find)
+    pilot.app.screen.query_one("#bulk-second", Input).value = replace
+    await pilot.pause()
+    return str(pilot.app.screen.query_one("#bulk-preview").render())

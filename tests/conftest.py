@@ -41,6 +41,14 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def home_project(isolated_home: Path) -> Path:
+    """A project under HOME, so every path on screen starts with ~ (snapshots stay the same on every machine)."""
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
     """The local fake Hugging Face hub (tests/fakehub), populated with the catalog's files, reached via HF_ENDPOINT.
 

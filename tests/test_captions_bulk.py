@@ -6,18 +6,15 @@ would hold it) while keys are pressed, then let go. No timing is asserted; bench
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from textual.widgets import Input, TextArea
+from textual.widgets import TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
+from lorawizard.tui.screens.captions import CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
-from tests.captions_fixtures import make_project
+from tests.captions_fixtures import bulk_replace_preview, make_project, save_in_flight
 
 COUNT = 2000
 
@@ -41,26 +38,6 @@ def notes(app: LoraWizardApp) -> list[str]:
     return [str(n.message) for n in app._notifications]
 
 
-@contextmanager
-def save_in_flight(app: LoraWizardApp) -> Iterator[None]:
-    """Another thread holds the store's lock (as a write in flight does) until the block ends."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with app.store.lock:
-            held.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
-        thread.join()
-
-
 async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(isolated_home: Path) -> None:
     project = big_project(isolated_home)
     app = LoraWizardApp(Session.open_project(project), start_step="captions")
@@ -73,15 +50,9 @@ async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(iso
         editor = screen.query_one("#cap-editor", TextArea)
         assert len(captions) == COUNT
 
-        await pilot.press("ctrl+r")
-        await pilot.pause()
-        assert isinstance(app.screen, BulkEditScreen)
-        await pilot.press(*"photo")
-        app.screen.query_one("#bulk-second", Input).value = "picture"
-        await pilot.pause()
-        assert f"{COUNT} of {COUNT} captions change" in str(app.screen.query_one("#bulk-preview").render())
+        assert f"{COUNT} of {COUNT} captions change" in await bulk_replace_preview(pilot, "photo", "picture")
 
-        with save_in_flight(app):  # the bulk worker computes, then waits here for the session
+        with save_in_flight(app.store):  # the bulk worker computes, then waits here for the session
             await pilot.press("ctrl+s")
             await pilot.pause()
             assert app.screen is screen and screen._bulk is not None  # type: ignore[comparison-overlap]

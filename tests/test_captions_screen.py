@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from textual.widgets import Input, TextArea
@@ -10,9 +9,9 @@ from textual.widgets import Input, TextArea
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.core.session_store import SAVE_DELAY
-from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
+from lorawizard.tui.screens.captions import CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
-from tests.captions_fixtures import make_project, txt_of
+from tests.captions_fixtures import bulk_replace_preview, make_project, save_in_flight, txt_of
 
 SOURCES = [f"IMG_{n:04d}.jpg" for n in range(1, 9)]
 CAPTIONS = {
@@ -96,21 +95,10 @@ async def test_the_debounced_save_runs_in_a_worker_and_edits_made_meanwhile_are_
         assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat")
 
         # a save in flight holds the session (another thread): typing goes on, the edit waits, nothing is lost
-        held, release = threading.Event(), threading.Event()
-
-        def save_in_flight() -> None:
-            with app.store.lock:
-                held.set()
-                release.wait(10)
-
-        thread = threading.Thread(target=save_in_flight)
-        thread.start()
-        held.wait(10)
-        await pilot.press(*" and gloves")
-        assert app.store.queued == ["IMG_0001.jpg"]  # waits, by file
-        assert not str(app.session.images()["IMG_0001.jpg"]["caption"]).endswith("gloves")  # not touched meanwhile
-        release.set()
-        thread.join()
+        with save_in_flight(app.store):
+            await pilot.press(*" and gloves")
+            assert app.store.queued == ["IMG_0001.jpg"]  # waits, by file
+            assert not str(app.session.images()["IMG_0001.jpg"]["caption"]).endswith("gloves")  # not touched meanwhile
         await pilot.press("ctrl+q")  # flush stores the waiting edit and writes
     saved = Session.load(project / "session.toml").images()
     assert saved["IMG_0001.jpg"]["caption"].endswith("film grain and a hat and gloves")
@@ -164,13 +152,7 @@ async def test_bulk_replace_preview_apply_and_undo(isolated_home: Path) -> None:
     app = LoraWizardApp(Session.open_project(project), start_step="captions")
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
-        await pilot.press("ctrl+r")
-        await pilot.pause()
-        assert isinstance(app.screen, BulkEditScreen)
-        await pilot.press(*"red")
-        app.screen.query_one("#bulk-second", Input).value = "green"
-        await pilot.pause()
-        preview = str(app.screen.query_one("#bulk-preview").render())
+        preview = await bulk_replace_preview(pilot, "red", "green")
         assert "2 of 8 captions change" in preview and "+ a woman in a green raincoat" in preview
         await pilot.press("ctrl+s")
         await ready(pilot)  # the bulk worker computes, saves, and the screen commits

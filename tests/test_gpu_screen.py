@@ -15,13 +15,6 @@ from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible,
 from tests.test_probe import PixelBudgetRunner, budget_gpu
 
 
-@pytest.fixture
-def home_project(isolated_home: Path) -> Path:
-    folder = isolated_home / "loras" / "mychar"
-    folder.mkdir(parents=True)
-    return folder
-
-
 def with_dataset(project: Path, buckets: dict[str, int] | None = None) -> Session:
     session = Session.open_project(project)
     for bucket, count in (buckets or {"1024x1024": 12, "1024x512": 5, "512x1024": 3}).items():

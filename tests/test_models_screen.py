@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from textual.widgets import DataTable, Input, Label
 
 from lorawizard.core.session import Session
@@ -12,14 +11,6 @@ from lorawizard.tui.app import LoraWizardApp
 from tests.fakehub import FakeHub
 
 
-
-
-@pytest.fixture
-def home_project(isolated_home: Path) -> Path:
-    """A project under HOME, so every path on screen starts with ~ (snapshots stay the same on every machine)."""
-    folder = isolated_home / "loras" / "mychar"
-    folder.mkdir(parents=True)
-    return folder
 
 
 def cell(app: LoraWizardApp, role: str, column: str) -> str:

@@ -38,13 +38,12 @@ def _screen(project: Path, epochs: list[int]) -> SamplesScreen:
 
 
 @pytest.fixture
-def home_project(isolated_home: Path) -> Path:
-    folder = isolated_home / "loras" / "mychar"
-    folder.mkdir(parents=True)
-    session = Session.open_project(folder)
+def home_project(home_project: Path) -> Path:
+    """conftest's project under HOME, its name written into session.toml."""
+    session = Session.open_project(home_project)
     session.set("name", "mychar")
     session.save()
-    return folder
+    return home_project
 
 
 def _push(screen: SamplesScreen):

@@ -74,13 +74,6 @@ def assert_columns_aligned(app: LoraWizardApp) -> int:
     return len(tables)
 
 
-@pytest.fixture
-def home_project(isolated_home: Path) -> Path:
-    folder = isolated_home / "loras" / "mychar"
-    folder.mkdir(parents=True)
-    return folder
-
-
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
 async def test_gpu_tables_after_a_probe(home_project: Path, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:
     install(monkeypatch, budget_gpu(3 * 1024 * 1024))

@@ -70,13 +70,12 @@ def dashboard_view(project: Path, *, diagnosis: Diagnosis | None = None, sample:
 
 
 @pytest.fixture
-def home_project(isolated_home: Path) -> Path:
-    folder = isolated_home / "loras" / "mychar"
-    folder.mkdir(parents=True)
-    session = Session.open_project(folder)
+def home_project(home_project: Path) -> Path:
+    """conftest's project under HOME, its name written into session.toml."""
+    session = Session.open_project(home_project)
     session.set("name", "mychar")
     session.save()
-    return folder
+    return home_project
 
 
 def _feeder(view: TrainView):

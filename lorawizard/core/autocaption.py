@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from lorawizard.core import catalog
 from lorawizard.core.fsutil import atomic_write_json
@@ -281,9 +281,14 @@ def place(session: Session, images: int, spec: catalog.Captioner | None, *, nvml
 # ---------------------------------------------------------------- running the subprocess
 
 
+# the protocol's events (trainer_side/caption_images.py's docstring)
+EventKind = Literal["loading", "ready", "caption", "skip", "oom", "progress", "done", "fatal"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
 @dataclass
 class Event:
-    kind: str  # loading | ready | caption | skip | oom | progress | done | fatal
+    kind: EventKind
     data: dict[str, Any]
 
 
@@ -373,8 +378,8 @@ def run_captioner(
                 data = json.loads(text[len(MARKER):])
             except ValueError:
                 continue
-            if isinstance(data, dict) and isinstance(data.get("event"), str):
-                on_event(Event(data["event"], data))
+            if isinstance(data, dict) and data.get("event") in EVENT_KINDS:  # another word: nobody handles it
+                on_event(Event(cast(EventKind, data["event"]), data))
         return proc.wait()
     finally:
         if proc.poll() is None:
