@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "project", nargs="?", default=".", type=Path,
-        help="project folder; its session.toml is opened or created on the first decision (default: .)",
+        help="project folder (default: .); a new one is created if its parent exists; its session.toml is opened, "
+             "or created on the first decision",
     )
     parser.add_argument("--replay", metavar="SESSION.toml", type=Path, help="run the session's steps headless")
     parser.add_argument(
@@ -80,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay is not None:
             print(f"lorawizard: error: --{control} takes the project folder, not --replay", file=sys.stderr)
             return 2
+        problem = _missing_project(args.project.expanduser())
+        if problem:  # a typo: say so (exit 2) instead of "no run", and create nothing
+            from lorawizard.core.text import one_line
+
+            print(f"lorawizard: {one_line(problem)}", file=sys.stderr)
+            return 2
         from lorawizard import runctl
 
         try:
@@ -108,19 +115,54 @@ def main(argv: list[str] | None = None) -> int:
     return _run_wizard(args.project, args.images)
 
 
+def _missing_project(project: Path) -> str | None:
+    """One line when `project` is not a folder to work in (for commands that only read: they create nothing)."""
+    from lorawizard.core.fsutil import display_path
+
+    if project.is_dir():
+        return None
+    if project.exists():
+        return f"{display_path(project)} is a file; give the project folder (its session.toml lives there)"
+    return f"{display_path(project)}: no such folder; give the project folder (its session.toml lives there)"
+
+
+def _make_project_folder(project: Path) -> str | None:
+    """Create a missing project folder whose parent exists and say so; refuse (one line, nothing created) when the
+    parent is missing too, which is a typo more often than a wish (`/hom/me/x`). None when the folder exists."""
+    from lorawizard.core.fsutil import display_path
+
+    if project.exists():
+        problem = _missing_project(project)
+        if problem:
+            raise ValueError(problem)
+        return None
+    parent = project.absolute().parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist either"
+        raise ValueError(f"{display_path(project)}: no such folder, and its parent {display_path(parent)} {what}; "
+                         "nothing created (check the path)")
+    project.mkdir()
+    return f"created the project folder {display_path(project.absolute())}"
+
+
 def _run_wizard(project: Path, images: str | None) -> int:
     project = project.expanduser()
-    if project.exists() and not project.is_dir():
-        print(f"lorawizard: {project} is a file; give the project folder (its session.toml lives there)", file=sys.stderr)
-        return 2
     from lorawizard.core.session import Session, SessionError
+    from lorawizard.core.text import one_line
 
     try:
-        project.mkdir(parents=True, exist_ok=True)
+        created = _make_project_folder(project)
+    except ValueError as exc:
+        print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"lorawizard: {project}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if created:
+        print(f"lorawizard: {created}", file=sys.stderr)
+    try:
         session = Session.open_project(project)
     except SessionError as exc:
-        from lorawizard.core.text import one_line
-
         print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:

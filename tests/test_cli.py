@@ -209,3 +209,60 @@ def test_replay_direct_api_with_dry_run(tmp_path, fake_steps) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert replay(session_file(tmp_path), ["env"], dry_run=True, out=out, err=err, tty=False) == 0
     assert "dry run" in out.getvalue()
+
+
+class _FakeApp:
+    """Stands in for the TUI: records the project it was given, runs nothing."""
+
+    opened: list[Path] = []
+
+    def __init__(self, session) -> None:
+        self.return_code = 0
+        _FakeApp.opened.append(session.project_dir)
+
+    def run(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_tui(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    from lorawizard.tui import app, images
+
+    _FakeApp.opened = []
+    monkeypatch.setattr(app, "LoraWizardApp", _FakeApp)
+    monkeypatch.setattr(images, "choose_renderer", lambda images: None)
+    return _FakeApp.opened
+
+
+def test_wizard_creates_a_missing_project_folder_and_says_so_once(capsys, tmp_path, monkeypatch, fake_tui) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    project = tmp_path / "loras" / "mychar"
+    project.parent.mkdir()
+    code, out, err = run_cli([str(project)], capsys)
+    assert code == 0 and project.is_dir() and fake_tui == [project]
+    assert err == "lorawizard: created the project folder ~/loras/mychar\n" and out == ""
+    code, out, err = run_cli([str(project)], capsys)  # there now: nothing said
+    assert code == 0 and err == "" and len(fake_tui) == 2
+
+
+def test_wizard_refuses_a_project_whose_parent_is_missing_too(capsys, tmp_path, fake_tui) -> None:
+    """`lorawizard /hom/me/x` (a typo) created /hom/me/x silently; now: one line, exit 2, nothing created."""
+    project = tmp_path / "hom" / "me" / "x"
+    code, out, err = run_cli([str(project)], capsys)
+    assert code == 2 and out == "" and fake_tui == []
+    assert err.count("\n") == 1 and "no such folder" in err and f"its parent {project.parent} does not exist" in err
+    assert "nothing created" in err and not (tmp_path / "hom").exists()
+
+
+@pytest.mark.parametrize("flag", ["--status", "--stop", "--follow"])
+def test_run_control_on_a_missing_project_says_so_and_creates_nothing(capsys, tmp_path, flag) -> None:
+    project = tmp_path / "nope"
+    code, out, err = run_cli([str(project), flag], capsys)
+    assert code == 2 and out == "" and err == f"lorawizard: {project}: no such folder; give the project folder " \
+                                              "(its session.toml lives there)\n"
+    assert not project.exists()
+
+
+def test_replay_of_a_missing_project_creates_nothing(capsys, tmp_path) -> None:
+    code, _, err = run_cli(["--replay", str(tmp_path / "nope" / "session.toml")], capsys)
+    assert code == 2 and "no such session file" in err and not (tmp_path / "nope").exists()
