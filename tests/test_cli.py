@@ -216,7 +216,7 @@ class _FakeApp:
 
     opened: list[Path] = []
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, **options: object) -> None:
         self.return_code = 0
         _FakeApp.opened.append(session.project_dir)
 
