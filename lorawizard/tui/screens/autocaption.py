@@ -26,6 +26,7 @@ from textual.widgets import Button, Static
 from lorawizard.core import autocaption as ac
 from lorawizard.core.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.tui.text_fit import fit_paths
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
@@ -255,7 +256,11 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
 
     def on_mount(self) -> None:
         self.describe()
+        self.call_after_refresh(self.describe)  # again at its laid-out width: the paths are cut to it
         self.query_one("#auto-missing" if self.missing else "#auto-all", Button).focus()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.describe)
 
     @on(SettingsForm.Saved)
     def _setting_saved(self) -> None:
@@ -278,7 +283,7 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
                 about.append(f"{spec.title}", style="bold")
                 about.append(f" · {spec.approx_gb:g} GB download · needs ~{spec.vram_gb:g} GB VRAM · {spec.license}\n")
             else:
-                about.append(f"your model folder {model.folder}\n", style="bold")
+                about.append(f"your model folder {model.folder}\n", style="bold")  # fit_paths shows it ~/…
             problem = ac.folder_problem(model.folder)
             if problem:
                 hint = " — the Models step (2) downloads it" if spec is not None else ""
@@ -288,7 +293,9 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
                 about.append(f"runs on {placement.note}", style=tone("warning") if placement.device == "cpu" else "")
             except StepFailed as exc:
                 about.append(str(exc), style=tone("error"))
-        self.query_one("#auto-about", Static).update(about)
+        about_static = self.query_one("#auto-about", Static)
+        width = about_static.content_region.width or max(20, self.app.size.width - 10)  # before layout: about it
+        about_static.update(fit_paths(about, width))  # ~/… and cut in the middle: a path never runs over its line
         custom = session.get("captions.instruction")
         shown = "(your instruction above)" if custom else f"default instruction: {ac.instruction_for(session)}"
         self.query_one("#auto-instruction", Static).update(shown)

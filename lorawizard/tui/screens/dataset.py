@@ -32,7 +32,7 @@ from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
-from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm
 from lorawizard.tui.widgets.tables import Table
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
@@ -197,10 +197,11 @@ class DatasetScreen(StepScreen):
         self._add_columns()
         if not self.session.get("dataset.source"):
             self.set_class(True, "-settings")
-            field = self.query_one("#set-dataset-source", Input)
+            field = self.query_one("#set-dataset-source", SettingInput)
             self._guess = self._guess_source()
             if self._guess:
-                field.placeholder = f"{self._guess} (found; Enter uses it, or type another folder)"
+                field.placeholder = f"{self._guess} (found)"  # short: the line above says what Enter does
+                field.hint = "found: Enter scans it and keeps it in session.toml"
                 self._set_head(Text(f"Found {self._guess}/: Enter scans it (or type another folder as source).",
                                     style=tone("warning")))
             else:

@@ -25,7 +25,7 @@ from lorawizard.core.session import FIELDS
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
-from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
 from lorawizard.tui.typed_app import wizard_app
 
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
@@ -59,7 +59,7 @@ class EnvironmentScreen(StepScreen):
     EnvironmentScreen #lead { height: auto; display: none; color: $warning; text-style: bold; margin: 0 0 1 0; }
     EnvironmentScreen #lead.shown { display: block; }
     EnvironmentScreen #branch-row { height: auto; }
-    EnvironmentScreen #branch-row Label { width: 22; padding: 1 1 0 0; text-align: right; }
+    EnvironmentScreen #branch-row Label { width: 22; padding: 1 2 0 0; text-align: right; }
     EnvironmentScreen #branch { width: 20; }
     EnvironmentScreen #branch-note { padding: 1 0 0 1; color: $text-muted; width: 1fr; }
     EnvironmentScreen #command { height: auto; color: $text; background: $boost; padding: 0 1; }
@@ -107,13 +107,14 @@ class EnvironmentScreen(StepScreen):
             guesses["paths.python"] = python if python is not None and python.exists() else None
         found = {key: path for key, path in guesses.items() if path is not None}
         for key, path in guesses.items():
-            field = self.query_one("#set-" + key.replace(".", "-"), Input)
+            field = self.query_one("#set-" + key.replace(".", "-"), SettingInput)
             if path is None:  # no guess any more (another sd-scripts typed): a stale "found" would contradict
                 if "(found" in field.placeholder:  # the findings above it
-                    field.placeholder = FIELDS[key].doc
+                    field.placeholder, field.hint = placeholder_of(FIELDS[key]), FIELDS[key].doc
                 continue
-            field.placeholder = f"{display_path(path)} (found" + (
-                "; Enter checks it and keeps it)" if key == "paths.sd_scripts" else ": the venv in sd-scripts)")
+            field.placeholder = f"{display_path(path)} (found)"  # short: the line above says what Enter does
+            field.hint = ("found: Enter checks it and keeps it in session.toml"
+                          if key == "paths.sd_scripts" else "found: the venv in sd-scripts; Enter keeps it")
         self._guessed = sd_scripts is not None
         return sd_scripts
 

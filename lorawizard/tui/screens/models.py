@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -18,12 +21,14 @@ from textual.message import Message
 from textual.widgets import Input, Label
 
 from lorawizard.core import catalog
+from lorawizard.core.fsutil import display_path
 from lorawizard.core.model_files import model_file_problem
 from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
 from lorawizard.core.steps.models import TOKENIZER_ROLE, ModelsAction, ModelsOptions, RoleState, add_search_folder
 from lorawizard.core.progress import format_bytes, format_duration
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.text_fit import FitPaths, cut_middle
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
@@ -46,14 +51,6 @@ class TokenChecked(Message):
 
     user: str | None
     problem: str = ""
-
-
-def _home_short(path: Path | None) -> str:
-    if path is None:
-        return ""
-    text = str(path)
-    home = str(Path.home())
-    return "~" + text[len(home) :] if text.startswith(home + "/") else text
 
 
 def state_text(state: RoleState) -> Text:
@@ -80,11 +77,42 @@ def state_text(state: RoleState) -> Text:
     return Text("…", style="dim")
 
 
-def where_text(state: RoleState) -> Text:
+class FoundWhere:
+    """A found file in the where column, drawn at the column's width: `~/…/unet/flux1-dev-fp8.safetensors (ComfyUI)`;
+    narrower, the path loses its middle first, then the source goes, so the file's name stays whole."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = display_path(path), source
+
+    @property
+    def plain(self) -> str:
+        return f"{self.path} ({self.source})"
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def fitted(self, width: int) -> Text:
+        suffix = f" ({self.source})"
+        name = self.path.rsplit("/", 1)[-1]
+        beside = cut_middle(self.path, width - cell_len(suffix))
+        if beside.endswith("/" + name) or beside == self.path:
+            return Text(beside + suffix, no_wrap=True, overflow="ellipsis")
+        return Text(cut_middle(self.path, width), no_wrap=True, overflow="ellipsis")
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.fitted(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(20, cell_len(self.plain)), cell_len(self.plain))
+
+
+def where_text(state: RoleState) -> Text | FitPaths | FoundWhere:
+    """The where column: a found file `~/…` (FoundWhere), else the repo and file it comes from, or the error (its
+    paths cut in the middle)."""
     if state.state == "found" and state.path is not None:
-        return Text(f"{_home_short(state.path)} ({state.source})", overflow="ellipsis", no_wrap=True)
+        return FoundWhere(state.path, state.source)
     if state.state == "error":
-        return Text(state.note, style=tone("error"), overflow="ellipsis", no_wrap=True)
+        return FitPaths(Text(state.note, style=tone("error"), overflow="ellipsis", no_wrap=True), one_line=True)
     repo = f"{state.repo}/" if state.repo else ""
     note = f" · {state.note}" if state.note and state.state == "missing" else ""
     return Text(f"{repo}{state.file}{note}", style="dim", overflow="ellipsis", no_wrap=True)
@@ -286,7 +314,7 @@ class ModelsScreen(StepScreen):
             role = asking.removeprefix("file:")
             path = Path(value).expanduser()
             if not path.is_file():
-                problem.update(f"{path} is not a file")
+                problem.update(f"{display_path(path)} is not a file")
                 return
             if (wrong := model_file_problem(path)) is not None:  # a text file taken for FLUX.1: "✓ found"
                 problem.update(wrong)

@@ -2,7 +2,8 @@
 
 A thread worker rescans the run's `sample/` folders (core.samples.gallery: sd-scripts' real names, foreign and
 half-written files skipped) and posts the grid only when it changed. Columns page to fit the terminal (80×24:
-four epochs a page). Keys: ←/→ epoch, ↑/↓ prompt, [ / ] page, Enter one image large, k keeps the epoch's LoRA.
+four epochs a page). Keys: ←/→ epoch, ↑/↓ prompt, [ / ] page, Enter one image large, k keeps the epoch's LoRA,
+Esc (or g again) back to the Train screen; ? and q as everywhere (help, quit).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from lorawizard.core.samples import Gallery
 from lorawizard.core.session import SessionError
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.fit_footer import FitFooter
 
 LABEL_WIDTH = 14
 RESCAN_S = 1.0
@@ -62,7 +64,7 @@ class SampleCell(Vertical):
 
 class SamplesScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape,q,g", "dismiss", "Back"),
+        Binding("escape,g", "dismiss", "Back"),  # q quits, as on every screen (the app's action_quit: flushes first)
         Binding("left,h", "move(0, -1)", "Epoch ←", show=False),
         Binding("right,l", "move(0, 1)", "Epoch →", show=False),
         Binding("up", "move(-1, 0)", "Prompt ↑", show=False),
@@ -100,7 +102,7 @@ class SamplesScreen(Screen[None]):
         yield Static("", id="samples-epochs")
         yield Vertical(id="samples-grid")
         yield Static("", id="samples-info")
-        yield Footer()
+        yield FitFooter()  # as on the step screens: ? Help and q Quit kept, the palette hint only when it fits
 
     def on_mount(self) -> None:
         if self.live:

@@ -3,6 +3,8 @@
 At 80 columns a screen's own keys can fill the line and push the global ones (? Help, q Quit) off its end. Here the
 global keys (the app's) always show; a screen's keys that do not fit are left out, first those the screen names in
 `FOOTER_DROP_FIRST` (action names, without arguments), then from the end of the line. Every key stays in the help (?).
+The command palette's hint shows only from PALETTE_MIN_WIDTH columns (below, it covered the last keys; ctrl+p still
+works).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from textual.widgets import Footer
 from rich.cells import cell_len
 
 from lorawizard.tui._textual_hacks import footer_bindings_ready, footer_key
+
+PALETTE_MIN_WIDTH = 100
 
 
 def key_width(key_display: str, description: str) -> int:
@@ -36,8 +40,9 @@ class FitFooter(Footer):
             if binding.show:
                 by_action.setdefault(binding.action, (node, binding, enabled, tooltip))
         items = list(by_action.values())
-        palette = active.get(app.COMMAND_PALETTE_BINDING) if self.show_command_palette and app.ENABLE_COMMAND_PALETTE else None
         width = self._width = self.size.width or app.size.width
+        palette = (active.get(app.COMMAND_PALETTE_BINDING)
+                   if self.show_command_palette and app.ENABLE_COMMAND_PALETTE and width >= PALETTE_MIN_WIDTH else None)
         room = width - (key_width(app.get_key_display(palette.binding), palette.binding.description) + 1 if palette else 0)
         drop_first = tuple(getattr(self.screen, "FOOTER_DROP_FIRST", ()))
 

@@ -3,6 +3,11 @@
 Esc in a text field whose text changed since focus entered it undoes the edit: the field gets back the text it had,
 the session the value it had (saved as any edit), and focus leaves the field. Enter keeps the new value.
 
+Each row is `label  field` with the labels in one column (LABEL_WIDTH cells, right-aligned, two blanks before
+the field), the same on every screen. An empty field shows a short placeholder (the default when the schema's doc
+names one, else the doc), cut at a word with "…" when the field is narrower; the line under the form shows the
+focused field's whole hint (its `hint`: the doc, or what a screen says about a guess), or the last error.
+
 Screens that follow a setting listen for `SettingsForm.Saved(key, value)`, posted after the value is in the
 session, never for the form's inner Input/Select events (those reach a screen before or after the save,
 depending on handler order).
@@ -10,16 +15,19 @@ depending on handler order).
 
 from __future__ import annotations
 
+import re
 import shlex
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Input, Label, Select, Switch
 
 from lorawizard.core.session import FIELDS, Field
+from lorawizard.tui.text_fit import fit_words
 from lorawizard.tui.typed_app import wizard_app
 
 
@@ -31,13 +39,38 @@ def _text_of(spec: Field, value: object) -> str:
     return f"{value:g}" if spec.kind == "float" else str(value)
 
 
-class SettingInput(Input):
-    """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that)."""
+LABEL_WIDTH = 22  # the label column: labels of up to 20 cells, right-aligned, then two blanks before the field
 
-    def __init__(self, key: str, *args: object, **kwargs: object) -> None:
+
+def placeholder_of(spec: Field) -> str:
+    """What an empty field shows: the default its doc names ("default: <sd_scripts>/.venv/bin/python"), else the
+    doc ("kohya-ss/sd-scripts checkout"). Never the doc's first words beside a label that says the same."""
+    named = re.search(r"\(default:? ([^)]*)\)", spec.doc)
+    return f"default: {named.group(1)}" if named else spec.doc
+
+
+class SettingInput(Input):
+    """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that).
+
+    `placeholder` keeps the whole text; it is drawn cut at a word with "…" when the field is narrower. `hint` is
+    what the line under the form says while this field has focus."""
+
+    def __init__(self, key: str, *args: object, hint: str = "", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.key = key
+        self.hint = hint
         self.entered: tuple[str, bool, object] | None = None  # text, key set in the session, its value
+
+    def render_line(self, y: int) -> Strip:
+        whole = self.placeholder
+        fitted = fit_words(whole, self.scrollable_content_region.width)
+        if self.value or y != 0 or fitted == whole:
+            return super().render_line(y)
+        self.set_reactive(Input.placeholder, fitted)  # drawn cut, without a refresh; the attribute keeps it whole
+        try:
+            return super().render_line(y)
+        finally:
+            self.set_reactive(Input.placeholder, whole)
 
     def on_focus(self) -> None:
         self.mark_entered()
@@ -102,11 +135,13 @@ class SettingsForm(Vertical):
     DEFAULT_CSS = """
     SettingsForm { height: auto; }
     SettingsForm > Horizontal { height: auto; }
-    SettingsForm Label.setting-label { width: 22; padding: 0 1 0 0; text-align: right; color: $text-muted; }
+    SettingsForm Label.setting-label { width: %d; padding: 0 2 0 0; text-align: right; color: $text-muted;
+                                       text-wrap: nowrap; text-overflow: ellipsis; }
     SettingsForm Input, SettingsForm Select { width: 1fr; }
     SettingsForm Switch { height: 1; border: none; padding: 0; }
-    SettingsForm Label.setting-error { color: $error; height: auto; }
-    """
+    SettingsForm Label.setting-error { color: $error; width: 1fr; height: auto; padding: 0 0 0 %d; }
+    SettingsForm Label.setting-error.-hint { color: $text-muted; }
+    """ % (LABEL_WIDTH, LABEL_WIDTH)
 
     def __init__(self, keys: list[str], labels: dict[str, str] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -114,6 +149,7 @@ class SettingsForm(Vertical):
         self.labels = labels or {}
         self._undone: Input | None = None  # the field Esc just restored: its blur saves nothing more
         self._edit_shown = False  # whether the footer shows "esc Undo edit"
+        self._error = ""  # the last refused value's reason: the line under the form shows it before any hint
 
     def compose(self) -> ComposeResult:
         session = wizard_app(self).session
@@ -128,7 +164,8 @@ class SettingsForm(Vertical):
                 elif spec.kind == "bool":
                     yield Switch(value=bool(value), id=widget_id)
                 else:
-                    yield SettingInput(key, _text_of(spec, value), placeholder=spec.doc, id=widget_id, compact=True)
+                    yield SettingInput(key, _text_of(spec, value), placeholder=placeholder_of(spec), hint=spec.doc,
+                                       id=widget_id, compact=True)
         yield Label("", classes="setting-error")
 
     def _key_of(self, widget_id: str | None) -> str:
@@ -136,9 +173,32 @@ class SettingsForm(Vertical):
         nested = rest.replace("-", ".")  # train.samples.prompts
         return nested if nested in FIELDS else rest.replace("-", ".", 1)
 
+    # -- the line under the form: the last error, else the focused field's hint
+
+    def _show_note(self, error: str | None = None) -> None:
+        """`error`: the line says it (until a value is saved); None: it keeps the error it has, or shows a hint."""
+        if error is not None:
+            self._error = error
+        note = self.query_one(".setting-error", Label)
+        focused = self.screen.focused
+        hint = ""
+        if not self._error and focused is not None and self in focused.ancestors and focused.id:
+            key = self._key_of(focused.id)
+            hint = focused.hint if isinstance(focused, SettingInput) else FIELDS[key].doc if key in FIELDS else ""
+            if isinstance(focused, SettingInput) and not focused.value and focused.placeholder == hint and \
+                    fit_words(hint, focused.scrollable_content_region.width) == hint:
+                hint = ""  # the empty field says it whole already
+        note.set_class(not self._error and bool(hint), "-hint")
+        note.update(self._error or hint)
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def _focus_moved(self) -> None:
+        self.call_after_refresh(self._show_note)  # after focus has settled (a blur comes before the next focus)
+
     def _save(self, key: str, value: object, *, submitted: bool = False) -> None:
         error = wizard_app(self).decide(key, value)
-        self.query_one(".setting-error", Label).update(error or "")
+        self._show_note(error or "")
         if error is None:
             self.post_message(self.Saved(self, key, value, submitted=submitted))
 
@@ -207,11 +267,11 @@ class SettingsForm(Vertical):
         try:
             value = parse_input(FIELDS[key], widget.value)
         except ValueError as exc:
-            self.query_one(".setting-error", Label).update(str(exc))
+            self._show_note(str(exc))
             return
         session = wizard_app(self).session
         if value == session.get(key) and not session.dirty:
-            self.query_one(".setting-error", Label).update("")
+            self._show_note("")
             self.post_message(self.Saved(self, key, value, submitted=submitted))
             return  # leaving a field unchanged writes nothing (the value is in the session already)
         self._save(key, value, submitted=submitted)

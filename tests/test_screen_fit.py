@@ -1,0 +1,207 @@
+"""What a person reads at 80×24: settings labels apart from their fields, placeholders whole or ending with "…",
+paths `~/…` cut in the middle, and the Samples view's keys and footer like every other screen's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from textual.containers import Horizontal
+from textual.widgets import Input, Label
+
+from lorawizard.core.session import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.text_fit import FitPaths, cut_middle, fit_words
+from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm
+from tests.test_train_layout import svg_cells
+
+
+def _screen_rows(app: LoraWizardApp) -> list[str]:
+    grid, _ = svg_cells(app.export_screenshot(), app.size.width, app.size.height)
+    return ["".join(row) for row in grid]
+
+
+def _form_problems(app: LoraWizardApp, rows: list[str]) -> list[str]:
+    """Each visible form row: its label ends two blanks before its field, and an empty field shows its placeholder
+    whole or cut after a word with "…" (never cut mid-word at the field's edge, reading on into the next text)."""
+    problems = []
+    for form in app.screen.query(SettingsForm):
+        for row in (child for child in form.children if isinstance(child, Horizontal)):
+            label, field = row.children[0], row.children[1]
+            y, x = field.region.y, field.region.x
+            if not (0 <= y < len(rows)) or field.region.height == 0:
+                continue
+            line = rows[y]
+            said = line[label.region.x : x].rstrip()
+            if line[x - 2 : x] != "  ":
+                problems.append(f"label {said!r} runs into its field: {line.strip()!r}")
+            if isinstance(field, Input) and not field.value and field.placeholder:
+                shown = line[x : field.region.right].rstrip()
+                whole = field.placeholder
+                if shown != whole and not (shown.endswith("…") and whole.startswith(shown[:-1].rstrip())):
+                    problems.append(f"placeholder of {said!r} cut: {shown!r} (of {whole!r})")
+    return problems
+
+
+# ---------------------------------------------------------------- settings form
+
+
+async def test_environment_labels_and_placeholders_read_apart_at_80x24(project: Path, isolated_home: Path) -> None:
+    """QA: 'trainer Python the trainer's Python (default' — label, one blank, then the doc cut at the field's edge.
+    Now the label column ends two blanks before the field, and the field says what an empty value means."""
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        rows = _screen_rows(app)
+        assert _form_problems(app, rows) == [], "\n".join(rows)
+        python_row = next(row for row in rows if "trainer Python" in row)
+        assert python_row.split("trainer Python", 1)[1].strip() == "default: <sd_scripts>/.venv/bin/python"
+        field = app.screen.query_one("#set-paths-python", SettingInput)
+        field.focus()
+        await pilot.pause()
+        await pilot.pause()
+        note = str(app.screen.query_one(SettingsForm).query_one(".setting-error", Label).render())
+        assert note.startswith("the trainer's Python (default")  # the whole doc, under the form, while in it
+
+
+@pytest.mark.parametrize("step", ["train", "models", "dataset"])
+async def test_every_form_row_keeps_label_and_field_apart_at_80x24(project: Path, isolated_home: Path,
+                                                                   step: str) -> None:
+    session = Session.open_project(project)
+    session.set("name", "fit")
+    session.save()
+    app = LoraWizardApp(Session.open_project(project), start_step=step)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        form = app.screen.query_one(SettingsForm)
+        if step == "dataset":
+            app.screen.set_class(True, "-settings")  # the settings panel (key s)
+        form.scroll_visible(animate=False)
+        await pilot.pause()
+        await pilot.pause()
+        rows = _screen_rows(app)
+        assert _form_problems(app, rows) == [], "\n".join(rows)
+
+
+async def test_a_placeholder_wider_than_its_field_ends_with_an_ellipsis(project: Path, isolated_home: Path) -> None:
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        field = app.screen.query_one("#set-paths-sd_scripts", SettingInput)
+        field.placeholder = "a placeholder much longer than the field is wide, so that it cannot be shown whole here"
+        await pilot.pause()
+        rows = _screen_rows(app)
+        shown = rows[field.region.y][field.region.x : field.region.right].rstrip()
+        assert shown.endswith("…") and field.placeholder.startswith(shown[:-1]) and " " not in shown[-2:], shown
+        assert field.placeholder.startswith("a placeholder much longer")  # the attribute keeps the whole text
+
+
+def test_fit_words_cuts_after_a_word() -> None:
+    assert fit_words("short", 10) == "short"
+    assert fit_words("the trainer's Python (default <sd_scripts>/.venv/bin/python)", 30) == "the trainer's Python (default…"
+    assert fit_words("averyveryverylongword", 8) == "averyve…"
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_cut_middle_keeps_both_ends_and_the_file_name() -> None:
+    path = "~/loras/demo/models/captioners/Qwen2.5-VL-3B-Instruct"
+    assert cut_middle(path, 80) == path
+    assert cut_middle(path, 40) == "~/loras/demo/…/Qwen2.5-VL-3B-Instruct"
+    assert cut_middle("~/ComfyUI/models/unet/flux1-dev-fp8.safetensors", 30) == "~/…/flux1-dev-fp8.safetensors"
+    for width in range(1, 60):
+        assert len(cut_middle(path, width)) <= width
+
+
+def test_fit_paths_shows_home_as_tilde_and_cuts_in_the_middle(isolated_home: Path) -> None:
+    folder = isolated_home / "loras" / "demo" / "models" / "captioners" / "Qwen2.5-VL-3B-Instruct"
+    console = Console(width=40, record=True, color_system=None)
+    console.print(FitPaths(f"✗ {folder} does not exist — the Models step (2) downloads it"))
+    lines = console.export_text().splitlines()
+    assert lines[0].rstrip() == "✗ ~/loras/demo/…/Qwen2.5-VL-3B-Instruct", lines
+    assert str(isolated_home) not in console.export_text()
+
+
+async def test_autocaption_dialog_shows_the_model_folder_from_home_cut_in_the_middle(isolated_home: Path) -> None:
+    """QA: the dialog said '/tmp/…/home/loras/demo/models/captioners/Qwen2.5-VL-3B-Instruct' (the home folder
+    written out), wrapped over two lines with the ✗ alone above it."""
+    from tests.captions_fixtures import make_project
+    from tests.test_autocaption_screen import SOURCES
+
+    project = isolated_home / "loras" / ("a-project-with-a-rather-long-folder-name-" * 2).rstrip("-")
+    project.mkdir(parents=True)
+    make_project(project, SOURCES, trigger="ohwx", image_size=48).save()
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("f5")
+        await pilot.pause()
+        await pilot.pause()
+        rows = _screen_rows(app)
+    text = "\n".join(rows)
+    assert str(isolated_home) not in text, text
+    line = next((row for row in rows if "✗ ~/loras/" in row), None)
+    assert line is not None and "…/" in line and "/Qwen2.5-VL-3B-Instruct does not exist" in line, text
+
+
+async def test_models_where_column_keeps_the_file_name(isolated_home: Path, project: Path) -> None:
+    from lorawizard.core import catalog
+
+    folder = isolated_home / "ComfyUI" / "models" / "unet"
+    folder.mkdir(parents=True)
+    name = catalog.preset(None).file_for("flux").filename
+    (folder / name).write_bytes(b"")
+    session = Session.open_project(project)
+    session.set("models.flux", str(folder / name))
+    session.save()
+    app = LoraWizardApp(Session.open_project(project), start_step="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        rows = _screen_rows(app)
+    flux = next(row for row in rows if row.startswith(" FLUX.1-dev"))
+    assert flux.rstrip().endswith(name) and "~/" in flux and "…" in flux, "\n".join(rows)
+
+
+# ---------------------------------------------------------------- samples view
+
+
+async def test_samples_view_footer_and_keys_match_the_other_screens(isolated_home: Path) -> None:
+    """QA: the Samples view's footer showed '^p palette' at 80 columns and no 'q Quit'; q went back instead."""
+    from tests.test_field_undo_and_footer import _footer_line
+    from tests.test_samples_screen import _screen
+
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    session = Session.open_project(folder)
+    session.set("name", "mychar")
+    session.save()
+    app = LoraWizardApp(Session.open_project(folder), start_step="train")
+    quit_calls: list[bool] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.app.push_screen(_screen(folder, [0, 4, 8]))
+        await pilot.pause(0.3)
+        line = _footer_line(app)
+        assert "? Help" in line and "q Quit" in line and "palette" not in line, line
+        await pilot.press("escape")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "TrainScreen"  # Esc goes back
+        await pilot.app.push_screen(_screen(folder, [0, 4, 8]))
+        await pilot.pause(0.3)
+        app.decide("train.seed", 7)  # a decision not yet written: q writes it before quitting
+        flushed = app.flush_decisions
+
+        def flush() -> None:
+            quit_calls.append(True)
+            flushed()
+
+        app.flush_decisions = flush  # type: ignore[method-assign]
+        await pilot.press("q")
+        await pilot.pause()
+    assert quit_calls == [True]  # q quit through the app's action_quit (before: it went back to the Train screen)
+    assert Session.load(folder / "session.toml").get("train.seed") == 7
