@@ -179,7 +179,10 @@ class SettingsForm(Vertical):
         """`error`: the line says it (until a value is saved); None: it keeps the error it has, or shows a hint."""
         if error is not None:
             self._error = error
-        note = self.query_one(".setting-error", Label)
+        notes = self.query(".setting-error").results(Label)
+        note = next(notes, None)
+        if note is None or not self.is_attached:
+            return  # the form is gone (a dialog closed) before its focus change was shown
         focused = self.screen.focused
         hint = ""
         if not self._error and focused is not None and self in focused.ancestors and focused.id:
