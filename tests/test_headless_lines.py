@@ -35,6 +35,7 @@ def test_stand_in_run_prints_no_line_twice_and_no_epoch_0(tmp_path: Path, monkey
     assert_readable(lines)
     begins = [line for line in lines if " begins" in line]
     assert [line.split(" · ")[0] for line in begins] == [f"train: epoch {n}/3 begins" for n in (1, 2, 3)]
+    assert not any(line.count("epoch ") > 1 for line in begins), begins  # QA: "epoch 2/8 begins · epoch 2/8 · step"
 
 
 def replay_log(path: Path, tmp_path: Path, *, base_epoch: int = 0) -> list[str]:

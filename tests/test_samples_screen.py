@@ -191,3 +191,13 @@ async def test_title_counts_one_column_in_the_singular(home_project: Path) -> No
         await pilot.pause(0.2)
         title = str(screen.query_one("#samples-title").render())
         assert "· 1 column" in title and "1 columns" not in title
+
+
+def test_the_final_epochs_label_fits_its_column() -> None:
+    """QA: at 80x24 a column is 14 cells and the header read "epoch 8 (final" (the bracket cut)."""
+    from lorawizard.tui.screens.samples import epoch_label
+
+    assert epoch_label(8, 8) == "epoch 8 (final)" and epoch_label(4, 8, 14) == "epoch 4"
+    assert epoch_label(8, 8, 14) == "epoch 8 final" and epoch_label(16, 16, 14) == "epoch 16 final"
+    assert epoch_label(100, 100, 14) == "final (100)" and epoch_label(0, 8, 4) == "baseline"
+    assert all(len(epoch_label(e, e, w)) <= w for e in (1, 16, 100, 1000) for w in (10, 14))

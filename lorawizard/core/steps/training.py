@@ -297,11 +297,11 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
     return [f"expected: {per} steps per epoch × {epochs} epochs = {per * epochs} steps{shared}"]
 
 
-def status_line(state: TrainState, *, ended: bool = False) -> str:
+def status_line(state: TrainState, *, ended: bool = False, epoch: bool = True) -> str:
     """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · ETA 4:31`; a run that `ended` (finished,
-    stopped, failed) has no ETA."""
+    stopped, failed) has no ETA; without `epoch` where the line names it already ("epoch 3/16 begins")."""
     parts = []
-    if state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
+    if epoch and state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
         parts.append(f"epoch {state.epoch}/{state.epochs}")
     if state.total_steps:
         parts.append(f"step {state.step}/{state.total_steps} ({state.fraction or 0:.0%})")
@@ -499,7 +499,7 @@ class FollowReporter:
         while self.seen_epochs < len(epochs):
             epoch = epochs[self.seen_epochs]
             self.seen_epochs += 1
-            now = f" · {status_line(state)}" if self.seen_epochs == len(epochs) else ""
+            now = f" · {status_line(state, epoch=False)}" if self.seen_epochs == len(epochs) else ""
             self.log(f"train: epoch {epoch.n}/{epoch.total} begins{now}")
             self.begun_at = (state.epoch, state.step)
         if state.total_steps and (state.epoch, state.step) == self.begun_at and state.phase_bar is None:

@@ -47,10 +47,16 @@ def page_layout(width: int, height: int, rows: int) -> tuple[int, int, int]:
     return cell_w, cell_h, columns
 
 
-def epoch_label(epoch: int, last: int | None) -> str:
+def epoch_label(epoch: int, last: int | None, width: int | None = None) -> str:
+    """`epoch 8 (final)`, shortened to fit `width` cells without losing "final" (80x24: "epoch 8 (final" was cut)."""
     if epoch == 0:
         return "baseline"
-    return f"epoch {epoch}" + (" (final)" if last and epoch == last else "")
+    if not (last and epoch == last):
+        return f"epoch {epoch}"
+    for label in (f"epoch {epoch} (final)", f"epoch {epoch} final", f"final ({epoch})", f"final {epoch}"):
+        if width is None or len(label) <= width:
+            return label
+    return f"e{epoch} final"
 
 
 class SampleCell(Vertical):
@@ -162,7 +168,7 @@ class SamplesScreen(Screen[None]):
         self.query_one("#samples-title", Static).update(title)
         header = Text(" " * LABEL_WIDTH, no_wrap=True, overflow="ellipsis")
         for index, epoch in enumerate(shown):
-            label = epoch_label(epoch, self.last_epoch)[: cell_w].ljust(cell_w + 1)
+            label = epoch_label(epoch, self.last_epoch, cell_w)[: cell_w].ljust(cell_w + 1)
             header.append(label, style="bold reverse" if self.first + index == self.col else "bold")
         self.query_one("#samples-epochs", Static).update(header)
         drawn = (tuple(shown), cell_w, cell_h, tuple(sorted((k, v.path) for k, v in grid.cells.items() if k[1] in shown)))
