@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,17 +48,24 @@ def screen_of(app: LoraWizardApp) -> DatasetScreen:
 
 
 async def settle(pilot) -> None:  # noqa: ANN001
-    """Until the scan is shown and the current row's thumbnail is loaded (or known to fail)."""
-    for _ in range(300):
-        await pilot.pause(0.02)
-        await pilot.app.workers.wait_for_complete()
+    """Until the scan is shown and the current row's thumbnail is loaded (or known to fail); fails after 30 s instead
+    of going on as if it were."""
+
+    def shown() -> bool:
         screen = pilot.app.screen
         if not isinstance(screen, DatasetScreen) or screen.plan is None:
-            continue
+            return False
         item = screen.items.get(screen.current or "")
-        if (item is None or item.source in screen._thumbs or item.status == "bad"
-                or screen._thumbs.problem(item.source) is not None):
+        return (item is None or item.source in screen._thumbs or item.status == "bad"
+                or screen._thumbs.problem(item.source) is not None)
+
+    deadline = time.monotonic() + 30
+    while True:
+        await pilot.pause(0.02)
+        await pilot.app.workers.wait_for_complete()
+        if shown():
             break
+        assert time.monotonic() < deadline, "the scan and the current thumbnail were not shown within 30 s"
     await pilot.pause()
 
 

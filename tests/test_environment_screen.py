@@ -15,6 +15,7 @@ from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.environment import EnvironmentScreen
 from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import canned_check, git, make_canned_python, make_checkout
+from tests.waiting import pilot_until
 
 
 RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
@@ -50,12 +51,15 @@ async def check(pilot) -> None:  # noqa: ANN001
 
 
 async def wait_idle(pilot, until=lambda: True) -> None:  # noqa: ANN001
-    """Until the step has finished and its result is on the screen (a loaded machine can take a while)."""
-    for _ in range(600):
-        await pilot.pause(0.05)
+    """Until the step has finished and its result is on the screen (a loaded machine can take a while); fails
+    after 30 s instead of going on as if it had."""
+
+    def idle() -> bool:
         screen = pilot.app.screen
-        if not screen.runner.running and screen.app.step_states.get("env") != "todo" and until():
-            break
+        return not screen.runner.running and screen.app.step_states.get("env") != "todo" and bool(until())
+
+    await pilot.pause(0.05)  # what the key started has begun
+    await pilot_until(pilot, idle, 30, "the env step to finish and show its result")
     await pilot.pause(0.2)
 
 

@@ -27,6 +27,7 @@ from tests import dataset_fixtures as fx
 from tests.fake_nvml import FakeNvml, fake_gpu, install
 from tests.standin import make_ready_trainer
 from tests.test_probe_standin import peak_reader
+from tests.waiting import pilot_until
 
 TRIGGER = "ohwx"
 # README ("Keystrokes to a first training run"): 16 keys and the trigger word's letters. Lower it when the walk gets
@@ -183,7 +184,7 @@ async def test_guesses_are_shown_and_saved_only_when_accepted(isolated_home: Pat
         written = tomllib.loads((project / "session.toml").read_text()) if (project / "session.toml").exists() else {}
         assert "source" not in written.get("dataset", {}) and "sd_scripts" not in written.get("paths", {})
         await pilot.press("enter")  # accepted
-        await pilot.pause(0.3)
+        await pilot_until(pilot, lambda: app.session.get("dataset.source") == "photos", 20, "the guess to be kept")
         app.flush_decisions()
         assert tomllib.loads((project / "session.toml").read_text())["dataset"]["source"] == "photos"
         assert field.value == "photos"
