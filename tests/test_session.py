@@ -335,3 +335,12 @@ def test_repo_ids_follow_huggingface_hubs_own_rule(repo: str) -> None:
     except HFValidationError:
         valid = False
     assert (repo_id_problem(repo) is None) == valid
+
+
+def test_an_unknown_key_one_typo_from_a_known_one_is_named(tmp_path: Path) -> None:
+    """QA: `max_train_epoch = 5` (no s) under [train] was "unknown key (kept, not used)" and training ran 16 epochs."""
+    path = tmp_path / "session.toml"
+    path.write_text("version = 1\n[train]\nmax_train_epoch = 5\nzzz = 1\n")
+    warnings = Session.load(path).warnings
+    assert warnings == [f"{path}:3: unknown key `train.max_train_epoch` (kept, not used; did you mean "
+                        "`train.max_train_epochs`?)", f"{path}:4: unknown key `train.zzz` (kept, not used)"]

@@ -423,7 +423,7 @@ class Session:
             if spec is None:
                 unknown.append(key)
                 if len(unknown) <= MAX_KEY_WARNINGS:  # each finds its line by scanning the file: a bounded number
-                    warnings.append(f"{where(table, leaf)}: unknown key `{key}` (kept, not used)")
+                    warnings.append(f"{where(table, leaf)}: unknown key `{key}` (kept, not used{_did_you_mean(key)})")
                 continue
             if _looks_secret(value):  # said before anything that would echo the value
                 raise SessionError(f"{where(table, leaf)}: {key}: looks like a Hugging Face token; remove it "
@@ -842,6 +842,14 @@ class _TooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.size = size
+
+
+def _did_you_mean(key: str) -> str:
+    """`; did you mean `train.max_train_epochs`?` for a key one typo away from a known one (a hand edit), else ""."""
+    import difflib  # only for unknown keys: nothing at start-up
+
+    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.85)
+    return f"; did you mean `{close[0]}`?" if close else ""
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
