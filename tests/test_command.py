@@ -267,7 +267,9 @@ def test_no_loader_workers_drops_our_persistent_workers(project: Path) -> None:
 def test_caption_dropout_zero_is_not_a_conflict(project: Path) -> None:
     session = make_session(project, train__extra_args=["--caption_dropout_rate", "0", "--blocks_to_swap", "0",
                                                         "--cpu_offload_checkpointing"])
-    cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o")
+    argv = cmd.build_train_command(session, dataset_config="d", accelerate_config="a", output_dir="o").argv  # no error
+    assert argv[argv.index("--caption_dropout_rate") + 1] == "0" and "--cache_text_encoder_outputs" in argv
+    assert argv[argv.index("--blocks_to_swap") + 1] == "0" and "--cpu_offload_checkpointing" in argv
 
 
 def test_fp32_runs_agree_everywhere_and_drop_fp8(project: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from lorawizard.core import gpu
 from lorawizard.core.gpu import NO_GPU, GpuInfo, Inventory, PeakSampler, PynvmlAdapter, inventory, sample_memory
-from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, RTX_4090, FakeNvml, install, none_visible, one_gpu, two_different_gpus
+from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, RTX_4090, FakeNvml, none_visible, one_gpu, two_different_gpus
 
 
 def test_no_gpu_is_a_state_not_a_crash() -> None:
@@ -42,9 +42,13 @@ def test_two_different_gpus_default_is_most_free_and_saved_uuid_wins() -> None:
     assert gpu.gpu_by_uuid("GPU-nope", two_different_gpus()) is None
 
 
-def test_default_adapter_can_be_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch, one_gpu())
-    assert inventory().gpus == [RTX_4090]
+def test_default_adapter_can_be_replaced() -> None:
+    gpu.set_default_nvml(one_gpu())  # the public way (tests/fake_nvml.install patches the same global)
+    try:
+        assert inventory().gpus == [RTX_4090]
+    finally:
+        gpu.set_default_nvml(None)
+    assert not isinstance(gpu.default_nvml(), FakeNvml)  # None: back to the real adapter
 
 
 def test_vitals_leave_out_what_nvml_cannot_tell() -> None:
