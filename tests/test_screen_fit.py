@@ -205,3 +205,124 @@ async def test_samples_view_footer_and_keys_match_the_other_screens(isolated_hom
         await pilot.pause()
     assert quit_calls == [True]  # q quit through the app's action_quit (before: it went back to the Train screen)
     assert Session.load(folder / "session.toml").get("train.seed") == 7
+
+
+# ---------------------------------------------------------------- one-line texts, table columns, paths in toasts
+
+
+async def test_the_caption_token_line_ends_with_an_ellipsis_at_80x24(isolated_home: Path) -> None:
+    """QA: 'CLIP 19/77 · T5 19/512 · estimated (no tokenizers' — a one-line Static wrapped at a word and the rest
+    fell below its one row, with no mark (Textual ignores a Rich Text's no_wrap/overflow; CSS text-wrap does it)."""
+    from tests.test_captions_screen import demo_project, ready
+
+    app = LoraWizardApp(Session.open_project(demo_project(isolated_home)), start_step="captions")
+    async with app.run_test(size=(72, 24)) as pilot:
+        await ready(pilot)
+        tokens = app.screen.query_one("#cap-tokens")
+        rows = _screen_rows(app)
+        shown = rows[tokens.region.y][tokens.region.x : tokens.region.right].rstrip()
+    assert shown.startswith("CLIP ") and "estimated" in shown and shown.endswith("…"), shown
+
+
+async def test_dataset_notes_end_with_an_ellipsis_beside_the_preview(isolated_home: Path) -> None:
+    """QA: the note column was as wide as its longest note and ran under the preview, cut there without a mark
+    ('rotated (EXIF 6', 'too small · 4.3× up: sk'). It takes what the table leaves; a longer note ends with …."""
+    from textual.widgets import DataTable
+
+    from tests.test_dataset_screen import make_app, settle
+
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.pause()
+        table = app.screen.query_one("#ds-table", DataTable)
+        used = sum(column.get_render_width(table) for column in table.columns.values())
+        assert used <= table.size.width, (used, table.size.width)
+        rows = _screen_rows(app)
+        notes = [row[table.region.x : table.region.right].rstrip() for row in rows[table.region.y : table.region.bottom]]
+    assert any(line.endswith("…") for line in notes), "\n".join(notes)
+
+
+async def test_dataset_footer_says_plus_minus_crop_size(isolated_home: Path) -> None:
+    from tests.test_dataset_screen import make_app, settle
+    from tests.test_field_undo_and_footer import _footer_line
+
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        line = _footer_line(app)
+    assert "+/- Crop size" in line and "+ +/-" not in line, line
+
+
+async def test_toasts_and_step_logs_write_home_as_tilde(isolated_home: Path, project: Path) -> None:
+    from lorawizard.core.steps import StepResult
+    from lorawizard.tui.messages import StepFinished, StepLog
+    from lorawizard.tui.widgets.step_runner import StepRunner
+
+    app = LoraWizardApp(Session.open_project(project), start_step="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        app.notify(f"kept epoch 2: {isolated_home}/loras/mychar-e2.safetensors")
+        runner = app.screen.query_one(StepRunner)
+        runner.post_message(StepLog("models", [f"downloading to {isolated_home}/models/ae.safetensors"]))
+        runner.post_message(StepFinished("models", StepResult(ok=False, summary=f"{isolated_home}/models is full",
+                                                              details=[f"free: {isolated_home}/models 0 B"])))
+        await pilot.pause()
+        await pilot.pause()
+        toasts = [n.message for n in app._notifications]
+        shown = "\n".join(_screen_rows(app))
+        status = str(runner.query_one(".runner-status", Label).render())
+    assert "kept epoch 2: ~/loras/mychar-e2.safetensors" in toasts
+    assert status == "✗ ~/models is full"
+    assert "downloading to ~/models/ae.safetensors" in shown and str(isolated_home) not in shown, shown
+
+
+async def test_a_long_project_folder_is_cut_in_the_middle_and_every_step_stays_on_the_bar(tmp_path: Path) -> None:
+    """QA: at 120 columns a project outside the home folder (/tmp/…/project) pushed '6 Train' off the step bar."""
+    project = tmp_path / ("a-rather-long-folder-name-" * 3) / "project"
+    project.mkdir(parents=True)
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        bar = _screen_rows(app)[0].rstrip()
+    assert bar.endswith("6○ Train") and "…" in bar and bar.split(" · ", 1)[1].split("  ")[0].endswith("/project"), bar
+
+
+async def test_full_log_names_its_file_on_one_line_cut_in_the_middle(isolated_home: Path, project: Path) -> None:
+    """QA: at 80 columns the full log's header ('~/…/train.log  (Esc closes; '\\r' redraws collapsed, last 20000
+    lines)') wrapped onto the log's first line; a long path ran over it."""
+    from lorawizard.tui.screens.train import FullLogScreen
+
+    log = isolated_home / "loras" / ("a-long-project-folder-name-" * 3) / "runs" / "20261203-092642" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch 1/16\n")
+    app = LoraWizardApp(Session.open_project(project), start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.push_screen(FullLogScreen(log))
+        await pilot.pause()
+        await pilot.pause()
+        rows = _screen_rows(app)
+    text = "\n".join(rows)
+    header = next(row for row in rows if "train.log" in row)
+    assert "~/loras/" in header and "…" in header and "/20261203-092642/train.log" in header, text
+    assert "Esc closes" in text and str(isolated_home) not in text
+    assert next(i for i, row in enumerate(rows) if "epoch 1/16" in row) == rows.index(header) + 1, text
+
+
+async def test_help_over_the_samples_view_names_it(isolated_home: Path) -> None:
+    from lorawizard.tui.screens.help import HelpScreen
+    from tests.test_samples_screen import _screen
+
+    folder = isolated_home / "loras" / "mychar"
+    folder.mkdir(parents=True)
+    app = LoraWizardApp(Session.open_project(folder), start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(_screen(folder, [0, 4]))
+        await pilot.pause(0.3)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = "\n".join(_screen_rows(app))
+    assert "Keys on Samples" in text and "Keys on Train" not in text, text

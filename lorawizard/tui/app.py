@@ -7,10 +7,11 @@ from collections.abc import Iterable
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from lorawizard.core.fsutil import display_path
+from lorawizard.core.fsutil import display_path, tilde_paths
 from lorawizard.core.session import Session, SessionError
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.step_states import session_step_states, training_is_live
@@ -130,6 +131,11 @@ class LoraWizardApp(App[None]):
         # every step done (a run finished): its results (samples, keep an epoch, publish), not Environment
         return next((s for s in STEP_ORDER if self.step_states.get(s) != "done"), STEP_ORDER[-1])
 
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every toast writes paths under the home folder `~/…`, as the screens do (fsutil.tilde_paths)."""
+        super().notify(tilde_paths(message), title=title, severity=severity, timeout=timeout, markup=markup)
+
     # -- decisions
 
     def decide(self, key: str, value: object) -> str | None:
@@ -199,7 +205,8 @@ class LoraWizardApp(App[None]):
     def action_help(self) -> None:
         from lorawizard.tui.screens.help import HelpScreen
 
-        self.push_screen(HelpScreen(self.screen_keys(), STEP_TITLES.get(self.current_mode, "")))
+        title = getattr(self.screen, "HELP_TITLE", "") or STEP_TITLES.get(self.current_mode, "")  # Samples over Train
+        self.push_screen(HelpScreen(self.screen_keys(), title))
 
     def screen_keys(self) -> list[tuple[str, str]]:
         """The current screen's own keys (not the app's), as the footer knows them, for the help screen."""

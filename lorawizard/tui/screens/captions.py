@@ -117,7 +117,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     ]
 
     DEFAULT_CSS = """
-    CaptionsScreen #cap-header { height: 1; padding: 0 1; background: $panel; }
+    CaptionsScreen #cap-header { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     CaptionsScreen #cap-main { height: 1fr; }
     CaptionsScreen CaptionList { width: 26; border-right: vkey $panel; }
     CaptionsScreen.-wide CaptionList { width: 36; }
@@ -128,7 +128,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     CaptionsScreen.-wide #cap-image { width: 32; height: 16; }
     CaptionsScreen #cap-info { width: 1fr; height: 100%; }
     CaptionsScreen #cap-editor { height: 1fr; min-height: 3; border-title-color: $text-secondary; }
-    CaptionsScreen #cap-tokens { height: 1; }
+    CaptionsScreen #cap-tokens { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     CaptionsScreen StepRunner { padding: 0 1; }
     """
 

@@ -113,7 +113,7 @@ class DatasetScreen(StepScreen):
         Binding("shift+down", "move(0, 1)", "Move crop", show=False),
         Binding("left", "move(-1, 0)", "Move crop", show=False),
         Binding("right", "move(1, 0)", "Move crop", show=False),
-        Binding("plus,equals_sign", "zoom(1.1)", "+/- crop", show=True),
+        Binding("plus,equals_sign", "zoom(1.1)", "Crop size", show=True, key_display="+/-"),
         Binding("minus", "zoom(0.9)", "Smaller crop", show=False),
         Binding("b", "bucket", "Bucket", show=True),
         Binding("r", "reset", "Reset crop", show=False),
@@ -136,7 +136,7 @@ class DatasetScreen(StepScreen):
     DatasetScreen.-wide #ds-preview { width: 48; }
     DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
     DatasetScreen #ds-info { height: auto; color: $text-muted; dock: top; }  /* always whole (above the picture): a tall portrait preview pushed it off the screen */
-    DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; }
+    DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     DatasetScreen StepRunner { padding: 0 1; max-height: 7; }
     DatasetScreen StepRunner Log { max-height: 4; }
     """
@@ -187,10 +187,17 @@ class DatasetScreen(StepScreen):
         """A terminal resized across 110 columns: the columns follow (from 80 to 120 columns they stayed narrow,
         "thumb_0001.j…" beside an empty half of the screen; from 120 to 80 the notes were cut off)."""
         if (self.app.size.width >= 110) == self._columns_wide:
+            self.call_after_refresh(self._fit_note)
             return
         self.table.clear(columns=True)
         self._add_columns()
         self._fill_table()
+
+    def _fit_note(self) -> None:
+        """The note column takes what the table leaves (as wide as its longest note, it ran under the preview and
+        was cut there without a mark: "rotated (EXIF 6", "too small · 4.3× up: sk"); a longer note ends with …."""
+        if isinstance(self.table, Table):
+            self.table.fill_width("note", 8)
 
     def on_mount(self) -> None:
         table = self.table
@@ -293,6 +300,7 @@ class DatasetScreen(StepScreen):
         rows = self._visible()
         for item in rows:
             table.add_row(*self._row(item), key=item.source)
+        self.call_after_refresh(self._fit_note)
         if not rows:
             self.current = None
             self._show_preview()

@@ -71,8 +71,8 @@ class GpuScreen(StepScreen):
     GpuScreen #gpu-list { height: auto; max-height: 5; border: none; padding: 0; }
     GpuScreen #gpu-state { height: auto; }
     GpuScreen #preset-row { height: auto; }
-    GpuScreen #preset-row Label { padding: 1 1 0 0; }
-    GpuScreen #preset-select { width: 54; }
+    GpuScreen #preset-row Label { width: 22; padding: 1 2 0 0; text-align: right; color: $text-muted; }
+    GpuScreen #preset-select { width: 1fr; max-width: 56; }
     GpuScreen #estimate { color: $text-muted; height: auto; }
     GpuScreen #preset-note { color: $text-muted; height: auto; }
     GpuScreen DataTable { height: auto; max-height: 12; margin: 1 0 0 0; }

@@ -69,6 +69,7 @@ class SampleCell(Vertical):
 
 
 class SamplesScreen(Screen[None]):
+    HELP_TITLE = "Samples"  # the help's "Keys on …" (it said Train, the screen below)
     BINDINGS = [
         Binding("escape,g", "dismiss", "Back"),  # q quits, as on every screen (the app's action_quit: flushes first)
         Binding("left,h", "move(0, -1)", "Epoch ←", show=False),
@@ -82,11 +83,11 @@ class SamplesScreen(Screen[None]):
     ]
     DEFAULT_CSS = """
     SamplesScreen { layout: vertical; }
-    SamplesScreen #samples-title { height: 1; background: $boost; text-style: bold; }
-    SamplesScreen #samples-epochs { height: 1; }
+    SamplesScreen #samples-title { height: 1; background: $boost; text-style: bold; text-wrap: nowrap; text-overflow: ellipsis; }
+    SamplesScreen #samples-epochs { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     SamplesScreen .samples-row { height: auto; }
     SamplesScreen .samples-label { width: 14; height: 100%; color: $text-muted; padding: 0 1 0 0; }
-    SamplesScreen #samples-info { height: 1; color: $text-muted; }
+    SamplesScreen #samples-info { height: 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, run_dirs: list[Path], output_name: str, prompts: list[str], *, last_epoch: int | None = None,

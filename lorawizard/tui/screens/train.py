@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,6 +29,7 @@ from lorawizard.core.steps import StepState
 from lorawizard.core.text import one_line
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.text_fit import FitPaths, cut_middle
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.wrap_log import WrapLog
@@ -67,7 +69,8 @@ class FullLogScreen(ModalScreen[None]):
     FullLogScreen { align: center middle; }
     FullLogScreen > Vertical { width: 95%; height: 90%; border: round $primary; background: $surface; }
     FullLogScreen Log { height: 1fr; }
-    FullLogScreen Label { width: 1fr; height: auto; }
+    FullLogScreen Label { width: 1fr; height: 1; padding: 0 1; }
+    FullLogScreen > Vertical { border-subtitle-color: $text-muted; }
     """
 
     def __init__(self, path: Path, max_lines: int = 20000) -> None:
@@ -75,8 +78,10 @@ class FullLogScreen(ModalScreen[None]):
         self.path, self.max_lines = path, max_lines
 
     def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label(f" {display_path(self.path)}  (Esc closes; '\\r' redraws collapsed, last {self.max_lines} lines)")
+        box = Vertical()
+        box.border_subtitle = f"Esc closes · '\\r' redraws collapsed · last {self.max_lines} lines"
+        with box:  # the path on a line of its own, `~/…` and cut in the middle (it wrapped the hint at 80 columns)
+            yield Label(FitPaths(Text(str(self.path), no_wrap=True), one_line=True))
             yield WrapLog(max_lines=self.max_lines, auto_scroll=True)
 
     @dataclass
@@ -155,8 +160,8 @@ class TrainScreen(StepScreen):
     TrainScreen #train-sample { width: 26; height: 9; display: none; border: round $primary 50%; border-title-color: $text-muted; }
     TrainScreen.-wide #train-sample.-has-image { display: block; }
     TrainScreen #train-sample > * { width: auto; height: 1fr; }
-    TrainScreen #train-bar-line { height: 1; color: $text-muted; }
-    TrainScreen #train-publish { height: 1; display: none; color: $accent; }
+    TrainScreen #train-bar-line { height: 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
+    TrainScreen #train-publish { height: 1; display: none; color: $accent; text-wrap: nowrap; text-overflow: ellipsis; }
     TrainScreen #train-publish.-shown { display: block; }
     TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted;
                              overflow-x: hidden; scrollbar-size-vertical: 1; }
@@ -237,7 +242,8 @@ class TrainScreen(StepScreen):
                 log.clear()
             if view.new_lines:
                 log.write_lines([_line_text(line) for line in view.new_lines])
-            log.border_title = f"log · {display_path(view.log_path)}" if view.log_path else "log"
+            shown = cut_middle(display_path(view.log_path), max(12, (log.size.width or 80) - 10)) if view.log_path else ""
+            log.border_title = f"log · {shown}" if shown else "log"  # a long path loses its middle, not its name
             self._show_sample(view.sample)
 
     def _show_sample(self, sample: Path | None) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.events import Click
 from textual.reactive import reactive
 from textual.widget import Widget
 
 from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
+from lorawizard.tui.text_fit import MIN_PATH, cut_middle
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 
@@ -17,7 +19,7 @@ MARKS = {"done": "✓", "current": "●", "todo": "○", "attention": "✗"}
 
 class StepBar(Widget):
     DEFAULT_CSS = """
-    StepBar { height: 1; background: $panel; color: $text; }
+    StepBar { height: 1; background: $panel; color: $text; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     states: reactive[dict[str, StepState]] = reactive(dict)  # the App's step_states, followed (repaints)
@@ -38,17 +40,22 @@ class StepBar(Widget):
         states = self.states
         text = Text(no_wrap=True, overflow="ellipsis")
         compact = self.size.width < 100
-        text.append(" lorawizard", style="bold")
-        if not compact:
-            text.append(f" · {self.project_label}", style="dim")
-        text.append("  ")
-        self._spans = []
+        steps = []
         for number, name in enumerate(STEP_ORDER, start=1):
             state = "current" if name == self.step else states.get(name, "todo")
             title = SHORT_TITLES[name] if compact else STEP_TITLES[name]
             style = {"current": "bold reverse", "done": tone("success"), "attention": tone("error", bold=True), "todo": "dim"}[state]
+            steps.append((f" {number}{MARKS[state]} {title} ", style, name))
+        text.append(" lorawizard", style="bold")
+        # the project's folder in what the steps leave, cut in the middle (a long one pushed "6 Train" off the bar)
+        room = (self.size.width or 120) - cell_len(" lorawizard ·   ") - sum(cell_len(step) for step, _, _ in steps)
+        if not compact and room >= MIN_PATH:
+            text.append(f" · {cut_middle(self.project_label, room)}", style="dim")
+        text.append("  ")
+        self._spans = []
+        for label, style, name in steps:
             start = len(text.plain)
-            text.append(f" {number}{MARKS[state]} {title} ", style=style)
+            text.append(label, style=style)
             self._spans.append((start, len(text.plain), name))
         return text
 

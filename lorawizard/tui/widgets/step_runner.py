@@ -15,6 +15,7 @@ from textual.containers import Vertical
 from textual.widgets import Label, Log, ProgressBar
 from textual.worker import get_current_worker
 
+from lorawizard.core.fsutil import tilde_paths
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session_store import SessionStore
 from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step, options_for
@@ -116,7 +117,7 @@ class StepRunner(Vertical):
 
     @on(StepLog)
     def _log(self, message: StepLog) -> None:
-        self.query_one(Log).write_lines(message.lines)
+        self.query_one(Log).write_lines([tilde_paths(line) for line in message.lines])  # ~/… as everywhere shown
 
     @on(StepFinished)
     def _finished(self, message: StepFinished) -> None:
@@ -125,11 +126,11 @@ class StepRunner(Vertical):
         status = self.query_one(".runner-status", Label)
         log = self.query_one(Log)
         if message.error:
-            status.update(f"✗ {message.error}")
+            status.update(f"✗ {tilde_paths(message.error)}")
         elif message.result is None:
             status.update("cancelled — see the lines above for what was kept")
         else:
             mark = "✓" if message.result.ok else "✗"
-            status.update(f"{mark} {message.result.summary}")
-            log.write_lines(message.result.details)
+            status.update(f"{mark} {tilde_paths(message.result.summary)}")
+            log.write_lines([tilde_paths(line) for line in message.result.details])
         # not stopped: it bubbles on to the screen (its follow-up) and the App (the step bar's state)
