@@ -149,6 +149,14 @@ async def test_reattach_to_a_live_run_and_stop_it(tmp_path: Path, monkeypatch: p
         await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("enter")
         await pilot_until(pilot, lambda: header.view.status == "stopped")
+
+        def stopped_lines() -> list[str]:
+            return [str(n.message) for n in app._notifications if "stopped" in str(n.message)]
+
+        await pilot_until(pilot, lambda: any("(SIGINT)" in line for line in stopped_lines()))
+        await pilot.pause(0.5)
+        # QA: two toasts said it (the stop's own line and the dashboard's "run … stopped", with a bell)
+        assert len(stopped_lines()) == 1, stopped_lines()
     assert not record.is_alive() and runs.RunRecord.load(record.dir).status() == "stopped"
 
 

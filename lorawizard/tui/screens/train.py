@@ -131,6 +131,7 @@ class TrainScreen(StepScreen):
         self.record: Any = None
         self.view = TrainView()
         self._stop_tail = threading.Event()
+        self._stop_asked: str | None = None  # the run this wizard stopped (s): its stop worker says so, once
         self._sample_shown: Path | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -223,7 +224,8 @@ class TrainScreen(StepScreen):
     def apply_view(self, view: TrainView) -> None:
         if view.notice:
             self.notify(view.notice, severity="warning", timeout=15)
-        if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost"):
+        asked = view.status == "stopped" and view.run_id == self._stop_asked  # the stop worker's line says it
+        if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost") and not asked:
             self.app.bell()  # a run that ends while nobody watches: the terminal says so
             self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch, "
                         "p publishes" if view.status == "finished" else ""), timeout=15)
@@ -327,6 +329,7 @@ class TrainScreen(StepScreen):
         lost = statesave.steps_lost(self.view.step, runs.newest_state_step(record))
         self.notify(f"stopping: loses {statesave.steps_text(lost)} since the newest saved state "
                     "(SIGINT, then SIGTERM, then SIGKILL)…")
+        self._stop_asked = record.run_id
         self._stop_run(record)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
