@@ -326,3 +326,60 @@ async def test_help_over_the_samples_view_names_it(isolated_home: Path) -> None:
         assert isinstance(app.screen, HelpScreen)
         text = "\n".join(_screen_rows(app))
     assert "Keys on Samples" in text and "Keys on Train" not in text, text
+
+
+async def test_ask_and_filter_fields_show_their_placeholder_whole_or_with_an_ellipsis(isolated_home: Path,
+                                                                                     project: Path) -> None:
+    """QA at 80 columns: Models' a showed 'a folder to search, e.g. ~/ComfyUI or /data/models (Enter adds it, Esc' and
+    t '… (kept in huggingface_hub's token store, never' — cut at the field's edge, mid-sentence."""
+    app = LoraWizardApp(Session.open_project(project), start_step="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        for key, end in (("a", "(Enter adds it, Esc cancels)"), ("t", "never shown)")):
+            await pilot.press(key)
+            await pilot.pause()
+            field = app.screen.query_one("#model-ask", Input)
+            shown = _screen_rows(app)[field.content_region.y]
+            assert end in shown, shown
+            await pilot.press("escape")
+            await pilot.pause()
+        field.placeholder = "a placeholder much longer than the field is wide, so that it cannot be shown whole here"
+        await pilot.press("a")
+        field.placeholder = "a placeholder much longer than the field is wide, so that it cannot be shown whole here"
+        await pilot.pause()
+        region = field.content_region
+        shown = _screen_rows(app)[region.y][region.x : region.right].strip()
+    assert shown.endswith("…") and field.placeholder.startswith(shown[:-1].strip()), shown
+
+
+def test_shell_tilde_only_where_a_shell_expands_it(isolated_home: Path) -> None:
+    from lorawizard.tui.text_fit import shell_tilde
+
+    home = str(isolated_home)
+    command = (f"cd {home}/sd-scripts && HF_HOME={home}/.cache {home}/sd-scripts/.venv/bin/python -m x "
+               f"--config_file '{home}/my loras/a.yaml' --out {home}x/y")
+    assert shell_tilde(command) == (f"cd ~/sd-scripts && HF_HOME=~/.cache ~/sd-scripts/.venv/bin/python -m x "
+                                    f"--config_file '{home}/my loras/a.yaml' --out {home}x/y")
+
+
+async def test_the_training_command_is_shown_from_home_and_copied_in_full(isolated_home: Path, project: Path) -> None:
+    from textual.widgets import Static
+
+    from tests.standin import make_ready_trainer
+
+    sd_scripts, python = make_ready_trainer(isolated_home)
+    session = Session.open_project(project)
+    session.set("paths.sd_scripts", str(sd_scripts))
+    session.set("paths.python", str(python))
+    session.save()
+    app = LoraWizardApp(Session.open_project(project), start_step="env")
+    copied: list[str] = []
+    app.copy_to_clipboard = copied.append  # type: ignore[method-assign]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        shown = str(app.screen.query_one("#command", Static).render())
+        await pilot.press("y")
+        await pilot.pause()
+    assert "cd ~/sd-scripts &&" in shown and str(isolated_home) + "/sd-scripts" not in shown, shown
+    assert copied and f"cd {sd_scripts} &&" in copied[0]

@@ -9,6 +9,7 @@ drawn at (a Static in a dialog, a DataTable cell), so a resize needs no code; pa
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -78,6 +79,15 @@ def cut_middle(path: str, width: int) -> str:
 def shown_path(text: str) -> str:
     """A path as written in a line: `~/…` under the home folder (display_path), else as it is."""
     return display_path(text) if text.startswith("/") else text
+
+
+def shell_tilde(text: str) -> str:
+    """A shell command as shown: the home folder written `~` where it starts an unquoted word (after a blank, the
+    start or `VAR=`), where a shell expands it the same when the line is pasted; quoted words stay as they are."""
+    home = str(Path.home()).rstrip("/")
+    if len(home) < 2:
+        return text
+    return re.sub(r"(?<![^\s=])" + re.escape(home) + r"(?=/|\s|$)", "~", text)
 
 
 def fit_paths(text: Text | str, width: int, *, one_line: bool = False) -> Text:

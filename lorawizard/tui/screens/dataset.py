@@ -32,7 +32,7 @@ from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
-from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm
+from lorawizard.tui.widgets.settings_form import FitInput, SettingInput, SettingsForm
 from lorawizard.tui.widgets.tables import Table
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
@@ -160,7 +160,8 @@ class DatasetScreen(StepScreen):
         yield Static("", id="ds-head")
         with Vertical(id="ds-settings"):
             yield SettingsForm(SETTINGS)
-        yield Input(placeholder="filter: part of a name or a note (too small, duplicate, rotated, …); Esc clears", id="ds-filter")
+        yield FitInput(placeholder="filter: part of a name or a note (too small, duplicate, rotated, …); Esc clears",
+                       id="ds-filter")
         with Horizontal(id="ds-main"):
             yield ImageTable(id="ds-table", cursor_type="row", zebra_stripes=True)
             with Vertical(id="ds-preview"):

@@ -25,6 +25,7 @@ from lorawizard.core.session import FIELDS
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
+from lorawizard.tui.text_fit import shell_tilde
 from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
 from lorawizard.tui.typed_app import wizard_app
 
@@ -149,7 +150,8 @@ class EnvironmentScreen(StepScreen):
 
     def _set_command(self, command: Any, note: str) -> None:
         self.command = command
-        text = command.shell_text(multiline=True) if command is not None else "(not available yet)"
+        # shown `~/…` (shorter, wraps less at 80 columns); y copies the command with its paths written out
+        text = shell_tilde(command.shell_text(multiline=True)) if command is not None else "(not available yet)"
         self.query_one("#command", Static).update(Text(text))
         self.query_one("#command-note", Static).update(Text(note, style=tone("error") if note.startswith("✗") else ""))
 

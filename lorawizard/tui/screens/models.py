@@ -30,7 +30,7 @@ from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths, cut_middle
 from lorawizard.tui.tones import tone
-from lorawizard.tui.widgets.settings_form import SettingsForm
+from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.tables import Table
 
@@ -155,7 +155,7 @@ class ModelsScreen(StepScreen):
         yield Label("", id="model-problem")
         yield Label("Ctrl+G download all · v verify · f choose a file for the row · a add a folder to search · "
                     "t Hugging Face token · c the auto-captions model", id="model-hint")
-        yield Input(id="model-ask")
+        yield FitInput(id="model-ask")
 
     def on_mount(self) -> None:
         table = self.query_one(Table)
@@ -281,10 +281,10 @@ class ModelsScreen(StepScreen):
             ask.placeholder = f"path of your {ROW_TITLES[role]} file (Enter uses it in place, Esc cancels)"
             self.asking = f"file:{role}"
         elif what == "folder":
-            ask.placeholder = "a folder to search, e.g. ~/ComfyUI or /data/models (Enter adds it, Esc cancels)"
+            ask.placeholder = "a folder to search, e.g. ~/ComfyUI (Enter adds it, Esc cancels)"
             self.asking = "folder"
         else:
-            ask.placeholder = "Hugging Face read token (kept in huggingface_hub's token store, never shown)"
+            ask.placeholder = "Hugging Face read token (kept in huggingface_hub's store, never shown)"
             self.asking = "token"
         ask.add_class("shown")
         ask.focus()

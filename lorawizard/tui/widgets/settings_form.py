@@ -49,17 +49,9 @@ def placeholder_of(spec: Field) -> str:
     return f"default: {named.group(1)}" if named else spec.doc
 
 
-class SettingInput(Input):
-    """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that).
-
-    `placeholder` keeps the whole text; it is drawn cut at a word with "…" when the field is narrower. `hint` is
-    what the line under the form says while this field has focus."""
-
-    def __init__(self, key: str, *args: object, hint: str = "", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.key = key
-        self.hint = hint
-        self.entered: tuple[str, bool, object] | None = None  # text, key set in the session, its value
+class FitInput(Input):
+    """An Input whose `placeholder` keeps the whole text but is drawn cut at a word with "…" when the field is
+    narrower (Textual cuts it at the edge, mid-word: "(Enter adds it, Esc")."""
 
     def render_line(self, y: int) -> Strip:
         whole = self.placeholder
@@ -71,6 +63,18 @@ class SettingInput(Input):
             return super().render_line(y)
         finally:
             self.set_reactive(Input.placeholder, whole)
+
+
+class SettingInput(FitInput):
+    """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that).
+
+    `hint` is what the line under the form says while this field has focus."""
+
+    def __init__(self, key: str, *args: object, hint: str = "", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.key = key
+        self.hint = hint
+        self.entered: tuple[str, bool, object] | None = None  # text, key set in the session, its value
 
     def on_focus(self) -> None:
         self.mark_entered()
