@@ -145,4 +145,6 @@ async def bulk_replace_preview(pilot: Any, find: str, replace: str) -> str:
     await pilot.press(*find)
     pilot.app.screen.query_one("#bulk-second", Input).value = replace
     await pilot.pause()
+    await pilot.app.workers.wait_for_complete()  # the preview is computed in a worker
+    await pilot.pause()
     return str(pilot.app.screen.query_one("#bulk-preview").render())

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual.widgets import TextArea
+from textual.widgets import Input, TextArea
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.captions import CaptionsScreen
+from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
 from tests.captions_fixtures import bulk_replace_preview, make_project, save_in_flight
 
@@ -55,7 +55,7 @@ async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(iso
         with save_in_flight(app.store):  # the bulk worker computes, then waits here for the session
             await pilot.press("ctrl+s")
             await pilot.pause()
-            assert app.screen is screen and screen._bulk is not None  # type: ignore[comparison-overlap]
+            assert app.screen is screen and screen._bulk is not None
             assert "applying" in str(screen.query_one("#cap-header").render())
             assert captions.items[0].body == "a photo of thing 1"  # not committed yet
 
@@ -71,7 +71,7 @@ async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(iso
 
             # a second bulk change, its undo or writing the files must wait: refused with one line each
             await pilot.press("ctrl+r", "f4", "ctrl+g")
-            assert app.screen is screen  # type: ignore[comparison-overlap]  # no dialog opened
+            assert app.screen is screen  # no dialog opened
             refused = [n for n in notes(app) if n.startswith("still applying")]
             assert len(refused) == 3 and all("\n" not in n for n in refused)
             assert screen._bulk is not None and all(c.body == f"a photo of thing {n}"
@@ -105,3 +105,29 @@ async def test_bulk_edit_of_2000_captions_keeps_keys_working_and_is_undoable(iso
         assert captions.counts()["edited"] == 1
         await pilot.press("f4")
         assert "no bulk change to undo" in notes(app)
+
+
+async def test_the_bulk_dialog_previews_in_a_worker_and_applies_what_the_fields_say(isolated_home: Path) -> None:
+    """Typing in the dialog never waits for a preview of 2,000 captions; Ctrl+S before the preview caught up applies
+    the plan for what the fields say then, never an older one."""
+    project = big_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, CaptionsScreen) and screen.captions is not None
+        assert f"{COUNT} of {COUNT} captions change" in await bulk_replace_preview(pilot, "thing", "item")
+        dialog = app.screen
+        assert isinstance(dialog, BulkEditScreen)
+        assert dialog.plan is not None and dialog.plan.changes[0] == ("a photo of thing 1", "a photo of item 1")
+
+        dialog.query_one("#bulk-second", Input).value = "object"  # Input.Changed comes at the next await
+        dialog._update()
+        dialog.action_apply()  # before the worker's plan for "object" arrived: it waits for that plan
+        assert dialog._apply_when_planned
+        assert app.screen is dialog
+        await ready(pilot)
+        await ready(pilot)
+        assert isinstance(app.screen, CaptionsScreen)
+        assert [c.body for c in screen.captions.items[:2]] == ["a photo of object 1", "a photo of object 2"]
+        assert all((c.body or "").startswith("a photo of object ") for c in screen.captions.items)

@@ -650,7 +650,7 @@ class Session:
         text = self.to_text()
         if text == self._saved_text and self.path.exists():
             return False
-        if _SECRET_RE.search(text):
+        if _has_secret(text):
             raise SessionError("refusing to save: the session would contain a Hugging Face token")
         atomic_write_text(self.path, (_BOM if self._bom else "") + text)
         self._saved_text = text
@@ -912,9 +912,23 @@ def _copy_default(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
+def _has_secret(text: str) -> bool:
+    """`_SECRET_RE.search(text)`, quick on a large text: the regex runs only where "hf_" is.
+
+    Searched whole, 20,000 captions (4 MB) took ~110 ms in the save thread, all of it holding the GIL: the UI froze that
+    long half a second after each caption typed. `str.find` is a C scan, some 50x quicker.
+    """
+    at = text.find("hf_")
+    while at != -1:
+        if _SECRET_RE.match(text, at):  # \b sees the character before `at`: a match, not a slice
+            return True
+        at = text.find("hf_", at + 3)
+    return False
+
+
 def _looks_secret(value: Any) -> bool:
     texts = value if isinstance(value, list) else [value]
-    return any(isinstance(t, str) and _SECRET_RE.search(t) for t in texts)
+    return any(isinstance(t, str) and _has_secret(t) for t in texts)
 
 
 def _refuse_secret(key: str, value: Any) -> None:
