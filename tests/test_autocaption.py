@@ -404,3 +404,18 @@ def test_writing_unreviewed_drafts_says_so(tmp_path: Path) -> None:
     session.update_image("c.jpg", caption_auto=None)
     result = core.run_step(StepContext(session=session))
     assert "1 auto draft not reviewed yet" in result.summary
+
+
+def test_caption_files_older_than_the_captions_are_named(tmp_path: Path) -> None:
+    from lorawizard.core.steps import StepContext
+
+    session = make_project(tmp_path / "p", ["a.jpg", "b.jpg"], captions={"a.jpg": "mine", "b.jpg": "more"},
+                           trigger="tok")
+    assert core.captions_not_written(session) == ["a.jpg", "b.jpg"]  # never written
+    assert core.run_step(StepContext(session=session)).ok
+    assert core.captions_not_written(session) == []
+    session.update_image("b.jpg", caption="more, edited")
+    assert core.captions_not_written(session) == ["b.jpg"]
+    session.set("dataset.trigger", "sks")  # a new trigger: every written file is old now
+    assert core.captions_not_written(session) == ["a.jpg", "b.jpg"]
+    assert core.stale_captions_line(["a.jpg", "b.jpg"]).startswith("2 caption files differ from the captions")

@@ -248,3 +248,34 @@ def test_header_never_says_epoch_0() -> None:
     assert "epoch" not in header.render().plain and "step 0/8" in header.render().plain
     header.view = TrainView(name="x", run_id="r1", status="running", epoch=1, epochs=2, step=1, total_steps=8)
     assert "epoch 1/2" in header.render().plain
+
+
+async def test_start_asks_first_when_caption_files_are_older_than_the_captions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: the trigger changed after the caption files were written; Ctrl+G on Train trained on the old files, and the
+    step bar still said Captions ✓. Now the start asks first, naming how many files and one of them."""
+    import json
+
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, images=2, epochs=20)
+    records = [{"output": f"512x512/{i:04d}.png", "source": f"p{i}.jpg", "sha256": "0" * 64, "bucket": "512x512",
+                "crop": [0, 0, 8, 8]} for i in range(2)]
+    (session.paths.dataset / "lorawizard-manifest.json").write_text(json.dumps({"version": 1, "images": records}))
+    session.update_image("p0.jpg", caption="tok, a thing")  # as the file says
+    session.update_image("p1.jpg", caption="tok, a new thing")  # edited after the files were written
+    session.save()
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        question = app.screen.question
+        assert question.startswith("1 caption file differs from the caption in session.toml (e.g. p1.jpg)"), question
+        await pilot.press("n")
+        await pilot.pause(0.5)
+        assert runs.list_runs(session.paths.runs) == []  # nothing started
+        await pilot.press("ctrl+g")
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+    live = runs.live_run(session.paths.runs)
+    assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"

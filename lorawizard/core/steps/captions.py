@@ -193,6 +193,29 @@ class Prepared:
     source: str  # the original, relative to dataset.source (the session key)
 
 
+def captions_not_written(session: Session) -> list[str]:
+    """The images whose caption file differs from their caption as it is now (edited, drafted or a new trigger since
+    the files were written): training reads the files, so it would learn the old text. Reads every caption file;
+    images without a caption in the session are left to the captions step (it says what it does with them)."""
+    from lorawizard.core.tokens import estimate_counter
+
+    captions = CaptionSet.from_session(session, counter=estimate_counter())
+
+    def differs(item: Caption) -> bool:  # the text the trainer reads (a final newline or not is the same caption)
+        on_disk = "" if item.on_disk is None else item.on_disk.decode("utf-8", errors="replace").strip()
+        return on_disk != item.line.strip()  # no file and an empty one read alike
+
+    return [item.file for item in captions.items if not item.flags & MISSING and differs(item)]
+
+
+def stale_captions_line(files: list[str]) -> str:
+    """One line for `captions_not_written`'s answer (the Train screen's question, replay's warning)."""
+    count = len(files)
+    return (f"{count} caption file{'s' if count != 1 else ''} differ{'s' if count == 1 else ''} from the "
+            f"caption{'s' if count != 1 else ''} in session.toml (e.g. {escaped(files[0])}): training reads the files, "
+            "so it would learn the old text; the captions step writes them (4, Ctrl+G)")
+
+
 def prepared_images(session: Session) -> list[Prepared]:
     """What the dataset step prepared, in manifest order ([] before the dataset step has run)."""
     return [Prepared(image.output, image.source) for image in load_manifest(session)]

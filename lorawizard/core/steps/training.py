@@ -366,6 +366,11 @@ def run_step(ctx: StepContext) -> StepResult:
     elif _options(ctx).get("attach"):
         raise StepFailed(f"no training run is going under {runs_dir}")
     else:
+        from lorawizard.core.steps.captions import captions_not_written, stale_captions_line
+
+        stale = captions_not_written(session)
+        if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
+            ctx.log(f"train: warning: {stale_captions_line(stale)}")
         plan = plan_run(session, resume=resume)
         for line in launch_lines(plan.launch):
             ctx.log(f"train: {line}")

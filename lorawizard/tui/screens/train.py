@@ -58,6 +58,14 @@ class RunStarted(Message):
 
 
 @dataclass
+class StaleCaptions(Message):
+    """Caption files differ from the session's captions: ask before a run trains on the old text."""
+
+    line: str
+    resume: bool
+
+
+@dataclass
 class PublishProgress(Message):
     text: str  # one line: what is uploading, bytes, rate, ETA
     done: bool = False
@@ -279,12 +287,19 @@ class TrainScreen(StepScreen):
         self._start_run(resume)
 
     @work(thread=True, exclusive=True, group="train-start", exit_on_error=False)
-    def _start_run(self, resume: bool) -> None:
+    def _start_run(self, resume: bool, asked: bool = False) -> None:
         from lorawizard.core import runs
         from lorawizard.core.steps import StepFailed
+        from lorawizard.core.steps.captions import captions_not_written, stale_captions_line
         from lorawizard.core.steps.training import claim_project, plan_run, start_run
 
         session = wizard_app(self).session
+        if not asked:
+            wizard_app(self).store.flush()  # the captions as decided, not as last written by the store's timer
+            stale = captions_not_written(session)
+            if stale:  # QA: a trigger changed after writing the files; the run trained on the old ones, unsaid
+                self.post_message(StaleCaptions(stale_captions_line(stale), resume))
+                return
         try:
             claim_project(session)  # refuses (one line) while a replay in another terminal drives the project
             live = runs.live_run(session.paths.runs)
@@ -298,6 +313,16 @@ class TrainScreen(StepScreen):
         what = f"resumed at step {plan.base_step}" if resume else "started"
         self.post_message(Notice(f"training {what}: run {record.run_id}"))
         self.post_message(RunStarted(record))
+
+    @on(StaleCaptions)
+    def _stale_captions(self, message: StaleCaptions) -> None:
+        from lorawizard.tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._start_run(message.resume, asked=True)
+
+        self.app.push_screen(ConfirmScreen(f"{message.line}. Start the run anyway?"), answer)
 
     @on(RunStarted)
     def _run_started(self, message: RunStarted) -> None:
