@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,6 +20,11 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from lorawizard.core.text import one_line
 
+        missing = re.fullmatch(r"argument (-[^\s:/]+)(?:/\S+)?: expected one argument", message)
+        action = missing and next((a for a in self._actions if missing.group(1) in a.option_strings), None)
+        if missing and action:  # `--replay --help`, `--replay` last: say what it takes
+            what = action.metavar or ("one of " + ",".join(action.choices) if action.choices else "a value")
+            message = f"{missing.group(1)} needs {what}"
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 

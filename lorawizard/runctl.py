@@ -70,7 +70,7 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
         return "saved no state to resume from: a new run starts from the beginning"
     command = f"lorawizard --replay {session_arg} --steps train --resume"
     if newest.run_id == record.run_id or record.base_step > 0:
-        return f"resumable: {command}"
+        return f"resumable from step {point.base_step}: {command}"
     return f"saved no state; {command} would continue the older run {newest.run_id} (epoch {newest.epoch})"
 
 
@@ -95,11 +95,20 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     return line, _CODES.get(status, EXIT_FAILED)
 
 
+def _no_run_where(project: Path) -> str:
+    """`~/loras/mychar`, and `(no session.toml yet)` when that is why there is no run."""
+    from lorawizard.core.fsutil import display_path
+    from lorawizard.core.session import SESSION_FILE
+
+    folder = Path(project).expanduser().absolute()
+    return display_path(folder) + ("" if (folder / SESSION_FILE).is_file() else f" (no {SESSION_FILE} there)")
+
+
 def status(project: Path, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     record = _newest(project)
     if record is None:
-        out.write(f"no run · {project}\n")
+        out.write(f"no run · {_no_run_where(project)}\n")
         return EXIT_NO_RUN
     line, code = status_text(record, *_session_facts(project))
     out.write(line + "\n")
@@ -147,12 +156,17 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)
     lost = statesave.steps_lost(step, newest)
-    out.write(f"stopping run {record.run_id} at step {step}: loses {statesave.steps_text(lost)} "
-              "since the newest "
-              "saved state (SIGINT, then SIGTERM, then SIGKILL)…\n")
+    out.write(f"stopping run {record.run_id} at step {step}: loses {statesave.steps_text(lost)} since the newest "
+              f"saved state (SIGINT now, SIGTERM after {runs.STOP_INT_S:g} s, SIGKILL {runs.STOP_TERM_S:g} s later)…\n")
     out.flush()
+
+    def stage(name: str) -> None:
+        if name != "SIGINT":  # the line above said SIGINT
+            out.write(f"  still running: sending {name}\n")
+            out.flush()
+
     try:
-        how = runs.stop(record, on_stage=lambda stage: (out.write(f"  {stage}\n"), out.flush()))
+        how = runs.stop(record, on_stage=stage)
     except runs.RunError as exc:
         out.write(f"lorawizard: {exc}\n")
         return EXIT_FAILED

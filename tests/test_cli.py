@@ -266,3 +266,14 @@ def test_run_control_on_a_missing_project_says_so_and_creates_nothing(capsys, tm
 def test_replay_of_a_missing_project_creates_nothing(capsys, tmp_path) -> None:
     code, _, err = run_cli(["--replay", str(tmp_path / "nope" / "session.toml")], capsys)
     assert code == 2 and "no such session file" in err and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replay"], "--replay needs SESSION.toml"),
+    (["--replay", "--help"], "--replay needs SESSION.toml"),
+    (["--steps"], "--steps needs STEP[,STEP...]"),
+    (["--images"], "--images needs one of auto,tgp,sixel,halfcell,unicode"),
+])
+def test_an_option_without_its_value_says_what_it_takes(capsys, args, message) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err == f"lorawizard: error: {message} (see lorawizard --help)\n", err

@@ -276,6 +276,7 @@ def test_status_follow_stop_resume_exit_codes(tmp_path: Path, monkeypatch: pytes
     out = io.StringIO()
     assert runctl.stop(project, out) == 0
     assert "loses 2 steps" in out.getvalue() and "stopped (SIGINT)" in out.getvalue()
+    assert "(SIGINT now, SIGTERM after 60 s, SIGKILL 15 s later)" in out.getvalue(), out.getvalue()
     out = io.StringIO()
     assert runctl.status(project, out) == 1
     assert out.getvalue().startswith("stopped · ") and "ETA" not in out.getvalue()  # QA: it said "ETA 2:48"
@@ -334,7 +335,8 @@ def test_a_fresh_run_stopped_before_its_first_state_is_not_called_resumable(tmp_
     follow_to_end(_start(session, STEP_SECONDS=0.01, KILL_AT_STEP=5))  # a state at epoch 1, then it dies
     out = io.StringIO()
     assert runctl.status(project, out) == 1
-    assert f"resumable: lorawizard --replay '{session.path}' --steps train --resume" in out.getvalue(), out.getvalue()
+    assert f"resumable from step 4: lorawizard --replay '{session.path}' --steps train --resume" in out.getvalue(), \
+        out.getvalue()
 
 
 def _wait_step(record: RunRecord) -> int:
@@ -355,7 +357,8 @@ def test_a_run_whose_own_state_is_at_the_last_epoch_is_not_said_to_have_saved_no
     hint = runctl.resume_hint(record, "s.toml", 2)
     assert "saved no state" not in hint and "resumable" not in hint, hint
     assert hint.startswith("its newest state is at the last epoch (2 of train.max_train_epochs = 2)"), hint
-    assert runctl.resume_hint(record, "s.toml", 3) == "resumable: lorawizard --replay s.toml --steps train --resume"
+    assert runctl.resume_hint(record, "s.toml", 3) == \
+        "resumable from step 8: lorawizard --replay s.toml --steps train --resume"
     older = runs.SavedState(tmp_path / "r1" / "zkq-000002-state", 2, 8, "r1", 0.0)
     monkeypatch.setattr(runs, "newest_state", lambda runs_dir: older)
     assert runctl.resume_hint(record, "s.toml", 2).startswith("saved no state to resume from")

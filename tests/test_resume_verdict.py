@@ -59,7 +59,7 @@ def test_a_step_state_in_the_last_epoch_is_resumable_for_both(tmp_path: Path) ->
     assert point.resumable and (point.base_step, point.base_epoch, point.steps_per_epoch) == (9, 2, PER_EPOCH)
     status, refusal = _verdicts(session, tmp_path)
     assert refusal is None
-    assert "resumable: lorawizard --replay" in status and "nothing" not in status, status
+    assert "resumable from step 9: lorawizard --replay" in status and "nothing" not in status, status
 
 
 def test_a_step_state_whose_log_is_gone_still_counts_its_epoch_as_unfinished(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_a_step_state_whose_log_is_gone_still_counts_its_epoch_as_unfinished(tmp
     point = statesave.resume_point(session.paths.runs, 3)
     assert point.resumable and (point.base_step, point.base_epoch, point.steps_per_epoch) == (9, 2, None)
     status, refusal = _verdicts(session, tmp_path)
-    assert refusal is None and "resumable: lorawizard --replay" in status, (status, refusal)
+    assert refusal is None and "resumable from step 9: lorawizard --replay" in status, (status, refusal)
 
 
 @pytest.mark.parametrize("state", [("000003", 3, 12), ("step00000012", 3, 12)], ids=["epoch-state", "step-state"])
@@ -101,3 +101,27 @@ def test_an_unknown_epoch_count_is_not_judged(tmp_path: Path) -> None:
     session = make_train_project(tmp_path, epochs=3)
     _stopped_run(session, ("000003", 3, 12))
     assert statesave.resume_point(session.paths.runs, None).resumable
+
+
+def test_the_wizards_stop_notice_gives_the_same_verdict(tmp_path: Path) -> None:
+    """After s, the wizard said "r resumes from the newest state" even where r refuses (no state, or the end)."""
+    from lorawizard.tui.screens.train import after_stop
+
+    session = make_train_project(tmp_path / "mid", epochs=3)
+    record = _stopped_run(session, ("step00000009", 3, 9))
+    assert after_stop(session, record) == "r resumes from step 9"
+    session = make_train_project(tmp_path / "none", epochs=3)
+    record = _stopped_run(session, None)
+    assert after_stop(session, record) == statesave.resume_point(session.paths.runs, 3).reason
+    assert after_stop(session, record).startswith("nothing to resume: no saved state under ")
+
+
+def test_no_run_says_where_with_a_tilde_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "fresh").mkdir()
+    out = io.StringIO()
+    assert runctl.status(tmp_path / "fresh", out) == 4
+    assert out.getvalue() == "no run · ~/fresh (no session.toml there)\n"
+    session = make_train_project(tmp_path, epochs=3)
+    out = io.StringIO()
+    assert runctl.status(session.project_dir, out) == 4 and out.getvalue() == "no run · ~/project\n"

@@ -373,7 +373,7 @@ class TrainScreen(StepScreen):
         except runs.RunError as exc:
             self.post_message(Notice(str(exc), "error"))
             return
-        self.post_message(Notice(f"run {record.run_id} stopped ({how}); r resumes from the newest state"))
+        self.post_message(Notice(f"run {record.run_id} stopped ({how}); {after_stop(wizard_app(self).session, record)}"))
 
     def action_samples(self) -> None:
         if self.record is None:
@@ -467,6 +467,14 @@ class TrainScreen(StepScreen):
 
 
 _STEP_STATES: dict[str, StepState] = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}
+
+
+def after_stop(session: Any, record: Any) -> str:
+    """What r does after `record` stopped: the verdict --stop and --status give (statesave.resume_point)."""
+    from lorawizard.core import statesave
+
+    point = statesave.resume_point(record.dir.parent, int(session.get("train.max_train_epochs")))
+    return f"r resumes from step {point.base_step}" if point.resumable else point.reason
 
 
 def _line_text(line: Any) -> str:
