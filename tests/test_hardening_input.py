@@ -110,7 +110,7 @@ def test_steps_naming_nothing_is_usage_error(tmp_path, capsys, steps) -> None:
     [
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--images", "x"], "argument --images: invalid choice: 'x'"),
-        (["--replay"], "argument --replay: expected one argument"),
+        (["--replay"], "--replay needs SESSION.toml"),
         (["--steps", "train"], "--steps needs --replay"),
         (["a", "b"], "unrecognized arguments: b"),
         (["--bogus\nline"], "unrecognized arguments: --bogus\\nline"),
