@@ -30,7 +30,7 @@ from lorawizard.core.fsutil import atomic_write_json
 from lorawizard.core.procs import kill_process_group
 from lorawizard.core.progress import ProgressMeter, format_duration, format_rate
 from lorawizard.core.session import Session
-from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.core.steps import Cancelled, StepContext, StepFailed
 from lorawizard.core.tokens import T5_LIMIT
 
 SCRIPT = Path(__file__).resolve().parents[1] / "trainer_side" / "caption_images.py"
@@ -404,7 +404,7 @@ def draft(
     *,
     on_draft: Callable[[str, str], None],
     cancel: threading.Event,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], object] = lambda line: None,
     meter: ProgressMeter | None = None,
     fits: Callable[[str], bool] | None = None,
     trigger_tokens: int = 0,
@@ -506,7 +506,7 @@ def targets(items: Iterable[Any], *, files: set[str] | None = None, overwrite: b
     return out
 
 
-def draft_missing(ctx: Any) -> DraftReport | None:
+def draft_missing(ctx: StepContext) -> DraftReport | None:
     """The captions step with `[captions] auto = true`: draft every image without a caption (drafts marked auto).
 
     In replay the drafts go through `ctx.record` (the user's session file is never rewritten); in the wizard they

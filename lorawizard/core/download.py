@@ -50,11 +50,11 @@ class DownloadError(Exception):
 
 
 def is_sha256(text: str | None) -> bool:
-    return bool(text) and len(text) == 64 and set(text) <= _HEX  # type: ignore[arg-type]
+    return text is not None and len(text) == 64 and set(text) <= _HEX
 
 
 def is_sha1(text: str | None) -> bool:
-    return bool(text) and len(text) == 40 and set(text) <= _HEX  # type: ignore[arg-type]
+    return text is not None and len(text) == 40 and set(text) <= _HEX
 
 
 # ---------------------------------------------------------------- environment (read at call time)

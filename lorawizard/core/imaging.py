@@ -340,7 +340,8 @@ def to_rgb8(im: Image.Image) -> Image.Image:
         from PIL import ImageCms
 
         transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-        return ImageCms.applyTransform(im, transform)  # type: ignore[return-value]
+        converted = ImageCms.applyTransform(im, transform)  # a new image (None only when asked to work in place)
+        return converted if converted is not None else im
     if mode == "CMYK":
         converted = _icc_to_srgb(im, icc)
         return converted if converted.mode == "RGB" else im.convert("RGB")

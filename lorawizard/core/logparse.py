@@ -657,44 +657,44 @@ class TrainState:
         return max(0.0, min(1.0, self.step / self.total_steps))
 
     def apply(self, events: list[Event]) -> None:
+        # `type(event) is` rather than isinstance: exact classes, and the type checker narrows on it
         for event in events:
             self.events_seen += 1
-            kind = type(event)
-            if kind is Line:
-                if self.processes > 1 and event.level == "WARNING" and self._repeated(event.text):  # type: ignore[union-attr]
+            if type(event) is Line:
+                if self.processes > 1 and event.level == "WARNING" and self._repeated(event.text):
                     continue
-                self.lines.append(event)  # type: ignore[arg-type]
+                self.lines.append(event)
                 self.line_count += 1
-            elif kind is Bar:
-                self._bar(event)  # type: ignore[arg-type]
-            elif kind is Epoch:
-                self.epoch, self.epochs = event.n, event.total  # type: ignore[union-attr]
+            elif type(event) is Bar:
+                self._bar(event)
+            elif type(event) is Epoch:
+                self.epoch, self.epochs = event.n, event.total
                 self.phase = "training"
-            elif kind is Totals:
-                if event.total_steps is not None:  # type: ignore[union-attr]
-                    self.total_steps = event.total_steps  # type: ignore[union-attr]
-                if event.epochs is not None:  # type: ignore[union-attr]
-                    self.epochs = event.epochs  # type: ignore[union-attr]
-                if event.batches_per_epoch is not None:  # type: ignore[union-attr]
-                    self.steps_per_epoch = event.batches_per_epoch  # type: ignore[union-attr]
-            elif kind is Phase:
-                if event.name != self.phase:  # type: ignore[union-attr]
+            elif type(event) is Totals:
+                if event.total_steps is not None:
+                    self.total_steps = event.total_steps
+                if event.epochs is not None:
+                    self.epochs = event.epochs
+                if event.batches_per_epoch is not None:
+                    self.steps_per_epoch = event.batches_per_epoch
+            elif type(event) is Phase:
+                if event.name != self.phase:
                     self.phase_bar = None  # the last phase's bar: the new phase has none yet
-                self.phase = event.name  # type: ignore[union-attr]
-            elif kind is CheckpointSaved:
-                self.checkpoints.append(event.path)  # type: ignore[union-attr]
+                self.phase = event.name
+            elif type(event) is CheckpointSaved:
+                self.checkpoints.append(event.path)
                 self.phase = "saving"
-            elif kind is StateSaved:
-                self.states.append(event)  # type: ignore[arg-type]
-            elif kind is SampleStarted:
+            elif type(event) is StateSaved:
+                self.states.append(event)
+            elif type(event) is SampleStarted:
                 self.samples += 1
-            elif kind is Resumed:
-                self.resumed_from = event  # type: ignore[assignment]
-            elif kind is ModelSaved:
+            elif type(event) is Resumed:
+                self.resumed_from = event
+            elif type(event) is ModelSaved:
                 self.model_saved = True
                 self.phase = "finished"
-            elif kind is Failure:
-                self.failures.append(event)  # type: ignore[arg-type]
+            elif type(event) is Failure:
+                self.failures.append(event)
 
     def _repeated(self, text: str) -> bool:
         """True for the 2nd..Nth copy of a warning when N processes run (shown once, counted in repeats_hidden)."""

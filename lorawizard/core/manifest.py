@@ -37,6 +37,12 @@ def read_manifest(dataset_dir: Path) -> dict[str, Any]:
     return {"version": MANIFEST_VERSION, "images": []}
 
 
+def as_crop(values: Any) -> tuple[int, int, int, int]:
+    """[left, top, right, bottom] from session.toml or the manifest as a crop (TypeError/ValueError otherwise)."""
+    left, top, right, bottom = (int(v) for v in values)
+    return left, top, right, bottom
+
+
 def load_manifest(session: Session) -> list[PreparedImage]:
     """Every prepared image of the last dataset run ([] when the step has not run)."""
     dataset_dir = session.paths.dataset
@@ -49,7 +55,7 @@ def load_manifest(session: Session) -> list[PreparedImage]:
                     source=str(record["source"]),
                     sha256=str(record["sha256"]),
                     bucket=str(record["bucket"]),
-                    crop=tuple(int(v) for v in record["crop"]),  # type: ignore[arg-type]
+                    crop=as_crop(record["crop"]),
                 )
             )
         except (KeyError, TypeError, ValueError):

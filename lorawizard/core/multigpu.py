@@ -89,9 +89,9 @@ def present(uuids: list[str], inv: Inventory) -> list[GpuInfo]:
 
 def check_architectures(gpus: list[GpuInfo]) -> None:
     """Refuse GPUs that cannot run the same bf16 program (one older than Ampere beside newer ones)."""
-    known = [gpu for gpu in gpus if gpu.compute_capability is not None]
-    old = [gpu for gpu in known if tuple(gpu.compute_capability) < BF16_MIN_CC]  # type: ignore[arg-type]
-    new = [gpu for gpu in known if tuple(gpu.compute_capability) >= BF16_MIN_CC]  # type: ignore[arg-type]
+    known = [(gpu, gpu.compute_capability) for gpu in gpus if gpu.compute_capability is not None]
+    old = [gpu for gpu, capability in known if tuple(capability) < BF16_MIN_CC]
+    new = [gpu for gpu, capability in known if tuple(capability) >= BF16_MIN_CC]
     if old and new:
         slow, fast = old[0], new[0]
         raise SelectionError(
@@ -264,17 +264,18 @@ def speed_summary(cards: list[CardSpeed], batch: int) -> list[str]:
     DDP runs the same `batch` on every card and each step waits for the slowest. s/step at `batch` on a card that
     could take more is scaled linearly from its measured s/step (an estimate; all-reduce of LoRA gradients ignored).
     """
-    timed = [c for c in cards if c.s_per_step]
+    seconds = {c.name: c.s_per_step for c in cards if c.s_per_step}
+    timed = [c for c in cards if c.name in seconds]
     if len(timed) < len(cards) or not cards:
         return ["no step times measured: run the probe to see what each card costs and gains"]
-    at_batch = {c.name: c.s_per_step * batch / c.batch for c in timed}  # type: ignore[operator]
+    at_batch = {c.name: seconds[c.name] * batch / c.batch for c in timed}
     slow = max(timed, key=lambda c: at_batch[c.name])
     fast = min(timed, key=lambda c: at_batch[c.name])
     step = at_batch[slow.name]
     processes = sum(c.count for c in cards)
     together = processes * batch / step
-    alone = max(c.batch / c.s_per_step for c in timed)  # type: ignore[operator]
-    best = max(timed, key=lambda c: c.batch / c.s_per_step)  # type: ignore[operator]
+    alone = max(c.batch / seconds[c.name] for c in timed)
+    best = max(timed, key=lambda c: c.batch / seconds[c.name])
     short = short_name
     lines = []
     if slow.name != fast.name:

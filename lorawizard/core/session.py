@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import tomlkit
 from tomlkit.exceptions import ParseError, TOMLKitError
@@ -49,10 +49,13 @@ class SessionError(Exception):
 Check = Callable[[Any], str | None]  # returns what was expected, or None when fine
 
 
+FieldKind = Literal["str", "int", "float", "bool", "path", "str_list"]
+
+
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted path
-    kind: str  # "str" | "int" | "float" | "bool" | "path" | "str_list"
+    kind: FieldKind
     default: Any = None
     check: Check | None = None
     doc: str = ""

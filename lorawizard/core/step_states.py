@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, load_manifest
+from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, as_crop, load_manifest
 from lorawizard.core.model_files import models_ready
 from lorawizard.core import runs
 from lorawizard.core.session import Session
@@ -44,7 +44,7 @@ def dataset_decisions_pending(session: Session, images: list[PreparedImage]) -> 
         if image is None:
             continue  # not prepared: skipped, unreadable, or new (the dataset screen's scan says which)
         try:
-            crop = tuple(int(v) for v in entry["crop"]) if "crop" in entry else image.crop
+            crop = as_crop(entry["crop"]) if "crop" in entry else image.crop
         except (TypeError, ValueError):
             crop = image.crop
         if entry.get("skip") is True or crop != image.crop or str(entry.get("bucket", image.bucket)) != image.bucket:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:
+    from textual.widget import Widget
 
 RENDERERS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
@@ -56,6 +59,17 @@ def answer(renderer: str, cell_size: tuple[int, int]) -> bool:
         cached = sys.modules["textual_image._terminal"]
         cached.get_cell_size._result = cached.CellSize(*cell_size)
     return changed
+
+
+class ImageView(Protocol):
+    """textual-image's widget as the screens use it (the package ships no type information)."""
+
+    image: Any
+
+
+def image_view(widget: Widget) -> ImageView:
+    """A mounted image widget (of `image_widget_class()`), typed for what the screens do with it."""
+    return cast(ImageView, widget)
 
 
 def image_widget_class() -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
 from lorawizard.core.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from lorawizard.core.manifest import MANIFEST_FILE, MANIFEST_VERSION, load_manifest, read_manifest
+from lorawizard.core.manifest import MANIFEST_FILE, MANIFEST_VERSION, as_crop, load_manifest, read_manifest
 from lorawizard.core.imaging import (
     RECIPE,
     Crop,
@@ -184,11 +184,11 @@ def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
             bucket = chosen
     crop = center_crop(width, height, bucket)
     if "crop" in decision:
-        wanted = tuple(int(v) for v in decision["crop"])
-        if crop_ok(wanted, width, height, bucket):  # type: ignore[arg-type]
-            crop = wanted  # type: ignore[assignment]
+        wanted = as_crop(decision["crop"])  # session.toml's reader checked: 4 integers
+        if crop_ok(wanted, width, height, bucket):
+            crop = wanted
         else:
-            crop = fit_crop(wanted, width, height, bucket)  # type: ignore[arg-type]
+            crop = fit_crop(wanted, width, height, bucket)
             item.notes.append("crop adjusted to fit the image and the bucket")
     item.bucket, item.crop = bucket, crop
     crop_w = crop[2] - crop[0]
@@ -360,8 +360,10 @@ def _same(record: dict[str, Any] | None, item: PlanItem, dataset_dir: Path) -> b
         item.source, item.sha256, item.bucket_text, list(item.crop or ()),
     ):
         return False
+    if item.output is None:
+        return False
     try:
-        return (dataset_dir / item.output).stat().st_size == record.get("bytes")  # type: ignore[operator]
+        return (dataset_dir / item.output).stat().st_size == record.get("bytes")
     except OSError:
         return False
 

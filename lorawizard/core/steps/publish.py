@@ -48,18 +48,24 @@ class PublishFile:
     data: bytes | None = None  # generated content (the model card)
 
     @property
+    def file(self) -> Path:
+        if self.source is None:
+            raise ValueError(f"{self.path_in_repo}: neither a file nor content")
+        return self.source
+
+    @property
     def size(self) -> int:
-        return len(self.data) if self.data is not None else self.source.stat().st_size  # type: ignore[union-attr]
+        return len(self.data) if self.data is not None else self.file.stat().st_size
 
     def read(self) -> bytes:
-        return self.data if self.data is not None else self.source.read_bytes()  # type: ignore[union-attr]
+        return self.data if self.data is not None else self.file.read_bytes()
 
     def sha256(self) -> str:
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
         from lorawizard.core.model_finder import sha256_of
 
-        return sha256_of(self.source)  # type: ignore[arg-type]
+        return sha256_of(self.file)
 
     def git_sha1(self) -> str:
         data = self.read()

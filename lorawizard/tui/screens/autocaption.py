@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -30,6 +31,18 @@ from lorawizard.tui.text_fit import fit_paths
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
+
+if TYPE_CHECKING:
+    from textual.widgets import TextArea
+
+    from lorawizard.core.steps.captions import CaptionSet
+    from lorawizard.core.tokens import TokenCounter
+    from lorawizard.tui.screens.base import StepScreen
+    from lorawizard.tui.widgets.caption_list import CaptionList
+
+    _ScreenBase = StepScreen  # for the type checker: the mixin only ever sits on the Captions screen
+else:
+    _ScreenBase = object
 
 CONFIRM_S = 5.0  # a second F6 within this replaces a person's caption
 
@@ -65,8 +78,22 @@ class DraftingDone(Message):
     severity: SeverityLevel = "information"
 
 
-class AutoCaptionMixin:
+class AutoCaptionMixin(_ScreenBase):
     """The Captions screen's auto-caption actions (a mixin: the screen keeps its own size)."""
+
+    if TYPE_CHECKING:  # what the Captions screen provides
+        captions: CaptionSet | None
+        current: int | None
+
+        @property
+        def editor(self) -> TextArea: ...
+        @property
+        def caption_list(self) -> CaptionList: ...
+        def flush(self) -> None: ...
+        def _store(self, indices: list[int]) -> None: ...
+        def _apply_filter(self, keep: int | None = None) -> None: ...
+        def _update_details(self) -> None: ...
+        def _update_header(self) -> None: ...
 
     _auto_cancel: threading.Event | None = None
     _auto_status: str = ""
@@ -81,13 +108,13 @@ class AutoCaptionMixin:
         return Text(self._auto_status, style=tone("info")) if self._auto_status else None
 
     def action_autocaption(self) -> None:
-        captions = self.captions  # type: ignore[attr-defined]
+        captions = self.captions
         if captions is None:
             return
         if self.drafting:
-            self.notify("drafting is under way: Esc stops it (drafts so far are kept)")  # type: ignore[attr-defined]
+            self.notify("drafting is under way: Esc stops it (drafts so far are kept)")
             return
-        self.flush()  # type: ignore[attr-defined]
+        self.flush()
         missing = len(ac.targets(captions.items))
         drafts = captions.counts()["auto"]
 
@@ -98,38 +125,38 @@ class AutoCaptionMixin:
                 chosen_items = ac.targets(captions.items, overwrite=choice == "all")
                 self.start_drafting([captions.items.index(i) for i in chosen_items])
 
-        self.app.push_screen(AutoCaptionScreen(missing, len(captions), drafts), chosen)  # type: ignore[attr-defined]
+        self.app.push_screen(AutoCaptionScreen(missing, len(captions), drafts), chosen)
 
     def action_redraft(self) -> None:
-        captions, index = self.captions, self.current  # type: ignore[attr-defined]
+        captions, index = self.captions, self.current
         if captions is None or index is None or self.drafting:
             return
         if captions.is_persons(index):
             now = time.monotonic()
             if self._confirm_redraft is None or self._confirm_redraft[0] != index or now - self._confirm_redraft[1] > CONFIRM_S:
                 self._confirm_redraft = (index, now)
-                self.notify("this caption is yours: F6 again replaces it with a draft")  # type: ignore[attr-defined]
+                self.notify("this caption is yours: F6 again replaces it with a draft")
                 return
         self._confirm_redraft = None
-        self.flush()  # type: ignore[attr-defined]
+        self.flush()
         self.start_drafting([index])
 
     def action_accept_draft(self) -> None:
-        if self.current is not None:  # type: ignore[attr-defined]
-            self.accept_drafts([self.current])  # type: ignore[attr-defined]
+        if self.current is not None:
+            self.accept_drafts([self.current])
 
     def accept_drafts(self, indices: list[int] | None) -> None:
-        captions = self.captions  # type: ignore[attr-defined]
+        captions = self.captions
         if captions is None:
             return
         changed = captions.accept(indices)
         if not changed:
-            self.notify("no auto draft here to accept")  # type: ignore[attr-defined]
+            self.notify("no auto draft here to accept")
             return
-        self._store(changed)  # type: ignore[attr-defined]
-        self._apply_filter(self.current)  # type: ignore[attr-defined]
-        self._update_details()  # type: ignore[attr-defined]
-        self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")  # type: ignore[attr-defined]
+        self._store(changed)
+        self._apply_filter(self.current)
+        self._update_details()
+        self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")
 
     def stop_drafting(self) -> None:
         if self._auto_cancel is not None:
@@ -141,24 +168,24 @@ class AutoCaptionMixin:
             self._auto_cancel.set()
             self._set_auto_status("stopping the captioner…")
             return
-        super().action_cancel()  # type: ignore[misc]
+        super().action_cancel()
 
     def start_drafting(self, indices: list[int]) -> None:
-        captions = self.captions  # type: ignore[attr-defined]
+        captions = self.captions
         if captions is None or not indices:
-            self.notify("nothing to draft: every image has a caption")  # type: ignore[attr-defined]
+            self.notify("nothing to draft: every image has a caption")
             return
         self._auto_cancel = threading.Event()
         self._auto_status = f"auto-caption: starting ({len(indices)} images) · Esc stops"
-        self._update_header()  # type: ignore[attr-defined]
+        self._update_header()
         images = [(captions.items[i].file, captions.items[i].output) for i in indices]
         counter, trigger = captions.counter, captions.trigger
         self._draft_worker(images, set(indices), self._auto_cancel, counter, trigger)
 
     @work(thread=True, exclusive=True, group="captions-auto", exit_on_error=False)
-    def _draft_worker(self, images: list[tuple[str, Any]], allowed: set[int], cancel: threading.Event,
-                      counter: Any, trigger: str) -> None:
-        post = self.post_message  # type: ignore[attr-defined]
+    def _draft_worker(self, images: list[tuple[str, Path]], allowed: set[int], cancel: threading.Event,
+                      counter: TokenCounter, trigger: str) -> None:
+        post = self.post_message
         from lorawizard.core.steps.captions import compose
         from lorawizard.core.tokens import T5_LIMIT
 
@@ -167,13 +194,16 @@ class AutoCaptionMixin:
             eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
             post(DraftStatus(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
 
+        def drafted(file: str, text: str) -> None:
+            post(Drafted(file, text, allowed))
+
         meter = ProgressMeter(progress, "captions", "drafting captions", len(images), "images", interval=0.3)
         outcome: str
         severity: SeverityLevel = "information"
         try:
             report = ac.draft(
-                self.session, images,  # type: ignore[attr-defined]
-                on_draft=lambda file, text: post(Drafted(file, text, allowed)),
+                self.session, images,
+                on_draft=drafted,
                 cancel=cancel, log=lambda line: None, meter=meter,
                 fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
                 trigger_tokens=counter.count(trigger)[1] if trigger else 0,
@@ -196,10 +226,10 @@ class AutoCaptionMixin:
     def _set_auto_status(self, text: str) -> None:
         if self.drafting:
             self._auto_status = text
-            self._update_header()  # type: ignore[attr-defined]
+            self._update_header()
 
     def on_drafted(self, message: Drafted) -> None:
-        captions = self.captions  # type: ignore[attr-defined]
+        captions = self.captions
         if captions is None:
             return
         file, text = message.file, message.text
@@ -207,20 +237,20 @@ class AutoCaptionMixin:
         if index is None:
             return
         captions.set_body(index, text, auto=True)
-        self._store([index])  # type: ignore[attr-defined]
-        self.caption_list.refresh_item(index)  # type: ignore[attr-defined]
-        if index == self.current:  # type: ignore[attr-defined]
-            self.editor.load_text(text)  # type: ignore[attr-defined]
-            self._update_details()  # type: ignore[attr-defined]
+        self._store([index])
+        self.caption_list.refresh_item(index)
+        if index == self.current:
+            self.editor.load_text(text)
+            self._update_details()
 
     def on_drafting_done(self, message: DraftingDone) -> None:
         outcome, severity = message.outcome, message.severity
         self._auto_cancel = None
         self._auto_status = ""
-        self.flush()  # type: ignore[attr-defined]
-        self._apply_filter(self.current)  # type: ignore[attr-defined]
-        self._update_details()  # type: ignore[attr-defined]
-        self.notify(outcome, severity=severity, timeout=10)  # type: ignore[attr-defined]
+        self.flush()
+        self._apply_filter(self.current)
+        self._update_details()
+        self.notify(outcome, severity=severity, timeout=10)
 
 
 class AutoCaptionScreen(ModalScreen["str | None"]):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from rich.console import Console
 from rich.segment import Segment
@@ -30,6 +30,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.strip import Strip
+from textual.style import Style as VisualStyle
 from textual.worker import get_current_worker
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
@@ -167,6 +168,10 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         return self.query_one("#cap-editor", TextArea)
 
     @property
+    def caption_image(self) -> CaptionImageView:
+        return cast(CaptionImageView, self.query_one("#cap-image"))
+
+    @property
     def caption_list(self) -> CaptionList:
         return self.query_one(CaptionList)
 
@@ -254,7 +259,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             editor.disabled = True
             self.query_one("#cap-tokens", Static).update("", layout=False)
             self.query_one("#cap-info", Static).update("nothing matches this filter (Ctrl+F: next filter)", layout=False)
-            self.query_one("#cap-image").show(None)  # type: ignore[attr-defined]
+            self.caption_image.show(None)
             return
         editor.disabled = False
         item = self.captions.items[index]
@@ -338,12 +343,12 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
     def _request_image(self, path: Path) -> None:
         thumb = self._thumbs.get(path)
-        widget = self.query_one("#cap-image")
+        widget = self.caption_image
         if thumb is not None:
-            widget.show(thumb.picture, thumb.drawn)  # type: ignore[attr-defined]
+            widget.show(thumb.picture, thumb.drawn)
         else:
-            widget.show(None)  # type: ignore[attr-defined]
-        style = widget.visual_style.rich_style if widget.prerenders else None  # type: ignore[attr-defined]
+            widget.show(None)
+        style = widget.visual_style.rich_style if widget.prerenders else None
         self._load_images(path, self._neighbours(), widget.size, style)
 
     def _neighbours(self) -> list[Path]:
@@ -377,7 +382,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             # drawn cells are kept only near the cursor (DRAWN_KEPT): see core.thumbnails
             self._thumbs.put(path, thumb, drawn)
         if self.captions is not None and self.current is not None and self.captions.items[self.current].output == path:
-            self.query_one("#cap-image").show(thumb, drawn)  # type: ignore[attr-defined]
+            self.caption_image.show(thumb, drawn)
 
     # -- editing
 
@@ -647,6 +652,16 @@ def draw_cells(image: Any, box: Size, style: RichStyle | None = None, renderable
     if style is not None:  # as Textual's render does: the widget's style underneath each cell's colours
         lines = [Strip(Segment.apply_style(line, style), line.cell_length) for line in lines]
     return DrawnImage(box, lines, style)
+
+
+class CaptionImageView(Protocol):
+    """The Captions screen's image widget (built on textual-image's untyped widget by caption_image_class)."""
+
+    prerenders: bool  # a text renderer: cells drawn in the loading worker
+    size: Size
+    visual_style: VisualStyle
+
+    def show(self, image: Any, drawn: DrawnImage | None = None) -> None: ...
 
 
 def caption_image_class() -> Any:

@@ -27,7 +27,7 @@ from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_
 from lorawizard.core.progress import Progress, format_progress
 from lorawizard.core.session import SessionError
 from lorawizard.core.thumbnails import ThumbnailCache, upright_preview
-from lorawizard.tui.images import image_widget_class
+from lorawizard.tui.images import image_view, image_widget_class
 from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
@@ -366,17 +366,17 @@ class DatasetScreen(StepScreen):
     def _show_preview(self) -> None:
         item = self._item()
         info = self.query_one("#ds-info", Static)
-        image = self.query_one("#ds-image")
+        image = image_view(self.query_one("#ds-image"))
         if item is None:
-            image.image = None  # type: ignore[attr-defined]
+            image.image = None
             info.update("")
             return
         info.update(self._info_text(item))
         thumb = self._thumbs.get(item.source)
         if thumb is not None:
-            image.image = draw_crop(thumb.picture, item)  # type: ignore[attr-defined]
+            image.image = draw_crop(thumb.picture, item)
             return
-        image.image = None  # type: ignore[attr-defined]
+        image.image = None
         if item.status == "bad" or self._thumbs.problem(item.source) is not None or not item.probe.ok:
             return
         if self._preview_timer is not None:

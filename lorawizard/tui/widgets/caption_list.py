@@ -95,8 +95,8 @@ class CaptionList(ScrollView, can_focus=True):
         caption_list: CaptionList
         index: int
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.captions: CaptionSet | None = None
         self.rows: list[int] = []
         self.cursor = 0

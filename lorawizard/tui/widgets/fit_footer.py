@@ -26,8 +26,8 @@ def key_width(key_display: str, description: str) -> int:
 
 
 class FitFooter(Footer):
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, show_command_palette: bool = True, id: str | None = None) -> None:
+        super().__init__(show_command_palette=show_command_palette, id=id)
         self._width = 0
 
     def compose(self) -> ComposeResult:

@@ -61,8 +61,8 @@ class LossChart(Widget):
     LossChart { height: 8; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.values: list[float] = []
         self.latest: float | None = None
         self.border_title = "loss (avr_loss)"

@@ -34,8 +34,8 @@ from lorawizard.tui.typed_app import wizard_app
 def _text_of(spec: Field, value: object) -> str:
     if value is None:
         return ""
-    if spec.kind == "str_list":
-        return shlex.join(value)  # type: ignore[arg-type]
+    if spec.kind == "str_list" and isinstance(value, list):
+        return shlex.join(str(item) for item in value)
     return f"{value:g}" if spec.kind == "float" else str(value)
 
 
@@ -70,8 +70,9 @@ class SettingInput(FitInput):
 
     `hint` is what the line under the form says while this field has focus."""
 
-    def __init__(self, key: str, *args: object, hint: str = "", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, key: str, value: str, *, placeholder: str = "", hint: str = "", id: str | None = None,
+                 compact: bool = False) -> None:
+        super().__init__(value, placeholder=placeholder, id=id, compact=compact)
         self.key = key
         self.hint = hint
         self.entered: tuple[str, bool, object] | None = None  # text, key set in the session, its value
@@ -147,8 +148,9 @@ class SettingsForm(Vertical):
     SettingsForm Label.setting-error.-hint { color: $text-muted; }
     """ % (LABEL_WIDTH, LABEL_WIDTH)
 
-    def __init__(self, keys: list[str], labels: dict[str, str] | None = None, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, keys: list[str], labels: dict[str, str] | None = None, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.keys = keys
         self.labels = labels or {}
         self._undone: Input | None = None  # the field Esc just restored: its blur saves nothing more

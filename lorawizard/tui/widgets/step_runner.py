@@ -35,8 +35,8 @@ class StepRunner(Vertical):
     StepRunner Log { height: auto; max-height: 8; }  /* long lines wrap (WrapLog): no horizontal bar */
     """
 
-    def __init__(self, step: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, step: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.step = step
         self.cancel_event: threading.Event | None = None
 
