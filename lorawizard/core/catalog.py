@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 ROLES = ("flux", "ae", "clip_l", "t5xxl")
 ROLE_TITLES = {"flux": "FLUX.1-dev", "ae": "autoencoder (AE)", "clip_l": "CLIP-L", "t5xxl": "T5-XXL"}
+MODEL_SUFFIXES = (".safetensors", ".sft")  # the files sd-scripts' FLUX.1 loaders read
+
 # ComfyUI keeps each kind of file in its own folder(s) under models/.
 COMFY_FOLDERS = {
     "flux": ("unet", "diffusion_models", "checkpoints"),

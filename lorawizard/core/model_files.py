@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core import catalog
-from lorawizard.core.catalog import Tokenizer
+from lorawizard.core.catalog import MODEL_SUFFIXES, Tokenizer
 from lorawizard.core.fsutil import atomic_write_json, display_path
 from lorawizard.core.session import MODEL_ROLES, Session
 
@@ -54,9 +54,6 @@ def resolved_model_paths(session: Session) -> dict[str, Path]:
         else:
             paths[role] = session.paths.models / files.file_for(role).filename
     return paths
-
-
-MODEL_SUFFIXES = (".safetensors", ".sft")  # the files sd-scripts' FLUX.1 loaders read
 
 
 def model_file_problem(path: Path) -> str | None:

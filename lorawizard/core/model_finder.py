@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core.catalog import COMFY_FOLDERS, ModelFile
+from lorawizard.core.catalog import COMFY_FOLDERS, MODEL_SUFFIXES, ModelFile
 from lorawizard.core.fsutil import atomic_write_json
 
-MODEL_SUFFIXES = (".safetensors", ".sft")
 COMFY_ROOTS = ("ComfyUI", "comfyui", "ComfyUI_windows_portable/ComfyUI", "stable-diffusion-webui-forge")
 
 

@@ -676,6 +676,7 @@ def caption_image_class() -> Any:
     if cached is None:
         text_renderer = renderable_class(base).__module__.rsplit(".", 1)[-1] in ("halfcell", "unicode")
 
+        # a class on a base chosen at run time (textual-image's, untyped): the checker cannot follow it
         class CaptionImage(base, Renderable=renderable_class(base)):  # type: ignore[misc, valid-type, call-arg]
             prerenders = text_renderer
             _drawn: DrawnImage | None = None
