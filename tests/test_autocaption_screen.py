@@ -11,6 +11,7 @@ from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.autocaption import AutoCaptionScreen
 from lorawizard.tui.screens.captions import CaptionsScreen
+from lorawizard.tui.screens.confirm import ConfirmScreen
 from tests.captions_fixtures import make_project
 from tests.fake_nvml import FakeNvml, install
 from tests.standin import make_standin_captioner_python
@@ -109,6 +110,40 @@ async def test_accept_one_then_all_and_editing_makes_it_reviewed(isolated_home: 
         await pilot.press("ctrl+q")
     saved = Session.load(project / "session.toml").images()
     assert not any(entry.get("caption_auto") for entry in saved.values())
+
+
+async def test_overwrite_all_asks_first_and_f4_gives_the_persons_caption_back(isolated_home: Path, no_gpu) -> None:
+    project = auto_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        screen = screen_of(app)
+        captions = screen.captions
+        assert captions is not None
+        await pilot.press("f5")
+        await pilot.pause()
+        await pilot.click("#auto-all")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)  # one caption of the person's: asked first
+        assert "Replace 1 caption you wrote" in str(app.screen.query_one(".confirm-question").render())
+        await pilot.press("n")
+        await ready(pilot)
+        assert captions.items[0].body == "my own words about the coat" and captions.counts()["auto"] == 0
+        await pilot.press("f5")
+        await pilot.pause()
+        await pilot.click("#auto-all")
+        await pilot.pause()
+        await pilot.press("y")
+        await ready(pilot)
+        assert [i.auto for i in captions.items] == [True] * 6
+        assert captions.items[0].body == DRAFT.format(n=1)
+        await pilot.press("f4")  # Undo bulk: the person's caption back, as theirs (not a draft); the drafts stay
+        await pilot_until(pilot, lambda: captions.items[0].body == "my own words about the coat")
+        assert not captions.items[0].auto and captions.items[1].body == DRAFT.format(n=2)
+        await pilot.press("ctrl+q")
+    saved = Session.load(project / "session.toml").images()
+    assert saved["IMG_0001.jpg"]["caption"] == "my own words about the coat"
+    assert "caption_auto" not in saved["IMG_0001.jpg"] and saved["IMG_0002.jpg"]["caption_auto"] is True
 
 
 async def test_redraft_needs_a_second_press_for_a_persons_caption(isolated_home: Path, no_gpu) -> None:

@@ -286,6 +286,8 @@ class BulkPlan:
 class Undo:
     description: str
     changes: dict[int, tuple[str | None, str | None]]  # index → (body before, body the bulk change set)
+    # index → its auto mark before (a captioner's overwrite: undoing it gives back a person's caption, not a draft)
+    auto_before: dict[int, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -464,6 +466,15 @@ class CaptionSet:
         item = self.items[index]
         return bool(item.body and one_line(item.body)) and not item.auto
 
+    def record_overwrite(self, description: str, before: dict[int, tuple[str | None, bool]]) -> int:
+        """Make a captioner's overwrite undoable (F4) like a bulk change: `before` is each caption's (body, auto)
+        before drafting began. Returns how many captions it replaced (0: nothing pushed)."""
+        replaced = {i: (body, self.items[i].body) for i, (body, _) in before.items() if self.items[i].body != body}
+        if replaced:
+            self.undo_stack.append(Undo(description, replaced, {i: before[i][1] for i in replaced}))
+            del self.undo_stack[:-20]
+        return len(replaced)
+
     def accept(self, indices: Iterable[int] | None = None) -> list[int]:
         """Mark auto drafts as reviewed (all of them, or those of `indices`). Returns the changed indices."""
         chosen = range(len(self.items)) if indices is None else indices
@@ -593,6 +604,8 @@ class CaptionSet:
             if item.body != expected:
                 continue
             item.body = body
+            if result.undoing is not None and i in result.undoing.auto_before:
+                item.auto = result.undoing.auto_before[i] and body is not None  # recounted below: an input changed
             applied.append(i)
             if same_trigger and _inputs(item) == result.inputs[i]:
                 item.line, item.clip, item.t5, flags = result.derived[i]
@@ -622,10 +635,11 @@ class CaptionSet:
         after it, so the session ends with the newest text either way.
         """
         changes = []
+        restored = result.undoing.auto_before if result.undoing is not None else {}
         for i in self.pending(result):
             body = result.changes[i][1]
             item = self.items[i]
-            auto = True if item.auto and body is not None else None
+            auto = True if restored.get(i, item.auto) and body is not None else None
             changes.append((item.file, {"caption": None if body is None else toml_string(body), "caption_auto": auto}))
         return changes
 

@@ -27,6 +27,7 @@ from textual.widgets import Button, Static
 from lorawizard.core import autocaption as ac
 from lorawizard.core.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.text_fit import fit_paths
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -98,6 +99,7 @@ class AutoCaptionMixin(_ScreenBase):
     _auto_cancel: threading.Event | None = None
     _auto_status: str = ""
     _confirm_redraft: tuple[int, float] | None = None
+    _overwritten: dict[int, tuple[str | None, bool]] = {}  # a person's captions an overwrite replaces: (body, auto)
 
     @property
     def drafting(self) -> bool:
@@ -121,11 +123,31 @@ class AutoCaptionMixin(_ScreenBase):
         def chosen(choice: str | None) -> None:
             if choice == "accept":
                 self.accept_drafts(None)
-            elif choice in ("missing", "all"):
-                chosen_items = ac.targets(captions.items, overwrite=choice == "all")
-                self.start_drafting([captions.items.index(i) for i in chosen_items])
+            elif choice == "missing":
+                self.start_drafting([captions.items.index(i) for i in ac.targets(captions.items)])
+            elif choice == "all":
+                self.confirm_overwrite([captions.items.index(i) for i in ac.targets(captions.items, overwrite=True)])
 
         self.app.push_screen(AutoCaptionScreen(missing, len(captions), drafts), chosen)
+
+    def confirm_overwrite(self, indices: list[int]) -> None:
+        """"Overwrite all" replaces captions a person wrote: asked first, and F4 gives them back afterwards."""
+        captions = self.captions
+        if captions is None:
+            return
+        persons = [i for i in indices if captions.is_persons(i)]
+        if not persons:
+            self.start_drafting(indices)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.start_drafting(indices, keep_for_undo=persons)
+
+        count = f"{len(persons)} caption{'s' if len(persons) != 1 else ''}"
+        self.app.push_screen(ConfirmScreen(
+            f"Replace {count} you wrote with drafts?",
+            f"All {len(indices)} images get a draft. F4 (Undo bulk) gives your {count} back afterwards."), answer)
 
     def action_redraft(self) -> None:
         captions, index = self.captions, self.current
@@ -170,11 +192,13 @@ class AutoCaptionMixin(_ScreenBase):
             return
         super().action_cancel()
 
-    def start_drafting(self, indices: list[int]) -> None:
+    def start_drafting(self, indices: list[int], keep_for_undo: list[int] | None = None) -> None:
+        """Draft `indices`; `keep_for_undo`: captions of a person's that drafts replace (F4 restores them)."""
         captions = self.captions
         if captions is None or not indices:
             self.notify("nothing to draft: every image has a caption")
             return
+        self._overwritten = {i: (captions.items[i].body, captions.items[i].auto) for i in keep_for_undo or ()}
         self._auto_cancel = threading.Event()
         self._auto_status = f"auto-caption: starting ({len(indices)} images) · Esc stops"
         self._update_header()
@@ -247,6 +271,11 @@ class AutoCaptionMixin(_ScreenBase):
         outcome, severity = message.outcome, message.severity
         self._auto_cancel = None
         self._auto_status = ""
+        if self._overwritten and self.captions is not None:
+            replaced = self.captions.record_overwrite("auto-caption overwrite", self._overwritten)
+            if replaced:
+                outcome += f" · F4 gives back the {replaced} caption{'s' if replaced != 1 else ''} you wrote"
+        self._overwritten = {}
         self.flush()
         self._apply_filter(self.current)
         self._update_details()
