@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.containers import VerticalScroll
 
 from lorawizard.core.session import Session
 from lorawizard.tui.app import LoraWizardApp
@@ -144,6 +145,27 @@ async def test_overwrite_all_asks_first_and_f4_gives_the_persons_caption_back(is
     saved = Session.load(project / "session.toml").images()
     assert saved["IMG_0001.jpg"]["caption"] == "my own words about the coat"
     assert "caption_auto" not in saved["IMG_0001.jpg"] and saved["IMG_0002.jpg"]["caption_auto"] is True
+
+
+async def test_every_tab_stop_in_the_dialog_shows_where_focus_is(isolated_home: Path) -> None:
+    """The dialog's scrolling body is a Tab stop (↑/↓ scroll it at 80x24): it says so and its border changes."""
+    app = LoraWizardApp(Session.open_project(auto_project(isolated_home)), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("f5")
+        await pilot.pause()
+        body = app.screen.query_one(VerticalScroll)
+        unfocused = body.styles.border_top[0]
+        for _ in range(12):
+            await pilot.press("tab")
+            await pilot.pause()
+            if app.screen.focused is body:
+                break
+        assert app.screen.focused is body
+        assert body.styles.border_top[0] != unfocused and "scroll" in body.border_subtitle
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.screen.focused is not body and body.border_subtitle == "" and body.styles.border_top[0] == unfocused
 
 
 async def test_redraft_needs_a_second_press_for_a_persons_caption(isolated_home: Path, no_gpu) -> None:

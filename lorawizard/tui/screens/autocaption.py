@@ -22,6 +22,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Button, Static
 
 from lorawizard.core import autocaption as ac
@@ -290,6 +291,8 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
     AutoCaptionScreen { align: center middle; }
     AutoCaptionScreen > VerticalScroll { width: 96%; max-width: 110; height: auto; max-height: 96%;
                                    border: round $accent; background: $surface; padding: 0 1; }
+    /* Tab stops on the dialog itself (↑/↓ scroll it at 80x24): shown, or that stop looked like focus lost */
+    AutoCaptionScreen > VerticalScroll:focus { border: heavy $accent; border-subtitle-color: $accent; }
     AutoCaptionScreen #auto-about { height: auto; }
     AutoCaptionScreen #auto-instruction { height: auto; color: $text-muted; margin: 0 0 1 0; }
     AutoCaptionScreen #auto-buttons { height: auto; margin: 1 0; }
@@ -320,6 +323,10 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
 
     def on_resize(self) -> None:
         self.call_after_refresh(self.describe)
+
+    def watch_focused(self, focused: Widget | None) -> None:
+        body = self.query_one(VerticalScroll)
+        body.border_subtitle = "↑/↓ scroll · Tab: the buttons" if focused is body else ""
 
     @on(SettingsForm.Saved)
     def _setting_saved(self) -> None:
