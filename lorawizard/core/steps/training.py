@@ -298,7 +298,7 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
 
 
 def status_line(state: TrainState, *, ended: bool = False, epoch: bool = True) -> str:
-    """`epoch 3/16 · step 120/640 (19%) · 1.92 it/s · loss 0.312 · ETA 4:31`; a run that `ended` (finished,
+    """`epoch 3/16 · step 120/640 (19%) · 1.92 steps/s · loss 0.312 · ETA 4:31`; a run that `ended` (finished,
     stopped, failed) has no ETA; without `epoch` where the line names it already ("epoch 3/16 begins")."""
     parts = []
     if epoch and state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
@@ -308,7 +308,7 @@ def status_line(state: TrainState, *, ended: bool = False, epoch: bool = True) -
     elif state.phase != "training":
         parts.append(state.phase)
     if state.rate:
-        parts.append(format_rate(state.rate, "it"))
+        parts.append(format_rate(state.rate, "steps"))
     if state.loss is not None:
         parts.append(f"loss {state.loss:.3g}")
     if not ended:

@@ -13,7 +13,7 @@ __all__ = ["TrainView", "TrainHeader", "DiagnosisLine", "ResourcePanel", "Checkp
 
 
 def _rate(rate: float | None) -> str:
-    return format_rate(rate, "it") or "–"
+    return format_rate(rate, "steps") or "–"
 
 
 _STATUS_TONES: dict[str, Tone] = {"running": "success", "finished": "info", "failed": "error", "stopped": "warning",
