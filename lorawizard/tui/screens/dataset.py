@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import events, on, work
@@ -34,6 +34,9 @@ from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import FitInput, SettingInput, SettingsForm
 from lorawizard.tui.widgets.tables import Table
+
+if TYPE_CHECKING:
+    from PIL import Image  # imported where used: PIL stays off the start-up path
 
 PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on top)
 THUMB_CACHE = 200
@@ -81,6 +84,15 @@ class ScanFailed(Message):
     """Posted by the scan worker: why there is no plan (one line)."""
 
     reason: str
+
+
+@dataclass
+class PreviewLoaded(Message):
+    """Posted by the preview worker: the upright picture of `source`, or None and why it cannot be shown."""
+
+    source: str
+    thumb: Image.Image | None
+    problem: str
 
 
 class ImageTable(Table, inherit_bindings=False):
@@ -387,9 +399,11 @@ class DatasetScreen(StepScreen):
     @work(thread=True, exclusive=True, group="dataset-preview", exit_on_error=False)
     def _load_preview(self, source: str, path: Path) -> None:
         thumb, problem = upright_preview(path, PREVIEW_PIXELS)
-        self.app.call_from_thread(self._preview_loaded, source, thumb, problem)
+        self.post_message(PreviewLoaded(source, thumb, problem))
 
-    def _preview_loaded(self, source: str, thumb: Any, problem: str) -> None:
+    @on(PreviewLoaded)
+    def _preview_loaded(self, message: PreviewLoaded) -> None:
+        source, thumb, problem = message.source, message.thumb, message.problem
         if thumb is None:
             self._thumbs.fail(source, problem)
             item = self.items.get(source)
