@@ -283,7 +283,7 @@ async def test_trigger_dialog_at_80x24_enter_closes_and_labels_sit_beside_their_
         dialog = app.screen
         assert isinstance(dialog, TriggerScreen)
         form = dialog.query_one(SettingsForm)
-        for row, field in zip(form.query("Horizontal"), (Input, Switch)):
+        for row, field in zip(form.query("Horizontal"), (Input, Switch), strict=True):
             label = row.query_one(".setting-label")
             assert label.region.y == row.query_one(field).region.y, label.render()
         intro = dialog.query_one("Vertical > Label")

@@ -310,7 +310,7 @@ async def test_the_columns_follow_a_resize_across_110_columns(isolated_home: Pat
         narrow = [c.width for c in table.ordered_columns][:2]
         current = screen_of(app).current
         await pilot.resize_terminal(120, 40)
-        await pilot_until(pilot, lambda: [c.width - n for c, n in zip(table.ordered_columns, narrow)] == [11, 1],
+        await pilot_until(pilot, lambda: [c.width - n for c, n in zip(table.ordered_columns, narrow, strict=False)] == [11, 1],
                           10, f"the first columns 11 and 1 wider than {narrow} (13 → 24, 9 → 10)")
         assert table.row_count == len(screen_of(app).plan.items) and screen_of(app).current == current
         await pilot.resize_terminal(80, 24)

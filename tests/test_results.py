@@ -265,7 +265,7 @@ def test_status_follow_stop_resume_exit_codes(tmp_path: Path, monkeypatch: pytes
     assert runctl.status(tmp_path / "nowhere", out) == 4 and out.getvalue().startswith("no run")
     assert runctl.status(project, io.StringIO()) == 4
     assert runctl.stop(project, io.StringIO()) == 4
-    record = _start(session, STEP_SECONDS=0.2, HANG_AT_STEP=3)
+    _start(session, STEP_SECONDS=0.2, HANG_AT_STEP=3)
     deadline = time.monotonic() + 20
     out = io.StringIO()
     while runctl.status(project, out) != 3 or "step 2/" not in out.getvalue().splitlines()[-1]:

@@ -181,7 +181,8 @@ async def test_stop_asks_first_and_says_which_steps_it_loses(tmp_path: Path, mon
             seen = header.view.step
             await pilot.press(cancel)
             # nothing was stopped: the question is gone and the run goes on two more steps (a SIGINT ends it at once)
-            await pilot_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen) and header.view.step >= seen + 2)
+            await pilot_until(pilot, lambda seen=seen: not isinstance(app.screen, ConfirmScreen)
+                              and header.view.step >= seen + 2)
             assert record.is_alive() and record.reload().stop_requested is None, cancel
         assert header.view.status == "running"
         await pilot.press("s")

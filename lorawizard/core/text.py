@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 

@@ -124,7 +124,7 @@ class FitPaths:
             shared = max(MIN_PATH, (width - other) // max(1, len(matches)))
         out = text.blank_copy()
         position = 0
-        for match, path in zip(matches, shown):
+        for match, path in zip(matches, shown, strict=True):
             if self.one_line:
                 budget = shared
             else:  # on a line of its own, or after a short lead ("✗ "): then it stays on that line; and a comma fits

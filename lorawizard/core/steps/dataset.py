@@ -8,7 +8,6 @@ Decisions per image come from `[[dataset.images]]` (bucket, crop, skip); images 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re

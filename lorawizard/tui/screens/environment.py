@@ -106,7 +106,6 @@ class EnvironmentScreen(StepScreen):
         if not session.is_set("paths.python"):
             python = core_env.find_python(session, sd_scripts or session.paths.sd_scripts)
             guesses["paths.python"] = python if python is not None and python.exists() else None
-        found = {key: path for key, path in guesses.items() if path is not None}
         for key, path in guesses.items():
             field = self.query_one("#set-" + key.replace(".", "-"), SettingInput)
             if path is None:  # no guess any more (another sd-scripts typed): a stale "found" would contradict
