@@ -112,7 +112,8 @@ def test_stop_from_the_shell_then_resume_loses_at_most_one_step_save(project: Pa
     newest = runs.newest_state(session.paths.runs)
     assert newest is not None and newest.step % every == 0
     assert 0 < at_stop - newest.step <= every  # a stop loses at most the steps since the newest step save
-    assert f"loses {at_stop - newest.step} steps" in stopped.stdout
+    lost = at_stop - newest.step
+    assert f"loses {lost} step{'s' if lost != 1 else ''} " in stopped.stdout
     assert lorawizard(str(project), "--status", timeout=60).returncode == 1  # stopped
 
     resumed = lorawizard("--replay", str(session.path), "--steps", "train", "--resume")
