@@ -6,6 +6,7 @@ would hold it) while keys are pressed, then let go. No timing is asserted; bench
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from textual.widgets import Input, TextArea
@@ -131,3 +132,37 @@ async def test_the_bulk_dialog_previews_in_a_worker_and_applies_what_the_fields_
         assert isinstance(app.screen, CaptionsScreen)
         assert [c.body for c in screen.captions.items[:2]] == ["a photo of object 1", "a photo of object 2"]
         assert all((c.body or "").startswith("a photo of object ") for c in screen.captions.items)
+
+
+async def test_a_new_trigger_is_counted_in_a_worker_for_a_large_set(isolated_home: Path) -> None:
+    """2,000 captions under a new trigger: the token counting runs off the UI thread (the cache it fills makes the
+    set's own recount a lookup); then every caption carries the new trigger."""
+    project = big_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, CaptionsScreen) and screen.captions is not None
+        captions = screen.captions
+        counted_on: list[str] = []
+        count_many = captions.counter.count_many
+
+        def spying(texts):  # noqa: ANN001, ANN202
+            texts = list(texts)
+            if any(text.startswith("sks,") for text in texts):  # how many it had to count (not in the cache)
+                missing = sum(text not in captions.counter._cache for text in texts)
+                counted_on.append(f"{threading.current_thread().name}:{missing}")
+            return count_many(texts)
+
+        captions.counter.count_many = spying  # type: ignore[method-assign]
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        field = app.screen.query_one("#set-dataset-trigger", Input)
+        field.value = ""
+        field.focus()
+        await pilot.press(*"sks", "enter")
+        await ready(pilot)
+        assert captions.trigger == "sks" and all(item.line.startswith("sks, ") for item in captions.items)
+        assert any(entry.endswith(f":{COUNT}") and not entry.startswith("MainThread") for entry in counted_on), counted_on
+        assert all(entry.endswith(":0") for entry in counted_on if entry.startswith("MainThread")), counted_on
+        assert screen._bulk is None and "“sks”" in str(screen.query_one("#cap-header").render())

@@ -484,6 +484,12 @@ class CaptionSet:
         self.refresh(changed)
         return changed
 
+    def count_for_trigger(self, trigger: str) -> None:
+        """Count every caption's tokens as they would be under `trigger`, into the counter's cache (reads only:
+        safe in a worker), so that `set_trigger(trigger)` afterwards only looks them up."""
+        trigger = one_line(trigger)
+        self.counter.count_many([compose(trigger, item.body) for item in self.items])
+
     def set_trigger(self, trigger: str) -> None:
         if trigger != self.trigger:
             self.trigger = trigger

@@ -63,6 +63,7 @@ THUMB_PIXELS = 192
 THUMBS_KEPT = 96  # decoded thumbnails (a few objects each)
 DRAWN_KEPT = 10  # of those, drawn as cells (the current one and its prefetched neighbours)
 FREEZE_FROM = 1000  # images
+RECOUNT_IN_WORKER_FROM = 1000  # captions: a new trigger's token counts are made off the UI thread (~1 s at 20,000)
 
 
 @dataclass
@@ -94,6 +95,14 @@ class FilesReread(Message):
 
     captions: CaptionSet
     contents: list[bytes | None]
+
+
+@dataclass
+class TriggerCounted(Message):
+    """Posted by the worker that counted every caption's tokens under a new trigger (they are in the cache now)."""
+
+    captions: CaptionSet
+    trigger: str
 
 
 class CaptionsScreen(AutoCaptionMixin, StepScreen):
@@ -433,12 +442,8 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / MANIFEST_FILE) != self._manifest_stamp:
             self.load()
         elif self.captions is not None:
-            trigger = str(self.session.get("dataset.trigger") or "")
             self.captions.captionless = bool(self.session.get("dataset.captionless"))
-            if trigger != self.captions.trigger:
-                self.captions.set_trigger(trigger)
-                self._apply_filter(self.current)
-                self._update_details()
+            self._retrigger_if_changed()
 
     def on_unmount(self) -> None:
         self.stop_drafting()  # quitting never leaves a captioner holding the GPU
@@ -528,6 +533,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     @on(BulkDone)
     def _bulk_done(self, message: BulkDone) -> None:
         self._bulk = None
+        self.call_later(self._retrigger_if_changed)  # a trigger changed elsewhere while the bulk change ran
         result = message.result
         if message.captions is not self.captions or result is None:  # reloaded meanwhile, or failed
             self._update_header()
@@ -561,14 +567,50 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             return
 
         def done(_: object) -> None:
-            if self.captions is None:
-                return
-            self.captions.captionless = bool(self.session.get("dataset.captionless"))
-            self.captions.set_trigger(str(self.session.get("dataset.trigger") or ""))
-            self._apply_filter(self.current)
-            self._update_details()
+            if self.captions is not None:
+                self.captions.captionless = bool(self.session.get("dataset.captionless"))
+                self._retrigger()
 
         self.app.push_screen(TriggerScreen(), done)
+
+    def _retrigger(self, counted: str | None = None) -> None:
+        """Follow the session's trigger: every caption is recounted. In a large set the counting runs in a worker
+        first (keys keep working, a bulk change waits for it); the set takes the trigger when it is `counted`."""
+        captions = self.captions
+        if captions is None:
+            return
+        trigger = str(self.session.get("dataset.trigger") or "")
+        if trigger not in (captions.trigger, counted) and len(captions) >= RECOUNT_IN_WORKER_FROM:
+            self._bulk = "new trigger"
+            self._bulk_status = f"counting tokens for the trigger “{trigger}”…"
+            self._update_header()
+            self._trigger_worker(captions, trigger)
+            return
+        captions.set_trigger(trigger)
+        self._apply_filter(self.current)
+        self._update_details()
+
+    def _retrigger_if_changed(self) -> None:
+        """The trigger changed elsewhere (another step, a hand edit): recount, unless a bulk change is computing
+        (its end checks again)."""
+        captions = self.captions
+        if captions is not None and self._bulk is None and str(self.session.get("dataset.trigger") or "") != captions.trigger:
+            self._retrigger()
+
+    @work(thread=True, group="captions-bulk", exit_on_error=False)
+    def _trigger_worker(self, captions: CaptionSet, trigger: str) -> None:
+        try:
+            captions.count_for_trigger(trigger)
+        finally:  # a failed count only means the set counts what is missing itself
+            self.post_message(TriggerCounted(captions, trigger))
+
+    @on(TriggerCounted)
+    def _trigger_counted(self, message: TriggerCounted) -> None:
+        self._bulk = None
+        if message.captions is self.captions:
+            self._retrigger(message.trigger)  # the session's trigger now (changed again meanwhile: counted anew)
+        else:
+            self._update_header()
 
     def action_primary(self) -> None:
         if self._bulk_refused():  # the files would be written from captions about to change
