@@ -100,7 +100,7 @@ class AutoCaptionMixin(_ScreenBase):
     _auto_cancel: threading.Event | None = None
     _auto_status: str = ""
     _confirm_redraft: tuple[int, float] | None = None
-    _overwritten: dict[int, tuple[str | None, bool]] = {}  # a person's captions an overwrite replaces: (body, auto)
+    _overwritten: dict[int, tuple[str | None, bool]] | None = None  # a person's captions an overwrite replaces
 
     @property
     def drafting(self) -> bool:
@@ -199,7 +199,7 @@ class AutoCaptionMixin(_ScreenBase):
         if captions is None or not indices:
             self.notify("nothing to draft: every image has a caption")
             return
-        self._overwritten = {i: (captions.items[i].body, captions.items[i].auto) for i in keep_for_undo or ()}
+        self._overwritten = {i: (captions.items[i].body, captions.items[i].auto) for i in keep_for_undo or ()} or None
         self._auto_cancel = threading.Event()
         self._auto_status = f"auto-caption: starting ({len(indices)} images) · Esc stops"
         self._update_header()
@@ -276,7 +276,7 @@ class AutoCaptionMixin(_ScreenBase):
             replaced = self.captions.record_overwrite("auto-caption overwrite", self._overwritten)
             if replaced:
                 outcome += f" · F4 gives back the {replaced} caption{'s' if replaced != 1 else ''} you wrote"
-        self._overwritten = {}
+        self._overwritten = None
         self.flush()
         self._apply_filter(self.current)
         self._update_details()

@@ -434,7 +434,9 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             self.notify(problem, severity="error")
 
     def on_screen_suspend(self) -> None:
-        if self._bulk is None:  # else the bulk worker writes when it is done (waiting for it here would freeze keys)
+        # while a worker changes the captions (a bulk change holds the store's lock until it has written; a trigger
+        # count does not write), waiting here could freeze keys: the store's own timer writes what is waiting
+        if self._bulk is None:
             self.flush()
 
     def on_screen_resume(self) -> None:
