@@ -73,7 +73,7 @@ def peak_mb():  # this process's own high-water mark: ru_maxrss would include th
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 sys.path.insert(0, sys.argv[2])
 import tomlkit
-from lorawizard.core.session import find_line
+from lorawizard.core.session.document import find_line
 started = time.perf_counter()
 text = open(sys.argv[1], encoding="utf-8").read()
 doc = tomlkit.parse(text)
@@ -103,7 +103,7 @@ def peak_mb():  # this process's own high-water mark: ru_maxrss would include th
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 sys.path.insert(0, sys.argv[2])
-from lorawizard.core.session import Session, SessionError
+from lorawizard.core.session.document import Session, SessionError
 started = time.perf_counter()
 try:
     session = Session.load(sys.argv[1], read_only=True)
@@ -143,10 +143,10 @@ import json, sys, time
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 import tomlkit
-from lorawizard.core.fsutil import atomic_write_text
-from lorawizard.core.session import Session
-from lorawizard.core.session_store import SessionStore
-from lorawizard.core.steps.captions import toml_string
+from lorawizard.core.common.fsutil import atomic_write_text
+from lorawizard.core.session.document import Session
+from lorawizard.core.session.store import SessionStore
+from lorawizard.core.captions.captionset import toml_string
 path, mode, out = Path(sys.argv[1]), sys.argv[3], {}
 count = int(sys.argv[4])
 def clock(name, work):

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_captions import make_project  # noqa: E402
 
-from lorawizard.core.session import Session  # noqa: E402
+from lorawizard.core.session.document import Session  # noqa: E402
 
 
 def ms(seconds: float) -> str:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,15 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from lorawizard.core.steps import captions as cap  # noqa: E402
-from lorawizard.core.session import Session  # noqa: E402
-from lorawizard.core.tokens import estimate_counter  # noqa: E402
+from lorawizard.core.captions import captionset as cap  # noqa: E402
+from lorawizard.core.captions.tokens import estimate_counter  # noqa: E402
+from lorawizard.core.session.document import Session  # noqa: E402
 
-WORDS = (
-    "a woman in a red raincoat standing on a pier overcast light shallow depth of field film grain "
-    "wearing a blue scarf cafe warm window light close-up portrait studio backdrop smiling looking away "
-    "city street at night neon signs rain reflections wide shot sitting on a bench autumn leaves"
-).split()
+WORDS = ["a", "woman", "in", "a", "red", "raincoat", "standing", "on", "a", "pier", "overcast", "light", "shallow", "depth", "of", "field", "film", "grain", "wearing", "a", "blue", "scarf", "cafe", "warm", "window", "light", "close-up", "portrait", "studio", "backdrop", "smiling", "looking", "away", "city", "street", "at", "night", "neon", "signs", "rain", "reflections", "wide", "shot", "sitting", "on", "a", "bench", "autumn", "leaves"]
 
 
 def make_project(root: Path, count: int) -> Path:
@@ -152,7 +148,7 @@ def core_bench(project: Path) -> None:
     apply_regex_s, _ = timed(lambda: (captions.apply(regex_plan), session.update_images(
         captions.session_changes(regex_plan.changes)), session.save()))
     print(f"bulk regex replace ({len(regex_plan.changes)} change): preview {ms(regex_s)}, apply+save {ms(apply_regex_s)}")
-    undo_s, (undone, restored, _) = timed(lambda: captions.undo())
+    undo_s, (_undone, restored, _) = timed(lambda: captions.undo())
     print(f"undo of the regex replace ({len(restored)} restored): {ms(undo_s)}")
     del start
 
@@ -177,8 +173,8 @@ def core_bench(project: Path) -> None:
 
     # token counting with real tokenizer files: the tests' tiny vocabulary (mostly one token per letter, so
     # slower than the real CLIP/T5 vocabularies) stands in, since the real files need the network
+    from lorawizard.core.captions.tokens import load_counter
     from tests.captions_fixtures import make_tokenizers
-    from lorawizard.core.tokens import load_counter
 
     lines = [item.line for item in captions.items]
     counter = load_counter(make_tokenizers(project / "tok"))

@@ -15,8 +15,8 @@ import io
 import json
 import os
 import shutil
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +26,10 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorawizard.core.steps import dataset  # noqa: E402
-from lorawizard.core.imaging import center_crop, choose_bucket  # noqa: E402
-from lorawizard.core.session import Session  # noqa: E402
-from lorawizard.core.steps import StepContext  # noqa: E402
+from lorawizard.core.contract import StepContext  # noqa: E402
+from lorawizard.core.dataset import step as dataset  # noqa: E402
+from lorawizard.core.dataset.imaging import center_crop, choose_bucket  # noqa: E402
+from lorawizard.core.session.document import Session  # noqa: E402
 
 
 def run_phase(phase: str, photos: Path, project: Path, max_side: int) -> tuple[float, int, str, float]:

@@ -126,7 +126,7 @@ def main() -> None:
     os.environ.pop("HF_HUB_OFFLINE", None)
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-    import lorawizard.core.download as download
+    import lorawizard.core.models.download as download
 
     started = time.perf_counter()
     remote = download.fetch_metadata(REPO, NAME, token=False)
@@ -149,7 +149,7 @@ def main() -> None:
 
 
 def measure(remote, nohash_remote, cdn: str, link: float, size: int, rounds: int, folder: Path, real_hasher) -> None:  # noqa: ANN001
-    import lorawizard.core.download as download
+    import lorawizard.core.models.download as download
 
     url = f"{cdn}?rate={link:g}" if link else cdn
     remote.location = nohash_remote.location = url

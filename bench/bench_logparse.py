@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorawizard.core.logparse import LogParser, TrainState  # noqa: E402
+from lorawizard.core.train.logparse import LogParser, TrainState  # noqa: E402
 
 
 def synthetic_log(lines: int) -> bytes:
@@ -144,8 +144,8 @@ def bench_memory(data: bytes) -> None:
 
 
 def bench_ui(seconds: float, rate: int) -> None:
-    from lorawizard.core import runs
-    from lorawizard.core.session import Session
+    from lorawizard.core.launch import runs
+    from lorawizard.core.session.document import Session
     from lorawizard.tui.app import LoraWizardApp
     from lorawizard.tui.screens import train as train_screen
 

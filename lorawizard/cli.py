@@ -18,7 +18,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """Usage errors are one line (not argparse's usage block), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        from lorawizard.core.text import one_line
+        from lorawizard.core.common.text import one_line
 
         missing = re.fullmatch(r"argument (-[^\s:/]+)(?:/\S+)?: expected one argument", message)
         action = missing and next((a for a in self._actions if missing.group(1) in a.option_strings), None)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         problem = _missing_project(args.project.expanduser())
         if problem:  # a typo: say so (exit 2) instead of "no run", and create nothing
-            from lorawizard.core.text import one_line
+            from lorawizard.core.common.text import one_line
 
             print(f"lorawizard: {one_line(problem)}", file=sys.stderr)
             return 2
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code or 0) if isinstance(exc.code, int) else 2
 
     if args.replay is not None:
-        from lorawizard.core.steps import parse_steps
-        from lorawizard.core.text import one_line
+        from lorawizard.core.common.text import one_line
+        from lorawizard.core.registry import parse_steps
         from lorawizard.headless import EXIT_INTERRUPTED, replay
 
         try:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _missing_project(project: Path) -> str | None:
     """One line when `project` is not a folder to work in (for commands that only read: they create nothing)."""
-    from lorawizard.core.fsutil import display_path
+    from lorawizard.core.common.fsutil import display_path
 
     if project.is_dir():
         return None
@@ -135,7 +135,7 @@ def _missing_project(project: Path) -> str | None:
 def _make_project_folder(project: Path) -> str | None:
     """Create a missing project folder whose parent exists and say so; refuse (one line, nothing created) when the
     parent is missing too, which is a typo more often than a wish (`/hom/me/x`). None when the folder exists."""
-    from lorawizard.core.fsutil import display_path
+    from lorawizard.core.common.fsutil import display_path
 
     if project.exists():
         problem = _missing_project(project)
@@ -153,8 +153,8 @@ def _make_project_folder(project: Path) -> str | None:
 
 def _run_wizard(project: Path, images: str | None) -> int:
     project = project.expanduser()
-    from lorawizard.core.session import Session, SessionError
-    from lorawizard.core.text import one_line
+    from lorawizard.core.common.text import one_line
+    from lorawizard.core.session.document import Session, SessionError
 
     try:
         created = _make_project_folder(project)

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorawizard.core.progress import Progress, format_duration, format_progress
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.steps import (
-    STEP_TITLES, Cancelled, OptionsByStep, StepContext, StepFailed, StepResult, load_step, options_for,
-)
-from lorawizard.core.text import one_line
+from lorawizard.core.common.progress import Progress, format_duration, format_progress
+from lorawizard.core.common.text import one_line
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.registry import STEP_TITLES, OptionsByStep, load_step, options_for
+from lorawizard.core.session.document import Session, SessionError
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DECISIONS_FILE = "replay-decisions.toml"
@@ -139,20 +138,20 @@ def check_inputs(session: Session, steps: list[str], *, dry_run: bool = False, d
         if session.is_set(f"models.{role}"):
             wanted.append((f"models.{role}", session.get(f"models.{role}")))
     if {"probe", "train"} & set(steps):  # the options reach the trainer's argv: bad ones are bad usage (exit 2)
-        from lorawizard.core.command import CommandError, parse_extra_args
+        from lorawizard.core.launch.command import CommandError, parse_extra_args
 
         try:
             parse_extra_args(session.get("train.extra_args"))
         except CommandError as exc:
             return f"{session.path}: {exc}"
     if "train" in steps and session.get("train.keep_epoch"):
-        from lorawizard.core.keep import epoch_exists_in_plan
+        from lorawizard.core.train.keep import epoch_exists_in_plan
 
         problem = epoch_exists_in_plan(session, session.get("train.keep_epoch"))
         if problem:
             return f"{session.path}: {problem}"
     if "publish" in steps:  # a missing repo or token is a setup problem: said before any step runs (exit 2)
-        from lorawizard.core.steps.publish import problem as publish_problem
+        from lorawizard.core.publish.step import problem as publish_problem
 
         blocked = publish_problem(session, need_token=not dry_run)
         if blocked:
@@ -199,7 +198,7 @@ def replay(
         return EXIT_USAGE
 
     if "train" in steps and not dry_run:  # refuse before doing any step, not after an hour of captions
-        from lorawizard.core.steps.training import claim_project
+        from lorawizard.core.train.step import claim_project
 
         try:
             claim_project(session)
@@ -326,7 +325,7 @@ def _write_decisions(session: Session, decisions: dict[str, Any]) -> None:
         return
     import tomlkit
 
-    from lorawizard.core.fsutil import atomic_write_text
+    from lorawizard.core.common.fsutil import atomic_write_text
 
     doc = tomlkit.document()
     doc.add(tomlkit.comment("Decisions replay took where session.toml was silent (your session file is never rewritten)."))

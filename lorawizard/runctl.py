@@ -15,7 +15,7 @@ _CODES = {"finished": EXIT_FINISHED, "running": EXIT_RUNNING}
 
 
 def _runs_dir(project: Path) -> Path | None:
-    from lorawizard.core.session import SESSION_FILE, Session, SessionError
+    from lorawizard.core.session.document import SESSION_FILE, Session, SessionError
 
     path = Path(project).expanduser() / SESSION_FILE
     if not path.is_file():
@@ -23,14 +23,14 @@ def _runs_dir(project: Path) -> Path | None:
     try:
         return Session.load(path, read_only=True).paths.runs
     except SessionError as exc:  # as replay and the wizard: exit 2, not 1 ("the run failed") as a bare SystemExit
-        from lorawizard.core.text import one_line
+        from lorawizard.core.common.text import one_line
 
         print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_SESSION) from None
 
 
 def _newest(project: Path):  # -> RunRecord | None
-    from lorawizard.core import runs
+    from lorawizard.core.launch import runs
 
     runs_dir = _runs_dir(project)
     if runs_dir is None:
@@ -42,8 +42,8 @@ def _newest(project: Path):  # -> RunRecord | None
 
 def _session_facts(project: Path) -> tuple[str, int | None]:
     """The session file as a shell argument, and train.max_train_epochs (None when unreadable)."""
-    from lorawizard.core.fsutil import shell_path
-    from lorawizard.core.session import SESSION_FILE, Session, SessionError
+    from lorawizard.core.common.fsutil import shell_path
+    from lorawizard.core.session.document import SESSION_FILE, Session, SessionError
 
     path = Path(project).expanduser().absolute() / SESSION_FILE
     try:
@@ -58,7 +58,7 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
 
     `--resume` continues from the newest saved state of the project's runs: this run's own (or the state it was itself
     resumed from), or, when it saved none, an older run's, which may already be at the last epoch (then nothing)."""
-    from lorawizard.core import statesave
+    from lorawizard.core.train import statesave
 
     point = statesave.resume_point(record.dir.parent, max_epochs)  # the verdict --resume itself acts on
     newest = point.state
@@ -76,8 +76,9 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
 
 def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | None = None) -> tuple[str, int]:
     """One line (state, step/total, epoch, ETA, last loss, run id, lost steps) and the exit code."""
-    from lorawizard.core import runs, statesave
-    from lorawizard.core.steps.training import RunFollower, status_line
+    from lorawizard.core.launch import runs
+    from lorawizard.core.train import statesave
+    from lorawizard.core.train.step import RunFollower, status_line
 
     status = record.status()
     follower = RunFollower(record)
@@ -97,8 +98,8 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
 
 def _no_run_where(project: Path) -> str:
     """`~/loras/mychar`, and `(no session.toml yet)` when that is why there is no run."""
-    from lorawizard.core.fsutil import display_path
-    from lorawizard.core.session import SESSION_FILE
+    from lorawizard.core.common.fsutil import display_path
+    from lorawizard.core.session.document import SESSION_FILE
 
     folder = Path(project).expanduser().absolute()
     return display_path(folder) + ("" if (folder / SESSION_FILE).is_file() else f" (no {SESSION_FILE} there)")
@@ -117,9 +118,9 @@ def status(project: Path, out: TextIO | None = None) -> int:
 
 def follow(project: Path, out: TextIO | None = None) -> int:
     """Follow the live run (progress lines like replay) and exit with its result; without one, --status."""
-    from lorawizard.core.session import SESSION_FILE, Session
-    from lorawizard.core.steps import Cancelled, StepContext
-    from lorawizard.core.steps.training import follow as follow_run
+    from lorawizard.core.contract import Cancelled, StepContext
+    from lorawizard.core.session.document import SESSION_FILE, Session
+    from lorawizard.core.train.step import follow as follow_run
     from lorawizard.headless import EXIT_INTERRUPTED, ProgressPrinter
 
     out = out or sys.stdout
@@ -143,8 +144,9 @@ def follow(project: Path, out: TextIO | None = None) -> int:
 
 def stop(project: Path, out: TextIO | None = None) -> int:
     """SIGINT → SIGTERM → SIGKILL (as the wizard's s), waiting for the run to end."""
-    from lorawizard.core import runs, statesave
-    from lorawizard.core.steps.training import RunFollower
+    from lorawizard.core.launch import runs
+    from lorawizard.core.train import statesave
+    from lorawizard.core.train.step import RunFollower
 
     out = out or sys.stdout
     record = _newest(project)

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lorawizard.core import gpu as core_gpu  # noqa: E402
-from lorawizard.core.logparse import TrainState, parse_bytes  # noqa: E402
-from lorawizard.core.session import Session  # noqa: E402
+from lorawizard.core.gpu import nvml as core_gpu  # noqa: E402
+from lorawizard.core.session.document import Session  # noqa: E402
+from lorawizard.core.train.logparse import TrainState, parse_bytes  # noqa: E402
 
 CAPTIONS = ("smk, a red circle", "smk, a blue square", "smk, a green triangle", "smk, a yellow ring")
 
@@ -120,7 +120,7 @@ def run_one(name: str, session: Session, uuids: list[str]) -> dict:
     if logs:
         state.apply(parse_bytes(logs[-1].read_bytes()))
     trials = []
-    for cards in ([probe.get("buckets", {})] + list(probe.get("per_card", {}).values())):
+    for cards in ([probe.get("buckets", {}), *list(probe.get("per_card", {}).values())]):
         entries = cards.values() if isinstance(cards, dict) else cards
         for entry in entries:
             for trial in entry.get("trials", []):

@@ -44,9 +44,8 @@ def main(argv: list[str]) -> int:
     fp8 = "--t5-fp8" in argv
     sys.path.insert(0, str(sd_scripts))
     import torch
-    from safetensors.torch import save_file
-
     from library import flux_models, flux_utils
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def make_trainer(home: Path) -> tuple[Path, Path]:
 
 def make_models(home: Path) -> None:
     """The default preset's files where ComfyUI keeps them (sparse, of their real sizes): found by name, offline."""
-    from lorawizard.core import catalog
+    from lorawizard.core.models import catalog
 
     sizes = {"flux": 11_901_525_888, "ae": 335_304_388, "clip_l": 246_144_152, "t5xxl": 4_893_934_904}
     folders = {"flux": "unet", "ae": "vae", "clip_l": "clip", "t5xxl": "clip"}
@@ -122,9 +122,12 @@ def make_models(home: Path) -> None:
 
 def make_project(home: Path) -> Path:
     """The demo project: photos, trainer, session; then the real dataset, captions and probe steps."""
-    from lorawizard.core.steps import captions, dataset, models, probe
-    from lorawizard.core.session import Session
-    from lorawizard.core.steps import StepContext
+    from lorawizard.core.captions import step as captions
+    from lorawizard.core.contract import StepContext
+    from lorawizard.core.dataset import step as dataset
+    from lorawizard.core.models import step as models
+    from lorawizard.core.probe import step as probe
+    from lorawizard.core.session.document import Session
 
     project = home / "loras" / "demo"
     make_photos(project / "photos")
@@ -195,10 +198,10 @@ async def until(pilot, predicate, timeout: float = 30.0) -> None:
 
 
 async def capture(project: Path, out: Path, size: tuple[int, int], *, with_help: bool) -> list[Path]:
-    from lorawizard.core import gpu as core_gpu
-    from lorawizard.core import runs
-    from lorawizard.core.session import Session
-    from lorawizard.core.steps import STEP_ORDER
+    from lorawizard.core.gpu import nvml as core_gpu
+    from lorawizard.core.launch import runs
+    from lorawizard.core.registry import STEP_ORDER
+    from lorawizard.core.session.document import Session
     from lorawizard.tui.app import LoraWizardApp
     from lorawizard.tui.widgets.train_panels import TrainHeader
 
@@ -304,7 +307,7 @@ def main() -> int:
                 for path in asyncio.run(capture(project, target, (width, height), with_help=not folder)):
                     print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         finally:
-            from lorawizard.core import runs
+            from lorawizard.core.launch import runs
 
             for record in runs.list_runs(project / "runs"):
                 if record.is_alive():

@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from lorawizard.core.session import Session
-from lorawizard.core.session_store import SessionStore
-from lorawizard.core.tokens import CLIP_DIR, T5_DIR
+from lorawizard.core.captions.tokens import CLIP_DIR, T5_DIR
+from lorawizard.core.session.document import Session
+from lorawizard.core.session.store import SessionStore
 
 COLOURS = [(200, 60, 50), (40, 120, 200), (60, 170, 90), (220, 190, 60), (150, 80, 170), (90, 90, 90)]
 

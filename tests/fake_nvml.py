@@ -1,6 +1,6 @@
 """Fake NVML adapters for tests (no GPU anywhere in the test suite).
 
-`FakeNvml` implements `lorawizard.core.gpu.NvmlAdapter`: a fixed list of GPUs, optional per-process memory, or a
+`FakeNvml` implements `lorawizard.core.gpu.nvml.NvmlAdapter`: a fixed list of GPUs, optional per-process memory, or a
 problem (no driver), peer-to-peer answers. Ready-made inventories: none, one RTX 4090, two different RTX 3090s,
 a 24 GB + 12 GB pair without peer-to-peer (`two_cards_no_p2p`).
 Use `install(monkeypatch, fake)` to make it the process-wide adapter (what the steps and screens use by default).
@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from lorawizard.core import gpu as core_gpu
-from lorawizard.core.gpu import GB, GpuInfo, NvmlUnavailable
+from lorawizard.core.gpu import nvml as core_gpu
+from lorawizard.core.gpu.nvml import GB, GpuInfo, NvmlUnavailable
 
 GIB = 1024**3
 
@@ -61,7 +61,7 @@ class FakeNvml:
         problem: str | None = None,
         processes: dict[str, dict[int, int] | Callable[[], dict[int, int]]] | None = None,
         per_process: bool = True,
-        p2p: bool | None | dict[frozenset[str], bool | None] = True,
+        p2p: bool | dict[frozenset[str], bool | None] | None = True,
     ) -> None:
         self.gpus = list(gpus or [])
         self.p2p = p2p  # peer-to-peer between GPUs: one answer for every pair, or per pair of UUIDs

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-from lorawizard.core.progress import ProgressMeter
-from lorawizard.core.steps import StepContext, StepFailed, StepResult
+from lorawizard.core.common.progress import ProgressMeter
+from lorawizard.core.contract import StepContext, StepFailed, StepResult
 
 
 def succeeds(ctx: StepContext) -> StepResult:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import autocaption as ac
-from lorawizard.core.steps import captions as core
-from lorawizard.core import catalog
-from lorawizard.core.steps.captions import AUTO, REVIEWED, CaptionSet
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.steps import Cancelled, StepFailed
-from lorawizard.core.tokens import estimate_counter
+from lorawizard.core.captions import autocaption as ac
+from lorawizard.core.captions import captionset as core
+from lorawizard.core.captions import step as captions_step
+from lorawizard.core.captions.captionset import AUTO, REVIEWED, CaptionSet
+from lorawizard.core.captions.tokens import estimate_counter
+from lorawizard.core.contract import Cancelled, StepFailed
+from lorawizard.core.models import catalog
+from lorawizard.core.session.document import Session, SessionError
 from tests.captions_fixtures import make_project
 from tests.standin import make_standin_captioner_python
 from tests.waiting import pid_gone, until
@@ -228,7 +229,7 @@ def test_oom_retries_with_a_smaller_batch(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("STANDIN_CAPTION_OOM_ABOVE", "1")
     session = captioner_project(tmp_path, [f"img{i}.jpg" for i in range(5)])
     captions = CaptionSet.from_session(session, counter=estimate_counter())
-    report, drafts, lines = run_draft(session, captions)
+    _report, drafts, lines = run_draft(session, captions)
     assert len(drafts) == 5
     assert [line for line in lines if line.startswith("out of GPU memory")] == [
         "out of GPU memory: retrying with batch 4", "out of GPU memory: retrying with batch 2",
@@ -292,7 +293,7 @@ def test_refuses_while_a_training_run_uses_the_gpu(tmp_path: Path, monkeypatch) 
     class Run:
         run_id, gpu_uuid = "20260101-120000", "GPU-1"
 
-    monkeypatch.setattr("lorawizard.core.runs.live_run", lambda runs: Run())
+    monkeypatch.setattr("lorawizard.core.launch.runs.live_run", lambda runs: Run())
     assert "training run 20260101-120000 is using the GPU" in ac.busy_training(session, "GPU-1")
     assert ac.busy_training(session, "GPU-2") is None  # another GPU is free to use
     placement = ac.Placement("gpu", "GPU-1", "GPU 0")
@@ -378,7 +379,7 @@ def test_headless_exits_1_with_the_reason_when_the_model_cannot_run(tmp_path: Pa
 
 def test_headless_without_auto_does_not_start_the_captioner(tmp_path: Path) -> None:
     session = captioner_project(tmp_path, ["a.jpg"])
-    code, out, err = _replay(session)
+    code, _out, err = _replay(session)
     assert code == 1 and "have no caption" in err  # as before: the captions are missing, no model involved
     assert not (session.paths.state / ac.JOB_FILE).exists()
 
@@ -393,26 +394,26 @@ def test_a_draft_counts_as_auto_not_as_the_persons_edit(tmp_path: Path) -> None:
 
 def test_writing_unreviewed_drafts_says_so(tmp_path: Path) -> None:
     """QA: Ctrl+G wrote 3 captions that were still auto drafts and the summary said nothing about them."""
-    from lorawizard.core.steps import StepContext
+    from lorawizard.core.contract import StepContext
 
     session = make_project(tmp_path / "p", ["a.jpg", "b.jpg", "c.jpg"], captions={"a.jpg": "mine"}, trigger="tok")
     session.update_image("b.jpg", caption="a draft", caption_auto=True)
     session.update_image("c.jpg", caption="another draft", caption_auto=True)
     session.save()
-    result = core.run_step(StepContext(session=session))
+    result = captions_step.run_step(StepContext(session=session))
     assert result.ok and "2 auto drafts not reviewed yet" in result.summary
     session.update_image("c.jpg", caption_auto=None)
-    result = core.run_step(StepContext(session=session))
+    result = captions_step.run_step(StepContext(session=session))
     assert "1 auto draft not reviewed yet" in result.summary
 
 
 def test_caption_files_older_than_the_captions_are_named(tmp_path: Path) -> None:
-    from lorawizard.core.steps import StepContext
+    from lorawizard.core.contract import StepContext
 
     session = make_project(tmp_path / "p", ["a.jpg", "b.jpg"], captions={"a.jpg": "mine", "b.jpg": "more"},
                            trigger="tok")
     assert core.captions_not_written(session) == ["a.jpg", "b.jpg"]  # never written
-    assert core.run_step(StepContext(session=session)).ok
+    assert captions_step.run_step(StepContext(session=session)).ok
     assert core.captions_not_written(session) == []
     session.update_image("b.jpg", caption="more, edited")
     assert core.captions_not_written(session) == ["b.jpg"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import autocaption as ac
+from lorawizard.core.captions import autocaption as ac
 from tests.captions_fixtures import make_project, txt_of
 
 pytestmark = pytest.mark.extra

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.containers import VerticalScroll
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.autocaption import AutoCaptionScreen
 from lorawizard.tui.screens.captions import CaptionsScreen

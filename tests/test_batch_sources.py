@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorawizard.core.batch_sources import bucket_rows
-from lorawizard.core.gpu import GB
-from lorawizard.core.steps.probe import RESULTS_FILE
-from lorawizard.core.session import Session
-from lorawizard.core.vram_presets import load_presets, preset_named
+from lorawizard.core.gpu.nvml import GB
+from lorawizard.core.gpu.presets import load_presets, preset_named
+from lorawizard.core.gpu.probe_results import RESULTS_FILE
+from lorawizard.core.probe.batch_sources import bucket_rows
+from lorawizard.core.session.document import Session
 
 
 def _session(project: Path) -> Session:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorawizard.core import session as session_module
-from lorawizard.core.steps.dataset import missing_note
-from lorawizard.core.session import MAX_KEY_WARNINGS, MAX_SESSION_BYTES, SCHEMA, Session, SessionError
+from lorawizard.core.dataset.step import missing_note
+from lorawizard.core.session import document as session_module
+from lorawizard.core.session.document import MAX_KEY_WARNINGS, MAX_SESSION_BYTES, SCHEMA, Session, SessionError
 from lorawizard.headless import MAX_WARNINGS, replay
 from tests.test_session import EXAMPLE
 

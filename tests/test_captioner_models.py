@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import autocaption as ac
-from lorawizard.core.captioner_models import CAPTIONER_ROLE, state_of
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
+from lorawizard.core.captions import autocaption as ac
+from lorawizard.core.contract import StepContext
+from lorawizard.core.models.captioners import CAPTIONER_ROLE, state_of
+from lorawizard.core.session.document import Session
 from tests.fakehub import FakeHub
 
 REPO = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -36,7 +36,7 @@ def add_captioner(hub: FakeHub, *, tokenizer: bool = True) -> dict[str, bytes]:
 
 
 def run(session: Session, **options: object):
-    from lorawizard.core.steps.models import run_step
+    from lorawizard.core.models.step import run_step
 
     rows: list = []
     lines: list[str] = []

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.steps import captions as cap
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
-from lorawizard.core.tokens import estimate_counter, load_counter
+from lorawizard.core.captions import captionset as cap
+from lorawizard.core.captions import step as captions_step
+from lorawizard.core.captions.tokens import estimate_counter, load_counter
+from lorawizard.core.contract import StepContext
+from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.captions_fixtures import make_project, make_tokenizers, txt_of
 
@@ -18,7 +19,7 @@ SOURCES = ["a.jpg", "sub/b.jpg", "c.png", "d.jpg"]
 
 
 def run(session: Session, **kwargs: object):  # noqa: ANN201
-    return cap.run_step(StepContext(session=session, **kwargs))  # type: ignore[arg-type]
+    return captions_step.run_step(StepContext(session=session, **kwargs))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- import
@@ -310,7 +311,7 @@ def test_never_an_empty_caption_file(project: Path) -> None:
 
 def test_step_fails_without_prepared_images(project: Path) -> None:
     session = Session.new(project / "session.toml")
-    from lorawizard.core.steps import StepFailed
+    from lorawizard.core.contract import StepFailed
 
     with pytest.raises(StepFailed, match="run the dataset step first"):
         run(session)
@@ -366,7 +367,7 @@ def test_bulk_edit_saved_through_the_session(project: Path) -> None:
 
 
 def test_stopping_mid_write_never_leaves_a_cache_beside_a_new_caption(project: Path) -> None:
-    from lorawizard.core.steps import Cancelled
+    from lorawizard.core.contract import Cancelled
 
     sources = [f"img{n}.jpg" for n in range(40)]
     session = make_project(project, sources, captions={s: "old" for s in sources})
@@ -402,7 +403,7 @@ def test_import_follows_the_sidecar_the_dataset_step_assigned(project: Path) -> 
 
 
 def test_tokenizer_json_is_preferred_and_a_broken_one_falls_back(tmp_path: Path) -> None:
-    from lorawizard.core.tokens import CLIP_DIR, T5_DIR, load_clip_tokenizer, load_t5_tokenizer
+    from lorawizard.core.captions.tokens import CLIP_DIR, T5_DIR, load_clip_tokenizer, load_t5_tokenizer
 
     folder = make_tokenizers(tmp_path / "tok")
     for name, loader in ((CLIP_DIR, load_clip_tokenizer), (T5_DIR, load_t5_tokenizer)):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from textual.widgets import Input, TextArea
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.captions import BulkEditScreen, CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList

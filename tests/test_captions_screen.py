@@ -6,9 +6,9 @@ from pathlib import Path
 
 from textual.widgets import Input, TextArea
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
+from lorawizard.core.session.store import SAVE_DELAY
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.core.session_store import SAVE_DELAY
 from lorawizard.tui.screens.captions import CaptionsScreen
 from lorawizard.tui.widgets.caption_list import CaptionList
 from tests.captions_fixtures import bulk_replace_preview, make_project, save_in_flight, txt_of

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lorawizard import __version__, cli
-from lorawizard.core import steps
+from lorawizard.core import registry as steps
+from lorawizard.core.common.progress import Progress
 from lorawizard.headless import ProgressPrinter, replay
-from lorawizard.core.progress import Progress
 from tests.terminal_child import TERMINAL_SIGINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_replay_ctrl_c_exits_130(tmp_path) -> None:
     code = (
         TERMINAL_SIGINT  # Ctrl-C as in a terminal, whatever this test run's parent did with SIGINT
         + "import sys\n"
-        "from lorawizard.core import steps\n"
+        "from lorawizard.core import registry as steps\n"
         "steps.STEP_FUNCTIONS['env'] = 'tests.fake_steps:interrupt_me'\n"
         "from lorawizard import cli\n"
         f"sys.exit(cli.main(['--replay', {str(path)!r}, '--steps', 'env']))\n"

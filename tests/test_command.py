@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from lorawizard.core import command as cmd
-from lorawizard.core.command import CommandError
-from lorawizard.core.session import Session, SessionError
+from lorawizard.core.launch import command as cmd
+from lorawizard.core.launch.command import CommandError
+from lorawizard.core.session.document import Session, SessionError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 WEIRD = "we ird $HOME `x` ; 'q' \"d\" & | > <"  # characters a shell would interpret

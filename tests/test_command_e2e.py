@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import command as cmd
-from lorawizard.core.steps import environment as env
-from lorawizard.core.session import Session
+from lorawizard.core.environment import step as env
+from lorawizard.core.launch import command as cmd
+from lorawizard.core.session.document import Session
 
 pytestmark = pytest.mark.extra
 
@@ -139,7 +139,7 @@ def test_real_trainer_trains_with_our_command(project: Path) -> None:
     2 epochs x 2 steps."""
     session = e2e_session(project)
     run_dir = project / "runs" / "e2e"
-    command, files = cmd.prepare_run(session, run_dir)
+    command, _files = cmd.prepare_run(session, run_dir)
     (run_dir / "command.txt").write_text(command.shell_text() + "\n")
     started = time.monotonic()
     with (run_dir / "train.log").open("wb") as log:

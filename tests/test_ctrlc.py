@@ -23,10 +23,10 @@ import psutil
 import pytest
 
 from lorawizard import headless
-from lorawizard.core import runs
-from lorawizard.core.steps import training
-from lorawizard.core.manifest import MANIFEST_FILE
-from lorawizard.core.steps import Cancelled, StepContext, StepResult
+from lorawizard.core.contract import Cancelled, StepContext, StepResult
+from lorawizard.core.dataset.manifest import MANIFEST_FILE
+from lorawizard.core.launch import runs
+from lorawizard.core.train import step as training
 from tests import dataset_fixtures as fx
 from tests.standin import make_train_project, standin_env
 from tests.terminal_child import lorawizard_argv

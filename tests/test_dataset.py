@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorawizard.core import imaging
-from lorawizard.core.steps import dataset
-from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, load_manifest
-from lorawizard.core.steps.dataset import REPORT_FILE
-from lorawizard.core.progress import Progress
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext, StepFailed
+from lorawizard.core.common.progress import Progress
+from lorawizard.core.contract import StepContext, StepFailed
+from lorawizard.core.dataset import imaging
+from lorawizard.core.dataset import step as dataset
+from lorawizard.core.dataset.manifest import MANIFEST_FILE, PreparedImage, load_manifest
+from lorawizard.core.dataset.step import REPORT_FILE
+from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests import dataset_fixtures as fx
 
@@ -74,7 +74,7 @@ def test_center_crop_keeps_the_bucket_aspect_and_stays_inside() -> None:
     assert smaller[2] - smaller[0] == 1000 and smaller[3] - smaller[1] == 500
     assert imaging.crop_ok(smaller, 4000, 1000, (1024, 512))
     bigger = imaging.scale_crop(smaller, 10, 4000, 1000, (1024, 512))
-    assert bigger[2] - bigger[0] == 2000 and 0 <= bigger[0] and bigger[2] <= 4000
+    assert bigger[2] - bigger[0] == 2000 and bigger[0] >= 0 and bigger[2] <= 4000
     # tiny images: a crop from the session that no longer fits is brought back inside
     assert imaging.fit_crop((0, 0, 400, 400), 6, 4, (512, 512)) == (2, 0, 6, 4)
     assert imaging.move_crop((0, 0, 4, 4), 0.1, 0, 6, 4) == (1, 0, 5, 4)
@@ -260,7 +260,7 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_reported_even_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core import scan
+    from lorawizard.core.dataset import scan
 
     source = tmp_path / "photos"
     source.mkdir()
@@ -468,7 +468,7 @@ def test_kill_at_any_moment_then_rerun_finishes_the_job(tmp_path: Path) -> None:
         child = _replay(session)
         deadline = time.monotonic() + 30
         while child.poll() is None and time.monotonic() < deadline:
-            if pngs == 0 and (tmp_path / "project" / ".lorawizard").exists() or pngs and len(list(out.rglob("*.png"))) >= pngs:
+            if (pngs == 0 and (tmp_path / "project" / ".lorawizard").exists()) or (pngs and len(list(out.rglob("*.png"))) >= pngs):
                 break
             time.sleep(0.002)
         interrupted += child.poll() is None

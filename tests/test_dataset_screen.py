@@ -10,11 +10,11 @@ import pytest
 from textual.geometry import Region
 from textual.widgets import Input
 
-from lorawizard.core.steps import dataset as core
-from lorawizard.core import imaging
-from lorawizard.core.manifest import load_manifest
-from lorawizard.core.imaging import Probe
-from lorawizard.core.session import Session
+from lorawizard.core.dataset import imaging
+from lorawizard.core.dataset import step as core
+from lorawizard.core.dataset.imaging import Probe
+from lorawizard.core.dataset.manifest import load_manifest
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.dataset import DatasetScreen
 from tests import dataset_fixtures as fx
@@ -199,7 +199,8 @@ async def test_filter_and_apply_with_progress(isolated_home: Path) -> None:
         # QA: a crop moved after Apply is not in dataset/ yet; the step bar kept Dataset ✓ (also after a restart)
         await pilot.press("home", "down", "right")
         assert screen.current == "IMG_0002.jpg" and app.step_states["dataset"] == "todo"
-    from lorawizard.core.step_states import dataset_decisions_pending, session_step_states
+    from lorawizard.core.registry import session_step_states
+    from lorawizard.core.step_states import dataset_decisions_pending
 
     session = Session.load(isolated_home / "dataset-demo" / "session.toml")
     prepared = load_manifest(session)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import ddp_failures, multigpu
-from lorawizard.core.diagnosis import diagnose
-from lorawizard.core.logparse import Bar, Failure, Line, LogParser, Totals, TrainState, parse_bytes
+from lorawizard.core.launch import multigpu
+from lorawizard.core.train import ddp_failures
+from lorawizard.core.train.diagnosis import diagnose
+from lorawizard.core.train.logparse import Bar, Failure, Line, LogParser, Totals, TrainState, parse_bytes
 
 LOGS = Path(__file__).parent / "ddp_logs"
 OOM = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 MiB. GPU 0 has a total capacity of "
@@ -126,7 +127,7 @@ def test_a_rank_killed_by_the_kernel() -> None:
 
 
 def test_a_failed_rank_does_not_leave_the_others_hanging() -> None:
-    from lorawizard.core.steps.training import RankWatch
+    from lorawizard.core.train.step import RankWatch
 
     state = state_of(b"[rank1]: Traceback (most recent call last):\n[rank1]: RuntimeError: boom\n")
     watch = RankWatch(grace_s=60)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.steps import environment as env
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
+from lorawizard.core.contract import StepContext
+from lorawizard.core.environment import checkout as env_checkout
+from lorawizard.core.environment import doctor as env_doctor
+from lorawizard.core.environment import step as env
+from lorawizard.core.session.document import Session
 from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import (
     SD3_REQUIREMENTS,
@@ -162,7 +164,7 @@ def test_fork_and_export_are_warnings(project: Path, nvml: FakeNvml) -> None:
 
 def test_git_details_without_the_git_binary(project: Path, nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = make_checkout(project / "sd", git_branch="sd3")
-    monkeypatch.setattr(env.checkout.shutil, "which", lambda name: None)
+    monkeypatch.setattr(env_checkout.shutil, "which", lambda name: None)
     info = env.inspect_checkout(sd)
     assert info.branch == "sd3" and len(info.commit or "") == 40 and info.date is None
     assert info.remote == "https://github.com/kohya-ss/sd-scripts.git"
@@ -218,9 +220,9 @@ def test_check_that_hangs_is_stopped(project: Path, nvml: FakeNvml) -> None:
 
 
 def test_old_python_is_an_error(project: Path, nvml: FakeNvml) -> None:
-    finding = env.doctor._python_findings({"python": {"version": "3.9.18", "version_info": [3, 9, 18], "venv": True}})[0]
+    finding = env_doctor._python_findings({"python": {"version": "3.9.18", "version_info": [3, 9, 18], "venv": True}})[0]
     assert finding.status == "error" and finding.action == "venv"
-    assert env.doctor._python_findings({"python": {"version_info": [3, 13, 1]}})[0].status == "warning"
+    assert env_doctor._python_findings({"python": {"version_info": [3, 13, 1]}})[0].status == "warning"
 
 
 # ---------------------------------------------------------------- torch, CUDA, driver

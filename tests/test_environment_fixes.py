@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.steps import environment as env
-from lorawizard.core.session import Session
-from lorawizard.core.steps import Cancelled, StepContext
+from lorawizard.core.contract import Cancelled, StepContext
+from lorawizard.core.environment import fixes as env_fixes
+from lorawizard.core.environment import step as env
+from lorawizard.core.environment import trainer_python as env_trainer_python
+from lorawizard.core.session.document import Session
 from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import git, make_checkout, make_fake_python, make_site
 from tests.waiting import until
@@ -117,7 +119,7 @@ def test_bad_branch_name_is_refused(project: Path) -> None:
 
 def test_venv_is_created_for_real(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = make_checkout(project / WEIRD, git_branch=None)
-    monkeypatch.setattr(env.trainer_python, "base_python_for_venv", lambda: sys.executable)
+    monkeypatch.setattr(env_trainer_python, "base_python_for_venv", lambda: sys.executable)
     session = new_session(project, sd)
     result = env.run_fix(session, "venv", with_pip=False)
     assert result.ok, result.summary
@@ -148,7 +150,7 @@ def test_venv_needs_sd_scripts_first(project: Path) -> None:
 
 @pytest.fixture
 def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env.fixes, "network_ok", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(env_fixes, "network_ok", lambda url, timeout=3.0: True)
 
 
 def venv_without_packages(project: Path) -> Session:
@@ -219,7 +221,7 @@ def test_run_streamed_splits_on_cr_and_lf(tmp_path: Path) -> None:
     lines: list[str] = []
     log = io.BytesIO()
     code = "import sys; sys.stdout.write('a\\r b\\nc\\r\\n\\xe9t\\xe9\\n'); sys.stdout.flush(); sys.stderr.write('err')"
-    rc, tail = env.run_streamed([sys.executable, "-c", code], cwd=tmp_path, log=log, on_line=lines.append)
+    rc, _tail = env.run_streamed([sys.executable, "-c", code], cwd=tmp_path, log=log, on_line=lines.append)
     assert rc == 0 and lines[:3] == ["a", " b", "c"] and set(lines[3:]) == {"été", "err"}
     assert log.getvalue().startswith(b"$ ")
 

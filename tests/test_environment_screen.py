@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 from textual.widgets import Log
 
-from lorawizard.core.steps import environment as env
-from lorawizard.core.session import Session
+from lorawizard.core.environment import step as env
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.environment import EnvironmentScreen
 from tests.fake_nvml import FakeNvml, fake_gpu
 from tests.fake_trainer_env import canned_check, git, make_canned_python, make_checkout
 from tests.waiting import pilot_until
-
 
 RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
 

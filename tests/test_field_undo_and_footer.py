@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Static, TextArea
 
-from lorawizard.core.session import Session
-from lorawizard.core.steps import STEP_ORDER
+from lorawizard.core.registry import STEP_ORDER
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.svg_cells import runs
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from lorawizard.core import catalog, runs
-from lorawizard.core.scan import guess_photo_folder
-from lorawizard.core.session import Session
+from lorawizard.core.dataset.scan import guess_photo_folder
+from lorawizard.core.launch import runs
+from lorawizard.core.models import catalog
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.step_runner import StepRunner
 from tests import dataset_fixtures as fx

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lorawizard.core import gpu
-from lorawizard.core.gpu import NO_GPU, GpuInfo, Inventory, PeakSampler, PynvmlAdapter, inventory, sample_memory
+from lorawizard.core.gpu import nvml as gpu
+from lorawizard.core.gpu.nvml import NO_GPU, GpuInfo, Inventory, PeakSampler, PynvmlAdapter, inventory, sample_memory
 from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, RTX_4090, FakeNvml, none_visible, one_gpu, two_different_gpus
 
 

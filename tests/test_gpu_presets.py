@@ -6,12 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.command import preset_overrides
-from lorawizard.core.session import Session
-from lorawizard.core.vram_presets import (
-    BUILTIN_PRESETS, PresetError, estimate_batch, estimate_bytes, estimate_text, load_presets, preset_for_memory,
-    preset_named, session_preset, step_down,
+from lorawizard.core.gpu.presets import (
+    BUILTIN_PRESETS,
+    PresetError,
+    estimate_batch,
+    estimate_bytes,
+    estimate_text,
+    load_presets,
+    preset_for_memory,
+    preset_named,
+    session_preset,
+    step_down,
 )
+from lorawizard.core.launch.command import preset_overrides
+from lorawizard.core.session.document import Session
 
 GIB = 1024**3
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, OptionList, Select
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible, one_gpu, two_different_gpus
 from tests.test_probe import PixelBudgetRunner, budget_gpu

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from lorawizard import cli
-from lorawizard.core import runs
-from lorawizard.core.session import Session, SessionError
+from lorawizard.core.launch import runs
+from lorawizard.core.session.document import Session, SessionError
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 from tests.waiting import pilot_until
@@ -294,7 +294,7 @@ def test_a_safe_name_is_still_fine(tmp_path) -> None:
 
 def test_the_command_builder_and_the_run_folder_check_the_name_too(tmp_path) -> None:
     """A name that got past the session (set in memory, an older file) is refused where it becomes a path."""
-    from lorawizard.core.command import CommandError, build_train_command
+    from lorawizard.core.launch.command import CommandError, build_train_command
 
     session = make_train_project(tmp_path)
     session.doc["name"] = "../../ESCAPED"
@@ -314,7 +314,7 @@ def test_the_command_builder_and_the_run_folder_check_the_name_too(tmp_path) -> 
 
 
 def test_a_negative_number_passes_where_the_option_takes_one(tmp_path) -> None:
-    from lorawizard.core.command import parse_extra_args
+    from lorawizard.core.launch.command import parse_extra_args
 
     assert parse_extra_args(["--logit_mean", "-0.5", "--base_weights_multiplier", "-1", "0.5"]) == {
         "logit_mean": "-0.5", "base_weights_multiplier": ["-1", "0.5"]}
@@ -356,7 +356,7 @@ def test_a_photo_folder_that_holds_the_project_is_refused_and_not_written(tmp_pa
     with path.open("a") as handle:
         handle.write(f'[paths]\ndataset = "{tmp_path / "out"}"\n')  # the dataset itself is outside the photos
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    code, out, err = _replay(path, ["dataset"])
+    code, _out, err = _replay(path, ["dataset"])
     assert code == 1
     assert "holds the project folder" in _one_line(err) and "folder of their own" in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no scan cache among the photos
@@ -376,14 +376,14 @@ def test_file_names_with_line_breaks_are_escaped_in_one_line_reports(tmp_path) -
     assert "evil\\nskipped: fake.jpg" in out and "bell\\x1b[2J.txt" in out
     assert "\x1b[2J" not in out
     assert not any(line.startswith("skipped: fake.jpg") for line in out.splitlines())
-    from lorawizard.core.steps.dataset import REPORT_FILE
+    from lorawizard.core.dataset.step import REPORT_FILE
 
     report = (tmp_path / "project" / "dataset" / REPORT_FILE).read_text()
     assert "evil\\nskipped: fake.jpg" in report and "\x1b" not in report
 
 
 def test_progress_details_are_one_line() -> None:
-    from lorawizard.core.progress import Progress, format_progress
+    from lorawizard.core.common.progress import Progress, format_progress
 
     line = format_progress(Progress("dataset", "scanning photos", 1, 2, "files", None, None, "a\nb\x1bc.jpg"))
     assert "\n" not in line and "\x1b" not in line and line.endswith("a\\nb\\x1bc.jpg")

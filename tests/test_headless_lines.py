@@ -4,15 +4,16 @@ heartbeat when nothing moved for long), never the same line twice in a row, neve
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 
 from lorawizard import headless
-from lorawizard.core.progress import Progress
-from lorawizard.core.runs import RunRecord
-from lorawizard.core.steps.training import FollowReporter, RunFollower, _progress
+from lorawizard.core.common.progress import Progress
+from lorawizard.core.launch.runs import RunRecord
+from lorawizard.core.train.step import FollowReporter, RunFollower, _progress
 from lorawizard.headless import ProgressPrinter, replay
 from tests.standin import make_train_project
 
@@ -21,7 +22,7 @@ EPOCH_0 = re.compile(r"\bepoch 0\b")
 
 
 def assert_readable(lines: list[str]) -> None:
-    repeats = [(a, i) for i, (a, b) in enumerate(zip(lines, lines[1:], strict=False)) if a == b]
+    repeats = [(a, i) for i, (a, b) in enumerate(itertools.pairwise(lines)) if a == b]
     assert repeats == [], "the same line twice in a row:\n" + "\n".join(lines)
     assert [line for line in lines if EPOCH_0.search(line)] == []
 

@@ -24,8 +24,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_core_has_modules() -> None:
-    assert "lorawizard.core.session" in CORE_MODULES and len(CORE_MODULES) >= 8
-    assert "lorawizard.core.steps.environment.doctor" in CORE_MODULES
+    assert "lorawizard.core.session.document" in CORE_MODULES and len(CORE_MODULES) >= 8
+    assert "lorawizard.core.environment.doctor" in CORE_MODULES
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
@@ -61,7 +61,7 @@ def test_help_imports_nothing_heavy() -> None:
 
 def test_cli_step_list_matches_core() -> None:
     from lorawizard import cli
-    from lorawizard.core.steps import STEP_ORDER
+    from lorawizard.core.registry import STEP_ORDER
 
     assert cli.STEPS == STEP_ORDER
 
@@ -72,8 +72,9 @@ def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
     are imported by the workers that need them (bench/bench_cli_startup.py measures the frame)."""
     code = (
         "from pathlib import Path\n"
-        "from lorawizard.core.session import Session\n"
-        "from lorawizard.core.step_states import session_step_states, training_is_live\n"
+        "from lorawizard.core.session.document import Session\n"
+        "from lorawizard.core.registry import session_step_states\n"
+        "from lorawizard.core.step_states import training_is_live\n"
         "from lorawizard.tui.app import LoraWizardApp\n"
         "import lorawizard.tui.screens.environment\n"
         f"s = Session.open_project(Path({str(tmp_path)!r}))\n"
@@ -84,7 +85,8 @@ def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     heavy = {"PIL", "huggingface_hub", "urllib.request", "http.client",
-             "lorawizard.core.steps.dataset", "lorawizard.core.steps.models", "lorawizard.core.imaging",
-             "lorawizard.core.download", "lorawizard.core.steps.captions", "lorawizard.core.steps.probe",
+             "lorawizard.core.dataset.step", "lorawizard.core.models.step", "lorawizard.core.dataset.imaging",
+             "lorawizard.core.models.download", "lorawizard.core.captions.step", "lorawizard.core.captions.captionset",
+             "lorawizard.core.probe.step",
              "textual.widgets._text_area"}
     assert not heavy & loaded, f"the first-frame path imported {sorted(heavy & loaded)}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, TextArea
 
-from lorawizard.core.session import Session
-from lorawizard.core.steps import STEP_ORDER
+from lorawizard.core.registry import STEP_ORDER
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 
 # The global keys. STAY keys never switch screens: pressed in every focus state of every screen. F1–F6 work from

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorawizard.core.logparse import (
+from lorawizard.core.train.logparse import (
     Bar,
     CheckpointSaved,
     Epoch,
@@ -92,7 +92,7 @@ def test_bar_glued_to_next_record_is_split() -> None:
         b"\rsteps: 100%|\xe2\x96\x88| 4/4 [00:29<00:00,  7.45s/it, avr_loss=1.52]"
         b"2026-11-25 16:49:40 INFO     model saved.                  train_network.py:1729\n"
     )
-    assert [e for e in events if isinstance(e, Bar)][0].n == 4
+    assert next(e for e in events if isinstance(e, Bar)).n == 4
     assert ModelSaved() in events
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorawizard.core import machines, multigpu
-from lorawizard.core.multigpu import SelectionError
+from lorawizard.core.launch import machines, multigpu
+from lorawizard.core.launch.multigpu import SelectionError
 from lorawizard.headless import replay
 from tests.test_command import make_buckets, make_session
 

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
-from tests.fakehub import MiB, FakeHub
-
-
+from lorawizard.core.contract import StepContext
+from lorawizard.core.session.document import Session
+from tests.fakehub import FakeHub, MiB
 
 
 def make_session(project: Path, preset: str = "flux1-dev-fp8") -> Session:
@@ -23,7 +21,7 @@ def make_session(project: Path, preset: str = "flux1-dev-fp8") -> Session:
 
 
 def run(session: Session, **options: object):
-    from lorawizard.core.steps.models import run_step
+    from lorawizard.core.models.step import run_step
 
     lines: list[str] = []
     events = []
@@ -38,7 +36,7 @@ def sha(data: bytes) -> str:
 
 def test_full_download_then_second_run_is_offline_and_instant(hub: FakeHub, project: Path, monkeypatch):
     session = make_session(project)
-    result, lines, events = run(session)
+    result, _lines, events = run(session)
     assert result.ok, result.summary
     models = session.paths.models
     for name in ("flux1-dev-fp8.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"):
@@ -49,7 +47,7 @@ def test_full_download_then_second_run_is_offline_and_instant(hub: FakeHub, proj
     assert (tok / "google_t5-v1_1-xxl" / "spiece.model").read_bytes() == hub.data["spiece.model"]
     assert any(e.task == "total" and e.finished for e in events)
     assert any(e.task == "flux1-dev-fp8.safetensors" and e.unit == "B" and e.total == 3 * MiB for e in events)
-    from lorawizard.core.model_files import resolved_model_paths
+    from lorawizard.core.models.files import resolved_model_paths
 
     assert resolved_model_paths(session)["flux"] == models / "flux1-dev-fp8.safetensors"
     # second run: offline, finds everything by the recorded size + sha256 (from the hash cache) and fetches nothing
@@ -126,7 +124,7 @@ def test_corrupted_once_is_retried_always_corrupted_never_installed(hub: FakeHub
 def test_dropped_connections_are_resumed_in_the_same_run(hub: FakeHub, project: Path):
     session = make_session(project)
     hub.drop_after["flux1-dev-fp8.safetensors"] = MiB + 12345
-    result, lines, _ = run(session)
+    result, _lines, _ = run(session)
     assert result.ok, result.summary
     gets = [e for e in hub.requests(role="cdn", method="GET") if e.get("file") == "flux1-dev-fp8.safetensors"]
     assert len(gets) == 2, [(g["range"], g["status"], g["sent"]) for g in gets]
@@ -215,7 +213,7 @@ def test_offline_mode_is_said_at_once(hub: FakeHub, project: Path, monkeypatch):
 
 
 def test_not_enough_disk_space(hub: FakeHub, project: Path, monkeypatch):
-    import lorawizard.core.download as download
+    import lorawizard.core.models.download as download
 
     monkeypatch.setattr(download, "free_bytes", lambda folder: 100)
     result, _, _ = run(make_session(project))
@@ -229,7 +227,7 @@ def test_permission_denied(hub: FakeHub, project: Path, monkeypatch):
     if os.geteuid() == 0:  # root ignores mode bits: fail the way a read-only folder does
         import errno
 
-        import lorawizard.core.download as download
+        import lorawizard.core.models.download as download
 
         def refuse(dest: Path, keep: Path) -> None:
             raise PermissionError(errno.EACCES, "Permission denied", str(keep))
@@ -246,12 +244,12 @@ def test_permission_denied(hub: FakeHub, project: Path, monkeypatch):
 
 def test_dry_run_lists_sizes_and_downloads_nothing(hub: FakeHub, project: Path):
     session = make_session(project)
-    from lorawizard.core.steps.models import run_step
+    from lorawizard.core.models.step import run_step
 
     ctx = StepContext(session=session, dry_run=True)
     result = run_step(ctx)
     assert result.ok
-    assert "4 model file(s) to download: 4.1 MB + tokenizers" == result.summary
+    assert result.summary == "4 model file(s) to download: 4.1 MB + tokenizers"
     assert any("would download Kijai/flux-fp8/flux1-dev-fp8.safetensors (3.1 MB)" in d for d in result.details)
     assert not (project / "models").exists()
     assert hub.requests(method="GET", role="cdn") == []
@@ -260,7 +258,7 @@ def test_dry_run_lists_sizes_and_downloads_nothing(hub: FakeHub, project: Path):
 def test_token_typed_in_the_wizard_goes_to_hf_storage(hub: FakeHub, project: Path, isolated_home: Path):
     from huggingface_hub import get_token
 
-    from lorawizard.core.download import DownloadError, store_token
+    from lorawizard.core.models.download import DownloadError, store_token
 
     with pytest.raises(DownloadError, match="refused this token"):
         store_token("hf_wrongwrongwrongwrongwrong")
@@ -272,8 +270,8 @@ def test_token_typed_in_the_wizard_goes_to_hf_storage(hub: FakeHub, project: Pat
 def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: Path):
     import threading
 
-    from lorawizard.core.steps.models import run_step
-    from lorawizard.core.steps import Cancelled
+    from lorawizard.core.contract import Cancelled
+    from lorawizard.core.models.step import run_step
 
     session = make_session(project)
     hub.throttle_bps = 4 * MiB
@@ -302,8 +300,8 @@ def test_cancel_keeps_the_part_and_the_next_run_resumes(hub: FakeHub, project: P
 
 
 def test_server_going_down_mid_file_retries_then_says_unreachable(hub: FakeHub, project: Path, monkeypatch):
-    import lorawizard.core.download as download
-    from lorawizard.core.steps.models import run_step
+    import lorawizard.core.models.download as download
+    from lorawizard.core.models.step import run_step
 
     monkeypatch.setattr(download.time, "sleep", lambda seconds: None)  # no backoff waits in the test
     session = make_session(project)
@@ -325,7 +323,7 @@ def test_expired_cdn_link_is_resolved_again(hub: FakeHub, project: Path):
     (session.paths.models / "t5xxl_fp8_e4m3fn.safetensors").unlink()
     hub.log.clear()
     hub.expire_cdn = 1
-    result, lines, _ = run(session)
+    result, _lines, _ = run(session)
     assert result.ok, result.summary
     gets = hub.requests(role="cdn", method="GET")
     assert [e["status"] for e in gets] == [403, 200]

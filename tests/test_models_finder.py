@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
+from lorawizard.core.contract import StepContext
+from lorawizard.core.session.document import Session
 from tests.fakehub import FakeHub
 
 
-
-
 def run(session: Session, **options: object):
-    from lorawizard.core.steps.models import run_step
+    from lorawizard.core.models.step import run_step
 
     lines: list[str] = []
     states: list = []
@@ -61,7 +58,7 @@ def test_comfyui_tree_and_hf_cache_are_used_in_place(hub: FakeHub, project: Path
     assert any("right size but another sha256" in line and "clip_l.safetensors" in line for line in lines)
     assert decoy.read_bytes() == bytes(len(data["clip_l.safetensors"]))  # the user's files are untouched
     assert not (project / "models" / "flux1-dev-fp8.safetensors").exists()  # used in place, not copied
-    from lorawizard.core.model_files import resolved_model_paths
+    from lorawizard.core.models.files import resolved_model_paths
 
     assert {k: str(v) for k, v in resolved_model_paths(session).items()} == paths
 
@@ -73,7 +70,7 @@ def test_second_look_uses_the_hash_cache(hub: FakeHub, project: Path, isolated_h
     for name in ("flux1-dev-fp8.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"):
         (folder / name.replace(".safetensors", "-copy.safetensors")).write_bytes(data[name])
     session = new_session(project)
-    from lorawizard.core.steps.models import add_search_folder
+    from lorawizard.core.models.step import add_search_folder
 
     assert add_search_folder(session, project / "nope") is not None
     assert add_search_folder(session, folder) is None
@@ -106,10 +103,10 @@ def test_override_is_used_and_its_mismatch_is_said(hub: FakeHub, project: Path):
     session = new_session(project)
     session.set("models.clip_l", str(mine))
     session.save()
-    result, _, states = run(session, action="find")
+    _result, _, states = run(session, action="find")
     clip = [s for s in states if s.role == "clip_l"][-1]
     assert clip.state == "found" and clip.path == mine and "not the preset's" in clip.note
-    from lorawizard.core.model_files import resolved_model_paths
+    from lorawizard.core.models.files import resolved_model_paths
 
     assert resolved_model_paths(session)["clip_l"] == mine
 
@@ -129,7 +126,7 @@ def test_offline_before_first_contact_finds_by_name_unverified(project: Path):
 
 
 def test_hash_cache_survives_restart_and_ignores_changed_files(tmp_path: Path):
-    from lorawizard.core.model_finder import HashCache, sha256_of
+    from lorawizard.core.models.finder import HashCache, sha256_of
 
     file = tmp_path / "f.bin"
     file.write_bytes(b"hello")
@@ -160,6 +157,6 @@ def test_an_override_that_is_no_safetensors_file_is_an_error(project: Path):
     session = new_session(project)
     session.set("models.flux", str(mine))
     session.save()
-    result, _, states = run(session, action="find")
+    _result, _, states = run(session, action="find")
     flux = [s for s in states if s.role == "flux"][-1]
     assert flux.state == "error" and "not a .safetensors file" in flux.note

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from tests.fakehub import FakeHub
-
-
 
 
 def session_file(project: Path) -> Path:
@@ -62,9 +60,9 @@ def test_replay_failure_is_one_line_and_exit_1(hub: FakeHub, project: Path):
 
 
 def test_step_bar_knows_models_are_ready_at_start(hub: FakeHub, project: Path):
-    from lorawizard.core.model_files import models_ready
+    from lorawizard.core.models.files import models_ready
+    from lorawizard.core.registry import session_step_states
     from lorawizard.headless import replay
-    from lorawizard.core.step_states import session_step_states
 
     path = session_file(project)
     session = Session.load(path)

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from textual.widgets import DataTable, Input, Label
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.fakehub import FakeHub
-
-
 
 
 def cell(app: LoraWizardApp, role: str, column: str) -> str:
@@ -159,7 +157,7 @@ async def test_another_preset_relabels_the_rows(home_project: Path) -> None:
 
 async def _show_a_download(pilot) -> None:
     """Rows as the worker reports them mid-download (posted directly: fixed numbers, no timing)."""
-    from lorawizard.core.steps.models import RoleState
+    from lorawizard.core.models.rows import RoleState
     from lorawizard.tui.screens.models import ModelRowChanged
 
     await _wait(pilot)

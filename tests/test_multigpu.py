@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorawizard.core import command as cmd
-from lorawizard.core import multigpu
-from lorawizard.core.command import CommandError
-from lorawizard.core.multigpu import SelectionError
+from lorawizard.core.launch import command as cmd
+from lorawizard.core.launch import multigpu
+from lorawizard.core.launch.command import CommandError
+from lorawizard.core.launch.multigpu import SelectionError
 from tests.fake_nvml import RTX_2080_TI, RTX_3060_12, RTX_3090_24, FakeNvml, install, two_cards_no_p2p
 from tests.test_command import make_buckets, make_session, real_like_parser, script_options
 
@@ -161,7 +161,7 @@ def test_real_adapter_reads_p2p_and_compute_capability() -> None:
     """PynvmlAdapter against a stand-in pynvml: P2P status per pair, `NVML_P2P_CAPS_INDEX_READ = 0,` (a tuple)."""
     import types
 
-    from lorawizard.core.gpu import PynvmlAdapter
+    from lorawizard.core.gpu.nvml import PynvmlAdapter
 
     class NVMLError(Exception):
         pass
@@ -182,6 +182,6 @@ def test_real_adapter_reads_p2p_and_compute_capability() -> None:
     assert adapter.p2p_ok("GPU-a", "GPU-b") is True
     assert adapter.p2p_ok("GPU-a", "GPU-c") is False
     assert calls == [0, 0]
-    from lorawizard.core.gpu import _capability
+    from lorawizard.core.gpu.nvml import _capability
 
     assert _capability(module, "h0") == (8, 6)

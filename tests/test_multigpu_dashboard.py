@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from textual.app import App, ComposeResult
 
-from lorawizard.core import multigpu
+from lorawizard.core.launch import multigpu
 from lorawizard.headless import replay
 from lorawizard.tui.widgets.train_panels import ResourcePanel, TrainView
 from tests.fake_nvml import RTX_3060_12, RTX_3090_24, install, two_cards_no_p2p

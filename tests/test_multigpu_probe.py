@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import multigpu
-from lorawizard.core.gpu import GpuInfo
-from lorawizard.core.steps.probe import ProbeEvent, TrialOutcome, TrialSpec, load_results, run_step
-from lorawizard.core.steps import StepContext, StepFailed
+from lorawizard.core.contract import StepContext, StepFailed
+from lorawizard.core.gpu.nvml import GpuInfo
+from lorawizard.core.gpu.probe_results import load_results
+from lorawizard.core.launch import multigpu
+from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
 from tests.fake_nvml import RTX_3060_12, RTX_3090_24, FakeNvml
 from tests.test_probe import make_project
 
@@ -80,7 +81,7 @@ async def test_gpu_screen_space_adds_a_second_card_and_the_probe_measures_each(
 ) -> None:
     from textual.widgets import OptionList
 
-    from lorawizard.core.session import Session
+    from lorawizard.core.session.document import Session
     from lorawizard.tui.app import LoraWizardApp
     from tests.fake_nvml import install, two_cards_no_p2p
 
@@ -116,7 +117,7 @@ async def test_gpu_screen_space_adds_a_second_card_and_the_probe_measures_each(
 
 
 async def test_gpu_screen_names_a_chosen_gpu_that_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core.session import Session
+    from lorawizard.core.session.document import Session
     from lorawizard.tui.app import LoraWizardApp
     from tests.fake_nvml import install, two_cards_no_p2p
 

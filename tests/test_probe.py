@@ -11,13 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.steps.dataset import bucket_counts
-from lorawizard.core.gpu import GB
-from lorawizard.core.steps.probe import (
-    MARGIN, BatchSearch, ProbeEvent, TrialOutcome, TrialSpec, areas, classify, repeats_for, run_step,
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed
+from lorawizard.core.dataset.step import bucket_counts
+from lorawizard.core.gpu.nvml import GB
+from lorawizard.core.probe.step import (
+    MARGIN,
+    BatchSearch,
+    ProbeEvent,
+    TrialOutcome,
+    TrialSpec,
+    areas,
+    classify,
+    repeats_for,
+    run_step,
 )
-from lorawizard.core.session import Session
-from lorawizard.core.steps import Cancelled, StepContext, StepFailed
+from lorawizard.core.session.document import Session
 from tests.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, RTX_4090, FakeNvml, none_visible, one_gpu, two_different_gpus
 
 OOM_TEXT = (
@@ -80,7 +88,7 @@ def simulate(limit: int, start: int, *, with_peaks: bool = True, total: int = 24
 
 
 @pytest.mark.parametrize("start", [1, 2])
-@pytest.mark.parametrize("limit", list(range(1, 33)) + [48, 64])
+@pytest.mark.parametrize("limit", [*list(range(1, 33)), 48, 64])
 def test_search_lands_on_the_limit_within_log2_plus_2(limit: int, start: int) -> None:
     best, tried = simulate(limit, start)
     assert best == limit, tried
@@ -310,7 +318,7 @@ def test_host_ram_kills_above_batch_1_cap_the_result_and_are_said(project: Path)
 
 
 def test_log_tail_follows_phases_and_steps_across_any_chunking(tmp_path: Path) -> None:
-    from lorawizard.core.steps.probe import _LogTail
+    from lorawizard.core.probe.step import _LogTail
 
     text = (
         "2026-11-25 16:44:52 INFO     Checking the state dict: Diffusers or BFL, dev or schnell  flux_utils.py:44\n"

@@ -14,11 +14,11 @@ import psutil
 import pytest
 import tomlkit
 
-from lorawizard.core.gpu import GB
-from lorawizard.core.steps.probe import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec, run_step
-from lorawizard.core.session import Session
-from lorawizard.core.steps import Cancelled, StepContext, StepFailed
-from lorawizard.core.vram_presets import preset_named
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed
+from lorawizard.core.gpu.nvml import GB
+from lorawizard.core.gpu.presets import preset_named
+from lorawizard.core.probe.step import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec, run_step
+from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.fake_nvml import RTX_4090, FakeNvml, none_visible
 from tests.standin import make_fake_sd_scripts
@@ -191,7 +191,7 @@ def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session,
 
 def test_leaving_mid_trial_kills_the_trial(standin: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`q` or a crash while a trial runs: the exit hook kills the trial's process group."""
-    from lorawizard.core.steps import probe
+    from lorawizard.core.probe import step as probe
 
     monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
     cancel = threading.Event()
@@ -216,7 +216,7 @@ def test_cli_replay_probe_without_a_gpu_exits_1(standin: Session) -> None:
     import subprocess
     import sys
 
-    from lorawizard.core.gpu import PynvmlAdapter, inventory
+    from lorawizard.core.gpu.nvml import PynvmlAdapter, inventory
 
     if inventory(PynvmlAdapter()).gpus:
         pytest.skip("this machine has an NVIDIA GPU")

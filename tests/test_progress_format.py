@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lorawizard.core.progress import Progress, format_progress, format_rate
+from lorawizard.core.common.progress import Progress, format_progress, format_rate
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import projectlock, runs
+from lorawizard.core.launch import projectlock, runs
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 
-HOLD = "import sys, time; from lorawizard.core import projectlock; projectlock.claim(sys.argv[1], 'replay'); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from lorawizard.core.launch import projectlock; projectlock.claim(sys.argv[1], 'replay'); print('held', flush=True); time.sleep(60)"
 
 
 def _holder(project: Path) -> subprocess.Popen[str]:
@@ -63,7 +63,7 @@ def test_replay_refuses_politely_while_another_process_holds_the_project(tmp_pat
 
 
 def test_the_refusal_names_a_live_run_to_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core.steps.training import plan_run, start_run
+    from lorawizard.core.train.step import plan_run, start_run
 
     monkeypatch.setenv("STANDIN_LOAD_SECONDS", "60")  # stays live while replay is refused
     session = make_train_project(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.fakehub import FakeHub, use_hub
 from tests.standin import make_train_project
@@ -37,7 +37,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
 @pytest.fixture
 def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Session:
     """A finished stand-in run: 2 epochs, 3 sample prompts at first and every epoch (9 PNGs)."""
-    from lorawizard.core.steps.training import plan_run, start_run
+    from lorawizard.core.train.step import plan_run, start_run
 
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     session = make_train_project(tmp_path, epochs=2, name="zkq")
@@ -88,8 +88,8 @@ def test_publish_uploads_the_lora_the_card_and_the_sample_grid(hub: FakeHub, tra
 
 
 def test_progress_has_a_rate_and_an_eta(hub: FakeHub, trained: Session, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core.steps.publish import run_step
-    from lorawizard.core.steps import StepContext
+    from lorawizard.core.contract import StepContext
+    from lorawizard.core.publish.step import run_step
 
     monkeypatch.setenv("HF_TOKEN", WRITE)
     events: list = []
@@ -125,12 +125,12 @@ def test_the_stored_token_is_used_too(hub: FakeHub, trained: Session) -> None:
 
     Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
     Path(constants.HF_TOKEN_PATH).write_text(WRITE)
-    code, out, err = _replay(trained, ["publish"])
+    code, _out, err = _replay(trained, ["publish"])
     assert code == 0, err and REPO in hub.repos
 
 
 def test_no_token_is_a_setup_error_before_anything_is_sent(hub: FakeHub, trained: Session) -> None:
-    code, out, err = _replay(trained, ["publish"])
+    code, _out, err = _replay(trained, ["publish"])
     assert code == 2 and err.count("\n") == 1 and "no Hugging Face token" in err and "HF_TOKEN" in err
     assert hub.requests() == []
 
@@ -141,7 +141,7 @@ def test_a_read_only_token_and_a_403(hub: FakeHub, trained: Session, monkeypatch
     assert code == 1 and err.count("\n") == 1 and "read-only" in err and "write token" in err
     monkeypatch.setenv("HF_TOKEN", WRITE)
     hub.roles[WRITE] = "fineGrained"  # a fine-grained token without the write permission: the hub says 403
-    code, out, err = _replay(trained, ["publish"])
+    code, _out, err = _replay(trained, ["publish"])
     assert code == 1 and err.count("\n") == 1 and "no write access to alice/zkq-lora (403)" in err
     assert REPO not in hub.repos
 
@@ -150,7 +150,7 @@ def test_someone_elses_namespace_is_refused(hub: FakeHub, trained: Session, monk
     monkeypatch.setenv("HF_TOKEN", WRITE)
     text = trained.path.read_text().replace(REPO, "bob/zkq-lora")
     trained.path.write_text(text)
-    code, out, err = _replay(trained, ["publish"])
+    code, _out, err = _replay(trained, ["publish"])
     assert code == 1 and err.count("\n") == 1 and "'bob' is not yours" in err and 'alice/zkq-lora' in err
     assert "bob/zkq-lora" not in hub.repos
 
@@ -163,7 +163,7 @@ def test_an_existing_repo_is_refused_unless_asked(hub: FakeHub, trained: Session
     assert code == 1 and err.count("\n") == 1 and "already exists and this project did not create it" in err
     assert hub.repos[REPO].files["README.md"].data == b"somebody's earlier model\n"
     trained.path.write_text(trained.path.read_text() + "existing = true\n")  # [publish] is the last table
-    code, out, err = _replay(trained, ["publish"])
+    code, _out, err = _replay(trained, ["publish"])
     assert code == 0, err
     assert b"FLUX.1-dev" in hub.repos[REPO].files["README.md"].data
 
@@ -181,13 +181,13 @@ def test_no_network(hub: FakeHub, trained: Session, monkeypatch: pytest.MonkeyPa
 def test_bad_repo_ids_are_refused_where_read(tmp_path: Path) -> None:
     for bad in ("not a repo", "a/b/c", "alice/--x", "alice/x.git", "-alice/x", ""):
         (tmp_path / "session.toml").write_text(f'version = 1\n[publish]\nrepo = "{bad}"\n')
-        code, out, err = _replay(Session.new(tmp_path / "session.toml"), ["publish"])
+        code, _out, err = _replay(Session.new(tmp_path / "session.toml"), ["publish"])
         assert code == 2 and err.count("\n") == 1 and "publish.repo: expected a Hugging Face repo id" in err, bad
 
 
 def test_publish_runs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lorawizard import cli
-    from lorawizard.core import steps
+    from lorawizard.core import registry as steps
 
     monkeypatch.setattr(steps, "STEP_FUNCTIONS", {name: "tests.fake_steps:succeeds" for name in steps.REPLAY_STEPS})
     path = tmp_path / "session.toml"
@@ -264,8 +264,8 @@ async def test_train_screen_p_without_a_repo_says_what_to_set(hub: FakeHub, trai
 
 
 def test_a_long_upload_keeps_reporting() -> None:
-    from lorawizard.core.progress import ProgressMeter
-    from lorawizard.core.steps.publish import _heartbeat
+    from lorawizard.core.common.progress import ProgressMeter
+    from lorawizard.core.publish.step import _heartbeat
 
     events: list = []
     meter = ProgressMeter(events.append, "publish", "uploading", 100, "B")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from lorawizard import runctl
-from lorawizard.core import keep, runs, samples, statesave
-from lorawizard.core.runs import RunRecord
-from lorawizard.core.steps.training import RunFollower, plan_run, start_run
+from lorawizard.core.launch import runs
+from lorawizard.core.launch.runs import RunRecord
+from lorawizard.core.train import keep, samples, statesave
+from lorawizard.core.train.step import RunFollower, plan_run, start_run
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 from tests.waiting import follow_to_end
@@ -76,8 +77,8 @@ def test_an_empty_prompt_list_turns_sampling_off(tmp_path: Path) -> None:
 
 
 def test_the_probe_keeps_sampling_off(tmp_path: Path) -> None:
-    from lorawizard.core.steps.probe import probe_overrides
-    from lorawizard.core.vram_presets import load_presets
+    from lorawizard.core.gpu.presets import load_presets
+    from lorawizard.core.probe.step import probe_overrides
 
     session = make_train_project(tmp_path)
     overrides = probe_overrides(session, load_presets(session)[0])
@@ -242,7 +243,7 @@ def test_on_finish_runs_once_with_the_run_in_its_environment(tmp_path: Path) -> 
     ("hang", "did not end within 0.5 s"),
 ])
 def test_on_finish_failures_are_reported_and_never_change_the_run(tmp_path: Path, command, expected) -> None:
-    from lorawizard.core.runsupervisor import run_on_finish
+    from lorawizard.core.launch.supervisor import run_on_finish
 
     if command == "exit":
         command = _hook(tmp_path, "raise SystemExit(3)\n")
@@ -300,7 +301,7 @@ def test_follow_follows_a_live_run_to_its_end(tmp_path: Path) -> None:
 
 
 def test_probe_report_says_what_sampling_adds(tmp_path: Path) -> None:
-    from lorawizard.core.steps.probe import AreaResult, _sampling_note
+    from lorawizard.core.probe.step import AreaResult, _sampling_note
 
     session = make_train_project(tmp_path, epochs=4, save_every=2)
     note = _sampling_note(session, [])

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import runs
-from lorawizard.core.samples import gallery
-from lorawizard.core.session import Session
+from lorawizard.core.launch import runs
+from lorawizard.core.session.document import Session
+from lorawizard.core.train.samples import gallery
 from tests.test_command_e2e import e2e_session, needs_e2e
 from tests.test_train_e2e import _reuse_caches
 

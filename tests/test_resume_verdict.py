@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lorawizard import runctl
-from lorawizard.core import statesave
-from lorawizard.core.runs import RunRecord
-from lorawizard.core.steps import StepFailed
-from lorawizard.core.steps.training import plan_run
+from lorawizard.core.contract import StepFailed
+from lorawizard.core.launch.runs import RunRecord
+from lorawizard.core.train import statesave
+from lorawizard.core.train.step import plan_run
 from tests.standin import make_train_project
 
 PER_EPOCH = 4

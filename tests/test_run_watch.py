@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorawizard.core.dashboard import views
-from lorawizard.core.steps.training import watch
+from lorawizard.core.train.dashboard import views
+from lorawizard.core.train.step import watch
 
 
 class FakeRecord:
@@ -80,7 +80,7 @@ def test_the_dashboard_stops_the_surviving_ranks_of_a_failed_run(tmp_path: Path,
     them as replay does (once, in a thread) and says so once."""
     import threading
 
-    from lorawizard.core import runs
+    from lorawizard.core.launch import runs
 
     stopped: list[object] = []
     done = threading.Event()

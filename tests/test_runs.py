@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import runs
-from lorawizard.core.diagnosis import diagnose
-from lorawizard.core.runs import RunRecord
-from lorawizard.core.steps.training import RunFollower, plan_run, start_run
+from lorawizard.core.launch import runs
+from lorawizard.core.launch.runs import RunRecord
+from lorawizard.core.train.diagnosis import diagnose
+from lorawizard.core.train.step import RunFollower, plan_run, start_run
 from tests.standin import make_train_project
 from tests.waiting import follow_to_end
 
@@ -56,8 +56,8 @@ def test_reattach_after_the_wizard_process_is_killed(tmp_path: Path) -> None:
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
         os.environ["STANDIN_STEP_SECONDS"] = "0.3"
-        from lorawizard.core.session import Session
-        from lorawizard.core.steps.training import plan_run, start_run
+        from lorawizard.core.session.document import Session
+        from lorawizard.core.train.step import plan_run, start_run
         session = Session.load({str(session.path)!r})
         record = start_run(session, plan_run(session))
         print(record.run_id, flush=True)
@@ -137,7 +137,7 @@ def test_resume_keeps_absolute_steps_and_epochs(tmp_path: Path) -> None:
 def test_resume_after_a_finished_run_says_there_is_nothing_left(tmp_path: Path) -> None:
     """The newest state is the end of training: r (or --resume) refuses in one line instead of launching a run that
     trains nothing; with more epochs asked for, it resumes from that state."""
-    from lorawizard.core.steps import StepFailed
+    from lorawizard.core.contract import StepFailed
 
     session = make_train_project(tmp_path, epochs=2)  # 2 steps per epoch
     finished = follow_to_end(_start(session, STEP_SECONDS=0.01))
@@ -182,13 +182,13 @@ def _diagnose_run(tmp_path: Path, session=None, **env: object):
     ],
 )
 def test_diagnosis_of_failed_runs(tmp_path: Path, env: dict, kind: str) -> None:
-    problem, state, record = _diagnose_run(tmp_path, **env)
+    problem, _state, record = _diagnose_run(tmp_path, **env)
     assert problem is not None and problem.kind == kind and problem.advice
     assert record.status() == "failed"
 
 
 def test_diagnosis_nan(tmp_path: Path) -> None:
-    problem, state, record = _diagnose_run(tmp_path, NAN_AT_STEP=3)
+    problem, state, _record = _diagnose_run(tmp_path, NAN_AT_STEP=3)
     assert problem.kind == "nan" and "step 3" in problem.what and "learning_rate" in problem.advice
     assert state.model_saved  # sd-scripts trains on with nan; the diagnosis still flags it
 
@@ -200,7 +200,7 @@ def test_diagnosis_no_data_exit_zero_is_not_success(tmp_path: Path) -> None:
 
 
 def test_diagnosis_stalled_while_alive() -> None:
-    from lorawizard.core.logparse import TrainState
+    from lorawizard.core.train.logparse import TrainState
 
     assert diagnose(TrainState(), alive=True, quiet_s=30) is None
     stalled = diagnose(TrainState(), alive=True, quiet_s=1200)
@@ -241,7 +241,7 @@ def test_second_resume_starts_at_the_right_epoch(tmp_path: Path) -> None:
     ],
 )
 def test_diagnosis_of_other_endings(failures: list, returncode: int | None, kind: str) -> None:
-    from lorawizard.core.logparse import Failure, TrainState
+    from lorawizard.core.train.logparse import Failure, TrainState
 
     state = TrainState()
     state.apply([Failure(k, text, -9 if "SIGKILL" in text else None) for k, text in failures])

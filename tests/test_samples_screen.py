@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import samples
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
+from lorawizard.core.train import samples
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.samples import SamplesScreen, page_layout
 from tests.standin import make_train_project
@@ -77,7 +77,7 @@ async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.
     session.set("train.samples.prompts", PROMPTS)
     session.set("train.samples.every_n_epochs", 1)
     session.save()
-    from lorawizard.core.steps.training import plan_run, start_run
+    from lorawizard.core.train.step import plan_run, start_run
 
     record = start_run(session, plan_run(session))
     app = LoraWizardApp(session, start_step="train")

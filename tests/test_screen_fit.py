@@ -10,7 +10,7 @@ from rich.console import Console
 from textual.containers import Horizontal
 from textual.widgets import Input, Label
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.text_fit import FitPaths, cut_middle, fit_words
 from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm
@@ -149,7 +149,7 @@ async def test_autocaption_dialog_shows_the_model_folder_from_home_cut_in_the_mi
 
 
 async def test_models_where_column_keeps_the_file_name(isolated_home: Path, project: Path) -> None:
-    from lorawizard.core import catalog
+    from lorawizard.core.models import catalog
 
     folder = isolated_home / "ComfyUI" / "models" / "unet"
     folder.mkdir(parents=True)
@@ -255,7 +255,7 @@ async def test_dataset_footer_says_plus_minus_crop_size(isolated_home: Path) -> 
 
 
 async def test_toasts_and_step_logs_write_home_as_tilde(isolated_home: Path, project: Path) -> None:
-    from lorawizard.core.steps import StepResult
+    from lorawizard.core.contract import StepResult
     from lorawizard.tui.messages import StepFinished, StepLog
     from lorawizard.tui.widgets.step_runner import StepRunner
 

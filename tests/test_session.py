@@ -10,7 +10,7 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorawizard.core.session import NAME_RE, SCHEMA, Session, SessionError, find_line
+from lorawizard.core.session.document import NAME_RE, SCHEMA, Session, SessionError, find_line
 
 EXAMPLE = """\
 # my character LoRA
@@ -127,7 +127,7 @@ def test_tokens_are_never_written(tmp_path: Path) -> None:
                                   "x_hf_" + "a" * 20, "hf_" + "a" * 19, "é" + "hf_" + "a" * 20, "hf_", "", "a\nhf_" + "b" * 30])
 def test_the_quick_secret_scan_finds_what_the_regex_finds(text: str) -> None:
     """save() scans the whole file (4 MB with 20,000 captions) with str.find before the regex: same answers."""
-    from lorawizard.core.session import _SECRET_RE, _has_secret
+    from lorawizard.core.session.document import _SECRET_RE, _has_secret
 
     big = "caption = 'hf_ is not a token'\n" * 1000 + text
     assert _has_secret(text) == bool(_SECRET_RE.search(text))
@@ -326,7 +326,7 @@ def test_documented_example_is_a_valid_session(tmp_path: Path) -> None:
 
 
 def test_display_path_uses_tilde_under_home(isolated_home: Path) -> None:
-    from lorawizard.core.fsutil import display_path
+    from lorawizard.core.common.fsutil import display_path
 
     assert display_path(isolated_home) == "~"
     assert display_path(isolated_home / "loras" / "a b") == "~/loras/a b"
@@ -338,7 +338,7 @@ def test_display_path_uses_tilde_under_home(isolated_home: Path) -> None:
 def test_repo_ids_follow_huggingface_hubs_own_rule(repo: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from lorawizard.core.session import repo_id_problem
+    from lorawizard.core.session.document import repo_id_problem
 
     try:
         validate_repo_id(repo)

@@ -9,9 +9,9 @@ import pytest
 import tomlkit
 import tomlkit.items
 
-from lorawizard.core import session as session_module
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.session_store import SessionStore
+from lorawizard.core.session import document as session_module
+from lorawizard.core.session.document import Session, SessionError
+from lorawizard.core.session.store import SessionStore
 
 HEAD = """# my own notes at the top
 version = 1

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.session_store import SessionStore
+from lorawizard.core.session.document import Session, SessionError
+from lorawizard.core.session.store import SessionStore
 
 
 def new_store(project: Path, delay: float = 3600.0) -> SessionStore:

@@ -139,7 +139,7 @@ def test_a_terminal_that_never_answers_does_not_hold_the_first_frame(tmp_path: P
 
 async def test_a_screen_drawn_before_the_answer_swaps_its_image_widget(isolated_home: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core.session import Session
+    from lorawizard.core.session.document import Session
     from lorawizard.tui import images
     from lorawizard.tui.app import LoraWizardApp
     from lorawizard.tui.messages import TerminalAnswered

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lorawizard.core.thumbnails import LETTERBOX, ThumbnailCache, letterboxed, upright_preview
+from lorawizard.core.dataset.thumbnails import LETTERBOX, ThumbnailCache, letterboxed, upright_preview
 
 
 def _picture(side: int = 4) -> Image.Image:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import runs
-from lorawizard.core.steps.training import RunFollower, plan_run, start_run
+from lorawizard.core.launch import runs
+from lorawizard.core.train.step import RunFollower, plan_run, start_run
 from tests.test_command_e2e import e2e_session, needs_e2e
 
 pytestmark = pytest.mark.extra

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import runs
+from lorawizard.core.launch import runs
 from lorawizard.headless import replay
 from tests.standin import make_train_project
 
@@ -41,7 +41,7 @@ def test_follows_the_run_and_succeeds_on_model_saved(tmp_path: Path, monkeypatch
 def test_failure_exits_1_with_the_diagnosis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STANDIN_VRAM_BUDGET", "1000")
     session = make_train_project(tmp_path)
-    code, out, err = _replay(session)
+    code, _out, err = _replay(session)
     assert code == 1
     assert "CUDA ran out of GPU memory" in err and "probe" in err
 

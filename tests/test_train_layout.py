@@ -11,8 +11,8 @@ import pytest
 from textual.widget import Widget
 from textual.widgets import Log
 
-from lorawizard.core.logparse import Line
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
+from lorawizard.core.train.logparse import Line
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.train_panels import CheckpointPanel, ResourcePanel, TrainView

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core import runs
-from lorawizard.core.diagnosis import Diagnosis
-from lorawizard.core.gpu import GpuInfo
-from lorawizard.core.logparse import TrainState, parse_bytes
-from lorawizard.core.session import Session
-from lorawizard.core.steps.training import plan_run, start_run
+from lorawizard.core.gpu.nvml import GpuInfo
+from lorawizard.core.launch import runs
+from lorawizard.core.session.document import Session
+from lorawizard.core.train.diagnosis import Diagnosis
+from lorawizard.core.train.logparse import TrainState, parse_bytes
+from lorawizard.core.train.step import plan_run, start_run
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.widgets.loss_chart import braille_plot
@@ -205,8 +205,8 @@ async def test_leaving_the_wizard_leaves_the_run_running(tmp_path: Path, monkeyp
 
 
 async def test_gpu_panel_reads_the_runs_gpu_through_nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.fake_nvml import RTX_4090, install, one_gpu
     from lorawizard.tui.widgets.train_panels import ResourcePanel
+    from tests.fake_nvml import RTX_4090, install, one_gpu
 
     install(monkeypatch, one_gpu())
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
@@ -241,7 +241,7 @@ async def test_the_wizard_opens_on_the_dashboard_when_a_run_is_live(tmp_path: Pa
 
 def test_header_never_says_epoch_0() -> None:
     """sd-scripts draws its steps bar before it prints "epoch 1/N": the header shows the step, not an epoch 0."""
-    from lorawizard.core.dashboard import TrainView
+    from lorawizard.core.train.dashboard import TrainView
     from lorawizard.tui.widgets.train_panels import TrainHeader
 
     header = TrainHeader()

@@ -14,7 +14,7 @@ from textual.dom import DOMNode
 from textual.message import Message
 from textual.widgets import Input, Label, Log
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
@@ -47,7 +47,7 @@ def notifications(app: LoraWizardApp) -> list[str]:
 @pytest.mark.parametrize("refused", [False, True])
 async def test_token_check_reaches_the_screen_through_a_message(project: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 off_thread_queries: list[str], refused: bool) -> None:
-    from lorawizard.core import download
+    from lorawizard.core.models import download
 
     checked_on: list[int] = []
 
@@ -194,7 +194,7 @@ async def test_step_bar_follows_the_apps_step_states(project: Path) -> None:
 
 async def test_a_finished_step_reaches_the_app_by_bubbling(project: Path) -> None:
     """StepRunner does not call the App: its StepFinished bubbles through the screen to LoraWizardApp."""
-    from lorawizard.core.steps import StepResult
+    from lorawizard.core.contract import StepResult
     from lorawizard.tui.messages import StepFinished
     from lorawizard.tui.widgets.step_runner import StepRunner
 
@@ -238,7 +238,7 @@ async def test_auto_caption_dialog_follows_the_forms_saved_settings(project: Pat
 async def test_a_long_result_line_wraps_at_80_columns(project: Path) -> None:
     """The runner's result line is the one that says what failed and what to do: at 80 columns it was cut after one
     row (Models offline: "…so the tokenizers cannot be fe")."""
-    from lorawizard.core.steps import StepResult
+    from lorawizard.core.contract import StepResult
     from lorawizard.tui.messages import StepFinished
     from lorawizard.tui.widgets.step_runner import StepRunner
 

@@ -9,22 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.steps import OptionsByStep, options_for
+from lorawizard.core.registry import OptionsByStep, options_for
 
 pytest.importorskip("mypy")
 ROOT = Path(__file__).resolve().parent.parent
 
 SNIPPET = '''
-from lorawizard.core.session import Session
-from lorawizard.core.steps import OptionsByStep, StepContext
-from lorawizard.core.steps.environment import EnvOptions
-from lorawizard.core.steps.models import ModelsOptions
-from lorawizard.core.steps.probe import ProbeOptions
+from lorawizard.core.session.document import Session
+from lorawizard.core.contract import StepContext
+from lorawizard.core.registry import OptionsByStep, StepOptions
+from lorawizard.core.environment.step import EnvOptions
+from lorawizard.core.models.step import ModelsOptions
+from lorawizard.core.probe.step import ProbeOptions
 
 
 def build(session: Session) -> None:
     StepContext(session=session, options={"reprobe": True})  # fine
-    StepContext(session=session, options={"reprobee": True})  # BAD 1: no step has this key
+    # options are typed where they are built (the registry's StepOptions / OptionsByStep): the contract imports no step
+    typo: StepOptions = {"reprobee": True}  # BAD 1: no step has this key
     good: ProbeOptions = {"reprobe": True, "max_batch": 4}  # fine
     bad: ProbeOptions = {"reprobe": True, "max_batch": "4"}  # BAD 2: wrong value type
     by_step: OptionsByStep = {"probe": {"reprobe": True}, "train": {"detach": True}}  # fine

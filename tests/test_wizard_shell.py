@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from lorawizard.core.session import Session
-from lorawizard.core.steps import STEP_ORDER
+from lorawizard.core.registry import STEP_ORDER
+from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.step_bar import StepBar
 
@@ -116,8 +116,8 @@ async def test_help_lists_the_screens_own_keys(project: Path) -> None:
 
 
 def test_step_bar_knows_captions_and_training_are_done(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawizard.core import runs
-    from lorawizard.core.step_states import session_step_states
+    from lorawizard.core.launch import runs
+    from lorawizard.core.registry import session_step_states
     from tests.captions_fixtures import make_project
 
     session = make_project(project, ["a.jpg", "b.jpg"], captions={"a.jpg": "a red wall"})
@@ -186,8 +186,8 @@ async def test_page_keys_scroll_the_step_body_from_a_field_or_from_nowhere(proje
 def test_step_bar_drops_the_gpu_tick_when_the_dataset_has_other_buckets(project: Path) -> None:
     """QA: max_side 1024 → 512 and Apply: the buckets became 512x512…, the batch sizes were for 1024x1024…, and the
     step bar (also after a restart) still showed GPU ✓."""
-    from lorawizard.core.manifest import load_manifest
-    from lorawizard.core.step_states import session_step_states
+    from lorawizard.core.dataset.manifest import load_manifest
+    from lorawizard.core.registry import session_step_states
     from tests.captions_fixtures import make_project
 
     session = make_project(project, ["a.jpg", "b.jpg"], captions={"a.jpg": "a red wall"})

@@ -9,8 +9,8 @@ import pytest
 from rich.cells import cell_len as cell_width
 from textual.app import App, ComposeResult
 
-from lorawizard.core.logparse import Line
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
+from lorawizard.core.train.logparse import Line
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.train import FullLogScreen
 from lorawizard.tui.widgets.train_panels import TrainView

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lorawizard.core.runs import RunRecord
-from lorawizard.core.steps.training import RunFollower
+from lorawizard.core.launch.runs import RunRecord
+from lorawizard.core.train.step import RunFollower
 
 POLL_S = 0.02
 

@@ -1,37 +1,66 @@
-"""What the step bar shows at start-up, guessed from the project as it is on disk (stat, the manifest, run folders)."""
+"""Each step's state at start-up, guessed from the project as it is on disk (stat, the manifest, run folders).
+
+The registry (core/registry.py) names one guess per step; `registry.session_step_states` asks them all. They share
+one `OnDisk`, so the manifest is read at most once. Everything here is light: the first frame uses it.
+"""
 
 from __future__ import annotations
 
-from lorawizard.core.manifest import MANIFEST_FILE, PreparedImage, as_crop, load_manifest
-from lorawizard.core.model_files import models_ready
-from lorawizard.core import runs
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepState
+from collections.abc import Callable
+from functools import cached_property
+
+from lorawizard.core.contract import StepState
+from lorawizard.core.dataset.manifest import MANIFEST_FILE, PreparedImage, as_crop, load_manifest
+from lorawizard.core.launch import runs
+from lorawizard.core.models.files import models_ready
+from lorawizard.core.session.document import Session
 
 
-def session_step_states(session: Session) -> dict[str, StepState]:
-    """Cheap guesses from the session alone (no I/O beyond stat): enough for the step bar at start-up."""
-    states: dict[str, StepState] = {}
-    paths = session.paths
-    if paths.python is not None and paths.python.exists():
-        states["env"] = "done"
-    if session.batch_sizes():
-        states["probe"] = "done"
-    if (paths.dataset / MANIFEST_FILE).exists():  # written by the dataset step
-        states["dataset"] = "done"
-    if models_ready(session):  # stat only: found/downloaded files and tokenizers are on disk
-        states["models"] = "done"
-    if states.get("dataset") == "done":
-        images = load_manifest(session)  # read once: the captions and the probe both look at it
-        if _captions_written(session, images):
-            states["captions"] = "done"
-        if states.get("probe") == "done" and not probe_covers(session, images):
-            del states["probe"]
-        if dataset_decisions_pending(session, images):
-            del states["dataset"]  # a crop, bucket or skip decided after the last Apply: not in dataset/ yet
-    if _has_finished_run(session):
-        states["train"] = "done"
-    return states
+class OnDisk:
+    """What the guesses look at, each read once and only when a guess asks."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @cached_property
+    def prepared(self) -> bool:
+        return (self.session.paths.dataset / MANIFEST_FILE).exists()  # written by the dataset step
+
+    @cached_property
+    def images(self) -> list[PreparedImage]:
+        return load_manifest(self.session) if self.prepared else []
+
+
+Guess = Callable[[OnDisk], StepState | None]  # None: nothing to say (the bar shows "todo")
+
+
+def guess_env(disk: OnDisk) -> StepState | None:
+    python = disk.session.paths.python
+    return "done" if python is not None and python.exists() else None
+
+
+def guess_models(disk: OnDisk) -> StepState | None:
+    return "done" if models_ready(disk.session) else None  # stat only: found/downloaded files and tokenizers
+
+
+def guess_dataset(disk: OnDisk) -> StepState | None:
+    if not disk.prepared or dataset_decisions_pending(disk.session, disk.images):
+        return None  # a crop, bucket or skip decided after the last Apply is not in dataset/ yet
+    return "done"
+
+
+def guess_captions(disk: OnDisk) -> StepState | None:
+    return "done" if disk.prepared and _captions_written(disk.session, disk.images) else None
+
+
+def guess_probe(disk: OnDisk) -> StepState | None:
+    if not disk.session.batch_sizes():
+        return None
+    return "done" if not disk.prepared or probe_covers(disk.session, disk.images) else None
+
+
+def guess_train(disk: OnDisk) -> StepState | None:
+    return "done" if _has_finished_run(disk.session) else None
 
 
 def dataset_decisions_pending(session: Session, images: list[PreparedImage]) -> list[str]:

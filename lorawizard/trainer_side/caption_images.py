@@ -3,7 +3,7 @@
     <trainer python> caption_images.py --job JOB.json
 
 Drafts one caption per image with a local vision-language model (transformers), loaded once. The job file (written
-by lorawizard.core.autocaption) names the model folder, the images, the instruction and the limits. Output: one
+by lorawizard.core.captions.autocaption) names the model folder, the images, the instruction and the limits. Output: one
 line per event on stdout, `LORAWIZARD-CAPTION {json}`:
 
     {"event": "loading", "model": ..., "device": ...}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -11,20 +10,21 @@ from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from lorawizard.core.fsutil import display_path, tilde_paths
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.session_store import SessionStore
-from lorawizard.core.step_states import session_step_states, training_is_live
-from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, OptionsByStep, StepState
+from lorawizard.core.common.fsutil import display_path, tilde_paths
+from lorawizard.core.contract import StepState
+from lorawizard.core.registry import SCREENS, STEP_ORDER, STEP_TITLES, OptionsByStep, resolve, session_step_states
+from lorawizard.core.session.document import Session, SessionError
+from lorawizard.core.session.store import SessionStore
+from lorawizard.core.step_states import training_is_live
 from lorawizard.tui._textual_hacks import binding_chain
 from lorawizard.tui.messages import Notice, SessionSaveFailed, StepFinished, TerminalAnswered
-from lorawizard.tui.screens import SCREENS
 
 
 def _screen_factory(step: str):  # noqa: ANN202 - Textual accepts a callable returning a Screen
     def make() -> Screen:
-        module, _, cls = SCREENS[step].partition(":")
-        return getattr(importlib.import_module(module), cls)()
+        screen_class = resolve(SCREENS[step])
+        assert isinstance(screen_class, type) and issubclass(screen_class, Screen)
+        return screen_class()
 
     return make
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from textual.message import Message
 from textual.notifications import SeverityLevel
 
-from lorawizard.core.progress import Progress
-from lorawizard.core.steps import StepResult
+from lorawizard.core.common.progress import Progress
+from lorawizard.core.contract import StepResult
 from lorawizard.tui.terminal import ProbeResult
 
 

@@ -16,7 +16,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
-from lorawizard.core.fsutil import display_path
+from lorawizard.core.common.fsutil import display_path
 
 ELLIPSIS = "…"
 MIN_PATH = 12  # a path is never cut shorter than this (the line wraps or ends with … instead)

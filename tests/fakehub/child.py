@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from lorawizard.core.steps.models import run_step
-from lorawizard.core.session import Session
-from lorawizard.core.steps import StepContext
+from lorawizard.core.contract import StepContext
+from lorawizard.core.models.step import run_step
+from lorawizard.core.session.document import Session
 
 if __name__ == "__main__":
     result = run_step(StepContext(session=Session.load(sys.argv[1])))

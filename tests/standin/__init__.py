@@ -84,9 +84,9 @@ def make_train_project(
     batch_size: int = 2,
     num_repeats: int = 1,
     name: str = "tiny",
-):  # -> lorawizard.core.session.Session
+):  # -> lorawizard.core.session.document.Session
     """A project whose session points at the stand-in trainer, with `images` prepared PNGs in one bucket."""
-    from lorawizard.core.session import Session
+    from lorawizard.core.session.document import Session
 
     tmp_path = Path(tmp_path)
     sd_scripts, python = make_fake_sd_scripts(tmp_path)

@@ -25,20 +25,20 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Static
 
-from lorawizard.core import autocaption as ac
-from lorawizard.core.progress import Progress, ProgressMeter, format_duration, format_rate
-from lorawizard.core.steps import Cancelled, StepFailed
+from lorawizard.core.captions import autocaption as ac
+from lorawizard.core.common.progress import Progress, ProgressMeter, format_duration, format_rate
+from lorawizard.core.contract import Cancelled, StepFailed
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.text_fit import fit_paths
 from lorawizard.tui.tones import tone
-from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.settings_form import SettingsForm
 
 if TYPE_CHECKING:
     from textual.widgets import TextArea
 
-    from lorawizard.core.steps.captions import CaptionSet
-    from lorawizard.core.tokens import TokenCounter
+    from lorawizard.core.captions.captionset import CaptionSet
+    from lorawizard.core.captions.tokens import TokenCounter
     from lorawizard.tui.screens.base import StepScreen
     from lorawizard.tui.widgets.caption_list import CaptionList
 
@@ -211,8 +211,8 @@ class AutoCaptionMixin(_ScreenBase):
     def _draft_worker(self, images: list[tuple[str, Path]], allowed: set[int], cancel: threading.Event,
                       counter: TokenCounter, trigger: str) -> None:
         post = self.post_message
-        from lorawizard.core.steps.captions import compose
-        from lorawizard.core.tokens import T5_LIMIT
+        from lorawizard.core.captions.captionset import compose
+        from lorawizard.core.captions.tokens import T5_LIMIT
 
         def progress(event: Progress) -> None:
             rate = f" · {format_rate(event.rate, 'images')}" if event.rate else ""

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Static
 
-from lorawizard.core.session import Session
+from lorawizard.core.session.document import Session
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.fit_footer import FitFooter
 from lorawizard.tui.widgets.step_bar import StepBar

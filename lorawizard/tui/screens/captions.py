@@ -31,17 +31,22 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.strip import Strip
 from textual.style import Style as VisualStyle
-from textual.worker import get_current_worker
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
+from textual.worker import get_current_worker
 
-from lorawizard.core.steps import captions as core
-from lorawizard.core.steps.captions import CaptionSet
-from lorawizard.core.manifest import MANIFEST_FILE
-from lorawizard.core.session import Session, SessionError
-from lorawizard.core.thumbnails import ThumbnailCache, letterboxed
-from lorawizard.core.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.core.captions import captionset as core
+from lorawizard.core.captions.captionset import CaptionSet
+from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.core.contract import StepFailed
+from lorawizard.core.dataset.manifest import MANIFEST_FILE
+from lorawizard.core.dataset.thumbnails import ThumbnailCache, letterboxed
+from lorawizard.core.session.document import Session, SessionError
 from lorawizard.tui._textual_hacks import (
-    clear_dirty_regions, refresh_scrollbars, renderable_class, set_virtual_size, shown_image,
+    clear_dirty_regions,
+    refresh_scrollbars,
+    renderable_class,
+    set_virtual_size,
+    shown_image,
 )
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
@@ -206,7 +211,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
                 imported = core.find_imports(session, images)
                 count = core.store_imports(session, imported) if not session.read_only else 0
                 captions = CaptionSet.from_session(session) if images else None
-        except (core.StepFailed, SessionError, OSError) as exc:
+        except (StepFailed, SessionError, OSError) as exc:
             self.post_message(CaptionsLoadFailed(str(exc)))
             return
         self.post_message(CaptionsLoaded(captions, count, len(imported.notes)))
@@ -380,7 +385,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             if worker.is_cancelled:
                 return
             cached = self._thumbs.peek(wanted)
-            if cached is not None and (style is None or cached.drawn is not None and cached.drawn.size == box):
+            if cached is not None and (style is None or (cached.drawn is not None and cached.drawn.size == box)):
                 continue
             thumb = cached.picture if cached is not None else make_thumbnail(wanted)
             drawn = draw_cells(thumb, box, style) if style is not None and thumb is not None else None

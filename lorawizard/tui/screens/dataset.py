@@ -21,12 +21,12 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
-from lorawizard.core.steps import dataset as core
-from lorawizard.core.fsutil import tilde_paths
-from lorawizard.core.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
-from lorawizard.core.progress import Progress, format_progress
-from lorawizard.core.session import SessionError
-from lorawizard.core.thumbnails import ThumbnailCache, upright_preview
+from lorawizard.core.common.fsutil import tilde_paths
+from lorawizard.core.common.progress import Progress, format_progress
+from lorawizard.core.dataset import step as core
+from lorawizard.core.dataset.imaging import bucket_name, buckets_for, center_crop, move_crop, scale_crop
+from lorawizard.core.dataset.thumbnails import ThumbnailCache, upright_preview
+from lorawizard.core.session.document import SessionError
 from lorawizard.tui.images import image_view, image_widget_class
 from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -246,7 +246,7 @@ class DatasetScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="dataset-scan", exit_on_error=False)
     def _scan(self) -> None:
-        from lorawizard.core.steps import StepContext, StepFailed
+        from lorawizard.core.contract import StepContext, StepFailed
 
         ctx = StepContext(session=self.session, progress=lambda e: self.post_message(ScanProgress(e)))
         try:
@@ -549,7 +549,7 @@ class DatasetScreen(StepScreen):
     def _guess_source(self) -> str | None:
         """The project folder's one folder of images, as a person would type it (relative), shown as a guess only:
         session.toml gets it when the person accepts it with Enter."""
-        from lorawizard.core.scan import guess_photo_folder
+        from lorawizard.core.dataset.scan import guess_photo_folder
 
         session = self.session
         paths = session.paths

@@ -19,15 +19,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Input, Label, Log, Select, Static
 
-from lorawizard.core.steps import environment as core_env
-from lorawizard.core.fsutil import display_path
-from lorawizard.core.session import FIELDS
+from lorawizard.core.common.fsutil import display_path
+from lorawizard.core.environment import step as core_env
+from lorawizard.core.session.document import FIELDS
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.tones import tone
 from lorawizard.tui.text_fit import shell_tilde
-from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
 
 ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i"}
 PATH_STARTS = ("/", "~")  # a path typed outside the fields begins the sd-scripts path
@@ -134,7 +134,7 @@ class EnvironmentScreen(StepScreen):
 
     def _show_command_preview(self) -> None:
         """The command as it stands (nothing written): paths.runs, the preview's config files, the session's values."""
-        from lorawizard.core.command import CommandError
+        from lorawizard.core.launch.command import CommandError
 
         try:
             app = wizard_app(self)

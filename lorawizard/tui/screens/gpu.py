@@ -18,15 +18,21 @@ from textual.message import Message
 from textual.widgets import Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from lorawizard.core.batch_sources import Tone, bucket_rows
-from lorawizard.core.steps.dataset import bucket_counts
-from lorawizard.core.gpu import GB, GpuInfo, Inventory, inventory
-from lorawizard.core.multigpu import short_name
-from lorawizard.core.steps.probe import STATUS_WORDS, ProbeEvent, ProbeOptions, load_results
-from lorawizard.core.session import parse_bucket
-from lorawizard.core.vram_presets import (
-    PresetError, VramPreset, estimate_text, load_presets, preset_for_memory, preset_named,
+from lorawizard.core.dataset.step import bucket_counts
+from lorawizard.core.gpu.nvml import GB, GpuInfo, Inventory, inventory
+from lorawizard.core.gpu.presets import (
+    PresetError,
+    VramPreset,
+    estimate_text,
+    load_presets,
+    preset_for_memory,
+    preset_named,
 )
+from lorawizard.core.gpu.probe_results import load_results
+from lorawizard.core.launch.multigpu import short_name
+from lorawizard.core.probe.batch_sources import Tone, bucket_rows
+from lorawizard.core.probe.step import STATUS_WORDS, ProbeEvent, ProbeOptions
+from lorawizard.core.session.document import parse_bucket
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone

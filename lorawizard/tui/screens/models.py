@@ -20,18 +20,19 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Input, Label
 
-from lorawizard.core import catalog
-from lorawizard.core.fsutil import display_path
-from lorawizard.core.model_files import model_file_problem
-from lorawizard.core.captioner_models import CAPTIONER_ROLE, chosen_catalog_name, state_of
-from lorawizard.core.steps.models import TOKENIZER_ROLE, ModelsAction, ModelsOptions, RoleState, add_search_folder
-from lorawizard.core.progress import format_bytes, format_duration
+from lorawizard.core.common.fsutil import display_path
+from lorawizard.core.common.progress import format_bytes, format_duration
+from lorawizard.core.models import catalog
+from lorawizard.core.models.captioners import CAPTIONER_ROLE, chosen_catalog_name, state_of
+from lorawizard.core.models.files import model_file_problem
+from lorawizard.core.models.rows import ModelsAction, ModelsOptions, RoleState
+from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths, cut_middle
 from lorawizard.tui.tones import tone
-from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
 from lorawizard.tui.typed_app import wizard_app
+from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
 from lorawizard.tui.widgets.tables import Table
 
 ROW_TITLES = {**catalog.ROLE_TITLES, TOKENIZER_ROLE: "tokenizers"}
@@ -334,7 +335,7 @@ class ModelsScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="models-token", exit_on_error=False, description="checking a token")
     def _store_token(self, token: str) -> None:
-        from lorawizard.core.download import DownloadError, store_token
+        from lorawizard.core.models.download import DownloadError, store_token
 
         try:
             user = store_token(token)

@@ -23,8 +23,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Static
 
-from lorawizard.core.samples import Gallery
-from lorawizard.core.session import SessionError
+from lorawizard.core.session.document import SessionError
+from lorawizard.core.train.samples import Gallery
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.fit_footer import FitFooter
@@ -124,7 +124,7 @@ class SamplesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="samples-scan", exit_on_error=False)
     def _scan(self, stop: threading.Event) -> None:
-        from lorawizard.core.samples import gallery
+        from lorawizard.core.train.samples import gallery
 
         seen = None
         while not stop.is_set():
@@ -267,7 +267,7 @@ class SamplesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="samples-keep", exit_on_error=False)
     def _keep(self, epoch: int) -> None:
-        from lorawizard.core.keep import KeepError, keep_epoch
+        from lorawizard.core.train.keep import KeepError, keep_epoch
 
         store = wizard_app(self).store
         try:

@@ -24,16 +24,15 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
-from lorawizard.core.fsutil import display_path, tilde_paths
-from lorawizard.core.steps import StepState
-from lorawizard.core.text import one_line
+from lorawizard.core.common.fsutil import display_path, tilde_paths
+from lorawizard.core.common.text import one_line
+from lorawizard.core.contract import StepState
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths, cut_middle
+from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
-from lorawizard.tui.widgets.wrap_log import WrapLog
-from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.train_panels import (
     CheckpointPanel,
     DiagnosisLine,
@@ -41,6 +40,7 @@ from lorawizard.tui.widgets.train_panels import (
     TrainHeader,
     TrainView,
 )
+from lorawizard.tui.widgets.wrap_log import WrapLog
 
 TAIL_LINES = 300
 
@@ -102,7 +102,7 @@ class FullLogScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True)
     def load(self) -> None:
         """Read and parse the whole log off the UI thread; the handler writes the lines into the Log."""
-        from lorawizard.core.logparse import Line, LogParser
+        from lorawizard.core.train.logparse import Line, LogParser
 
         parser = LogParser()
         lines: list[str] = []
@@ -192,7 +192,7 @@ class TrainScreen(StepScreen):
     # -- runs
 
     def _attach_existing(self) -> None:
-        from lorawizard.core import runs
+        from lorawizard.core.launch import runs
 
         problems: list[str] = []
         records = runs.list_runs(wizard_app(self).session.paths.runs, problems)
@@ -214,7 +214,7 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-tail", exit_on_error=False)
     def _tail(self, record: Any, stop: threading.Event) -> None:
-        from lorawizard.core.dashboard import views
+        from lorawizard.core.train.dashboard import views
 
         name = record.output_name or wizard_app(self).session.get("name")
         for view in views(record, name, wait=stop.wait):
@@ -288,10 +288,10 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-start", exit_on_error=False)
     def _start_run(self, resume: bool, asked: bool = False) -> None:
-        from lorawizard.core import runs
-        from lorawizard.core.steps import StepFailed
-        from lorawizard.core.steps.captions import captions_not_written, stale_captions_line
-        from lorawizard.core.steps.training import claim_project, plan_run, start_run
+        from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
+        from lorawizard.core.contract import StepFailed
+        from lorawizard.core.launch import runs
+        from lorawizard.core.train.step import claim_project, plan_run, start_run
 
         session = wizard_app(self).session
         if not asked:
@@ -333,7 +333,8 @@ class TrainScreen(StepScreen):
         if self.record is None or not self.record.is_alive():
             self.notify("no run is going")
             return
-        from lorawizard.core import runs, statesave
+        from lorawizard.core.launch import runs
+        from lorawizard.core.train import statesave
         from lorawizard.tui.screens.confirm import ConfirmScreen
 
         record = self.record
@@ -349,7 +350,8 @@ class TrainScreen(StepScreen):
         if not record.is_alive():
             self.notify("the run has already ended")
             return
-        from lorawizard.core import runs, statesave
+        from lorawizard.core.launch import runs
+        from lorawizard.core.train import statesave
 
         lost = statesave.steps_lost(self.view.step, runs.newest_state_step(record))
         self.notify(f"stopping: loses {statesave.steps_text(lost)} since the newest saved state "
@@ -359,9 +361,9 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
     def _stop_run(self, record: Any) -> None:
-        from lorawizard.core import runs
-        from lorawizard.core.steps import StepFailed
-        from lorawizard.core.steps.training import claim_project
+        from lorawizard.core.contract import StepFailed
+        from lorawizard.core.launch import runs
+        from lorawizard.core.train.step import claim_project
 
         try:
             claim_project(wizard_app(self).session)
@@ -379,8 +381,8 @@ class TrainScreen(StepScreen):
         if self.record is None:
             self.notify("no run yet: samples appear once a run has made them")
             return
-        from lorawizard.core.keep import run_chain
-        from lorawizard.core.samples import read_prompts
+        from lorawizard.core.train.keep import run_chain
+        from lorawizard.core.train.samples import read_prompts
         from lorawizard.tui.screens.samples import SamplesScreen
 
         chain = run_chain(self.record)
@@ -389,9 +391,9 @@ class TrainScreen(StepScreen):
                                            last_epoch=self.view.epochs))
 
     def action_publish(self) -> None:
-        from lorawizard.core.download import hub_endpoint
-        from lorawizard.core.keep import kept_lora
-        from lorawizard.core.steps.publish import problem
+        from lorawizard.core.models.download import hub_endpoint
+        from lorawizard.core.publish.step import problem
+        from lorawizard.core.train.keep import kept_lora
         from lorawizard.tui.screens.confirm import ConfirmScreen
 
         if self._publishing:
@@ -430,9 +432,9 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-publish", exit_on_error=False)
     def _publish(self, session: Any) -> None:
-        from lorawizard.core.progress import format_progress
-        from lorawizard.core.steps.publish import run_step
-        from lorawizard.core.steps import StepContext, StepFailed
+        from lorawizard.core.common.progress import format_progress
+        from lorawizard.core.contract import StepContext, StepFailed
+        from lorawizard.core.publish.step import run_step
 
         ctx = StepContext(session=session, progress=lambda e: self.post_message(PublishProgress(format_progress(e))),
                           log=lambda text: None)
@@ -471,7 +473,7 @@ _STEP_STATES: dict[str, StepState] = {"finished": "done", "failed": "attention",
 
 def after_stop(session: Any, record: Any) -> str:
     """What r does after `record` stopped: the verdict --stop and --status give (statesave.resume_point)."""
-    from lorawizard.core import statesave
+    from lorawizard.core.train import statesave
 
     point = statesave.resume_point(record.dir.parent, int(session.get("train.max_train_epochs")))
     return f"r resumes from step {point.base_step}" if point.resumable else point.reason

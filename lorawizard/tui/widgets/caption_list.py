@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from lorawizard.core.steps.captions import (
+from lorawizard.core.captions.captionset import (
     AUTO,
     EDITED,
     EMPTY,

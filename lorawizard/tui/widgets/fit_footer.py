@@ -9,11 +9,11 @@ works).
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Resize
 from textual.widgets import Footer
-from rich.cells import cell_len
 
 from lorawizard.tui._textual_hacks import footer_bindings_ready, footer_key
 

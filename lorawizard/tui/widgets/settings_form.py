@@ -26,7 +26,7 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widgets import Input, Label, Select, Switch
 
-from lorawizard.core.session import FIELDS, Field
+from lorawizard.core.session.document import FIELDS, Field
 from lorawizard.tui.text_fit import fit_words
 from lorawizard.tui.typed_app import wizard_app
 

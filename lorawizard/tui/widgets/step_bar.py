@@ -8,12 +8,12 @@ from textual.events import Click
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from lorawizard.core.steps import STEP_ORDER, STEP_TITLES, StepState
+from lorawizard.core.contract import StepState
+from lorawizard.core.registry import SHORT_TITLES, STEP_ORDER, STEP_TITLES
 from lorawizard.tui.text_fit import MIN_PATH, cut_middle
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 
-SHORT_TITLES = {"env": "Env", "models": "Models", "dataset": "Dataset", "captions": "Captions", "probe": "GPU", "train": "Train"}
 MARKS = {"done": "✓", "current": "●", "todo": "○", "attention": "✗"}
 
 
@@ -31,7 +31,7 @@ class StepBar(Widget):
         self._spans: list[tuple[int, int, str]] = []
 
     def on_mount(self) -> None:
-        self.watch(wizard_app(self), "step_states", self._follow)  # now, and whenever the App replaces them
+        self.watch(self.app, "step_states", self._follow)  # now, and whenever the App replaces them
 
     def _follow(self, states: dict[str, StepState]) -> None:
         self.states = states

@@ -15,16 +15,17 @@ from textual.containers import Vertical
 from textual.widgets import Label, Log, ProgressBar
 from textual.worker import get_current_worker
 
-from lorawizard.core.fsutil import tilde_paths
-from lorawizard.core.progress import Progress, format_progress
-from lorawizard.core.session_store import SessionStore
-from lorawizard.core.steps import Cancelled, StepContext, StepFailed, load_step, options_for
+from lorawizard.core.common.fsutil import tilde_paths
+from lorawizard.core.common.progress import Progress, format_progress
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed
+from lorawizard.core.registry import load_step, options_for
+from lorawizard.core.session.store import SessionStore
 from lorawizard.tui.messages import SessionSaveFailed, StepFinished, StepLog, StepProgress
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.wrap_log import WrapLog
 
 if TYPE_CHECKING:
-    from lorawizard.core.steps import StepOptions
+    from lorawizard.core.registry import StepOptions
 
 
 class StepRunner(Vertical):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from lorawizard.core.dashboard import TrainView
-from lorawizard.core.progress import format_bytes, format_duration, format_rate
+from lorawizard.core.common.progress import format_bytes, format_duration, format_rate
+from lorawizard.core.train.dashboard import TrainView
 from lorawizard.tui.tones import Tone, tone
 
-__all__ = ["TrainView", "TrainHeader", "DiagnosisLine", "ResourcePanel", "CheckpointPanel"]
+__all__ = ["CheckpointPanel", "DiagnosisLine", "ResourcePanel", "TrainHeader", "TrainView"]
 
 
 def _rate(rate: float | None) -> str:

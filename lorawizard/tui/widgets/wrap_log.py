@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.cells import cell_len, get_character_cell_size
 from textual import events
@@ -18,7 +19,7 @@ from textual.geometry import Size
 from textual.widgets import Log
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 
 _TOKENS = re.compile(r"\s+|\S+")

@@ -1,0 +1,1 @@
+"""The captions step: the caption set and its files, token budgets, auto-captions."""

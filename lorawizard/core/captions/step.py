@@ -1,0 +1,128 @@
+"""Captions step: import sidecar captions into session.toml, draft missing ones when asked, write the caption files
+sd-scripts reads (the caption set itself: captionset.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypedDict, cast
+
+from lorawizard.core.captions.captionset import (
+    AUTO,
+    EMPTY,
+    OVER_CLIP,
+    OVER_T5,
+    TRIGGER_TWICE,
+    Caption,
+    CaptionSet,
+    find_imports,
+    prepared_images,
+    store_imports,
+    write_captions,
+)
+from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.core.common.progress import ProgressMeter
+from lorawizard.core.common.text import one_line as escaped
+from lorawizard.core.contract import StepContext, StepFailed, StepResult
+
+
+def _listing(title: str, items: Sequence[Caption], describe: Callable[[Caption], str], limit: int = 15) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{title} ({len(items)}):"]
+    lines += [f"  {describe(item)}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  … and {len(items) - limit} more")
+    return lines
+
+
+class CaptionsOptions(TypedDict, total=False):
+    """What the captions step reads from `ctx.options` (all optional)."""
+
+    autocaption: bool  # draft missing captions when `captions.auto` (default: in replay only; the screen drafts itself)
+
+
+def _options(ctx: StepContext) -> CaptionsOptions:
+    return cast(CaptionsOptions, ctx.options)
+
+
+def run_step(ctx: StepContext) -> StepResult:
+    session = ctx.session
+    images = prepared_images(session)
+    if not images:
+        raise StepFailed(f"no prepared images in {session.paths.dataset}: run the dataset step first")
+
+    imports = find_imports(session, images)
+    if imports.captions:
+        if session.read_only:
+            store_imports(session, imports, record=ctx.record)
+        else:
+            store_imports(session, imports)
+        ctx.log(f"imported {len(imports.captions)} captions from .txt/.caption files next to the originals")
+    for file, note in imports.notes.items():
+        ctx.log(escaped(f"import note: {file}: {note}"))
+    drafted = None
+    if session.get("captions.auto") and _options(ctx).get("autocaption", session.read_only):  # the screen drafts itself
+        from lorawizard.core.captions.autocaption import draft_missing
+
+        drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run
+
+    captions = CaptionSet.from_session(session)
+    ctx.check_cancelled()
+    meter = ProgressMeter(ctx.progress, "captions", "writing caption files", len(captions), "captions")
+    dry_run = not ctx.may_write(session.paths.dataset)  # a dry run still writes inside the project
+    report = write_captions(captions, dry_run=dry_run, progress=meter, check_cancelled=ctx.check_cancelled)
+    meter.finish()
+    if report.missing_images:
+        first = report.missing_images[0]
+        raise StepFailed(
+            f"{len(report.missing_images)} prepared images are gone (e.g. {first}): run the dataset step again"
+        )
+
+    estimate = "" if captions.counter.exact else " (estimate: tokenizers not fetched)"
+    uncaptioned = captions.uncaptioned()
+    over_clip = [i for i in captions.items if i.flags & OVER_CLIP]
+    over_t5 = [i for i in captions.items if i.flags & OVER_T5]
+    twice = [i for i in captions.items if i.flags & TRIGGER_TWICE]
+    noted = [i for i in captions.items if i.note]
+    details = [
+        *_listing("no caption", uncaptioned, lambda i: f"{i.file} ({'empty' if i.flags & EMPTY else 'missing'})"),
+        *_listing(f"over {CLIP_LIMIT} CLIP tokens, the rest is cut off{estimate}", over_clip, lambda i: f"{i.file}: {i.clip}"),
+        *_listing(f"over {T5_LIMIT} T5 tokens{estimate}", over_t5, lambda i: f"{i.file}: {i.t5}"),
+        *_listing("trigger word also appears later in the caption", twice, lambda i: i.file),
+        *_listing("import notes", noted, lambda i: f"{i.file}: {i.note}"),
+    ]
+    if not captions.trigger:
+        details.append("no trigger word set (dataset.trigger): captions are written without one")
+    verb = "would write" if dry_run else "wrote"
+    parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
+    unreviewed = [i for i in captions.items if i.flags & AUTO]
+    if drafted is not None and drafted.drafted:
+        parts.append(f"{len(drafted.drafted)} auto drafts to review")
+    elif unreviewed:  # QA: drafts nobody accepted went into the files unmentioned
+        parts.append(f"{len(unreviewed)} auto draft{'s' if len(unreviewed) != 1 else ''} not reviewed yet (F7 accepts)")
+    if report.removed:
+        parts.append(f"{'would remove' if dry_run else 'removed'} {len(report.removed)} stale ones")
+    if report.caches_deleted:
+        parts.append(f"{'would delete' if dry_run else 'deleted'} {len(report.caches_deleted)} stale text-encoder caches")
+    if over_clip:
+        parts.append(f"{len(over_clip)} over the CLIP budget{estimate}")
+    data = {
+        "written": len(report.written),
+        "unchanged": report.unchanged,
+        "removed": len(report.removed),
+        "caches_deleted": [str(p) for p in report.caches_deleted],
+        "uncaptioned": [i.file for i in uncaptioned],
+        "over_clip": [i.file for i in over_clip],
+        "over_t5": [i.file for i in over_t5],
+        "exact_tokens": captions.counter.exact,
+        "auto": [i.file for i in captions.items if i.flags & AUTO],
+    }
+    if uncaptioned and not captions.captionless:
+        summary = (
+            f"{len(uncaptioned)} of {len(captions)} images have no caption — write them, or set "
+            f"dataset.captionless = true to train without ({'; '.join(parts)})"
+        )
+        return StepResult(False, summary, details, data)
+    if uncaptioned:
+        parts.append(f"{len(uncaptioned)} without caption (captionless training intended)")
+    return StepResult(True, "; ".join(parts), details, data)

@@ -1,0 +1,1 @@
+"""Shared by every concern: atomic writes and display paths, child processes, progress and ETA, one-line text."""

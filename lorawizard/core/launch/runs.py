@@ -1,0 +1,491 @@
+"""Detached training runs: launch, find, reattach, stop, resume.
+
+A run lives in `<paths.runs>/<run-id>/`: `train.log` (stdout+stderr of the trainer, raw bytes), `run.json` (the
+command, pid and process create-time of the run's session leader, start time, a copy of session.toml, the absolute
+step/epoch it started from), `exit.json` (written by the supervisor when the trainer ends), plus everything the
+trainer writes there (checkpoints, `-state` folders, samples, TensorBoard logs, the two generated config files).
+
+The session leader is `lorawizard.core.launch.supervisor` (our own small Python process) in a new session
+(`start_new_session=True`), so closing or killing the wizard or losing SSH does not touch the run, the process group
+id equals its pid, and `os.killpg` reaches accelerate and the trainer (accelerate does not forward signals).
+A run is "live" only when a process with the recorded pid *and* create-time exists: a reused pid is never taken
+for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from lorawizard.core.common.fsutil import atomic_write_json
+from lorawizard.core.launch.supervisor import EXIT_FILE
+
+RUN_FILE = "run.json"
+LOG_FILE = "train.log"
+CREATE_TIME_TOLERANCE = 0.05  # psutil's create_time has ~10 ms resolution
+# how long a stop waits after SIGINT, then SIGTERM, then SIGKILL: the wizard's s, `--stop` and Ctrl-C in replay alike
+STOP_INT_S, STOP_TERM_S, STOP_KILL_S = 60.0, 15.0, 5.0
+_children: dict[int, subprocess.Popen[bytes]] = {}  # runs started by this process (reaped by poll())
+RunStatus = Literal["running", "finished", "failed", "stopped", "lost"]  # lost: ended without telling how
+
+
+class RunError(Exception):
+    """A run could not be started, found or stopped; the message is one line meant for a person."""
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    dir: Path
+    argv: list[str]
+    env: dict[str, str]  # what lorawizard set (not the inherited environment)
+    cwd: str
+    pid: int = 0
+    create_time: float = 0.0
+    started: str = ""  # ISO time
+    started_ts: float = 0.0
+    session_text: str = ""
+    output_name: str = ""
+    base_step: int = 0  # absolute step at which this run started (0, or the step of the state it resumed)
+    base_epoch: int = 0
+    resumed_from: str | None = None  # state folder
+    gpu_uuid: str | None = None
+    stop_requested: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / LOG_FILE
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        data["version"] = 1
+        atomic_write_json(self.dir / RUN_FILE, data)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunRecord:
+        path = Path(run_dir) / RUN_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{path}: not a readable run record ({exc})") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path}: not a run record (a JSON object was expected, got {type(data).__name__})")
+        data.pop("version", None)
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            problem = _field_problem(key, value)
+            if problem:
+                raise RunError(f"{path}: {key}: expected {problem}, got {json.dumps(value)[:40]}")
+        values["dir"] = Path(run_dir)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise RunError(f"{path}: incomplete run record ({exc})") from None
+
+    def reload(self) -> RunRecord:
+        """The record as run.json says now (e.g. after a stop); this one when the file became unreadable."""
+        try:
+            return RunRecord.load(self.dir)
+        except RunError:
+            return self
+
+    # -- state
+
+    def exit_info(self) -> dict[str, Any] | None:
+        try:
+            info = json.loads((self.dir / EXIT_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def is_alive(self) -> bool:
+        """The trainer is running: the leader lives and has not yet written exit.json (then it may run on_finish)."""
+        return process_matches(self.pid, self.create_time) and not (self.dir / EXIT_FILE).exists()
+
+    def status(self) -> RunStatus:
+        """running | finished | failed | stopped | lost (ended without telling how: killed with its supervisor)."""
+        _reap(self.pid)
+        info = self.exit_info()  # written when the trainer ends, before on_finish runs (the leader may live on)
+        if info is None and self.is_alive():
+            return "running"
+        if self.stop_requested is not None:
+            return "stopped" if not log_has_model_saved(self.log_path) else "finished"
+        if info is None:
+            return "lost"
+        if info.get("returncode") == 0 and log_has_model_saved(self.log_path):
+            return "finished"
+        return "failed"
+
+    def returncode(self) -> int | None:
+        info = self.exit_info()
+        code = None if info is None else info.get("returncode")
+        return code if _is_int(code) else None
+
+    def process_tree(self) -> list[Any]:
+        """psutil.Process objects of the run (leader first); [] when it is not running."""
+        import psutil
+
+        try:
+            leader = psutil.Process(self.pid)
+            if abs(leader.create_time() - self.create_time) > CREATE_TIME_TOLERANCE:
+                return []
+            return [leader, *leader.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# What each run.json field must hold: a record edited by hand or half-written by another tool is skipped, not a crash.
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "dir": (lambda v: isinstance(v, str), "a string"),
+    "argv": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of strings"),
+    "env": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())), "a table of strings"),
+    "cwd": (lambda v: isinstance(v, str), "a string"),
+    "pid": (lambda v: _is_int(v) and 0 <= v < 1 << 31, "a process id"),
+    "create_time": (_is_number, "a number"),
+    "started": (lambda v: isinstance(v, str), "a string"),
+    "started_ts": (_is_number, "a number"),
+    "session_text": (lambda v: isinstance(v, str), "a string"),
+    "output_name": (lambda v: isinstance(v, str), "a string"),
+    "base_step": (lambda v: _is_int(v) and v >= 0, "a step number"),
+    "base_epoch": (lambda v: _is_int(v) and v >= 0, "an epoch number"),
+    "resumed_from": (lambda v: v is None or isinstance(v, str), "a path or null"),
+    "gpu_uuid": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "stop_requested": (lambda v: v is None or _is_number(v), "a time or null"),
+    "extra": (lambda v: isinstance(v, dict), "a table"),
+}
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    check = _FIELD_CHECKS.get(key)
+    return None if check is None or check[0](value) else check[1]
+
+
+def process_matches(pid: int, create_time: float) -> bool:
+    """True when process `pid` exists, is not a zombie, and was created at `create_time` (so not a reused pid)."""
+    if pid <= 0:
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE:
+            return False
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def log_has_model_saved(path: Path, *, tail_bytes: int = 1 << 16) -> bool:
+    """`model saved.` near the end of the log: sd-scripts' only proof of success."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - tail_bytes))
+            data = handle.read()
+    except OSError:
+        return False
+    return b"model saved." in data
+
+
+# ------------------------------------------------------------------ listing
+
+
+def new_run_id(runs_dir: Path, now: datetime | None = None) -> str:
+    """A fresh `YYYYmmdd-HHMMSS[-N]` id whose folder this call has created (mkdir is the reservation, so two
+    callers in the same second, even in two processes, never get the same one)."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        run_id = stamp if n == 1 else f"{stamp}-{n}"
+        try:
+            (Path(runs_dir) / run_id).mkdir()
+            return run_id
+        except FileExistsError:
+            n += 1
+
+
+def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunRecord]:
+    """Every readable run under `runs_dir`, oldest first; a malformed run.json is skipped (its one-line reason
+    appended to `problems` when given)."""
+    records = []
+    try:
+        entries = sorted(p for p in Path(runs_dir).iterdir() if (p / RUN_FILE).is_file())
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            records.append(RunRecord.load(entry))
+        except RunError as exc:
+            if problems is not None:
+                problems.append(f"skipped {exc}")
+            continue
+    records.sort(key=lambda r: (r.started_ts, r.run_id))
+    return records
+
+
+def live_run(runs_dir: Path, problems: list[str] | None = None) -> RunRecord | None:
+    """The newest run whose process (pid + create-time) is still running, if any."""
+    for record in reversed(list_runs(runs_dir, problems)):
+        if record.status() == "running":
+            return record
+    return None
+
+
+# ------------------------------------------------------------------ launch
+
+
+def launch(
+    argv: Sequence[str],
+    run_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    session_text: str = "",
+    output_name: str = "",
+    base_step: int = 0,
+    base_epoch: int = 0,
+    resumed_from: Path | str | None = None,
+    gpu_uuid: str | None = None,
+    base_env: Mapping[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunRecord:
+    """Start `argv` detached (own session, stdin closed, stdout+stderr → train.log) and write run.json."""
+    import psutil
+
+    from lorawizard.core.session.document import FORBIDDEN_CHARS, name_problem
+
+    if output_name and name_problem(output_name):  # the trainer writes <run_dir>/<output_name>*.safetensors
+        raise RunError(f"name: {output_name!r} is not a safe file name: {name_problem(output_name)}")
+    if any(FORBIDDEN_CHARS.search(str(word)) for word in [*argv, *(env or {}).values()]):
+        raise RunError("the command contains NUL, CR or a line break: refused")
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ours = dict(env or {})
+    ours["PYTHONUNBUFFERED"] = "1"
+    ours["LORAWIZARD_RUN_ID"] = run_dir.name
+    full_env = dict(os.environ if base_env is None else base_env)
+    full_env.update(ours)
+    full_env.pop("COLUMNS", None)  # rich wraps at 80 in a pipe; the parser expects that (or any width)
+    cwd = str(cwd or run_dir)
+    record = RunRecord(
+        run_id=run_dir.name, dir=run_dir, argv=[str(a) for a in argv], env=ours, cwd=cwd,
+        session_text=session_text, output_name=output_name, base_step=base_step, base_epoch=base_epoch,
+        resumed_from=str(resumed_from) if resumed_from else None, gpu_uuid=gpu_uuid, extra=dict(extra or {}),
+    )
+    (run_dir / EXIT_FILE).unlink(missing_ok=True)
+    # by path, not `-m`: it is stdlib-only, so it runs even where lorawizard is not importable from `cwd`
+    supervisor = [sys.executable, str(Path(__file__).with_name("supervisor.py")), str(run_dir), "--", *record.argv]
+    with open(run_dir / LOG_FILE, "ab") as log:
+        try:
+            process = subprocess.Popen(
+                supervisor, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                env=full_env, start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            raise RunError(f"cannot start the trainer: {exc.strerror or exc}") from None
+    _children[process.pid] = process
+    record.pid = process.pid
+    try:
+        record.create_time = psutil.Process(process.pid).create_time()
+    except psutil.Error:
+        record.create_time = time.time()
+    now = datetime.now(UTC)
+    record.started, record.started_ts = now.isoformat(timespec="seconds"), now.timestamp()
+    record.save()
+    return record
+
+
+# ------------------------------------------------------------------ stop
+
+
+def stop(
+    record: RunRecord,
+    *,
+    int_timeout: float = STOP_INT_S,
+    term_timeout: float = STOP_TERM_S,
+    kill_timeout: float = STOP_KILL_S,
+    on_stage: Callable[[str], object] = lambda stage: None,
+    hurry: threading.Event | None = None,
+) -> str:
+    """SIGINT to the run's process group, then SIGTERM, then SIGKILL, each after its time limit.
+
+    `hurry` (a further Ctrl-C in replay): when it is set, the current stage's wait ends at once and the next signal
+    goes out (the event is cleared, so each press moves one stage on).
+    Returns the signal that ended it ("SIGINT", "SIGTERM", "SIGKILL"), or "not running".
+    """
+    import psutil
+
+    procs = record.process_tree()
+    if not procs:
+        return "not running"
+    record.stop_requested = time.time()
+    record.save()
+    pgid = record.pid  # start_new_session: pgid == sid == pid of the leader
+    for signum, timeout in ((signal.SIGINT, int_timeout), (signal.SIGTERM, term_timeout), (signal.SIGKILL, kill_timeout)):
+        name = signal.Signals(signum).name
+        on_stage(name)
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise RunError(f"cannot signal run {record.run_id}: {exc.strerror}") from None
+        for proc in procs:  # also the ones that left the group (orphaned trainer)
+            if signum == signal.SIGKILL:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set() and signum != signal.SIGKILL:
+                hurry.clear()
+                break
+            _reap(record.pid)
+            _, alive = psutil.wait_procs(procs, timeout=0.1)
+            # once the trainer has ended, a leader that lives on runs on_finish (in its own session): not ours to kill
+            ended = bool(record.extra.get("on_finish")) and record.exit_info() is not None
+            alive = [p for p in alive if _still_running(p) and not (ended and p.pid == record.pid)]
+            if not alive:
+                _reap(record.pid)
+                if record.exit_info() is None:
+                    atomic_write_json(record.dir / EXIT_FILE, {"returncode": None, "ended": time.time(), "stopped_by": name})
+                return name
+            procs = alive
+    return "SIGKILL"
+
+
+def _still_running(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+# ------------------------------------------------------------------ resume
+
+
+@dataclass(frozen=True)
+class SavedState:
+    path: Path
+    epoch: int  # absolute (sd-scripts' epoch numbers stay absolute)
+    step: int  # absolute (ours: the owning run's base_step + the within-run step sd-scripts recorded)
+    run_id: str
+    mtime: float
+
+
+def saved_states(runs_dir: Path) -> list[SavedState]:
+    """Every `*-state` folder with a train_state.json under `runs_dir`, oldest first: by run (the order they were
+    started), then by step within a run. The last one continues the newest run: a run started afresh begins again at
+    step 0, so an older run's higher step is not newer (r after stopping a fresh run resumed an old one's end)."""
+    states: list[tuple[int, SavedState]] = []
+    for order, record in enumerate(list_runs(runs_dir)):
+        try:
+            folders = [p for p in record.dir.iterdir() if p.is_dir() and p.name.endswith("-state")]
+        except OSError:
+            continue
+        for folder in folders:
+            try:
+                data = json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
+                epoch, step = int(data["current_epoch"]), int(data["current_step"])
+                mtime = (folder / "train_state.json").stat().st_mtime
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            offset = int(record.extra.get("state_step_offset", record.base_step))  # see training.plan_run
+            states.append((order, SavedState(folder, epoch, offset + step, record.run_id, mtime)))
+    states.sort(key=lambda item: (item[0], item[1].step, item[1].mtime))
+    return [state for _, state in states]
+
+
+def newest_state(runs_dir: Path) -> SavedState | None:
+    states = saved_states(runs_dir)
+    return states[-1] if states else None
+
+
+def newest_state_step(record: RunRecord) -> int | None:
+    """The absolute step a resume after stopping `record` starts from: its own newest saved state, else the state it
+    was itself resumed from (None: nothing saved, a stop loses every step). `--stop`, `--status` and the wizard's s."""
+    own = [s for s in saved_states(record.dir.parent) if s.run_id == record.run_id]
+    if own:
+        return own[-1].step
+    return record.base_step or None
+
+
+def resume_overrides(state: SavedState, own_step_in_state: int | None = None) -> dict[str, Any]:
+    """Trainer options for resuming from `state`. sd-scripts derives the epoch to start from the state's own step,
+    which is wrong for a state written by a run that was itself resumed (its step restarted at 0): then the
+    absolute step is passed as `--initial_step` (sd-scripts then ignores the state's step)."""
+    if own_step_in_state is not None and own_step_in_state != state.step:
+        return {"initial_step": state.step}
+    return {}
+
+
+def read_state_step(state_dir: Path) -> int | None:
+    try:
+        return int(json.loads((Path(state_dir) / "train_state.json").read_text(encoding="utf-8"))["current_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoints(run_dir: Path, output_name: str) -> list[tuple[Path, int | None, int]]:
+    """(path, epoch or None for the final model, size) of the run's LoRA files, by modification time."""
+    found = []
+    try:
+        files = [p for p in Path(run_dir).glob("*.safetensors") if p.is_file()]
+    except OSError:
+        return []
+    for path in files:
+        stem = path.stem
+        epoch: int | None = None
+        if output_name and stem.startswith(output_name + "-"):
+            tail = stem[len(output_name) + 1 :]
+            epoch = int(tail) if tail.isdigit() else None
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found.append((path, epoch, stat.st_size, stat.st_mtime))
+    found.sort(key=lambda item: item[3])
+    return [(p, e, s) for p, e, s, _ in found]
+
+
+def newest_sample(run_dir: Path) -> Path | None:
+    folder = Path(run_dir) / "sample"
+    try:
+        images = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
+    except OSError:
+        return None
+    return max(images, key=lambda p: p.stat().st_mtime, default=None)

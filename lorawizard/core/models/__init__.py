@@ -1,0 +1,1 @@
+"""The models step: the catalog, find-before-download, our resumable transfer, the files training uses, captioner folders."""

@@ -1,0 +1,81 @@
+"""Which model files training uses, answered cheaply (stat and one small JSON file, no hashing, no network).
+
+Split from the models step so the step bar (before the wizard's first frame), the command builder and the doctor
+can ask without importing the downloader (urllib, http, ssl) or the file finder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lorawizard.core.common.fsutil import atomic_write_json, display_path
+from lorawizard.core.models import catalog
+from lorawizard.core.models.catalog import MODEL_SUFFIXES, Tokenizer
+from lorawizard.core.session.document import MODEL_ROLES, Session
+
+METADATA_FILE = "models.json"  # under .lorawizard/: remote sizes/sha256/commits, and the file chosen per role
+
+
+def state_file(session: Session, name: str) -> Path:
+    return session.paths.state / name
+
+
+def load_metadata(session: Session) -> dict[str, Any]:
+    try:
+        data = json.loads(state_file(session, METADATA_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_metadata(session: Session, data: dict[str, Any]) -> None:
+    atomic_write_json(state_file(session, METADATA_FILE), data)
+
+
+def preset_name(session: Session) -> str:
+    return session.get("models.preset") or catalog.DEFAULT_PRESET
+
+
+def resolved_model_paths(session: Session) -> dict[str, Path]:
+    """role → the file training uses: the session's override, else the file the models step found or downloaded
+    for the current preset, else `<paths.models>/<preset file>`. Cheap: no hashing, no network."""
+    chosen = load_metadata(session).get("resolved", {}).get(preset_name(session), {})
+    files = catalog.preset(preset_name(session))
+    paths: dict[str, Path] = {}
+    for role in MODEL_ROLES:
+        override = session.resolve(session.get(f"models.{role}"))
+        found = Path(chosen[role]) if isinstance(chosen.get(role), str) else None
+        if override is not None:
+            paths[role] = override
+        elif found is not None and found.is_file():
+            paths[role] = found
+        else:
+            paths[role] = session.paths.models / files.file_for(role).filename
+    return paths
+
+
+def model_file_problem(path: Path) -> str | None:
+    """Why a file a person chose for a model role cannot be one (one line), or None. Only the format is checked: a
+    file of another size or hash is allowed (a fine-tune, another quantisation), a text file or an archive is not."""
+    if Path(path).suffix.lower() not in MODEL_SUFFIXES:
+        return f"{display_path(path)} is not a .safetensors file (sd-scripts reads FLUX.1 models only in that format)"
+    return None
+
+
+def tokenizer_dir(session: Session) -> Path:
+    """The folder to pass as `--tokenizer_cache_dir`."""
+    return session.paths.tokenizers
+
+
+def tokenizer_complete(folder: Path, tokenizer: Tokenizer) -> bool:
+    return all((folder / name).is_file() for name in tokenizer.required)
+
+
+def models_ready(session: Session) -> bool:
+    """Cheap (stat only): every role has a file and the tokenizers are complete. For the step bar at start-up."""
+    if not all(path.is_file() for path in resolved_model_paths(session).values()):
+        return False
+    base = tokenizer_dir(session)
+    return all(tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS)

@@ -1,0 +1,924 @@
+"""GPU & batch-size step: pick one GPU, then find per bucket area the largest batch size that really trains.
+
+Each trial is a short real run of the trainer, built by the same command builder as training
+(`core.command.build_train_command`) with the session's real settings, plus: a dataset config holding only the
+bucket under test with enough repeats that every batch is full, `--max_train_steps 3` (the optimizer state is
+allocated at the first step; s/step is timed over the later ones), no sampling, no saving but the final file into a
+throwaway folder. Latent and text-encoder caches are written beside the prepared images, so they are reused by
+the next trials and by training.
+
+Search per bucket area (largest area first): start from the preset's batch size (or the result of the previous,
+larger area), double while it fits, then narrow down. Every trial's peak GPU memory is sampled through NVML;
+once two trials have run, the peaks give memory ≈ base + batch × per-image and the next trial goes straight to the
+largest batch size predicted to stay under the margin (then one trial above it confirms the limit). Without
+usable peaks it bisects. "Fits" means: no CUDA OOM, and the GPU's peak stays at or under 95 % of its memory.
+If batch 1 does not fit, the next lower preset (more block swapping) is tried, and the step says so.
+
+A trial killed by SIGKILL is reported as host-RAM exhaustion (the kernel's OOM killer), not as a VRAM limit.
+Each trial has a time limit; cancel kills the trial's whole process group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import codecs
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+from lorawizard.core.common.fsutil import atomic_write_json
+from lorawizard.core.common.procs import kill_process_group
+from lorawizard.core.common.progress import ProgressMeter
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.dataset.step import bucket_counts
+from lorawizard.core.gpu.nvml import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
+from lorawizard.core.gpu.presets import (
+    PresetError,
+    VramPreset,
+    load_presets,
+    preset_for_memory,
+    preset_named,
+    session_preset,
+    step_down,
+)
+from lorawizard.core.gpu.probe_results import RESULTS_FILE
+from lorawizard.core.launch import multigpu
+from lorawizard.core.launch.command import preset_overrides
+from lorawizard.core.session.document import Session, bucket_area, parse_bucket
+
+MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
+PROBE_STEPS = 3  # optimizer steps per trial (≥ 2: the optimizer state appears at the first)
+MAX_BATCH = 32  # the search stops here; bigger batches rarely help a LoRA
+TRIAL_TIMEOUT_S = 900.0  # model loading alone can take minutes on a slow disk
+
+OOM_TEXTS = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+SIGKILL_TEXTS = ("died with <Signals.SIGKILL: 9>", "Signals.SIGKILL")
+_BAR_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[[^\]]*?([\d.]+)(it/s|s/it)")
+_BAR_START_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+TrialStatus = Literal["ok", "oom", "over-margin", "killed", "timeout", "error"]
+STATUS_WORDS: dict[TrialStatus, str] = {
+    "ok": "ok",
+    "oom": "out of memory",
+    "over-margin": "over 95% margin",
+    "killed": "killed (host RAM?)",
+    "timeout": "timed out",
+    "error": "failed",
+}
+
+
+# ---------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    bucket: str  # "1024x1024": the bucket under test (its area stands for every bucket of that area)
+    batch: int
+    preset: VramPreset
+    images: int  # prepared images in that bucket
+    number: int = 0  # 1-based, across the whole probe
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    batch: int
+    status: TrialStatus
+    peak_bytes: int | None = None  # the trial's own GPU memory peak
+    device_peak_bytes: int | None = None  # the whole GPU's peak during the trial (others' memory included)
+    s_per_step: float | None = None
+    seconds: float = 0.0
+    detail: str = ""  # the OOM line, the error line, …
+    log: str | None = None  # the trial's log file
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "ok"
+
+    def line(self, bucket: str) -> str:
+        """`1024x1024  batch  4  21.6 GB  ok  3.9 s/step`."""
+        peak = f"{self.peak_bytes / GB:5.1f} GB" if self.peak_bytes is not None else "    — GB"
+        speed = f"  {self.s_per_step:.2f} s/step" if self.s_per_step is not None else ""
+        return f"{bucket:>9}  batch {self.batch:>3}  {peak}  {STATUS_WORDS.get(self.status, self.status)}{speed}"
+
+
+ProbeEventKind = Literal["trial-start", "trial-step", "trial-end", "area-done", "step-down"]
+
+
+@dataclass(frozen=True)
+class ProbeEvent:
+    """Live reports for a screen: a trial started, advanced a step, or finished (with its outcome)."""
+
+    kind: ProbeEventKind
+    spec: TrialSpec | None = None
+    step: int = 0
+    steps: int = 0
+    outcome: TrialOutcome | None = None
+    text: str = ""  # trial-step: the phase ("loading models", "caching latents", "training", …)
+    peak_bytes: int | None = None  # trial-step: the trial's GPU memory peak so far
+
+
+TrialRunner = Callable[[TrialSpec, Callable[[ProbeEvent], None]], TrialOutcome]
+
+
+def classify(returncode: int | None, text: str, steps_done: int, steps_wanted: int) -> tuple[TrialStatus, str]:
+    """(status, detail) of a finished trial from its exit status and log text."""
+    for needle in OOM_TEXTS:
+        index = text.find(needle)
+        if index >= 0:
+            start = text.rfind("\n", 0, index) + 1
+            end = text.find("\n", index)
+            line = text[start : end if end >= 0 else None].strip()
+            short = re.match(r"^(.*?Tried to allocate [^.]*\.\d+ \w+\.)", line)  # torch's first sentence or two
+            return "oom", (short.group(1) if short else line)[:200]
+    if returncode == -signal.SIGKILL or any(needle in text for needle in SIGKILL_TEXTS):
+        return "killed", "the trainer was killed (SIGKILL): usually the kernel's OOM killer, host RAM ran out"
+    if returncode == 0 and (steps_done >= steps_wanted or "model saved." in text):
+        return "ok", ""
+    if returncode == 0:
+        return "error", "the trainer exited without training (no data found?)" + _last_line(text)
+    return "error", f"the trainer failed (exit status {returncode})" + _last_line(text)
+
+
+def _last_line(text: str) -> str:
+    """The line that says what went wrong: the trainer's exception (not the launcher's CalledProcessError)."""
+    lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Traceback", "File ", "^", "subprocess.CalledProcessError"))]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Invalid)\b", line)]
+    chosen = errors or lines
+    return f": {chosen[-1][:240]}" if chosen else ""
+
+
+def repeats_for(images: int, batch: int, steps: int = PROBE_STEPS) -> int:
+    """num_repeats so that images × repeats is a multiple of `batch` (every batch full) and gives ≥ `steps` batches."""
+    images = max(1, images)
+    unit = math.lcm(images, batch) // images  # repeats per "all batches full" block
+    blocks = math.ceil(batch * steps / (images * unit))
+    return unit * max(1, blocks)
+
+
+def probe_overrides(session: Session, preset: VramPreset, steps: int = PROBE_STEPS) -> dict[str, Any]:
+    """Trainer overrides for a trial: a few steps, nothing sampled or saved but the final file, the given preset."""
+    overrides: dict[str, Any] = preset_overrides(session, preset)
+    overrides.update({
+        "max_train_steps": steps,
+        "max_train_epochs": None,
+        "save_every_n_epochs": None,
+        "save_every_n_steps": None,
+        "save_state": None,
+        "save_state_on_train_end": None,
+        "sample_prompts": None,
+        "sample_every_n_epochs": None,
+        "sample_every_n_steps": None,
+        "sample_at_first": None,
+        "log_with": None,
+    })
+    return overrides
+
+
+class SubprocessTrialRunner:
+    """Runs one trial as a real trainer process in its own process group, sampling its peak GPU memory."""
+
+    def __init__(
+        self,
+        session: Session,
+        gpu: GpuInfo,
+        workdir: Path,
+        *,
+        cancel: threading.Event,
+        nvml: NvmlAdapter | None = None,
+        timeout_s: float = TRIAL_TIMEOUT_S,
+        steps: int = PROBE_STEPS,
+        sample_interval: float = 0.25,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.session, self.gpu, self.workdir, self.cancel = session, gpu, workdir, cancel
+        self.nvml, self.timeout_s, self.steps, self.sample_interval = nvml, timeout_s, steps, sample_interval
+        self.base_env = env
+
+    def command(self, spec: TrialSpec) -> Any:
+        """Write the trial's config files and return its TrainCommand (nothing is started)."""
+        from lorawizard.core.launch import command as builder
+
+        trial_dir = self.workdir / f"trial-{spec.number:02d}-{spec.bucket}-b{spec.batch}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        launch = builder.plan_launch(self.session, uuids=[self.gpu.uuid])  # a trial is one process on one GPU
+        accelerate = builder.write_accelerate_config(self.session, self.workdir / "accelerate.yaml", launch)
+        dataset = builder.write_dataset_config(
+            self.session, trial_dir / "dataset_config.toml", buckets=[spec.bucket], batch_sizes={spec.bucket: spec.batch},
+            num_repeats=repeats_for(spec.images, spec.batch, self.steps),
+        )
+        return builder.build_train_command(
+            self.session, dataset_config=dataset, accelerate_config=accelerate, output_dir=trial_dir / "out",
+            output_name="probe", overrides=probe_overrides(self.session, spec.preset, self.steps), launch=launch,
+        )
+
+    def __call__(self, spec: TrialSpec, report: Callable[[ProbeEvent], None]) -> TrialOutcome:
+        from lorawizard.core.launch.command import CommandError
+
+        try:
+            cmd = self.command(spec)
+        except (CommandError, OSError) as exc:
+            raise StepFailed(f"cannot build the trial's command: {exc}") from None
+        trial_dir = Path(cmd.options["output_dir"]).parent
+        log_path = trial_dir / "trial.log"
+        env = cmd.full_env(self.base_env)
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu.uuid  # pinned by UUID, whatever else is set
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("COLUMNS", "200")  # rich records on one line each
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    cmd.argv, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise StepFailed(f"cannot start the trainer {cmd.argv[0]}: {exc.strerror or exc}") from None
+        _track(process)
+        sampler = PeakSampler(self.gpu.uuid, lambda: process_tree(process.pid), self.nvml,
+                              interval=self.sample_interval).start()
+        tail = _LogTail(log_path)
+        ended_by: str | None = None
+        last_peak: int | None = None
+        try:
+            while process.poll() is None:
+                if self.cancel.is_set():
+                    ended_by = "cancel"
+                    break
+                if time.monotonic() - started > self.timeout_s:
+                    ended_by = "timeout"
+                    break
+                if tail.read() or sampler.peak != last_peak:
+                    last_peak = sampler.peak
+                    report(ProbeEvent("trial-step", spec, tail.step, tail.total or self.steps, text=tail.phase,
+                                      peak_bytes=last_peak))
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                kill_process_group(process)
+            _untrack(process)
+            sampler.stop()
+        tail.read()
+        seconds = time.monotonic() - started
+        common: dict[str, Any] = dict(peak_bytes=sampler.peak, device_peak_bytes=sampler.device_peak, seconds=seconds,
+                                      log=str(log_path))
+        shutil.rmtree(trial_dir / "out", ignore_errors=True)  # the throwaway LoRA; the log stays
+        if ended_by == "cancel":
+            raise Cancelled()
+        if ended_by == "timeout":
+            return TrialOutcome(spec.batch, "timeout", **common,
+                                detail=f"no result within {self.timeout_s:.0f} s (hung?); the trial was stopped")
+        status, detail = classify(process.returncode, tail.text, tail.step, self.steps)
+        return TrialOutcome(spec.batch, status, s_per_step=tail.seconds_per_step(), detail=detail, **common)
+
+
+PHASES = (  # log text → what a trial is busy with before its first step (model loading can take minutes)
+    ("Checking the state dict", "loading models"),
+    ("Loading state dict from", "loading models"),
+    ("caching latents", "caching latents"),
+    ("caching Text Encoder outputs", "caching text encoders"),
+    ("prepare optimizer", "preparing the optimizer"),
+    ("running training", "training"),
+)
+
+
+class _LogTail:
+    """Reads a growing trial log; tracks the phase, the `steps:` bar and when each step first appeared."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.text = path, 0, ""
+        self.step, self.total = 0, 0
+        self.phase = "starting"
+        self.first_seen: dict[int, float] = {}
+        self.rate_s: float | None = None
+        self._pending = ""  # the last, maybe incomplete, piece (tqdm's current bar has no line end yet)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def read(self) -> bool:
+        """Read what was appended; True when the step or the phase changed."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.offset += len(data)
+        chunk = self._decoder.decode(data)
+        self.text += chunk
+        if len(self.text) > 2_000_000:
+            self.text = self.text[-1_000_000:]
+        now, before = time.monotonic(), (self.step, self.phase)
+        pieces = re.split(r"[\r\n]", self._pending + chunk)
+        self._pending = pieces[-1]
+        for piece in pieces:  # the pending piece too: it is parsed again, complete, next time (idempotent)
+            for needle, phase in PHASES:
+                if needle in piece and self.step == 0:
+                    self.phase = phase
+            match = _BAR_START_RE.search(piece)
+            if not match:
+                continue
+            step, total = int(match.group(1)), int(match.group(2))
+            self.first_seen.setdefault(step, now)
+            self.step, self.total = max(self.step, step), total
+            if self.step:
+                self.phase = "training"
+            rate = _BAR_RE.search(piece)
+            if rate and step > 0:
+                value = float(rate.group(3))
+                self.rate_s = value if rate.group(4) == "s/it" else (1 / value if value else None)
+        return (self.step, self.phase) != before
+
+    def seconds_per_step(self) -> float | None:
+        """Time per step after the first (which also allocates the optimizer state); tqdm's rate as a fallback."""
+        seen = sorted(k for k in self.first_seen if k >= 1)
+        if len(seen) >= 2 and seen[-1] > seen[0]:
+            elapsed = self.first_seen[seen[-1]] - self.first_seen[seen[0]]
+            if elapsed > 0:
+                return elapsed / (seen[-1] - seen[0])
+        return self.rate_s
+
+
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _track(process: subprocess.Popen[bytes]) -> None:
+    global _atexit_registered
+    with _running_lock:
+        if not _atexit_registered:
+            atexit.register(_kill_running)
+            _atexit_registered = True
+        _running.add(process)
+
+
+def _untrack(process: subprocess.Popen[bytes]) -> None:
+    with _running_lock:
+        _running.discard(process)
+
+
+def _kill_running() -> None:
+    """Leaving lorawizard mid-trial (q, a crash) must not leave a trainer holding the GPU."""
+    with _running_lock:
+        processes = list(_running)
+        _running.clear()
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def process_tree(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [pid] + [child.pid for child in root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+# ---------------------------------------------------------------- the search
+
+
+@dataclass
+class BatchSearch:
+    """Largest batch size that fits, from trial outcomes. `next()` proposes, `add()` learns.
+
+    `limit_bytes` (95 % of the GPU) and the trials' peaks let it predict the limit once two trials have run; without
+    peaks it doubles and bisects.
+    """
+
+    start: int
+    limit_bytes: int | None = None
+    max_batch: int = MAX_BATCH
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    _prediction_failed: bool = False
+
+    @property
+    def best(self) -> int:
+        return max((o.batch for o in self.outcomes if o.fits), default=0)
+
+    @property
+    def lowest_failure(self) -> int | None:
+        return min((o.batch for o in self.outcomes if not o.fits), default=None)
+
+    @property
+    def done(self) -> bool:
+        return self.next() is None
+
+    def add(self, outcome: TrialOutcome) -> None:
+        predicted = self._predict()
+        if not outcome.fits and predicted is not None and outcome.batch <= predicted:
+            self._prediction_failed = True  # the memory model was too hopeful: bisect from now on
+        self.outcomes.append(outcome)
+
+    def _points(self) -> list[tuple[int, int]]:
+        """(batch, GPU peak) of trials that ran to the end (fitting or over the margin)."""
+        points: dict[int, int] = {}
+        for o in self.outcomes:
+            if o.status in ("ok", "over-margin") and o.device_peak_bytes is not None:
+                points[o.batch] = o.device_peak_bytes
+        return sorted(points.items())
+
+    def _predict(self) -> int | None:
+        """The largest batch predicted to peak under `limit_bytes`, from the two largest measured batches."""
+        if self.limit_bytes is None or self._prediction_failed:
+            return None
+        points = self._points()
+        if len(points) < 2:
+            return None
+        (b1, m1), (b2, m2) = points[-2], points[-1]
+        per = (m2 - m1) / (b2 - b1)
+        if per <= 0:
+            return None
+        base = m2 - per * b2
+        return max(0, math.floor((self.limit_bytes - base) / per + 1e-9))
+
+    def next(self) -> int | None:
+        lo, hi = self.best, self.lowest_failure
+        tried = {o.batch for o in self.outcomes}
+        if hi is not None and hi <= lo + 1:
+            return None  # lo fits, lo + 1 doesn't (or nothing fits: hi == 1)
+        if lo >= self.max_batch:
+            return None
+        if not self.outcomes:
+            return max(1, min(self.start, self.max_batch))
+        ceiling = min(self.max_batch, hi - 1) if hi is not None else self.max_batch
+        predicted = self._predict()
+        if predicted is not None:
+            # prediction at lo → confirm lo + 1 fails; never more than 4× the largest fitting size in one jump
+            candidate = min(max(predicted, lo + 1), ceiling, max(lo * 4, lo + 1))
+        elif hi is None:
+            candidate = min(lo * 2, ceiling)
+        else:
+            candidate = (lo + hi) // 2 if hi - lo > 1 else lo + 1
+        if candidate in tried or candidate <= lo:
+            return lo + 1 if lo + 1 not in tried else None
+        return candidate
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def areas(buckets: dict[str, int]) -> list[tuple[str, list[str], int]]:
+    """[(representative bucket, every bucket of that area, images in the representative)], largest area first.
+
+    The representative is the bucket of that area with the most images (ties: the wider one).
+    """
+    groups: dict[int, list[str]] = {}
+    for bucket in buckets:
+        groups.setdefault(bucket_area(bucket), []).append(bucket)
+    result = []
+    for area in sorted(groups, reverse=True):
+        members = sorted(groups[area], key=lambda b: (-buckets[b], -parse_bucket(b)[0]))
+        result.append((members[0], sorted(members), buckets[members[0]]))
+    return result
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class AreaResult:
+    bucket: str
+    buckets: list[str]
+    batch: int
+    preset: str
+    peak_bytes: int | None
+    s_per_step: float | None
+    trials: list[TrialOutcome]
+
+
+class ProbeOptions(TypedDict, total=False):
+    """What the probe step reads from `ctx.options` (all optional); test doubles come in here, never as globals."""
+
+    gpu_uuid: str  # probe this GPU (else the session's; with several chosen, each kind of card)
+    preset: str  # start from this preset
+    reprobe: bool  # measure buckets that already have a batch size
+    max_batch: int
+    trial_timeout_s: float
+    on_event: Callable[[ProbeEvent], None]  # live trial events (the GPU screen)
+    nvml: NvmlAdapter  # tests: a fake NVML
+    trial_runner: TrialRunner  # tests: a stand-in for the trainer
+    trial_runner_for: Callable[[GpuInfo], TrialRunner]  # tests, several GPUs: a stand-in per card
+
+
+def _options(ctx: StepContext) -> ProbeOptions:
+    return cast(ProbeOptions, ctx.options)
+
+
+def run_step(ctx: StepContext) -> StepResult:
+    session = ctx.session
+    nvml: NvmlAdapter | None = _options(ctx).get("nvml")
+    if not _options(ctx).get("gpu_uuid"):
+        try:
+            uuids = multigpu.chosen_uuids(session)
+        except multigpu.SelectionError as exc:
+            raise StepFailed(str(exc)) from None
+        if len(uuids) > 1:
+            return _run_several(ctx, uuids)
+    gpu = _choose_gpu(ctx, nvml)
+    preset, presets = _choose_preset(ctx, gpu)
+
+    buckets = bucket_counts(session)
+    if not buckets:
+        raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
+    known = session.batch_sizes()
+    reprobe = bool(_options(ctx).get("reprobe"))
+    todo = {b: n for b, n in buckets.items() if reprobe or b not in known}
+    skipped = [b for b in buckets if b not in todo]
+    if skipped:
+        ctx.log(f"already set, not probed again: {', '.join(f'{b} = {known[b]}' for b in skipped)}"
+                " (re-probe to measure them)")
+    if not todo:
+        return StepResult(True, "every bucket already has a batch size (re-probe to measure again)",
+                          details=_table_lines([], known, buckets), data={"batch_sizes": known})
+
+    groups = areas(todo)
+    workdir = session.paths.state / "probe"
+    if ctx.dry_run:
+        return _dry_run(ctx, gpu, preset, groups, workdir)
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner: TrialRunner = _options(ctx).get("trial_runner") or SubprocessTrialRunner(
+        session, gpu, workdir, cancel=ctx.cancel, nvml=nvml,
+        timeout_s=float(_options(ctx).get("trial_timeout_s") or TRIAL_TIMEOUT_S),
+    )
+    probe = _Probe(ctx, runner, gpu, limit=int(gpu.memory_total * MARGIN),
+                   max_batch=int(_options(ctx).get("max_batch") or MAX_BATCH),
+                   on_event=_options(ctx).get("on_event") or (lambda event: None))
+    started = time.monotonic()
+    preset, results = probe.every_area(groups, preset, presets)
+
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    batch_sizes = dict(known)
+    for result in results:
+        for member in result.buckets:
+            ctx.record(f"gpu.batch_size.{member}", result.batch)
+            batch_sizes[member] = result.batch
+    _save_results(session, gpu, preset, results, time.monotonic() - started, ctx)
+    summary = ", ".join(f"{r.bucket} → {r.batch}" for r in results)
+    return StepResult(
+        True,
+        f"{summary} ({probe.number} trials, preset {preset.name}, peak ≤ {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB)",
+        details=[*_table_lines(results, batch_sizes, buckets), _sampling_note(session, results)],
+        data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
+              "results": [_result_json(r) for r in results]},
+    )
+
+
+def _choose_gpu(ctx: StepContext, nvml: NvmlAdapter | None) -> GpuInfo:
+    """The GPU asked for (option), else the saved one, else the one with the most free memory; recorded."""
+    inv: Inventory = inventory(nvml)
+    if not inv.gpus:
+        raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
+    saved = ctx.session.get("gpu.uuid")
+    gpu = inv.choose(_options(ctx).get("gpu_uuid") or saved)
+    assert gpu is not None
+    if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
+        ctx.log(f"the saved GPU {saved} is not visible now; using GPU {gpu.index} ({gpu.name}, {gpu.uuid})")
+    if saved != gpu.uuid:
+        ctx.record("gpu.uuid", gpu.uuid)
+    ctx.log(f"GPU: {gpu.describe()} ({gpu.uuid})")
+    return gpu
+
+
+def _choose_preset(ctx: StepContext, gpu: GpuInfo) -> tuple[VramPreset, list[VramPreset]]:
+    """The preset to start from (option, session, or the one for the GPU's memory), recorded; and every preset."""
+    session = ctx.session
+    try:
+        presets = load_presets(session)
+    except PresetError as exc:
+        raise StepFailed(str(exc)) from None
+    wanted = session.get("gpu.vram_preset")
+    if wanted and preset_named(wanted, presets) is None:
+        names = ", ".join(p.name for p in presets)
+        raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
+    preset = preset_named(_options(ctx).get("preset"), presets) or session_preset(session, gpu.memory_total)
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    ctx.log(f"preset: {preset.title()}")
+    return preset, presets
+
+
+@dataclass
+class _Probe:
+    """The search over every bucket area: trials numbered across areas and presets, events to `on_event`."""
+
+    ctx: StepContext
+    runner: TrialRunner
+    gpu: GpuInfo
+    limit: int  # bytes: a trial fits when its peak stays under this
+    max_batch: int
+    on_event: Callable[[ProbeEvent], None]
+    number: int = 0  # trials run so far
+
+    def every_area(self, groups: list[tuple[str, list[str], int]], preset: VramPreset,
+                   presets: list[VramPreset]) -> tuple[VramPreset, list[AreaResult]]:
+        """Largest area first, each starting from the previous result; when batch 1 does not fit, the next lower
+        preset starts the areas again. Returns the preset that fits and the result per area."""
+        meter = ProgressMeter(self.ctx.progress, "probe", "bucket areas", len(groups), "areas", interval=0)
+        meter.update(0, force=True)
+        while True:  # once per preset: a step-down starts the areas again
+            results: list[AreaResult] = []
+            stepped: VramPreset | None = None
+            previous = 0
+            for bucket, members, images in groups:
+                search = self.area(bucket, members, images, preset, previous)
+                if search.best == 0:
+                    stepped = self._step_down(bucket, preset, presets)
+                    break
+                fitting = [o for o in search.outcomes if o.fits and o.batch == search.best]
+                best = fitting[-1] if fitting else None
+                results.append(AreaResult(bucket, members, search.best, preset.name, best.peak_bytes if best else None,
+                                          best.s_per_step if best else None, list(search.outcomes)))
+                previous = search.best
+                self.on_event(ProbeEvent("area-done", text=f"{bucket} → {search.best}"))
+                meter.update(len(results), f"{bucket} → batch {search.best}")
+            if stepped is None:
+                meter.finish()
+                return preset, results
+            preset = stepped
+            meter.update(0, f"stepped down to {preset.name}")
+
+    def _step_down(self, bucket: str, preset: VramPreset, presets: list[VramPreset]) -> VramPreset:
+        stepped = step_down(preset, presets)
+        if stepped is None:
+            raise StepFailed(
+                f"even batch 1 does not fit {bucket} with the {preset.name} preset "
+                f"({preset.blocks_to_swap} blocks swapped): free GPU memory, use an fp8 T5-XXL, or smaller buckets"
+            )
+        text = (f"batch 1 does not fit {bucket} with preset {preset.name}: stepping down to {stepped.name} "
+                f"({stepped.blocks_to_swap} blocks swapped; slower, uses more host RAM)")
+        self.ctx.log(text)
+        self.on_event(ProbeEvent("step-down", text=text))
+        return stepped
+
+    def area(self, bucket: str, members: list[str], images: int, preset: VramPreset, previous: int) -> BatchSearch:
+        """Trials for one bucket area until the search settles (`search.best`: 0 when batch 1 does not fit)."""
+        search = BatchSearch(max(preset.batch_size, previous, 1), limit_bytes=self.limit, max_batch=self.max_batch)
+        also = f" (also {', '.join(m for m in members if m != bucket)})" if len(members) > 1 else ""
+        self.ctx.log(f"probing {bucket}{also}: {images} images, preset {preset.name}, starting at batch {search.start}")
+        while (batch := search.next()) is not None:
+            self.ctx.check_cancelled()
+            self.number += 1
+            search.add(self.trial(TrialSpec(bucket, batch, preset, images, self.number)))
+        return search
+
+    def trial(self, spec: TrialSpec) -> TrialOutcome:
+        """One trial: progress per step, its line in the log; an error (or batch 1 killed / timed out) fails the step."""
+        ctx, bucket, batch = self.ctx, spec.bucket, spec.batch
+        self.on_event(ProbeEvent("trial-start", spec, 0, PROBE_STEPS))
+        trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
+
+        def report(event: ProbeEvent) -> None:
+            peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes else ""
+            trial_meter.update(event.step, f"{event.text or 'running'}{peak}")
+            self.on_event(event)
+
+        outcome = _with_margin(self.runner(spec, report), self.limit, self.gpu)
+        word = STATUS_WORDS.get(outcome.status, outcome.status)
+        if outcome.fits:
+            trial_meter.finish(word)
+        else:  # not "3/3 (100%)": the trial stopped where it stopped
+            ctx.progress(trial_meter.snapshot(f"→ {word}", finished=True))
+        self.on_event(ProbeEvent("trial-end", spec, outcome=outcome))
+        ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
+        if outcome.status == "error":
+            raise StepFailed(f"trial {bucket} batch {batch}: {outcome.detail} (log: {outcome.log})")
+        if outcome.status in ("killed", "timeout") and batch == 1:
+            what = "was killed (SIGKILL): host RAM ran out? Close other programs or add swap" \
+                if outcome.status == "killed" else f"did not finish in time (hung?): see {outcome.log}"
+            raise StepFailed(f"trial {bucket} batch 1 {what}")
+        return outcome
+
+
+def _with_margin(outcome: TrialOutcome, limit: int, gpu: GpuInfo) -> TrialOutcome:
+    """A trial that trained but peaked above the margin does not fit."""
+    if outcome.status != "ok":
+        return outcome
+    level = outcome.device_peak_bytes
+    if level is None and outcome.peak_bytes is not None:
+        level = outcome.peak_bytes + gpu.memory_used
+    if level is not None and level > limit:
+        detail = f"peak {level / GB:.1f} GB is over {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB"
+        return TrialOutcome(outcome.batch, "over-margin", outcome.peak_bytes, outcome.device_peak_bytes,
+                            outcome.s_per_step, outcome.seconds, detail, outcome.log)
+    return outcome
+
+
+def _dry_run(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, groups: list[tuple[str, list[str], int]],
+             workdir: Path) -> StepResult:
+    from lorawizard.core.launch import command as builder
+
+    bucket, _, images = groups[0]
+    spec = TrialSpec(bucket, max(1, preset.batch_size), preset, images, 1)
+    details = [f"would probe {b} ({n} images)" + (f", also for {', '.join(m for m in ms if m != b)}" if len(ms) > 1 else "")
+               for b, ms, n in groups]
+    try:
+        argv = builder.build_train_command(
+            ctx.session, dataset_config=workdir / "trial-01" / "dataset_config.toml",
+            accelerate_config=workdir / "accelerate.yaml", output_dir=workdir / "trial-01" / "out",
+            output_name="probe", overrides=probe_overrides(ctx.session, preset),
+            launch=builder.plan_launch(ctx.session, uuids=[gpu.uuid]),
+        )
+        details.append("first trial: " + argv.shell_text())
+    except builder.CommandError as exc:
+        raise StepFailed(f"cannot build the trial's command: {exc}") from None
+    return StepResult(True, f"dry run: {len(groups)} bucket areas to probe on GPU {gpu.index}, starting at batch "
+                      f"{spec.batch}; nothing was run", details=details)
+
+
+def _sampling_note(session: Session, results: list[AreaResult]) -> str:
+    """The trials never sample; training does (train.samples): what that adds on top of these figures."""
+    from lorawizard.core.train.samples import sampling_cost
+
+    speeds = [r.s_per_step for r in results if r.s_per_step is not None]
+    return "note: these figures are without sampling; " + sampling_cost(session, max(speeds) if speeds else None)
+
+
+def _table_lines(results: list[AreaResult], batch_sizes: dict[str, int], buckets: dict[str, int]) -> list[str]:
+    by_bucket = {m: r for r in results for m in r.buckets}
+    lines = [f"{'bucket':<11}{'images':>7}{'batch':>7}{'peak GB':>9}{'s/step':>8}  trials"]
+    for bucket, count in buckets.items():
+        result = by_bucket.get(bucket)
+        batch = batch_sizes.get(bucket)
+        if result is None:
+            lines.append(f"{bucket:<11}{count:>7}{batch if batch is not None else '—':>7}{'':>9}{'':>8}  (already set)")
+            continue
+        peak = f"{result.peak_bytes / GB:.1f}" if result.peak_bytes is not None else "—"
+        speed = f"{result.s_per_step:.2f}" if result.s_per_step is not None else "—"
+        tried = ", ".join(f"{o.batch}{'' if o.fits else '✗'}" for o in result.trials)
+        lines.append(f"{bucket:<11}{count:>7}{result.batch:>7}{peak:>9}{speed:>8}  {tried}")
+    trials = [o for r in results for o in r.trials]
+    killed = [o for o in trials if o.status == "killed"]
+    hung = [o for o in trials if o.status == "timeout"]
+    if killed:
+        lines.append(f"note: {len(killed)} trial(s) were killed by the system (SIGKILL) — host RAM, not GPU memory, ran out "
+                     "at those batch sizes; more RAM or swap could allow larger batches")
+    if hung:
+        lines.append(f"note: {len(hung)} trial(s) hit the time limit and were stopped (counted as not fitting)")
+    return lines
+
+
+def _result_json(result: AreaResult) -> dict[str, Any]:
+    return {
+        "bucket": result.bucket,
+        "buckets": result.buckets,
+        "batch_size": result.batch,
+        "preset": result.preset,
+        "peak_gb": round(result.peak_bytes / GB, 3) if result.peak_bytes is not None else None,
+        "s_per_step": round(result.s_per_step, 3) if result.s_per_step is not None else None,
+        "trials": [asdict(o) for o in result.trials],
+    }
+
+
+def _save_results(session: Session, gpu: GpuInfo, preset: VramPreset, results: list[AreaResult], seconds: float,
+                  ctx: StepContext) -> None:
+    """Measurements beside the session (session.toml keeps only the batch sizes): what, when, how, on which GPU."""
+    path = session.paths.state / RESULTS_FILE
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        previous = {}
+    buckets = dict(previous.get("buckets", {})) if previous.get("gpu", {}).get("uuid") == gpu.uuid else {}
+    for result in results:
+        for member in result.buckets:
+            buckets[member] = _result_json(result)
+    data = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "how": f"real trainer runs of {PROBE_STEPS} optimizer steps; peak GPU memory sampled with NVML; "
+               f"fits = no CUDA OOM and peak ≤ {MARGIN:.0%} of the GPU",
+        "seconds": round(seconds, 1),
+        "gpu": {"uuid": gpu.uuid, "name": gpu.name, "memory_total": gpu.memory_total},
+        "preset": preset.name,
+        "buckets": buckets,
+    }
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        ctx.log(f"could not write {path}: {exc.strerror or exc}")
+
+
+# ---------------------------------------------------------------- several GPUs
+
+
+class _Collecting(StepContext):
+    """A sub-step's context whose decisions are kept for the caller instead of being saved."""
+
+    def record(self, key: str, value: Any) -> None:
+        self.decisions[key] = value
+
+
+def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
+    """Several GPUs train the same per-process batch (DDP): probe each kind of card once (same name and memory), all
+    with the smallest card's preset, and keep per bucket the smallest batch that fits every card."""
+    session, nvml = ctx.session, _options(ctx).get("nvml")
+    try:
+        gpus = multigpu.training_order(multigpu.present(uuids, inventory(nvml)))
+        multigpu.check_architectures(gpus)
+        presets = load_presets(session)
+    except (multigpu.SelectionError, PresetError) as exc:
+        raise StepFailed(str(exc)) from None
+    kinds: dict[tuple[str, int], list[GpuInfo]] = {}
+    for gpu in gpus:
+        kinds.setdefault((gpu.name, gpu.memory_total), []).append(gpu)
+    smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
+    preset = preset_for_memory(smallest.memory_total, presets)
+    chosen = preset_named(session.get("gpu.vram_preset"), presets)
+    if chosen is not None and chosen.min_gb <= preset.min_gb:
+        preset = chosen  # the person asked for this much swapping or more: keep it
+    ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
+            f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
+    per_kind: list[tuple[list[GpuInfo], StepResult]] = []
+    for members in sorted(kinds.values(), key=lambda m: (m[0].memory_total, m[0].index)):
+        card = members[0]
+        ctx.check_cancelled()
+        stands = "" if len(members) == 1 else f", stands for {len(members)} cards"
+        ctx.log(f"== probing {card.name} (GPU {card.index}{stands})")
+        options: ProbeOptions = {**_options(ctx), "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
+        if _options(ctx).get("trial_runner_for"):  # tests: a stand-in runner per card
+            options["trial_runner"] = _options(ctx)["trial_runner_for"](card)
+        sub = _Collecting(session=session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run, cancel=ctx.cancel,
+                          options=options)
+        per_kind.append((members, run_step(sub)))
+        stepped = sub.decisions.get("gpu.vram_preset")
+        if stepped and stepped != preset.name and (named := preset_named(stepped, presets)) is not None:
+            preset = named  # batch 1 did not fit: this card needed more swapping, so every card uses it
+    if ctx.dry_run:
+        details = [line for _, result in per_kind for line in result.details]
+        return StepResult(True, f"dry run: {len(kinds)} kind(s) of card to probe, preset {preset.name}; nothing was run",
+                          details=details)
+    batch_sizes: dict[str, int] = {}
+    for _, result in per_kind:
+        for bucket, size in result.data.get("batch_sizes", {}).items():
+            batch_sizes[bucket] = min(size, batch_sizes.get(bucket, size))
+    if session.get("gpu.vram_preset") != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    for bucket, size in batch_sizes.items():
+        ctx.record(f"gpu.batch_size.{bucket}", size)
+    lines = [f"{'bucket':<11}{'batch':>6}  per card (own largest batch, s/step)"]
+    speed_lines: list[str] = []
+    for bucket, size in batch_sizes.items():
+        cards = []
+        for members, result in per_kind:
+            measured = next((r for r in result.data.get("results", []) if bucket in r["buckets"]), None)
+            own = result.data.get("batch_sizes", {}).get(bucket, size)
+            cards.append(multigpu.CardSpeed(members[0].name, len(members), own,
+                                            measured.get("s_per_step") if measured else None))
+        lines.append(f"{bucket:<11}{size:>6}  " + " · ".join(
+            f"{multigpu.short_name(c.name)}: {c.batch}" + (f", {c.s_per_step:.2f} s/step" if c.s_per_step else "")
+            for c in cards))
+        if not speed_lines:  # the largest bucket speaks for the run
+            speed_lines = [f"{bucket}: " + line for line in multigpu.speed_summary(cards, size)]
+    _save_several(session, gpus, smallest, preset, per_kind, batch_sizes, ctx)
+    summary = ", ".join(f"{b} → {n}" for b, n in batch_sizes.items())
+    return StepResult(True, f"{summary} on {len(gpus)} GPUs (the smallest batch that fits every card; preset "
+                      f"{preset.name})", details=lines + speed_lines,
+                      data={"batch_sizes": batch_sizes, "preset": preset.name, "gpus": [g.uuid for g in gpus],
+                            "speed": speed_lines})
+
+
+def _save_several(session: Session, gpus: list[GpuInfo], smallest: GpuInfo, preset: VramPreset,
+                  per_kind: list[tuple[list[GpuInfo], StepResult]], batch_sizes: dict[str, int],
+                  ctx: StepContext) -> None:
+    """probe.json for a several-GPU choice: the binding (smallest) card as `gpu`, every card, each kind's results."""
+    path = session.paths.state / RESULTS_FILE
+    by_bucket = {}
+    for members, result in per_kind:
+        if members[0].uuid != smallest.uuid:
+            continue
+        for entry in result.data.get("results", []):
+            for bucket in entry["buckets"]:
+                by_bucket[bucket] = entry
+    data = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "how": "each kind of card probed alone with the smallest card's preset; batch = the smallest that fits every card",
+        "gpu": {"uuid": smallest.uuid, "name": smallest.name, "memory_total": smallest.memory_total},
+        "gpus": [{"uuid": g.uuid, "name": g.name, "memory_total": g.memory_total} for g in gpus],
+        "preset": preset.name,
+        "buckets": by_bucket,
+        "per_card": {members[0].name: result.data.get("results", []) for members, result in per_kind},
+        "batch_sizes": batch_sizes,
+    }
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        ctx.log(f"could not write {path}: {exc.strerror or exc}")

@@ -1,0 +1,1 @@
+"""The train step: launch and follow, the log parser, diagnosis, checkpoints kept, samples, saved states, the dashboard."""

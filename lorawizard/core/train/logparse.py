@@ -1,0 +1,752 @@
+"""sd-scripts console output → events (bytes in, events out; no Textual, no I/O).
+
+The trainer's log is stdout and stderr of `accelerate launch … flux_train_network.py` in one file: tqdm bars
+redrawn with '\\r' (sd-scripts.md §3.1), rich log records wrapped at 80 columns with continuation lines indented by
+29 spaces, plain `print` lines, Python tracebacks. `LogParser.feed(bytes)` returns the events completed by those
+bytes; the events are the same whatever the chunk boundaries (a partial UTF-8 sequence, a partial line or a
+half-written rich record is carried to the next call). `finish()` at end of file flushes what is left; `flush()`
+(after a quiet spell while tailing) closes a pending rich record early.
+
+`TrainState` folds events into what the dashboard and the headless follower show: absolute step and epoch
+(sd-scripts restarts its step counter at 0 after `--resume`), rate, ETA, downsampled loss history, checkpoints,
+states, failures, a bounded tail of display lines. Memory stays bounded whatever the log length.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import re
+import unicodedata
+from collections import deque
+from dataclasses import dataclass, field
+
+from lorawizard.core.train import ddp_failures
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(slots=True)
+class Line:
+    """One logical line for display: a rich record unwrapped into one line, a print line, a finished bar."""
+
+    text: str
+    level: str = ""  # "INFO", "WARNING", "ERROR" for log records; "" for plain output
+    rank: int | None = None  # the process that printed it, when torchrun's `[rankN]:` prefix says so
+
+
+@dataclass(slots=True)
+class Bar:
+    """A tqdm redraw. `desc` is "steps" for the training bar, "" or e.g. "read caption" for others."""
+
+    desc: str
+    n: int
+    total: int
+    elapsed_s: float
+    remaining_s: float | None
+    rate: float | None  # iterations per second (s/it is converted)
+    loss: float | None  # avr_loss (may be nan)
+    postfix: str = ""
+
+
+@dataclass(slots=True)
+class Totals:
+    """The `running training / 学習開始` block."""
+
+    images: int | None
+    batches_per_epoch: int | None
+    epochs: int | None
+    batch_sizes: str
+    grad_accum: int | None
+    total_steps: int | None
+
+
+@dataclass(slots=True)
+class Epoch:
+    n: int
+    total: int
+
+
+@dataclass(slots=True)
+class Phase:
+    """What the trainer is busy with before/around training (loading, caching, sampling, saving)."""
+
+    name: str
+
+
+@dataclass(slots=True)
+class CheckpointSaved:
+    path: str
+
+
+@dataclass(slots=True)
+class StateSaved:
+    path: str
+    epoch: int
+    step: int  # sd-scripts' own (within-run) step
+
+
+@dataclass(slots=True)
+class SampleStarted:
+    step: int
+
+
+@dataclass(slots=True)
+class Resumed:
+    path: str
+    epoch: int | None
+    step: int | None
+
+
+@dataclass(slots=True)
+class ModelSaved:
+    pass
+
+
+@dataclass(slots=True)
+class Failure:
+    """A known failure. kind: oom, missing_model, dataset_config, no_data, resume_missing, exception,
+    interrupted, launcher (accelerate's CalledProcessError or torchrun's ChildFailedError; `code` is the child's
+    status, negative = signal), rank_failed (torchrun's "Root Cause": the rank that failed first), and the
+    several-GPU kinds of core.ddp_failures (nccl_timeout, nccl_cuda_error, …). `rank`: which process, when known."""
+
+    kind: str
+    text: str
+    code: int | None = None
+    rank: int | None = None
+
+
+Event = Line | Bar | Totals | Epoch | Phase | CheckpointSaved | StateSaved | SampleStarted | Resumed | ModelSaved | Failure
+
+# ------------------------------------------------------------------ patterns
+
+_SPLIT = re.compile(r"[\r\n]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][A-Za-z0-9]|\x1b[=>]")
+_LEVELS = {"INFO     ": "INFO", "WARNING  ": "WARNING", "ERROR    ": "ERROR", "DEBUG    ": "DEBUG", "CRITICAL ": "CRITICAL"}
+_SRC = re.compile(r"\s(\S+:\d+)$")
+_CONT = " " * 29
+_EPOCH = re.compile(r"^epoch (\d+)/(\d+)$")
+_TOTAL = re.compile(r"^  (num train images \* repeats|num validation images \* repeats|num reg images|num batches per epoch|num epochs|batch size per device|"
+                    r"gradient accumulation steps|total optimization steps) / [^:=]*[:=] ?(.*)$")
+_STATE = re.compile(r"^save train state to (.+?)/train_state\.json at epoch (\d+) step (\d+)")
+_LOADSTATE = re.compile(r"^load train state from (.+?)/train_state\.json: .*?'current_epoch': (\d+).*?'current_step': (\d+)")
+_SAMPLE = re.compile(r"^generating sample images at step / .*?(\d+)\s*$")
+_OVERRIDE = re.compile(r"^override steps\. steps for \d+ epochs is / .*?: (\d+)")
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Invalid))(?::(?: (.*))?)?$")
+_RANK = re.compile(r"^\[rank(\d+)\]:\s?(.*)$")  # torchrun's prefix on a process's lines (tracebacks)
+_RANK_INSIDE = re.compile(r"\[Rank (\d+)\]")  # ProcessGroupNCCL's own "[Rank 1] Watchdog caught …"
+_ROOT_FIELD = re.compile(r"^\s+(rank|exitcode)\s*: (-?\d+)")
+_CALLED = re.compile(r"returned non-zero exit status (-?\d+)|died with <Signals\.\w+: (\d+)>")
+
+_PHASES = (
+    ("Loading dataset config", "reading the dataset"),
+    ("Loading state dict from", "loading models"),
+    ("Building Flux", "loading models"),
+    ("caching latents", "caching latents"),
+    ("caching Text Encoder outputs", "caching text encoder outputs"),
+    ("cache Text Encoder outputs for", "encoding sample prompts"),
+    ("preparing accelerator", "preparing"),
+    ("prepare optimizer", "preparing"),
+    ("saving last state", "saving"),
+    ("Saving current state to", "saving"),
+    ("enable block swap", "loading models"),
+)
+_INTERESTING = (
+    "epoch ", "saving checkpoint: ", "save train state to ", "model saved.", "running training",
+    "generating sample images", "load train state from", "resume training from", "override steps", "No data found",
+    "Invalid user config", "Traceback", *(prefix for prefix, _ in _PHASES),
+)
+
+
+def _cells(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+_SECONDS_CACHE: dict[str, float | None] = {}
+
+
+def _seconds(text: str) -> float | None:
+    cached = _SECONDS_CACHE.get(text, -1.0)
+    if cached != -1.0:
+        return cached
+    value = _seconds_uncached(text)
+    if len(_SECONDS_CACHE) < 8192:
+        _SECONDS_CACHE[text] = value
+    return value
+
+
+def _seconds_uncached(text: str) -> float | None:
+    if len(text) == 5 and text[2] == ":":  # MM:SS, the common case
+        try:
+            return float(int(text[:2]) * 60 + int(text[3:]))
+        except ValueError:
+            return None
+    if "?" in text:
+        return None
+    total = 0.0
+    for part in text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text.strip().split(",")[0])
+    except ValueError:
+        return None
+
+
+def parse_bar(text: str) -> Bar | None:
+    parsed = _fast_bar(text)
+    return parsed[0] if parsed else None
+
+
+_DESC_CACHE: dict[str, str] = {}
+
+
+def _fast_bar(text: str) -> tuple[Bar, int] | None:
+    """The tqdm layout parsed with str methods (2-3x faster than the regex); None when it is not a bar."""
+    pct_at = text.find("%|")
+    if pct_at < 1:
+        return None
+    body_end = text.find("|", pct_at + 2)
+    open_at = text.find(" [", body_end)
+    close_at = text.find("]", open_at)
+    if body_end < 0 or open_at < 0 or close_at < 0:
+        return None
+    try:
+        n_text, slash, total_text = text[body_end + 1 : open_at].strip().partition("/")
+        elapsed, less, rest = text[open_at + 2 : close_at].partition("<")
+        remaining, comma, rest = rest.partition(",")
+        if not (slash and less and comma):
+            return None
+        rate_text, _, post = rest.strip().partition(", ")
+        if rate_text.endswith("it/s"):
+            number = rate_text[:-4]
+            rate = None if number == "?" else float(number)
+        elif rate_text.endswith("s/it"):
+            number = rate_text[:-4]
+            rate = None if number == "?" else (1.0 / float(number) if float(number) > 0 else None)
+        else:
+            return None
+        n, total = int(n_text), int(total_text)
+        head = text[:pct_at]
+        desc = _DESC_CACHE.get(head)
+        if desc is None:
+            digits = head.rstrip("0123456789")
+            if len(digits) == pct_at:
+                return None
+            desc = digits.rstrip()
+            desc = desc[:-1].strip() if desc.endswith(":") else desc.strip()
+            if len(_DESC_CACHE) < 4096:
+                _DESC_CACHE[head] = desc
+        loss = None
+        if post:
+            at = post.find("avr_loss=")
+            if at >= 0:
+                end = post.find(",", at)
+                loss = float(post[at + 9 : end if end >= 0 else len(post)])
+        return Bar(desc, n, total, _seconds(elapsed) or 0.0, _seconds(remaining), rate, loss, post), close_at + 1
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------ the parser
+
+
+class LogParser:
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._record: list[str] | None = None  # [level, piece, piece, ...]
+        self._record_width = 0
+        self._last_piece_cells = 0
+        self._last_piece = ""
+        self._early_bar: str | None = None  # text of a bar already reported from the unterminated tail
+        self._open_bar: str | None = None  # last bar drawn, shown as a line once something else is printed
+        self._totals: dict[str, str] | None = None
+        self._tracebacks: set[int | None] = set()  # ranks (None: no prefix) inside a traceback
+        self._rank: int | None = None  # rank of the line being read
+        self._root_cause: dict[str, int] | None = None  # torchrun's "Root Cause (first observed failure)" block
+        self._failed: set[tuple[str, int | None]] = set()  # (kind, rank) already reported: once per process
+
+    # -- public
+
+    def feed(self, data: bytes) -> list[Event]:
+        return self.feed_text(self._decoder.decode(data))
+
+    def feed_text(self, text: str) -> list[Event]:
+        events: list[Event] = []
+        if not text:
+            return events
+        parts = _SPLIT.split(self._partial + text)
+        self._partial = parts.pop()
+        if len(self._partial) > 65536:  # a runaway line without breaks: keep memory bounded
+            parts.append(self._partial)
+            self._partial = ""
+        segment = self._segment
+        for part in parts:
+            if part:
+                segment(part, events)
+        if self._partial and "%|" in self._partial:
+            self._peek_bar(events)
+        return events
+
+    def flush(self) -> list[Event]:
+        """Close a pending rich record now (call when the log has been quiet for a moment)."""
+        events: list[Event] = []
+        self._close_record(events)
+        return events
+
+    def finish(self) -> list[Event]:
+        events = self.feed_text(self._decoder.decode(b"", final=True))
+        if self._partial:
+            part, self._partial = self._partial, ""
+            self._segment(part, events)
+        self._close_record(events)
+        self._close_totals(events)
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        return events
+
+    # -- segments
+
+    def _peek_bar(self, events: list[Event]) -> None:
+        text = self._partial
+        if "\x1b" in text:
+            text = _ANSI.sub("", text)
+        parsed = _fast_bar(text)
+        if parsed is not None and text[: parsed[1]] != self._early_bar:
+            if self._record is not None:
+                self._close_record(events)
+            if self._totals is not None:
+                self._close_totals(events)
+            self._early_bar = text[: parsed[1]]
+            self._open_bar = self._early_bar
+            events.append(parsed[0])
+
+    def _segment(self, text: str, events: list[Event]) -> None:
+        if "\x1b" in text:
+            text = _ANSI.sub("", text)
+            if not text:
+                return
+        if "%|" in text:
+            parsed = _fast_bar(text)
+            if parsed is not None:
+                bar, end = parsed
+                bar_text = text[:end]
+                if bar_text != self._early_bar:
+                    if self._record is not None:
+                        self._close_record(events)
+                    if self._totals is not None:
+                        self._close_totals(events)
+                    events.append(bar)
+                self._early_bar = None
+                self._open_bar = bar_text
+                if end < len(text) and text[end:].strip():
+                    self._segment(text[end:], events)
+                return
+        self._early_bar = None
+        if text[:5] == "[rank":
+            match = _RANK.match(text)
+            if match:
+                self._close_record(events)
+                self._rank = int(match.group(1))
+                self._message(match.group(2).rstrip(), "", events)
+                return
+        self._rank = None
+        if len(text) > 29 and text[19] == " " and text[20:29] in _LEVELS and (text[0] == " " or text[0].isdigit()):
+            self._start_record(text, events)
+            return
+        if self._record is not None and text.startswith(_CONT):
+            piece = text[29:].rstrip()
+            # rich folds only a word longer than the line, and starts it on a line of its own: a full line that is
+            # one word was folded (no space was there); a full line of words ended at a space rich dropped
+            if self._last_piece_cells >= self._record_width and " " not in self._last_piece.strip():
+                self._record[-1] += piece
+            else:
+                self._record.append(piece)
+            self._last_piece_cells, self._last_piece = _cells(piece), piece
+            return
+        self._close_record(events)
+        if not text.strip():
+            return
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        self._message(text.rstrip(), "", events)
+
+    def _start_record(self, text: str, events: list[Event]) -> None:
+        self._close_record(events)
+        if self._open_bar is not None:
+            events.append(Line(self._open_bar))
+            self._open_bar = None
+        level = _LEVELS[text[20:29]]
+        source = _SRC.search(text)
+        if source:
+            body = text[29 : source.start()]
+            self._record_width = _cells(text) - 29 - 1 - len(source.group(1))
+        else:
+            body = text[29:]
+            self._record_width = _cells(text) - 29
+        piece = body.rstrip()
+        self._record = [level, piece]
+        self._last_piece_cells, self._last_piece = _cells(piece), piece
+
+    def _close_record(self, events: list[Event]) -> None:
+        record = self._record
+        if record is None:
+            return
+        self._record = None
+        message = " ".join(piece for piece in record[1:] if piece) if len(record) > 2 else record[1]
+        self._message(message, record[0], events)
+
+    def _close_totals(self, events: list[Event]) -> None:
+        totals = self._totals
+        if totals is None:
+            return
+        self._totals = None
+        events.append(Totals(
+            _int(totals.get("num train images * repeats", "")), _int(totals.get("num batches per epoch", "")),
+            _int(totals.get("num epochs", "")), totals.get("batch size per device", "").strip(),
+            _int(totals.get("gradient accumulation steps", "")), _int(totals.get("total optimization steps", "")),
+        ))
+
+    # -- messages
+
+    def _message(self, text: str, level: str, events: list[Event]) -> None:
+        if self._totals is not None:
+            match = _TOTAL.match(text)
+            if match:
+                self._totals[match.group(1)] = match.group(2)
+                events.append(Line(text, level))
+                if match.group(1) == "total optimization steps":
+                    self._close_totals(events)
+                return
+            self._close_totals(events)
+        if not level:
+            if self._root_cause is not None and self._torchrun_root(text, events):
+                return
+            known = ddp_failures.match(text)
+            if known is not None:
+                self._tracebacks.discard(self._rank)
+                events.append(Line(text, "ERROR", self._rank))
+                inside = _RANK_INSIDE.search(text) if self._rank is None else None
+                self._fail(known.kind, text, events, rank=int(inside.group(1)) if inside else self._rank)
+                return
+            if text.startswith("Root Cause (first observed failure)"):
+                self._root_cause = {}
+            elif "closing signal SIGTERM" in text:  # torchrun stops the other ranks after one failed
+                events.append(Line(text, "", self._rank))
+                events.append(Phase("stopping the other processes"))
+                return
+        if self._tracebacks and not text.startswith(" ") and not level and self._rank in self._tracebacks:
+            exc = _EXC.match(text)
+            if exc:
+                self._tracebacks.discard(self._rank)
+                events.append(Line(text, "ERROR", self._rank))
+                self._exception(exc.group(1), text, events)
+                return
+        events.append(Line(text, level, self._rank))
+        if not text.startswith(_INTERESTING):
+            if level == "ERROR" or (not level and text[:1].isalpha() and _EXC.match(text)):
+                self._other(text, level, events)
+            return
+        if text.startswith("epoch "):
+            match = _EPOCH.match(text)
+            if match:
+                events.append(Epoch(int(match.group(1)), int(match.group(2))))
+        elif text.startswith("saving checkpoint: "):
+            events.append(CheckpointSaved(text[len("saving checkpoint: "):].strip()))
+        elif text.startswith("save train state to "):
+            match = _STATE.match(text)
+            if match:
+                events.append(StateSaved(match.group(1), int(match.group(2)), int(match.group(3))))
+        elif text.startswith("model saved."):
+            events.append(ModelSaved())
+        elif text.startswith("running training"):
+            self._totals = {}
+            events.append(Phase("training"))
+        elif text.startswith("generating sample images"):
+            match = _SAMPLE.match(text)
+            events.append(SampleStarted(int(match.group(1)) if match else -1))
+            events.append(Phase("sampling"))
+        elif text.startswith("load train state from"):
+            match = _LOADSTATE.match(text)
+            if match:
+                events.append(Resumed(match.group(1), int(match.group(2)), int(match.group(3))))
+        elif text.startswith("override steps"):
+            match = _OVERRIDE.match(text)
+            if match:
+                events.append(Totals(None, None, None, "", None, int(match.group(1))))
+        elif text.startswith("Traceback"):
+            self._tracebacks.add(self._rank)
+        elif text.startswith(("No data found", "Invalid user config")):
+            self._other(text, level, events)
+        else:
+            for prefix, phase in _PHASES:
+                if text.startswith(prefix):
+                    events.append(Phase(phase))
+                    break
+
+    def _torchrun_root(self, text: str, events: list[Event]) -> bool:
+        """Inside torchrun's "Root Cause" block: `rank : 1 (local_rank: 1)`, `exitcode : -9 (pid: …)`."""
+        root = self._root_cause
+        assert root is not None
+        if text.startswith("=") or text.startswith("Failures:"):
+            self._root_cause = None
+            return False
+        match = _ROOT_FIELD.match(text)
+        if not match:
+            return False
+        root[match.group(1)] = int(match.group(2))
+        events.append(Line(text))
+        if "rank" in root and "exitcode" in root:
+            rank, code = root["rank"], root["exitcode"]
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            self._root_cause = None
+            self._fail("rank_failed", f"rank {rank} failed first: it {how}", events, code=code, rank=rank)
+        return True
+
+    def _fail(self, kind: str, text: str, events: list[Event], *, code: int | None = None,
+              rank: int | None = None) -> None:
+        """A Failure, once per (kind, rank): every rank repeats the same error; the watchdog prints it twice."""
+        if (kind, rank) in self._failed:
+            return
+        self._failed.add((kind, rank))
+        events.append(Failure(kind, text, code, rank))
+
+    def _other(self, text: str, level: str, events: list[Event]) -> None:
+        if text.startswith("No data found"):
+            self._fail("no_data", text, events, rank=self._rank)
+        elif text.startswith("Invalid user config"):
+            self._fail("dataset_config", text, events, rank=self._rank)
+        elif not level:
+            exc = _EXC.match(text)
+            if exc:
+                self._exception(exc.group(1), text, events)
+
+    def _exception(self, name: str, text: str, events: list[Event]) -> None:
+        rank = self._rank
+        if "CUDA out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text or "CUDA error: out of memory" in text:
+            self._fail("oom", text, events, rank=rank)
+        elif name.endswith(("CalledProcessError", "ChildFailedError")):
+            match = _CALLED.search(text)
+            code = None
+            if match:
+                code = int(match.group(1)) if match.group(1) else -int(match.group(2))
+            self._fail("launcher", text, events, code=code, rank=rank)
+        elif name == "FileNotFoundError" or name.endswith("SafetensorError"):
+            self._fail("missing_model", text, events, rank=rank)
+        elif name.startswith("voluptuous"):
+            self._fail("dataset_config", text, events, rank=rank)
+        elif name == "ValueError" and "Tried to find" in text:
+            self._fail("resume_missing", text, events, rank=rank)
+        elif name == "KeyboardInterrupt":
+            self._fail("interrupted", text, events, rank=rank)
+        else:
+            self._fail("exception", text, events, rank=rank)
+
+
+def parse_bytes(data: bytes, chunk: int = 1 << 16) -> list[Event]:
+    """All events of a whole log (tests, the full-log view, the headless summary)."""
+    parser = LogParser()
+    events: list[Event] = []
+    for start in range(0, len(data), chunk):
+        events += parser.feed(data[start : start + chunk])
+    return events + parser.finish()
+
+
+# ------------------------------------------------------------------ state for the dashboard
+
+
+class LossHistory:
+    """avr_loss over absolute steps, downsampled: at most `limit` points, the stride doubles when full."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self.stride = 1
+        self.points: list[tuple[int, float]] = []
+        self._last_step = -1
+
+    def add(self, step: int, loss: float) -> None:
+        if step == self._last_step and self.points:
+            self.points[-1] = (step, loss)  # set_postfix redraw of the same step: keep the newest value
+            return
+        self._last_step = step
+        if step % self.stride:
+            return
+        self.points.append((step, loss))
+        if len(self.points) >= self.limit:
+            self.stride *= 2
+            self.points = [p for p in self.points if p[0] % self.stride == 0]
+
+    def values(self, count: int | None = None) -> list[float]:
+        values = [loss for _, loss in self.points]
+        if count is None or len(values) <= count:
+            return values
+        size = len(values) / count  # mean of each bin
+        return [
+            _finite_mean(values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))]) for i in range(count)
+        ]
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+_TRAINING_PHASES = frozenset((
+    "starting", "preparing", "saving", "sampling", "caching latents", "caching text encoder outputs", "loading models",
+    "reading the dataset", "encoding sample prompts",
+))
+
+
+@dataclass
+class TrainState:
+    """What is known about one run, from its log (and from the run record: `base_step`, `base_epoch`)."""
+
+    base_step: int = 0  # absolute step at which this run (a resume) started
+    base_epoch: int = 0
+    tail_lines: int = 400
+    step: int = 0  # absolute
+    total_steps: int | None = None
+    epoch: int = 0
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    rate: float | None = None  # it/s
+    elapsed_s: float = 0.0
+    loss: float | None = None
+    phase: str = "starting"
+    phase_bar: Bar | None = None  # a non-training bar (caching, sampling)
+    checkpoints: list[str] = field(default_factory=list)
+    states: list[StateSaved] = field(default_factory=list)
+    samples: int = 0
+    model_saved: bool = False
+    failures: list[Failure] = field(default_factory=list)
+    resumed_from: Resumed | None = None
+    nan_since: int | None = None
+    last_bar: Bar | None = None
+    lines: deque[Line] = field(default_factory=deque)
+    events_seen: int = 0
+    line_count: int = 0  # display lines ever appended (the tail keeps the last `tail_lines`)
+    processes: int = 1  # trainer processes (several GPUs): every rank prints the same warnings
+    repeats_hidden: int = 0  # warnings not shown again because another rank already printed them
+
+    def __post_init__(self) -> None:
+        self.lines = deque(maxlen=self.tail_lines)
+        self.losses = LossHistory()
+        self._warning_copies: dict[str, int] = {}
+        if self.base_step:
+            self.step = self.base_step
+            self.epoch = self.base_epoch
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.total_steps is None or not self.rate:
+            return None
+        return max(0.0, (self.total_steps - self.step) / self.rate)
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total_steps:
+            return None
+        return max(0.0, min(1.0, self.step / self.total_steps))
+
+    def apply(self, events: list[Event]) -> None:
+        # `type(event) is` rather than isinstance: exact classes, and the type checker narrows on it
+        for event in events:
+            self.events_seen += 1
+            if type(event) is Line:
+                if self.processes > 1 and event.level == "WARNING" and self._repeated(event.text):
+                    continue
+                self.lines.append(event)
+                self.line_count += 1
+            elif type(event) is Bar:
+                self._bar(event)
+            elif type(event) is Epoch:
+                self.epoch, self.epochs = event.n, event.total
+                self.phase = "training"
+            elif type(event) is Totals:
+                if event.total_steps is not None:
+                    self.total_steps = event.total_steps
+                if event.epochs is not None:
+                    self.epochs = event.epochs
+                if event.batches_per_epoch is not None:
+                    self.steps_per_epoch = event.batches_per_epoch
+            elif type(event) is Phase:
+                if event.name != self.phase:
+                    self.phase_bar = None  # the last phase's bar: the new phase has none yet
+                self.phase = event.name
+            elif type(event) is CheckpointSaved:
+                self.checkpoints.append(event.path)
+                self.phase = "saving"
+            elif type(event) is StateSaved:
+                self.states.append(event)
+            elif type(event) is SampleStarted:
+                self.samples += 1
+            elif type(event) is Resumed:
+                self.resumed_from = event
+            elif type(event) is ModelSaved:
+                self.model_saved = True
+                self.phase = "finished"
+            elif type(event) is Failure:
+                self.failures.append(event)
+
+    def _repeated(self, text: str) -> bool:
+        """True for the 2nd..Nth copy of a warning when N processes run (shown once, counted in repeats_hidden)."""
+        copies = self._warning_copies
+        if len(copies) > 4096:
+            copies.clear()
+        seen = copies.get(text, 0)
+        copies[text] = seen + 1
+        if seen % self.processes:
+            self.repeats_hidden += 1
+            return True
+        return False
+
+    @property
+    def failed_ranks(self) -> list[int]:
+        """Ranks that reported a failure (torchrun's root cause first), for "which process failed"."""
+        root = [f.rank for f in self.failures if f.kind == "rank_failed" and f.rank is not None]
+        others = sorted({f.rank for f in self.failures if f.rank is not None} - set(root))
+        return root + others
+
+    @property
+    def bar_line(self) -> str:
+        """The newest bar as one short line (what the terminal's '\r' line shows now)."""
+        bar = self.last_bar
+        if bar is None:
+            return ""
+        text = f"{bar.desc}: {bar.n}/{bar.total} {bar.postfix}" if bar.desc else f"{bar.n}/{bar.total} {bar.postfix}"
+        return text.rstrip()
+
+    def _bar(self, bar: Bar) -> None:
+        self.last_bar = bar
+        if bar.desc != "steps":
+            self.phase_bar = bar
+            return
+        self.phase_bar = None
+        if self.phase != "training" and self.phase in _TRAINING_PHASES:
+            self.phase = "training"
+        if self.total_steps is None:
+            self.total_steps = bar.total
+        step = self.step = self.base_step + bar.n
+        if bar.rate is not None:
+            self.rate = bar.rate
+        self.elapsed_s = bar.elapsed_s
+        loss = bar.loss
+        if loss is not None:
+            self.loss = loss
+            self.losses.add(step, loss)
+            if loss != loss:  # nan
+                if self.nan_since is None:
+                    self.nan_since = step
+            elif self.nan_since is not None:
+                self.nan_since = None
+        if self.steps_per_epoch and self.epochs and bar.n:
+            # keep the epoch consistent with the absolute step even if sd-scripts' epoch line was lost
+            self.epoch = max(self.epoch, min(self.epochs, (self.step - 1) // self.steps_per_epoch + 1))

@@ -1,0 +1,568 @@
+"""Train step: launch sd-scripts detached (or find the live run), follow its log, say how it ended.
+
+`run_step(ctx)` options: `detach` (start and return), `resume` (continue from the newest state folder),
+`attach` (only follow a live run, never start one). Headless, the step reports a progress line every few seconds
+and at each epoch; Ctrl-C (`ctx.cancel`) stops the run as the wizard's s does (SIGINT, SIGTERM, SIGKILL to its
+process group, each after its time limit; `ctx.hurry` skips to the next) and waits until it is gone; with `detach`
+a run that was started is left running. The wizard's Train screen uses
+`RunFollower` and `start_run` directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from lorawizard.core.common.fsutil import shell_path
+from lorawizard.core.common.progress import LogCallback, Progress, ProgressCallback, format_duration, format_rate
+from lorawizard.core.common.text import one_line
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.launch import projectlock, runs
+from lorawizard.core.launch.runs import RunError, RunRecord
+from lorawizard.core.session.document import Session
+from lorawizard.core.train.diagnosis import Diagnosis, diagnose
+from lorawizard.core.train.logparse import Epoch, LogParser, TrainState
+
+DRY_RUN_DIR = "dry-run"  # under <project>/.lorawizard/: the config files a dry run writes
+FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
+
+
+class RunFollower:
+    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off)."""
+
+    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+        self.record = record
+        self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
+                                processes=int(record.extra.get("processes") or 1))
+        self.parser = LogParser()
+        self.chunk = chunk
+        self.clock = clock
+        self.offset = 0
+        self.last_growth = clock()
+        self._flushed = True
+        self._handle: Any = None
+        self.epochs_seen: list[Epoch] = []
+
+    def poll(self, max_bytes: int = 8 << 20) -> int:
+        """Read what the log gained (at most `max_bytes`); returns the number of events applied."""
+        if self._handle is None:
+            try:
+                self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
+            except OSError:
+                return 0
+        count = 0
+        read = 0
+        while read < max_bytes:
+            data = self._handle.read(self.chunk)
+            if not data:
+                break
+            read += len(data)
+            self.offset += len(data)
+            events = self.parser.feed(data)
+            self._apply(events)
+            count += len(events)
+        now = self.clock()
+        if read:
+            self.last_growth = now
+            self._flushed = False
+        elif not self._flushed and now - self.last_growth >= FLUSH_AFTER_S:
+            events = self.parser.flush()
+            self._apply(events)
+            count += len(events)
+            self._flushed = True
+        return count
+
+    def finish(self) -> int:
+        count = self.poll(max_bytes=1 << 40)
+        events = self.parser.finish()
+        self._apply(events)
+        self.close()
+        return count + len(events)
+
+    def _apply(self, events: list[Any]) -> None:
+        if not events:
+            return
+        self.state.apply(events)
+        for event in events:
+            if type(event) is Epoch:
+                self.epochs_seen.append(event)
+
+    @property
+    def quiet_s(self) -> float:
+        return self.clock() - self.last_growth
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def diagnosis(self, *, alive: bool | None = None) -> Diagnosis | None:
+        alive = self.record.is_alive() if alive is None else alive
+        return diagnose(
+            self.state, alive=alive, returncode=None if alive else self.record.returncode(),
+            quiet_s=self.quiet_s, stopped=self.record.stop_requested is not None,
+        )
+
+
+@dataclass
+class Tick:
+    """One look at a followed run: `follower.state` is up to date; `new_lines` arrived since the previous tick."""
+
+    follower: RunFollower
+    record: RunRecord  # reloaded once the run has ended (its exit information)
+    alive: bool
+    new_lines: list[Any]  # logparse.Line
+    first: bool
+    notice: str = ""  # once: the surviving ranks of a failed multi-process run are being stopped
+
+
+def watch(record: RunRecord, *, poll_s: float = 0.25, wait: Callable[[float], bool | None] = time.sleep,
+          follower: RunFollower | None = None, rank_grace_s: float = 120.0) -> Generator[Tick, None, None]:
+    """The one follow loop (headless `follow` and the wizard's dashboard): poll the log, yield a `Tick`, wait
+    `poll_s`; after the run has ended the rest of the log is read and a last tick yielded. `wait` returning True
+    stops the loop (a threading.Event's wait). Closing the iterator early reads the rest of the log too."""
+    follower = follower or RunFollower(record)
+    orphans = RankWatch(rank_grace_s)
+    seen, first, finished = 0, True, False
+    try:
+        while True:
+            follower.poll()
+            alive = record.is_alive()
+            if not alive:
+                follower.finish()
+                finished = True
+                record = record.reload()
+            state = follower.state
+            count, seen = state.line_count - seen, state.line_count
+            new = list(state.lines)[-count:] if count > 0 else []
+            notice = ""
+            if alive and orphans.check(state, follower.clock()):
+                notice = stop_surviving_ranks(record, orphans.reason(state))
+            yield Tick(follower, record, alive, new, first, notice)
+            first = False
+            if not alive or wait(poll_s):
+                return
+    finally:
+        if not finished:
+            follower.finish()
+
+
+# ------------------------------------------------------------------ starting a run
+
+
+@dataclass
+class Plan:
+    """What `start_run` would launch (also what --dry-run prints)."""
+
+    run_dir: Path
+    command: Any  # core.command.TrainCommand
+    files: list[Path]
+    base_step: int = 0
+    base_epoch: int = 0
+    resumed_from: Path | None = None
+    launch: Any = None  # core.multigpu.Launch: processes, GPUs in rank order, notes
+    notes: list[str] = field(default_factory=list)  # for people: state cadence, sampling cost
+    extra: dict[str, Any] = field(default_factory=dict)  # kept in run.json
+
+
+def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = None) -> Plan:
+    """Write the run's config files and build its command. Raises StepFailed with one line when it cannot."""
+    from lorawizard.core.launch.command import CommandError, prepare_run
+    from lorawizard.core.train import samples, statesave
+
+    runs_dir = session.paths.runs
+    overrides: dict[str, Any] = {"save_state": True}
+    state = None
+    base_step = base_epoch = 0
+    extra: dict[str, Any] = {}
+    if resume:
+        point = statesave.resume_point(runs_dir, int(session.get("train.max_train_epochs")))
+        if point.state is None or not point.resumable:
+            raise StepFailed(point.reason)
+        state, base_step, base_epoch = point.state, point.base_step, point.base_epoch
+        if point.steps_per_epoch:
+            # skip the batches already trained in the state's epoch: a step state loses nothing more than the stop did
+            overrides.update({"initial_step": state.step, "skip_until_initial_step": True})
+            # sd-scripts' step restarts at the remainder
+            extra["state_step_offset"] = state.step - state.step % point.steps_per_epoch
+        else:
+            overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
+    cadence = statesave.cadence(session)
+    overrides.update(cadence.overrides())
+    run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        overrides.update(samples.sample_overrides(session, run_dir))
+        prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None)
+    except CommandError as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot write the run's config files in {run_dir}: {exc.strerror or exc}") from None
+    files = list(prepared.files)
+    if overrides.get("sample_prompts"):
+        files.append(Path(overrides["sample_prompts"]))
+    size, estimated = statesave.state_bytes(runs_dir)
+    if size is None:
+        size = statesave.estimated_state_bytes(session.get("train.network_dim"), session.get("train.optimizer_type"))
+    notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step)]
+    return Plan(
+        run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
+        resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
+    )
+
+
+def claim_project(session: Session) -> None:
+    """Take the project lock (kept for the life of this process) before launching or changing a run."""
+    try:
+        projectlock.claim(session.project_dir, "replay" if session.read_only else "wizard")
+    except projectlock.ProjectBusy as exc:
+        raise StepFailed(busy_line(session, exc)) from None
+
+
+def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
+    """Why another process has the project: a live run to watch, or (QA: a wizard that once started or stopped a run
+    keeps the lock while it is open) no run at all, which "a run is starting" wrongly said."""
+    holder = f"pid {busy.pid}" if busy.pid else "another process"
+    what = f" ({busy.what})" if busy.what else ""
+    live = runs.live_run(session.paths.runs)
+    if live is not None:
+        return (f"run {live.run_id} is going in this project and {holder}{what} holds it; "
+                f"use `lorawizard {session.project_dir}` to watch it, or try again when that process has ended")
+    return (f"{holder}{what} holds this project (it is starting a run, or started or stopped one and is still open; "
+            "no run is going now): try again when that process has ended (a wizard: quit it with q)")
+
+
+def start_run(session: Session, plan: Plan) -> RunRecord:
+    command = plan.command
+    extra = dict(plan.extra)
+    on_finish = session.get("train.on_finish")
+    if on_finish:
+        extra["on_finish"] = list(on_finish)
+    try:
+        return runs.launch(
+            command.argv, plan.run_dir, env=command.env, cwd=command.cwd, session_text=session.to_text(),
+            output_name=str(command.options.get("output_name", session.get("name"))),
+            base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
+            gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.get("gpu.uuid"),
+            extra={**_launch_extra(plan.launch), **extra},
+        )
+    except RunError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+def _first(items: list[str]) -> str | None:
+    return items[0] if items else None
+
+
+def _launch_extra(launch: Any) -> dict[str, Any]:
+    """What the dashboard needs of a run on several GPUs: every GPU (rank order) and the process count."""
+    if launch is None:
+        return {}
+    return {"gpu_uuids": list(launch.uuids), "processes": launch.processes, "cpu": launch.cpu}
+
+
+def launch_lines(launch: Any) -> list[str]:
+    """`2 processes (data-parallel) on GPU-a, GPU-b` and the notes (peer-to-peer, a busy GPU)."""
+    if launch is None or not launch.distributed:
+        return []
+    where = "the CPU (test mode)" if launch.cpu else ", ".join(
+        f"GPU {g.index} {g.name}" for g in launch.gpus) or ", ".join(launch.uuids)
+    return [f"{launch.processes} processes (data-parallel, one per GPU) on {where}; port {launch.port}",
+            *launch.notes]
+
+
+def expected_steps_lines(session: Session, launch: Any) -> list[str]:
+    """What sd-scripts will count: steps per epoch (shared by the processes) × epochs; its own totals must agree."""
+    from lorawizard.core.dataset.step import bucket_counts
+    from lorawizard.core.launch import multigpu
+    from lorawizard.core.launch.command import CommandError, batch_size_for
+
+    try:
+        batches = {b: (n, batch_size_for(session, b)) for b, n in bucket_counts(session).items()}
+    except (CommandError, OSError, ValueError):
+        return []
+    if not batches:
+        return []
+    processes = launch.processes if launch is not None else 1
+    repeats, epochs = int(session.get("dataset.num_repeats")), int(session.get("train.max_train_epochs"))
+    per = multigpu.steps_per_epoch(batches, repeats, processes)
+    shared = ""
+    if processes > 1:
+        shared = (f" ({processes} processes share each epoch's batches: "
+                  f"{multigpu.steps_per_epoch(batches, repeats)} steps per epoch on one)")
+    return [f"expected: {per} steps per epoch × {epochs} epochs = {per * epochs} steps{shared}"]
+
+
+def status_line(state: TrainState, *, ended: bool = False, epoch: bool = True) -> str:
+    """`epoch 3/16 · step 120/640 (19%) · 1.92 steps/s · loss 0.312 · ETA 4:31`; a run that `ended` (finished,
+    stopped, failed) has no ETA; without `epoch` where the line names it already ("epoch 3/16 begins")."""
+    parts = []
+    if epoch and state.epochs and state.epoch:  # before the first "epoch 1/N" no epoch has begun: no "epoch 0"
+        parts.append(f"epoch {state.epoch}/{state.epochs}")
+    if state.total_steps:
+        parts.append(f"step {state.step}/{state.total_steps} ({state.fraction or 0:.0%})")
+    elif state.phase != "training":
+        parts.append(state.phase)
+    if state.rate:
+        parts.append(format_rate(state.rate, "steps"))
+    if state.loss is not None:
+        parts.append(f"loss {state.loss:.3g}")
+    if not ended:
+        parts.append(f"ETA {format_duration(state.eta_s)}")
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------ the step
+
+
+class TrainOptions(TypedDict, total=False):
+    """What the train step reads from `ctx.options` (all optional)."""
+
+    detach: bool  # start and return
+    resume: bool  # continue from the newest state folder
+    attach: bool  # only follow a live run, never start one
+
+
+def _options(ctx: StepContext) -> TrainOptions:
+    return cast(TrainOptions, ctx.options)
+
+
+def run_step(ctx: StepContext) -> StepResult:
+    session = ctx.session
+    runs_dir = session.paths.runs
+    detach = bool(_options(ctx).get("detach"))
+    resume = bool(_options(ctx).get("resume"))
+
+    if not ctx.dry_run:
+        claim_project(session)  # before looking for a live run: nobody else can start one after we looked
+    problems: list[str] = []
+    live = runs.live_run(runs_dir, problems)
+    for problem in problems:
+        ctx.log(f"train: {one_line(problem)}")
+    if session.is_set("gpu.machines") and session.get("gpu.machines"):
+        return _several_machines(ctx, runs_dir)
+    if ctx.dry_run:
+        # inside the project whatever paths.runs says: a dry run changes nothing outside it
+        plan = plan_run(session, resume=resume, run_dir=session.paths.state / DRY_RUN_DIR)
+        for line in launch_lines(plan.launch) + expected_steps_lines(session, plan.launch):
+            ctx.log(line)
+        ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
+        for path in plan.files:
+            ctx.log(f"  {path}")
+        for note in plan.notes:
+            ctx.log(note)
+        ctx.log(plan.command.shell_text(multiline=True))
+        note = f"; a run is going now: {live.run_id}" if live else ""
+        return StepResult(True, f"dry run: command printed, nothing launched{note}",
+                          data={"argv": plan.command.argv, "files": [str(p) for p in plan.files]})
+
+    if live is not None:
+        ctx.log(f"a run is already going ({live.run_id}, pid {live.pid}): following it instead of starting another")
+        record = live
+    elif _options(ctx).get("attach"):
+        raise StepFailed(f"no training run is going under {runs_dir}")
+    else:
+        from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
+
+        stale = captions_not_written(session)
+        if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
+            ctx.log(f"train: warning: {stale_captions_line(stale)}")
+        plan = plan_run(session, resume=resume)
+        for line in launch_lines(plan.launch):
+            ctx.log(f"train: {line}")
+        ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
+        record = start_run(session, plan)
+        what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
+        ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
+        for note in plan.notes:
+            ctx.log(f"train: {note}")
+
+    if detach:
+        if ctx.cancel.is_set():  # Ctrl-C while it was being started: --detach means it is left running
+            ctx.log(f"train: interrupted; run {record.run_id} (pid {record.pid}) keeps running (--detach). "
+                    f"Stop it: lorawizard {session.project_dir} --stop")
+            raise Cancelled()
+        ctx.log(f"training keeps running in the background. Follow it: lorawizard {session.project_dir}")
+        ctx.log(f"  or: tail -f {record.log_path}")
+        return StepResult(True, f"run {record.run_id} started in the background (pid {record.pid})",
+                          data={"run_id": record.run_id, "pid": record.pid, "log": str(record.log_path)})
+    result = follow(ctx, record)
+    if result.ok:
+        result = _keep(ctx, result)
+    return result
+
+
+def _keep(ctx: StepContext, result: StepResult) -> StepResult:
+    """Copy the chosen epoch (train.keep_epoch, else the final LoRA) to <project>/loras/ with its sidecar."""
+    from lorawizard.core.train.keep import KeepError, keep_epoch
+
+    try:
+        kept = keep_epoch(ctx.session, ctx.session.get("train.keep_epoch"))
+    except KeepError as exc:
+        return StepResult(False, f"training finished, but {exc}", result.details, result.data)
+    ctx.log(f"train: kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})")
+    result.details.append(f"kept: {kept.lora}")
+    result.data["kept"] = str(kept.lora)
+    return result
+
+
+def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
+    """`gpu.machines`: --dry-run writes one accelerate config per machine and prints each one's command; we never
+    start anything on other machines (no SSH), so a real run says how to start it."""
+    from lorawizard.core.launch import machines
+    from lorawizard.core.launch.command import CommandError
+    from lorawizard.core.launch.multigpu import SelectionError
+
+    if not ctx.dry_run:
+        raise StepFailed("gpu.machines: lorawizard does not start trainers on other machines — run with --dry-run "
+                         "and start the printed command on each machine")
+    run_dir = runs_dir / "machines" if ctx.may_write(runs_dir) else ctx.session.paths.state / "machines"
+    try:
+        lines = machines.dry_run_lines(ctx.session, run_dir)
+    except (CommandError, SelectionError) as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot write the machines' config files in {run_dir}: {exc.strerror or exc}") from None
+    for line in lines:
+        ctx.log(line)
+    return StepResult(True, f"dry run: one accelerate config per machine in {run_dir}; start each printed command on "
+                      "its machine (main machine first)")
+
+
+def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
+    follower = RunFollower(record)
+    state = follower.state
+    reporter = FollowReporter(follower, ctx.progress, ctx.log)
+    warned: set[str] = set()
+    ticks = watch(record, poll_s=poll_s, follower=follower)
+    try:
+        for tick in ticks:
+            reporter.report()
+            problem = follower.diagnosis(alive=tick.alive) if tick.alive else None
+            if problem is not None and problem.kind not in warned:
+                warned.add(problem.kind)
+                ctx.log(f"train: warning: {problem.line()}")
+            if not tick.alive:
+                break
+            if tick.notice:
+                ctx.log(f"train: {tick.notice}")
+                continue
+            if ctx.cancel.is_set():
+                _stop_on_cancel(ctx, record)
+    finally:
+        ticks.close()  # reads the rest of the log (also when cancelled)
+    ctx.progress(_progress(state, finished=True))
+    record = record.reload()
+    code = record.returncode()
+    problem = follower.diagnosis(alive=False)
+    details = [f"log: {record.log_path}", status_line(state, ended=True)]
+    if state.checkpoints:
+        details.append(f"last checkpoint: {state.checkpoints[-1]}")
+    if state.model_saved and code == 0:
+        return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state, ended=True)})", details,
+                          data={"run_id": record.run_id})
+    summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"
+    return StepResult(False, summary, details, data={"run_id": record.run_id, "returncode": code})
+
+
+def _stop_on_cancel(ctx: StepContext, record: RunRecord) -> None:
+    """Ctrl-C while following (not detached): stop the run as the wizard's s does (same signals, same time limits),
+    wait until its whole process group is gone, then raise Cancelled. `ctx.hurry` moves to the next signal at once."""
+    ctx.log(f"train: stopping run {record.run_id}: SIGINT to its process group, SIGTERM after "
+            f"{runs.STOP_INT_S:g} s, SIGKILL after {runs.STOP_TERM_S:g} s more (Ctrl-C again: the next signal now)…")
+
+    def stage(name: str) -> None:
+        if name != "SIGINT":
+            ctx.log(f"train: sending {name} to run {record.run_id}")
+
+    try:
+        how = runs.stop(record, on_stage=stage, hurry=ctx.hurry)
+    except RunError as exc:
+        raise StepFailed(str(exc)) from None
+    ctx.log(f"train: run {record.run_id} stopped ({how}); resume: lorawizard --replay {shell_path(ctx.session.path)} "
+            "--steps train --resume (or r in the wizard)")
+    raise Cancelled()
+
+
+class FollowReporter:
+    """What one poll of a followed run tells a person: each epoch that began (one line), then the progress of
+    the current phase or of training (the caller's progress callback decides how often it shows), or a line
+    when a phase without a bar begins."""
+
+    def __init__(self, follower: RunFollower, progress: ProgressCallback, log: LogCallback) -> None:
+        self.follower, self.progress, self.log = follower, progress, log
+        self.seen_epochs = 0
+        self.last_phase = ""
+        self.begun_at: tuple[int, int] | None = None  # (epoch, step) the last "begins" line showed
+
+    def report(self) -> None:
+        state, epochs = self.follower.state, self.follower.epochs_seen
+        while self.seen_epochs < len(epochs):
+            epoch = epochs[self.seen_epochs]
+            self.seen_epochs += 1
+            now = f" · {status_line(state, epoch=False)}" if self.seen_epochs == len(epochs) else ""
+            self.log(f"train: epoch {epoch.n}/{epoch.total} begins{now}")
+            self.begun_at = (state.epoch, state.step)
+        if state.total_steps and (state.epoch, state.step) == self.begun_at and state.phase_bar is None:
+            pass  # the "begins" line said where training stands; the next step is news
+        elif state.total_steps or state.phase_bar is not None:
+            self.progress(_progress(state))
+        elif state.phase != self.last_phase:
+            self.log(f"train: {state.phase}…")
+        self.last_phase = state.phase
+
+
+def stop_surviving_ranks(record: RunRecord, reason: str) -> str:
+    """Several processes, one failed and the others still run (stuck in a collective): stop them in a thread, so the
+    follower (replay's lines, the wizard's dashboard) keeps reading the log while the signals escalate."""
+    threading.Thread(target=runs.stop, args=(record,), kwargs={"int_timeout": 10, "term_timeout": 5, "kill_timeout": 3},
+                     name=f"stop-ranks-{record.run_id}", daemon=True).start()
+    return f"{reason}: stopping the rest of run {record.run_id}"
+
+
+class RankWatch:
+    """Several processes: once one rank has failed, the others must not be left hanging. torchrun stops them at once
+    when a rank exits; a rank that failed but lives on (stuck in a collective) is caught here after `grace_s`."""
+
+    def __init__(self, grace_s: float = 120.0) -> None:
+        self.grace_s = grace_s
+        self.failed_at: float | None = None
+        self.fired = False
+
+    def check(self, state: TrainState, now: float) -> bool:
+        """True once, `grace_s` after the first rank failure was seen while the run is still alive."""
+        if self.fired or state.processes < 2:
+            return False
+        if not any(f.rank is not None and f.kind != "launcher" for f in state.failures):
+            return False
+        if self.failed_at is None:
+            self.failed_at = now
+            return False
+        if now - self.failed_at >= self.grace_s:
+            self.fired = True
+            return True
+        return False
+
+    @staticmethod
+    def reason(state: TrainState) -> str:
+        ranks = state.failed_ranks
+        return f"rank {ranks[0]} failed and the other processes were still running" if ranks else "a rank failed"
+
+
+def _progress(state: TrainState, *, finished: bool = False) -> Progress:
+    if state.total_steps:
+        # sd-scripts draws its step bar (0/N) before it prints "epoch 1/N": no epoch has begun yet, not "epoch 0"
+        task = f"epoch {state.epoch}/{state.epochs}" if state.epochs and state.epoch else "training"
+        detail = f"loss {state.loss:.3g}" if state.loss is not None else ""
+        if state.base_step:
+            detail += f" (resumed at step {state.base_step}; steps shown are absolute)"
+        return Progress("train", task, state.step, state.total_steps, "steps", state.rate, state.eta_s,
+                        detail.strip(), finished)
+    bar = state.phase_bar
+    if bar is not None:
+        return Progress("train", state.phase, bar.n, bar.total or None, "", bar.rate, bar.remaining_s, "", finished)
+    return Progress("train", state.phase, 0, None, "", None, None, "", finished)
