@@ -174,7 +174,7 @@ def core_bench(project: Path) -> None:
     # token counting with real tokenizer files: the tests' tiny vocabulary (mostly one token per letter, so
     # slower than the real CLIP/T5 vocabularies) stands in, since the real files need the network
     from lorawizard.core.captions.tokens import load_counter
-    from tests.captions_fixtures import make_tokenizers
+    from tests.support.captions_fixtures import make_tokenizers
 
     lines = [item.line for item in captions.items]
     counter = load_counter(make_tokenizers(project / "tok"))

@@ -88,7 +88,7 @@ def first_frame(images: str, runs: int, answer_da1: bool = True, argv: list[str]
     """Seconds from exec to the step bar on screen (`body`: to the step's body), best of `runs` (a fresh project:
     the Environment screen)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.pty_terminal import PtyTerminal
+    from tests.support.pty_terminal import PtyTerminal
 
     best = float("inf")
     with tempfile.TemporaryDirectory() as folder:

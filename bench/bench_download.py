@@ -2,7 +2,7 @@
 
     python bench/bench_download.py [--mb 512] [--rounds 3]
 
-A child process serves the metadata (tests/fakehub) and the bytes (os.sendfile, like a CDN that costs this
+A child process serves the metadata (tests/support/fakehub) and the bytes (os.sendfile, like a CDN that costs this
 machine no CPU), so the numbers compare the clients, not a Python server. Four ways to
 fetch the same file, alternated each round, best-of-N and median reported:
   plain   urllib stream → file with shutil.copyfileobj (1 MiB reads), no checks
@@ -38,7 +38,7 @@ def serve(size: int, blob: str, conn) -> None:  # noqa: ANN001 - a multiprocessi
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tests.fakehub import FakeHub
+    from tests.support.fakehub import FakeHub
 
     data = os.urandom(size)
     Path(blob).write_bytes(data)

@@ -6,10 +6,10 @@ and help.svg; well under a minute)
 The screenshots show demo data and the project's own test doubles, never a real trainer or GPU:
 * a dozen generated photos (different aspect ratios, one too small, one with an EXIF rotation) with a few sidecar
   captions (some missing, one over the CLIP budget), prepared by the real dataset and captions steps;
-* a fake sd-scripts checkout (tests/fake_trainer_env.py, tests/standin) whose "python" answers the environment check
-  with the fake trainer env's canned answer and runs everything else with the stand-in trainer (tests/standin);
-* a fake NVML (tests/fake_nvml.py) with one RTX 3090; the real probe step measures batch sizes with the stand-in
-  trainer's pretend peaks (as tests/test_probe_standin.py does);
+* a fake sd-scripts checkout (tests/support/fake_trainer_env.py, tests/support/standin) whose "python" answers the environment check
+  with the fake trainer env's canned answer and runs everything else with the stand-in trainer (tests/support/standin);
+* a fake NVML (tests/support/fake_nvml.py) with one RTX 3090; the real probe step measures batch sizes with the stand-in
+  trainer's pretend peaks (as tests/unit/test_probe_standin.py does);
 * the Train screen watches a real detached run of the stand-in trainer, paced to be mid-way; it is stopped afterwards.
 Nothing on your machine is read or changed: HOME, the HF cache and the project live in a temp folder, and every child
 process is stopped before the script ends.
@@ -102,7 +102,7 @@ def make_photos(folder: Path) -> None:
 
 def make_trainer(home: Path) -> tuple[Path, Path]:
     """A fake sd-scripts checkout (git, branch sd3, origin set) whose .venv/bin/python is the demo trainer Python."""
-    from tests.standin import make_ready_trainer
+    from tests.support.standin import make_ready_trainer
 
     return make_ready_trainer(home)
 
@@ -155,7 +155,7 @@ def make_project(home: Path) -> Path:
     return project
 
 
-# ---------------------------------------------------------------- fake GPUs (tests/fake_nvml.py)
+# ---------------------------------------------------------------- fake GPUs (tests/support/fake_nvml.py)
 
 _GPU = None
 
@@ -163,16 +163,16 @@ _GPU = None
 def gpu():
     global _GPU
     if _GPU is None:
-        from tests.fake_nvml import fake_gpu
+        from tests.support.fake_nvml import fake_gpu
 
         _GPU = replace(fake_gpu(0, "NVIDIA GeForce RTX 3090", 25.77, 0.4), uuid="GPU-5a1c3090-demo")
     return _GPU
 
 
 def idle_gpu():
-    """The 3090, idle; during the probe it "sees" the stand-in trainer's pretend peak (tests/test_probe_standin.py)."""
-    from tests.fake_nvml import FakeNvml
-    from tests.test_probe_standin import peak_reader
+    """The 3090, idle; during the probe it "sees" the stand-in trainer's pretend peak (tests/unit/test_probe_standin.py)."""
+    from tests.support.fake_nvml import FakeNvml
+    from tests.unit.test_probe_standin import peak_reader
 
     return FakeNvml([gpu()], processes={gpu().uuid: peak_reader(Path(os.environ["STANDIN_PEAK_FILE"]))},
                     per_process=False)
@@ -180,7 +180,7 @@ def idle_gpu():
 
 def busy_gpu():
     """The 3090 while training: 19 GB for the trainer, busy and warm."""
-    from tests.fake_nvml import FakeNvml
+    from tests.support.fake_nvml import FakeNvml
 
     hot = replace(gpu(), utilization_pct=97, temperature_c=71, power_w=338.0)
     return FakeNvml([hot], processes={hot.uuid: {4242: int(18.9e9)}})

@@ -50,11 +50,11 @@ def home_project(isolated_home: Path) -> Path:
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, isolated_home: Path):
-    """The local fake Hugging Face hub (tests/fakehub), populated with the catalog's files, reached via HF_ENDPOINT.
+    """The local fake Hugging Face hub (tests/support/fakehub), populated with the catalog's files, reached via HF_ENDPOINT.
 
     `hub.data` maps file names to the bytes it serves.
     """
-    from tests.fakehub import FakeHub, populate, use_hub
+    from tests.support.fakehub import FakeHub, populate, use_hub
 
     fake = FakeHub().start()
     fake.data = populate(fake)  # type: ignore[attr-defined]

@@ -1,1 +1,1 @@
-"""Pure logic and I/O. Never imports Textual, torch or accelerate (tests/test_import_hygiene.py)."""
+"""Pure logic and I/O. Never imports Textual, torch or accelerate (tests/unit/test_import_hygiene.py)."""

@@ -130,7 +130,7 @@ class EnvOptions(TypedDict, total=False):
     url: str  # clone: repository (tests: a local bare repository)
     with_pip: bool  # venv: with pip (default)
     check_timeout: float  # seconds for the check in the trainer's Python
-    nvml: NvmlAdapter  # the GPUs' adapter (tests: a fake NVML, tests/fake_nvml.py)
+    nvml: NvmlAdapter  # the GPUs' adapter (tests: a fake NVML, tests/support/fake_nvml.py)
 
 
 def _options(ctx: StepContext) -> EnvOptions:

@@ -1,7 +1,7 @@
 """GPU inventory and memory sampling through NVML (nvidia-ml-py, module `pynvml`), behind a small adapter.
 
 `inventory()` never raises for a missing driver or GPU: it returns `Inventory(gpus=[], problem=NO_GPU)` and every
-other step keeps working. Tests pass their own adapter (`tests/fake_nvml.py`); the real one wraps `pynvml`, imported
+other step keeps working. Tests pass their own adapter (`tests/support/fake_nvml.py`); the real one wraps `pynvml`, imported
 lazily so `--help`, replay of other steps and the tests never load it.
 
 GPUs are identified by their NVML UUID ("GPU-…"): NVML numbers GPUs by PCI bus while CUDA's default order is
@@ -91,7 +91,7 @@ class NvmlUnavailable(Exception):
 
 
 class NvmlAdapter(Protocol):
-    """What lorawizard needs from NVML. The real one wraps pynvml; tests pass fakes (tests/fake_nvml.py)."""
+    """What lorawizard needs from NVML. The real one wraps pynvml; tests pass fakes (tests/support/fake_nvml.py)."""
 
     def read_gpus(self) -> list[GpuInfo]:
         """Every GPU NVML sees, in NVML order. Raises NvmlUnavailable when NVML can't be used."""

@@ -1,0 +1,180 @@
+"""The GPU & batch size screen: fake NVML inventories (none, one, two different GPUs), choosing a GPU and a preset,
+a live probe with an injected trial runner, snapshots at 80x24 and 120x40."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, OptionList, Select
+
+from lorawizard.core.session.document import Session
+from lorawizard.tui.app import LoraWizardApp
+from tests.support.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible, one_gpu, two_different_gpus
+from tests.unit.test_probe import PixelBudgetRunner, budget_gpu
+
+
+def with_dataset(project: Path, buckets: dict[str, int] | None = None) -> Session:
+    session = Session.open_project(project)
+    for bucket, count in (buckets or {"1024x1024": 12, "1024x512": 5, "512x1024": 3}).items():
+        folder = project / "dataset" / bucket
+        folder.mkdir(parents=True)
+        for i in range(count):
+            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    session.save()
+    return session
+
+
+async def settle(pilot) -> None:  # noqa: ANN001
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_no_gpu_is_a_clear_state(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, none_visible())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "no NVIDIA GPU visible — probing and training need one" in str(app.screen.query_one("#gpu-state").render())
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        assert app.step_states["probe"] == "attention"
+
+
+async def test_choose_the_other_gpu_and_a_preset(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, two_different_gpus())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        options = app.screen.query_one("#gpu-list", OptionList)
+        assert options.highlighted == 1  # the one with the most free memory
+        options.focus()
+        await pilot.press("up", "enter")
+        await pilot.pause()
+        assert app.session.get("gpu.uuid") == RTX_3090_BUSY.uuid
+        app.screen.query_one("#preset-select", Select).value = "12gb"
+        await pilot.pause()
+        assert app.session.get("gpu.vram_preset") == "12gb"
+    saved = Session.load(home_project / "session.toml")
+    assert saved.get("gpu.uuid") == RTX_3090_BUSY.uuid and saved.get("gpu.vram_preset") == "12gb"
+
+
+async def test_probe_runs_live_and_fills_the_tables(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        trials = app.screen.query_one("#trials", DataTable)
+        assert trials.row_count >= 4
+        results = [str(trials.get_row_at(i)[4]) for i in range(trials.row_count)]
+        assert any("ok" in r for r in results) and any("out of memory" in r for r in results)
+        buckets = app.screen.query_one("#buckets", DataTable)
+        assert str(buckets.get_cell("1024x1024", "batch")) == "3" and str(buckets.get_cell("1024x512", "batch")) == "6"
+        assert str(buckets.get_cell("1024x1024", "source")) == "probed"
+        assert app.step_states["probe"] == "done"
+    assert Session.load(home_project / "session.toml").batch_sizes() == {"1024x1024": 3, "1024x512": 6, "512x1024": 6}
+
+
+async def test_the_presets_batch_reads_as_the_starting_guess_then_gives_way_to_the_probed_sizes(
+        home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        line = str(app.screen.query_one("#estimate").render())
+        assert line.startswith("starting guess before the probe: 1024×1024 batch 2 ≈"), line
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        line = str(app.screen.query_one("#estimate").render())
+        assert line == "probed: batch 3 · 6 · 6 per bucket (table below) · the preset's batch 2 was the starting guess"
+        assert "≈" not in line  # no estimate beside measured sizes
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def probed_project(project: Path) -> Session:
+    """Two different GPUs, the free one chosen, and results of an earlier probe on it."""
+    session = with_dataset(project)
+    session.set("gpu.uuid", RTX_3090_FREE.uuid)
+    session.set("gpu.vram_preset", "24gb")
+    session.set_batch_size("1024x1024", 2)
+    session.set_batch_size("1024x512", 4)
+    session.save()
+    state = project / ".lorawizard"
+    state.mkdir(exist_ok=True)
+    entry = {"batch_size": 2, "peak_gb": 21.6, "s_per_step": 3.91}
+    (state / "probe.json").write_text(json.dumps({
+        "gpu": {"uuid": RTX_3090_FREE.uuid}, "buckets": {"1024x1024": entry, "1024x512": {**entry, "batch_size": 4}},
+    }))
+    return session
+
+
+def test_snapshot_two_gpus_80x24(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, two_different_gpus())
+    app = LoraWizardApp(probed_project(home_project), start_step="probe")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_two_gpus_120x40(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, two_different_gpus())
+    app = LoraWizardApp(probed_project(home_project), start_step="probe")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=settle)
+
+
+def test_snapshot_no_gpu_80x24(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, none_visible())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_after_a_probe_120x40(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, budget_gpu(3 * 1024 * 1024))
+    session = with_dataset(home_project)
+    session.set("gpu.vram_preset", "24gb")
+    app = LoraWizardApp(session, start_step="probe",
+                        step_options={"probe": {"trial_runner": PixelBudgetRunner(budget=3 * 1024 * 1024)}})
+
+    async def probe(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=probe)
+
+
+async def test_escape_cancels_a_running_trial_and_kills_it(home_project: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real trial runner with the stand-in trainer hanging at its first step; Esc must kill its process group."""
+    from tests.support.standin import make_fake_sd_scripts
+    from tests.unit.test_probe_standin import _standin_processes
+
+    sd_scripts, _ = make_fake_sd_scripts(tmp_path)
+    session = with_dataset(home_project, {"512x512": 2})
+    session.set("paths.sd_scripts", str(sd_scripts))
+    session.set("gpu.vram_preset", "24gb")
+    session.save()
+    monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(session, start_step="probe")
+    workdir = home_project / ".lorawizard" / "probe"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        for _ in range(300):  # up to 15 s on a loaded machine
+            await pilot.pause(0.05)
+            if _standin_processes(workdir):
+                break
+        assert _standin_processes(workdir), "the trial never started"
+        await pilot.press("escape")
+        await settle(pilot)
+        assert "cancelled" in str(app.screen.query_one(".runner-status").render())
+        assert app.step_states["probe"] == "attention"
+    assert _standin_processes(workdir) == []
+    assert Session.load(home_project / "session.toml").batch_sizes() == {}

@@ -1,0 +1,1 @@
+"""Tests of core/, the CLI and headless replay: no Textual App driven."""
