@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from lorawizard import __version__
+from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.registry import EXTRA_STEPS, STEP_ORDER
 
-STEPS = ("env", "models", "dataset", "captions", "probe", "train")  # == core.steps.STEP_ORDER (tested)
 IMAGE_RENDERERS = ("auto", "tgp", "sixel", "halfcell", "unicode")
 
 
@@ -31,7 +32,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="lorawizard",
-        description="Train a FLUX.1-dev LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless replay.",
+        description=f"Train a {DEFAULT_FAMILY.title} LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless "
+                    "replay.",
         epilog=(
             "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted; "
             "--status/--follow: 0 finished ok, 1 failed or stopped, 3 running, 4 no run; --stop: 0 stopped, 4 none running. "
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay", metavar="SESSION.toml", type=Path, help="run the session's steps headless")
     parser.add_argument(
         "--steps", metavar="STEP[,STEP...]",
-        help=f"with --replay: which steps, run in this order: {','.join(STEPS)},publish (default: the six, plus "
+        help=f"with --replay: which steps, run in this order: {','.join(STEP_ORDER + EXTRA_STEPS)} (default: the six, plus "
              "publish when session.toml has [publish] repo)",
     )
     parser.add_argument(

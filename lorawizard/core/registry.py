@@ -14,18 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict, cast
 
-from lorawizard.core import step_states
-from lorawizard.core.contract import StepContext, StepResult, StepState
-from lorawizard.core.session.document import Session
-
-if TYPE_CHECKING:  # the step modules are imported lazily at run time (load_step); mypy sees their options here
+if TYPE_CHECKING:  # nothing but the standard library at run time: `--help` and the first frame read this table
+    # (the step modules are imported lazily at run time, by load_step; mypy sees their options here)
     from typing import TypeAlias
 
     from lorawizard.core.captions.step import CaptionsOptions
+    from lorawizard.core.contract import StepContext, StepResult, StepState
     from lorawizard.core.dataset.step import DatasetOptions
     from lorawizard.core.environment.step import EnvOptions
     from lorawizard.core.models.rows import ModelsOptions
     from lorawizard.core.probe.step import ProbeOptions
+    from lorawizard.core.session.document import Session
+    from lorawizard.core.step_states import Guess
     from lorawizard.core.train.step import TrainOptions
 
     # What `StepContext.options` holds: the running step's own TypedDict (publish reads none). Whoever builds options
@@ -43,29 +43,29 @@ class StepSpec:
     run: str  # "module:function", the step's run_step
     screen: str | None  # "module:Class" of its wizard screen; None: no screen of its own (publish is key p on Train)
     options: str | None  # "module:TypedDict" it reads from ctx.options (OptionsByStep must agree: a test checks)
-    guess: step_states.Guess | None  # its state at start-up, from the project on disk; None: nothing to guess
+    guess: str | None  # "module:function" (a step_states.Guess): its state at start-up from the project on disk
     wizard: bool = True  # one of the numbered wizard steps; False: runs only when asked (`--steps publish`)
 
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("env", "Environment", "Env", "lorawizard.core.environment.step:run_step",
              "lorawizard.tui.screens.environment:EnvironmentScreen",
-             "lorawizard.core.environment.step:EnvOptions", step_states.guess_env),
+             "lorawizard.core.environment.step:EnvOptions", "lorawizard.core.step_states:guess_env"),
     StepSpec("models", "Models", "Models", "lorawizard.core.models.step:run_step",
              "lorawizard.tui.screens.models:ModelsScreen",
-             "lorawizard.core.models.step:ModelsOptions", step_states.guess_models),
+             "lorawizard.core.models.rows:ModelsOptions", "lorawizard.core.step_states:guess_models"),
     StepSpec("dataset", "Dataset", "Dataset", "lorawizard.core.dataset.step:run_step",
              "lorawizard.tui.screens.dataset:DatasetScreen",
-             "lorawizard.core.dataset.step:DatasetOptions", step_states.guess_dataset),
+             "lorawizard.core.dataset.step:DatasetOptions", "lorawizard.core.step_states:guess_dataset"),
     StepSpec("captions", "Captions", "Captions", "lorawizard.core.captions.step:run_step",
              "lorawizard.tui.screens.captions:CaptionsScreen",
-             "lorawizard.core.captions.step:CaptionsOptions", step_states.guess_captions),
+             "lorawizard.core.captions.step:CaptionsOptions", "lorawizard.core.step_states:guess_captions"),
     StepSpec("probe", "GPU & batch size", "GPU", "lorawizard.core.probe.step:run_step",
              "lorawizard.tui.screens.gpu:GpuScreen",
-             "lorawizard.core.probe.step:ProbeOptions", step_states.guess_probe),
+             "lorawizard.core.probe.step:ProbeOptions", "lorawizard.core.step_states:guess_probe"),
     StepSpec("train", "Train", "Train", "lorawizard.core.train.step:run_step",
              "lorawizard.tui.screens.train:TrainScreen",
-             "lorawizard.core.train.step:TrainOptions", step_states.guess_train),
+             "lorawizard.core.train.step:TrainOptions", "lorawizard.core.step_states:guess_train"),
     StepSpec("publish", "Publish", "Publish", "lorawizard.core.publish.step:run_step", None, None, None,
              wizard=False),
 )
@@ -127,10 +127,13 @@ def parse_steps(text: str | None) -> list[str]:
 
 def session_step_states(session: Session) -> dict[str, StepState]:
     """Every step's guess from the project on disk (no I/O beyond stat and the manifest): the step bar at start-up."""
-    disk = step_states.OnDisk(session)
+    from lorawizard.core.step_states import OnDisk
+
+    disk = OnDisk(session)
     states: dict[str, StepState] = {}
     for spec in STEPS:
-        state = spec.guess(disk) if spec.guess is not None else None
+        guess = cast("Guess", resolve(spec.guess)) if spec.guess is not None else None
+        state = guess(disk) if guess is not None else None
         if state is not None:
             states[spec.name] = state
     return states

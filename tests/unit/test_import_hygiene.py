@@ -59,13 +59,6 @@ def test_help_imports_nothing_heavy() -> None:
     assert not leaked, f"--help imported {sorted(leaked)}"
 
 
-def test_cli_step_list_matches_core() -> None:
-    from lorawizard import cli
-    from lorawizard.core.registry import STEP_ORDER
-
-    assert cli.STEPS == STEP_ORDER
-
-
 def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
     """What runs before the wizard's first frame (cli → session → the App → the step states → the first screen)
     must not pull the image pipeline, the downloader or the other steps' modules: they cost ~80 ms of start-up and
