@@ -6,6 +6,16 @@ from pathlib import Path
 
 import pytest
 
+TEST_KINDS = ("unit", "tui", "e2e")  # the folders under tests/: each test is marked with its folder's kind
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`pytest -m tui` runs the Pilot and snapshot tests alone, `-m unit` the rest of the default suite."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in TEST_KINDS:
+            item.add_marker(kind)
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
