@@ -1,4 +1,5 @@
-"""Token counts for captions: CLIP-L (77 tokens, the rest is cut off) and T5-XXL (512 for FLUX.1-dev).
+"""Token counts for captions: CLIP-L and T5-XXL, against the budgets and with the tokenizers of the model family
+(core.profile: for FLUX.1-dev CLIP's 77, the rest is cut off, and T5's 512).
 
 Real counts come from the tokenizer files the models step fetches into `paths.tokenizers` (the folders
 sd-scripts reads with `--tokenizer_cache_dir`): `openai_clip-vit-large-patch14` and `google_t5-v1_1-xxl`.
@@ -31,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-CLIP_LIMIT = 77  # CLIP-L position embeddings; the text encoder silently drops the rest
-T5_LIMIT = 512  # sd-scripts' t5xxl_max_token_length for FLUX.1-dev
-CLIP_DIR = "openai_clip-vit-large-patch14"
-T5_DIR = "google_t5-v1_1-xxl"
+from lorawizard.core.profile import DEFAULT_FAMILY
+
+_CLIP, _T5 = DEFAULT_FAMILY.text_encoder("clip_l"), DEFAULT_FAMILY.text_encoder("t5xxl")
+CLIP_LIMIT = _CLIP.max_tokens
+T5_LIMIT = _T5.max_tokens
+CLIP_DIR = _CLIP.tokenizer.folder
+T5_DIR = _T5.tokenizer.folder
 
 # CLIP's pre-tokenizer regex, with `re`-compatible classes: letters, single digits, other non-space runs.
 _CLIP_SPLIT = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)

@@ -1,5 +1,5 @@
-"""Low-VRAM presets for FLUX.1 LoRA training, from sd-scripts' docs (docs/flux_train_network.md §6.1, all with
-`--fp8_base`), and a rough memory estimate per bucket and batch size.
+"""Low-VRAM presets for LoRA training (the built-in tiers are the model family's, core.profile: for FLUX.1-dev from
+sd-scripts' docs), and a rough memory estimate per bucket and batch size.
 
 The preset is chosen from the GPU's total memory and saved as `gpu.vram_preset`; the command builder applies its
 options to every trainer run (`core.command.trainer_options`). A person may pick another one, may override any of
@@ -18,71 +18,20 @@ The probe measures what really fits; the estimate is only a first guess and alwa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from lorawizard.core.gpu.nvml import GB
+from lorawizard.core.profile import DEFAULT_FAMILY, family_for
+from lorawizard.core.profile import VramPreset as VramPreset  # re-exported: the GPU step's name
 from lorawizard.core.session.document import Session
 
 PRESETS_FILE = "vram_presets.toml"
-MAX_BLOCKS_TO_SWAP = 35  # FLUX.1: sd-scripts asserts ≤ 17 double + 36 single blocks swapped
-
-
-@dataclass(frozen=True)
-class VramPreset:
-    name: str  # "24gb": what gpu.vram_preset holds
-    min_gb: float  # chosen for GPUs with at least this much memory (as cards are sold: GiB)
-    batch_size: int  # the docs' batch size: where the probe starts, and the batch size until one is probed
-    options: dict[str, Any] = field(default_factory=dict)  # trainer options (no dashes): value, True for a flag
-    note: str = ""  # what the docs say, for a person
-    fp8_t5: bool = False  # the docs recommend an fp8 T5-XXL file (t5xxl_fp8_e4m3fn, not the "scaled" one)
-    from_docs: bool = True  # False for our own last resort and for the project's vram_presets.toml
-
-    @property
-    def blocks_to_swap(self) -> int:
-        return int(self.options.get("blocks_to_swap") or 0)
-
-    @property
-    def label(self) -> str:
-        return f"{self.min_gb:g} GB" if self.from_docs or self.min_gb else "last resort"
-
-    def title(self) -> str:
-        """`24 GB: fp8 base, AdamW 8-bit, batch 2`."""
-        parts = []
-        if self.options.get("fp8_base"):
-            parts.append("fp8 base")
-        if self.blocks_to_swap:
-            parts.append(f"swap {self.blocks_to_swap} blocks")
-        if self.options.get("optimizer_type") == "adamw8bit":
-            parts.append("AdamW 8-bit")
-        if self.fp8_t5:
-            parts.append("fp8 T5")
-        parts.append(f"batch {self.batch_size}")
-        return f"{self.label}: " + ", ".join(parts)
-
-
-# Ordered from the most memory to the least. Each lower one swaps more blocks (slower, less VRAM, more host RAM).
-# 16 GB: the docs say "batch size 1 and use --blocks_to_swap" without a number; 8 is our choice (the lightest).
-# "max-swap" is not in the docs: 35 blocks is the most FLUX.1 allows; only reached by the probe's step-down.
-BUILTIN_PRESETS: tuple[VramPreset, ...] = (
-    VramPreset("24gb", 24, 2, {"fp8_base": True, "optimizer_type": "adamw8bit"},
-               "24 GB: basic settings work fine (batch size 2)"),
-    VramPreset("16gb", 16, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 8},
-               "16 GB: batch size 1 and use --blocks_to_swap"),
-    VramPreset("12gb", 12, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 16},
-               "12 GB: --blocks_to_swap 16 and 8bit AdamW"),
-    VramPreset("10gb", 10, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 22},
-               "10 GB: --blocks_to_swap 22, fp8 T5XXL recommended", fp8_t5=True),
-    VramPreset("8gb", 8, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 28},
-               "8 GB: --blocks_to_swap 28, fp8 T5XXL recommended", fp8_t5=True),
-    VramPreset("max-swap", 0, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": MAX_BLOCKS_TO_SWAP},
-               "not in the docs: the most block swapping FLUX.1 allows (35); slow, needs much host RAM",
-               fp8_t5=True, from_docs=False),
-)
+# The default family's tiers and block limit (a session's: load_presets(session)).
+BUILTIN_PRESETS: tuple[VramPreset, ...] = DEFAULT_FAMILY.vram_presets
+MAX_BLOCKS_TO_SWAP = DEFAULT_FAMILY.transformer.max_blocks_to_swap
 
 
 class PresetError(Exception):
@@ -91,7 +40,7 @@ class PresetError(Exception):
 
 def load_presets(session: Session | None = None) -> list[VramPreset]:
     """The built-in presets with the project's `vram_presets.toml` applied, from the most memory to the least."""
-    presets = {p.name: p for p in BUILTIN_PRESETS}
+    presets = {p.name: p for p in family_for(session).vram_presets}
     if session is not None:
         path = session.project_dir / PRESETS_FILE
         if path.exists():
@@ -159,7 +108,7 @@ def step_down(preset: VramPreset, presets: list[VramPreset] | None = None) -> Vr
 def session_preset(session: Session, total_bytes: int | None = None) -> VramPreset:
     """The session's preset (gpu.vram_preset), else the one for `total_bytes`, else the largest."""
     presets = load_presets(session)
-    named = preset_named(session.get("gpu.vram_preset"), presets)
+    named = preset_named(session.gpu.vram_preset, presets)
     if named is not None:
         return named
     if total_bytes:
@@ -169,9 +118,7 @@ def session_preset(session: Session, total_bytes: int | None = None) -> VramPres
 
 # ---------------------------------------------------------------- the estimate
 
-# FLUX.1-dev transformer: 11.9 B parameters; 340 M per double block, 142 M per single block (sd-scripts.md §10).
-_FLUX_PARAMS = 11.9e9
-_DOUBLE, _SINGLE = 340e6, 142e6
+_TRANSFORMER = DEFAULT_FAMILY.transformer  # its parameters, and how many each swapped block moves off the GPU
 _OVERHEAD = 1.5 * GB  # CUDA context, LoRA weights and optimizer state, allocator slack
 _PER_MEGAPIXEL = 2.5 * GB  # activations per 1024×1024 image with gradient checkpointing (rough)
 
@@ -183,8 +130,9 @@ def estimate_bytes(preset: VramPreset, width: int, height: int, batch_size: int)
     """
     bytes_per_param = 1 if preset.options.get("fp8_base") else 2
     swap = preset.blocks_to_swap
-    swapped = (swap // 2) * _DOUBLE + 2 * (swap - swap // 2) * _SINGLE if swap else 0
-    weights = max(0.0, _FLUX_PARAMS - swapped) * bytes_per_param
+    double, single = _TRANSFORMER.double_block, _TRANSFORMER.single_block
+    swapped = (swap // 2) * double + 2 * (swap - swap // 2) * single if swap else 0
+    weights = max(0.0, _TRANSFORMER.params - swapped) * bytes_per_param
     activations = batch_size * _PER_MEGAPIXEL * (width * height) / (1024 * 1024)
     return int(weights + _OVERHEAD + activations)
 

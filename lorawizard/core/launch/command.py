@@ -38,6 +38,7 @@ from tomlkit.items import Item, Table
 
 from lorawizard.core.common.fsutil import atomic_write_text
 from lorawizard.core.gpu import presets as vram_presets
+from lorawizard.core.profile import DEFAULT_FAMILY, FAMILIES, ModelFamily, family_for
 from lorawizard.core.session.document import (
     BUCKET_RE,
     FORBIDDEN_CHARS,
@@ -51,7 +52,7 @@ from lorawizard.core.session.document import (
 if TYPE_CHECKING:
     from lorawizard.core.gpu.nvml import NvmlAdapter
 
-TRAIN_SCRIPT = "flux_train_network.py"
+TRAIN_SCRIPT = DEFAULT_FAMILY.backend.script  # the default family's; a session's is family_for(session)'s
 LAUNCH_MODULE = "accelerate.commands.launch"
 DATASET_CONFIG_NAME = "dataset_config.toml"
 ACCELERATE_CONFIG_NAME = "accelerate.yaml"
@@ -97,7 +98,7 @@ def _data_text(name: str) -> str:
 
 @lru_cache(maxsize=1)
 def sd_scripts_options() -> dict[str, OptionSpec]:
-    """Every option of flux_train_network.py's parser (sd3 == main, 2026-02), by name without dashes."""
+    """Every option of the trainer script's parser (sd-scripts sd3 == main, 2026-02), by name without dashes."""
     options: dict[str, OptionSpec] = {}
     for line in _data_text("sd-scripts-options.tsv").splitlines()[1:]:
         if not line.strip():
@@ -133,7 +134,7 @@ def dataset_schema() -> dict[str, SchemaKey]:
 
 def session_vram_preset(session: Session) -> vram_presets.VramPreset | None:
     """The session's `gpu.vram_preset` as a `core.vram_presets.VramPreset`, None when unset; CommandError if unknown."""
-    name = session.get("gpu.vram_preset")
+    name = session.gpu.vram_preset
     if not name:
         return None
     try:
@@ -156,7 +157,7 @@ def preset_overrides(session: Session, preset: vram_presets.VramPreset) -> dict[
                                if not (k == "optimizer_type" and session.is_set("train.optimizer_type"))}
     if preset.blocks_to_swap or preset.min_gb < 24:
         options["highvram"] = None  # as the command builder does: --highvram only for big GPUs
-    extra = parse_extra_args(session.get("train.extra_args"))
+    extra = parse_extra_args(session.train.extra_args)
     return {k: v for k, v in options.items() if k not in extra}
 
 
@@ -169,6 +170,7 @@ class TrainCommand:
     env: dict[str, str]  # only what lorawizard sets; use full_env() to start the process
     cwd: Path
     options: dict[str, Any] = field(default_factory=dict)  # the trainer options, as emitted (for reports/tests)
+    script: str = ""  # the trainer script's word in argv: its options follow it
 
     def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment to start the trainer with: the inherited one (or `base`) plus ours."""
@@ -185,10 +187,7 @@ class TrainCommand:
         prefix += [f"{key}={shlex.quote(value)}" for key, value in sorted(self.env.items())]
         if not multiline:
             return " ".join([*prefix, shlex.join(self.argv)])
-        try:
-            script = next(i for i, word in enumerate(self.argv) if word.endswith(TRAIN_SCRIPT))
-        except StopIteration:
-            script = len(self.argv) - 1
+        script = self.argv.index(self.script) if self.script in self.argv else len(self.argv) - 1
         lines = [" ".join([*prefix, shlex.join(self.argv[:script + 1])])]
         current: list[str] = []
         for word in self.argv[script + 1 :]:
@@ -201,12 +200,15 @@ class TrainCommand:
         return " \\\n".join(lines)
 
 
+def _role_options(families: Iterable[ModelFamily]) -> dict[str, str]:
+    """Each trainer option that takes a model file → where it comes from, for every family's backend."""
+    return {option: f"the models step (models.{role} in session.toml)"
+            for family in families for role, option in family.backend.role_options}
+
+
 # Options lorawizard sets itself: extra_args may not change them (say where they come from instead).
 MANAGED_OPTIONS: dict[str, str] = {
-    "pretrained_model_name_or_path": "the models step (models.flux in session.toml)",
-    "clip_l": "the models step (models.clip_l)",
-    "t5xxl": "the models step (models.t5xxl)",
-    "ae": "the models step (models.ae)",
+    **_role_options(FAMILIES.values()),
     "tokenizer_cache_dir": "paths.tokenizers",
     "dataset_config": "the dataset step (lorawizard writes it per run)",
     "train_data_dir": "the dataset step (lorawizard writes a dataset config)",
@@ -216,7 +218,7 @@ MANAGED_OPTIONS: dict[str, str] = {
     "output_name": "name in session.toml",
     "logging_dir": "paths.runs (one folder per run)",
     "resume": "the train step (resume)",
-    "network_module": "lorawizard (always networks.lora_flux)",
+    "network_module": f"lorawizard (always {DEFAULT_FAMILY.backend.network_module})",
     "config_file": "lorawizard (options go on the command line)",
     "output_config": "lorawizard",
     "max_train_epochs": "train.max_train_epochs",
@@ -407,15 +409,14 @@ def check_conflicts(options: Mapping[str, Any]) -> list[str]:
 
 
 def base_options(session: Session) -> dict[str, Any]:
-    """The default trainer options (the notes' command plus what they missed), with the session's values."""
+    """The default trainer options (the notes' command plus what they missed), with the session's values; the
+    model files' options, the network module and the fixed options are the family's (core.profile)."""
     from lorawizard.core.models.files import resolved_model_paths
 
+    backend = family_for(session).backend
     models = resolved_model_paths(session)
     return {
-        "pretrained_model_name_or_path": models["flux"],
-        "clip_l": models["clip_l"],
-        "t5xxl": models["t5xxl"],
-        "ae": models["ae"],
+        **{option: models[role] for role, option in backend.role_options},
         "tokenizer_cache_dir": session.paths.tokenizers,
         "dataset_config": None,
         "cache_latents_to_disk": True,
@@ -423,26 +424,23 @@ def base_options(session: Session) -> dict[str, Any]:
         "sdpa": True,
         "persistent_data_loader_workers": True,
         "max_data_loader_n_workers": 2,
-        "seed": session.get("train.seed"),
+        "seed": session.train.seed,
         "gradient_checkpointing": True,
-        "mixed_precision": session.get("train.mixed_precision"),
+        "mixed_precision": session.train.mixed_precision,
         "save_precision": "bf16",
-        "network_module": "networks.lora_flux",
-        "network_dim": session.get("train.network_dim"),
+        "network_module": backend.network_module,
+        "network_dim": session.train.network_dim,
         "network_train_unet_only": True,
-        "optimizer_type": session.get("train.optimizer_type"),
-        "learning_rate": session.get("train.learning_rate"),
+        "optimizer_type": session.train.optimizer_type,
+        "learning_rate": session.train.learning_rate,
         "cache_text_encoder_outputs": True,
         "cache_text_encoder_outputs_to_disk": True,
         "fp8_base": True,
         "highvram": True,
-        "max_train_epochs": session.get("train.max_train_epochs"),
-        "save_every_n_epochs": session.get("train.save_every_n_epochs"),
+        "max_train_epochs": session.train.max_train_epochs,
+        "save_every_n_epochs": session.train.save_every_n_epochs,
         "save_state": True,
-        "timestep_sampling": "shift",
-        "discrete_flow_shift": 3.1582,
-        "model_prediction_type": "raw",
-        "guidance_scale": 1.0,
+        **backend.fixed_options,
     }
 
 
@@ -466,14 +464,14 @@ def trainer_options(
             if name == "optimizer_type" and session.is_set("train.optimizer_type"):
                 continue  # the user's explicit choice wins over the preset's
             options[name] = value
-    extra = parse_extra_args(session.get("train.extra_args"))
+    extra = parse_extra_args(session.train.extra_args)
     options.update(extra)
     if options["mixed_precision"] == "no":  # sd-scripts asserts fp8_base/full_bf16 need mixed precision
         for name in ("fp8_base", "fp8_base_unet", "full_bf16"):
             options[name] = None
     options["dataset_config"] = _absolute(dataset_config) if dataset_config is not None else None
     options["output_dir"] = _absolute(output_dir) if output_dir is not None else None
-    options["output_name"] = output_name or session.get("name")
+    options["output_name"] = output_name or session.name
     problem = name_problem(options["output_name"])
     if problem:  # checked here too: it becomes a file name in the run folder, whatever set it
         raise CommandError(f"name: expected {problem}, got {options['output_name']!r}")
@@ -481,7 +479,8 @@ def trainer_options(
     options["resume"] = _absolute(resume) if resume is not None else None
     for name, value in (overrides or {}).items():
         if name not in sd_scripts_options():
-            raise CommandError(f"overrides: --{name} is not an option of sd-scripts' {TRAIN_SCRIPT}{_suggest(name)}")
+            script = family_for(session).backend.script
+            raise CommandError(f"overrides: --{name} is not an option of sd-scripts' {script}{_suggest(name)}")
         options[name] = value
     asked = set(extra) | set(overrides or {})
     if "persistent_data_loader_workers" not in asked and str(options.get("max_data_loader_n_workers")) == "0":
@@ -509,7 +508,7 @@ def build_train_command(
     launch: Any = None,
     nvml: NvmlAdapter | None = None,
 ) -> TrainCommand:
-    """`python -m accelerate.commands.launch --config_file CFG … <sd_scripts>/flux_train_network.py <options>`.
+    """`python -m accelerate.commands.launch --config_file CFG … <sd_scripts>/<the family's script> <options>`.
 
     `launch` (core.multigpu.Launch) says which GPUs and how many processes; by default the session's choice, checked
     with `nvml` (None: the process-wide adapter).
@@ -522,7 +521,7 @@ def build_train_command(
         raise CommandError("paths.python is not set: run the environment step to find or create the trainer's Python")
     launch = launch if launch is not None else plan_launch(session, nvml=nvml)
     extra_launch = {k: v for k, v in launch.options().items()
-                    if k not in parse_extra_args(session.get("train.extra_args")) and k not in (overrides or {})}
+                    if k not in parse_extra_args(session.train.extra_args) and k not in (overrides or {})}
     options = trainer_options(
         session,
         dataset_config=dataset_config,
@@ -533,6 +532,7 @@ def build_train_command(
         resume=resume,
     )
     sd_scripts = _absolute(paths.sd_scripts)
+    script = str(sd_scripts / family_for(session).backend.script)
     argv = [
         str(_absolute(paths.python)),
         "-m",
@@ -543,14 +543,14 @@ def build_train_command(
         "1",
         "--mixed_precision",
         str(options["mixed_precision"]),
-        str(sd_scripts / TRAIN_SCRIPT),
+        script,
         *render_options(options),
     ]
     env = {"PYTHONUNBUFFERED": "1", **launch.env}
     bad = next((word for word in [*argv, *env.values()] if FORBIDDEN_CHARS.search(word)), None)
     if bad is not None:  # paths from the session: NUL cannot be passed, CR/LF would break logs and copies
         raise CommandError(f"the command would contain NUL, CR or a line break: {bad!r}")
-    return TrainCommand(argv=argv, env=env, cwd=sd_scripts, options=options)
+    return TrainCommand(argv=argv, env=env, cwd=sd_scripts, options=options, script=script)
 
 
 def plan_launch(session: Session, **kwargs: Any) -> Any:
@@ -571,7 +571,7 @@ def accelerate_config_text(session: Session, launch: Any = None, *, machine: Any
 
     `machine` (core.machines.Machine) writes one machine's file of a multi-machine run.
     """
-    uuid = session.get("gpu.uuid")
+    uuid = session.gpu.uuid
     if uuid and not re.fullmatch(r"[A-Za-z0-9._:-]+", uuid):
         raise CommandError(f"gpu.uuid: {uuid!r} does not look like an NVML GPU UUID (GPU-xxxxxxxx-…)")
     launch = launch if launch is not None else plan_launch(session)
@@ -616,9 +616,9 @@ def accelerate_config_text(session: Session, launch: Any = None, *, machine: Any
             f"gpu_ids: {gpu}  # {note}\n"
             f"main_process_port: {launch.port}  # free when the run was prepared\n"
         )
-    same_network = "true" if machine is None or session.get("gpu.same_network") else "false"
+    same_network = "true" if machine is None or session.gpu.same_network else "false"
     return header + body + (
-        f"mixed_precision: {session.get('train.mixed_precision')}\n"
+        f"mixed_precision: {session.train.mixed_precision}\n"
         "use_cpu: false\n"
         "debug: false\n"
         "downcast_bf16: 'no'\n"
@@ -731,7 +731,7 @@ def dataset_config_data(
     for bucket in chosen:
         if not BUCKET_RE.match(bucket):
             raise CommandError(f"dataset config: {bucket!r} is not a bucket such as \"1024x512\"")
-    repeats = int(num_repeats if num_repeats is not None else session.get("dataset.num_repeats"))
+    repeats = int(num_repeats if num_repeats is not None else session.dataset.num_repeats)
     if repeats < 1:
         raise CommandError(f"dataset config: num_repeats must be at least 1, got {repeats}")
     root = _absolute(session.paths.dataset)

@@ -1,119 +1,31 @@
-"""What the models step knows about: the model presets and the tokenizer files sd-scripts needs.
+"""What the models step knows about: the base model's presets and tokenizer files (read from the model-family
+profile, core.profile), and the captioners that draft captions.
 
 Sizes and sha256 are deliberately *not* written here: they come from the hub's metadata at first contact and
-are then recorded under `.lorawizard/models.json`, so later checks work offline (see `core.steps.models` and `core.model_files`).
+are then recorded under `.lorawizard/models.json`, so later checks work offline (see `core.models.step` and `core.models.files`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROLES = ("flux", "ae", "clip_l", "t5xxl")
-ROLE_TITLES = {"flux": "FLUX.1-dev", "ae": "autoencoder (AE)", "clip_l": "CLIP-L", "t5xxl": "T5-XXL"}
-MODEL_SUFFIXES = (".safetensors", ".sft")  # the files sd-scripts' FLUX.1 loaders read
+from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.profile import ModelFile as ModelFile  # re-exported: the models step's names
+from lorawizard.core.profile import Preset as Preset
+from lorawizard.core.profile import Tokenizer as Tokenizer
 
-# ComfyUI keeps each kind of file in its own folder(s) under models/.
-COMFY_FOLDERS = {
-    "flux": ("unet", "diffusion_models", "checkpoints"),
-    "ae": ("vae",),
-    "clip_l": ("clip", "text_encoders"),
-    "t5xxl": ("clip", "text_encoders"),
-}
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    role: str  # flux | ae | clip_l | t5xxl
-    repo: str
-    filename: str
-    revision: str = "main"
-    gated: bool = False  # the repository needs an accepted license and a token
-
-    @property
-    def key(self) -> str:
-        """Identity of the remote file (used for recorded metadata)."""
-        return f"{self.repo}/{self.filename}@{self.revision}"
-
-    @property
-    def page(self) -> str:
-        return f"https://huggingface.co/{self.repo}"
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    title: str
-    files: tuple[ModelFile, ...]
-    approx_gb: float  # for the screen before metadata is known (labelled as approximate)
-
-    def file_for(self, role: str) -> ModelFile:
-        return next(f for f in self.files if f.role == role)
-
-
-_CAMENDURU = "camenduru/FLUX.1-dev"
-_BFL = "black-forest-labs/FLUX.1-dev"
-_TEXT_ENCODERS = "comfyanonymous/flux_text_encoders"
-
-PRESETS: dict[str, Preset] = {
-    "flux1-dev-fp8": Preset(
-        "flux1-dev-fp8",
-        "FLUX.1-dev fp8 (default, ungated)",
-        (
-            ModelFile("flux", "Kijai/flux-fp8", "flux1-dev-fp8.safetensors"),
-            ModelFile("ae", _CAMENDURU, "ae.safetensors"),
-            ModelFile("clip_l", _CAMENDURU, "clip_l.safetensors"),
-            ModelFile("t5xxl", _CAMENDURU, "t5xxl_fp8_e4m3fn.safetensors"),
-        ),
-        17.0,
-    ),
-    "flux1-dev-bf16": Preset(
-        "flux1-dev-bf16",
-        "FLUX.1-dev bf16 (official, gated: accept the license first)",
-        (
-            ModelFile("flux", _BFL, "flux1-dev.safetensors", gated=True),
-            ModelFile("ae", _BFL, "ae.safetensors", gated=True),
-            ModelFile("clip_l", _TEXT_ENCODERS, "clip_l.safetensors"),
-            ModelFile("t5xxl", _TEXT_ENCODERS, "t5xxl_fp16.safetensors"),
-        ),
-        33.0,
-    ),
-}
-DEFAULT_PRESET = "flux1-dev-fp8"
+# The default family's facts under the names the models step and its screen have always used.
+ROLES = DEFAULT_FAMILY.role_names
+ROLE_TITLES = {role.name: role.title for role in DEFAULT_FAMILY.roles}
+MODEL_SUFFIXES = DEFAULT_FAMILY.model_suffixes
+COMFY_FOLDERS = {role.name: role.comfy_folders for role in DEFAULT_FAMILY.roles}
+PRESETS: dict[str, Preset] = {p.name: p for p in DEFAULT_FAMILY.presets}
+DEFAULT_PRESET = DEFAULT_FAMILY.default_preset.name
+TOKENIZERS: tuple[Tokenizer, ...] = DEFAULT_FAMILY.tokenizers
 
 
 def preset(name: str | None) -> Preset:
-    return PRESETS.get(name or DEFAULT_PRESET, PRESETS[DEFAULT_PRESET])
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    """A tokenizer sd-scripts loads with `from_pretrained`; it reads `<tokenizer_cache_dir>/<folder>`."""
-
-    repo: str
-    required: tuple[str, ...]
-    optional: tuple[str, ...] = ()
-    revision: str = "main"
-
-    @property
-    def folder(self) -> str:
-        return self.repo.replace("/", "_")
-
-    def files(self) -> tuple[tuple[str, bool], ...]:
-        return tuple((name, True) for name in self.required) + tuple((name, False) for name in self.optional)
-
-
-TOKENIZERS: tuple[Tokenizer, ...] = (
-    Tokenizer(
-        "openai/clip-vit-large-patch14",
-        ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
-        ("tokenizer.json",),
-    ),
-    Tokenizer(
-        "google/t5-v1_1-xxl",
-        ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
-        ("tokenizer.json",),
-    ),
-)
+    return DEFAULT_FAMILY.preset(name)
 
 
 # ---------------------------------------------------------------- captioners (auto-captions)

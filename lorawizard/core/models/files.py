@@ -13,7 +13,8 @@ from typing import Any
 from lorawizard.core.common.fsutil import atomic_write_json, display_path
 from lorawizard.core.models import catalog
 from lorawizard.core.models.catalog import MODEL_SUFFIXES, Tokenizer
-from lorawizard.core.session.document import MODEL_ROLES, Session
+from lorawizard.core.profile import family_for
+from lorawizard.core.session.document import Session
 
 METADATA_FILE = "models.json"  # under .lorawizard/: remote sizes/sha256/commits, and the file chosen per role
 
@@ -35,16 +36,17 @@ def save_metadata(session: Session, data: dict[str, Any]) -> None:
 
 
 def preset_name(session: Session) -> str:
-    return session.get("models.preset") or catalog.DEFAULT_PRESET
+    return session.models.preset or catalog.DEFAULT_PRESET
 
 
 def resolved_model_paths(session: Session) -> dict[str, Path]:
     """role → the file training uses: the session's override, else the file the models step found or downloaded
     for the current preset, else `<paths.models>/<preset file>`. Cheap: no hashing, no network."""
     chosen = load_metadata(session).get("resolved", {}).get(preset_name(session), {})
-    files = catalog.preset(preset_name(session))
+    family = family_for(session)
+    files = family.preset(preset_name(session))
     paths: dict[str, Path] = {}
-    for role in MODEL_ROLES:
+    for role in family.role_names:
         override = session.resolve(session.get(f"models.{role}"))
         found = Path(chosen[role]) if isinstance(chosen.get(role), str) else None
         if override is not None:
@@ -60,7 +62,7 @@ def model_file_problem(path: Path) -> str | None:
     """Why a file a person chose for a model role cannot be one (one line), or None. Only the format is checked: a
     file of another size or hash is allowed (a fine-tune, another quantisation), a text file or an archive is not."""
     if Path(path).suffix.lower() not in MODEL_SUFFIXES:
-        return f"{display_path(path)} is not a .safetensors file (sd-scripts reads FLUX.1 models only in that format)"
+        return f"{display_path(path)} is not a .safetensors file (the trainer reads the base model's files only in that format)"
     return None
 
 

@@ -51,13 +51,11 @@ from lorawizard.core.models.files import (
 )
 from lorawizard.core.models.finder import HashCache, HashCancelled, candidates, sha256_of
 from lorawizard.core.models.rows import ModelsOptions, RoleState
-from lorawizard.core.session.document import MODEL_ROLES, Session
+from lorawizard.core.session.document import Session
 
 HASH_CACHE_FILE = "hash-cache.json"
 FOLDERS_FILE = "model-folders.json"
 TOKENIZER_ROLE = "tokenizers"
-
-assert tuple(MODEL_ROLES) == ROLES  # noqa: S101 - the session schema and the catalog agree
 
 
 # ---------------------------------------------------------------- bookkeeping
@@ -129,7 +127,7 @@ def _options(ctx: StepContext) -> ModelsOptions:
 
 
 def run_step(ctx: StepContext) -> StepResult:
-    """The FLUX files and tokenizers, then the captioner's row (downloaded too with `[captions] auto = true`)."""
+    """The base model's files and tokenizers, then the captioner's row (downloaded too with `[captions] auto = true`)."""
     if _options(ctx).get("action") == "captioner":
         return captioner_step(ctx)
     return after_model_files(ctx, _model_files_step(ctx))

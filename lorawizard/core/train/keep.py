@@ -16,6 +16,7 @@ from typing import Any
 
 from lorawizard.core.common.fsutil import atomic_write_json, new_file_mode
 from lorawizard.core.launch import runs
+from lorawizard.core.profile import family_for
 from lorawizard.core.session.document import Session
 
 LORAS_DIR = "loras"
@@ -35,7 +36,7 @@ class Kept:
 
 def epoch_exists_in_plan(session: Session, epoch: int) -> str | None:
     """Whether the session's settings ever write epoch `epoch` (a one-line reason when not, else None)."""
-    epochs, every = session.get("train.max_train_epochs"), session.get("train.save_every_n_epochs")
+    epochs, every = session.train.max_train_epochs, session.train.save_every_n_epochs
     if epoch == 0 or epoch == epochs or (0 < epoch < epochs and epoch % every == 0):
         return None
     saved = [e for e in range(every, epochs, every)] + [epochs]
@@ -45,8 +46,8 @@ def epoch_exists_in_plan(session: Session, epoch: int) -> str | None:
 
 def find_epoch(session: Session, epoch: int) -> tuple[Path, Any]:
     """(LoRA file, run record) of `epoch` (0: the final LoRA) in the newest run that has it."""
-    name = session.get("name")
-    last = session.get("train.max_train_epochs")
+    name = session.name
+    last = session.train.max_train_epochs
     for record in reversed(runs.list_runs(session.paths.runs)):
         output = record.output_name or name
         for path, found, _size in reversed(runs.checkpoints(record.dir, output)):
@@ -66,8 +67,8 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
 
     epoch = int(epoch or 0)
     source, record = find_epoch(session, epoch)
-    name = session.get("name")
-    shown = epoch or session.get("train.max_train_epochs")
+    name = session.name
+    shown = epoch or session.train.max_train_epochs
     folder = session.project_dir / LORAS_DIR
     target = folder / f"{name}-e{shown}.safetensors"
     try:
@@ -87,8 +88,8 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
     sidecar = target.with_suffix(".json")
     atomic_write_json(sidecar, {
         "epoch": shown, "step": shown * per_epoch if per_epoch else None, "run_id": record.run_id,
-        "source": str(source), "trigger": session.get("dataset.trigger"), "settings": train,
-        "base_model": "black-forest-labs/FLUX.1-dev", "sample_prompts": prompts,
+        "source": str(source), "trigger": session.dataset.trigger, "settings": train,
+        "base_model": family_for(session).hub_repo, "sample_prompts": prompts,
         "samples": [str(p) for p in grid.files(shown)],
     })
     return Kept(target, sidecar, shown, record.run_id)
@@ -113,8 +114,8 @@ def run_chain(record: Any) -> list[Any]:
 def kept_lora(session: Session) -> Path | None:
     """The kept LoRA publish uses: train.keep_epoch's copy, else the newest copy in loras/."""
     folder = session.project_dir / LORAS_DIR
-    name = session.get("name")
-    chosen = session.get("train.keep_epoch")
+    name = session.name
+    chosen = session.train.keep_epoch
     if chosen:
         path = folder / f"{name}-e{chosen}.safetensors"
         return path if path.is_file() else None

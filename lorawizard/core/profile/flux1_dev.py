@@ -1,0 +1,137 @@
+"""FLUX.1-dev, trained with kohya-ss/sd-scripts' flux_train_network.py: every fact lorawizard knows about it.
+
+Model file sizes and sha256 are deliberately *not* written here: they come from the hub's metadata at first
+contact and are then recorded under `.lorawizard/models.json`, so later checks work offline (core.models).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from lorawizard.core.profile.family import (
+    Licence,
+    ModelFamily,
+    ModelFile,
+    ModelRole,
+    Preset,
+    SampleDefaults,
+    TextEncoder,
+    Tokenizer,
+    TrainerBackend,
+    TransformerSize,
+    VramPreset,
+)
+
+_BFL = "black-forest-labs/FLUX.1-dev"
+_CAMENDURU = "camenduru/FLUX.1-dev"
+_TEXT_ENCODERS = "comfyanonymous/flux_text_encoders"
+
+ROLES = (
+    ModelRole("flux", "FLUX.1-dev", ("unet", "diffusion_models", "checkpoints")),
+    ModelRole("ae", "autoencoder (AE)", ("vae",)),
+    ModelRole("clip_l", "CLIP-L", ("clip", "text_encoders")),
+    ModelRole("t5xxl", "T5-XXL", ("clip", "text_encoders")),
+)
+
+PRESETS = (
+    Preset(
+        "flux1-dev-fp8",
+        "FLUX.1-dev fp8 (default, ungated)",
+        (
+            ModelFile("flux", "Kijai/flux-fp8", "flux1-dev-fp8.safetensors"),
+            ModelFile("ae", _CAMENDURU, "ae.safetensors"),
+            ModelFile("clip_l", _CAMENDURU, "clip_l.safetensors"),
+            ModelFile("t5xxl", _CAMENDURU, "t5xxl_fp8_e4m3fn.safetensors"),
+        ),
+        17.0,
+    ),
+    Preset(
+        "flux1-dev-bf16",
+        "FLUX.1-dev bf16 (official, gated: accept the license first)",
+        (
+            ModelFile("flux", _BFL, "flux1-dev.safetensors", gated=True),
+            ModelFile("ae", _BFL, "ae.safetensors", gated=True),
+            ModelFile("clip_l", _TEXT_ENCODERS, "clip_l.safetensors"),
+            ModelFile("t5xxl", _TEXT_ENCODERS, "t5xxl_fp16.safetensors"),
+        ),
+        33.0,
+    ),
+)
+
+TEXT_ENCODERS = (
+    # CLIP-L's position embeddings: the text encoder silently drops the rest (75 tokens of text + 2 special).
+    TextEncoder("clip_l", "CLIP", 77, Tokenizer(
+        "openai/clip-vit-large-patch14",
+        ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
+        ("tokenizer.json",),
+    )),
+    # sd-scripts' t5xxl_max_token_length for FLUX.1-dev.
+    TextEncoder("t5xxl", "T5", 512, Tokenizer(
+        "google/t5-v1_1-xxl",
+        ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
+        ("tokenizer.json",),
+    )),
+)
+
+SD_SCRIPTS = TrainerBackend(
+    name="kohya-ss/sd-scripts",
+    script="flux_train_network.py",
+    network_module="networks.lora_flux",
+    role_options=(("flux", "pretrained_model_name_or_path"), ("clip_l", "clip_l"), ("t5xxl", "t5xxl"), ("ae", "ae")),
+    # The community's FLUX.1-dev LoRA recipe (sd-scripts' docs): shifted timesteps with FLUX's resolution shift
+    # 3.1582, the raw prediction, and guidance 1.0 while training (the distilled guidance is for sampling).
+    fixed_options=MappingProxyType({
+        "timestep_sampling": "shift",
+        "discrete_flow_shift": 3.1582,
+        "model_prediction_type": "raw",
+        "guidance_scale": 1.0,
+    }),
+    card_tag="kohya-sd-scripts",
+    text_encoder_cache_suffix="_flux_te.npz",
+    latent_cache_suffix="_flux.npz",
+)
+
+# Low-VRAM presets from sd-scripts' docs (docs/flux_train_network.md §6.1, all with `--fp8_base`), ordered from the
+# most memory to the least. Each lower one swaps more blocks (slower, less VRAM, more host RAM).
+# 16 GB: the docs say "batch size 1 and use --blocks_to_swap" without a number; 8 is our choice (the lightest).
+# "max-swap" is not in the docs: 35 blocks is the most FLUX.1 allows; only reached by the probe's step-down.
+MAX_BLOCKS_TO_SWAP = 35  # sd-scripts asserts ≤ 17 double + 36 single blocks swapped
+VRAM_PRESETS = (
+    VramPreset("24gb", 24, 2, {"fp8_base": True, "optimizer_type": "adamw8bit"},
+               "24 GB: basic settings work fine (batch size 2)"),
+    VramPreset("16gb", 16, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 8},
+               "16 GB: batch size 1 and use --blocks_to_swap"),
+    VramPreset("12gb", 12, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 16},
+               "12 GB: --blocks_to_swap 16 and 8bit AdamW"),
+    VramPreset("10gb", 10, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 22},
+               "10 GB: --blocks_to_swap 22, fp8 T5XXL recommended", fp8_t5=True),
+    VramPreset("8gb", 8, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": 28},
+               "8 GB: --blocks_to_swap 28, fp8 T5XXL recommended", fp8_t5=True),
+    VramPreset("max-swap", 0, 1, {"fp8_base": True, "optimizer_type": "adamw8bit", "blocks_to_swap": MAX_BLOCKS_TO_SWAP},
+               "not in the docs: the most block swapping FLUX.1 allows (35); slow, needs much host RAM",
+               fp8_t5=True, from_docs=False),
+)
+
+FLUX1_DEV = ModelFamily(
+    name="flux1-dev",
+    title="FLUX.1-dev",
+    card_title="FLUX.1 [dev]",
+    hub_repo=_BFL,
+    roles=ROLES,
+    model_suffixes=(".safetensors", ".sft"),  # the files sd-scripts' FLUX.1 loaders read
+    presets=PRESETS,
+    text_encoders=TEXT_ENCODERS,
+    backend=SD_SCRIPTS,
+    samples=SampleDefaults(steps=20, guidance=3.5),
+    resolution=1024,
+    vram_presets=VRAM_PRESETS,
+    # 11.9 B parameters; 340 M per double block, 142 M per single block (sd-scripts.md §10).
+    transformer=TransformerSize(params=11.9e9, double_block=340e6, single_block=142e6,
+                                max_blocks_to_swap=MAX_BLOCKS_TO_SWAP),
+    licence=Licence(
+        name="flux-1-dev-non-commercial-license",
+        title="FLUX.1 [dev] Non-Commercial License",
+        link=f"https://huggingface.co/{_BFL}/blob/main/LICENSE.md",
+    ),
+    card_tags=("flux",),
+)
