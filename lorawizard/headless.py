@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from lorawizard.core.common.progress import Progress, format_duration, format_progress
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
+from lorawizard.core.profile import family_for
 from lorawizard.core.registry import STEP_TITLES, OptionsByStep, load_step, options_for
 from lorawizard.core.session.document import Session, SessionError
 
@@ -129,25 +130,25 @@ def check_inputs(session: Session, steps: list[str], *, dry_run: bool = False, d
     """Inputs the user named must exist (outputs are created). Returns a one-line problem or None."""
     wanted: list[tuple[str, Any]] = []
     if {"dataset", "captions"} & set(steps):
-        wanted.append(("dataset.source", session.get("dataset.source")))
+        wanted.append(("dataset.source", session.dataset.source))
     if session.is_set("paths.python") and "env" not in steps:  # the env step reports a missing Python itself
-        wanted.append(("paths.python", session.get("paths.python")))
+        wanted.append(("paths.python", session.path_settings.python))
     if session.is_set("paths.sd_scripts") and "env" not in steps:
-        wanted.append(("paths.sd_scripts", session.get("paths.sd_scripts")))
-    for role in ("flux", "ae", "clip_l", "t5xxl"):
+        wanted.append(("paths.sd_scripts", session.path_settings.sd_scripts))
+    for role in family_for(session).role_names:
         if session.is_set(f"models.{role}"):
             wanted.append((f"models.{role}", session.get(f"models.{role}")))
     if {"probe", "train"} & set(steps):  # the options reach the trainer's argv: bad ones are bad usage (exit 2)
         from lorawizard.core.launch.command import CommandError, parse_extra_args
 
         try:
-            parse_extra_args(session.get("train.extra_args"))
+            parse_extra_args(session.train.extra_args)
         except CommandError as exc:
             return f"{session.path}: {exc}"
-    if "train" in steps and session.get("train.keep_epoch"):
+    if "train" in steps and session.train.keep_epoch:
         from lorawizard.core.train.keep import epoch_exists_in_plan
 
-        problem = epoch_exists_in_plan(session, session.get("train.keep_epoch"))
+        problem = epoch_exists_in_plan(session, session.train.keep_epoch)
         if problem:
             return f"{session.path}: {problem}"
     if "publish" in steps:  # a missing repo or token is a setup problem: said before any step runs (exit 2)

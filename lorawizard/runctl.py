@@ -47,7 +47,7 @@ def _session_facts(project: Path) -> tuple[str, int | None]:
 
     path = Path(project).expanduser().absolute() / SESSION_FILE
     try:
-        epochs: int | None = int(Session.load(path, read_only=True).get("train.max_train_epochs"))
+        epochs: int | None = Session.load(path, read_only=True).train.max_train_epochs
     except (SessionError, OSError, TypeError, ValueError):
         epochs = None
     return shell_path(path), epochs

@@ -91,7 +91,7 @@ def probe_covers(session: Session, images: list[PreparedImage] | None = None) ->
 def _captions_written(session: Session, images: list[PreparedImage]) -> bool:
     """Every prepared image has a caption (or captionless training is intended) and its caption file on disk."""
     entries = session.images()
-    captionless = bool(session.get("dataset.captionless"))
+    captionless = session.dataset.captionless
 
     def captioned(source: str) -> bool:
         return captionless or bool(str(entries.get(source, {}).get("caption") or "").strip())

@@ -160,8 +160,8 @@ def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
         problem = getattr(inventory, "problem", None) or "no NVIDIA GPU visible — probing and training need one"
         return Finding("gpu", "warning", "GPU", problem + (f"; {reason}" if reason else ""),
                        "install the NVIDIA driver or run lorawizard on the GPU machine; the other steps still work")
-    several = list(session.get("gpu.uuids") or [])  # training on several GPUs: every one must be here
-    chosen_uuids = several if len(several) > 1 else [u for u in [session.get("gpu.uuid")] if u]
+    several = session.gpu.uuids  # training on several GPUs: every one must be here
+    chosen_uuids = several if len(several) > 1 else [u for u in [session.gpu.uuid] if u]
     visible = {g.uuid for g in gpus}
     gone = [u for u in chosen_uuids if u not in visible]
     if gone:

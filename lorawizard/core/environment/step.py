@@ -156,9 +156,9 @@ def run_step(ctx: StepContext) -> StepResult:
             return StepResult(False, result.summary, details, data)
     diagnosis = examine(session, cancel=ctx.cancel, progress=ctx.progress,
                          timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)), nvml=_options(ctx).get("nvml"))
-    if diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts"):
-        if inspect_checkout(diagnosis.sd_scripts).has_flux:
-            ctx.record("paths.sd_scripts", str(diagnosis.sd_scripts))
+    if (diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts")
+            and inspect_checkout(diagnosis.sd_scripts).has_flux):
+        ctx.record("paths.sd_scripts", str(diagnosis.sd_scripts))
     if (diagnosis.python is not None and not session.is_set("paths.python") and diagnosis.python.exists()
             and diagnosis.python != session.paths.python):
         ctx.record("paths.python", str(diagnosis.python))

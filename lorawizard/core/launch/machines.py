@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core.launch.multigpu import DEFAULT_PORT, Launch, SelectionError
+from lorawizard.core.session.document import Session
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -34,9 +35,9 @@ class Machine:
         return self.gpus * self.count
 
 
-def parse_machines(session: Any) -> list[tuple[str, int]]:
+def parse_machines(session: Session) -> list[tuple[str, int]]:
     """[(host, gpus)] from `gpu.machines`; [] when unset. SelectionError (one line) for a bad entry."""
-    entries = session.get("gpu.machines") if session.is_set("gpu.machines") else []
+    entries = session.gpu.machines
     machines = []
     for entry in entries:
         host, _, gpus = entry.rpartition(":")
@@ -53,9 +54,9 @@ def parse_machines(session: Any) -> list[tuple[str, int]]:
     return machines
 
 
-def plan_machines(session: Any) -> list[Machine]:
+def plan_machines(session: Session) -> list[Machine]:
     machines = parse_machines(session)
-    port = int(session.get("gpu.main_process_port") or DEFAULT_PORT)
+    port = session.gpu.main_process_port or DEFAULT_PORT
     if not 1024 <= port <= 65535:
         raise SelectionError(f"gpu.main_process_port: expected a TCP port from 1024 to 65535, got {port}")
     main = machines[0][0] if machines else ""
@@ -68,7 +69,7 @@ def machine_launch(machine: Machine) -> Launch:
                   p2p_disabled=True)
 
 
-def write_machine_runs(session: Any, run_dir: Path) -> list[tuple[Machine, Path, Any]]:
+def write_machine_runs(session: Session, run_dir: Path) -> list[tuple[Machine, Path, Any]]:
     """One accelerate config per machine in `run_dir` and its command: [(machine, config, TrainCommand)]."""
     from lorawizard.core.common.fsutil import atomic_write_text
     from lorawizard.core.launch import command as builder
@@ -92,7 +93,7 @@ def write_machine_runs(session: Any, run_dir: Path) -> list[tuple[Machine, Path,
     return result
 
 
-def shared_paths(session: Any, command: Any) -> list[str]:
+def shared_paths(session: Session, command: Any) -> list[str]:
     """Folders and files every machine must have at the same path (the command and the dataset config name them)."""
     options = command.options
     paths = [str(command.cwd), command.argv[0], str(Path(session.paths.dataset).absolute())]
@@ -103,13 +104,13 @@ def shared_paths(session: Any, command: Any) -> list[str]:
     return paths
 
 
-def dry_run_lines(session: Any, run_dir: Path) -> list[str]:
+def dry_run_lines(session: Session, run_dir: Path) -> list[str]:
     """What `--dry-run` prints for a multi-machine session: per machine its config and exact command."""
     runs = write_machine_runs(session, run_dir)
     first = runs[0][0]
     lines = [f"{first.count} machines × {first.gpus} GPUs = {first.total_processes} processes; main machine "
              f"{first.main_ip}:{first.port} (open that port between the machines; same_network = "
-             f"{str(bool(session.get('gpu.same_network'))).lower()})",
+             f"{str(session.gpu.same_network).lower()})",
              "the same paths on every machine (same sd-scripts commit, trainer venv, driver generation):"]
     lines += [f"  {path}" for path in shared_paths(session, runs[0][2])]
     lines.append("copy the dataset folder and these config files to every machine; the LoRA is saved on the main one")

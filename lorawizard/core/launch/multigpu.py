@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorawizard.core.gpu.nvml import GB, GpuInfo, Inventory, NvmlAdapter, NvmlUnavailable, default_nvml, inventory
+from lorawizard.core.session.document import Session
 
 CPU_PROCESSES_ENV = "LORAWIZARD_CPU_PROCESSES"
 DEFAULT_PORT = 29500  # torchrun's default; several machines must agree on one
@@ -45,10 +46,10 @@ class SelectionError(ValueError):
     """The chosen GPUs cannot be used together; the message is one line meant for a person."""
 
 
-def chosen_uuids(session: Any) -> list[str]:
+def chosen_uuids(session: Session) -> list[str]:
     """`gpu.uuids` when set (several GPUs), else `[gpu.uuid]`, else []. Raises SelectionError for bad values."""
-    many = session.get("gpu.uuids") if session.is_set("gpu.uuids") else []
-    uuids = list(many) if many else ([session.get("gpu.uuid")] if session.get("gpu.uuid") else [])
+    uuid = session.gpu.uuid
+    uuids = session.gpu.uuids or ([uuid] if uuid else [])
     for uuid in uuids:
         if not UUID_RE.match(uuid):
             raise SelectionError(f"gpu.uuids: {uuid!r} does not look like an NVML GPU UUID (GPU-xxxxxxxx-…)")
@@ -159,7 +160,7 @@ class Launch:
 
 
 def plan_launch(
-    session: Any,
+    session: Session,
     *,
     nvml: NvmlAdapter | None = None,
     uuids: list[str] | None = None,
@@ -212,11 +213,11 @@ def plan_launch(
     return launch
 
 
-def _session_port(session: Any) -> int | None:
+def _session_port(session: Session | None) -> int | None:
     """`gpu.main_process_port` when the person fixed one; it must be free now (another run may hold it)."""
-    if session is None or not session.is_set("gpu.main_process_port"):
+    port = session.gpu.main_process_port if session is not None else None
+    if port is None:
         return None
-    port = int(session.get("gpu.main_process_port"))
     if not 1024 <= port <= 65535:
         raise SelectionError(f"gpu.main_process_port: expected a TCP port from 1024 to 65535, got {port}")
     if port_in_use(port):

@@ -63,7 +63,7 @@ def state_of(session: Session, name: str) -> CaptionerState:
 
 def chosen_catalog_name(session: Session) -> str | None:
     """The catalog captioner `[captions] model` names (None: a folder of the user's)."""
-    value = str(session.get("captions.model") or catalog.DEFAULT_CAPTIONER).strip()
+    value = (session.captions.model or catalog.DEFAULT_CAPTIONER).strip()
     return value if value in catalog.CAPTIONERS else None
 
 
@@ -191,7 +191,7 @@ def captioner_step(ctx: StepContext) -> StepResult:
     """`action = "captioner"`: fetch the captioner `[captions] model` names (the screen's key c)."""
     name = chosen_catalog_name(ctx.session)
     if name is None:
-        return StepResult(True, f"captions.model is your own folder ({ctx.session.get('captions.model')}): "
+        return StepResult(True, f"captions.model is your own folder ({ctx.session.captions.model}): "
                                 "nothing to download")
     return _fetch(ctx, name, StepResult(True, ""))
 
@@ -203,7 +203,7 @@ def after_model_files(ctx: StepContext, result: StepResult) -> StepResult:
         return result
     state = state_of(ctx.session, name)
     _notify(ctx, _row(state))
-    if not ctx.session.get("captions.auto"):
+    if not ctx.session.captions.auto:
         return result
     action = cast(ModelsOptions, ctx.options).get("action", "download")
     if state.ready or not result.ok or action == "find" or ctx.dry_run:

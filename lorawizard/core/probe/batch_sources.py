@@ -42,7 +42,7 @@ def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | 
     set_sizes = session.batch_sizes()
     results = load_results(session)
     measured = results.get("buckets", {})
-    same_gpu = results.get("gpu", {}).get("uuid") == session.get("gpu.uuid")
+    same_gpu = results.get("gpu", {}).get("uuid") == session.gpu.uuid
     by_area = {bucket_area(b): (b, n) for b, n in set_sizes.items() if b in buckets}
     rows: list[BucketRow] = []
     for bucket, count in buckets.items():

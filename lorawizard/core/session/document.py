@@ -23,6 +23,8 @@ from tomlkit.items import AoT, Table
 
 from lorawizard.core.common.fsutil import atomic_write_text
 from lorawizard.core.common.text import first_few
+from lorawizard.core.profile import DEFAULT_FAMILY, all_preset_names, all_role_names
+from lorawizard.core.session.sections import SectionViews
 
 SESSION_FILE = "session.toml"
 SESSION_VERSION = 1
@@ -115,8 +117,11 @@ def repo_id_problem(repo: str) -> str | None:
     return None
 
 
-MODEL_ROLES = ("flux", "ae", "clip_l", "t5xxl")
-MODEL_PRESETS = ("flux1-dev-fp8", "flux1-dev-bf16")
+_MODEL_PRESETS = all_preset_names()
+# Room a captioner's draft leaves in the long text encoder's budget for the trigger word and separators.
+_CAPTION_BUDGET = DEFAULT_FAMILY.longest_text_encoder
+_MAX_DRAFT_TOKENS = _CAPTION_BUDGET.max_tokens - 32
+_SAMPLES = DEFAULT_FAMILY.samples
 
 SCHEMA: tuple[Field, ...] = (
     Field("version", "int", SESSION_VERSION, _version, "format version of this file"),
@@ -127,10 +132,10 @@ SCHEMA: tuple[Field, ...] = (
     Field("paths.tokenizers", "path", None, None, "offline tokenizers (default <models>/tokenizers)"),
     Field("paths.dataset", "path", "dataset", None, "prepared images, one folder per bucket"),
     Field("paths.runs", "path", "runs", None, "training runs: logs, checkpoints, states"),
-    Field("models.preset", "str", MODEL_PRESETS[0], None, "which model set", MODEL_PRESETS),
-    *(Field(f"models.{role}", "path", None, None, f"use this {role} file instead of the preset's") for role in MODEL_ROLES),
+    Field("models.preset", "str", _MODEL_PRESETS[0], None, "which model set", _MODEL_PRESETS),
+    *(Field(f"models.{role}", "path", None, None, f"use this {role} file instead of the preset's") for role in all_role_names()),
     Field("dataset.source", "path", None, None, "your original photos (never modified)"),
-    Field("dataset.max_side", "int", 1024, _power_of_two_side, "longest side of every bucket"),
+    Field("dataset.max_side", "int", DEFAULT_FAMILY.resolution, _power_of_two_side, "longest side of every bucket"),
     Field("dataset.trigger", "str", "", None, "trigger word, written first in every caption"),
     Field("dataset.num_repeats", "int", 10, _between(1, 10_000), "how often each image is seen per epoch"),
     Field("dataset.captionless", "bool", False, None, "train without captions on purpose"),
@@ -150,11 +155,13 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.seed", "int", 42, _between(0, 2**32 - 1), "random seed (numpy takes 0 to 2^32-1)"),
     Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
     Field("train.mixed_precision", "str", "bf16", None,
-          "bf16 (every GPU FLUX trains on) or no (fp32: CPUs without native bf16, debugging; ~2x memory)", ("bf16", "no")),
+          "bf16 (every GPU the base model trains on) or no (fp32: CPUs without native bf16, debugging; ~2x memory)", ("bf16", "no")),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
     Field("captions.model", "str", "qwen2.5-vl-3b", None, "captioner: a catalog name or a folder with a transformers model"),
     Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),
-    Field("captions.max_tokens", "int", 160, lambda v: None if 16 <= v <= 480 else "16 to 480 (the T5 budget is 512)",
+    Field("captions.max_tokens", "int", 160,
+          lambda v: None if 16 <= v <= _MAX_DRAFT_TOKENS else f"16 to {_MAX_DRAFT_TOKENS} (the {_CAPTION_BUDGET.name} budget is "
+          f"{_CAPTION_BUDGET.max_tokens})",
           "longest draft the captioner may write, in tokens"),
     Field("captions.auto", "bool", False, None, "replay: draft a caption for every image that has none"),
     Field("captions.device", "str", "auto", None, "where the captioner runs", ("auto", "gpu", "cpu")),
@@ -165,8 +172,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.samples.every_n_epochs", "int", None, _at_least(1), "sample every N epochs (default: the save cadence)"),
     Field("train.samples.width", "int", None, _at_least(64), "sample width (default: the largest bucket's)"),
     Field("train.samples.height", "int", None, _at_least(64), "sample height (default: the largest bucket's)"),
-    Field("train.samples.steps", "int", 20, _at_least(1), "denoising steps per sample"),
-    Field("train.samples.guidance", "float", 3.5, _positive, "FLUX embedded guidance for samples"),
+    Field("train.samples.steps", "int", _SAMPLES.steps, _at_least(1), "denoising steps per sample"),
+    Field("train.samples.guidance", "float", _SAMPLES.guidance, _positive, "the base model's embedded guidance for samples"),
     Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
     Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
     Field("publish.repo", "str", None, repo_id_problem, 'Hugging Face repo to publish to ("user/name")'),
@@ -194,35 +201,55 @@ _KIND_WORDS = {
 }
 
 
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # bool is an int to Python, not to TOML
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_bucket(value: Any) -> bool:
+    return isinstance(value, str) and BUCKET_RE.match(value) is not None
+
+
+def _is_crop(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(_is_int(v) and 0 <= v <= INT32_MAX for v in value)
+        and value[0] < value[2]
+        and value[1] < value[3]
+    )
+
+
+# kind -> (does the value fit, the python value it stands for)
+_KINDS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any]]] = {
+    "str": (_is_str, str),
+    "path": (_is_str, str),
+    "int": (_is_int, int),
+    "float": (_is_number, float),
+    "bool": (lambda value: isinstance(value, bool), bool),
+    "str_list": (_is_str_list, lambda value: [str(v) for v in value]),
+    "bucket": (_is_bucket, str),
+    "crop": (_is_crop, lambda value: [int(v) for v in value]),
+}
+
+
 def _coerce(kind: str, value: Any) -> tuple[Any, str | None]:
     """(python value, None) when `value` fits `kind`, else (None, what was expected)."""
-    if kind in ("str", "path"):
-        ok = isinstance(value, str)
-        return (str(value), None) if ok else (None, _KIND_WORDS[kind])
-    if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return (int(value), None) if ok else (None, _KIND_WORDS[kind])
-    if kind == "float":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return (float(value), None) if ok else (None, _KIND_WORDS[kind])
-    if kind == "bool":
-        return (bool(value), None) if isinstance(value, bool) else (None, _KIND_WORDS[kind])
-    if kind == "str_list":
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return ([str(v) for v in value], None) if ok else (None, _KIND_WORDS[kind])
-    if kind == "bucket":
-        ok = isinstance(value, str) and BUCKET_RE.match(value) is not None
-        return (str(value), None) if ok else (None, _KIND_WORDS[kind])
-    if kind == "crop":
-        ok = (
-            isinstance(value, list)
-            and len(value) == 4
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT32_MAX for v in value)
-            and value[0] < value[2]
-            and value[1] < value[3]
-        )
-        return ([int(v) for v in value], None) if ok else (None, _KIND_WORDS[kind])
-    raise ValueError(kind)
+    if kind not in _KINDS:
+        raise ValueError(kind)
+    fits, convert = _KINDS[kind]
+    return (convert(value), None) if fits(value) else (None, _KIND_WORDS[kind])
 
 
 def _value_problem(spec: Field, value: Any) -> str | None:
@@ -302,7 +329,7 @@ class ResolvedPaths:
 
 
 @dataclass
-class Session:
+class Session(SectionViews):
     path: Path
     doc: Any  # tomlkit.TOMLDocument (the wizard: round-trip) or, read-only, tomllib's plain dicts
     warnings: list[str] = field(default_factory=list)
@@ -487,7 +514,8 @@ class Session:
     # -- reading
 
     def get(self, key: str) -> Any:
-        """The value of a schema key, or its default."""
+        """The value of a schema key, or its default. A key known where it is read is read typed instead:
+        `session.train.max_train_epochs` (sections.py: the same read, its type from the schema)."""
         spec = FIELDS[key]
         node: Any = self.doc
         for part in key.split("."):
@@ -517,20 +545,20 @@ class Session:
 
     @property
     def paths(self) -> ResolvedPaths:
-        sd_scripts = self.resolve(self.get("paths.sd_scripts"))
-        python = self.resolve(self.get("paths.python"))
+        sd_scripts = self.resolve(self.path_settings.sd_scripts)
+        python = self.resolve(self.path_settings.python)
         if python is None and sd_scripts is not None:
             python = sd_scripts / ".venv" / "bin" / "python"
-        models = self.resolve(self.get("paths.models")) or self.project_dir / "models"
+        models = self.resolve(self.path_settings.models) or self.project_dir / "models"
         return ResolvedPaths(
             project=self.project_dir,
             state=self.project_dir / STATE_DIR,
             sd_scripts=sd_scripts,
             python=python,
             models=models,
-            tokenizers=self.resolve(self.get("paths.tokenizers")) or models / "tokenizers",
-            dataset=self.resolve(self.get("paths.dataset")) or self.project_dir / "dataset",
-            runs=self.resolve(self.get("paths.runs")) or self.project_dir / "runs",
+            tokenizers=self.resolve(self.path_settings.tokenizers) or models / "tokenizers",
+            dataset=self.resolve(self.path_settings.dataset) or self.project_dir / "dataset",
+            runs=self.resolve(self.path_settings.runs) or self.project_dir / "runs",
         )
 
     def batch_sizes(self) -> dict[str, int]:
@@ -646,8 +674,9 @@ class Session:
     def dirty(self) -> bool:
         return self.to_text() != self._saved_text
 
-    def save(self) -> bool:
-        """Write atomically when something changed. Returns whether a write happened."""
+    def _write_file(self) -> bool:
+        """Write atomically when something changed. Returns whether a write happened. Only the store calls this
+        (core/session/store.py: it merges a hand edit made on disk first); tests/unit/test_session_writer.py checks."""
         if self.read_only:
             raise SessionError(f"{self.path}: opened read-only (replay never rewrites your session file)")
         text = self.to_text()

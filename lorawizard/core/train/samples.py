@@ -56,21 +56,21 @@ class SampleSettings:
 
 def sample_settings(session: Session) -> SampleSettings | None:
     """The session's sampling settings with defaults filled in; None when `prompts = []` (sampling off)."""
-    prompts = session.get("train.samples.prompts")
+    prompts = session.train.samples.prompts
     if prompts is None:
-        prompts = default_prompts(session.get("dataset.trigger"))
+        prompts = default_prompts(session.dataset.trigger)
     if not prompts:
         return None
-    width, height = session.get("train.samples.width"), session.get("train.samples.height")
+    width, height = session.train.samples.width, session.train.samples.height
     if width is None or height is None:
         bucket_w, bucket_h = _largest_bucket(session)
         width, height = width or bucket_w, height or bucket_h
     return SampleSettings(
         prompts=list(prompts),
-        every_n_epochs=session.get("train.samples.every_n_epochs") or session.get("train.save_every_n_epochs"),
+        every_n_epochs=session.train.samples.every_n_epochs or session.train.save_every_n_epochs,
         width=int(width), height=int(height),
-        steps=session.get("train.samples.steps"), guidance=session.get("train.samples.guidance"),
-        seed=session.get("train.samples.seed"), at_first=session.get("train.samples.at_first"),
+        steps=session.train.samples.steps, guidance=session.train.samples.guidance,
+        seed=session.train.samples.seed, at_first=session.train.samples.at_first,
     )
 
 
@@ -80,7 +80,7 @@ def _largest_bucket(session: Session) -> tuple[int, int]:
     buckets = list(bucket_counts(session))  # largest area first
     if buckets:
         return parse_bucket(buckets[0])
-    side = session.get("dataset.max_side")
+    side = session.dataset.max_side
     return side, side
 
 
@@ -107,7 +107,7 @@ def sampling_cost(session: Session, s_per_step: float | None = None) -> str:
     settings = sample_settings(session)
     if settings is None:
         return "sampling off (train.samples.prompts = [])"
-    epochs = session.get("train.max_train_epochs")
+    epochs = session.train.max_train_epochs
     times = epochs // settings.every_n_epochs + (1 if settings.at_first else 0)
     images = times * len(settings.prompts)
     megapixels = settings.width * settings.height / (1024 * 1024)

@@ -109,7 +109,7 @@ def steps_per_epoch(log_path: Path) -> int | None:
 
 
 def cadence(session: Session) -> Cadence:
-    minutes = session.get("train.state_minutes")
+    minutes = session.train.state_minutes
     speed, source = measured_s_per_step(session)
     return Cadence(steps_for(speed, minutes), speed, source, minutes)
 

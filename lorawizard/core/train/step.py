@@ -180,7 +180,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     base_step = base_epoch = 0
     extra: dict[str, Any] = {}
     if resume:
-        point = statesave.resume_point(runs_dir, int(session.get("train.max_train_epochs")))
+        point = statesave.resume_point(runs_dir, session.train.max_train_epochs)
         if point.state is None or not point.resumable:
             raise StepFailed(point.reason)
         state, base_step, base_epoch = point.state, point.base_step, point.base_epoch
@@ -207,7 +207,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
         files.append(Path(overrides["sample_prompts"]))
     size, estimated = statesave.state_bytes(runs_dir)
     if size is None:
-        size = statesave.estimated_state_bytes(session.get("train.network_dim"), session.get("train.optimizer_type"))
+        size = statesave.estimated_state_bytes(session.train.network_dim, session.train.optimizer_type)
     notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step)]
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
@@ -239,15 +239,15 @@ def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
 def start_run(session: Session, plan: Plan) -> RunRecord:
     command = plan.command
     extra = dict(plan.extra)
-    on_finish = session.get("train.on_finish")
+    on_finish = session.train.on_finish
     if on_finish:
         extra["on_finish"] = list(on_finish)
     try:
         return runs.launch(
             command.argv, plan.run_dir, env=command.env, cwd=command.cwd, session_text=session.to_text(),
-            output_name=str(command.options.get("output_name", session.get("name"))),
+            output_name=str(command.options.get("output_name", session.name)),
             base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
-            gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.get("gpu.uuid"),
+            gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.gpu.uuid,
             extra={**_launch_extra(plan.launch), **extra},
         )
     except RunError as exc:
@@ -288,7 +288,7 @@ def expected_steps_lines(session: Session, launch: Any) -> list[str]:
     if not batches:
         return []
     processes = launch.processes if launch is not None else 1
-    repeats, epochs = int(session.get("dataset.num_repeats")), int(session.get("train.max_train_epochs"))
+    repeats, epochs = session.dataset.num_repeats, session.train.max_train_epochs
     per = multigpu.steps_per_epoch(batches, repeats, processes)
     shared = ""
     if processes > 1:
@@ -343,7 +343,7 @@ def run_step(ctx: StepContext) -> StepResult:
     live = runs.live_run(runs_dir, problems)
     for problem in problems:
         ctx.log(f"train: {one_line(problem)}")
-    if session.is_set("gpu.machines") and session.get("gpu.machines"):
+    if session.gpu.machines:
         return _several_machines(ctx, runs_dir)
     if ctx.dry_run:
         # inside the project whatever paths.runs says: a dry run changes nothing outside it
@@ -401,7 +401,7 @@ def _keep(ctx: StepContext, result: StepResult) -> StepResult:
     from lorawizard.core.train.keep import KeepError, keep_epoch
 
     try:
-        kept = keep_epoch(ctx.session, ctx.session.get("train.keep_epoch"))
+        kept = keep_epoch(ctx.session, ctx.session.train.keep_epoch)
     except KeepError as exc:
         return StepResult(False, f"training finished, but {exc}", result.details, result.data)
     ctx.log(f"train: kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})")
