@@ -39,6 +39,7 @@ from PIL import Image  # noqa: E402
 from lorawizard.core.captions import captionset as cap  # noqa: E402
 from lorawizard.core.captions.tokens import estimate_counter  # noqa: E402
 from lorawizard.core.session.document import Session  # noqa: E402
+from lorawizard.core.session.store import save_now  # noqa: E402
 
 WORDS = ["a", "woman", "in", "a", "red", "raincoat", "standing", "on", "a", "pier", "overcast", "light", "shallow", "depth", "of", "field", "film", "grain", "wearing", "a", "blue", "scarf", "cafe", "warm", "window", "light", "close-up", "portrait", "studio", "backdrop", "smiling", "looking", "away", "city", "street", "at", "night", "neon", "signs", "rain", "reflections", "wide", "shot", "sitting", "on", "a", "bench", "autumn", "leaves"]
 
@@ -68,7 +69,7 @@ def make_project(root: Path, count: int) -> Path:
         words = [WORDS[(n * 13 + i * 5) % len(WORDS)] for i in range(length)]
         changes.append((f"IMG_{n:05d}.jpg", {"caption": " ".join(words)}))
     session.update_images(changes)
-    session.save()
+    save_now(session, lambda _session: None)  # through the store, as the wizard writes
     return project
 
 
@@ -136,7 +137,7 @@ def core_bench(project: Path) -> None:
         plan = captions.plan_replace("red", "green")
         changed = captions.apply(plan)
         session.update_images(captions.session_changes(changed))
-        session.save()
+        save_now(session, lambda _session: None)
         return len(changed)
 
     start = time.perf_counter()
@@ -146,7 +147,7 @@ def core_bench(project: Path) -> None:
           f"preview {ms(plan_s)}, apply+save {ms(total_s)}")
     regex_s, regex_plan = timed(lambda: captions.plan_replace(r"\b(\w+) light\b", r"\1 lighting", regex=True))
     apply_regex_s, _ = timed(lambda: (captions.apply(regex_plan), session.update_images(
-        captions.session_changes(regex_plan.changes)), session.save()))
+        captions.session_changes(regex_plan.changes)), save_now(session, lambda _session: None)))
     print(f"bulk regex replace ({len(regex_plan.changes)} change): preview {ms(regex_s)}, apply+save {ms(apply_regex_s)}")
     undo_s, (_undone, restored, _) = timed(lambda: captions.undo())
     print(f"undo of the regex replace ({len(restored)} restored): {ms(undo_s)}")
@@ -159,7 +160,7 @@ def core_bench(project: Path) -> None:
     for i, (_, new) in sample:
         captions.set_body(i, new)
         session.update_image(captions.items[i].file, caption=new)
-        session.save()
+        save_now(session, lambda _session: None)
     per = (time.perf_counter() - start) / max(1, len(sample))
     naive_total = per * len(plan.changes)
     print(f"naive bulk (set + save per caption): {ms(per)} each → {naive_total:.1f} s for {len(plan.changes)} "
@@ -168,7 +169,7 @@ def core_bench(project: Path) -> None:
     # the screen's debounced save (0.5 s after the last keystroke): one caption changed, the whole file written
     captions.set_body(0, (captions.items[0].body or "") + " typed")
     session.update_images(captions.session_changes([0]))
-    save_s, _ = timed(session.save)
+    save_s, _ = timed(lambda: save_now(session, lambda _session: None))
     print(f"save session.toml after one edit (the screen's debounced save; a worker does it): {ms(save_s)}")
 
     # token counting with real tokenizer files: the tests' tiny vocabulary (mostly one token per letter, so

@@ -146,12 +146,13 @@ def bench_memory(data: bytes) -> None:
 def bench_ui(seconds: float, rate: int) -> None:
     from lorawizard.core.launch import runs
     from lorawizard.core.session.document import Session
+    from lorawizard.core.session.store import save_now
     from lorawizard.tui.app import LoraWizardApp
     from lorawizard.tui.screens import train as train_screen
 
     folder = Path(tempfile.mkdtemp())
     session = Session.new(folder / "session.toml", name="bench")
-    session.save()
+    save_now(session, lambda _session: None)
     run_dir = session.paths.runs / "20260101-000000"
     run_dir.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from lorawizard.core.gpu import nvml as core_gpu  # noqa: E402
 from lorawizard.core.session.document import Session  # noqa: E402
+from lorawizard.core.session.store import save_now  # noqa: E402
 from lorawizard.core.train.logparse import TrainState, parse_bytes  # noqa: E402
 
 CAPTIONS = ("smk, a red circle", "smk, a blue square", "smk, a green triangle", "smk, a yellow ring")
@@ -101,7 +102,7 @@ def make_project(folder: Path, args: argparse.Namespace, models: Path, t5_name: 
     session.set("gpu.uuid", uuids[0])
     if len(uuids) > 1:
         session.set("gpu.uuids", uuids)
-    session.save()
+    save_now(session, lambda _session: None)
     return session
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from lorawizard.core.common.progress import LogCallback, ProgressCallback, ignore_progress
 from lorawizard.core.session.document import Session
-from lorawizard.core.session.store import SessionStore
+from lorawizard.core.session.store import SessionStore, save_change
 
 StepState = Literal["todo", "done", "attention"]  # what the step bar shows for a step (besides "current")
 
@@ -52,7 +52,7 @@ class StepContext:
     # the step's own TypedDict (registry.StepOptions: reprobe, detach, doubles, ...); each step casts it to its own
     options: Mapping[str, object] = field(default_factory=_no_options)
     decisions: dict[str, Any] = field(default_factory=dict)  # what replay decided where the session was silent
-    store: SessionStore | None = None  # the wizard's one writer of session.toml (None: record saves at once)
+    store: SessionStore | None = None  # the wizard's one writer of session.toml (None: record writes at once)
 
     def may_write(self, path: Path) -> bool:
         """Whether this run may change `path`: always, except that a dry run changes nothing outside the project."""
@@ -65,15 +65,13 @@ class StepContext:
             raise Cancelled()
 
     def record(self, key: str, value: Any) -> None:
-        """Store a decision: saved to session.toml in the wizard, kept beside the outputs in replay."""
+        """Store a decision: kept beside the outputs in replay, else saved to session.toml through the store (the
+        wizard's; without one, written now: a hand edit on disk is merged either way)."""
         if self.session.read_only:
             self.decisions[key] = value
             apply_decision(self.session, key, value)  # later steps of this replay still see it
-        elif self.store is not None:
-            self.store.apply(lambda session: apply_decision(session, key, value))
         else:
-            apply_decision(self.session, key, value)
-            self.session.save()
+            save_change(self.session, lambda session: apply_decision(session, key, value), self.store)
 
 
 def apply_decision(session: Session, key: str, value: Any) -> None:

@@ -33,6 +33,7 @@ from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.models import catalog
 from lorawizard.core.models.captioner_folders import captioner_folder, folder_problem
 from lorawizard.core.session.document import Session
+from lorawizard.core.session.store import save_change
 
 SCRIPT = Path(__file__).resolve().parents[2] / "trainer_side" / "caption_images.py"
 MARKER = "LORAWIZARD-CAPTION "
@@ -40,7 +41,7 @@ JOB_FILE = "captioner-job.json"  # in <project>/.lorawizard/
 LOG_FILE = "captioner.log"  # the subprocess' stderr (transformers' warnings, tracebacks of a broken venv)
 MAX_PIXELS = 640 * 640  # what the model sees of each image (decoded and shrunk in the subprocess)
 T5_MARGIN = 16  # tokens kept free beside the trigger word and separators
-SAVE_EVERY_S = 2.0  # the wizard's session.toml is saved this often while drafts stream in
+SAVE_EVERY_S = 2.0  # drafts streaming in go to session.toml's writer this often (outside the wizard: one write each)
 
 # ---------------------------------------------------------------- the instruction
 
@@ -72,15 +73,15 @@ def build_instruction(kind: str, trigger: str = "") -> str:
 
 
 def instruction_for(session: Session) -> str:
-    custom = session.get("captions.instruction")
+    custom = session.captions.instruction
     if isinstance(custom, str) and custom.strip():
         return " ".join(custom.split())
-    return build_instruction(str(session.get("captions.kind")), str(session.get("dataset.trigger") or ""))
+    return build_instruction(session.captions.kind, session.dataset.trigger)
 
 
 def max_new_tokens(session: Session, trigger_tokens: int = 0) -> int:
     """`[captions] max_tokens`, kept inside T5's 512-token budget beside the trigger word."""
-    wanted = int(session.get("captions.max_tokens"))
+    wanted = session.captions.max_tokens
     return max(16, min(wanted, T5_LIMIT - trigger_tokens - T5_MARGIN))
 
 
@@ -179,7 +180,7 @@ class ModelChoice:
 
 def choose_model(session: Session) -> ModelChoice:
     """`[captions] model`: a catalog name (its folder under models/captioners/) or a folder of the user's."""
-    value = str(session.get("captions.model") or catalog.DEFAULT_CAPTIONER).strip()
+    value = (session.captions.model or catalog.DEFAULT_CAPTIONER).strip()
     spec = catalog.CAPTIONERS.get(value)
     if spec is not None:
         return ModelChoice(value, captioner_folder(session, spec), spec)
@@ -224,7 +225,7 @@ class Placement:
 
 def place(session: Session, images: int, spec: catalog.Captioner | None, *, nvml: Any = None) -> Placement:
     """GPU when there is one (the session's), else the CPU with an up-front estimate; `[captions] device` decides."""
-    wanted = str(session.get("captions.device"))
+    wanted = session.captions.device
     per_image = spec.cpu_s_per_image if spec is not None else catalog.CPU_S_PER_IMAGE_UNKNOWN
     estimate = (f"on the CPU this is slow: roughly {per_image:g} s per image, about "
                 f"{format_duration(per_image * images)} for {images} images (a rough estimate)")
@@ -237,7 +238,7 @@ def place(session: Session, images: int, spec: catalog.Captioner | None, *, nvml
         gpus, problem = list(found.gpus), found.problem
     except Exception as exc:  # noqa: BLE001 - NVML missing or broken: same as no GPU
         gpus, problem = [], str(exc)
-    uuid = session.get("gpu.uuid")
+    uuid = session.gpu.uuid
     chosen = next((g for g in gpus if g.uuid == uuid), gpus[0] if gpus else None)
     if chosen is None:
         if wanted == "gpu":
@@ -401,7 +402,7 @@ def draft(
         if refusal:
             raise StepFailed(refusal)
     python = trainer_python(session)
-    trigger = str(session.get("dataset.trigger") or "")
+    trigger = session.dataset.trigger
     job = write_job(session, images, model, instruction=instruction_for(session),
                     max_tokens=max_new_tokens(session, trigger_tokens), device=placement.device)
     env = dict(os.environ)
@@ -482,8 +483,8 @@ def targets(items: Iterable[Any], *, files: set[str] | None = None, overwrite: b
 def draft_missing(ctx: StepContext) -> DraftReport | None:
     """The captions step with `[captions] auto = true`: draft every image without a caption (drafts marked auto).
 
-    In replay the drafts go through `ctx.record` (the user's session file is never rewritten); in the wizard they
-    go into session.toml, saved every few seconds and at the end (a cancel keeps the drafts so far).
+    In replay the drafts go through `ctx.record` (the user's session file is never rewritten); otherwise they go to
+    session.toml through the store (`save_change`) every few seconds and at the end (a cancel keeps the drafts so far).
     """
     from lorawizard.core.captions.captionset import CaptionSet, compose
 
@@ -502,16 +503,23 @@ def draft_missing(ctx: StepContext) -> DraftReport | None:
         ctx.log(f"would draft {len(images)} captions with {model.name}" + (f" ({problem})" if problem else ""))
         return None
     meter = ProgressMeter(ctx.progress, "captions", "drafting captions", len(images), "images")
+    pending: list[tuple[str, dict[str, Any]]] = []  # drafts not yet handed to the session's writer
     last_save = [time.monotonic()]
+
+    def save_pending() -> None:
+        drafts = pending.copy()
+        pending.clear()
+        last_save[0] = time.monotonic()
+        if drafts:
+            save_change(session, lambda changed: changed.update_images(drafts), ctx.store)
 
     def store(file: str, text: str) -> None:
         if session.read_only:
             ctx.record(f"dataset.images:{file}", {"caption": text, "caption_auto": True})
             return
-        session.update_image(file, caption=text, caption_auto=True)
+        pending.append((file, {"caption": text, "caption_auto": True}))
         if time.monotonic() - last_save[0] >= SAVE_EVERY_S:
-            session.save()
-            last_save[0] = time.monotonic()
+            save_pending()
 
     try:
         report = draft(session, images, on_draft=store, cancel=ctx.cancel, log=ctx.log, meter=meter,
@@ -519,7 +527,7 @@ def draft_missing(ctx: StepContext) -> DraftReport | None:
                        trigger_tokens=trigger_tokens)
     finally:
         if not session.read_only:
-            session.save()
+            save_pending()
     meter.finish()
     ctx.log(rate_line(report) + (f"; {len(report.skipped)} not captioned" if report.skipped else ""))
     return report

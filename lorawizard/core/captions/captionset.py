@@ -32,11 +32,13 @@ from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.common.text import one_line as escaped
 from lorawizard.core.dataset.manifest import MANIFEST_FILE, load_manifest
 from lorawizard.core.dataset.scan import SIDECAR_EXTENSIONS
+from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.core.session.document import Session
+from lorawizard.core.session.store import SessionStore, save_change
 
 MAX_IMPORT_BYTES = 64 * 1024  # a caption is a sentence or three; a bigger file is a mistake, read its start
 IMPORT_NOTES = "captions-import.json"  # in the project's .lorawizard/
-TE_CACHE_SUFFIX = "_flux_te.npz"
+TE_CACHE_SUFFIX = DEFAULT_FAMILY.backend.text_encoder_cache_suffix  # "_flux_te.npz"
 METADATA_CACHE = "metadata_cache.json"
 SEPARATORS = ",;:.!?"
 
@@ -334,7 +336,7 @@ class CaptionSet:
             body = entry.get("caption")
             items.append(Caption(prepared.source, prepared.output, None if body is None else str(body),
                                  note=notes.get(prepared.source, ""), auto=bool(entry.get("caption_auto")) and body is not None))
-        trigger = str(session.get("dataset.trigger") or "")
+        trigger = session.dataset.trigger
         if read_disk:
             for item in items:
                 item.on_disk = _read_bytes(item.txt_path)
@@ -343,7 +345,7 @@ class CaptionSet:
             items,
             trigger,
             counter or load_counter(session.paths.tokenizers),
-            bool(session.get("dataset.captionless")),
+            session.dataset.captionless,
         )
         captions.refresh()
         return captions
@@ -705,12 +707,12 @@ class ImportResult:
 
 def find_imports(session: Session, images: Sequence[Prepared] | None = None) -> ImportResult:
     """Sidecar captions next to the originals, for the images that have no caption in the session yet."""
-    source = session.resolve(session.get("dataset.source"))
+    source = session.resolve(session.dataset.source)
     result = ImportResult({}, {})
     if source is None:
         return result
     existing = session.images()
-    trigger = one_line(str(session.get("dataset.trigger") or ""))
+    trigger = one_line(session.dataset.trigger)
     known = manifest_sidecars(session.paths.dataset)
     for prepared in images if images is not None else prepared_images(session):
         if existing.get(prepared.source, {}).get("caption") is not None:
@@ -753,16 +755,18 @@ def save_import_notes(session: Session, notes: dict[str, str]) -> None:
         atomic_write_json(session.paths.state / IMPORT_NOTES, merged)
 
 
-def store_imports(session: Session, result: ImportResult, record: Callable[[str, Any], None] | None = None) -> int:
-    """Put imported captions into the session: through `record` (replay) or with one save (wizard)."""
+def store_imports(session: Session, result: ImportResult, record: Callable[[str, Any], None] | None = None, *,
+                  store: SessionStore | None = None) -> int:
+    """Put imported captions into the session: through `record` (replay), else as one change through the store (the
+    wizard's `store`; without one, written now), which keeps a hand edit made to session.toml meanwhile."""
     if not result.captions:
         return 0
     if record is not None:
         for file, body in result.captions.items():
             record(f"dataset.images:{file}", {"caption": body})
     else:
-        session.update_images((file, {"caption": body}) for file, body in result.captions.items())
-        session.save()
+        changes = [(file, {"caption": body}) for file, body in result.captions.items()]  # a list: made again on a hand edit
+        save_change(session, lambda changed: changed.update_images(changes), store)
     save_import_notes(session, result.notes)
     return len(result.captions)
 

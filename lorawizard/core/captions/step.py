@@ -4,7 +4,8 @@ sd-scripts reads (the caption set itself: captionset.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypedDict, cast
+from dataclasses import dataclass
+from typing import Any, TypedDict, cast
 
 from lorawizard.core.captions.captionset import (
     AUTO,
@@ -14,6 +15,7 @@ from lorawizard.core.captions.captionset import (
     TRIGGER_TWICE,
     Caption,
     CaptionSet,
+    WriteReport,
     find_imports,
     prepared_images,
     store_imports,
@@ -56,20 +58,39 @@ def run_step(ctx: StepContext) -> StepResult:
         if session.read_only:
             store_imports(session, imports, record=ctx.record)
         else:
-            store_imports(session, imports)
+            store_imports(session, imports, store=ctx.store)
         ctx.log(f"imported {len(imports.captions)} captions from .txt/.caption files next to the originals")
     for file, note in imports.notes.items():
         ctx.log(escaped(f"import note: {file}: {note}"))
     drafted = None
-    if session.get("captions.auto") and _options(ctx).get("autocaption", session.read_only):  # the screen drafts itself
+    if session.captions.auto and _options(ctx).get("autocaption", session.read_only):  # the screen drafts itself
         from lorawizard.core.captions.autocaption import draft_missing
 
         drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run
 
     captions = CaptionSet.from_session(session)
     ctx.check_cancelled()
+    report, dry_run = _write_files(ctx, captions)
+    found = _Findings.of(captions)
+    details = _detail_lines(captions, found)
+    parts = _summary_parts(captions, report, found, drafted=len(drafted.drafted) if drafted is not None else 0,
+                           dry_run=dry_run)
+    data = _result_data(captions, report, found)
+    if found.uncaptioned and not captions.captionless:
+        summary = (
+            f"{len(found.uncaptioned)} of {len(captions)} images have no caption — write them, or set "
+            f"dataset.captionless = true to train without ({'; '.join(parts)})"
+        )
+        return StepResult(False, summary, details, data)
+    if found.uncaptioned:
+        parts.append(f"{len(found.uncaptioned)} without caption (captionless training intended)")
+    return StepResult(True, "; ".join(parts), details, data)
+
+
+def _write_files(ctx: StepContext, captions: CaptionSet) -> tuple[WriteReport, bool]:
+    """The caption files sd-scripts reads, written (or only counted in a dry run); and whether it was a dry run."""
     meter = ProgressMeter(ctx.progress, "captions", "writing caption files", len(captions), "captions")
-    dry_run = not ctx.may_write(session.paths.dataset)  # a dry run still writes inside the project
+    dry_run = not ctx.may_write(ctx.session.paths.dataset)  # a dry run still writes inside the project
     report = write_captions(captions, dry_run=dry_run, progress=meter, check_cancelled=ctx.check_cancelled)
     meter.finish()
     if report.missing_images:
@@ -77,52 +98,74 @@ def run_step(ctx: StepContext) -> StepResult:
         raise StepFailed(
             f"{len(report.missing_images)} prepared images are gone (e.g. {first}): run the dataset step again"
         )
+    return report, dry_run
 
-    estimate = "" if captions.counter.exact else " (estimate: tokenizers not fetched)"
-    uncaptioned = captions.uncaptioned()
-    over_clip = [i for i in captions.items if i.flags & OVER_CLIP]
-    over_t5 = [i for i in captions.items if i.flags & OVER_T5]
-    twice = [i for i in captions.items if i.flags & TRIGGER_TWICE]
-    noted = [i for i in captions.items if i.note]
+
+@dataclass(frozen=True)
+class _Findings:
+    """The captions the step reports on."""
+
+    estimate: str  # said after token counts that are estimates
+    uncaptioned: list[Caption]
+    over_clip: list[Caption]
+    over_t5: list[Caption]
+    twice: list[Caption]  # the trigger word appears again later
+    noted: list[Caption]  # import notes
+
+    @classmethod
+    def of(cls, captions: CaptionSet) -> _Findings:
+        return cls(
+            estimate="" if captions.counter.exact else " (estimate: tokenizers not fetched)",
+            uncaptioned=captions.uncaptioned(),
+            over_clip=[i for i in captions.items if i.flags & OVER_CLIP],
+            over_t5=[i for i in captions.items if i.flags & OVER_T5],
+            twice=[i for i in captions.items if i.flags & TRIGGER_TWICE],
+            noted=[i for i in captions.items if i.note],
+        )
+
+
+def _detail_lines(captions: CaptionSet, found: _Findings) -> list[str]:
+    estimate = found.estimate
     details = [
-        *_listing("no caption", uncaptioned, lambda i: f"{i.file} ({'empty' if i.flags & EMPTY else 'missing'})"),
-        *_listing(f"over {CLIP_LIMIT} CLIP tokens, the rest is cut off{estimate}", over_clip, lambda i: f"{i.file}: {i.clip}"),
-        *_listing(f"over {T5_LIMIT} T5 tokens{estimate}", over_t5, lambda i: f"{i.file}: {i.t5}"),
-        *_listing("trigger word also appears later in the caption", twice, lambda i: i.file),
-        *_listing("import notes", noted, lambda i: f"{i.file}: {i.note}"),
+        *_listing("no caption", found.uncaptioned, lambda i: f"{i.file} ({'empty' if i.flags & EMPTY else 'missing'})"),
+        *_listing(f"over {CLIP_LIMIT} CLIP tokens, the rest is cut off{estimate}", found.over_clip, lambda i: f"{i.file}: {i.clip}"),
+        *_listing(f"over {T5_LIMIT} T5 tokens{estimate}", found.over_t5, lambda i: f"{i.file}: {i.t5}"),
+        *_listing("trigger word also appears later in the caption", found.twice, lambda i: i.file),
+        *_listing("import notes", found.noted, lambda i: f"{i.file}: {i.note}"),
     ]
     if not captions.trigger:
         details.append("no trigger word set (dataset.trigger): captions are written without one")
+    return details
+
+
+def _summary_parts(captions: CaptionSet, report: WriteReport, found: _Findings, *, drafted: int,
+                   dry_run: bool) -> list[str]:
+    """The summary's clauses: files written, drafts to review, stale files removed, captions over the CLIP budget."""
     verb = "would write" if dry_run else "wrote"
     parts = [f"{verb} {len(report.written)} caption files ({report.unchanged} unchanged)"]
     unreviewed = [i for i in captions.items if i.flags & AUTO]
-    if drafted is not None and drafted.drafted:
-        parts.append(f"{len(drafted.drafted)} auto drafts to review")
+    if drafted:
+        parts.append(f"{drafted} auto drafts to review")
     elif unreviewed:  # QA: drafts nobody accepted went into the files unmentioned
         parts.append(f"{len(unreviewed)} auto draft{'s' if len(unreviewed) != 1 else ''} not reviewed yet (F7 accepts)")
     if report.removed:
         parts.append(f"{'would remove' if dry_run else 'removed'} {len(report.removed)} stale ones")
     if report.caches_deleted:
         parts.append(f"{'would delete' if dry_run else 'deleted'} {len(report.caches_deleted)} stale text-encoder caches")
-    if over_clip:
-        parts.append(f"{len(over_clip)} over the CLIP budget{estimate}")
-    data = {
+    if found.over_clip:
+        parts.append(f"{len(found.over_clip)} over the CLIP budget{found.estimate}")
+    return parts
+
+
+def _result_data(captions: CaptionSet, report: WriteReport, found: _Findings) -> dict[str, Any]:
+    return {
         "written": len(report.written),
         "unchanged": report.unchanged,
         "removed": len(report.removed),
         "caches_deleted": [str(p) for p in report.caches_deleted],
-        "uncaptioned": [i.file for i in uncaptioned],
-        "over_clip": [i.file for i in over_clip],
-        "over_t5": [i.file for i in over_t5],
+        "uncaptioned": [i.file for i in found.uncaptioned],
+        "over_clip": [i.file for i in found.over_clip],
+        "over_t5": [i.file for i in found.over_t5],
         "exact_tokens": captions.counter.exact,
         "auto": [i.file for i in captions.items if i.flags & AUTO],
     }
-    if uncaptioned and not captions.captionless:
-        summary = (
-            f"{len(uncaptioned)} of {len(captions)} images have no caption — write them, or set "
-            f"dataset.captionless = true to train without ({'; '.join(parts)})"
-        )
-        return StepResult(False, summary, details, data)
-    if uncaptioned:
-        parts.append(f"{len(uncaptioned)} without caption (captionless training intended)")
-    return StepResult(True, "; ".join(parts), details, data)

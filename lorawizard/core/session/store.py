@@ -10,6 +10,10 @@ A person may edit session.toml by hand while the wizard is open. Before each wri
 it changed since the wizard last read or wrote it, the store reads it again and makes the changes made since its last
 write on top of it, so the hand edit and the wizard's newer decisions both stay. A hand edit that does not read (a
 bad value) is never written over: the write waits, saying why, until the file is fixed.
+
+Every write of session.toml goes through a store: Session's own write is private to it (a test checks). Outside
+the wizard (a step run without its store, a script) `save_now` makes a change and writes it at once through a
+short-lived store, so a hand edit is merged there too.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ class SessionStore:
                 if not may_write:  # _changed stays set: written once the file reads again
                     return "; ".join(problems)
                 self._changed = False
-                if self.session.save():
+                if self.session._write_file():  # the one caller: every write merges a hand edit first
                     self.writes += 1
                 self._unsaved = []
             except SessionError as exc:
@@ -164,3 +168,24 @@ class SessionStore:
                                 "folder writable; your decisions are kept and saved with the next change (quitting "
                                 "before then loses them)")
         return "; ".join(problems) or None
+
+
+def save_now(session: Session, change: Change) -> bool:
+    """Make `change` and write session.toml at once through a short-lived store, for code outside the wizard (a step
+    run without the wizard's store, a script): a hand edit on disk is merged just as the wizard merges it. Whether the
+    file was written; SessionError with the one-line problem (the change stays in memory)."""
+    store = SessionStore(session)
+    store.apply(change)
+    problem = store.flush()
+    if problem is not None:
+        raise SessionError(problem)
+    return store.writes > 0
+
+
+def save_change(session: Session, change: Change, store: SessionStore | None) -> None:
+    """Make `change` through the session's one writer: the wizard's `store` (written within its delay, and when a
+    step ends), or, where there is none, a short-lived one that writes now (save_now)."""
+    if store is None:
+        save_now(session, change)
+    else:
+        store.apply(change)
