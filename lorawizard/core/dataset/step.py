@@ -40,12 +40,15 @@ from lorawizard.core.dataset.imaging import (
 )
 from lorawizard.core.dataset.manifest import MANIFEST_FILE, MANIFEST_VERSION, as_crop, load_manifest, read_manifest
 from lorawizard.core.dataset.scan import ScanResult, scan_source
+from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.core.session.document import BUCKET_RE, Session, bucket_area, parse_bucket
 
 REPORT_FILE = "lorawizard-report.txt"
 # Files of ours inside a bucket folder: the image, its caption, and sd-scripts' caches (sd-scripts.md §7).
-OWN_FILE_RE = re.compile(r"^(\d+)(\.png|\.txt|\.caption|_flux_te\.npz|_\d+x\d+_flux\.npz)$")
-LATENT_RE = re.compile(r"^\d+_\d+x\d+_flux\.npz$")
+_TE_CACHE = re.escape(DEFAULT_FAMILY.backend.text_encoder_cache_suffix)  # _flux_te.npz
+_LATENTS = r"_\d+x\d+" + re.escape(DEFAULT_FAMILY.backend.latent_cache_suffix)  # _1024x768_flux.npz
+OWN_FILE_RE = re.compile(rf"^(\d+)(\.png|\.txt|\.caption|{_TE_CACHE}|{_LATENTS})$")
+LATENT_RE = re.compile(rf"^\d+{_LATENTS}$")
 FLUSH_EVERY_S = 2.0
 
 
@@ -135,7 +138,7 @@ def bucket_counts(session: Session) -> dict[str, int]:
 
 def resolve_folders(session: Session) -> tuple[Path, Path]:
     """(source, dataset) folders, checked; StepFailed with a one-line reason otherwise."""
-    value = session.get("dataset.source")
+    value = session.dataset.source
     if not value:
         raise StepFailed("dataset.source is not set: choose the folder with your photos")
     source = session.resolve(value)
@@ -220,7 +223,7 @@ def replan(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
 
 
 def build_plan(session: Session, scan: ScanResult, *, dataset_dir: Path | None = None, previous: dict[str, Any] | None = None) -> Plan:
-    max_side = int(session.get("dataset.max_side"))
+    max_side = session.dataset.max_side
     dataset_dir = dataset_dir or session.paths.dataset
     decisions = session.images()
     sidecar_of = {image: sidecar for sidecar, image in scan.sidecars.items()}
@@ -670,14 +673,29 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
     """Report lines. Bad, skipped and ignored files always get a line each; with `every_note=False`
     routine notes (EXIF rotations, animations) are counted instead of listed (the report file lists them)."""
     lines = ["per bucket: " + ", ".join(f"{bucket} {count}" for bucket, count in plan.by_bucket().items())]
-    for item in plan.items:
-        if item.status == "bad":
-            lines.append(f"bad input: {item.source}: {item.reason}")
-    for item in plan.items:
-        if item.status in ("small", "duplicate", "skip"):
-            lines.append(f"skipped: {item.source}: {item.reason}")
-    for rel, reason in plan.ignored:
-        lines.append(f"ignored: {rel}: {reason}")
+    lines += _unused_lines(plan)
+    lines += _item_note_lines(plan, every_note=every_note)
+    lines.extend(f"note: {note}" for note in plan.notes)
+    if plan.missing:  # one line however many (a session of 400,000 stale entries must not print 400,000)
+        lines.append(missing_note(plan.missing, listed=MISSING_LISTED if every_note else 3))
+    if stats is not None:
+        lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
+                     for name in stats.unknown_files)
+    return [one_line(line) for line in lines]  # a file name with a line break must not split a report line
+
+
+def _unused_lines(plan: Plan) -> list[str]:
+    """A line for each bad, skipped and ignored file, in that order."""
+    lines = [f"bad input: {item.source}: {item.reason}" for item in plan.items if item.status == "bad"]
+    lines += [f"skipped: {item.source}: {item.reason}" for item in plan.items
+              if item.status in ("small", "duplicate", "skip")]
+    lines += [f"ignored: {rel}: {reason}" for rel, reason in plan.ignored]
+    return lines
+
+
+def _item_note_lines(plan: Plan, *, every_note: bool) -> list[str]:
+    """The notes on used images (crops left out); without `every_note` the routine ones are counted in one line."""
+    lines: list[str] = []
     routine: Counter[str] = Counter()
     for item in plan.items:
         if item.used:
@@ -690,13 +708,7 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
                 lines.append(f"note: {item.source}: {'; '.join(notes)}")
     if routine:
         lines.append("notes: " + ", ".join(f"{kind}: {count}" for kind, count in sorted(routine.items())) + " (each one is in the report)")
-    lines.extend(f"note: {note}" for note in plan.notes)
-    if plan.missing:  # one line however many (a session of 400,000 stale entries must not print 400,000)
-        lines.append(missing_note(plan.missing, listed=MISSING_LISTED if every_note else 3))
-    if stats is not None:
-        lines.extend(f"warning: {name} in the dataset folder was not made by lorawizard (sd-scripts will train on it if it is an image)"
-                     for name in stats.unknown_files)
-    return [one_line(line) for line in lines]  # a file name with a line break must not split a report line
+    return lines
 
 
 def _write_report(plan: Plan, lines: list[str]) -> Path:

@@ -566,7 +566,7 @@ def run_step(ctx: StepContext) -> StepResult:
     started = time.monotonic()
     preset, results = probe.every_area(groups, preset, presets)
 
-    if session.get("gpu.vram_preset") != preset.name:
+    if session.gpu.vram_preset != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
     batch_sizes = dict(known)
     for result in results:
@@ -589,7 +589,7 @@ def _choose_gpu(ctx: StepContext, nvml: NvmlAdapter | None) -> GpuInfo:
     inv: Inventory = inventory(nvml)
     if not inv.gpus:
         raise StepFailed(inv.message() or "no NVIDIA GPU visible — probing and training need one")
-    saved = ctx.session.get("gpu.uuid")
+    saved = ctx.session.gpu.uuid
     gpu = inv.choose(_options(ctx).get("gpu_uuid") or saved)
     assert gpu is not None
     if saved and saved != gpu.uuid and inv.by_uuid(saved) is None:
@@ -607,12 +607,12 @@ def _choose_preset(ctx: StepContext, gpu: GpuInfo) -> tuple[VramPreset, list[Vra
         presets = load_presets(session)
     except PresetError as exc:
         raise StepFailed(str(exc)) from None
-    wanted = session.get("gpu.vram_preset")
+    wanted = session.gpu.vram_preset
     if wanted and preset_named(wanted, presets) is None:
         names = ", ".join(p.name for p in presets)
         raise StepFailed(f"gpu.vram_preset: unknown preset {wanted!r} (known: {names})")
     preset = preset_named(_options(ctx).get("preset"), presets) or session_preset(session, gpu.memory_total)
-    if session.get("gpu.vram_preset") != preset.name:
+    if session.gpu.vram_preset != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
     ctx.log(f"preset: {preset.title()}")
     return preset, presets
@@ -830,23 +830,63 @@ class _Collecting(StepContext):
 def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
     """Several GPUs train the same per-process batch (DDP): probe each kind of card once (same name and memory), all
     with the smallest card's preset, and keep per bucket the smallest batch that fits every card."""
-    session, nvml = ctx.session, _options(ctx).get("nvml")
+    session = ctx.session
+    gpus, presets = _chosen_gpus(ctx, uuids)
+    kinds = _kinds_of_card(gpus)
+    smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
+    preset = _shared_preset(session, smallest, presets)
+    ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
+            f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
+    preset, per_kind = _probe_each_kind(ctx, kinds, preset, presets)
+    if ctx.dry_run:
+        details = [line for _, result in per_kind for line in result.details]
+        return StepResult(True, f"dry run: {len(kinds)} kind(s) of card to probe, preset {preset.name}; nothing was run",
+                          details=details)
+    batch_sizes = _smallest_batches(per_kind)
+    if session.gpu.vram_preset != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    for bucket, size in batch_sizes.items():
+        ctx.record(f"gpu.batch_size.{bucket}", size)
+    lines, speed_lines = _per_card_lines(per_kind, batch_sizes)
+    _save_several(session, gpus, smallest, preset, per_kind, batch_sizes, ctx)
+    summary = ", ".join(f"{b} → {n}" for b, n in batch_sizes.items())
+    return StepResult(True, f"{summary} on {len(gpus)} GPUs (the smallest batch that fits every card; preset "
+                      f"{preset.name})", details=lines + speed_lines,
+                      data={"batch_sizes": batch_sizes, "preset": preset.name, "gpus": [g.uuid for g in gpus],
+                            "speed": speed_lines})
+
+
+def _chosen_gpus(ctx: StepContext, uuids: list[str]) -> tuple[list[GpuInfo], list[VramPreset]]:
+    """The chosen cards in training order (present, one architecture) and every preset; StepFailed otherwise."""
     try:
-        gpus = multigpu.training_order(multigpu.present(uuids, inventory(nvml)))
+        gpus = multigpu.training_order(multigpu.present(uuids, inventory(_options(ctx).get("nvml"))))
         multigpu.check_architectures(gpus)
-        presets = load_presets(session)
+        presets = load_presets(ctx.session)
     except (multigpu.SelectionError, PresetError) as exc:
         raise StepFailed(str(exc)) from None
+    return gpus, presets
+
+
+def _kinds_of_card(gpus: list[GpuInfo]) -> dict[tuple[str, int], list[GpuInfo]]:
+    """The cards grouped by (name, memory): one probe speaks for every card of a kind."""
     kinds: dict[tuple[str, int], list[GpuInfo]] = {}
     for gpu in gpus:
         kinds.setdefault((gpu.name, gpu.memory_total), []).append(gpu)
-    smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
+    return kinds
+
+
+def _shared_preset(session: Session, smallest: GpuInfo, presets: list[VramPreset]) -> VramPreset:
+    """The smallest card's preset, or the session's when it swaps as much or more."""
     preset = preset_for_memory(smallest.memory_total, presets)
-    chosen = preset_named(session.get("gpu.vram_preset"), presets)
+    chosen = preset_named(session.gpu.vram_preset, presets)
     if chosen is not None and chosen.min_gb <= preset.min_gb:
         preset = chosen  # the person asked for this much swapping or more: keep it
-    ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
-            f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
+    return preset
+
+
+def _probe_each_kind(ctx: StepContext, kinds: dict[tuple[str, int], list[GpuInfo]], preset: VramPreset,
+                     presets: list[VramPreset]) -> tuple[VramPreset, list[tuple[list[GpuInfo], StepResult]]]:
+    """The single-GPU probe on one card of each kind, smallest first; a step-down on one card holds for all."""
     per_kind: list[tuple[list[GpuInfo], StepResult]] = []
     for members in sorted(kinds.values(), key=lambda m: (m[0].memory_total, m[0].index)):
         card = members[0]
@@ -856,44 +896,44 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
         options: ProbeOptions = {**_options(ctx), "gpu_uuid": card.uuid, "preset": preset.name, "reprobe": True}
         if _options(ctx).get("trial_runner_for"):  # tests: a stand-in runner per card
             options["trial_runner"] = _options(ctx)["trial_runner_for"](card)
-        sub = _Collecting(session=session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run, cancel=ctx.cancel,
-                          options=options)
+        sub = _Collecting(session=ctx.session, progress=ctx.progress, log=ctx.log, dry_run=ctx.dry_run,
+                          cancel=ctx.cancel, options=options)
         per_kind.append((members, run_step(sub)))
         stepped = sub.decisions.get("gpu.vram_preset")
         if stepped and stepped != preset.name and (named := preset_named(stepped, presets)) is not None:
             preset = named  # batch 1 did not fit: this card needed more swapping, so every card uses it
-    if ctx.dry_run:
-        details = [line for _, result in per_kind for line in result.details]
-        return StepResult(True, f"dry run: {len(kinds)} kind(s) of card to probe, preset {preset.name}; nothing was run",
-                          details=details)
+    return preset, per_kind
+
+
+def _smallest_batches(per_kind: list[tuple[list[GpuInfo], StepResult]]) -> dict[str, int]:
+    """Per bucket, the smallest batch any kind of card managed: the one every card can train."""
     batch_sizes: dict[str, int] = {}
     for _, result in per_kind:
         for bucket, size in result.data.get("batch_sizes", {}).items():
             batch_sizes[bucket] = min(size, batch_sizes.get(bucket, size))
-    if session.get("gpu.vram_preset") != preset.name:
-        ctx.record("gpu.vram_preset", preset.name)
-    for bucket, size in batch_sizes.items():
-        ctx.record(f"gpu.batch_size.{bucket}", size)
+    return batch_sizes
+
+
+def _per_card_lines(per_kind: list[tuple[list[GpuInfo], StepResult]],
+                    batch_sizes: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The table (per bucket: the shared batch, each kind's own largest and speed) and the speed summary."""
     lines = [f"{'bucket':<11}{'batch':>6}  per card (own largest batch, s/step)"]
     speed_lines: list[str] = []
     for bucket, size in batch_sizes.items():
-        cards = []
-        for members, result in per_kind:
-            measured = next((r for r in result.data.get("results", []) if bucket in r["buckets"]), None)
-            own = result.data.get("batch_sizes", {}).get(bucket, size)
-            cards.append(multigpu.CardSpeed(members[0].name, len(members), own,
-                                            measured.get("s_per_step") if measured else None))
+        cards = [_card_speed(members, result, bucket, size) for members, result in per_kind]
         lines.append(f"{bucket:<11}{size:>6}  " + " · ".join(
             f"{multigpu.short_name(c.name)}: {c.batch}" + (f", {c.s_per_step:.2f} s/step" if c.s_per_step else "")
             for c in cards))
         if not speed_lines:  # the largest bucket speaks for the run
             speed_lines = [f"{bucket}: " + line for line in multigpu.speed_summary(cards, size)]
-    _save_several(session, gpus, smallest, preset, per_kind, batch_sizes, ctx)
-    summary = ", ".join(f"{b} → {n}" for b, n in batch_sizes.items())
-    return StepResult(True, f"{summary} on {len(gpus)} GPUs (the smallest batch that fits every card; preset "
-                      f"{preset.name})", details=lines + speed_lines,
-                      data={"batch_sizes": batch_sizes, "preset": preset.name, "gpus": [g.uuid for g in gpus],
-                            "speed": speed_lines})
+    return lines, speed_lines
+
+
+def _card_speed(members: list[GpuInfo], result: StepResult, bucket: str, size: int) -> multigpu.CardSpeed:
+    """What one kind of card measured for `bucket`: its own largest batch and its speed."""
+    measured = next((r for r in result.data.get("results", []) if bucket in r["buckets"]), None)
+    own = result.data.get("batch_sizes", {}).get(bucket, size)
+    return multigpu.CardSpeed(members[0].name, len(members), own, measured.get("s_per_step") if measured else None)
 
 
 def _save_several(session: Session, gpus: list[GpuInfo], smallest: GpuInfo, preset: VramPreset,

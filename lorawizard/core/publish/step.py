@@ -30,12 +30,14 @@ from lorawizard.core.common.fsutil import atomic_write_json, read_json_object
 from lorawizard.core.common.progress import ProgressMeter, format_bytes, format_duration
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import StepContext, StepFailed, StepResult
+from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.core.session.document import Session
 
-BASE_MODEL = "black-forest-labs/FLUX.1-dev"
-LICENSE_NAME = "flux-1-dev-non-commercial-license"
-LICENSE_LINK = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"
-DEFAULT_TAGS = ("text-to-image", "flux", "lora", "template:sd-lora", "kohya-sd-scripts", "lorawizard")
+BASE_MODEL = DEFAULT_FAMILY.hub_repo
+LICENSE_NAME = DEFAULT_FAMILY.licence.name
+LICENSE_LINK = DEFAULT_FAMILY.licence.link
+DEFAULT_TAGS = ("text-to-image", *DEFAULT_FAMILY.card_tags, "lora", "template:sd-lora", DEFAULT_FAMILY.backend.card_tag,
+                "lorawizard")
 STATE_FILE = "publish.json"
 TOKEN_HELP = ("log in with `hf auth login` (or the Models step's key t, which stores it the same way), "
               "or set HF_TOKEN; a write token from https://huggingface.co/settings/tokens")
@@ -103,13 +105,13 @@ def plan(session: Session, *, keep: bool = True) -> Plan:
     sample grid and the model card. Raises StepFailed with one line."""
     from lorawizard.core.train.keep import KeepError, keep_epoch, kept_lora
 
-    repo = session.get("publish.repo")
+    repo = session.publish.repo
     if repo is None:
         raise StepFailed(problem(session, need_token=False) or "no [publish] repo")
     lora = kept_lora(session)
     if lora is None and keep:
         try:
-            lora = keep_epoch(session, session.get("train.keep_epoch")).lora
+            lora = keep_epoch(session, session.train.keep_epoch).lora
         except KeepError as exc:
             raise StepFailed(f"nothing to publish: {exc}") from None
     if lora is None:
@@ -120,7 +122,7 @@ def plan(session: Session, *, keep: bool = True) -> Plan:
     files = [PublishFile(lora.name, source=lora)]
     files += [PublishFile(path, source=source) for path, source, _, _ in samples]
     files.append(PublishFile("README.md", data=card.encode("utf-8")))
-    return Plan(repo=repo, private=session.get("publish.private"), lora=lora, files=files, card=card)
+    return Plan(repo=repo, private=session.publish.private, lora=lora, files=files, card=card)
 
 
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
@@ -129,7 +131,7 @@ def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, 
     from lorawizard.core.train import samples
     from lorawizard.core.train.keep import run_chain
 
-    name = session.get("name")
+    name = session.name
     record = next((r for r in runs.list_runs(session.paths.runs) if r.run_id == sidecar.get("run_id")), None)
     images: list[samples.SampleImage] = []
     if record is not None:
@@ -153,16 +155,12 @@ def _cell(text: str) -> str:
 def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
                samples: list[tuple[str, Path, int, int]]) -> str:
     """README.md: YAML metadata (base model, licence, tags, trigger, widget) and the card text."""
-    name = session.get("name")
-    trigger = str(sidecar.get("trigger") or session.get("dataset.trigger") or "")
+    name = session.name
+    trigger = str(sidecar.get("trigger") or session.dataset.trigger or "")
     prompts = [str(p) for p in (sidecar.get("sample_prompts") or [])]
-    settings = sidecar.get("settings") if isinstance(sidecar.get("settings"), dict) else {}
-    if not settings:
-        settings = {key.removeprefix("train."): session.get(key) for key in (
-            "train.network_dim", "train.learning_rate", "train.max_train_epochs", "train.save_every_n_epochs",
-            "train.optimizer_type", "train.seed", "train.extra_args")}
+    settings = _card_settings(session, sidecar)
     epoch = sidecar.get("epoch")
-    tags = list(dict.fromkeys([*DEFAULT_TAGS, *session.get("publish.tags")]))
+    tags = list(dict.fromkeys([*DEFAULT_TAGS, *session.publish.tags]))
     q = json.dumps  # a JSON string is a valid YAML double-quoted scalar (quotes, newlines, non-ASCII all safe)
     meta = [
         "---",
@@ -176,21 +174,15 @@ def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
     ]
     if trigger:
         meta.append(f"instance_prompt: {q(trigger)}")
-    last = max((e for _, _, _, e in samples), default=None)
-    shown = [s for s in samples if s[3] == (epoch if any(x[3] == epoch for x in samples) else last)]
-    if shown:
-        meta.append("widget:")
-        for path, _, index, _ in shown:
-            text = prompts[index] if index < len(prompts) else trigger or name
-            meta += [f"- text: {q(text)}", "  output:", f"    url: {q(path)}"]
+    meta += _widget_lines(samples, prompts, epoch, fallback=trigger or name)
     meta.append("---")
 
     body = [
         "",
         f"# {_cell(name)}",
         "",
-        f"A LoRA for [FLUX.1 [dev]](https://huggingface.co/{BASE_MODEL}), trained with "
-        "[kohya-ss/sd-scripts](https://github.com/kohya-ss/sd-scripts) through lorawizard.",
+        f"A LoRA for [{DEFAULT_FAMILY.card_title}](https://huggingface.co/{BASE_MODEL}), trained with "
+        f"[{DEFAULT_FAMILY.backend.name}](https://github.com/{DEFAULT_FAMILY.backend.name}) through lorawizard.",
         "",
         "## Trigger word",
         "",
@@ -201,34 +193,73 @@ def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
         f"[{lora.name}](./{lora.name})" + (f" — epoch {epoch} of {settings.get('max_train_epochs')}" if epoch else ""),
         "",
     ]
-    if samples:
-        epochs = sorted({e for _, _, _, e in samples})
-        rows = sorted({i for _, _, i, _ in samples})
-        where = {(i, e): path for path, _, i, e in samples}
-        body += ["## Samples", "",
-                 "One row per prompt, one column per epoch (fixed seed, so the columns compare the epochs).", "",
-                 "| prompt | " + " | ".join("before training" if e == 0 else f"epoch {e}" for e in epochs) + " |",
-                 "|---|" + "---|" * len(epochs)]
-        for row in rows:
-            text = prompts[row] if row < len(prompts) else f"prompt {row + 1}"
-            cells = [f"![epoch {e}]({where[(row, e)]})" if (row, e) in where else "" for e in epochs]
-            body.append(f"| {_cell(text)} | " + " | ".join(cells) + " |")
-        body.append("")
-    body += ["## Training settings", "", "| setting | value |", "|---|---|"]
+    body += _samples_section(samples, prompts)
+    body += _settings_section(session, sidecar, settings)
+    body += ["", "## License", "",
+             f"This LoRA is a derivative of {DEFAULT_FAMILY.card_title} and is subject to the "
+             f"[{DEFAULT_FAMILY.licence.title}]({LICENSE_LINK}).", ""]
+    return "\n".join(meta + body)
+
+
+def _card_settings(session: Session, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The training settings the card lists: the kept LoRA's (its sidecar), else the session's."""
+    settings = sidecar.get("settings") if isinstance(sidecar.get("settings"), dict) else {}
+    if not settings:
+        settings = {key.removeprefix("train."): session.get(key) for key in (
+            "train.network_dim", "train.learning_rate", "train.max_train_epochs", "train.save_every_n_epochs",
+            "train.optimizer_type", "train.seed", "train.extra_args")}
+    return settings
+
+
+def _widget_lines(samples: list[tuple[str, Path, int, int]], prompts: list[str], epoch: Any, *,
+                  fallback: str) -> list[str]:
+    """The metadata's widget: the kept epoch's samples (else the last epoch's), each with its prompt."""
+    q = json.dumps  # a JSON string is a valid YAML double-quoted scalar
+    last = max((e for _, _, _, e in samples), default=None)
+    shown = [s for s in samples if s[3] == (epoch if any(x[3] == epoch for x in samples) else last)]
+    if not shown:
+        return []
+    lines = ["widget:"]
+    for path, _, index, _ in shown:
+        text = prompts[index] if index < len(prompts) else fallback
+        lines += [f"- text: {q(text)}", "  output:", f"    url: {q(path)}"]
+    return lines
+
+
+def _samples_section(samples: list[tuple[str, Path, int, int]], prompts: list[str]) -> list[str]:
+    """The sample grid as a table: one row per prompt, one column per epoch; nothing without samples."""
+    if not samples:
+        return []
+    epochs = sorted({e for _, _, _, e in samples})
+    rows = sorted({i for _, _, i, _ in samples})
+    where = {(i, e): path for path, _, i, e in samples}
+    lines = ["## Samples", "",
+             "One row per prompt, one column per epoch (fixed seed, so the columns compare the epochs).", "",
+             "| prompt | " + " | ".join("before training" if e == 0 else f"epoch {e}" for e in epochs) + " |",
+             "|---|" + "---|" * len(epochs)]
+    for row in rows:
+        text = prompts[row] if row < len(prompts) else f"prompt {row + 1}"
+        cells = [f"![epoch {e}]({where[(row, e)]})" if (row, e) in where else "" for e in epochs]
+        lines.append(f"| {_cell(text)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _settings_section(session: Session, sidecar: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The training settings table: the kept epoch and step, every set value, the dataset's repeats and size."""
+    epoch = sidecar.get("epoch")
+    lines = ["## Training settings", "", "| setting | value |", "|---|---|"]
     if epoch:
-        body.append(f"| epoch kept | {epoch} |")
+        lines.append(f"| epoch kept | {epoch} |")
     if sidecar.get("step"):
-        body.append(f"| steps | {sidecar['step']} |")
+        lines.append(f"| steps | {sidecar['step']} |")
     for key, value in settings.items():
         shown_value = " ".join(value) if isinstance(value, list) else value
         if shown_value not in ("", None):
-            body.append(f"| {_cell(str(key))} | {_cell(str(shown_value))} |")
-    body.append(f"| num_repeats | {session.get('dataset.num_repeats')} |")
-    body.append(f"| max_side | {session.get('dataset.max_side')} |")
-    body += ["", "## License", "",
-             f"This LoRA is a derivative of FLUX.1 [dev] and is subject to the [FLUX.1 [dev] Non-Commercial "
-             f"License]({LICENSE_LINK}).", ""]
-    return "\n".join(meta + body)
+            lines.append(f"| {_cell(str(key))} | {_cell(str(shown_value))} |")
+    lines.append(f"| num_repeats | {session.dataset.num_repeats} |")
+    lines.append(f"| max_side | {session.dataset.max_side} |")
+    return lines
 
 
 # ------------------------------------------------------------------ the step
@@ -360,7 +391,7 @@ def _create_repo(ctx: StepContext, api: Any, repo_id: str, private: bool, state:
         if status != 409:
             raise _explain(exc, repo_id) from None
         ours = state.get("repo") == repo_id and state.get("created")
-        if not ours and not ctx.session.get("publish.existing"):
+        if not ours and not ctx.session.publish.existing:
             raise StepFailed(f"{repo_id} already exists and this project did not create it: choose another "
                              "[publish] repo, or set [publish] existing = true to upload into it") from None
         ctx.log(f"{repo_id} exists ({'created by an earlier publish' if ours else 'publish.existing = true'}): "

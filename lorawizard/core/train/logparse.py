@@ -1,6 +1,6 @@
 """sd-scripts console output → events (bytes in, events out; no Textual, no I/O).
 
-The trainer's log is stdout and stderr of `accelerate launch … flux_train_network.py` in one file: tqdm bars
+The trainer's log is stdout and stderr of `accelerate launch … <the trainer script>` in one file: tqdm bars
 redrawn with '\\r' (sd-scripts.md §3.1), rich log records wrapped at 80 columns with continuation lines indented by
 29 spaces, plain `print` lines, Python tracebacks. `LogParser.feed(bytes)` returns the events completed by those
 bytes; the events are the same whatever the chunk boundaries (a partial UTF-8 sequence, a partial line or a
@@ -19,6 +19,7 @@ import math
 import re
 import unicodedata
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lorawizard.core.train import ddp_failures
@@ -418,79 +419,110 @@ class LogParser:
     # -- messages
 
     def _message(self, text: str, level: str, events: list[Event]) -> None:
-        if self._totals is not None:
-            match = _TOTAL.match(text)
-            if match:
-                self._totals[match.group(1)] = match.group(2)
-                events.append(Line(text, level))
-                if match.group(1) == "total optimization steps":
-                    self._close_totals(events)
-                return
-            self._close_totals(events)
-        if not level:
-            if self._root_cause is not None and self._torchrun_root(text, events):
-                return
-            known = ddp_failures.match(text)
-            if known is not None:
-                self._tracebacks.discard(self._rank)
-                events.append(Line(text, "ERROR", self._rank))
-                inside = _RANK_INSIDE.search(text) if self._rank is None else None
-                self._fail(known.kind, text, events, rank=int(inside.group(1)) if inside else self._rank)
-                return
-            if text.startswith("Root Cause (first observed failure)"):
-                self._root_cause = {}
-            elif "closing signal SIGTERM" in text:  # torchrun stops the other ranks after one failed
-                events.append(Line(text, "", self._rank))
-                events.append(Phase("stopping the other processes"))
-                return
-        if self._tracebacks and not text.startswith(" ") and not level and self._rank in self._tracebacks:
-            exc = _EXC.match(text)
-            if exc:
-                self._tracebacks.discard(self._rank)
-                events.append(Line(text, "ERROR", self._rank))
-                self._exception(exc.group(1), text, events)
-                return
+        if self._totals is not None and self._totals_field(text, level, events):
+            return
+        if not level and self._launcher_message(text, events):
+            return
+        if self._traceback_end(text, level, events):
+            return
         events.append(Line(text, level, self._rank))
         if not text.startswith(_INTERESTING):
             if level == "ERROR" or (not level and text[:1].isalpha() and _EXC.match(text)):
                 self._other(text, level, events)
             return
-        if text.startswith("epoch "):
-            match = _EPOCH.match(text)
-            if match:
-                events.append(Epoch(int(match.group(1)), int(match.group(2))))
-        elif text.startswith("saving checkpoint: "):
-            events.append(CheckpointSaved(text[len("saving checkpoint: "):].strip()))
-        elif text.startswith("save train state to "):
-            match = _STATE.match(text)
-            if match:
-                events.append(StateSaved(match.group(1), int(match.group(2)), int(match.group(3))))
-        elif text.startswith("model saved."):
-            events.append(ModelSaved())
-        elif text.startswith("running training"):
-            self._totals = {}
-            events.append(Phase("training"))
-        elif text.startswith("generating sample images"):
-            match = _SAMPLE.match(text)
-            events.append(SampleStarted(int(match.group(1)) if match else -1))
-            events.append(Phase("sampling"))
-        elif text.startswith("load train state from"):
-            match = _LOADSTATE.match(text)
-            if match:
-                events.append(Resumed(match.group(1), int(match.group(2)), int(match.group(3))))
-        elif text.startswith("override steps"):
-            match = _OVERRIDE.match(text)
-            if match:
-                events.append(Totals(None, None, None, "", None, int(match.group(1))))
-        elif text.startswith("Traceback"):
-            self._tracebacks.add(self._rank)
-        elif text.startswith(("No data found", "Invalid user config")):
-            self._other(text, level, events)
-        else:
-            for prefix, phase in _PHASES:
-                if text.startswith(prefix):
-                    events.append(Phase(phase))
-                    break
+        for prefix, handle in _MESSAGE_HANDLERS:
+            if text.startswith(prefix):
+                handle(self, text, level, events)
+                return
+        for prefix, phase in _PHASES:
+            if text.startswith(prefix):
+                events.append(Phase(phase))
+                break
+
+    def _totals_field(self, text: str, level: str, events: list[Event]) -> bool:
+        """One line of the `running training` block (True: consumed); any other line ends the block."""
+        assert self._totals is not None
+        match = _TOTAL.match(text)
+        if not match:
+            self._close_totals(events)
+            return False
+        self._totals[match.group(1)] = match.group(2)
+        events.append(Line(text, level))
+        if match.group(1) == "total optimization steps":
+            self._close_totals(events)
+        return True
+
+    def _launcher_message(self, text: str, events: list[Event]) -> bool:
+        """A plain line from torchrun or NCCL: the Root Cause block, a known several-GPU failure, the SIGTERM to
+        the other ranks (True: handled)."""
+        if self._root_cause is not None and self._torchrun_root(text, events):
+            return True
+        known = ddp_failures.match(text)
+        if known is not None:
+            self._tracebacks.discard(self._rank)
+            events.append(Line(text, "ERROR", self._rank))
+            inside = _RANK_INSIDE.search(text) if self._rank is None else None
+            self._fail(known.kind, text, events, rank=int(inside.group(1)) if inside else self._rank)
+            return True
+        if text.startswith("Root Cause (first observed failure)"):
+            self._root_cause = {}
+        elif "closing signal SIGTERM" in text:  # torchrun stops the other ranks after one failed
+            events.append(Line(text, "", self._rank))
+            events.append(Phase("stopping the other processes"))
+            return True
+        return False
+
+    def _traceback_end(self, text: str, level: str, events: list[Event]) -> bool:
+        """The exception line that closes this rank's traceback (True: handled)."""
+        if not self._tracebacks or text.startswith(" ") or level or self._rank not in self._tracebacks:
+            return False
+        exc = _EXC.match(text)
+        if not exc:
+            return False
+        self._tracebacks.discard(self._rank)
+        events.append(Line(text, "ERROR", self._rank))
+        self._exception(exc.group(1), text, events)
+        return True
+
+    # One handler per message kind, tried in order by prefix (after the line itself was emitted).
+
+    def _epoch(self, text: str, level: str, events: list[Event]) -> None:
+        match = _EPOCH.match(text)
+        if match:
+            events.append(Epoch(int(match.group(1)), int(match.group(2))))
+
+    def _checkpoint_saved(self, text: str, level: str, events: list[Event]) -> None:
+        events.append(CheckpointSaved(text[len("saving checkpoint: "):].strip()))
+
+    def _state_saved(self, text: str, level: str, events: list[Event]) -> None:
+        match = _STATE.match(text)
+        if match:
+            events.append(StateSaved(match.group(1), int(match.group(2)), int(match.group(3))))
+
+    def _model_saved(self, text: str, level: str, events: list[Event]) -> None:
+        events.append(ModelSaved())
+
+    def _training_started(self, text: str, level: str, events: list[Event]) -> None:
+        self._totals = {}
+        events.append(Phase("training"))
+
+    def _sample_started(self, text: str, level: str, events: list[Event]) -> None:
+        match = _SAMPLE.match(text)
+        events.append(SampleStarted(int(match.group(1)) if match else -1))
+        events.append(Phase("sampling"))
+
+    def _resumed(self, text: str, level: str, events: list[Event]) -> None:
+        match = _LOADSTATE.match(text)
+        if match:
+            events.append(Resumed(match.group(1), int(match.group(2)), int(match.group(3))))
+
+    def _steps_overridden(self, text: str, level: str, events: list[Event]) -> None:
+        match = _OVERRIDE.match(text)
+        if match:
+            events.append(Totals(None, None, None, "", None, int(match.group(1))))
+
+    def _traceback_started(self, text: str, level: str, events: list[Event]) -> None:
+        self._tracebacks.add(self._rank)
 
     def _torchrun_root(self, text: str, events: list[Event]) -> bool:
         """Inside torchrun's "Root Cause" block: `rank : 1 (local_rank: 1)`, `exitcode : -9 (pid: …)`."""
@@ -549,6 +581,20 @@ class LogParser:
             self._fail("interrupted", text, events, rank=rank)
         else:
             self._fail("exception", text, events, rank=rank)
+
+
+_MESSAGE_HANDLERS: tuple[tuple[str | tuple[str, ...], Callable[[LogParser, str, str, list[Event]], None]], ...] = (
+    ("epoch ", LogParser._epoch),
+    ("saving checkpoint: ", LogParser._checkpoint_saved),
+    ("save train state to ", LogParser._state_saved),
+    ("model saved.", LogParser._model_saved),
+    ("running training", LogParser._training_started),
+    ("generating sample images", LogParser._sample_started),
+    ("load train state from", LogParser._resumed),
+    ("override steps", LogParser._steps_overridden),
+    ("Traceback", LogParser._traceback_started),
+    (("No data found", "Invalid user config"), LogParser._other),
+)
 
 
 def parse_bytes(data: bytes, chunk: int = 1 << 16) -> list[Event]:

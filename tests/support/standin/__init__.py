@@ -87,6 +87,7 @@ def make_train_project(
 ):  # -> lorawizard.core.session.document.Session
     """A project whose session points at the stand-in trainer, with `images` prepared PNGs in one bucket."""
     from lorawizard.core.session.document import Session
+    from tests.support.sessions import save
 
     tmp_path = Path(tmp_path)
     sd_scripts, python = make_fake_sd_scripts(tmp_path)
@@ -102,7 +103,7 @@ def make_train_project(
     session.set("train.save_every_n_epochs", save_every)
     session.set("dataset.num_repeats", num_repeats)
     session.set_batch_size(bucket, batch_size)
-    session.save()
+    save(session)
     return session
 
 

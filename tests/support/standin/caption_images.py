@@ -35,7 +35,8 @@ def answer(name):
 
 
 def main():
-    job = json.load(open(sys.argv[sys.argv.index("--job") + 1], encoding="utf-8"))
+    with open(sys.argv[sys.argv.index("--job") + 1], encoding="utf-8") as job_file:
+        job = json.load(job_file)
     if os.environ.get("STANDIN_CAPTION_PIDFILE"):
         with open(os.environ["STANDIN_CAPTION_PIDFILE"], "w") as handle:
             handle.write(str(os.getpid()))

@@ -49,7 +49,8 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def _config(path: str) -> dict[str, str]:
     try:
-        text = open(path, encoding="utf-8").read()
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except OSError as exc:
         sys.stderr.write(f"accelerate launch: error: cannot read config file {path}: {exc.strerror}\n")
         raise SystemExit(1) from None
