@@ -21,9 +21,12 @@ UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class TrainView:
-    """Everything the dashboard shows, computed off the UI thread (or built by hand in tests)."""
+    """Everything the dashboard shows, computed off the UI thread (or built by hand in tests).
+
+    One immutable snapshot per tick: the Train screen assigns it to a reactive its panels are bound to. Compared by
+    identity (eq=False), so every new view reaches the panels, even one equal to the last (its log lines are new)."""
 
     name: str = ""
     run_id: str = ""
@@ -128,7 +131,7 @@ def view_from(tick: Tick, name: str, extra: dict[str, Any]) -> TrainView:
         newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
         gpus=extra.get("gpus", []), gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"),
         rss=extra.get("rss"), procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive),
-        log_path=str(record.log_path),
+        log_path=str(record.log_path), notice=tick.notice,
     )
 
 
@@ -144,6 +147,4 @@ def views(record: RunRecord, name: str, *, wait: Callable[[float], bool | None],
         if now >= slow_at or not tick.alive:
             slow_at = now + slow_s
             extra = slow_readings(tick.record, sampler, tick.alive, name)
-        view = view_from(tick, name, extra)
-        view.notice = tick.notice
-        yield view
+        yield view_from(tick, name, extra)

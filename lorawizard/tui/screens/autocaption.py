@@ -4,12 +4,16 @@ F5 opens the dialog (instruction, model, device; draft the missing captions, ove
 F6 redrafts the current image (a caption of the person's only when F6 is pressed twice), F7 accepts the current
 draft. Drafting runs `core.autocaption.draft` in a worker; each draft arrives on the UI thread and goes into the
 caption set and session.toml like an edit, marked auto. Esc cancels; the drafts so far are kept.
+
+`AutoCaptioner` does all of that for the screen it sits on: it changes the caption set it is handed and says what
+changed with its messages; the screen stores those captions and redraws its own widgets.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,16 +39,9 @@ from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingsForm
 
 if TYPE_CHECKING:
-    from textual.widgets import TextArea
-
     from lorawizard.core.captions.captionset import CaptionSet
     from lorawizard.core.captions.tokens import TokenCounter
-    from lorawizard.tui.screens.base import StepScreen
-    from lorawizard.tui.widgets.caption_list import CaptionList
-
-    _ScreenBase = StepScreen  # for the type checker: the mixin only ever sits on the Captions screen
-else:
-    _ScreenBase = object
+    from lorawizard.core.session.document import Session
 
 CONFIRM_S = 5.0  # a second F6 within this replaces a person's caption
 
@@ -56,18 +53,8 @@ AUTO_BINDINGS = [
 
 
 @dataclass
-class DraftStatus(Message):
-    """The drafting worker's progress line for the header (a newer one replaces one still waiting)."""
-
-    text: str
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, DraftStatus)
-
-
-@dataclass
-class Drafted(Message):
-    """One draft from the captioner, for `file` (a caption set item among the `allowed` indices)."""
+class _Drafted(Message, bubble=False):
+    """From the worker: one draft for `file` (a caption set item among the `allowed` indices)."""
 
     file: str
     text: str
@@ -75,83 +62,104 @@ class Drafted(Message):
 
 
 @dataclass
-class DraftingDone(Message):
+class _Done(Message, bubble=False):
+    """From the worker: drafting ended, `outcome` says how."""
+
     outcome: str
     severity: SeverityLevel = "information"
 
 
-class AutoCaptionMixin(_ScreenBase):
-    """The Captions screen's auto-caption actions (a mixin: the screen keeps its own size)."""
+class AutoCaptioner(Widget):
+    """Drafting captions with the captioner, for the screen it is mounted on (a widget never displayed: its worker
+    and messages live and end with that screen).
 
-    if TYPE_CHECKING:  # what the Captions screen provides
-        captions: CaptionSet | None
-        current: int | None
+    The screen hands over its caption set (`captions`), calls the actions (`open_dialog`, `redraft`, `accept`,
+    `start`, `stop`) and handles the messages below; `flush` writes what waits for session.toml (before drafting).
+    """
 
-        @property
-        def editor(self) -> TextArea: ...
-        @property
-        def caption_list(self) -> CaptionList: ...
-        def flush(self) -> None: ...
-        def _store(self, indices: list[int]) -> None: ...
-        def _apply_filter(self, keep: int | None = None) -> None: ...
-        def _update_details(self) -> None: ...
-        def _update_header(self) -> None: ...
+    @dataclass
+    class Status(Message):
+        """The header's drafting segment (DraftingEnded clears it); a newer one replaces one still waiting."""
 
-    _auto_cancel: threading.Event | None = None
-    _auto_status: str = ""
-    _confirm_redraft: tuple[int, float] | None = None
-    _overwritten: dict[int, tuple[str | None, bool]] | None = None  # a person's captions an overwrite replaces
+        text: str
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, AutoCaptioner.Status)
+
+    @dataclass
+    class DraftArrived(Message):
+        """A draft is in the caption set at `index`, marked auto: to be stored and shown."""
+
+        index: int
+        text: str
+
+    @dataclass
+    class DraftsAccepted(Message):
+        """These drafts are a person's captions now (reviewed): to be stored and shown."""
+
+        indices: list[int]
+
+    class DraftingEnded(Message):
+        """Drafting is over (done, stopped or failed; the person was told): the drafts so far are in the set."""
+
+    def __init__(self, session: Session, flush: Callable[[], None]) -> None:
+        super().__init__()
+        self.display = False
+        self.captions: CaptionSet | None = None
+        self._session = session
+        self._flush = flush
+        self._cancel: threading.Event | None = None
+        self._confirm_redraft: tuple[int, float] | None = None
+        self._overwritten: dict[int, tuple[str | None, bool]] | None = None  # a person's captions an overwrite replaces
 
     @property
     def drafting(self) -> bool:
-        return self._auto_cancel is not None
+        return self._cancel is not None
 
-    def auto_status(self) -> Text | None:
-        """The header's drafting segment while drafts come in."""
-        return Text(self._auto_status, style=tone("info")) if self._auto_status else None
-
-    def action_autocaption(self) -> None:
+    def open_dialog(self) -> None:
+        """F5: what the captioner will do, and the choice of what to draft (or to accept every draft)."""
         captions = self.captions
         if captions is None:
             return
         if self.drafting:
             self.notify("drafting is under way: Esc stops it (drafts so far are kept)")
             return
-        self.flush()
+        self._flush()
         missing = len(ac.targets(captions.items))
         drafts = captions.counts()["auto"]
 
         def chosen(choice: str | None) -> None:
             if choice == "accept":
-                self.accept_drafts(None)
+                self.accept(None)
             elif choice == "missing":
-                self.start_drafting([captions.items.index(i) for i in ac.targets(captions.items)])
+                self.start([captions.items.index(i) for i in ac.targets(captions.items)])
             elif choice == "all":
-                self.confirm_overwrite([captions.items.index(i) for i in ac.targets(captions.items, overwrite=True)])
+                self._confirm_overwrite([captions.items.index(i) for i in ac.targets(captions.items, overwrite=True)])
 
         self.app.push_screen(AutoCaptionScreen(missing, len(captions), drafts), chosen)
 
-    def confirm_overwrite(self, indices: list[int]) -> None:
+    def _confirm_overwrite(self, indices: list[int]) -> None:
         """"Overwrite all" replaces captions a person wrote: asked first, and F4 gives them back afterwards."""
         captions = self.captions
         if captions is None:
             return
         persons = [i for i in indices if captions.is_persons(i)]
         if not persons:
-            self.start_drafting(indices)
+            self.start(indices)
             return
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.start_drafting(indices, keep_for_undo=persons)
+                self.start(indices, keep_for_undo=persons)
 
         count = f"{len(persons)} caption{'s' if len(persons) != 1 else ''}"
         self.app.push_screen(ConfirmScreen(
             f"Replace {count} you wrote with drafts?",
             f"All {len(indices)} images get a draft. F4 (Undo bulk) gives your {count} back afterwards."), answer)
 
-    def action_redraft(self) -> None:
-        captions, index = self.captions, self.current
+    def redraft(self, index: int | None) -> None:
+        """F6 on the caption at `index`: a person's caption only when pressed twice."""
+        captions = self.captions
         if captions is None or index is None or self.drafting:
             return
         if captions.is_persons(index):
@@ -161,14 +169,11 @@ class AutoCaptionMixin(_ScreenBase):
                 self.notify("this caption is yours: F6 again replaces it with a draft")
                 return
         self._confirm_redraft = None
-        self.flush()
-        self.start_drafting([index])
+        self._flush()
+        self.start([index])
 
-    def action_accept_draft(self) -> None:
-        if self.current is not None:
-            self.accept_drafts([self.current])
-
-    def accept_drafts(self, indices: list[int] | None) -> None:
+    def accept(self, indices: list[int] | None) -> None:
+        """The drafts among `indices` (None: every one) become reviewed captions."""
         captions = self.captions
         if captions is None:
             return
@@ -176,36 +181,32 @@ class AutoCaptionMixin(_ScreenBase):
         if not changed:
             self.notify("no auto draft here to accept")
             return
-        self._store(changed)
-        self._apply_filter(self.current)
-        self._update_details()
+        self.post_message(self.DraftsAccepted(changed))
         self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")
 
-    def stop_drafting(self) -> None:
-        if self._auto_cancel is not None:
-            self._auto_cancel.set()
+    def stop(self) -> bool:
+        """Esc: stop drafting (the drafts so far are kept). False when nothing is drafting."""
+        if self._cancel is None:
+            return False
+        self._cancel.set()
+        self.post_message(self.Status("stopping the captioner…"))
+        return True
 
-    def action_cancel(self) -> None:
-        """Esc: stop drafting first (the drafts so far are kept); else what the step screen does."""
-        if self._auto_cancel is not None:
-            self._auto_cancel.set()
-            self._set_auto_status("stopping the captioner…")
-            return
-        super().action_cancel()
+    def on_unmount(self) -> None:
+        if self._cancel is not None:  # quitting never leaves a captioner holding the GPU
+            self._cancel.set()
 
-    def start_drafting(self, indices: list[int], keep_for_undo: list[int] | None = None) -> None:
+    def start(self, indices: list[int], keep_for_undo: list[int] | None = None) -> None:
         """Draft `indices`; `keep_for_undo`: captions of a person's that drafts replace (F4 restores them)."""
         captions = self.captions
         if captions is None or not indices:
             self.notify("nothing to draft: every image has a caption")
             return
         self._overwritten = {i: (captions.items[i].body, captions.items[i].auto) for i in keep_for_undo or ()} or None
-        self._auto_cancel = threading.Event()
-        self._auto_status = f"auto-caption: starting ({len(indices)} images) · Esc stops"
-        self._update_header()
+        self._cancel = threading.Event()
+        self.post_message(self.Status(f"auto-caption: starting ({len(indices)} images) · Esc stops"))
         images = [(captions.items[i].file, captions.items[i].output) for i in indices]
-        counter, trigger = captions.counter, captions.trigger
-        self._draft_worker(images, set(indices), self._auto_cancel, counter, trigger)
+        self._draft_worker(images, set(indices), self._cancel, captions.counter, captions.trigger)
 
     @work(thread=True, exclusive=True, group="captions-auto", exit_on_error=False)
     def _draft_worker(self, images: list[tuple[str, Path]], allowed: set[int], cancel: threading.Event,
@@ -217,17 +218,17 @@ class AutoCaptionMixin(_ScreenBase):
         def progress(event: Progress) -> None:
             rate = f" · {format_rate(event.rate, 'images')}" if event.rate else ""
             eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
-            post(DraftStatus(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
+            post(self.Status(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
 
         def drafted(file: str, text: str) -> None:
-            post(Drafted(file, text, allowed))
+            post(_Drafted(file, text, allowed))
 
         meter = ProgressMeter(progress, "captions", "drafting captions", len(images), "images", interval=0.3)
         outcome: str
         severity: SeverityLevel = "information"
         try:
             report = ac.draft(
-                self.session, images,
+                self._session, images,
                 on_draft=drafted,
                 cancel=cancel, log=lambda line: None, meter=meter,
                 fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
@@ -241,63 +242,37 @@ class AutoCaptionMixin(_ScreenBase):
             outcome, severity = str(exc), "error"
         except Exception as exc:  # noqa: BLE001 - a worker never takes the app down
             outcome, severity = f"auto-caption failed: {exc}", "error"
-        post(DraftingDone(outcome, severity))
+        post(_Done(outcome, severity))
 
-    # Handlers by name (on_<message>): Textual collects @on handlers only from a MessagePump class's own body.
-
-    def on_draft_status(self, message: DraftStatus) -> None:
-        self._set_auto_status(message.text)
-
-    def _set_auto_status(self, text: str) -> None:
-        if self.drafting:
-            self._auto_status = text
-            self._update_header()
-
-    def on_drafted(self, message: Drafted) -> None:
+    @on(_Drafted)
+    def _drafted(self, message: _Drafted) -> None:
         captions = self.captions
         if captions is None:
             return
-        file, text = message.file, message.text
-        index = next((i for i in message.allowed if captions.items[i].file == file), None)
+        index = next((i for i in message.allowed if captions.items[i].file == message.file), None)
         if index is None:
             return
-        captions.set_body(index, text, auto=True)
-        self._store([index])
-        self.caption_list.refresh_item(index)
-        if index == self.current:
-            self.editor.load_text(text)
-            self._update_details()
+        captions.set_body(index, message.text, auto=True)
+        self.post_message(self.DraftArrived(index, message.text))
 
-    def on_drafting_done(self, message: DraftingDone) -> None:
-        outcome, severity = message.outcome, message.severity
-        self._auto_cancel = None
-        self._auto_status = ""
+    @on(_Done)
+    def _done(self, message: _Done) -> None:
+        outcome = message.outcome
+        self._cancel = None
         if self._overwritten and self.captions is not None:
             replaced = self.captions.record_overwrite("auto-caption overwrite", self._overwritten)
             if replaced:
                 outcome += f" · F4 gives back the {replaced} caption{'s' if replaced != 1 else ''} you wrote"
         self._overwritten = None
-        self.flush()
-        self._apply_filter(self.current)
-        self._update_details()
-        self.notify(outcome, severity=severity, timeout=10)
+        self.post_message(self.DraftingEnded())
+        self.notify(outcome, severity=message.severity, timeout=10)
 
 
 class AutoCaptionScreen(ModalScreen["str | None"]):
     """What the captioner will do: model, where it runs, the instruction; draft missing / overwrite all / accept."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
-    DEFAULT_CSS = """
-    AutoCaptionScreen { align: center middle; }
-    AutoCaptionScreen > VerticalScroll { width: 96%; max-width: 110; height: auto; max-height: 96%;
-                                   border: round $accent; background: $surface; padding: 0 1; }
-    /* Tab stops on the dialog itself (↑/↓ scroll it at 80x24): shown, or that stop looked like focus lost */
-    AutoCaptionScreen > VerticalScroll:focus { border: heavy $accent; border-subtitle-color: $accent; }
-    AutoCaptionScreen #auto-about { height: auto; }
-    AutoCaptionScreen #auto-instruction { height: auto; color: $text-muted; margin: 0 0 1 0; }
-    AutoCaptionScreen #auto-buttons { height: auto; margin: 1 0; }
-    AutoCaptionScreen #auto-buttons Button { margin: 0 2 0 0; }
-    """
+    CSS_PATH = "autocaption.tcss"
 
     def __init__(self, missing: int, total: int, drafts: int) -> None:
         super().__init__()
@@ -362,7 +337,7 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
         about_static = self.query_one("#auto-about", Static)
         width = about_static.content_region.width or max(20, self.app.size.width - 10)  # before layout: about it
         about_static.update(fit_paths(about, width))  # ~/… and cut in the middle: a path never runs over its line
-        custom = session.get("captions.instruction")
+        custom = session.captions.instruction
         shown = "(your instruction above)" if custom else f"default instruction: {ac.instruction_for(session)}"
         self.query_one("#auto-instruction", Static).update(shown)
 

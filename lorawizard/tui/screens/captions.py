@@ -50,7 +50,7 @@ from lorawizard.tui._textual_hacks import (
 )
 from lorawizard.tui.images import image_widget_class
 from lorawizard.tui.messages import StepFinished
-from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptionMixin
+from lorawizard.tui.screens.autocaption import AUTO_BINDINGS, AutoCaptioner
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import Tone, tone
 from lorawizard.tui.typed_app import wizard_app
@@ -110,7 +110,7 @@ class TriggerCounted(Message):
     trigger: str
 
 
-class CaptionsScreen(AutoCaptionMixin, StepScreen):
+class CaptionsScreen(StepScreen):
     STEP = "captions"
     MAIN = "CaptionList"
     AUTO_FOCUS = MAIN
@@ -132,21 +132,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         *AUTO_BINDINGS,
     ]
 
-    DEFAULT_CSS = """
-    CaptionsScreen #cap-header { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
-    CaptionsScreen #cap-main { height: 1fr; }
-    CaptionsScreen CaptionList { width: 26; border-right: vkey $panel; }
-    CaptionsScreen.-wide CaptionList { width: 36; }
-    CaptionsScreen #cap-right { width: 1fr; padding: 0 0 0 1; }
-    CaptionsScreen #cap-top { height: 8; }
-    CaptionsScreen.-wide #cap-top { height: 16; }
-    CaptionsScreen #cap-image { width: 16; height: 8; margin: 0 1 0 0; }
-    CaptionsScreen.-wide #cap-image { width: 32; height: 16; }
-    CaptionsScreen #cap-info { width: 1fr; height: 100%; }
-    CaptionsScreen #cap-editor { height: 1fr; min-height: 3; border-title-color: $text-secondary; }
-    CaptionsScreen #cap-tokens { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    CaptionsScreen StepRunner { padding: 0 1; }
-    """
+    CSS_PATH = "captions.tcss"
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,6 +144,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         self._manifest_stamp: tuple[int, int] | None = None
         self._bulk: str | None = None  # the bulk change (or undo) a worker is computing: one at a time
         self._bulk_status = ""  # what the header says meanwhile
+        self._drafting_status = ""  # the auto-captioner's progress, for the header ("": not drafting)
 
     # -- layout
 
@@ -176,6 +163,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
                     placeholder=f"No caption yet. {GUIDE}",
                 )
                 yield Static("", id="cap-tokens")
+        yield AutoCaptioner(self.session, flush=self.flush)
 
     @property
     def editor(self) -> TextArea:
@@ -189,6 +177,10 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     def caption_list(self) -> CaptionList:
         return self.query_one(CaptionList)
 
+    @property
+    def auto_captioner(self) -> AutoCaptioner:
+        return self.query_one(AutoCaptioner)
+
     def on_mount(self) -> None:
         self.editor.disabled = True
         self.editor.border_title = "caption: what the LoRA should NOT learn"
@@ -201,15 +193,16 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
     def load(self) -> None:
         session = self.session
         self._manifest_stamp = _stamp(session.paths.dataset / MANIFEST_FILE)
+        store = wizard_app(self).store
         try:
-            with wizard_app(self).store.lock:  # the session is not changed meanwhile (a write, a step's record)
+            with store.lock:  # the session is not changed meanwhile (a write, a step's record)
                 images = core.prepared_images(session)
                 if len(images) >= FREEZE_FROM:
                     # now as well as when loaded (see _loaded): the session's entries, already read, stay out of the
                     # full collections this worker's allocations start (each ~0.1 s at 20,000, all threads stopped)
                     gc.freeze()
                 imported = core.find_imports(session, images)
-                count = core.store_imports(session, imported) if not session.read_only else 0
+                count = core.store_imports(session, imported, store=store) if not session.read_only else 0
                 captions = CaptionSet.from_session(session) if images else None
         except (StepFailed, SessionError, OSError) as exc:
             self.post_message(CaptionsLoadFailed(str(exc)))
@@ -229,7 +222,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
             self.query_one("#cap-header", Static).update(Text(self._problem, style="bold"))
             return
         keep = self.current
-        self.captions = captions
+        self.captions = self.auto_captioner.captions = captions
         if len(captions) >= FREEZE_FROM:
             # session.toml of thousands of images is millions of tomlkit objects that live as long as the
             # app: without this every full garbage collection walks them all (0.3-0.5 s pauses with 5,000).
@@ -321,9 +314,8 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         if self._bulk is not None:  # first: at 80 columns the end of the line is cut
             header.append(self._bulk_status, style=tone("info", bold=True))
             header.append(" │ ")
-        drafting = self.auto_status()
-        if drafting is not None:
-            header.append_text(drafting)
+        if self._drafting_status:
+            header.append(self._drafting_status, style=tone("info"))
             header.append(" │ ")
         header.append(f"{counts['all']} captions", style="bold")
         for name, label in (("missing", "missing"), ("auto", "auto"), ("edited", "edited"), ("over", "over budget"),
@@ -449,12 +441,62 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         if self._manifest_stamp is not None and _stamp(self.session.paths.dataset / MANIFEST_FILE) != self._manifest_stamp:
             self.load()
         elif self.captions is not None:
-            self.captions.captionless = bool(self.session.get("dataset.captionless"))
+            self.captions.captionless = self.session.dataset.captionless
             self._retrigger_if_changed()
 
     def on_unmount(self) -> None:
-        self.stop_drafting()  # quitting never leaves a captioner holding the GPU
+        self.flush()  # (the AutoCaptioner stops a captioner itself: quitting never leaves one holding the GPU)
+
+    # -- auto-captions: the AutoCaptioner drafts into the caption set; here they are stored and shown
+
+    @property
+    def drafting(self) -> bool:
+        return self.auto_captioner.drafting
+
+    def action_autocaption(self) -> None:
+        self.auto_captioner.open_dialog()
+
+    def action_redraft(self) -> None:
+        self.auto_captioner.redraft(self.current)
+
+    def action_accept_draft(self) -> None:
+        if self.current is not None:
+            self.accept_drafts([self.current])
+
+    def accept_drafts(self, indices: list[int] | None) -> None:
+        """The drafts among `indices` (None: every one) become reviewed captions."""
+        self.auto_captioner.accept(indices)
+
+    def start_drafting(self, indices: list[int]) -> None:
+        """Draft the captions at `indices` (as the dialog's "Draft missing" does for the missing ones)."""
+        self.auto_captioner.start(indices)
+
+    def action_cancel(self) -> None:
+        """Esc: stop drafting first (the drafts so far are kept); else what the step screen does."""
+        if not self.auto_captioner.stop():
+            super().action_cancel()
+
+    def on_auto_captioner_status(self, message: AutoCaptioner.Status) -> None:
+        self._drafting_status = message.text
+        self._update_header()
+
+    def on_auto_captioner_draft_arrived(self, message: AutoCaptioner.DraftArrived) -> None:
+        self._store([message.index])
+        self.caption_list.refresh_item(message.index)
+        if message.index == self.current:
+            self.editor.load_text(message.text)
+            self._update_details()
+
+    def on_auto_captioner_drafts_accepted(self, message: AutoCaptioner.DraftsAccepted) -> None:
+        self._store(message.indices)
+        self._apply_filter(self.current)
+        self._update_details()
+
+    def on_auto_captioner_drafting_ended(self) -> None:
+        self._drafting_status = ""
         self.flush()
+        self._apply_filter(self.current)
+        self._update_details()
 
     # -- actions
 
@@ -575,7 +617,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
 
         def done(_: object) -> None:
             if self.captions is not None:
-                self.captions.captionless = bool(self.session.get("dataset.captionless"))
+                self.captions.captionless = self.session.dataset.captionless
                 self._retrigger()
 
         self.app.push_screen(TriggerScreen(), done)
@@ -586,7 +628,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         captions = self.captions
         if captions is None:
             return
-        trigger = str(self.session.get("dataset.trigger") or "")
+        trigger = self.session.dataset.trigger
         if trigger not in (captions.trigger, counted) and len(captions) >= RECOUNT_IN_WORKER_FROM:
             self._bulk = "new trigger"
             self._bulk_status = f"counting tokens for the trigger “{trigger}”…"
@@ -601,7 +643,7 @@ class CaptionsScreen(AutoCaptionMixin, StepScreen):
         """The trigger changed elsewhere (another step, a hand edit): recount, unless a bulk change is computing
         (its end checks again)."""
         captions = self.captions
-        if captions is not None and self._bulk is None and str(self.session.get("dataset.trigger") or "") != captions.trigger:
+        if captions is not None and self._bulk is None and self.session.dataset.trigger != captions.trigger:
             self._retrigger()
 
     @work(thread=True, group="captions-bulk", exit_on_error=False)
@@ -768,11 +810,7 @@ class TriggerScreen(ModalScreen[None]):
     """The trigger word and the captionless switch (saved as you type, like every setting)."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
-    DEFAULT_CSS = """
-    TriggerScreen { align: center middle; }
-    TriggerScreen > Vertical { width: 72; height: auto; border: round $accent; background: $surface; padding: 0 1; }
-    TriggerScreen > Vertical > Label { margin: 1 0 0 0; width: 1fr; }
-    """
+    CSS_PATH = "captions.tcss"
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -812,17 +850,7 @@ class BulkEditScreen(ModalScreen["core.BulkPlan | None"]):
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "apply", "Apply", priority=True),
     ]
-    DEFAULT_CSS = """
-    BulkEditScreen { align: center middle; }
-    BulkEditScreen > Vertical { width: 90%; max-width: 110; height: auto; max-height: 95%;
-                                border: round $accent; background: $surface; padding: 0 1; }
-    BulkEditScreen Horizontal { height: auto; }
-    BulkEditScreen Label.bulk-label { width: 10; padding: 1 1 0 0; text-align: right; }
-    BulkEditScreen Input { width: 1fr; }
-    BulkEditScreen Select { width: 1fr; }
-    BulkEditScreen #bulk-preview { height: auto; margin: 1 0 0 0; }
-    BulkEditScreen #bulk-buttons { margin: 1 0 0 0; height: auto; }
-    """
+    CSS_PATH = "captions.tcss"
     MODES = [("find / replace", "plain"), ("find / replace (regex)", "regex"), ("add prefix / suffix", "affix")]
 
     def __init__(self, captions: CaptionSet, scope: list[int], scope_label: str) -> None:

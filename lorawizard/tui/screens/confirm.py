@@ -10,12 +10,7 @@ from textual.widgets import Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 72; max-width: 100%; height: auto; border: round $warning;
-        background: $surface; padding: 0 1; }
-    ConfirmScreen .confirm-keys { color: $text-muted; margin-top: 1; }
-    """
+    CSS_PATH = "confirm.tcss"
     BINDINGS = [
         Binding("enter,y", "answer(True)", "Yes", priority=True),
         Binding("escape,n", "answer(False)", "No", priority=True),

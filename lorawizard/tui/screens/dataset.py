@@ -136,22 +136,7 @@ class DatasetScreen(StepScreen):
         Binding("escape", "escape", "Back", show=False),
     ]
 
-    DEFAULT_CSS = """
-    DatasetScreen #ds-head { height: auto; max-height: 3; padding: 0 1; background: $panel; }
-    DatasetScreen #ds-settings { height: auto; padding: 0 1; display: none; }
-    DatasetScreen.-settings #ds-settings { display: block; }
-    DatasetScreen #ds-filter { height: 3; display: none; margin: 0 1; }
-    DatasetScreen.-filtering #ds-filter { display: block; }
-    DatasetScreen #ds-main { height: 1fr; }
-    DatasetScreen #ds-table { width: 1fr; height: 1fr; overflow-x: hidden; }
-    DatasetScreen #ds-preview { width: 28; height: 1fr; padding: 0 0 0 1; }
-    DatasetScreen.-wide #ds-preview { width: 48; }
-    DatasetScreen #ds-image { width: auto; height: auto; max-height: 1fr; max-width: 100%; }
-    DatasetScreen #ds-info { height: auto; color: $text-muted; dock: top; }  /* always whole (above the picture): a tall portrait preview pushed it off the screen */
-    DatasetScreen #ds-keys { height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
-    DatasetScreen StepRunner { padding: 0 1; max-height: 7; }
-    DatasetScreen StepRunner Log { max-height: 4; }
-    """
+    CSS_PATH = "dataset.tcss"
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,7 +200,7 @@ class DatasetScreen(StepScreen):
     def on_mount(self) -> None:
         table = self.table
         self._add_columns()
-        if not self.session.get("dataset.source"):
+        if not self.session.dataset.source:
             self.set_class(True, "-settings")
             field = self.query_one("#set-dataset-source", SettingInput)
             self._guess = self._guess_source()
@@ -560,13 +545,13 @@ class DatasetScreen(StepScreen):
     def _setting_saved(self, message: SettingsForm.Saved) -> None:
         """Rescan once a setting really changed (Enter or leaving a field; the value is in the session already).
         Enter in the empty source field takes the guessed photo folder."""
-        if message.key == "dataset.source" and message.value is None and message.submitted and self._guess:
-            if wizard_app(self).decide("dataset.source", self._guess) is None:
-                self.query_one("#set-dataset-source", Input).value = self._guess
+        if (message.key == "dataset.source" and message.value is None and message.submitted and self._guess
+                and wizard_app(self).decide("dataset.source", self._guess) is None):
+            self.query_one("#set-dataset-source", Input).value = self._guess
         self._rescan_if_settings_changed()
 
     def _rescan_if_settings_changed(self) -> None:
-        if self._settings_now() != self._scanned_settings and self.session.get("dataset.source"):
+        if self._settings_now() != self._scanned_settings and self.session.dataset.source:
             self.rescan()
 
     # -- apply

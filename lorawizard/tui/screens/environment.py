@@ -55,18 +55,7 @@ class EnvironmentScreen(StepScreen):
         Binding("y", "copy_command", "Copy cmd", show=True),
     ]
 
-    DEFAULT_CSS = """
-    EnvironmentScreen #findings { height: auto; margin: 0 0 1 0; }
-    EnvironmentScreen #lead { height: auto; display: none; color: $warning; text-style: bold; margin: 0 0 1 0; }
-    EnvironmentScreen #lead.shown { display: block; }
-    EnvironmentScreen #branch-row { height: auto; }
-    EnvironmentScreen #branch-row Label { width: 22; padding: 1 2 0 0; text-align: right; }
-    EnvironmentScreen #branch { width: 20; }
-    EnvironmentScreen #branch-note { padding: 1 0 0 1; color: $text-muted; width: 1fr; }
-    EnvironmentScreen #command { height: auto; color: $text; background: $boost; padding: 0 1; }
-    EnvironmentScreen #command-note { height: auto; color: $text-muted; }
-    EnvironmentScreen .step-body { scrollbar-gutter: stable; }
-    """
+    CSS_PATH = "environment.tcss"
 
     def __init__(self) -> None:
         super().__init__()

@@ -2,7 +2,9 @@
 size per bucket with real trainer runs, and watch every trial live (batch, peak GB, OK/OOM, s/step).
 
 NVML is read in a thread worker; the probe runs through the screen's StepRunner (a thread worker too), whose
-trial events arrive here as `ProbeUpdate` messages. Esc cancels a probe (the trial's process group is killed).
+trial events arrive here as `ProbeUpdate` messages. Both tables are drawn from snapshots of their rows: the screen
+assigns a new tuple to `bucket_rows` or `trial_rows`, and the table bound to it redraws (widgets.probe_tables).
+Esc cancels a probe (the trial's process group is killed).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
+from textual.reactive import var
 from textual.widgets import Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from lorawizard.core.dataset.step import bucket_counts
-from lorawizard.core.gpu.nvml import GB, GpuInfo, Inventory, inventory
+from lorawizard.core.gpu.nvml import GpuInfo, Inventory, inventory
 from lorawizard.core.gpu.presets import (
     PresetError,
     VramPreset,
@@ -30,14 +33,15 @@ from lorawizard.core.gpu.presets import (
 )
 from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch.multigpu import short_name
-from lorawizard.core.probe.batch_sources import Tone, bucket_rows
-from lorawizard.core.probe.step import STATUS_WORDS, ProbeEvent, ProbeOptions
+from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
+from lorawizard.core.probe.step import ProbeEvent, ProbeOptions
+from lorawizard.core.probe.trial_rows import TrialRow, with_event
 from lorawizard.core.session.document import parse_bucket
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
-from lorawizard.tui.widgets.tables import Table
+from lorawizard.tui.widgets.probe_tables import BucketTable, TrialTable
 
 
 @dataclass
@@ -53,14 +57,6 @@ class ProbeUpdate(Message):
     event: ProbeEvent
 
 
-def _tone_style(row_tone: Tone) -> str:
-    return {"good": tone("success"), "warning": tone("warning"), "dim": "dim", "plain": ""}[row_tone]
-
-
-def _cell(text: str, style: str = "") -> Text:
-    return Text(text, style=style, overflow="ellipsis")
-
-
 class GpuScreen(StepScreen):
     STEP = "probe"
     MAIN = "#buckets"
@@ -73,23 +69,17 @@ class GpuScreen(StepScreen):
         Binding("space", "toggle_gpu", "Add/remove GPU", show=False),
     ]
 
-    DEFAULT_CSS = """
-    GpuScreen #gpu-list { height: auto; max-height: 5; border: none; padding: 0; }
-    GpuScreen #gpu-state { height: auto; }
-    GpuScreen #preset-row { height: auto; }
-    GpuScreen #preset-row Label { width: 22; padding: 1 2 0 0; text-align: right; color: $text-muted; }
-    GpuScreen #preset-select { width: 1fr; max-width: 56; }
-    GpuScreen #estimate { color: $text-muted; height: auto; }
-    GpuScreen #preset-note { color: $text-muted; height: auto; }
-    GpuScreen DataTable { height: auto; max-height: 12; margin: 1 0 0 0; }
-    GpuScreen #trials { max-height: 10; }
-    """
+    CSS_PATH = "gpu.tcss"
+
+    # The tables' rows (snapshots the tables are bound to). None: not read yet / no probe yet. Every assignment
+    # redraws, as every refresh did before, even with equal rows (always_update).
+    bucket_rows: var[tuple[BucketRow, ...] | None] = var(None, init=False, always_update=True)
+    trial_rows: var[tuple[TrialRow, ...] | None] = var(None, init=False, always_update=True)
 
     def __init__(self) -> None:
         super().__init__()
         self.inventory: Inventory | None = None
         self.buckets: dict[str, int] = {}
-        self._trial_rows: set[str] = set()
 
     # -- layout
 
@@ -101,18 +91,11 @@ class GpuScreen(StepScreen):
             yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
         yield Static("", id="preset-note")
         yield Static("", id="estimate")  # full width: at 80 columns a column beside the preset was 13 cells
-        table = Table(id="buckets", cursor_type="row", zebra_stripes=True)
-        for column, width in (("bucket", 9), ("images", 6), ("batch", 5), ("peak GB", 7), ("s/step", 6), ("source", 32)):
-            table.add_column(column, width=width, key=column)  # fixed widths: the header never lags the rows
-        yield table
-        trials = Table(id="trials", cursor_type="none")
-        for column, width in (("#", 3), ("bucket", 9), ("batch", 5), ("peak GB", 7), ("result", 22), ("s/step", 6)):
-            trials.add_column(column, width=width, key=column)
-        yield trials
+        yield BucketTable(id="buckets", cursor_type="row", zebra_stripes=True).data_bind(GpuScreen.bucket_rows)
+        yield TrialTable(id="trials", cursor_type="none").data_bind(GpuScreen.trial_rows)
 
     def on_mount(self) -> None:
         self.query_one("#gpu-list").display = False
-        self.query_one("#trials").display = False
         self._fill_presets()
         self.action_refresh()
 
@@ -142,13 +125,13 @@ class GpuScreen(StepScreen):
         several = self._several()
         if len(several) > 1:
             return min(several, key=lambda gpu: (gpu.memory_total, gpu.index))
-        return self.inventory.choose(wizard_app(self).session.get("gpu.uuid"))
+        return self.inventory.choose(wizard_app(self).session.gpu.uuid)
 
     def _several(self) -> list[GpuInfo]:
         """The GPUs of `gpu.uuids` that are visible now (empty when one GPU trains)."""
         if self.inventory is None:
             return []
-        uuids = wizard_app(self).session.get("gpu.uuids")
+        uuids = wizard_app(self).session.gpu.uuids
         return [gpu for gpu in self.inventory.gpus if gpu.uuid in uuids] if len(uuids) > 1 else []
 
     def action_toggle_gpu(self) -> None:
@@ -158,7 +141,7 @@ class GpuScreen(StepScreen):
             return
         uuid = options.get_option_at_index(options.highlighted).id
         session = wizard_app(self).session
-        current = list(session.get("gpu.uuids")) or [g.uuid for g in [self._chosen()] if g is not None]
+        current = session.gpu.uuids or [g.uuid for g in [self._chosen()] if g is not None]
         chosen = [u for u in current if u != uuid] if uuid in current else [*current, uuid]
         if len(chosen) > 1:
             error = wizard_app(self).decide("gpu.uuids", chosen)
@@ -188,10 +171,10 @@ class GpuScreen(StepScreen):
             return
         state.remove_class("problem")
         chosen = self._chosen()
-        saved = wizard_app(self).session.get("gpu.uuid")
+        saved = wizard_app(self).session.gpu.uuid
         several = self._several()
         marked = {gpu.uuid for gpu in several}
-        gone = [u for u in wizard_app(self).session.get("gpu.uuids") if inv.by_uuid(u) is None]
+        gone = [u for u in wizard_app(self).session.gpu.uuids if inv.by_uuid(u) is None]
         if gone:
             state.update(f"the chosen GPU {gone[0]} is not visible now: Space on the rows to choose again")
         elif several:
@@ -225,7 +208,7 @@ class GpuScreen(StepScreen):
             error = wizard_app(self).decide("gpu.uuids", [])
             if error:
                 self.notify(error, severity="error")
-        if uuid and uuid != wizard_app(self).session.get("gpu.uuid"):
+        if uuid and uuid != wizard_app(self).session.gpu.uuid:
             error = wizard_app(self).decide("gpu.uuid", uuid)
             if error:
                 self.notify(error, severity="error")
@@ -249,14 +232,14 @@ class GpuScreen(StepScreen):
         select = self.query_one("#preset-select", Select)
         with select.prevent(Select.Changed):
             select.set_options([(p.title(), p.name) for p in self._presets()])
-            name = wizard_app(self).session.get("gpu.vram_preset")
+            name = wizard_app(self).session.gpu.vram_preset
             if preset_named(name, self._presets()) is not None:
                 select.value = name
 
     def _current_preset(self) -> tuple[VramPreset | None, bool]:
         """(preset, whether the session sets it) — else the one suggested for the chosen GPU."""
         presets = self._presets()
-        named = preset_named(wizard_app(self).session.get("gpu.vram_preset"), presets)
+        named = preset_named(wizard_app(self).session.gpu.vram_preset, presets)
         if named is not None:
             return named, True
         gpu = self._chosen()
@@ -308,18 +291,13 @@ class GpuScreen(StepScreen):
     # -- buckets
 
     def _show_buckets(self) -> None:
-        table = self.query_one("#buckets", Table)
-        table.clear()
         if not self.buckets:
-            table.display = False
+            self.bucket_rows = ()
             return
-        table.display = True
         preset, _ = self._current_preset()
         gpu = self._chosen()
-        for row in bucket_rows(wizard_app(self).session, self.buckets, preset,
-                               gpu.memory_total if gpu is not None else None):
-            table.add_row(row.bucket, str(row.images), row.batch, row.peak_gb, row.s_per_step,
-                          _cell(row.source, _tone_style(row.tone)), key=row.bucket)
+        self.bucket_rows = tuple(bucket_rows(wizard_app(self).session, self.buckets, preset,
+                                             gpu.memory_total if gpu is not None else None))
 
     # -- the probe
 
@@ -332,10 +310,7 @@ class GpuScreen(StepScreen):
     def _start_probe(self, *, reprobe: bool) -> None:
         if self.runner.running:
             return
-        trials = self.query_one("#trials", Table)
-        trials.clear()
-        self._trial_rows.clear()
-        trials.display = True
+        self.trial_rows = ()
         options: ProbeOptions = {**wizard_app(self).step_options.get("probe", {}), "reprobe": reprobe,
                                  "on_event": self._post_event}
         chosen = self._chosen()
@@ -349,32 +324,10 @@ class GpuScreen(StepScreen):
     @on(ProbeUpdate)
     def _probe_update(self, message: ProbeUpdate) -> None:
         event = message.event
-        trials = self.query_one("#trials", Table)
         if event.kind == "step-down":
             self.notify(event.text, severity="warning", timeout=10)
-            return
-        spec = event.spec
-        if spec is None:
-            return
-        key = f"t{spec.number}"
-        if key not in self._trial_rows:
-            self._trial_rows.add(key)
-            trials.add_row(str(spec.number), spec.bucket, str(spec.batch), "…", _cell("starting", "dim"), "", key=key)
-        if event.kind == "trial-step":
-            doing = f"step {event.step}/{event.steps}" if event.step else (event.text or "starting")
-            trials.update_cell(key, "result", _cell(f"{doing}…", tone("info")))
-            if event.peak_bytes is not None:
-                trials.update_cell(key, "peak GB", f"{event.peak_bytes / GB:.1f}")
-        elif event.kind == "trial-end" and event.outcome is not None:
-            outcome = event.outcome
-            peak = f"{outcome.peak_bytes / GB:.1f}" if outcome.peak_bytes is not None else "—"
-            style = tone("success") if outcome.fits else tone("other" if outcome.status in ("killed", "timeout") else "error")
-            word = STATUS_WORDS.get(outcome.status, outcome.status)
-            trials.update_cell(key, "peak GB", peak)
-            trials.update_cell(key, "result", _cell(("✓ " if outcome.fits else "✗ ") + word, style))
-            speed = f"{outcome.s_per_step:.2f}" if outcome.s_per_step is not None else ""
-            trials.update_cell(key, "s/step", speed)
-        trials.move_cursor(row=trials.row_count - 1)
+        elif event.spec is not None:  # one new snapshot of the trials per event about a trial
+            self.trial_rows = with_event(self.trial_rows or (), event)
 
     @on(StepFinished)
     def _finished(self, message: StepFinished) -> None:

@@ -39,12 +39,7 @@ def keys_table(rows: list[tuple[str, str]]) -> Table:
 
 
 class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll { width: 90; max-width: 100%; height: auto; max-height: 100%;
-        border: round $accent; background: $surface; padding: 0 1; }
-    HelpScreen .help-title { text-style: bold; margin-top: 1; }
-    """
+    CSS_PATH = "help.tcss"
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
     def __init__(self, screen_keys: list[tuple[str, str]] | None = None, screen_title: str = "") -> None:

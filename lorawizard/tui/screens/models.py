@@ -27,6 +27,7 @@ from lorawizard.core.models.captioners import CAPTIONER_ROLE, chosen_catalog_nam
 from lorawizard.core.models.files import model_file_problem
 from lorawizard.core.models.rows import ModelsAction, ModelsOptions, RoleState
 from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
+from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths, cut_middle
@@ -123,7 +124,8 @@ class ModelsScreen(StepScreen):
     STEP = "models"
     MAIN = "#model-rows"
     AUTO_FOCUS = MAIN
-    INTRO = "Uses the FLUX.1-dev files you already have (HF cache, ComfyUI, your folders) and downloads the rest, resumably."
+    INTRO = (f"Uses the {DEFAULT_FAMILY.title} files you already have (HF cache, ComfyUI, your folders) and downloads "
+             "the rest, resumably.")
 
     BINDINGS = [
         Binding("v", "verify", "Verify", show=True),
@@ -133,14 +135,7 @@ class ModelsScreen(StepScreen):
         Binding("c", "captioner", "Captioner", show=True),
     ]
 
-    DEFAULT_CSS = """
-    ModelsScreen #model-rows { height: auto; margin: 0 0 1 0; overflow-x: hidden; }
-    ModelsScreen #model-problem, ModelsScreen #model-hint { width: 1fr; }
-    ModelsScreen #model-ask { display: none; }
-    ModelsScreen #model-ask.shown { display: block; }
-    ModelsScreen #model-problem { color: $error; height: auto; }
-    ModelsScreen #model-hint { color: $text-muted; height: auto; }
-    """
+    CSS_PATH = "models.tcss"
 
     def __init__(self) -> None:
         super().__init__()
@@ -163,7 +158,7 @@ class ModelsScreen(StepScreen):
         table.add_column("model", key="role", width=18)
         table.add_column("state", key="state", width=24)
         table.add_column("where", key="where")
-        preset = catalog.preset(wizard_app(self).session.get("models.preset"))
+        preset = catalog.preset(wizard_app(self).session.models.preset)
         self._preset = preset.name
         for role in ROWS:
             if role == TOKENIZER_ROLE:
@@ -255,7 +250,7 @@ class ModelsScreen(StepScreen):
             self.call_after_refresh(self.action_verify)
 
     def _relabel(self) -> None:
-        preset = catalog.preset(wizard_app(self).session.get("models.preset"))
+        preset = catalog.preset(wizard_app(self).session.models.preset)
         for role in catalog.ROLES:
             entry = preset.file_for(role)
             self._row_changed(ModelRowChanged(RoleState(role, entry.filename, entry.repo)))

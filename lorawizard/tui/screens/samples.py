@@ -60,12 +60,7 @@ def epoch_label(epoch: int, last: int | None, width: int | None = None) -> str:
 
 
 class SampleCell(Vertical):
-    DEFAULT_CSS = """
-    SampleCell { margin: 0 1 0 0; }
-    SampleCell.-cursor { outline: heavy $accent; }
-    SampleCell > Static.empty { color: $text-disabled; content-align: center middle; height: 1fr; }
-    SampleCell > * { width: 100%; height: 100%; }
-    """
+    """One sample image (or its placeholder) in the gallery grid; the cursor's cell is `-cursor`."""
 
 
 class SamplesScreen(Screen[None]):
@@ -81,14 +76,7 @@ class SamplesScreen(Screen[None]):
         Binding("enter", "open", "Large"),
         Binding("k", "keep", "Keep epoch"),
     ]
-    DEFAULT_CSS = """
-    SamplesScreen { layout: vertical; }
-    SamplesScreen #samples-title { height: 1; background: $boost; text-style: bold; text-wrap: nowrap; text-overflow: ellipsis; }
-    SamplesScreen #samples-epochs { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    SamplesScreen .samples-row { height: auto; }
-    SamplesScreen .samples-label { width: 14; height: 100%; color: $text-muted; padding: 0 1 0 0; }
-    SamplesScreen #samples-info { height: 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
-    """
+    CSS_PATH = "samples.tcss"
 
     def __init__(self, run_dirs: list[Path], output_name: str, prompts: list[str], *, last_epoch: int | None = None,
                  gallery: Gallery | None = None, live: bool = True) -> None:
@@ -281,11 +269,7 @@ class SamplesScreen(Screen[None]):
 
 class LargeSample(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
-    DEFAULT_CSS = """
-    LargeSample { align: center middle; }
-    LargeSample > Vertical { width: 95%; height: 95%; border: round $primary; background: $surface; }
-    LargeSample Vertical > * { width: auto; height: 1fr; }
-    """
+    CSS_PATH = "samples.tcss"
 
     def __init__(self, path: Path, caption: str) -> None:
         super().__init__()

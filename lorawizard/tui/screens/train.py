@@ -1,7 +1,8 @@
 """Train step screen: start/attach a detached run and watch it (progress, loss, GPU, resources, checkpoints, log).
 
 A thread worker follows the run through `core.dashboard.views` (the one follow loop, `core.steps.training.watch`) and
-posts one `TrainUpdate` a few times a second (never one message per log line); the screen only renders. Leaving
+posts one `TrainUpdate` a few times a second (never one message per log line). Its handler assigns the view to the
+screen's `view` reactive, once; every panel is bound to it (data_bind) and draws its own part. Leaving
 the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop (asks
 first, saying which steps it loses; then SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full
 log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a confirmation).
@@ -9,7 +10,6 @@ log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a con
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,22 +21,26 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
-from lorawizard.core.common.fsutil import display_path, tilde_paths
+from lorawizard.core.common.fsutil import tilde_paths
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import StepState
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.text_fit import FitPaths, cut_middle
+from lorawizard.tui.text_fit import FitPaths
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.train_panels import (
+    BarLine,
     CheckpointPanel,
     DiagnosisLine,
+    LogTail,
     ResourcePanel,
+    SamplePanel,
     TrainHeader,
     TrainView,
 )
@@ -73,13 +77,7 @@ class PublishProgress(Message):
 
 class FullLogScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
-    DEFAULT_CSS = """
-    FullLogScreen { align: center middle; }
-    FullLogScreen > Vertical { width: 95%; height: 90%; border: round $primary; background: $surface; }
-    FullLogScreen Log { height: 1fr; }
-    FullLogScreen Label { width: 1fr; height: 1; padding: 0 1; }
-    FullLogScreen > Vertical { border-subtitle-color: $text-muted; }
-    """
+    CSS_PATH = "train.tcss"
 
     def __init__(self, path: Path, max_lines: int = 20000) -> None:
         super().__init__()
@@ -133,27 +131,29 @@ class TrainScreen(StepScreen):
         Binding("p", "publish", "Publish", show=False),  # in help (?) and said when a run finishes
     ]
 
+    # What the dashboard shows now: one snapshot per tick, assigned once (apply_view); the panels are bound to it.
+    view: var[TrainView] = var(TrainView, init=False)
+
     def __init__(self, *, follow: bool = True) -> None:
         super().__init__()
         self.follow_runs = follow
         self.record: Any = None
-        self.view = TrainView()
         self._stop_tail = threading.Event()
         self._stop_asked: str | None = None  # the run this wizard stopped (s): its stop worker says so, once
-        self._sample_shown: Path | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield TrainHeader(id="train-header")
-        yield DiagnosisLine(id="train-diagnosis")
+        view = TrainScreen.view
+        yield TrainHeader(id="train-header").data_bind(view)
+        yield DiagnosisLine(id="train-diagnosis").data_bind(view)
         with Horizontal(id="train-panels"):
-            yield LossChart(id="train-loss")
+            yield LossChart(id="train-loss").data_bind(view)
             with Vertical(id="train-side"):
-                yield ResourcePanel(id="train-resources")
-                yield CheckpointPanel(id="train-checkpoints")
-            yield Vertical(id="train-sample")
-        yield Static("", id="train-bar-line")
+                yield ResourcePanel(id="train-resources").data_bind(view)
+                yield CheckpointPanel(id="train-checkpoints").data_bind(view)
+            yield SamplePanel(id="train-sample").data_bind(view)
+        yield BarLine("", id="train-bar-line").data_bind(view)
         yield Static("", id="train-publish", markup=False)
-        yield WrapLog(max_lines=TAIL_LINES, auto_scroll=True, id="train-log")
+        yield LogTail(max_lines=TAIL_LINES, auto_scroll=True, id="train-log").data_bind(view)
         yield SettingsForm(
             ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
              "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args",
@@ -162,27 +162,9 @@ class TrainScreen(StepScreen):
             id="train-settings",
         )
 
-    DEFAULT_CSS = """
-    TrainScreen #train-panels { height: auto; }
-    TrainScreen #train-loss { width: 1fr; height: 9; }
-    TrainScreen #train-side { width: 36; height: auto; }
-    TrainScreen #train-sample { width: 26; height: 9; display: none; border: round $primary 50%; border-title-color: $text-muted; }
-    TrainScreen.-wide #train-sample.-has-image { display: block; }
-    TrainScreen #train-sample > * { width: auto; height: 1fr; }
-    TrainScreen #train-bar-line { height: 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
-    TrainScreen #train-publish { height: 1; display: none; color: $accent; text-wrap: nowrap; text-overflow: ellipsis; }
-    TrainScreen #train-publish.-shown { display: block; }
-    TrainScreen #train-log { height: 8; border: round $primary 50%; border-title-color: $text-muted;
-                             overflow-x: hidden; scrollbar-size-vertical: 1; }
-    TrainScreen #train-settings { margin: 1 0 0 0; }
-    """
+    CSS_PATH = "train.tcss"
 
     def on_mount(self) -> None:
-        self.query_one(TrainHeader).show(self.view)
-        self.query_one(ResourcePanel).show(self.view)
-        self.query_one(CheckpointPanel).show(self.view)
-        self.query_one(LossChart).set_values([], None)
-        self.query_one("#train-log", Log).border_title = "log"
         if self.follow_runs:
             self._attach_existing()
 
@@ -216,7 +198,7 @@ class TrainScreen(StepScreen):
     def _tail(self, record: Any, stop: threading.Event) -> None:
         from lorawizard.core.train.dashboard import views
 
-        name = record.output_name or wizard_app(self).session.get("name")
+        name = record.output_name or wizard_app(self).session.name
         for view in views(record, name, wait=stop.wait):
             self.post_message(TrainUpdate(view))
 
@@ -230,47 +212,21 @@ class TrainScreen(StepScreen):
         self.apply_view(message.view)
 
     def apply_view(self, view: TrainView) -> None:
+        """One tick: the one assignment every panel follows, drawn as one update."""
+        with self.app.batch_update():
+            self.view = view
+
+    def watch_view(self, before: TrainView, view: TrainView) -> None:
+        """What the screen itself says about a new view: a notice, the end of a run, the step bar's state."""
         if view.notice:
             self.notify(view.notice, severity="warning", timeout=15)
         asked = view.status == "stopped" and view.run_id == self._stop_asked  # the stop worker's line says it
-        if self.view.status == "running" and view.status in ("finished", "failed", "stopped", "lost") and not asked:
+        if before.status == "running" and view.status in ("finished", "failed", "stopped", "lost") and not asked:
             self.app.bell()  # a run that ends while nobody watches: the terminal says so
             self.notify(f"run {view.run_id} {view.status}" + (": g shows the samples, k there keeps an epoch, "
                         "p publishes" if view.status == "finished" else ""), timeout=15)
-        if view.status != self.view.status and view.status in _STEP_STATES:
+        if view.status != before.status and view.status in _STEP_STATES:
             wizard_app(self).set_step_state("train", _STEP_STATES[view.status])
-        with self.app.batch_update():
-            self.view = view
-            self.query_one(TrainHeader).show(view)
-            self.query_one(DiagnosisLine).show(view)
-            self.query_one(LossChart).set_values(view.losses, view.loss)
-            self.query_one(ResourcePanel).show(view)
-            self.query_one(CheckpointPanel).show(view)
-            self.query_one("#train-bar-line", Static).update(view.bar_line)
-            log = self.query_one("#train-log", Log)
-            if view.reset_lines:
-                log.clear()
-            if view.new_lines:
-                log.write_lines([_line_text(line) for line in view.new_lines])
-            shown = cut_middle(display_path(view.log_path), max(12, (log.size.width or 80) - 10)) if view.log_path else ""
-            log.border_title = f"log · {shown}" if shown else "log"  # a long path loses its middle, not its name
-            self._show_sample(view.sample)
-
-    def _show_sample(self, sample: Path | None) -> None:
-        box = self.query_one("#train-sample", Vertical)
-        box.set_class(sample is not None, "-has-image")
-        if sample is None or sample == self._sample_shown:
-            return
-        from lorawizard.tui.images import image_widget_class
-
-        self._sample_shown = sample
-        box.remove_children()
-        match = re.search(r"_e(\d{6})_", sample.name)
-        box.border_title = f"sample · epoch {int(match.group(1))}" if match else "sample"
-        try:
-            box.mount(image_widget_class()(str(sample)))
-        except Exception:  # noqa: BLE001 - an unreadable image must not break the dashboard
-            box.mount(Static(f"(cannot show {sample.name})"))
 
     # -- actions
 
@@ -386,7 +342,7 @@ class TrainScreen(StepScreen):
         from lorawizard.tui.screens.samples import SamplesScreen
 
         chain = run_chain(self.record)
-        name = self.record.output_name or wizard_app(self).session.get("name")
+        name = self.record.output_name or wizard_app(self).session.name
         self.app.push_screen(SamplesScreen([r.dir for r in chain], name, read_prompts(self.record.dir),
                                            last_epoch=self.view.epochs))
 
@@ -408,10 +364,10 @@ class TrainScreen(StepScreen):
         if blocked:
             self.notify(blocked, severity="error", timeout=12, markup=False)
             return
-        repo = session.get("publish.repo")
+        repo = session.publish.repo
         lora = kept_lora(session)
         what = lora.name if lora is not None else "the final LoRA (kept into loras/ first)"
-        visibility = "private" if session.get("publish.private") else "PUBLIC"
+        visibility = "private" if session.publish.private else "PUBLIC"
         self.app.push_screen(
             ConfirmScreen(f"Publish {what} to {repo} ({visibility})?",
                           f"Uploads the LoRA, the sample images and a model card to {hub_endpoint()}/{repo}, one "
@@ -475,13 +431,5 @@ def after_stop(session: Any, record: Any) -> str:
     """What r does after `record` stopped: the verdict --stop and --status give (statesave.resume_point)."""
     from lorawizard.core.train import statesave
 
-    point = statesave.resume_point(record.dir.parent, int(session.get("train.max_train_epochs")))
+    point = statesave.resume_point(record.dir.parent, session.train.max_train_epochs)
     return f"r resumes from step {point.base_step}" if point.resumable else point.reason
-
-
-def _line_text(line: Any) -> str:
-    text = tilde_paths(getattr(line, "text", str(line)))  # as the log's title shows its path
-    level = getattr(line, "level", "")
-    if level in ("WARNING", "ERROR", "CRITICAL"):
-        text = f"{level}: {text}"
-    return text[:1000]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
+from textual.reactive import var
 from textual.widget import Widget
 
+from lorawizard.core.train.dashboard import TrainView
 from lorawizard.tui.tones import tone
 
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # braille dot bits by (row 0..3, column 0..1)
@@ -57,15 +59,22 @@ def braille_plot(values: list[float], width: int, height: int) -> tuple[list[str
 
 
 class LossChart(Widget):
+    """The loss history of the Train screen's `view` (bound to it, see train_panels)."""
+
     DEFAULT_CSS = """
     LossChart { height: 8; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
     """
+
+    view: var[TrainView] = var(TrainView, init=False)
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.values: list[float] = []
         self.latest: float | None = None
         self.border_title = "loss (avr_loss)"
+
+    def watch_view(self, view: TrainView) -> None:
+        self.set_values(view.losses, view.loss)
 
     def set_values(self, values: list[float], latest: float | None) -> None:
         self.values, self.latest = values, latest

@@ -1,15 +1,32 @@
-"""Panels of the Train dashboard: the progress header, GPU and process resources, checkpoints, the log tail."""
+"""Panels of the Train dashboard: the progress header, GPU and process resources, checkpoints, the log tail, the
+newest sample.
+
+Each panel has a `view` reactive: the Train screen binds it to its own (`data_bind(TrainScreen.view)`), so the one
+assignment of a tick's `TrainView` there reaches every panel at once, and each draws its part in `watch_view`.
+Nothing is drawn before the first view arrives (init=False); a bound panel gets the screen's current one on mount.
+The reactives are `var`s: each panel refreshes what it changed itself, so nothing is repainted twice.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 from rich.text import Text
+from textual.containers import Vertical
+from textual.reactive import var
 from textual.widgets import Static
 
+from lorawizard.core.common.fsutil import display_path, tilde_paths
 from lorawizard.core.common.progress import format_bytes, format_duration, format_rate
 from lorawizard.core.train.dashboard import TrainView
+from lorawizard.tui.text_fit import cut_middle
 from lorawizard.tui.tones import Tone, tone
+from lorawizard.tui.widgets.wrap_log import WrapLog
 
-__all__ = ["CheckpointPanel", "DiagnosisLine", "ResourcePanel", "TrainHeader", "TrainView"]
+__all__ = ["BarLine", "CheckpointPanel", "DiagnosisLine", "LogTail", "ResourcePanel", "SamplePanel", "TrainHeader",
+           "TrainView"]
 
 
 def _rate(rate: float | None) -> str:
@@ -38,14 +55,15 @@ class TrainHeader(Static):
     TrainHeader { height: auto; padding: 0 0 0 0; }
     """
 
-    def show(self, view: TrainView) -> None:
-        self.view = view
-        self.refresh(layout=True)
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def watch_view(self) -> None:
+        self.refresh(layout=True)  # a resumed run adds a line
 
     def render(self) -> Text:
-        view: TrainView | None = getattr(self, "view", None)
+        view = self.view
         width = max(20, self.size.width or 80)
-        if view is None or view.status == "no run":
+        if view.status == "no run":
             return Text("No training run yet. Ctrl+G starts one; r resumes from the newest saved state.", style="dim")
         status_tone = _STATUS_TONES.get(view.status)
         status_style = tone(status_tone, bold=True) if status_tone else "bold"
@@ -79,7 +97,13 @@ class ResourcePanel(Static):
     ResourcePanel { height: auto; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
     """
 
+    view: var[TrainView] = var(TrainView, init=False)
+
     def show(self, view: TrainView) -> None:
+        """Draw `view` (a panel that is not bound to a screen)."""
+        self.view = view
+
+    def watch_view(self, view: TrainView) -> None:
         gpu = view.gpu
         text = Text(no_wrap=True, overflow="ellipsis")
         if len(view.gpus) > 1:  # several GPUs: one line each, in rank order
@@ -119,7 +143,9 @@ class CheckpointPanel(Static):
     CheckpointPanel { height: auto; max-height: 8; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
     """
 
-    def show(self, view: TrainView) -> None:
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def watch_view(self, view: TrainView) -> None:
         self.border_title = f"checkpoints ({len(view.checkpoints)})"
         text = Text(no_wrap=True, overflow="ellipsis")
         if not view.checkpoints:
@@ -142,8 +168,68 @@ class DiagnosisLine(Static):
     DiagnosisLine.-warn { display: block; }
     """
 
-    def show(self, view: TrainView) -> None:
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def watch_view(self, view: TrainView) -> None:
         problem = view.diagnosis
         self.set_class(problem is not None, "-warn")
         if problem is not None:
             self.update(f"✗ {problem.what}\n  → {problem.advice}")
+
+
+class BarLine(Static):
+    """The trainer's own progress bar line, as it last drew it."""
+
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def watch_view(self, view: TrainView) -> None:
+        self.update(view.bar_line)
+
+
+class LogTail(WrapLog):
+    """The log's newest lines: each view brings the lines read since the last one (all of them again on reset)."""
+
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def watch_view(self, view: TrainView) -> None:
+        if view.reset_lines:
+            self.clear()
+        if view.new_lines:
+            self.write_lines([_line_text(line) for line in view.new_lines])
+        shown = cut_middle(display_path(view.log_path), max(12, (self.size.width or 80) - 10)) if view.log_path else ""
+        self.border_title = f"log · {shown}" if shown else "log"  # a long path loses its middle, not its name
+
+
+def _line_text(line: Any) -> str:
+    """A logparse.Line as the log panel shows it: paths from home as `~/…` (as its title), warnings named."""
+    text = tilde_paths(getattr(line, "text", str(line)))
+    level = getattr(line, "level", "")
+    if level in ("WARNING", "ERROR", "CRITICAL"):
+        text = f"{level}: {text}"
+    return text[:1000]
+
+
+class SamplePanel(Vertical):
+    """The newest sample image (shown by the screen's CSS only where there is room, class -has-image)."""
+
+    view: var[TrainView] = var(TrainView, init=False)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.shown: Path | None = None  # the image mounted now: a view with the same one leaves it be
+
+    def watch_view(self, view: TrainView) -> None:
+        sample = view.sample
+        self.set_class(sample is not None, "-has-image")
+        if sample is None or sample == self.shown:
+            return
+        from lorawizard.tui.images import image_widget_class
+
+        self.shown = sample
+        self.remove_children()
+        match = re.search(r"_e(\d{6})_", sample.name)
+        self.border_title = f"sample · epoch {int(match.group(1))}" if match else "sample"
+        try:
+            self.mount(image_widget_class()(str(sample)))
+        except Exception:  # noqa: BLE001 - an unreadable image must not break the dashboard
+            self.mount(Static(f"(cannot show {sample.name})"))
