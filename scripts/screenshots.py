@@ -128,6 +128,7 @@ def make_project(home: Path) -> Path:
     from lorawizard.core.models import step as models
     from lorawizard.core.probe import step as probe
     from lorawizard.core.session.document import Session
+    from lorawizard.core.session.store import save_now
 
     project = home / "loras" / "demo"
     make_photos(project / "photos")
@@ -140,14 +141,14 @@ def make_project(home: Path) -> Path:
     session.set("paths.sd_scripts", "~/" + str(sd_scripts.relative_to(home)))  # as a person types it
     session.set("paths.python", "~/" + str(python.relative_to(home)))
     session.set("train.save_every_n_epochs", 2)
-    session.save()
+    save_now(session, lambda _session: None)
     models.run_step(StepContext(session=session, options={"action": "find"}))  # records the ComfyUI files
     for step in (dataset.run_step, captions.run_step):
         step(StepContext(session=session))
     stop_pool_helpers()
     # one caption written by hand afterwards; the others stay missing
     session.update_image("IMG_0433.jpg", caption="laughing, looking over the shoulder, city street at dusk")
-    session.save()
+    save_now(session, lambda _session: None)
     captions.run_step(StepContext(session=session))
     result = probe.run_step(StepContext(session=session, options={"nvml": idle_gpu()}))
     if not result.ok:

@@ -19,6 +19,7 @@ import pytest
 
 from lorawizard.core.captions import autocaption as ac
 from tests.support.captions_fixtures import make_project, txt_of
+from tests.support.sessions import save
 
 pytestmark = pytest.mark.extra
 
@@ -47,7 +48,7 @@ def test_real_captioner_drafts_with_a_tiny_qwen25_vl(tmp_path: Path) -> None:
     session.set("captions.device", "cpu")
     session.set("captions.max_tokens", 24)
     session.set("captions.auto", True)
-    session.save()
+    save(session)
 
     out, err = io.StringIO(), io.StringIO()
     code = replay(session.path, ["captions"], out=out, err=err, tty=False)

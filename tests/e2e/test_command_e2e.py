@@ -20,6 +20,7 @@ import pytest
 from lorawizard.core.environment import step as env
 from lorawizard.core.launch import command as cmd
 from lorawizard.core.session.document import Session
+from tests.support.sessions import save
 
 pytestmark = pytest.mark.extra
 
@@ -92,7 +93,7 @@ def e2e_session(project: Path, **values: object) -> Session:
     session.set_batch_size("128x128", 2)
     for key, value in values.items():
         session.set(key.replace("__", "."), value)
-    session.save()
+    save(session)
     return session
 
 
@@ -127,7 +128,7 @@ def test_real_parser_and_validator_accept_our_command_and_config(project: Path) 
     line = next((x for x in out.stdout.splitlines() if x.startswith("REAL-CHECK ")), None)
     assert line is not None, out.stderr[-3000:]
     real = json.loads(line.removeprefix("REAL-CHECK "))
-    assert real["mixed_precision"] == "bf16" and real["save_state"] is True
+    assert real["mixed_precision"] == e2e_precision() and real["save_state"] is True  # fp32 ("no") without AVX-512
     assert real["network_module"] == "networks.lora_flux" and real["extra"] == 0.05 and real["blocks_to_swap"] == 16
     assert real["tokenizer_cache_dir"] == str(E2E / "tokenizers")
     assert real["datasets"] == [[[128, 128], 2, [1]]]

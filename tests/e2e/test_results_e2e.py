@@ -27,6 +27,7 @@ from lorawizard.core.session.document import Session
 from lorawizard.core.train.samples import gallery
 from tests.e2e.test_command_e2e import e2e_session, needs_e2e
 from tests.e2e.test_train_e2e import _reuse_caches
+from tests.support.sessions import save
 
 pytestmark = pytest.mark.extra
 PROMPTS = ["tiny, a photo", "tiny on a beach"]
@@ -80,7 +81,7 @@ def test_stop_from_the_shell_then_resume_loses_at_most_one_step_save(project: Pa
     # 30 s/step and train.state_minutes = 1 → steps_for(30, 1) = 2.
     session = e2e_session(project, train__max_train_epochs=3, train__state_minutes=1, train__samples__prompts=[])
     session.set_batch_size("128x128", 1)
-    session.save()
+    save(session)
     _reuse_caches(project)
     probe = session.paths.state / "probe.json"
     probe.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from PIL import Image
 from lorawizard.core.captions.tokens import CLIP_DIR, T5_DIR
 from lorawizard.core.session.document import Session
 from lorawizard.core.session.store import SessionStore
+from tests.support.sessions import save
 
 COLOURS = [(200, 60, 50), (40, 120, 200), (60, 170, 90), (220, 190, 60), (150, 80, 170), (90, 90, 90)]
 
@@ -67,7 +68,7 @@ def make_project(
         session.set("dataset.captionless", True)
     for file, caption in (captions or {}).items():
         session.update_image(file, caption=caption)
-    session.save()
+    save(session)
     return session
 
 

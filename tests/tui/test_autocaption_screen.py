@@ -15,6 +15,7 @@ from lorawizard.tui.screens.captions import CaptionsScreen
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from tests.support.captions_fixtures import make_project
 from tests.support.fake_nvml import FakeNvml, install
+from tests.support.sessions import save
 from tests.support.standin import make_standin_captioner_python
 from tests.support.waiting import pid_gone, pilot_until, until
 from tests.unit.test_autocaption import make_model_folder
@@ -33,7 +34,7 @@ def auto_project(home: Path, *, drafts: bool = False) -> Path:
     if drafts:
         for n in (2, 3, 5):
             session.update_image(f"IMG_{n:04d}.jpg", caption=DRAFT.format(n=n), caption_auto=True)
-    session.save()
+    save(session)
     return project
 
 

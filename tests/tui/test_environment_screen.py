@@ -15,6 +15,7 @@ from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.environment import EnvironmentScreen
 from tests.support.fake_nvml import FakeNvml, fake_gpu
 from tests.support.fake_trainer_env import canned_check, git, make_canned_python, make_checkout
+from tests.support.sessions import save
 from tests.support.waiting import pilot_until
 
 RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.4", driver_version="550.54.14")
@@ -39,7 +40,7 @@ def needs_torch_fix(project: Path) -> Session:
                        canned_check(torch={"version": "2.14.1+cu130", "cuda": "13.0"}, sd_scripts=sd))
     session = Session.open_project(project)
     session.set("paths.sd_scripts", str(sd))
-    session.save()
+    save(session)
     return session
 
 

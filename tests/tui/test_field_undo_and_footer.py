@@ -11,6 +11,7 @@ from textual.widgets import Input, Static, TextArea
 from lorawizard.core.registry import STEP_ORDER
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
+from tests.support.sessions import save
 from tests.support.svg_cells import runs
 
 
@@ -18,7 +19,7 @@ def _saved(project: Path, **values: object) -> Session:
     session = Session.open_project(project)
     for key, value in values.items():
         session.set(key.replace("__", "."), value)
-    session.save()
+    save(session)
     return session
 
 

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, OptionList, Select
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.support.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible, one_gpu, two_different_gpus
+from tests.support.sessions import save
 from tests.unit.test_probe import PixelBudgetRunner, budget_gpu
 
 
@@ -22,7 +23,7 @@ def with_dataset(project: Path, buckets: dict[str, int] | None = None) -> Sessio
         folder.mkdir(parents=True)
         for i in range(count):
             (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    session.save()
+    save(session)
     return session
 
 
@@ -106,7 +107,7 @@ def probed_project(project: Path) -> Session:
     session.set("gpu.vram_preset", "24gb")
     session.set_batch_size("1024x1024", 2)
     session.set_batch_size("1024x512", 4)
-    session.save()
+    save(session)
     state = project / ".lorawizard"
     state.mkdir(exist_ok=True)
     entry = {"batch_size": 2, "peak_gb": 21.6, "s_per_step": 3.91}
@@ -159,7 +160,7 @@ async def test_escape_cancels_a_running_trial_and_kills_it(home_project: Path, t
     session = with_dataset(home_project, {"512x512": 2})
     session.set("paths.sd_scripts", str(sd_scripts))
     session.set("gpu.vram_preset", "24gb")
-    session.save()
+    save(session)
     monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
     install(monkeypatch, one_gpu())
     app = LoraWizardApp(session, start_step="probe")

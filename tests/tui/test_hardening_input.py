@@ -19,6 +19,7 @@ from lorawizard import cli
 from lorawizard.core.launch import runs
 from lorawizard.core.session.document import Session, SessionError
 from lorawizard.headless import replay
+from tests.support.sessions import save
 from tests.support.standin import make_train_project
 from tests.support.waiting import pilot_until
 
@@ -88,9 +89,9 @@ def test_a_utf8_bom_reads_fine_and_is_kept_on_save(tmp_path: Path) -> None:
     path.write_bytes(b'\xef\xbb\xbf# from Notepad\nversion = 1\nname = "bom"\n')
     session = Session.load(path)
     assert session.get("name") == "bom" and session.warnings == []
-    assert session.save() is False  # unchanged: not rewritten
+    assert save(session) is False  # unchanged: not rewritten
     session.set("name", "still-bom")
-    session.save()
+    save(session)
     data = path.read_bytes()
     assert data.startswith(b'\xef\xbb\xbf# from Notepad\n') and b'name = "still-bom"' in data
     assert data.count(b"\xef\xbb\xbf") == 1
@@ -336,7 +337,7 @@ def test_a_dry_run_writes_only_inside_the_project_even_with_runs_outside(tmp_pat
     session = make_train_project(tmp_path)
     outside = tmp_path / "outside"
     session.set("paths.runs", str(outside))
-    session.save()
+    save(session)
     code, out, err = _replay(session.path, ["train"], dry_run=True)
     assert code == 0, err
     assert not outside.exists()

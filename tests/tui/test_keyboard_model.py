@@ -11,6 +11,7 @@ from textual.widgets import Input, TextArea
 from lorawizard.core.registry import STEP_ORDER
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
+from tests.support.sessions import save
 
 # The global keys. STAY keys never switch screens: pressed in every focus state of every screen. F1–F6 work from
 # inside fields too; 1–6 and ? are characters in a field (typing them there is the field's business), so they are
@@ -24,7 +25,7 @@ DIGITS = [str(n) for n in range(1, 7)]
 def _saved_project(project: Path) -> bytes:
     session = Session.open_project(project)
     session.set("name", "keys")
-    session.save()
+    save(session)
     return (project / "session.toml").read_bytes()
 
 

@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Input, Label
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.support.fakehub import FakeHub
+from tests.support.sessions import save
 
 
 def cell(app: LoraWizardApp, role: str, column: str) -> str:
@@ -121,7 +122,7 @@ async def _download_and_wait(pilot) -> None:
 def test_snapshot_gated_error_80x24(snap_compare, hub: FakeHub, home_project: Path) -> None:
     session = Session.open_project(home_project)
     session.set("models.preset", "flux1-dev-bf16")
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(home_project), start_step="models")
     assert snap_compare(app, terminal_size=(80, 24), run_before=_download_and_wait)
 

@@ -13,6 +13,7 @@ from lorawizard.core.launch import multigpu
 from lorawizard.headless import replay
 from lorawizard.tui.widgets.train_panels import ResourcePanel, TrainView
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, install, two_cards_no_p2p
+from tests.support.sessions import save
 from tests.unit.test_command import make_buckets, make_session
 
 
@@ -28,7 +29,7 @@ def test_dry_run_says_steps_per_epoch_shared_by_the_processes(project: Path, mon
     (project / "py" / "bin").mkdir(parents=True)
     (project / "py" / "bin" / "python").write_text("")
     (project / "sd-scripts").mkdir()
-    session.save()
+    save(session)
     out = io.StringIO()
     code = replay(session.path, ["train"], dry_run=True, out=out, err=io.StringIO(), tty=False)
     text = out.getvalue()

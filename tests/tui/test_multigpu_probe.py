@@ -15,6 +15,7 @@ from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch import multigpu
 from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, FakeNvml
+from tests.support.sessions import save
 from tests.unit.test_probe import make_project
 
 CAPS = {"NVIDIA GeForce RTX 3090": 4, "NVIDIA GeForce RTX 3060": 2}  # largest batch that fits at 512x512
@@ -125,7 +126,7 @@ async def test_gpu_screen_names_a_chosen_gpu_that_is_gone(tmp_path: Path, monkey
     project = tmp_path / "p"
     session = make_project(project, {"512x512": 2}, preset=None)
     session.set("gpu.uuids", [RTX_3090_24.uuid, "GPU-gone-5678"])
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(project), start_step="probe")
     async with app.run_test(size=(120, 40)) as pilot:
         for _ in range(3):

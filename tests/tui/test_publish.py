@@ -12,6 +12,7 @@ import pytest
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.support.fakehub import FakeHub, use_hub
+from tests.support.sessions import save
 from tests.support.standin import make_train_project
 
 WRITE = "hf_alicewritetoken0000000000000"
@@ -44,7 +45,7 @@ def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Session:
     session.set("dataset.trigger", "zkq")
     session.set("train.samples.every_n_epochs", 1)
     session.set("publish.repo", REPO)
-    session.save()
+    save(session)
     record = start_run(session, plan_run(session))
     deadline = time.monotonic() + 30
     while record.is_alive():
@@ -252,7 +253,7 @@ async def test_train_screen_p_without_a_repo_says_what_to_set(hub: FakeHub, trai
     from lorawizard.tui.screens.confirm import ConfirmScreen
 
     trained.set("publish.repo", None)
-    trained.save()
+    save(trained)
     app = LoraWizardApp(Session.load(trained.path), start_step="train")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.3)

@@ -11,6 +11,7 @@ from lorawizard.core.session.document import Session
 from lorawizard.core.train import samples
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.samples import SamplesScreen, page_layout
+from tests.support.sessions import save
 from tests.support.standin import make_train_project
 
 PROMPTS = ["mychar, a photo, plain background", "mychar on a city street at night, neon lights",
@@ -42,7 +43,7 @@ def home_project(home_project: Path) -> Path:
     """conftest's project under HOME, its name written into session.toml."""
     session = Session.open_project(home_project)
     session.set("name", "mychar")
-    session.save()
+    save(session)
     return home_project
 
 
@@ -76,7 +77,7 @@ async def test_keys_move_page_open_and_keep(tmp_path: Path, monkeypatch: pytest.
     session = make_train_project(tmp_path, epochs=6, name="mychar")
     session.set("train.samples.prompts", PROMPTS)
     session.set("train.samples.every_n_epochs", 1)
-    session.save()
+    save(session)
     from lorawizard.core.train.step import plan_run, start_run
 
     record = start_run(session, plan_run(session))

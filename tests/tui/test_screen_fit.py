@@ -14,6 +14,7 @@ from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.text_fit import FitPaths, cut_middle, fit_words
 from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm
+from tests.support.sessions import save
 from tests.tui.test_train_layout import svg_cells
 
 
@@ -70,7 +71,7 @@ async def test_every_form_row_keeps_label_and_field_apart_at_80x24(project: Path
                                                                    step: str) -> None:
     session = Session.open_project(project)
     session.set("name", "fit")
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(project), start_step=step)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -132,7 +133,7 @@ async def test_autocaption_dialog_shows_the_model_folder_from_home_cut_in_the_mi
 
     project = isolated_home / "loras" / ("a-project-with-a-rather-long-folder-name-" * 2).rstrip("-")
     project.mkdir(parents=True)
-    make_project(project, SOURCES, trigger="ohwx", image_size=48).save()
+    save(make_project(project, SOURCES, trigger="ohwx", image_size=48))
     app = LoraWizardApp(Session.open_project(project), start_step="captions")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -157,7 +158,7 @@ async def test_models_where_column_keeps_the_file_name(isolated_home: Path, proj
     (folder / name).write_bytes(b"")
     session = Session.open_project(project)
     session.set("models.flux", str(folder / name))
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(project), start_step="models")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -180,7 +181,7 @@ async def test_samples_view_footer_and_keys_match_the_other_screens(isolated_hom
     folder.mkdir(parents=True)
     session = Session.open_project(folder)
     session.set("name", "mychar")
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(folder), start_step="train")
     quit_calls: list[bool] = []
     async with app.run_test(size=(80, 24)) as pilot:
@@ -372,7 +373,7 @@ async def test_the_training_command_is_shown_from_home_and_copied_in_full(isolat
     session = Session.open_project(project)
     session.set("paths.sd_scripts", str(sd_scripts))
     session.set("paths.python", str(python))
-    session.save()
+    save(session)
     app = LoraWizardApp(Session.open_project(project), start_step="env")
     copied: list[str] = []
     app.copy_to_clipboard = copied.append  # type: ignore[method-assign]

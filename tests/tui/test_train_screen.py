@@ -17,6 +17,7 @@ from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.widgets.loss_chart import braille_plot
 from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView
+from tests.support.sessions import save
 from tests.support.standin import make_train_project
 from tests.support.waiting import pilot_until
 
@@ -74,7 +75,7 @@ def home_project(home_project: Path) -> Path:
     """conftest's project under HOME, its name written into session.toml."""
     session = Session.open_project(home_project)
     session.set("name", "mychar")
-    session.save()
+    save(session)
     return home_project
 
 
@@ -212,7 +213,7 @@ async def test_gpu_panel_reads_the_runs_gpu_through_nvml(tmp_path: Path, monkeyp
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
     session = make_train_project(tmp_path, epochs=20)
     session.set("gpu.uuid", RTX_4090.uuid)
-    session.save()
+    save(session)
     record = start_run(session, plan_run(session))
     assert record.gpu_uuid == RTX_4090.uuid
     app = LoraWizardApp(session, start_step="train")
@@ -264,7 +265,7 @@ async def test_start_asks_first_when_caption_files_are_older_than_the_captions(
     (session.paths.dataset / "lorawizard-manifest.json").write_text(json.dumps({"version": 1, "images": records}))
     session.update_image("p0.jpg", caption="tok, a thing")  # as the file says
     session.update_image("p1.jpg", caption="tok, a new thing")  # edited after the files were written
-    session.save()
+    save(session)
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+g")

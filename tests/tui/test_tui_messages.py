@@ -18,6 +18,7 @@ from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.step_bar import StepBar
+from tests.support.sessions import save
 from tests.support.waiting import pilot_until
 
 
@@ -120,7 +121,7 @@ def _dataset_session(tmp_path: Path) -> Session:
     project.mkdir()
     session = Session.open_project(project)
     session.set("dataset.source", str(source))
-    session.save()
+    save(session)
     return session
 
 

@@ -4,6 +4,7 @@ top-level, lazy (inside a function) and `if TYPE_CHECKING:` alike — so a circl
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,10 @@ def test_the_direction_check_can_fail(source: str, target: str, monkeypatch: pyt
     monkeypatch.setitem(globals(), "imports_of", planted)
     with pytest.raises(AssertionError):
         test_core_imports_only_downward()
+
+
+def test_the_documented_layers_are_the_checked_ones() -> None:
+    """docs/architecture.md's layer table lists core's packages in CORE_LAYERS' order (the map stays true)."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)(?:/|\.py)` \|", doc, flags=re.MULTILINE)
+    assert tuple(rows) == CORE_LAYERS

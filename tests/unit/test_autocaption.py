@@ -17,6 +17,7 @@ from lorawizard.core.contract import Cancelled, StepFailed
 from lorawizard.core.models import catalog
 from lorawizard.core.session.document import Session, SessionError
 from tests.support.captions_fixtures import make_project
+from tests.support.sessions import save
 from tests.support.standin import make_standin_captioner_python
 from tests.support.waiting import pid_gone, until
 
@@ -108,7 +109,7 @@ def test_auto_drafts_are_a_status_beside_missing_and_reviewed(tmp_path: Path) ->
     assert captions.items[1].line == "tok, a draft"  # the trigger first, as for every caption
     # stored in session.toml and read back as auto
     session.update_images(captions.session_changes([1]))
-    session.save()
+    save(session)
     again = CaptionSet.from_session(Session.load(session.path), counter=estimate_counter())
     assert again.items[1].auto and again.filtered("auto") == [1]
     # a person's edit makes it theirs
@@ -194,7 +195,7 @@ def captioner_project(tmp_path: Path, sources: list[str], **kwargs) -> Session:
     session.set("paths.python", str(make_standin_captioner_python(tmp_path)))
     session.set("captions.model", str(make_model_folder(tmp_path / "vlm")))
     session.set("captions.device", "cpu")
-    session.save()
+    save(session)
     return session
 
 
@@ -339,7 +340,7 @@ def test_headless_drafts_every_missing_caption_then_writes_the_files(tmp_path: P
     session = captioner_project(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], captions={"b.jpg": "my own words"},
                                 trigger="tok")
     session.set("captions.auto", True)
-    session.save()
+    save(session)
     before = session.path.read_text()
     code, out, err = _replay(session)
     assert code == 0, err
@@ -370,7 +371,7 @@ def test_headless_exits_1_with_the_reason_when_the_model_cannot_run(tmp_path: Pa
         (tmp_path / "vlm" / "config.json").unlink()
     else:
         monkeypatch.setenv("STANDIN_CAPTION_CRASH", "1")
-    session.save()
+    save(session)
     code, out, err = _replay(session)
     assert code == 1
     assert reason in err and "Traceback" not in err + out
@@ -399,7 +400,7 @@ def test_writing_unreviewed_drafts_says_so(tmp_path: Path) -> None:
     session = make_project(tmp_path / "p", ["a.jpg", "b.jpg", "c.jpg"], captions={"a.jpg": "mine"}, trigger="tok")
     session.update_image("b.jpg", caption="a draft", caption_auto=True)
     session.update_image("c.jpg", caption="another draft", caption_auto=True)
-    session.save()
+    save(session)
     result = captions_step.run_step(StepContext(session=session))
     assert result.ok and "2 auto drafts not reviewed yet" in result.summary
     session.update_image("c.jpg", caption_auto=None)

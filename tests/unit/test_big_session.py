@@ -15,6 +15,7 @@ from lorawizard.core.dataset.step import missing_note
 from lorawizard.core.session import document as session_module
 from lorawizard.core.session.document import MAX_KEY_WARNINGS, MAX_SESSION_BYTES, SCHEMA, Session, SessionError
 from lorawizard.headless import MAX_WARNINGS, replay
+from tests.support.sessions import save
 from tests.unit.test_session import EXAMPLE
 
 
@@ -84,7 +85,7 @@ def test_read_only_session_takes_replay_decisions(tmp_path: Path) -> None:
     assert session.images()["new.jpg"] == {"file": "new.jpg", "caption": "drafted", "caption_auto": True}
     assert session.images()["IMG_0001.jpg"]["caption"] == "changed"
     with pytest.raises(SessionError, match="read-only"):
-        session.save()
+        save(session)
     assert path.read_bytes() == before
 
 

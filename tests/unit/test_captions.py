@@ -14,6 +14,7 @@ from lorawizard.core.contract import StepContext
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.support.captions_fixtures import make_project, make_tokenizers, txt_of
+from tests.support.sessions import save
 
 SOURCES = ["a.jpg", "sub/b.jpg", "c.png", "d.jpg"]
 
@@ -335,7 +336,7 @@ def test_replay_exits_1_for_missing_captions_unless_captionless(project: Path) -
 
     session = Session.load(project / "session.toml")
     session.set("dataset.captionless", True)
-    session.save()
+    save(session)
     assert replay(project / "session.toml", ["captions"], out=io.StringIO(), err=io.StringIO(), tty=False) == 0
 
 
@@ -362,7 +363,7 @@ def test_bulk_edit_saved_through_the_session(project: Path) -> None:
     captions = cap.CaptionSet.from_session(session)
     changed = captions.apply(captions.plan_replace("plain", tricky))
     session.update_images(captions.session_changes(changed))
-    session.save()
+    save(session)
     assert {v["caption"] for v in Session.load(project / "session.toml").images().values()} == {tricky}
 
 

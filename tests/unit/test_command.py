@@ -80,7 +80,7 @@ def test_dataset_schema_levels() -> None:
 def test_packaged_copies_match_the_reference() -> None:
     if not SHARED.is_dir():
         pytest.skip("../shared/reference is not here")
-    data = Path(cmd.__file__).parent / "data"
+    data = Path(cmd.__file__).parents[1] / "data"  # core/data
     for name in ("sd-scripts-options.tsv", "sd-scripts-dataset-config-schema.tsv"):
         assert (data / name).read_bytes() == (SHARED / name).read_bytes(), name
 

@@ -22,6 +22,7 @@ from tests.support.fake_trainer_env import (
     make_fake_python,
     make_site,
 )
+from tests.support.sessions import save
 
 RTX3090 = fake_gpu(0, "NVIDIA GeForce RTX 3090", 24.0, cuda_driver_version="12.8", driver_version="570.86.10")
 
@@ -69,7 +70,7 @@ def test_healthy_environment(project: Path, nvml: FakeNvml) -> None:
 
 def test_run_step_reports_findings_and_the_command(project: Path, nvml: FakeNvml) -> None:
     session = setup(project)
-    session.save()
+    save(session)
     replay = Session.load(project / "session.toml", read_only=True)
     result = env.run_step(StepContext(session=replay, options={"nvml": nvml}))
     assert result.ok and result.summary.startswith("environment ready")
@@ -113,7 +114,7 @@ def test_no_sd_scripts_anywhere(project: Path, nvml: FakeNvml) -> None:
 def test_found_in_home_and_recorded(project: Path, nvml: FakeNvml, isolated_home: Path) -> None:
     sd = make_checkout(isolated_home / "sd-scripts", git_branch=None)
     session = Session.new(project / "session.toml")
-    session.save()
+    save(session)
     replay = Session.load(project / "session.toml", read_only=True)
     ctx = StepContext(session=replay, options={"nvml": nvml})
     env.run_step(ctx)
@@ -379,7 +380,7 @@ def test_replay_env_reports_a_missing_python_as_a_finding(project: Path, nvml: F
 
     session = setup(project)
     session.set("paths.python", str(project / "no" / "python"))
-    session.save()
+    save(session)
     out, err = io.StringIO(), io.StringIO()
     code = replay(project / "session.toml", ["env"], out=out, err=err, tty=False, options={"env": {"nvml": nvml}})
     assert code == EXIT_STEP_FAILED

@@ -11,6 +11,7 @@ import yaml
 from lorawizard.core.launch import machines, multigpu
 from lorawizard.core.launch.multigpu import SelectionError
 from lorawizard.headless import replay
+from tests.support.sessions import save
 from tests.unit.test_command import make_buckets, make_session
 
 
@@ -20,7 +21,7 @@ def ready_session(project: Path, **values: object):  # noqa: ANN201
     (project / "py" / "bin").mkdir(parents=True)
     (project / "py" / "bin" / "python").write_text("")
     (project / "sd-scripts").mkdir()
-    session.save()
+    save(session)
     return session
 
 

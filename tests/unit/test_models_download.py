@@ -11,12 +11,13 @@ import pytest
 from lorawizard.core.contract import StepContext
 from lorawizard.core.session.document import Session
 from tests.support.fakehub import FakeHub, MiB
+from tests.support.sessions import save
 
 
 def make_session(project: Path, preset: str = "flux1-dev-fp8") -> Session:
     session = Session.new(project / "session.toml")
     session.set("models.preset", preset)
-    session.save()
+    save(session)
     return session
 
 

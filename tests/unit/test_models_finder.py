@@ -7,6 +7,7 @@ from pathlib import Path
 from lorawizard.core.contract import StepContext
 from lorawizard.core.session.document import Session
 from tests.support.fakehub import FakeHub
+from tests.support.sessions import save
 
 
 def run(session: Session, **options: object):
@@ -20,7 +21,7 @@ def run(session: Session, **options: object):
 
 def new_session(project: Path) -> Session:
     session = Session.new(project / "session.toml")
-    session.save()
+    save(session)
     return session
 
 
@@ -102,7 +103,7 @@ def test_override_is_used_and_its_mismatch_is_said(hub: FakeHub, project: Path):
     mine.write_bytes(b"x" * 1234)
     session = new_session(project)
     session.set("models.clip_l", str(mine))
-    session.save()
+    save(session)
     _result, _, states = run(session, action="find")
     clip = [s for s in states if s.role == "clip_l"][-1]
     assert clip.state == "found" and clip.path == mine and "not the preset's" in clip.note
@@ -156,7 +157,7 @@ def test_an_override_that_is_no_safetensors_file_is_an_error(project: Path):
     mine.write_text("torch\n")
     session = new_session(project)
     session.set("models.flux", str(mine))
-    session.save()
+    save(session)
     _result, _, states = run(session, action="find")
     flux = [s for s in states if s.role == "flux"][-1]
     assert flux.state == "error" and "not a .safetensors file" in flux.note

@@ -9,11 +9,12 @@ import pytest
 
 from lorawizard.core.session.document import Session
 from tests.support.fakehub import FakeHub
+from tests.support.sessions import save
 
 
 def session_file(project: Path) -> Path:
     session = Session.new(project / "session.toml")
-    session.save()
+    save(session)
     return session.path
 
 

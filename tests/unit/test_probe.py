@@ -35,6 +35,7 @@ from tests.support.fake_nvml import (
     one_gpu,
     two_different_gpus,
 )
+from tests.support.sessions import save
 
 OOM_TEXT = (
     "Traceback (most recent call last):\n  File \"train_network.py\", line 1453, in train\n"
@@ -140,7 +141,7 @@ def make_project(project: Path, buckets: dict[str, int], preset: str | None = "2
         for i in range(count):
             (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
             (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
-    session.save()
+    save(session)
     return session
 
 

@@ -21,6 +21,7 @@ from lorawizard.core.probe.step import MARGIN, ProbeEvent, SubprocessTrialRunner
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.support.fake_nvml import RTX_4090, FakeNvml, none_visible
+from tests.support.sessions import save
 from tests.support.standin import make_fake_sd_scripts
 
 BYTES_PER_PIXEL = 16384  # the stand-in's default pretend cost
@@ -60,7 +61,7 @@ def standin(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> S
         for i in range(count):
             (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
             (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
-    session.save()
+    save(session)
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     monkeypatch.setenv("STANDIN_PEAK_FILE", str(tmp_path / "peak.json"))
     monkeypatch.setenv("STANDIN_ARGS_FILE", str(tmp_path / "args.json"))
@@ -159,7 +160,7 @@ def test_replay_steps_probe_prints_the_table_and_keeps_the_session(standin: Sess
     budget = 2 * 512 * 512
     monkeypatch.setenv("STANDIN_VRAM_BUDGET", str(budget))
     standin.set_batch_size("256x256", 5)
-    standin.save()
+    save(standin)
     before = standin.path.read_bytes()
     out, err = io.StringIO(), io.StringIO()
     code = replay(standin.path, ["probe"], out=out, err=err, tty=False,

@@ -17,6 +17,7 @@ from lorawizard.core.launch.runs import RunRecord
 from lorawizard.core.train import keep, samples, statesave
 from lorawizard.core.train.step import RunFollower, plan_run, start_run
 from lorawizard.headless import replay
+from tests.support.sessions import save
 from tests.support.standin import make_train_project
 from tests.support.waiting import follow_to_end
 
@@ -196,12 +197,12 @@ def test_replay_keeps_the_final_lora_and_refuses_a_missing_keep_epoch(tmp_path: 
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     session = make_train_project(tmp_path, epochs=4, save_every=2)
     session.set("train.keep_epoch", 3)
-    session.save()
+    save(session)
     out, err = io.StringIO(), io.StringIO()
     assert replay(session.path, ["train"], out=out, err=err, tty=False) == 2
     assert err.getvalue().count("\n") == 1 and "keep_epoch = 3" in err.getvalue() and "2, 4" in err.getvalue()
     session.set("train.keep_epoch", 2)
-    session.save()
+    save(session)
     assert replay(session.path, ["train"], out=out, err=err, tty=False) == 0, err.getvalue()
     assert (session.project_dir / "loras" / "tiny-e2.safetensors").is_file()
     assert (session.project_dir / "loras" / "tiny-e2.json").is_file()

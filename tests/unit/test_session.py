@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorawizard.core.session.document import NAME_RE, SCHEMA, Session, SessionError, find_line
+from tests.support.sessions import save
 
 EXAMPLE = """\
 # my character LoRA
@@ -72,7 +73,7 @@ def test_unchanged_save_is_byte_identical(tmp_path: Path) -> None:
     path = write(tmp_path, EXAMPLE)
     before = path.stat().st_mtime_ns
     session = Session.load(path)
-    assert session.save() is False  # nothing changed, nothing written
+    assert save(session) is False  # nothing changed, nothing written
     assert path.read_text() == EXAMPLE and path.stat().st_mtime_ns == before
 
 
@@ -84,7 +85,7 @@ def test_edits_keep_comments_order_and_untouched_spelling(tmp_path: Path) -> Non
     session.update_image("IMG_0001.jpg", caption="a woman, overcast light")
     session.update_image("new.png", bucket="512x1024")
     session.set_batch_size("1024x512", 4)
-    assert session.save() is True
+    assert save(session) is True
     text = path.read_text()
     for kept in ("# my character LoRA", "# output name", "# relative to this file", "# per-image decisions",
                  "learning_rate = 1e-4   # keep this spelling"):
@@ -101,7 +102,7 @@ def test_new_session_is_written_only_on_first_save(tmp_path: Path) -> None:
     session = Session.open_project(tmp_path)
     assert not (tmp_path / "session.toml").exists()
     session.set("dataset.trigger", "ohwx")
-    session.save()
+    save(session)
     loaded = Session.load(tmp_path / "session.toml")
     assert loaded.get("version") == 1 and loaded.get("dataset.trigger") == "ohwx"
     assert loaded.get("name") == tmp_path.name
@@ -111,7 +112,7 @@ def test_read_only_session_refuses_to_save(tmp_path: Path) -> None:
     session = Session.load(write(tmp_path, EXAMPLE), read_only=True)
     session.set("train.seed", 7)
     with pytest.raises(SessionError, match="read-only"):
-        session.save()
+        save(session)
     assert "seed" not in (tmp_path / "session.toml").read_text()
 
 
@@ -141,7 +142,7 @@ def test_unknown_keys_are_kept_and_warned(tmp_path: Path) -> None:
     assert any("train.warmup" in w and ":" in w for w in session.warnings)
     assert any("extras" in w for w in session.warnings)
     session.set("train.seed", 1)
-    session.save()
+    save(session)
     assert "warmup = 3" in path.read_text() and "foo = 1" in path.read_text()
 
 
@@ -215,7 +216,7 @@ def test_set_rejects_bad_values_and_changes_nothing(tmp_path: Path) -> None:
         session.set("train.nope", 1)
     with pytest.raises(SessionError, match="crop"):
         session.update_image("IMG_0001.jpg", crop=[1, 2, 3])
-    assert session.save() is False and path.read_text() == EXAMPLE
+    assert save(session) is False and path.read_text() == EXAMPLE
 
 
 def test_find_line_handles_tables_and_arrays() -> None:
@@ -230,7 +231,7 @@ def test_save_keeps_file_mode(tmp_path: Path) -> None:
     path.chmod(0o600)
     session = Session.load(path)
     session.set("train.seed", 3)
-    session.save()
+    save(session)
     assert path.stat().st_mode & 0o777 == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -304,7 +305,7 @@ def test_property_round_trip_and_comments_survive(tmp_path_factory, generated) -
     comments = [line.split("#", 1)[1] for line in text.splitlines() if line.lstrip().startswith("#")]
     session.set("train.seed", 12345)
     session.set("dataset.trigger", "zzq")
-    session.save()
+    save(session)
     saved = path.read_text(encoding="utf-8")
     for comment in comments:
         assert comment in saved

@@ -12,6 +12,7 @@ import tomlkit.items
 from lorawizard.core.session import document as session_module
 from lorawizard.core.session.document import Session, SessionError
 from lorawizard.core.session.store import SessionStore
+from tests.support.sessions import save
 
 HEAD = """# my own notes at the top
 version = 1
@@ -52,7 +53,7 @@ def test_unchanged_save_is_byte_identical_and_writes_nothing(tmp_path: Path) -> 
     before = path.read_bytes()
     session = Session.load(path)
     assert session.to_text() == before.decode()
-    assert session.save() is False
+    assert save(session) is False
     session.update_image("IMG_00004.jpg", bucket="1024x1024")  # the value it already has
     assert session.to_text() == before.decode()
 
@@ -80,7 +81,7 @@ def test_round_trip_equals_the_decisions_and_comments_survive(tmp_path: Path) ->
     expected["train"]["seed"] = 7
     session.set("captions.kind", "style")  # a table that did not exist
     expected["captions"] = {"kind": "style"}
-    assert session.save() is True
+    assert save(session) is True
 
     text = path.read_text(encoding="utf-8")
     got = tomllib.loads(text)
@@ -93,7 +94,7 @@ def test_round_trip_equals_the_decisions_and_comments_survive(tmp_path: Path) ->
     assert list(got) == ["version", "name", "paths", "dataset", "gpu", "train", "captions"]  # key order kept
     again = Session.load(path)
     assert again.images() == session.images()
-    assert again.save() is False
+    assert save(again) is False
 
 
 def test_a_new_session_records_images_and_reads_back(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_a_new_session_records_images_and_reads_back(tmp_path: Path) -> None:
     session.update_images((f"{n}.jpg", {"bucket": "1024x512", "crop": [0, 0, 10, 5]}) for n in range(20))
     session.update_image("0.jpg", caption="first")
     session.set("dataset.max_side", 512)
-    session.save()
+    save(session)
     got = tomllib.loads(session.path.read_text(encoding="utf-8"))
     assert got["dataset"]["max_side"] == 512
     assert got["dataset"]["images"][0] == {"file": "0.jpg", "bucket": "1024x512", "crop": [0, 0, 10, 5], "caption": "first"}
@@ -123,7 +124,7 @@ def test_unusual_layouts_still_round_trip(tmp_path: Path, layout: str) -> None:
     session = Session.load(path)
     assert session._images is None  # the whole document in tomlkit
     session.update_image("a.jpg", caption="y")
-    session.save()
+    save(session)
     text = path.read_text(encoding="utf-8")
     assert "# mine" in text
     assert tomllib.loads(text)["dataset"]["images"][0] == {"file": "a.jpg", "caption": "y"}

@@ -10,11 +10,12 @@ import pytest
 
 from lorawizard.core.session.document import Session, SessionError
 from lorawizard.core.session.store import SessionStore
+from tests.support.sessions import save
 
 
 def new_store(project: Path, delay: float = 3600.0) -> SessionStore:
     session = Session.new(project / "session.toml")
-    session.save()
+    save(session)
     return SessionStore(session, delay=delay)
 
 
@@ -124,7 +125,7 @@ def test_a_failed_save_says_what_to_do_and_keeps_the_decision(project: Path, mon
     def refuse() -> bool:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(store.session, "save", refuse)
+    monkeypatch.setattr(store.session, "_write_file", refuse)
     problem = store.flush()
     assert problem is not None and "Operation not permitted" in problem and "make its folder writable" in problem
     monkeypatch.undo()  # the folder is writable again: the next flush writes what was kept
