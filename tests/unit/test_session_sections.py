@@ -4,9 +4,6 @@ exactly what `Session.get` reads; a disagreement with the schema fails here, and
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
-import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -32,8 +29,7 @@ from lorawizard.core.session.sections import (
     declared_settings,
     schema_problems,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.mypy_snippets import flagged_notes
 
 # How code reaches each view from a session (the path the typed reads take).
 REACH: dict[type, Callable[[Session], Any]] = {
@@ -256,15 +252,6 @@ def read(session: Session) -> None:
 
 def test_mypy_sees_each_attributes_type(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(textwrap.dedent(SNIPPET))
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
-         str(tmp_path / "cache"), "--no-error-summary", str(snippet)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    lines = textwrap.dedent(SNIPPET).splitlines()
-    flagged = {lines[int(line.split(":")[1]) - 1].split("# ")[-1] for line in errors}
+    flagged, output = flagged_notes(SNIPPET, tmp_path)
     assert flagged == {"BAD 1: an int", "BAD 2: may be None", "BAD 3: no such attribute", "BAD 4: read-only"}, \
-        result.stdout + result.stderr
+        output

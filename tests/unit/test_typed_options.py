@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from lorawizard.core.registry import OptionsByStep, options_for
+from tests.support.mypy_snippets import flagged_notes
 
 pytest.importorskip("mypy")
-ROOT = Path(__file__).resolve().parents[2]
 
 SNIPPET = '''
 from lorawizard.core.session.document import Session
@@ -39,19 +36,10 @@ def build(session: Session) -> None:
 
 
 def test_mypy_rejects_a_wrong_option_key_and_accepts_the_right_ones(tmp_path: Path) -> None:
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(textwrap.dedent(SNIPPET))
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
-         str(tmp_path / "cache"), "--no-error-summary", str(snippet)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    lines = textwrap.dedent(SNIPPET).splitlines()
-    flagged = {lines[int(line.split(":")[1]) - 1].split("# ")[-1] for line in errors}
+    flagged, output = flagged_notes(SNIPPET, tmp_path)
     assert flagged == {"BAD 1: no step has this key", "BAD 2: wrong value type",
                        "BAD 3: reprobe is the probe step's", "BAD 4: not a fix",
-                       "BAD 5: not a models action"}, result.stdout + result.stderr
+                       "BAD 5: not a models action"}, output
 
 
 def test_replay_gives_each_step_only_its_own_options() -> None:
