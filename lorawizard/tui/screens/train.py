@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -46,6 +46,10 @@ from lorawizard.tui.widgets.train_panels import (
 )
 from lorawizard.tui.widgets.wrap_log import WrapLog
 
+if TYPE_CHECKING:
+    from lorawizard.core.launch.runs import RunRecord
+    from lorawizard.core.session.document import Session
+
 TAIL_LINES = 300
 
 
@@ -58,7 +62,7 @@ class TrainUpdate(Message):
 class RunStarted(Message):
     """Posted by the start worker: the run is launched; the screen follows it."""
 
-    record: Any  # core.runs.RunRecord
+    record: RunRecord
 
 
 @dataclass
@@ -137,7 +141,7 @@ class TrainScreen(StepScreen):
     def __init__(self, *, follow: bool = True) -> None:
         super().__init__()
         self.follow_runs = follow
-        self.record: Any = None
+        self.record: RunRecord | None = None
         self._stop_tail = threading.Event()
         self._stop_asked: str | None = None  # the run this wizard stopped (s): its stop worker says so, once
 
@@ -188,14 +192,14 @@ class TrainScreen(StepScreen):
             self.notify(f"reattached to run {live.run_id} (pid {live.pid})")
         self._start_tail(self.record)
 
-    def _start_tail(self, record: Any) -> None:
+    def _start_tail(self, record: RunRecord) -> None:
         self._stop_tail.set()
         self._stop_tail = threading.Event()
         self.record = record
         self._tail(record, self._stop_tail)
 
     @work(thread=True, exclusive=True, group="train-tail", exit_on_error=False)
-    def _tail(self, record: Any, stop: threading.Event) -> None:
+    def _tail(self, record: RunRecord, stop: threading.Event) -> None:
         from lorawizard.core.train.dashboard import views
 
         name = record.output_name or wizard_app(self).session.name
@@ -300,7 +304,7 @@ class TrainScreen(StepScreen):
             ConfirmScreen(question, "The trainer gets SIGINT, then SIGTERM, then SIGKILL; r resumes later."),
             lambda yes: self._stop_answer(record, yes))
 
-    def _stop_answer(self, record: Any, yes: bool | None) -> None:
+    def _stop_answer(self, record: RunRecord, yes: bool | None) -> None:
         if not yes:
             return
         if not record.is_alive():
@@ -316,7 +320,7 @@ class TrainScreen(StepScreen):
         self._stop_run(record)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
-    def _stop_run(self, record: Any) -> None:
+    def _stop_run(self, record: RunRecord) -> None:
         from lorawizard.core.contract import StepFailed
         from lorawizard.core.launch import runs
         from lorawizard.core.train.step import claim_project
@@ -387,7 +391,7 @@ class TrainScreen(StepScreen):
         self._publish(wizard_app(self).session)
 
     @work(thread=True, exclusive=True, group="train-publish", exit_on_error=False)
-    def _publish(self, session: Any) -> None:
+    def _publish(self, session: Session) -> None:
         from lorawizard.core.common.progress import format_progress
         from lorawizard.core.contract import StepContext, StepFailed
         from lorawizard.core.publish.step import run_step
@@ -427,7 +431,7 @@ class TrainScreen(StepScreen):
 _STEP_STATES: dict[str, StepState] = {"finished": "done", "failed": "attention", "lost": "attention", "running": "todo", "stopped": "todo"}
 
 
-def after_stop(session: Any, record: Any) -> str:
+def after_stop(session: Session, record: RunRecord) -> str:
     """What r does after `record` stopped: the verdict --stop and --status give (statesave.resume_point)."""
     from lorawizard.core.train import statesave
 
