@@ -187,3 +187,25 @@ def test_flux_literals_live_only_in_the_profile() -> None:
     assert found == []
     profile_text = "".join(p.read_text(encoding="utf-8") for p in profile_dir.glob("*.py"))
     assert all(re.search(re.escape(literal), profile_text) for literal in FLUX_LITERALS)  # the scan looks at real text
+
+
+def test_the_models_step_follows_the_sessions_family(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family with two roles and one tokenizer: the models step looks for those, not FLUX.1-dev's four."""
+    from lorawizard.core.contract import StepContext
+    from lorawizard.core.models import step as models_step
+
+    kept = {"flux", "ae"}
+    two = replace(
+        FLUX1_DEV, name="two-roles",
+        roles=tuple(role for role in FLUX1_DEV.roles if role.name in kept),
+        presets=tuple(replace(p, files=tuple(f for f in p.files if f.role in kept)) for p in FLUX1_DEV.presets),
+        text_encoders=FLUX1_DEV.text_encoders[:1],
+    )
+    use_family(monkeypatch, two)
+    session = make_session(project)
+    seen: list[str] = []
+    result = models_step.run_step(StepContext(session=session, options={
+        "action": "find", "on_state": lambda row: seen.append(row.role)}))
+    assert list(dict.fromkeys(seen)) == ["flux", "ae", "tokenizers", "captioner"]
+    assert result.data["missing"] == ["flux", "ae"]
+    assert result.summary.startswith("2 model file(s) missing")

@@ -23,9 +23,8 @@ from typing import Any, cast
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.common.progress import ProgressMeter, format_bytes, ignore_progress
 from lorawizard.core.contract import Cancelled, StepContext, StepResult
-from lorawizard.core.models import catalog
 from lorawizard.core.models.captioners import after_model_files, captioner_step
-from lorawizard.core.models.catalog import ROLES, ModelFile
+from lorawizard.core.models.catalog import ModelFile
 from lorawizard.core.models.download import (
     DownloadCancelled,
     DownloadError,
@@ -51,6 +50,7 @@ from lorawizard.core.models.files import (
 )
 from lorawizard.core.models.finder import HashCache, HashCancelled, candidates, sha256_of
 from lorawizard.core.models.rows import ModelsOptions, RoleState
+from lorawizard.core.profile import ModelFamily, family_for
 from lorawizard.core.session.document import Session
 
 HASH_CACHE_FILE = "hash-cache.json"
@@ -109,6 +109,7 @@ class _Rows:
 @dataclass
 class _Plan:
     session: Session
+    family: ModelFamily  # the session's base model: its roles and tokenizers
     entries: dict[str, ModelFile]
     meta: dict[str, Any]
     hashes: HashCache
@@ -135,20 +136,22 @@ def run_step(ctx: StepContext) -> StepResult:
 
 def _model_files_step(ctx: StepContext) -> StepResult:
     session = ctx.session
-    preset = catalog.preset(preset_name(session))
+    family = family_for(session)
+    roles = family.role_names
+    preset = family.preset(preset_name(session))
     action = _options(ctx).get("action", "download")
     rows = _Rows(_options(ctx).get("on_state") or (lambda state: None))
-    plan = _Plan(session, {f.role: f for f in preset.files}, load_metadata(session),
+    plan = _Plan(session, family, {f.role: f for f in preset.files}, load_metadata(session),
                  HashCache(state_file(session, HASH_CACHE_FILE)), rows, ctx)
-    for role in ROLES:
+    for role in roles:
         entry = plan.entries[role]
         rows.set(RoleState(role, entry.filename, entry.repo, size=_known(plan, entry).get("size")))
-    rows.set(RoleState(TOKENIZER_ROLE, ", ".join(t.repo for t in catalog.TOKENIZERS), "", note="sd-scripts tokenizers"))
+    rows.set(RoleState(TOKENIZER_ROLE, ", ".join(t.repo for t in family.tokenizers), "", note="sd-scripts tokenizers"))
     ctx.log(f"preset {preset.name}: {preset.title}")
 
     try:
         _first_contact(plan)
-        for role in ROLES:
+        for role in roles:
             ctx.check_cancelled()
             _find(plan, role)
         _check_tokenizers(plan)
@@ -156,7 +159,7 @@ def _model_files_step(ctx: StepContext) -> StepResult:
         plan.hashes.save()
         _save(plan)
 
-    missing = [role for role in ROLES if rows.rows[role].state == "missing"]
+    missing = [role for role in roles if rows.rows[role].state == "missing"]
     tok_missing = rows.rows[TOKENIZER_ROLE].state != "found"
     if action == "find" or ctx.dry_run:
         return _report(plan, missing, tok_missing, dry_run=ctx.dry_run, find_only=action == "find")
@@ -170,7 +173,7 @@ def _model_files_step(ctx: StepContext) -> StepResult:
         raise Cancelled() from None
     except DownloadError as exc:
         _save(plan)
-        return StepResult(False, str(exc), [rows.rows[r].line() for r in [*ROLES, TOKENIZER_ROLE]])
+        return StepResult(False, str(exc), [rows.rows[r].line() for r in [*roles, TOKENIZER_ROLE]])
     finally:
         plan.hashes.save()
     _save(plan)
@@ -190,7 +193,7 @@ def _known(plan: _Plan, entry: ModelFile) -> dict[str, Any]:
 def _first_contact(plan: _Plan) -> None:
     """Size and sha256 from the hub for files we know nothing about yet; recorded for offline checks later."""
     token = hub_token()
-    for role in ROLES:
+    for role in plan.family.role_names:
         entry = plan.entries[role]
         if _known(plan, entry).get("size") is not None or plan.hub_problem:
             continue
@@ -218,7 +221,7 @@ def _remember(plan: _Plan, entry: ModelFile, remote: RemoteFile) -> None:
 
 def _save(plan: _Plan) -> None:
     resolved = plan.meta.setdefault("resolved", {}).setdefault(preset_name(plan.session), {})
-    for role in ROLES:
+    for role in plan.family.role_names:
         row = plan.rows.rows.get(role)
         if row is not None and row.state == "found" and row.path is not None:
             resolved[role] = str(row.path)
@@ -288,7 +291,7 @@ def _find(plan: _Plan, role: str) -> None:
 
 def _check_tokenizers(plan: _Plan) -> None:
     base = tokenizer_dir(plan.session)
-    if all(tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS):
+    if all(tokenizer_complete(base / t.folder, t) for t in plan.family.tokenizers):
         plan.rows.update(TOKENIZER_ROLE, state="found", path=base, source="tokenizers folder", verified=False,
                          note="complete")
     else:
@@ -304,7 +307,7 @@ def _download_tokenizers(plan: _Plan) -> None:
     token = hub_token()
     plan.rows.update(TOKENIZER_ROLE, state="downloading", done=0)
     fetched = 0
-    for tokenizer in catalog.TOKENIZERS:
+    for tokenizer in plan.family.tokenizers:
         folder = base / tokenizer.folder
         for name, required in tokenizer.files():
             ctx.check_cancelled()
@@ -445,19 +448,19 @@ def _remaining(remote: RemoteFile, dest: Path) -> int:
 
 
 def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool, find_only: bool) -> StepResult:
-    rows = plan.rows.rows
-    details = [rows[r].line() for r in ROLES] + [rows[TOKENIZER_ROLE].line()]
-    errors = [r for r in ROLES if rows[r].state == "error"]
-    paths = {r: str(rows[r].path) for r in ROLES if rows[r].path is not None and rows[r].state == "found"}
+    rows, roles = plan.rows.rows, plan.family.role_names
+    details = [rows[r].line() for r in roles] + [rows[TOKENIZER_ROLE].line()]
+    errors = [r for r in roles if rows[r].state == "error"]
+    paths = {r: str(rows[r].path) for r in roles if rows[r].path is not None and rows[r].state == "found"}
     data: dict[str, Any] = {"paths": paths, "missing": missing, "tokenizers": str(tokenizer_dir(plan.session))}
     if (dry_run or find_only) and (missing or tok_missing):
         return _would_download(plan, missing, tok_missing, details, data, ok=not errors, dry_run=dry_run)
     if dry_run or find_only:
-        summary = "all model files are present" + (" and verified" if _all_verified(rows) else "")
+        summary = "all model files are present" + (" and verified" if _all_verified(rows, roles) else "")
         return StepResult(not errors, summary, [] if find_only else details, data)
     if errors:
         return StepResult(False, rows[errors[0]].note, details, data)
-    return StepResult(True, "all model files ready" + (" and verified" if _all_verified(rows) else "")
+    return StepResult(True, "all model files ready" + (" and verified" if _all_verified(rows, roles) else "")
                       + f"; tokenizers in {tokenizer_dir(plan.session)}", details, data)
 
 
@@ -480,12 +483,13 @@ def _would_download(plan: _Plan, missing: list[str], tok_missing: bool, details:
         lines.append(f"would download the CLIP-L and T5 tokenizers into {tokenizer_dir(plan.session)} (~3 MB)")
     summary = f"{len(missing)} model file(s) to download: {amount}{tokens}"
     rows = plan.rows.rows
-    kept = [line for role, line in zip([*ROLES, TOKENIZER_ROLE], details, strict=True) if rows[role].state != "missing"]
+    kept = [line for role, line in zip([*plan.family.role_names, TOKENIZER_ROLE], details, strict=True)
+            if rows[role].state != "missing"]
     return StepResult(ok, summary, kept + lines, data)
 
 
-def _all_verified(rows: dict[str, RoleState]) -> bool:
-    return all(rows[r].verified for r in ROLES)
+def _all_verified(rows: dict[str, RoleState], roles: tuple[str, ...]) -> bool:
+    return all(rows[r].verified for r in roles)
 
 
 def find_only(session: Session, *, on_state: Callable[[RoleState], None] | None = None,
