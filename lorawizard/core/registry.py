@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, NamedTuple, TypedDict, cast
 
 if TYPE_CHECKING:  # nothing but the standard library at run time: `--help` and the first frame read this table
     # (the step modules are imported lazily at run time, by load_step; mypy sees their options here)
@@ -35,8 +34,7 @@ if TYPE_CHECKING:  # nothing but the standard library at run time: `--help` and 
     )
 
 
-@dataclass(frozen=True)
-class StepSpec:
+class StepSpec(NamedTuple):
     name: str  # in session.toml's vocabulary and `--steps`
     title: str  # headings, help, the step bar when wide
     short_title: str  # the step bar at 80 columns

@@ -16,7 +16,7 @@ from lorawizard.core.contract import StepResult
 from lorawizard.tui.terminal import ProbeResult
 
 
-@dataclass
+@dataclass(eq=False)  # a message is an event, never compared: one generated method less at start-up
 class StepProgress(Message):
     """A core step run by a StepRunner reports progress (one waiting per step and task: newer replaces older)."""
 
@@ -32,7 +32,7 @@ class StepProgress(Message):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class ScanProgress(Message):
     """A screen's own background scan (not a step run: the Dataset screen's photo scan) reports progress."""
 
@@ -46,20 +46,20 @@ class ScanProgress(Message):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class StepLog(Message):
     step: str
     lines: list[str]
 
 
-@dataclass
+@dataclass(eq=False)
 class SessionSaveFailed(Message):
     """The session store's debounced write failed (posted from its timer thread)."""
 
     problem: str
 
 
-@dataclass
+@dataclass(eq=False)
 class StepFinished(Message):
     """A StepRunner's step ended; bubbles to the screen (its own follow-up) and the App (the step bar's state)."""
 
@@ -68,7 +68,7 @@ class StepFinished(Message):
     error: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class TerminalAnswered(Message):
     """The terminal answered the image question (terminal.ReplyCollector, from the input thread), or gave no DA1 in
     time."""
@@ -76,7 +76,7 @@ class TerminalAnswered(Message):
     result: ProbeResult
 
 
-@dataclass
+@dataclass(eq=False)
 class Notice(Message):
     """A worker has something to say: the handler shows it as a notification."""
 

@@ -16,8 +16,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from textual._xterm_parser import XTermParser
@@ -38,8 +37,7 @@ TERMINAL_REPLY = re.compile(
 _CSI_REPLY = re.compile(r"\x1b\[[?>=][\d;]*c|\x1b\[[2-9];\d+;\d+t")
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(NamedTuple):
     renderer: str  # "sixel", "tgp" or "halfcell"
     cell_size: tuple[int, int]  # pixels per cell (width, height); VT340's 10×20 when unknown
     answered: bool = True  # False when the terminal did not answer DA1 within TIMEOUT_S

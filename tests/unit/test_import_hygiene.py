@@ -83,3 +83,26 @@ def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
              "lorawizard.core.probe.step",
              "textual.widgets._text_area"}
     assert not heavy & loaded, f"the first-frame path imported {sorted(heavy & loaded)}"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new project", "existing session"])
+def test_first_frame_path_defers_tomlkit(tmp_path, existing: bool) -> None:
+    """tomlkit (import + parse, ~15 ms) waits for the first change: reads use tomllib's values until then."""
+    if existing:
+        (tmp_path / "session.toml").write_text('# mine\nversion = 1\nname = "kept"\n[train]\nseed = 7\n')
+    code = (
+        "from pathlib import Path\n"
+        "from lorawizard.core.session.document import Session\n"
+        "from lorawizard.tui.app import LoraWizardApp\n"
+        f"s = Session.open_project(Path({str(tmp_path)!r}))\n"
+        "app = LoraWizardApp(s, skeleton_first=True)\n"
+        "import sys, json\n"
+        "before = 'tomlkit' in sys.modules\n"
+        "s.set('train.seed', 8)\n"
+        "print(json.dumps([before, s.get('name'), s.to_text()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    before, name, text = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before is False
+    assert name == ("kept" if existing else tmp_path.name)
+    assert "seed = 8" in text and ("# mine" in text) == existing

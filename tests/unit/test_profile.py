@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,12 @@ def use_family(monkeypatch: pytest.MonkeyPatch, family: ModelFamily) -> None:
 
 
 def other_backend_family() -> ModelFamily:
-    backend = replace(
-        FLUX1_DEV.backend,
-        script="other_train_network.py",
+    backend = FLUX1_DEV.backend._replace(script="other_train_network.py",
         network_module="networks.lora_other",
         role_options=(("ae", "ae"), ("flux", "pretrained_model_name_or_path")),  # no CLIP-L, no T5 options
         fixed_options={"discrete_flow_shift": 2.5, "timestep_sampling": "sigmoid"},
     )
-    return replace(FLUX1_DEV, name="other", backend=backend)
+    return FLUX1_DEV._replace(name="other", backend=backend)
 
 
 def option_value(argv: list[str], name: str) -> str:
@@ -59,7 +56,7 @@ def test_family_for_a_session_a_family_or_a_preset(project: Path) -> None:
 
 
 def test_family_for_finds_the_family_owning_the_sessions_preset(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    other = replace(FLUX1_DEV, name="other", presets=(replace(FLUX1_DEV.presets[1], name="other-bf16"),))
+    other = FLUX1_DEV._replace(name="other", presets=(FLUX1_DEV.presets[1]._replace(name="other-bf16"),))
     monkeypatch.setitem(profile.FAMILIES, other.name, other)
     assert family_for("other-bf16") is other
     assert family_for(FLUX1_DEV.presets[0].name) is FLUX1_DEV
@@ -117,15 +114,13 @@ def test_schema_model_roles_and_sample_defaults_are_flux1_devs() -> None:
 
 VARIANT = """
 import json
-from dataclasses import replace
 from lorawizard.core import profile
 from lorawizard.core.profile import FLUX1_DEV, Licence, ModelFile, ModelRole, Preset, SampleDefaults, VramPreset
 
 roles = (*FLUX1_DEV.roles, ModelRole("refiner", "Refiner", ("unet",)))
 files = tuple(ModelFile(role.name, "someone/other", role.name + ".safetensors") for role in roles)
-other = replace(
-    FLUX1_DEV, name="other", hub_repo="someone/other", roles=roles, presets=(Preset("other-preset", "Other", files, 1.0),),
-    text_encoders=tuple(replace(e, max_tokens=e.max_tokens * 2) for e in FLUX1_DEV.text_encoders),
+other = FLUX1_DEV._replace(name="other", hub_repo="someone/other", roles=roles, presets=(Preset("other-preset", "Other", files, 1.0),),
+    text_encoders=tuple(e._replace(max_tokens=e.max_tokens * 2) for e in FLUX1_DEV.text_encoders),
     samples=SampleDefaults(steps=7, guidance=1.25), resolution=512,
     vram_presets=(VramPreset("big", 40, 3, {"fp8_base": True}),),
     licence=Licence("other-licence", "Other Licence", "https://example.com/licence"), card_tags=("other",),
@@ -168,7 +163,7 @@ def test_every_consumer_reads_the_default_family() -> None:
 
 def test_a_sessions_vram_presets_are_its_familys(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiers = (VramPreset("huge", 80, 8, {"fp8_base": True}), VramPreset("tiny", 4, 1, {"blocks_to_swap": 30}))
-    use_family(monkeypatch, replace(FLUX1_DEV, name="other", vram_presets=tiers))
+    use_family(monkeypatch, FLUX1_DEV._replace(name="other", vram_presets=tiers))
     assert [p.name for p in vram_presets.load_presets(make_session(project))] == ["huge", "tiny"]
 
 
@@ -195,10 +190,9 @@ def test_the_models_step_follows_the_sessions_family(project: Path, monkeypatch:
     from lorawizard.core.models import step as models_step
 
     kept = {"flux", "ae"}
-    two = replace(
-        FLUX1_DEV, name="two-roles",
+    two = FLUX1_DEV._replace(name="two-roles",
         roles=tuple(role for role in FLUX1_DEV.roles if role.name in kept),
-        presets=tuple(replace(p, files=tuple(f for f in p.files if f.role in kept)) for p in FLUX1_DEV.presets),
+        presets=tuple(p._replace(files=tuple(f for f in p.files if f.role in kept)) for p in FLUX1_DEV.presets),
         text_encoders=FLUX1_DEV.text_encoders[:1],
     )
     use_family(monkeypatch, two)

@@ -9,7 +9,6 @@ import pytest
 import tomlkit
 import tomlkit.items
 
-from lorawizard.core.session import document as session_module
 from lorawizard.core.session.document import Session, SessionError
 from lorawizard.core.session.store import SessionStore
 from tests.support.sessions import save
@@ -148,7 +147,7 @@ def test_a_20000_image_session_never_goes_through_tomlkit_per_entry(tmp_path: Pa
         parsed.append(len(text))
         return real_parse(text)
 
-    monkeypatch.setattr(session_module.tomlkit, "parse", counting_parse)
+    monkeypatch.setattr(tomlkit, "parse", counting_parse)  # the session imports tomlkit when it first needs it
     tables = 0
     real_init = tomlkit.items.Table.__init__
 

@@ -3,7 +3,6 @@ exactly what `Session.get` reads; a disagreement with the schema fails here, and
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from collections.abc import Callable
@@ -145,7 +144,7 @@ def test_every_view_is_reached_from_a_session(tmp_path: Path) -> None:
 
 
 def _replace(key: str, **changes: Any) -> tuple[Field, ...]:
-    return tuple(dataclasses.replace(f, **changes) if f.key == key else f for f in SCHEMA)
+    return tuple(f._replace(**changes) if f.key == key else f for f in SCHEMA)
 
 
 @pytest.mark.parametrize("schema, expected", [

@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from lorawizard.core.common.text import one_line
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     step: str  # "dataset", "models", ...
     task: str  # what is being done, e.g. "scanning photos" or a file name
     done: float

@@ -7,9 +7,8 @@ captions step reads it, neither of which should import the image pipeline.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lorawizard.core.session.document import Session
 
@@ -17,8 +16,7 @@ MANIFEST_FILE = "lorawizard-manifest.json"
 MANIFEST_VERSION = 1
 
 
-@dataclass(frozen=True)
-class PreparedImage:
+class PreparedImage(NamedTuple):
     output: Path  # absolute
     source: str  # relative to dataset.source
     sha256: str

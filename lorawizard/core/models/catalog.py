@@ -7,7 +7,7 @@ are then recorded under `.lorawizard/models.json`, so later checks work offline 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.core.profile import ModelFile as ModelFile  # re-exported: the models step's names
@@ -31,8 +31,7 @@ def preset(name: str | None) -> Preset:
 # ---------------------------------------------------------------- captioners (auto-captions)
 
 
-@dataclass(frozen=True)
-class Captioner:
+class Captioner(NamedTuple):
     """A vision-language model that drafts captions; downloaded as a whole transformers folder."""
 
     name: str  # `[captions] model`

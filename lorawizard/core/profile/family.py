@@ -1,6 +1,7 @@
 """The shape of a model-family profile: what lorawizard must know about one base model and the trainer that trains it.
 
-Only data lives here (frozen dataclasses); the entries are beside it (`flux1_dev.py`) and the registry in
+Only data lives here (named tuples: immutable, and ~5x cheaper to define than frozen dataclasses, which
+the first frame pays for: bench/bench_cli_startup.py); the entries are beside it (`flux1_dev.py`) and the registry in
 `core.profile`. Every step reads these instead of writing a base model's facts itself, so a second family, or a
 second trainer backend for one, is a new entry, not new branches in the steps.
 """
@@ -8,12 +9,11 @@ second trainer backend for one, is a new entry, not new branches in the steps.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class ModelFile:
+class ModelFile(NamedTuple):
     """One downloadable file of a preset, for one role."""
 
     role: str  # a ModelRole.name
@@ -32,8 +32,7 @@ class ModelFile:
         return f"https://huggingface.co/{self.repo}"
 
 
-@dataclass(frozen=True)
-class Preset:
+class Preset(NamedTuple):
     """A complete set of model files (one per role): what `models.preset` names."""
 
     name: str
@@ -45,8 +44,7 @@ class Preset:
         return next(f for f in self.files if f.role == role)
 
 
-@dataclass(frozen=True)
-class Tokenizer:
+class Tokenizer(NamedTuple):
     """A tokenizer the trainer loads with `from_pretrained`; it reads `<tokenizer_cache_dir>/<folder>`."""
 
     repo: str
@@ -62,8 +60,7 @@ class Tokenizer:
         return tuple((name, True) for name in self.required) + tuple((name, False) for name in self.optional)
 
 
-@dataclass(frozen=True)
-class ModelRole:
+class ModelRole(NamedTuple):
     """One model file training needs: `models.<name>` in session.toml, a row of the Models screen."""
 
     name: str
@@ -71,8 +68,7 @@ class ModelRole:
     comfy_folders: tuple[str, ...]  # ComfyUI keeps each kind of file in its own folder(s) under models/
 
 
-@dataclass(frozen=True)
-class TextEncoder:
+class TextEncoder(NamedTuple):
     """A text encoder's token budget and the tokenizer that counts a caption's tokens for it."""
 
     role: str  # a ModelRole.name
@@ -81,8 +77,7 @@ class TextEncoder:
     tokenizer: Tokenizer
 
 
-@dataclass(frozen=True)
-class TrainerBackend:
+class TrainerBackend(NamedTuple):
     """The trainer that trains a family: its script and the options that are the family's, not the person's."""
 
     name: str  # its GitHub repository, for people and the model card: "kohya-ss/sd-scripts"
@@ -95,16 +90,14 @@ class TrainerBackend:
     latent_cache_suffix: str  # `<image stem>_<W>x<H><suffix>`: the cached latents beside an image
 
 
-@dataclass(frozen=True)
-class SampleDefaults:
+class SampleDefaults(NamedTuple):
     """Sample images during training: what `[train.samples]` holds until a person changes it."""
 
     steps: int  # denoising steps per sample
     guidance: float  # the embedded guidance the samples are drawn with
 
 
-@dataclass(frozen=True)
-class Licence:
+class Licence(NamedTuple):
     """The base model's licence, which a published LoRA (a derivative) inherits: the model card says so."""
 
     name: str  # the Hub's `license_name`
@@ -112,12 +105,11 @@ class Licence:
     link: str
 
 
-@dataclass(frozen=True)
-class VramPreset:
+class VramPreset(NamedTuple):
     name: str  # "24gb": what gpu.vram_preset holds
     min_gb: float  # chosen for GPUs with at least this much memory (as cards are sold: GiB)
     batch_size: int  # the docs' batch size: where the probe starts, and the batch size until one is probed
-    options: dict[str, Any] = field(default_factory=dict)  # trainer options (no dashes): value, True for a flag
+    options: Mapping[str, Any] = MappingProxyType({})  # trainer options (no dashes): value, True for a flag
     note: str = ""  # what the docs say, for a person
     fp8_t5: bool = False  # the docs recommend an fp8 T5-XXL file (t5xxl_fp8_e4m3fn, not the "scaled" one)
     from_docs: bool = True  # False for our own last resort and for the project's vram_presets.toml
@@ -145,8 +137,7 @@ class VramPreset:
         return f"{self.label}: " + ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class TransformerSize:
+class TransformerSize(NamedTuple):
     """The denoiser's parameter counts, for the VRAM estimate (block swapping moves whole blocks to the CPU)."""
 
     params: float
@@ -155,8 +146,7 @@ class TransformerSize:
     max_blocks_to_swap: int  # the trainer refuses more
 
 
-@dataclass(frozen=True)
-class ModelFamily:
+class ModelFamily(NamedTuple):
     name: str  # the registry's key
     title: str  # for people: "FLUX.1-dev"
     card_title: str  # how the model card names the base model

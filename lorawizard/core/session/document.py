@@ -1,7 +1,9 @@
 """session.toml: the single source of truth for every decision.
 
 Read and written with tomlkit so a person's comments, ordering and formatting survive every save; an
-unchanged load → save is byte-identical. Values are validated against `SCHEMA`; errors are one line that
+unchanged load → save is byte-identical. tomlkit is imported and the round-trip document built only when the wizard
+first changes or writes something: until then reads use tomllib's plain values, so the first frame never pays for
+them (~15 ms; bench/bench_cli_startup.py). Values are validated against `SCHEMA`; errors are one line that
 names the file, the line, the key and what was expected. Unknown keys are kept and warned about.
 """
 
@@ -14,17 +16,17 @@ import stat
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, cast
-
-import tomlkit
-from tomlkit.exceptions import ParseError, TOMLKitError
-from tomlkit.items import AoT, Table
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from lorawizard.core.common.fsutil import atomic_write_text
 from lorawizard.core.common.text import first_few
 from lorawizard.core.profile import DEFAULT_FAMILY, all_preset_names, all_role_names
 from lorawizard.core.session.sections import SectionViews
+
+if TYPE_CHECKING:
+    from tomlkit.items import AoT
 
 SESSION_FILE = "session.toml"
 SESSION_VERSION = 1
@@ -54,8 +56,7 @@ Check = Callable[[Any], str | None]  # returns what was expected, or None when f
 FieldKind = Literal["str", "int", "float", "bool", "path", "str_list"]
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     key: str  # dotted path
     kind: FieldKind
     default: Any = None
@@ -274,7 +275,9 @@ def _value_problem(spec: Field, value: Any) -> str | None:
 
 
 def _describe(value: Any) -> str:
-    text = tomlkit.item(value).as_string() if not isinstance(value, Table | dict) else "a table"
+    import tomlkit
+
+    text = tomlkit.item(value).as_string() if not isinstance(value, dict) else "a table"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -316,8 +319,7 @@ def find_line(text: str, table: str, key: str, occurrence: int = 0) -> int | Non
 # ---------------------------------------------------------------- the session
 
 
-@dataclass(frozen=True)
-class ResolvedPaths:
+class ResolvedPaths(NamedTuple):
     project: Path
     state: Path
     sd_scripts: Path | None
@@ -331,12 +333,21 @@ class ResolvedPaths:
 @dataclass
 class Session(SectionViews):
     path: Path
-    doc: Any  # tomlkit.TOMLDocument (the wizard: round-trip) or, read-only, tomllib's plain dicts
+    _doc: Any  # tomlkit.TOMLDocument (the wizard: round-trip) or tomllib's plain dicts (read-only, or not built yet)
     warnings: list[str] = field(default_factory=list)
     read_only: bool = False  # replay never rewrites the user's file
     _saved_text: str | None = None
     _bom: bool = False  # the file began with a UTF-8 BOM: kept on save, so only the person's edits change it
     _disk_stamp: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file as last read or written
+    _build_doc: Callable[[], Any] | None = None  # builds the round-trip document the first time one is needed
+
+    @property
+    def doc(self) -> Any:
+        """The document changes are made in: tomlkit's, built on first use (read-only: the plain values)."""
+        build = self._build_doc
+        if build is not None:
+            self._doc, self._build_doc = build(), None
+        return self._doc
 
     # -- construction
 
@@ -382,10 +393,13 @@ class Session(SectionViews):
             split = _split_images(text, data)
             if split is not None:  # the usual layout: tomlkit reads only the small rest; entries stay plain
                 head_text, images = split
-                doc, placeholder = _tomlkit_parse(path, head_text), _PLACEHOLDER in head_text
+                placeholder = _PLACEHOLDER in head_text
+                doc = {**data, "dataset": {k: v for k, v in data.get("dataset", {}).items() if k != "images"}}
             else:  # an unusual layout (inline array, tables between entries): all of it in tomlkit, as before
-                doc, images = _tomlkit_parse(path, text), None
-        session = cls(path=path, doc=doc, read_only=read_only, _saved_text=text, _bom=bom, _disk_stamp=stamp)
+                head_text, doc = text, data
+            build = partial(_tomlkit_parse, path, head_text)
+        session = cls(path=path, _doc=doc, read_only=read_only, _saved_text=text, _bom=bom, _disk_stamp=stamp,
+                      _build_doc=None if read_only else build)
         session._images, session._placeholder = images, placeholder
         session.warnings = session.validate(text, data)
         return session
@@ -394,14 +408,9 @@ class Session(SectionViews):
     def new(cls, path: Path | str, *, name: str | None = None) -> Session:
         """A fresh session; nothing is written until the first decision is saved."""
         path = Path(path).expanduser()
-        doc = tomlkit.document()
-        doc.add(tomlkit.comment("lorawizard session: every decision lives here. Edit freely; see docs/session.md."))
-        doc.add("version", SESSION_VERSION)
-        doc.add("name", name or _default_name(path.parent))
-        for table in TABLES:
-            doc.add(tomlkit.nl())
-            doc.add(table, tomlkit.table())
-        session = cls(path=path, doc=doc)
+        name = name or _default_name(path.parent)
+        values = {"version": SESSION_VERSION, "name": name, **{table: {} for table in TABLES}}
+        session = cls(path=path, _doc=values, _build_doc=partial(_new_document, name))
         session._images = []
         return session
 
@@ -418,7 +427,7 @@ class Session(SectionViews):
         `data`: the file's plain values (tomllib) when the caller has them; else the session's own."""
         text = text if text is not None else self.to_text()
         if data is None:
-            data = self.doc if self._images is None else tomllib.loads(text)
+            data = self._doc if self._images is None else tomllib.loads(text)
         warnings: list[str] = []
         unknown: list[str] = []
 
@@ -517,7 +526,7 @@ class Session(SectionViews):
         """The value of a schema key, or its default. A key known where it is read is read typed instead:
         `session.train.max_train_epochs` (sections.py: the same read, its type from the schema)."""
         spec = FIELDS[key]
-        node: Any = self.doc
+        node: Any = self._doc  # read: the plain values do until a change builds the round-trip document
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return _copy_default(spec.default)
@@ -525,7 +534,7 @@ class Session(SectionViews):
         return _coerce(spec.kind, _plain(node))[0]
 
     def is_set(self, key: str) -> bool:
-        node: Any = self.doc
+        node: Any = self._doc
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return False
@@ -562,7 +571,7 @@ class Session(SectionViews):
         )
 
     def batch_sizes(self) -> dict[str, int]:
-        table = self.doc.get("gpu", {}).get("batch_size", {})
+        table = self._doc.get("gpu", {}).get("batch_size", {})
         return {str(k): int(v) for k, v in table.items()}
 
     def images(self) -> dict[str, dict[str, Any]]:
@@ -601,6 +610,8 @@ class Session(SectionViews):
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_BATCH:
             raise SessionError(f"gpu.batch_size.{bucket}: expected a positive integer up to {MAX_BATCH}, got {size!r}")
         if "batch_size" not in gpu:
+            import tomlkit
+
             gpu["batch_size"] = tomlkit.table()
         gpu["batch_size"][bucket] = size
 
@@ -628,6 +639,8 @@ class Session(SectionViews):
             return
         entry = index.get(file)
         if entry is None:
+            import tomlkit
+
             entry = tomlkit.table()
             entry["file"] = file
             self._images_aot().append(entry)
@@ -659,6 +672,8 @@ class Session(SectionViews):
         image.values = changed
 
     def to_text(self) -> str:
+        import tomlkit
+
         if self._images is None:
             return tomlkit.dumps(self.doc)
         head = tomlkit.dumps(self.doc)
@@ -717,7 +732,8 @@ class Session(SectionViews):
 
     def adopt(self, other: Session) -> None:
         """Take `other`'s content (the file as it is on disk now) into this object, which the wizard shares."""
-        self.doc, self.warnings, self._saved_text, self._bom = other.doc, other.warnings, other._saved_text, other._bom
+        self._doc, self._build_doc = other._doc, other._build_doc
+        self.warnings, self._saved_text, self._bom = other.warnings, other._saved_text, other._bom
         self._images, self._placeholder, self._index = other._images, other._placeholder, None
         self._disk_stamp = other._disk_stamp
 
@@ -735,6 +751,8 @@ class Session(SectionViews):
         node: Any = self.doc
         for part in parts[:-1]:
             if part not in node:
+                import tomlkit
+
                 node[part] = tomlkit.table()  # a tomlkit Container appends it like .add
             node = node[part]
         return node, parts[-1]
@@ -749,13 +767,16 @@ class Session(SectionViews):
         node.pop(parts[-1], None)
 
     def _images_aot(self) -> AoT:
+        import tomlkit
+        from tomlkit.items import Table
+
         dataset, _ = self._table_for("dataset.images")
         if "images" not in dataset:
             dataset["images"] = tomlkit.aot() if isinstance(dataset, Table) else []
-        return cast(AoT, dataset["images"])
+        return cast("AoT", dataset["images"])
 
     def _image_tables(self) -> list[Any]:
-        dataset = self.doc.get("dataset")
+        dataset = self._doc.get("dataset")
         if not isinstance(dataset, dict) or "images" not in dataset:
             return []
         return list(dataset["images"])
@@ -827,7 +848,23 @@ def _split_images(text: str, data: dict[str, Any]) -> tuple[str, list[_Image]] |
     return head, [_Image(value, text[bounds[i]:bounds[i + 1]]) for i, value in enumerate(values)]
 
 
+def _new_document(name: str) -> Any:
+    import tomlkit
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("lorawizard session: every decision lives here. Edit freely; see docs/session.md."))
+    doc.add("version", SESSION_VERSION)
+    doc.add("name", name)
+    for table in TABLES:
+        doc.add(tomlkit.nl())
+        doc.add(table, tomlkit.table())
+    return doc
+
+
 def _tomlkit_parse(path: Path, text: str) -> Any:
+    import tomlkit
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
     try:
         return tomlkit.parse(text)
     except ParseError as exc:
@@ -855,6 +892,8 @@ def _toml_value(value: Any) -> str:
 def _entry_text(src: str | None, old: dict[str, Any], new: dict[str, Any]) -> str:
     """The text of one changed entry. Written by us (key order kept, new keys last) unless its text has a comment
     or a key we do not know: then tomlkit edits that one small table, so the person's comments survive."""
+    import tomlkit
+
     if src is not None and ("#" in src or any(key not in IMAGE_FIELDS for key in old)):
         doc = tomlkit.parse(src)
         table = doc["dataset"]["images"][0]
