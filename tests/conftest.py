@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-TEST_KINDS = ("unit", "tui", "e2e")  # the folders under tests/: each test is marked with its folder's kind
+TEST_KINDS = ("unit", "tui", "e2e", "adversarial")  # the folders under tests/: each test is marked with its folder's kind
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
