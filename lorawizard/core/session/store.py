@@ -93,6 +93,21 @@ class SessionStore:
                 self._timer = None
         return self._write()
 
+    def sync(self) -> str | None:
+        """Before a step runs or a run launches: write what is pending, then take in a hand edit made on disk even
+        when nothing is pending, so the step uses the file as it is now (a hand edit made with the wizard open once
+        trained on the old values). Returns a one-line problem when the file on disk does not read: the step must
+        not start then. A save that failed otherwise (a read-only folder) goes to `on_error`, as the timer's do."""
+        problem = self.flush()
+        with self.lock:
+            usable, edited = self._take_in_hand_edit()
+        if not usable:
+            return edited
+        for line in (problem, edited):  # a save that failed; a decision the edited file refused
+            if line is not None:
+                self._on_error(line)
+        return None
+
     def _schedule(self) -> None:
         with self._timer_lock:
             if self._timer is None:  # a window is open: this change goes with its write

@@ -233,6 +233,10 @@ class DatasetScreen(StepScreen):
     def _scan(self) -> None:
         from lorawizard.core.contract import StepContext, StepFailed
 
+        refused = wizard_app(self).store.sync()  # a hand edit of dataset.* made meanwhile counts
+        if refused is not None:
+            self.post_message(ScanFailed(f"not scanned: {refused}"))
+            return
         ctx = StepContext(session=self.session, progress=lambda e: self.post_message(ScanProgress(e)))
         try:
             plan = core.scan_and_plan(self.session, ctx)

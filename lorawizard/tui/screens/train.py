@@ -254,8 +254,11 @@ class TrainScreen(StepScreen):
         from lorawizard.core.train.step import claim_project, plan_run, start_run
 
         session = wizard_app(self).session
+        refused = wizard_app(self).store.sync()  # as decided, and as edited by hand on disk meanwhile
+        if refused is not None:
+            self.post_message(Notice(f"training not started: {refused}", "error"))
+            return
         if not asked:
-            wizard_app(self).store.flush()  # the captions as decided, not as last written by the store's timer
             stale = captions_not_written(session)
             if stale:  # QA: a trigger changed after writing the files; the run trained on the old ones, unsaid
                 self.post_message(StaleCaptions(stale_captions_line(stale), resume))
@@ -398,6 +401,10 @@ class TrainScreen(StepScreen):
 
         ctx = StepContext(session=session, progress=lambda e: self.post_message(PublishProgress(format_progress(e))),
                           log=lambda text: None)
+        refused = wizard_app(self).store.sync()
+        if refused is not None:
+            self.post_message(PublishProgress(f"publish not started: {one_line(refused)}", done=True))
+            return
         try:
             result = run_step(ctx)
         except StepFailed as exc:

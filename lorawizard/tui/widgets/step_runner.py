@@ -77,6 +77,10 @@ class StepRunner(Vertical):
     def _run(self, cancel: threading.Event, options: StepOptions) -> None:
         worker = get_current_worker()
         store = wizard_app(self).store
+        refused = store.sync()  # session.toml as it is on disk now: a hand edit made meanwhile counts
+        if refused is not None:
+            self.post_message(StepFinished(self.step, None, error=f"not started: {refused}"))
+            return
         ctx = StepContext(
             session=store.session,
             store=store,
