@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help/--version
         return int(exc.code or 0)
+    try:  # `~nouser/…`: Path.expanduser raises RuntimeError; once here, so nothing later sees a `~`
+        args.project = args.project.expanduser() if args.project is not None else None
+        args.replay = args.replay.expanduser() if isinstance(args.replay, Path) else args.replay
+    except RuntimeError:
+        print(f"lorawizard: error: {args.replay or args.project}: no such user on this machine (the ~user part)",
+              file=sys.stderr)
+        return 2
 
     replay_only = [flag for flag, used in (("--steps", args.steps), ("--dry-run", args.dry_run),
                                             ("--detach", args.detach), ("--reprobe", args.reprobe),
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(runctl, control)(args.project)
         except SystemExit as exc:  # an invalid session.toml: said in one line, exit 2
             return int(exc.code or 0) if isinstance(exc.code, int) else 2
+        except KeyboardInterrupt:  # Ctrl-C while --status reads a long log: one line, never a traceback
+            print("lorawizard: interrupted", file=sys.stderr)
+            return 130
 
     if args.replay is not None:
         from lorawizard.core.common.text import one_line

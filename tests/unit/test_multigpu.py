@@ -13,6 +13,7 @@ from lorawizard.core.launch import command as cmd
 from lorawizard.core.launch import multigpu
 from lorawizard.core.launch.command import CommandError
 from lorawizard.core.launch.multigpu import SelectionError
+from lorawizard.core.session.document import SessionError
 from tests.support.fake_nvml import RTX_2080_TI, RTX_3060_12, RTX_3090_24, FakeNvml, install, two_cards_no_p2p
 from tests.unit.test_command import make_buckets, make_session, real_like_parser, script_options
 
@@ -93,8 +94,12 @@ def test_a_gpu_that_is_gone_is_named(project: Path, fake: FakeNvml) -> None:
 
 
 def test_bad_uuid_text_is_refused(project: Path, fake: FakeNvml) -> None:
+    with pytest.raises(SessionError, match="gpu.uuids: expected a list of NVML GPU UUIDs"):  # where it is set or read
+        make_session(project, gpu__uuids=["GPU-1", "x; rm -rf /"])
+    session = make_session(project)
+    session._doc["gpu"]["uuids"] = ["GPU-1", "x; rm -rf /"]  # and where it is used, should one get past
     with pytest.raises(SelectionError, match="does not look like"):
-        multigpu.plan_launch(make_session(project, gpu__uuids=["GPU-1", "x; rm -rf /"]))
+        multigpu.plan_launch(session)
 
 
 def test_mixed_architectures_are_refused(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

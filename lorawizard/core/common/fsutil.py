@@ -5,12 +5,43 @@ kill -9 at any moment leaves either the old file or the new one, never half of o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+# A write that fails for these is the disk's fault, never the data's: a step stops with one line (storage_problem).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} TB"
+
+
+def storage_problem(exc: OSError, folder: Path | str, needed: int | None = None) -> str | None:
+    """One line for a write that failed because of the disk (full, read-only, over quota): where, and how much space
+    is needed when that is known; None for any other error (that one is the data's, or a bug's)."""
+    if exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = display_path(folder)
+    if exc.errno == errno.EROFS:
+        return f"{where} is on a read-only filesystem: nothing can be written there; choose a writable folder"
+    import shutil
+
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    what = "the disk quota is used up" if exc.errno == errno.EDQUOT else "the disk is full"
+    need = f"about {_size(needed)} more is needed" if needed else "more space is needed"
+    return f"cannot write in {where}: {what} ({exc.strerror or exc}; {free}); {need}: free some and run it again"
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

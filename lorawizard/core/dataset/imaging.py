@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from lorawizard.core.common.fsutil import atomic_write_bytes
+from lorawizard.core.common.fsutil import STORAGE_ERRNOS, atomic_write_bytes
 
 # Our own limits, checked from the header before anything is decoded. 80 Mpx is below Pillow's own
 # decompression-bomb warning (89 Mpx) and above every camera most people own (61 Mpx).
@@ -422,6 +422,7 @@ class RenderOutcome:
     reason: str = ""
     bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    storage_errno: int = 0  # the output could not be written: disk full, read-only, over quota (STORAGE_ERRNOS)
 
 
 def render(job: RenderJob) -> RenderOutcome:
@@ -441,7 +442,12 @@ def render(job: RenderJob) -> RenderOutcome:
         buffer = io.BytesIO()
         out.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE)
         data = buffer.getvalue()
-        atomic_write_bytes(job.output, data)
+        try:
+            atomic_write_bytes(job.output, data)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:  # the disk's fault, not the image's: the step stops (never "bad input")
+                return RenderOutcome(False, exc.strerror or str(exc), bytes=len(data), storage_errno=exc.errno or 0)
+            raise
         notes = []
         if all(high - low <= 2 for low, high in cast("tuple[tuple[int, int], ...]", out.getextrema())):  # RGB
             notes.append("one flat colour: nothing to learn from it")

@@ -1,6 +1,8 @@
 """Scanning `dataset.source`: every file becomes an image, a caption sidecar, or ignored with a reason.
 
-The walk follows symlinked folders once (a loop is noticed by device and inode, never followed twice).
+The walk follows symlinked folders once (a loop is noticed by device and inode, never followed twice), and only
+those that stay inside the source folder: a link that leads out of it (`everything -> /`) is not followed, and the
+kernel's pseudo-filesystems (/proc, /sys, /dev, …) are never scanned.
 Content hashes and header probes are cached in `<project>/.lorawizard/dataset-scan.json` by size and
 mtime, so an unchanged re-scan opens no file at all.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat as statmod
 import threading
 from collections.abc import Callable, Iterable
@@ -29,6 +32,72 @@ IMAGE_EXTENSIONS = frozenset(
 )
 CACHE_FILE = "dataset-scan.json"
 CACHE_VERSION = 1
+
+
+# The kernel's pseudo-filesystems: never photos, and reading them can hang or never end (/proc/kcore, /dev/zero).
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+PSEUDO_FS_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+    "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs", "efivarfs", "binfmt_misc", "rpc_pipefs", "nsfs", "selinuxfs",
+})
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount this process sees; [] where /proc/self/mounts is unreadable."""
+    try:
+        text = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:  # spaces in a mount point are written \040
+            mounts.append((re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1]), parts[2]))
+    return mounts
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def pseudo_filesystem(path: Path) -> str | None:
+    """What `path` is when it lies on one of the kernel's pseudo-filesystems ("/proc (the kernel's …)"), else None."""
+    resolved = str(path.resolve())
+    for root in PSEUDO_ROOTS:
+        if _under(resolved, root):
+            return f"{root} (a pseudo-filesystem of the kernel)"
+    best, kind = "", ""
+    for point, fstype in _mounts():
+        if _under(resolved, point) and len(point) >= len(best):
+            best, kind = point, fstype
+    return f"a {kind} pseudo-filesystem ({best})" if kind in PSEUDO_FS_TYPES else None
+
+
+def _pseudo_mount_keys() -> set[tuple[int, int]]:
+    """(device, inode) of every pseudo-filesystem mount point: a source of `/` never walks into /proc."""
+    keys = set()
+    for point, fstype in _mounts():
+        if fstype in PSEUDO_FS_TYPES or point in PSEUDO_ROOTS:
+            try:
+                st = os.stat(point)
+            except OSError:
+                continue
+            keys.add((st.st_dev, st.st_ino))
+    for root in PSEUDO_ROOTS:
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def _leaves(entry: os.DirEntry[str], inside: str) -> str | None:
+    """Where a symlinked folder leads when that is outside the source folder (resolved `inside`), else None."""
+    if not entry.is_symlink():
+        return None
+    target = os.path.realpath(entry.path)
+    return None if _under(target, inside) else target
 
 
 @dataclass
@@ -63,6 +132,8 @@ def _walk(root: Path, exclude: list[Path], cancelled: Callable[[], bool]) -> tup
             pass
     root_stat = root.stat()
     seen = {(root_stat.st_dev, root_stat.st_ino)}
+    inside = os.path.realpath(root)
+    pseudo = _pseudo_mount_keys()
     stack = [(root, "")]
     while stack:
         if cancelled():
@@ -91,6 +162,13 @@ def _walk(root: Path, exclude: list[Path], cancelled: Callable[[], bool]) -> tup
                 key = (st.st_dev, st.st_ino)
                 if key in excluded:
                     continue  # our own output or bookkeeping inside the source: never read back
+                outside = _leaves(entry, inside)
+                if outside is not None:
+                    skipped.append((rel + "/", f"a link to {outside}, outside the source folder: not followed"))
+                    continue
+                if key in pseudo:
+                    skipped.append((rel + "/", "a pseudo-filesystem of the kernel: not scanned"))
+                    continue
                 if entry.name.startswith("."):
                     skipped.append((rel + "/", "hidden folder"))
                     continue

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
-from lorawizard.core.common.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lorawizard.core.common.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, storage_problem
 from lorawizard.core.common.procs import parent_identity, pool_worker_init
 from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.common.text import first_few, one_line
@@ -39,7 +39,7 @@ from lorawizard.core.dataset.imaging import (
     render,
 )
 from lorawizard.core.dataset.manifest import MANIFEST_FILE, MANIFEST_VERSION, as_crop, load_manifest, read_manifest
-from lorawizard.core.dataset.scan import ScanResult, scan_source
+from lorawizard.core.dataset.scan import ScanResult, pseudo_filesystem, scan_source
 from lorawizard.core.profile import DEFAULT_FAMILY
 from lorawizard.core.session.document import BUCKET_RE, Session, bucket_area, parse_bucket
 
@@ -143,8 +143,23 @@ def resolve_folders(session: Session) -> tuple[Path, Path]:
         raise StepFailed("dataset.source is not set: choose the folder with your photos")
     source = session.resolve(value)
     assert source is not None
+    try:
+        return _checked_folders(session, source)
+    except OSError as exc:  # a name too long (errno 36), a link loop, an unreadable parent: one line, not a traceback
+        raise StepFailed(f"dataset.source: cannot use {_short_path(source)}: {exc.strerror or exc}") from None
+
+
+def _short_path(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}…{text[-40:]} ({len(text):,} characters)"
+
+
+def _checked_folders(session: Session, source: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise StepFailed(f"dataset.source: {source} is not a folder" if source.exists() else f"dataset.source: {source} does not exist")
+    pseudo = pseudo_filesystem(source)
+    if pseudo:
+        raise StepFailed(f"dataset.source: {source} is on {pseudo}, not a folder of photos: choose the folder with your photos")
     dataset = session.paths.dataset
     src, dst = source.resolve(), dataset.resolve()
     if dst == src or src in dst.parents:
@@ -204,13 +219,21 @@ def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
     elif item.upscale > 1.0 and skip is not False:
         item.status = "small"
         item.reason = (
-            f"too small: {crop_w}×{crop[3] - crop[1]} for {bucket_name(bucket)} would upscale {item.upscale:.1f}×;"
+            f"too small: {crop_w}×{crop[3] - crop[1]} for {bucket_name(bucket)} would upscale {upscale_text(item.upscale)};"
             " skipped (choose use-anyway to keep it)"
         )
     else:
         item.status = "use"
         if item.upscale > 1.0:
-            item.notes.append(f"upscaled {item.upscale:.1f}× (your choice)")
+            item.notes.append(f"upscaled {upscale_text(item.upscale)} (your choice)")
+
+
+def upscale_text(factor: float) -> str:
+    """`1.6×`, or as many decimals as it takes not to read 1.0× (a 1020 px crop in a 1024 bucket is `1.004×`)."""
+    digits = 1
+    while digits < 4 and round(factor, digits) <= 1.0:
+        digits += 1
+    return f"{factor:.{digits}f}×"
 
 
 def replan(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
@@ -408,6 +431,20 @@ class _PoolBroken(Exception):
     pass
 
 
+class _StorageFailed(Exception):
+    """An output could not be written because of the disk (full, read-only, over quota): the step stops."""
+
+    def __init__(self, error: OSError, needed: int) -> None:
+        super().__init__(str(error))
+        self.error, self.needed = error, needed
+
+
+def _needed_bytes(outcome: RenderOutcome, written: list[int], remaining: int) -> int:
+    """Space the images still to write need: their count × the mean size written so far (or this one's), +10%."""
+    sizes = written or [outcome.bytes]
+    return int(sum(sizes) / len(sizes) * max(1, remaining) * 1.1)
+
+
 def _executor(workers: int) -> Executor:
     """Worker processes that do not inherit the wizard's threads (forkserver), where that is possible."""
     import sys
@@ -482,8 +519,15 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
     meter = ProgressMeter(ctx.progress, "dataset", "preparing images", len(jobs), "images")
     # Each worker holds one picture at a time (~40 MB for a 12 Mpx JPEG); 4 keep the whole step well under 500 MB.
     workers = int(_options(ctx).get("workers") or min(os.cpu_count() or 1, 4))
+    written: list[int] = []
 
     def finish(item: PlanItem, outcome: RenderOutcome) -> None:
+        if outcome.storage_errno:  # the disk's fault: never this image's "bad input"
+            remaining = sum(1 for job in jobs if job.used) - len(written)
+            error = OSError(outcome.storage_errno, outcome.reason)
+            raise _StorageFailed(error, _needed_bytes(outcome, written, remaining))
+        if outcome.ok and item.used:
+            written.append(outcome.bytes)
         plan.checked[item.sha256] = "" if outcome.ok else outcome.reason
         if item.status == "small":
             if not outcome.ok:
@@ -514,6 +558,13 @@ def apply_plan(plan: Plan, ctx: StepContext, previous: dict[str, Any]) -> ApplyS
         writer.write(complete=False)
         _remove_temp_files(dataset_dir)  # the pool is shut down: a temp file left now is no one's
         raise
+    except _StorageFailed as exc:
+        _remove_temp_files(dataset_dir)
+        try:
+            writer.write(complete=False)  # what was written so far stays usable for the next run
+        except OSError:
+            pass
+        raise StepFailed(storage_problem(exc.error, dataset_dir, exc.needed) or str(exc)) from None
     meter.finish(f"{stats.rendered} written, {stats.unchanged} unchanged")
     writer.write(complete=True, extra={"skipped": _not_used(plan)})
     return stats
@@ -634,6 +685,9 @@ def _render_jobs(jobs: list[PlanItem], workers: int, job_of: Callable[[PlanItem]
                             raise _PoolBroken() from None
                         finish(item, outcome)
                     ctx.check_cancelled()
+            except _StorageFailed:  # the disk is full: no further image can be written either
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             except Cancelled:  # the workers finish the image in hand (they leave Ctrl-C to us), then exit
                 pool.shutdown(wait=True, cancel_futures=True)
                 for future, item in items_by_future.items():  # keep what they finished: it is on disk
@@ -673,7 +727,7 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
     """Report lines. Bad, skipped and ignored files always get a line each; with `every_note=False`
     routine notes (EXIF rotations, animations) are counted instead of listed (the report file lists them)."""
     lines = ["per bucket: " + ", ".join(f"{bucket} {count}" for bucket, count in plan.by_bucket().items())]
-    lines += _unused_lines(plan)
+    lines += _unused_lines(plan, every_line=every_note)
     lines += _item_note_lines(plan, every_note=every_note)
     lines.extend(f"note: {note}" for note in plan.notes)
     if plan.missing:  # one line however many (a session of 400,000 stale entries must not print 400,000)
@@ -684,13 +738,34 @@ def report_lines(plan: Plan, stats: ApplyStats | None = None, *, every_note: boo
     return [one_line(line) for line in lines]  # a file name with a line break must not split a report line
 
 
-def _unused_lines(plan: Plan) -> list[str]:
-    """A line for each bad, skipped and ignored file, in that order."""
-    lines = [f"bad input: {item.source}: {item.reason}" for item in plan.items if item.status == "bad"]
-    lines += [f"skipped: {item.source}: {item.reason}" for item in plan.items
-              if item.status in ("small", "duplicate", "skip")]
-    lines += [f"ignored: {rel}: {reason}" for rel, reason in plan.ignored]
+LISTED_UNUSED = 20  # more bad, skipped or ignored files than this: the console counts them by reason (the report lists)
+
+
+def _unused_lines(plan: Plan, *, every_line: bool = True) -> list[str]:
+    """A line for each bad, skipped and ignored file, in that order; without `every_line`, a kind with more than
+    LISTED_UNUSED files is one line per reason (count and the first few): 10,000 small images print one line."""
+    groups = [
+        ("bad input", [(item.source, item.reason) for item in plan.items if item.status == "bad"]),
+        ("skipped", [(item.source, item.reason) for item in plan.items if item.status in ("small", "duplicate", "skip")]),
+        ("ignored", list(plan.ignored)),
+    ]
+    lines: list[str] = []
+    for label, entries in groups:
+        if every_line or len(entries) <= LISTED_UNUSED:
+            lines += [f"{label}: {rel}: {reason}" for rel, reason in entries]
+            continue
+        by_reason: dict[str, list[str]] = {}
+        for rel, reason in entries:
+            by_reason.setdefault(_reason_kind(reason), []).append(rel)
+        for kind, files in by_reason.items():
+            lines.append(f"{label}: {len(files):,} files: {kind} {first_few(files)} (each one is in the report)")
     return lines
+
+
+def _reason_kind(reason: str) -> str:
+    """What a reason says without its particulars: "too small" for "too small: 100×100 for 1024x1024 …"."""
+    kind = re.split(r"[:;(]", reason, maxsplit=1)[0].strip()
+    return "duplicate (same content; trained once)" if kind.startswith("duplicate of") else kind or reason
 
 
 def _item_note_lines(plan: Plan, *, every_note: bool) -> list[str]:
@@ -735,9 +810,15 @@ def run_step(ctx: StepContext) -> StepResult:
         lines = report_lines(plan, every_note=False)
         summary = f"dry run: would prepare {len(used)} images ({plan.summary_line()}) in {plan.dataset}"
         return StepResult(bool(used), summary, lines, {"plan": plan})
-    stats = apply_plan(plan, ctx, previous)
-    used = plan.used  # failures found while rendering are bad input now
-    report = _write_report(plan, report_lines(plan, stats))
+    try:
+        stats = apply_plan(plan, ctx, previous)
+        used = plan.used  # failures found while rendering are bad input now
+        report = _write_report(plan, report_lines(plan, stats))
+    except OSError as exc:  # the manifest, a carried caption, the report: a full or read-only disk is one line
+        problem = storage_problem(exc, plan.dataset)
+        if problem is None:
+            raise
+        raise StepFailed(problem) from None
     lines = report_lines(plan, stats, every_note=False)
     lines.append(f"report: {report}")
     done = f"{stats.rendered} written, {stats.unchanged} unchanged, {stats.removed} removed"

@@ -230,6 +230,15 @@ MANAGED_OPTIONS: dict[str, str] = {
     "mixed_precision": "train.mixed_precision (the launcher and its config must agree with the trainer)",
     "huggingface_token": "nowhere: tokens never go on a command line",
     "wandb_api_key": "nowhere: keys never go on a command line",
+    # lorawizard writes these from [train.samples] each run: an extra_args value was dropped without a word
+    "sample_prompts": "train.samples.prompts (lorawizard writes the prompt file per run)",
+    "sample_every_n_epochs": "train.samples.every_n_epochs",
+    "sample_at_first": "train.samples.at_first",
+    # the trainer uploading by itself would slip past [publish] (its checks, its model card, the token store)
+    **{name: "[publish] repo (the publish step uploads the kept LoRA; the trainer never uploads)"
+       for name in ("huggingface_repo_id", "huggingface_repo_type", "huggingface_path_in_repo",
+                    "huggingface_repo_visibility", "save_state_to_huggingface", "resume_from_huggingface",
+                    "async_upload")},
 }
 
 # Known hard incompatibilities in sd-scripts (reference §1): (option, predicate on its value, conflicts-with, why).

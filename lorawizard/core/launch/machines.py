@@ -10,13 +10,14 @@ the main one's port, and only the main process saves the LoRA (into the run fold
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lorawizard.core.launch.multigpu import DEFAULT_PORT, Launch, SelectionError
 from lorawizard.core.session.document import Session
 
+MAX_MACHINES = 64  # accelerate's config per machine and a command each: a sane bound for a dry run to print
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
@@ -38,6 +39,8 @@ class Machine:
 def parse_machines(session: Session) -> list[tuple[str, int]]:
     """[(host, gpus)] from `gpu.machines`; [] when unset. SelectionError (one line) for a bad entry."""
     entries = session.gpu.machines
+    if len(entries) > MAX_MACHINES:
+        raise SelectionError(f"gpu.machines: {len(entries):,} machines; lorawizard plans at most {MAX_MACHINES}")
     machines = []
     for entry in entries:
         host, _, gpus = entry.rpartition(":")
@@ -51,12 +54,17 @@ def parse_machines(session: Session) -> list[tuple[str, int]]:
     if len({gpus for _, gpus in machines}) > 1:
         raise SelectionError("gpu.machines: every machine must train on the same number of GPUs "
                              "(accelerate starts num_processes / num_machines on each)")
+    uuids = session.gpu.uuids
+    if machines and uuids and len(uuids) != machines[0][1]:
+        raise SelectionError(f"gpu.uuids lists {len(uuids)} GPUs but gpu.machines trains on {machines[0][1]} per machine: "
+                             "make them agree (each machine uses its first GPUs; remove gpu.uuids with machines)")
     return machines
 
 
 def plan_machines(session: Session) -> list[Machine]:
     machines = parse_machines(session)
-    port = session.gpu.main_process_port or DEFAULT_PORT
+    port = session.gpu.main_process_port
+    port = DEFAULT_PORT if port is None else port  # 0 is a value to refuse, not "unset"
     if not 1024 <= port <= 65535:
         raise SelectionError(f"gpu.main_process_port: expected a TCP port from 1024 to 65535, got {port}")
     main = machines[0][0] if machines else ""
@@ -81,15 +89,17 @@ def write_machine_runs(session: Session, run_dir: Path) -> list[tuple[Machine, P
     run_dir = Path(run_dir).absolute()
     dataset_config = builder.write_dataset_config(session, run_dir / builder.DATASET_CONFIG_NAME)
     result = []
+    launch = machine_launch(machines[0])  # every machine's launch is the same (processes, port): one command built,
+    first_config = run_dir / "accelerate-machine0.yaml"  # the others differ only in their config file's name
+    command = builder.build_train_command(
+        session, dataset_config=dataset_config, accelerate_config=first_config, output_dir=run_dir,
+        logging_dir=run_dir / "logs", launch=launch,
+    )
     for machine in machines:
-        launch = machine_launch(machine)
         config = run_dir / f"accelerate-machine{machine.rank}.yaml"
-        command = builder.build_train_command(
-            session, dataset_config=dataset_config, accelerate_config=config, output_dir=run_dir,
-            logging_dir=run_dir / "logs", launch=launch,
-        )
+        argv = [str(config) if word == str(first_config) else word for word in command.argv]
         atomic_write_text(config, builder.accelerate_config_text(session, launch, machine=machine))
-        result.append((machine, config, command))
+        result.append((machine, config, replace(command, argv=argv)))
     return result
 
 

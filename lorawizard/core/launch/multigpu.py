@@ -38,7 +38,7 @@ DEFAULT_PORT = 29500  # torchrun's default; several machines must agree on one
 # at once whatever this is; the timeout only ends a real hang, and the dashboard warns after 15 quiet minutes anyway.
 DDP_TIMEOUT_MIN = 60
 BUSY_BYTES = 1 * GB  # another program holding more than this on a chosen GPU is worth saying
-UUID_RE = re.compile(r"^[A-Za-z0-9._:-]{3,80}$")
+UUID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{2,79}$")  # never a leading "-": it would read as an option
 BF16_MIN_CC = (8, 0)
 
 
@@ -59,6 +59,15 @@ def chosen_uuids(session: Session) -> list[str]:
             raise SelectionError(f"gpu.uuids: {uuid} is listed twice — each GPU can run one trainer process")
         seen.add(uuid)
     return uuids
+
+
+def disagreement_notes(session: Session) -> list[str]:
+    """A line when `gpu.uuid` names a GPU that `gpu.uuids` (which wins) leaves out: nobody said so before."""
+    uuid, uuids = session.gpu.uuid, session.gpu.uuids
+    if uuid and uuids and uuid not in uuids:
+        return [f"gpu.uuid ({uuid}) is not one of gpu.uuids: training on gpu.uuids ({', '.join(uuids)}); "
+                "gpu.uuid is not used (remove it, or add it to gpu.uuids)"]
+    return []
 
 
 def cpu_processes(environ: dict[str, str] | None = None) -> int:
@@ -182,9 +191,9 @@ def plan_launch(
                       notes=[f"test mode {CPU_PROCESSES_ENV}={cpu}: {cpu} trainer processes on the CPU (gloo)"])
     wanted = list(uuids) if uuids is not None else chosen_uuids(session)
     if len(wanted) <= 1:
-        env = {"CUDA_VISIBLE_DEVICES": wanted[0]} if wanted else {}
-        return Launch(1, [], wanted, env)
-    launch = Launch(len(wanted))
+        return _one_gpu(session, wanted, pinned=uuids is not None, nvml=nvml if check_gpus else None,
+                        check_gpus=check_gpus)
+    launch = Launch(len(wanted), notes=disagreement_notes(session) if uuids is None else [])
     gpus: list[GpuInfo] = []
     if check_gpus:
         adapter = nvml if nvml is not None else default_nvml()
@@ -211,6 +220,15 @@ def plan_launch(
         launch.env["NCCL_P2P_DISABLE"] = "1"
     launch.port = port or free_port()
     return launch
+
+
+def _one_gpu(session: Session, wanted: list[str], *, pinned: bool, nvml: NvmlAdapter | None,
+             check_gpus: bool) -> Launch:
+    """One process (or none chosen). One entry of `gpu.uuids` is checked as several are: the GPU must be there now."""
+    if wanted and not pinned and session.gpu.uuids and check_gpus:
+        present(wanted, inventory(nvml if nvml is not None else default_nvml()))
+    env = {"CUDA_VISIBLE_DEVICES": wanted[0]} if wanted else {}
+    return Launch(1, [], wanted, env, notes=[] if pinned else disagreement_notes(session))
 
 
 def _session_port(session: Session | None) -> int | None:

@@ -16,6 +16,8 @@ def captioner_folder(session: Session, spec: catalog.Captioner) -> Path:
 def folder_problem(folder: Path) -> str | None:
     """What is missing from a transformers checkpoint folder (one line), or None when it looks complete."""
     if not folder.is_dir():
+        if folder.exists():  # captions.model = "/etc/passwd": there is something, just not a model folder
+            return f"{folder} is a file, not a model folder (a folder with a transformers model: config.json, weights)"
         return f"{folder} does not exist"
     if not (folder / "config.json").is_file():
         return f"{folder} has no config.json: not a transformers model folder"

@@ -66,12 +66,15 @@ def search_folders(session: Session) -> list[Path]:
         data = json.loads(state_file(session, FOLDERS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    return [Path(p).expanduser() for p in data if isinstance(p, str)] if isinstance(data, list) else []
+    return [Path(p) for p in data if isinstance(p, str) and not p.startswith("~")] if isinstance(data, list) else []
 
 
 def add_search_folder(session: Session, folder: Path | str) -> str | None:
     """Remember a folder to search. Returns a one-line problem, or None."""
-    path = Path(folder).expanduser()
+    try:
+        path = Path(folder).expanduser()
+    except RuntimeError:  # ~nouser
+        return f"{folder}: no such user on this machine (the ~user part)"
     if not path.is_dir():
         return f"{path} is not a folder"
     path = path.resolve()

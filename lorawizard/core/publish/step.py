@@ -100,15 +100,18 @@ def problem(session: Session, *, need_token: bool = True) -> str | None:
     return None
 
 
-def plan(session: Session, *, keep: bool = True) -> Plan:
+def plan(session: Session, *, keep: bool = True, dry_run: bool = False) -> Plan:
     """The files to publish: the kept LoRA (kept now from train.keep_epoch or the final LoRA when none is), its
-    sample grid and the model card. Raises StepFailed with one line."""
+    sample grid and the model card. Raises StepFailed with one line. `dry_run`: nothing is kept (copied into loras/);
+    the LoRA that would be kept is listed under the name it would get."""
     from lorawizard.core.train.keep import KeepError, keep_epoch, kept_lora
 
     repo = session.publish.repo
     if repo is None:
         raise StepFailed(problem(session, need_token=False) or "no [publish] repo")
     lora = kept_lora(session)
+    if lora is None and dry_run:
+        return _dry_plan(session, repo)
     if lora is None and keep:
         try:
             lora = keep_epoch(session, session.train.keep_epoch).lora
@@ -123,6 +126,24 @@ def plan(session: Session, *, keep: bool = True) -> Plan:
     files += [PublishFile(path, source=source) for path, source, _, _ in samples]
     files.append(PublishFile("README.md", data=card.encode("utf-8")))
     return Plan(repo=repo, private=session.publish.private, lora=lora, files=files, card=card)
+
+
+def _dry_plan(session: Session, repo: str) -> Plan:
+    """A dry run's plan when no LoRA is kept yet: the run's file that keeping would copy, listed under its kept name."""
+    from lorawizard.core.train.keep import KeepError, find_lora
+
+    try:
+        found = find_lora(session, int(session.train.keep_epoch or 0))
+    except KeepError as exc:
+        raise StepFailed(f"nothing to publish: {exc}") from None
+    epoch = found.epoch if found.epoch is not None else (session.train.keep_epoch or session.train.max_train_epochs)
+    sidecar = {"epoch": epoch, "step": found.step, "run_id": found.record.run_id}
+    samples = _sample_files(session, sidecar)
+    card = model_card(session, found.path, sidecar, samples)
+    files = [PublishFile(f"{session.name}-e{epoch}.safetensors", source=found.path)]
+    files += [PublishFile(path, source=source) for path, source, _, _ in samples]
+    files.append(PublishFile("README.md", data=card.encode("utf-8")))
+    return Plan(repo=repo, private=session.publish.private, lora=found.path, files=files, card=card)
 
 
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
@@ -270,7 +291,7 @@ def run_step(ctx: StepContext) -> StepResult:
     blocked = problem(session, need_token=not ctx.dry_run)
     if blocked:
         raise StepFailed(blocked)
-    the_plan = plan(session)
+    the_plan = plan(session, dry_run=ctx.dry_run)  # a dry run only lists: nothing is copied into loras/
     total = sum(f.size for f in the_plan.files)
     if ctx.dry_run:
         for f in the_plan.files:

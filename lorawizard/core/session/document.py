@@ -101,6 +101,47 @@ def _learning_rate(v: float) -> str | None:
     return None if 0 < v <= 10 else "a positive number up to 10"
 
 
+_UUID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]*"
+_UUID_WHAT = "an NVML GPU UUID (GPU-xxxxxxxx-...)"
+
+
+def _uuid_list(v: list[str]) -> str | None:
+    """Every entry of `gpu.uuids` is checked as `gpu.uuid` is: one entry the same as several."""
+    check = _word(_UUID_PATTERN, _UUID_WHAT)
+    bad = next((u for u in v if u == "" or check(u) is not None), None)
+    return None if bad is None else f"a list of NVML GPU UUIDs (GPU-xxxxxxxx-...; {bad!r} is not one)"
+
+
+# Upper bounds that keep a value in what the trainer accepts (a 2^63-1 sample width passed and failed at launch).
+MAX_SAMPLE_SIDE = 8192
+MAX_SAMPLE_STEPS = 1000
+MAX_STATE_MINUTES = 7 * 24 * 60  # a week
+
+
+def unknown_user(value: str) -> str | None:
+    """`nouser` for a path `~nouser/...` whose user does not exist here (Path.expanduser raises), else None."""
+    if not value.startswith("~"):
+        return None
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        return value[1:].split("/", 1)[0]
+    return None
+
+
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255  # Linux's PATH_MAX and NAME_MAX: longer fails with "name too long"
+
+
+def _path_problem(value: str) -> str | None:
+    user = unknown_user(value)
+    if user is not None:
+        return f"a path whose ~{user} is a user on this machine (there is none)"
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"a path of at most {MAX_PATH_BYTES} bytes with names of at most {MAX_NAME_BYTES} (got {len(encoded):,} bytes)"
+    return None
+
+
 def _version(v: int) -> str | None:
     return None if v == SESSION_VERSION else f"version {SESSION_VERSION} (this lorawizard reads only that)"
 
@@ -127,22 +168,22 @@ _SAMPLES = DEFAULT_FAMILY.samples
 SCHEMA: tuple[Field, ...] = (
     Field("version", "int", SESSION_VERSION, _version, "format version of this file"),
     Field("name", "str", "my-lora", name_problem, "the LoRA's output name (file name of the .safetensors)"),
-    Field("paths.sd_scripts", "path", None, None, "kohya-ss/sd-scripts checkout"),
-    Field("paths.python", "path", None, None, "the trainer's Python (default <sd_scripts>/.venv/bin/python)"),
-    Field("paths.models", "path", "models", None, "where model files live or are downloaded to"),
-    Field("paths.tokenizers", "path", None, None, "offline tokenizers (default <models>/tokenizers)"),
-    Field("paths.dataset", "path", "dataset", None, "prepared images, one folder per bucket"),
-    Field("paths.runs", "path", "runs", None, "training runs: logs, checkpoints, states"),
+    Field("paths.sd_scripts", "path", None, _path_problem, "kohya-ss/sd-scripts checkout"),
+    Field("paths.python", "path", None, _path_problem, "the trainer's Python (default <sd_scripts>/.venv/bin/python)"),
+    Field("paths.models", "path", "models", _path_problem, "where model files live or are downloaded to"),
+    Field("paths.tokenizers", "path", None, _path_problem, "offline tokenizers (default <models>/tokenizers)"),
+    Field("paths.dataset", "path", "dataset", _path_problem, "prepared images, one folder per bucket"),
+    Field("paths.runs", "path", "runs", _path_problem, "training runs: logs, checkpoints, states"),
     Field("models.preset", "str", _MODEL_PRESETS[0], None, "which model set", _MODEL_PRESETS),
-    *(Field(f"models.{role}", "path", None, None, f"use this {role} file instead of the preset's") for role in all_role_names()),
-    Field("dataset.source", "path", None, None, "your original photos (never modified)"),
+    *(Field(f"models.{role}", "path", None, _path_problem, f"use this {role} file instead of the preset's") for role in all_role_names()),
+    Field("dataset.source", "path", None, _path_problem, "your original photos (never modified)"),
     Field("dataset.max_side", "int", DEFAULT_FAMILY.resolution, _power_of_two_side, "longest side of every bucket"),
     Field("dataset.trigger", "str", "", None, "trigger word, written first in every caption"),
     Field("dataset.num_repeats", "int", 10, _between(1, 10_000), "how often each image is seen per epoch"),
     Field("dataset.captionless", "bool", False, None, "train without captions on purpose"),
-    Field("gpu.uuid", "str", None, _word(r"[A-Za-z0-9][A-Za-z0-9._:-]*", "an NVML GPU UUID (GPU-xxxxxxxx-...)"),
+    Field("gpu.uuid", "str", None, _word(_UUID_PATTERN, _UUID_WHAT),
           "the one GPU to train on (NVML UUID)"),
-    Field("gpu.uuids", "str_list", [], None, "several GPUs to train on together (NVML UUIDs; data-parallel)"),
+    Field("gpu.uuids", "str_list", [], _uuid_list, "several GPUs to train on together (NVML UUIDs; data-parallel)"),
     Field("gpu.machines", "str_list", [], None, 'several machines: "host:gpus" each, the main one first'),
     Field("gpu.main_process_port", "int", None, None, "rendezvous port (one machine: a free one is picked)"),
     Field("gpu.same_network", "bool", True, None, "the machines share one local network"),
@@ -158,7 +199,7 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.mixed_precision", "str", "bf16", None,
           "bf16 (every GPU the base model trains on) or no (fp32: CPUs without native bf16, debugging; ~2x memory)", ("bf16", "no")),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
-    Field("captions.model", "str", "qwen2.5-vl-3b", None, "captioner: a catalog name or a folder with a transformers model"),
+    Field("captions.model", "str", "qwen2.5-vl-3b", _path_problem, "captioner: a catalog name or a folder with a transformers model"),
     Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),
     Field("captions.max_tokens", "int", 160,
           lambda v: None if 16 <= v <= _MAX_DRAFT_TOKENS else f"16 to {_MAX_DRAFT_TOKENS} (the {_CAPTION_BUDGET.name} budget is "
@@ -168,12 +209,12 @@ SCHEMA: tuple[Field, ...] = (
     Field("captions.device", "str", "auto", None, "where the captioner runs", ("auto", "gpu", "cpu")),
     Field("train.keep_epoch", "int", None, _at_least(0), "the epoch whose LoRA is kept (0 or unset: the final one)"),
     Field("train.on_finish", "str_list", [], None, "argv run once when a run ends (never a shell)"),
-    Field("train.state_minutes", "int", 15, _at_least(1), "save a resumable state about every N minutes"),
+    Field("train.state_minutes", "int", 15, _between(1, MAX_STATE_MINUTES), "save a resumable state about every N minutes"),
     Field("train.samples.prompts", "str_list", None, None, "sample prompts (default: 3 from the trigger; [] = off)"),
     Field("train.samples.every_n_epochs", "int", None, _at_least(1), "sample every N epochs (default: the save cadence)"),
-    Field("train.samples.width", "int", None, _at_least(64), "sample width (default: the largest bucket's)"),
-    Field("train.samples.height", "int", None, _at_least(64), "sample height (default: the largest bucket's)"),
-    Field("train.samples.steps", "int", _SAMPLES.steps, _at_least(1), "denoising steps per sample"),
+    Field("train.samples.width", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample width (default: the largest bucket's)"),
+    Field("train.samples.height", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample height (default: the largest bucket's)"),
+    Field("train.samples.steps", "int", _SAMPLES.steps, _between(1, MAX_SAMPLE_STEPS), "denoising steps per sample"),
     Field("train.samples.guidance", "float", _SAMPLES.guidance, _positive, "the base model's embedded guidance for samples"),
     Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
     Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
@@ -402,6 +443,8 @@ class Session(SectionViews):
                       _build_doc=None if read_only else build)
         session._images, session._placeholder = images, placeholder
         session.warnings = session.validate(text, data)
+        if not read_only:
+            remove_stale_temp_files(path)
         return session
 
     @classmethod
@@ -440,7 +483,7 @@ class Session(SectionViews):
         for key, value in _walk(data):
             spec = FIELDS.get(key)
             table, _, leaf = key.rpartition(".")
-            if key in TABLES:  # _walk descends into tables: here the section is something else
+            if key in TABLES or key in OPTIONAL_TABLES:  # _walk descends into tables: here it is something else
                 raise SessionError(f"{where(table, leaf)}: {key}: expected a table [{key}], got {_describe(value)}")
             if key == "dataset.images":
                 warnings += self._validate_images(value, text)
@@ -549,7 +592,10 @@ class Session(SectionViews):
         """A path from the file: `~` expands, relative paths resolve against the session's folder."""
         if value is None or value == "":
             return None
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # `~nouser/…` (validation refuses it where the file is read; never a traceback here)
+            path = Path(value)
         return path if path.is_absolute() else (self.project_dir / path)
 
     @property
@@ -699,7 +745,9 @@ class Session(SectionViews):
             return False
         if _has_secret(text):
             raise SessionError("refusing to save: the session would contain a Hugging Face token")
-        atomic_write_text(self.path, (_BOM if self._bom else "") + text)
+        # A symlinked session.toml (a dotfiles repo) stays a link: the write goes to its target, atomically there.
+        target = self.path.resolve() if self.path.is_symlink() else self.path
+        atomic_write_text(target, (_BOM if self._bom else "") + text)
         self._saved_text = text
         try:
             self._disk_stamp = _stamp(self.path)
@@ -921,6 +969,43 @@ def _did_you_mean(key: str) -> str:
 
     close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.85)
     return f"; did you mean `{close[0]}`?" if close else ""
+
+
+STALE_TEMP_S = 10 * 60  # a save takes well under a second: a temp file this old was left by a kill
+
+
+def remove_stale_temp_files(path: Path, *, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove our own atomic-write temp files of `path` (`.session.toml.XXXXXXXX.tmp`, beside it and beside its link
+    target) that a kill -9 during a save left behind; only that pattern, only older than `older_than_s`."""
+    import os
+    import time
+
+    pattern = re.compile(r"^\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp$")
+    folders = {path.parent}
+    try:
+        if path.is_symlink():
+            target = path.resolve()
+            folders.add(target.parent)
+            pattern = re.compile(rf"^\.(?:{re.escape(path.name)}|{re.escape(target.name)})\.[A-Za-z0-9_]{{8}}\.tmp$")
+    except (OSError, RuntimeError):
+        pass
+    removed: list[Path] = []
+    now = time.time()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not pattern.match(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:

@@ -308,7 +308,11 @@ class ModelsScreen(StepScreen):
             return
         if asking.startswith("file:"):
             role = asking.removeprefix("file:")
-            path = Path(value).expanduser()
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError:  # ~nouser
+                problem.update(f"{value}: no such user on this machine (the ~user part)")
+                return
             if not path.is_file():
                 problem.update(f"{display_path(path)} is not a file")
                 return
