@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorawizard.core.common.fsutil import atomic_write_json
-from lorawizard.core.launch.supervisor import EXIT_FILE
+from lorawizard.core.launch.supervisor import EXIT_FILE, SECRET_ENV, final_lora, lora_metadata
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
@@ -122,13 +122,26 @@ class RunRecord:
         info = self.exit_info()  # written when the trainer ends, before on_finish runs (the leader may live on)
         if info is None and self.is_alive():
             return "running"
+        # decided from files, never from the log (a hook's output may follow `model saved.`): the supervisor's exit
+        # record says it when the trainer ended, else the exit status and the final LoRA (final_lora_ok)
+        recorded = info.get("status") if info is not None else None
+        if recorded in ("finished", "failed", "stopped"):
+            return recorded  # type: ignore[no-any-return]
         if self.stop_requested is not None:
-            return "stopped" if not log_has_model_saved(self.log_path) else "finished"
+            return "finished" if self.final_lora_ok() else "stopped"
         if info is None:
             return "lost"
-        if info.get("returncode") == 0 and log_has_model_saved(self.log_path):
+        if info.get("returncode") == 0 and self.final_lora_ok():
             return "finished"
         return "failed"
+
+    @property
+    def final_lora(self) -> Path:
+        return final_lora(self.dir, self.output_name)
+
+    def final_lora_ok(self) -> bool:
+        """The final LoRA is on disk and complete (its safetensors header and every tensor's bytes)."""
+        return lora_metadata(self.final_lora) is not None
 
     def returncode(self) -> int | None:
         info = self.exit_info()
@@ -205,7 +218,8 @@ def _reap(pid: int) -> None:
 
 
 def log_has_model_saved(path: Path, *, tail_bytes: int = 1 << 16) -> bool:
-    """`model saved.` near the end of the log: sd-scripts' only proof of success."""
+    """`model saved.` near the end of the log (a hint for people only: a run's result is `RunRecord.status()`,
+    decided from its files)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -297,6 +311,8 @@ def launch(
     full_env = dict(os.environ if base_env is None else base_env)
     full_env.update(ours)
     full_env.pop("COLUMNS", None)  # rich wraps at 80 in a pipe; the parser expects that (or any width)
+    for name in SECRET_ENV:  # publishing uses the token in lorawizard's own process; the trainer and the hook never
+        full_env.pop(name, None)
     cwd = str(cwd or run_dir)
     record = RunRecord(
         run_id=run_dir.name, dir=run_dir, argv=[str(a) for a in argv], env=ours, cwd=cwd,

@@ -1,8 +1,10 @@
 """Keep one epoch's LoRA: copy it out of the run folder to `<project>/loras/<name>-e<N>.safetensors` with a sidecar.
 
 sd-scripts names epoch checkpoints `<name>-<NNNNNN>.safetensors` and never numbers the last epoch: the final
-`<name>.safetensors` is that epoch. Epoch 0 (or none chosen) means the final LoRA, the default.
-The sidecar `<name>-e<N>.json` says where it came from: epoch, step, run id, settings, trigger, sample files.
+`<name>.safetensors` is that epoch. Epoch 0 (or none chosen) means the final LoRA, the default. Which epoch and step a
+file holds is read from its own safetensors metadata (`ss_epoch`, `ss_steps`), not from the session's settings, and
+a file is kept only from one run chain (the run and the runs it resumed from): never silently from another run.
+The sidecar `<name>-e<N>.json` says where it came from: epoch, step, run id (and chain), settings, trigger, samples.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Kept:
     sidecar: Path
     epoch: int
     run_id: str
+    step: int | None = None
 
 
 def epoch_exists_in_plan(session: Session, epoch: int) -> str | None:
@@ -44,31 +47,103 @@ def epoch_exists_in_plan(session: Session, epoch: int) -> str | None:
             f"are {', '.join(map(str, saved))}")
 
 
-def find_epoch(session: Session, epoch: int) -> tuple[Path, Any]:
-    """(LoRA file, run record) of `epoch` (0: the final LoRA) in the newest run that has it."""
+@dataclass(frozen=True)
+class LoraFile:
+    """One complete LoRA file of a run: its epoch and absolute step as its own metadata says (sd-scripts writes
+    `ss_epoch` and `ss_steps`); from its name (and the run's command for the final file) only when it has none."""
+
+    path: Path
+    epoch: int | None
+    step: int | None  # absolute: the run's state offset + ss_steps (sd-scripts restarts its step on resume)
+    record: Any  # runs.RunRecord
+    final: bool
+
+
+def _meta_int(value: Any) -> int | None:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def _argv_epochs(record: Any) -> int | None:
+    argv = list(record.argv)
+    for index, word in enumerate(argv[:-1]):
+        if word == "--max_train_epochs":
+            return _meta_int(argv[index + 1])
+    return None
+
+
+def lora_files(record: Any, name: str) -> list[LoraFile]:
+    """The run's epoch LoRAs and its final LoRA that are complete on disk (a file cut short is never kept), by mtime."""
+    output = record.output_name or name
+    found = []
+    for path, named, _size in runs.checkpoints(record.dir, output):
+        final = named is None and path.stem == output
+        if named is None and not final:
+            continue  # a step checkpoint (`-step00000040`) is not an epoch's LoRA
+        meta = runs.lora_metadata(path)
+        if meta is None:
+            continue
+        epoch = _meta_int(meta.get("ss_epoch"))
+        if epoch is None:
+            epoch = named if named is not None else _argv_epochs(record)
+        steps = _meta_int(meta.get("ss_steps"))
+        offset = _meta_int(record.extra.get("state_step_offset", record.base_step)) or 0
+        found.append(LoraFile(path, epoch, None if steps is None else offset + steps, record, final))
+    return found
+
+
+def source_chain(session: Session, record: Any = None) -> list[Any]:
+    """The runs a LoRA is kept from, newest first: `record` (the run just followed) and the runs it resumed from;
+    without one, the newest run that wrote a complete LoRA, and its chain."""
+    if record is None:
+        name = session.name
+        record = next((r for r in reversed(runs.list_runs(session.paths.runs)) if lora_files(r, name)), None)
+        if record is None:
+            return []
+    return list(reversed(run_chain(record)))
+
+
+def find_lora(session: Session, epoch: int, record: Any = None) -> LoraFile:
+    """The LoRA of `epoch` (0: the final LoRA, whatever epoch it is) from one run chain, chosen by the epoch in the
+    file's own metadata; never silently from another run. Raises KeepError with one line."""
     name = session.name
-    last = session.train.max_train_epochs
-    for record in reversed(runs.list_runs(session.paths.runs)):
-        output = record.output_name or name
-        for path, found, _size in reversed(runs.checkpoints(record.dir, output)):
-            if epoch and found == epoch:
-                return path, record
-            if found is None and path.stem == output and (epoch in (0, last)) and runs.log_has_model_saved(record.log_path):
-                return path, record
-    have = sorted({e for r in runs.list_runs(session.paths.runs)
-                   for _, e, _ in runs.checkpoints(r.dir, r.output_name or name) if e is not None})
-    what = "the final LoRA" if epoch in (0, last) else f"epoch {epoch}"
+    chain = source_chain(session, record)
+    files = [f for r in chain for f in reversed(lora_files(r, name))]  # newest run first, newest file first
+    match = next((f for f in files if f.final), None) if epoch == 0 else next(
+        (f for f in files if f.epoch == epoch), None)
+    if match is not None:
+        return match
+    what = "the final LoRA" if epoch == 0 else f"epoch {epoch}"
+    if not chain:
+        raise KeepError(f"{what} is not on disk under {session.paths.runs} (no run has written a complete LoRA)")
+    have = sorted({f.epoch for f in files if f.epoch is not None})
+    where = f"run {chain[0].run_id}" + (" or the runs it resumed from" if len(chain) > 1 else "")
     listed = f" (epochs on disk: {', '.join(map(str, have))})" if have else ""
-    raise KeepError(f"{what} is not on disk under {session.paths.runs}{listed}")
+    ids = {r.run_id for r in chain}
+    other = next((r for r in reversed(runs.list_runs(session.paths.runs)) if r.run_id not in ids and any(
+        (f.final if epoch == 0 else f.epoch == epoch) for f in lora_files(r, name))), None)
+    elsewhere = f"; run {other.run_id} has one, but it is not kept from another run" if other else ""
+    raise KeepError(f"{what} is not on disk in {where} under {session.paths.runs}{listed}{elsewhere}")
 
 
-def keep_epoch(session: Session, epoch: int | None) -> Kept:
-    from lorawizard.core.train import samples
+def find_epoch(session: Session, epoch: int, record: Any = None) -> tuple[Path, Any]:
+    """(LoRA file, run record) of `epoch` (0: the final LoRA); see find_lora."""
+    found = find_lora(session, epoch, record)
+    return found.path, found.record
 
-    epoch = int(epoch or 0)
-    source, record = find_epoch(session, epoch)
+
+def keep_epoch(session: Session, epoch: int | None, record: Any = None) -> Kept:
+    """Copy `epoch`'s LoRA (0/None: the final LoRA) of `record`'s chain (default: the newest run's) to loras/, named
+    and described by the epoch and step its own metadata gives."""
+    from lorawizard.core.train import samples, statesave
+
+    found = find_lora(session, int(epoch or 0), record)
+    source, record = found.path, found.record
     name = session.name
-    shown = epoch or session.train.max_train_epochs
+    shown = found.epoch if found.epoch is not None else (epoch or session.train.max_train_epochs)
     folder = session.project_dir / LORAS_DIR
     target = folder / f"{name}-e{shown}.safetensors"
     try:
@@ -76,9 +151,10 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
         _copy_atomic(source, target)
     except OSError as exc:
         raise KeepError(f"cannot copy {source.name} to {target}: {exc.strerror or exc}") from None
-    from lorawizard.core.train import statesave
-
-    per_epoch = statesave.steps_per_epoch(record.log_path)
+    step = found.step
+    if step is None:
+        per_epoch = statesave.steps_per_epoch(record.log_path)
+        step = shown * per_epoch if per_epoch else None
     chain = run_chain(record)
     prompts = samples.read_prompts(record.dir)
     grid = samples.gallery([r.dir for r in chain], record.output_name or name, prompts)
@@ -87,12 +163,12 @@ def keep_epoch(session: Session, epoch: int | None) -> Kept:
         "train.optimizer_type", "train.seed", "train.extra_args")}
     sidecar = target.with_suffix(".json")
     atomic_write_json(sidecar, {
-        "epoch": shown, "step": shown * per_epoch if per_epoch else None, "run_id": record.run_id,
+        "epoch": shown, "step": step, "run_id": record.run_id, "runs": [r.run_id for r in chain],
         "source": str(source), "trigger": session.dataset.trigger, "settings": train,
         "base_model": family_for(session).hub_repo, "sample_prompts": prompts,
         "samples": [str(p) for p in grid.files(shown)],
     })
-    return Kept(target, sidecar, shown, record.run_id)
+    return Kept(target, sidecar, shown, record.run_id, step)
 
 
 def run_chain(record: Any) -> list[Any]:

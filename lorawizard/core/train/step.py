@@ -37,7 +37,7 @@ class RunFollower:
     def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
         self.record = record
         self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
-                                processes=int(record.extra.get("processes") or 1))
+                                processes=_processes(record.extra.get("processes")))
         self.parser = LogParser()
         self.chunk = chunk
         self.clock = clock
@@ -106,6 +106,17 @@ class RunFollower:
             self.state, alive=alive, returncode=None if alive else self.record.returncode(),
             quiet_s=self.quiet_s, stopped=self.record.stop_requested is not None,
         )
+
+
+def _processes(value: Any) -> int:
+    """run.json's `extra.processes` (a record edited by hand: anything not a count is 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return 1
+    try:
+        count = int(value)
+    except ValueError:
+        return 1
+    return count if 1 <= count <= 4096 else 1
 
 
 @dataclass
@@ -392,19 +403,21 @@ def run_step(ctx: StepContext) -> StepResult:
                           data={"run_id": record.run_id, "pid": record.pid, "log": str(record.log_path)})
     result = follow(ctx, record)
     if result.ok:
-        result = _keep(ctx, result)
+        result = _keep(ctx, result, record)
     return result
 
 
-def _keep(ctx: StepContext, result: StepResult) -> StepResult:
-    """Copy the chosen epoch (train.keep_epoch, else the final LoRA) to <project>/loras/ with its sidecar."""
+def _keep(ctx: StepContext, result: StepResult, record: RunRecord | None = None) -> StepResult:
+    """Copy the chosen epoch (train.keep_epoch, else the final LoRA) of the run just followed (and the runs it
+    resumed from) to <project>/loras/ with its sidecar."""
     from lorawizard.core.train.keep import KeepError, keep_epoch
 
     try:
-        kept = keep_epoch(ctx.session, ctx.session.train.keep_epoch)
+        kept = keep_epoch(ctx.session, ctx.session.train.keep_epoch, record)
     except KeepError as exc:
         return StepResult(False, f"training finished, but {exc}", result.details, result.data)
-    ctx.log(f"train: kept epoch {kept.epoch}: {kept.lora} (+ {kept.sidecar.name})")
+    at = f" (step {kept.step})" if kept.step is not None else ""
+    ctx.log(f"train: kept epoch {kept.epoch}{at} of run {kept.run_id}: {kept.lora} (+ {kept.sidecar.name})")
     result.details.append(f"kept: {kept.lora}")
     result.data["kept"] = str(kept.lora)
     return result
@@ -462,7 +475,7 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
     details = [f"log: {record.log_path}", status_line(state, ended=True)]
     if state.checkpoints:
         details.append(f"last checkpoint: {state.checkpoints[-1]}")
-    if state.model_saved and code == 0:
+    if record.status() == "finished":  # from files (exit status, the final LoRA), never the log's tail
         return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state, ended=True)})", details,
                           data={"run_id": record.run_id})
     summary = problem.line() if problem else f"the trainer ended with status {code} and no `model saved.`"

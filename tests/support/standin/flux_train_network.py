@@ -28,6 +28,7 @@ from pathlib import Path
 
 ENV = os.environ
 STEP_SECONDS = float(ENV.get("STANDIN_STEP_SECONDS", "0.02"))
+STARTED_AT = time.time()
 LOAD_SECONDS = float(ENV.get("STANDIN_LOAD_SECONDS", "0"))
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -199,11 +200,27 @@ def oom_exit() -> None:
     )
 
 
-def write_sparse(path: Path, size: int) -> None:
+def write_sparse(path: Path, size: int, metadata: dict[str, str] | None = None) -> None:
+    """A complete safetensors file of `size` bytes (sparse): the 8-byte header length, the JSON header (with
+    sd-scripts' `__metadata__` when given, all values strings) and one U8 tensor that fills the rest."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    data = size
+    for _ in range(3):  # the header's length depends on the tensor's size written in it: settle both
+        header["lora_unet_standin.lora_down.weight"] = {"dtype": "U8", "shape": [data], "data_offsets": [0, data]}
+        text = json.dumps(header).encode()
+        data = max(0, size - 8 - len(text))
     with open(path, "wb") as handle:
-        handle.write(b"STANDIN")
-        handle.truncate(size)
+        handle.write(len(text).to_bytes(8, "little") + text)
+        handle.truncate(8 + len(text) + data)
+
+
+def lora_metadata(args: argparse.Namespace, name: str, epoch: int, step: int) -> dict[str, str]:
+    """What sd-scripts' train_network.py writes into a saved LoRA's metadata (a few of its keys; strings)."""
+    return {"ss_output_name": name, "ss_epoch": str(epoch), "ss_steps": str(step),
+            "ss_num_epochs": str(args.max_train_epochs or ""), "ss_network_module": "networks.lora_flux",
+            "ss_network_dim": str(args.network_dim or 4), "ss_training_started_at": str(STARTED_AT),
+            "ss_base_model_version": "flux1"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -272,7 +289,8 @@ def main(argv: list[str]) -> int:
     if ENV.get("STANDIN_ARGS_FILE"):
         Path(ENV["STANDIN_ARGS_FILE"]).write_text(json.dumps({"argv": argv, "env": {
             k: ENV.get(k) for k in ("CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED", "OMP_NUM_THREADS",
-                                   "ACCELERATE_MIXED_PRECISION", "LORAWIZARD_RUN_ID")}}))
+                                   "ACCELERATE_MIXED_PRECISION", "LORAWIZARD_RUN_ID", "HF_TOKEN",
+                                   "HUGGING_FACE_HUB_TOKEN")}}))
     console = Console(args.console_log_simple)
     sys.stderr.write("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. "
                      "Please make sure you already `pip install kernels` and the kernels >= 0.11.1\n")
@@ -458,7 +476,7 @@ def main(argv: list[str]) -> int:
             if args.save_every_n_steps and global_step % args.save_every_n_steps == 0:
                 ckpt = output_dir / f"{name}-step{global_step:08d}.safetensors"
                 out(f"\nsaving checkpoint: {ckpt}")
-                write_sparse(ckpt, ckpt_bytes)
+                write_sparse(ckpt, ckpt_bytes, lora_metadata(args, name, epoch + 1, global_step))
                 every = args.save_every_n_steps
                 if args.save_last_n_steps:
                     number = global_step - args.save_last_n_steps - 1
@@ -476,7 +494,7 @@ def main(argv: list[str]) -> int:
         if args.save_every_n_epochs and done_epoch % args.save_every_n_epochs == 0 and done_epoch < num_epochs:
             ckpt = output_dir / f"{name}-{done_epoch:06d}.safetensors"
             out(f"\nsaving checkpoint: {ckpt}")
-            write_sparse(ckpt, ckpt_bytes)
+            write_sparse(ckpt, ckpt_bytes, lora_metadata(args, name, done_epoch, global_step))
             if args.save_state:
                 save_state(output_dir / f"{name}-{done_epoch:06d}-state", done_epoch, global_step,
                            f"saving state at epoch {done_epoch}")
@@ -490,7 +508,7 @@ def main(argv: list[str]) -> int:
         save_state(output_dir / f"{name}-state", num_epochs, global_step, "saving last state.")
     final = output_dir / f"{name}.safetensors"
     out(f"\nsaving checkpoint: {final}")
-    write_sparse(final, ckpt_bytes)
+    write_sparse(final, ckpt_bytes, lora_metadata(args, name, num_epochs, global_step))
     console.info("model saved.", "train_network.py:1729")
     bar.close()
     return 0
