@@ -140,3 +140,27 @@ def test_read_only_load_removes_nothing(tmp_path: Path) -> None:
     os.utime(old, (0, 0))
     Session.load(path, read_only=True)  # replay never touches the user's folder
     assert old.exists()
+
+
+# ---------------------------------------------------------------- D: publish --dry-run
+
+
+def test_publish_dry_run_only_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D: `--steps publish --dry-run` copied the final LoRA (3 MB) into loras/: a dry run only lists."""
+    from lorawizard.core.contract import StepContext
+    from lorawizard.core.publish import step as publish
+    from lorawizard.core.train.step import plan_run, start_run
+    from tests.support.standin import make_train_project
+    from tests.support.waiting import follow_to_end
+
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
+    session = make_train_project(tmp_path, epochs=2)
+    session.set("publish.repo", "me/tiny")
+    save(session)
+    follow_to_end(start_run(session, plan_run(session)))
+    lines: list[str] = []
+    ctx = StepContext(session=Session.load(session.path, read_only=True), log=lines.append, dry_run=True)
+    result = publish.run_step(ctx)
+    assert result.ok and "nothing was sent" in result.summary
+    assert any("would upload tiny-e2.safetensors" in line for line in lines)
+    assert not (session.project_dir / "loras").exists()

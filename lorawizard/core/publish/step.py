@@ -130,20 +130,20 @@ def plan(session: Session, *, keep: bool = True, dry_run: bool = False) -> Plan:
 
 def _dry_plan(session: Session, repo: str) -> Plan:
     """A dry run's plan when no LoRA is kept yet: the run's file that keeping would copy, listed under its kept name."""
-    from lorawizard.core.train.keep import KeepError, find_lora
+    from lorawizard.core.train.keep import KeepError, find_epoch
 
     try:
-        found = find_lora(session, int(session.train.keep_epoch or 0))
+        source, record = find_epoch(session, int(session.train.keep_epoch or 0))
     except KeepError as exc:
         raise StepFailed(f"nothing to publish: {exc}") from None
-    epoch = found.epoch if found.epoch is not None else (session.train.keep_epoch or session.train.max_train_epochs)
-    sidecar = {"epoch": epoch, "step": found.step, "run_id": found.record.run_id}
+    epoch = session.train.keep_epoch or session.train.max_train_epochs
+    sidecar = {"epoch": epoch, "run_id": record.run_id}
     samples = _sample_files(session, sidecar)
-    card = model_card(session, found.path, sidecar, samples)
-    files = [PublishFile(f"{session.name}-e{epoch}.safetensors", source=found.path)]
-    files += [PublishFile(path, source=source) for path, source, _, _ in samples]
+    card = model_card(session, source, sidecar, samples)
+    files = [PublishFile(f"{session.name}-e{epoch}.safetensors", source=source)]
+    files += [PublishFile(path, source=path_) for path, path_, _, _ in samples]
     files.append(PublishFile("README.md", data=card.encode("utf-8")))
-    return Plan(repo=repo, private=session.publish.private, lora=found.path, files=files, card=card)
+    return Plan(repo=repo, private=session.publish.private, lora=source, files=files, card=card)
 
 
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
