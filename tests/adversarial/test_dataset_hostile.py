@@ -148,3 +148,23 @@ def test_upscale_factor_is_never_shown_as_one(tmp_path: Path) -> None:
     dataset.plan_item(item, {}, 1024)
     assert item.status == "small"
     assert "1.0×" not in item.reason and "1020" in item.reason
+
+
+def render_onto_a_full_disk(job: imaging.RenderJob) -> imaging.RenderOutcome:
+    """A worker's render when the disk is full (module level: the pool's workers import it by name)."""
+    if not job.output:
+        return imaging.RenderOutcome(True)
+    return imaging.RenderOutcome(False, "No space left on device", bytes=1000, storage_errno=errno.ENOSPC)
+
+
+@pytest.mark.extra  # ~2 s: starts a process pool
+def test_a_full_disk_stops_the_worker_pool_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A12 with the process pool: the first full-disk outcome stops the step; no image is blamed."""
+    source = tmp_path / "photos"
+    source.mkdir()
+    for index in range(8):
+        fx.photo(source / f"p{index}.jpg", 300, 300, seed=index)
+    monkeypatch.setattr(dataset, "render", render_onto_a_full_disk)
+    with pytest.raises(StepFailed, match="disk is full") as caught:
+        _run(fx.write_session(tmp_path / "project", source), workers=2)
+    assert "about 5.5 KB more is needed" in str(caught.value)  # 5 distinct images (seeds repeat by 5) × 1,000 B + 10%
