@@ -15,6 +15,7 @@ from lorawizard.core.captions.captionset import (
     TRIGGER_TWICE,
     Caption,
     CaptionSet,
+    Prepared,
     WriteReport,
     find_imports,
     prepared_images,
@@ -22,6 +23,7 @@ from lorawizard.core.captions.captionset import (
     write_captions,
 )
 from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.core.captions.written import find_hand_edits, remember_written, session_captions, store_hand_edits
 from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.common.text import one_line as escaped
 from lorawizard.core.contract import StepContext, StepFailed, StepResult
@@ -53,6 +55,9 @@ def run_step(ctx: StepContext) -> StepResult:
     if not images:
         raise StepFailed(f"no prepared images in {session.paths.dataset}: run the dataset step first")
 
+    # the person's session.toml as it is (replay applies this run's decisions to the session in memory only)
+    base = session_captions(session) if session.read_only else None
+    hand_edited = _take_hand_edits(ctx, images)
     imports = find_imports(session, images)
     if imports.captions:
         if session.read_only:
@@ -67,15 +72,21 @@ def run_step(ctx: StepContext) -> StepResult:
         from lorawizard.core.captions.autocaption import draft_missing
 
         drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run
+        if drafted is not None:  # drafting takes a while: a caption file edited meanwhile is the person's too
+            hand_edited += _take_hand_edits(ctx, images)
 
     captions = CaptionSet.from_session(session)
     ctx.check_cancelled()
     report, dry_run = _write_files(ctx, captions)
+    if ctx.may_write(session.paths.dataset):
+        remember_written(session, captions, base if base is not None else session_captions(session))
     found = _Findings.of(captions)
     details = _detail_lines(captions, found)
     parts = _summary_parts(captions, report, found, drafted=len(drafted.drafted) if drafted is not None else 0,
                            dry_run=dry_run)
-    data = _result_data(captions, report, found)
+    if hand_edited:
+        parts.insert(1, f"{len(hand_edited)} edited by hand taken in as yours")
+    data = {**_result_data(captions, report, found), "hand_edited": hand_edited}
     if found.uncaptioned and not captions.captionless:
         summary = (
             f"{len(found.uncaptioned)} of {len(captions)} images have no caption — write them, or set "
@@ -85,6 +96,23 @@ def run_step(ctx: StepContext) -> StepResult:
     if found.uncaptioned:
         parts.append(f"{len(found.uncaptioned)} without caption (captionless training intended)")
     return StepResult(True, "; ".join(parts), details, data)
+
+
+def _take_hand_edits(ctx: StepContext, images: list[Prepared]) -> list[str]:
+    """Caption files changed by hand since lorawizard wrote them: taken in as the person's captions (written.py).
+    Returns the sources whose caption changed that way."""
+    session = ctx.session
+    edits = find_hand_edits(session, images)
+    remember = ctx.may_write(session.paths.dataset)
+    if session.read_only:
+        store_hand_edits(session, edits, record=ctx.record, remember=remember)
+    else:
+        store_hand_edits(session, edits, store=ctx.store, remember=remember)
+    changed = [source for source in edits.edited if source in edits.captions]
+    if changed:
+        ctx.log(escaped(f"took in {len(changed)} caption file{'s' if len(changed) != 1 else ''} edited by hand as your "
+                        f"caption{'s' if len(changed) != 1 else ''} (e.g. {changed[0]}): never redrafted or overwritten"))
+    return changed
 
 
 def _write_files(ctx: StepContext, captions: CaptionSet) -> tuple[WriteReport, bool]:
