@@ -35,6 +35,11 @@ TERMINAL_REPLY = re.compile(
     r"\x1b\[[?>=][\d;]*c|\x1b\[[2-9];\d+;\d+t|\x1b[_P][^\x1b]*\x1b\\|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
 )
 _CSI_REPLY = re.compile(r"\x1b\[[?>=][\d;]*c|\x1b\[[2-9];\d+;\d+t")
+# Any whole CSI sequence (parameters, intermediates, a final byte): one Textual does not know as a key is not keys
+# either (a pasted `\x1b[31m` once switched steps with its `3` and `1`). Mouse reports and mode reports are read by
+# the parser after it asks for keys, so they are left to it.
+_WHOLE_CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_PARSER_READS_ITSELF = re.compile(r"\x1b\[(?:<|M|\?\d+;\d+\$y)")
 
 
 class ProbeResult(NamedTuple):
@@ -137,7 +142,8 @@ def _textual_parser_class() -> type[XTermParser]:
     from textual.keys import Keys
 
     class ReplyFilteringParser(XTermParser):
-        """Textual's parser turns an escape sequence it does not know into keys; a terminal reply is not keys.
+        """Textual's parser turns an escape sequence it does not know into keys; a terminal reply is not keys, nor is
+        any other whole CSI sequence that is not a key (colours in a paste that is not bracketed).
 
         Whole replies inside one read are cut out before parsing; a CSI reply split across reads is recognised
         when the parser has gathered it (it asks `_sequence_to_key_events` after each character). Either way the
@@ -157,7 +163,10 @@ def _textual_parser_class() -> type[XTermParser]:
                 _collect(sequence)
                 yield events.Key(Keys.Ignore, sequence)  # the parser drops Ignore keys
                 return
-            yield from super()._sequence_to_key_events(sequence, alt)
+            keys = list(super()._sequence_to_key_events(sequence, alt))
+            if not keys and _WHOLE_CSI.fullmatch(sequence) and not _PARSER_READS_ITSELF.match(sequence):
+                keys = [events.Key(Keys.Ignore, sequence)]  # colours in a paste: dropped whole, not typed as keys
+            yield from keys
 
     return ReplyFilteringParser
 

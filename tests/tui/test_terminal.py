@@ -74,6 +74,21 @@ def test_real_keys_still_parse() -> None:
     assert _keys(["a", "\x1b[A", "\x1b[1;5C", "5"]) == ["a", "up", "ctrl+right", "5"]
 
 
+@pytest.mark.parametrize("chunks", [
+    ["\x1b[31mred\x1b[0m"],  # a coloured word pasted (not bracketed): issue 23, the `1` of `[31m` switched steps
+    ["\x1b[", "3", "1", "m", "red", "\x1b[0", "m"],  # the same, a byte or two per read
+    ["\x1b[1;38;5;208mred\x1b[m"],  # 256 colours, a reset without parameters
+])
+def test_colour_codes_in_a_paste_are_not_keys(chunks: list[str]) -> None:
+    assert _keys(chunks) == ["r", "e", "d"]
+
+
+def test_mouse_and_mode_reports_still_reach_the_parser() -> None:
+    parser = _textual_parser_class()()
+    got = list(parser.feed("\x1b[<0;10;5M\x1b[<0;10;5m"))
+    assert [type(event).__name__ for event in got] == ["MouseDown", "MouseUp"]
+
+
 # -- the real app in a real pty: a step key pressed at once, for every --images mode (started side by side)
 
 MODES = ("auto", "halfcell", "unicode", "sixel", "tgp")

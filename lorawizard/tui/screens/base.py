@@ -133,8 +133,19 @@ class StepScreen(Screen):
         """After Enter in a field, focus returns to the main list (a step key must not type into the field)."""
         self.call_after_refresh(self.focus_main)
 
+    # When the screen was last drawn on being shown (Textual's event clock); None until then. A key typed before
+    # (settings_form's TYPED_AHEAD_S) never lands in a field the screen focused by itself.
+    shown_at: float | None = None
+
     def on_screen_resume(self) -> None:
+        self.shown_at = None
+        self.call_after_refresh(self._drawn)
         self._fit_footer()
+
+    def _drawn(self) -> None:
+        from textual._time import get_time
+
+        self.shown_at = get_time()
 
     def on_resize(self) -> None:
         self._fit_footer()

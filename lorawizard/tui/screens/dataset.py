@@ -200,6 +200,8 @@ class DatasetScreen(StepScreen):
     def on_mount(self) -> None:
         table = self.table
         self._add_columns()
+        # saved on Enter (which scans it) or on leaving the field, as its hint says: not each pasted character
+        self.query_one("#set-dataset-source", SettingInput).save_each_keystroke = False
         if not self.session.dataset.source:
             self.set_class(True, "-settings")
             field = self.query_one("#set-dataset-source", SettingInput)

@@ -65,10 +65,20 @@ class FitInput(Input):
             self.set_reactive(Input.placeholder, whole)
 
 
+# A key pressed before its screen was drawn, or this soon after, was typed before the person could see the field
+# (`3` `4` at once, keys typed during start-up): it goes to the key's binding (`4` opens Captions), never into a
+# field the screen focused. Judged by when the key was read from the terminal, not when it is handled (a busy CPU).
+TYPED_AHEAD_S = 0.15
+
+
 class SettingInput(FitInput):
     """A setting's text field; it remembers what it held when focus entered it (Esc goes back to that).
 
-    `hint` is what the line under the form says while this field has focus."""
+    `hint` is what the line under the form says while this field has focus. `save_each_keystroke`: False for a
+    field whose value starts work (Dataset's source starts a scan): it is saved on Enter or on leaving the field,
+    as its hint says, not half-typed or half-pasted."""
+
+    save_each_keystroke = True
 
     def __init__(self, key: str, value: str, *, placeholder: str = "", hint: str = "", id: str | None = None,
                  compact: bool = False) -> None:
@@ -79,6 +89,19 @@ class SettingInput(FitInput):
 
     def on_focus(self) -> None:
         self.mark_entered()
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.is_printable and self._typed_ahead(event):
+            event.stop()
+            event.prevent_default()
+            self.screen.set_focus(None)  # out of the field, so the key's binding (a step key) applies
+            await self.app._check_bindings(event.key)  # Textual's own dispatch (private; textual==8.2.8 pinned)
+            return
+        await super()._on_key(event)
+
+    def _typed_ahead(self, event: events.Key) -> bool:
+        shown_at = getattr(self.screen, "shown_at", 0.0)  # a screen that does not say: long ago
+        return shown_at is None or event.time < shown_at + TYPED_AHEAD_S
 
     def mark_entered(self) -> None:
         """Now is what Esc goes back to (focus entering; Enter keeping a value)."""
@@ -256,6 +279,8 @@ class SettingsForm(Vertical):
     def _changed(self, event: Input.Changed) -> None:
         """Save every keystroke that forms a valid value, so quitting mid-edit loses nothing."""
         self._show_undo()
+        if not getattr(event.input, "save_each_keystroke", True):
+            return
         key = self._key_of(event.input.id)
         try:
             value = parse_input(FIELDS[key], event.value)
