@@ -110,3 +110,15 @@ def test_a_caption_file_a_person_put_there_is_never_deleted_or_replaced(tmp_path
     assert result.ok, result.summary
     assert txt_of(session.project_dir, 1).read_text() == f"tok, {MINE}\n"  # taken in; the trigger goes first
     assert Session.load(session.path).images()["a.jpg"]["caption"] == MINE
+
+
+def test_a_file_that_says_what_the_session_says_is_not_a_hand_edit(tmp_path: Path) -> None:
+    """A write cut short before the record was kept (or a lost record): a draft's file holds the draft, so the draft
+    stays a draft (not turned into the person's caption)."""
+    session = make_project(tmp_path / "p", ["a.jpg"], trigger="tok")
+    session.update_image("a.jpg", caption="a draft of a", caption_auto=True)
+    save(session)
+    txt_of(session.project_dir, 1).write_text("tok, a draft of a\n")
+    result = captions_step.run_step(StepContext(session=session))
+    assert result.ok and result.data["hand_edited"] == [] and result.data["auto"] == ["a.jpg"]
+    assert Session.load(session.path).images()["a.jpg"]["caption_auto"] is True

@@ -77,9 +77,11 @@ def run_step(ctx: StepContext) -> StepResult:
 
     captions = CaptionSet.from_session(session)
     ctx.check_cancelled()
-    report, dry_run = _write_files(ctx, captions)
-    if ctx.may_write(session.paths.dataset):
-        remember_written(session, captions, base if base is not None else session_captions(session))
+    try:
+        report, dry_run = _write_files(ctx, captions)
+    finally:  # a write cut short too: the files written so far are ours, not a person's edits
+        if ctx.may_write(session.paths.dataset):
+            remember_written(session, captions, base if base is not None else session_captions(session))
     found = _Findings.of(captions)
     details = _detail_lines(captions, found)
     parts = _summary_parts(captions, report, found, drafted=len(drafted.drafted) if drafted is not None else 0,

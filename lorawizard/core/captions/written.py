@@ -156,33 +156,40 @@ def find_hand_edits(session: Session, images: Sequence[Prepared] | None = None) 
     result = HandEdits()
     for prepared in images if images is not None else prepared_images(session):
         entry = existing.get(prepared.source, {})
-        if entry.get("skip"):
-            continue
-        data = _read(prepared.output.with_suffix(".txt"))
-        if data is None:
-            continue
-        caption = None if entry.get("caption") is None else str(entry.get("caption"))
-        auto = bool(entry.get("caption_auto")) and caption is not None
-        written = entries.get(prepared.source)
-        verdict = _verdict(data, written, caption, auto)
-        if verdict is None:
-            continue
-        decoded = decode_caption(data)
-        body = decoded.text
-        for trigger in triggers:
-            body = strip_trigger(body, trigger)
-        taken_auto = verdict == "kept" and written is not None and written.auto
-        if verdict == "edited":
-            result.edited.append(prepared.source)
-        result.files[prepared.source] = digest(data)
-        result.before[prepared.source] = caption_digest(caption, auto)
-        result.taken[prepared.source] = (body, taken_auto)
-        if caption is not None and one_line(caption) == body and auto == taken_auto:
-            continue  # the session says the same already (the record is brought up to date)
-        result.captions[prepared.source] = (body, taken_auto)
-        if decoded.notes and verdict == "edited":
-            result.notes[prepared.source] = f"{prepared.output.with_suffix('.txt').name}: " + "; ".join(decoded.notes)
+        if not entry.get("skip"):
+            _look_at(prepared, entry, entries.get(prepared.source), triggers, result)
     return result
+
+
+def _look_at(prepared: Prepared, entry: dict[str, Any], written: Written | None, triggers: list[str],
+             result: HandEdits) -> None:
+    """One image's caption file: into `result` when the session should take it in (or note it as seen)."""
+    path = prepared.output.with_suffix(".txt")
+    data = _read(path)
+    if data is None:
+        return
+    caption = None if entry.get("caption") is None else str(entry.get("caption"))
+    auto = bool(entry.get("caption_auto")) and caption is not None
+    verdict = _verdict(data, written, caption, auto)
+    if verdict is None:
+        return
+    decoded = decode_caption(data)
+    body = decoded.text
+    for trigger in triggers:
+        body = strip_trigger(body, trigger)
+    source = prepared.source
+    result.files[source] = digest(data)
+    result.before[source] = caption_digest(caption, auto)
+    if caption is not None and one_line(caption) == body:
+        # the session says so already (e.g. a write cut short before the record was kept): only noted as seen
+        result.taken[source] = (body, auto)
+        return
+    taken_auto = verdict == "kept" and written is not None and written.auto
+    result.taken[source] = result.captions[source] = (body, taken_auto)
+    if verdict == "edited":
+        result.edited.append(source)
+        if decoded.notes:
+            result.notes[source] = f"{path.name}: " + "; ".join(decoded.notes)
 
 
 def store_hand_edits(session: Session, edits: HandEdits, record: Callable[[str, Any], None] | None = None, *,
