@@ -1,5 +1,6 @@
 """Auto-captions on the Captions screen (stand-in captioner): drafts arrive marked auto, a person's caption is never
-replaced unasked, accept one/all, redraft one, Esc keeps the drafts so far; snapshots with auto drafts."""
+replaced unasked, accept one/all, redraft one, F5 stops drafting and keeps the drafts so far; snapshots with auto
+drafts. (A caption typed while drafting runs, and Esc in the editor: tests/adversarial/test_typed_while_drafting.py.)"""
 
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ async def test_redraft_needs_a_second_press_for_a_persons_caption(isolated_home:
         assert screen.editor.text == DRAFT.format(n=1)
 
 
-async def test_escape_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: Path, no_gpu, monkeypatch) -> None:
+async def test_f5_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: Path, no_gpu, monkeypatch) -> None:
     monkeypatch.setenv("STANDIN_CAPTION_DELAY", "0.3")
     monkeypatch.setenv("STANDIN_CAPTION_BATCH", "1")
     project = auto_project(isolated_home)
@@ -199,10 +200,12 @@ async def test_escape_stops_drafting_and_keeps_the_drafts_so_far(isolated_home: 
         assert captions is not None
         screen.start_drafting([1, 2, 3, 4, 5])
         await pilot_until(pilot, lambda: captions.counts()["auto"] >= 1, 30, "a first draft")
-        await pilot.press("escape")
+        await pilot.press("f5")  # while drafting, F5 is "Stop drafting" (Esc only leaves the editor)
         await ready(pilot)
         kept = captions.counts()["auto"]
         assert 1 <= kept < 5 and not screen.drafting
+        assert [n.message for n in app._notifications if "auto-caption stopped" in n.message] == [
+            f"auto-caption stopped: {kept} draft{'s' if kept != 1 else ''} kept"]
         await pilot.press("ctrl+q")
     saved = Session.load(project / "session.toml").images()
     assert sum(1 for entry in saved.values() if entry.get("caption_auto")) == kept

@@ -3,7 +3,9 @@
 F5 opens the dialog (instruction, model, device; draft the missing captions, overwrite all, accept all drafts),
 F6 redrafts the current image (a caption of the person's only when F6 is pressed twice), F7 accepts the current
 draft. Drafting runs `core.autocaption.draft` in a worker; each draft arrives on the UI thread and goes into the
-caption set and session.toml like an edit, marked auto. Esc cancels; the drafts so far are kept.
+caption set and session.toml like an edit, marked auto — unless the person typed into that caption since drafting
+began: what they typed stays theirs. While drafting, F5 stops it (the footer and the header say so; the drafts so far
+are kept, and the stop is said in one line); Esc only leaves the editor, never stops drafting.
 
 `AutoCaptioner` does all of that for the screen it sits on: it changes the caption set it is handed and says what
 changed with its messages; the screen stores those captions and redraws its own widgets.
@@ -45,8 +47,9 @@ if TYPE_CHECKING:
 
 CONFIRM_S = 5.0  # a second F6 within this replaces a person's caption
 
-AUTO_BINDINGS = [
+AUTO_BINDINGS = [  # the screen's check_action shows one F5 at a time: Auto-caption, or Stop drafting while it runs
     Binding("f5", "autocaption", "Auto-caption", priority=True),
+    Binding("f5", "stop_drafting", "Stop drafting", priority=True),
     Binding("f6", "redraft", "Redraft", show=False, priority=True),
     Binding("f7", "accept_draft", "Accept", show=False, priority=True),
 ]
@@ -102,12 +105,17 @@ class AutoCaptioner(Widget):
     class DraftingEnded(Message):
         """Drafting is over (done, stopped or failed; the person was told): the drafts so far are in the set."""
 
-    def __init__(self, session: Session, flush: Callable[[], None]) -> None:
+    def __init__(self, session: Session, flush: Callable[[], None],
+                 take_typing: Callable[[int], None] = lambda index: None) -> None:
         super().__init__()
         self.display = False
         self.captions: CaptionSet | None = None
         self._session = session
         self._flush = flush
+        self._take_typing = take_typing  # the editor's text of that caption into the set now (before its draft)
+        self._started: dict[int, tuple[str | None, bool]] = {}  # each caption being drafted as it was at the start
+        self._placed = 0  # drafts placed in this run
+        self._typed: list[int] = []  # captions the person typed into meanwhile: their text stayed
         self._cancel: threading.Event | None = None
         self._confirm_redraft: tuple[int, float] | None = None
         self._overwritten: dict[int, tuple[str | None, bool]] | None = None  # a person's captions an overwrite replaces
@@ -122,7 +130,7 @@ class AutoCaptioner(Widget):
         if captions is None:
             return
         if self.drafting:
-            self.notify("drafting is under way: Esc stops it (drafts so far are kept)")
+            self.notify("drafting is under way: F5 stops it (drafts so far are kept)")
             return
         self._flush()
         missing = len(ac.targets(captions.items))
@@ -185,7 +193,7 @@ class AutoCaptioner(Widget):
         self.notify(f"accepted {len(changed)} draft{'s' if len(changed) != 1 else ''}: reviewed")
 
     def stop(self) -> bool:
-        """Esc: stop drafting (the drafts so far are kept). False when nothing is drafting."""
+        """F5 while drafting: stop it (the drafts so far are kept; the end says so). False when nothing is drafting."""
         if self._cancel is None:
             return False
         self._cancel.set()
@@ -203,8 +211,10 @@ class AutoCaptioner(Widget):
             self.notify("nothing to draft: every image has a caption")
             return
         self._overwritten = {i: (captions.items[i].body, captions.items[i].auto) for i in keep_for_undo or ()} or None
+        self._started = {i: (captions.items[i].body, captions.items[i].auto) for i in indices}
+        self._placed, self._typed = 0, []
         self._cancel = threading.Event()
-        self.post_message(self.Status(f"auto-caption: starting ({len(indices)} images) · Esc stops"))
+        self.post_message(self.Status(f"auto-caption: starting ({len(indices)} images) · F5 stops"))
         images = [(captions.items[i].file, captions.items[i].output) for i in indices]
         self._draft_worker(images, set(indices), self._cancel, captions.counter, captions.trigger)
 
@@ -218,7 +228,7 @@ class AutoCaptioner(Widget):
         def progress(event: Progress) -> None:
             rate = f" · {format_rate(event.rate, 'images')}" if event.rate else ""
             eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
-            post(self.Status(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · Esc stops"))
+            post(self.Status(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · F5 stops"))
 
         def drafted(file: str, text: str) -> None:
             post(_Drafted(file, text, allowed))
@@ -237,7 +247,7 @@ class AutoCaptioner(Widget):
             skipped = f"; {len(report.skipped)} not captioned ({next(iter(report.skipped.values()))})" if report.skipped else ""
             outcome = ac.rate_line(report) + skipped + " · F7 accepts, filter “auto drafts”"
         except Cancelled:
-            outcome = "auto-caption stopped: the drafts so far are kept"
+            outcome = "auto-caption stopped"  # _done adds how many drafts are kept
         except StepFailed as exc:
             outcome, severity = str(exc), "error"
         except Exception as exc:  # noqa: BLE001 - a worker never takes the app down
@@ -252,13 +262,25 @@ class AutoCaptioner(Widget):
         index = next((i for i in message.allowed if captions.items[i].file == message.file), None)
         if index is None:
             return
+        self._take_typing(index)  # a key typed into it a moment ago counts before the draft is placed
+        item = captions.items[index]
+        if captions.is_persons(index) and (item.body, item.auto) != self._started.get(index):
+            self._typed.append(index)  # typed (or accepted) since drafting began: the person's, never replaced
+            return
         captions.set_body(index, message.text, auto=True)
+        self._placed += 1
         self.post_message(self.DraftArrived(index, message.text))
 
     @on(_Done)
     def _done(self, message: _Done) -> None:
         outcome = message.outcome
+        if outcome == "auto-caption stopped":
+            outcome += f": {self._placed} draft{'s' if self._placed != 1 else ''} kept"
+        if self._typed:
+            count = len(self._typed)
+            outcome += f" · {count} caption{'s' if count != 1 else ''} you typed meanwhile kept"
         self._cancel = None
+        self._started = {}
         if self._overwritten and self.captions is not None:
             replaced = self.captions.record_overwrite("auto-caption overwrite", self._overwritten)
             if replaced:

@@ -3,8 +3,9 @@
 Keyboard: Ctrl+N / Ctrl+B next / previous (from the editor too), Tab between list and editor,
 Ctrl+F (or / in the list) cycles the filter; in the list a/m/e/o/t/i pick one (all, missing,
 edited, over budget, trigger, import notes); Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
-Ctrl+T trigger word, Ctrl+G writes the caption files; F5 auto-captions (F6 redraft this one, F7 accept this
-draft; in the list d/r filter auto drafts / reviewed). Every edit goes into session.toml (saved half a
+Ctrl+T trigger word, Ctrl+G writes the caption files; F5 auto-captions (F5 again stops drafting, F6 redraft this
+one, F7 accept this draft; in the list d/r filter auto drafts / reviewed). Esc leaves the editor (never stops
+drafting). A caption file edited by hand in the dataset folder is taken in as the person's caption when loading. Every edit goes into session.toml (saved half a
 second after the last keystroke, and at once when leaving the screen or quitting).
 """
 
@@ -37,6 +38,7 @@ from textual.worker import get_current_worker
 from lorawizard.core.captions import captionset as core
 from lorawizard.core.captions.captionset import CaptionSet
 from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
+from lorawizard.core.captions.written import find_hand_edits, store_hand_edits
 from lorawizard.core.contract import StepFailed
 from lorawizard.core.dataset.manifest import MANIFEST_FILE
 from lorawizard.core.dataset.thumbnails import ThumbnailCache, letterboxed
@@ -78,6 +80,7 @@ class CaptionsLoaded(Message):
     captions: CaptionSet | None
     imported: int
     noted: int
+    hand_edited: int = 0  # caption files in the dataset folder edited by hand, taken in as the person's
 
 
 @dataclass
@@ -163,7 +166,7 @@ class CaptionsScreen(StepScreen):
                     placeholder=f"No caption yet. {GUIDE}",
                 )
                 yield Static("", id="cap-tokens")
-        yield AutoCaptioner(self.session, flush=self.flush)
+        yield AutoCaptioner(self.session, flush=self.flush, take_typing=self._take_typing)
 
     @property
     def editor(self) -> TextArea:
@@ -201,13 +204,16 @@ class CaptionsScreen(StepScreen):
                     # now as well as when loaded (see _loaded): the session's entries, already read, stay out of the
                     # full collections this worker's allocations start (each ~0.1 s at 20,000, all threads stopped)
                     gc.freeze()
+                hand = 0
+                if not session.read_only:  # caption files edited by hand are the person's captions (written.py)
+                    hand = store_hand_edits(session, find_hand_edits(session, images), store=store)
                 imported = core.find_imports(session, images)
                 count = core.store_imports(session, imported, store=store) if not session.read_only else 0
                 captions = CaptionSet.from_session(session) if images else None
         except (StepFailed, SessionError, OSError) as exc:
             self.post_message(CaptionsLoadFailed(str(exc)))
             return
-        self.post_message(CaptionsLoaded(captions, count, len(imported.notes)))
+        self.post_message(CaptionsLoaded(captions, count, len(imported.notes), hand))
 
     @on(CaptionsLoadFailed)
     def _load_failed(self, message: CaptionsLoadFailed) -> None:
@@ -232,6 +238,10 @@ class CaptionsScreen(StepScreen):
         if imported:
             extra = f" ({noted} with notes: filter “import notes”)" if noted else ""
             self.notify(f"imported {imported} captions from .txt/.caption files beside the originals{extra}")
+        if message.hand_edited:
+            count = message.hand_edited
+            self.notify(f"took in {count} caption file{'s' if count != 1 else ''} edited by hand in the dataset folder "
+                        "as yours (never redrafted or overwritten)")
         if self.focused is None:
             self.caption_list.focus()
 
@@ -394,10 +404,20 @@ class CaptionsScreen(StepScreen):
 
     @on(TextArea.Changed, "#cap-editor")
     def _edited(self, event: TextArea.Changed) -> None:
-        if self.captions is None or self.current is None:
+        self._take_editor_text()
+
+    def _take_typing(self, index: int) -> None:
+        """Before a draft for `index` is placed: what was typed into its editor, if that is the caption shown."""
+        if index == self.current:
+            self._take_editor_text()
+
+    def _take_editor_text(self) -> None:
+        """The editor's text into the caption set and the session, if it differs (also before a draft is placed:
+        a key typed a moment ago, its Changed message not handled yet, is the person's)."""
+        if self.captions is None or self.current is None or self.editor.disabled:
             return
         item = self.captions.items[self.current]
-        text = event.text_area.text
+        text = self.editor.text
         if text == (item.body or ""):
             return
         self.captions.set_body(self.current, text)
@@ -471,14 +491,30 @@ class CaptionsScreen(StepScreen):
         """Draft the captions at `indices` (as the dialog's "Draft missing" does for the missing ones)."""
         self.auto_captioner.start(indices)
 
+    def action_stop_drafting(self) -> None:
+        """F5 while drafting: stop it (the drafts so far are kept; the end is said in one line)."""
+        self.auto_captioner.stop()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """One F5 at a time in the footer: Auto-caption, or Stop drafting while drafting runs."""
+        if action == "autocaption":
+            return not self.drafting
+        if action == "stop_drafting":
+            return self.drafting
+        return True
+
     def action_cancel(self) -> None:
-        """Esc: stop drafting first (the drafts so far are kept); else what the step screen does."""
-        if not self.auto_captioner.stop():
+        """Esc: leave the editor; outside it, stop the step's run. Never stops drafting (F5 does): said when drafting
+        is all there is to stop."""
+        if self.in_text_field() or not self.drafting or self.runner.running:
             super().action_cancel()
+            return
+        self.notify("auto-caption goes on: F5 stops it (the drafts so far are kept)")
 
     def on_auto_captioner_status(self, message: AutoCaptioner.Status) -> None:
         self._drafting_status = message.text
         self._update_header()
+        self.refresh_bindings()  # the footer's F5: Stop drafting while it runs
 
     def on_auto_captioner_draft_arrived(self, message: AutoCaptioner.DraftArrived) -> None:
         self._store([message.index])
@@ -494,6 +530,7 @@ class CaptionsScreen(StepScreen):
 
     def on_auto_captioner_drafting_ended(self) -> None:
         self._drafting_status = ""
+        self.refresh_bindings()
         self.flush()
         self._apply_filter(self.current)
         self._update_details()
@@ -670,7 +707,10 @@ class CaptionsScreen(StepScreen):
     @on(StepFinished)
     def _step_finished(self, message: StepFinished) -> None:
         if message.step == self.STEP and self.captions is not None:
-            self._reread_files(self.captions)  # the files on disk changed: statuses follow (undo is kept)
+            if message.result is not None and message.result.data.get("hand_edited"):
+                self.load()  # the step took in caption files edited by hand: the set follows the session
+            else:
+                self._reread_files(self.captions)  # the files on disk changed: statuses follow (undo is kept)
 
     @work(thread=True, exclusive=True, group="captions-load", exit_on_error=False)
     def _reread_files(self, captions: CaptionSet) -> None:
