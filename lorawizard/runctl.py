@@ -81,7 +81,7 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     from lorawizard.core.train.step import RunFollower, status_line
 
     status = record.status()
-    follower = RunFollower(record)
+    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
     follower.finish()
     line = f"{status} · {status_line(follower.state, ended=status != 'running')} · run {record.run_id}"
     if status == "running":

@@ -257,12 +257,18 @@ def _fast_bar(text: str) -> tuple[Bar, int] | None:
 # ------------------------------------------------------------------ the parser
 
 
+MAX_LINE = 16384  # characters of one physical line (or one unwrapped rich record) kept; the rest is dropped
+_MAX_PARTIAL = 65536  # an unterminated line longer than this is cut: its head is kept, the rest skipped to a break
+
+
 class LogParser:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
+        self._skipping = False  # dropping the rest of a runaway line up to its next break
         self._record: list[str] | None = None  # [level, piece, piece, ...]
         self._record_width = 0
+        self._record_size = 0  # characters in the record so far (bounded by MAX_LINE)
         self._last_piece_cells = 0
         self._last_piece = ""
         self._early_bar: str | None = None  # text of a bar already reported from the unterminated tail
@@ -282,15 +288,22 @@ class LogParser:
         events: list[Event] = []
         if not text:
             return events
+        if self._skipping:  # the rest of a runaway line: memory per line stays bounded whatever its length
+            found = _SPLIT.search(text)
+            if found is None:
+                return events
+            self._skipping = False
+            text = text[found.start() :]
         parts = _SPLIT.split(self._partial + text)
         self._partial = parts.pop()
-        if len(self._partial) > 65536:  # a runaway line without breaks: keep memory bounded
+        if len(self._partial) > _MAX_PARTIAL:  # a runaway line without breaks: its head is a line, the rest skipped
             parts.append(self._partial)
             self._partial = ""
+            self._skipping = True
         segment = self._segment
         for part in parts:
             if part:
-                segment(part, events)
+                segment(part if len(part) <= MAX_LINE else part[:MAX_LINE], events)
         if self._partial and "%|" in self._partial:
             self._peek_bar(events)
         return events
@@ -366,6 +379,9 @@ class LogParser:
             piece = text[29:].rstrip()
             # rich folds only a word longer than the line, and starts it on a line of its own: a full line that is
             # one word was folded (no space was there); a full line of words ended at a space rich dropped
+            if self._record_size > MAX_LINE:  # a record of endless continuation lines: the rest is dropped
+                return
+            self._record_size += len(piece) + 1
             if self._last_piece_cells >= self._record_width and " " not in self._last_piece.strip():
                 self._record[-1] += piece
             else:
@@ -395,6 +411,7 @@ class LogParser:
             self._record_width = _cells(text) - 29
         piece = body.rstrip()
         self._record = [level, piece]
+        self._record_size = len(piece)
         self._last_piece_cells, self._last_piece = _cells(piece), piece
 
     def _close_record(self, events: list[Event]) -> None:
