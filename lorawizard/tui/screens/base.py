@@ -99,19 +99,35 @@ class StepScreen(Screen):
         elif body is not None:
             body.scroll_page_down()
 
+    # The field Enter just left (focus went back to the main list): Tab goes on from it, not from the top (issue 24:
+    # Tab, path, Enter, Tab went back to the first field, text selected, and the second path replaced the first).
+    _left_field: Widget | None = None
+
     def focus_next(self, selector: str | type[Widget] = "*") -> Widget | None:
         """Tab skips the scrolling body (it only scrolls: a person pressing Tab to reach a field landed there, out of
         sight, and the path typed next ran the screen's letter keys; a q in it quit the wizard)."""
-        focused = super().focus_next(selector)
+        focused = self._beside_left_field(+1) or super().focus_next(selector)
         if focused is not None and focused.has_class("step-body"):
             focused = super().focus_next(selector)
         return focused
 
     def focus_previous(self, selector: str | type[Widget] = "*") -> Widget | None:
-        focused = super().focus_previous(selector)
+        focused = self._beside_left_field(-1) or super().focus_previous(selector)
         if focused is not None and focused.has_class("step-body"):
             focused = super().focus_previous(selector)
         return focused
+
+    def _beside_left_field(self, step: int) -> Widget | None:
+        """The widget after (or before) the field Enter left, focused; None when no field was left that way."""
+        field, self._left_field = self._left_field, None
+        if field is None or self.focused is field or self.in_text_field():
+            return None
+        chain = self.focus_chain
+        if field not in chain:
+            return None
+        target = chain[(chain.index(field) + step) % len(chain)]
+        target.focus()
+        return target
 
     def focus_main(self) -> None:
         main = next(iter(self.query(self.MAIN)), None) if self.MAIN else None
@@ -129,8 +145,10 @@ class StepScreen(Screen):
             self.action_primary()
 
     @on(Input.Submitted)
-    def _back_to_main(self) -> None:
-        """After Enter in a field, focus returns to the main list (a step key must not type into the field)."""
+    def _back_to_main(self, event: Input.Submitted) -> None:
+        """After Enter in a field, focus returns to the main list (a step key must not type into the field); Tab then
+        goes on to the next field."""
+        self._left_field = event.input
         self.call_after_refresh(self.focus_main)
 
     # When the screen was last drawn on being shown (Textual's event clock); None until then. A key typed before

@@ -1,0 +1,58 @@
+"""Issue 24 item 1: after Enter in a field, Tab goes on to the next field, on every settings form.
+
+Tried as a new user: Tab, a path, Enter, Tab, a second path, Enter: the second Tab went back to the *first* field
+with its text selected, so the second path replaced the first and was saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core.session.document import Session
+from lorawizard.tui.app import LoraWizardApp
+from lorawizard.tui.widgets.settings_form import TYPED_AHEAD_S, SettingInput
+
+
+async def _type(pilot, text: str) -> None:  # noqa: ANN001
+    await pilot.press(*text)
+
+
+async def test_tab_after_enter_goes_to_the_next_field_on_environment(tmp_path: Path) -> None:
+    app = LoraWizardApp(Session.open_project(tmp_path), start_step="env")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await asyncio.sleep(TYPED_AHEAD_S + 0.1)
+        await pilot.press("tab")
+        first = app.screen.focused
+        assert isinstance(first, SettingInput) and first.key == "paths.sd_scripts"
+        await _type(pilot, "/opt/sd")
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("tab")
+        second = app.screen.focused
+        assert isinstance(second, SettingInput) and second.key == "paths.python", second
+        await _type(pilot, "/opt/py")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session.get("paths.sd_scripts") == "/opt/sd"
+        assert app.session.get("paths.python") == "/opt/py"
+
+
+@pytest.mark.parametrize("step", ["train", "dataset"])
+async def test_tab_after_enter_goes_on_from_that_field_on_other_forms(tmp_path: Path, step: str) -> None:
+    session = Session.open_project(tmp_path)
+    session.set("dataset.source", str(tmp_path))  # Dataset shows its table, the form behind `s`
+    app = LoraWizardApp(session, start_step=step)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        fields = [w for w in app.screen.focus_chain if isinstance(w, SettingInput)]
+        assert len(fields) >= 2
+        fields[0].focus()
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("tab")
+        assert app.screen.focused is app.screen.focus_chain[app.screen.focus_chain.index(fields[0]) + 1]
