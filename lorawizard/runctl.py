@@ -153,7 +153,7 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     if record is None or record.status() != "running":
         out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
         return EXIT_NO_RUN
-    follower = RunFollower(record)
+    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
     follower.finish()
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)
