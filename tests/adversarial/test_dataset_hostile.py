@@ -29,7 +29,7 @@ def test_a_link_out_of_the_source_folder_is_not_followed(tmp_path: Path) -> None
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     fx.photo(elsewhere / "secret.jpg", 300, 300, seed=3)
-    os.symlink("/", source / "everything")
+    os.symlink("..", source / "everything")  # as `everything -> /` (that one scans the machine: not in a test)
     os.symlink(elsewhere, source / "out")
     os.symlink(source / "mine", source / "also-mine")  # stays inside: followed (once)
     found = scan.scan_source(source)
@@ -42,6 +42,7 @@ def test_a_link_out_of_the_source_folder_is_not_followed(tmp_path: Path) -> None
 @pytest.mark.parametrize("folder", ["/proc", "/sys", "/dev"])
 def test_a_pseudo_filesystem_is_refused_as_source(tmp_path: Path, folder: str) -> None:
     """A11: `source = "/proc"` scanned the kernel's files."""
+    assert scan.pseudo_filesystem(Path(folder))  # first, so that without the check this fails at once, not after a scan
     session = fx.write_session(tmp_path / "project", Path(folder))
     with pytest.raises(StepFailed, match="pseudo-filesystem") as caught:
         _run(session)
@@ -50,6 +51,7 @@ def test_a_pseudo_filesystem_is_refused_as_source(tmp_path: Path, folder: str) -
 
 def test_a_link_to_proc_as_source_is_refused(tmp_path: Path) -> None:
     os.symlink("/proc", tmp_path / "photos")
+    assert scan.pseudo_filesystem(tmp_path / "photos")
     with pytest.raises(StepFailed, match="pseudo-filesystem"):
         _run(fx.write_session(tmp_path / "project", tmp_path / "photos"))
 
