@@ -76,14 +76,20 @@ class ProgressPrinter:
 
     def _write(self, line: str) -> None:
         self._last_line = line
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:  # a terminal that hung up (SIGHUP) must not keep replay from stopping what it started
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
 
     def line(self, text: str) -> None:
         with self._lock:
             if self._live:
-                self.out.write("\r\x1b[2K")
                 self._live = False
+                try:
+                    self.out.write("\r\x1b[2K")
+                except (OSError, ValueError):
+                    pass
             self._write(text)
 
     def _draw(self, line: str, *, final: bool) -> None:
@@ -98,11 +104,12 @@ class ProgressPrinter:
             bar = ""
         room = width - len(bar)
         text = line if len(line) <= room else line[: max(0, room - 1)] + "…"
-        self.out.write("\r\x1b[2K" + bar + text)
         self._live = not final
-        if final:
-            self.out.write("\n")
-        self.out.flush()
+        try:
+            self.out.write("\r\x1b[2K" + bar + text + ("\n" if final else ""))
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _news(event: Progress) -> str:
@@ -216,7 +223,7 @@ def replay(
         for name in steps:
             if ctx.cancel.is_set():  # Ctrl-C between two steps: the next one does not start
                 printer.line(f"interrupted before {name}")
-                code = EXIT_INTERRUPTED
+                code = ctrl_c.exit_code
                 break
             printer.line(f"== {STEP_TITLES[name]} ({name}) ==")
             started = time.monotonic()
@@ -226,7 +233,7 @@ def replay(
             except Cancelled:
                 printer.line(f"{name}: interrupted")
                 report.results.append((name, None, time.monotonic() - started))
-                code = EXIT_INTERRUPTED
+                code = ctrl_c.exit_code
                 break
             except StepFailed as exc:
                 result = StepResult(ok=False, summary=str(exc))
@@ -239,6 +246,9 @@ def replay(
                 err.write(f"lorawizard: step {name} failed: {one_line(result.summary)}\n")
                 code = EXIT_STEP_FAILED
                 break
+        if code == EXIT_OK and ctx.cancel.is_set():  # the signal came as the last step ended: nothing left to stop
+            printer.line(f"{ctrl_c.what} after the last step: it had ended; nothing left to stop")
+            code = ctrl_c.exit_code
         _write_decisions(session, ctx.decisions)
     printer.line(_summary(report, steps))
     return code
@@ -247,6 +257,8 @@ def replay(
 class CtrlC:
     """Ctrl-C during replay, without KeyboardInterrupt: the first press sets `ctx.cancel` (the step stops what it
     started and tidies up), each further one sets `ctx.hurry` (a run being stopped gets the next signal now).
+    SIGTERM and SIGHUP (`timeout`, a closed terminal or SSH session) count as presses too: a foreground replay stops
+    what it started before it exits (128 + the first signal's number); with --detach a started run is left, and said so.
 
     The main thread waits for the step's thread on an Event, never on `Thread.join`: on Python 3.11 a join cut short
     by KeyboardInterrupt makes the next `join(timeout)` return at once while the thread still runs, and the process
@@ -256,29 +268,45 @@ class CtrlC:
 
     GIVE_UP_AFTER = 4  # presses: the 4th leaves a step that does not stop (a run has had SIGINT, SIGTERM, SIGKILL)
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
     def __init__(self, ctx: StepContext) -> None:
         self.ctx = ctx
         self.presses = 0
-        self._previous: Any = None
-        self._installed = False
+        self.first_signal = signal.SIGINT  # what the first press was (a Ctrl-C unless a handler saw otherwise)
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> CtrlC:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in self.SIGNALS:  # an ignored one (nohup's SIGHUP) stays ignored; someone else's handler stays
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
     def _handler(self, signum: int, frame: Any) -> None:  # only sets flags: the main thread may hold the printer's lock
+        if self.presses == 0:
+            self.first_signal = signal.Signals(signum)
         self.press()
 
     def press(self) -> None:
         self.presses += 1
         (self.ctx.cancel if self.presses == 1 else self.ctx.hurry).set()
+
+    @property
+    def what(self) -> str:
+        return "Ctrl-C" if self.first_signal == signal.SIGINT else signal.Signals(self.first_signal).name
+
+    @property
+    def exit_code(self) -> int:
+        """130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP (as a shell reports a job ended by that signal)."""
+        return 128 + int(self.first_signal)
 
 
 def _run_interruptible(name: str, ctx: StepContext, ctrl_c: CtrlC, printer: ProgressPrinter) -> StepResult:
@@ -306,7 +334,7 @@ def _run_interruptible(name: str, ctx: StepContext, ctrl_c: CtrlC, printer: Prog
         if ctrl_c.presses != seen:
             seen = ctrl_c.presses
             if seen == 1:
-                printer.line(f"{name}: Ctrl-C: stopping (Ctrl-C again to hurry)…")
+                printer.line(f"{name}: {ctrl_c.what}: stopping what it started (Ctrl-C again to hurry)…")
             elif seen < CtrlC.GIVE_UP_AFTER:
                 printer.line(f"{name}: Ctrl-C again: hurrying")
             else:

@@ -1,43 +1,76 @@
 """Run control from the shell: `lorawizard DIR --status | --follow | --stop` (for SSH, scripts, cron). No Textual.
 
 Exit codes: 0 the newest run finished ok, 1 it failed (or was stopped / lost), 3 it is running, 4 no run.
-`--stop` exits 0 once the run has stopped, 4 when none was running. An invalid session.toml: one line, exit 2.
+`--stop` exits 0 once the run has stopped (every process of its group gone), 4 when none was running, 1 when some
+survived SIGKILL, 130 when Ctrl-C gave up waiting after SIGKILL. An invalid session.toml (also one that is a folder, a
+device or a link loop): one line, exit 2. A live run is found by its process group, also after kill -9 of its
+supervisor or with its run folder deleted.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import stat
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_SESSION, EXIT_RUNNING, EXIT_NO_RUN = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 _CODES = {"finished": EXIT_FINISHED, "running": EXIT_RUNNING}
 
 
-def _runs_dir(project: Path) -> Path | None:
+def _bad_session(line: str) -> NoReturn:
+    """As replay and the wizard: one line, exit 2, not 1 ("the run failed") as a bare SystemExit would say."""
+    from lorawizard.core.common.text import one_line
+
+    print(f"lorawizard: {one_line(line)}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_SESSION)
+
+
+def session_file_problem(path: Path) -> str | None:
+    """Why `path` (a session.toml that is there in some form) is not a file to read; None when it is one or is
+    missing altogether (no session.toml: no run)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path}: a link to nothing ({os.readlink(path)})" if path.is_symlink() else None
+    except OSError as exc:  # a link loop, a name too long, no permission
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, not a session file"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a device, pipe or socket): not a session file"
+    return None
+
+
+def _session(project: Path):  # -> Session | None
     from lorawizard.core.session.document import SESSION_FILE, Session, SessionError
 
     path = Path(project).expanduser() / SESSION_FILE
+    problem = session_file_problem(path)
+    if problem:
+        _bad_session(problem)
     if not path.is_file():
         return None
     try:
-        return Session.load(path, read_only=True).paths.runs
-    except SessionError as exc:  # as replay and the wizard: exit 2, not 1 ("the run failed") as a bare SystemExit
-        from lorawizard.core.common.text import one_line
-
-        print(f"lorawizard: {one_line(str(exc))}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_SESSION) from None
+        return Session.load(path, read_only=True)
+    except SessionError as exc:
+        _bad_session(str(exc))
 
 
 def _newest(project: Path):  # -> RunRecord | None
     from lorawizard.core.launch import runs
 
-    runs_dir = _runs_dir(project)
-    if runs_dir is None:
+    session = _session(project)
+    if session is None:
         return None
-    records = runs.list_runs(runs_dir)
-    live = next((r for r in reversed(records) if r.status() == "running"), None)
-    return live or (records[-1] if records else None)
+    live = runs.live_run(session.paths.runs, project_dir=session.project_dir)  # the group is the truth
+    if live is not None:
+        return live
+    records = runs.list_runs(session.paths.runs)
+    return records[-1] if records else None
 
 
 def _session_facts(project: Path) -> tuple[str, int | None]:
@@ -81,7 +114,7 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     from lorawizard.core.train.step import RunFollower, status_line
 
     status = record.status()
-    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
+    follower = RunFollower(record)
     follower.finish()
     line = f"{status} · {status_line(follower.state, ended=status != 'running')} · run {record.run_id}"
     if status == "running":
@@ -89,6 +122,8 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
         line += f" · a stop now loses {statesave.steps_text(statesave.steps_lost(follower.state.step, newest))}"
     elif status in ("stopped", "lost", "failed"):
         line += " · " + resume_hint(record, session_arg, max_epochs)
+    if record.extra.get("orphan"):  # its run.json (or the whole run folder) was deleted under the live trainer
+        line += f" · its run.json is gone: found by its processes (group {record.group})"
     info = record.exit_info() or {}
     hook = info.get("on_finish")
     if hook and not hook.get("ok"):
@@ -121,7 +156,7 @@ def follow(project: Path, out: TextIO | None = None) -> int:
     from lorawizard.core.contract import Cancelled, StepContext
     from lorawizard.core.session.document import SESSION_FILE, Session
     from lorawizard.core.train.step import follow as follow_run
-    from lorawizard.headless import EXIT_INTERRUPTED, ProgressPrinter
+    from lorawizard.headless import ProgressPrinter
 
     out = out or sys.stdout
     record = _newest(project)
@@ -143,7 +178,12 @@ def follow(project: Path, out: TextIO | None = None) -> int:
 
 
 def stop(project: Path, out: TextIO | None = None) -> int:
-    """SIGINT → SIGTERM → SIGKILL (as the wizard's s), waiting for the run to end."""
+    """SIGINT → SIGTERM → SIGKILL (as the wizard's s), waiting until every process of the run's group is gone.
+
+    Ctrl-C while it waits never ends the wait with a traceback or leaves a run half stopped: each press sends the next
+    signal now (one line says which); a press after SIGKILL stops waiting (exit 130, saying what is still there)."""
+    import threading
+
     from lorawizard.core.launch import runs
     from lorawizard.core.train import statesave
     from lorawizard.core.train.step import RunFollower
@@ -153,24 +193,60 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     if record is None or record.status() != "running":
         out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
         return EXIT_NO_RUN
-    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
+    follower = RunFollower(record)
     follower.finish()
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)
     lost = statesave.steps_lost(step, newest)
     out.write(f"stopping run {record.run_id} at step {step}: loses {statesave.steps_text(lost)} since the newest "
-              f"saved state (SIGINT now, SIGTERM after {runs.STOP_INT_S:g} s, SIGKILL {runs.STOP_TERM_S:g} s later)…\n")
+              f"saved state (SIGINT now, SIGTERM after {runs.STOP_INT_S:g} s, SIGKILL {runs.STOP_TERM_S:g} s later); "
+              "Ctrl-C sends the next signal now…\n")
     out.flush()
+    hurry, stage_now, asked = threading.Event(), ["SIGINT"], [False]
 
     def stage(name: str) -> None:
+        stage_now[0], hurried, asked[0] = name, asked[0], False
         if name != "SIGINT":  # the line above said SIGINT
-            out.write(f"  still running: sending {name}\n")
+            out.write(f"  {'Ctrl-C' if hurried else 'still running'}: sending {name}\n")
             out.flush()
 
-    try:
-        how = runs.stop(record, on_stage=stage)
-    except runs.RunError as exc:
-        out.write(f"lorawizard: {exc}\n")
-        return EXIT_FAILED
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if stage_now[0] == "SIGKILL":
+            raise KeyboardInterrupt  # after SIGKILL there is nothing harsher: stop waiting
+        asked[0] = True
+        hurry.set()
+
+    with _sigint(on_ctrl_c):
+        try:
+            how = runs.stop(record, on_stage=stage, hurry=hurry)
+        except runs.RunError as exc:
+            out.write(f"lorawizard: {exc}\n")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            left = record.trainer_pids()
+            out.write(f"lorawizard: stopped waiting: run {record.run_id} got SIGKILL"
+                      + (f"; still there: pid {', '.join(map(str, left[:5]))}" if left else "") + "\n")
+            return EXIT_INTERRUPTED
     out.write(f"run {record.run_id} stopped ({how}); {resume_hint(record, *_session_facts(project))}\n")
     return EXIT_FINISHED
+
+
+class _sigint:  # noqa: N801 - used as a function
+    """SIGINT handled by `handler` inside the block (main thread, default handler only), the previous one after."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler: Any = handler
+        self.previous: Any = None
+        self.installed = False
+
+    def __enter__(self) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self.handler)
+            self.installed = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.installed = False

@@ -8,6 +8,7 @@ Reading (dashboards following a live run, listing runs) never needs it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -35,7 +36,8 @@ def lock_path(project_dir: Path) -> Path:
 def claim(project_dir: Path, what: str) -> None:
     """Take the project lock for the life of this process (no-op when this process has it already).
 
-    `what` says who holds it ("replay", "wizard"). Raises ProjectBusy at once instead of waiting."""
+    `what` says who holds it ("replay", "wizard"). Raises ProjectBusy at once instead of waiting, OSError when the
+    lock file cannot be written (a read-only project folder, a full disk): `lock_problem` says that in one line."""
     key = Path(project_dir).resolve()
     with _guard:
         if key in _held:
@@ -52,9 +54,22 @@ def claim(project_dir: Path, what: str) -> None:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        except OSError:  # a full disk: the lock is not taken (the caller says so in one line)
+            os.close(fd)
+            raise
         _held[key] = fd
+
+
+def lock_problem(project_dir: Path, exc: OSError) -> str:
+    """One line for a lock that could not be taken because of the folder or the disk."""
+    from lorawizard.core.common.fsutil import display_path
+
+    hint = {errno.EROFS: "; choose a writable project folder", errno.ENOSPC: "; free some space and run it again",
+            errno.EDQUOT: "; free some space and run it again"}.get(exc.errno or 0, "")
+    return f"cannot take the project lock {display_path(lock_path(project_dir))}: {exc.strerror or exc}{hint}"
 
 
 def holds(project_dir: Path) -> bool:

@@ -10,6 +10,12 @@ The session leader is `lorawizard.core.launch.supervisor` (our own small Python 
 id equals its pid, and `os.killpg` reaches accelerate and the trainer (accelerate does not forward signals).
 A run is "live" only when a process with the recorded pid *and* create-time exists: a reused pid is never taken
 for it.
+
+The process group is the truth about a run (issue 23): the trainer stays in the supervisor's group when the supervisor
+is killed with kill -9, and it re-creates a run folder that was deleted under it. So run.json records the group
+(`pgid`), every process of a run carries `LORAWIZARD_RUN_ID` (and, below the supervisor, `LORAWIZARD_PROJECT` and
+`LORAWIZARD_RUN_GROUP`) in its environment, and a run is live while any of its processes lives: `--status`, `--stop`,
+the wizard and every launch look at the group, and `project_processes` finds a run whose records are gone.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class RunRecord:
     cwd: str
     pid: int = 0
     create_time: float = 0.0
+    pgid: int = 0  # the run's process group (the supervisor's pid; 0 in records written before it was kept: pid)
     started: str = ""  # ISO time
     started_ts: float = 0.0
     session_text: str = ""
@@ -112,15 +119,30 @@ class RunRecord:
             return None
         return info if isinstance(info, dict) else None
 
+    @property
+    def group(self) -> int:
+        return self.pgid or self.pid
+
+    def trainer_pids(self) -> list[int]:
+        """This run's living processes in its group, less a supervisor that has written exit.json (it then only runs
+        on_finish, in a session of its own): the launcher and the trainer even after kill -9 of the supervisor."""
+        pids = group_processes(self.group, self.run_id)
+        if pids and (self.dir / EXIT_FILE).exists():
+            pids = [pid for pid in pids if pid not in (self.pid, self.group)]
+        return pids
+
     def is_alive(self) -> bool:
-        """The trainer is running: the leader lives and has not yet written exit.json (then it may run on_finish)."""
-        return process_matches(self.pid, self.create_time) and not (self.dir / EXIT_FILE).exists()
+        """The trainer is running: the leader lives and has not yet written exit.json (then it may run on_finish), or
+        any other process of the run's group lives (a supervisor killed with kill -9 leaves the trainer running)."""
+        if process_matches(self.pid, self.create_time) and not (self.dir / EXIT_FILE).exists():
+            return True
+        return bool(self.trainer_pids())
 
     def status(self) -> RunStatus:
         """running | finished | failed | stopped | lost (ended without telling how: killed with its supervisor)."""
         _reap(self.pid)
         info = self.exit_info()  # written when the trainer ends, before on_finish runs (the leader may live on)
-        if info is None and self.is_alive():
+        if self.is_alive():  # the group is the truth: a trainer outliving its supervisor or its exit.json runs
             return "running"
         # decided from files, never from the log (a hook's output may follow `model saved.`): the supervisor's exit
         # record says it when the trainer ended, else the exit status and the final LoRA (final_lora_ok)
@@ -149,16 +171,24 @@ class RunRecord:
         return code if _is_int(code) else None
 
     def process_tree(self) -> list[Any]:
-        """psutil.Process objects of the run (leader first); [] when it is not running."""
+        """psutil.Process objects of the run (leader first): its group's processes and the leader's descendants (also
+        one that left the group); [] when it is not running."""
         import psutil
 
+        found: dict[int, Any] = {}
         try:
             leader = psutil.Process(self.pid)
-            if abs(leader.create_time() - self.create_time) > CREATE_TIME_TOLERANCE:
-                return []
-            return [leader, *leader.children(recursive=True)]
+            if abs(leader.create_time() - self.create_time) <= CREATE_TIME_TOLERANCE:
+                found = {p.pid: p for p in (leader, *leader.children(recursive=True))}
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return []
+            pass
+        for pid in group_processes(self.group, self.run_id):
+            if pid not in found:
+                try:
+                    found[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+        return sorted(found.values(), key=lambda p: p.pid != self.pid)
 
 
 def _is_int(value: Any) -> bool:
@@ -178,6 +208,7 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cwd": (lambda v: isinstance(v, str), "a string"),
     "pid": (lambda v: _is_int(v) and 0 <= v < 1 << 31, "a process id"),
     "create_time": (_is_number, "a number"),
+    "pgid": (lambda v: _is_int(v) and 0 <= v < 1 << 31, "a process group id"),
     "started": (lambda v: isinstance(v, str), "a string"),
     "started_ts": (_is_number, "a number"),
     "session_text": (lambda v: isinstance(v, str), "a string"),
@@ -209,6 +240,92 @@ def process_matches(pid: int, create_time: float) -> bool:
         return bool(process.status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+RUN_ID_ENV, PROJECT_ENV = "LORAWIZARD_RUN_ID", "LORAWIZARD_PROJECT"
+GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # supervisor.GROUP_ENV: set by the supervisor for its child
+_PROC = Path("/proc")
+
+
+def _environ(pid: int, marker: bytes) -> dict[str, str] | None:
+    """The environment process `pid` started with, when it contains `marker` (else None: not ours, gone, a zombie)."""
+    if _PROC.is_dir():
+        try:
+            data = (_PROC / str(pid) / "environ").read_bytes()
+        except OSError:
+            return None
+        if marker not in data:
+            return None
+        pairs = (item.partition(b"=") for item in data.split(b"\0"))
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, sep, v in pairs if sep}
+    import psutil
+
+    try:
+        env: dict[str, str] = psutil.Process(pid).environ()
+    except psutil.Error:
+        return None
+    return env if any(marker.decode() in f"{k}={v}" for k, v in env.items()) else None
+
+
+def _pids() -> list[int]:
+    import psutil
+
+    return [pid for pid in psutil.pids() if pid != os.getpid()]
+
+
+def group_processes(pgid: int, run_id: str) -> list[int]:
+    """Pids of the living processes of run `run_id` in process group `pgid` (each one's environment names the run,
+    so a group id reused after the run has gone is never taken for it)."""
+    if pgid <= 0:
+        return []
+    try:
+        os.killpg(pgid, 0)  # one call says whether the group has any process at all
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    found = []
+    for pid in _pids():
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+        except OSError:
+            continue
+        env = _environ(pid, f"{RUN_ID_ENV}=".encode())
+        if env is not None and env.get(RUN_ID_ENV) == run_id:
+            found.append(pid)
+    return found
+
+
+def project_processes(project_dir: Path | str) -> dict[str, tuple[int, list[int]]]:
+    """The living trainer processes (launcher, trainer, ranks) of every run of this project, found by their
+    environment, whatever happened to run.json or the run folder: run id -> (process group, pids)."""
+    key = str(Path(project_dir).resolve())
+    found: dict[str, tuple[int, list[int]]] = {}
+    for pid in _pids():
+        env = _environ(pid, f"{GROUP_ENV}=".encode())
+        if env is None or env.get(PROJECT_ENV) != key:
+            continue
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        if env.get(GROUP_ENV) != str(pgid):  # a child that left the run's group is not taken for a run
+            continue
+        run_id = env.get(RUN_ID_ENV, "")
+        found.setdefault(run_id, (pgid, []))[1].append(pid)
+    return found
+
+
+def orphan_runs(project_dir: Path | str, runs_dir: Path) -> list[RunRecord]:
+    """Runs of this project whose processes live but whose run.json is gone or unreadable (the run folder deleted
+    under a live trainer, which re-creates it): records made from the processes, never saved."""
+    records = []
+    for run_id, (pgid, _pids_of_run) in sorted(project_processes(project_dir).items()):
+        safe = run_id if run_id and "/" not in run_id and run_id not in (".", "..") else f"group-{pgid}"
+        records.append(RunRecord(run_id=safe, dir=Path(runs_dir) / safe, argv=[], env={}, cwd="", pid=pgid, pgid=pgid,
+                                 extra={"orphan": True}))
+    return records
 
 
 def _reap(pid: int) -> None:
@@ -268,11 +385,23 @@ def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunReco
     return records
 
 
-def live_run(runs_dir: Path, problems: list[str] | None = None) -> RunRecord | None:
-    """The newest run whose process (pid + create-time) is still running, if any."""
-    for record in reversed(list_runs(runs_dir, problems)):
+def live_run(runs_dir: Path, problems: list[str] | None = None, *,
+             project_dir: Path | str | None = None) -> RunRecord | None:
+    """The newest run any of whose processes is still running, if any; with `project_dir`, also a run whose run.json
+    is gone (found by its processes: `orphan_runs`)."""
+    records = list_runs(runs_dir, problems)
+    for record in reversed(records):
         if record.status() == "running":
             return record
+    if project_dir is None:
+        return None
+    by_id = {r.run_id: r for r in records}
+    for orphan in reversed(orphan_runs(project_dir, runs_dir)):
+        known = by_id.get(orphan.run_id)
+        if known is None:
+            return orphan
+        known.pgid = orphan.pgid  # its processes are in that group (a record edited by hand said otherwise)
+        return known
     return None
 
 
@@ -293,8 +422,12 @@ def launch(
     gpu_uuid: str | None = None,
     base_env: Mapping[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    project: Path | str | None = None,
 ) -> RunRecord:
-    """Start `argv` detached (own session, stdin closed, stdout+stderr → train.log) and write run.json."""
+    """Start `argv` detached (own session, stdin closed, stdout+stderr → train.log) and write run.json.
+
+    With `project`, refuses (RunError) while any trainer process of an earlier run of that project lives, and marks
+    this run's processes as the project's (`project_processes`). A folder that cannot be written is one line."""
     import psutil
 
     from lorawizard.core.session.document import FORBIDDEN_CHARS, name_problem
@@ -303,11 +436,14 @@ def launch(
         raise RunError(f"name: {output_name!r} is not a safe file name: {name_problem(output_name)}")
     if any(FORBIDDEN_CHARS.search(str(word)) for word in [*argv, *(env or {}).values()]):
         raise RunError("the command contains NUL, CR or a line break: refused")
+    if project is not None:
+        _refuse_while_running(project)
     run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
     ours = dict(env or {})
     ours["PYTHONUNBUFFERED"] = "1"
-    ours["LORAWIZARD_RUN_ID"] = run_dir.name
+    ours[RUN_ID_ENV] = run_dir.name
+    if project is not None:
+        ours[PROJECT_ENV] = str(Path(project).resolve())
     full_env = dict(os.environ if base_env is None else base_env)
     full_env.update(ours)
     full_env.pop("COLUMNS", None)  # rich wraps at 80 in a pipe; the parser expects that (or any width)
@@ -319,10 +455,15 @@ def launch(
         session_text=session_text, output_name=output_name, base_step=base_step, base_epoch=base_epoch,
         resumed_from=str(resumed_from) if resumed_from else None, gpu_uuid=gpu_uuid, extra=dict(extra or {}),
     )
-    (run_dir / EXIT_FILE).unlink(missing_ok=True)
     # by path, not `-m`: it is stdlib-only, so it runs even where lorawizard is not importable from `cwd`
     supervisor = [sys.executable, str(Path(__file__).with_name("supervisor.py")), str(run_dir), "--", *record.argv]
-    with open(run_dir / LOG_FILE, "ab") as log:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / EXIT_FILE).unlink(missing_ok=True)
+        log = open(run_dir / LOG_FILE, "ab")  # noqa: SIM115 - closed below, once the child has its own copy
+    except OSError as exc:
+        raise RunError(_write_problem(exc, run_dir)) from None
+    with log:
         try:
             process = subprocess.Popen(
                 supervisor, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
@@ -331,15 +472,41 @@ def launch(
         except OSError as exc:
             raise RunError(f"cannot start the trainer: {exc.strerror or exc}") from None
     _children[process.pid] = process
-    record.pid = process.pid
+    record.pid = record.pgid = process.pid  # start_new_session: the supervisor leads the run's process group
     try:
         record.create_time = psutil.Process(process.pid).create_time()
     except psutil.Error:
         record.create_time = time.time()
     now = datetime.now(UTC)
     record.started, record.started_ts = now.isoformat(timespec="seconds"), now.timestamp()
-    record.save()
+    try:
+        record.save()
+    except OSError as exc:  # no record, no run: one nobody could find, follow or stop must not go on
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        process.wait()
+        raise RunError(_write_problem(exc, run_dir)) from None
     return record
+
+
+def _write_problem(exc: OSError, folder: Path) -> str:
+    from lorawizard.core.common.fsutil import display_path
+
+    return f"cannot write in {display_path(folder)}: {exc.strerror or exc}"
+
+
+def _refuse_while_running(project: Path | str) -> None:
+    """Never a second trainer: not while any process of an earlier run of this project lives."""
+    found = project_processes(project)
+    if found:
+        run_id, (pgid, pids) = sorted(found.items())[-1]
+        from lorawizard.core.common.fsutil import shell_path
+
+        raise RunError(f"run {run_id} of this project is still running (process group {pgid}, pids "
+                       f"{', '.join(map(str, sorted(pids)[:5]))}): stop it first: lorawizard "
+                       f"{shell_path(Path(project))} --stop")
 
 
 # ------------------------------------------------------------------ stop
@@ -356,8 +523,9 @@ def stop(
 ) -> str:
     """SIGINT to the run's process group, then SIGTERM, then SIGKILL, each after its time limit.
 
-    `hurry` (a further Ctrl-C in replay): when it is set, the current stage's wait ends at once and the next signal
-    goes out (the event is cleared, so each press moves one stage on).
+    `hurry` (a further Ctrl-C): when it is set, the current stage's wait ends at once and the next signal goes out
+    (the event is cleared, so each press moves one stage on). The stop ends only when every process of the run is gone
+    (its group, and a descendant that left it); RunError when some are still there after SIGKILL.
     Returns the signal that ended it ("SIGINT", "SIGTERM", "SIGKILL"), or "not running".
     """
     import psutil
@@ -366,13 +534,12 @@ def stop(
     if not procs:
         return "not running"
     record.stop_requested = time.time()
-    record.save()
-    pgid = record.pid  # start_new_session: pgid == sid == pid of the leader
+    _save_quietly(record)
     for signum, timeout in ((signal.SIGINT, int_timeout), (signal.SIGTERM, term_timeout), (signal.SIGKILL, kill_timeout)):
         name = signal.Signals(signum).name
         on_stage(name)
         try:
-            os.killpg(pgid, signum)
+            os.killpg(record.group, signum)  # the group outlives its leader: kill -9 of the supervisor changes nothing
         except ProcessLookupError:
             pass
         except PermissionError as exc:
@@ -388,18 +555,49 @@ def stop(
             if hurry is not None and hurry.is_set() and signum != signal.SIGKILL:
                 hurry.clear()
                 break
-            _reap(record.pid)
-            _, alive = psutil.wait_procs(procs, timeout=0.1)
-            # once the trainer has ended, a leader that lives on runs on_finish (in its own session): not ours to kill
-            ended = bool(record.extra.get("on_finish")) and record.exit_info() is not None
-            alive = [p for p in alive if _still_running(p) and not (ended and p.pid == record.pid)]
-            if not alive:
+            procs = _still_there(record, procs)
+            if not procs:
                 _reap(record.pid)
-                if record.exit_info() is None:
-                    atomic_write_json(record.dir / EXIT_FILE, {"returncode": None, "ended": time.time(), "stopped_by": name})
+                if record.exit_info() is None and not record.extra.get("orphan") and record.dir.is_dir():
+                    try:
+                        atomic_write_json(record.dir / EXIT_FILE,
+                                          {"returncode": None, "ended": time.time(), "stopped_by": name})
+                    except OSError:
+                        pass
                 return name
-            procs = alive
-    return "SIGKILL"
+    pids = ", ".join(str(p.pid) for p in procs[:5])
+    raise RunError(f"run {record.run_id}: {len(procs)} process(es) still there after SIGKILL (pid {pids}): "
+                   "not stopped yet; --status says when they are gone")
+
+
+def _still_there(record: RunRecord, procs: list[Any]) -> list[Any]:
+    """The run's processes still running after a 0.1 s wait, with any that joined its group since (a launcher
+    starting the trainer); a leader that outlives the trainer only to run on_finish (own session) is not counted."""
+    import psutil
+
+    _reap(record.pid)
+    _, alive = psutil.wait_procs(procs, timeout=0.1)
+    ended = bool(record.extra.get("on_finish")) and record.exit_info() is not None
+    alive = [p for p in alive if _still_running(p) and not (ended and p.pid == record.pid)]
+    known = {p.pid for p in alive}
+    for pid in record.trainer_pids():
+        if pid not in known and not (ended and pid == record.pid):
+            try:
+                alive.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+    return alive
+
+
+def _save_quietly(record: RunRecord) -> None:
+    """run.json with the stop noted, where there is one to update (never for a run found by its processes alone, and
+    never re-creating a deleted run folder)."""
+    if record.extra.get("orphan") or not record.dir.is_dir():
+        return
+    try:
+        record.save()
+    except OSError:
+        pass
 
 
 def _still_running(proc: Any) -> bool:

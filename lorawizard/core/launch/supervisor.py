@@ -28,6 +28,7 @@ from typing import Any
 
 EXIT_FILE = "exit.json"
 RUN_FILE = "run.json"
+GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # runs.GROUP_ENV
 ON_FINISH_TIMEOUT_S = 60.0
 ON_FINISH_LOG = "on_finish.log"
 ON_FINISH_LOG_BYTES = 1 << 20  # the hook's output kept (the rest is counted, not kept)
@@ -54,7 +55,9 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, lambda number, frame: received.append(number))
     started = time.time()
     try:
-        child = subprocess.Popen(command)
+        # the trainer's processes carry the run's group (the hook, started with this process's own environment, does
+        # not): runs.project_processes finds them even when run.json and the run folder are gone
+        child = subprocess.Popen(command, env={**os.environ, GROUP_ENV: str(os.getpgrp())})
     except OSError as exc:
         sys.stderr.write(f"lorawizard: cannot start the trainer: {exc}\n")
         _write(run_dir / EXIT_FILE, {"returncode": 127, "started": started, "ended": time.time(), "error": str(exc)})

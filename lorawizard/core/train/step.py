@@ -2,16 +2,15 @@
 
 `run_step(ctx)` options: `detach` (start and return), `resume` (continue from the newest state folder),
 `attach` (only follow a live run, never start one). Headless, the step reports a progress line every few seconds
-and at each epoch; Ctrl-C (`ctx.cancel`) stops the run as the wizard's s does (SIGINT, SIGTERM, SIGKILL to its
-process group, each after its time limit; `ctx.hurry` skips to the next) and waits until it is gone; with `detach`
-a run that was started is left running. The wizard's Train screen uses
+and at each epoch; Ctrl-C (`ctx.cancel`) stops the run it started as the wizard's s does (SIGINT, SIGTERM, SIGKILL to
+its process group, each after its time limit; `ctx.hurry` skips to the next) and waits until it is gone; with `detach`
+a run that was started is left running. A run it did not start is never doubled: it is followed (and said to be), and
+Ctrl-C only stops the following; `resume` refuses while it runs. The wizard's Train screen uses
 `RunFollower` and `start_run` directly.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from lorawizard.core.common.fsutil import atomic_write_json, shell_path
+from lorawizard.core.common.fsutil import shell_path
 from lorawizard.core.common.progress import LogCallback, Progress, ProgressCallback, format_duration, format_rate
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
@@ -31,26 +30,12 @@ from lorawizard.core.train.logparse import Epoch, LogParser, TrainState
 
 DRY_RUN_DIR = "dry-run"  # under <project>/.lorawizard/: the config files a dry run writes
 FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
-# a follower that opens a log already this long reads its head (the totals) and its tail, never the middle:
-# `--status` and `--follow` cost the same on a 1 GB log as on a 1 MB one
-CATCH_UP_HEAD, CATCH_UP_TAIL = 512 << 10, 512 << 10
-INDEX_FILE = "log-index.json"  # in the run folder: how far the log was read, and what was known there
-_INDEX_FIELDS: dict[str, type] = {  # what an index keeps of a TrainState, by type
-    "step": int, "total_steps": int, "epoch": int, "epochs": int, "steps_per_epoch": int, "rate": float,
-    "elapsed_s": float, "loss": float, "phase": str, "samples": int, "model_saved": bool, "nan_since": int,
-    "line_count": int}
 
 
 class RunFollower:
-    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off).
+    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off)."""
 
-    Opening a log that is already long (`catch_up`), it reads at most CATCH_UP_HEAD bytes from the start (the totals)
-    and the last CATCH_UP_TAIL bytes. With `use_index` (`--status`, `--follow`) it starts from the run's index
-    (`log-index.json`, written by `finish`: the offset read to and the state there) when that still fits the file,
-    and reads only what came after it (at most its last CATCH_UP_TAIL bytes). `bytes_read` counts what it read."""
-
-    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic,
-                 catch_up: bool = True, use_index: bool = False) -> None:
+    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
         self.record = record
         self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
                                 processes=_processes(record.extra.get("processes")))
@@ -62,71 +47,21 @@ class RunFollower:
         self._flushed = True
         self._handle: Any = None
         self.epochs_seen: list[Epoch] = []
-        self.catch_up, self.use_index = catch_up, use_index
-        self.bytes_read = 0
-        self.skipped = 0  # bytes of the log's middle never read (a long log opened late)
-        self._skip_at: int | None = None  # at this offset, jump to _resume_at
-        self._resume_at = 0
-        self._opened = False
-        self._last_break = 0  # offset just after the last line break read: where an index may resume
-
-    def _open(self) -> bool:
-        try:
-            self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
-        except OSError:
-            return False
-        if self._opened or not self.catch_up:
-            self._opened = True
-            self._handle.seek(self.offset)
-            return True
-        self._opened = True
-        stat = os.fstat(self._handle.fileno())
-        index = load_index(self.record, stat) if self.use_index else None
-        if index is not None:
-            self.offset = self._last_break = index[0]
-            restore_state(self.state, index[1])
-            self._handle.seek(self.offset)
-        unread = stat.st_size - self.offset
-        head = 0 if index is not None else CATCH_UP_HEAD
-        if unread > head + CATCH_UP_TAIL:
-            self._skip_at = self.offset + head
-            self._resume_at = stat.st_size - CATCH_UP_TAIL
-        return True
-
-    def _jump(self) -> None:
-        """Leave the head for the tail: close what the head left open, then read on after the tail's first break."""
-        self._apply(self.parser.finish())
-        self.parser = LogParser()
-        self._skip_at = None
-        self.skipped += self._resume_at - self.offset
-        self._handle.seek(self._resume_at)
-        self.offset = self._resume_at
-        data = self._handle.read(self.chunk)
-        self.bytes_read += len(data)
-        breaks = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
-        cut = min(breaks) + 1 if breaks else len(data)
-        self.offset += cut
-        self._last_break = self.offset
-        self._handle.seek(self.offset)
 
     def poll(self, max_bytes: int = 8 << 20) -> int:
         """Read what the log gained (at most `max_bytes`); returns the number of events applied."""
-        if self._handle is None and not self._open():
-            return 0
+        if self._handle is None:
+            try:
+                self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
+            except OSError:
+                return 0
         count = 0
         read = 0
         while read < max_bytes:
-            if self._skip_at is not None and self.offset >= self._skip_at:
-                self._jump()
-            want = self.chunk if self._skip_at is None else min(self.chunk, max(1, self._skip_at - self.offset))
-            data = self._handle.read(want)
+            data = self._handle.read(self.chunk)
             if not data:
                 break
             read += len(data)
-            self.bytes_read += len(data)
-            last = max(data.rfind(b"\n"), data.rfind(b"\r"))
-            if last >= 0:
-                self._last_break = self.offset + last + 1
             self.offset += len(data)
             events = self.parser.feed(data)
             self._apply(events)
@@ -146,22 +81,8 @@ class RunFollower:
         count = self.poll(max_bytes=1 << 40)
         events = self.parser.finish()
         self._apply(events)
-        self.save_index()
         self.close()
         return count + len(events)
-
-    def save_index(self) -> None:
-        """Note how far the log was read and what was known there (best effort: a read-only run folder is fine)."""
-        if self._handle is None or not self._last_break:
-            return
-        try:
-            stat = os.fstat(self._handle.fileno())
-            atomic_write_json(self.record.dir / INDEX_FILE, {
-                "version": 1, "offset": self._last_break, "dev": stat.st_dev, "ino": stat.st_ino,
-                "state": {name: getattr(self.state, name) for name in _INDEX_FIELDS}
-                | {"checkpoints": self.state.checkpoints[-20:]}})
-        except (OSError, ValueError, TypeError):
-            pass
 
     def _apply(self, events: list[Any]) -> None:
         if not events:
@@ -197,36 +118,6 @@ def _processes(value: Any) -> int:
     except ValueError:
         return 1
     return count if 1 <= count <= 4096 else 1
-
-
-def load_index(record: RunRecord, stat: os.stat_result) -> tuple[int, dict[str, Any]] | None:
-    """(offset, state) of the run's log index when it still describes this file (same file, not shorter), else None."""
-    try:
-        data = json.loads((record.dir / INDEX_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("state"), dict):
-        return None
-    offset = data.get("offset")
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 < offset <= stat.st_size:
-        return None
-    if data.get("dev") != stat.st_dev or data.get("ino") != stat.st_ino:
-        return None
-    return offset, data["state"]
-
-
-def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
-    """Put what an index knew back into `state` (values of the wrong type are left as they are)."""
-    for name, kind in _INDEX_FIELDS.items():
-        value = saved.get(name)
-        if kind in (bool, str) and isinstance(value, kind):
-            setattr(state, name, value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                kind is float or float(value).is_integer()):
-            setattr(state, name, kind(value))
-    checkpoints = saved.get("checkpoints")
-    if isinstance(checkpoints, list):
-        state.checkpoints = [str(c) for c in checkpoints[-20:]]
 
 
 @dataclass
@@ -314,15 +205,15 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
             overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
     cadence = statesave.cadence(session)
     overrides.update(cadence.overrides())
-    run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
-    try:
+    try:  # a read-only or full runs folder: one line (StepFailed), never a traceback
+        run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides.update(samples.sample_overrides(session, run_dir))
         prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None)
     except CommandError as exc:
         raise StepFailed(str(exc)) from None
     except OSError as exc:
-        raise StepFailed(f"cannot write the run's config files in {run_dir}: {exc.strerror or exc}") from None
+        raise StepFailed(f"cannot write the run's config files in {run_dir or runs_dir}: {exc.strerror or exc}") from None
     files = list(prepared.files)
     if overrides.get("sample_prompts"):
         files.append(Path(overrides["sample_prompts"]))
@@ -342,6 +233,8 @@ def claim_project(session: Session) -> None:
         projectlock.claim(session.project_dir, "replay" if session.read_only else "wizard")
     except projectlock.ProjectBusy as exc:
         raise StepFailed(busy_line(session, exc)) from None
+    except OSError as exc:  # a read-only project folder, a full disk: one line, exit 1 (never a traceback)
+        raise StepFailed(projectlock.lock_problem(session.project_dir, exc)) from None
 
 
 def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
@@ -349,12 +242,19 @@ def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
     keeps the lock while it is open) no run at all, which "a run is starting" wrongly said."""
     holder = f"pid {busy.pid}" if busy.pid else "another process"
     what = f" ({busy.what})" if busy.what else ""
-    live = runs.live_run(session.paths.runs)
+    live = live_run(session)
     if live is not None:
         return (f"run {live.run_id} is going in this project and {holder}{what} holds it; "
                 f"use `lorawizard {session.project_dir}` to watch it, or try again when that process has ended")
     return (f"{holder}{what} holds this project (it is starting a run, or started or stopped one and is still open; "
             "no run is going now): try again when that process has ended (a wizard: quit it with q)")
+
+
+def live_run(session: Session, problems: list[str] | None = None) -> RunRecord | None:
+    """The project's live run: the newest one any of whose processes lives (its group is the truth), also when its
+    run.json or run folder is gone (found by its processes). What every launch, `--status`, `--stop` and the wizard
+    look at."""
+    return runs.live_run(session.paths.runs, problems, project_dir=session.project_dir)
 
 
 def start_run(session: Session, plan: Plan) -> RunRecord:
@@ -369,7 +269,7 @@ def start_run(session: Session, plan: Plan) -> RunRecord:
             output_name=str(command.options.get("output_name", session.name)),
             base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
             gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.gpu.uuid,
-            extra={**_launch_extra(plan.launch), **extra},
+            extra={**_launch_extra(plan.launch), **extra}, project=session.project_dir,
         )
     except RunError as exc:
         raise StepFailed(str(exc)) from None
@@ -461,7 +361,7 @@ def run_step(ctx: StepContext) -> StepResult:
     if not ctx.dry_run:
         claim_project(session)  # before looking for a live run: nobody else can start one after we looked
     problems: list[str] = []
-    live = runs.live_run(runs_dir, problems)
+    live = live_run(session, problems)
     for problem in problems:
         ctx.log(f"train: {one_line(problem)}")
     if session.gpu.machines:
@@ -482,25 +382,23 @@ def run_step(ctx: StepContext) -> StepResult:
                           data={"argv": plan.command.argv, "files": [str(p) for p in plan.files]})
 
     if live is not None:
-        ctx.log(f"a run is already going ({live.run_id}, pid {live.pid}): following it instead of starting another")
-        record = live
-    elif _options(ctx).get("attach"):
+        return _follow_someone_elses(ctx, live, detach=detach, resume=resume)
+    if _options(ctx).get("attach"):
         raise StepFailed(f"no training run is going under {runs_dir}")
-    else:
-        from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
+    from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
 
-        stale = captions_not_written(session)
-        if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
-            ctx.log(f"train: warning: {stale_captions_line(stale)}")
-        plan = plan_run(session, resume=resume)
-        for line in launch_lines(plan.launch):
-            ctx.log(f"train: {line}")
-        ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
-        record = start_run(session, plan)
-        what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
-        ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
-        for note in plan.notes:
-            ctx.log(f"train: {note}")
+    stale = captions_not_written(session)
+    if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
+        ctx.log(f"train: warning: {stale_captions_line(stale)}")
+    plan = plan_run(session, resume=resume)
+    for line in launch_lines(plan.launch):
+        ctx.log(f"train: {line}")
+    ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
+    record = start_run(session, plan)
+    what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
+    ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
+    for note in plan.notes:
+        ctx.log(f"train: {note}")
 
     if detach:
         if ctx.cancel.is_set():  # Ctrl-C while it was being started: --detach means it is left running
@@ -514,6 +412,26 @@ def run_step(ctx: StepContext) -> StepResult:
     result = follow(ctx, record)
     if result.ok:
         result = _keep(ctx, result, record)
+    return result
+
+
+def _follow_someone_elses(ctx: StepContext, live: RunRecord, *, detach: bool, resume: bool) -> StepResult:
+    """A run this process did not start is going: start nothing (never a second trainer). `--resume` refuses (it
+    would resume nothing); otherwise follow it and say so: Ctrl-C then stops following, never that run."""
+    project = shell_path(ctx.session.project_dir)
+    where = f"run {live.run_id} (process group {live.group})"
+    if resume:
+        raise StepFailed(f"{where} is still going, so --resume would resume nothing: stop it first (lorawizard "
+                         f"{project} --stop), then resume; or follow it: lorawizard {project} --follow")
+    if detach:
+        ctx.log(f"train: {where} is already going (not started by this replay): nothing started")
+        return StepResult(True, f"{where} was already going; nothing started. Follow it: lorawizard {project} --follow",
+                          data={"run_id": live.run_id, "pid": live.pid, "log": str(live.log_path)})
+    ctx.log(f"train: {where} is already going (not started by this replay): following it; Ctrl-C stops following, "
+            f"the run goes on (stop it: lorawizard {project} --stop)")
+    result = follow(ctx, live, own=False)
+    if result.ok:
+        result = _keep(ctx, result, live)
     return result
 
 
@@ -556,8 +474,10 @@ def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
                       "its machine (main machine first)")
 
 
-def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> StepResult:
-    follower = RunFollower(record, use_index=True)  # only what the log gained since it was last read (--follow)
+def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25, own: bool = True) -> StepResult:
+    """Follow `record` to its end. On cancel a run this process started (`own`) is stopped; someone else's is left
+    running: only the following stops (Cancelled)."""
+    follower = RunFollower(record)
     state = follower.state
     reporter = FollowReporter(follower, ctx.progress, ctx.log)
     warned: set[str] = set()
@@ -575,6 +495,9 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25) -> Step
                 ctx.log(f"train: {tick.notice}")
                 continue
             if ctx.cancel.is_set():
+                if not own:
+                    ctx.log(f"train: stopped following run {record.run_id}; it goes on (it was not started here)")
+                    raise Cancelled()
                 _stop_on_cancel(ctx, record)
     finally:
         ticks.close()  # reads the rest of the log (also when cancelled)

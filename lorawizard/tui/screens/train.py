@@ -179,14 +179,17 @@ class TrainScreen(StepScreen):
 
     def _attach_existing(self) -> None:
         from lorawizard.core.launch import runs
+        from lorawizard.core.train.step import live_run
 
         problems: list[str] = []
-        records = runs.list_runs(wizard_app(self).session.paths.runs, problems)
+        session = wizard_app(self).session
+        records = runs.list_runs(session.paths.runs, problems)
         for problem in problems:  # a damaged run.json: said, then skipped
             self.notify(one_line(problem), severity="warning")
-        if not records:
+        # the process group is the truth: a trainer whose supervisor was killed, or whose run folder was deleted
+        live = live_run(session)
+        if live is None and not records:
             return
-        live = next((r for r in reversed(records) if r.status() == "running"), None)
         self.record = live or records[-1]
         if live is not None:
             self.notify(f"reattached to run {live.run_id} (pid {live.pid})")
@@ -250,8 +253,7 @@ class TrainScreen(StepScreen):
     def _start_run(self, resume: bool, asked: bool = False) -> None:
         from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
         from lorawizard.core.contract import StepFailed
-        from lorawizard.core.launch import runs
-        from lorawizard.core.train.step import claim_project, plan_run, start_run
+        from lorawizard.core.train.step import claim_project, live_run, plan_run, start_run
 
         session = wizard_app(self).session
         refused = wizard_app(self).store.sync()  # as decided, and as edited by hand on disk meanwhile
@@ -265,7 +267,7 @@ class TrainScreen(StepScreen):
                 return
         try:
             claim_project(session)  # refuses (one line) while a replay in another terminal drives the project
-            live = runs.live_run(session.paths.runs)
+            live = live_run(session)  # any process of an earlier run: never a second trainer
             if live is not None:
                 raise StepFailed(f"a run is already going ({live.run_id}, pid {live.pid}): stop it first (s)")
             plan = plan_run(session, resume=resume)
