@@ -114,7 +114,7 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
     from lorawizard.core.train.step import RunFollower, status_line
 
     status = record.status()
-    follower = RunFollower(record)
+    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
     follower.finish()
     line = f"{status} · {status_line(follower.state, ended=status != 'running')} · run {record.run_id}"
     if status == "running":
@@ -193,7 +193,7 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     if record is None or record.status() != "running":
         out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
         return EXIT_NO_RUN
-    follower = RunFollower(record)
+    follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
     follower.finish()
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)

@@ -11,6 +11,8 @@ Ctrl-C only stops the following; `resume` refuses while it runs. The wizard's Tr
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-from lorawizard.core.common.fsutil import shell_path
+from lorawizard.core.common.fsutil import atomic_write_json, shell_path
 from lorawizard.core.common.progress import LogCallback, Progress, ProgressCallback, format_duration, format_rate
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
@@ -30,12 +32,26 @@ from lorawizard.core.train.logparse import Epoch, LogParser, TrainState
 
 DRY_RUN_DIR = "dry-run"  # under <project>/.lorawizard/: the config files a dry run writes
 FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
+# a follower that opens a log already this long reads its head (the totals) and its tail, never the middle:
+# `--status` and `--follow` cost the same on a 1 GB log as on a 1 MB one
+CATCH_UP_HEAD, CATCH_UP_TAIL = 512 << 10, 512 << 10
+INDEX_FILE = "log-index.json"  # in the run folder: how far the log was read, and what was known there
+_INDEX_FIELDS: dict[str, type] = {  # what an index keeps of a TrainState, by type
+    "step": int, "total_steps": int, "epoch": int, "epochs": int, "steps_per_epoch": int, "rate": float,
+    "elapsed_s": float, "loss": float, "phase": str, "samples": int, "model_saved": bool, "nan_since": int,
+    "line_count": int}
 
 
 class RunFollower:
-    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off)."""
+    """Tails a run's train.log into a `TrainState` (bounded memory; reads in chunks from where it left off).
 
-    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+    Opening a log that is already long (`catch_up`), it reads at most CATCH_UP_HEAD bytes from the start (the totals)
+    and the last CATCH_UP_TAIL bytes. With `use_index` (`--status`, `--follow`) it starts from the run's index
+    (`log-index.json`, written by `finish`: the offset read to and the state there) when that still fits the file,
+    and reads only what came after it (at most its last CATCH_UP_TAIL bytes). `bytes_read` counts what it read."""
+
+    def __init__(self, record: RunRecord, *, chunk: int = 1 << 20, clock: Callable[[], float] = time.monotonic,
+                 catch_up: bool = True, use_index: bool = False) -> None:
         self.record = record
         self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
                                 processes=_processes(record.extra.get("processes")))
@@ -47,21 +63,71 @@ class RunFollower:
         self._flushed = True
         self._handle: Any = None
         self.epochs_seen: list[Epoch] = []
+        self.catch_up, self.use_index = catch_up, use_index
+        self.bytes_read = 0
+        self.skipped = 0  # bytes of the log's middle never read (a long log opened late)
+        self._skip_at: int | None = None  # at this offset, jump to _resume_at
+        self._resume_at = 0
+        self._opened = False
+        self._last_break = 0  # offset just after the last line break read: where an index may resume
+
+    def _open(self) -> bool:
+        try:
+            self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
+        except OSError:
+            return False
+        if self._opened or not self.catch_up:
+            self._opened = True
+            self._handle.seek(self.offset)
+            return True
+        self._opened = True
+        stat = os.fstat(self._handle.fileno())
+        index = load_index(self.record, stat) if self.use_index else None
+        if index is not None:
+            self.offset = self._last_break = index[0]
+            restore_state(self.state, index[1])
+            self._handle.seek(self.offset)
+        unread = stat.st_size - self.offset
+        head = 0 if index is not None else CATCH_UP_HEAD
+        if unread > head + CATCH_UP_TAIL:
+            self._skip_at = self.offset + head
+            self._resume_at = stat.st_size - CATCH_UP_TAIL
+        return True
+
+    def _jump(self) -> None:
+        """Leave the head for the tail: close what the head left open, then read on after the tail's first break."""
+        self._apply(self.parser.finish())
+        self.parser = LogParser()
+        self._skip_at = None
+        self.skipped += self._resume_at - self.offset
+        self._handle.seek(self._resume_at)
+        self.offset = self._resume_at
+        data = self._handle.read(self.chunk)
+        self.bytes_read += len(data)
+        breaks = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+        cut = min(breaks) + 1 if breaks else len(data)
+        self.offset += cut
+        self._last_break = self.offset
+        self._handle.seek(self.offset)
 
     def poll(self, max_bytes: int = 8 << 20) -> int:
         """Read what the log gained (at most `max_bytes`); returns the number of events applied."""
-        if self._handle is None:
-            try:
-                self._handle = open(self.record.log_path, "rb")  # noqa: SIM115 - kept open while following
-            except OSError:
-                return 0
+        if self._handle is None and not self._open():
+            return 0
         count = 0
         read = 0
         while read < max_bytes:
-            data = self._handle.read(self.chunk)
+            if self._skip_at is not None and self.offset >= self._skip_at:
+                self._jump()
+            want = self.chunk if self._skip_at is None else min(self.chunk, max(1, self._skip_at - self.offset))
+            data = self._handle.read(want)
             if not data:
                 break
             read += len(data)
+            self.bytes_read += len(data)
+            last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if last >= 0:
+                self._last_break = self.offset + last + 1
             self.offset += len(data)
             events = self.parser.feed(data)
             self._apply(events)
@@ -81,8 +147,22 @@ class RunFollower:
         count = self.poll(max_bytes=1 << 40)
         events = self.parser.finish()
         self._apply(events)
+        self.save_index()
         self.close()
         return count + len(events)
+
+    def save_index(self) -> None:
+        """Note how far the log was read and what was known there (best effort: a read-only run folder is fine)."""
+        if self._handle is None or not self._last_break:
+            return
+        try:
+            stat = os.fstat(self._handle.fileno())
+            atomic_write_json(self.record.dir / INDEX_FILE, {
+                "version": 1, "offset": self._last_break, "dev": stat.st_dev, "ino": stat.st_ino,
+                "state": {name: getattr(self.state, name) for name in _INDEX_FIELDS}
+                | {"checkpoints": self.state.checkpoints[-20:]}})
+        except (OSError, ValueError, TypeError):
+            pass
 
     def _apply(self, events: list[Any]) -> None:
         if not events:
@@ -118,6 +198,36 @@ def _processes(value: Any) -> int:
     except ValueError:
         return 1
     return count if 1 <= count <= 4096 else 1
+
+
+def load_index(record: RunRecord, stat: os.stat_result) -> tuple[int, dict[str, Any]] | None:
+    """(offset, state) of the run's log index when it still describes this file (same file, not shorter), else None."""
+    try:
+        data = json.loads((record.dir / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("state"), dict):
+        return None
+    offset = data.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 < offset <= stat.st_size:
+        return None
+    if data.get("dev") != stat.st_dev or data.get("ino") != stat.st_ino:
+        return None
+    return offset, data["state"]
+
+
+def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
+    """Put what an index knew back into `state` (values of the wrong type are left as they are)."""
+    for name, kind in _INDEX_FIELDS.items():
+        value = saved.get(name)
+        if kind in (bool, str) and isinstance(value, kind):
+            setattr(state, name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                kind is float or float(value).is_integer()):
+            setattr(state, name, kind(value))
+    checkpoints = saved.get("checkpoints")
+    if isinstance(checkpoints, list):
+        state.checkpoints = [str(c) for c in checkpoints[-20:]]
 
 
 @dataclass
@@ -477,7 +587,7 @@ def _several_machines(ctx: StepContext, runs_dir: Path) -> StepResult:
 def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25, own: bool = True) -> StepResult:
     """Follow `record` to its end. On cancel a run this process started (`own`) is stopped; someone else's is left
     running: only the following stops (Cancelled)."""
-    follower = RunFollower(record)
+    follower = RunFollower(record, use_index=True)  # only what the log gained since it was last read (--follow)
     state = follower.state
     reporter = FollowReporter(follower, ctx.progress, ctx.log)
     warned: set[str] = set()
