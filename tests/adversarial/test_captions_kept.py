@@ -122,3 +122,26 @@ def test_a_file_that_says_what_the_session_says_is_not_a_hand_edit(tmp_path: Pat
     result = captions_step.run_step(StepContext(session=session))
     assert result.ok and result.data["hand_edited"] == [] and result.data["auto"] == ["a.jpg"]
     assert Session.load(session.path).images()["a.jpg"]["caption_auto"] is True
+
+
+async def test_the_captions_screen_shows_a_hand_edited_file_as_the_persons_caption(isolated_home: Path) -> None:
+    from lorawizard.tui.app import LoraWizardApp
+    from lorawizard.tui.screens.captions import CaptionsScreen
+    from tests.support.waiting import pilot_until
+
+    session = make_project(isolated_home / "p", ["a.jpg", "b.jpg"], trigger="tok")
+    session.update_image("a.jpg", caption="a draft of a", caption_auto=True)
+    session.update_image("b.jpg", caption="theirs")
+    save(session)
+    assert captions_step.run_step(StepContext(session=session)).ok
+    txt_of(session.project_dir, 1).write_text(f"tok, {MINE}\n")
+    app = LoraWizardApp(Session.open_project(session.project_dir), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot_until(pilot, lambda: isinstance(app.screen, CaptionsScreen) and app.screen.captions is not None,
+                          60, "the captions")
+        assert isinstance(app.screen, CaptionsScreen) and app.screen.captions is not None
+        item = app.screen.captions.items[0]
+        assert item.body == MINE and not item.auto and app.screen.editor.text == MINE
+        assert any("edited by hand" in n.message for n in app._notifications)
+        await pilot.press("ctrl+q")
+    assert "caption_auto" not in Session.load(session.path).images()["a.jpg"]

@@ -80,19 +80,19 @@ async def test_a_caption_typed_while_drafting_stays_and_esc_in_the_editor_does_n
     app = LoraWizardApp(Session.open_project(project), start_step="captions")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot_until(pilot, lambda: isinstance(app.screen, CaptionsScreen) and app.screen.captions is not None,
-                          20, "the captions")
+                          60, "the captions")
         screen = app.screen
         assert isinstance(screen, CaptionsScreen) and screen.captions is not None
         captions = screen.captions
         screen.start_drafting([1, 2])  # as the dialog's "Draft missing (2)" does
-        await pilot_until(pilot, lambda: captioner.wanted == ["b.jpg", "c.jpg"], 20, "drafting to start")
+        await pilot_until(pilot, lambda: captioner.wanted == ["b.jpg", "c.jpg"], 60, "drafting to start")
         assert "F5 stops" in str(screen.query_one("#cap-header").render())
 
         await pilot.press("down", "enter")  # b.jpg, into its editor
         assert screen.current == 1 and isinstance(screen.focused, TextArea)
         await pilot.press(*TYPED)
         captioner.deliver("b.jpg", "c.jpg")  # b's draft arrives after the person typed
-        await pilot_until(pilot, lambda: captions.items[2].auto, 20, "c's draft")
+        await pilot_until(pilot, lambda: captions.items[2].auto, 60, "c's draft")
         await pilot.pause()
         assert captions.items[1].body == TYPED and not captions.items[1].auto  # what was typed stays, as theirs
         assert screen.editor.text == TYPED
@@ -108,7 +108,7 @@ async def test_a_caption_typed_while_drafting_stays_and_esc_in_the_editor_does_n
         assert any("F5 stops it" in n.message for n in app._notifications)
 
         await pilot.press("f5")  # the stop key: said in one line
-        await pilot_until(pilot, lambda: not screen.drafting, 20, "drafting to stop")
+        await pilot_until(pilot, lambda: not screen.drafting, 60, "drafting to stop")
         stopped = [n.message for n in app._notifications if "auto-caption stopped" in n.message]
         assert stopped == ["auto-caption stopped: 1 draft kept · 1 caption you typed meanwhile kept"]
         await pilot.press("ctrl+q")
