@@ -91,6 +91,18 @@ def test_the_cli_says_one_line_for_an_unknown_user(capsys: pytest.CaptureFixture
     assert len(err) == 2 and all("no such user" in line for line in err)
 
 
+@pytest.mark.parametrize("args", [[], ["--status"]])
+def test_wizard_start_and_status_with_an_unknown_user_in_the_file(tmp_path: Path, args: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """C16: at wizard start and in --status: exit 2 and one line, before any screen."""
+    from lorawizard import cli
+
+    (tmp_path / "session.toml").write_text('version = 1\n[paths]\nruns = "~nouser-lw23/runs"\n', encoding="utf-8")
+    assert cli.main([str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "~nouser-lw23" in err[0] and "paths.runs" in err[0]
+
+
 def test_resolve_never_raises_for_an_unknown_user(tmp_path: Path) -> None:
     session = _load(tmp_path, "")
     assert session.resolve("~nouser-lw23/x") is not None
