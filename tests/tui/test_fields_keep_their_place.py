@@ -56,3 +56,29 @@ async def test_tab_after_enter_goes_on_from_that_field_on_other_forms(tmp_path: 
         await pilot.pause()
         await pilot.press("tab")
         assert app.screen.focused is app.screen.focus_chain[app.screen.focus_chain.index(fields[0]) + 1]
+
+
+async def test_a_typed_sample_prompt_is_one_sentence_and_shown_as_saved(tmp_path: Path) -> None:
+    """Issue 24 item 3: `ohwx, a white disc on a red background` was saved as 8 one-word prompts."""
+    app = LoraWizardApp(Session.open_project(tmp_path), start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        field = app.screen.query_one("#set-train-samples-prompts", SettingInput)
+        field.focus()
+        await pilot.pause()
+        await _type(pilot, "ohwx, a white disc on a red background")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session.get("train.samples.prompts") == ["ohwx, a white disc on a red background"]
+        field.focus()
+        await pilot.pause()
+        field.value = ""
+        await _type(pilot, "ohwx on a beach | ohwx, portrait, 'soft light' |")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session.get("train.samples.prompts") == ["ohwx on a beach", "ohwx, portrait, 'soft light'"]
+    app = LoraWizardApp(app.session, start_step="train")  # shown as saved when the screen opens again
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        shown = app.screen.query_one("#set-train-samples-prompts", SettingInput).value
+        assert shown == "ohwx on a beach | ohwx, portrait, 'soft light'"

@@ -120,7 +120,7 @@ async def test_sample_prompts_are_editable_on_the_train_screen(home_project: Pat
     app = LoraWizardApp(Session.open_project(home_project), start_step="train")
     async with app.run_test(size=(120, 40)) as pilot:
         field = app.screen.query_one("#set-train-samples-prompts", Input)
-        field.value = "'mychar, a photo' 'mychar --w 64, \"quoted\"'"
+        field.value = "mychar, a photo | mychar --w 64, \"quoted\""  # sentences, separated by | (issue 24 item 3)
         await pilot.pause(0.1)
         assert app.session.get("train.samples.prompts") == ["mychar, a photo", 'mychar --w 64, "quoted"']
 

@@ -87,10 +87,6 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _program_first(v: list[str]) -> str | None:
-    return "a program to run first (not an empty string), then its arguments" if v and not v[0].strip() else None
-
-
 def _word(pattern: str, what: str) -> Check:
     compiled = re.compile(pattern)
     return lambda v: None if v == "" or compiled.fullmatch(v) else what
@@ -107,6 +103,10 @@ def _learning_rate(v: float) -> str | None:
 
 _UUID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]*"
 _UUID_WHAT = "an NVML GPU UUID (GPU-xxxxxxxx-...)"
+
+
+def _program_first(v: list[str]) -> str | None:
+    return "a program to run first (not an empty string), then its arguments" if v and not v[0].strip() else None
 
 
 def _uuid_list(v: list[str]) -> str | None:
@@ -214,7 +214,7 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.keep_epoch", "int", None, _at_least(0), "the epoch whose LoRA is kept (0 or unset: the final one)"),
     Field("train.on_finish", "str_list", [], _program_first, "argv run once when a run ends (never a shell)"),
     Field("train.state_minutes", "int", 15, _between(1, MAX_STATE_MINUTES), "save a resumable state about every N minutes"),
-    Field("train.samples.prompts", "str_list", None, None, "sample prompts (default: 3 from the trigger; [] = off)"),
+    Field("train.samples.prompts", "str_list", None, None, "sample prompts; on screen separated by | (default: 3 from the trigger; [] = off)"),
     Field("train.samples.every_n_epochs", "int", None, _at_least(1), "sample every N epochs (default: the save cadence)"),
     Field("train.samples.width", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample width (default: the largest bucket's)"),
     Field("train.samples.height", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample height (default: the largest bucket's)"),

@@ -30,11 +30,17 @@ from lorawizard.core.session.document import FIELDS, Field
 from lorawizard.tui.text_fit import fit_words
 from lorawizard.tui.typed_app import wizard_app
 
+# Lists of sentences, not of arguments: one field holds them separated by " | " (shlex split a typed sample prompt
+# into one prompt per word: issue 24 item 3). Other lists (extra_args) are argv words, split as a shell would.
+PROSE_LISTS = {"train.samples.prompts": " | "}
+
 
 def _text_of(spec: Field, value: object) -> str:
     if value is None:
         return ""
     if spec.kind == "str_list" and isinstance(value, list):
+        if spec.key in PROSE_LISTS:
+            return PROSE_LISTS[spec.key].join(str(item) for item in value)
         return shlex.join(str(item) for item in value)
     return f"{value:g}" if spec.kind == "float" else str(value)
 
@@ -128,6 +134,8 @@ def parse_input(spec: Field, text: str) -> object:
             return float(text)
         except ValueError:
             raise ValueError(f"{spec.key}: expected a number, got {text!r}") from None
+    if spec.kind == "str_list" and spec.key in PROSE_LISTS:
+        return [part.strip() for part in text.split(PROSE_LISTS[spec.key].strip()) if part.strip()]
     if spec.kind == "str_list":
         try:
             return shlex.split(text)
