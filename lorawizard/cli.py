@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Train a {DEFAULT_FAMILY.title} LoRA with kohya-ss sd-scripts: a keyboard-driven wizard, or a headless "
                     "replay.",
         epilog=(
-            "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted; "
-            "--status/--follow: 0 finished ok, 1 failed or stopped, 3 running, 4 no run; --stop: 0 stopped, 4 none running. "
+            "exit codes: 0 success, 1 a step failed, 2 bad usage or invalid session file, 130 interrupted (143 SIGTERM, "
+            "129 SIGHUP); --status/--follow: 0 finished ok, 1 failed or stopped, 3 running, 4 no run; --stop: 0 stopped, "
+            "4 none running, 1 a process survived SIGKILL. "
             "Over SSH without COLORTERM, set TEXTUAL_COLOR_SYSTEM=truecolor for true colours."
         ),
     )
