@@ -356,3 +356,28 @@ def test_a_session_toml_that_is_not_a_file_is_exit_2(
     assert cli_main([str(project), control]) == 2  # was: "no session.toml", exit 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "session.toml" in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- A2 in the wizard
+
+
+@pytest.mark.extra  # ~7 s: the wizard's start-up and a run
+async def test_the_wizard_finds_and_stops_a_run_whose_supervisor_was_killed(tmp_path: Path, groups: list[int]) -> None:
+    from lorawizard.tui.app import LoraWizardApp
+    from lorawizard.tui.screens.confirm import ConfirmScreen
+    from lorawizard.tui.widgets.train_panels import TrainHeader
+    from tests.support.waiting import pilot_until
+
+    session = make_train_project(tmp_path, epochs=200)
+    record = _start_run(session, groups, STEP_SECONDS=0.2)
+    _kill_9_supervisor(record)
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        header = app.screen.query_one(TrainHeader)
+        await pilot_until(pilot, lambda: getattr(header, "view", None) is not None and header.view.step >= 2)
+        assert header.view.status == "running" and header.view.run_id == record.run_id  # was: "lost"
+        await pilot.press("s")  # was: "no run is going"
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("enter")
+        await pilot_until(pilot, lambda: header.view.status == "stopped")
+    assert not _group_alive(_pgid(record))

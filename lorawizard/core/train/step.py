@@ -675,9 +675,17 @@ class FollowReporter:
 def stop_surviving_ranks(record: RunRecord, reason: str) -> str:
     """Several processes, one failed and the others still run (stuck in a collective): stop them in a thread, so the
     follower (replay's lines, the wizard's dashboard) keeps reading the log while the signals escalate."""
-    threading.Thread(target=runs.stop, args=(record,), kwargs={"int_timeout": 10, "term_timeout": 5, "kill_timeout": 3},
-                     name=f"stop-ranks-{record.run_id}", daemon=True).start()
+    threading.Thread(target=_stop_quietly, args=(record,), name=f"stop-ranks-{record.run_id}", daemon=True).start()
     return f"{reason}: stopping the rest of run {record.run_id}"
+
+
+def _stop_quietly(record: RunRecord) -> None:
+    """runs.stop in a thread: a process that outlives SIGKILL is the follower's to see (the run stays running), never a
+    thread's traceback on the wizard's screen."""
+    try:
+        runs.stop(record, int_timeout=10, term_timeout=5, kill_timeout=3)
+    except RunError:
+        pass
 
 
 class RankWatch:
