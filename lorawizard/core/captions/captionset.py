@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,8 +324,10 @@ class CaptionSet:
 
     @classmethod
     def from_session(
-        cls, session: Session, *, counter: TokenCounter | None = None, read_disk: bool = True
+        cls, session: Session, *, counter: TokenCounter | None = None, read_disk: bool = True,
+        on_disk: Mapping[Path, bytes | None] | None = None,
     ) -> CaptionSet:
+        """`on_disk`: caption files (by path) read a moment ago (find_hand_edits' `contents`), not read again."""
         images = session.images()
         notes = load_import_notes(session)
         items: list[Caption] = []
@@ -338,8 +340,10 @@ class CaptionSet:
                                  note=notes.get(prepared.source, ""), auto=bool(entry.get("caption_auto")) and body is not None))
         trigger = session.dataset.trigger
         if read_disk:
+            known = on_disk or {}
             for item in items:
-                item.on_disk = _read_bytes(item.txt_path)
+                path = item.txt_path
+                item.on_disk = known[path] if path in known else _read_bytes(path)
                 item.settle(trigger)
         captions = cls(
             items,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from lorawizard.core.captions.captionset import (
@@ -57,7 +58,7 @@ def run_step(ctx: StepContext) -> StepResult:
 
     # the person's session.toml as it is (replay applies this run's decisions to the session in memory only)
     base = session_captions(session) if session.read_only else None
-    hand_edited = _take_hand_edits(ctx, images)
+    hand_edited, seen = _take_hand_edits(ctx, images)
     imports = find_imports(session, images)
     if imports.captions:
         if session.read_only:
@@ -73,9 +74,10 @@ def run_step(ctx: StepContext) -> StepResult:
 
         drafted = draft_missing(ctx)  # StepFailed with the reason when the model cannot run
         if drafted is not None:  # drafting takes a while: a caption file edited meanwhile is the person's too
-            hand_edited += _take_hand_edits(ctx, images)
+            again, seen = _take_hand_edits(ctx, images)
+            hand_edited += again
 
-    captions = CaptionSet.from_session(session)
+    captions = CaptionSet.from_session(session, on_disk=seen)  # the caption files as just read
     ctx.check_cancelled()
     try:
         report, dry_run = _write_files(ctx, captions)
@@ -100,9 +102,9 @@ def run_step(ctx: StepContext) -> StepResult:
     return StepResult(True, "; ".join(parts), details, data)
 
 
-def _take_hand_edits(ctx: StepContext, images: list[Prepared]) -> list[str]:
+def _take_hand_edits(ctx: StepContext, images: list[Prepared]) -> tuple[list[str], dict[Path, bytes | None]]:
     """Caption files changed by hand since lorawizard wrote them: taken in as the person's captions (written.py).
-    Returns the sources whose caption changed that way."""
+    Returns the sources whose caption changed that way, and the caption files as read."""
     session = ctx.session
     edits = find_hand_edits(session, images)
     remember = ctx.may_write(session.paths.dataset)
@@ -114,7 +116,7 @@ def _take_hand_edits(ctx: StepContext, images: list[Prepared]) -> list[str]:
     if changed:
         ctx.log(escaped(f"took in {len(changed)} caption file{'s' if len(changed) != 1 else ''} edited by hand as your "
                         f"caption{'s' if len(changed) != 1 else ''} (e.g. {changed[0]}): never redrafted or overwritten"))
-    return changed
+    return changed, edits.contents
 
 
 def _write_files(ctx: StepContext, captions: CaptionSet) -> tuple[WriteReport, bool]:

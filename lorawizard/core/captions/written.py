@@ -29,6 +29,7 @@ from lorawizard.core.captions.captionset import (
     MAX_IMPORT_BYTES,
     CaptionSet,
     Prepared,
+    compose,
     decode_caption,
     one_line,
     prepared_images,
@@ -124,6 +125,7 @@ class HandEdits:
     notes: dict[str, str] = field(default_factory=dict)  # source → what was odd about the file
     files: dict[str, str] = field(default_factory=dict)  # source → digest of its file as read (edited or taken)
     before: dict[str, str | None] = field(default_factory=dict)  # source → digest of the session's caption before
+    contents: dict[Path, bytes | None] = field(default_factory=dict)  # caption files read (CaptionSet's on_disk)
 
 
 Verdict = Literal["edited", "kept"]
@@ -139,33 +141,41 @@ def _verdict(data: bytes, written: Written | None, caption: str | None, auto: bo
     return None  # the session's caption changed since: it is written
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path, contents: dict[Path, bytes | None]) -> bytes | None:
+    """The caption file's bytes (its start, for a huge one); None when there is none or it cannot be read."""
     try:
         with path.open("rb") as handle:
-            return handle.read(MAX_IMPORT_BYTES + 1)
+            data = handle.read(MAX_IMPORT_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        contents[path] = None
+        return None
     except OSError:
         return None
+    if len(data) <= MAX_IMPORT_BYTES:
+        contents[path] = data
+    return data
 
 
 def find_hand_edits(session: Session, images: Sequence[Prepared] | None = None) -> HandEdits:
     """The caption files in the dataset folder whose caption the session should take in (see the module's doc)."""
     record = load_record(session)
     entries = record.entries if record is not None else {}
-    triggers = [t for t in dict.fromkeys([record.trigger if record else "", one_line(session.dataset.trigger)]) if t]
+    trigger = one_line(session.dataset.trigger)
+    triggers = [t for t in dict.fromkeys([record.trigger if record else "", trigger]) if t]  # taken off a file's start
     existing = session.images()
     result = HandEdits()
     for prepared in images if images is not None else prepared_images(session):
         entry = existing.get(prepared.source, {})
         if not entry.get("skip"):
-            _look_at(prepared, entry, entries.get(prepared.source), triggers, result)
+            _look_at(prepared, entry, entries.get(prepared.source), (trigger, triggers), result)
     return result
 
 
-def _look_at(prepared: Prepared, entry: dict[str, Any], written: Written | None, triggers: list[str],
+def _look_at(prepared: Prepared, entry: dict[str, Any], written: Written | None, triggers: tuple[str, list[str]],
              result: HandEdits) -> None:
     """One image's caption file: into `result` when the session should take it in (or note it as seen)."""
     path = prepared.output.with_suffix(".txt")
-    data = _read(path)
+    data = _read(path, result.contents)
     if data is None:
         return
     caption = None if entry.get("caption") is None else str(entry.get("caption"))
@@ -173,14 +183,18 @@ def _look_at(prepared: Prepared, entry: dict[str, Any], written: Written | None,
     verdict = _verdict(data, written, caption, auto)
     if verdict is None:
         return
+    source = prepared.source
+    trigger, known_triggers = triggers  # the session's; and the one the files were written with too
+    line = compose(trigger, caption)
+    if data == (line + "\n").encode("utf-8") or (not line and not data.strip()):
+        return  # the file says what the session says: nothing to take (most files, read once)
     decoded = decode_caption(data)
     body = decoded.text
-    for trigger in triggers:
-        body = strip_trigger(body, trigger)
-    source = prepared.source
+    for known in known_triggers:
+        body = strip_trigger(body, known)
     result.files[source] = digest(data)
     result.before[source] = caption_digest(caption, auto)
-    if caption is not None and one_line(caption) == body:
+    if caption is not None and compose(trigger, body) == line:
         # the session says so already (e.g. a write cut short before the record was kept): only noted as seen
         result.taken[source] = (body, auto)
         return

@@ -204,12 +204,13 @@ class CaptionsScreen(StepScreen):
                     # now as well as when loaded (see _loaded): the session's entries, already read, stay out of the
                     # full collections this worker's allocations start (each ~0.1 s at 20,000, all threads stopped)
                     gc.freeze()
-                hand = 0
+                hand, seen = 0, None
                 if not session.read_only:  # caption files edited by hand are the person's captions (written.py)
-                    hand = store_hand_edits(session, find_hand_edits(session, images), store=store)
+                    edits = find_hand_edits(session, images)
+                    hand, seen = store_hand_edits(session, edits, store=store), edits.contents
                 imported = core.find_imports(session, images)
                 count = core.store_imports(session, imported, store=store) if not session.read_only else 0
-                captions = CaptionSet.from_session(session) if images else None
+                captions = CaptionSet.from_session(session, on_disk=seen) if images else None  # files read once
         except (StepFailed, SessionError, OSError) as exc:
             self.post_message(CaptionsLoadFailed(str(exc)))
             return
