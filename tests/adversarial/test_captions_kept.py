@@ -145,3 +145,17 @@ async def test_the_captions_screen_shows_a_hand_edited_file_as_the_persons_capti
         assert any("edited by hand" in n.message for n in app._notifications)
         await pilot.press("ctrl+q")
     assert "caption_auto" not in Session.load(session.path).images()["a.jpg"]
+
+
+def test_files_lorawizard_wrote_are_not_taken_back_in_on_the_next_run(tmp_path: Path) -> None:
+    """A missing caption's file holds the trigger alone, a caption typed with the trigger in front is written once:
+    neither is a hand edit on the next run (the session is left as it is)."""
+    session = make_project(tmp_path / "p", ["a.jpg", "b.jpg"], trigger="tok", captions={"b.jpg": "tok, a man"})
+    session.set("dataset.captionless", True)
+    save(session)
+    for _ in range(2):
+        session = Session.load(session.path)
+        result = captions_step.run_step(StepContext(session=session))
+        assert result.ok and result.data["hand_edited"] == [] and result.data["uncaptioned"] == ["a.jpg"]
+    saved = Session.load(session.path).images()
+    assert "caption" not in saved.get("a.jpg", {}) and saved["b.jpg"]["caption"] == "tok, a man"
