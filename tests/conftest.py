@@ -36,10 +36,14 @@ def steady_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
     from textual.widgets import Input, TextArea
 
     from lorawizard.tui import images
+    from lorawizard.tui.widgets import settings_form
 
     monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None, raising=False)
     monkeypatch.setattr(TextArea, "_toggle_cursor_blink_visible", lambda self: None, raising=False)
     monkeypatch.setattr(images, "_chosen", "halfcell")
+    # Pilot types as soon as a screen is drawn, faster than a person: only keys read before the drawing count as
+    # typed ahead here (tests/adversarial/test_typed_ahead.py checks the window a person gets)
+    monkeypatch.setattr(settings_form, "TYPED_AHEAD_S", 0.0)
 
 
 @pytest.fixture

@@ -12,12 +12,22 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from textual._time import get_time
 
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.dataset import DatasetScreen
+from lorawizard.tui.widgets import settings_form
 from lorawizard.tui.widgets.settings_form import TYPED_AHEAD_S, SettingInput
+
+PERSONS_WINDOW_S = TYPED_AHEAD_S  # as shipped (read before conftest sets it to 0 for Pilot)
+
+
+@pytest.fixture(autouse=True)
+def a_persons_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest makes the window 0 for Pilot's fast typing; these tests check the one a person gets."""
+    monkeypatch.setattr(settings_form, "TYPED_AHEAD_S", PERSONS_WINDOW_S)
 
 
 async def test_a_step_key_typed_before_the_screen_was_drawn_switches_steps_and_types_nothing(tmp_path: Path) -> None:
@@ -50,7 +60,7 @@ async def test_typing_into_the_field_once_it_is_seen_still_types(tmp_path: Path)
     app = LoraWizardApp(Session.open_project(tmp_path), start_step="dataset")
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
-        await asyncio.sleep(TYPED_AHEAD_S + 0.2)  # the screen has been on view: the person types into what they see
+        await asyncio.sleep(PERSONS_WINDOW_S + 0.2)  # the screen has been on view: the person types into what they see
         await pilot.press("4", "2")
         await pilot.pause()
         assert app.current_mode == "dataset"

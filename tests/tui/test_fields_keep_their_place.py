@@ -82,3 +82,53 @@ async def test_a_typed_sample_prompt_is_one_sentence_and_shown_as_saved(tmp_path
         await pilot.pause()
         shown = app.screen.query_one("#set-train-samples-prompts", SettingInput).value
         assert shown == "ohwx on a beach | ohwx, portrait, 'soft light'"
+
+
+async def test_the_settings_a_person_tunes_have_fields_where_they_matter(tmp_path: Path) -> None:
+    """Issue 24 item 2: num_repeats, the base precision, mixed precision and the sample size and steps lived only in
+    session.toml; each has a field now, and what it saves reaches the trainer's command."""
+    from textual.widgets import Select
+
+    from lorawizard.core.launch.command import trainer_options
+
+    session = Session.open_project(tmp_path)
+    session.set("dataset.source", str(tmp_path))
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        for key in ("train.samples.steps", "train.samples.width", "train.samples.height"):
+            assert app.screen.query_one(f"#set-{key.replace('.', '-')}", SettingInput)
+        app.screen.query_one("#set-train-base_precision", Select).value = "16bit"
+        app.screen.query_one("#set-train-mixed_precision", Select).value = "no"
+        steps = app.screen.query_one("#set-train-samples-steps", SettingInput)
+        steps.focus()
+        await pilot.pause()
+        steps.value = ""
+        await _type(pilot, "12")
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("3")
+        await pilot.pause()
+        repeats = app.screen.query_one("#set-dataset-num_repeats", SettingInput)
+        repeats.focus()
+        await pilot.pause()
+        repeats.value = ""
+        await _type(pilot, "3")
+        await pilot.press("enter")
+        await pilot.pause()
+    assert (session.get("train.base_precision"), session.get("train.mixed_precision")) == ("16bit", "no")
+    assert (session.get("train.samples.steps"), session.get("dataset.num_repeats")) == (12, 3)
+    options = trainer_options(session)
+    assert options.get("fp8_base") is None and options["mixed_precision"] == "no"
+
+
+def test_16bit_base_drops_fp8_base_even_under_a_vram_preset(tmp_path: Path) -> None:
+    from lorawizard.core.launch.command import trainer_options
+
+    session = Session.open_project(tmp_path)
+    session.set("gpu.vram_preset", "24gb")
+    assert trainer_options(session).get("fp8_base") is True
+    session.set("train.base_precision", "16bit")
+    assert trainer_options(session).get("fp8_base") is None
+    session.set("train.extra_args", ["--fp8_base"])  # extra_args still win, as documented
+    assert trainer_options(session).get("fp8_base") is True

@@ -473,6 +473,8 @@ def trainer_options(
             if name == "optimizer_type" and session.is_set("train.optimizer_type"):
                 continue  # the user's explicit choice wins over the preset's
             options[name] = value
+    if session.train.base_precision == "16bit":  # the person's choice over the preset's fp8 (extra_args still win)
+        options["fp8_base"] = None
     extra = parse_extra_args(session.train.extra_args)
     options.update(extra)
     if options["mixed_precision"] == "no":  # sd-scripts asserts fp8_base/full_bf16 need mixed precision
@@ -498,6 +500,17 @@ def trainer_options(
     if conflicts:
         raise CommandError(f"trainer options: {conflicts[0]}")
     return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def library_path_env(session: Session, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`{"LD_LIBRARY_PATH": …}` with `paths.ld_library_path`'s folders first, then the inherited value (`base`, else
+    this process's environment); {} when the setting is empty. The trainer, its check and the printed command use it."""
+    folders = [str(Path(entry).expanduser()) for entry in session.path_settings.ld_library_path]
+    if not folders:
+        return {}
+    inherited = (os.environ if base is None else base).get("LD_LIBRARY_PATH", "")
+    rest = [part for part in inherited.split(":") if part and part not in folders]
+    return {"LD_LIBRARY_PATH": ":".join([*folders, *rest])}
 
 
 def _absolute(path: Path | str) -> Path:
@@ -555,7 +568,7 @@ def build_train_command(
         script,
         *render_options(options),
     ]
-    env = {"PYTHONUNBUFFERED": "1", **launch.env}
+    env = {"PYTHONUNBUFFERED": "1", **launch.env, **library_path_env(session)}
     bad = next((word for word in [*argv, *env.values()] if FORBIDDEN_CHARS.search(word)), None)
     if bad is not None:  # paths from the session: NUL cannot be passed, CR/LF would break logs and copies
         raise CommandError(f"the command would contain NUL, CR or a line break: {bad!r}")

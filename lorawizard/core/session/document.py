@@ -146,6 +146,17 @@ def _path_problem(value: str) -> str | None:
     return None
 
 
+def _library_dirs(value: list[str]) -> str | None:
+    """`paths.ld_library_path`: absolute folders (each one entry of LD_LIBRARY_PATH, so no ':' inside)."""
+    for entry in value:
+        if not entry.startswith(("/", "~")) or ":" in entry:
+            return f"a list of absolute folders without ':' ({entry!r} is not one)"
+        problem = _path_problem(entry)
+        if problem is not None:
+            return problem
+    return None
+
+
 def _version(v: int) -> str | None:
     return None if v == SESSION_VERSION else f"version {SESSION_VERSION} (this lorawizard reads only that)"
 
@@ -178,6 +189,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("paths.tokenizers", "path", None, _path_problem, "offline tokenizers (default <models>/tokenizers)"),
     Field("paths.dataset", "path", "dataset", _path_problem, "prepared images, one folder per bucket"),
     Field("paths.runs", "path", "runs", _path_problem, "training runs: logs, checkpoints, states"),
+    Field("paths.ld_library_path", "str_list", [], _library_dirs,
+          "folders put first on the trainer's LD_LIBRARY_PATH (NixOS: the driver's /run/opengl-driver/lib)"),
     Field("models.preset", "str", _MODEL_PRESETS[0], None, "which model set", _MODEL_PRESETS),
     *(Field(f"models.{role}", "path", None, _path_problem, f"use this {role} file instead of the preset's") for role in all_role_names()),
     Field("dataset.source", "path", None, _path_problem, "your original photos (never modified)"),
@@ -202,6 +215,9 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.extra_args", "str_list", [], None, "extra trainer options (validated)"),
     Field("train.mixed_precision", "str", "bf16", None,
           "bf16 (every GPU the base model trains on) or no (fp32: CPUs without native bf16, debugging; ~2x memory)", ("bf16", "no")),
+    Field("train.base_precision", "str", "fp8", None,
+          "the base model's weights while training: fp8 (--fp8_base, as every VRAM preset; least memory) or 16bit "
+          "(better quality, about twice the transformer's memory)", ("fp8", "16bit")),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
     Field("captions.model", "str", "qwen2.5-vl-3b", _path_problem, "captioner: a catalog name or a folder with a transformers model"),
     Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),

@@ -76,6 +76,7 @@ class PathsSection(Section):
     tokenizers = Setting[str | None]("paths.tokenizers")
     dataset = Setting[str]("paths.dataset")
     runs = Setting[str]("paths.runs")
+    ld_library_path = Setting[list[str]]("paths.ld_library_path")
 
 
 class ModelsSection(Section):
@@ -135,6 +136,7 @@ class TrainSection(Section):
     seed = Setting[int]("train.seed")
     extra_args = Setting[list[str]]("train.extra_args")
     mixed_precision = Setting[str]("train.mixed_precision")
+    base_precision = Setting[str]("train.base_precision")
     keep_epoch = Setting[int | None]("train.keep_epoch")
     on_finish = Setting[list[str]]("train.on_finish")
     state_minutes = Setting[int]("train.state_minutes")

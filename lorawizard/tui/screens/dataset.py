@@ -42,7 +42,7 @@ PREVIEW_PIXELS = 320  # longest side of a thumbnail (drawn with the crop box on 
 THUMB_CACHE = 200
 MOVE_STEP = 0.1  # of the crop's own size
 STATUS_WORDS = {"use": "", "small": "too small", "skip": "skipped", "duplicate": "duplicate", "bad": ""}
-SETTINGS = ["dataset.source", "dataset.max_side", "paths.dataset"]
+SETTINGS = ["dataset.source", "dataset.max_side", "dataset.num_repeats", "paths.dataset"]
 
 
 def note_of(item: core.PlanItem) -> str:

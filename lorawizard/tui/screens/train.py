@@ -160,9 +160,12 @@ class TrainScreen(StepScreen):
         yield LogTail(max_lines=TAIL_LINES, auto_scroll=True, id="train-log").data_bind(view)
         yield SettingsForm(
             ["name", "train.network_dim", "train.learning_rate", "train.max_train_epochs",
-             "train.save_every_n_epochs", "train.optimizer_type", "train.seed", "train.extra_args",
-             "train.samples.prompts"],
-            labels={"train.samples.prompts": "sample prompts"},
+             "train.save_every_n_epochs", "train.optimizer_type", "train.base_precision", "train.mixed_precision",
+             "train.seed", "train.extra_args", "train.samples.prompts", "train.samples.steps",
+             "train.samples.width", "train.samples.height"],
+            labels={"train.base_precision": "base precision", "train.mixed_precision": "mixed precision",
+                    "train.samples.prompts": "sample prompts", "train.samples.steps": "sample steps",
+                    "train.samples.width": "sample width", "train.samples.height": "sample height"},
             id="train-settings",
         )
 
