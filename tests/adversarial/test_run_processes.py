@@ -188,20 +188,25 @@ def test_deleting_the_run_folder_hides_no_live_trainer(tmp_path: Path, groups: l
 # ---------------------------------------------------------------- A3: Ctrl-C during a slow --stop
 
 
-def test_ctrl_c_during_a_slow_stop_escalates_in_one_line(tmp_path: Path, groups: list[int]) -> None:
+@pytest.mark.parametrize(("ignored", "ended_by"), [({"IGNORE_SIGINT": 1}, "SIGTERM"),
+                                                  ({"IGNORE_SIGINT": 1, "IGNORE_SIGTERM": 1}, "SIGKILL")])
+def test_ctrl_c_during_a_slow_stop_escalates_in_one_line(
+        tmp_path: Path, groups: list[int], ignored: dict[str, int], ended_by: str) -> None:
     session = make_train_project(tmp_path, epochs=200)
-    record = _start_run(session, groups, STEP_SECONDS=0.1, IGNORE_SIGINT=1)  # SIGINT alone never ends it
+    record = _start_run(session, groups, STEP_SECONDS=0.1, **ignored)  # SIGINT alone never ends it
     logs = tmp_path / "stop"
     stopper = _lorawizard([str(session.project_dir), "--stop"], logs)
     groups.append(stopper.pid)
     until(lambda: "stopping run" in _text(logs, "out.txt"), 30, "--stop to send SIGINT")
     time.sleep(0.5)  # the trainer ignores it; --stop would wait 60 s before SIGTERM
-    assert _group_alive(_pgid(record))
-    os.killpg(stopper.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs --stop
+    for name in ("SIGTERM", "SIGKILL")[: 1 + (ended_by == "SIGKILL")]:
+        assert _group_alive(_pgid(record))
+        os.killpg(stopper.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs --stop
+        until(lambda name=name: f"  Ctrl-C: sending {name}" in _text(logs, "out.txt"), 20, f"--stop to send {name}")
     assert stopper.wait(30) == 0, _text(logs, "err.txt")
     out, err = _text(logs, "out.txt"), _text(logs, "err.txt")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # was: a raw traceback
-    assert "  Ctrl-C: sending SIGTERM" in out and f"run {record.run_id} stopped (SIGTERM)" in out, out
+    assert f"run {record.run_id} stopped ({ended_by})" in out, out
     assert not _group_alive(_pgid(record))  # was: the trainer kept running, recorded as "stopped"
     assert record.reload().status() == "stopped"
 
@@ -239,6 +244,22 @@ def test_sigterm_or_sighup_to_a_foreground_replay_stops_its_run(
     out = _text(logs, "out.txt")
     assert f"train: {signal.Signals(signum).name}: stopping" in out and f"run {record.run_id} stopped" in out, out
     assert record.reload().status() == "stopped"
+
+
+def test_a_terminal_that_hung_up_does_not_keep_replay_from_stopping_its_run() -> None:
+    """After SIGHUP the terminal is gone: writing a line raises EIO. Replay's lines must not raise then, or the train
+    step dies before it has stopped the run it started."""
+    from lorawizard.core.common.progress import Progress
+    from lorawizard.headless import ProgressPrinter
+
+    class HungUp(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    for tty in (False, True):
+        printer = ProgressPrinter(HungUp(), tty=tty)
+        printer.line("train: stopping run x")  # was: OSError out of ctx.log, before runs.stop was called
+        printer(Progress("train", "epoch 1/2", 1, 4, "steps"))
 
 
 DETACH_THEN_SIGTERM = """
