@@ -246,9 +246,7 @@ def replay(
                 err.write(f"lorawizard: step {name} failed: {one_line(result.summary)}\n")
                 code = EXIT_STEP_FAILED
                 break
-        if code == EXIT_OK and ctx.cancel.is_set():  # the signal came as the last step ended: nothing left to stop
-            printer.line(f"{ctrl_c.what} after the last step: it had ended; nothing left to stop")
-            code = ctrl_c.exit_code
+        code = _late_signal(code, ctx, ctrl_c, printer)
         _write_decisions(session, ctx.decisions)
     printer.line(_summary(report, steps))
     return code
@@ -307,6 +305,14 @@ class CtrlC:
     def exit_code(self) -> int:
         """130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP (as a shell reports a job ended by that signal)."""
         return 128 + int(self.first_signal)
+
+
+def _late_signal(code: int, ctx: StepContext, ctrl_c: CtrlC, printer: ProgressPrinter) -> int:
+    """A signal that came as the last step ended: nothing was left to stop, but the exit code says it came."""
+    if code != EXIT_OK or not ctx.cancel.is_set():
+        return code
+    printer.line(f"{ctrl_c.what} after the last step: it had ended; nothing left to stop")
+    return ctrl_c.exit_code
 
 
 def _run_interruptible(name: str, ctx: StepContext, ctrl_c: CtrlC, printer: ProgressPrinter) -> StepResult:

@@ -122,6 +122,11 @@ def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | Non
         line += f" · a stop now loses {statesave.steps_text(statesave.steps_lost(follower.state.step, newest))}"
     elif status in ("stopped", "lost", "failed"):
         line += " · " + resume_hint(record, session_arg, max_epochs)
+    if status == "running" and not record.extra.get("orphan") and not runs.process_matches(record.pid, record.create_time):
+        trainer = record.trainer()
+        alive = trainer is not None and trainer[1] is not None and runs.process_matches(trainer[0], trainer[1])
+        line += (f" · its supervisor (pid {record.pid}) is gone: the trainer runs on in its process group "
+                 f"{record.group}" + (f" (pid {trainer[0]})" if alive and trainer else ""))
     if record.extra.get("orphan"):  # its run.json (or the whole run folder) was deleted under the live trainer
         line += f" · its run.json is gone: found by its processes (group {record.group})"
     info = record.exit_info() or {}

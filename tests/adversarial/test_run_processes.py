@@ -147,6 +147,9 @@ def test_kill_9_of_the_supervisor_hides_no_live_trainer(tmp_path: Path, groups: 
 
     code, line = _status(session.project_dir)
     assert code == runctl.EXIT_RUNNING and line.startswith("running"), line  # was: "lost", exit 1
+    trainer = record.trainer()  # recorded at launch: the trainer's pid and start time
+    assert trainer is not None and runs.process_matches(*trainer) and trainer[0] in _members(_pgid(record))  # type: ignore[arg-type]
+    assert f"its supervisor (pid {record.pid}) is gone" in line and f"(pid {trainer[0]})" in line, line
     assert record.reload().is_alive() and record.trainer_pids()
 
     # --resume --detach and --detach start nothing while any process of the earlier run lives

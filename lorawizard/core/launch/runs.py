@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lorawizard.core.common.fsutil import atomic_write_json
-from lorawizard.core.launch.supervisor import EXIT_FILE, SECRET_ENV, final_lora, lora_metadata
+from lorawizard.core.launch.supervisor import EXIT_FILE, SECRET_ENV, TRAINER_FILE, final_lora, lora_metadata
 
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
@@ -122,6 +122,18 @@ class RunRecord:
     @property
     def group(self) -> int:
         return self.pgid or self.pid
+
+    def trainer(self) -> tuple[int, float | None] | None:
+        """The trainer's (launcher's) pid and start time, as the supervisor recorded them at launch (trainer.json);
+        None when it is not there. Only while `process_matches` says so is that pid still the trainer."""
+        try:
+            data = json.loads((self.dir / TRAINER_FILE).read_text(encoding="utf-8"))
+            pid, created = data["pid"], data.get("create_time")
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not _is_int(pid) or not (created is None or _is_number(created)):
+            return None
+        return pid, created
 
     def trainer_pids(self) -> list[int]:
         """This run's living processes in its group, less a supervisor that has written exit.json (it then only runs

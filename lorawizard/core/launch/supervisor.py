@@ -29,6 +29,7 @@ from typing import Any
 EXIT_FILE = "exit.json"
 RUN_FILE = "run.json"
 GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # runs.GROUP_ENV
+TRAINER_FILE = "trainer.json"  # the trainer's pid, start time and group (note_trainer)
 ON_FINISH_TIMEOUT_S = 60.0
 ON_FINISH_LOG = "on_finish.log"
 ON_FINISH_LOG_BYTES = 1 << 20  # the hook's output kept (the rest is counted, not kept)
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"lorawizard: cannot start the trainer: {exc}\n")
         _write(run_dir / EXIT_FILE, {"returncode": 127, "started": started, "ended": time.time(), "error": str(exc)})
         return 127
+    note_trainer(run_dir, child.pid)
     code = child.wait()
     record = _read_json(run_dir / RUN_FILE)
     status = run_status(run_dir, code, received, record)
@@ -75,6 +77,26 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         _write(run_dir / EXIT_FILE, info)
     return code if code >= 0 else 128 - code
+
+
+def note_trainer(run_dir: Path, pid: int) -> None:
+    """`RUN_DIR/trainer.json`: the trainer's (launcher's) pid, start time and process group, recorded at launch (best
+    effort: a run folder that cannot be written changes nothing; the group is found by its processes anyway)."""
+    try:
+        _write(run_dir / TRAINER_FILE, {"pid": pid, "create_time": _create_time(pid), "pgid": os.getpgrp()})
+    except OSError:
+        pass
+
+
+def _create_time(pid: int) -> float | None:
+    """A process's start time as psutil reports it (boot time + start ticks), from /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
