@@ -2,7 +2,8 @@
 
 A run lives in `<paths.runs>/<run-id>/`: `train.log` (stdout+stderr of the trainer, raw bytes), `run.json` (the
 command, pid and process create-time of the run's session leader, start time, a copy of session.toml, the absolute
-step/epoch it started from), `exit.json` (written by the supervisor when the trainer ends), plus everything the
+step/epoch it started from, its process group), `trainer.json` (the trainer's pid, start time and group, written by the
+supervisor at launch), `exit.json` (written by the supervisor when the trainer ends), plus everything the
 trainer writes there (checkpoints, `-state` folders, samples, TensorBoard logs, the two generated config files).
 
 The session leader is `lorawizard.core.launch.supervisor` (our own small Python process) in a new session
