@@ -7,6 +7,7 @@ from pathlib import Path
 from lorawizard.core.contract import StepContext
 from lorawizard.core.session.document import Session
 from tests.support.fakehub import FakeHub
+from tests.support.model_files import write_model
 from tests.support.sessions import save
 
 
@@ -99,8 +100,7 @@ def test_second_look_uses_the_hash_cache(hub: FakeHub, project: Path, isolated_h
 
 
 def test_override_is_used_and_its_mismatch_is_said(hub: FakeHub, project: Path):
-    mine = project / "my_clip.safetensors"
-    mine.write_bytes(b"x" * 1234)
+    mine = write_model(project / "my_clip.safetensors", "clip_l")  # a CLIP-L by its header, not the preset's bytes
     session = new_session(project)
     session.set("models.clip_l", str(mine))
     save(session)
@@ -116,7 +116,7 @@ def test_offline_before_first_contact_finds_by_name_unverified(project: Path):
     session = new_session(project)
     models = session.paths.models
     models.mkdir()
-    (models / "ae.safetensors").write_bytes(b"a" * 10)
+    write_model(models / "ae.safetensors", "ae")  # an AE by its header
     result, lines, states = run(session, action="find")
     ae = [s for s in states if s.role == "ae"][-1]
     assert ae.state == "found" and "unverified" in ae.note

@@ -196,10 +196,29 @@ def captioner_step(ctx: StepContext) -> StepResult:
     return _fetch(ctx, name, StepResult(True, ""))
 
 
+def own_folder_row(session: Session) -> RoleState:
+    """The captioner row when `[captions] model` is a folder of the user's: found when it is a complete
+    transformers folder, else an error saying what it lacks (nothing to download)."""
+    value = (session.captions.model or "").strip()
+    folder = session.resolve(value) or Path(value)
+    problem = folder_problem(folder)
+    if problem is None:
+        return RoleState(CAPTIONER_ROLE, value, "", state="found", path=folder, source="captions.model folder",
+                         note="a complete transformers folder", what="your folder")
+    return RoleState(CAPTIONER_ROLE, value, "", state="error", path=folder, note=f"captions.model: {problem}")
+
+
+def captioner_row(session: Session) -> RoleState:
+    """The captioner's row as it is on disk (light: stat and one small JSON file)."""
+    name = chosen_catalog_name(session)
+    return own_folder_row(session) if name is None else _row(state_of(session, name))
+
+
 def after_model_files(ctx: StepContext, result: StepResult) -> StepResult:
     """Show the captioner's row; with `[captions] auto = true` a download run fetches it too."""
     name = chosen_catalog_name(ctx.session)
     if name is None:
+        _notify(ctx, own_folder_row(ctx.session))
         return result
     state = state_of(ctx.session, name)
     _notify(ctx, _row(state))

@@ -75,6 +75,27 @@ def tokenizer_complete(folder: Path, tokenizer: Tokenizer) -> bool:
     return all((folder / name).is_file() for name in tokenizer.required)
 
 
+def tokenizer_problem(folder: Path, tokenizers: tuple[Tokenizer, ...]) -> str | None:
+    """What `paths.tokenizers` lacks (one line), or None when every tokenizer's required files are there.
+
+    The trainer reads `<folder>/<repo with _>/` per tokenizer (`--tokenizer_cache_dir`); a folder that is one
+    tokenizer's own folder (its files directly inside) is named as such."""
+    where = display_path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{where} is a file, not a folder"
+    if not folder.is_dir():
+        return f"{where} does not exist yet (Ctrl+G downloads the tokenizers into it)"
+    for tokenizer in tokenizers:
+        if tokenizer_complete(folder, tokenizer) and not tokenizer_complete(folder / tokenizer.folder, tokenizer):
+            return (f"{where} is the {tokenizer.repo} tokenizer's own folder: choose the folder that holds "
+                    + " and ".join(f"{t.folder}/" for t in tokenizers))
+    lacking = [f"{t.folder}/{name}" for t in tokenizers for name in t.required if not (folder / t.folder / name).is_file()]
+    if not lacking:
+        return None
+    more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+    return f"{where} lacks {lacking[0]}{more} (Ctrl+G downloads them)"
+
+
 def models_ready(session: Session) -> bool:
     """Cheap (stat only): every role has a file and the tokenizers are complete. For the step bar at start-up."""
     if not all(path.is_file() for path in resolved_model_paths(session).values()):

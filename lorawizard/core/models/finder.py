@@ -19,6 +19,8 @@ from typing import Any
 
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.models.catalog import COMFY_FOLDERS, MODEL_SUFFIXES, ModelFile
+from lorawizard.core.models.identify import Identity, from_record, identify
+from lorawizard.core.profile import ModelFamily
 
 COMFY_ROOTS = ("ComfyUI", "comfyui", "ComfyUI_windows_portable/ComfyUI", "stable-diffusion-webui-forge")
 
@@ -58,9 +60,27 @@ class HashCache:
         return None
 
     def put(self, file: Path, st: os.stat_result, sha256: str) -> None:
+        self._merge(file, st, {"sha256": sha256})
+
+    def _merge(self, file: Path, st: os.stat_result, values: dict[str, Any]) -> None:
+        """Add to the file's entry while it is the same file (stamp unchanged), else start it afresh."""
+        stamp = self._stamp(st)
         with self._lock:
-            self._data[str(file)] = {**self._stamp(st), "sha256": sha256}
+            entry = self._data.get(str(file))
+            same = entry is not None and all(entry.get(k) == v for k, v in stamp.items())
+            self._data[str(file)] = {**(entry if same and entry else {}), **stamp, **values}
             self._dirty = True
+
+    def get_identity(self, file: Path, st: os.stat_result, rules: str) -> Identity | None:
+        """What the file's header said, while size/mtime/inode and the family's rules are unchanged."""
+        with self._lock:
+            entry = self._data.get(str(file))
+        if entry and all(entry.get(k) == v for k, v in self._stamp(st).items()) and entry.get("rules") == rules:
+            return from_record(entry.get("identity"))
+        return None
+
+    def put_identity(self, file: Path, st: os.stat_result, rules: str, identity: Identity) -> None:
+        self._merge(file, st, {"rules": rules, "identity": identity.record()})
 
     def save(self) -> None:
         with self._lock:
@@ -98,6 +118,26 @@ def sha256_of(
     if cache is not None and file.stat().st_mtime_ns == st.st_mtime_ns:
         cache.put(file, st, sha)
     return sha
+
+
+def rules_of(family: ModelFamily) -> str:
+    """A fingerprint of the family's file kinds: a cached identity made under other rules is read again."""
+    return hashlib.sha256(repr((family.name, family.file_kinds)).encode()).hexdigest()[:16]
+
+
+def identify_cached(file: Path, family: ModelFamily, cache: HashCache | None = None) -> Identity:
+    """What the file is (its header only), remembered per path + size + mtime + inode beside its sha256."""
+    try:
+        st = file.stat()
+    except OSError:
+        return identify(file, family)  # says why it cannot be read
+    rules = rules_of(family)
+    if cache is not None and (known := cache.get_identity(file, st, rules)) is not None:
+        return known
+    identity = identify(file, family)
+    if cache is not None and identity.readable:
+        cache.put_identity(file, st, rules, identity)
+    return identity
 
 
 @dataclass(frozen=True)
@@ -213,3 +253,47 @@ def candidates(
             for path in _model_files(sub):
                 if fits(path):
                     yield from once(path, "added folder")
+
+
+@dataclass
+class HeaderSearch:
+    """Every model file in the searched places, told by its header: for files whose names are not the preset's."""
+
+    searched: int
+    found: dict[str, list[tuple[Candidate, Identity]]]  # role → its files, in search order
+
+    def line(self, family: ModelFamily) -> str:
+        """`searched 6 files by header, matched 3: FLUX transformer, AE, T5-XXL`."""
+        matched = sum(len(files) for files in self.found.values())
+        kinds = [files[0][1].short for role in family.role_names if (files := self.found.get(role))]
+        return f"searched {self.searched} files by header, matched {matched}" + (f": {', '.join(kinds)}" if kinds else "")
+
+
+def search_by_header(
+    family: ModelFamily,
+    *,
+    models_dir: Path,
+    home: Path,
+    extra_folders: list[Path],
+    cache: HashCache | None = None,
+) -> HeaderSearch:
+    """Read the header of every .safetensors/.sft file in the models folder, ComfyUI's model folders and the added
+    folders (each file once) and group the ones that are a role's file by role."""
+    places: list[tuple[Iterator[Path], str]] = [(_model_files(models_dir, depth=1), "models folder")]
+    comfy_roots = [home / name for name in COMFY_ROOTS]
+    for role in family.role_names:
+        places += [(_model_files(folder), "ComfyUI") for folder in comfy_folders(role, comfy_roots)]
+    for folder in extra_folders:
+        places.append((_model_files(folder), "added folder"))  # depth 2 covers its ComfyUI-style subfolders
+    seen: set[Path] = set()
+    found: dict[str, list[tuple[Candidate, Identity]]] = {}
+    for files, source in places:
+        for path in files:
+            key = Path(os.path.realpath(path))
+            if key in seen:
+                continue
+            seen.add(key)
+            identity = identify_cached(path, family, cache)
+            if identity.kind in family.role_names:
+                found.setdefault(identity.kind, []).append((Candidate(path, source), identity))
+    return HeaderSearch(len(seen), found)

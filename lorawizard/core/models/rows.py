@@ -27,12 +27,14 @@ class RoleState:
     done: int = 0
     rate: float | None = None
     eta_s: float | None = None
+    what: str = ""  # what the file's header says it is, for a table cell: "T5-XXL fp8" (core.models.identify)
 
     def line(self) -> str:
         """One plain line for logs and replay."""
         if self.state == "found":
             check = "✓ verified" if self.verified else f"({self.note})" if self.note else ""
-            return f"{self.role}: found at {self.path} [{self.source}] {check}".rstrip()
+            what = f" · {self.what}" if self.what else ""
+            return f"{self.role}: found at {self.path} [{self.source}]{what} {check}".rstrip()
         if self.state == "missing":
             size = f" ({format_bytes(self.size)})" if self.size else " (size unknown)"
             where = f"{self.repo}/{self.file}" if self.repo else self.file
@@ -49,3 +51,4 @@ class ModelsOptions(TypedDict, total=False):
     action: ModelsAction
     on_state: Callable[[RoleState], None]  # each row's change (the Models screen)
     rows_only: bool  # per-file progress only in the rows, not as progress events
+    header_search: bool  # read every model file's header even when all were found (a folder was just added)

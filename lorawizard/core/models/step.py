@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from lorawizard.core.common.fsutil import atomic_write_json
+from lorawizard.core.common.fsutil import atomic_write_json, display_path
 from lorawizard.core.common.progress import ProgressMeter, format_bytes, ignore_progress
 from lorawizard.core.contract import Cancelled, StepContext, StepResult
 from lorawizard.core.models.captioners import after_model_files, captioner_step
@@ -45,10 +45,20 @@ from lorawizard.core.models.files import (
     preset_name,
     save_metadata,
     state_file,
-    tokenizer_complete,
     tokenizer_dir,
+    tokenizer_problem,
 )
-from lorawizard.core.models.finder import HashCache, HashCancelled, candidates, sha256_of
+from lorawizard.core.models.finder import (
+    Candidate,
+    HashCache,
+    HashCancelled,
+    HeaderSearch,
+    candidates,
+    identify_cached,
+    search_by_header,
+    sha256_of,
+)
+from lorawizard.core.models.identify import role_problem
 from lorawizard.core.models.rows import ModelsOptions, RoleState
 from lorawizard.core.profile import ModelFamily, family_for
 from lorawizard.core.session.document import Session
@@ -121,6 +131,7 @@ class _Plan:
     remote: dict[str, RemoteFile] = field(default_factory=dict)  # role → fresh metadata of this run
     hub_problem: str | None = None  # offline / unreachable: say it once, do not retry per file
     contact_notes: dict[str, str] = field(default_factory=dict)  # role → why its metadata is unknown (gated, …)
+    header_search: HeaderSearch | None = None  # every model file told by its header: made when a name is not enough
 
 
 # "download" (the default), "find" (look and verify only), "captioner" (the captioner's folder)
@@ -157,6 +168,8 @@ def _model_files_step(ctx: StepContext) -> StepResult:
         for role in roles:
             ctx.check_cancelled()
             _find(plan, role)
+        if _options(ctx).get("header_search"):
+            _header_search(plan)  # a folder was just added: say what its files are, even when nothing was missing
         _check_tokenizers(plan)
     finally:
         plan.hashes.save()
@@ -235,11 +248,11 @@ def _save(plan: _Plan) -> None:
 
 
 def _find(plan: _Plan, role: str) -> None:
-    session, entry, ctx = plan.session, plan.entries[role], plan.ctx
+    session, entry = plan.session, plan.entries[role]
     known = _known(plan, entry)
     size, sha = known.get("size"), known.get("sha256")
     override = session.resolve(session.get(f"models.{role}"))
-    plan.rows.update(role, state="checking", note="")
+    plan.rows.update(role, state="checking", note="", what="")
     if override is not None and not override.is_file():
         plan.rows.update(role, state="error", note=f"models.{role} points at {override}, which does not exist")
         return
@@ -251,42 +264,86 @@ def _find(plan: _Plan, role: str) -> None:
         extra_folders=search_folders(session), size=size,
     )
     for candidate in found:
-        if candidate.source == "your choice" and (size is None or sha is None):
-            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
-                             note="your file; not checked (hub metadata unknown)")
-            return
-        if sha is None:
-            note = "size matches, no sha256 known" if size is not None else "same name, unverified (hub not contacted)"
-            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, note=note)
-            return
-        if candidate.path.stat().st_size != size:
-            if candidate.source == "your choice":
-                plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
-                                 note="your file: not the preset's (size differs)")
+        mine = candidate.source == "your choice"
+        if sha is not None and size is not None and candidate.path.stat().st_size == size:
+            actual = _sha256(plan, role, candidate.path, size)
+            if actual == sha:
+                plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, verified=True,
+                                 note="sha256 verified")
                 return
-            continue
-        actual = plan.hashes.get(candidate.path)  # remembered: the second look is instant
-        if actual is None:
-            meter = ProgressMeter(ctx.progress, "models", f"verifying {candidate.path.name}", size, "B")
-            try:
-                actual = sha256_of(candidate.path, plan.hashes, cancel=ctx.cancel,
-                                   progress=_meter_callback(meter))
-            except HashCancelled:
-                raise Cancelled() from None
-            except OSError as exc:
-                ctx.log(f"{role}: cannot read {candidate.path}: {exc.strerror or exc}")
+            if not mine:
+                if actual is not None:
+                    plan.ctx.log(f"{role}: {candidate.path} has the right size but another sha256; not used")
                 continue
-            meter.finish()
-        if actual == sha:
-            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, verified=True,
-                             note="sha256 verified")
+            _take_by_header(plan, role, candidate, "your file: not the preset's (sha256 differs)")
             return
-        if candidate.source == "your choice":
-            plan.rows.update(role, state="found", path=candidate.path, source=candidate.source,
-                             note="your file: not the preset's (sha256 differs)")
+        if mine:  # used whatever its size, if its header says it is this role's file
+            note = ("your file; not checked (hub metadata unknown)" if size is None or sha is None
+                    else "your file: not the preset's (size differs)")
+            _take_by_header(plan, role, candidate, note)
             return
-        ctx.log(f"{role}: {candidate.path} has the right size but another sha256; not used")
+        if sha is not None:
+            continue  # the preset's file has another size: not it
+        note = "size matches, no sha256 known" if size is not None else "same name, unverified (hub not contacted)"
+        if _take_by_header(plan, role, candidate, note):
+            return
+    if _take_from_header_search(plan, role):
+        return
     plan.rows.update(role, state="missing", size=size, note=plan.contact_notes.get(role, ""))
+
+
+def _sha256(plan: _Plan, role: str, path: Path, size: int) -> str | None:
+    """The file's sha256, remembered (the second look is instant), else hashed with progress; None: unreadable."""
+    actual = plan.hashes.get(path)
+    if actual is not None:
+        return actual
+    meter = ProgressMeter(plan.ctx.progress, "models", f"verifying {path.name}", size, "B")
+    try:
+        actual = sha256_of(path, plan.hashes, cancel=plan.ctx.cancel, progress=_meter_callback(meter))
+    except HashCancelled:
+        raise Cancelled() from None
+    except OSError as exc:
+        plan.ctx.log(f"{role}: cannot read {path}: {exc.strerror or exc}")
+        return None
+    meter.finish()
+    return actual
+
+
+def _take_by_header(plan: _Plan, role: str, candidate: Candidate, note: str) -> bool:
+    """Use an unverified file when its header says it is this role's file (the row says what it is); else your
+    choice is an error naming what it is and the role, and a file found elsewhere is passed over with a log line."""
+    identity = identify_cached(candidate.path, plan.family, plan.hashes)
+    wrong = role_problem(candidate.path, role, identity, plan.family)
+    if wrong is None:
+        plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, note=note,
+                         what=identity.cell())
+        return True
+    if candidate.source == "your choice":
+        plan.rows.update(role, state="error", note=f"models.{role}: {wrong}")
+    else:
+        plan.ctx.log(f"{role}: {display_path(candidate.path)} not used: {wrong}")
+    return False
+
+
+def _header_search(plan: _Plan) -> HeaderSearch:
+    """Every model file in the places searched, told by its header (once per run, when a name is not enough)."""
+    if plan.header_search is None:
+        session = plan.session
+        plan.header_search = search_by_header(plan.family, models_dir=session.paths.models, home=Path.home(),
+                                              extra_folders=search_folders(session), cache=plan.hashes)
+        plan.ctx.log(plan.header_search.line(plan.family))
+    return plan.header_search
+
+
+def _take_from_header_search(plan: _Plan, role: str) -> bool:
+    """A file under another name that is this role's file by its header (the first found), unverified."""
+    files = _header_search(plan).found.get(role)
+    if not files:
+        return False
+    candidate, identity = files[0]
+    plan.rows.update(role, state="found", path=candidate.path, source=candidate.source, what=identity.cell(),
+                     note="found by its header (another name than the preset's: unverified)")
+    return True
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -294,11 +351,14 @@ def _find(plan: _Plan, role: str) -> None:
 
 def _check_tokenizers(plan: _Plan) -> None:
     base = tokenizer_dir(plan.session)
-    if all(tokenizer_complete(base / t.folder, t) for t in plan.family.tokenizers):
+    problem = tokenizer_problem(base, plan.family.tokenizers)
+    if problem is None:
         plan.rows.update(TOKENIZER_ROLE, state="found", path=base, source="tokenizers folder", verified=False,
                          note="complete")
+    elif base.exists() and not base.is_dir():
+        plan.rows.update(TOKENIZER_ROLE, state="error", path=base, note=f"paths.tokenizers: {problem}")
     else:
-        plan.rows.update(TOKENIZER_ROLE, state="missing", path=base, note="CLIP-L and T5 tokenizer files")
+        plan.rows.update(TOKENIZER_ROLE, state="missing", path=base, note=problem)
 
 
 def _download_tokenizers(plan: _Plan) -> None:
@@ -456,6 +516,8 @@ def _report(plan: _Plan, missing: list[str], tok_missing: bool, *, dry_run: bool
     errors = [r for r in roles if rows[r].state == "error"]
     paths = {r: str(rows[r].path) for r in roles if rows[r].path is not None and rows[r].state == "found"}
     data: dict[str, Any] = {"paths": paths, "missing": missing, "tokenizers": str(tokenizer_dir(plan.session))}
+    if plan.header_search is not None:
+        data["header_search"] = plan.header_search.line(plan.family)
     if (dry_run or find_only) and (missing or tok_missing):
         return _would_download(plan, missing, tok_missing, details, data, ok=not errors, dry_run=dry_run)
     if dry_run or find_only:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from lorawizard.core.profile.family import (
+    FileKind,
     Licence,
     ModelFamily,
     ModelFile,
@@ -25,7 +26,7 @@ from lorawizard.core.profile.family import (
 from lorawizard.core.profile.flux1_dev import FLUX1_DEV
 
 __all__ = [
-    "DEFAULT_FAMILY", "FAMILIES", "FLUX1_DEV", "Licence", "ModelFamily", "ModelFile", "ModelRole", "Preset",
+    "DEFAULT_FAMILY", "FAMILIES", "FLUX1_DEV", "FileKind", "Licence", "ModelFamily", "ModelFile", "ModelRole", "Preset",
     "SampleDefaults", "TextEncoder", "Tokenizer", "TrainerBackend", "TransformerSize", "VramPreset", "all_preset_names",
     "all_role_names", "family_for",
 ]

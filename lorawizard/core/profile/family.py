@@ -68,6 +68,24 @@ class ModelRole(NamedTuple):
     comfy_folders: tuple[str, ...]  # ComfyUI keeps each kind of file in its own folder(s) under models/
 
 
+class FileKind(NamedTuple):
+    """What a safetensors file of one kind holds, told from its header alone (tensor names, then shapes).
+
+    `name` is a ModelRole.name for a role's file (or a kind no role takes, such as "lora"). A file is of this kind
+    when it has one of `keys` (under one of `prefixes`: the trainer strips those) or a key containing one of
+    `key_parts`; each `shapes` entry (key, axis, size, what it is) must then hold where the key is present, else
+    the file is a near miss ("a CLIP text encoder of hidden size 1280, not 768").
+    """
+
+    name: str
+    title: str  # in a sentence: "a T5-XXL text encoder"
+    short: str  # in a table cell: "T5-XXL"
+    keys: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ("",)
+    key_parts: tuple[str, ...] = ()
+    shapes: tuple[tuple[str, int, int, str], ...] = ()
+
+
 class TextEncoder(NamedTuple):
     """A text encoder's token budget and the tokenizer that counts a caption's tokens for it."""
 
@@ -162,6 +180,7 @@ class ModelFamily(NamedTuple):
     transformer: TransformerSize
     licence: Licence
     card_tags: tuple[str, ...]
+    file_kinds: tuple[FileKind, ...] = ()  # how each role's file (and a LoRA) is told by its header; first match wins
 
     @property
     def role_names(self) -> tuple[str, ...]:
@@ -174,6 +193,9 @@ class ModelFamily(NamedTuple):
     def preset(self, name: str | None) -> Preset:
         """The preset called `name`; the default one for None or a name this family does not have."""
         return next((p for p in self.presets if p.name == name), self.default_preset)
+
+    def file_kind(self, name: str) -> FileKind | None:
+        return next((kind for kind in self.file_kinds if kind.name == name), None)
 
     @property
     def tokenizers(self) -> tuple[Tokenizer, ...]:

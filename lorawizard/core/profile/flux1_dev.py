@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from lorawizard.core.profile.family import (
+    FileKind,
     Licence,
     ModelFamily,
     ModelFile,
@@ -112,6 +113,28 @@ VRAM_PRESETS = (
                fp8_t5=True, from_docs=False),
 )
 
+# What each file is, from its safetensors header (sd-scripts.md §10: library/flux_utils.py). LoRA first: a FLUX LoRA
+# names the transformer's layers too. sd-scripts strips `model.diffusion_model.` from the transformer's keys and
+# converts Diffusers' names; the text encoders and the AE are loaded by their exact names, at fixed widths.
+FILE_KINDS = (
+    FileKind("lora", "a LoRA (network weights, not a base model file)", "LoRA",
+             key_parts=("lora_down.", "lora_up.", "lora_A.", "lora_B.", "lora_unet_", "lora_te")),
+    FileKind("flux", "a FLUX.1 transformer", "FLUX transformer",
+             keys=("double_blocks.0.img_attn.qkv.weight", "transformer_blocks.0.attn.add_k_proj.bias"),
+             prefixes=("", "model.diffusion_model."),
+             shapes=(("double_blocks.0.img_attn.qkv.weight", 1, 3072, "hidden size"),
+                     ("transformer_blocks.0.attn.add_k_proj.bias", 0, 3072, "hidden size"))),
+    FileKind("ae", "a FLUX autoencoder", "AE", keys=("decoder.conv_in.weight", "encoder.conv_in.weight"),
+             shapes=(("decoder.conv_in.weight", 1, 16, "latent channels"),
+                     ("encoder.conv_out.weight", 0, 32, "latent channels × 2"))),
+    FileKind("clip_l", "a CLIP-L text encoder", "CLIP-L",
+             keys=("text_model.encoder.layers.0.self_attn.q_proj.weight",),
+             shapes=(("text_model.encoder.layers.0.self_attn.q_proj.weight", 0, 768, "hidden size"),)),
+    FileKind("t5xxl", "a T5-XXL text encoder", "T5-XXL",
+             keys=("encoder.block.0.layer.0.SelfAttention.q.weight",),
+             shapes=(("encoder.block.0.layer.0.SelfAttention.q.weight", 1, 4096, "d_model"),)),
+)
+
 FLUX1_DEV = ModelFamily(
     name="flux1-dev",
     title="FLUX.1-dev",
@@ -134,4 +157,5 @@ FLUX1_DEV = ModelFamily(
         link=f"https://huggingface.co/{_BFL}/blob/main/LICENSE.md",
     ),
     card_tags=("flux",),
+    file_kinds=FILE_KINDS,
 )
