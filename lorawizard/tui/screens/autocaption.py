@@ -353,7 +353,10 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
                 about.append(f"✗ {problem}{hint}\n", style=tone("error"))
             try:
                 placement = ac.place(session, max(self.missing, 1), spec)
-                about.append(f"runs on {placement.note}", style=tone("warning") if placement.device == "cpu" else "")
+                if placement.device == "cpu":  # the note says where ("on the CPU this is slow…"): not "runs on on"
+                    about.append(placement.note, style=tone("warning"))
+                else:
+                    about.append(f"runs on {placement.note}")
             except StepFailed as exc:
                 about.append(str(exc), style=tone("error"))
         about_static = self.query_one("#auto-about", Static)
