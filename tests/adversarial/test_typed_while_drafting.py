@@ -115,3 +115,31 @@ async def test_a_caption_typed_while_drafting_stays_and_esc_in_the_editor_does_n
     saved = Session.load(project / "session.toml").images()
     assert saved["b.jpg"]["caption"] == TYPED and "caption_auto" not in saved["b.jpg"]
     assert saved["c.jpg"]["caption_auto"] is True and saved["a.jpg"]["caption"] == "mine already"
+
+
+async def test_a_key_typed_a_moment_before_the_draft_arrives_counts(isolated_home: Path, monkeypatch) -> None:
+    """The draft's message handled before the editor's Changed message: the editor's text is taken first."""
+    from lorawizard.tui.screens.autocaption import _Drafted
+
+    project = isolated_home / "p"
+    project.mkdir()
+    make_project(project, ["a.jpg", "b.jpg"], trigger="tok")
+    captioner = ScriptedCaptioner()
+    monkeypatch.setattr(ac, "draft", captioner)
+    app = LoraWizardApp(Session.open_project(project), start_step="captions")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot_until(pilot, lambda: isinstance(app.screen, CaptionsScreen) and app.screen.captions is not None,
+                          60, "the captions")
+        screen = app.screen
+        assert isinstance(screen, CaptionsScreen) and screen.captions is not None
+        screen.start_drafting([0, 1])
+        await pilot_until(pilot, lambda: captioner.wanted == ["a.jpg", "b.jpg"], 60, "drafting to start")
+        assert screen.current == 0
+        screen.editor.insert("x")  # a key: the text is in the editor, its Changed message not handled yet
+        screen.auto_captioner._drafted(_Drafted("a.jpg", "A draft of a.jpg.", {0, 1}))  # the draft's handler first
+        await pilot.pause()
+        assert screen.captions.items[0].body == "x" and not screen.captions.items[0].auto
+        assert screen.editor.text == "x"
+        captioner.finish()
+        await pilot_until(pilot, lambda: not screen.drafting, 60, "drafting to end")
+        await pilot.press("ctrl+q")
