@@ -129,6 +129,20 @@ def _torch():
     return info
 
 
+def _libcuda():
+    """Can this process load the NVIDIA driver's libcuda (as torch does)? On NixOS it lives in /run/opengl-driver/lib,
+    which the dynamic loader does not search unless LD_LIBRARY_PATH names it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        return {"loaded": False, "error": _error(exc)}
+    return {"loaded": True}
+
+
 def main(argv):
     sd_scripts = None
     if "--sd-scripts" in argv:
@@ -143,8 +157,11 @@ def main(argv):
             "prefix": sys.prefix,
             "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
         },
-        "env": {key: os.environ.get(key) for key in ("CUDA_VISIBLE_DEVICES",) if os.environ.get(key) is not None},
+        "env": {key: os.environ.get(key) for key in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
+                if os.environ.get(key) is not None},
     }
+    result["libcuda"] = _libcuda()
+    result["pip"] = _dist_version("pip")
     result["torch"] = _torch()
     result["torchvision"] = _dist_version("torchvision")
     result["accelerate"] = _dist_version("accelerate")

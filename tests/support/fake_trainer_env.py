@@ -258,3 +258,52 @@ def make_canned_python(path: Path, data: dict) -> Path:
                     f"echo {shlex.quote('LORAWIZARD-CHECK ' + json.dumps(data))}\n")
     path.chmod(0o755)
     return path
+
+
+# ---------------------------------------------------------------- NixOS and uv (issue 24 item 11)
+
+LIBCUDA_MISSING = "OSError: libcuda.so.1: cannot open shared object file: No such file or directory"
+
+
+def make_fake_root(root: Path, *, nixos: bool = True, driver_libs: bool = True) -> Path:
+    """A fake filesystem root: `etc/NIXOS` (NixOS) and `run/opengl-driver/lib/libcuda.so*` (the driver's libraries)."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    if nixos:
+        (root / "etc" / "NIXOS").write_text("")
+    lib = root / "run" / "opengl-driver" / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    if driver_libs:
+        for name in ("libcuda.so.550.54.14", "libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"):
+            (lib / name).write_text("fake driver library (tests only)\n")
+    return root
+
+
+def make_libcuda_python(path: Path, data: dict, driver_lib: Path) -> Path:
+    """A canned trainer "python" whose torch loads libcuda only when LD_LIBRARY_PATH names `driver_lib` (as a pip
+    torch on NixOS): it answers `data` with the `libcuda` answer and torch's CUDA state set accordingly."""
+    loaded = {**data, "libcuda": {"loaded": True},
+              "torch": {**data["torch"], "available": True}}
+    missing = {**data, "libcuda": {"loaded": False, "error": LIBCUDA_MISSING},
+               "torch": {**data["torch"], "available": False, "devices": [], "device_count": 0,
+                         "warnings": ["CUDA initialization: Found no NVIDIA driver on your system."]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "#!/bin/sh\n# fake trainer python: libcuda found only on LD_LIBRARY_PATH (tests only)\n"
+        'case ":$LD_LIBRARY_PATH:" in\n'
+        f"  *:{shlex.quote(str(driver_lib))}:*) echo {shlex.quote('LORAWIZARD-CHECK ' + json.dumps(loaded))} ;;\n"
+        f"  *) echo {shlex.quote('LORAWIZARD-CHECK ' + json.dumps(missing))} ;;\n"
+        "esac\n")
+    path.chmod(0o755)
+    return path
+
+
+def make_uv_venv_cfg(venv: Path, uv: str | None = "0.5.29") -> Path:
+    """`venv/pyvenv.cfg` as uv writes it (`uv = …` line), or as `python -m venv` does (uv=None)."""
+    venv.mkdir(parents=True, exist_ok=True)
+    lines = ["home = /usr/bin", "include-system-site-packages = false", "version = 3.10.14"]
+    if uv is not None:
+        lines += [f"uv = {uv}", "implementation = CPython", "version_info = 3.10.14"]
+    else:
+        lines += ["executable = /usr/bin/python3.10", f"command = /usr/bin/python3.10 -m venv {venv}"]
+    (venv / "pyvenv.cfg").write_text("\n".join(lines) + "\n")
+    return venv

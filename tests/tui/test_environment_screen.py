@@ -218,3 +218,45 @@ async def test_finding_labels_never_run_into_their_values_at_80x24(project: Path
         ("dataset config", "not written yet"),
         ("a finding title…", "and its value"),
     ], "\n".join(rows)
+
+
+async def test_nixos_and_uv_findings_with_their_keys(project: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 item 11: on NixOS (a fake root tree) torch cannot load libcuda.so: the finding names the driver's
+    folder with [l], which saves paths.ld_library_path and shows LD_LIBRARY_PATH in the command; the venv made by uv
+    is named with [v]."""
+    from tests.support.fake_trainer_env import make_fake_root, make_libcuda_python, make_uv_venv_cfg
+    from tests.tui.test_train_layout import svg_cells
+
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    root = make_fake_root(tmp_path / "root")
+    lib = root / "run" / "opengl-driver" / "lib"
+    sd = make_checkout(project.parent / "sd-scripts", git_branch=None)
+    make_libcuda_python(sd / ".venv" / "bin" / "python", canned_check(sd_scripts=sd), lib)
+    make_uv_venv_cfg(sd / ".venv")
+    session = Session.open_project(project)
+    session.set("paths.sd_scripts", str(sd))
+    save(session)
+    app = env_app(session, root=root)
+    async with app.run_test(size=(120, 60)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, EnvironmentScreen)
+        await check(pilot)
+        grid, _ = svg_cells(app.export_screenshot(), 120, 60)
+        rows = " ".join("".join(row).strip() for row in grid)  # wrapped lines joined
+        assert "NixOS driver" in rows and "→ [l] run the trainer with" in rows, rows
+        assert "uv venv" in rows and "made by uv 0.5.29" in rows and "→ [v] create a plain venv" in rows, rows
+        assert "[i] install torch" not in rows, rows  # torch is fine: the loader's path is not
+        keys = {f.key: f for f in screen.findings}
+        assert keys["nixos"].action == "libpath" and keys["uv_venv"].action == "venv"
+        assert "LD_LIBRARY_PATH" not in screen.query_one("#command").render().plain
+        screen.set_focus(None)
+        await pilot.press("l")  # asks first
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        await pilot.press("enter")
+        await wait_idle(pilot, until=lambda: "nixos" not in {f.key for f in screen.findings})
+        assert app.session.path_settings.ld_library_path == [str(lib)]
+        assert f"LD_LIBRARY_PATH={lib}" in screen.query_one("#command").render().plain
+        assert screen.command.env["LD_LIBRARY_PATH"] == str(lib)
+    assert Session.load(project / "session.toml").path_settings.ld_library_path == [str(lib)]

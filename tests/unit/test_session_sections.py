@@ -47,7 +47,7 @@ REACH: dict[type, Callable[[Session], Any]] = {
 CHANGED: dict[str, Any] = {
     "version": 1, "name": "other-lora",
     "paths.sd_scripts": "~/sd", "paths.python": "py/bin/python", "paths.models": "m", "paths.tokenizers": "t",
-    "paths.dataset": "d", "paths.runs": "r",
+    "paths.dataset": "d", "paths.runs": "r", "paths.ld_library_path": ["/run/opengl-driver/lib"],
     "models.preset": "flux1-dev-bf16", "models.flux": "f.safetensors", "models.ae": "ae.safetensors",
     "models.clip_l": "clip.safetensors", "models.t5xxl": "t5.safetensors",
     "dataset.source": "photos", "dataset.max_side": 512, "dataset.trigger": "ohwx", "dataset.num_repeats": 3,

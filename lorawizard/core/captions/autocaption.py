@@ -405,7 +405,9 @@ def draft(
     trigger = session.dataset.trigger
     job = write_job(session, images, model, instruction=instruction_for(session),
                     max_tokens=max_new_tokens(session, trigger_tokens), device=placement.device)
-    env = dict(os.environ)
+    from lorawizard.core.launch.command import library_path_env  # lazy: the Captions screen's first frame
+
+    env = {**os.environ, **library_path_env(session)}  # NixOS: the driver's libraries, as the trainer gets them
     if placement.gpu_uuid:
         env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
     log(f"captioner {model.name} on {placement.note}")

@@ -20,6 +20,7 @@ from lorawizard.core.environment.checkout import (
     inspect_checkout,
 )
 from lorawizard.core.environment.findings import Examination, Finding, FixAction
+from lorawizard.core.environment.quirks import nixos_finding, plain_venv_target, uv_finding, uv_version, venv_of
 from lorawizard.core.environment.torch_wheels import (
     MIN_TORCH,
     TorchWheel,
@@ -39,7 +40,7 @@ from lorawizard.core.environment.trainer_python import (
 )
 from lorawizard.core.gpu import nvml as gpu_module
 from lorawizard.core.gpu.nvml import NO_GPU, Inventory, NvmlAdapter
-from lorawizard.core.launch.command import TRAIN_SCRIPT
+from lorawizard.core.launch.command import TRAIN_SCRIPT, library_path_env
 from lorawizard.core.session.document import Session
 
 
@@ -52,9 +53,11 @@ def examine(
     imports: bool = True,
     preview_command: bool = True,
     nvml: NvmlAdapter | None = None,
+    root: Path = Path("/"),
 ) -> Examination:
     """Every check, in order; never raises for bad input (each problem becomes a finding). `nvml`: the GPUs' adapter
-    (None: the process-wide one; tests pass a fake)."""
+    (None: the process-wide one; tests pass a fake); `root`: the filesystem root the machine is read from (NixOS's
+    /etc/NIXOS and /run/opengl-driver/lib; tests pass a fake tree)."""
     meter = ProgressMeter(progress, "env", "checking", 5, "checks")
     findings: list[Finding] = []
     diagnosis = Examination(findings)
@@ -93,7 +96,8 @@ def examine(
             "create the venv or set paths.python", [venv_argv(venv)], action="venv",
         ))
     else:
-        check = run_trainer_check(python, usable_sd, timeout=timeout, cancel=cancel, imports=imports)
+        check = run_trainer_check(python, usable_sd, timeout=timeout, cancel=cancel, imports=imports,
+                                  extra_env=library_path_env(session))
         if check.data is None:
             findings.append(Finding("python", "error", "trainer Python", check.problem or "the check failed",
                                     "point paths.python at a working Python 3.10–3.12, or create a venv",
@@ -101,11 +105,18 @@ def examine(
         else:
             diagnosis.check = check.data
             findings.extend(_python_findings(check.data, python))
+        findings.extend(_uv_findings(python, check.data, usable_sd or sd_scripts))
     tick("trainer Python")
 
     # 4. torch, CUDA, accelerate, requirements (from the check)
     if check is not None and check.data is not None:
         findings.extend(torch_findings(check.data, python, gpus, driver_cuda))
+        nixos = nixos_finding(check.data, root, session.path_settings.ld_library_path, bool(gpus))
+        if nixos is not None:  # reinstalling torch would not help: the loader's path would
+            for finding in findings:
+                if finding.key == "cuda" and finding.status == "error":
+                    finding.fix, finding.commands, finding.action = "NixOS: see the driver's libraries below", [], None
+            findings.append(nixos)
         findings.extend(_package_findings(check.data, python, usable_sd))
     tick("packages")
 
@@ -123,6 +134,15 @@ def safe_inventory(nvml: NvmlAdapter | None = None) -> Inventory:
         return gpu_module.inventory(nvml)
     except Exception as exc:  # noqa: BLE001 - NVML problems are findings, never crashes
         return Inventory(gpus=[], problem=NO_GPU, reason=str(exc))
+
+
+def _uv_findings(python: Path, data: Mapping[str, Any] | None, sd_scripts: Path | None) -> list[Finding]:
+    """The trainer's venv made by uv, with the plain venv the [v] fix would create instead."""
+    if uv_version(venv_of(python, data)) is None:
+        return []
+    target = plain_venv_target(sd_scripts, venv_of(python, data))
+    finding = uv_finding(python, data, sd_scripts, [venv_argv(target)] if target is not None else [])
+    return [finding] if finding is not None else []
 
 
 def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | None) -> Finding:

@@ -33,6 +33,7 @@ from lorawizard.core.environment.checkout import (
 )
 from lorawizard.core.environment.doctor import safe_inventory, torch_findings
 from lorawizard.core.environment.findings import FixAction
+from lorawizard.core.environment.quirks import NIXOS_DRIVER_LIB, driver_lib_dir, is_nixos, plain_venv_target, uv_version
 from lorawizard.core.environment.torch_wheels import parse_cuda_version, torch_wheel_for
 from lorawizard.core.environment.trainer_python import (
     find_python,
@@ -40,9 +41,10 @@ from lorawizard.core.environment.trainer_python import (
     run_trainer_check,
     venv_argv,
     venv_dir_of,
+    venv_python,
 )
 from lorawizard.core.gpu.nvml import NvmlAdapter
-from lorawizard.core.launch.command import TRAIN_SCRIPT
+from lorawizard.core.launch.command import TRAIN_SCRIPT, library_path_env
 from lorawizard.core.session.document import Session
 
 FIXES: tuple[FixAction, ...] = get_args(FixAction)
@@ -180,12 +182,15 @@ def run_fix(
     with_pip: bool = True,
     dry_run: bool = False,
     nvml: NvmlAdapter | None = None,
+    root: Path = Path("/"),
 ) -> FixResult:
-    """Perform one fix: "clone" (sd-scripts, chosen branch), "venv" (the trainer's venv), "install" (torch + requirements).
+    """Perform one fix: "clone" (sd-scripts, chosen branch), "venv" (the trainer's venv; a plain one beside a venv made
+    by uv), "install" (torch + requirements), "libpath" (NixOS: the driver's libraries on the trainer's LD_LIBRARY_PATH).
 
     Never raises for expected failures (no network, pip failing halfway, an existing folder): the result says what
     happened, where the log is, and which commands to run by hand. `record(key, value)` stores paths it decided;
-    `nvml`: the GPUs' adapter install reads the driver from (None: the process-wide one).
+    `nvml`: the GPUs' adapter install reads the driver from (None: the process-wide one); `root`: the filesystem root
+    the machine is read from (tests: a fake tree).
     """
     if not is_fix(action):  # a caller mypy does not check (a test, a word from outside)
         return FixResult(False, f"unknown fix {action!r} (fixes: {', '.join(FIXES)})")
@@ -193,6 +198,8 @@ def run_fix(
         return _fix_clone(session, branch, url, log, progress, cancel, record, dry_run)
     if action == "venv":
         return _fix_venv(session, log, progress, cancel, record, with_pip, dry_run)
+    if action == "libpath":
+        return _fix_libpath(session, root, record, dry_run)
     return _fix_install(session, log, progress, cancel, dry_run, nvml)
 
 
@@ -287,6 +294,8 @@ def _fix_venv(session: Session, log: LogCallback, progress: ProgressCallback, ca
     if python is None:
         return FixResult(False, "sd-scripts is not found yet: clone it first")
     venv = venv_dir_of(python)
+    if python.exists() and uv_version(venv) is not None:
+        return _fix_uv_venv(session, sd_scripts, venv, log, progress, cancel, record, with_pip, dry_run)
     commands = [venv_argv(venv, with_pip=with_pip)]
     if python.exists():
         return FixResult(False, f"{python} already exists: nothing was changed (remove {venv} yourself to start over)",
@@ -304,6 +313,49 @@ def _fix_venv(session: Session, log: LogCallback, progress: ProgressCallback, ca
     return FixResult(True, f"created {venv} with {commands[0][0]}", path, commands)
 
 
+def _fix_uv_venv(session: Session, sd_scripts: Path | None, uv_venv: Path, log: LogCallback, progress: ProgressCallback,
+                 cancel: threading.Event | None, record: Callable[[str, Any], None] | None, with_pip: bool,
+                 dry_run: bool) -> FixResult:
+    """A plain `python -m venv` beside the trainer's venv made by uv (which is kept as it is); paths.python points at
+    the new one, so the install fix fills it next."""
+    target = plain_venv_target(sd_scripts, uv_venv)
+    if target is None:
+        return FixResult(False, f"{uv_venv} was made by uv, and sd-scripts has no free folder for a plain venv "
+                                f"(venv, .venv, venv-plain): create one yourself and set paths.python")
+    commands = [venv_argv(target, with_pip=with_pip)]
+    python = venv_python(target)
+    if dry_run:
+        return FixResult(True, "would run: " + _manual(commands) + f"; paths.python = {python}", commands=commands)
+    ok, failure, path, tail = _run_steps(session, "venv", [("create a plain venv", commands[0], None)], log, progress,
+                                         cancel)
+    if not ok:
+        return _failure(failure, tail, path, commands, None)
+    if record is not None:
+        record("paths.python", str(python))
+    return FixResult(True, f"created a plain venv in {target} with {commands[0][0]} (the uv one in {uv_venv} is kept); "
+                           "install torch and the requirements into it next", path, commands)
+
+
+def _fix_libpath(session: Session, root: Path, record: Callable[[str, Any], None] | None, dry_run: bool) -> FixResult:
+    """NixOS: put the driver's library folder first in `paths.ld_library_path` (the launch adds it to the trainer's
+    LD_LIBRARY_PATH and shows it in the command)."""
+    if not is_nixos(root):
+        return FixResult(False, "this is not NixOS: LD_LIBRARY_PATH is left as it is")
+    folder = driver_lib_dir(root)
+    if folder is None:
+        return FixResult(False, f"no libcuda.so in {root / NIXOS_DRIVER_LIB}: enable the NVIDIA driver in your NixOS "
+                                "configuration (hardware.nvidia, hardware.graphics.enable) and rebuild")
+    current = session.path_settings.ld_library_path
+    value = [str(folder), *[entry for entry in current if entry != str(folder)]]
+    if dry_run:
+        return FixResult(True, f"would save paths.ld_library_path = {value}")
+    if value != current:
+        if record is None:
+            return FixResult(False, f"nothing can save it here: set paths.ld_library_path = [\"{folder}\"] yourself")
+        record("paths.ld_library_path", value)
+    return FixResult(True, f"the trainer runs with LD_LIBRARY_PATH={folder} first (saved as paths.ld_library_path)")
+
+
 def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback, cancel: threading.Event | None,
                  dry_run: bool, nvml: NvmlAdapter | None) -> FixResult:
     sd_scripts = find_sd_scripts(session)
@@ -313,7 +365,7 @@ def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback,
     if python is None or not python.exists():
         return FixResult(False, "the trainer's Python does not exist yet: create the venv first")
     # torch first (the wheel for this driver), so the requirements never pull a default torch from PyPI
-    check = run_trainer_check(python, sd_scripts, imports=False, cancel=cancel)
+    check = run_trainer_check(python, sd_scripts, imports=False, cancel=cancel, extra_env=library_path_env(session))
     steps: list[tuple[str, list[str], Path | None]] = []
     inventory = safe_inventory(nvml)
     gpus = list(getattr(inventory, "gpus", []) or [])

@@ -7,7 +7,8 @@ accelerate, requirements — one module per concern:
   by path with a time limit, JSON out: torch is only ever imported there);
 - `torch_wheels`: CUDA/torch versions, the torch wheel a driver can run;
 - `doctor`: `examine(session)`, every check in order turned into findings, and the training command's preview;
-- `fixes`: `run_fix(session, action)`, the one-key fixes (clone, venv, install) streamed to a log file under
+- `quirks`: NixOS (the driver's libraries on the trainer's LD_LIBRARY_PATH) and trainer venvs made by uv;
+- `fixes`: `run_fix(session, action)`, the one-key fixes (clone, venv, install, libpath) streamed to a log file under
   `.lorawizard/logs/`; without network a fix says so and shows the commands. No subprocess goes through a shell.
 
 This module is the step (`run_step`) and the public names of the others: `from lorawizard.core.environment.step import X`
@@ -16,6 +17,7 @@ works for all of them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from lorawizard.core.contract import StepContext, StepResult
@@ -131,6 +133,7 @@ class EnvOptions(TypedDict, total=False):
     with_pip: bool  # venv: with pip (default)
     check_timeout: float  # seconds for the check in the trainer's Python
     nvml: NvmlAdapter  # the GPUs' adapter (tests: a fake NVML, tests/support/fake_nvml.py)
+    root: Path  # the filesystem root the machine is read from (NixOS's files; tests: a fake tree); default /
 
 
 def _options(ctx: StepContext) -> EnvOptions:
@@ -148,14 +151,15 @@ def run_step(ctx: StepContext) -> StepResult:
             session, fix, branch=str(_options(ctx).get("branch") or DEFAULT_BRANCH),
             url=str(_options(ctx).get("url") or SD_SCRIPTS_URL), log=ctx.log, progress=ctx.progress,
             cancel=ctx.cancel, record=ctx.record, with_pip=bool(_options(ctx).get("with_pip", True)), dry_run=ctx.dry_run,
-            nvml=_options(ctx).get("nvml"),
+            nvml=_options(ctx).get("nvml"), root=_options(ctx).get("root", Path("/")),
         )
         data["fix"] = result
         details.append(("✓ " if result.ok else "✗ ") + result.summary)
         if not result.ok:
             return StepResult(False, result.summary, details, data)
     diagnosis = examine(session, cancel=ctx.cancel, progress=ctx.progress,
-                         timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)), nvml=_options(ctx).get("nvml"))
+                         timeout=float(_options(ctx).get("check_timeout", CHECK_TIMEOUT_S)), nvml=_options(ctx).get("nvml"),
+                         root=_options(ctx).get("root", Path("/")))
     if (diagnosis.sd_scripts is not None and not session.is_set("paths.sd_scripts")
             and inspect_checkout(diagnosis.sd_scripts).has_flux):
         ctx.record("paths.sd_scripts", str(diagnosis.sd_scripts))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -62,8 +63,10 @@ def run_trainer_check(
     timeout: float = CHECK_TIMEOUT_S,
     cancel: threading.Event | None = None,
     imports: bool = True,
+    extra_env: Mapping[str, str] | None = None,
 ) -> CheckRun:
-    """Run trainer_side/check_environment.py in `python` (argv list, own process group, time limit); parse its JSON line."""
+    """Run trainer_side/check_environment.py in `python` (argv list, own process group, time limit); parse its JSON line.
+    `extra_env`: what the launch adds to the trainer's environment (core.launch.command.library_path_env)."""
     argv = [str(python), str(CHECK_SCRIPT)]
     if sd_scripts is not None:
         argv += ["--sd-scripts", str(sd_scripts)]
@@ -73,6 +76,7 @@ def run_trainer_check(
     env = dict(os.environ)  # the same environment the trainer will get
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra_env or {})
     try:
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
