@@ -44,6 +44,42 @@ async def test_no_gpu_is_a_clear_state(home_project: Path, monkeypatch: pytest.M
         assert app.step_states["probe"] == "attention"
 
 
+async def test_a_batch_size_of_ones_own_per_bucket_without_a_gpu(home_project: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 item 2: with no GPU to probe (or to override a probed size), `b` sets the highlighted bucket's batch
+    size by hand; a wrong one is refused with its reason and nothing saved; empty gives it back."""
+    from lorawizard.tui.screens.confirm import AskScreen
+    from lorawizard.tui.widgets.probe_tables import BucketTable
+
+    install(monkeypatch, none_visible())
+    session = with_dataset(home_project)
+    app = LoraWizardApp(session, start_step="probe")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(BucketTable)
+        table.focus()
+        await pilot.press("down")  # the second bucket, 1024x512
+        await pilot.press("b")
+        await pilot.pause()
+        assert isinstance(app.screen, AskScreen)
+        await pilot.press("0", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, AskScreen)  # refused: still asking, with the reason
+        assert "1 to" in str(app.screen.query_one("#ask-problem").render())
+        await pilot.press("backspace", "3", "enter")
+        await pilot.pause()
+        assert session.batch_sizes() == {"1024x512": 3}
+        row = table.get_row("1024x512")
+        assert str(row[2]).strip() == "3" and "set by hand" in str(row[5])
+        await pilot.press("b")
+        await pilot.pause()
+        await pilot.press("backspace", "enter")  # empty: back to the estimate / the probe
+        await pilot.pause()
+        assert session.batch_sizes() == {}
+        await pilot.press("ctrl+q")
+    assert Session.load(home_project / "session.toml", read_only=True).batch_sizes() == {}
+
+
 async def test_choose_the_other_gpu_and_a_preset(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install(monkeypatch, two_different_gpus())
     app = LoraWizardApp(with_dataset(home_project), start_step="probe")

@@ -56,7 +56,7 @@ CHANGED: dict[str, Any] = {
     "gpu.same_network": False, "gpu.vram_preset": "24gb",
     "train.network_dim": 8, "train.learning_rate": 2e-4, "train.max_train_epochs": 7, "train.save_every_n_epochs": 2,
     "train.optimizer_type": "prodigy", "train.seed": 7, "train.extra_args": ["--max_grad_norm", "1.0"],
-    "train.mixed_precision": "no", "train.keep_epoch": 4, "train.on_finish": ["notify-send", "done"],
+    "train.mixed_precision": "no", "train.base_precision": "16bit", "train.keep_epoch": 4, "train.on_finish": ["notify-send", "done"],
     "train.state_minutes": 5,
     "train.samples.prompts": ["a cat"], "train.samples.every_n_epochs": 2, "train.samples.width": 512,
     "train.samples.height": 768, "train.samples.steps": 10, "train.samples.guidance": 4.0, "train.samples.seed": 1,

@@ -453,6 +453,19 @@ def base_options(session: Session) -> dict[str, Any]:
     }
 
 
+def _apply_preset(session: Session, options: dict[str, Any]) -> None:
+    """The session's VRAM preset over the defaults (an optimizer the person chose stays theirs)."""
+    preset = session_vram_preset(session)
+    if preset is None:
+        return
+    if preset.options.get("blocks_to_swap") or preset.min_gb < 24:
+        options["highvram"] = None  # --highvram skips memory clean-ups: only for big GPUs
+    for name, value in preset.options.items():
+        if name == "optimizer_type" and session.is_set("train.optimizer_type"):
+            continue  # the user's explicit choice wins over the preset's
+        options[name] = value
+
+
 def trainer_options(
     session: Session,
     *,
@@ -465,14 +478,7 @@ def trainer_options(
 ) -> dict[str, Any]:
     """The trainer options in order: defaults → VRAM preset → extra_args → run paths → overrides (last wins)."""
     options = base_options(session)
-    preset = session_vram_preset(session)
-    if preset is not None:
-        if preset.options.get("blocks_to_swap") or preset.min_gb < 24:
-            options["highvram"] = None  # --highvram skips memory clean-ups: only for big GPUs
-        for name, value in preset.options.items():
-            if name == "optimizer_type" and session.is_set("train.optimizer_type"):
-                continue  # the user's explicit choice wins over the preset's
-            options[name] = value
+    _apply_preset(session, options)
     if session.train.base_precision == "16bit":  # the person's choice over the preset's fp8 (extra_args still win)
         options["fp8_base"] = None
     extra = parse_extra_args(session.train.extra_args)

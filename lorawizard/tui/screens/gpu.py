@@ -36,7 +36,7 @@ from lorawizard.core.launch.multigpu import short_name
 from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
 from lorawizard.core.probe.step import ProbeEvent, ProbeOptions
 from lorawizard.core.probe.trial_rows import TrialRow, with_event
-from lorawizard.core.session.document import parse_bucket
+from lorawizard.core.session.document import MAX_BATCH, parse_bucket
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
@@ -67,6 +67,7 @@ class GpuScreen(StepScreen):
         Binding("r", "reprobe", "Re-probe all", show=True),
         Binding("u", "refresh", "Refresh GPUs", show=True),
         Binding("space", "toggle_gpu", "Add/remove GPU", show=False),
+        Binding("b", "batch_size", "Batch size", show=True),
     ]
 
     CSS_PATH = "gpu.tcss"
@@ -299,6 +300,31 @@ class GpuScreen(StepScreen):
         self.bucket_rows = tuple(bucket_rows(wizard_app(self).session, self.buckets, preset,
                                              gpu.memory_total if gpu is not None else None))
 
+    # -- a batch size of one's own
+
+    def action_batch_size(self) -> None:
+        """b: set the highlighted bucket's batch size by hand (no GPU to probe, or to override the probe's); empty
+        gives it back to the probe or the estimate."""
+        from lorawizard.tui.screens.confirm import AskScreen
+
+        table = self.query_one(BucketTable)
+        if not self.bucket_rows or table.cursor_row < 0:
+            self.notify("no buckets yet: the dataset step makes them", severity="warning")
+            return
+        bucket = self.bucket_rows[min(table.cursor_row, len(self.bucket_rows) - 1)].bucket
+        current = wizard_app(self).session.batch_sizes().get(bucket)
+
+        def answer(text: str | None) -> None:
+            if text is None:
+                return
+            size = int(text) if text.strip() else None
+            wizard_app(self).store.apply(lambda session: session.set_batch_size(bucket, size))
+            self._show_buckets()
+
+        self.app.push_screen(AskScreen(
+            f"Batch size for {bucket} (1–{MAX_BATCH}; empty: the probe's or the estimate)",
+            "" if current is None else str(current), placeholder="e.g. 2", check=_batch_problem), answer)
+
     # -- the probe
 
     def action_primary(self) -> None:
@@ -335,3 +361,13 @@ class GpuScreen(StepScreen):
         self._show_gpus()
         self._show_preset()
         self._show_buckets()
+
+
+def _batch_problem(text: str) -> str | None:
+    """A typed batch size: empty, or a whole number from 1 to MAX_BATCH."""
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH:
+        return f"a whole number from 1 to {MAX_BATCH}, got {text!r}"
+    return None

@@ -37,11 +37,14 @@ class BucketTable(Table):
     def watch_bucket_rows(self, rows: tuple[BucketRow, ...] | None) -> None:
         if rows is None:  # the dataset is not read yet
             return
+        cursor = self.cursor_row  # the row a person was on stays highlighted (a batch size set by hand redraws)
         self.clear()
         self.display = bool(rows)
         for row in rows:
             self.add_row(row.bucket, str(row.images), row.batch, row.peak_gb, row.s_per_step,
                          _cell(row.source, row.tone), key=row.bucket)
+        if rows and cursor > 0:
+            self.move_cursor(row=min(cursor, len(rows) - 1))
 
 
 class TrialTable(Table):
