@@ -28,7 +28,7 @@ from typing import Any
 
 EXIT_FILE = "exit.json"
 RUN_FILE = "run.json"
-GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # runs.GROUP_ENV
+GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # processes.GROUP_ENV
 TRAINER_FILE = "trainer.json"  # the trainer's pid, start time and group (note_trainer)
 ON_FINISH_TIMEOUT_S = 60.0
 ON_FINISH_LOG = "on_finish.log"
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     try:
         # the trainer's processes carry the run's group (the hook, started with this process's own environment, does
-        # not): runs.project_processes finds them even when run.json and the run folder are gone
+        # not): processes.project_processes finds them even when run.json and the run folder are gone
         child = subprocess.Popen(command, env={**os.environ, GROUP_ENV: str(os.getpgrp())})
     except OSError as exc:
         sys.stderr.write(f"lorawizard: cannot start the trainer: {exc}\n")
