@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Input, Label
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.support.fakehub import FakeHub
+from tests.support.model_files import write_model
 from tests.support.sessions import save
 
 
@@ -72,8 +73,7 @@ async def test_token_is_stored_and_never_shown(hub: FakeHub, home_project: Path)
 
 
 async def test_choose_a_file_sets_the_override_and_rechecks(home_project: Path) -> None:
-    mine = home_project / "mine.safetensors"
-    mine.write_bytes(b"x" * 100)
+    mine = write_model(home_project / "mine.safetensors", "clip_l")  # a CLIP-L by its header
     app = LoraWizardApp(Session.open_project(home_project), start_step="models")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
@@ -91,7 +91,7 @@ async def test_choose_a_file_sets_the_override_and_rechecks(home_project: Path) 
 def _offline_project(home_project: Path) -> Path:
     models = home_project / "models"
     models.mkdir()
-    (models / "ae.safetensors").write_bytes(b"a" * 1000)  # found by name (offline: unverified)
+    write_model(models / "ae.safetensors", "ae")  # found by name (offline: unverified), an AE by its header
     return home_project
 
 
@@ -130,7 +130,7 @@ def test_snapshot_gated_error_80x24(snap_compare, hub: FakeHub, home_project: Pa
 async def test_add_folder_searches_it(home_project: Path, isolated_home: Path) -> None:
     folder = isolated_home / "stash"
     folder.mkdir()
-    (folder / "t5xxl_fp8_e4m3fn.safetensors").write_bytes(b"t" * 10)  # offline: matched by name
+    write_model(folder / "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8")  # offline: matched by name
     app = LoraWizardApp(Session.open_project(home_project), start_step="models")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
@@ -199,3 +199,111 @@ async def test_a_file_that_is_no_model_is_refused(home_project: Path) -> None:
         assert "is not a .safetensors file" in str(app.screen.query_one("#model-problem", Label).render())
         assert "requirements" not in cell(app, "flux", "where")
         assert app.session.get("models.flux") is None
+
+
+def problem_line(app: LoraWizardApp) -> str:
+    return str(app.screen.query_one("#model-problem", Label).render())
+
+
+async def test_a_file_of_another_role_is_refused_naming_both(home_project: Path) -> None:
+    """QA: the T5 file on the CLIP-L row gave `✓ found (unverified)`. Its header says what it is: refused, one line."""
+    t5 = write_model(home_project / "t5xxl_fp16.safetensors", "t5xxl")
+    app = _app(home_project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=2)  # CLIP-L
+        await pilot.press("f")
+        app.screen.query_one("#model-ask", Input).value = str(t5)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert problem_line(app) == "t5xxl_fp16.safetensors is a T5-XXL text encoder (fp16), not CLIP-L"
+        assert "t5xxl_fp16" not in cell(app, "clip_l", "where")
+        assert app.session.get("models.clip_l") is None
+        table.move_cursor(row=3)  # the same file on its own row is taken, and the row says what it is
+        await pilot.press("f")
+        app.screen.query_one("#model-ask", Input).value = str(t5)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert cell(app, "t5xxl", "state") == "✓ T5-XXL fp16"
+        assert "t5xxl_fp16.safetensors (your choice)" in cell(app, "t5xxl", "where")
+
+
+async def test_add_folder_finds_files_by_header_and_says_how_many(home_project: Path, isolated_home: Path) -> None:
+    """QA: "Add folder" on a folder whose files have other names found nothing and said nothing."""
+    folder = isolated_home / "e2e-models"
+    write_model(folder / "flux1-dev-tiny-1d1s.safetensors", "flux")
+    write_model(folder / "ae-random.safetensors", "ae")
+    write_model(folder / "clip_l-random.safetensors", "clip_l")
+    write_model(folder / "t5xxl-random_bf16.safetensors", "t5xxl")
+    write_model(folder / "ohwx-lora.safetensors", "lora")
+    app = _app(home_project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        assert cell(app, "flux", "state") == "missing"
+        app.screen.query_one(DataTable).focus()
+        await pilot.press("a")
+        app.screen.query_one("#model-ask", Input).value = "~/e2e-models"
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert problem_line(app) == "searched 5 files by header, matched 4: FLUX transformer, AE, CLIP-L, T5-XXL"
+        assert cell(app, "flux", "state") == "✓ FLUX transformer bf16"
+        assert cell(app, "flux", "where") == "~/e2e-models/flux1-dev-tiny-1d1s.safetensors (added folder)"
+        assert cell(app, "t5xxl", "state") == "✓ T5-XXL fp16"
+
+
+async def test_the_tokenizers_row_has_a_field_and_a_folder_check(home_project: Path, isolated_home: Path) -> None:
+    """QA: the tokenizers row said "set paths.tokenizers instead" with no way to do it."""
+    from lorawizard.core.profile import FLUX1_DEV
+
+    tok = isolated_home / "tok"
+    (tok / FLUX1_DEV.tokenizers[0].folder).mkdir(parents=True)
+    app = _app(home_project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=4)  # tokenizers
+        await pilot.press("f")
+        field = app.screen.query_one("#set-paths-tokenizers", Input)
+        assert field.has_focus
+        field.value = "~/tok"
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.session.get("paths.tokenizers") == "~/tok"
+        assert cell(app, "tokenizers", "state") == "missing"
+        assert cell(app, "tokenizers", "where") == ("7 of 7 files missing from ~/tok, e.g. "
+                                                    "openai_clip-vit-large-patch14/vocab.json (Ctrl+G downloads them)")
+        for tokenizer in FLUX1_DEV.tokenizers:
+            for name in tokenizer.required:
+                (tok / tokenizer.folder).mkdir(exist_ok=True)
+                (tok / tokenizer.folder / name).write_text("{}")
+        field.focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert cell(app, "tokenizers", "state") == "✓ found"
+        assert cell(app, "tokenizers", "where").startswith("~/tok ")
+
+
+async def test_the_captioner_row_follows_captions_model(home_project: Path) -> None:
+    """QA: after captions.model pointed at a local folder the row still showed "missing (7.5 GB) Qwen/…"."""
+    folder = home_project / "qwen-local"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        (folder / name).write_text("{}")
+    app = _app(home_project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        assert cell(app, "captioner", "state").startswith("missing")
+        app.decide("captions.model", str(folder))  # as the Captions screen's field does
+        app.screen.set_focus(None)
+        await pilot.press("3")
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        app.screen.set_focus(None)
+        await pilot.press("2")
+        await settle(app, pilot)
+        assert cell(app, "captioner", "state") == "✓ your folder"
+        assert "qwen-local (captions.model folder)" in cell(app, "captioner", "where")
+        assert "Qwen" not in cell(app, "captioner", "where")

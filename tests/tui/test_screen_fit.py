@@ -151,11 +151,12 @@ async def test_autocaption_dialog_shows_the_model_folder_from_home_cut_in_the_mi
 
 async def test_models_where_column_keeps_the_file_name(isolated_home: Path, project: Path) -> None:
     from lorawizard.core.models import catalog
+    from tests.support.model_files import write_model
 
     folder = isolated_home / "ComfyUI" / "models" / "unet"
     folder.mkdir(parents=True)
     name = catalog.preset(None).file_for("flux").filename
-    (folder / name).write_bytes(b"")
+    write_model(folder / name, "flux")  # a FLUX transformer by its header (an empty file is refused)
     session = Session.open_project(project)
     session.set("models.flux", str(folder / name))
     save(session)

@@ -14,6 +14,7 @@ from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
 from tests.support import svg_cells
 from tests.support.fake_nvml import install
+from tests.support.model_files import write_model
 from tests.tui.test_dataset_screen import demo_project
 from tests.tui.test_dataset_screen import settle as dataset_settle
 from tests.tui.test_gpu_screen import settle, with_dataset
@@ -91,7 +92,7 @@ async def test_gpu_tables_after_a_probe(home_project: Path, monkeypatch: pytest.
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
 async def test_models_table(home_project: Path, size: tuple[int, int]) -> None:
     (home_project / "models").mkdir()
-    (home_project / "models" / "ae.safetensors").write_bytes(b"a" * 1000)  # "✓ found (unverified)"
+    write_model(home_project / "models" / "ae.safetensors", "ae")  # found by name, an AE by its header
     app = LoraWizardApp(Session.open_project(home_project), start_step="models")
     async with app.run_test(size=size) as pilot:
         await settle(pilot)

@@ -160,7 +160,7 @@ def test_the_tokenizers_folder_check(tmp_path: Path) -> None:
 
     tokenizers = FLUX1_DEV.tokenizers
     base = tmp_path / "tok"
-    assert "does not exist yet" in (tokenizer_problem(base, tokenizers) or "")
+    assert tokenizer_problem(base, tokenizers) == f"none yet: {base} does not exist (Ctrl+G downloads them into it)"
     base.write_text("")
     assert tokenizer_problem(base, tokenizers) == f"{base} is a file, not a folder"
     base.unlink()
@@ -176,7 +176,7 @@ def test_the_tokenizers_folder_check(tmp_path: Path) -> None:
         (base / clip.folder).mkdir(exist_ok=True)
         (base / clip.folder / name).write_text("{}")
     assert tokenizer_problem(base, tokenizers) == (
-        f"{base} lacks google_t5-v1_1-xxl/spiece.model and 2 more (Ctrl+G downloads them)")
+        f"3 of 7 files missing from {base}, e.g. google_t5-v1_1-xxl/spiece.model (Ctrl+G downloads them)")
     for name in tokenizers[1].required:
         (base / tokenizers[1].folder).mkdir(exist_ok=True)
         (base / tokenizers[1].folder / name).write_text("{}")
@@ -190,7 +190,9 @@ def test_the_tokenizers_row_names_what_its_folder_lacks(project: Path) -> None:
     save(session)
     _result, _, states = run(session, action="find")
     row = last(states, "tokenizers")
-    assert row.state == "missing" and row.note.startswith(f"{project}/tok lacks openai_clip-vit-large-patch14/vocab.json")
+    assert row.state == "missing"
+    assert row.note == (f"7 of 7 files missing from {project}/tok, e.g. openai_clip-vit-large-patch14/vocab.json "
+                        "(Ctrl+G downloads them)")
 
 
 def test_the_captioner_row_follows_a_local_captions_model_folder(project: Path) -> None:

@@ -84,7 +84,7 @@ def tokenizer_problem(folder: Path, tokenizers: tuple[Tokenizer, ...]) -> str | 
     if folder.exists() and not folder.is_dir():
         return f"{where} is a file, not a folder"
     if not folder.is_dir():
-        return f"{where} does not exist yet (Ctrl+G downloads the tokenizers into it)"
+        return f"none yet: {where} does not exist (Ctrl+G downloads them into it)"
     for tokenizer in tokenizers:
         if tokenizer_complete(folder, tokenizer) and not tokenizer_complete(folder / tokenizer.folder, tokenizer):
             return (f"{where} is the {tokenizer.repo} tokenizer's own folder: choose the folder that holds "
@@ -92,8 +92,8 @@ def tokenizer_problem(folder: Path, tokenizers: tuple[Tokenizer, ...]) -> str | 
     lacking = [f"{t.folder}/{name}" for t in tokenizers for name in t.required if not (folder / t.folder / name).is_file()]
     if not lacking:
         return None
-    more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
-    return f"{where} lacks {lacking[0]}{more} (Ctrl+G downloads them)"
+    total = sum(len(t.required) for t in tokenizers)
+    return f"{len(lacking)} of {total} files missing from {where}, e.g. {lacking[0]} (Ctrl+G downloads them)"
 
 
 def models_ready(session: Session) -> bool:

@@ -266,7 +266,8 @@ class HeaderSearch:
         """`searched 6 files by header, matched 3: FLUX transformer, AE, T5-XXL`."""
         matched = sum(len(files) for files in self.found.values())
         kinds = [files[0][1].short for role in family.role_names if (files := self.found.get(role))]
-        return f"searched {self.searched} files by header, matched {matched}" + (f": {', '.join(kinds)}" if kinds else "")
+        noun = "file" if self.searched == 1 else "files"
+        return f"searched {self.searched} {noun} by header, matched {matched}" + (f": {', '.join(kinds)}" if kinds else "")
 
 
 def search_by_header(

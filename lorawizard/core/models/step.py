@@ -358,7 +358,7 @@ def _check_tokenizers(plan: _Plan) -> None:
     elif base.exists() and not base.is_dir():
         plan.rows.update(TOKENIZER_ROLE, state="error", path=base, note=f"paths.tokenizers: {problem}")
     else:
-        plan.rows.update(TOKENIZER_ROLE, state="missing", path=base, note=problem)
+        plan.rows.update(TOKENIZER_ROLE, state="missing", path=base, file="", note=problem)  # the folder's problem
 
 
 def _download_tokenizers(plan: _Plan) -> None:

@@ -14,7 +14,7 @@ from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -23,11 +23,12 @@ from textual.widgets import Input, Label
 from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.common.progress import format_bytes, format_duration
 from lorawizard.core.models import catalog
-from lorawizard.core.models.captioners import CAPTIONER_ROLE, chosen_catalog_name, state_of
+from lorawizard.core.models.captioners import CAPTIONER_ROLE, captioner_row
 from lorawizard.core.models.files import model_file_problem
+from lorawizard.core.models.identify import identify, role_problem
 from lorawizard.core.models.rows import ModelsAction, ModelsOptions, RoleState
 from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
-from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.profile import DEFAULT_FAMILY, family_for
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths, cut_middle
@@ -60,6 +61,8 @@ def state_text(state: RoleState) -> Text:
     if state.state == "found":
         if state.verified:
             return Text("✓ verified", style=tone("success"))
+        if state.what:  # its header says it is this role's file: "✓ T5-XXL fp8"
+            return Text(f"✓ {state.what}", style=tone("success"))
         return Text("✓ found", style=tone("success")) if state.role == TOKENIZER_ROLE else Text("✓ found (unverified)",
                                                                                                  tone("warning"))
     if state.state == "downloading":
@@ -117,7 +120,8 @@ def where_text(state: RoleState) -> Text | FitPaths | FoundWhere:
         return FitPaths(Text(state.note, style=tone("error"), overflow="ellipsis", no_wrap=True), one_line=True)
     repo = f"{state.repo}/" if state.repo else ""
     note = f" · {state.note}" if state.note and state.state == "missing" else ""
-    return Text(f"{repo}{state.file}{note}", style="dim", overflow="ellipsis", no_wrap=True)
+    text = f"{repo}{state.file}{note}" if repo or state.file else state.note  # the tokenizers: what the folder lacks
+    return Text(text, style="dim", overflow="ellipsis", no_wrap=True)
 
 
 class ModelsScreen(StepScreen):
@@ -143,9 +147,12 @@ class ModelsScreen(StepScreen):
         self.asking: str | None = None
         self._next: ModelsAction | None = None  # an action to start once the running one finishes
         self._preset: str | None = None
+        self._searching = False  # the running find reads every header (a folder was added): say what it found
 
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(["models.preset", "paths.models"], {"models.preset": "preset", "paths.models": "models folder"})
+        yield SettingsForm(["models.preset", "paths.models", "paths.tokenizers"],
+                           {"models.preset": "preset", "paths.models": "models folder",
+                            "paths.tokenizers": "tokenizers"})
         table = Table(id="model-rows", cursor_type="row", zebra_stripes=False)
         yield table
         yield Label("", id="model-problem")
@@ -176,17 +183,16 @@ class ModelsScreen(StepScreen):
         self.call_after_refresh(self._fit_where)
 
     def _add_captioner_row(self, table: Table) -> None:
-        """The auto-captions model (a catalog one; a folder of the user's has no row)."""
-        name = chosen_catalog_name(wizard_app(self).session)
-        if name is None:
-            return
-        state = state_of(wizard_app(self).session, name)
-        row = RoleState(CAPTIONER_ROLE, state.spec.repo, "", state="found" if state.ready else "missing",
-                        size=int(state.spec.approx_gb * 1e9),
-                        path=state.folder if state.ready else None, source="captioner folder",
-                        note=f"{state.spec.approx_gb:g} GB · ~{state.spec.vram_gb:g} GB VRAM · {state.spec.license}")
+        """The auto-captions model: a catalog one (downloaded by c) or the folder `[captions] model` names."""
+        row = captioner_row(wizard_app(self).session)
         self.rows[CAPTIONER_ROLE] = row
         table.add_row(Text("captioner"), state_text(row), where_text(row), key=CAPTIONER_ROLE)
+
+    @on(events.ScreenResume)
+    def _captioner_again(self) -> None:
+        """`[captions] model` may have changed on the Captions screen (or by hand): the row follows it."""
+        if CAPTIONER_ROLE in self.rows and not self.runner.running:
+            self._row_changed(ModelRowChanged(captioner_row(wizard_app(self).session)))
 
     def action_captioner(self) -> None:
         self._start("captioner")
@@ -197,14 +203,22 @@ class ModelsScreen(StepScreen):
 
     # -- running the step
 
-    def _start(self, action: ModelsAction) -> None:
+    def _start(self, action: ModelsAction, *, header_search: bool = False) -> None:
         if self.runner.running:
             self._next = action if action != "find" else self._next
             self.notify("busy: the current run finishes first" if action == "find" else f"{action} starts next")
             return
-        self.query_one("#model-problem", Label).update("")
-        options: ModelsOptions = {"action": action, "on_state": self._post_state, "rows_only": True}
+        self._say("")
+        options: ModelsOptions = {"action": action, "on_state": self._post_state, "rows_only": True,
+                                  "header_search": header_search}
+        self._searching = header_search
         self.runner.start(options)
+
+    def _say(self, line: str, *, info: bool = False) -> None:
+        """The line under the table: a problem (error colour) or, with `info`, what a search found."""
+        label = self.query_one("#model-problem", Label)
+        label.set_class(info, "-info")
+        label.update(line)
 
     def _post_state(self, state: RoleState) -> None:  # worker thread
         self.post_message(ModelRowChanged(state))
@@ -219,8 +233,8 @@ class ModelsScreen(StepScreen):
     def _row_changed(self, message: ModelRowChanged) -> None:
         state = message.state
         table = self.query_one(Table)
-        if state.role not in self.rows and state.role == CAPTIONER_ROLE:
-            return  # no row: the captioner is a folder of the user's
+        if state.role not in self.rows:
+            return
         self.rows[state.role] = state
         table.update_cell(state.role, "state", state_text(state))
         table.update_cell(state.role, "where", where_text(state), update_width=False)
@@ -229,12 +243,15 @@ class ModelsScreen(StepScreen):
     def _finished(self, message: StepFinished) -> None:
         if message.step != self.STEP:
             return
-        problem = self.query_one("#model-problem", Label)
         errors = [row.note for row in self.rows.values() if row.state == "error" and row.note]
+        searched = message.result.data.get("header_search") if message.result is not None else None
         if message.error:
-            problem.update(message.error)
+            self._say(message.error)
         elif errors:
-            problem.update(f"✗ {errors[0]}")  # in full (the status line above the log is cut at the width)
+            self._say(f"✗ {errors[0]}")  # in full (the status line above the log is cut at the width)
+        elif self._searching and searched:
+            self._say(str(searched), info=True)  # "searched 6 files by header, matched 3: …"
+        self._searching = False
         if self._next:
             action, self._next = self._next, None
             self.call_after_refresh(self._start, action)
@@ -246,7 +263,7 @@ class ModelsScreen(StepScreen):
             self._preset = str(message.value)
             self._relabel()
             self.call_after_refresh(self.action_verify)
-        elif message.key == "paths.models" and message.submitted:
+        elif message.key in ("paths.models", "paths.tokenizers") and message.submitted:
             self.call_after_refresh(self.action_verify)
 
     def _relabel(self) -> None:
@@ -271,8 +288,9 @@ class ModelsScreen(StepScreen):
                     "the captioner is a folder: set [captions] model to it (F5 on the Captions screen)")
                 return
             role = self._selected_role()
-            if role == TOKENIZER_ROLE:
-                self.query_one("#model-problem", Label).update("tokenizers are a folder: set paths.tokenizers instead")
+            if role == TOKENIZER_ROLE:  # a folder: its field above the table (Enter checks it)
+                self.query_one("#set-paths-tokenizers", Input).focus()
+                self._say("the tokenizers are a folder: type it here, Enter checks it", info=True)
                 return
             ask.placeholder = f"path of your {ROW_TITLES[role]} file (Enter uses it in place, Esc cancels)"
             self.asking = f"file:{role}"
@@ -319,6 +337,10 @@ class ModelsScreen(StepScreen):
             if (wrong := model_file_problem(path)) is not None:  # a text file taken for FLUX.1: "✓ found"
                 problem.update(wrong)
                 return
+            family = family_for(wizard_app(self).session)  # its header: the T5 file on the CLIP-L row is refused
+            if (wrong := role_problem(path, role, identify(path, family), family)) is not None:
+                problem.update(wrong)
+                return
             error = wizard_app(self).decide(f"models.{role}", str(path.resolve()))
             problem.update(error or "")
             if not error:
@@ -327,7 +349,7 @@ class ModelsScreen(StepScreen):
             error = add_search_folder(wizard_app(self).session, value)
             problem.update(error or "")
             if not error:
-                self.action_verify()
+                self._start("find", header_search=True)  # then "searched N files by header, matched M"
         elif asking == "token":
             problem.update("checking the token…")
             self._store_token(value)
