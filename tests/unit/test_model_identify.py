@@ -213,3 +213,24 @@ def test_the_captioner_row_follows_a_local_captions_model_folder(project: Path) 
     _result, _, states = run(session, action="find")
     shown = [s for s in states if s.role == CAPTIONER_ROLE]
     assert shown and shown[-1].state == "found" and shown[-1].path == folder
+
+
+def test_replay_stops_at_a_file_of_the_wrong_role_with_one_line(project: Path) -> None:
+    """Replay's models step (a download run) with everything present but models.clip_l = the T5 file: not ok, the
+    summary is the one line naming both, and nothing is downloaded in its place."""
+    session = new_session(project)
+    models = session.paths.models
+    write_model(models / "flux1-dev-fp8.safetensors", "flux")
+    write_model(models / "ae.safetensors", "ae")
+    write_model(models / "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8")
+    for tokenizer in FLUX1_DEV.tokenizers:
+        for name in tokenizer.required:
+            (models / "tokenizers" / tokenizer.folder).mkdir(parents=True, exist_ok=True)
+            (models / "tokenizers" / tokenizer.folder / name).write_text("{}")
+    session.set("models.clip_l", str(models / "t5xxl_fp8_e4m3fn.safetensors"))
+    save(session)
+    result, _, _ = run(session)
+    assert not result.ok
+    assert result.summary == ("models.clip_l: t5xxl_fp8_e4m3fn.safetensors is a T5-XXL text encoder (fp8 e4m3fn), "
+                              "not CLIP-L")
+    assert not (models / "clip_l.safetensors").exists()
