@@ -167,6 +167,11 @@ class StepScreen(Screen):
 
     def on_resize(self) -> None:
         self._fit_footer()
+        # Outside a field, a new size shows the body from its top: scrolled to reach a field in a tiny terminal, it
+        # stayed scrolled back at full size with the dashboard's top cut off (issue 23)
+        body = next(iter(self.query(".step-body")), None)
+        if body is not None and not self.in_text_field():
+            self.call_after_refresh(body.scroll_home, animate=False)
 
     def _fit_footer(self) -> None:
         """Below 100 columns the palette hint would cover the screen's last keys (ctrl+p still works)."""
