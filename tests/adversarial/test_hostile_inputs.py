@@ -176,3 +176,14 @@ def test_publish_dry_run_only_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.ok and "nothing was sent" in result.summary
     assert any("would upload tiny-e2.safetensors" in line for line in lines)
     assert not (session.project_dir / "loras").exists()
+
+
+def test_captions_model_naming_a_file_says_it_is_a_file(tmp_path: Path) -> None:
+    """`captions.model = "/etc/passwd"` said "does not exist"; it exists, it is just not a model folder."""
+    from lorawizard.core.models.captioner_folders import folder_problem
+
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    problem = folder_problem(a_file)
+    assert problem is not None and "is a file, not a model folder" in problem and "does not exist" not in problem
+    assert folder_problem(tmp_path / "nothing") == f"{tmp_path / 'nothing'} does not exist"
