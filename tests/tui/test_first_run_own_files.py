@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import Input, Label
 
 from lorawizard.core.launch import runs
 from lorawizard.core.models.step import TOKENIZER_ROLE
@@ -93,11 +93,12 @@ async def test_keystrokes_with_own_model_files_and_no_network(isolated_home: Pat
             await press("2")  # models: nothing found under the catalog's names
             screen = app.screen
             assert isinstance(screen, ModelsScreen)
-            assert [screen.rows[role].state for role in OWN_NAMES] == ["missing"] * 4, screen.rows
+            assert [screen.rows[role].state for role in [*OWN_NAMES, TOKENIZER_ROLE]] == ["missing"] * 5, screen.rows
             await press("a")  # add a folder to search
             await type_in(MODELS)
             await press("enter")  # every model file there told by its header
-            assert "matched 4" in str(screen.query_one("#model-problem").render()), screen.rows
+            said = str(screen.query_one("#model-problem", Label).render())
+            assert said == "searched 4 files by header, matched 4: FLUX transformer, AE, CLIP-L, T5-XXL", said  # README
             assert [screen.rows[role].state for role in OWN_NAMES] == ["found"] * 4, screen.rows
             await press("shift+tab")  # from the table up to the tokenizers field
             field = screen.query_one("#set-paths-tokenizers", Input)
@@ -136,3 +137,10 @@ async def test_keystrokes_with_own_model_files_and_no_network(isolated_home: Pat
         assert Path(argv[argv.index(option) + 1]) == mine / OWN_NAMES[role], (option, argv)
     assert Path(argv[argv.index("--tokenizer_cache_dir") + 1]) == Path(TOKENIZERS).expanduser(), argv
     assert saved["dataset"]["source"] == "photos" and saved["dataset"]["trigger"] == TRIGGER
+
+
+def test_the_readme_states_this_walk_and_its_count() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Your model files have other names, and no network", 1)[1].split("\n### ", 1)[0]
+    assert f"That is {OWN_FILES_KEYS} keys" in section
+    assert f"`{MODELS}`" in section and f"`{TOKENIZERS}`" in section and "test_first_run_own_files.py" in section
