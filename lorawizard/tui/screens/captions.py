@@ -120,7 +120,9 @@ class CaptionsScreen(StepScreen):
     INTRO = "One caption per image: the trigger word first, then what the LoRA should NOT learn."
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     FULL_BODY = True  # its own layout: a table/list and a preview side by side, filling the screen
-    FOOTER_DROP_FIRST = ("step", "undo_bulk", "cycle_filter")  # at 80 columns: ↑/↓ move too; ? lists them all
+    FOOTER_DROP_FIRST = ("step",)  # at 80 columns: ↑/↓ move too; ? lists them all (FitFooter keeps Filter, Undo bulk)
+    FOOTER_KEEP = ("bulk", "autocaption")  # with ^g, ^f Filter and f4 Undo bulk: at 80 columns ^t Trigger goes
+    FOOTER_SHORT = {"primary": "Write", "bulk": "Replace"}  # at 80 columns, so that f5 Auto-caption fits too
 
     BINDINGS = [
         Binding("ctrl+n", "step(1)", "Next", priority=True),

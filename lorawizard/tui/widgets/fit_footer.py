@@ -1,10 +1,13 @@
 """The footer of every step screen: the keys that work now, fitted to the width.
 
-At 80 columns a screen's own keys can fill the line and push the global ones (? Help, q Quit) off its end. Here the
-global keys (the app's) always show; a screen's keys that do not fit are left out, first those the screen names in
-`FOOTER_DROP_FIRST` (action names, without arguments), then from the end of the line. Every key stays in the help (?).
-The command palette's hint shows only from PALETTE_MIN_WIDTH columns (below, it covered the last keys; ctrl+p still
-works).
+At 80 columns a screen's own keys can fill the line and push the global ones (? Help, q Quit) off its end. Here some
+keys always stay: the app's (? Help, q Quit), the screen's primary action (^g), the filter and the bulk undo where a
+screen has them (KEEP_ACTIONS) and whatever the screen names in `FOOTER_KEEP`. When the keys do not fit, the footer
+first draws them tighter (one blank between keys instead of two), then uses the short descriptions the screen gives in
+`FOOTER_SHORT` (action → word: "Write" for "Write files"), then leaves out the other keys: first those the screen names
+in `FOOTER_DROP_FIRST` (action names, without arguments), then from the end of the line. Every key stays in the help
+(?). The command palette's hint shows only from PALETTE_MIN_WIDTH columns (below, it took the room of a screen's own
+keys); ctrl+p still works and the help lists it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,24 @@ from textual.widgets import Footer
 from lorawizard.tui._textual_hacks import footer_bindings_ready, footer_key
 
 PALETTE_MIN_WIDTH = 100
+KEEP_ACTIONS = ("primary", "cycle_filter", "filter", "undo_bulk")  # on every screen that has them
 
 
-def key_width(key_display: str, description: str) -> int:
-    """Cells one key takes in the (non-compact) footer: ` key ` + `description `."""
-    return cell_len(key_display) + cell_len(description) + 3
+def key_width(key_display: str, description: str, *, tight: bool = False) -> int:
+    """Cells one key takes in the footer: ` key ` + `description ` (tight: ` key` + ` description`)."""
+    return cell_len(key_display) + cell_len(description) + (2 if tight else 3)
+
+
+def _action(binding: Binding) -> str:
+    return binding.action.partition("(")[0]
 
 
 class FitFooter(Footer):
+    DEFAULT_CSS = """
+    FitFooter FooterKey.-tight .footer-key--key { padding: 0 0 0 1; }
+    FitFooter FooterKey.-tight .footer-key--description { padding: 0 0 0 1; }
+    """
+
     def __init__(self, *, show_command_palette: bool = True, id: str | None = None) -> None:
         super().__init__(show_command_palette=show_command_palette, id=id)
         self._width = 0
@@ -44,21 +57,34 @@ class FitFooter(Footer):
         palette = (active.get(app.COMMAND_PALETTE_BINDING)
                    if self.show_command_palette and app.ENABLE_COMMAND_PALETTE and width >= PALETTE_MIN_WIDTH else None)
         room = width - (key_width(app.get_key_display(palette.binding), palette.binding.description) + 1 if palette else 0)
-        drop_first = tuple(getattr(self.screen, "FOOTER_DROP_FIRST", ()))
+        screen = self.screen
+        drop_first = tuple(getattr(screen, "FOOTER_DROP_FIRST", ()))
+        keep = (*KEEP_ACTIONS, *getattr(screen, "FOOTER_KEEP", ()))
+        short: dict[str, str] = dict(getattr(screen, "FOOTER_SHORT", {}))
+        tight = shorten = False
+
+        def described(binding: Binding) -> str:
+            return short.get(_action(binding), binding.description) if shorten else binding.description
 
         def used() -> int:
-            return sum(key_width(app.get_key_display(b), b.description) for _, b, _, _ in items)
+            return sum(key_width(app.get_key_display(b), described(b), tight=tight) for _, b, _, _ in items)
 
-        # the screen's keys that go first, then from the end; never the app's own (? Help, q Quit)
-        order = [item for action in drop_first for item in items if item[1].action.partition("(")[0] == action]
-        order += [item for item in reversed(items) if item[0] is not app and item not in order]
+        if used() > room:
+            tight = True
+        if used() > room:
+            shorten = True
+        # the screen's keys that go first, then from the end; never the app's own (? Help, q Quit) nor the kept ones
+        droppable = [item for item in items if item[0] is not app and _action(item[1]) not in keep]
+        order = [item for action in drop_first for item in droppable if _action(item[1]) == action]
+        order += [item for item in reversed(droppable) if item not in order]
         for item in order:
             if used() <= room:
                 break
             items.remove(item)
         for _, binding, enabled, tooltip in items:
-            yield footer_key(binding.key, app.get_key_display(binding), binding.description, binding.action,
-                             disabled=not enabled, tooltip=tooltip)
+            yield footer_key(binding.key, app.get_key_display(binding), described(binding), binding.action,
+                             disabled=not enabled, tooltip=tooltip or binding.description,
+                             classes="-tight" if tight else "")
         if palette is not None:
             yield footer_key(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
                              palette.binding.action, classes="-command-palette", compact=True,
