@@ -1,4 +1,7 @@
-"""? — the keys: the same ones on every screen, then this screen's own."""
+"""? — the keys: the same ones on every screen, then this screen's own.
+
+At 80×24 the list is taller than the dialog: its bottom border then says that it scrolls and how far
+("↓ more below · ↑↓ PgUp PgDn scroll"), so a cut list never looks complete."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ GLOBAL_KEYS: list[tuple[str, str]] = [
     ("esc", "undo the edit in a settings field (back to its value when you entered it) · leave a text field · "
             "cancel what is running · close a dialog"),
     ("tab / shift+tab", "move between fields"),
-    ("ctrl+p", "command palette: jump to any step"),
+    ("ctrl+p", "command palette: jump to any step (the footer shows ^p palette from 100 columns; below, its room "
+               "goes to the screen's own keys)"),
     ("f8", "save a screenshot (SVG) into the project folder"),
     ("?", "this help"),
     ("q / ctrl+q", "quit: every decision is already saved; a training run keeps running"),
@@ -55,3 +59,18 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(f"Keys on {self.screen_title or 'this screen'}", classes="help-title")
                 yield Static(keys_table(self.screen_keys))
             yield Static(Text(FOOTNOTE, style="dim"), classes="help-title")
+
+    def on_mount(self) -> None:
+        box = self.query_one(VerticalScroll)
+        self.watch(box, "scroll_y", self._show_scroll_hint, init=False)
+        self.watch(box, "max_scroll_y", self._show_scroll_hint)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._show_scroll_hint)
+
+    def _show_scroll_hint(self, _value: object = None) -> None:
+        """The border says what is cut: more below, more above, or both (nothing when all of it shows)."""
+        box = self.query_one(VerticalScroll)
+        below, above = box.scroll_y < box.max_scroll_y, box.scroll_y > 0
+        where = "↑↓ more above and below" if above and below else "↓ more below" if below else "↑ more above"
+        box.border_subtitle = f"{where} · ↑↓ PgUp PgDn scroll" if above or below else ""
