@@ -45,17 +45,28 @@ class StepBar(Widget):
             state = "current" if name == self.step else states.get(name, "todo")
             title = SHORT_TITLES[name] if compact else STEP_TITLES[name]
             style = {"current": "bold reverse", "done": tone("success"), "attention": tone("error", bold=True), "todo": "dim"}[state]
-            steps.append((f" {number}{MARKS[state]} {title} ", style, name))
+            steps.append((f"{number}{MARKS[state]} {title}", style, name, state == "current"))
+        # each label takes a blank either side; the current one's are inside its highlight, with one more blank of the
+        # bar's either side, which keeps the highlight off its neighbours
+        widths = [cell_len(label) + (4 if current else 2) for label, _, _, current in steps]
         text.append(" lorawizard", style="bold")
         # the project's folder in what the steps leave, cut in the middle (a long one pushed "6 Train" off the bar)
-        room = (self.size.width or 120) - cell_len(" lorawizard ·   ") - sum(cell_len(step) for step, _, _ in steps)
+        room = (self.size.width or 120) - cell_len(" lorawizard ·   ") - sum(widths)
         if not compact and room >= MIN_PATH:
-            text.append(f" · {cut_middle(self.project_label, room)}", style="dim")
+            text.append(" ")
+            text.append(f"· {cut_middle(self.project_label, room)}", style="dim")
         text.append("  ")
         self._spans = []
-        for label, style, name in steps:
+        for label, style, name, current in steps:
             start = len(text.plain)
-            text.append(label, style=style)
+            # the blanks around a label are the bar's, not the label's colour, so that each coloured run starts at its
+            # glyph: an SVG screenshot drops a run's leading blanks ("3● Dataset 4○" ran together there); the
+            # highlight's own blanks are reversed but not bold, a run of their own
+            if current:
+                text.append(" ").append(" ", style="reverse").append(label, style=style)
+                text.append(" ", style="reverse").append(" ")
+            else:
+                text.append(" ").append(label, style=style).append(" ")
             self._spans.append((start, len(text.plain), name))
         return text
 
