@@ -144,3 +144,44 @@ class FitPaths:
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         whole = self.fitted(options.max_width)
         return Measurement.get(console, options, whole)
+
+
+def shell_words(line: str) -> list[str]:
+    """`line` split at the blanks outside quotes (a quoted word with blanks stays one word, its quotes kept)."""
+    words: list[str] = []
+    word, quote = "", ""
+    for char in line:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == " ":
+            if word:
+                words.append(word)
+            word = ""
+            continue
+        word += char
+    return [*words, word] if word else words
+
+
+def wrap_shell(command: str, width: int, *, indent: str = "  ") -> str:
+    """A multi-line shell command (lines joined by ` \\`) wrapped to `width` cells: a line too long breaks between
+    words, each broken line ending ` \\` too, so that every line but the last ends with it and the whole still pastes
+    as one command. A word longer than a line stays whole (the line folds)."""
+    out: list[str] = []
+    for line in command.split("\n"):
+        continued = line.endswith(" \\")
+        body = line[:-2] if continued else line
+        lead = body[: len(body) - len(body.lstrip(" "))]
+        pieces: list[str] = []
+        piece = ""
+        for word in shell_words(body):
+            longer = f"{piece} {word}" if piece else lead + word
+            if piece and cell_len(longer) + 2 > width:
+                pieces.append(piece)
+                longer = indent + word
+            piece = longer
+        pieces.append(piece)
+        out.append(" \\\n".join(pieces) + (" \\" if continued else ""))
+    return "\n".join(out)
+

@@ -24,7 +24,7 @@ from lorawizard.core.environment import step as core_env
 from lorawizard.core.session.document import FIELDS
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.text_fit import shell_tilde
+from lorawizard.tui.text_fit import shell_tilde, wrap_shell
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
@@ -42,6 +42,28 @@ def _fit(label: str, width: int) -> str:
 def _style(status: str) -> str:
     """A finding's colour: ok, warning, or error (bold)."""
     return {"ok": tone("success"), "warning": tone("warning")}.get(status) or tone("error", bold=True)
+
+
+class CommandView(Static):
+    """The training command, wrapped to its width by wrap_shell: every line but the last ends ` \\` (the first, long
+    line too), so what is shown still pastes as one command."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self._text, self._shell, self._width = "", False, 0
+
+    def show(self, text: str, *, shell: bool) -> None:
+        self._text, self._shell = text, shell
+        self._draw()
+
+    def _draw(self) -> None:
+        self._width = self.content_size.width
+        width = self._width or max(20, self.app.size.width - 6)  # before its first layout: about the body's width
+        self.update(Text(wrap_shell(self._text, width) if self._shell else self._text))
+
+    def on_resize(self) -> None:
+        if self.content_size.width != self._width:
+            self._draw()
 
 
 class EnvironmentScreen(StepScreen):
@@ -76,7 +98,7 @@ class EnvironmentScreen(StepScreen):
             yield Select([(b, b) for b in core_env.BRANCHES], value=core_env.DEFAULT_BRANCH, allow_blank=False, id="branch")
             yield Static("main and sd3 are the same today; main before v0.10.0 has no FLUX", id="branch-note")
         yield Static("Training command", classes="section-title")
-        yield Static("", id="command")
+        yield CommandView(id="command")
         yield Static("", id="command-note")
 
     def on_mount(self) -> None:
@@ -141,7 +163,7 @@ class EnvironmentScreen(StepScreen):
         self.command = command
         # shown `~/…` (shorter, wraps less at 80 columns); y copies the command with its paths written out
         text = shell_tilde(command.shell_text(multiline=True)) if command is not None else "(not available yet)"
-        self.query_one("#command", Static).update(Text(text))
+        self.query_one("#command", CommandView).show(text, shell=command is not None)
         self.query_one("#command-note", Static).update(Text(note, style=tone("error") if note.startswith("✗") else ""))
 
     def action_copy_command(self) -> None:
