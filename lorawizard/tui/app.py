@@ -218,7 +218,9 @@ class LoraWizardApp(App[None]):
             if active.node is not self.screen or not binding.description or binding.action in GLOBAL_ACTIONS:
                 continue
             own.setdefault(binding.description, []).append(self.get_key_display(binding))
-        return [(" / ".join(dict.fromkeys(keys)), does) for does, keys in own.items()]
+        rows = [(" / ".join(dict.fromkeys(keys)), does) for does, keys in own.items()]
+        # keys the footer cannot list from here (a text field's own, one shown only at times): the screen's HELP_KEYS
+        return rows + [row for row in getattr(self.screen, "HELP_KEYS", ()) if row[1] not in own]
 
     def action_save_screenshot(self) -> None:
         path = self.save_screenshot(path=str(self.session.project_dir))

@@ -421,3 +421,48 @@ def test_caption_files_older_than_the_captions_are_named(tmp_path: Path) -> None
     session.set("dataset.trigger", "sks")  # a new trigger: every written file is old now
     assert core.captions_not_written(session) == ["a.jpg", "b.jpg"]
     assert core.stale_captions_line(["a.jpg", "b.jpg"]).startswith("2 caption files differ from the captions")
+
+
+# ---------------------------------------------------------------- how long drafting takes (issue 24 item 9)
+
+
+def test_the_estimate_is_a_labelled_guess_then_follows_the_measured_rate() -> None:
+    now = [0.0]
+    estimate = ac.DraftEstimate(40, catalog.CPU_S_PER_IMAGE_UNKNOWN, clock=lambda: now[0])
+    estimate.start()
+    assert not estimate.measured and estimate.s_per_image == 120
+    assert estimate.line() == "~2.0 min/image (a guess) · ETA ~1:20:00"
+    now[0] = 55.0  # loading the model is not an image's time
+    estimate.ready()
+    for second in (61.0, 67.0, 73.0):  # the first images: 6 s each
+        now[0] = second
+        estimate.advance()
+    assert estimate.measured and estimate.s_per_image == pytest.approx(6.0)
+    assert estimate.eta_s == pytest.approx(37 * 6.0)
+    assert estimate.line() == "6.00 s/image (measured) · ETA 3:42"
+    now[0] = 76.0  # between images the ETA counts down
+    assert estimate.eta_s == pytest.approx(37 * 6.0 - 3)
+    now[0] = 85.0
+    estimate.advance()  # a slower one: the rate follows
+    assert estimate.s_per_image == pytest.approx(7.5) and estimate.eta_s == pytest.approx(36 * 7.5)
+
+
+def test_drafting_reports_the_guess_then_the_measured_rate_and_the_next_run_starts_from_it(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    monkeypatch.setenv("STANDIN_CAPTION_DELAY", "0.05")
+    monkeypatch.setenv("STANDIN_CAPTION_BATCH", "1")
+    session = captioner_project(tmp_path, [f"img{i}.jpg" for i in range(4)])
+    captions = CaptionSet.from_session(session, counter=estimate_counter())
+    seen: list[tuple[int, bool, float, str]] = []
+    run_draft(session, captions, on_estimate=lambda e: seen.append((e.done, e.measured, e.s_per_image, e.line())))
+    first, last = seen[0], seen[-1]
+    assert first[:3] == (0, False, catalog.CPU_S_PER_IMAGE_UNKNOWN) and "(a guess)" in first[3]  # a folder: unknown
+    assert last[0] == 4 and last[1] and last[2] < 5 and "(measured)" in last[3]
+    assert any(done == 1 and measured for done, measured, _, _ in seen)  # measured from the first image on
+    placement = ac.place(session, 10, None, model=session.captions.model)
+    shown = ac.format_rate(1 / round(last[2], 3), "images")
+    assert placement.note.startswith(f"on the CPU: {shown} (measured on the last run), about 0:")
+    again: list[str] = []
+    run_draft(session, CaptionSet.from_session(session, counter=estimate_counter()),
+              on_estimate=lambda e: again.append(e.line()))
+    assert "(measured on the last run)" in again[0]

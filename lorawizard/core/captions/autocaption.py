@@ -223,12 +223,121 @@ class Placement:
     note: str  # for people: which GPU, or why the CPU and how slow
 
 
-def place(session: Session, images: int, spec: catalog.Captioner | None, *, nvml: Any = None) -> Placement:
-    """GPU when there is one (the session's), else the CPU with an up-front estimate; `[captions] device` decides."""
+# ---------------------------------------------------------------- how long it takes
+
+SPEED_FILE = "captioner-speed.json"  # in <project>/.lorawizard/: seconds per image measured, by model and device
+
+
+def guess_s_per_image(spec: catalog.Captioner | None, device: str) -> float:
+    """The catalog's rough cost of one caption on `device` ("cpu" | "gpu"): a guess, until images are timed."""
+    if device == "cpu":
+        return spec.cpu_s_per_image if spec is not None else catalog.CPU_S_PER_IMAGE_UNKNOWN
+    return spec.gpu_s_per_image if spec is not None else catalog.GPU_S_PER_IMAGE_UNKNOWN
+
+
+def measured_s_per_image(session: Session, model: str, device: str) -> float | None:
+    """Seconds per image the last run of `model` on `device` measured in this project (None: never measured)."""
+    try:
+        data = json.loads((session.paths.state / SPEED_FILE).read_text(encoding="utf-8"))
+        value = data[model][device]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def remember_s_per_image(session: Session, model: str, device: str, seconds: float) -> None:
+    path = session.paths.state / SPEED_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    entry = data.get(model)
+    data[model] = {**(entry if isinstance(entry, dict) else {}), device: round(seconds, 3)}
+    try:
+        atomic_write_json(path, data)
+    except OSError:
+        pass  # bookkeeping only: the next estimate is a guess again
+
+
+@dataclass
+class DraftEstimate:
+    """Seconds per image and the ETA of one drafting run: a guess (`guess_s`: the catalog's, or the last run's
+    measurement) before any image, then the rate measured on this run from the first images on. The clock starts
+    when the model is ready (`ready`), so loading it never counts as an image's time."""
+
+    total: int
+    guess_s: float
+    guess_from: str = "a guess"  # what the guess is: "a guess", "measured on the last run"
+    clock: Callable[[], float] = time.monotonic
+    done: int = 0
+    timed: int = 0  # images since the clock started
+    since: float | None = None
+    last: float | None = None  # when the latest image came
+    loaded: bool = False  # the model said it is ready
+
+    def start(self) -> None:
+        """The run starts (the clock starts here unless the model says when it is ready)."""
+        self.since = self.clock()
+
+    def ready(self) -> None:
+        """The model is loaded: images are timed from now."""
+        self.since, self.timed, self.loaded = self.clock(), 0, True
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        self.timed += count
+        self.last = self.clock()
+        if self.since is None:
+            self.since = self.last
+
+    @property
+    def measured(self) -> bool:
+        return self.timed > 0 and self.since is not None and self.last is not None and self.last > self.since
+
+    @property
+    def s_per_image(self) -> float:
+        if self.measured:
+            assert self.since is not None and self.last is not None  # noqa: S101 - measured says so
+            return (self.last - self.since) / self.timed
+        return self.guess_s
+
+    @property
+    def eta_s(self) -> float:
+        """The images still to do at the rate (measured: less the time since the latest image, never below 0)."""
+        left = max(0, self.total - self.done) * self.s_per_image
+        if self.measured and self.last is not None:
+            left -= self.clock() - self.last
+        return max(0.0, left)
+
+    def line(self) -> str:
+        """`6.1 s/image (measured) · ETA 3:40`, or before any image `~120 s/image (a guess) · ETA ~1:20:00`."""
+        if self.measured:
+            return f"{format_rate(1 / self.s_per_image, 'images')} (measured) · ETA {format_duration(self.eta_s)}"
+        return f"~{format_rate(1 / self.guess_s, 'images')} ({self.guess_from}) · ETA ~{format_duration(self.eta_s)}"
+
+
+def first_guess(session: Session, model: str, spec: catalog.Captioner | None, device: str) -> tuple[float, str]:
+    """Seconds per image before this run times any: the last run's measurement, else the catalog's guess."""
+    measured = measured_s_per_image(session, model, device)
+    if measured is not None:
+        return measured, "measured on the last run"
+    return guess_s_per_image(spec, device), "a guess"
+
+
+def place(session: Session, images: int, spec: catalog.Captioner | None, *, nvml: Any = None,
+          model: str | None = None) -> Placement:
+    """GPU when there is one (the session's), else the CPU with an up-front estimate; `[captions] device` decides.
+    `model` (the `[captions] model` name): a speed measured by its last run is the estimate instead of the guess."""
     wanted = session.captions.device
-    per_image = spec.cpu_s_per_image if spec is not None else catalog.CPU_S_PER_IMAGE_UNKNOWN
-    estimate = (f"on the CPU this is slow: roughly {per_image:g} s per image, about "
-                f"{format_duration(per_image * images)} for {images} images (a rough estimate)")
+    per_image, source = first_guess(session, model or (spec.name if spec else ""), spec, "cpu")
+    total = f"about {format_duration(per_image * images)} for {images} images"
+    if source == "a guess":
+        estimate = (f"on the CPU this is slow: roughly {per_image:g} s per image, {total} (a rough guess until the "
+                    "first images are timed)")
+    else:
+        estimate = f"on the CPU: {format_rate(1 / per_image, 'images')} ({source}), {total}"
     if wanted == "cpu":
         return Placement("cpu", None, estimate)
     from lorawizard.core.gpu.nvml import inventory
@@ -383,8 +492,11 @@ def draft(
     fits: Callable[[str], bool] | None = None,
     trigger_tokens: int = 0,
     placement: Placement | None = None,
+    on_estimate: Callable[[DraftEstimate], object] | None = None,
 ) -> DraftReport:
     """Caption `images` ((session file key, prepared image)); each cleaned draft goes to `on_draft(file, text)`.
+    `on_estimate` hears the run's DraftEstimate at the start (a guess), when the model is ready and after each image
+    (the rate measured from the first images on).
 
     Raises StepFailed with one line when the model cannot run, Cancelled on cancel (drafts so far were delivered).
     """
@@ -396,7 +508,7 @@ def draft(
     if problem:
         hint = " (Models step: download the captioner)" if model.spec is not None else ""
         raise StepFailed(f"captioner {model.name}: {problem}{hint}")
-    placement = placement or place(session, len(images), model.spec)
+    placement = placement or place(session, len(images), model.spec, model=model.name)
     if placement.device == "gpu":
         refusal = busy_training(session, placement.gpu_uuid)
         if refusal:
@@ -412,10 +524,17 @@ def draft(
         env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
     log(f"captioner {model.name} on {placement.note}")
     started = time.monotonic()
+    estimate = DraftEstimate(len(images), *first_guess(session, model.name, model.spec, placement.device))
+    estimate.start()
+    tell = on_estimate or (lambda estimate: None)
+    tell(estimate)
 
     def handle(event: Event) -> None:
         data = event.data
+        if event.kind in ("caption", "skip"):
+            estimate.advance()
         if event.kind == "ready":
+            estimate.ready()
             report.device, report.batch = str(data.get("device", "")), int(data.get("batch") or 0)
             log(f"model loaded in {data.get('load_seconds', '?')} s on {report.device}, batch {report.batch} "
                 f"(transformers {data.get('transformers', '?')}, torch {data.get('torch', '?')})")
@@ -447,9 +566,15 @@ def draft(
             report.images_per_s = float(rate) if isinstance(rate, (int, float)) else report.images_per_s
         elif event.kind == "fatal":
             report.fatal = str(data.get("reason") or data.get("kind") or "the captioner failed")
+        if event.kind in ("ready", "caption", "skip"):
+            tell(estimate)
 
     log_path = session.paths.state / LOG_FILE
-    code = run_captioner(python, job, on_event=handle, cancel=cancel, env=env, log_path=log_path)
+    try:
+        code = run_captioner(python, job, on_event=handle, cancel=cancel, env=env, log_path=log_path)
+    finally:
+        if estimate.measured:  # the next run's first estimate (a stop halfway measured it too)
+            remember_s_per_image(session, model.name, placement.device, estimate.s_per_image)
     report.seconds = time.monotonic() - started
     if report.fatal:
         raise StepFailed(f"the captioner cannot run: {report.fatal}")

@@ -42,9 +42,10 @@ class Captioner(NamedTuple):
     license: str
     architecture: str  # config.json `architectures[0]`, a transformers class
     min_transformers: str  # the first transformers release that has `architecture`
-    cpu_s_per_image: float  # rough CPU cost of one ~160-token caption (shown before a CPU run)
+    cpu_s_per_image: float  # rough CPU cost of one ~160-token caption (a guess, shown until the first images are timed)
     revision: str = "main"
     shards: int = 1
+    gpu_s_per_image: float = 3.0  # rough GPU cost of one caption (a guess, likewise)
 
     @property
     def folder(self) -> str:
@@ -70,12 +71,14 @@ CAPTIONERS: dict[str, Captioner] = {
     "qwen2.5-vl-3b": Captioner(
         "qwen2.5-vl-3b", "Qwen2.5-VL-3B-Instruct (default; fits 12 GB)", "Qwen/Qwen2.5-VL-3B-Instruct",
         7.5, 12, "Qwen Research License (non-commercial)", "Qwen2_5_VLForConditionalGeneration", "4.49.0",
-        60, shards=2,
+        60, shards=2, gpu_s_per_image=2.0,
     ),
     "qwen2.5-vl-7b": Captioner(
         "qwen2.5-vl-7b", "Qwen2.5-VL-7B-Instruct (better captions; 24 GB)", "Qwen/Qwen2.5-VL-7B-Instruct",
         16.6, 24, "Apache-2.0", "Qwen2_5_VLForConditionalGeneration", "4.49.0", 150, shards=5,
+        gpu_s_per_image=4.0,
     ),
 }
 DEFAULT_CAPTIONER = "qwen2.5-vl-3b"
-CPU_S_PER_IMAGE_UNKNOWN = 120.0
+CPU_S_PER_IMAGE_UNKNOWN = 120.0  # a folder of the user's: its size is unknown, so is its speed (a guess)
+GPU_S_PER_IMAGE_UNKNOWN = 5.0

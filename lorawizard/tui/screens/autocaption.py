@@ -32,7 +32,6 @@ from textual.widget import Widget
 from textual.widgets import Button, Static
 
 from lorawizard.core.captions import autocaption as ac
-from lorawizard.core.common.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.contract import Cancelled, StepFailed
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.text_fit import fit_paths
@@ -119,6 +118,7 @@ class AutoCaptioner(Widget):
         self._cancel: threading.Event | None = None
         self._confirm_redraft: tuple[int, float] | None = None
         self._overwritten: dict[int, tuple[str | None, bool]] | None = None  # a person's captions an overwrite replaces
+        self.drafts: dict[int, str] = {}  # each caption's latest draft, placed or not (F9 puts it back); the screen seeds it
 
     @property
     def drafting(self) -> bool:
@@ -225,22 +225,19 @@ class AutoCaptioner(Widget):
         from lorawizard.core.captions.captionset import compose
         from lorawizard.core.captions.tokens import T5_LIMIT
 
-        def progress(event: Progress) -> None:
-            rate = f" · {format_rate(event.rate, 'images')}" if event.rate else ""
-            eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
-            post(self.Status(f"drafting {event.done:g}/{event.total:g}{rate}{eta} · F5 stops"))
+        def estimated(estimate: ac.DraftEstimate) -> None:  # a guess until the first images, then measured
+            post(self.Status(drafting_line(estimate)))
 
         def drafted(file: str, text: str) -> None:
             post(_Drafted(file, text, allowed))
 
-        meter = ProgressMeter(progress, "captions", "drafting captions", len(images), "images", interval=0.3)
         outcome: str
         severity: SeverityLevel = "information"
         try:
             report = ac.draft(
                 self._session, images,
                 on_draft=drafted,
-                cancel=cancel, log=lambda line: None, meter=meter,
+                cancel=cancel, log=lambda line: None, on_estimate=estimated,
                 fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
                 trigger_tokens=counter.count(trigger)[1] if trigger else 0,
             )
@@ -263,6 +260,7 @@ class AutoCaptioner(Widget):
         if index is None:
             return
         self._take_typing(index)  # a key typed into it a moment ago counts before the draft is placed
+        self.drafts[index] = message.text  # the person's caption may stay: F9 can still use this draft
         item = captions.items[index]
         if captions.is_persons(index) and (item.body, item.auto) != self._started.get(index):
             self._typed.append(index)  # typed (or accepted) since drafting began: the person's, never replaced
@@ -288,6 +286,13 @@ class AutoCaptioner(Widget):
         self._overwritten = None
         self.post_message(self.DraftingEnded())
         self.notify(outcome, severity=message.severity, timeout=10)
+
+
+def drafting_line(estimate: ac.DraftEstimate) -> str:
+    """The header's drafting segment: `drafting 3/40 · 6.10 s/image (measured) · ETA 3:42 · F5 stops` (before the
+    model is ready: `loading the captioner · 0/40 · ~2.0 min/image (a guess) · …`)."""
+    doing = "drafting" if estimate.loaded or estimate.done else "loading the captioner ·"
+    return f"{doing} {estimate.done}/{estimate.total} · {estimate.line()} · F5 stops"
 
 
 class AutoCaptionScreen(ModalScreen["str | None"]):
@@ -352,7 +357,7 @@ class AutoCaptionScreen(ModalScreen["str | None"]):
                 hint = " — the Models step (2) downloads it" if spec is not None else ""
                 about.append(f"✗ {problem}{hint}\n", style=tone("error"))
             try:
-                placement = ac.place(session, max(self.missing, 1), spec)
+                placement = ac.place(session, max(self.missing, 1), spec, model=model.name)
                 if placement.device == "cpu":  # the note says where ("on the CPU this is slow…"): not "runs on on"
                     about.append(placement.note, style=tone("warning"))
                 else:

@@ -4,7 +4,9 @@ Keyboard: Ctrl+N / Ctrl+B next / previous (from the editor too), Tab between lis
 Ctrl+F (or / in the list) cycles the filter; in the list a/m/e/o/t/i pick one (all, missing,
 edited, over budget, trigger, import notes); Ctrl+R find/replace · prefix/suffix, F4 undoes the last bulk change,
 Ctrl+T trigger word, Ctrl+G writes the caption files; F5 auto-captions (F5 again stops drafting, F6 redraft this
-one, F7 accept this draft; in the list d/r filter auto drafts / reviewed). Esc leaves the editor (never stops
+one, F7 accept this draft; in the list d/r filter auto drafts / reviewed), F9 puts this image's draft back (shown
+while it has one that differs). In the editor Ctrl+A selects all (typing then replaces it), Ctrl+L clears the caption
+(Ctrl+Z undoes either); the cursor starts at the end of the caption. Esc leaves the editor (never stops
 drafting). A caption file edited by hand in the dataset folder is taken in as the person's caption when loading. Every edit goes into session.toml (saved half a
 second after the last keystroke, and at once when leaving the screen or quitting).
 """
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style as RichStyle
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -130,6 +132,7 @@ class CaptionsScreen(StepScreen):
         Binding("ctrl+f", "cycle_filter", "Filter", priority=True),
         Binding("slash", "cycle_filter", "Filter", show=False),  # from the list; in the editor it is a character
         *(Binding(key, f"set_filter('{name}')", name, show=False) for key, name in FILTER_KEYS.items()),
+        Binding("f9", "use_draft", "Use draft", priority=True),  # shown while this image has a draft to put back
         Binding("ctrl+r", "bulk", "Find/replace", priority=True),
         Binding("f4", "undo_bulk", "Undo bulk", priority=True),
         Binding("ctrl+t", "trigger", "Trigger", priority=True),
@@ -138,6 +141,11 @@ class CaptionsScreen(StepScreen):
     ]
 
     CSS_PATH = "captions.tcss"
+    HELP_KEYS = [  # the editor's keys (? types a "?" there) and F9, which the footer shows only while it does something
+        ("ctrl+a", "in the editor: select all (typing then replaces the whole caption)"),
+        ("ctrl+l", "in the editor: clear the caption (ctrl+z undoes it)"),
+        ("f9", "Use draft: the caption becomes this image's latest draft again (when it has one that differs)"),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -150,6 +158,7 @@ class CaptionsScreen(StepScreen):
         self._bulk: str | None = None  # the bulk change (or undo) a worker is computing: one at a time
         self._bulk_status = ""  # what the header says meanwhile
         self._drafting_status = ""  # the auto-captioner's progress, for the header ("": not drafting)
+        self._draft_offered = False  # whether the footer shows F9 Use draft (its refresh only when that flips)
 
     # -- layout
 
@@ -232,6 +241,7 @@ class CaptionsScreen(StepScreen):
             return
         keep = self.current
         self.captions = self.auto_captioner.captions = captions
+        self.auto_captioner.drafts = {i: item.body for i, item in enumerate(captions.items) if item.auto and item.body}
         if len(captions) >= FREEZE_FROM:
             # session.toml of thousands of images is millions of tomlkit objects that live as long as the
             # app: without this every full garbage collection walks them all (0.3-0.5 s pauses with 5,000).
@@ -286,6 +296,7 @@ class CaptionsScreen(StepScreen):
         if editor.text != (item.body or ""):
             editor.load_text(item.body or "")
         self._update_details()
+        self._offer_draft()
         self._request_image(item.output)
 
     def _update_details(self) -> None:
@@ -428,6 +439,53 @@ class CaptionsScreen(StepScreen):
         self.caption_list.refresh_item(self.current)
         self._update_details()
         self._update_header()
+        self._offer_draft()
+
+    # -- F9: this image's draft back (a draft the person edited, or one that arrived after they typed)
+
+    def _draft_to_use(self) -> str | None:
+        """The current image's latest draft when the caption is something else now (None: nothing to put back)."""
+        if self.captions is None or self.current is None:
+            return None
+        draft = self.auto_captioner.drafts.get(self.current)
+        item = self.captions.items[self.current]
+        if not draft or item.body == draft:
+            return None
+        return draft
+
+    def _offer_draft(self) -> None:
+        offered = self._draft_to_use() is not None
+        if offered != self._draft_offered:
+            self._draft_offered = offered
+            self.refresh_bindings()
+            self._editor_keys()
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def _editor_keys(self) -> None:
+        """The editor's own keys under its box while it has focus (at 80 columns the footer has room for few), and
+        F9 whenever this image has a draft to put back."""
+        editor = self.editor
+        keys = ["^a select all", "^l clear"] if editor.has_focus else []
+        if self._draft_offered:
+            keys.append("f9 use draft")
+        editor.border_subtitle = " · ".join(keys)
+
+    def action_use_draft(self) -> None:
+        """F9: the caption becomes this image's draft again (marked auto: F7 accepts it; Ctrl+Z in the editor undoes)."""
+        draft = self._draft_to_use()
+        if draft is None or self.captions is None or self.current is None:
+            self.notify("no draft for this image other than its caption (F6 drafts one)")
+            return
+        self.captions.set_body(self.current, draft, auto=True)
+        self._store([self.current])
+        editor = self.editor
+        editor.replace(draft, (0, 0), editor.document.end)  # an edit: Ctrl+Z gives the person's text back
+        editor.move_cursor(editor.document.end)
+        self.caption_list.refresh_item(self.current)
+        self._update_details()
+        self._update_header()
+        self._offer_draft()
 
     # -- saving: the app's SessionStore writes session.toml (~60 ms for 5,000 images) off the UI thread, debounced.
     # An edit typed while the store's lock is held (a write in flight, the loading worker) waits there by file, the
@@ -504,6 +562,8 @@ class CaptionsScreen(StepScreen):
             return not self.drafting
         if action == "stop_drafting":
             return self.drafting
+        if action == "use_draft":
+            return self._draft_offered
         return True
 
     def action_cancel(self) -> None:
@@ -525,6 +585,7 @@ class CaptionsScreen(StepScreen):
         if message.index == self.current:
             self.editor.load_text(message.text)
             self._update_details()
+            self._offer_draft()
 
     def on_auto_captioner_drafts_accepted(self, message: AutoCaptioner.DraftsAccepted) -> None:
         self._store(message.indices)
@@ -731,7 +792,34 @@ class CaptionsScreen(StepScreen):
 
 
 class CaptionEditor(TextArea):
-    """The caption editor: its box is fixed by the screen, so a new caption's height needs no screen layout."""
+    """The caption editor: its box is fixed by the screen, so a new caption's height needs no screen layout.
+
+    Ctrl+A selects all (typing replaces it: a long draft is replaced in a key or two; Home still goes to the line's
+    start), Ctrl+L clears the caption; both are edits Ctrl+Z undoes. A caption loaded into it puts the cursor at its
+    end, where a person adds to it (at once when the editor has focus, else when it gets it)."""
+
+    BINDINGS = [
+        Binding("ctrl+a", "select_all", "Select all"),
+        Binding("ctrl+l", "clear_caption", "Clear"),
+    ]
+
+    _at_end_on_focus = False
+
+    def load_text(self, text: str) -> None:
+        super().load_text(text)
+        if self.has_focus:
+            self.move_cursor(self.document.end)
+        else:
+            self._at_end_on_focus = True
+
+    def _on_focus(self, event: events.Focus) -> None:
+        super()._on_focus(event)
+        if self._at_end_on_focus:
+            self._at_end_on_focus = False
+            self.move_cursor(self.document.end)
+
+    def action_clear_caption(self) -> None:
+        self.replace("", (0, 0), self.document.end)
 
     def _refresh_size(self) -> None:
         if not self.soft_wrap:

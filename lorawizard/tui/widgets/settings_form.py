@@ -175,6 +175,7 @@ class SettingsForm(Vertical):
                                        text-wrap: nowrap; text-overflow: ellipsis; }
     SettingsForm Input, SettingsForm Select { width: 1fr; }
     SettingsForm Switch { height: 1; border: none; padding: 0; }
+    SettingsForm Label.setting-state { padding: 0 0 0 1; text-style: bold; }
     SettingsForm Label.setting-error { color: $error; width: 1fr; height: auto; padding: 0 0 0 %d; }
     SettingsForm Label.setting-error.-hint { color: $text-muted; }
     """ % (LABEL_WIDTH, LABEL_WIDTH)
@@ -198,8 +199,9 @@ class SettingsForm(Vertical):
                 value = session.get(key)
                 if spec.choices:
                     yield Select([(c, c) for c in spec.choices], value=value, allow_blank=False, id=widget_id, compact=True)
-                elif spec.kind == "bool":
+                elif spec.kind == "bool":  # the switch's look alone does not say on or off: the word beside it does
                     yield Switch(value=bool(value), id=widget_id)
+                    yield Label(_on_off(bool(value)), id=f"{widget_id}-state", classes="setting-state")
                 else:
                     yield SettingInput(key, _text_of(spec, value), placeholder=placeholder_of(spec), hint=spec.doc,
                                        id=widget_id, compact=True)
@@ -327,3 +329,9 @@ class SettingsForm(Vertical):
     @on(Switch.Changed)
     def _switched(self, event: Switch.Changed) -> None:
         self._save(self._key_of(event.switch.id), event.value)
+        for state in self.query(f"#{event.switch.id}-state").results(Label):
+            state.update(_on_off(bool(wizard_app(self).session.get(self._key_of(event.switch.id)))))
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
