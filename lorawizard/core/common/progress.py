@@ -129,7 +129,8 @@ def format_rate(rate: float | None, unit: str = "it") -> str:
     unit = unit or "it"
     if rate >= 1:
         return f"{_figure(rate)} {unit}/s"
-    one = unit[:-1] if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 1 else unit
+    one = unit[:-2] if unit.endswith("ches") else (  # batches → batch
+        unit[:-1] if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 1 else unit)
     seconds = 1 / rate
     if float(_figure(seconds)) < 60:  # by the figure shown: 59.99 s is `1.0 min`, never `60.0 s`
         return f"{_figure(seconds)} s/{one}"

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from lorawizard.core.launch import runs
 from lorawizard.core.launch.runs import RunRecord, RunStatus
-from lorawizard.core.train.step import Tick, watch
+from lorawizard.core.train.logparse import PhaseProgress, downsample
+from lorawizard.core.train.step import INDEX_FILE, RunFollower, Tick, index_losses, watch
 
 UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
@@ -58,6 +59,60 @@ class TrainView:
     diagnosis: Any = None  # core.diagnosis.Diagnosis
     log_path: str = ""
     notice: str = ""  # once, for a pop-up: e.g. the surviving ranks of a failed run are being stopped
+    progress: PhaseProgress | None = None  # what the trainer does now: its label, own count, rate and time left
+    chain: int = 1  # runs in this run's chain (it and the runs it resumed from)
+
+
+@dataclass(frozen=True)
+class ChainHistory:
+    """What the runs a resumed run continues (oldest first) leave to its dashboard: their folders (checkpoints,
+    samples) and their loss history up to the step the resume started at."""
+
+    dirs: tuple[Path, ...] = ()
+    losses: tuple[tuple[int, float], ...] = ()
+    epochs: tuple[int | None, ...] = ()  # the epoch each earlier run ended at: its final LoRA is that epoch's
+
+    def checkpoints(self, name: str) -> list[tuple[str, int | None, int]]:
+        """The earlier runs' LoRA files, oldest run first (an earlier run's "final" one named by its epoch)."""
+        found = []
+        for folder, ended in zip(self.dirs, self.epochs, strict=True):
+            found += [(p.stem, ended if e is None else e, size) for p, e, size in runs.checkpoints(folder, name)]
+        return found
+
+
+def chain_history(record: RunRecord) -> ChainHistory:
+    """The earlier runs of `record`'s chain (keep.run_chain: run.json's resumed_from). Each run's loss history comes
+    from its log index (log-index.json); a run without one is read once, bounded (head and tail), and indexed."""
+    from lorawizard.core.train.keep import run_chain
+
+    if not getattr(record, "resumed_from", None):  # a fresh run is a chain of one
+        return ChainHistory()
+    earlier = run_chain(record)[:-1]
+    losses: list[tuple[int, float]] = []
+    epochs: list[int | None] = []
+    for run in earlier:
+        points, epoch = _indexed(run)
+        losses += points
+        epochs.append(epoch)
+    limit = record.base_step or None
+    kept = sorted({step: loss for step, loss in losses if limit is None or step <= limit}.items())
+    return ChainHistory(tuple(run.dir for run in earlier), tuple(kept), tuple(epochs))
+
+
+def _indexed(run: RunRecord) -> tuple[list[tuple[int, float]], int | None]:
+    """An ended run's loss history and last epoch, from its index (or its log read once, bounded, then indexed)."""
+    import json
+
+    try:
+        saved = json.loads((run.dir / INDEX_FILE).read_text(encoding="utf-8"))["state"]
+        if isinstance(saved, dict) and "losses" in saved:
+            epoch = saved.get("epoch")
+            return index_losses(saved), epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    follower = RunFollower(run, use_index=True)
+    follower.finish()  # reads at most the head and tail of its log, then writes the index
+    return list(follower.state.losses.points), follower.state.epoch or None
 
 
 class ProcessSampler:
@@ -88,13 +143,17 @@ class ProcessSampler:
         return cpu, rss, alive
 
 
-def slow_readings(record: RunRecord, sampler: ProcessSampler, alive: bool, name: str) -> dict[str, Any]:
-    """CPU/RSS of the process tree, checkpoints, the newest sample, and the run's GPU(s) through NVML."""
+def slow_readings(record: RunRecord, sampler: ProcessSampler, alive: bool, name: str,
+                  chain: ChainHistory | None = None) -> dict[str, Any]:
+    """CPU/RSS of the process tree, the chain's checkpoints and newest sample, and the run's GPU(s) through NVML."""
     readings: dict[str, Any] = {}
     cpu, rss, procs = sampler.sample(record.process_tree() if alive else [])
     readings.update(cpu_pct=cpu, rss=rss, procs=procs)
-    readings["checkpoints"] = [(p.stem, e, s) for p, e, s in runs.checkpoints(record.dir, name)]
-    readings["sample"] = runs.newest_sample(record.dir)
+    chain = chain or ChainHistory()
+    folders = [*chain.dirs, record.dir]
+    readings["checkpoints"] = chain.checkpoints(name) + [(p.stem, e, s) for p, e, s in runs.checkpoints(record.dir, name)]
+    samples = [found for found in map(runs.newest_sample, folders) if found is not None]
+    readings["sample"] = max(samples, key=_mtime, default=None)
     gpu, note, gpus = None, "", []
     if record.gpu_uuid:
         try:
@@ -113,9 +172,20 @@ def slow_readings(record: RunRecord, sampler: ProcessSampler, alive: bool, name:
     return readings
 
 
-def view_from(tick: Tick, name: str, extra: dict[str, Any]) -> TrainView:
-    """The dashboard's view of one tick, with the latest slow readings."""
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def view_from(tick: Tick, name: str, extra: dict[str, Any], chain: ChainHistory | None = None) -> TrainView:
+    """The dashboard's view of one tick, with the latest slow readings and what the chain's earlier runs left."""
     state, record, alive, follower = tick.follower.state, tick.record, tick.alive, tick.follower
+    chain = chain or ChainHistory()
+    first_own = state.losses.points[0][0] if state.losses.points else None
+    earlier = [loss for step, loss in chain.losses if first_own is None or step < first_own]
+    losses = downsample(earlier + state.losses.values(), 400) if earlier else state.losses.values(400)
     states = list(state.states)
     elapsed = None
     if record.started_ts:
@@ -125,13 +195,13 @@ def view_from(tick: Tick, name: str, extra: dict[str, Any]) -> TrainView:
     return TrainView(
         name=name, run_id=record.run_id, status="running" if alive else record.status(), phase=state.phase,
         epoch=state.epoch, epochs=state.epochs, step=state.step, total_steps=state.total_steps, rate=state.rate,
-        elapsed_s=elapsed, eta_s=state.eta_s, loss=state.loss, base_step=record.base_step,
-        losses=state.losses.values(400), bar_line=state.bar_line, new_lines=tick.new_lines, reset_lines=tick.first,
+        elapsed_s=elapsed, eta_s=follower.eta_s() if alive else state.eta_s, loss=state.loss,
+        base_step=record.base_step, losses=losses, bar_line=state.bar_line, new_lines=tick.new_lines, reset_lines=tick.first,
         checkpoints=extra.get("checkpoints", []), states=len(states),
         newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
         gpus=extra.get("gpus", []), gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"),
         rss=extra.get("rss"), procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive),
-        log_path=str(record.log_path), notice=tick.notice,
+        log_path=str(record.log_path), notice=tick.notice, progress=state.phase_progress, chain=len(chain.dirs) + 1,
     )
 
 
@@ -142,9 +212,10 @@ def views(record: RunRecord, name: str, *, wait: Callable[[float], bool | None],
     sampler = ProcessSampler()
     slow_at = 0.0
     extra: dict[str, Any] = {}
+    chain = chain_history(record)  # once: the earlier runs have ended
     for tick in watch(record, poll_s=poll_s, wait=wait, rank_grace_s=rank_grace_s):
         now = time.monotonic()
         if now >= slow_at or not tick.alive:
             slow_at = now + slow_s
-            extra = slow_readings(tick.record, sampler, tick.alive, name)
-        yield view_from(tick, name, extra)
+            extra = slow_readings(tick.record, sampler, tick.alive, name, chain)
+        yield view_from(tick, name, extra, chain)

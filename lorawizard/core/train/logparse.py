@@ -21,6 +21,7 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lorawizard.core.train import ddp_failures
 
@@ -648,18 +649,144 @@ class LossHistory:
             self.points = [p for p in self.points if p[0] % self.stride == 0]
 
     def values(self, count: int | None = None) -> list[float]:
-        values = [loss for _, loss in self.points]
-        if count is None or len(values) <= count:
-            return values
-        size = len(values) / count  # mean of each bin
-        return [
-            _finite_mean(values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))]) for i in range(count)
-        ]
+        return downsample([loss for _, loss in self.points], count)
+
+
+def downsample(values: list[float], count: int | None) -> list[float]:
+    """At most `count` values: the mean of each bin (nan where a bin holds none that is finite)."""
+    if count is None or len(values) <= count:
+        return values
+    size = len(values) / count  # mean of each bin
+    return [_finite_mean(values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))]) for i in range(count)]
+
+
+def _ends_round(event: Event) -> bool:
+    """An event after which a sampling round is over: the trainer saves, trains on or starts another phase."""
+    kind = type(event)
+    if kind is Bar:
+        return event.desc == "steps"  # type: ignore[union-attr]
+    if kind is Phase:
+        return event.name != "sampling"  # type: ignore[union-attr]
+    return kind.__name__ in _ROUND_ENDS
 
 
 def _finite_mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
+
+
+class PhaseProgress(NamedTuple):
+    """What the trainer is doing now, for a person: a label, its own count and rate, and its own time left."""
+
+    label: str  # "caching text encoder outputs", "sampling prompt 1/2", "training", …
+    done: int | None
+    total: int | None
+    rate: float | None  # units per second, once the phase's bar has one
+    unit: str  # what is counted: "images", "batches", "steps"
+    elapsed_s: float | None
+    left_s: float | None
+
+
+# what a phase's tqdm bar counts (sd-scripts prints these bars without a description)
+_PHASE_UNITS = {"caching latents": "images", "caching text encoder outputs": "batches", "sampling": "steps",
+                "reading the dataset": "images", "encoding sample prompts": "prompts", "training": "steps"}
+_TQDM_SETTLES = 10  # training bars after an epoch end until tqdm's smoothed rate (0.3 per update) has forgotten it
+_ROUND_ENDS = ("CheckpointSaved", "StateSaved", "ModelSaved", "Epoch")
+
+
+class _Timing:
+    """What the run itself says about time beyond its training steps: how long one sampling round (all prompts) and
+    one save (an epoch's LoRA and state) take, learned from the bars' elapsed times (never the wall clock, so a log
+    read late gives the same numbers). A sampling round is timed by its own bars; a save by the gap it leaves in the
+    training bar's elapsed time beyond the steps' own time and the sampling in that gap."""
+
+    def __init__(self) -> None:
+        self.rounds: list[float] = []  # seconds of each finished sampling round
+        self.saves: list[float] = []  # seconds of each epoch-end save measured
+        self.clean_s = 0.0  # training time over gaps with nothing but steps in them
+        self.clean_n = 0
+        self.in_round = False
+        self.round_done_s = 0.0  # finished prompts of the round in progress
+        self.prompt_elapsed_s = 0.0  # the prompt bar in progress
+        self.prompt_n = -1
+        self.prompts_seen = 0
+        self.prompt_bar: Bar | None = None
+        self.gap_rounds_s = 0.0  # sampling since the last training bar
+        self.gap_has_end = False  # a save or a sampling round since the last training bar
+        self.last_steps: Bar | None = None
+        self.end_at: int | None = None  # the training bar's count just after the last epoch end
+
+    def start_round(self) -> None:
+        self.in_round, self.round_done_s, self.prompt_elapsed_s = True, 0.0, 0.0
+        self.prompt_n, self.prompts_seen, self.prompt_bar = -1, 0, None
+
+    def sample_bar(self, bar: Bar) -> None:
+        if self.prompt_n < 0 or bar.n < self.prompt_n:  # a new prompt's bar starts at 0
+            self.round_done_s += self.prompt_elapsed_s if self.prompt_n >= 0 else 0.0
+            self.prompts_seen += 1
+        self.prompt_n, self.prompt_elapsed_s, self.prompt_bar = bar.n, bar.elapsed_s, bar
+
+    def end_round(self) -> None:
+        if not self.in_round:
+            return
+        self.in_round = False
+        if self.prompt_n < 0:  # no bar drawn: nothing measured
+            return
+        seconds = self.round_done_s + self.prompt_elapsed_s
+        self.rounds.append(seconds)
+        self.gap_rounds_s += seconds
+        self.gap_has_end = True
+
+    def steps_bar(self, bar: Bar) -> None:
+        self.end_round()
+        last = self.last_steps
+        if last is None or bar.n <= last.n:
+            if last is None or bar.n < last.n:  # the first bar (or a new count): no gap to measure yet
+                self.last_steps, self.gap_has_end, self.gap_rounds_s = bar, False, 0.0
+            return
+        gap, count = bar.elapsed_s - last.elapsed_s, bar.n - last.n
+        if self.gap_has_end:
+            per = self.step_s(last.rate)
+            if per is not None:
+                saving = gap - count * per - self.gap_rounds_s
+                if saving > 0:
+                    self.saves.append(saving)
+            self.end_at = bar.n
+        elif gap >= 0:
+            self.clean_s += gap
+            self.clean_n += count
+        self.gap_has_end, self.gap_rounds_s, self.last_steps = False, 0.0, bar
+
+    def step_s(self, rate: float | None) -> float | None:
+        """Seconds per training step: tqdm's rate, except for the few steps after an epoch end, whose time tqdm's
+        smoothed rate still carries (a 1:40 sampling made 7 s steps look like 37 s ones): then the steps' own time
+        measured over the gaps without an epoch end."""
+        clean = self.clean_s / self.clean_n if self.clean_n >= 4 and self.clean_s > 0 else None
+        last = self.last_steps
+        fresh_end = self.end_at is not None and last is not None and last.n - self.end_at < _TQDM_SETTLES
+        if clean is not None and (fresh_end or not rate):
+            return clean
+        return 1.0 / rate if rate else clean
+
+    @property
+    def sampling_s(self) -> float | None:
+        return sum(self.rounds) / len(self.rounds) if self.rounds else None
+
+    @property
+    def saving_s(self) -> float | None:
+        return sum(self.saves) / len(self.saves) if self.saves else None
+
+    def round_left_s(self, prompts: int | None) -> float | None:
+        """Time left in the sampling round in progress (learned from earlier rounds, else from its own bars)."""
+        done = self.round_done_s + self.prompt_elapsed_s
+        if self.sampling_s is not None:
+            return max(0.0, self.sampling_s - done)
+        bar = self.prompt_bar
+        if bar is None or not bar.rate:
+            return None
+        per_prompt = bar.total / bar.rate
+        rest = max(0, (prompts or self.prompts_seen) - self.prompts_seen) * per_prompt
+        return rest + max(0.0, (bar.total - bar.n) / bar.rate)
 
 
 _TRAINING_PHASES = frozenset((
@@ -698,20 +825,79 @@ class TrainState:
     line_count: int = 0  # display lines ever appended (the tail keeps the last `tail_lines`)
     processes: int = 1  # trainer processes (several GPUs): every rank prints the same warnings
     repeats_hidden: int = 0  # warnings not shown again because another rank already printed them
+    # from the run's command (the follower sets them): what comes at epoch ends, for the ETA
+    sample_every: int | None = None  # --sample_every_n_epochs (None: no sampling)
+    save_every: int | None = None  # --save_every_n_epochs (the last epoch is always saved)
+    sample_prompts: int | None = None  # prompts per sampling round
+    sampled_epoch: int = 0  # the last epoch whose end was sampled
+    saved_epoch: int = 0  # the last epoch whose LoRA was saved
 
     def __post_init__(self) -> None:
         self.lines = deque(maxlen=self.tail_lines)
         self.losses = LossHistory()
         self._warning_copies: dict[str, int] = {}
+        self.timing = _Timing()
+        self._bar_label = ""
         if self.base_step:
             self.step = self.base_step
-            self.epoch = self.base_epoch
+            # the epoch in progress: the resumed run's first epoch is the one after those the state finished
+            self.epoch = self.base_epoch + 1
+            self.sampled_epoch = self.saved_epoch = self.base_epoch
 
     @property
     def eta_s(self) -> float | None:
-        if self.total_steps is None or not self.rate:
+        """The run's time left: its steps, plus the sampling rounds and saves still to come (each as long as the run's
+        own were), plus what is left of a sampling round in progress."""
+        if self.total_steps is None:
             return None
-        return max(0.0, (self.total_steps - self.step) / self.rate)
+        per = self.timing.step_s(self.rate)
+        if per is None:
+            return None
+        return max(0.0, (self.total_steps - self.step) * per) + self.epoch_ends_left_s()
+
+    def epoch_ends_left_s(self) -> float:
+        timing, epochs = self.timing, self.epochs
+        seconds = 0.0
+        if timing.in_round:
+            seconds += timing.round_left_s(self.sample_prompts) or 0.0
+        if not epochs:
+            return seconds
+        now = max(1, self.epoch)
+        if self.sample_every and timing.sampling_s is not None:
+            rounds = sum(1 for e in range(max(now, self.sampled_epoch + 1), epochs + 1) if e % self.sample_every == 0)
+            seconds += rounds * timing.sampling_s
+        if timing.saving_s is not None:
+            every = self.save_every or epochs
+            saves = sum(1 for e in range(max(now, self.saved_epoch + 1), epochs + 1) if e % every == 0 or e == epochs)
+            seconds += saves * timing.saving_s
+        return seconds
+
+    @property
+    def phase_progress(self) -> PhaseProgress:
+        """The phase with its own count, rate and time left (a phase without a bar: its label alone)."""
+        phase, bar, timing = self.phase, self.phase_bar, self.timing
+        if phase == "training" or (phase == "starting" and self.last_bar is not None and self.last_bar.desc == "steps"):
+            per = timing.step_s(self.rate)
+            left = max(0.0, (self.total_steps - self.step) * per) if self.total_steps and per else None
+            return PhaseProgress("training", self.step, self.total_steps, self.rate, "steps", None, left)
+        if phase == "sampling":
+            prompts = self.sample_prompts
+            which = f" {max(1, timing.prompts_seen)}/{prompts}" if prompts else (
+                f" {timing.prompts_seen}" if timing.prompts_seen else "")
+            label = f"sampling prompt{which}"
+            if bar is None:
+                return PhaseProgress(label, None, None, None, "steps", None, timing.round_left_s(prompts))
+            return PhaseProgress(label, bar.n, bar.total, bar.rate, "steps", bar.elapsed_s,
+                                 timing.round_left_s(prompts))
+        if bar is None:
+            return PhaseProgress(phase, None, None, None, "", None, None)
+        return PhaseProgress(phase, bar.n, bar.total, bar.rate, _PHASE_UNITS.get(phase, "items"), bar.elapsed_s,
+                             bar.remaining_s)
+
+    def forget_timing_gap(self) -> None:
+        """The log's middle was skipped: the next training bar's gap from the last one says nothing."""
+        self.timing.last_steps = None
+        self.timing.gap_has_end, self.timing.gap_rounds_s = False, 0.0
 
     @property
     def fraction(self) -> float | None:
@@ -723,6 +909,8 @@ class TrainState:
         # `type(event) is` rather than isinstance: exact classes, and the type checker narrows on it
         for event in events:
             self.events_seen += 1
+            if self.timing.in_round and _ends_round(event):
+                self.timing.end_round()
             if type(event) is Line:
                 if self.processes > 1 and event.level == "WARNING" and self._repeated(event.text):
                     continue
@@ -747,10 +935,15 @@ class TrainState:
             elif type(event) is CheckpointSaved:
                 self.checkpoints.append(event.path)
                 self.phase = "saving"
+                self.saved_epoch = max(self.saved_epoch, self.epoch)
+                self.timing.gap_has_end = True
             elif type(event) is StateSaved:
                 self.states.append(event)
             elif type(event) is SampleStarted:
                 self.samples += 1
+                self.timing.start_round()
+                if event.step:  # not the baseline before training
+                    self.sampled_epoch = max(self.sampled_epoch, self.epoch)
             elif type(event) is Resumed:
                 self.resumed_from = event
             elif type(event) is ModelSaved:
@@ -780,19 +973,27 @@ class TrainState:
 
     @property
     def bar_line(self) -> str:
-        """The newest bar as one short line (what the terminal's '\r' line shows now)."""
+        """The newest bar as one short line (what the terminal's '\r' line shows now), labelled with its phase when
+        sd-scripts gave it no description; the training bar counts absolute steps, as the header does (a resumed
+        run's sd-scripts restarts its own count)."""
         bar = self.last_bar
         if bar is None:
             return ""
-        text = f"{bar.desc}: {bar.n}/{bar.total} {bar.postfix}" if bar.desc else f"{bar.n}/{bar.total} {bar.postfix}"
-        return text.rstrip()
+        if bar.desc == "steps":
+            total = self.total_steps if self.total_steps is not None else bar.total
+            return f"steps: {self.step}/{total} {bar.postfix}".rstrip()
+        return f"{self._bar_label}: {bar.n}/{bar.total} {bar.postfix}".rstrip()
 
     def _bar(self, bar: Bar) -> None:
         self.last_bar = bar
         if bar.desc != "steps":
             self.phase_bar = bar
+            if self.phase == "sampling" and self.timing.in_round:
+                self.timing.sample_bar(bar)
+            self._bar_label = bar.desc or self.phase_progress.label  # the phase it was drawn in
             return
         self.phase_bar = None
+        self.timing.steps_bar(bar)
         if self.phase != "training" and self.phase in _TRAINING_PHASES:
             self.phase = "training"
         if self.total_steps is None:

@@ -12,6 +12,7 @@ Ctrl-C only stops the following; `resume` refuses while it runs. The wizard's Tr
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -54,7 +55,8 @@ class RunFollower:
                  catch_up: bool = True, use_index: bool = False) -> None:
         self.record = record
         self.state = TrainState(base_step=record.base_step, base_epoch=record.base_epoch,
-                                processes=_processes(record.extra.get("processes")))
+                                processes=_processes(record.extra.get("processes")), **epoch_ends(record))
+        self._eta: tuple[float | None, float] = (None, 0.0)  # the last estimate and when it was made
         self.parser = LogParser()
         self.chunk = chunk
         self.clock = clock
@@ -98,6 +100,7 @@ class RunFollower:
         """Leave the head for the tail: close what the head left open, then read on after the tail's first break."""
         self._apply(self.parser.finish())
         self.parser = LogParser()
+        self.state.forget_timing_gap()
         self._skip_at = None
         self.skipped += self._resume_at - self.offset
         self._handle.seek(self._resume_at)
@@ -160,9 +163,19 @@ class RunFollower:
             atomic_write_json(self.record.dir / INDEX_FILE, {
                 "version": 1, "offset": self._last_break, "dev": stat.st_dev, "ino": stat.st_ino,
                 "state": {name: getattr(self.state, name) for name in _INDEX_FIELDS}
-                | {"checkpoints": self.state.checkpoints[-20:]}})
+                | {"checkpoints": self.state.checkpoints[-20:],
+                   "losses": [[s, v] for s, v in self.state.losses.points if math.isfinite(v)]}})
         except (OSError, ValueError, TypeError):
             pass
+
+    def eta_s(self) -> float | None:
+        """The run's ETA now: the state's estimate, counted down by the clock while nothing changes it (sampling or
+        saving draws no training bar for minutes: the estimate must not stand still)."""
+        value, now = self.state.eta_s, self.clock()
+        if value != self._eta[0]:
+            self._eta = (value, now)
+            return value
+        return None if value is None else max(0.0, value - (now - self._eta[1]))
 
     def _apply(self, events: list[Any]) -> None:
         if not events:
@@ -228,6 +241,35 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     checkpoints = saved.get("checkpoints")
     if isinstance(checkpoints, list):
         state.checkpoints = [str(c) for c in checkpoints[-20:]]
+    state.losses.points = index_losses(saved)
+
+
+def index_losses(saved: dict[str, Any]) -> list[tuple[int, float]]:
+    """The loss history an index kept ([step, loss] pairs; anything else is skipped)."""
+    losses = saved.get("losses")
+    if not isinstance(losses, list):
+        return []
+    return [(int(p[0]), float(p[1])) for p in losses[-2048:]
+            if isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)]
+
+
+def epoch_ends(record: RunRecord) -> dict[str, Any]:
+    """What the run's command says comes at epoch ends (sampling every N epochs, saving every M, how many prompts):
+    the ETA counts them."""
+    from lorawizard.core.train.samples import read_prompts
+
+    argv = list(getattr(record, "argv", None) or [])  # a record read back without its command: nothing known
+
+    def value(option: str) -> int | None:
+        try:
+            return int(argv[argv.index(option) + 1])
+        except (ValueError, IndexError):
+            return None
+
+    sampling = "--sample_prompts" in argv
+    prompts = len(read_prompts(record.dir)) if sampling else 0
+    return {"sample_every": value("--sample_every_n_epochs") if sampling else None,
+            "save_every": value("--save_every_n_epochs"), "sample_prompts": prompts or None}
 
 
 @dataclass
@@ -289,6 +331,14 @@ class Plan:
     launch: Any = None  # core.multigpu.Launch: processes, GPUs in rank order, notes
     notes: list[str] = field(default_factory=list)  # for people: state cadence, sampling cost
     extra: dict[str, Any] = field(default_factory=dict)  # kept in run.json
+    cpu: Any = None  # core.gpu.cpu_mode.CpuMode when no GPU is visible: the CPU trains, as a test mode
+    batch_sizes: dict[str, int] | None = None  # without a GPU: set by hand, else 1 (the rule of core.gpu.cpu_mode)
+
+    def cpu_lines(self) -> list[str]:
+        """Without a GPU: the test-mode line with its expected speed, and bf16 on a CPU without it (before launch)."""
+        if self.cpu is None:
+            return []
+        return [self.cpu.label(), *[line for line in [self.cpu.bf16_line()] if line]]
 
 
 def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = None) -> Plan:
@@ -315,11 +365,15 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
             overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
     cadence = statesave.cadence(session)
     overrides.update(cadence.overrides())
+    cpu, sizes = _without_gpu(session)
     try:  # a read-only or full runs folder: one line (StepFailed), never a traceback
         run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides.update(samples.sample_overrides(session, run_dir))
-        prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None)
+        if state is not None:  # a resume continues a chain whose first run made the baseline: no second one
+            overrides["sample_at_first"] = None
+        prepared = prepare_run(session, run_dir, overrides=overrides, resume=state.path if state else None,
+                               batch_sizes=sizes)
     except CommandError as exc:
         raise StepFailed(str(exc)) from None
     except OSError as exc:
@@ -334,7 +388,20 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
         resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
+        cpu=cpu, batch_sizes=sizes,
     )
+
+
+def _without_gpu(session: Session) -> tuple[Any, dict[str, int] | None]:
+    """The rule for "no GPU" (core.gpu.cpu_mode), the same in the wizard and in replay: (CpuMode, the batch sizes set
+    by hand, else 1) when NVML sees no GPU; (None, None) otherwise."""
+    from lorawizard.core.dataset.step import bucket_counts
+    from lorawizard.core.gpu import cpu_mode
+
+    if cpu_mode.gpu_visible():
+        return None, None
+    buckets = bucket_counts(session)
+    return cpu_mode.cpu_mode(session, buckets), cpu_mode.batch_sizes(session, buckets)
 
 
 def claim_project(session: Session) -> None:
@@ -406,14 +473,15 @@ def launch_lines(launch: Any) -> list[str]:
             *launch.notes]
 
 
-def expected_steps_lines(session: Session, launch: Any) -> list[str]:
-    """What sd-scripts will count: steps per epoch (shared by the processes) × epochs; its own totals must agree."""
+def expected_steps_lines(session: Session, launch: Any, batch_sizes: dict[str, int] | None = None) -> list[str]:
+    """What sd-scripts will count: steps per epoch (shared by the processes) × epochs; its own totals must agree.
+    `batch_sizes`: the plan's own (no GPU: set by hand, else 1)."""
     from lorawizard.core.dataset.step import bucket_counts
     from lorawizard.core.launch import multigpu
     from lorawizard.core.launch.command import CommandError, batch_size_for
 
     try:
-        batches = {b: (n, batch_size_for(session, b)) for b, n in bucket_counts(session).items()}
+        batches = {b: (n, batch_size_for(session, b, batch_sizes)) for b, n in bucket_counts(session).items()}
     except (CommandError, OSError, ValueError):
         return []
     if not batches:
@@ -479,7 +547,8 @@ def run_step(ctx: StepContext) -> StepResult:
     if ctx.dry_run:
         # inside the project whatever paths.runs says: a dry run changes nothing outside it
         plan = plan_run(session, resume=resume, run_dir=session.paths.state / DRY_RUN_DIR)
-        for line in launch_lines(plan.launch) + expected_steps_lines(session, plan.launch):
+        for line in plan.cpu_lines() + launch_lines(plan.launch) + expected_steps_lines(session, plan.launch,
+                                                                                        plan.batch_sizes):
             ctx.log(line)
         ctx.log(f"would start run in {runs_dir}/<run-id> with (config files written to {plan.run_dir}):")
         for path in plan.files:
@@ -501,7 +570,7 @@ def run_step(ctx: StepContext) -> StepResult:
     if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
         ctx.log(f"train: warning: {stale_captions_line(stale)}")
     plan = plan_run(session, resume=resume)
-    for line in launch_lines(plan.launch):
+    for line in plan.cpu_lines() + launch_lines(plan.launch):
         ctx.log(f"train: {line}")
     ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
     record = start_run(session, plan)

@@ -70,7 +70,7 @@ class TrainHeader(Static):
         top = Text(no_wrap=True, overflow="ellipsis")
         top.append(f" {view.name} ", style="bold reverse")
         top.append(f" {view.status}", style=status_style)
-        if view.phase and view.phase not in ("training", "finished") and view.status == "running":
+        if view.phase and view.phase not in ("training", "finished") and view.status == "running" and view.progress is None:
             top.append(f" · {view.phase}", style=tone("warning"))
         if view.epochs and view.epoch:  # sd-scripts draws its bar before "epoch 1/N": no "epoch 0"
             top.append(f" · epoch {view.epoch}/{view.epochs}")
@@ -85,11 +85,36 @@ class TrainHeader(Static):
         line.append(" ")
         line.append_text(_bar(max(0.0, min(1.0, fraction)), bar_width - 1))
         line.append(stats)
-        result = Text("\n").join([top, line])
+        lines = [top, line]
+        phase = phase_line(view)
+        if phase is not None:
+            lines.append(phase)
+        result = Text("\n").join(lines)
         if view.base_step:
-            result.append(f"\n resumed at step {view.base_step}: sd-scripts restarts its own counter, steps here are "
-                          "absolute", style="dim italic")
+            runs = f" (run {view.chain} of its chain: checkpoints, loss and samples include the earlier runs)" \
+                if view.chain > 1 else ": sd-scripts restarts its own counter, steps here are absolute"
+            result.append(f"\n resumed at step {view.base_step}{runs}", style="dim italic")
         return result
+
+
+def phase_line(view: TrainView) -> Text | None:
+    """What the trainer does before, between and after its training steps (loading, caching, sampling, saving),
+    with its own count, rate and time left: e.g. `▸ caching text encoder outputs 1/2 · 41.2 s/batch · 0:41 left`."""
+    progress = view.progress
+    if progress is None or view.status != "running" or progress.label in ("training", "finished"):
+        return None
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f" ▸ {progress.label}", style=tone("warning"))
+    if progress.total:
+        text.append(f" {progress.done}/{progress.total}")
+    rate = format_rate(progress.rate, progress.unit)
+    if rate:
+        text.append(f" · {rate}")
+    if progress.elapsed_s is not None:
+        text.append(f" · {format_duration(progress.elapsed_s)} in")
+    if progress.left_s is not None:
+        text.append(f" · {format_duration(progress.left_s)} left")
+    return text
 
 
 class ResourcePanel(Static):
