@@ -347,6 +347,8 @@ def test_headless_drafts_every_missing_caption_then_writes_the_files(tmp_path: P
     assert txt_of(session.project_dir, 1).read_text() == "tok, A a standing in a garden. Soft light from the left. Shot with a wide lens.\n"
     assert txt_of(session.project_dir, 2).read_text() == "tok, my own words\n"  # a person's caption stays
     assert "captions: drafting captions 2/2 (100%)" in out and "images/s" in out
+    assert "drafting captions 0/2 (0%) 2.0 min/image ETA 4:00 a guess" in out  # a folder of one's own: the guess
+    assert "images/s ETA 0:00 measured" in out or "done measured" in out  # then the rate of the first images
     assert "drafted 2 captions in" in out and "2 auto drafts to review" in out
     assert session.path.read_text() == before  # replay never rewrites the user's session
     decisions = (session.paths.state / "replay-decisions.toml").read_text()

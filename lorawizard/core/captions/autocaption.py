@@ -28,7 +28,7 @@ from typing import Any, Literal, cast, get_args
 from lorawizard.core.captions.tokens import T5_LIMIT
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.common.procs import kill_process_group
-from lorawizard.core.common.progress import ProgressMeter, format_duration, format_rate
+from lorawizard.core.common.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.models import catalog
 from lorawizard.core.models.captioner_folders import captioner_folder, folder_problem
@@ -311,6 +311,11 @@ class DraftEstimate:
             left -= self.clock() - self.last
         return max(0.0, left)
 
+    def progress(self, step: str, task: str, *, finished: bool = False) -> Progress:
+        """The same numbers as a progress event (replay's lines): its detail says `measured` or what the guess is."""
+        return Progress(step, task, self.done, self.total, "images", 1 / self.s_per_image,
+                        0.0 if finished else self.eta_s, "measured" if self.measured else self.guess_from, finished)
+
     def line(self) -> str:
         """`6.1 s/image (measured) · ETA 3:40`, or before any image `~120 s/image (a guess) · ETA ~1:20:00`."""
         if self.measured:
@@ -522,7 +527,8 @@ def draft(
     env = {**os.environ, **library_path_env(session)}  # NixOS: the driver's libraries, as the trainer gets them
     if placement.gpu_uuid:
         env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
-    log(f"captioner {model.name} on {placement.note}")
+    log(f"captioner {model.name}: {placement.note}" if placement.device == "cpu" else  # the note says "on the CPU"
+        f"captioner {model.name} on {placement.note}")
     started = time.monotonic()
     estimate = DraftEstimate(len(images), *first_guess(session, model.name, model.spec, placement.device))
     estimate.start()
@@ -629,7 +635,12 @@ def draft_missing(ctx: StepContext) -> DraftReport | None:
         problem = folder_problem(model.folder)
         ctx.log(f"would draft {len(images)} captions with {model.name}" + (f" ({problem})" if problem else ""))
         return None
-    meter = ProgressMeter(ctx.progress, "captions", "drafting captions", len(images), "images")
+    last: list[DraftEstimate] = []
+
+    def estimated(estimate: DraftEstimate) -> None:  # the catalog's guess, then the rate measured from the first images
+        last[:] = [estimate]
+        ctx.progress(estimate.progress("captions", "drafting captions"))
+
     pending: list[tuple[str, dict[str, Any]]] = []  # drafts not yet handed to the session's writer
     last_save = [time.monotonic()]
 
@@ -649,12 +660,13 @@ def draft_missing(ctx: StepContext) -> DraftReport | None:
             save_pending()
 
     try:
-        report = draft(session, images, on_draft=store, cancel=ctx.cancel, log=ctx.log, meter=meter,
+        report = draft(session, images, on_draft=store, cancel=ctx.cancel, log=ctx.log, on_estimate=estimated,
                        fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
                        trigger_tokens=trigger_tokens)
     finally:
         if not session.read_only:
             save_pending()
-    meter.finish()
+    if last:
+        ctx.progress(last[0].progress("captions", "drafting captions", finished=True))
     ctx.log(rate_line(report) + (f"; {len(report.skipped)} not captioned" if report.skipped else ""))
     return report
