@@ -148,8 +148,11 @@ def test_upscale_factor_is_never_shown_as_one(tmp_path: Path) -> None:
     """D: "would upscale 1.0×" for a crop of 1020 px in a 1024 bucket."""
     item = dataset.PlanItem("a.jpg", tmp_path / "a.jpg", "0" * 64, imaging.Probe(True), "bad", 1020, 1020)
     dataset.plan_item(item, {}, 1024)
-    assert item.status == "small"
-    assert "1.0×" not in item.reason and "1020" in item.reason
+    assert item.status == "use"  # within UPSCALE_LIMIT (issue 24 item 8): used, and the note says by how much
+    assert "upscaled 1.004×" in item.notes and not any("1.0×" in n or "1.00×" in n for n in item.notes)
+    small = dataset.PlanItem("b.jpg", tmp_path / "b.jpg", "1" * 64, imaging.Probe(True), "bad", 800, 800)
+    dataset.plan_item(small, {}, 1024)
+    assert small.status == "small" and "would upscale 1.28×" in small.reason
 
 
 def render_onto_a_full_disk(job: imaging.RenderJob) -> imaging.RenderOutcome:

@@ -50,6 +50,10 @@ _LATENTS = r"_\d+x\d+" + re.escape(DEFAULT_FAMILY.backend.latent_cache_suffix)  
 OWN_FILE_RE = re.compile(rf"^(\d+)(\.png|\.txt|\.caption|{_TE_CACHE}|{_LATENTS})$")
 LATENT_RE = re.compile(rf"^\d+{_LATENTS}$")
 FLUSH_EVERY_S = 2.0
+# A crop up to this many times smaller than its bucket is used, upscaled, with a note ("upscaled 1.14×": a 900×1200
+# phone photo in a 1024 bucket); a smaller one is skipped unless the person keeps it (`skip = false`). How much
+# upscaling a photo stands is a matter of pictures, not of the base model: a dataset constant, not a profile fact.
+UPSCALE_LIMIT = 1.25
 
 
 ImageStatus = Literal["use", "small", "skip", "duplicate", "bad"]  # small: flagged, skipped unless the user said use
@@ -70,6 +74,7 @@ class PlanItem:
     crop: Crop | None = None
     default_bucket: tuple[int, int] | None = None
     upscale: float = 1.0  # > 1 when the crop is smaller than its bucket
+    crop_moved: bool = False  # the crop was set by hand (`crop` in its [[dataset.images]] entry), not centred
     reason: str = ""  # why it is not used
     notes: list[str] = field(default_factory=list)
     sidecar: str | None = None
@@ -199,7 +204,7 @@ def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
             item.notes.append(note)
         if chosen is not None:
             bucket = chosen
-    crop = center_crop(width, height, bucket)
+    crop = centred = center_crop(width, height, bucket)
     if "crop" in decision:
         wanted = as_crop(decision["crop"])  # session.toml's reader checked: 4 integers
         if crop_ok(wanted, width, height, bucket):
@@ -208,29 +213,41 @@ def plan_item(item: PlanItem, decision: dict[str, Any], max_side: int) -> None:
             crop = fit_crop(wanted, width, height, bucket)
             item.notes.append("crop adjusted to fit the image and the bucket")
     item.bucket, item.crop = bucket, crop
+    item.crop_moved = crop != centred
     crop_w = crop[2] - crop[0]
     item.upscale = bucket[0] / crop_w if crop_w < bucket[0] else 1.0
+    _decide_status(item, decision.get("skip"))  # its note first: "upscaled 1.14×" matters more than the crop's share
     kept = (crop[2] - crop[0]) * (crop[3] - crop[1]) / (width * height)
-    if kept < 0.995:
+    if item.crop_moved:  # the table says so: a hand-moved crop looked like the centred one ("crop 75%")
+        item.notes.append(f"crop moved ({kept:.0%})" if kept < 0.995 else "crop moved")
+    elif kept < 0.995:
         item.notes.append(f"crop {kept:.0%}")
-    skip = decision.get("skip")
+
+
+def _decide_status(item: PlanItem, skip: object) -> None:
+    """Used, skipped by the person, or too small: upscaled up to UPSCALE_LIMIT with a note, skipped above it unless
+    the person keeps it (`skip = false`)."""
+    assert item.crop is not None and item.bucket is not None
+    left, top, right, bottom = item.crop
     if skip is True:
         item.status, item.reason = "skip", "skipped (your choice)"
-    elif item.upscale > 1.0 and skip is not False:
+    elif item.upscale > UPSCALE_LIMIT and skip is not False:
         item.status = "small"
         item.reason = (
-            f"too small: {crop_w}×{crop[3] - crop[1]} for {bucket_name(bucket)} would upscale {upscale_text(item.upscale)};"
-            " skipped (choose use-anyway to keep it)"
+            f"too small: {right - left}×{bottom - top} for {bucket_name(item.bucket)} would upscale "
+            f"{upscale_text(item.upscale)} (over {upscale_text(UPSCALE_LIMIT)}); skipped (choose use-anyway to keep it)"
         )
     else:
         item.status = "use"
-        if item.upscale > 1.0:
+        if item.upscale > UPSCALE_LIMIT:
             item.notes.append(f"upscaled {upscale_text(item.upscale)} (your choice)")
+        elif item.upscale > 1.0:
+            item.notes.append(f"upscaled {upscale_text(item.upscale)}")
 
 
 def upscale_text(factor: float) -> str:
-    """`1.6×`, or as many decimals as it takes not to read 1.0× (a 1020 px crop in a 1024 bucket is `1.004×`)."""
-    digits = 1
+    """`1.14×`: two decimals, or as many as it takes not to read 1.00× (a 1020 px crop in a 1024 bucket is `1.004×`)."""
+    digits = 2
     while digits < 4 and round(factor, digits) <= 1.0:
         digits += 1
     return f"{factor:.{digits}f}×"
