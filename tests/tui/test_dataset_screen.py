@@ -343,3 +343,116 @@ async def test_a_preview_that_fails_late_is_named_once(isolated_home: Path, monk
         assert screen.current == "IMG_0002.jpg"
         text = str(screen.query_one("#ds-info", Static).render())
         assert text.count("corrupt or unsupported") == 1, text
+
+
+# ---------------------------------------------------------------- issue 24 item 8: Enter scans, crop moved, s
+
+
+def found_photos_project(home: Path) -> Path:
+    """A new project with its photos in photos/ and no dataset.source yet: the screen offers the folder it found."""
+    project = home / "found"
+    (project / "photos").mkdir(parents=True)
+    fx.photo(project / "photos" / "a.jpg", 1000, 1000)  # 1.02× short of a 1024 bucket: used, with a note
+    fx.photo(project / "photos" / "b.jpg", 800, 600, seed=1)
+    return project
+
+
+def keys_line(app: LoraWizardApp) -> str:
+    from textual.widgets import Static
+
+    return str(app.screen.query_one("#ds-keys", Static).render()).strip()
+
+
+async def test_enter_in_max_side_scans_the_found_folder(isolated_home: Path) -> None:
+    """The head said "Found photos/: Enter scans it", but Enter in max_side saved the number and scanned nothing."""
+    project = found_photos_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_of(app)
+        assert screen.plan is None and "Enter scans it" in str(screen.query_one("#ds-head").render())
+        field = screen.query_one("#set-dataset-max_side", Input)
+        field.focus()
+        await pilot.pause()
+        assert keys_line(app).startswith("Enter scans")
+        field.value = "1024"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.plan is not None and [item.source for item in screen.plan.items] == ["a.jpg", "b.jpg"]
+        from lorawizard.tui.screens.dataset import note_of
+
+        assert screen.items["a.jpg"].used and note_of(screen.items["a.jpg"]) == "1.02× up"  # the table's short note
+        assert "upscaled 1.02×" in str(screen.query_one("#ds-info").render())  # the preview's note says it whole
+    assert Session.load(project / "session.toml").get("dataset.source") == "photos"
+
+
+async def test_enter_on_the_table_scans_before_the_first_scan(isolated_home: Path) -> None:
+    """Enter on the (empty) table said "nothing to apply yet"; before a scan it scans, afterwards it applies."""
+    project = found_photos_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_of(app)
+        await pilot.press("escape")  # out of the source field, onto the table
+        await pilot.pause()
+        assert screen.focused is screen.table and screen.plan is None
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.plan is not None and screen.table.row_count == 2
+        assert app.session.get("dataset.source") == "photos"
+
+
+async def test_a_hand_moved_crop_shows_in_the_note(isolated_home: Path) -> None:
+    from textual.widgets import Static
+
+    app = make_app(isolated_home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = screen_of(app)
+        await pilot.press("down")
+        assert screen.current == "IMG_0002.jpg"
+
+        def note() -> str:
+            return str(screen.table.get_cell("IMG_0002.jpg", "note"))
+
+        assert note() == "crop 75%"
+        await pilot.press("right")
+        await pilot.pause()
+        assert note() == "crop moved (75%)"
+        assert "(moved)" in str(screen.query_one("#ds-info", Static).render())
+        await pilot.press("r")  # reset: the centred crop again
+        await pilot.pause()
+        assert note() == "crop 75%"
+    saved = Session.load(isolated_home / "dataset-demo" / "session.toml").images()
+    assert "crop" not in saved.get("IMG_0002.jpg", {})
+
+
+async def test_s_shows_the_settings_and_esc_hides_them(isolated_home: Path) -> None:
+    """After choosing the folder in the source field the settings were still shown, so `s settings` hid them."""
+    project = found_photos_project(isolated_home)
+    app = LoraWizardApp(Session.open_project(project), start_step="dataset")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = screen_of(app)
+        settings = screen.query_one("#ds-settings")
+        await pilot.press("enter")  # the found folder, from the source field
+        await settle(pilot)
+        assert screen.plan is not None and screen.focused is screen.table
+        await pilot.press("s")
+        await pilot.pause()
+        assert settings.display and settings.region.height > 0
+        assert screen.focused is screen.query_one("#set-dataset-source", Input)
+        assert keys_line(app) == "Enter scans  Tab next field  Esc back to the table"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert settings.display and screen.focused is screen.table
+        assert keys_line(app).endswith("Esc hides settings")
+        await pilot.press("s", "escape")  # s again: still shown (never hidden by s)
+        await pilot.pause()
+        assert settings.display
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not settings.display and keys_line(app).endswith("s settings")
+        await pilot.press("s")
+        await pilot.pause()
+        assert settings.display

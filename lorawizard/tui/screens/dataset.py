@@ -1,7 +1,8 @@
 """Dataset: every photo with its bucket and crop, a preview with the crop box, per-image decisions, apply.
 
 Keys: ↑/↓ choose an image · ←/→ and Shift+↑/↓ (or Shift+arrows) move the crop · + / - crop size ·
-b next bucket · r reset the crop · Space skip / use · / filter · s settings · Ctrl+R rescan · Ctrl+G apply.
+b next bucket · r reset the crop · Space skip / use · / filter · s settings (Esc hides them) · Ctrl+R rescan ·
+Ctrl+G apply. Enter scans from any settings field, and from the table until there is a scan (then it applies).
 The scan and every thumbnail run in thread workers; the UI thread never decodes an image. Decisions go
 into `[[dataset.images]]` at once (session.toml is written half a second after the last key).
 """
@@ -43,6 +44,10 @@ THUMB_CACHE = 200
 MOVE_STEP = 0.1  # of the crop's own size
 STATUS_WORDS = {"use": "", "small": "too small", "skip": "skipped", "duplicate": "duplicate", "bad": ""}
 SETTINGS = ["dataset.source", "dataset.max_side", "dataset.num_repeats", "paths.dataset"]
+# The line of keys under the table, by what has focus: the settings hidden, shown, or a settings field being edited
+KEYS = "←→ ⇧↑↓ crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings"
+KEYS_SETTINGS_SHOWN = "←→ ⇧↑↓ crop  +/- size  b bucket  Space skip/use  / filter  Esc hides settings"
+KEYS_IN_FIELD = "Enter scans  Tab next field  Esc back to the table"
 
 
 def note_of(item: core.PlanItem) -> str:
@@ -51,8 +56,10 @@ def note_of(item: core.PlanItem) -> str:
         return item.reason
     parts = [STATUS_WORDS[item.status]] if STATUS_WORDS[item.status] else []
     if item.status == "small":
-        parts.append(f"{item.upscale:.1f}× up: skip")
-    parts += [n for n in item.notes if n != "crop 100%"]
+        parts.append(f"{core.upscale_text(item.upscale)} up: skip")
+    elif item.used and item.upscale > 1.0:  # short, first: "upscaled 1.14×" was cut to "upscaled 1.1…" at 80 columns
+        parts.append(f"{core.upscale_text(item.upscale)} up" + (" (kept)" if item.upscale > core.UPSCALE_LIMIT else ""))
+    parts += [n for n in item.notes if n != "crop 100%" and not n.startswith("upscaled ")]
     return " · ".join(parts)
 
 
@@ -108,6 +115,13 @@ class ImageTable(Table, inherit_bindings=False):
         Binding("ctrl+end,end", "scroll_bottom", "Bottom", show=False),
     ]
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter on the empty table (nothing scanned yet) goes on to the screen's Enter, which scans: a table
+        without rows took it and did nothing."""
+        if action == "select_cursor" and self.row_count == 0:
+            return False
+        return super().check_action(action, parameters)
+
 
 class DatasetScreen(StepScreen):
     STEP = "dataset"
@@ -150,6 +164,7 @@ class DatasetScreen(StepScreen):
         self._scanned_settings: tuple[Any, ...] = ()
         self._guess: str | None = None  # the photo folder found in the project, until the person accepts it
         self._columns_wide = False
+        self._source_hint: tuple[str, str] | None = None  # the source field's own placeholder and hint, while a guess speaks
 
     # -- layout
 
@@ -164,7 +179,7 @@ class DatasetScreen(StepScreen):
             with Vertical(id="ds-preview"):
                 yield image_widget_class()(None, id="ds-image")
                 yield Static("", id="ds-info")
-        yield Static("←→ ⇧↑↓ crop  +/- size  b bucket  r reset  Space skip/use  / filter  s settings", id="ds-keys")
+        yield Static(KEYS, id="ds-keys")
 
     @property
     def table(self) -> DataTable:
@@ -206,6 +221,7 @@ class DatasetScreen(StepScreen):
             self.set_class(True, "-settings")
             field = self.query_one("#set-dataset-source", SettingInput)
             self._guess = self._guess_source()
+            self._source_hint = (field.placeholder, field.hint)
             if self._guess:
                 field.placeholder = f"{self._guess} (found)"  # short: the line above says what Enter does
                 field.hint = "found: Enter scans it and keeps it in session.toml"
@@ -258,6 +274,7 @@ class DatasetScreen(StepScreen):
     def _scan_failed(self, message: ScanFailed) -> None:
         self._scanning = False
         self.set_class(True, "-settings")
+        self._show_keys()
         # in full (the head grows to three lines), the path as a person reads it
         self._set_head(Text(f"✗ {tilde_paths(message.reason)}", style=tone("error", bold=True), overflow="fold"))
 
@@ -415,6 +432,8 @@ class DatasetScreen(StepScreen):
             assert item.crop is not None
             left, top, right, bottom = item.crop
             text.append(f" → {item.bucket_text}\ncrop {right - left}×{bottom - top} at {left},{top}")
+            if item.crop_moved:
+                text.append(" (moved)")
         text.append("\n")
         problem = self._thumbs.problem(item.source) if item.status != "bad" else None
         # the preview's problem is also one of the row's notes (the table shows it): said once, in red, below
@@ -530,9 +549,27 @@ class DatasetScreen(StepScreen):
             self.focus_main()
         elif self.runner.running:
             self.runner.cancel()
+        elif self.has_class("-settings"):
+            self.set_class(False, "-settings")
+            self._show_keys()
 
     def action_settings(self) -> None:
-        self.toggle_class("-settings")
+        """s shows the settings and puts the cursor in the first (it toggled them: after choosing the source there,
+        the fields were still shown and s hid them); Esc leaves the field, Esc again hides them, as the keys say."""
+        self.set_class(True, "-settings")
+        self.query_one("#set-dataset-source", Input).focus()
+        self._show_keys()
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def _show_keys(self) -> None:
+        """The line of keys says what applies now: in a settings field Enter scans; shown settings hide with Esc."""
+        if not self.is_mounted:
+            return
+        focused = self.focused
+        in_settings = focused is not None and self.query_one("#ds-settings") in focused.ancestors
+        keys = KEYS_IN_FIELD if in_settings else KEYS_SETTINGS_SHOWN if self.has_class("-settings") else KEYS
+        self.query_one("#ds-keys", Static).update(keys)
 
     def _settings_now(self) -> tuple[Any, ...]:
         return tuple(self.session.get(key) for key in SETTINGS)
@@ -549,12 +586,24 @@ class DatasetScreen(StepScreen):
 
     @on(SettingsForm.Saved)
     def _setting_saved(self, message: SettingsForm.Saved) -> None:
-        """Rescan once a setting really changed (Enter or leaving a field; the value is in the session already).
-        Enter in the empty source field takes the guessed photo folder."""
-        if (message.key == "dataset.source" and message.value is None and message.submitted and self._guess
-                and wizard_app(self).decide("dataset.source", self._guess) is None):
+        """Enter in any settings field scans (the head said "Enter scans it" while Enter in max_side did nothing);
+        leaving a field rescans once a setting really changed (the value is in the session already)."""
+        if message.submitted:
+            self._scan_on_enter()
+        else:
+            self._rescan_if_settings_changed()
+        if self._source_hint is not None and self.session.dataset.source:  # "found: Enter scans it" is done with
+            field = self.query_one("#set-dataset-source", SettingInput)
+            (field.placeholder, field.hint), self._source_hint = self._source_hint, None
+
+    def _scan_on_enter(self) -> None:
+        """Scan now, with the guessed photo folder when no source is set (the person accepts it with Enter); with
+        neither, the head keeps asking for the folder."""
+        if not self.session.dataset.source:
+            if not self._guess or wizard_app(self).decide("dataset.source", self._guess) is not None:
+                return
             self.query_one("#set-dataset-source", Input).value = self._guess
-        self._rescan_if_settings_changed()
+        self.rescan()
 
     def _rescan_if_settings_changed(self) -> None:
         if self._settings_now() != self._scanned_settings and self.session.dataset.source:
@@ -563,8 +612,14 @@ class DatasetScreen(StepScreen):
     # -- apply
 
     def action_primary(self) -> None:
+        """Apply; before the first scan, Enter (on the table too) scans instead, as the head line says."""
         if self.plan is None:
-            self.notify("nothing to apply yet: set dataset.source (s) and rescan (Ctrl+R)", severity="warning")
+            if self._scanning:
+                self.notify("still scanning: Apply once the photos are shown", timeout=3)
+            elif self.session.dataset.source or self._guess:
+                self._scan_on_enter()
+            else:
+                self.action_settings()  # no folder to scan: the field for it, and the head says what to type
             return
         self.flush()
         self.runner.start()
