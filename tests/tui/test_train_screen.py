@@ -16,7 +16,7 @@ from lorawizard.core.train.step import plan_run, start_run
 from lorawizard.tui.app import LoraWizardApp
 from lorawizard.tui.screens.confirm import ConfirmScreen
 from lorawizard.tui.widgets.loss_chart import braille_plot
-from lorawizard.tui.widgets.train_panels import TrainHeader, TrainView
+from lorawizard.tui.widgets.train_panels import BarLine, TrainHeader, TrainView
 from tests.support.sessions import save
 from tests.support.standin import make_train_project
 from tests.support.waiting import pilot_until
@@ -281,3 +281,45 @@ async def test_start_asks_first_when_caption_files_are_older_than_the_captions(
         await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
     live = runs.live_run(session.paths.runs)
     assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"
+
+
+async def test_header_says_the_phase_with_its_count_rate_and_time_left(home_project: Path) -> None:
+    """Issue 24 item 6: ten minutes of text-encoder caching showed as `0%  ETA --:--` over an unlabelled `0/2`."""
+    from lorawizard.core.train.logparse import LogParser
+
+    state, parser = TrainState(), LogParser()
+    data = (Path(__file__).parents[1] / "support" / "real_logs" / "train.log").read_bytes()
+    state.apply(parser.feed(data[: data.index(b" 50%|", data.index(b"caching Text Encoder outputs..."))]))
+    state.apply(parser.feed(b" 50%|\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88     | 1/2 [00:41<00:41, 41.21s/it]"))
+    view = TrainView(name="mychar", run_id="20261125-164738", status="running", phase=state.phase,
+                     progress=state.phase_progress, bar_line=state.bar_line, eta_s=state.eta_s)
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        app.screen.apply_view(view)
+        await pilot.pause()
+        header = app.screen.query_one(TrainHeader).render().plain
+        assert "▸ caching text encoder outputs 1/2 · 41.2 s/batch · 0:41 in · 0:41 left" in header
+        assert str(app.screen.query_one(BarLine).render()) == "caching text encoder outputs: 1/2"
+
+
+async def test_a_resumed_runs_dashboard_shows_its_chain(tmp_path: Path, home_project: Path) -> None:
+    """Issue 24 item 7: after r the dashboard started empty (`checkpoints (0)`, no loss, epoch 1/2, `6/12` under the
+    chart while the header said `12/12`)."""
+    from lorawizard.core.train.dashboard import views
+    from lorawizard.tui.widgets.loss_chart import LossChart
+    from lorawizard.tui.widgets.train_panels import CheckpointPanel
+    from tests.support.run_chain import make_chain
+
+    _, resumed = make_chain(tmp_path / "elsewhere" / "runs")  # not the project's: the screen follows no run of its own
+    view = list(views(resumed, "tiny", wait=lambda _: True))[-1]
+    app = LoraWizardApp(Session.open_project(home_project), start_step="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        app.screen.apply_view(view)
+        await pilot.pause()
+        header = app.screen.query_one(TrainHeader).render().plain
+        assert "epoch 3/3" in header and "step 6/6" in header and "run 2 of its chain" in header
+        assert app.screen.query_one(CheckpointPanel).border_title == "checkpoints (3)"
+        assert app.screen.query_one(LossChart).values == [1.47, 1.5, 1.53, 1.52, 1.53, 1.52]
+        assert str(app.screen.query_one(BarLine).render()).startswith("steps: 6/6")

@@ -91,8 +91,8 @@ class TrainHeader(Static):
             lines.append(phase)
         result = Text("\n").join(lines)
         if view.base_step:
-            runs = f" (run {view.chain} of its chain: checkpoints, loss and samples include the earlier runs)" \
-                if view.chain > 1 else ": sd-scripts restarts its own counter, steps here are absolute"
+            runs = f" · run {view.chain} of its chain, all shown (steps are absolute)" if view.chain > 1 \
+                else ": sd-scripts restarts its own counter, steps here are absolute"
             result.append(f"\n resumed at step {view.base_step}{runs}", style="dim italic")
         return result
 
