@@ -185,3 +185,32 @@ def wrap_shell(command: str, width: int, *, indent: str = "  ") -> str:
         out.append(" \\\n".join(pieces) + (" \\" if continued else ""))
     return "\n".join(out)
 
+
+
+class FitName:
+    """A Rich renderable: a file name (or any one-line path) cut in the middle (cut_middle) to the width it is drawn at,
+    as every screen cuts one: `thum…0001.jpg` keeps its number and extension, `sub/…/IMG_0412.jpg` its folder and name
+    (a table column, a list row). A `suffix` (" · 7.5 GB") follows it while the name's last part stays whole beside
+    it, and goes first when narrower. Its `plain` is the whole text."""
+
+    def __init__(self, name: str, style: str = "", suffix: str = "") -> None:
+        self.name, self.style, self.suffix = name, style, suffix
+        self.plain = name + suffix
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def fitted(self, width: int) -> Text:
+        last = self.name.rsplit("/", 1)[-1]
+        beside = cut_middle(self.name, width - cell_len(self.suffix)) if self.suffix else ""
+        if self.suffix and (beside == self.name or beside.endswith("/" + last)):
+            shown = beside + self.suffix
+        else:
+            shown = cut_middle(self.name, width)
+        return Text(shown, style=self.style, no_wrap=True, overflow="ellipsis", end="")
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.fitted(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(MIN_PATH, cell_len(self.plain)), cell_len(self.plain))

@@ -31,6 +31,7 @@ from lorawizard.core.session.document import SessionError
 from lorawizard.tui.images import image_view, image_widget_class
 from lorawizard.tui.messages import ScanProgress, StepFinished
 from lorawizard.tui.screens.base import StepScreen
+from lorawizard.tui.text_fit import FitName
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import FitInput, SettingInput, SettingsForm
@@ -310,7 +311,7 @@ class DatasetScreen(StepScreen):
         size = f"{item.width}×{item.height}" if item.width else "—"
         style = {"bad": tone("error"), "small": tone("warning"), "skip": "dim", "duplicate": "dim"}.get(item.status, "")
         note = Text(note_of(item), style=style, no_wrap=True, overflow="ellipsis")
-        name = Text(item.source, style="dim" if not item.used else "", no_wrap=True, overflow="ellipsis")
+        name = FitName(item.source, style="dim" if not item.used else "")  # cut in the middle, as Captions cuts it
         bucket = item.bucket_text if item.used else "—"
         return (name, size, bucket, note)
 

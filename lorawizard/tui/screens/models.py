@@ -31,7 +31,7 @@ from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
 from lorawizard.core.profile import DEFAULT_FAMILY, family_for
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.text_fit import FitPaths, cut_middle
+from lorawizard.tui.text_fit import FitName, FitPaths, cut_middle
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
@@ -111,7 +111,7 @@ class FoundWhere:
         return Measurement(min(20, cell_len(self.plain)), cell_len(self.plain))
 
 
-def where_text(state: RoleState) -> Text | FitPaths | FoundWhere:
+def where_text(state: RoleState) -> Text | FitName | FitPaths | FoundWhere:
     """The where column: a found file `~/…` (FoundWhere), else the repo and file it comes from, or the error (its
     paths cut in the middle)."""
     if state.state == "found" and state.path is not None:
@@ -120,8 +120,10 @@ def where_text(state: RoleState) -> Text | FitPaths | FoundWhere:
         return FitPaths(Text(state.note, style=tone("error"), overflow="ellipsis", no_wrap=True), one_line=True)
     repo = f"{state.repo}/" if state.repo else ""
     note = f" · {state.note}" if state.note and state.state == "missing" else ""
-    text = f"{repo}{state.file}{note}" if repo or state.file else state.note  # the tokenizers: what the folder lacks
-    return Text(text, style="dim", overflow="ellipsis", no_wrap=True)
+    if repo or state.file:  # cut in the middle as the found files are: the file's name stays whole
+        return FitName(f"{repo}{state.file}", style="dim", suffix=note)
+    # the tokenizers: what the folder lacks, its path cut in the middle
+    return FitPaths(Text(state.note, style="dim", overflow="ellipsis", no_wrap=True), one_line=True)
 
 
 class ModelsScreen(StepScreen):

@@ -30,6 +30,7 @@ from lorawizard.core.captions.captionset import (
     CaptionSet,
 )
 from lorawizard.tui._textual_hacks import set_virtual_size
+from lorawizard.tui.text_fit import cut_middle
 
 
 def status_of(item: Caption) -> tuple[str, str]:
@@ -201,7 +202,7 @@ class CaptionList(ScrollView, can_focus=True):
         status_style = base + self.get_component_rich_style(f"caption-list--{kind}", partial=True)
         marker = "▶" if selected else " "
         room = max(1, width - len(word) - 3)
-        name = item.file if len(item.file) <= room else "…" + item.file[-(room - 1) :]  # sub/a.jpg ≠ other/a.jpg
+        name = cut_middle(item.file, room)  # as Dataset cuts it: sub/…/a.jpg ≠ other/…/a.jpg, thum…0001.jpg
         left = f"{marker} {name}"
         gap = max(1, width - len(left) - len(word))
         segments = [Segment(left + " " * gap, base), Segment(word, status_style)]
