@@ -38,10 +38,11 @@ async def test_no_gpu_is_a_clear_state(home_project: Path, monkeypatch: pytest.M
     app = LoraWizardApp(with_dataset(home_project), start_step="probe")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        assert "no NVIDIA GPU visible — probing and training need one" in str(app.screen.query_one("#gpu-state").render())
+        assert "no GPU: the probe is skipped; batch sizes from b, else 1" in str(
+            app.screen.query_one("#gpu-state").render())
         await pilot.press("ctrl+g")
         await settle(pilot)
-        assert app.step_states["probe"] == "attention"
+        assert app.step_states["probe"] == "done"  # skipped, not a failure (issue 24 item 5)
 
 
 async def test_a_batch_size_of_ones_own_per_bucket_without_a_gpu(home_project: Path,

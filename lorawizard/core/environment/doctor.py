@@ -38,6 +38,7 @@ from lorawizard.core.environment.trainer_python import (
     venv_argv,
     venv_dir_of,
 )
+from lorawizard.core.gpu import cpu_mode
 from lorawizard.core.gpu import nvml as gpu_module
 from lorawizard.core.gpu.nvml import NO_GPU, Inventory, NvmlAdapter
 from lorawizard.core.launch.command import TRAIN_SCRIPT, library_path_env
@@ -79,6 +80,8 @@ def examine(
     inventory = safe_inventory(nvml)
     gpus = list(getattr(inventory, "gpus", []) or [])
     findings.append(_gpu_finding(session, inventory, gpus))
+    if not gpus:  # the one rule for "no GPU" (core.gpu.cpu_mode): the CPU trains, as a test mode
+        findings.append(cpu_finding(session, root / "proc" / "cpuinfo"))
     driver_cuda = next((parse_cuda_version(g.cuda_driver_version) for g in gpus if g.cuda_driver_version), None)
     tick("GPU")
 
@@ -177,9 +180,9 @@ def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | 
 def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
     if not gpus:
         reason = getattr(inventory, "reason", None)
-        problem = getattr(inventory, "problem", None) or "no NVIDIA GPU visible — probing and training need one"
+        problem = getattr(inventory, "problem", None) or NO_GPU
         return Finding("gpu", "warning", "GPU", problem + (f"; {reason}" if reason else ""),
-                       "install the NVIDIA driver or run lorawizard on the GPU machine; the other steps still work")
+                       f"{cpu_mode.NO_GPU_RULE}; for a real LoRA install the NVIDIA driver or use a GPU machine")
     several = session.gpu.uuids  # training on several GPUs: every one must be here
     chosen_uuids = several if len(several) > 1 else [u for u in [session.gpu.uuid] if u]
     visible = {g.uuid for g in gpus}
@@ -196,6 +199,21 @@ def _gpu_finding(session: Session, inventory: Any, gpus: list[Any]) -> Finding:
     count = f"{len(gpus)} GPUs; " if len(gpus) > 1 else ""
     using = f" ({len(chosen_uuids)} chosen)" if len(chosen_uuids) > 1 else (" (chosen)" if chosen else "")
     return Finding("gpu", "ok", "GPU", f"{count}{gpu.name} · {driver} · {cuda}{using}")
+
+
+def cpu_finding(session: Session, cpuinfo: Path | None = None) -> Finding:
+    """Without a GPU: the CPU trains (test mode) at the rule's expected speed; bf16 without native support is said,
+    with mixed_precision = "no" as its one-key fix. `cpuinfo`: /proc/cpuinfo (tests: a fake file)."""
+    from lorawizard.core.dataset.step import bucket_counts  # lazy: the first frame imports the doctor, not PIL
+
+    mode = cpu_mode.cpu_mode(session, bucket_counts(session), cpuinfo=cpuinfo)
+    line = mode.bf16_line()
+    if line is not None:
+        return Finding("cpu", "warning", "CPU", line.split(" — ")[0], line.split(" — ", 1)[1], action="fp32")
+    how = {True: "native bf16", False: "no native bf16, fp32", None: "bf16 support unknown"}[mode.bf16]
+    if mode.bf16 is not False and mode.precision == "no":
+        how += ", fp32 (mixed precision no)"
+    return Finding("cpu", "ok", "CPU", f"test mode ({how}): {mode.speed_text()}")
 
 
 def _python_findings(data: Mapping[str, Any], python: Path | None = None) -> list[Finding]:
@@ -267,7 +285,7 @@ def _torch_build(torch: Mapping[str, Any], gpus: list[Any], driver_cuda: tuple[i
         return Finding("torch", "error", "torch", f"{label}: it cannot use the GPU",
                        wheel_fix.fix("update the NVIDIA driver first"), wheel_fix.install, action=wheel_fix.action)
     if cuda_build is None:
-        return Finding("torch", "warning", "torch", label, "a CPU-only build: fine here, but training needs a GPU")
+        return Finding("torch", "warning", "torch", label, "a CPU-only build: training runs on the CPU as a test mode")
     if driver_cuda is not None and cuda_build > driver_cuda:
         driver_text = f"{driver_cuda[0]}.{driver_cuda[1]}"
         fix = (f"install {wheel_fix.text}, or update the NVIDIA driver" if wheel_fix.wheel
@@ -284,8 +302,7 @@ def _cuda_findings(torch: Mapping[str, Any], gpus: list[Any], capability: Any,
     if not torch.get("cuda"):
         return []
     if not gpus:
-        return [Finding("cuda", "warning", "CUDA", "torch has CUDA but no GPU is visible here",
-                        "training and the probe need an NVIDIA GPU")]
+        return [Finding("cuda", "warning", "CUDA", "torch has CUDA but no GPU is visible here", cpu_mode.NO_GPU_RULE)]
     warnings = torch.get("warnings") or []
     if not torch.get("available"):
         reason = torch.get("cuda_error") or (warnings[0] if warnings else "torch.cuda.is_available() is False")

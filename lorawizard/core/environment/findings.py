@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 FindingStatus = Literal["ok", "warning", "error"]
-FixAction = Literal["clone", "venv", "install", "libpath"]  # a one-key fix (EnvOptions.fix, Finding.action, the screen's c/v/i/l)
+FixAction = Literal["clone", "venv", "install", "libpath", "fp32"]  # a one-key fix (EnvOptions.fix, Finding.action, the screen's c/v/i/l/p)
 STATUS_MARKS = {"ok": "✓", "warning": "!", "error": "✗"}
 
 

@@ -185,7 +185,8 @@ def run_fix(
     root: Path = Path("/"),
 ) -> FixResult:
     """Perform one fix: "clone" (sd-scripts, chosen branch), "venv" (the trainer's venv; a plain one beside a venv made
-    by uv), "install" (torch + requirements), "libpath" (NixOS: the driver's libraries on the trainer's LD_LIBRARY_PATH).
+    by uv), "install" (torch + requirements), "libpath" (NixOS: the driver's libraries on the trainer's LD_LIBRARY_PATH),
+    "fp32" (a CPU without native bf16: train.mixed_precision = "no").
 
     Never raises for expected failures (no network, pip failing halfway, an existing folder): the result says what
     happened, where the log is, and which commands to run by hand. `record(key, value)` stores paths it decided;
@@ -200,6 +201,8 @@ def run_fix(
         return _fix_venv(session, log, progress, cancel, record, with_pip, dry_run)
     if action == "libpath":
         return _fix_libpath(session, root, record, dry_run)
+    if action == "fp32":
+        return _fix_fp32(session, record, dry_run)
     return _fix_install(session, log, progress, cancel, dry_run, nvml)
 
 
@@ -354,6 +357,17 @@ def _fix_libpath(session: Session, root: Path, record: Callable[[str, Any], None
             return FixResult(False, f"nothing can save it here: set paths.ld_library_path = [\"{folder}\"] yourself")
         record("paths.ld_library_path", value)
     return FixResult(True, f"the trainer runs with LD_LIBRARY_PATH={folder} first (saved as paths.ld_library_path)")
+
+
+def _fix_fp32(session: Session, record: Callable[[str, Any], None] | None, dry_run: bool) -> FixResult:
+    """A CPU without native bf16 (core.gpu.cpu_mode): train in fp32, `train.mixed_precision = "no"`."""
+    if dry_run:
+        return FixResult(True, 'would save train.mixed_precision = "no"')
+    if session.train.mixed_precision != "no":
+        if record is None:
+            return FixResult(False, 'nothing can save it here: set train.mixed_precision = "no" yourself')
+        record("train.mixed_precision", "no")
+    return FixResult(True, 'training runs in fp32 (saved as train.mixed_precision = "no"; about twice the RAM)')
 
 
 def _fix_install(session: Session, log: LogCallback, progress: ProgressCallback, cancel: threading.Event | None,

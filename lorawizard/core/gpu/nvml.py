@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-NO_GPU = "no NVIDIA GPU visible — probing and training need one"
+NO_GPU = "no NVIDIA GPU visible"  # what follows from it: core.gpu.cpu_mode (the CPU trains, as a test mode)
 GB = 1000**3  # the unit people read on spec sheets and in nvidia-smi's "GB" (we print decimal GB everywhere)
 
 

@@ -2,7 +2,7 @@
 
 Per bucket, in order: the size set in the session (measured by the probe on this GPU, on another GPU, or set by
 hand), a size borrowed from a set bucket of the same area (`~N`), the preset's estimate for the chosen GPU (`~N`),
-or nothing yet.
+or nothing yet. Without a GPU (core.gpu.cpu_mode): the size set in the session, else 1, as training uses them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ class BucketRow:
     batch: str  # "4", "~4" (borrowed or estimated) or "—"
     peak_gb: str  # "21.3" or "—"
     s_per_step: str  # "1.23" or "—"
-    source: str  # "probed", "probed on another GPU", "set by hand", "same area as WxH", "estimate", "not probed"
+    source: str  # "probed", "probed on another GPU", "set by hand", "same area as WxH", "estimate", "not probed",
+    # "no GPU: 1 (b sets it)"
     tone: Tone
 
 
@@ -35,10 +36,11 @@ def _number(entry: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | None,
-                gpu_memory: int | None) -> list[BucketRow]:
+                gpu_memory: int | None, *, no_gpu: bool = False) -> list[BucketRow]:
     """One row per bucket of `buckets` (bucket → image count), in that order.
 
-    `preset` and `gpu_memory` (bytes of the chosen GPU) give the estimate for buckets nothing else sets."""
+    `preset` and `gpu_memory` (bytes of the chosen GPU) give the estimate for buckets nothing else sets. `no_gpu`:
+    the rule of core.gpu.cpu_mode — a bucket nobody set trains at batch 1 (no borrowing, no estimate)."""
     set_sizes = session.batch_sizes()
     results = load_results(session)
     measured = results.get("buckets", {})
@@ -56,6 +58,8 @@ def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | 
                 source, tone = ("probed", "good") if same_gpu else ("probed on another GPU", "warning")
             else:
                 source, tone = "set by hand", "plain"
+        elif no_gpu:
+            batch, source, tone = "1", "no GPU: 1 (b sets it)", "plain"
         elif bucket_area(bucket) in by_area:
             twin, size = by_area[bucket_area(bucket)]
             batch, source, tone = f"~{size}", f"same area as {twin}", "dim"

@@ -16,6 +16,9 @@ If batch 1 does not fit, the next lower preset (more block swapping) is tried, a
 
 A trial killed by SIGKILL is reported as host-RAM exhaustion (the kernel's OOM killer), not as a VRAM limit.
 Each trial has a time limit; cancel kills the trial's whole process group.
+
+Without a GPU (NVML sees none) the step is skipped with one line and succeeds: the rule of `core.gpu.cpu_mode`
+(batch sizes set by hand, else 1; the CPU trains as a test mode).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from lorawizard.core.common.procs import kill_process_group
 from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.dataset.step import bucket_counts
+from lorawizard.core.gpu import cpu_mode
 from lorawizard.core.gpu.nvml import GB, GpuInfo, Inventory, NvmlAdapter, PeakSampler, inventory
 from lorawizard.core.gpu.presets import (
     PresetError,
@@ -525,6 +529,8 @@ def _options(ctx: StepContext) -> ProbeOptions:
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
     nvml: NvmlAdapter | None = _options(ctx).get("nvml")
+    if not cpu_mode.gpu_visible(nvml):  # the one rule for "no GPU" (core.gpu.cpu_mode): skipped, never a failure
+        return _skipped_without_gpu(session)
     if not _options(ctx).get("gpu_uuid"):
         try:
             uuids = multigpu.chosen_uuids(session)
@@ -582,6 +588,17 @@ def run_step(ctx: StepContext) -> StepResult:
         data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
               "results": [_result_json(r) for r in results]},
     )
+
+
+def _skipped_without_gpu(session: Session) -> StepResult:
+    """No GPU: nothing to measure. One line; the batch sizes training will use (set by hand, else 1) as details."""
+    buckets = bucket_counts(session)
+    sizes = cpu_mode.batch_sizes(session, buckets)
+    set_sizes = session.batch_sizes()
+    details = [f"{bucket:<11}{count:>7} images  batch {sizes[bucket]}"
+               f"{' (set by hand)' if bucket in set_sizes else ' (default)'}" for bucket, count in buckets.items()]
+    return StepResult(True, cpu_mode.REPLAY_PROBE_SKIPPED, details=details,
+                      data={"batch_sizes": sizes, "skipped": "no GPU"})
 
 
 def _choose_gpu(ctx: StepContext, nvml: NvmlAdapter | None) -> GpuInfo:

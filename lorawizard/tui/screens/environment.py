@@ -29,7 +29,7 @@ from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import SettingInput, SettingsForm, placeholder_of
 
-ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i", "libpath": "l"}
+ACTION_KEYS = {"clone": "c", "venv": "v", "install": "i", "libpath": "l", "fp32": "p"}
 PATH_STARTS = ("/", "~")  # a path typed outside the fields begins the sd-scripts path
 LABEL_WIDTH = 16  # a finding's title takes at most this many cells (longer ones end with …)
 
@@ -75,6 +75,7 @@ class EnvironmentScreen(StepScreen):
         Binding("v", "fix('venv')", "Venv", show=True),
         Binding("i", "fix('install')", "Install", show=True),
         Binding("l", "fix('libpath')", "Driver libs", show=False),  # NixOS only: its finding says [l]
+        Binding("p", "fix('fp32')", "fp32", show=False),  # a CPU without native bf16: its finding says [p]
         Binding("y", "copy_command", "Copy cmd", show=True),
     ]
 
@@ -260,11 +261,13 @@ class EnvironmentScreen(StepScreen):
             "venv": "Create the trainer's Python environment (a venv inside sd-scripts)?",
             "install": "Install torch for your driver and sd-scripts' requirements into the trainer's Python?",
             "libpath": "Run the trainer with NixOS's driver libraries (/run/opengl-driver/lib) on LD_LIBRARY_PATH?",
+            "fp32": "Train in fp32 (mixed precision no)? This CPU has no native bf16: bf16 runs about 200× slower.",
         }
         if action == "venv" and any(f.key == "uv_venv" and f.action == "venv" for f in self.findings):
             questions["venv"] = "Create a plain venv (python -m venv) in sd-scripts and use it instead of the uv one?"
-        note = ("Saved in session.toml as paths.ld_library_path; the command shows it." if action == "libpath"
-                else "This downloads and writes files; it can take minutes.")
+        notes = {"libpath": "Saved in session.toml as paths.ld_library_path; the command shows it.",
+                 "fp32": 'Saved in session.toml as train.mixed_precision = "no" (the Train screen\'s field); about twice the RAM.'}
+        note = notes.get(action, "This downloads and writes files; it can take minutes.")
         self.app.push_screen(ConfirmScreen(questions[action], note),
                              lambda yes: self._run_fix(action, branch) if yes else None)
 

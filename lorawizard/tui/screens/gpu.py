@@ -22,7 +22,8 @@ from textual.widgets import Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from lorawizard.core.dataset.step import bucket_counts
-from lorawizard.core.gpu.nvml import GpuInfo, Inventory, inventory
+from lorawizard.core.gpu import cpu_mode
+from lorawizard.core.gpu.nvml import NO_GPU, GpuInfo, Inventory, inventory
 from lorawizard.core.gpu.presets import (
     PresetError,
     VramPreset,
@@ -161,11 +162,11 @@ class GpuScreen(StepScreen):
         state = self.query_one("#gpu-state", Static)
         options = self.query_one("#gpu-list", OptionList)
         inv = self.inventory
-        if inv is None or not inv.gpus:
+        if inv is None or not inv.gpus:  # the one rule for "no GPU" (core.gpu.cpu_mode), said in one line
             text = Text()
-            text.append(f"✗ {inv.message() if inv else 'no NVIDIA GPU visible — probing and training need one'}\n",
-                        style=tone("error", bold=True))
-            text.append("Every other step still works; probe and train on a machine with an NVIDIA GPU.", style="dim")
+            text.append(f"{cpu_mode.PROBE_SKIPPED}\n", style=tone("warning", bold=True))
+            text.append(f"{inv.message() if inv else NO_GPU} · training runs on the CPU as a test mode "
+                        "(Train step says its speed)", style="dim")
             state.update(text)
             state.add_class("problem")
             options.display = False
@@ -246,11 +247,15 @@ class GpuScreen(StepScreen):
         gpu = self._chosen()
         return (preset_for_memory(gpu.memory_total, presets), False) if gpu is not None else (None, False)
 
+    def _no_gpu(self) -> bool:
+        """NVML was read and sees no GPU: the rule of core.gpu.cpu_mode applies."""
+        return self.inventory is not None and not self.inventory.gpus
+
     def _show_preset(self) -> None:
         preset, saved = self._current_preset()
         estimate = self.query_one("#estimate", Static)
         note = self.query_one("#preset-note", Static)
-        estimate.display = preset is not None
+        estimate.display = preset is not None and not self._no_gpu()  # no GPU: no VRAM guess to show
         if preset is None:
             estimate.update("")
             note.update("")
@@ -298,7 +303,7 @@ class GpuScreen(StepScreen):
         preset, _ = self._current_preset()
         gpu = self._chosen()
         self.bucket_rows = tuple(bucket_rows(wizard_app(self).session, self.buckets, preset,
-                                             gpu.memory_total if gpu is not None else None))
+                                             gpu.memory_total if gpu is not None else None, no_gpu=self._no_gpu()))
 
     # -- a batch size of one's own
 

@@ -31,6 +31,7 @@ from lorawizard.core.contract import StepState
 from lorawizard.tui.messages import Notice
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import FitPaths
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.loss_chart import LossChart
 from lorawizard.tui.widgets.settings_form import SettingsForm
@@ -47,6 +48,7 @@ from lorawizard.tui.widgets.train_panels import (
 from lorawizard.tui.widgets.wrap_log import WrapLog
 
 if TYPE_CHECKING:
+    from lorawizard.core.gpu.cpu_mode import CpuMode
     from lorawizard.core.launch.runs import RunRecord
     from lorawizard.core.session.document import Session
 
@@ -71,6 +73,13 @@ class StaleCaptions(Message):
 
     line: str
     resume: bool
+
+
+@dataclass
+class CpuModeRead(Message):
+    """Posted by the NVML worker: the rule for "no GPU" (core.gpu.cpu_mode) for this session, None with a GPU."""
+
+    mode: CpuMode | None
 
 
 @dataclass
@@ -144,10 +153,12 @@ class TrainScreen(StepScreen):
         self.record: RunRecord | None = None
         self._stop_tail = threading.Event()
         self._stop_asked: str | None = None  # the run this wizard stopped (s): its stop worker says so, once
+        self._cpu_mode: CpuMode | None = None  # no GPU visible: the rule of core.gpu.cpu_mode for this session
 
     def compose_body(self) -> ComposeResult:
         view = TrainScreen.view
         yield TrainHeader(id="train-header").data_bind(view)
+        yield Static("", id="train-cpu-mode", markup=False)  # no GPU: "CPU test mode" and its expected speed
         yield DiagnosisLine(id="train-diagnosis").data_bind(view)
         with Horizontal(id="train-panels"):
             yield LossChart(id="train-loss").data_bind(view)
@@ -172,8 +183,43 @@ class TrainScreen(StepScreen):
     CSS_PATH = "train.tcss"
 
     def on_mount(self) -> None:
+        self._read_cpu_mode()
         if self.follow_runs:
             self._attach_existing()
+
+    # -- no GPU: the CPU trains, as a test mode (core.gpu.cpu_mode)
+
+    @work(thread=True, exclusive=True, group="train-cpu-mode", exit_on_error=False)
+    def _read_cpu_mode(self) -> None:
+        from lorawizard.core.dataset.step import bucket_counts
+        from lorawizard.core.gpu import cpu_mode
+
+        session = wizard_app(self).session
+        mode = None if cpu_mode.gpu_visible() else cpu_mode.cpu_mode(session, bucket_counts(session))
+        self.post_message(CpuModeRead(mode))
+
+    @on(CpuModeRead)
+    def _cpu_mode_read(self, message: CpuModeRead) -> None:
+        self._cpu_mode = message.mode
+        self._show_cpu_mode()
+
+    def _show_cpu_mode(self) -> None:
+        """The label, shown while no GPU is visible and the run shown (if any) has no GPU either."""
+        label = self.query_one("#train-cpu-mode", Static)
+        mode = self._cpu_mode
+        shown = mode is not None and self.view.gpu is None
+        if mode is not None:
+            text = Text(mode.label(), style=tone("warning", bold=True))
+            line = mode.bf16_line()
+            if line:
+                text.append(f"\n{line}", style=tone("warning"))
+            label.update(text)
+        label.set_class(shown, "-shown")
+
+    @on(SettingsForm.Saved)
+    def _setting_saved(self, message: SettingsForm.Saved) -> None:
+        if self._cpu_mode is not None:  # mixed precision (or anything the speed depends on) changed
+            self._read_cpu_mode()
 
     def on_resize(self) -> None:
         self.set_class(self.size.width >= 110, "-wide")
@@ -237,6 +283,8 @@ class TrainScreen(StepScreen):
                         "p publishes" if view.status == "finished" else ""), timeout=15)
         if view.status != before.status and view.status in _STEP_STATES:
             wizard_app(self).set_step_state("train", _STEP_STATES[view.status])
+        if (view.gpu is None) != (before.gpu is None):
+            self._show_cpu_mode()
 
     # -- actions
 
@@ -279,7 +327,8 @@ class TrainScreen(StepScreen):
             self.post_message(Notice(str(exc), "error"))
             return
         what = f"resumed at step {plan.base_step}" if resume else "started"
-        self.post_message(Notice(f"training {what}: run {record.run_id}"))
+        where = " on the CPU (test mode)" if plan.cpu is not None else ""
+        self.post_message(Notice(f"training {what}{where}: run {record.run_id}"))
         self.post_message(RunStarted(record))
 
     @on(StaleCaptions)
