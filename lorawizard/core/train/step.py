@@ -796,6 +796,8 @@ def _progress(state: TrainState, *, finished: bool = False) -> Progress:
         return Progress("train", task, state.step, state.total_steps, "steps", state.rate, state.eta_s,
                         detail.strip(), finished)
     bar = state.phase_bar
-    if bar is not None:
-        return Progress("train", state.phase, bar.n, bar.total or None, "", bar.rate, bar.remaining_s, "", finished)
+    if bar is not None:  # labelled by its phase, counted in its own unit ("caching latents 1/4 1.59 images/s")
+        phase = state.phase_progress
+        return Progress("train", phase.label, bar.n, bar.total or None, phase.unit, bar.rate, phase.left_s, "",
+                        finished)
     return Progress("train", state.phase, 0, None, "", None, None, "", finished)
