@@ -69,3 +69,42 @@ async def test_with_a_gpu_there_is_no_cpu_label(home_project: Path, monkeypatch:
         await settle(pilot)
         assert not app.screen.query_one("#train-cpu-mode").display
         await pilot.press("ctrl+q")
+
+
+async def test_environment_without_a_gpu_offers_fp32_on_a_cpu_without_bf16(project: Path, tmp_path: Path) -> None:
+    """The Environment step tells the same rule: a CPU finding (test mode, its speed) and, without avx512_bf16 or
+    amx_bf16, the 200× line whose key p saves train.mixed_precision = "no" after asking."""
+    from lorawizard.core.session.document import Session
+    from tests.support.fake_trainer_env import canned_check, make_canned_python, make_checkout, make_fake_root
+    from tests.support.sessions import save
+    from tests.tui.test_environment_screen import check, wait_idle
+    from tests.tui.test_train_layout import svg_cells
+
+    root = make_fake_root(tmp_path / "root", nixos=False, driver_libs=False)
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc" / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    sd = make_checkout(project.parent / "sd-scripts", git_branch=None)
+    make_canned_python(sd / ".venv" / "bin" / "python", canned_check(sd_scripts=sd))
+    session = Session.open_project(project)
+    session.set("paths.sd_scripts", str(sd))
+    save(session)
+    app = LoraWizardApp(session, start_step="env", step_options={"env": {"nvml": none_visible(), "root": root}})
+    async with app.run_test(size=(120, 60)) as pilot:
+        screen = app.screen
+        await check(pilot)
+        keys = {f.key: f for f in screen.findings}
+        assert cpu_mode.NO_GPU_RULE in keys["gpu"].fix
+        assert keys["cpu"].action == "fp32" and "200× slower than fp32" in keys["cpu"].message
+        grid, _ = svg_cells(app.export_screenshot(), 120, 60)
+        rows = " ".join("".join(row).strip() for row in grid)  # wrapped lines joined
+        assert "→ [p] set mixed precision to no" in rows, rows
+        screen.set_focus(None)
+        await pilot.press("p")  # asks first
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        await pilot.press("enter")
+        await wait_idle(pilot, until=lambda: "fp32" not in {f.action for f in screen.findings})
+        assert app.session.train.mixed_precision == "no"
+        assert {f.key: f for f in screen.findings}["cpu"].status == "ok"
+        await pilot.press("ctrl+q")
+    assert Session.load(project / "session.toml").train.mixed_precision == "no"
