@@ -159,3 +159,19 @@ def test_the_run_command_says_what_comes_at_epoch_ends(tmp_path: Path) -> None:
     assert epoch_ends(record) == {"sample_every": 2, "save_every": 1, "sample_prompts": 3}
     bare = RunRecord(run_id="r", dir=tmp_path, argv=["python"], env={}, cwd=str(tmp_path))
     assert epoch_ends(bare) == {"sample_every": None, "save_every": None, "sample_prompts": None}
+
+
+def test_the_log_index_keeps_what_the_run_learned_of_its_epoch_ends(tmp_path: Path) -> None:
+    """`--status` starts from log-index.json: its ETA counts the sampling and saving still to come too."""
+    record = RunRecord(run_id="r", dir=tmp_path, argv=[], env={}, cwd=str(tmp_path))
+    (tmp_path / "train.log").write_text(LOG["baseline"] + LOG["epoch 1"] + LOG["epoch 1 end"] + LOG["epoch 1 end, 2nd prompt"]
+                                        + LOG["epoch 2"] + "\n")
+    follower = RunFollower(record)
+    follower.state.sample_every, follower.state.sample_prompts = 1, 2
+    follower.finish()
+    again = RunFollower(record, use_index=True)
+    again.state.sample_every, again.state.sample_prompts = 1, 2
+    again.poll()
+    assert (again.state.timing.sampling_s, again.state.timing.saving_s) == (8.0, pytest.approx(5.0))
+    assert (again.state.sampled_epoch, again.state.saved_epoch) == (1, 1)
+    assert again.state.eta_s == pytest.approx(follower.state.eta_s) == pytest.approx(8 + 5)

@@ -40,7 +40,7 @@ INDEX_FILE = "log-index.json"  # in the run folder: how far the log was read, an
 _INDEX_FIELDS: dict[str, type] = {  # what an index keeps of a TrainState, by type
     "step": int, "total_steps": int, "epoch": int, "epochs": int, "steps_per_epoch": int, "rate": float,
     "elapsed_s": float, "loss": float, "phase": str, "samples": int, "model_saved": bool, "nan_since": int,
-    "line_count": int}
+    "line_count": int, "sampled_epoch": int, "saved_epoch": int}
 
 
 class RunFollower:
@@ -163,7 +163,8 @@ class RunFollower:
             atomic_write_json(self.record.dir / INDEX_FILE, {
                 "version": 1, "offset": self._last_break, "dev": stat.st_dev, "ino": stat.st_ino,
                 "state": {name: getattr(self.state, name) for name in _INDEX_FIELDS}
-                | {"checkpoints": self.state.checkpoints[-20:],
+                | {"checkpoints": self.state.checkpoints[-20:], "sampling_s": self.state.timing.sampling_s,
+                   "saving_s": self.state.timing.saving_s,
                    "losses": [[s, v] for s, v in self.state.losses.points if math.isfinite(v)]}})
         except (OSError, ValueError, TypeError):
             pass
@@ -242,6 +243,10 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     if isinstance(checkpoints, list):
         state.checkpoints = [str(c) for c in checkpoints[-20:]]
     state.losses.points = index_losses(saved)
+    for name, learned in (("sampling_s", state.timing.rounds), ("saving_s", state.timing.saves)):
+        value = saved.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            learned[:] = [float(value)]  # what the run had learned of its epoch ends: --status's ETA counts them
 
 
 def index_losses(saved: dict[str, Any]) -> list[tuple[int, float]]:
