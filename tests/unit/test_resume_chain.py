@@ -53,9 +53,13 @@ def test_a_resumed_run_is_in_the_epoch_after_those_its_state_finished() -> None:
 def test_a_resume_makes_no_second_baseline_sample(tmp_path: Path) -> None:
     session = make_train_project(tmp_path, epochs=3)
     assert session.train.samples.at_first
-    fresh = plan_run(session, run_dir=tmp_path / "fresh").command.argv
+    fresh_plan = plan_run(session, run_dir=tmp_path / "fresh")
+    fresh = fresh_plan.command.argv
     assert "--sample_at_first" in fresh and "--sample_prompts" in fresh
     make_chain(session.paths.runs)
-    resumed = plan_run(session, resume=True, run_dir=tmp_path / "resumed").command.argv
+    resumed_plan = plan_run(session, resume=True, run_dir=tmp_path / "resumed")
+    resumed = resumed_plan.command.argv
     assert "--resume" in resumed and "--sample_prompts" in resumed  # it samples at epoch ends, as the chain does
     assert "--sample_at_first" not in resumed
+    # the plan's note counts the images the run makes: 3 epoch ends, plus the baseline on a fresh run only
+    assert "× 4 times" in " ".join(fresh_plan.notes) and "× 3 times" in " ".join(resumed_plan.notes)

@@ -102,13 +102,14 @@ def sample_overrides(session: Session, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def sampling_cost(session: Session, s_per_step: float | None = None) -> str:
-    """What sampling adds, for the estimate and the probe's report (a rough figure, and it says so)."""
+def sampling_cost(session: Session, s_per_step: float | None = None, *, resume: bool = False) -> str:
+    """What sampling adds, for the estimate and the probe's report (a rough figure, and it says so); a resume makes no
+    baseline (its chain's first run did)."""
     settings = sample_settings(session)
     if settings is None:
         return "sampling off (train.samples.prompts = [])"
     epochs = session.train.max_train_epochs
-    times = epochs // settings.every_n_epochs + (1 if settings.at_first else 0)
+    times = epochs // settings.every_n_epochs + (1 if settings.at_first and not resume else 0)
     images = times * len(settings.prompts)
     megapixels = settings.width * settings.height / (1024 * 1024)
     text = (f"sampling: {len(settings.prompts)} prompts × {times} times = {images} images at "

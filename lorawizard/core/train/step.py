@@ -389,7 +389,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     size, estimated = statesave.state_bytes(runs_dir)
     if size is None:
         size = statesave.estimated_state_bytes(session.train.network_dim, session.train.optimizer_type)
-    notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step)]
+    notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step, resume=state is not None)]
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
         resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
