@@ -11,6 +11,9 @@ The screenshots show demo data and the project's own test doubles, never a real 
 * a fake NVML (tests/support/fake_nvml.py) with one RTX 3090; the real probe step measures batch sizes with the stand-in
   trainer's pretend peaks (as tests/unit/test_probe_standin.py does);
 * the Train screen watches a real detached run of the stand-in trainer, paced to be mid-way; it is stopped afterwards.
+The SVGs are drawn as the terminal shows the screen (drawn_as_shown): every text run starts at its first glyph (SVG
+renderers dropped a run's leading blanks: "11 captions·"), the font stack names CJK fonts after Fira Code (sd-scripts'
+Japanese log lines were tofu where only Fira Code/monospace was asked for), and scrollbar thumbs are whole cells.
 Nothing on your machine is read or changed: HOME, the HF cache and the project live in a temp folder, and every child
 process is stopped before the script ends.
 """
@@ -19,13 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from rich.cells import cell_len
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test doubles live in tests/
@@ -108,16 +115,20 @@ def make_trainer(home: Path) -> tuple[Path, Path]:
 
 
 def make_models(home: Path) -> None:
-    """The default preset's files where ComfyUI keeps them (sparse, of their real sizes): found by name, offline."""
+    """The default preset's files where ComfyUI keeps them: real safetensors headers (tests/support/model_files.py), the
+    data a sparse hole; found by name offline and told by their headers (fp8 FLUX, AE, CLIP-L, fp8 T5-XXL)."""
     from lorawizard.core.models import catalog
+    from tests.support.model_files import KINDS, write_model, write_safetensors
 
-    sizes = {"flux": 11_901_525_888, "ae": 335_304_388, "clip_l": 246_144_152, "t5xxl": 4_893_934_904}
+    kinds = {"flux": "flux", "ae": "ae", "clip_l": "clip_l", "t5xxl": "t5xxl_fp8"}
     folders = {"flux": "unet", "ae": "vae", "clip_l": "clip", "t5xxl": "clip"}
-    for role, size in sizes.items():
+    for role, kind in kinds.items():
         path = home / "ComfyUI" / "models" / folders[role] / catalog.preset(None).file_for(role).filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.truncate(size)
+        if role == "flux":  # flux1-dev-fp8: its weights in fp8
+            write_safetensors(path, {name: ("F8_E4M3" if name.endswith("weight") else dtype, shape)
+                                     for name, (dtype, shape) in KINDS[kind].items()})
+        else:
+            write_model(path, kind)
 
 
 def make_project(home: Path) -> Path:
@@ -207,13 +218,14 @@ async def capture(project: Path, out: Path, size: tuple[int, int], *, with_help:
     from lorawizard.tui.widgets.train_panels import TrainHeader
 
     core_gpu.set_default_nvml(idle_gpu())
+    whole_cell_scrollbars()
     app = LoraWizardApp(Session.open_project(project), start_step="env")
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
 
     def shoot(name: str) -> None:
         app.clear_notifications()
-        app.save_screenshot(filename=name, path=str(out))
+        (out / name).write_text(drawn_as_shown(app.export_screenshot()), encoding="utf-8")
         written.append(out / name)
 
     async with app.run_test(size=size) as pilot:
@@ -255,6 +267,46 @@ async def capture(project: Path, out: Path, size: tuple[int, int], *, with_help:
             runs.stop(record)  # SIGINT to its process group, escalating; returns once it has ended
             await until(pilot, lambda r=record: not r.is_alive(), timeout=30)
     return written
+
+
+# ---------------------------------------------------------------- the SVG, drawn as the terminal shows it
+
+# Textual's SVG names Fira Code, then `monospace`: without a font that has CJK glyphs a wide log line (sd-scripts
+# prints Japanese) is drawn as tofu. The stack names common monospace and CJK fonts; a viewer uses the first it has.
+FONT_STACK = ('"Fira Code", "DejaVu Sans Mono", "Noto Sans Mono CJK SC", "Noto Sans CJK SC", "Source Han Sans SC", '
+              '"WenQuanYi Micro Hei Mono", "WenQuanYi Zen Hei Mono", "Sarasa Mono SC", "MS Gothic", monospace')
+_RUN = re.compile(r'(<text class="[^"]*" x=")([\d.]+)(" y="[\d.]+" textLength=")([\d.]+)(" [^>]*>)((?:&#160;)+)([^<]+</text>)')
+
+
+def drawn_as_shown(svg: str) -> str:
+    """The screenshot with each text run starting at its first glyph and a font stack with CJK fonts.
+
+    A run of equally styled cells that starts with blanks (" · ", " │ ", a step's " 4○ Captions ") is drawn by SVG
+    renderers without those leading blanks, its glyphs stretched from the run's x: "11 captions·", "3● Dataset 4○". The
+    blanks are dropped here and the run's x moved past them, so every glyph sits in the cell the terminal shows it in.
+    """
+    svg = svg.replace("font-family: Fira Code, monospace;", f"font-family: {FONT_STACK};")
+
+    def start_at_glyph(match: re.Match[str]) -> str:
+        head, x, middle, length, tail, blanks, rest = match.groups()
+        text = html.unescape(rest[: -len("</text>")])
+        count = blanks.count("&#160;")
+        cell = float(length) / (count + cell_len(text))
+        return f"{head}{float(x) + count * cell:g}{middle}{float(length) - count * cell:g}{tail}{rest}"
+
+    return _RUN.sub(start_at_glyph, svg)
+
+
+def whole_cell_scrollbars() -> None:
+    """Scrollbar thumbs in whole cells: their ends' eighth blocks (▂, ▇) are drawn by an SVG font as stray blocks
+    beside the thumb. Textual's documented hook (ScrollBar.renderer); only these screenshots use it."""
+    from textual.scrollbar import ScrollBar, ScrollBarRender
+
+    class WholeCells(ScrollBarRender):
+        VERTICAL_BARS = [" "] * 8
+        HORIZONTAL_BARS = [" "] * 8
+
+    ScrollBar.renderer = WholeCells
 
 
 def stop_pool_helpers() -> None:
