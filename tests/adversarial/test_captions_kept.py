@@ -159,3 +159,20 @@ def test_files_lorawizard_wrote_are_not_taken_back_in_on_the_next_run(tmp_path: 
         assert result.ok and result.data["hand_edited"] == [] and result.data["uncaptioned"] == ["a.jpg"]
     saved = Session.load(session.path).images()
     assert "caption" not in saved.get("a.jpg", {}) and saved["b.jpg"]["caption"] == "tok, a man"
+
+
+def test_before_training_a_hand_edited_file_is_said_as_the_persons_not_as_old_text(tmp_path: Path) -> None:
+    """The warning before a run called a file edited by hand "the old text" and asked whether to train on it; it is
+    the person's caption, trained on as it is. A file written before the session's caption changed is still stale."""
+    from lorawizard.core.captions.written import files_before_training
+
+    session = make_project(tmp_path / "p", ["a.jpg", "b.jpg"], trigger="tok")
+    session.update_image("a.jpg", caption="a draft of a", caption_auto=True)
+    session.update_image("b.jpg", caption="a draft of b", caption_auto=True)
+    save(session)
+    assert captions_step.run_step(StepContext(session=session)).ok
+    txt_of(session.project_dir, 1).write_text(f"tok, {MINE}\n")  # a.jpg's file, by hand
+    session = Session.load(session.path)
+    session.update_image("b.jpg", caption="b, changed in the wizard", caption_auto=False)  # its file is now stale
+    save(session)
+    assert files_before_training(Session.load(session.path)) == (["b.jpg"], ["a.jpg"])

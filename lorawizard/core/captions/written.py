@@ -29,6 +29,7 @@ from lorawizard.core.captions.captionset import (
     MAX_IMPORT_BYTES,
     CaptionSet,
     Prepared,
+    captions_not_written,
     compose,
     decode_caption,
     one_line,
@@ -234,3 +235,25 @@ def _remember_seen(session: Session, edits: HandEdits, *, user_session_changed: 
             base = edits.before.get(source)
         kept.entries[source] = Written(file, base, auto)
     save_record(session, kept)
+
+
+# ---------------------------------------------------------------- before training
+
+
+def files_before_training(session: Session) -> tuple[list[str], list[str]]:
+    """The caption files training would read that differ from the session's captions, told apart: (stale, edited).
+    Stale: written before the session's caption changed (a new trigger, an edit in the wizard): training would learn
+    the old text. Edited: a person changed the file by hand since lorawizard wrote it: training reads what they wrote
+    (the captions step takes it into session.toml), so it is said, not asked about."""
+    differing = captions_not_written(session)
+    if not differing:
+        return [], []
+    edited = set(find_hand_edits(session).edited)
+    return [f for f in differing if f not in edited], [f for f in differing if f in edited]
+
+
+def edited_files_line(files: list[str]) -> str:
+    count = len(files)
+    return (f"{count} caption file{'s' if count != 1 else ''} edited by hand (e.g. {files[0]}): training reads "
+            f"{'them' if count != 1 else 'it'} as edited; the captions step (4) takes {'them' if count != 1 else 'it'} "
+            "into session.toml")

@@ -569,11 +569,14 @@ def run_step(ctx: StepContext) -> StepResult:
         return _follow_someone_elses(ctx, live, detach=detach, resume=resume)
     if _options(ctx).get("attach"):
         raise StepFailed(f"no training run is going under {runs_dir}")
-    from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
+    from lorawizard.core.captions.captionset import stale_captions_line
+    from lorawizard.core.captions.written import edited_files_line, files_before_training
 
-    stale = captions_not_written(session)
+    stale, edited = files_before_training(session)
     if stale:  # `--steps train` alone after editing captions (a full replay writes them first)
         ctx.log(f"train: warning: {stale_captions_line(stale)}")
+    if edited:  # a person's edit of the file: trained on as it is, never called "the old text" (issue 23 A8)
+        ctx.log(f"train: {edited_files_line(edited)}")
     plan = plan_run(session, resume=resume)
     for line in plan.cpu_lines() + launch_lines(plan.launch):
         ctx.log(f"train: {line}")

@@ -302,7 +302,8 @@ class TrainScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="train-start", exit_on_error=False)
     def _start_run(self, resume: bool, asked: bool = False) -> None:
-        from lorawizard.core.captions.captionset import captions_not_written, stale_captions_line
+        from lorawizard.core.captions.captionset import stale_captions_line
+        from lorawizard.core.captions.written import edited_files_line, files_before_training
         from lorawizard.core.contract import StepFailed
         from lorawizard.core.train.step import claim_project, live_run, plan_run, start_run
 
@@ -312,10 +313,12 @@ class TrainScreen(StepScreen):
             self.post_message(Notice(f"training not started: {refused}", "error"))
             return
         if not asked:
-            stale = captions_not_written(session)
+            stale, edited = files_before_training(session)
             if stale:  # QA: a trigger changed after writing the files; the run trained on the old ones, unsaid
                 self.post_message(StaleCaptions(stale_captions_line(stale), resume))
                 return
+            if edited:  # a person's edit of the file: trained on as it is, said once (issue 23 A8)
+                self.post_message(Notice(edited_files_line(edited)))
         try:
             claim_project(session)  # refuses (one line) while a replay in another terminal drives the project
             live = live_run(session)  # any process of an earlier run: never a second trainer
