@@ -3,9 +3,9 @@
 At 80 columns a screen's own keys can fill the line and push the global ones (? Help, q Quit) off its end. Here some
 keys always stay: the app's (? Help, q Quit), the screen's primary action (^g), the filter and the bulk undo where a
 screen has them (KEEP_ACTIONS) and whatever the screen names in `FOOTER_KEEP`. When the keys do not fit, the footer
-first draws them tighter (one blank between keys instead of two), then uses the short descriptions the screen gives in
-`FOOTER_SHORT` (action → word: "Write" for "Write files"), then leaves out the other keys: first those the screen names
-in `FOOTER_DROP_FIRST` (action names, without arguments), then from the end of the line. Every key stays in the help
+first leaves out those the screen names in `FOOTER_DROP_FIRST` (action names, without arguments), then draws the keys
+tighter (one blank between keys instead of two), then uses the short descriptions the screen gives in `FOOTER_SHORT`
+(action → word: "Write" for "Write files"), and only then leaves out other keys, from the end of the line. Every key stays in the help
 (?). The command palette's hint shows only from PALETTE_MIN_WIDTH columns (below, it took the room of a screen's own
 keys); ctrl+p still works and the help lists it.
 """
@@ -69,18 +69,23 @@ class FitFooter(Footer):
         def used() -> int:
             return sum(key_width(app.get_key_display(b), described(b), tight=tight) for _, b, _, _ in items)
 
+        # never the app's own keys (? Help, q Quit) nor the kept ones; the screen's FOOTER_DROP_FIRST go first, then
+        # (once drawn tight and short) the others from the end
+        droppable = [item for item in items if item[0] is not app and _action(item[1]) not in keep]
+        first = [item for action in drop_first for item in droppable if _action(item[1]) == action]
+        for item in first:
+            if used() <= room:
+                break
+            items.remove(item)
         if used() > room:
             tight = True
         if used() > room:
             shorten = True
-        # the screen's keys that go first, then from the end; never the app's own (? Help, q Quit) nor the kept ones
-        droppable = [item for item in items if item[0] is not app and _action(item[1]) not in keep]
-        order = [item for action in drop_first for item in droppable if _action(item[1]) == action]
-        order += [item for item in reversed(droppable) if item not in order]
-        for item in order:
+        for item in reversed(droppable):
             if used() <= room:
                 break
-            items.remove(item)
+            if item in items:
+                items.remove(item)
         for _, binding, enabled, tooltip in items:
             yield footer_key(binding.key, app.get_key_display(binding), described(binding), binding.action,
                              disabled=not enabled, tooltip=tooltip or binding.description,
