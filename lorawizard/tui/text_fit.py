@@ -190,24 +190,28 @@ def wrap_shell(command: str, width: int, *, indent: str = "  ") -> str:
 class FitName:
     """A Rich renderable: a file name (or any one-line path) cut in the middle (cut_middle) to the width it is drawn at,
     as every screen cuts one: `thum…0001.jpg` keeps its number and extension, `sub/…/IMG_0412.jpg` its folder and name
-    (a table column, a list row). A `suffix` (" · 7.5 GB") follows it while the name's last part stays whole beside
-    it, and goes first when narrower. Its `plain` is the whole text."""
+    (a table column, a list row). Words may stand before it (`prefix`, kept) and after it (`suffix`: " · 7.5 GB · …",
+    cut at a word while the name stays whole, left out when the name needs the room). Its `plain` is the whole text."""
 
-    def __init__(self, name: str, style: str = "", suffix: str = "") -> None:
-        self.name, self.style, self.suffix = name, style, suffix
-        self.plain = name + suffix
+    def __init__(self, name: str, style: str = "", suffix: str = "", prefix: str = "") -> None:
+        self.name, self.style, self.suffix, self.prefix = name, style, suffix, prefix
+        self.plain = prefix + name + suffix
 
     def __str__(self) -> str:
         return self.plain
 
     def fitted(self, width: int) -> Text:
-        last = self.name.rsplit("/", 1)[-1]
-        beside = cut_middle(self.name, width - cell_len(self.suffix)) if self.suffix else ""
-        if self.suffix and (beside == self.name or beside.endswith("/" + last)):
-            shown = beside + self.suffix
+        room = max(1, width - cell_len(self.prefix))
+        rest = room - cell_len(self.name)
+        if not self.suffix or rest < 0:
+            shown = cut_middle(self.name, room)
+        elif cell_len(self.suffix) <= rest:
+            shown = self.name + self.suffix
+        elif rest >= 4:
+            shown = self.name + fit_words(self.suffix, rest)
         else:
-            shown = cut_middle(self.name, width)
-        return Text(shown, style=self.style, no_wrap=True, overflow="ellipsis", end="")
+            shown = self.name
+        return Text(self.prefix + shown, style=self.style, no_wrap=True, overflow="ellipsis", end="")
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.fitted(options.max_width)

@@ -31,7 +31,7 @@ from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
 from lorawizard.core.profile import DEFAULT_FAMILY, family_for
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
-from lorawizard.tui.text_fit import FitName, FitPaths, cut_middle
+from lorawizard.tui.text_fit import PATH_RE, FitName, FitPaths, cut_middle, shown_path
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
@@ -122,8 +122,12 @@ def where_text(state: RoleState) -> Text | FitName | FitPaths | FoundWhere:
     note = f" · {state.note}" if state.note and state.state == "missing" else ""
     if repo or state.file:  # cut in the middle as the found files are: the file's name stays whole
         return FitName(f"{repo}{state.file}", style="dim", suffix=note)
-    # the tokenizers: what the folder lacks, its path cut in the middle
-    return FitPaths(Text(state.note, style="dim", overflow="ellipsis", no_wrap=True), one_line=True)
+    # the tokenizers: what the folder lacks; its path whole while it fits, else cut in the middle
+    path = PATH_RE.search(state.note)
+    if path is None:
+        return Text(state.note, style="dim", overflow="ellipsis", no_wrap=True)
+    return FitName(shown_path(path.group()), style="dim", prefix=state.note[: path.start()],
+                   suffix=state.note[path.end() :])
 
 
 class ModelsScreen(StepScreen):
