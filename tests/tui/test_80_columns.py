@@ -167,8 +167,8 @@ async def test_dataset_and_captions_cut_a_long_file_name_the_same_way(isolated_h
 
 
 async def test_the_train_log_box_shows_its_bottom_border_above_the_footer(isolated_home: Path) -> None:
-    """With three checkpoints and a short state name (the screenshots' run); with four, or a state name that wraps, the
-    side panels are taller and the box's bottom is reached by scrolling the body."""
+    """With four checkpoints (all the panel lists) and a state name on one line: a state name that wraps makes the
+    side panels taller, and the box's bottom is then reached by scrolling the body."""
     from dataclasses import replace
 
     from textual.widgets import Log
@@ -181,7 +181,7 @@ async def test_the_train_log_box_shows_its_bottom_border_above_the_footer(isolat
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         view = long_view(project)
-        app.screen.apply_view(replace(view, checkpoints=view.checkpoints[:3], newest_state="mychar-000008-state"))
+        app.screen.apply_view(replace(view, checkpoints=view.checkpoints[:4], newest_state="mychar-000008-state"))
         await pilot.pause(0.2)
         log = app.screen.query_one("#train-log", Log)
         shown = app.screen.find_widget(log)
