@@ -12,6 +12,8 @@ keys); ctrl+p still works and the help lists it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +24,7 @@ from lorawizard.tui._textual_hacks import footer_bindings_ready, footer_key
 
 PALETTE_MIN_WIDTH = 100
 KEEP_ACTIONS = ("primary", "cycle_filter", "filter", "undo_bulk")  # on every screen that has them
+Item = tuple[object, Binding, bool, str]  # a shown key: its node, binding, whether enabled, its tooltip
 
 
 def key_width(key_display: str, description: str, *, tight: bool = False) -> int:
@@ -48,7 +51,7 @@ class FitFooter(Footer):
             return
         app = self.app
         active = self.screen.active_bindings
-        by_action: dict[str, tuple[object, Binding, bool, str]] = {}
+        by_action: dict[str, Item] = {}
         for node, binding, enabled, tooltip in active.values():
             if binding.show:
                 by_action.setdefault(binding.action, (node, binding, enabled, tooltip))
@@ -57,35 +60,7 @@ class FitFooter(Footer):
         palette = (active.get(app.COMMAND_PALETTE_BINDING)
                    if self.show_command_palette and app.ENABLE_COMMAND_PALETTE and width >= PALETTE_MIN_WIDTH else None)
         room = width - (key_width(app.get_key_display(palette.binding), palette.binding.description) + 1 if palette else 0)
-        screen = self.screen
-        drop_first = tuple(getattr(screen, "FOOTER_DROP_FIRST", ()))
-        keep = (*KEEP_ACTIONS, *getattr(screen, "FOOTER_KEEP", ()))
-        short: dict[str, str] = dict(getattr(screen, "FOOTER_SHORT", {}))
-        tight = shorten = False
-
-        def described(binding: Binding) -> str:
-            return short.get(_action(binding), binding.description) if shorten else binding.description
-
-        def used() -> int:
-            return sum(key_width(app.get_key_display(b), described(b), tight=tight) for _, b, _, _ in items)
-
-        # never the app's own keys (? Help, q Quit) nor the kept ones; the screen's FOOTER_DROP_FIRST go first, then
-        # (once drawn tight and short) the others from the end
-        droppable = [item for item in items if item[0] is not app and _action(item[1]) not in keep]
-        first = [item for action in drop_first for item in droppable if _action(item[1]) == action]
-        for item in first:
-            if used() <= room:
-                break
-            items.remove(item)
-        if used() > room:
-            tight = True
-        if used() > room:
-            shorten = True
-        for item in reversed(droppable):
-            if used() <= room:
-                break
-            if item in items:
-                items.remove(item)
+        items, described, tight = self._fitted(items, room)
         for _, binding, enabled, tooltip in items:
             yield footer_key(binding.key, app.get_key_display(binding), described(binding), binding.action,
                              disabled=not enabled, tooltip=tooltip or binding.description,
@@ -94,6 +69,37 @@ class FitFooter(Footer):
             yield footer_key(palette.binding.key, app.get_key_display(palette.binding), palette.binding.description,
                              palette.binding.action, classes="-command-palette", compact=True,
                              disabled=not palette.enabled, tooltip=palette.binding.tooltip or palette.binding.description)
+
+    def _fitted(self, items: list[Item], room: int) -> tuple[list[Item], Callable[[Binding], str], bool]:
+        """The keys that fit in `room` cells, how each is described, and whether they are drawn tight."""
+        app, screen = self.app, self.screen
+        drop_first = tuple(getattr(screen, "FOOTER_DROP_FIRST", ()))
+        keep = (*KEEP_ACTIONS, *getattr(screen, "FOOTER_KEEP", ()))
+        short: dict[str, str] = dict(getattr(screen, "FOOTER_SHORT", {}))
+        items = list(items)
+        tight = shorten = False
+
+        def described(binding: Binding) -> str:
+            return short.get(_action(binding), binding.description) if shorten else binding.description
+
+        def fits() -> bool:
+            return sum(key_width(app.get_key_display(b), described(b), tight=tight) for _, b, _, _ in items) <= room
+
+        # never the app's own keys (? Help, q Quit) nor the kept ones; the screen's FOOTER_DROP_FIRST go first, then
+        # (once drawn tight and short) the others from the end
+        droppable = [item for item in items if item[0] is not app and _action(item[1]) not in keep]
+        for item in [item for action in drop_first for item in droppable if _action(item[1]) == action]:
+            if fits():
+                break
+            items.remove(item)
+        tight = not fits()
+        shorten = not fits()
+        for item in reversed(droppable):
+            if fits():
+                break
+            if item in items:
+                items.remove(item)
+        return items, described, tight
 
     def on_resize(self, event: Resize) -> None:
         if footer_bindings_ready(self) and event.size.width != self._width:
