@@ -84,8 +84,10 @@ async def test_keystrokes_with_own_model_files_and_no_network(isolated_home: Pat
                     await pilot.press(key)
                     await settle(pilot, app)
 
-            async def type_in(text: str) -> None:  # a person types a path one letter at a time
-                await press(*text)
+            async def type_in(text: str) -> None:  # a person types a path one letter at a time (typing starts no work:
+                keys.extend(text)  # settled once after the last letter, not after each)
+                await pilot.press(*text)
+                await settle(pilot, app)
 
             await settle(pilot, app)
             assert app.current_mode == "env"

@@ -36,9 +36,14 @@ async def _settle(pilot, app: LoraWizardApp) -> None:  # noqa: ANN001
         await pilot.pause()
 
 
-def _focus_states(screen) -> list[str | None]:  # noqa: ANN001
-    """Nothing focused, then every focusable widget with an id (every field, list, table, button, checkbox…)."""
-    return [None] + [widget.id for widget in screen.query("*") if widget.focusable and widget.id]
+def _focus_states(screen, *, full: bool) -> list[str | None]:  # noqa: ANN001
+    """Nothing focused, then every focusable widget with an id (every field, list, table, button, checkbox…); the
+    default sweep takes one widget of each kind (the Train screen's fourteen fields are one kind: the full sweep,
+    an extra, takes each)."""
+    widgets = [widget for widget in screen.query("*") if widget.focusable and widget.id]
+    if not full:
+        widgets = list({type(widget): widget for widget in reversed(widgets)}.values())[::-1]
+    return [None] + [widget.id for widget in widgets]
 
 
 def _keys_for(screen_index: int, state_index: int, in_field: bool, *, full: bool) -> list[str]:
@@ -62,7 +67,7 @@ async def _sweep(project: Path, step: str, *, full: bool) -> set[str]:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         screen = app.screen
-        states = _focus_states(screen)
+        states = _focus_states(screen, full=full)
         assert len(states) > 1, step
         for index, state in enumerate(states):
             widget = None if state is None else screen.query_one(f"#{state}")
