@@ -11,11 +11,12 @@ from textual.widgets import TextArea
 
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.captions import CaptionsScreen, TriggerScreen
+from lorawizard.tui.screens.captions import TriggerScreen
 from lorawizard.tui.screens.help import HelpScreen
 from tests.support.captions_fixtures import make_project
 from tests.support.sessions import save
 from tests.support.svg_cells import runs
+from tests.tui.test_captions_screen import ready, screen_of
 
 SOURCES = [f"IMG_{n:04d}.jpg" for n in range(1, 5)]
 LONG_DRAFT = " ".join(["A woman in a red raincoat stands on a wet pier under an overcast sky, film grain."] * 15)
@@ -29,17 +30,6 @@ def project_with_draft(home: Path) -> Path:
     session.update_image("IMG_0001.jpg", caption=LONG_DRAFT, caption_auto=True)
     save(session)
     return project
-
-
-async def ready(pilot) -> None:  # noqa: ANN001
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-def screen_of(app: LoraWizardApp) -> CaptionsScreen:
-    assert isinstance(app.screen, CaptionsScreen)
-    return app.screen
 
 
 def screen_text(app: LoraWizardApp) -> list[str]:
