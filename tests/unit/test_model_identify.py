@@ -234,3 +234,18 @@ def test_replay_stops_at_a_file_of_the_wrong_role_with_one_line(project: Path) -
     assert result.summary == ("models.clip_l: t5xxl_fp8_e4m3fn.safetensors is a T5-XXL text encoder (fp8 e4m3fn), "
                               "not CLIP-L")
     assert not (models / "clip_l.safetensors").exists()
+
+
+def test_offline_the_missing_tokenizers_point_at_the_field_not_at_a_download(project: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline with every model file found, the line said "tokenizers missing: Ctrl+G downloads them": Ctrl+G
+    cannot fetch anything then; the field that takes a local folder can help."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    session = new_session(project)
+    models = session.paths.models
+    for name, kind in (("flux1-dev-fp8.safetensors", "flux"), ("ae.safetensors", "ae"),
+                       ("clip_l.safetensors", "clip_l"), ("t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8")):
+        write_model(models / name, kind)
+    result, _, _ = run(session, action="find")
+    assert not result.ok
+    assert result.summary == "tokenizers missing: offline: set the tokenizers field to a folder that has them"

@@ -123,7 +123,7 @@ def test_offline_before_first_contact_finds_by_name_unverified(project: Path):
     assert [s for s in states if s.role == "flux"][-1].state == "missing"
     assert any("offline" in line for line in lines)
     assert result.summary == ("3 model file(s) missing (size unknown until the hub is reached) + tokenizers: "
-                              "Ctrl+G downloads them")
+                              "offline: a adds a folder, f picks a file")
 
 
 def test_hash_cache_survives_restart_and_ignores_changed_files(tmp_path: Path):

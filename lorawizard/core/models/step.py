@@ -541,6 +541,10 @@ def _would_download(plan: _Plan, missing: list[str], tok_missing: bool, details:
     data["would_download"] = {plan.entries[r].filename: s for r, s in zip(missing, sizes, strict=True)}
     if not dry_run:  # find only
         what = f"{len(missing)} model file(s) missing ({amount}){tokens}" if missing else "tokenizers missing"
+        if is_offline():  # Ctrl+G cannot fetch anything: say what can be done here
+            remedy = ("offline: a adds a folder, f picks a file" if missing else
+                      "offline: set the tokenizers field to a folder that has them")
+            return StepResult(False, f"{what}: {remedy}", [], data)
         return StepResult(False, f"{what}: Ctrl+G downloads them", [], data)
     lines = [f"would download {plan.entries[r].repo}/{plan.entries[r].filename} "
              f"({format_bytes(s) if s else 'size unknown'})" for r, s in zip(missing, sizes, strict=True)]
