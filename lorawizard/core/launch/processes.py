@@ -28,6 +28,7 @@ def process_matches(pid: int, create_time: float) -> bool:
 
 
 RUN_ID_ENV, PROJECT_ENV = "LORAWIZARD_RUN_ID", "LORAWIZARD_PROJECT"
+RUN_DIR_ENV = "LORAWIZARD_RUN_DIR"  # the run's folder (a variant's is <runs>/variants/<name>/<run-id>)
 GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # supervisor.GROUP_ENV (stdlib only, so it repeats it): set for its child
 _PROC = Path("/proc")
 
@@ -100,3 +101,12 @@ def project_processes(project_dir: Path | str) -> dict[str, tuple[int, list[int]
         run_id = env.get(RUN_ID_ENV, "")
         found.setdefault(run_id, (pgid, []))[1].append(pid)
     return found
+
+
+def run_dir_of(pgid: int, run_id: str) -> Path | None:
+    """The run folder the processes of run `run_id` (group `pgid`) were started for, from their environment."""
+    for pid in group_processes(pgid, run_id):
+        env = _environ(pid, f"{RUN_DIR_ENV}=".encode())
+        if env is not None and env.get(RUN_DIR_ENV):
+            return Path(env[RUN_DIR_ENV])
+    return None

@@ -39,10 +39,12 @@ from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.launch.processes import (
     CREATE_TIME_TOLERANCE,
     PROJECT_ENV,
+    RUN_DIR_ENV,
     RUN_ID_ENV,
     group_processes,
     process_matches,
     project_processes,
+    run_dir_of,
 )
 from lorawizard.core.launch.supervisor import EXIT_FILE, SECRET_ENV, TRAINER_FILE, final_lora, lora_metadata
 
@@ -253,7 +255,11 @@ def orphan_runs(project_dir: Path | str, runs_dir: Path) -> list[RunRecord]:
     records = []
     for run_id, (pgid, _pids_of_run) in sorted(project_processes(project_dir).items()):
         safe = run_id if run_id and "/" not in run_id and run_id not in (".", "..") else f"group-{pgid}"
-        records.append(RunRecord(run_id=safe, dir=Path(runs_dir) / safe, argv=[], env={}, cwd="", pid=pgid, pgid=pgid,
+        folder = Path(runs_dir) / safe
+        recorded = run_dir_of(pgid, run_id)
+        if recorded is not None and recorded.name == safe and recorded.parent.parent.parent == Path(runs_dir):
+            folder = recorded  # a variant's run: <runs>/variants/<name>/<run-id>
+        records.append(RunRecord(run_id=safe, dir=folder, argv=[], env={}, cwd="", pid=pgid, pgid=pgid,
                                  extra={"orphan": True}))
     return records
 
@@ -296,12 +302,24 @@ def new_run_id(runs_dir: Path, now: datetime | None = None) -> str:
             n += 1
 
 
-def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunRecord]:
-    """Every readable run under `runs_dir`, oldest first; a malformed run.json is skipped (its one-line reason
-    appended to `problems` when given)."""
-    records = []
+VARIANTS_DIR = "variants"  # <runs>/variants/<name>/<run-id>: the runs of `[[train.variants]]` (core/train/queue.py)
+
+
+def variant_runs_dirs(runs_dir: Path) -> list[Path]:
+    """The runs folders of the project's variants (every one that has a folder, in session.toml or not)."""
     try:
-        entries = sorted(p for p in Path(runs_dir).iterdir() if (p / RUN_FILE).is_file())
+        return sorted(p for p in (Path(runs_dir) / VARIANTS_DIR).iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def list_runs(runs_dir: Path, problems: list[str] | None = None, *, variants: bool = False) -> list[RunRecord]:
+    """Every readable run under `runs_dir`, oldest first; a malformed run.json is skipped (its one-line reason
+    appended to `problems` when given). With `variants`, the variants' runs too (`<runs>/variants/<name>/`)."""
+    records = []
+    folders = [Path(runs_dir), *(variant_runs_dirs(runs_dir) if variants else [])]
+    try:
+        entries = sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir() if (p / RUN_FILE).is_file())
     except OSError:
         return []
     for entry in entries:
@@ -317,9 +335,9 @@ def list_runs(runs_dir: Path, problems: list[str] | None = None) -> list[RunReco
 
 def live_run(runs_dir: Path, problems: list[str] | None = None, *,
              project_dir: Path | str | None = None) -> RunRecord | None:
-    """The newest run any of whose processes is still running, if any; with `project_dir`, also a run whose run.json
-    is gone (found by its processes: `orphan_runs`)."""
-    records = list_runs(runs_dir, problems)
+    """The newest run any of whose processes is still running, if any (the variants' runs included: one trainer per
+    project); with `project_dir`, also a run whose run.json is gone (found by its processes: `orphan_runs`)."""
+    records = list_runs(runs_dir, problems, variants=True)
     for record in reversed(records):
         if record.status() == "running":
             return record
@@ -372,6 +390,7 @@ def launch(
     ours = dict(env or {})
     ours["PYTHONUNBUFFERED"] = "1"
     ours[RUN_ID_ENV] = run_dir.name
+    ours[RUN_DIR_ENV] = str(run_dir)  # where an orphan's folder was (a variant's runs are one level down)
     if project is not None:
         ours[PROJECT_ENV] = str(Path(project).resolve())
     full_env = dict(os.environ if base_env is None else base_env)

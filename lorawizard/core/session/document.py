@@ -24,6 +24,15 @@ from lorawizard.core.common.fsutil import atomic_write_text
 from lorawizard.core.common.text import first_few
 from lorawizard.core.profile import DEFAULT_FAMILY, all_preset_names, all_role_names
 from lorawizard.core.session.sections import SectionViews
+from lorawizard.core.session.variants import (
+    VARIANTS_KEY,
+    Variant,
+    VariantProblem,
+    identical_warning,
+    parse_variants,
+    same_as_base,
+    short_key,
+)
 
 if TYPE_CHECKING:
     from tomlkit.items import AoT
@@ -508,6 +517,9 @@ class Session(SectionViews):
             if key == "dataset.images":
                 warnings += self._validate_images(value, text)
                 continue
+            if key == VARIANTS_KEY:
+                warnings += self._validate_variants(value, data, text)
+                continue
             if key == "gpu.batch_size":
                 if not isinstance(value, dict):
                     raise SessionError(f"{where(table, leaf)}: gpu.batch_size: expected a table of \"WxH\" = n")
@@ -537,6 +549,17 @@ class Session(SectionViews):
             more = unknown[MAX_KEY_WARNINGS:]
             warnings.append(f"{self.path}: {len(more):,} more unknown keys (kept, not used) {first_few(more)}")
         return warnings
+
+    def _validate_variants(self, value: Any, data: dict[str, Any], text: str) -> list[str]:
+        """Raise on the first bad `[[train.variants]]` entry (its line, one reason); warn about one that changes
+        nothing."""
+        try:
+            parsed = parse_variants(value, schema_keys=FIELDS, value_problem=_schema_value_problem,
+                                    base_name=str(data.get("name") or FIELDS["name"].default))
+        except VariantProblem as exc:
+            line = find_line(text, VARIANTS_KEY, exc.key, exc.index)
+            raise SessionError(f"{self.path}:{line}: {exc}" if line else f"{self.path}: {exc}") from None
+        return [identical_warning(v) for v in parsed if same_as_base(v, lambda key: _value_in(data, key))]
 
     def _validate_images(self, value: Any, text: str) -> list[str]:
         """Raise on the first bad value; one warning per unknown key, however many entries carry it (count, line of
@@ -595,6 +618,55 @@ class Session(SectionViews):
                 return _copy_default(spec.default)
             node = node[part]
         return _coerce(spec.kind, _plain(node))[0]
+
+    def variants(self) -> list[Variant]:
+        """`[[train.variants]]`, in file order (checked when the file was read; [] when there are none)."""
+        value = _plain(self._doc.get("train", {}).get("variants"))
+        if not value:
+            return []
+        return parse_variants(value, schema_keys=FIELDS, value_problem=_schema_value_problem, base_name=self.name)
+
+    def with_changes(self, changes: dict[str, Any]) -> Session:
+        """A read-only copy with `changes` (schema key → value) applied: a variant's settings, never saved."""
+        import copy
+
+        data = copy.deepcopy(_plain(self._doc))
+        for key, value in changes.items():
+            spec = FIELDS.get(key)
+            if spec is None:
+                raise SessionError(f"unknown setting `{key}`")
+            problem = _value_problem(spec, value)
+            if problem is not None:
+                raise SessionError(f"{key}: expected {problem}, got {_describe(value)}")
+            node = data
+            *tables, leaf = key.split(".")
+            for table in tables:
+                node = node.setdefault(table, {})
+            node[leaf] = _coerce(spec.kind, value)[0]
+        derived = Session(path=self.path, _doc=data, read_only=True, _saved_text=self._saved_text, _bom=self._bom)
+        derived._images, derived._placeholder = self._images, self._placeholder  # shared, read-only
+        return derived
+
+    def set_variants(self, variants: list[Variant]) -> None:
+        """Replace `[[train.variants]]` (checked first: SessionError, nothing changed); [] removes them."""
+        import tomlkit
+
+        entries = [{"name": v.name, **{short_key(k): val for k, val in v.changes.items()}} for v in variants]
+        try:
+            parse_variants(entries, schema_keys=FIELDS, value_problem=_schema_value_problem, base_name=self.name)
+        except VariantProblem as exc:
+            raise SessionError(str(exc)) from None
+        train, _ = self._table_for("train.network_dim")
+        if not entries:
+            train.pop("variants", None)
+            return
+        aot = tomlkit.aot()
+        for entry in entries:
+            table = tomlkit.table()
+            for key, value in entry.items():
+                table[key] = value
+            aot.append(table)
+        train["variants"] = aot
 
     def is_set(self, key: str) -> bool:
         node: Any = self._doc
@@ -1061,6 +1133,20 @@ def _toml_error(path: Path, message: str) -> str:
     if match is None:
         return f"{path}: TOML syntax error: {message.replace(' (at end of document)', ' at the end of the file')}"
     return f"{path}:{match['line']}:{match['col']}: TOML syntax error: {match['reason']}"
+
+
+def _schema_value_problem(key: str, value: Any) -> str | None:
+    return _value_problem(FIELDS[key], value)
+
+
+def _value_in(data: dict[str, Any], key: str) -> Any:
+    """The value of schema key `key` in plain `data`, or its default (coerced as `Session.get` does)."""
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _copy_default(FIELDS[key].default)
+        node = node[part]
+    return _coerce(FIELDS[key].kind, _plain(node))[0]
 
 
 def _walk(doc: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
