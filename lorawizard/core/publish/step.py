@@ -148,12 +148,12 @@ def _dry_plan(session: Session, repo: str) -> Plan:
 
 def _sample_files(session: Session, sidecar: dict[str, Any]) -> list[tuple[str, Path, int, int]]:
     """(path in repo, file, prompt index, epoch) for the sample grid of the kept LoRA's run: every epoch, baseline first."""
-    from lorawizard.core.launch import runs
     from lorawizard.core.train import samples
+    from lorawizard.core.train.compare import project_records
     from lorawizard.core.train.keep import run_chain
 
-    name = session.name
-    record = next((r for r in runs.list_runs(session.paths.runs) if r.run_id == sidecar.get("run_id")), None)
+    name = str(sidecar.get("output_name") or session.name)  # a variant's samples are named `<name>-<variant>_e…`
+    record = next((r for r in project_records(session) if r.run_id == sidecar.get("run_id")), None)
     images: list[samples.SampleImage] = []
     if record is not None:
         output = record.output_name or name
@@ -270,6 +270,8 @@ def _settings_section(session: Session, sidecar: dict[str, Any], settings: dict[
     """The training settings table: the kept epoch and step, every set value, the dataset's repeats and size."""
     epoch = sidecar.get("epoch")
     lines = ["## Training settings", "", "| setting | value |", "|---|---|"]
+    if sidecar.get("variant"):
+        lines.append(f"| variant | {_cell(str(sidecar['variant']))} |")
     if epoch:
         lines.append(f"| epoch kept | {epoch} |")
     if sidecar.get("step"):

@@ -5,23 +5,28 @@ sd-scripts names epoch checkpoints `<name>-<NNNNNN>.safetensors` and never numbe
 file holds is read from its own safetensors metadata (`ss_epoch`, `ss_steps`), not from the session's settings, and
 a file is kept only from one run chain (the run and the runs it resumed from): never silently from another run.
 The sidecar `<name>-e<N>.json` says where it came from: epoch, step, run id (and chain), settings, trigger, samples.
+A variant's run (`record.extra["variant"]` = V, output name `<name>-V`) is kept as `<name>-V-e<N>.safetensors`; the
+last LoRA kept is named in `.lorawizard/kept.json`, so publish takes it (base or variant) while `train.keep_epoch`
+still names its epoch.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core.common.fsutil import atomic_write_json, new_file_mode
+from lorawizard.core.common.fsutil import atomic_write_json, new_file_mode, read_json_object
 from lorawizard.core.launch import runs
 from lorawizard.core.profile import family_for
-from lorawizard.core.session.document import Session
+from lorawizard.core.session.document import STATE_DIR, Session
 
 LORAS_DIR = "loras"
+KEPT_FILE = "kept.json"  # in .lorawizard/: the LoRA last kept (its file name, epoch and variant)
 
 
 class KeepError(Exception):
@@ -35,6 +40,7 @@ class Kept:
     epoch: int
     run_id: str
     step: int | None = None
+    variant: str | None = None
 
 
 def epoch_exists_in_plan(session: Session, epoch: int) -> str | None:
@@ -143,9 +149,10 @@ def keep_epoch(session: Session, epoch: int | None, record: Any = None) -> Kept:
     found = find_lora(session, int(epoch or 0), record)
     source, record = found.path, found.record
     name = session.name
+    variant = run_variant(record)
     shown = found.epoch if found.epoch is not None else (epoch or session.train.max_train_epochs)
     folder = session.project_dir / LORAS_DIR
-    target = folder / f"{name}-e{shown}.safetensors"
+    target = folder / f"{kept_stem(name, variant)}-e{shown}.safetensors"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _copy_atomic(source, target)
@@ -158,17 +165,55 @@ def keep_epoch(session: Session, epoch: int | None, record: Any = None) -> Kept:
     chain = run_chain(record)
     prompts = samples.read_prompts(record.dir)
     grid = samples.gallery([r.dir for r in chain], record.output_name or name, prompts)
-    train = {key.removeprefix("train."): session.get(key) for key in (
-        "train.network_dim", "train.learning_rate", "train.max_train_epochs", "train.save_every_n_epochs",
-        "train.optimizer_type", "train.seed", "train.extra_args")}
+    train = {key.removeprefix("train."): session.get(key) for key in SETTINGS_KEYS}
+    if variant:
+        train.update(_argv_settings(record))  # the variant's own values, as its command line had them
     sidecar = target.with_suffix(".json")
     atomic_write_json(sidecar, {
         "epoch": shown, "step": step, "run_id": record.run_id, "runs": [r.run_id for r in chain],
         "source": str(source), "trigger": session.dataset.trigger, "settings": train,
         "base_model": family_for(session).hub_repo, "sample_prompts": prompts,
-        "samples": [str(p) for p in grid.files(shown)],
+        "samples": [str(p) for p in grid.files(shown)], "variant": variant,
+        "output_name": record.output_name or name,
     })
-    return Kept(target, sidecar, shown, record.run_id, step)
+    try:
+        atomic_write_json(session.project_dir / STATE_DIR / KEPT_FILE,
+                          {"lora": target.name, "epoch": shown, "variant": variant, "run_id": record.run_id})
+    except OSError as exc:
+        raise KeepError(f"kept {target.name}, but cannot note it in {STATE_DIR}/{KEPT_FILE}: "
+                        f"{exc.strerror or exc}") from None
+    return Kept(target, sidecar, shown, record.run_id, step, variant)
+
+
+SETTINGS_KEYS = ("train.network_dim", "train.learning_rate", "train.max_train_epochs", "train.save_every_n_epochs",
+                 "train.optimizer_type", "train.seed", "train.extra_args")
+
+
+def run_variant(record: Any) -> str | None:
+    """The variant a run belongs to (`run.json`'s extra.variant, else its `variants/<V>/<run-id>` folder)."""
+    value = record.extra.get("variant") if isinstance(record.extra, dict) else None
+    if isinstance(value, str) and value:
+        return value
+    folder = Path(record.dir)
+    if folder.parent.parent.name == "variants":
+        return folder.parent.name
+    return None
+
+
+def kept_stem(name: str, variant: str | None) -> str:
+    """`<name>` or `<name>-<variant>`: the kept file's name before `-e<N>`."""
+    return f"{name}-{variant}" if variant else name
+
+
+def _argv_settings(record: Any) -> dict[str, Any]:
+    """The settings a run's command line set (`--network_dim 16` → network_dim 16), as strings."""
+    argv = [str(word) for word in record.argv]
+    found: dict[str, Any] = {}
+    for key in SETTINGS_KEYS:
+        option = "--" + key.removeprefix("train.")
+        if option in argv[:-1]:
+            found[key.removeprefix("train.")] = argv[argv.index(option) + 1]
+    return found
 
 
 def run_chain(record: Any) -> list[Any]:
@@ -187,16 +232,28 @@ def run_chain(record: Any) -> list[Any]:
     return chain
 
 
+def last_kept(session: Session) -> dict[str, Any]:
+    """`.lorawizard/kept.json`: the LoRA last kept ({} when none or unreadable)."""
+    return read_json_object(session.project_dir / STATE_DIR / KEPT_FILE)
+
+
 def kept_lora(session: Session) -> Path | None:
-    """The kept LoRA publish uses: train.keep_epoch's copy, else the newest copy in loras/."""
+    """The kept LoRA publish uses: train.keep_epoch's copy (the variant's when the last one kept, of that epoch, was a
+    variant's), else the newest copy in loras/ (base or variant)."""
     folder = session.project_dir / LORAS_DIR
     name = session.name
     chosen = session.train.keep_epoch
+    last = last_kept(session)
+    noted = folder / str(last.get("lora") or "")
+    noted_ok = bool(last.get("lora")) and noted.parent == folder and noted.is_file()
     if chosen:
+        if noted_ok and last.get("epoch") == chosen:
+            return noted
         path = folder / f"{name}-e{chosen}.safetensors"
         return path if path.is_file() else None
+    pattern = re.compile(re.escape(name) + r"(-[A-Za-z0-9_][A-Za-z0-9_-]*)?-e\d+")
     try:
-        files = [p for p in folder.glob(f"{name}-e*.safetensors") if p.is_file()]
+        files = [p for p in folder.glob(f"{name}-*.safetensors") if p.is_file() and pattern.fullmatch(p.stem)]
     except OSError:
         return None
     return max(files, key=lambda p: p.stat().st_mtime, default=None)
