@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --replay: change nothing outside the project (no downloads, no trainer launch); print what would run",
     )
     parser.add_argument("--detach", action="store_true", help="with --replay: start training and leave it running")
-    parser.add_argument("--resume", action="store_true", help="with --replay --steps train: resume from the newest state")
+    parser.add_argument("--resume", action="store_true", help="with --replay --steps train: resume from the newest state "
+                        "(with variants: continue the stopped queue)")
+    parser.add_argument("--variants", metavar="NAME[,NAME...]",
+                        help="with --replay: which runs of the queue to train (base and [[train.variants]] names; "
+                             "default: all)")
     control = parser.add_mutually_exclusive_group()
     control.add_argument("--status", action="store_true", help="one line about the project's newest run (exit 0/1/3/4)")
     control.add_argument("--follow", action="store_true", help="follow the live run and exit with its result")
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     replay_only = [flag for flag, used in (("--steps", args.steps), ("--dry-run", args.dry_run),
                                             ("--detach", args.detach), ("--reprobe", args.reprobe),
-                                            ("--resume", args.resume)) if used]
+                                            ("--resume", args.resume), ("--variants", args.variants)) if used]
     if args.replay is None and replay_only:
         print(f"lorawizard: error: {replay_only[0]} needs --replay SESSION.toml", file=sys.stderr)
         return 2
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return replay(args.replay, steps, dry_run=args.dry_run, all_steps=args.steps is None,
                           options={"probe": {"reprobe": args.reprobe},
-                                   "train": {"detach": args.detach, "resume": args.resume}})
+                                   "train": {"detach": args.detach, "resume": args.resume,
+                                             "only": [v.strip() for v in (args.variants or "").split(",") if v.strip()]}})
         except KeyboardInterrupt:
             print("lorawizard: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

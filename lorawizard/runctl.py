@@ -69,8 +69,16 @@ def _newest(project: Path):  # -> RunRecord | None
     live = runs.live_run(session.paths.runs, project_dir=session.project_dir)  # the group is the truth
     if live is not None:
         return live
-    records = runs.list_runs(session.paths.runs)
+    records = runs.list_runs(session.paths.runs, variants=True)
     return records[-1] if records else None
+
+
+def _queue_lines(project: Path) -> list[str]:
+    """The project's queue (base run and variants), one line per run; [] without one."""
+    from lorawizard.core.train.queue import status_lines
+
+    session = _session(project)
+    return status_lines(session) if session is not None else []
 
 
 def _session_facts(project: Path) -> tuple[str, int | None]:
@@ -151,11 +159,14 @@ def status(project: Path, out: TextIO | None = None) -> int:
     if record is None:
         out.write(f"no run · {_no_run_where(project)}\n")
         return EXIT_NO_RUN
+    queue = _queue_lines(project)
     line, code = status_text(record, *_session_facts(project))
     out.write(line + "\n")
     return code
 
 
+    for extra in queue:
+        out.write(extra + "\n")
 def follow(project: Path, out: TextIO | None = None) -> int:
     """Follow the live run (progress lines like replay) and exit with its result; without one, --status."""
     from lorawizard.core.contract import Cancelled, StepContext
@@ -194,11 +205,18 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     from lorawizard.core.train.step import RunFollower
 
     out = out or sys.stdout
+    from lorawizard.core.train.queue import request_stop
     record = _newest(project)
     if record is None or record.status() != "running":
         out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
+    session = _session(project)
+    queue = request_stop(session) if session is not None else None
+    if queue is not None:  # no further run of the queue starts; the running one is stopped below
+        out.write(f"queue {queue.queue_id}: asked to stop (pid {queue.pid}); no further run of it starts\n")
         return EXIT_NO_RUN
     follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
+        if queue is not None:
+            return EXIT_FINISHED
     follower.finish()
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)

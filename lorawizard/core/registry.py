@@ -61,7 +61,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("probe", "GPU & batch size", "GPU", "lorawizard.core.probe.step:run_step",
              "lorawizard.tui.screens.gpu:GpuScreen",
              "lorawizard.core.probe.step:ProbeOptions", "lorawizard.core.step_states:guess_probe"),
-    StepSpec("train", "Train", "Train", "lorawizard.core.train.step:run_step",
+    StepSpec("train", "Train", "Train", "lorawizard.core.train.queue:run_step",
              "lorawizard.tui.screens.train:TrainScreen",
              "lorawizard.core.train.step:TrainOptions", "lorawizard.core.step_states:guess_train"),
     StepSpec("publish", "Publish", "Publish", "lorawizard.core.publish.step:run_step", None, None, None,

@@ -114,6 +114,31 @@ def test_ctrl_c_during_train_stops_the_whole_run_and_exits_130(tmp_path: Path, r
     assert "Traceback" not in _text(logs, "err.txt")
 
 
+def test_ctrl_c_during_a_queue_stops_its_run_and_starts_no_other(tmp_path: Path, reaper: list[int]) -> None:
+    from lorawizard.core.session.document import Session
+    from lorawizard.core.session.variants import Variant
+    from lorawizard.core.train.queue import QueueRecord
+    from tests.support.sessions import save
+
+    session = make_train_project(tmp_path, epochs=200)
+    session.set_variants([Variant("dim8", {"train.network_dim": 8})])
+    save(session)
+    logs = tmp_path / "replay"
+    child = _start(["--replay", str(session.path), "--steps", "train"], logs, standin_env(STEP_SECONDS=0.05))
+    reaper.append(child.pid)
+    until(lambda: b"epoch 1/200" in _log(session.paths.runs), 20, "training to begin")
+    record = runs.list_runs(session.paths.runs)[0]
+    reaper.append(record.pid)
+    os.killpg(child.pid, signal.SIGINT)
+    assert child.wait(30) == 130, _text(logs, "err.txt")
+    until(lambda: not _group(record.pid), 10, "the run's process group to be gone")
+    queue = QueueRecord.load(Session.load(session.path, read_only=True))
+    assert queue is not None and queue.state == "stopped"
+    assert [e.status for e in queue.entries] == ["stopped", "pending"]
+    assert runs.list_runs(session.paths.runs / "variants" / "dim8") == []  # the next run never started
+    assert "Traceback" not in _text(logs, "err.txt")
+
+
 def test_detach_ctrl_c_while_it_is_started_leaves_the_run_and_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reaper: list[int]) -> None:
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.1")

@@ -76,6 +76,25 @@ def holds(project_dir: Path) -> bool:
     return Path(project_dir).resolve() in _held
 
 
+def held_fd(project_dir: Path) -> int | None:
+    """The descriptor of the lock this process holds (to hand it to a child that carries on: `adopt`)."""
+    return _held.get(Path(project_dir).resolve())
+
+
+def adopt(project_dir: Path, fd: int, what: str) -> None:
+    """Hold the lock a parent handed over as inherited descriptor `fd` (an flock belongs to the open file, so the
+    child holds it on after the parent ends): the detached queue takes its launcher's lock with no moment free."""
+    key = Path(project_dir).resolve()
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already (shared open file): succeeds; else ProjectBusy
+    with _guard:
+        _held[key] = fd
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+    except OSError:
+        pass  # the holder's name is only for messages
+
+
 def release(project_dir: Path) -> None:
     """Give the lock back early (tests; a process that ends releases it anyway)."""
     with _guard:

@@ -370,7 +370,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
             overrides.update(runs.resume_overrides(state, runs.read_state_step(state.path)))
     cadence = statesave.cadence(session)
     overrides.update(cadence.overrides())
-    cpu, sizes = _without_gpu(session)
+    cpu, sizes = without_gpu(session)
     try:  # a read-only or full runs folder: one line (StepFailed), never a traceback
         run_dir = Path(run_dir or runs_dir / runs.new_run_id(runs_dir)).absolute()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +397,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     )
 
 
-def _without_gpu(session: Session) -> tuple[Any, dict[str, int] | None]:
+def without_gpu(session: Session) -> tuple[Any, dict[str, int] | None]:
     """The rule for "no GPU" (core.gpu.cpu_mode), the same in the wizard and in replay: (CpuMode, the batch sizes set
     by hand, else 1) when NVML sees no GPU; (None, None) otherwise."""
     from lorawizard.core.dataset.step import bucket_counts
@@ -534,6 +534,8 @@ class TrainOptions(TypedDict, total=False):
 def _options(ctx: StepContext) -> TrainOptions:
     return cast(TrainOptions, ctx.options)
 
+    only: list[str]  # --variants: which runs of the queue ("base", variant names; core/train/queue.py)
+    variant: str  # this run is the queue's variant of that name (kept in run.json's extra)
 
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
@@ -583,6 +585,8 @@ def run_step(ctx: StepContext) -> StepResult:
     ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
     record = start_run(session, plan)
     what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
+    if _options(ctx).get("variant"):
+        plan.extra["variant"] = _options(ctx)["variant"]
     ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
     for note in plan.notes:
         ctx.log(f"train: {note}")

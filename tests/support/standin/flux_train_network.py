@@ -8,7 +8,7 @@ TOML, and prints sd-scripts' real console formats: rich-wrapped log records on s
 Behaviour is steered by environment variables (see tests/support/standin/README.md):
 STANDIN_STEP_SECONDS, STANDIN_LOAD_SECONDS, STANDIN_VRAM_BUDGET, STANDIN_PEAK_FILE, STANDIN_BYTES_PER_PIXEL,
 STANDIN_NAN_AT_STEP, STANDIN_KILL_AT_STEP, STANDIN_HANG_AT_STEP, STANDIN_FAIL, STANDIN_IGNORE_SIGINT,
-STANDIN_IGNORE_SIGTERM, STANDIN_CHECK_MODELS, STANDIN_CKPT_BYTES, STANDIN_ARGS_FILE.
+STANDIN_IGNORE_SIGTERM, STANDIN_CHECK_MODELS, STANDIN_CKPT_BYTES, STANDIN_ARGS_FILE, STANDIN_FAIL_OUTPUT.
 """
 
 from __future__ import annotations
@@ -315,7 +315,8 @@ def main(argv: list[str]) -> int:
         console.info(f"bucket {index}: resolution ({d['width']}, {d['height']}), count: {d['images']}",
                      "train_util.py:1066")
     steps_per_epoch = sum(math.ceil(d["images"] / d["batch_size"]) for d in datasets if d["images"])
-    if steps_per_epoch == 0 or ENV.get("STANDIN_FAIL") == "no_data":
+    failing = ENV.get("STANDIN_FAIL_OUTPUT")  # fail one run of a queue: the one with this output name
+    if steps_per_epoch == 0 or ENV.get("STANDIN_FAIL") == "no_data" or (failing and args.output_name == failing):
         console.error("No data found. Please verify arguments (train_data_dir must be the parent of folders with "
                       "images) / 画像がありません。引数指定を確認してください", "train_network.py:576")
         return 0

@@ -1,0 +1,206 @@
+"""The train step with [[train.variants]]: a queue of runs with the stand-in trainer (tests/support/standin)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from lorawizard import runctl
+from lorawizard.core.launch import runs
+from lorawizard.core.session.document import Session
+from lorawizard.core.session.variants import Variant
+from lorawizard.core.train import queue
+from lorawizard.headless import replay
+from tests.support.sessions import save
+from tests.support.standin import make_train_project
+
+
+def _project(tmp_path: Path, variants: list[Variant], **kwargs) -> Session:
+    session = make_train_project(tmp_path, **kwargs)
+    session.set_variants(variants)
+    save(session)
+    return Session.load(session.path)
+
+
+def _replay(session: Session, **kwargs) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(session.path, ["train"], out=out, err=err, tty=False, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+VARIANTS = [Variant("dim8", {"train.network_dim": 8}), Variant("bad", {"train.learning_rate": 0.0002}),
+            Variant("e1", {"train.max_train_epochs": 1})]
+
+
+def test_a_queue_of_three_runs_each_with_its_own_name_folder_and_record(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_FAIL_OUTPUT", "tiny-bad")  # the second variant fails; the queue goes on
+    session = _project(tmp_path, VARIANTS)
+    code, out, err = _replay(session)
+    assert code == 1, out + err  # one run failed: the replay says so
+    record = queue.QueueRecord.load(session)
+    assert record is not None and record.state == "finished"
+    assert [(e.label, e.status) for e in record.entries] == [
+        ("base", "finished"), ("dim8", "finished"), ("bad", "failed"), ("e1", "finished")]
+    assert "the queue goes on" in out + err
+    base_runs = runs.list_runs(session.paths.runs)
+    assert len(base_runs) == 1 and base_runs[0].output_name == "tiny"
+    for label, epochs in (("dim8", 2), ("e1", 1)):
+        folder = session.paths.runs / "variants" / label
+        [run] = runs.list_runs(folder)
+        assert run.output_name == f"tiny-{label}" and run.status() == "finished"
+        assert (run.dir / f"tiny-{label}.safetensors").is_file()
+        assert run.extra["variant"] == label
+        assert run.argv[run.argv.index("--max_train_epochs") + 1] == str(epochs)
+    kept = sorted(p.name for p in (session.project_dir / "loras").glob("*.safetensors"))
+    assert kept == ["tiny-dim8-e2.safetensors", "tiny-e1-e1.safetensors", "tiny-e2.safetensors"]
+    assert record.entries[1].kept and record.entries[1].kept.endswith("tiny-dim8-e2.safetensors")
+    # the variant's own settings reached its trainer
+    dim8 = runs.list_runs(session.paths.runs / "variants" / "dim8")[0]
+    assert dim8.argv[dim8.argv.index("--network_dim") + 1] == "8"
+    assert base_runs[0].argv[base_runs[0].argv.index("--network_dim") + 1] == "4"
+
+
+def test_status_prints_one_line_per_run_of_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_FAIL_OUTPUT", "tiny-bad")
+    session = _project(tmp_path, VARIANTS[:2])
+    _replay(session)
+    out = io.StringIO()
+    runctl.status(session.project_dir, out)
+    lines = out.getvalue().splitlines()
+    queue_lines = [line for line in lines if line.startswith("queue ") or line.startswith("  ")]
+    assert queue_lines[0].endswith(": finished")
+    assert [line.split()[0] for line in queue_lines[1:]] == ["base", "dim8", "bad"]
+    assert "failed" in queue_lines[3] and "No data found" in queue_lines[3] or "no training images" in queue_lines[3]
+
+
+def test_variants_picks_runs_and_names_an_unknown_one(tmp_path: Path) -> None:
+    session = _project(tmp_path, VARIANTS[:1])
+    code, out, err = _replay(session, options={"train": {"only": ["dim8"]}})
+    assert code == 0, err
+    assert runs.list_runs(session.paths.runs) == []  # the base run was not asked for
+    assert len(runs.list_runs(session.paths.runs / "variants" / "dim8")) == 1
+    code, _, err = _replay(session, options={"train": {"only": ["dim9"]}})
+    assert code == 1 and "no run named 'dim9'" in err and "base, dim8" in err
+
+
+def test_dry_run_prints_every_run_and_the_forecast(tmp_path: Path) -> None:
+    session = _project(tmp_path, VARIANTS[:1])
+    code, out, _ = _replay(session, dry_run=True)
+    assert code == 0
+    assert "queue: run 1/2: base (the base run)" in out and "queue: run 2/2: dim8 (network_dim 8)" in out
+    assert out.count("flux_train_network.py") >= 2
+    assert "queue:" in out and ("time unknown" in out or "≈" in out)
+    assert runs.list_runs(session.paths.runs, variants=True) == []
+
+
+def test_stop_then_resume_continues_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.3")
+    session = _project(tmp_path, VARIANTS[:1], epochs=8, images=4)
+    code, out, err = _replay(session, options={"train": {"detach": True}})
+    assert code == 0, err
+    assert "queue of 2 runs" in out
+    _wait(lambda: runs.newest_state(session.paths.runs) is not None)  # stop it after its first state
+    assert runs.live_run(session.paths.runs) is not None
+    # never two trainers: a second replay neither starts another run nor a second queue
+    code, _, err = _replay(session)
+    assert code == 1 and "is going in this project" in err
+    stopped = io.StringIO()
+    assert runctl.stop(session.project_dir, stopped) == 0
+    assert "asked to stop" in stopped.getvalue()
+    record = _wait_queue(session, lambda r: r.state != "running")
+    assert record.state == "stopped"
+    assert record.entries[0].status == "stopped" and record.entries[1].status == "pending"
+    assert runs.list_runs(session.paths.runs / "variants" / "dim8") == []  # the rest never started
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
+    code, out, err = _replay(session, options={"train": {"resume": True}})
+    assert code == 0, out + err
+    record = queue.QueueRecord.load(session)
+    assert record is not None and [e.status for e in record.entries] == ["finished", "finished"]
+    assert "resumed" in out
+
+
+def test_kill_9_of_the_driver_leaves_the_run_and_status_says_lost(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = _project(tmp_path, VARIANTS[:1], epochs=3)
+    code, out, err = _replay(session, options={"train": {"detach": True}})
+    assert code == 0, err
+    record = _wait_queue(session, lambda r: r.pid > 0 and r.entries[0].status == "running")
+    deadline = time.monotonic() + 30
+    while runs.live_run(session.paths.runs) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(record.pid, signal.SIGKILL)
+    _wait(lambda: not record.driver_alive())
+    live = runs.live_run(session.paths.runs)
+    assert live is not None  # the run goes on under its own supervisor
+    out = io.StringIO()
+    runctl.status(session.project_dir, out)
+    assert "lost" in out.getvalue() and "--resume" in out.getvalue()
+    # resume refuses while that run goes on (never a second trainer) ...
+    code, _, err = _replay(session, options={"train": {"resume": True}})
+    assert code == 1 and "is going in this project" in err
+    runs.stop(live)
+    # ... and continues once it has ended
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
+    code, out, err = _replay(session, options={"train": {"resume": True}})
+    assert code == 0, out + err
+    assert [e.status for e in queue.QueueRecord.load(session).entries] == ["finished", "finished"]
+
+
+def test_disk_check_refuses_a_queue_that_does_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = _project(tmp_path, [Variant("big", {"train.network_dim": 4096})])
+    items = queue.entries(session)
+    need = queue.disk_needed(items)
+    assert need > queue.disk_needed(items[:1]) * 100  # rank 4096 writes far more than rank 4
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, need // 2))
+    code, _, err = _replay(session)
+    assert code == 1 and "GB free" in err and "queue fewer runs" in err
+    assert runs.list_runs(session.paths.runs, variants=True) == []
+
+
+def _wait(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _wait_queue(session: Session, predicate, timeout: float = 90.0) -> queue.QueueRecord:
+    found: list[queue.QueueRecord] = []
+
+    def check() -> bool:
+        record = queue.QueueRecord.load(session)
+        if record is not None and predicate(record):
+            found.append(record)
+            return True
+        return False
+
+    _wait(check, timeout)
+    return found[-1]
+
+
+def test_sigterm_to_the_driver_stops_its_run_and_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.3")
+    session = _project(tmp_path, VARIANTS[:1], epochs=8)
+    code, _, err = _replay(session, options={"train": {"detach": True}})
+    assert code == 0, err
+    record = _wait_queue(session, lambda r: r.pid > 0 and r.entries[0].status == "running")
+    _wait(lambda: runs.live_run(session.paths.runs) is not None)
+    os.kill(record.pid, signal.SIGTERM)
+    record = _wait_queue(session, lambda r: r.state != "running")
+    assert record.state == "stopped" and record.entries[0].status == "stopped"
+    _wait(lambda: runs.live_run(session.paths.runs) is None)  # the run it started is stopped with it, not left
+    assert runs.list_runs(session.paths.runs)[-1].status() == "stopped"
+    assert runs.list_runs(session.paths.runs / "variants" / "dim8") == []
+    log = (session.paths.state / queue.QUEUE_LOG).read_text()
+    assert "queue driver pid" in log and "Traceback" not in log
