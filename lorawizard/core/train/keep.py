@@ -201,8 +201,9 @@ def run_variant(record: Any) -> str | None:
 
 
 def kept_stem(name: str, variant: str | None) -> str:
-    """`<name>` or `<name>-<variant>`: the kept file's name before `-e<N>`."""
-    return f"{name}-{variant}" if variant else name
+    """`<name>` or `<name>-<variant>`: the kept file's name before `-e<N>` (a variant's own session is already named
+    `<name>-<variant>`: the queue keeps through it, and the variant is not named twice)."""
+    return f"{name}-{variant}" if variant and not name.endswith(f"-{variant}") else name
 
 
 def _argv_settings(record: Any) -> dict[str, Any]:
