@@ -165,17 +165,18 @@ def test_keep_from_a_variant_names_it_and_publish_takes_it(session: Session) -> 
     from lorawizard.core.publish.step import plan
 
     made = _project(session)
-    kept = keep.keep_epoch(session, 4, made["fp16"])
+    kept = keep.keep_epoch(session, 4, made["fp16"], note=True)
     assert kept.lora == session.project_dir / "loras" / "mychar-fp16-e4.safetensors" and kept.variant == "fp16"
     sidecar = json.loads(kept.sidecar.read_text(encoding="utf-8"))
     assert sidecar["variant"] == "fp16" and sidecar["run_id"] == "20261125-131500"
     assert sidecar["settings"]["network_dim"] == "32"  # the variant's command line, not the base's settings
     assert sidecar["samples"] and all("mychar-fp16_e000004" in s for s in sidecar["samples"])
-    base_kept = keep.keep_epoch(session, 8, made["base"])
+    base_kept = keep.keep_epoch(session, 8, made["base"], note=True)
     assert base_kept.lora.name == "mychar-e8.safetensors"
     assert keep.kept_lora(session) == base_kept.lora  # the last one kept
-    keep.keep_epoch(session, 4, made["fp16"])
-    os.utime(base_kept.lora)  # newer by mtime, but not the one last kept
+    keep.keep_epoch(session, 4, made["fp16"], note=True)
+    base_e4 = keep.keep_epoch(session, 4, made["base"])  # the keep at the end of a queue's run: no note
+    os.utime(base_e4.lora)  # newer by mtime, but not the one the person kept
     session.set("train.keep_epoch", 4)
     save(session)
     assert keep.kept_lora(session) == kept.lora
@@ -192,6 +193,8 @@ def test_keep_epoch_of_the_base_stays_as_it_was(session: Session) -> None:
     session.set("train.keep_epoch", 4)
     kept = keep.keep_epoch(session, 4, made["base"])
     assert keep.kept_lora(session) == kept.lora == session.project_dir / "loras" / "mychar-e4.safetensors"
+    assert not (session.project_dir / ".lorawizard" / "kept.json").exists()  # no person's choice noted
+    (session.project_dir / ".lorawizard").mkdir(exist_ok=True)
     (session.project_dir / ".lorawizard" / "kept.json").write_text('{"lora": "../../elsewhere.safetensors", '
                                                                    '"epoch": 4}')
     assert keep.kept_lora(session) == kept.lora  # a hand-edited note never points outside loras/

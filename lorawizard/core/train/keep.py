@@ -6,8 +6,8 @@ file holds is read from its own safetensors metadata (`ss_epoch`, `ss_steps`), n
 a file is kept only from one run chain (the run and the runs it resumed from): never silently from another run.
 The sidecar `<name>-e<N>.json` says where it came from: epoch, step, run id (and chain), settings, trigger, samples.
 A variant's run (`record.extra["variant"]` = V, output name `<name>-V`) is kept as `<name>-V-e<N>.safetensors`; the
-last LoRA kept is named in `.lorawizard/kept.json`, so publish takes it (base or variant) while `train.keep_epoch`
-still names its epoch.
+LoRA a person last kept in the gallery is named in `.lorawizard/kept.json`, so publish takes it (base or variant)
+while `train.keep_epoch` still names its epoch.
 """
 
 from __future__ import annotations
@@ -141,9 +141,11 @@ def find_epoch(session: Session, epoch: int, record: Any = None) -> tuple[Path, 
     return found.path, found.record
 
 
-def keep_epoch(session: Session, epoch: int | None, record: Any = None) -> Kept:
+def keep_epoch(session: Session, epoch: int | None, record: Any = None, *, note: bool = False) -> Kept:
     """Copy `epoch`'s LoRA (0/None: the final LoRA) of `record`'s chain (default: the newest run's) to loras/, named
-    and described by the epoch and step its own metadata gives."""
+    and described by the epoch and step its own metadata gives. `note`: a person chose it (the gallery's k): it
+    becomes the LoRA publish takes for its epoch (`.lorawizard/kept.json`), a variant's too; the keep at the end of
+    each run of a queue leaves that note alone."""
     from lorawizard.core.train import samples, statesave
 
     found = find_lora(session, int(epoch or 0), record)
@@ -177,8 +179,9 @@ def keep_epoch(session: Session, epoch: int | None, record: Any = None) -> Kept:
         "output_name": record.output_name or name,
     })
     try:
-        atomic_write_json(session.project_dir / STATE_DIR / KEPT_FILE,
-                          {"lora": target.name, "epoch": shown, "variant": variant, "run_id": record.run_id})
+        if note:
+            atomic_write_json(session.project_dir / STATE_DIR / KEPT_FILE,
+                              {"lora": target.name, "epoch": shown, "variant": variant, "run_id": record.run_id})
     except OSError as exc:
         raise KeepError(f"kept {target.name}, but cannot note it in {STATE_DIR}/{KEPT_FILE}: "
                         f"{exc.strerror or exc}") from None

@@ -510,7 +510,7 @@ class SamplesScreen(Screen[None]):
 
         store = wizard_app(self).store
         try:
-            kept = keep_epoch(store.session, epoch, record)
+            kept = keep_epoch(store.session, epoch, record, note=True)  # the person's choice: publish takes it
             store.decide("train.keep_epoch", epoch)  # the store is thread-safe: no hop to the UI thread
         except (KeepError, SessionError) as exc:
             self.post_message(Notice(str(exc), "error"))  # shown by the App
