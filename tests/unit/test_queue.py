@@ -60,6 +60,9 @@ def test_a_queue_of_three_runs_each_with_its_own_name_folder_and_record(tmp_path
     kept = sorted(p.name for p in (session.project_dir / "loras").glob("*.safetensors"))
     assert kept == ["tiny-dim8-e2.safetensors", "tiny-e1-e1.safetensors", "tiny-e2.safetensors"]
     assert record.entries[1].kept and record.entries[1].kept.endswith("tiny-dim8-e2.safetensors")
+    # the queue's samples side by side: one contact sheet per prompt in the project
+    sheets = sorted((session.project_dir / "samples-compare").glob("prompt-*.png"))
+    assert sheets and "contact sheet" in out
     # the variant's own settings reached its trainer
     dim8 = runs.list_runs(session.paths.runs / "variants" / "dim8")[0]
     assert dim8.argv[dim8.argv.index("--network_dim") + 1] == "8"

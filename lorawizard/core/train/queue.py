@@ -390,7 +390,27 @@ def drive(ctx: StepContext, items: list[Entry], *, resume: bool) -> StepResult:
     record.state = "stopped" if stopped else "finished"
     record.save()
     stop_path(session).unlink(missing_ok=True)
-    return _result(session, record)
+    result = _result(session, record)
+    sheets = _contact_sheets(ctx)
+    if sheets:
+        result.details.append(sheets)
+    return result
+
+
+def _contact_sheets(ctx: StepContext) -> str:
+    """The queue's samples side by side: one PNG per prompt (run × epoch) in the project; "" when none."""
+    from lorawizard.core.train.contact_sheet import write_contact_sheets
+
+    try:
+        written = write_contact_sheets(ctx.session)
+    except (OSError, ValueError) as exc:
+        ctx.log(f"queue: the contact sheets were not written: {exc}")
+        return ""
+    if not written:
+        return ""
+    line = f"samples compared: {len(written)} contact sheet(s) (run × epoch) in {display_path(written[0].parent)}"
+    ctx.log(f"queue: {line}")
+    return line
 
 
 def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: Entry, number: int, total: int) -> None:
