@@ -201,22 +201,36 @@ def stop(project: Path, out: TextIO | None = None) -> int:
     import threading
 
     from lorawizard.core.launch import runs
+    from lorawizard.core.train.queue import request_stop
+
+    out = out or sys.stdout
+    session = _session(project)
+    queue = request_stop(session) if session is not None else None
+    if queue is None:
+        return _stop_live(project, out)
+    # no further run of the queue starts; its running runs (one per GPU when side by side) are stopped one by one
+    out.write(f"queue {queue.queue_id}: asked to stop (pid {queue.pid}); no further run of it starts\n")
+    code = EXIT_FINISHED
+    for _ in range(64):
+        record = _newest(project)
+        if record is None or record.status() != "running":
+            break
+        code = _stop_live(project, out)
+        if code != EXIT_FINISHED:
+            break
+    return code
+
+
+def _stop_live(project: Path, out: TextIO) -> int:
+    """Stop the project's newest live run (the body of `stop`)."""
     from lorawizard.core.train import statesave
     from lorawizard.core.train.step import RunFollower
 
-    out = out or sys.stdout
-    from lorawizard.core.train.queue import request_stop
     record = _newest(project)
     if record is None or record.status() != "running":
         out.write("no run is going" + (f" (newest: {record.run_id}, {record.status()})" if record else "") + "\n")
-    session = _session(project)
-    queue = request_stop(session) if session is not None else None
-    if queue is not None:  # no further run of the queue starts; the running one is stopped below
-        out.write(f"queue {queue.queue_id}: asked to stop (pid {queue.pid}); no further run of it starts\n")
         return EXIT_NO_RUN
     follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
-        if queue is not None:
-            return EXIT_FINISHED
     follower.finish()
     newest = runs.newest_state_step(record)
     step = statesave.step_now(follower.state.step, newest)

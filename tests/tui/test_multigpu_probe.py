@@ -57,6 +57,7 @@ def test_two_kinds_of_card_probed_once_each_smallest_batch_kept(project: Path) -
     # 3 processes × batch 2 / 1.5 s = 4.0 img/s vs the 3090 alone at batch 4 / 1.2 s = 3.33 img/s → ×1.20
     assert any("3 GPUs ≈ 4.00 images/s" in line and "≈ 3.33 images/s → ×1.20 (faster together)" in line
                for line in speed)
+    assert any("side by side, one run per GPU" in line and "gpu.parallel_runs = true" in line for line in speed)
     saved = load_results(session)
     assert saved["gpu"]["uuid"] in (RTX_3060_12.uuid, second_3060.uuid) and len(saved["gpus"]) == 3
     assert saved["buckets"]["512x512"]["batch_size"] == 2
@@ -133,3 +134,11 @@ async def test_gpu_screen_names_a_chosen_gpu_that_is_gone(tmp_path: Path, monkey
             await pilot.pause()
             await app.workers.wait_for_complete()
         assert "the chosen GPU GPU-gone-5678 is not visible now" in str(app.screen.query_one("#gpu-state").render())
+
+
+def test_side_by_side_is_suggested_only_for_different_cards() -> None:
+    twin = replace(RTX_3090_24, index=1, uuid="GPU-3090ffff-twin")
+    assert multigpu.side_by_side_line([RTX_3090_24, twin], 2) is None  # alike: data-parallel loses nothing
+    line = multigpu.side_by_side_line([RTX_3090_24, RTX_3060_12], 2)
+    assert line is not None and "your 2 variant(s) and the base run" in line
+    assert "[[train.variants]]" in (multigpu.side_by_side_line([RTX_3090_24, RTX_3060_12], 0) or "")

@@ -207,3 +207,77 @@ def test_sigterm_to_the_driver_stops_its_run_and_the_queue(tmp_path: Path, monke
     assert runs.list_runs(session.paths.runs / "variants" / "dim8") == []
     log = (session.paths.state / queue.QUEUE_LOG).read_text()
     assert "queue driver pid" in log and "Traceback" not in log
+
+
+def test_side_by_side_one_run_per_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu.parallel_runs with two GPUs: the queue's runs go two at a time, each pinned to one GPU (fake NVML)."""
+    from tests.support import fake_nvml
+
+    fake_nvml.install(monkeypatch, fake_nvml.two_cards_no_p2p())
+    uuids = [fake_nvml.RTX_3090_24.uuid, fake_nvml.RTX_3060_12.uuid]
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=3)
+    session.set_variants(VARIANTS)
+    session.set("gpu.uuids", uuids)
+    session.set("gpu.parallel_runs", True)
+    save(session)
+    session = Session.load(session.path)
+    assert queue.forecast(queue.entries(session), session, lanes=2).lanes == 2
+    code, out, err = _replay(session)
+    assert code == 0, out + err
+    assert "side by side" in out
+    record = queue.QueueRecord.load(session)
+    assert record is not None and [e.status for e in record.entries] == ["finished"] * 4
+    every = runs.list_runs(session.paths.runs, variants=True)
+    assert len(every) == 4
+    pinned = {r.run_id: r.env.get("CUDA_VISIBLE_DEVICES") or r.gpu_uuid for r in every}
+    assert set(pinned.values()) == set(uuids)  # both GPUs were used, one each
+    for record_ in every:
+        assert record_.argv.count("--multi_gpu") == 0  # one process per run, not data-parallel
+    # two runs overlapped in time (side by side), never two on one GPU at once
+    spans = sorted((r.started_ts, _ended(r), pinned[r.run_id]) for r in every)
+    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    assert overlaps, spans
+    assert all(a[2] != b[2] for a, b in overlaps)
+
+
+def test_forecast_spreads_runs_over_the_lanes() -> None:
+    plan = queue.Forecast({"base": 100.0, "a": 100.0, "b": 50.0}, "probe", lanes=2)
+    assert plan.total_s == 150.0
+    assert queue.Forecast(plan.per_entry, "probe").total_s == 250.0
+    assert queue.Forecast({"base": None}, "").total_s is None
+
+
+def _ended(record: runs.RunRecord) -> float:
+    """When the run ended, from its exit record (the supervisor writes `ended` as a timestamp)."""
+    info = record.exit_info()
+    assert info is not None, record.run_id
+    return float(info["ended"])
+
+
+def test_stop_ends_every_run_side_by_side_and_starts_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from tests.support import fake_nvml
+
+    fake_nvml.install(monkeypatch, fake_nvml.two_cards_no_p2p())
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.3")
+    session = make_train_project(tmp_path, epochs=20)
+    session.set_variants(VARIANTS)
+    session.set("gpu.uuids", [fake_nvml.RTX_3090_24.uuid, fake_nvml.RTX_3060_12.uuid])
+    session.set("gpu.parallel_runs", True)
+    save(session)
+    session = Session.load(session.path)
+    results: list[tuple[int, str, str]] = []
+    driver = threading.Thread(target=lambda: results.append(_replay(session)), daemon=True)
+    driver.start()
+    _wait(lambda: len(runs.live_runs(session.paths.runs)) == 2)
+    out = io.StringIO()
+    assert runctl.stop(session.project_dir, out) == 0
+    assert out.getvalue().count("stopped (") == 2, out.getvalue()
+    driver.join(60)
+    assert results and results[0][0] == 1
+    record = queue.QueueRecord.load(session)
+    assert record is not None and record.state == "stopped"
+    assert sorted(e.status for e in record.entries) == ["pending", "pending", "stopped", "stopped"]
+    assert runs.live_runs(session.paths.runs) == []

@@ -53,7 +53,7 @@ CHANGED: dict[str, Any] = {
     "dataset.source": "photos", "dataset.max_side": 512, "dataset.trigger": "ohwx", "dataset.num_repeats": 3,
     "dataset.captionless": True,
     "gpu.uuid": "GPU-1", "gpu.uuids": ["GPU-1", "GPU-2"], "gpu.machines": ["a:1", "b:1"], "gpu.main_process_port": 29501,
-    "gpu.same_network": False, "gpu.vram_preset": "24gb",
+    "gpu.same_network": False, "gpu.vram_preset": "24gb", "gpu.parallel_runs": True,
     "train.network_dim": 8, "train.learning_rate": 2e-4, "train.max_train_epochs": 7, "train.save_every_n_epochs": 2,
     "train.optimizer_type": "prodigy", "train.seed": 7, "train.extra_args": ["--max_grad_norm", "1.0"],
     "train.mixed_precision": "no", "train.base_precision": "16bit", "train.keep_epoch": 4, "train.on_finish": ["notify-send", "done"],

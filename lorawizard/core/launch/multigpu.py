@@ -312,3 +312,16 @@ def speed_summary(cards: list[CardSpeed], batch: int) -> list[str]:
 def short_name(name: str) -> str:
     """`RTX 3090` for `NVIDIA GeForce RTX 3090`."""
     return name.replace("NVIDIA ", "").replace("GeForce ", "")
+
+
+def side_by_side_line(gpus: list[Any], variants: int) -> str | None:
+    """Two or more different cards: one run per GPU (a queue of variants side by side, `gpu.parallel_runs`) often
+    uses them better than data-parallel, which runs at the slowest card's pace within the smallest one's memory."""
+    kinds = {(g.name, g.memory_total) for g in gpus}
+    if len(gpus) < 2 or len(kinds) < 2:
+        return None
+    queued = (f"your {variants} variant(s) and the base run" if variants else
+              "a queue of variants ([[train.variants]] in session.toml)")
+    return (f"{len(gpus)} different cards: data-parallel runs at the slowest card's pace within the smallest one's "
+            f"memory; {queued} can instead run side by side, one run per GPU, each at its card's own pace and batch "
+            "— set gpu.parallel_runs = true")

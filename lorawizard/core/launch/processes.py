@@ -29,6 +29,7 @@ def process_matches(pid: int, create_time: float) -> bool:
 
 RUN_ID_ENV, PROJECT_ENV = "LORAWIZARD_RUN_ID", "LORAWIZARD_PROJECT"
 RUN_DIR_ENV = "LORAWIZARD_RUN_DIR"  # the run's folder (a variant's is <runs>/variants/<name>/<run-id>)
+GPU_ENV = "LORAWIZARD_GPU"  # the one GPU a run was pinned to (a queue's runs side by side: one per GPU)
 GROUP_ENV = "LORAWIZARD_RUN_GROUP"  # supervisor.GROUP_ENV (stdlib only, so it repeats it): set for its child
 _PROC = Path("/proc")
 
@@ -103,10 +104,16 @@ def project_processes(project_dir: Path | str) -> dict[str, tuple[int, list[int]
     return found
 
 
+def run_env(pgid: int, run_id: str, key: str) -> str | None:
+    """`key` in the environment the processes of run `run_id` (group `pgid`) were started with; None when unset."""
+    for pid in group_processes(pgid, run_id):
+        env = _environ(pid, f"{key}=".encode())
+        if env is not None and env.get(key):
+            return env[key]
+    return None
+
+
 def run_dir_of(pgid: int, run_id: str) -> Path | None:
     """The run folder the processes of run `run_id` (group `pgid`) were started for, from their environment."""
-    for pid in group_processes(pgid, run_id):
-        env = _environ(pid, f"{RUN_DIR_ENV}=".encode())
-        if env is not None and env.get(RUN_DIR_ENV):
-            return Path(env[RUN_DIR_ENV])
-    return None
+    found = run_env(pgid, run_id, RUN_DIR_ENV)
+    return Path(found) if found else None

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.launch.processes import (
     CREATE_TIME_TOLERANCE,
+    GPU_ENV,
     PROJECT_ENV,
     RUN_DIR_ENV,
     RUN_ID_ENV,
@@ -45,6 +46,7 @@ from lorawizard.core.launch.processes import (
     process_matches,
     project_processes,
     run_dir_of,
+    run_env,
 )
 from lorawizard.core.launch.supervisor import EXIT_FILE, SECRET_ENV, TRAINER_FILE, final_lora, lora_metadata
 
@@ -259,8 +261,10 @@ def orphan_runs(project_dir: Path | str, runs_dir: Path) -> list[RunRecord]:
         recorded = run_dir_of(pgid, run_id)
         if recorded is not None and recorded.name == safe and recorded.parent.parent.parent == Path(runs_dir):
             folder = recorded  # a variant's run: <runs>/variants/<name>/<run-id>
+        pinned = run_env(pgid, run_id, GPU_ENV)  # its GPUs: a queue's run on another GPU is not in the way
         records.append(RunRecord(run_id=safe, dir=folder, argv=[], env={}, cwd="", pid=pgid, pgid=pgid,
-                                 extra={"orphan": True}))
+                                 gpu_uuid=pinned.split(",")[0] if pinned else None,
+                                 extra={"orphan": True, **({"gpu_uuids": pinned.split(",")} if pinned else {})}))
     return records
 
 
@@ -353,6 +357,25 @@ def live_run(runs_dir: Path, problems: list[str] | None = None, *,
     return None
 
 
+def live_runs(runs_dir: Path, problems: list[str] | None = None, *,
+              project_dir: Path | str | None = None) -> list[RunRecord]:
+    """Every live run, oldest first (a queue's runs side by side, one per GPU; else at most one), the runs found
+    only by their processes (`orphan_runs`) included with `project_dir`."""
+    records = list_runs(runs_dir, problems, variants=True)
+    live = [r for r in records if r.status() == "running"]
+    if project_dir is not None:
+        by_id = {r.run_id: r for r in records}
+        seen = {r.run_id for r in live}
+        for orphan in orphan_runs(project_dir, runs_dir):
+            if orphan.run_id in seen:
+                continue
+            known = by_id.get(orphan.run_id)
+            if known is not None:
+                known.pgid = orphan.pgid
+            live.append(known or orphan)
+    return live
+
+
 # ------------------------------------------------------------------ launch
 
 
@@ -371,11 +394,14 @@ def launch(
     base_env: Mapping[str, str] | None = None,
     extra: dict[str, Any] | None = None,
     project: Path | str | None = None,
+    beside_other_gpus: bool = False,
 ) -> RunRecord:
     """Start `argv` detached (own session, stdin closed, stdout+stderr → train.log) and write run.json.
 
     With `project`, refuses (RunError) while any trainer process of an earlier run of that project lives, and marks
-    this run's processes as the project's (`project_processes`). A folder that cannot be written is one line."""
+    this run's processes as the project's (`project_processes`); `beside_other_gpus` (a queue's runs side by side,
+    one per GPU) refuses only while a run pinned to the same GPU, or to none, lives. A folder that cannot be written
+    is one line."""
     import psutil
 
     from lorawizard.core.session.document import FORBIDDEN_CHARS, name_problem
@@ -385,12 +411,15 @@ def launch(
     if any(FORBIDDEN_CHARS.search(str(word)) for word in [*argv, *(env or {}).values()]):
         raise RunError("the command contains NUL, CR or a line break: refused")
     if project is not None:
-        _refuse_while_running(project)
+        _refuse_while_running(project, gpu_uuid if beside_other_gpus else None)
     run_dir = Path(run_dir).absolute()
     ours = dict(env or {})
     ours["PYTHONUNBUFFERED"] = "1"
     ours[RUN_ID_ENV] = run_dir.name
     ours[RUN_DIR_ENV] = str(run_dir)  # where an orphan's folder was (a variant's runs are one level down)
+    pinned = [str(u) for u in (extra or {}).get("gpu_uuids") or ([gpu_uuid] if gpu_uuid else [])]
+    if pinned:
+        ours[GPU_ENV] = ",".join(pinned)
     if project is not None:
         ours[PROJECT_ENV] = str(Path(project).resolve())
     full_env = dict(os.environ if base_env is None else base_env)
@@ -446,9 +475,13 @@ def _write_problem(exc: OSError, folder: Path) -> str:
     return f"cannot write in {display_path(folder)}: {exc.strerror or exc}"
 
 
-def _refuse_while_running(project: Path | str) -> None:
-    """Never a second trainer: not while any process of an earlier run of this project lives."""
+def _refuse_while_running(project: Path | str, beside_gpu: str | None = None) -> None:
+    """Never a second trainer: not while any process of an earlier run of this project lives (with `beside_gpu`:
+    one pinned to another GPU may go on — a queue's runs side by side, one per GPU)."""
     found = project_processes(project)
+    if beside_gpu:
+        found = {run_id: group for run_id, group in found.items()
+                 if beside_gpu in (run_env(group[0], run_id, GPU_ENV) or beside_gpu).split(",")}
     if found:
         run_id, (pgid, pids) = sorted(found.items())[-1]
         from lorawizard.core.common.fsutil import shell_path

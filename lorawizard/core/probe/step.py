@@ -865,6 +865,9 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
     for bucket, size in batch_sizes.items():
         ctx.record(f"gpu.batch_size.{bucket}", size)
     lines, speed_lines = _per_card_lines(per_kind, batch_sizes)
+    side_by_side = multigpu.side_by_side_line(gpus, len(session.variants()))
+    if side_by_side and not session.gpu.parallel_runs:
+        speed_lines.append(side_by_side)
     _save_several(session, gpus, smallest, preset, per_kind, batch_sizes, ctx)
     summary = ", ".join(f"{b} → {n}" for b, n in batch_sizes.items())
     return StepResult(True, f"{summary} on {len(gpus)} GPUs (the smallest batch that fits every card; preset "

@@ -218,6 +218,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.learning_rate", "float", 1e-4, _learning_rate, "learning rate"),
     Field("train.max_train_epochs", "int", 16, _between(1, 100_000), "epochs to train"),
     Field("train.save_every_n_epochs", "int", 4, _between(1, 100_000), "save a checkpoint and state every N epochs"),
+    Field("gpu.parallel_runs", "bool", False, None,
+          "a queue of variants on the GPUs of gpu.uuids: one run per GPU side by side, not each run on all of them"),
     Field("train.optimizer_type", "str", "adamw8bit",
           _word(r"[A-Za-z][A-Za-z0-9_.]*", "an optimizer name such as AdamW8bit or prodigyopt.Prodigy"), "optimizer"),
     Field("train.seed", "int", 42, _between(0, 2**32 - 1), "random seed (numpy takes 0 to 2^32-1)"),

@@ -110,6 +110,7 @@ class GpuSection(Section):
     main_process_port = Setting[int | None]("gpu.main_process_port")
     same_network = Setting[bool]("gpu.same_network")
     vram_preset = Setting[str | None]("gpu.vram_preset")
+    parallel_runs = Setting[bool]("gpu.parallel_runs")
 
 
 class SamplesSection(Section):

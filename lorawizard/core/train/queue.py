@@ -39,6 +39,7 @@ from lorawizard.core.train import step as train_step
 
 QUEUE_FILE, STOP_FILE, QUEUE_LOG, DECISIONS_FILE = "queue.json", "queue-stop", "queue.log", "queue-decisions.json"
 ENTRY_STATES = ("pending", "running", "finished", "failed", "stopped", "skipped")
+_SAVE_LOCK = threading.Lock()
 DISK_MARGIN = 1.1  # the estimate is rough: ask for a tenth more free space than it says
 
 
@@ -97,9 +98,10 @@ class QueueRecord:
     detached: bool = False
 
     def save(self) -> None:
-        data = asdict(self)
-        data.pop("path")
-        atomic_write_json(self.path, data)
+        with _SAVE_LOCK:  # the lanes of a queue side by side save from their own threads
+            data = asdict(self)
+            data.pop("path")
+            atomic_write_json(self.path, data)
 
     @classmethod
     def load(cls, session: Session) -> QueueRecord | None:
@@ -163,11 +165,21 @@ def _stop_requested(session: Session, record: QueueRecord) -> bool:
 class Forecast:
     per_entry: dict[str, float | None]  # label → seconds (None: no speed known yet)
     basis: str  # where the speed came from
+    lanes: int = 1  # runs side by side (one per GPU)
 
     @property
     def total_s(self) -> float | None:
+        """The whole queue's time: one after another, or spread over the lanes (each takes the next run)."""
         values = list(self.per_entry.values())
-        return None if not values or any(v is None for v in values) else sum(cast(list[float], values))
+        if not values or any(v is None for v in values):
+            return None
+        times = cast(list[float], values)
+        if self.lanes <= 1:
+            return sum(times)
+        ends = [0.0] * self.lanes
+        for seconds in times:
+            ends[ends.index(min(ends))] += seconds
+        return max(ends)
 
     def line(self, *, left: bool = False) -> str:
         total = self.total_s
@@ -177,7 +189,9 @@ class Forecast:
             return (f"queue: {len(self.per_entry)} runs; time unknown for {', '.join(unknown)} (no probe and no "
                     "earlier run measured the speed yet; it is forecast again after each run)")
         parts = ", ".join(f"{k} {format_duration(v)}" for k, v in self.per_entry.items())
-        return f"queue: ≈{format_duration(total)} {what} for {len(self.per_entry)} runs ({parts}; speed from {self.basis})"
+        side = f", {self.lanes} side by side" if self.lanes > 1 else ""
+        return (f"queue: ≈{format_duration(total)} {what} for {len(self.per_entry)} runs{side} ({parts}; speed from "
+                f"{self.basis})")
 
 
 def entry_steps(session: Session) -> int | None:
@@ -198,7 +212,7 @@ def entry_steps(session: Session) -> int | None:
     return per * session.train.max_train_epochs
 
 
-def forecast(items: list[Entry], base: Session) -> Forecast:
+def forecast(items: list[Entry], base: Session, *, lanes: int = 1) -> Forecast:
     """Each run's time: its steps × the measured seconds per step (the probe's, else the newest run's log rate — its
     own, else the base run's: the queue's own finished runs, once there are some), plus its sampling."""
     from lorawizard.core.train import samples, statesave
@@ -220,7 +234,7 @@ def forecast(items: list[Entry], base: Session) -> Forecast:
             times = entry.session.train.max_train_epochs // settings.every_n_epochs + int(settings.at_first)
             sampling = times * len(settings.prompts) * settings.steps * speed / 3
         per[entry.label] = steps * speed + sampling
-    return Forecast(per, basis or "no measurement")
+    return Forecast(per, basis or "no measurement", lanes)
 
 
 def disk_needed(items: list[Entry]) -> int:
@@ -297,13 +311,14 @@ def _dry_run(ctx: StepContext, items: list[Entry]) -> StepResult:
                       "launched")
 
 
-def _entry_ctx(ctx: StepContext, entry: Entry, *, resume: bool) -> StepContext:
+def _entry_ctx(ctx: StepContext, entry: Entry, *, resume: bool, beside: bool = False) -> StepContext:
     def log(line: str) -> None:
         ctx.log(line.replace("train: ", f"train [{entry.label}]: ", 1) if line.startswith("train: ") else line)
 
     return StepContext(session=entry.session, progress=ctx.progress, log=log, dry_run=ctx.dry_run, cancel=ctx.cancel,
                        hurry=ctx.hurry, decisions=ctx.decisions,
-                       options={"resume": resume, **({"variant": entry.label} if entry.variant else {})})
+                       options={"resume": resume, **({"variant": entry.label} if entry.variant else {}),
+                                **({"beside": True} if beside else {})})
 
 
 def _refuse_live(session: Session) -> None:
@@ -371,9 +386,15 @@ def drive(ctx: StepContext, items: list[Entry], *, resume: bool) -> StepResult:
     record.create_time = psutil.Process().create_time()
     stop_path(session).unlink(missing_ok=True)
     record.save()
-    ctx.log(forecast(todo, session).line())
+    gpus = parallel_gpus(session)
+    ctx.log(forecast(todo, session, lanes=len(gpus) or 1).line())
+    if gpus:
+        ctx.log(f"queue: {len(gpus)} runs side by side, one per GPU ({', '.join(gpus)}; gpu.parallel_runs): each "
+                "takes the next run when its own has ended")
     try:
-        for number, entry in enumerate(todo, 1):
+        if gpus:
+            _drive_side_by_side(ctx, record, todo, gpus)
+        for number, entry in enumerate([] if gpus else todo, 1):
             item = cast(QueueEntry, record.entry(entry.label))
             if _stop_requested(session, record):
                 break
@@ -397,6 +418,53 @@ def drive(ctx: StepContext, items: list[Entry], *, resume: bool) -> StepResult:
     return result
 
 
+def parallel_gpus(session: Session) -> list[str]:
+    """The GPUs a queue runs on side by side (`gpu.parallel_runs` with several in `gpu.uuids`), else []."""
+    from lorawizard.core.launch.multigpu import SelectionError, chosen_uuids
+
+    if not session.gpu.parallel_runs or session.gpu.machines:
+        return []
+    try:
+        uuids = chosen_uuids(session)
+    except SelectionError as exc:
+        raise StepFailed(str(exc)) from None
+    return uuids if len(uuids) > 1 else []
+
+
+def _drive_side_by_side(ctx: StepContext, record: QueueRecord, todo: list[Entry], gpus: list[str]) -> None:
+    """One lane per GPU: each takes the next run of the queue, pinned to its GPU, until none is left (or a stop)."""
+    lock = threading.Lock()
+    waiting = list(enumerate(todo, 1))
+    cancelled: list[Cancelled] = []
+
+    def lane(uuid: str) -> None:
+        while True:
+            with lock:
+                if not waiting or ctx.cancel.is_set() or _stop_requested(ctx.session, record):
+                    return
+                if any(e.status == "stopped" for e in record.entries):
+                    return
+                number, entry = waiting.pop(0)
+            pinned = Entry(entry.label, entry.variant,
+                           entry.session.with_changes({"gpu.uuid": uuid, "gpu.uuids": []}))
+            item = cast(QueueEntry, record.entry(entry.label))
+            try:
+                _run_entry(ctx, record, item, pinned, number, len(todo), beside=True, where=f" on {uuid}")
+            except Cancelled as exc:
+                cancelled.append(exc)
+                return
+
+    lanes = [threading.Thread(target=lane, args=(uuid,), name=f"queue-{uuid}", daemon=True) for uuid in gpus]
+    for thread in lanes:
+        thread.start()
+        time.sleep(0.5)  # launches one after another: each checks the GPUs the others hold
+    for thread in lanes:
+        while thread.is_alive():
+            thread.join(0.5)
+    if cancelled:
+        raise cancelled[0]
+
+
 def _contact_sheets(ctx: StepContext) -> str:
     """The queue's samples side by side: one PNG per prompt (run × epoch) in the project; "" when none."""
     from lorawizard.core.train.contact_sheet import write_contact_sheets
@@ -413,7 +481,8 @@ def _contact_sheets(ctx: StepContext) -> str:
     return line
 
 
-def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: Entry, number: int, total: int) -> None:
+def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: Entry, number: int, total: int, *,
+               beside: bool = False, where: str = "") -> None:
     from lorawizard.core.train import statesave
 
     resume = item.status == "stopped"
@@ -422,10 +491,10 @@ def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: E
         if point.state is None or not point.resumable:  # stopped before its first state: it starts again
             ctx.log(f"queue: {entry.label}: {point.reason}; it starts from the beginning")
             resume = False
-    ctx.log(f"queue: run {number}/{total}: {entry.label} ({entry.describe()}){' resumed' if resume else ''}")
+    ctx.log(f"queue: run {number}/{total}: {entry.label} ({entry.describe()}){where}{' resumed' if resume else ''}")
     item.status, item.summary = "running", ""
     record.save()
-    sub = _entry_ctx(ctx, entry, resume=resume)
+    sub = _entry_ctx(ctx, entry, resume=resume, beside=beside)
     try:
         result = train_step.run_step(sub)
     except Cancelled:

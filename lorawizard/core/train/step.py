@@ -432,14 +432,19 @@ def busy_line(session: Session, busy: projectlock.ProjectBusy) -> str:
             "no run is going now): try again when that process has ended (a wizard: quit it with q)")
 
 
-def live_run(session: Session, problems: list[str] | None = None) -> RunRecord | None:
+def live_run(session: Session, problems: list[str] | None = None, *, gpu: str | None = None) -> RunRecord | None:
     """The project's live run: the newest one any of whose processes lives (its group is the truth), also when its
     run.json or run folder is gone (found by its processes). What every launch, `--status`, `--stop` and the wizard
-    look at."""
-    return runs.live_run(session.paths.runs, problems, project_dir=session.project_dir)
+    look at. With `gpu` (a queue's runs side by side): the newest live run on that GPU (or on none known)."""
+    if gpu is None:
+        return runs.live_run(session.paths.runs, problems, project_dir=session.project_dir)
+    for record in reversed(runs.live_runs(session.paths.runs, problems, project_dir=session.project_dir)):
+        if gpu in (record.extra.get("gpu_uuids") or [record.gpu_uuid or gpu]):
+            return record
+    return None
 
 
-def start_run(session: Session, plan: Plan) -> RunRecord:
+def start_run(session: Session, plan: Plan, *, beside_other_gpus: bool = False) -> RunRecord:
     command = plan.command
     extra = dict(plan.extra)
     on_finish = session.train.on_finish
@@ -457,6 +462,7 @@ def start_run(session: Session, plan: Plan) -> RunRecord:
         raise StepFailed(str(exc)) from None
 
 
+            beside_other_gpus=beside_other_gpus,
 def _first(items: list[str]) -> str | None:
     return items[0] if items else None
 
@@ -536,6 +542,7 @@ def _options(ctx: StepContext) -> TrainOptions:
 
     only: list[str]  # --variants: which runs of the queue ("base", variant names; core/train/queue.py)
     variant: str  # this run is the queue's variant of that name (kept in run.json's extra)
+    beside: bool  # a queue's runs side by side, one per GPU: only a live run on this run's GPU is in the way
 
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
@@ -546,7 +553,8 @@ def run_step(ctx: StepContext) -> StepResult:
     if not ctx.dry_run:
         claim_project(session)  # before looking for a live run: nobody else can start one after we looked
     problems: list[str] = []
-    live = live_run(session, problems)
+    beside = bool(_options(ctx).get("beside"))
+    live = live_run(session, problems, gpu=session.gpu.uuid if beside else None)
     for problem in problems:
         ctx.log(f"train: {one_line(problem)}")
     if session.gpu.machines:
@@ -583,7 +591,7 @@ def run_step(ctx: StepContext) -> StepResult:
     for line in plan.cpu_lines() + launch_lines(plan.launch):
         ctx.log(f"train: {line}")
     ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
-    record = start_run(session, plan)
+    record = start_run(session, plan, beside_other_gpus=beside)
     what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
     if _options(ctx).get("variant"):
         plan.extra["variant"] = _options(ctx)["variant"]
