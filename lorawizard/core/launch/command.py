@@ -227,6 +227,9 @@ MANAGED_OPTIONS: dict[str, str] = {
     "learning_rate": "train.learning_rate",
     "optimizer_type": "train.optimizer_type",
     "seed": "train.seed",
+    "validation_split": "train.validation_split (lorawizard writes it per [[datasets]] of the dataset config)",
+    "validation_seed": "train.seed (the validation split and its noise use the run's seed)",
+    "validate_every_n_epochs": "train.validation_every_n_epochs",
     "mixed_precision": "train.mixed_precision (the launcher and its config must agree with the trainer)",
     "huggingface_token": "nowhere: tokens never go on a command line",
     "wandb_api_key": "nowhere: keys never go on a command line",
@@ -475,8 +478,10 @@ def trainer_options(
     output_name: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     resume: Path | str | None = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
-    """The trainer options in order: defaults → VRAM preset → extra_args → run paths → overrides (last wins)."""
+    """The trainer options in order: defaults → VRAM preset → extra_args → run paths → overrides (last wins).
+    `validation`: a training run (not a probe's trial) of a session with `train.validation_split`."""
     options = base_options(session)
     _apply_preset(session, options)
     if session.train.base_precision == "16bit":  # the person's choice over the preset's fp8 (extra_args still win)
@@ -502,10 +507,46 @@ def trainer_options(
     asked = set(extra) | set(overrides or {})
     if "persistent_data_loader_workers" not in asked and str(options.get("max_data_loader_n_workers")) == "0":
         options["persistent_data_loader_workers"] = None  # our default; torch refuses it without worker processes
+    if validation and session.train.validation_split:
+        _validation_options(session, options)
     conflicts = check_conflicts(options)
     if conflicts:
         raise CommandError(f"trainer options: {conflicts[0]}")
     return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def is_schedule_free(optimizer: str) -> bool:
+    """sd-scripts' own test (train_util.is_schedulefree_optimizer): the optimizer's name ends in "schedulefree"."""
+    return optimizer.lower().endswith("schedulefree")
+
+
+def _validation_options(session: Session, options: dict[str, Any]) -> None:
+    """sd-scripts' validation options for `train.validation_split` (the split itself goes in the dataset config);
+    CommandError where sd-scripts cannot validate: a schedule-free optimizer, latents not cached."""
+    optimizer = str(options.get("optimizer_type") or "")
+    if is_schedule_free(optimizer):
+        raise CommandError(
+            f"train.validation_split: sd-scripts does not support validation loss with a schedule-free optimizer "
+            f"({optimizer}); choose another optimizer (e.g. AdamW8bit) or unset train.validation_split")
+    if not (options.get("cache_latents") or options.get("cache_latents_to_disk")):
+        raise CommandError("train.validation_split: validation needs cached latents (--cache_latents_to_disk): "
+                           "uncached FLUX latents make the validation loss differ from run to run")
+    options["validation_seed"] = session.train.seed
+    options["validate_every_n_epochs"] = session.train.validation_every_n_epochs
+
+
+def validation_images(images: int, split: float) -> int:
+    """How many of a bucket's `images` sd-scripts holds out for validation (train_util.split_train_val: Python's
+    round, half to even)."""
+    return round(images * split)
+
+
+def images_for_validation(split: float) -> int:
+    """The fewest images a bucket needs for one validation image at `split`."""
+    images = max(1, math.floor(0.5 / split))
+    while validation_images(images, split) < 1:
+        images += 1
+    return images
 
 
 def library_path_env(session: Session, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -535,6 +576,7 @@ def build_train_command(
     resume: Path | str | None = None,
     launch: Any = None,
     nvml: NvmlAdapter | None = None,
+    validation: bool = False,
 ) -> TrainCommand:
     """`python -m accelerate.commands.launch --config_file CFG … <sd_scripts>/<the family's script> <options>`.
 
@@ -558,6 +600,7 @@ def build_train_command(
         output_name=output_name,
         overrides={**extra_launch, **(overrides or {})},
         resume=resume,
+        validation=validation,
     )
     sd_scripts = _absolute(paths.sd_scripts)
     script = str(sd_scripts / family_for(session).backend.script)
@@ -745,13 +788,17 @@ def dataset_config_data(
     buckets: Iterable[str] | None = None,
     batch_sizes: Mapping[str, int] | None = None,
     num_repeats: int | None = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
-    """The dataset config as plain data (checked against sd-scripts' schema)."""
-    if buckets is None:
+    """The dataset config as plain data (checked against sd-scripts' schema). `validation`: a training run's, with
+    `train.validation_split` on each `[[datasets]]` when the session sets it (CommandError: a bucket too small)."""
+    split = session.train.validation_split if validation else None
+    counts: dict[str, int] = {}
+    if buckets is None or split:
         from lorawizard.core.dataset.step import bucket_counts  # imports Pillow: only when needed
 
-        buckets = list(bucket_counts(session))
-    chosen = list(buckets)
+        counts = bucket_counts(session)
+    chosen = list(counts if buckets is None else buckets)
     if not chosen:
         raise CommandError(
             f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first"
@@ -772,12 +819,18 @@ def dataset_config_data(
         batch = batch_size_for(session, bucket, batch_sizes)
         if batch < 1:
             raise CommandError(f"dataset config: batch size for {bucket} must be at least 1, got {batch}")
-        data["datasets"].append({
-            "resolution": [width, height],
-            "batch_size": batch,
-            "num_repeats": repeats,
-            "subsets": [{"image_dir": str(root / bucket)}],
-        })
+        entry: dict[str, Any] = {"resolution": [width, height], "batch_size": batch, "num_repeats": repeats}
+        if split:
+            images = counts.get(bucket, 0)
+            if validation_images(images, split) < 1:
+                raise CommandError(
+                    f"train.validation_split = {split:g}: bucket {bucket} has {images} image(s), too few for one "
+                    f"validation image (sd-scripts holds out round({images} × {split:g}) = "
+                    f"{validation_images(images, split)}); it needs at least {images_for_validation(split)} per bucket "
+                    "at this split: add images, raise the split (at most 0.5) or unset train.validation_split")
+            entry["validation_split"] = float(split)
+        entry["subsets"] = [{"image_dir": str(root / bucket)}]
+        data["datasets"].append(entry)
     check_dataset_config(data)
     return data
 
@@ -808,6 +861,9 @@ def dataset_config_text(data: Mapping[str, Any]) -> str:
         table.add("batch_size", entry["batch_size"])
         table.add("num_repeats", entry["num_repeats"])
         _comment(table, "num_repeats", "times each image is seen per epoch")
+        if "validation_split" in entry:
+            table.add("validation_split", entry["validation_split"])
+            _comment(table, "validation_split", "held out for the validation loss (train.validation_split)")
         subsets = tomlkit.aot()
         for subset in entry["subsets"]:
             sub = tomlkit.table()
@@ -828,9 +884,11 @@ def write_dataset_config(
     buckets: Iterable[str] | None = None,
     batch_sizes: Mapping[str, int] | None = None,
     num_repeats: int | None = None,
+    validation: bool = False,
 ) -> Path:
     """Write the dataset config.toml (checked against sd-scripts' schema, atomically) and return its path."""
-    data = dataset_config_data(session, buckets=buckets, batch_sizes=batch_sizes, num_repeats=num_repeats)
+    data = dataset_config_data(session, buckets=buckets, batch_sizes=batch_sizes, num_repeats=num_repeats,
+                               validation=validation)
     text = dataset_config_text(data)
     if tomlkit.parse(text).unwrap() != data:  # what a TOML reader gets back is exactly what we checked
         raise CommandError("dataset config: internal error, the written TOML does not read back the same")
@@ -888,8 +946,10 @@ def prepare_run(
         overrides=overrides,
         resume=resume,
         launch=launch,
+        validation=True,
     )
-    data = dataset_config_data(session, buckets=buckets, batch_sizes=batch_sizes, num_repeats=num_repeats)
+    data = dataset_config_data(session, buckets=buckets, batch_sizes=batch_sizes, num_repeats=num_repeats,
+                               validation=True)
     accelerate_text = accelerate_config_text(session, launch)
     atomic_write_text(dataset_config, dataset_config_text(data))
     atomic_write_text(accelerate_config, accelerate_text)

@@ -106,6 +106,10 @@ def _power_of_two_side(v: int) -> str | None:
     return None if ok else "a power of two from 256 to 2048 (256, 512, 1024, 2048)"
 
 
+def _validation_split(v: float) -> str | None:
+    return None if 0 < v <= 0.5 else "a share above 0 and at most 0.5 (0.1: a tenth of each bucket's images)"
+
+
 def _learning_rate(v: float) -> str | None:
     return None if 0 < v <= 10 else "a positive number up to 10"
 
@@ -229,6 +233,10 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.base_precision", "str", "fp8", None,
           "the base model's weights while training: fp8 (--fp8_base, as every VRAM preset; least memory) or 16bit "
           "(better quality, about twice the transformer's memory)", ("fp8", "16bit")),
+    Field("train.validation_split", "float", None, _validation_split,
+          "share of each bucket's images held out for a validation loss per epoch (0 < x <= 0.5; unset: none)"),
+    Field("train.validation_every_n_epochs", "int", 1, _between(1, 100_000),
+          "validate every N epochs (with train.validation_split)"),
     Field("captions.kind", "str", "subject", None, "what the LoRA learns: drafts describe everything else", ("subject", "style")),
     Field("captions.model", "str", "qwen2.5-vl-3b", _path_problem, "captioner: a catalog name or a folder with a transformers model"),
     Field("captions.instruction", "str", None, None, "the captioner's instruction (default: built from kind and trigger)"),

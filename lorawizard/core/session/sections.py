@@ -138,6 +138,8 @@ class TrainSection(Section):
     extra_args = Setting[list[str]]("train.extra_args")
     mixed_precision = Setting[str]("train.mixed_precision")
     base_precision = Setting[str]("train.base_precision")
+    validation_split = Setting[float | None]("train.validation_split")
+    validation_every_n_epochs = Setting[int]("train.validation_every_n_epochs")
     keep_epoch = Setting[int | None]("train.keep_epoch")
     on_finish = Setting[list[str]]("train.on_finish")
     state_minutes = Setting[int]("train.state_minutes")
