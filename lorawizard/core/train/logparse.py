@@ -689,7 +689,25 @@ class PhaseProgress(NamedTuple):
 
 # what a phase's tqdm bar counts (sd-scripts prints these bars without a description)
 _PHASE_UNITS = {"caching latents": "images", "caching text encoder outputs": "batches", "sampling": "steps",
-                "reading the dataset": "images", "encoding sample prompts": "prompts", "training": "steps"}
+                "reading the dataset": "images", "encoding sample prompts": "prompts", "training": "steps",
+                "validating": "steps"}
+# train_network.py's bar for the validation at an epoch's end: `epoch validation steps: 100%|…| 8/8 [00:02<00:00,
+# 3.95it/s, val_epoch_avg_loss=0.412, timestep=800]` (its recorder keeps one value per validation step and timestep,
+# so at n == total the average is that epoch's: the `loss/validation/epoch_average` it logs to TensorBoard)
+VALIDATION_BAR = "epoch validation steps"
+_VAL_KEY = "val_epoch_avg_loss="
+
+
+def validation_loss(postfix: str) -> float | None:
+    """`val_epoch_avg_loss` from a validation bar's postfix (None when it has none)."""
+    at = postfix.find(_VAL_KEY)
+    if at < 0:
+        return None
+    end = postfix.find(",", at)
+    try:
+        return float(postfix[at + len(_VAL_KEY) : end if end >= 0 else len(postfix)])
+    except ValueError:
+        return None
 _TQDM_SETTLES = 10  # training bars after an epoch end until tqdm's smoothed rate (0.3 per update) has forgotten it
 _ROUND_ENDS = ("CheckpointSaved", "StateSaved", "ModelSaved", "Epoch")
 
@@ -791,7 +809,7 @@ class _Timing:
 
 _TRAINING_PHASES = frozenset((
     "starting", "preparing", "saving", "sampling", "caching latents", "caching text encoder outputs", "loading models",
-    "reading the dataset", "encoding sample prompts",
+    "reading the dataset", "encoding sample prompts", "validating",
 ))
 
 
@@ -831,6 +849,10 @@ class TrainState:
     sample_prompts: int | None = None  # prompts per sampling round
     sampled_epoch: int = 0  # the last epoch whose end was sampled
     saved_epoch: int = 0  # the last epoch whose LoRA was saved
+    # per epoch (absolute): the training loss at its last step (avr_loss, sd-scripts' `loss/epoch_average`) and the
+    # validation loss at the end of its validation (`val_epoch_avg_loss`); kept in the log index
+    train_by_epoch: dict[int, float] = field(default_factory=dict)
+    val_by_epoch: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lines = deque(maxlen=self.tail_lines)
@@ -987,6 +1009,8 @@ class TrainState:
     def _bar(self, bar: Bar) -> None:
         self.last_bar = bar
         if bar.desc != "steps":
+            if bar.desc == VALIDATION_BAR:
+                self._validation_bar(bar)
             self.phase_bar = bar
             if self.phase == "sampling" and self.timing.in_round:
                 self.timing.sample_bar(bar)
@@ -1014,3 +1038,13 @@ class TrainState:
         if self.steps_per_epoch and self.epochs and bar.n:
             # keep the epoch consistent with the absolute step even if sd-scripts' epoch line was lost
             self.epoch = max(self.epoch, min(self.epochs, (self.step - 1) // self.steps_per_epoch + 1))
+        if loss is not None and bar.n and self.epoch:
+            self.train_by_epoch[self.epoch] = loss  # the newest step's: at the epoch's end, its average
+
+    def _validation_bar(self, bar: Bar) -> None:
+        """The validation at an epoch's end: its loss once the bar is full (a validation cut short says nothing)."""
+        if self.phase in _TRAINING_PHASES or self.phase == "training":
+            self.phase = "validating"
+        value = validation_loss(bar.postfix)
+        if value is not None and bar.total and bar.n >= bar.total and self.epoch:
+            self.val_by_epoch[self.epoch] = value

@@ -30,6 +30,7 @@ from lorawizard.core.launch.runs import RunError, RunRecord
 from lorawizard.core.session.document import Session
 from lorawizard.core.train.diagnosis import Diagnosis, diagnose
 from lorawizard.core.train.logparse import Epoch, LogParser, TrainState
+from lorawizard.core.train.suggest import EPOCH_LOSSES, index_epoch_losses
 
 DRY_RUN_DIR = "dry-run"  # under <project>/.lorawizard/: the config files a dry run writes
 FLUSH_AFTER_S = 0.5  # close a pending rich record after this much quiet
@@ -165,7 +166,9 @@ class RunFollower:
                 "state": {name: getattr(self.state, name) for name in _INDEX_FIELDS}
                 | {"checkpoints": self.state.checkpoints[-20:], "sampling_s": self.state.timing.sampling_s,
                    "saving_s": self.state.timing.saving_s,
-                   "losses": [[s, v] for s, v in self.state.losses.points if math.isfinite(v)]}})
+                   "losses": [[s, v] for s, v in self.state.losses.points if math.isfinite(v)],
+                   **{key: [[e, v] for e, v in sorted(getattr(self.state, key).items()) if math.isfinite(v)]
+                      for key in EPOCH_LOSSES}}})
         except (OSError, ValueError, TypeError):
             pass
 
@@ -243,6 +246,8 @@ def restore_state(state: TrainState, saved: dict[str, Any]) -> None:
     if isinstance(checkpoints, list):
         state.checkpoints = [str(c) for c in checkpoints[-20:]]
     state.losses.points = index_losses(saved)
+    for key in EPOCH_LOSSES:
+        setattr(state, key, index_epoch_losses(saved, key))
     for name, learned in (("sampling_s", state.timing.rounds), ("saving_s", state.timing.saves)):
         value = saved.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
@@ -707,6 +712,11 @@ def follow(ctx: StepContext, record: RunRecord, *, poll_s: float = 0.25, own: bo
     details = [f"log: {record.log_path}", status_line(state, ended=True)]
     if state.checkpoints:
         details.append(f"last checkpoint: {state.checkpoints[-1]}")
+    from lorawizard.core.train.suggest import summary_line
+
+    suggested = summary_line(record, state)
+    if suggested:
+        details.append(suggested)
     if record.status() == "finished":  # from files (exit status, the final LoRA), never the log's tail
         return StepResult(True, f"model saved: run {record.run_id} finished ({status_line(state, ended=True)})", details,
                           data={"run_id": record.run_id})
@@ -743,9 +753,14 @@ class FollowReporter:
         self.seen_epochs = 0
         self.last_phase = ""
         self.begun_at: tuple[int, int] | None = None  # (epoch, step) the last "begins" line showed
+        self.val_said: set[int] = set()  # epochs whose validation loss was said
 
     def report(self) -> None:
         state, epochs = self.follower.state, self.follower.epochs_seen
+        for validated, value in sorted(state.val_by_epoch.items()):
+            if validated not in self.val_said:
+                self.val_said.add(validated)
+                self.log(f"train: {validation_line(state, validated, value)}")
         while self.seen_epochs < len(epochs):
             epoch = epochs[self.seen_epochs]
             self.seen_epochs += 1
@@ -759,6 +774,16 @@ class FollowReporter:
         elif state.phase != self.last_phase:
             self.log(f"train: {state.phase}…")
         self.last_phase = state.phase
+
+
+def validation_line(state: TrainState, epoch: int, value: float) -> str:
+    """`epoch 3 validation loss 0.412 (training 0.398; lowest so far)`."""
+    train = state.train_by_epoch.get(epoch)
+    earlier = [v for e, v in state.val_by_epoch.items() if e < epoch and math.isfinite(v)]
+    notes = [f"training {train:.3g}"] if train is not None else []
+    if earlier and math.isfinite(value):
+        notes.append("lowest so far" if value < min(earlier) else f"lowest {min(earlier):.3g}")
+    return f"epoch {epoch} validation loss {value:.3g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def stop_surviving_ranks(record: RunRecord, reason: str) -> str:

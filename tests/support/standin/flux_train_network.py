@@ -133,8 +133,9 @@ def _fmt_float(value: float) -> str:
 class Bar:
     """tqdm's layout into a pipe: `\\rdesc:  40%|████      | 2/5 [00:00<00:00,  6.63it/s, avr_loss=1.12]`."""
 
-    def __init__(self, total: int, desc: str = "") -> None:
+    def __init__(self, total: int, desc: str = "", position: int = 0) -> None:
         self.total, self.desc, self.n = total, desc, 0
+        self.position = position  # tqdm's second bar (validation under the steps bar): "\n", the line, "\x1b[A"
         self.start = time.monotonic()
         self.postfix = ""
         self.draw()
@@ -155,14 +156,15 @@ class Bar:
             post = f", {self.postfix}" if self.postfix else ""
             stats = f"[{_fmt_time(elapsed)}<{_fmt_time(remaining)}, {rate_text}{post}]"
         prefix = f"{self.desc}: " if self.desc else ""
-        sys.stderr.write(f"\r{prefix}{percent:3d}%|{body}| {self.n}/{self.total} {stats}")
+        down, up = "\n" * self.position, "\x1b[A" * self.position
+        sys.stderr.write(f"{down}\r{prefix}{percent:3d}%|{body}| {self.n}/{self.total} {stats}{up}")
         sys.stderr.flush()
 
     def update(self) -> None:
         self.n += 1
         self.draw()
 
-    def set_postfix(self, **values: float) -> None:
+    def set_postfix(self, **values: float | int) -> None:
         self.postfix = ", ".join(f"{k}={_fmt_float(v)}" for k, v in values.items())
         self.draw()
 
@@ -223,6 +225,33 @@ def lora_metadata(args: argparse.Namespace, name: str, epoch: int, step: int) ->
             "ss_base_model_version": "flux1"}
 
 
+VALIDATION_TIMESTEPS = (200, 400, 600, 800)  # train_network.py: np.linspace(0, 1000, 6, dtype=int)[1:-1]
+
+
+def validation_target(epoch: int) -> float:
+    """The validation loss of an epoch: `STANDIN_VAL_CURVE` ("0.45,0.43,…", one per epoch from 1; the last repeats),
+    else a U-shape with its minimum at epoch 5 (0.35 + 0.004 × (epoch − 5)²)."""
+    curve = [float(v) for v in ENV.get("STANDIN_VAL_CURVE", "").split(",") if v.strip()]
+    if curve:
+        return curve[min(epoch, len(curve)) - 1]
+    return 0.35 + 0.004 * (epoch - 5) ** 2
+
+
+def validate(datasets: list[dict], epoch: int) -> None:
+    """train_network.py's epoch validation: a second tqdm bar (position 1) `epoch validation steps` with the postfix
+    `val_epoch_avg_loss=…, timestep=…`; its steps average to `validation_target(epoch)` exactly."""
+    batches = sum(math.ceil(d["val_images"] / d["batch_size"]) for d in datasets if d["val_images"])
+    total = batches * len(VALIDATION_TIMESTEPS)
+    target = validation_target(epoch)
+    bar = Bar(total, "epoch validation steps", position=1)
+    seen: list[float] = []
+    for index in range(total):
+        time.sleep(STEP_SECONDS / 4)
+        seen.append(target + (0.01 if index % 2 == 0 else -0.01) * (0 if total % 2 and index == total - 1 else 1))
+        bar.update()
+        bar.set_postfix(val_epoch_avg_loss=sum(seen) / len(seen), timestep=VALIDATION_TIMESTEPS[index % 4])
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flux_train_network.py")
     add = parser.add_argument
@@ -233,8 +262,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "blocks_to_swap",
                  "sample_every_n_epochs", "sample_every_n_steps", "network_dim", "initial_step", "initial_epoch",
                  "gradient_accumulation_steps", "save_last_n_steps", "save_last_n_steps_state",
-                 "save_last_n_epochs_state"):
+                 "save_last_n_epochs_state", "validate_every_n_epochs", "validation_seed"):
         add(f"--{name}", type=int, default=None)
+    add("--validation_split", type=float, default=0.0)
     add("--max_train_steps", type=int, default=1600)
     add("--seed", type=int, default=None)
     add("--learning_rate", type=float, default=1e-4)
@@ -260,18 +290,23 @@ def load_dataset(console: Console, path: str) -> list[dict]:
     general = config.get("general", {})
     datasets = []
     for dataset in config["datasets"]:
+        split = float(dataset.get("validation_split", general.get("validation_split", 0.0)))
         resolution = dataset.get("resolution", general.get("resolution", 1024))
         width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         batch = int(dataset.get("batch_size", general.get("batch_size", 1)))
-        images = repeats = 0
+        images = repeats = val_images = 0
         for subset in dataset.get("subsets", []):
             folder = Path(subset.get("image_dir", ""))
             count = len([p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTS]) if folder.is_dir() else 0
             sub_repeats = int(subset.get("num_repeats", dataset.get("num_repeats", general.get("num_repeats", 1))))
+            held = round(count * split) if split > 0 else 0  # train_util.split_train_val
+            count = math.ceil(count * (1 - split)) if split > 0 else count
             console.info(f"found directory {folder} contains {count} image files", "train_util.py:2059")
             images += count * sub_repeats
+            val_images += held * sub_repeats
             repeats = max(repeats, sub_repeats)
-        datasets.append({"batch_size": batch, "width": int(width), "height": int(height), "images": images})
+        datasets.append({"batch_size": batch, "width": int(width), "height": int(height), "images": images,
+                         "val_images": val_images})
     console.info(f"{sum(d['images'] for d in datasets)} train images with repeats.", "train_util.py:2158")
     console.warning("no regularization images / 正則化画像が見つかりませんでした", "train_util.py:2167")
     return datasets
@@ -381,7 +416,8 @@ def main(argv: list[str]) -> int:
     batch_sizes = ", ".join(str(d["batch_size"]) for d in datasets)
     out("running training / 学習開始")
     out(f"  num train images * repeats / 学習画像の数×繰り返し回数: {images}")
-    out("  num validation images * repeats / 学習画像の数×繰り返し回数: 0")
+    val_images = sum(d["val_images"] for d in datasets)
+    out(f"  num validation images * repeats / 学習画像の数×繰り返し回数: {val_images}")
     out("  num reg images / 正則化画像の数: 0")
     out(f"  num batches per epoch / 1epochのバッチ数: {steps_per_epoch}")
     out(f"  num epochs / epoch数: {num_epochs}")
@@ -492,6 +528,9 @@ def main(argv: list[str]) -> int:
             if global_step >= args.max_train_steps:
                 break
         done_epoch = epoch + 1
+        every = args.validate_every_n_epochs
+        if val_images and (every is None or done_epoch % every == 0):
+            validate(datasets, done_epoch)
         if args.save_every_n_epochs and done_epoch % args.save_every_n_epochs == 0 and done_epoch < num_epochs:
             ckpt = output_dir / f"{name}-{done_epoch:06d}.safetensors"
             out(f"\nsaving checkpoint: {ckpt}")
