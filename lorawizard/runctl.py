@@ -118,13 +118,16 @@ def resume_hint(record, session_arg: str, max_epochs: int | None) -> str:  # rec
 def status_text(record, session_arg: str = "SESSION.toml", max_epochs: int | None = None) -> tuple[str, int]:
     """One line (state, step/total, epoch, ETA, last loss, run id, lost steps) and the exit code."""
     from lorawizard.core.launch import runs
-    from lorawizard.core.train import statesave
+    from lorawizard.core.train import statesave, suggest
     from lorawizard.core.train.step import RunFollower, status_line
 
     status = record.status()
     follower = RunFollower(record, use_index=True)  # the log's new bytes since the last look, at most its tail
     follower.finish()
     line = f"{status} · {status_line(follower.state, ended=status != 'running')} · run {record.run_id}"
+    validation = suggest.status_part(record, follower.state, finished=status == "finished")
+    if validation:
+        line += f" · {validation}"
     if status == "running":
         newest = runs.newest_state_step(record)
         line += f" · a stop now loses {statesave.steps_text(statesave.steps_lost(follower.state.step, newest))}"

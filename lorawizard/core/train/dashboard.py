@@ -17,6 +17,7 @@ from lorawizard.core.launch import runs
 from lorawizard.core.launch.runs import RunRecord, RunStatus
 from lorawizard.core.train.logparse import PhaseProgress, downsample
 from lorawizard.core.train.step import INDEX_FILE, RunFollower, Tick, index_losses, watch
+from lorawizard.core.train.suggest import EPOCH_LOSSES, Suggestion, index_epoch_losses, suggest, validates
 
 UPDATE_EVERY_S = 0.25
 SLOW_EVERY_S = 1.0  # GPU, process tree, checkpoint folder
@@ -61,6 +62,11 @@ class TrainView:
     notice: str = ""  # once, for a pop-up: e.g. the surviving ranks of a failed run are being stopped
     progress: PhaseProgress | None = None  # what the trainer does now: its label, own count, rate and time left
     chain: int = 1  # runs in this run's chain (it and the runs it resumed from)
+    # per epoch, the chain's: training loss at each epoch's end, validation loss (train.validation_split)
+    train_by_epoch: dict[int, float] = field(default_factory=dict)
+    val_by_epoch: dict[int, float] = field(default_factory=dict)
+    validating: bool = False  # the run's command asked for a validation loss
+    suggestion: Suggestion | None = None  # core.train.suggest: the epoch to keep, live
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class ChainHistory:
     dirs: tuple[Path, ...] = ()
     losses: tuple[tuple[int, float], ...] = ()
     epochs: tuple[int | None, ...] = ()  # the epoch each earlier run ended at: its final LoRA is that epoch's
+    train_by_epoch: dict[int, float] = field(default_factory=dict)  # the earlier runs' per-epoch losses
+    val_by_epoch: dict[int, float] = field(default_factory=dict)
 
     def checkpoints(self, name: str) -> list[tuple[str, int | None, int]]:
         """The earlier runs' LoRA files, oldest run first (an earlier run's "final" one named by its epoch)."""
@@ -90,29 +98,39 @@ def chain_history(record: RunRecord) -> ChainHistory:
     earlier = run_chain(record)[:-1]
     losses: list[tuple[int, float]] = []
     epochs: list[int | None] = []
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
     for run in earlier:
-        points, epoch = _indexed(run)
+        points, epoch, curves = _indexed(run)
         losses += points
         epochs.append(epoch)
+        train.update(curves[0])
+        val.update(curves[1])
     limit = record.base_step or None
     kept = sorted({step: loss for step, loss in losses if limit is None or step <= limit}.items())
-    return ChainHistory(tuple(run.dir for run in earlier), tuple(kept), tuple(epochs))
+    upto = record.base_epoch or None  # the resume starts after this epoch: a later one is this run's to say
+    train = {e: v for e, v in train.items() if upto is None or e <= upto}
+    val = {e: v for e, v in val.items() if upto is None or e <= upto}
+    return ChainHistory(tuple(run.dir for run in earlier), tuple(kept), tuple(epochs), train, val)
 
 
-def _indexed(run: RunRecord) -> tuple[list[tuple[int, float]], int | None]:
-    """An ended run's loss history and last epoch, from its index (or its log read once, bounded, then indexed)."""
+def _indexed(run: RunRecord) -> tuple[list[tuple[int, float]], int | None, tuple[dict[int, float], dict[int, float]]]:
+    """An ended run's loss history, last epoch and per-epoch losses, from its index (or its log read once, bounded,
+    then indexed)."""
     import json
 
     try:
         saved = json.loads((run.dir / INDEX_FILE).read_text(encoding="utf-8"))["state"]
         if isinstance(saved, dict) and "losses" in saved:
             epoch = saved.get("epoch")
-            return index_losses(saved), epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+            return (index_losses(saved), epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+                    (index_epoch_losses(saved, EPOCH_LOSSES[0]), index_epoch_losses(saved, EPOCH_LOSSES[1])))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     follower = RunFollower(run, use_index=True)
     follower.finish()  # reads at most the head and tail of its log, then writes the index
-    return list(follower.state.losses.points), follower.state.epoch or None
+    state = follower.state
+    return list(state.losses.points), state.epoch or None, (dict(state.train_by_epoch), dict(state.val_by_epoch))
 
 
 class ProcessSampler:
@@ -192,16 +210,23 @@ def view_from(tick: Tick, name: str, extra: dict[str, Any], chain: ChainHistory 
         info = record.exit_info() if not alive else None
         end = info.get("ended") if info else None
         elapsed = (end or time.time()) - record.started_ts if (alive or end) else state.elapsed_s
+    train_by_epoch = {**chain.train_by_epoch, **state.train_by_epoch}
+    val_by_epoch = {**chain.val_by_epoch, **state.val_by_epoch}
+    checkpoints = extra.get("checkpoints", [])
+    saved = {state.epoch if epoch is None else epoch for _name, epoch, _size in checkpoints} - {0}
+    suggestion = suggest(train_by_epoch, val_by_epoch, saved_epochs=saved) if val_by_epoch else None
     return TrainView(
         name=name, run_id=record.run_id, status="running" if alive else record.status(), phase=state.phase,
         epoch=state.epoch, epochs=state.epochs, step=state.step, total_steps=state.total_steps, rate=state.rate,
         elapsed_s=elapsed, eta_s=follower.eta_s() if alive else state.eta_s, loss=state.loss,
         base_step=record.base_step, losses=losses, bar_line=state.bar_line, new_lines=tick.new_lines, reset_lines=tick.first,
-        checkpoints=extra.get("checkpoints", []), states=len(states),
+        checkpoints=checkpoints, states=len(states),
         newest_state=Path(states[-1].path).name if states else "", sample=extra.get("sample"), gpu=extra.get("gpu"),
         gpus=extra.get("gpus", []), gpu_note=extra.get("gpu_note", ""), cpu_pct=extra.get("cpu_pct"),
         rss=extra.get("rss"), procs=extra.get("procs", 0), diagnosis=follower.diagnosis(alive=alive),
         log_path=str(record.log_path), notice=tick.notice, progress=state.phase_progress, chain=len(chain.dirs) + 1,
+        train_by_epoch=train_by_epoch, val_by_epoch=val_by_epoch, validating=validates(record) or bool(val_by_epoch),
+        suggestion=suggestion,
     )
 
 

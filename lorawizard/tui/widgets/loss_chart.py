@@ -1,4 +1,5 @@
-"""A small braille line chart of the loss (bounded: it only ever draws width×2 points)."""
+"""A small braille line chart of the loss (bounded: it only ever draws width×2 points); with validation, its last row
+is the validation loss per epoch (one block each) and the border's foot the suggested epoch."""
 
 from __future__ import annotations
 
@@ -58,6 +59,22 @@ def braille_plot(values: list[float], width: int, height: int) -> tuple[list[str
     return ["".join(chr(0x2800 + bits) for bits in row) for row in cells], low, high
 
 
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float], width: int) -> str:
+    """One block per value (its height scaled to the values' range), the newest `width`; a space where not finite."""
+    values = values[-width:] if width > 0 else []
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    span = high - low
+    top = len(_BLOCKS) - 1
+    return "".join(_BLOCKS[round((v - low) / span * top) if span > 1e-12 else 0] if math.isfinite(v) else " "
+                   for v in values)
+
+
 class LossChart(Widget):
     """The loss history of the Train screen's `view` (bound to it, see train_panels)."""
 
@@ -71,9 +88,20 @@ class LossChart(Widget):
         super().__init__(id=id, classes=classes)
         self.values: list[float] = []
         self.latest: float | None = None
+        self.val_by_epoch: dict[int, float] = {}
+        self.suggested: int | None = None
         self.border_title = "loss (avr_loss)"
 
     def watch_view(self, view: TrainView) -> None:
+        self.val_by_epoch = view.val_by_epoch
+        suggestion = view.suggestion
+        self.suggested = suggestion.epoch if suggestion is not None else None
+        if suggestion is not None:
+            self.border_subtitle = suggestion.line
+        elif view.validating:
+            self.border_subtitle = "validation: after the first epoch"
+        else:
+            self.border_subtitle = ""
         self.set_values(view.losses, view.loss)
 
     def set_values(self, values: list[float], latest: float | None) -> None:
@@ -85,6 +113,9 @@ class LossChart(Widget):
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
         label_width = 7
+        val_row = self._val_row(width) if self.val_by_epoch and height >= 3 else None
+        if val_row is not None:
+            height -= 1
         plot = braille_plot(self.values, max(1, width - label_width), max(1, height))
         if plot is None:
             return Text("waiting for the first steps…", style="dim")
@@ -103,4 +134,23 @@ class LossChart(Widget):
                 text.append(cell if cell != BLANK else " ", style=line_style)
             if index < len(rows) - 1:
                 text.append("\n")
+        if val_row is not None:
+            text.append("\n")
+            text.append_text(val_row)
         return text
+
+    def _val_row(self, width: int) -> Text:
+        """`val ▆▄▂▁▂▃▅ 0.431 e10`: the validation loss per validated epoch, the suggested one marked."""
+        epochs = sorted(self.val_by_epoch)
+        latest_epoch = epochs[-1]
+        latest = self.val_by_epoch[latest_epoch]
+        tail = f" {latest:.3g} e{latest_epoch}"
+        room = max(1, width - 4 - len(tail))
+        shown = epochs[-room:]
+        blocks = spark([self.val_by_epoch[e] for e in shown], room)
+        row = Text(no_wrap=True, overflow="crop")
+        row.append("val ", style="dim")
+        for epoch, block in zip(shown, blocks, strict=False):
+            row.append(block, style=tone("success", bold=True) if epoch == self.suggested else tone("warning"))
+        row.append(tail, style="dim")
+        return row
