@@ -159,17 +159,17 @@ def _no_run_where(project: Path) -> str:
 def status(project: Path, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     record = _newest(project)
+    queue = _queue_lines(project)
     if record is None:
         out.write(f"no run · {_no_run_where(project)}\n")
         return EXIT_NO_RUN
-    queue = _queue_lines(project)
     line, code = status_text(record, *_session_facts(project))
     out.write(line + "\n")
+    for extra in queue:
+        out.write(extra + "\n")
     return code
 
 
-    for extra in queue:
-        out.write(extra + "\n")
 def follow(project: Path, out: TextIO | None = None) -> int:
     """Follow the live run (progress lines like replay) and exit with its result; without one, --status."""
     from lorawizard.core.contract import Cancelled, StepContext
@@ -184,16 +184,39 @@ def follow(project: Path, out: TextIO | None = None) -> int:
     session = Session.load(Path(project).expanduser() / SESSION_FILE, read_only=True)
     printer = ProgressPrinter(out)
     ctx = StepContext(session=session, progress=printer, log=printer.line)
-    printer.line(f"following run {record.run_id} (pid {record.pid}); Ctrl-C leaves it running")
-    try:
-        result = follow_run(ctx, record)
-    except (KeyboardInterrupt, Cancelled):
-        printer.line("stopped following; the run goes on")
-        return EXIT_INTERRUPTED
-    for detail in result.details:
-        printer.line(f"  {detail}")
-    printer.line(result.summary)
-    return EXIT_FINISHED if result.ok else EXIT_FAILED
+    ok = True
+    while record is not None:  # a queue: each of its runs in turn, until the queue has ended
+        printer.line(f"following run {record.run_id} (pid {record.pid}); Ctrl-C leaves it running")
+        try:
+            result = follow_run(ctx, record, own=False)
+        except (KeyboardInterrupt, Cancelled):
+            printer.line("stopped following; the run goes on")
+            return EXIT_INTERRUPTED
+        for detail in result.details:
+            printer.line(f"  {detail}")
+        printer.line(result.summary)
+        ok = ok and result.ok
+        record = _next_queued_run(project, session, record.run_id)
+    return EXIT_FINISHED if ok else EXIT_FAILED
+
+
+def _next_queued_run(project: Path, session: Any, last: str, wait_s: float = 30.0):  # -> RunRecord | None
+    """While the project's queue goes on, its next live run (after `last`): None when no queue is going."""
+    import time
+
+    from lorawizard.core.train.queue import QueueRecord
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        queue = QueueRecord.load(session)
+        if queue is None or queue.status() != "running":
+            return None
+        record = _newest(project)
+        if record is not None and record.run_id != last and record.status() == "running":
+            return record
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.25)
 
 
 def stop(project: Path, out: TextIO | None = None) -> int:
@@ -201,9 +224,6 @@ def stop(project: Path, out: TextIO | None = None) -> int:
 
     Ctrl-C while it waits never ends the wait with a traceback or leaves a run half stopped: each press sends the next
     signal now (one line says which); a press after SIGKILL stops waiting (exit 130, saying what is still there)."""
-    import threading
-
-    from lorawizard.core.launch import runs
     from lorawizard.core.train.queue import request_stop
 
     out = out or sys.stdout
@@ -226,6 +246,9 @@ def stop(project: Path, out: TextIO | None = None) -> int:
 
 def _stop_live(project: Path, out: TextIO) -> int:
     """Stop the project's newest live run (the body of `stop`)."""
+    import threading
+
+    from lorawizard.core.launch import runs
     from lorawizard.core.train import statesave
     from lorawizard.core.train.step import RunFollower
 

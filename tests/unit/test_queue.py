@@ -281,3 +281,20 @@ def test_stop_ends_every_run_side_by_side_and_starts_no_other(tmp_path: Path, mo
     assert record is not None and record.state == "stopped"
     assert sorted(e.status for e in record.entries) == ["pending", "pending", "stopped", "stopped"]
     assert runs.live_runs(session.paths.runs) == []
+
+
+def test_follow_follows_each_run_of_a_detached_queue_to_its_end(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.1")
+    session = _project(tmp_path, VARIANTS[:1], epochs=3)
+    code, _, err = _replay(session, options={"train": {"detach": True}})
+    assert code == 0, err
+    _wait(lambda: runs.live_run(session.paths.runs) is not None)
+    out = io.StringIO()
+    assert runctl.follow(session.project_dir, out) == 0
+    every = runs.list_runs(session.paths.runs, variants=True)
+    assert len(every) == 2
+    for record in every:
+        assert f"following run {record.run_id}" in out.getvalue()
+    record = queue.QueueRecord.load(session)
+    assert record is not None and [e.status for e in record.entries] == ["finished", "finished"]
