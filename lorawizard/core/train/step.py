@@ -462,12 +462,12 @@ def start_run(session: Session, plan: Plan, *, beside_other_gpus: bool = False) 
             base_step=plan.base_step, base_epoch=plan.base_epoch, resumed_from=plan.resumed_from,
             gpu_uuid=_first(plan.launch.uuids) if plan.launch else session.gpu.uuid,
             extra={**_launch_extra(plan.launch), **extra}, project=session.project_dir,
+            beside_other_gpus=beside_other_gpus,
         )
     except RunError as exc:
         raise StepFailed(str(exc)) from None
 
 
-            beside_other_gpus=beside_other_gpus,
 def _first(items: list[str]) -> str | None:
     return items[0] if items else None
 
@@ -540,14 +540,14 @@ class TrainOptions(TypedDict, total=False):
     detach: bool  # start and return
     resume: bool  # continue from the newest state folder
     attach: bool  # only follow a live run, never start one
+    only: list[str]  # --variants: which runs of the queue ("base", variant names; core/train/queue.py)
+    variant: str  # this run is the queue's variant of that name (kept in run.json's extra)
+    beside: bool  # a queue's runs side by side, one per GPU: only a live run on this run's GPU is in the way
 
 
 def _options(ctx: StepContext) -> TrainOptions:
     return cast(TrainOptions, ctx.options)
 
-    only: list[str]  # --variants: which runs of the queue ("base", variant names; core/train/queue.py)
-    variant: str  # this run is the queue's variant of that name (kept in run.json's extra)
-    beside: bool  # a queue's runs side by side, one per GPU: only a live run on this run's GPU is in the way
 
 def run_step(ctx: StepContext) -> StepResult:
     session = ctx.session
@@ -593,13 +593,13 @@ def run_step(ctx: StepContext) -> StepResult:
     if edited:  # a person's edit of the file: trained on as it is, never called "the old text" (issue 23 A8)
         ctx.log(f"train: {edited_files_line(edited)}")
     plan = plan_run(session, resume=resume)
+    if _options(ctx).get("variant"):
+        plan.extra["variant"] = _options(ctx)["variant"]
     for line in plan.cpu_lines() + launch_lines(plan.launch):
         ctx.log(f"train: {line}")
     ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
     record = start_run(session, plan, beside_other_gpus=beside)
     what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
-    if _options(ctx).get("variant"):
-        plan.extra["variant"] = _options(ctx)["variant"]
     ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
     for note in plan.notes:
         ctx.log(f"train: {note}")
