@@ -118,25 +118,28 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
     if args.replay is not None:
-        from lorawizard.core.common.text import one_line
-        from lorawizard.core.registry import parse_steps
-        from lorawizard.headless import EXIT_INTERRUPTED, replay
-
-        try:
-            steps = parse_steps(args.steps)
-        except ValueError as exc:
-            print(f"lorawizard: error: --steps: {one_line(str(exc))}", file=sys.stderr)
-            return 2
-        try:
-            return replay(args.replay, steps, dry_run=args.dry_run, all_steps=args.steps is None,
-                          options={"probe": {"reprobe": args.reprobe},
-                                   "train": {"detach": args.detach, "resume": args.resume,
-                                             "only": [v.strip() for v in (args.variants or "").split(",") if v.strip()]}})
-        except KeyboardInterrupt:
-            print("lorawizard: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-
+        return _replay(args)
     return _run_wizard(args.project, args.images)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from lorawizard.core.common.text import one_line
+    from lorawizard.core.registry import parse_steps
+    from lorawizard.headless import EXIT_INTERRUPTED, replay
+
+    try:
+        steps = parse_steps(args.steps)
+    except ValueError as exc:
+        print(f"lorawizard: error: --steps: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    only = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
+    try:
+        return replay(args.replay, steps, dry_run=args.dry_run, all_steps=args.steps is None,
+                      options={"probe": {"reprobe": args.reprobe},
+                               "train": {"detach": args.detach, "resume": args.resume, "only": only}})
+    except KeyboardInterrupt:
+        print("lorawizard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _missing_project(project: Path) -> str | None:

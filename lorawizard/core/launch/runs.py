@@ -417,9 +417,7 @@ def launch(
     ours["PYTHONUNBUFFERED"] = "1"
     ours[RUN_ID_ENV] = run_dir.name
     ours[RUN_DIR_ENV] = str(run_dir)  # where an orphan's folder was (a variant's runs are one level down)
-    pinned = [str(u) for u in (extra or {}).get("gpu_uuids") or ([gpu_uuid] if gpu_uuid else [])]
-    if pinned:
-        ours[GPU_ENV] = ",".join(pinned)
+    ours.update(_pinned_env(gpu_uuid, extra))
     if project is not None:
         ours[PROJECT_ENV] = str(Path(project).resolve())
     full_env = dict(os.environ if base_env is None else base_env)
@@ -467,6 +465,12 @@ def launch(
         process.wait()
         raise RunError(_write_problem(exc, run_dir)) from None
     return record
+
+
+def _pinned_env(gpu_uuid: str | None, extra: dict[str, Any] | None) -> dict[str, str]:
+    """LORAWIZARD_GPU: the GPUs a run was pinned to (a queue's runs side by side refuse only a run on their own)."""
+    pinned = [str(u) for u in (extra or {}).get("gpu_uuids") or ([gpu_uuid] if gpu_uuid else [])]
+    return {GPU_ENV: ",".join(pinned)} if pinned else {}
 
 
 def _write_problem(exc: OSError, folder: Path) -> str:
