@@ -110,6 +110,10 @@ def test_stop_then_resume_continues_the_queue(tmp_path: Path, monkeypatch: pytes
     assert "queue of 2 runs" in out
     _wait(lambda: runs.newest_state(session.paths.runs) is not None)  # stop it after its first state
     assert runs.live_run(session.paths.runs) is not None
+    status = io.StringIO()
+    runctl.status(session.project_dir, status)  # live: the run's own line, then the queue re-forecast
+    assert "queue " in status.getvalue() and ": running" in status.getvalue()
+    assert "for the 1 run(s) not started (re-forecast from run " in status.getvalue(), status.getvalue()
     # never two trainers: a second replay neither starts another run nor a second queue
     code, _, err = _replay(session)
     assert code == 1 and "is going in this project" in err

@@ -565,10 +565,31 @@ def status_lines(session: Session) -> list[str]:
     if state == "lost":
         head += (" (its driver ended without a word: kill -9 or a reboot; a run it started may still be going); "
                  f"continue it: lorawizard --replay {shell_path(session.path)} --steps train --resume")
-    left = [e.forecast_s for e in record.entries if e.status in ("pending", "running", "stopped")]
-    if state == "running" and left and all(v is not None for v in left):
-        head += f" · ≈{format_duration(sum(cast(list[float], left)))} left (forecast at its start)"
+    if state == "running":
+        head += _time_left(session, record)
     return [head, *(f"  {entry_line(e)}" for e in record.entries)]
+
+
+def _time_left(session: Session, record: QueueRecord) -> str:
+    """` · ≈1:20 for the 2 runs not started (re-forecast …)`: the runs to come, forecast again from the speed the
+    queue's runs measured so far (the running run's own ETA is on the run's line)."""
+    waiting = {e.label for e in record.entries if e.status == "pending"}
+    if not waiting:
+        return ""
+    try:
+        items = [e for e in entries(session) if e.label in waiting]
+        lanes = len(parallel_gpus(session)) or 1
+    except StepFailed:
+        items, lanes = [], 1
+    if items:
+        plan = forecast(items, session, lanes=lanes)
+        if plan.total_s is not None:
+            return (f" · ≈{format_duration(plan.total_s)} for the {len(items)} run(s) not started (re-forecast from "
+                    f"{plan.basis})")
+    stored = [e.forecast_s for e in record.entries if e.label in waiting]
+    if stored and all(v is not None for v in stored):
+        return f" · ≈{format_duration(sum(cast(list[float], stored)))} for the runs not started (forecast at its start)"
+    return ""
 
 
 # ------------------------------------------------------------------ detached: one driver for the whole queue
