@@ -42,7 +42,7 @@ async def test_the_chart_shows_validation_and_the_suggestion(size: tuple[int, in
         region, content = app.screen.find_widget(chart).region, chart.content_region
         assert chart.border_subtitle == found.line
     width, height = size
-    grid, elements = svg_cells(svg, width, height)
+    grid, _elements = svg_cells(svg, width, height)
     rows = ["".join(grid[row][content.x:content.right]) for row in range(content.y, content.bottom)]
     assert rows[-1].lstrip().startswith("val █▅▃▂▁▁▁▂▂"), rows  # epoch 1 the highest, 6 the lowest
     assert "0.426 e9" in rows[-1]
