@@ -134,3 +134,96 @@ def same_as_base(variant: Variant, base_value: Callable[[str], Any]) -> bool:
 def identical_warning(variant: Variant) -> str:
     return (f"train.variants {variant.name!r} sets nothing the base run does not already have: it would train the "
             "same LoRA again")
+
+
+# ------------------------------------------------------------------ "same, but: network_dim 16" → a Variant
+
+# Phrases a person types for a key and its value ("a 16-bit base"), before `key value` pairs are read.
+PHRASES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"(?:an?\s+)?(?:16[- ]?bit|bf16|fp16)\s+base", re.I), "base_precision", "16bit"),
+    (re.compile(r"(?:an?\s+)?fp8\s+base", re.I), "base_precision", "fp8"),
+)
+# short words for a default name: network_dim 16 → dim16, learning_rate 0.0002 → lr0p0002
+NAME_WORDS = {"network_dim": "dim", "learning_rate": "lr", "max_train_epochs": "ep", "num_repeats": "rep",
+              "save_every_n_epochs": "save", "base_precision": "", "optimizer_type": "", "mixed_precision": "mp",
+              "validation_split": "val"}
+_SAME_BUT = re.compile(r"^\s*same\s*,?\s*but\s*:?\s*", re.I)
+_NAMED = re.compile(r"^\s*([^\s:,=]+)\s*:\s*(.*)$", re.S)
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def variant_from_text(text: str, *, kinds: Mapping[str, str], taken: list[str] | tuple[str, ...] = (),
+                      base_name: str = "") -> Variant:
+    """What a person typed after "same, but:" → a Variant (its values typed by the schema's `kinds`: schema key →
+    "int", "float", "bool", "str", "str_list", …). Forms: `network_dim 16, learning_rate 2e-4` (a name made from
+    them: "dim16-lr0p0002", unique among `taken`), `hi: network_dim 16` (named), `key=value`, "a 16-bit base".
+
+    Raises ValueError (one line) only for text that has no `key value` shape; a key that is not a variant key, or a
+    value the schema refuses, is kept as typed so that `Session.set_variants` says why (naming the closest key)."""
+    body = _SAME_BUT.sub("", text.strip(), count=1).strip()
+    allowed = variant_keys(list(kinds))
+    name: str | None = None
+    named = _NAMED.match(body)
+    if named and named.group(1).removeprefix("train.").removeprefix("dataset.") not in allowed:
+        name, body = named.group(1), named.group(2)  # `name: key value` (not `network_dim: 16`)
+    changes: dict[str, Any] = {}
+    for part in (p.strip() for p in body.split(",")):
+        if not part:
+            continue
+        phrase = next(((key, value) for pattern, key, value in PHRASES if pattern.fullmatch(part)), None)
+        if phrase is not None:
+            key, raw = phrase
+        else:
+            pieces = re.split(r"\s*[=:]\s*|\s+", part, maxsplit=1)
+            if len(pieces) < 2 or not pieces[1].strip():
+                raise ValueError(f"`{pieces[0]}` needs a value after it, e.g. `network_dim 16`")
+            key, raw = pieces[0], pieces[1].strip()
+        key = key.removeprefix("train.").removeprefix("dataset.")
+        full = allowed.get(key, key)  # an unknown key as typed: set_variants names it and the closest one
+        changes[full] = _typed(kinds.get(full, "str"), raw)
+    if not changes:
+        raise ValueError("type what differs from the base run, e.g. `network_dim 16` or `dim16: network_dim 16, "
+                         "learning_rate 2e-4`")
+    if name is None:
+        name = default_name(changes, taken, base_name)
+    return Variant(name, changes)
+
+
+def _typed(kind: str, raw: str) -> Any:
+    """The typed text as the schema's kind, or the text itself when it is not one (the schema then says why)."""
+    text = raw.strip().strip("\"'")
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        return text
+    if kind == "bool":
+        return _BOOLS.get(text.lower(), text)
+    if kind == "str_list":
+        import shlex
+
+        try:
+            return shlex.split(raw)
+        except ValueError:
+            return text
+    return text
+
+
+def default_name(changes: Mapping[str, Any], taken: list[str] | tuple[str, ...] = (), base_name: str = "") -> str:
+    """A safe, unique stem from the changes: `network_dim 16` → "dim16", `base_precision 16bit` → "16bit"."""
+    parts = []
+    for key, value in changes.items():
+        short = short_key(key)
+        shown = f"{value:g}" if isinstance(value, float) else _show(value)
+        word = NAME_WORDS.get(short, short)
+        parts.append(re.sub(r"[^A-Za-z0-9_-]+", "", f"{word}{shown.replace('.', 'p')}".replace("+", "")))
+    stem = "-".join(p for p in parts if p)[:36].strip("-") or "variant"
+    if variant_name_problem(stem, base_name) is not None:  # "base", a run id's shape
+        stem = f"v-{stem}"[:36].strip("-")
+    used = {t.lower() for t in taken}
+    name, number = stem, 2
+    while name.lower() in used:
+        name, number = f"{stem}-{number}", number + 1
+    return name
