@@ -6,11 +6,18 @@ screen's `view` reactive, once; every panel is bound to it (data_bind) and draws
 the wizard leaves the run running; opening the project again reattaches (pid + create-time). Keys: s stop (asks
 first, saying which steps it loses; then SIGINT → SIGTERM → SIGKILL), r resume from the newest state, l the full
 log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a confirmation).
+
+With `[[train.variants]]` the screen shows the queue (widgets/queue_panel.py): v adds a variant from the current
+settings ("same, but: network_dim 16"), x removes the one under the cursor (asks first), shift+up/down move it;
+ctrl+g hands the whole queue to its detached driver (core/train/queue.start_queue), r resumes a stopped or lost
+queue, s stops the running run and the queue with it. A small worker reads `.lorawizard/queue.json` every ~1.5 s
+while a queue runs and moves the dashboard to the queue's next live run when one starts.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +30,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import var
 from textual.screen import ModalScreen
-from textual.widgets import Label, Log, Static
+from textual.widgets import DataTable, Input, Label, Log, Static
 
 from lorawizard.core.common.fsutil import tilde_paths
 from lorawizard.core.common.text import one_line
@@ -34,6 +41,7 @@ from lorawizard.tui.text_fit import FitPaths
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.loss_chart import LossChart
+from lorawizard.tui.widgets.queue_panel import QueuePanel, QueueRow, queue_rows
 from lorawizard.tui.widgets.settings_form import SettingsForm
 from lorawizard.tui.widgets.train_panels import (
     BarLine,
@@ -48,11 +56,16 @@ from lorawizard.tui.widgets.train_panels import (
 from lorawizard.tui.widgets.wrap_log import WrapLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lorawizard.core.gpu.cpu_mode import CpuMode
     from lorawizard.core.launch.runs import RunRecord
     from lorawizard.core.session.document import Session
+    from lorawizard.core.session.variants import Variant
+    from lorawizard.core.train.queue import QueueRecord
 
 TAIL_LINES = 300
+QUEUE_POLL_S, IDLE_POLL_S = 1.5, 5.0  # queue.json and the live run while a queue runs; otherwise
 
 
 @dataclass
@@ -80,6 +93,23 @@ class CpuModeRead(Message):
     """Posted by the NVML worker: the rule for "no GPU" (core.gpu.cpu_mode) for this session, None with a GPU."""
 
     mode: CpuMode | None
+
+
+@dataclass
+class QueueRead(Message):
+    """Posted by the queue worker: the project's last queue (None: none yet), its state, and the panel's head line."""
+
+    record: QueueRecord | None
+    status: str | None  # running, finished, stopped, lost; None without a queue
+    head: str
+
+
+@dataclass
+class QueueRunFound(Message):
+    """Posted by the queue worker for a queue this screen follows: its live run, else its latest run (the dashboard
+    moves to it when it is not the one shown)."""
+
+    record: RunRecord
 
 
 @dataclass
@@ -142,7 +172,12 @@ class TrainScreen(StepScreen):
         Binding("l", "full_log", "Full log"),
         Binding("g", "samples", "Samples"),
         Binding("p", "publish", "Publish", show=False),  # in help (?) and said when a run finishes
+        Binding("v", "add_variant", "Variant"),
+        Binding("x,delete", "remove_variant", "Remove variant", key_display="x"),
+        Binding("shift+up", "move_variant(-1)", "Move variant", key_display="⇧↑↓"),
+        Binding("shift+down", "move_variant(1)", "Move variant", key_display="⇧↑↓", show=False),
     ]
+    FOOTER_DROP_FIRST = ("move_variant", "remove_variant")
 
     # What the dashboard shows now: one snapshot per tick, assigned once (apply_view); the panels are bound to it.
     view: var[TrainView] = var(TrainView, init=False)
@@ -154,6 +189,12 @@ class TrainScreen(StepScreen):
         self._stop_tail = threading.Event()
         self._stop_asked: str | None = None  # the run this wizard stopped (s): its stop worker says so, once
         self._cpu_mode: CpuMode | None = None  # no GPU visible: the rule of core.gpu.cpu_mode for this session
+        self._queue: QueueRecord | None = None  # the project's last queue, as the queue worker read it
+        self._queue_status: str | None = None
+        self._queue_head = ""
+        self._stop_queue_watch = threading.Event()
+        self._poke_queue = threading.Event()  # read again now (a variant added, a queue started)
+        self._queue_started_at = 0.0  # time.time() when this screen started a queue: the worker follows it
 
     def compose_body(self) -> ComposeResult:
         view = TrainScreen.view
@@ -167,6 +208,7 @@ class TrainScreen(StepScreen):
                 yield CheckpointPanel(id="train-checkpoints").data_bind(view)
             yield SamplePanel(id="train-sample").data_bind(view)
         yield BarLine("", id="train-bar-line").data_bind(view)
+        yield QueuePanel(id="train-queue")
         yield Static("", id="train-publish", markup=False)
         yield LogTail(max_lines=TAIL_LINES, auto_scroll=True, id="train-log").data_bind(view)
         yield SettingsForm(
@@ -184,8 +226,10 @@ class TrainScreen(StepScreen):
 
     def on_mount(self) -> None:
         self._read_cpu_mode()
+        self._show_queue()
         if self.follow_runs:
             self._attach_existing()
+            self._watch_queue(self._stop_queue_watch, self._poke_queue)
 
     # -- no GPU: the CPU trains, as a test mode (core.gpu.cpu_mode)
 
@@ -260,6 +304,195 @@ class TrainScreen(StepScreen):
 
     def on_unmount(self) -> None:
         self._stop_tail.set()
+        self._stop_queue_watch.set()
+        self._poke_queue.set()
+
+    # -- the queue (base run and [[train.variants]])
+
+    @work(thread=True, exclusive=True, group="train-queue", exit_on_error=False)
+    def _watch_queue(self, stop: threading.Event, poke: threading.Event) -> None:
+        """Reads queue.json (cheap) and, while the queue runs, its live run; the forecast when the variants change."""
+        from lorawizard.core.launch import runs
+        from lorawizard.core.train.queue import QueueRecord, entries, forecast
+
+        app = wizard_app(self)
+        forecast_for: object = None
+        forecast_line = ""
+        while not stop.is_set():
+            with app.store.lock:  # a copy to read off the UI thread (the session changes under this lock)
+                session = app.session.with_changes({})
+            try:
+                variants = session.variants()
+            except Exception:  # noqa: BLE001 - a hand edit the store refuses: the panel keeps what it showed
+                variants = []
+            record = QueueRecord.load(session)
+            status = record.status() if record is not None else None
+            if record is not None and (status == "running" or started_since(record, self._queue_started_at)):
+                current = runs.live_run(session.paths.runs) if status == "running" else None
+                current = current or latest_queue_run(session, record)  # a run that ended between two looks
+                if current is not None:
+                    self.post_message(QueueRunFound(current))
+            if record is not None and status is not None and (status == "running" or (status in ("stopped", "lost")
+                                                              and variants)):
+                head = queue_head(record, status)
+            else:
+                doc = session.doc  # what the forecast depends on, as text: a change computes it again
+                key = (repr([doc.get(t) for t in ("train", "dataset", "gpu", "paths")]), int(time.monotonic() // 60),
+                       record and (record.queue_id, record.state))  # a queue's end measured the speed
+                if variants and key != forecast_for:
+                    try:
+                        forecast_line = forecast(entries(session), session).line()
+                    except Exception as exc:  # noqa: BLE001 - a forecast that fails must not end the panel
+                        forecast_line = f"queue: {len(variants) + 1} runs; no forecast ({one_line(str(exc))})"
+                    forecast_for = key
+                head = (f"{forecast_line} · ctrl+g starts it" if variants else "")
+            self.post_message(QueueRead(record, status, head))
+            starting = time.time() - self._queue_started_at < 30  # the driver writes queue.json in a moment
+            poke.wait(QUEUE_POLL_S if status == "running" or starting else IDLE_POLL_S)
+            poke.clear()
+
+    @on(QueueRead)
+    def _queue_read(self, message: QueueRead) -> None:
+        self._queue, self._queue_status, self._queue_head = message.record, message.status, message.head
+        self._show_queue()
+
+    @on(QueueRunFound)
+    def _queue_run_found(self, message: QueueRunFound) -> None:
+        """The queue's driver started its next run: the dashboard follows it."""
+        live = message.record
+        if self.record is not None and self.record.run_id == live.run_id:
+            return
+        label = f" ({live.extra['variant']})" if live.extra.get("variant") else " (base)"
+        self.notify(f"queue: following run {live.run_id}{label}")
+        self._start_tail(live)
+
+    def _variants(self) -> list[Variant]:
+        from lorawizard.core.session.document import SessionError
+
+        try:
+            return wizard_app(self).session.variants()
+        except SessionError:
+            return []
+
+    def _queue_shown(self) -> bool:
+        return bool(self._variants()) or self._queue_status in ("running", "stopped", "lost")
+
+    def _show_queue(self) -> None:
+        """The panel: shown with variants, a queue going or to resume, or while a variant is being typed."""
+        panel = self.query_one(QueuePanel)
+        asking = self.query_one("#variant-ask", Input).has_class("-shown")
+        shown = self._queue_shown() or asking
+        self.set_class(shown, "-queue")
+        if not shown:
+            return
+        rows: list[QueueRow] = queue_rows(self._variants(), self._queue)
+        head = self._queue_head or ("type what differs from the base run; Enter adds the variant" if asking else "")
+        panel.show(rows, head)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("remove_variant", "move_variant"):
+            return bool(self._variants())  # hidden from the footer until there is one
+        return True
+
+    def action_add_variant(self) -> None:
+        """v: the one-line prompt "same, but: …" (Enter adds the variant, Esc closes it)."""
+        ask = self.query_one("#variant-ask", Input)
+        ask.add_class("-shown")
+        self._show_queue()
+        ask.focus()
+
+    def _close_ask(self) -> None:
+        ask = self.query_one("#variant-ask", Input)
+        ask.value = ""
+        ask.remove_class("-shown")
+        self.query_one(QueuePanel).say("")
+        self._show_queue()
+
+    @on(Input.Submitted, "#variant-ask")
+    def _variant_typed(self, event: Input.Submitted) -> None:
+        """Enter in the prompt: the typed text becomes a variant, or the reason stays under it with the text."""
+        from lorawizard.core.session.document import FIELDS, SessionError
+        from lorawizard.core.session.variants import identical_warning, same_as_base, variant_from_text
+
+        event.stop()
+        event.prevent_default()  # StepScreen's own handler would move focus out of the prompt
+        panel = self.query_one(QueuePanel)
+        session = wizard_app(self).session
+        existing = self._variants()
+        try:
+            variant = variant_from_text(event.value, kinds={k: f.kind for k, f in FIELDS.items()},
+                                        taken=[v.name for v in existing], base_name=session.name)
+            wizard_app(self).store.apply(lambda s: s.set_variants([*s.variants(), variant]))
+        except (ValueError, SessionError) as exc:
+            panel.say(one_line(str(exc)))
+            return  # the prompt keeps the text: fix it and press Enter again
+        self._close_ask()
+        self._poke_queue.set()
+        panel.move_cursor_to(variant.name)
+        panel.table.focus()
+        if same_as_base(variant, session.get):
+            self.notify(identical_warning(variant), severity="warning", timeout=10)
+        else:
+            self.notify(f"variant {variant.name} added: {variant.describe()} (output {session.name}-{variant.name})")
+
+    def _focused_variant(self) -> Variant | None:
+        label = self.query_one(QueuePanel).cursor_label()
+        variant = next((v for v in self._variants() if v.name == label), None)
+        if variant is None:
+            self.notify("the base run is always the queue's first run: pick a variant's row (tab, ↑↓)")
+        return variant
+
+    def action_remove_variant(self) -> None:
+        from lorawizard.tui.screens.confirm import ConfirmScreen
+
+        variant = self._focused_variant()
+        if variant is None:
+            return
+        folder = f"{wizard_app(self).session.paths.runs.name}/variants/{variant.name}/"
+        self.app.push_screen(
+            ConfirmScreen(f"Remove variant {variant.name} ({variant.describe()})?",
+                          f"Only its [[train.variants]] entry goes: runs it made stay in {folder}."),
+            lambda yes: self._remove_variant(variant.name) if yes else None)
+
+    def _remove_variant(self, name: str) -> None:
+        self._write_variants(lambda variants: [v for v in variants if v.name != name], None)
+        self.notify(f"variant {name} removed")
+
+    def action_move_variant(self, delta: int) -> None:
+        variant = self._focused_variant()
+        if variant is None:
+            return
+
+        def moved(variants: list[Variant]) -> list[Variant]:
+            names = [v.name for v in variants]
+            if variant.name not in names:
+                return variants
+            index = names.index(variant.name)
+            target = min(max(index + delta, 0), len(variants) - 1)
+            variants.insert(target, variants.pop(index))
+            return variants
+
+        self._write_variants(moved, variant.name)
+
+    def _write_variants(self, change: Callable[[list[Variant]], list[Variant]], cursor: str | None) -> None:
+        """One write through the App's store: `change` maps the variants to the new list."""
+        from lorawizard.core.session.document import SessionError
+
+        try:
+            wizard_app(self).store.apply(lambda s: s.set_variants(change(s.variants())))
+        except SessionError as exc:
+            self.notify(one_line(str(exc)), severity="error")
+            return
+        self._show_queue()
+        self._poke_queue.set()
+        if cursor is not None:
+            self.query_one(QueuePanel).move_cursor_to(cursor)
+
+    @on(DataTable.RowSelected, "#queue-table")
+    def _queue_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_primary()  # Enter on the queue's table starts it, as Enter does elsewhere on the screen
 
     # -- updates
 
@@ -295,8 +528,15 @@ class TrainScreen(StepScreen):
         self._launch(resume=True)
 
     def _launch(self, *, resume: bool) -> None:
+        if self._queue_status == "running":
+            self.notify("the queue is going: s stops it (r resumes it later)", severity="warning")
+            return
         if self.record is not None and self.record.is_alive():
             self.notify("a run is already going: stop it first (s)", severity="warning")
+            return
+        if resume and self._variants() and self._queue_status not in ("stopped", "lost"):
+            self.notify(f"no stopped queue to resume: ctrl+g starts the queue (the base run and "
+                        f"{len(self._variants())} variants)", severity="warning")
             return
         self._start_run(resume)
 
@@ -319,6 +559,9 @@ class TrainScreen(StepScreen):
                 return
             if edited:  # a person's edit of the file: trained on as it is, said once (issue 23 A8)
                 self.post_message(Notice(edited_files_line(edited)))
+        if session.variants():  # the base run and each variant, one after another, by one detached driver
+            self._start_queue(session, resume)
+            return
         try:
             claim_project(session)  # refuses (one line) while a replay in another terminal drives the project
             live = live_run(session)  # any process of an earlier run: never a second trainer
@@ -333,6 +576,20 @@ class TrainScreen(StepScreen):
         where = " on the CPU (test mode)" if plan.cpu is not None else ""
         self.post_message(Notice(f"training {what}{where}: run {record.run_id}"))
         self.post_message(RunStarted(record))
+
+    def _start_queue(self, session: Session, resume: bool) -> None:
+        """In the start worker: the whole queue to its driver (start_queue refuses in one line: a run going, …)."""
+        from lorawizard.core.contract import StepFailed
+        from lorawizard.core.train.queue import start_queue
+
+        try:
+            result = start_queue(session, resume=resume)
+        except StepFailed as exc:
+            self.post_message(Notice(str(exc), "error"))
+            return
+        self.post_message(Notice(("queue resumed: " if resume else "") + result.summary))
+        self._queue_started_at = time.time() - 1  # queue.json's `started` has whole seconds
+        self._poke_queue.set()  # the queue worker reads queue.json now and follows the first run
 
     @on(StaleCaptions)
     def _stale_captions(self, message: StaleCaptions) -> None:
@@ -349,24 +606,43 @@ class TrainScreen(StepScreen):
         self._start_tail(message.record)
 
     def action_stop(self) -> None:
-        """s: asks first, saying in one line which steps a stop loses (sd-scripts keeps only its saved states)."""
+        """s: asks first, saying in one line which steps a stop loses (sd-scripts keeps only its saved states).
+        With a queue going, the queue stops too: no further run of it starts."""
+        from lorawizard.tui.screens.confirm import ConfirmScreen
+
+        queue = self._queue_status == "running"
         if self.record is None or not self.record.is_alive():
+            if queue:  # between two runs of the queue
+                self.app.push_screen(ConfirmScreen("Stop the queue? No further run of it starts.",
+                                                   "r resumes it later: the runs not started, in order."),
+                                     lambda yes: self._stop_queue_only() if yes else None)
+                return
             self.notify("no run is going")
             return
         from lorawizard.core.launch import runs
         from lorawizard.core.train import statesave
-        from lorawizard.tui.screens.confirm import ConfirmScreen
 
         record = self.record
         saved = runs.newest_state_step(record)
         question = statesave.stop_question(self.view.step, self.view.total_steps, saved)
-        self.app.push_screen(
-            ConfirmScreen(question, "The trainer gets SIGINT, then SIGTERM, then SIGKILL; r resumes later."),
-            lambda yes: self._stop_answer(record, yes))
+        detail = "The trainer gets SIGINT, then SIGTERM, then SIGKILL; r resumes later."
+        if queue:
+            detail += " The queue stops with it: no further run of it starts."
+        self.app.push_screen(ConfirmScreen(question, detail), lambda yes: self._stop_answer(record, yes, queue))
 
-    def _stop_answer(self, record: RunRecord, yes: bool | None) -> None:
+    def _stop_queue_only(self) -> None:
+        from lorawizard.core.train.queue import request_stop
+
+        asked = request_stop(wizard_app(self).session)
+        self.notify(f"queue {asked.queue_id}: asked to stop; no further run of it starts; r resumes it"
+                    if asked is not None else "the queue has already ended")
+        self._poke_queue.set()
+
+    def _stop_answer(self, record: RunRecord, yes: bool | None, queue: bool = False) -> None:
         if not yes:
             return
+        if queue:
+            self._stop_queue_only()
         if not record.is_alive():
             self.notify("the run has already ended")
             return
@@ -377,10 +653,10 @@ class TrainScreen(StepScreen):
         self.notify(f"stopping: loses {statesave.steps_text(lost)} since the newest saved state "
                     "(SIGINT, then SIGTERM, then SIGKILL)…")
         self._stop_asked = record.run_id
-        self._stop_run(record)
+        self._stop_run(record, queue)
 
     @work(thread=True, exclusive=True, group="train-stop", exit_on_error=False)
-    def _stop_run(self, record: RunRecord) -> None:
+    def _stop_run(self, record: RunRecord, queue: bool = False) -> None:
         from lorawizard.core.contract import StepFailed
         from lorawizard.core.launch import runs
         from lorawizard.core.train.step import claim_project
@@ -388,8 +664,9 @@ class TrainScreen(StepScreen):
         try:
             claim_project(wizard_app(self).session)
         except StepFailed as exc:
-            self.post_message(Notice(str(exc), "error"))
-            return
+            if not queue:  # a queue's driver holds the lock it was handed; stopping its run is what --stop does
+                self.post_message(Notice(str(exc), "error"))
+                return
         try:
             how = runs.stop(record)
         except runs.RunError as exc:
@@ -488,6 +765,10 @@ class TrainScreen(StepScreen):
         self.app.push_screen(FullLogScreen(self.record.log_path))
 
     def action_cancel(self) -> None:  # Esc never stops training (s does); it only leaves a field
+        if self.query_one("#variant-ask", Input).has_class("-shown"):
+            self._close_ask()
+            self.focus_main()
+            return
         if self.in_text_field():
             self.focus_main()
 
@@ -501,3 +782,47 @@ def after_stop(session: Session, record: RunRecord) -> str:
 
     point = statesave.resume_point(record.dir.parent, session.train.max_train_epochs)
     return f"r resumes from step {point.base_step}" if point.resumable else point.reason
+
+
+def queue_head(record: QueueRecord, status: str) -> str:
+    """The queue panel's head line while a queue runs, or when it can be resumed."""
+    from lorawizard.core.common.progress import format_duration
+
+    total = len(record.entries)
+    if status == "running":
+        going = next(((n, e) for n, e in enumerate(record.entries, 1) if e.status == "running"), None)
+        where = f"run {going[0]}/{total} ({going[1].label})" if going else f"{total} runs"
+        left = [e.forecast_s for e in record.entries if e.status in ("pending", "running")]
+        eta = (f" · ≈{format_duration(sum(v for v in left if v is not None))} left (forecast at its start)"
+               if left and all(v is not None for v in left) else "")
+        return f"queue {record.queue_id}: {where} running{eta} · s stops the queue"
+    done = sum(e.status in ("finished", "failed", "skipped") for e in record.entries)
+    why = " (its driver ended without a word)" if status == "lost" else ""
+    return f"queue {record.queue_id}: {status}{why} after {done} of {total} runs · r resumes it"
+
+
+def started_since(record: QueueRecord, since: float) -> bool:
+    """The queue was started (or resumed: its record is rewritten) at or after `since` (time.time())."""
+    from datetime import datetime
+
+    if not since:
+        return False
+    try:
+        return datetime.fromisoformat(record.started).timestamp() >= since or record.path.stat().st_mtime >= since
+    except (ValueError, OSError):
+        return False
+
+
+def latest_queue_run(session: Session, record: QueueRecord) -> RunRecord | None:
+    """The newest run the queue has made (the last entry with a run), None before its first."""
+    from lorawizard.core.launch import runs
+    from lorawizard.core.session.variants import BASE
+
+    for entry in reversed(record.entries):
+        if entry.run_ids:
+            folder = session.paths.runs if entry.label == BASE else session.paths.runs / runs.VARIANTS_DIR / entry.label
+            try:
+                return runs.RunRecord.load(folder / entry.run_ids[-1])
+            except (OSError, ValueError, runs.RunError):
+                return None
+    return None
