@@ -212,7 +212,7 @@ def test_snapshot_train_screen_with_two_variants(snap_compare, home_project: Pat
     app = LoraWizardApp(Session.open_project(home_project), start_step="train")
 
     async def run_before(pilot) -> None:  # noqa: ANN001
-        await pilot_until(pilot, lambda: "ctrl+g starts it" in str(app.screen.query_one("#queue-head").render()))
+        await pilot_until(pilot, lambda: "ctrl+g starts the queue: " in str(app.screen.query_one("#queue-head").render()))
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)

@@ -345,7 +345,7 @@ class TrainScreen(StepScreen):
                     except Exception as exc:  # noqa: BLE001 - a forecast that fails must not end the panel
                         forecast_line = f"queue: {len(variants) + 1} runs; no forecast ({one_line(str(exc))})"
                     forecast_for = key
-                head = (f"{forecast_line} · ctrl+g starts it" if variants else "")
+                head = f"ctrl+g starts the {forecast_line}" if variants else ""  # the key first: never cut
             self.post_message(QueueRead(record, status, head))
             starting = time.time() - self._queue_started_at < 30  # the driver writes queue.json in a moment
             poke.wait(QUEUE_POLL_S if status == "running" or starting else IDLE_POLL_S)
