@@ -302,3 +302,21 @@ def test_follow_follows_each_run_of_a_detached_queue_to_its_end(tmp_path: Path,
         assert f"following run {record.run_id}" in out.getvalue()
     record = queue.QueueRecord.load(session)
     assert record is not None and [e.status for e in record.entries] == ["finished", "finished"]
+
+
+def test_each_queued_run_says_its_suggested_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue of validating runs: each run's suggestion is said as it ends, kept in queue.json, and in --status."""
+    monkeypatch.setenv("STANDIN_VAL_CURVE", "0.50,0.45,0.42,0.41,0.43,0.46")
+    session = _project(tmp_path, [Variant("dim8", {"train.network_dim": 8})], images=10, epochs=6, save_every=2)
+    session.set("train.validation_split", 0.2)
+    save(session)
+    session = Session.load(session.path)
+    code, out, err = _replay(session)
+    assert code == 0, out + err
+    line = "suggested: epoch 4 (val 0.41; epochs 5–6 rise to 0.46)"
+    assert f"train [base]: {line}" in out and f"train [dim8]: {line}" in out
+    record = queue.QueueRecord.load(session)
+    assert record is not None and [e.suggested for e in record.entries] == [line, line]
+    status = io.StringIO()
+    runctl.status(session.project_dir, status)
+    assert sum(line in row for row in status.getvalue().splitlines() if row.startswith("  ")) == 2

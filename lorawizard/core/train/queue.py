@@ -84,6 +84,7 @@ class QueueEntry:
     summary: str = ""
     kept: str | None = None
     forecast_s: float | None = None
+    suggested: str = ""  # `suggested: epoch 6 (val 0.412; …)` when the run measured validation loss
 
 
 @dataclass
@@ -512,6 +513,7 @@ def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: E
         item.run_ids.append(str(run_id))
     item.kept = result.data.get("kept")
     item.summary = result.summary
+    _note_suggestion(ctx, item, entry)
     if result.ok:
         item.status = "finished"
     else:
@@ -520,6 +522,17 @@ def _run_entry(ctx: StepContext, record: QueueRecord, item: QueueEntry, entry: E
         if item.status == "failed":
             ctx.log(f"queue: {entry.label} failed: {result.summary}; the queue goes on")
     record.save()
+
+
+def _note_suggestion(ctx: StepContext, item: QueueEntry, entry: Entry) -> None:
+    """The run's suggested epoch (validation loss per epoch from its log index), said and kept for `--status`."""
+    from lorawizard.core.train import suggest
+
+    latest = _latest_record(entry, item)
+    found = suggest.for_run(latest) if latest is not None else None
+    item.suggested = found.line if found is not None else ""
+    if found is not None:
+        ctx.log(f"train [{entry.label}]: {found.line}")
 
 
 def _note_run(item: QueueEntry, entry: Entry) -> None:
@@ -552,7 +565,8 @@ def entry_line(item: QueueEntry) -> str:
     run = f"  run {item.run_ids[-1]}" if item.run_ids else ""
     kept = f"  kept {display_path(Path(item.kept))}" if item.kept else ""
     why = f"  {item.summary}" if item.status == "failed" and item.summary else ""
-    return f"{item.label:<12} {item.status:<8}{run}{kept}{why}"
+    suggested = f"  {item.suggested}" if item.suggested else ""
+    return f"{item.label:<12} {item.status:<8}{run}{kept}{suggested}{why}"
 
 
 def status_lines(session: Session) -> list[str]:
