@@ -8,7 +8,8 @@ TOML, and prints sd-scripts' real console formats: rich-wrapped log records on s
 Behaviour is steered by environment variables (see tests/support/standin/README.md):
 STANDIN_STEP_SECONDS, STANDIN_LOAD_SECONDS, STANDIN_VRAM_BUDGET, STANDIN_PEAK_FILE, STANDIN_BYTES_PER_PIXEL,
 STANDIN_NAN_AT_STEP, STANDIN_KILL_AT_STEP, STANDIN_HANG_AT_STEP, STANDIN_FAIL, STANDIN_IGNORE_SIGINT,
-STANDIN_IGNORE_SIGTERM, STANDIN_CHECK_MODELS, STANDIN_CKPT_BYTES, STANDIN_ARGS_FILE, STANDIN_FAIL_OUTPUT.
+STANDIN_IGNORE_SIGTERM, STANDIN_CHECK_MODELS, STANDIN_CKPT_BYTES, STANDIN_ARGS_FILE, STANDIN_FAIL_OUTPUT,
+STANDIN_MODEL (+ STANDIN_VRAM_BYTES and standin_model.py's parameters).
 """
 
 from __future__ import annotations
@@ -384,6 +385,18 @@ def main(argv: list[str]) -> int:
         per_pixel = int(ENV.get("STANDIN_BYTES_PER_PIXEL", "16384"))
         Path(ENV["STANDIN_PEAK_FILE"]).write_text(json.dumps({"peak_pixels": pixels, "peak_bytes": pixels * per_pixel}))
     over_budget = ENV.get("STANDIN_VRAM_BUDGET") and pixels > int(ENV["STANDIN_VRAM_BUDGET"])
+    step_seconds = STEP_SECONDS
+    if ENV.get("STANDIN_MODEL"):  # memory and speed per setting (standin_model.py): swap, fp8 base, batch, bucket
+        import standin_model
+
+        used = [d for d in datasets if d["images"]]
+        peak = max(standin_model.peak_bytes(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"], d["width"],
+                                            d["height"]) for d in used)
+        step_seconds = max(standin_model.step_seconds(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"],
+                                                      d["width"], d["height"]) for d in used)
+        if ENV.get("STANDIN_PEAK_FILE"):
+            Path(ENV["STANDIN_PEAK_FILE"]).write_text(json.dumps({"peak_pixels": pixels, "peak_bytes": peak}))
+        over_budget = bool(ENV.get("STANDIN_VRAM_BYTES")) and peak > int(ENV["STANDIN_VRAM_BYTES"])
 
     output_dir = Path(args.output_dir or ".")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -495,7 +508,7 @@ def main(argv: list[str]) -> int:
         for _ in range(steps_per_epoch - (skip if epoch == start_epoch else 0)):
             if over_budget:
                 oom_exit()
-            time.sleep(STEP_SECONDS)
+            time.sleep(step_seconds)
             absolute = start_epoch * steps_per_epoch + global_step + 1
             if kill_at and bar.n + 1 >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
