@@ -234,6 +234,7 @@ def test_side_by_side_one_run_per_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
     assert record is not None and [e.status for e in record.entries] == ["finished"] * 4
     every = runs.list_runs(session.paths.runs, variants=True)
     assert len(every) == 4
+    assert len({r.run_id for r in every}) == 4  # ids unique in the project, though two runs start in one second
     pinned = {r.run_id: r.env.get("CUDA_VISIBLE_DEVICES") or r.gpu_uuid for r in every}
     assert set(pinned.values()) == set(uuids)  # both GPUs were used, one each
     for record_ in every:
@@ -242,7 +243,7 @@ def test_side_by_side_one_run_per_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
     spans = sorted((r.started_ts, _ended(r), pinned[r.run_id]) for r in every)
     overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
     assert overlaps, spans
-    assert all(a[2] != b[2] for a, b in overlaps)
+    assert all(a[2] != b[2] for a, b in overlaps), spans
 
 
 def test_forecast_spreads_runs_over_the_lanes() -> None:
@@ -320,3 +321,17 @@ def test_each_queued_run_says_its_suggested_epoch(tmp_path: Path, monkeypatch: p
     status = io.StringIO()
     runctl.status(session.project_dir, status)
     assert sum(line in row for row in status.getvalue().splitlines() if row.startswith("  ")) == 2
+
+
+def test_run_ids_are_unique_across_the_base_and_variant_folders(tmp_path: Path) -> None:
+    """A run's id marks its processes: two runs of one project (base and a variant) never share one, even started in
+    the same second (they did side by side, and the project's processes then read as one run)."""
+    from datetime import datetime
+
+    now = datetime(2026, 12, 7, 14, 16, 15)
+    root = tmp_path / "runs"
+    first = runs.new_run_id(root, now)
+    second = runs.new_run_id(root / runs.VARIANTS_DIR / "dim8", now)
+    third = runs.new_run_id(root / runs.VARIANTS_DIR / "e1", now)
+    assert (first, second, third) == ("20261207-141615", "20261207-141615-2", "20261207-141615-3")
+    assert [r.run_id for r in runs.list_runs(root, variants=True)] == []  # the lock file is no run

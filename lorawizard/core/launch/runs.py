@@ -21,6 +21,8 @@ the wizard and every launch look at the group, and `project_processes` finds a r
 
 from __future__ import annotations
 
+import fcntl
+
 import json
 import math
 import os
@@ -292,18 +294,31 @@ def log_has_model_saved(path: Path, *, tail_bytes: int = 1 << 16) -> bool:
 
 
 def new_run_id(runs_dir: Path, now: datetime | None = None) -> str:
-    """A fresh `YYYYmmdd-HHMMSS[-N]` id whose folder this call has created (mkdir is the reservation, so two
-    callers in the same second, even in two processes, never get the same one)."""
+    """A fresh `YYYYmmdd-HHMMSS[-N]` id whose folder this call has created, unique in the whole project: the base
+    runs folder and every `variants/<V>/` one (a run's id marks its processes, and a queue's runs side by side start
+    within a second of each other). Two callers, even in two processes, never get the same one: the choice is made
+    under a lock file in the project's runs folder, and mkdir is the reservation."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        run_id = stamp if n == 1 else f"{stamp}-{n}"
-        try:
-            (Path(runs_dir) / run_id).mkdir()
-            return run_id
-        except FileExistsError:
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    root = runs_dir.parent.parent if runs_dir.parent.name == VARIANTS_DIR else runs_dir
+    with open(root / ID_LOCK, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folders = [root, *(d for d in (root / VARIANTS_DIR).glob("*") if d.is_dir())]
+        n = 1
+        while True:
+            run_id = stamp if n == 1 else f"{stamp}-{n}"
             n += 1
+            if any((folder / run_id).exists() for folder in folders):
+                continue
+            try:
+                (runs_dir / run_id).mkdir()
+                return run_id
+            except FileExistsError:
+                continue
+
+
+ID_LOCK = ".run-id.lock"  # in the project's runs folder: new_run_id's choice across the base and variant folders
 
 
 VARIANTS_DIR = "variants"  # <runs>/variants/<name>/<run-id>: the runs of `[[train.variants]]` (core/train/queue.py)
