@@ -105,9 +105,11 @@ def test_flux1_dev_command_reads_its_profile(project: Path) -> None:
 
 
 def test_schema_model_roles_and_sample_defaults_are_flux1_devs() -> None:
-    roles = [key.removeprefix("models.") for key in FIELDS if key.startswith("models.") and key != "models.preset"]
-    assert tuple(roles) == FLUX1_DEV.role_names
-    assert FIELDS["models.preset"].choices == tuple(p.name for p in FLUX1_DEV.presets)
+    roles = [key.removeprefix("models.") for key in FIELDS
+             if key.startswith("models.") and key not in ("models.preset", "models.family")]
+    assert tuple(roles) == FLUX1_DEV.role_names  # every family's roles are FLUX.1-dev's or fewer
+    assert FIELDS["models.preset"].choices == tuple(p.name for f in profile.FAMILIES.values() for p in f.presets)
+    assert FIELDS["models.family"].choices == tuple(profile.FAMILIES)
     assert FIELDS["train.samples.steps"].default == FLUX1_DEV.samples.steps
     assert FIELDS["train.samples.guidance"].default == FLUX1_DEV.samples.guidance
 
@@ -150,7 +152,7 @@ def test_every_consumer_reads_the_default_family() -> None:
     """A fresh interpreter with another default family: schema, budgets, VRAM tiers, catalog and card all follow."""
     out = subprocess.run([sys.executable, "-c", VARIANT], capture_output=True, text=True, check=True, timeout=60)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen["model_fields"] == ["models.preset", "models.flux", "models.ae", "models.clip_l", "models.t5xxl",
+    assert seen["model_fields"] == ["models.family", "models.preset", "models.flux", "models.ae", "models.clip_l", "models.t5xxl",
                                     "models.refiner"]
     assert seen["preset_choices"] == ["other-preset"]
     assert seen["defaults"] == [7, 1.25, 512]

@@ -24,6 +24,7 @@ from lorawizard.core.session.sections import (
     Section,
     SectionViews,
     Setting,
+    ToolsSection,
     TrainSection,
     declared_settings,
     schema_problems,
@@ -41,6 +42,7 @@ REACH: dict[type, Callable[[Session], Any]] = {
     SamplesSection: lambda s: s.train.samples,
     CaptionsSection: lambda s: s.captions,
     PublishSection: lambda s: s.publish,
+    ToolsSection: lambda s: s.tools,
 }
 
 # A valid value other than the default for every field: set through `Session.set`, then read back typed.
@@ -48,12 +50,13 @@ CHANGED: dict[str, Any] = {
     "version": 1, "name": "other-lora",
     "paths.sd_scripts": "~/sd", "paths.python": "py/bin/python", "paths.models": "m", "paths.tokenizers": "t",
     "paths.dataset": "d", "paths.runs": "r", "paths.ld_library_path": ["/run/opengl-driver/lib"],
-    "models.preset": "flux1-dev-bf16", "models.flux": "f.safetensors", "models.ae": "ae.safetensors",
+    "models.family": "flux1-dev", "models.preset": "flux1-dev-bf16", "models.flux": "f.safetensors", "models.ae": "ae.safetensors",
     "models.clip_l": "clip.safetensors", "models.t5xxl": "t5.safetensors",
     "dataset.source": "photos", "dataset.max_side": 512, "dataset.trigger": "ohwx", "dataset.num_repeats": 3,
     "dataset.captionless": True,
     "gpu.uuid": "GPU-1", "gpu.uuids": ["GPU-1", "GPU-2"], "gpu.machines": ["a:1", "b:1"], "gpu.main_process_port": 29501,
     "gpu.same_network": False, "gpu.vram_preset": "24gb", "gpu.parallel_runs": True,
+    "gpu.fit": "fastest", "gpu.fit_swap": 8, "gpu.fit_fp8": True, "gpu.price_per_hour": 0.8,
     "train.network_dim": 8, "train.learning_rate": 2e-4, "train.max_train_epochs": 7, "train.save_every_n_epochs": 2,
     "train.optimizer_type": "prodigy", "train.seed": 7, "train.extra_args": ["--max_grad_norm", "1.0"],
     "train.mixed_precision": "no", "train.base_precision": "16bit",
@@ -61,10 +64,14 @@ CHANGED: dict[str, Any] = {
     "train.state_minutes": 5,
     "train.samples.prompts": ["a cat"], "train.samples.every_n_epochs": 2, "train.samples.width": 512,
     "train.samples.height": 768, "train.samples.steps": 10, "train.samples.guidance": 4.0, "train.samples.seed": 1,
-    "train.samples.at_first": False,
+    "train.samples.at_first": False, "train.samples.cfg_scale": 3.0, "train.samples.negative_prompt": "blurry",
     "captions.kind": "style", "captions.model": "qwen2.5-vl-7b", "captions.instruction": "Describe it.",
     "captions.max_tokens": 100, "captions.auto": True, "captions.device": "cpu",
     "publish.repo": "me/lora", "publish.private": False, "publish.tags": ["x"], "publish.existing": True,
+    "tools.lora": "loras/a.safetensors", "tools.rank": 8, "tools.resize_method": "sv_fro", "tools.resize_param": 0.8,
+    "tools.convert_to": "ai-toolkit", "tools.merge": ["a.safetensors;0.5"], "tools.check": False,
+    "tools.check_prompt": "a dog", "tools.check_seed": 7, "tools.check_steps": 4, "tools.check_size": 256,
+    "tools.device": "cpu",
 }
 
 HAND_EDITED = """\

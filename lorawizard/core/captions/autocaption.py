@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from lorawizard.core.captions.tokens import T5_LIMIT
+from lorawizard.core.captions.tokens import budgets
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.common.procs import kill_process_group
 from lorawizard.core.common.progress import Progress, ProgressMeter, format_duration, format_rate
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.models import catalog
 from lorawizard.core.models.captioner_folders import captioner_folder, folder_problem
+from lorawizard.core.profile import family_for
 from lorawizard.core.session.document import Session
 from lorawizard.core.session.store import save_change
 
@@ -80,9 +81,9 @@ def instruction_for(session: Session) -> str:
 
 
 def max_new_tokens(session: Session, trigger_tokens: int = 0) -> int:
-    """`[captions] max_tokens`, kept inside T5's 512-token budget beside the trigger word."""
+    """`[captions] max_tokens`, kept inside the family's T5 budget (512; schnell 256) beside the trigger word."""
     wanted = session.captions.max_tokens
-    return max(16, min(wanted, T5_LIMIT - trigger_tokens - T5_MARGIN))
+    return max(16, min(wanted, budgets(family_for(session))[1] - trigger_tokens - T5_MARGIN))
 
 
 # ---------------------------------------------------------------- cleaning what a model writes
@@ -661,7 +662,7 @@ def draft_missing(ctx: StepContext) -> DraftReport | None:
 
     try:
         report = draft(session, images, on_draft=store, cancel=ctx.cancel, log=ctx.log, on_estimate=estimated,
-                       fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
+                       fits=lambda text: counter.count(compose(trigger, text))[1] <= counter.t5_limit,
                        trigger_tokens=trigger_tokens)
     finally:
         if not session.read_only:

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT, TokenCounter, load_counter
+from lorawizard.core.captions.tokens import TokenCounter, load_counter
 from lorawizard.core.common.fsutil import atomic_write_bytes, atomic_write_json
 from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.common.text import one_line as escaped
 from lorawizard.core.dataset.manifest import MANIFEST_FILE, load_manifest
 from lorawizard.core.dataset.scan import SIDECAR_EXTENSIONS
-from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.profile import DEFAULT_FAMILY, family_for
 from lorawizard.core.session.document import Session
 from lorawizard.core.session.store import SessionStore, save_change
 
@@ -46,8 +46,8 @@ SEPARATORS = ",;:.!?"
 MISSING = 1  # no caption in the session
 EMPTY = 2  # a caption that is blank
 EDITED = 4  # the person changed the caption here and it is not in the caption file yet
-OVER_CLIP = 8  # more than 77 CLIP tokens: CLIP cuts the rest off
-OVER_T5 = 16  # more than 512 T5 tokens
+OVER_CLIP = 8  # over the family's CLIP-L budget (77): CLIP cuts the rest off
+OVER_T5 = 16  # over the family's T5 budget (512; schnell 256)
 NO_TRIGGER = 32  # no trigger word is set
 TRIGGER_TWICE = 64  # the trigger appears again after its place at the front
 IMPORT_NOTE = 128  # the sidecar was not clean UTF-8, was cut, or had several lines
@@ -348,7 +348,7 @@ class CaptionSet:
         captions = cls(
             items,
             trigger,
-            counter or load_counter(session.paths.tokenizers),
+            counter or load_counter(session.paths.tokenizers, family_for(session)),
             session.dataset.captionless,
         )
         captions.refresh()
@@ -390,9 +390,10 @@ class CaptionSet:
                 flags |= UNWRITTEN
                 if not item.auto and (flat or "") != one_line(item.base or ""):
                     flags |= EDITED  # a captioner's draft is not the person's edit: it counts as auto
-            if clip > CLIP_LIMIT:
+            over_clip, over_t5 = self.counter.over(clip, t5)
+            if over_clip:
                 flags |= OVER_CLIP
-            if t5 > T5_LIMIT:
+            if over_t5:
                 flags |= OVER_T5
             if finder is None:
                 flags |= NO_TRIGGER

@@ -23,7 +23,6 @@ from lorawizard.core.captions.captionset import (
     store_imports,
     write_captions,
 )
-from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.core.captions.written import find_hand_edits, remember_written, session_captions, store_hand_edits
 from lorawizard.core.common.progress import ProgressMeter
 from lorawizard.core.common.text import one_line as escaped
@@ -160,8 +159,9 @@ def _detail_lines(captions: CaptionSet, found: _Findings) -> list[str]:
     estimate = found.estimate
     details = [
         *_listing("no caption", found.uncaptioned, lambda i: f"{i.file} ({'empty' if i.flags & EMPTY else 'missing'})"),
-        *_listing(f"over {CLIP_LIMIT} CLIP tokens, the rest is cut off{estimate}", found.over_clip, lambda i: f"{i.file}: {i.clip}"),
-        *_listing(f"over {T5_LIMIT} T5 tokens{estimate}", found.over_t5, lambda i: f"{i.file}: {i.t5}"),
+        *_listing(f"over {captions.counter.clip_limit} CLIP tokens, the rest is cut off{estimate}", found.over_clip,
+                  lambda i: f"{i.file}: {i.clip}"),
+        *_listing(f"over {captions.counter.t5_limit} T5 tokens{estimate}", found.over_t5, lambda i: f"{i.file}: {i.t5}"),
         *_listing("trigger word also appears later in the caption", found.twice, lambda i: i.file),
         *_listing("import notes", found.noted, lambda i: f"{i.file}: {i.note}"),
     ]

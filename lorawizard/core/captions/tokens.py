@@ -32,13 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.profile import DEFAULT_FAMILY, ModelFamily
 
 _CLIP, _T5 = DEFAULT_FAMILY.text_encoder("clip_l"), DEFAULT_FAMILY.text_encoder("t5xxl")
+# The default family's budgets; a session's are its family's (`budgets(family)`, carried by its TokenCounter).
 CLIP_LIMIT = _CLIP.max_tokens
 T5_LIMIT = _T5.max_tokens
 CLIP_DIR = _CLIP.tokenizer.folder
 T5_DIR = _T5.tokenizer.folder
+
+
+def budgets(family: ModelFamily | None) -> tuple[int | None, int]:
+    """(CLIP-L budget, None when the family has no CLIP-L; T5 budget): FLUX.1 77/512, schnell 77/256, Chroma -/512."""
+    if family is None:
+        return CLIP_LIMIT, T5_LIMIT
+    return family.budget("clip_l"), family.budget("t5xxl") or T5_LIMIT
 
 # CLIP's pre-tokenizer regex, with `re`-compatible classes: letters, single digits, other non-space runs.
 _CLIP_SPLIT = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
@@ -80,6 +88,17 @@ class TokenCounter:
     exact: bool
     source: str  # for people: "tokenizers in …" or why it is an estimate
     _cache: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    clip_limit: int | None = CLIP_LIMIT  # the family's budgets (None: no CLIP-L, its count is not checked)
+    t5_limit: int = T5_LIMIT
+
+    def over(self, clip: int, t5: int) -> tuple[bool, bool]:
+        """(over CLIP-L's budget, over T5's) for one caption's counts."""
+        return self.clip_limit is not None and clip > self.clip_limit, t5 > self.t5_limit
+
+    def budget_line(self, clip: int, t5: int) -> str:
+        """`CLIP 12/77 · T5 14/512`, or `T5 14/512` for a family without CLIP-L."""
+        t5_part = f"T5 {t5}/{self.t5_limit}"
+        return t5_part if self.clip_limit is None else f"CLIP {clip}/{self.clip_limit} · {t5_part}"
 
     @property
     def label(self) -> str:
@@ -111,32 +130,37 @@ class TokenCounter:
         return [found[t] for t in texts]
 
 
-def estimate_counter(reason: str = "tokenizers not fetched yet") -> TokenCounter:
+def estimate_counter(reason: str = "tokenizers not fetched yet", family: ModelFamily | None = None) -> TokenCounter:
+    clip_limit, t5_limit = budgets(family)
     return TokenCounter(
         clip_count=lambda texts: [estimate_clip(t) for t in texts],
         t5_count=lambda texts: [estimate_t5(t) for t in texts],
         exact=False,
         source=f"estimate ({reason})",
+        clip_limit=clip_limit, t5_limit=t5_limit,
     )
 
 
-def load_counter(tokenizers_dir: Path | None) -> TokenCounter:
-    """Real counters when both tokenizers load from `tokenizers_dir`, else the documented estimate."""
+def load_counter(tokenizers_dir: Path | None, family: ModelFamily | None = None) -> TokenCounter:
+    """Real counters when both tokenizers load from `tokenizers_dir`, else the documented estimate; the budgets are
+    `family`'s (None: the default family's)."""
     if tokenizers_dir is None:
-        return estimate_counter("no tokenizers folder")
+        return estimate_counter("no tokenizers folder", family)
     clip_dir, t5_dir = tokenizers_dir / CLIP_DIR, tokenizers_dir / T5_DIR
     if not clip_dir.is_dir() or not t5_dir.is_dir():
-        return estimate_counter(f"tokenizers not fetched yet: no {CLIP_DIR} and {T5_DIR} in {tokenizers_dir}")
+        return estimate_counter(f"tokenizers not fetched yet: no {CLIP_DIR} and {T5_DIR} in {tokenizers_dir}", family)
     try:
         clip = load_clip_tokenizer(clip_dir)
         t5 = load_t5_tokenizer(t5_dir)
     except TokenizerError as exc:
-        return estimate_counter(str(exc))
+        return estimate_counter(str(exc), family)
+    clip_limit, t5_limit = budgets(family)
     return TokenCounter(
         clip_count=_encoder(clip),
         t5_count=_encoder(t5),
         exact=True,
         source=f"tokenizers in {tokenizers_dir}",
+        clip_limit=clip_limit, t5_limit=t5_limit,
     )
 
 

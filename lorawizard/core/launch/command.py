@@ -219,6 +219,7 @@ MANAGED_OPTIONS: dict[str, str] = {
     "logging_dir": "paths.runs (one folder per run)",
     "resume": "the train step (resume)",
     "network_module": f"lorawizard (always {DEFAULT_FAMILY.backend.network_module})",
+    "model_type": "models.family (the base model's family sets it)",
     "config_file": "lorawizard (options go on the command line)",
     "output_config": "lorawizard",
     "max_train_epochs": "train.max_train_epochs",
@@ -469,6 +470,24 @@ def _apply_preset(session: Session, options: dict[str, Any]) -> None:
         options[name] = value
 
 
+def fit_options(session: Session) -> dict[str, Any]:
+    """The probe's fit (`gpu.fit` quality/fastest): the swap and base precision it chose, over the preset's. Quality
+    keeps a 16-bit base even before a fit was measured; `train.extra_args` still win (applied after)."""
+    if session.gpu.fit not in ("quality", "fastest") or len(session.gpu.uuids) > 1:
+        return {}  # several GPUs: the probe runs the preset's batch search on each kind of card (no fit yet)
+    options: dict[str, Any] = {}
+    swap = session.gpu.fit_swap
+    if swap is not None:
+        options["blocks_to_swap"] = swap or None
+        if swap:
+            options["highvram"] = None  # as with a swapping preset
+    if session.gpu.fit_fp8 is not None:
+        options["fp8_base"] = True if session.gpu.fit_fp8 else None
+    elif session.gpu.fit == "quality":
+        options["fp8_base"] = None
+    return options
+
+
 def trainer_options(
     session: Session,
     *,
@@ -480,10 +499,11 @@ def trainer_options(
     resume: Path | str | None = None,
     validation: bool = False,
 ) -> dict[str, Any]:
-    """The trainer options in order: defaults → VRAM preset → extra_args → run paths → overrides (last wins).
+    """The trainer options in order: defaults → VRAM preset → the probe's fit → extra_args → run paths → overrides (last wins).
     `validation`: a training run (not a probe's trial) of a session with `train.validation_split`."""
     options = base_options(session)
     _apply_preset(session, options)
+    options.update(fit_options(session))
     if session.train.base_precision == "16bit":  # the person's choice over the preset's fp8 (extra_args still win)
         options["fp8_base"] = None
     extra = parse_extra_args(session.train.extra_args)
@@ -505,6 +525,7 @@ def trainer_options(
             raise CommandError(f"overrides: --{name} is not an option of sd-scripts' {script}{_suggest(name)}")
         options[name] = value
     asked = set(extra) | set(overrides or {})
+    _refuse_unsupported(session, options)
     if "persistent_data_loader_workers" not in asked and str(options.get("max_data_loader_n_workers")) == "0":
         options["persistent_data_loader_workers"] = None  # our default; torch refuses it without worker processes
     if validation and session.train.validation_split:
@@ -513,6 +534,15 @@ def trainer_options(
     if conflicts:
         raise CommandError(f"trainer options: {conflicts[0]}")
     return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def _refuse_unsupported(session: Session, options: Mapping[str, Any]) -> None:
+    """CommandError (one line) for an option the session's family cannot train with (Chroma: no
+    --cpu_offload_checkpointing), wherever it came from."""
+    family = family_for(session)
+    for name, why in family.unsupported_options.items():
+        if options.get(name) not in (None, False):
+            raise CommandError(f"--{name}: {family.title} cannot use it: {why}")
 
 
 def is_schedule_free(optimizer: str) -> bool:

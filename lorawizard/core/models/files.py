@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from lorawizard.core.common.fsutil import atomic_write_json, display_path
-from lorawizard.core.models import catalog
 from lorawizard.core.models.catalog import MODEL_SUFFIXES, Tokenizer
 from lorawizard.core.profile import family_for
 from lorawizard.core.session.document import Session
@@ -36,7 +35,9 @@ def save_metadata(session: Session, data: dict[str, Any]) -> None:
 
 
 def preset_name(session: Session) -> str:
-    return session.models.preset or catalog.DEFAULT_PRESET
+    """The file set training uses: `models.preset` when it is one of the session's family's, else that family's
+    default (a FLUX.1-dev preset left in a Chroma session is not Chroma's)."""
+    return family_for(session).preset(session.models.preset).name
 
 
 def resolved_model_paths(session: Session) -> dict[str, Path]:
@@ -101,4 +102,4 @@ def models_ready(session: Session) -> bool:
     if not all(path.is_file() for path in resolved_model_paths(session).values()):
         return False
     base = tokenizer_dir(session)
-    return all(tokenizer_complete(base / t.folder, t) for t in catalog.TOKENIZERS)
+    return all(tokenizer_complete(base / t.folder, t) for t in family_for(session).tokenizers)

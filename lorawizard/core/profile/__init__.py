@@ -1,14 +1,16 @@
 """Model-family profiles: one place per base model for its facts (files and roles, trainer backend and its fixed
 options, text encoders' token budgets, sample defaults, VRAM presets, licence). Steps ask `family_for(session)`.
 
-FLUX.1-dev is the first and only family. Another (or another trainer for one, such as kohya's musubi-tuner) is
-one more entry in `FAMILIES`: the steps read the profile, they do not branch on it.
+FLUX.1-dev (the default), FLUX.1 Krea [dev], FLUX.1 schnell and Chroma, each one entry in `FAMILIES`; another (or
+another trainer for one, such as kohya's musubi-tuner) is one more: the steps read the profile, they do not branch on it.
+A session names its family in `[models] family`; without it, the family owning its `models.preset`, else FLUX.1-dev.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from lorawizard.core.profile.chroma import CHROMA
 from lorawizard.core.profile.family import (
     FileKind,
     Licence,
@@ -20,18 +22,21 @@ from lorawizard.core.profile.family import (
     TextEncoder,
     Tokenizer,
     TrainerBackend,
+    TransformerSignature,
     TransformerSize,
     VramPreset,
 )
 from lorawizard.core.profile.flux1_dev import FLUX1_DEV
+from lorawizard.core.profile.flux1_krea_dev import FLUX1_KREA_DEV
+from lorawizard.core.profile.flux1_schnell import FLUX1_SCHNELL
 
 __all__ = [
-    "DEFAULT_FAMILY", "FAMILIES", "FLUX1_DEV", "FileKind", "Licence", "ModelFamily", "ModelFile", "ModelRole", "Preset",
-    "SampleDefaults", "TextEncoder", "Tokenizer", "TrainerBackend", "TransformerSize", "VramPreset", "all_preset_names",
-    "all_role_names", "family_for",
+    "CHROMA", "DEFAULT_FAMILY", "FAMILIES", "FLUX1_DEV", "FLUX1_KREA_DEV", "FLUX1_SCHNELL", "FileKind", "Licence",
+    "ModelFamily", "ModelFile", "ModelRole", "Preset", "SampleDefaults", "TextEncoder", "Tokenizer", "TrainerBackend", "TransformerSignature", "TransformerSize",
+    "VramPreset", "all_preset_names", "all_role_names", "family_for", "family_setting_keys",
 ]
 
-FAMILIES: dict[str, ModelFamily] = {FLUX1_DEV.name: FLUX1_DEV}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (FLUX1_DEV, FLUX1_KREA_DEV, FLUX1_SCHNELL, CHROMA)}
 DEFAULT_FAMILY = FLUX1_DEV
 
 
@@ -42,12 +47,23 @@ class Settings(Protocol):
 
 
 def family_for(source: Settings | str | None = None) -> ModelFamily:
-    """The family a session trains (the one owning its `models.preset`), or the one a family or preset name names;
-    the default family otherwise."""
-    name = source if source is None or isinstance(source, str) else source.get("models.preset")
+    """The family a session trains (its `models.family`; unset, the one owning its `models.preset`), or the one a
+    family or preset name names; the default family otherwise."""
+    if source is None or isinstance(source, str):
+        name = source
+    else:
+        family = source.get("models.family")
+        if family in FAMILIES:
+            return FAMILIES[family]
+        name = source.get("models.preset")
     if name in FAMILIES:
         return FAMILIES[name]
     return next((f for f in FAMILIES.values() if any(p.name == name for p in f.presets)), DEFAULT_FAMILY)
+
+
+def family_setting_keys() -> frozenset[str]:
+    """Session keys whose default is the session's family's (ModelFamily.setting_defaults)."""
+    return frozenset(DEFAULT_FAMILY.setting_defaults())
 
 
 def all_role_names() -> tuple[str, ...]:

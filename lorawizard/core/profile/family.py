@@ -8,7 +8,7 @@ second trainer backend for one, is a new entry, not new branches in the steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -39,6 +39,8 @@ class Preset(NamedTuple):
     title: str
     files: tuple[ModelFile, ...]
     approx_gb: float  # for the screen before metadata is known (labelled as approximate)
+    precision: str = "fp8"  # the transformer file's weights: "fp8" or "16bit" (the Models screen's choice)
+    base_model: str = ""  # the model card's `base_model` when not the family's `hub_repo` (Chroma1-Base)
 
     def file_for(self, role: str) -> ModelFile:
         return next(f for f in self.files if f.role == role)
@@ -112,7 +114,9 @@ class SampleDefaults(NamedTuple):
     """Sample images during training: what `[train.samples]` holds until a person changes it."""
 
     steps: int  # denoising steps per sample
-    guidance: float  # the embedded guidance the samples are drawn with
+    guidance: float  # the embedded guidance the samples are drawn with (ignored by a model without one)
+    cfg_scale: float = 1.0  # real classifier-free guidance (sd-scripts' `scale`, `--l`); 1.0 = none
+    negative_prompt: str = ""  # used only with a real CFG (cfg_scale != 1)
 
 
 class Licence(NamedTuple):
@@ -164,6 +168,47 @@ class TransformerSize(NamedTuple):
     max_blocks_to_swap: int  # the trainer refuses more
 
 
+class LoraLayout(NamedTuple):
+    """One way a LoRA file of the family names its tensors (its key layout), as the family's conversion tool says it."""
+
+    name: str  # the conversion tool's word for it: "sd-scripts", "ai-toolkit"
+    title: str  # for people: "sd-scripts / ComfyUI (lora_unet_…)"
+    down: str  # the key part of a module's down (A) matrix: ".lora_down.weight"
+    up: str  # its up (B) matrix: ".lora_up.weight"
+    module_prefixes: tuple[str, ...]  # a module of this family in this layout begins with one of these
+    loads: bool  # the family's inference script loads a LoRA in this layout as it is
+    suffix: str  # a file converted into this layout is named `<stem>-<suffix>.safetensors`
+    text_encoder_prefixes: tuple[str, ...] = ()  # modules of the text encoders (left out by a conversion without them)
+
+
+class LoraTools(NamedTuple):
+    """The trainer's own tools for a finished LoRA (paths in its checkout) and how the family's LoRAs look."""
+
+    layouts: tuple[LoraLayout, ...]  # the first is the trainer's own
+    architectures: tuple[str, ...]  # `modelspec.architecture` values the trainer writes into the family's LoRAs
+    resize_script: str  # SVD rank reduction: --model --save_to --new_rank [--dynamic_method --dynamic_param]
+    convert_script: str | None  # between the layouts: --src --dst --src_path --dst_path; None: no conversion
+    merge_script: str  # LoRAs into one (--models --ratios --save_to [--concat]), or into the base (--<merge_option>)
+    merge_option: str  # the merge script's option for the base model file: "flux_model"
+    merge_role: str  # the ModelRole a LoRA merges into: "flux"
+    inference_script: str  # one image from the base model with LoRAs (--lora_weights "path;multiplier")
+    inference_roles: tuple[tuple[str, str], ...]  # (role, the inference script's option for its file)
+    inference_options: Mapping[str, Any] = MappingProxyType({})  # always passed (no dashes)
+
+
+class TransformerSignature(NamedTuple):
+    """How a family's transformer file is told from its siblings' by header, once its `FileKind` says "a FLUX.1-style
+    transformer": it has one of `has_any` (none asked when empty) and none of `lacks` (names as the trainer sees them,
+    prefixes stripped). Families whose files differ only in their weights (FLUX.1-dev and Krea [dev]) have the same
+    signature: a header cannot tell them apart, and the wizard says so instead of guessing."""
+
+    has_any: tuple[str, ...] = ()
+    lacks: tuple[str, ...] = ()
+
+    def matches(self, keys: Container[str]) -> bool:
+        return (not self.has_any or any(key in keys for key in self.has_any)) and not any(key in keys for key in self.lacks)
+
+
 class ModelFamily(NamedTuple):
     name: str  # the registry's key
     title: str  # for people: "FLUX.1-dev"
@@ -181,6 +226,13 @@ class ModelFamily(NamedTuple):
     licence: Licence
     card_tags: tuple[str, ...]
     file_kinds: tuple[FileKind, ...] = ()  # how each role's file (and a LoRA) is told by its header; first match wins
+    licence_id: str = "other"  # the Hub's `license` ("other" with a `license_name`, or a known id: "apache-2.0")
+    trainer_tokenizers: tuple[Tokenizer, ...] = ()  # what the trainer loads when more than the text encoders' own
+    unsupported_options: Mapping[str, str] = MappingProxyType({})  # trainer option → why this family refuses it
+    min_trainer_version: str = ""  # the trainer's first release tag with what this family needs ("" = any)
+    signature: TransformerSignature | None = None  # how its transformer file is told from the other families'
+    note: str = ""  # what a person should know before choosing it (one or two sentences)
+    lora_tools: LoraTools | None = None  # resize, convert, merge and load a finished LoRA; None: not offered
 
     @property
     def role_names(self) -> tuple[str, ...]:
@@ -199,10 +251,36 @@ class ModelFamily(NamedTuple):
 
     @property
     def tokenizers(self) -> tuple[Tokenizer, ...]:
-        return tuple(encoder.tokenizer for encoder in self.text_encoders)
+        """What the trainer reads from `--tokenizer_cache_dir`: the text encoders' tokenizers, or more when the
+        trainer loads one whose encoder the family does not use (sd-scripts loads CLIP-L's for Chroma too)."""
+        return self.trainer_tokenizers or tuple(encoder.tokenizer for encoder in self.text_encoders)
+
+    def base_model(self, preset: str | None = None) -> str:
+        """The model card's `base_model` for the file set `preset` (Chroma1-Base's repository for its preset)."""
+        return self.preset(preset).base_model or self.hub_repo
+
+    def has_role(self, role: str) -> bool:
+        return any(r.name == role for r in self.roles)
+
+    def presets_of(self, precision: str) -> tuple[Preset, ...]:
+        return tuple(p for p in self.presets if p.precision == precision)
+
+    def setting_defaults(self) -> dict[str, Any]:
+        """Session keys whose default is this family's (`Session.get` asks when the key is not set)."""
+        return {
+            "train.samples.steps": self.samples.steps,
+            "train.samples.guidance": self.samples.guidance,
+            "train.samples.cfg_scale": self.samples.cfg_scale,
+            "train.samples.negative_prompt": self.samples.negative_prompt,
+            "dataset.max_side": self.resolution,
+        }
 
     def text_encoder(self, role: str) -> TextEncoder:
         return next(encoder for encoder in self.text_encoders if encoder.role == role)
+
+    def budget(self, role: str) -> int | None:
+        """The token budget of the text encoder of `role`, None when this family has no such encoder."""
+        return next((encoder.max_tokens for encoder in self.text_encoders if encoder.role == role), None)
 
     @property
     def longest_text_encoder(self) -> TextEncoder:

@@ -11,6 +11,8 @@ from types import MappingProxyType
 from lorawizard.core.profile.family import (
     FileKind,
     Licence,
+    LoraLayout,
+    LoraTools,
     ModelFamily,
     ModelFile,
     ModelRole,
@@ -19,6 +21,7 @@ from lorawizard.core.profile.family import (
     TextEncoder,
     Tokenizer,
     TrainerBackend,
+    TransformerSignature,
     TransformerSize,
     VramPreset,
 )
@@ -56,22 +59,25 @@ PRESETS = (
             ModelFile("t5xxl", _TEXT_ENCODERS, "t5xxl_fp16.safetensors"),
         ),
         33.0,
+        "16bit",
     ),
 )
 
+CLIP_TOKENIZER = Tokenizer(
+    "openai/clip-vit-large-patch14",
+    ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
+    ("tokenizer.json",),
+)
+T5_TOKENIZER = Tokenizer(
+    "google/t5-v1_1-xxl",
+    ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
+    ("tokenizer.json",),
+)
 TEXT_ENCODERS = (
     # CLIP-L's position embeddings: the text encoder silently drops the rest (75 tokens of text + 2 special).
-    TextEncoder("clip_l", "CLIP", 77, Tokenizer(
-        "openai/clip-vit-large-patch14",
-        ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
-        ("tokenizer.json",),
-    )),
-    # sd-scripts' t5xxl_max_token_length for FLUX.1-dev.
-    TextEncoder("t5xxl", "T5", 512, Tokenizer(
-        "google/t5-v1_1-xxl",
-        ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
-        ("tokenizer.json",),
-    )),
+    TextEncoder("clip_l", "CLIP", 77, CLIP_TOKENIZER),
+    # sd-scripts' t5xxl_max_token_length for FLUX.1-dev (flux_train_network.py: 512 unless the file is schnell).
+    TextEncoder("t5xxl", "T5", 512, T5_TOKENIZER),
 )
 
 SD_SCRIPTS = TrainerBackend(
@@ -113,6 +119,14 @@ VRAM_PRESETS = (
                fp8_t5=True, from_docs=False),
 )
 
+# How a FLUX.1-dev-shaped transformer is told from schnell's and Chroma's (sd-scripts' flux_utils.analyze_checkpoint_state:
+# schnell is the file without the guidance embedder; chroma_models.Chroma replaces the modulation, guidance and pooled
+# CLIP-L vector inputs with one `distilled_guidance_layer`). BFL's names and Diffusers' (converted by the trainer).
+GUIDANCE_KEYS = ("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight")
+VECTOR_KEYS = ("vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight")
+CHROMA_KEYS = ("distilled_guidance_layer.in_proj.weight",)
+DEV_SIGNATURE = TransformerSignature(has_any=GUIDANCE_KEYS, lacks=CHROMA_KEYS)
+
 # What each file is, from its safetensors header (sd-scripts.md §10: library/flux_utils.py). LoRA first: a FLUX LoRA
 # names the transformer's layers too. sd-scripts strips `model.diffusion_model.` from the transformer's keys and
 # converts Diffusers' names; the text encoders and the AE are loaded by their exact names, at fixed widths.
@@ -133,6 +147,30 @@ FILE_KINDS = (
     FileKind("t5xxl", "a T5-XXL text encoder", "T5-XXL",
              keys=("encoder.block.0.layer.0.SelfAttention.q.weight",),
              shapes=(("encoder.block.0.layer.0.SelfAttention.q.weight", 1, 4096, "d_model"),)),
+)
+
+# sd-scripts' tools for a finished FLUX.1 LoRA (networks/resize_lora.py, networks/convert_flux_lora.py,
+# networks/flux_merge_lora.py, flux_minimal_inference.py). convert_flux_lora.py's two layouts: sd-scripts' own
+# (BFL module names, QKV fused, an alpha per module; ComfyUI and Forge read it) and ai-toolkit's (Diffusers' module
+# names, Q/K/V split, lora_A/lora_B, no alpha; diffusers' load_lora_weights reads it). flux_minimal_inference.py loads
+# only sd-scripts' layout (keys starting `lora`).
+LORA_TOOLS = LoraTools(
+    layouts=(
+        LoraLayout("sd-scripts", "sd-scripts / ComfyUI (lora_unet_…)", ".lora_down.weight", ".lora_up.weight",
+                   ("lora_unet_double_blocks_", "lora_unet_single_blocks_"), True, "sdscripts",
+                   ("lora_te1_", "lora_te3_")),
+        LoraLayout("ai-toolkit", "ai-toolkit / diffusers (transformer.…lora_A)", ".lora_A.weight", ".lora_B.weight",
+                   ("transformer.transformer_blocks.", "transformer.single_transformer_blocks."), False, "aitoolkit"),
+    ),
+    architectures=("flux-1-dev/lora", "flux-1-schnell/lora"),
+    resize_script="networks/resize_lora.py",
+    convert_script="networks/convert_flux_lora.py",
+    merge_script="networks/flux_merge_lora.py",
+    merge_option="flux_model",
+    merge_role="flux",
+    inference_script="flux_minimal_inference.py",
+    inference_roles=(("flux", "ckpt_path"), ("clip_l", "clip_l"), ("t5xxl", "t5xxl"), ("ae", "ae")),
+    inference_options=MappingProxyType({"dtype": "bfloat16"}),
 )
 
 FLUX1_DEV = ModelFamily(
@@ -158,4 +196,6 @@ FLUX1_DEV = ModelFamily(
     ),
     card_tags=("flux",),
     file_kinds=FILE_KINDS,
+    lora_tools=LORA_TOOLS,
+    signature=DEV_SIGNATURE,
 )

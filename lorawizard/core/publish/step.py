@@ -30,14 +30,27 @@ from lorawizard.core.common.fsutil import atomic_write_json, read_json_object
 from lorawizard.core.common.progress import ProgressMeter, format_bytes, format_duration
 from lorawizard.core.common.text import one_line
 from lorawizard.core.contract import StepContext, StepFailed, StepResult
-from lorawizard.core.profile import DEFAULT_FAMILY
+from lorawizard.core.profile import DEFAULT_FAMILY, ModelFamily, family_for
 from lorawizard.core.session.document import Session
 
-BASE_MODEL = DEFAULT_FAMILY.hub_repo
+BASE_MODEL = DEFAULT_FAMILY.hub_repo  # the default family's; a session's card reads family_for(session)
 LICENSE_NAME = DEFAULT_FAMILY.licence.name
 LICENSE_LINK = DEFAULT_FAMILY.licence.link
-DEFAULT_TAGS = ("text-to-image", *DEFAULT_FAMILY.card_tags, "lora", "template:sd-lora", DEFAULT_FAMILY.backend.card_tag,
-                "lorawizard")
+
+
+def card_tags(family: ModelFamily) -> tuple[str, ...]:
+    return ("text-to-image", *family.card_tags, "lora", "template:sd-lora", family.backend.card_tag, "lorawizard")
+
+
+def licence_lines(family: ModelFamily) -> list[str]:
+    """The card's licence metadata: a Hub licence id (`apache-2.0`), or `other` with the licence's name and link."""
+    q = json.dumps
+    if family.licence_id != "other":
+        return [f"license: {family.licence_id}"]
+    return ["license: other", f"license_name: {q(family.licence.name)}", f"license_link: {q(family.licence.link)}"]
+
+
+DEFAULT_TAGS = card_tags(DEFAULT_FAMILY)
 STATE_FILE = "publish.json"
 TOKEN_HELP = ("log in with `hf auth login` (or the Models step's key t, which stores it the same way), "
               "or set HF_TOKEN; a write token from https://huggingface.co/settings/tokens")
@@ -181,14 +194,14 @@ def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
     prompts = [str(p) for p in (sidecar.get("sample_prompts") or [])]
     settings = _card_settings(session, sidecar)
     epoch = sidecar.get("epoch")
-    tags = list(dict.fromkeys([*DEFAULT_TAGS, *session.publish.tags]))
+    family = family_for(session)
+    base_model = str(sidecar.get("base_model") or family.base_model(session.models.preset))
+    tags = list(dict.fromkeys([*card_tags(family), *session.publish.tags]))
     q = json.dumps  # a JSON string is a valid YAML double-quoted scalar (quotes, newlines, non-ASCII all safe)
     meta = [
         "---",
-        f"base_model: {q(BASE_MODEL)}",
-        "license: other",
-        f"license_name: {q(LICENSE_NAME)}",
-        f"license_link: {q(LICENSE_LINK)}",
+        f"base_model: {q(base_model)}",
+        *licence_lines(family),
         "pipeline_tag: text-to-image",
         "tags:",
         *(f"- {q(tag)}" for tag in tags),
@@ -202,8 +215,8 @@ def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
         "",
         f"# {_cell(name)}",
         "",
-        f"A LoRA for [{DEFAULT_FAMILY.card_title}](https://huggingface.co/{BASE_MODEL}), trained with "
-        f"[{DEFAULT_FAMILY.backend.name}](https://github.com/{DEFAULT_FAMILY.backend.name}) through lorawizard.",
+        f"A LoRA for [{family.card_title}](https://huggingface.co/{base_model}), trained with "
+        f"[{family.backend.name}](https://github.com/{family.backend.name}) through lorawizard.",
         "",
         "## Trigger word",
         "",
@@ -217,8 +230,8 @@ def model_card(session: Session, lora: Path, sidecar: dict[str, Any],
     body += _samples_section(samples, prompts)
     body += _settings_section(session, sidecar, settings)
     body += ["", "## License", "",
-             f"This LoRA is a derivative of {DEFAULT_FAMILY.card_title} and is subject to the "
-             f"[{DEFAULT_FAMILY.licence.title}]({LICENSE_LINK}).", ""]
+             f"This LoRA is a derivative of {family.card_title} and is subject to the "
+             f"[{family.licence.title}]({family.licence.link}).", ""]
     return "\n".join(meta + body)
 
 

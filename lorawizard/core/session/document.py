@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from lorawizard.core.common.fsutil import atomic_write_text
 from lorawizard.core.common.text import first_few
-from lorawizard.core.profile import DEFAULT_FAMILY, all_preset_names, all_role_names
+from lorawizard.core.profile import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    all_preset_names,
+    all_role_names,
+    family_for,
+    family_setting_keys,
+)
 from lorawizard.core.session.sections import SectionViews
 from lorawizard.core.session.variants import (
     VARIANTS_KEY,
@@ -204,7 +211,10 @@ SCHEMA: tuple[Field, ...] = (
     Field("paths.runs", "path", "runs", _path_problem, "training runs: logs, checkpoints, states"),
     Field("paths.ld_library_path", "str_list", [], _library_dirs,
           "folders put first on the trainer's LD_LIBRARY_PATH (NixOS: the driver's /run/opengl-driver/lib)"),
-    Field("models.preset", "str", _MODEL_PRESETS[0], None, "which model set", _MODEL_PRESETS),
+    Field("models.family", "str", None, None,
+          f"the base model (unset: the family of models.preset, else {DEFAULT_FAMILY.name})", tuple(FAMILIES)),
+    Field("models.preset", "str", _MODEL_PRESETS[0], None, "which model set (the family's 16-bit or fp8 files)",
+          _MODEL_PRESETS),
     *(Field(f"models.{role}", "path", None, _path_problem, f"use this {role} file instead of the preset's") for role in all_role_names()),
     Field("dataset.source", "path", None, _path_problem, "your original photos (never modified)"),
     Field("dataset.max_side", "int", DEFAULT_FAMILY.resolution, _power_of_two_side, "longest side of every bucket"),
@@ -220,6 +230,12 @@ SCHEMA: tuple[Field, ...] = (
     Field("gpu.vram_preset", "str", None, None, "low-VRAM preset (chosen from the GPU's memory)"),
     Field("gpu.parallel_runs", "bool", False, None,
           "a queue of variants on the GPUs of gpu.uuids: one run per GPU side by side, not each run on all of them"),
+    Field("gpu.fit", "str", "preset", None,
+          "what the probe may change: preset (the VRAM preset, largest batch), quality (16-bit base: the fastest swap "
+          "and batch) or fastest (an fp8 base allowed too)", ("preset", "quality", "fastest")),
+    Field("gpu.fit_swap", "int", None, _at_least(0), "blocks_to_swap the probe's fit chose (quality/fastest)"),
+    Field("gpu.fit_fp8", "bool", None, None, "whether the probe's fit chose an fp8 base (quality/fastest)"),
+    Field("gpu.price_per_hour", "float", None, _positive, "what one GPU-hour costs (any currency): the forecast's price"),
     Field("train.network_dim", "int", 4, _between(1, 4096), "LoRA rank"),
     Field("train.learning_rate", "float", 1e-4, _learning_rate, "learning rate"),
     Field("train.max_train_epochs", "int", 16, _between(1, 100_000), "epochs to train"),
@@ -254,17 +270,40 @@ SCHEMA: tuple[Field, ...] = (
     Field("train.samples.width", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample width (default: the largest bucket's)"),
     Field("train.samples.height", "int", None, _between(64, MAX_SAMPLE_SIDE), "sample height (default: the largest bucket's)"),
     Field("train.samples.steps", "int", _SAMPLES.steps, _between(1, MAX_SAMPLE_STEPS), "denoising steps per sample"),
-    Field("train.samples.guidance", "float", _SAMPLES.guidance, _positive, "the base model's embedded guidance for samples"),
+    Field("train.samples.guidance", "float", _SAMPLES.guidance, _at_least(0),
+          "the base model's embedded guidance for samples (default: the family's; 0 for Chroma, ignored by schnell)"),
+    Field("train.samples.cfg_scale", "float", _SAMPLES.cfg_scale, _at_least(0),
+          "real classifier-free guidance for samples (1 = none; default: the family's, 4 for Chroma)"),
+    Field("train.samples.negative_prompt", "str", _SAMPLES.negative_prompt, None,
+          "negative prompt for samples, used with a cfg_scale other than 1 (default: the family's)"),
     Field("train.samples.seed", "int", 42, _at_least(0), "fixed seed, so epochs are comparable"),
     Field("train.samples.at_first", "bool", True, None, "a baseline sample before any training"),
     Field("publish.repo", "str", None, repo_id_problem, 'Hugging Face repo to publish to ("user/name")'),
     Field("publish.private", "bool", True, None, "create the repo private (an existing repo keeps its visibility)"),
     Field("publish.tags", "str_list", [], None, "extra tags for the model card"),
     Field("publish.existing", "bool", False, None, "upload into a repo that exists but this project did not create"),
+    Field("tools.lora", "path", None, _path_problem, "the LoRA resize, convert, merge_base and check start from (default: the kept one)"),
+    Field("tools.rank", "int", None, _between(1, 4096), "resize: the new rank (dynamic: the largest; default half the LoRA's)"),
+    Field("tools.resize_method", "str", "fixed", None, "resize: a fixed rank, or each module's rank by how much of "
+          "its weights it keeps (sv_fro: Frobenius norm, sv_cumulative: sum of singular values, sv_ratio: largest/smallest)",
+          ("fixed", "sv_fro", "sv_cumulative", "sv_ratio")),
+    Field("tools.resize_param", "float", None, _positive,
+          "resize: the dynamic target (sv_fro/sv_cumulative 0-1, default 0.9; sv_ratio > 1, default 10)"),
+    Field("tools.convert_to", "str", "other", None, "convert: the key layout to write (other: the one the file is not in)",
+          ("other", "sd-scripts", "ai-toolkit")),
+    Field("tools.merge", "str_list", [], None, 'merge: the LoRAs to merge into one, each "path;weight" (weight 1 if left out)'),
+    Field("tools.check", "bool", True, None, "after each tool: load the result with the inference script, a sample beside the original's"),
+    Field("tools.check_prompt", "str", None, None, "check: the prompt (default: the first sample prompt)"),
+    Field("tools.check_seed", "int", 42, _at_least(0), "check: the seed (fixed, so the samples compare)"),
+    Field("tools.check_steps", "int", _SAMPLES.steps, _between(1, MAX_SAMPLE_STEPS), "check: denoising steps"),
+    Field("tools.check_size", "int", 512, _between(64, MAX_SAMPLE_SIDE), "check: the sample's side in pixels"),
+    Field("tools.device", "str", "auto", None, "where resize and merge compute (auto: the GPU when there is one)",
+          ("auto", "gpu", "cpu")),
 )
 FIELDS: dict[str, Field] = {f.key: f for f in SCHEMA}
+_FAMILY_KEYS = family_setting_keys()  # their default is the session's family's (Session.get)
 TABLES = ("paths", "models", "dataset", "gpu", "train")
-OPTIONAL_TABLES = ("captions", "train.samples", "publish")  # not in a new session file; created when first set
+OPTIONAL_TABLES = ("captions", "train.samples", "publish", "tools")  # not in a new session file; created when first set
 
 IMAGE_FIELDS: dict[str, str] = {"file": "str", "bucket": "bucket", "crop": "crop", "caption": "str", "skip": "bool",
                                "caption_auto": "bool"}  # caption_auto: a captioner's draft nobody reviewed yet
@@ -359,6 +398,32 @@ def _describe(value: Any) -> str:
 
     text = tomlkit.item(value).as_string() if not isinstance(value, dict) else "a table"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _family_warnings(data: dict[str, Any], where: Callable[[str], str]) -> list[str]:
+    """What `[models]` sets that its family does not use (kept, ignored): a role it has no file for (CLIP-L for
+    Chroma), a preset of another family."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return []
+    family = family_for(_Plain(data))
+    warnings = [f"{where(role)}: models.{role}: {family.title} has no {role} file; ignored (kept in the file)"
+                for role in all_role_names() if models.get(role) and not family.has_role(role)]
+    preset = models.get("preset")
+    if isinstance(preset, str) and preset in _MODEL_PRESETS and all(p.name != preset for p in family.presets):
+        warnings.append(f"{where('preset')}: models.preset: {preset!r} is not a {family.title} file set; "
+                        f"{family.default_preset.name!r} is used")
+    return warnings
+
+
+class _Plain:
+    """`get` over plain values with the schema's defaults (family_for before a Session exists)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def get(self, key: str) -> Any:
+        return _value_in(self._data, key)
 
 
 def parse_bucket(bucket: str) -> tuple[int, int]:
@@ -558,7 +623,7 @@ class Session(SectionViews):
         if len(unknown) > MAX_KEY_WARNINGS:
             more = unknown[MAX_KEY_WARNINGS:]
             warnings.append(f"{self.path}: {len(more):,} more unknown keys (kept, not used) {first_few(more)}")
-        return warnings
+        return warnings + _family_warnings(data, lambda key: where("models", key))
 
     def _validate_variants(self, value: Any, data: dict[str, Any], text: str) -> list[str]:
         """Raise on the first bad `[[train.variants]]` entry (its line, one reason); warn about one that changes
@@ -619,12 +684,15 @@ class Session(SectionViews):
     # -- reading
 
     def get(self, key: str) -> Any:
-        """The value of a schema key, or its default. A key known where it is read is read typed instead:
+        """The value of a schema key, or its default (the session's model family's for `_FAMILY_KEYS`: sample steps,
+        guidance, CFG, negative prompt, max side). A key known where it is read is read typed instead:
         `session.train.max_train_epochs` (sections.py: the same read, its type from the schema)."""
         spec = FIELDS[key]
         node: Any = self._doc  # read: the plain values do until a change builds the round-trip document
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
+                if key in _FAMILY_KEYS:
+                    return family_for(self).setting_defaults()[key]
                 return _copy_default(spec.default)
             node = node[part]
         return _coerce(spec.kind, _plain(node))[0]

@@ -82,6 +82,7 @@ class PathsSection(Section):
 class ModelsSection(Section):
     __slots__ = ()
     table = "models"
+    family = Setting[str | None]("models.family")
     preset = Setting[str]("models.preset")
     flux = Setting[str | None]("models.flux")
     ae = Setting[str | None]("models.ae")
@@ -111,6 +112,10 @@ class GpuSection(Section):
     same_network = Setting[bool]("gpu.same_network")
     vram_preset = Setting[str | None]("gpu.vram_preset")
     parallel_runs = Setting[bool]("gpu.parallel_runs")
+    fit = Setting[str]("gpu.fit")
+    fit_swap = Setting[int | None]("gpu.fit_swap")
+    fit_fp8 = Setting[bool | None]("gpu.fit_fp8")
+    price_per_hour = Setting[float | None]("gpu.price_per_hour")
 
 
 class SamplesSection(Section):
@@ -122,6 +127,8 @@ class SamplesSection(Section):
     height = Setting[int | None]("train.samples.height")
     steps = Setting[int]("train.samples.steps")
     guidance = Setting[float]("train.samples.guidance")
+    cfg_scale = Setting[float]("train.samples.cfg_scale")
+    negative_prompt = Setting[str]("train.samples.negative_prompt")
     seed = Setting[int]("train.samples.seed")
     at_first = Setting[bool]("train.samples.at_first")
 
@@ -169,6 +176,23 @@ class PublishSection(Section):
     existing = Setting[bool]("publish.existing")
 
 
+class ToolsSection(Section):
+    __slots__ = ()
+    table = "tools"
+    lora = Setting[str | None]("tools.lora")
+    rank = Setting[int | None]("tools.rank")
+    resize_method = Setting[str]("tools.resize_method")
+    resize_param = Setting[float | None]("tools.resize_param")
+    convert_to = Setting[str]("tools.convert_to")
+    merge = Setting[list[str]]("tools.merge")
+    check = Setting[bool]("tools.check")
+    check_prompt = Setting[str | None]("tools.check_prompt")
+    check_seed = Setting[int]("tools.check_seed")
+    check_steps = Setting[int]("tools.check_steps")
+    check_size = Setting[int]("tools.check_size")
+    device = Setting[str]("tools.device")
+
+
 class SectionViews:
     """What `Session` offers besides `get`: the top-level keys and one view per table."""
 
@@ -207,10 +231,14 @@ class SectionViews:
     def publish(self) -> PublishSection:
         return PublishSection(self)
 
+    @property
+    def tools(self) -> ToolsSection:
+        return ToolsSection(self)
+
 
 VIEWS: tuple[type[Section] | type[SectionViews], ...] = (
     SectionViews, PathsSection, ModelsSection, DatasetSection, GpuSection, TrainSection, SamplesSection,
-    CaptionsSection, PublishSection,
+    CaptionsSection, PublishSection, ToolsSection,
 )
 
 # ---------------------------------------------------------------- the check against the schema (tests, not start-up)

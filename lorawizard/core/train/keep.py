@@ -174,7 +174,7 @@ def keep_epoch(session: Session, epoch: int | None, record: Any = None, *, note:
     atomic_write_json(sidecar, {
         "epoch": shown, "step": step, "run_id": record.run_id, "runs": [r.run_id for r in chain],
         "source": str(source), "trigger": session.dataset.trigger, "settings": train,
-        "base_model": family_for(session).hub_repo, "sample_prompts": prompts,
+        "base_model": family_for(session).base_model(session.models.preset), "sample_prompts": prompts,
         "samples": [str(p) for p in grid.files(shown)], "variant": variant,
         "output_name": record.output_name or name,
     })

@@ -44,12 +44,16 @@ class SampleSettings:
     guidance: float
     seed: int
     at_first: bool
+    cfg_scale: float = 1.0  # real CFG (sd-scripts' `scale`, since PR #2157 apart from the embedded `guidance_scale`)
+    negative_prompt: str = ""
 
     def entries(self) -> list[dict[str, Any]]:
-        """The JSON prompt file's content (sd-scripts' keys)."""
+        """The JSON prompt file's content (sd-scripts' keys); `scale` and `negative_prompt` only with a real CFG
+        (Chroma's), which sd-scripts otherwise skips (its default scale is 1.0)."""
+        cfg = {"scale": self.cfg_scale, "negative_prompt": self.negative_prompt} if self.cfg_scale != 1.0 else {}
         return [
             {"prompt": text, "width": self.width, "height": self.height, "sample_steps": self.steps,
-             "guidance_scale": self.guidance, "seed": self.seed}
+             "guidance_scale": self.guidance, "seed": self.seed, **cfg}
             for text in self.prompts
         ]
 
@@ -71,6 +75,7 @@ def sample_settings(session: Session) -> SampleSettings | None:
         width=int(width), height=int(height),
         steps=session.train.samples.steps, guidance=session.train.samples.guidance,
         seed=session.train.samples.seed, at_first=session.train.samples.at_first,
+        cfg_scale=session.train.samples.cfg_scale, negative_prompt=session.train.samples.negative_prompt,
     )
 
 
@@ -118,6 +123,8 @@ def sampling_cost(session: Session, s_per_step: float | None = None, *, resume: 
     if s_per_step:
         # one denoising step ≈ a forward pass of one image ≈ a third of a training step's time per image
         seconds = images * settings.steps * s_per_step / 3
+        if settings.cfg_scale != 1.0:
+            seconds *= 2  # a real CFG runs the transformer twice per step (the prompt and the negative prompt)
         from lorawizard.core.common.progress import format_duration
 
         text += f", ≈{format_duration(seconds)} more training time"

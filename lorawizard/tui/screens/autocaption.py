@@ -223,7 +223,6 @@ class AutoCaptioner(Widget):
                       counter: TokenCounter, trigger: str) -> None:
         post = self.post_message
         from lorawizard.core.captions.captionset import compose
-        from lorawizard.core.captions.tokens import T5_LIMIT
 
         def estimated(estimate: ac.DraftEstimate) -> None:  # a guess until the first images, then measured
             post(self.Status(drafting_line(estimate)))
@@ -238,7 +237,7 @@ class AutoCaptioner(Widget):
                 self._session, images,
                 on_draft=drafted,
                 cancel=cancel, log=lambda line: None, on_estimate=estimated,
-                fits=lambda text: counter.count(compose(trigger, text))[1] <= T5_LIMIT,
+                fits=lambda text: counter.count(compose(trigger, text))[1] <= counter.t5_limit,
                 trigger_tokens=counter.count(trigger)[1] if trigger else 0,
             )
             skipped = f"; {len(report.skipped)} not captioned ({next(iter(report.skipped.values()))})" if report.skipped else ""

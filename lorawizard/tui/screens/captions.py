@@ -39,7 +39,6 @@ from textual.worker import get_current_worker
 
 from lorawizard.core.captions import captionset as core
 from lorawizard.core.captions.captionset import CaptionSet
-from lorawizard.core.captions.tokens import CLIP_LIMIT, T5_LIMIT
 from lorawizard.core.captions.written import find_hand_edits, store_hand_edits
 from lorawizard.core.contract import StepFailed
 from lorawizard.core.dataset.manifest import MANIFEST_FILE
@@ -305,9 +304,11 @@ class CaptionsScreen(StepScreen):
         item = self.captions.items[self.current]
         counter = self.captions.counter
         tokens = Text(no_wrap=True, overflow="ellipsis")
-        tokens.append(f"CLIP {item.clip}/{CLIP_LIMIT}", style=tone("error", bold=True) if item.flags & core.OVER_CLIP else "")
-        tokens.append(" · ")
-        tokens.append(f"T5 {item.t5}/{T5_LIMIT}", style=tone("error", bold=True) if item.flags & core.OVER_T5 else "")
+        if counter.clip_limit is not None:  # a family without CLIP-L (Chroma) counts T5 only
+            tokens.append(f"CLIP {item.clip}/{counter.clip_limit}",
+                          style=tone("error", bold=True) if item.flags & core.OVER_CLIP else "")
+            tokens.append(" · ")
+        tokens.append(f"T5 {item.t5}/{counter.t5_limit}", style=tone("error", bold=True) if item.flags & core.OVER_T5 else "")
         if not counter.exact:
             tokens.append(" · estimated (no tokenizers yet)", style="dim")
         self.query_one("#cap-tokens", Static).update(tokens, layout=False)
