@@ -1,7 +1,7 @@
 """GPU smoke test: the probe and a short training through `--replay` on one GPU and, when there are two or more, on two.
 
     python scripts/gpu_smoke.py --sd-scripts ~/sd-scripts [--python <trainer python>] [--workdir /tmp/lw-gpu-smoke]
-                                [--tokenizers DIR] [--t5-fp8] [--gpus 1,2]
+                                [--tokenizers DIR] [--t5-fp8] [--gpus 1,2] [--fit quality|fastest]
 
 Needs a machine with NVIDIA GPUs and a trainer venv (torch with CUDA + sd-scripts' requirements). It writes tiny
 random FLUX.1-dev files of the right shapes (scripts/gpu_smoke_models.py, run in the trainer's Python: 1 double +
@@ -11,6 +11,8 @@ random FLUX.1-dev files of the right shapes (scripts/gpu_smoke_models.py, run in
 batch sizes chosen, sd-scripts' s/step, the NVML readings seen during training (peak memory, utilisation per GPU),
 the replay's exit code and the run's diagnosis. Tokenizers are downloaded from the Hub on first use unless
 `--tokenizers` names a folder that has them (sd-scripts' --tokenizer_cache_dir layout).
+`--fit` sets `gpu.fit` (issue 26): the probe searches swap × base precision × batch, training uses the choice, and
+the report compares the probe's s/step for the chosen setting with training's (the forecast's premise: within 15 %).
 Exit status: 0 when every run trained and saved a LoRA, 1 otherwise, 2 when there is no GPU or no trainer Python.
 """
 
@@ -100,6 +102,8 @@ def make_project(folder: Path, args: argparse.Namespace, models: Path, t5_name: 
     session.set("train.max_train_epochs", 2)
     session.set("train.save_every_n_epochs", 1)
     session.set("gpu.uuid", uuids[0])
+    if getattr(args, "fit", None):
+        session.set("gpu.fit", args.fit)
     if len(uuids) > 1:
         session.set("gpu.uuids", uuids)
     save_now(session, lambda _session: None)
@@ -127,7 +131,13 @@ def run_one(name: str, session: Session, uuids: list[str]) -> dict:
             for trial in entry.get("trials", []):
                 trials.append({k: trial.get(k) for k in ("batch", "status", "peak_bytes", "device_peak_bytes", "s_per_step")})
     loras = sorted(p.name for p in logs[-1].parent.glob("*.safetensors")) if logs else []
+    probed = [b.get("s_per_step") for b in probe.get("buckets", {}).values() if b.get("s_per_step")]
+    trained = 1 / state.rate if state.rate else None
+    fit = probe.get("fit") or {}
     return {
+        "fit_chosen": fit.get("chosen"), "fit_trials": fit.get("trials"), "fit_budget": fit.get("budget"),
+        "forecast_s_per_step": max(probed) if probed else None,
+        "forecast_ratio": round(trained / max(probed), 3) if probed and trained else None,  # within 0.85–1.15?
         "run": name, "gpus": uuids, "exit_code": done.returncode, "seconds": round(seconds, 1),
         "batch_sizes": Session.load(session.path).batch_sizes(), "probe_trials": trials,
         "s_per_step": round(1 / state.rate, 3) if state.rate else None, "steps": state.step,
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizers", type=Path)
     parser.add_argument("--t5-fp8", action="store_true", help="a 4.8 GB fp8 T5-XXL instead of 9.1 GiB bf16")
     parser.add_argument("--gpus", default="1,2", help="runs to do: GPU counts, e.g. 1 or 1,2")
+    parser.add_argument("--fit", choices=("quality", "fastest"), help="gpu.fit: the probe's fastest-fit search")
     args = parser.parse_args(argv)
     args.sd_scripts = args.sd_scripts.expanduser().absolute()
     args.python = (args.python or args.sd_scripts / ".venv" / "bin" / "python").expanduser().absolute()
@@ -195,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(f"{count} GPU{'s' if count > 1 else ''}", session, uuids)
         print(f"gpu_smoke: {result['run']}: exit {result['exit_code']}, batch {result['batch_sizes']}, "
               f"{result['s_per_step']} s/step, LoRA {result['loras']}", flush=True)
+        if result["fit_chosen"] is not None:
+            print(f"gpu_smoke: fit {result['fit_chosen']} in {result['fit_trials']} trials (≤ {result['fit_budget']}); "
+                  f"training s/step / the probe's = {result['forecast_ratio']} (the forecast holds within 0.85–1.15)",
+                  flush=True)
         results.append(result)
     (args.workdir / "report.json").write_text(json.dumps({"gpus": [g.describe() for g in gpus], "runs": results},
                                                          indent=1))

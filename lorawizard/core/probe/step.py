@@ -59,6 +59,7 @@ from lorawizard.core.gpu.presets import (
 from lorawizard.core.gpu.probe_results import RESULTS_FILE
 from lorawizard.core.launch import multigpu
 from lorawizard.core.launch.command import preset_overrides
+from lorawizard.core.probe import fit
 from lorawizard.core.session.document import Session, bucket_area, parse_bucket
 
 MARGIN = 0.95  # the chosen batch size peaks at ≤ 95 % of the GPU's memory
@@ -67,6 +68,11 @@ MAX_BATCH = 32  # the search stops here; bigger batches rarely help a LoRA
 TRIAL_TIMEOUT_S = 900.0  # model loading alone can take minutes on a slow disk
 
 OOM_TEXTS = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+# The GPU or its driver failed, not the candidate: every further trial would fail the same way (the fit search stops)
+DRIVER_TEXTS = ("CUDA error: unspecified launch failure", "CUDA error: an illegal memory access",
+                "CUDA error: unknown error", "CUDA driver version is insufficient", "no CUDA-capable device",
+                "CUDA error: uncorrectable ECC error", "CUDA error: device-side assert", "NVIDIA-SMI has failed",
+                "Found no NVIDIA driver")
 SIGKILL_TEXTS = ("died with <Signals.SIGKILL: 9>", "Signals.SIGKILL")
 _BAR_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)\s*\[[^\]]*?([\d.]+)(it/s|s/it)")
 _BAR_START_RE = re.compile(r"steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
@@ -104,6 +110,7 @@ class TrialOutcome:
     seconds: float = 0.0
     detail: str = ""  # the OOM line, the error line, …
     log: str | None = None  # the trial's log file
+    start_seconds: float | None = None  # launch → the first step began: loading the models, caching (measured)
 
     @property
     def fits(self) -> bool:
@@ -284,7 +291,10 @@ class SubprocessTrialRunner:
             return TrialOutcome(spec.batch, "timeout", **common,
                                 detail=f"no result within {self.timeout_s:.0f} s (hung?); the trial was stopped")
         status, detail = classify(process.returncode, tail.text, tail.step, self.steps)
-        return TrialOutcome(spec.batch, status, s_per_step=tail.seconds_per_step(), detail=detail, **common)
+        s_per_step = tail.seconds_per_step()
+        first = tail.first_seen.get(1)
+        start = max(0.0, first - started - (s_per_step or 0.0)) if first is not None else None
+        return TrialOutcome(spec.batch, status, s_per_step=s_per_step, detail=detail, start_seconds=start, **common)
 
 
 PHASES = (  # log text → what a trial is busy with before its first step (model loading can take minutes)
@@ -544,6 +554,8 @@ def run_step(ctx: StepContext) -> StepResult:
     buckets = bucket_counts(session)
     if not buckets:
         raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
+    if session.gpu.fit in ("quality", "fastest"):
+        return _run_fit(ctx, gpu, preset, presets, buckets)
     known = session.batch_sizes()
     reprobe = bool(_options(ctx).get("reprobe"))
     todo = {b: n for b, n in buckets.items() if reprobe or b not in known}
@@ -699,11 +711,13 @@ class _Probe:
             search.add(self.trial(TrialSpec(bucket, batch, preset, images, self.number)))
         return search
 
-    def trial(self, spec: TrialSpec) -> TrialOutcome:
-        """One trial: progress per step, its line in the log; an error (or batch 1 killed / timed out) fails the step."""
+    def trial(self, spec: TrialSpec, *, strict: bool = True, label: str = "") -> TrialOutcome:
+        """One trial: progress per step, its line in the log; an error (or batch 1 killed / timed out) fails the step
+        unless not `strict` (the fit search: a refused candidate is one row of its table)."""
         ctx, bucket, batch = self.ctx, spec.bucket, spec.batch
         self.on_event(ProbeEvent("trial-start", spec, 0, PROBE_STEPS))
-        trial_meter = ProgressMeter(ctx.progress, "probe", f"{bucket} batch {batch}", PROBE_STEPS, "steps", interval=0)
+        trial_meter = ProgressMeter(ctx.progress, "probe", label or f"{bucket} batch {batch}", PROBE_STEPS, "steps",
+                                    interval=0)
 
         def report(event: ProbeEvent) -> None:
             peak = f", peak {event.peak_bytes / GB:.1f} GB" if event.peak_bytes else ""
@@ -717,7 +731,10 @@ class _Probe:
         else:  # not "3/3 (100%)": the trial stopped where it stopped
             ctx.progress(trial_meter.snapshot(f"→ {word}", finished=True))
         self.on_event(ProbeEvent("trial-end", spec, outcome=outcome))
-        ctx.log(outcome.line(bucket) + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
+        ctx.log((f"{label}: " if label else "") + outcome.line(bucket)
+                + (f" — {outcome.detail}" if outcome.detail and not outcome.fits else ""))
+        if not strict:
+            return outcome
         if outcome.status == "error":
             raise StepFailed(f"trial {bucket} batch {batch}: {outcome.detail} (log: {outcome.log})")
         if outcome.status in ("killed", "timeout") and batch == 1:
@@ -735,9 +752,10 @@ def _with_margin(outcome: TrialOutcome, limit: int, gpu: GpuInfo) -> TrialOutcom
     if level is None and outcome.peak_bytes is not None:
         level = outcome.peak_bytes + gpu.memory_used
     if level is not None and level > limit:
-        detail = f"peak {level / GB:.1f} GB is over {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB"
+        detail = (f"peak {level / GB:.1f} GB is over {MARGIN:.0%} of {gpu.memory_total / GB:.1f} GB"
+                  if limit == int(gpu.memory_total * MARGIN) else f"peak {level / GB:.1f} GB is over {limit / GB:.1f} GB")
         return TrialOutcome(outcome.batch, "over-margin", outcome.peak_bytes, outcome.device_peak_bytes,
-                            outcome.s_per_step, outcome.seconds, detail, outcome.log)
+                            outcome.s_per_step, outcome.seconds, detail, outcome.log, outcome.start_seconds)
     return outcome
 
 
@@ -808,7 +826,7 @@ def _result_json(result: AreaResult) -> dict[str, Any]:
 
 
 def _save_results(session: Session, gpu: GpuInfo, preset: VramPreset, results: list[AreaResult], seconds: float,
-                  ctx: StepContext) -> None:
+                  ctx: StepContext, fit_data: dict[str, Any] | None = None) -> None:
     """Measurements beside the session (session.toml keeps only the batch sizes): what, when, how, on which GPU."""
     path = session.paths.state / RESULTS_FILE
     try:
@@ -828,6 +846,11 @@ def _save_results(session: Session, gpu: GpuInfo, preset: VramPreset, results: l
         "preset": preset.name,
         "buckets": buckets,
     }
+    if fit_data is not None:
+        data["fit"] = fit_data
+        data["how"] = (f"fastest fit ({session.gpu.fit}): real trainer runs of {PROBE_STEPS} optimizer steps per "
+                       f"candidate; peak GPU memory sampled with NVML; fits = no CUDA OOM and peak ≤ "
+                       f"{fit_data['limit_bytes'] / GB:.1f} GB (the card less max(5 %, 1 GB))")
     try:
         atomic_write_json(path, data)
     except OSError as exc:
@@ -852,6 +875,9 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
     kinds = _kinds_of_card(gpus)
     smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
     preset = _shared_preset(session, smallest, presets)
+    if session.gpu.fit in ("quality", "fastest"):
+        ctx.log(f"gpu.fit = {session.gpu.fit} searches one GPU only for now: with several, each kind of card gets the "
+                "preset's largest batch")
     ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
             f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
     preset, per_kind = _probe_each_kind(ctx, kinds, preset, presets)
@@ -982,3 +1008,195 @@ def _save_several(session: Session, gpus: list[GpuInfo], smallest: GpuInfo, pres
         atomic_write_json(path, data)
     except OSError as exc:
         ctx.log(f"could not write {path}: {exc.strerror or exc}")
+
+
+# ---------------------------------------------------------------- fastest fit (gpu.fit = quality | fastest)
+
+
+def _candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) -> VramPreset:
+    """The session's preset (its optimizer) with the candidate's swap and base precision, as trial overrides."""
+    options = {**base.options, "blocks_to_swap": setting.swap or None, "fp8_base": True if setting.fp8 else None}
+    if setting.swap == 0 and base.min_gb >= 24:
+        options["highvram"] = True
+    return base._replace(name=f"fit-swap{setting.swap}-{'fp8' if setting.fp8 else '16bit'}", batch_size=batch,
+                         options=options, from_docs=False)
+
+
+def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[VramPreset],
+             buckets: dict[str, int]) -> StepResult:
+    """The search over swap × base precision × batch on the largest area (core.probe.fit), then the other areas'
+    largest batch with the chosen setting; measured again only when stale (GPU, buckets or settings changed)."""
+    from lorawizard.core.gpu.probe_results import load_results
+    from lorawizard.core.launch.command import CommandError, parse_extra_args
+
+    session = ctx.session
+    try:
+        extra = parse_extra_args(session.train.extra_args)
+    except CommandError as exc:
+        raise StepFailed(str(exc)) from None
+    policy = fit.policy_for(session, extra, max_batch=int(_options(ctx).get("max_batch") or fit.MAX_BATCH))
+    now = fit.fingerprint(session, gpu.uuid, buckets)
+    saved = load_results(session).get("fit")
+    reason = fit.stale_reason(saved, now)
+    if reason is None and session.gpu.fit_swap is not None and not _options(ctx).get("reprobe"):
+        return StepResult(True, "the fit is measured for this GPU, these buckets and settings (re-probe to measure "
+                          "again)", details=list(saved.get("lines", [])) if saved else [],
+                          data={"batch_sizes": session.batch_sizes(), "fit": saved})
+    ctx.log(f"fit: measuring ({reason})" if reason else "fit: measuring again")
+    groups = areas(buckets)
+    limit = fit.limit_bytes(gpu.memory_total)
+    if ctx.dry_run:
+        return _fit_dry_run(ctx, gpu, policy, groups)
+    workdir = session.paths.state / "probe"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner: TrialRunner = _options(ctx).get("trial_runner") or SubprocessTrialRunner(
+        session, gpu, workdir, cancel=ctx.cancel, nvml=_options(ctx).get("nvml"),
+        timeout_s=float(_options(ctx).get("trial_timeout_s") or TRIAL_TIMEOUT_S))
+    probe = _Probe(ctx, runner, gpu, limit=limit, max_batch=policy.max_batch,
+                   on_event=_options(ctx).get("on_event") or (lambda event: None))
+    started = time.monotonic()
+    search, outcomes = _search_largest(ctx, probe, policy, preset, groups[0], now)
+    chosen = search.best
+    if chosen is None:
+        _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=[], seconds=0.0)
+        hint = "gpu.fit = fastest allows an fp8 base, " if True not in policy.fp8 else ""
+        if any(m.status == "timeout" for m in search.measured):
+            hint = f"a trial hung (see the trial logs in {workdir}), " + hint
+        if any(m.status == "killed" for m in search.measured):
+            hint = "a trial was killed for host RAM (swapped blocks live there): add RAM or swap space, " + hint
+        raise StepFailed(f"no setting fits {groups[0][0]} on {gpu.name} ({search.trials} trials, "
+                         f"{fit.margin_text(gpu.memory_total)}): {hint}free GPU memory or use smaller buckets")
+    fit_preset = _candidate_preset(preset, chosen.candidate.setting, chosen.candidate.batch)
+    bucket, members, _ = groups[0]
+    first_trials = [outcomes[m.trial] for m in search.measured if m.trial in outcomes]
+    first = AreaResult(bucket, members, chosen.candidate.batch, fit_preset.name, chosen.peak_bytes, chosen.s_per_step,
+                       first_trials)
+    _, rest = probe.every_area(groups[1:], fit_preset, presets) if len(groups) > 1 else (fit_preset, [])
+    results = [first, *rest]
+    ctx.record("gpu.fit_swap", chosen.candidate.setting.swap)
+    ctx.record("gpu.fit_fp8", chosen.candidate.setting.fp8)
+    batch_sizes = dict(session.batch_sizes())
+    for result in results:
+        for member in result.buckets:
+            ctx.record(f"gpu.batch_size.{member}", result.batch)
+            batch_sizes[member] = result.batch
+    lines = _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=results,
+                      seconds=time.monotonic() - started, batch_sizes=batch_sizes, buckets=buckets)
+    return StepResult(True, fit.choice_line(chosen, _visits(session, buckets), search.trials, policy.budget),
+                      details=lines, data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
+                                           "fit_swap": chosen.candidate.setting.swap,
+                                           "fit_fp8": chosen.candidate.setting.fp8,
+                                           "trials": search.trials, "budget": policy.budget,
+                                           "results": [_result_json(r) for r in results]})
+
+
+def _visits(session: Session, buckets: dict[str, int]) -> int:
+    return fit.image_visits(buckets, session.dataset.num_repeats, session.train.max_train_epochs)
+
+
+def _search_largest(ctx: StepContext, probe: _Probe, policy: fit.FitPolicy, preset: VramPreset,
+                    group: tuple[str, list[str], int],
+                    now: dict[str, str]) -> tuple[fit.FitSearch, dict[int, TrialOutcome]]:
+    """The fit search on the largest area; Ctrl-C saves the candidates measured so far (marked partial)."""
+    bucket, _, images = group
+    search = fit.FitSearch(policy, probe.limit)
+    outcomes: dict[int, TrialOutcome] = {}
+    ctx.log(policy.line())
+    for note in policy.notes:
+        ctx.log(f"fit: {note}")
+    ctx.log(f"fit: {fit.margin_text(probe.gpu.memory_total)}{_others_text(probe.gpu)}")
+
+    meter = ProgressMeter(ctx.progress, "probe", f"fit search on {bucket} (at most)", policy.budget, "trials",
+                          interval=0)
+    meter.update(0, force=True)
+
+    def trial(candidate: fit.Candidate) -> fit.Measured:
+        probe.number += 1
+        spec = TrialSpec(bucket, candidate.batch, _candidate_preset(preset, candidate.setting), images, probe.number)
+        outcome = probe.trial(spec, strict=False, label=f"fit: swap {candidate.setting.swap}, "
+                              f"{'fp8' if candidate.setting.fp8 else '16-bit'} base")
+        outcomes[spec.number] = outcome
+        meter.update(len(outcomes), f"{candidate.label()}: {fit.WORDS.get(outcome.status, outcome.status)}")
+        if outcome.status == "error" and any(text in outcome.detail for text in DRIVER_TEXTS):
+            search.measured.append(fit.Measured(candidate, "error", None, None, outcome.detail, spec.number))
+            _save_fit(ctx, probe.gpu, preset, search, outcomes, now, partial=True, results=[], seconds=0.0)
+            raise StepFailed(f"the GPU or its driver failed mid-probe ({outcome.detail[:160]}); the candidates measured "
+                             f"so far are saved, marked partial — check nvidia-smi, then probe again")
+        level = outcome.device_peak_bytes
+        if level is None and outcome.peak_bytes is not None:
+            level = outcome.peak_bytes + probe.gpu.memory_used
+        status = cast(fit.Status, outcome.status)
+        return fit.Measured(candidate, status, level, outcome.s_per_step, outcome.detail, spec.number)
+
+    try:
+        search.run(trial)
+        meter.finish(f"{search.trials} trials")
+    except Cancelled:
+        _save_fit(ctx, probe.gpu, preset, search, outcomes, now, partial=True, results=[], seconds=0.0)
+        ctx.log("fit: stopped; the candidates measured so far are saved, marked partial")
+        raise
+    return search, outcomes
+
+
+def _others_text(gpu: GpuInfo) -> str:
+    """Memory other processes held when the probe began: the trials get what is free (the limit counts it)."""
+    if gpu.memory_used < GB:
+        return ""
+    return (f"; other processes hold {gpu.memory_used / GB:.1f} GB of this GPU: probed with the "
+            f"{max(0, fit.limit_bytes(gpu.memory_total) - gpu.memory_used) / GB:.1f} GB left under the margin")
+
+
+def _save_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, search: fit.FitSearch,
+              outcomes: dict[int, TrialOutcome], now: dict[str, str], *, partial: bool, results: list[AreaResult],
+              seconds: float, batch_sizes: dict[str, int] | None = None,
+              buckets: dict[str, int] | None = None) -> list[str]:
+    """probe.json with the fit (its table, choice, fingerprint, phases); returns the report's lines."""
+    from lorawizard.core.train.forecast import forecast_lines
+
+    session = ctx.session
+    buckets = buckets if buckets is not None else bucket_counts(session)
+    visits = _visits(session, buckets)
+    chosen = None if partial else search.best
+    lines = [search.policy.line(), *[f"note: {n}" for n in search.policy.notes]]
+    others = _others_text(gpu)
+    if others:
+        lines.append("note: " + others.lstrip("; "))
+    lines += fit.table_lines(search.measured, chosen, visits, partial=partial)
+    lines += [f"note: {n}" for n in search.notes]
+    lines.append(fit.choice_line(chosen, visits, search.trials, search.policy.budget))
+    starts = [o.start_seconds for _, o in sorted(outcomes.items()) if o.start_seconds is not None]
+    fit_data: dict[str, Any] = {
+        "choice": session.gpu.fit, "fingerprint": now, "partial": partial, "trials": search.trials,
+        "budget": search.policy.budget, "limit_bytes": search.limit,
+        "chosen": asdict(chosen.candidate.setting) | {"batch": chosen.candidate.batch} if chosen else None,
+        "candidates": [{"swap": m.candidate.setting.swap, "fp8": m.candidate.setting.fp8, "batch": m.candidate.batch,
+                        "status": m.status, "peak_bytes": m.peak_bytes, "s_per_step": m.s_per_step,
+                        "images_per_s": m.images_per_s, "trial": m.trial, "detail": m.detail}
+                       for m in search.measured],
+        # launch → first step (loading the models; caching too in whichever trial wrote the caches): the longest
+        "phases": {"startup_s": round(max(starts), 2) if starts else None,
+                   "startup_min_s": round(min(starts), 2) if starts else None},
+    }
+    if results and batch_sizes is not None:
+        lines += _table_lines(results, batch_sizes, buckets)
+    _save_results(session, gpu, preset, results, seconds, ctx, fit_data=fit_data)
+    if results:
+        lines += forecast_lines(session)
+        lines.append(_sampling_note(session, results))
+    fit_data["lines"] = lines
+    _save_results(session, gpu, preset, results, seconds, ctx, fit_data=fit_data)
+    return lines
+
+
+def _fit_dry_run(ctx: StepContext, gpu: GpuInfo, policy: fit.FitPolicy,
+                 groups: list[tuple[str, list[str], int]]) -> StepResult:
+    from lorawizard.core.train.forecast import forecast_lines
+
+    bucket, _, images = groups[0]
+    details = [policy.line(), *[f"note: {n}" for n in policy.notes],
+               f"would search {bucket} ({images} images) on GPU {gpu.index}, {fit.margin_text(gpu.memory_total)}; "
+               f"then the largest batch of {len(groups) - 1} more bucket area(s) with the chosen setting",
+               *forecast_lines(ctx.session)]
+    return StepResult(True, f"dry run: fit search ({policy.choice}) on GPU {gpu.index}, at most {policy.budget} trials "
+                      "for the largest area; nothing was run", details=details)

@@ -575,6 +575,10 @@ def run_step(ctx: StepContext) -> StepResult:
             ctx.log(f"  {path}")
         for note in plan.notes:
             ctx.log(note)
+        from lorawizard.core.train.forecast import forecast_lines
+
+        for line in forecast_lines(session):  # measured s/step × planned steps + measured phases (issue 26)
+            ctx.log(line)
         ctx.log(plan.command.shell_text(multiline=True))
         note = f"; a run is going now: {live.run_id}" if live else ""
         return StepResult(True, f"dry run: command printed, nothing launched{note}",

@@ -1,0 +1,134 @@
+"""What a run costs before it starts: its time from the probe's measured seconds per step (per bucket, at the batch
+size training will use) × the planned steps, plus the phases measured on this machine; money from
+`gpu.price_per_hour`.
+
+Measured: s/step per bucket (the probe's trials, 3 optimizer steps each, the first excluded) and the start-up
+(launch → first step: loading the models, caching latents and text-encoder outputs; the longest of the probe's
+trials, which is the one that wrote the caches). Estimated, and said so: sampling (one denoising step ≈ a third of a training step's time per
+image, the rule `core.train.samples.sampling_cost` uses). Not measured: saving checkpoints and states (seconds each
+for a LoRA). No hosted-trainer price is compared: we have no published per-step figure for the same settings to
+cite, so none is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lorawizard.core.common.progress import format_duration
+from lorawizard.core.gpu.probe_results import fit_fingerprint, fit_stale_reason, load_results
+from lorawizard.core.session.document import Session
+
+NO_HOSTED = ("forecast: no hosted-trainer price beside it — we know of no published per-step price for the same "
+             "settings to cite")
+
+
+@dataclass(frozen=True)
+class BucketTime:
+    bucket: str
+    steps: int
+    s_per_step: float | None  # measured at this batch size, else None
+
+
+@dataclass(frozen=True)
+class RunForecast:
+    buckets: list[BucketTime]
+    startup_s: float | None
+    sampling_s: float
+    gpus: int
+
+    @property
+    def training_s(self) -> float | None:
+        if any(b.s_per_step is None for b in self.buckets):
+            return None
+        return sum(b.steps * (b.s_per_step or 0.0) for b in self.buckets)
+
+    @property
+    def total_s(self) -> float | None:
+        training = self.training_s
+        return None if training is None else training + (self.startup_s or 0.0) + self.sampling_s
+
+
+def forecast(session: Session) -> RunForecast | None:
+    """The run's forecast from probe.json and the session; None without prepared buckets."""
+    from lorawizard.core.dataset.step import bucket_counts
+    from lorawizard.core.launch import multigpu
+    from lorawizard.core.launch.command import CommandError, batch_size_for
+    from lorawizard.core.train import samples
+
+    try:
+        counts = bucket_counts(session)
+    except (OSError, ValueError):
+        return None
+    if not counts:
+        return None
+    results = load_results(session)
+    measured = results.get("buckets", {})
+    gpus = max(1, len(session.gpu.uuids))
+    epochs, repeats = session.train.max_train_epochs, session.dataset.num_repeats
+    rows: list[BucketTime] = []
+    for bucket, images in counts.items():
+        try:
+            batch = batch_size_for(session, bucket)
+        except CommandError:
+            batch = 1
+        entry = measured.get(bucket) or {}
+        speed = entry.get("s_per_step") if entry.get("batch_size") == batch else None
+        steps = multigpu.steps_per_epoch({bucket: (images, batch)}, repeats, gpus) * epochs
+        rows.append(BucketTime(bucket, steps, float(speed) if speed else None))
+    phases = (results.get("fit") or {}).get("phases") or {}
+    startup = phases.get("startup_s")
+    sampling = 0.0
+    settings = samples.sample_settings(session)
+    slowest = max((r.s_per_step for r in rows if r.s_per_step), default=None)
+    if settings is not None and slowest:
+        times = epochs // settings.every_n_epochs + int(settings.at_first)
+        sampling = times * len(settings.prompts) * settings.steps * slowest / 3
+    return RunForecast(rows, float(startup) if startup else None, sampling, gpus)
+
+
+def forecast_lines(session: Session) -> list[str]:
+    """The forecast as report lines (the probe's table, `--dry-run`)."""
+    result = forecast(session)
+    if result is None:
+        return []
+    parts = [f"{b.bucket} {b.steps} steps × " + (f"{b.s_per_step:.2f} s/step" if b.s_per_step else "? s/step")
+             for b in result.buckets]
+    lines = ["forecast: " + "; ".join(parts) + (f" ({result.gpus} GPUs)" if result.gpus > 1 else "")]
+    stale = fit_staleness(session)
+    if stale:
+        lines.append(f"forecast: the probe's fit (gpu.fit = {session.gpu.fit}) is not current — {stale}: run the probe "
+                     "again (--steps probe)")
+    total = result.total_s
+    if total is None:
+        missing = [b.bucket for b in result.buckets if b.s_per_step is None]
+        lines.append(f"forecast: no measured speed for {', '.join(missing)} at the batch size training uses "
+                     "(run the probe)")
+        return lines
+    startup = (f"start-up {format_duration(result.startup_s)} (loading, caching: the probe's longest launch to first "
+               "step)"
+               if result.startup_s else "start-up not measured")
+    sampling = f"sampling ≈{format_duration(result.sampling_s)} (estimate)" if result.sampling_s else "no sampling"
+    lines.append(f"forecast: training {format_duration(result.training_s)} (measured s/step × planned steps) + "
+                 f"{startup} + {sampling}; saving not measured")
+    money = ""
+    price = session.gpu.price_per_hour
+    if price:
+        cost = total / 3600 * price * result.gpus
+        money = f" · ≈{cost:.2f} at {price:g} per GPU-hour (gpu.price_per_hour)"
+    lines.append(f"forecast: ≈{format_duration(total)} in all{money}")
+    lines.append(NO_HOSTED)
+    return lines
+
+
+def fit_staleness(session: Session) -> str | None:
+    """Why the session's fastest fit no longer holds (another GPU, other buckets or settings), None when it holds or
+    `gpu.fit` is the preset."""
+    from lorawizard.core.dataset.step import bucket_counts
+
+    if session.gpu.fit not in ("quality", "fastest") or not session.gpu.uuid:
+        return None
+    try:
+        counts = bucket_counts(session)
+    except (OSError, ValueError):
+        return None
+    return fit_stale_reason(load_results(session).get("fit"), fit_fingerprint(session, session.gpu.uuid, counts))

@@ -1,0 +1,338 @@
+"""Fastest fit (issue 26): the search over swap × base precision × batch finds the known optimum of the stand-in's
+memory and speed model with the promised number of trials, on a 24, a 16 and a 12 GB fake card and with another
+process holding memory; its pruning, what the person fixes, staleness, Ctrl-C, and the command it leads to."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed
+from lorawizard.core.gpu.nvml import GB, GpuInfo
+from lorawizard.core.gpu.probe_results import load_results
+from lorawizard.core.launch.command import fit_options, parse_extra_args, trainer_options
+from lorawizard.core.probe import fit
+from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
+from lorawizard.core.session.document import Session, parse_bucket
+from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, RTX_3090_BUSY, RTX_4060, FakeNvml
+from tests.support.sessions import save
+from tests.support.standin import standin_model
+
+LADDER = (0, 8, 16, 22, 28, 35)  # FLUX.1's presets' blocks_to_swap, and 0
+
+
+class ModelRunner:
+    """A trial runner (test double) answering from the stand-in's memory and speed model, in-process: the GPU's
+    other processes hold `gpu.memory_used`; over the free memory is a CUDA OOM."""
+
+    def __init__(self, gpu: GpuInfo, *, refuse_swap: int | None = None, kill_swap: int | None = None,
+                 cancel_at: int | None = None, cancel: threading.Event | None = None, hang_swap: int | None = None,
+                 driver_error_at: int | None = None) -> None:
+        self.gpu, self.specs = gpu, []  # type: ignore[var-annotated]
+        self.refuse_swap, self.kill_swap, self.cancel_at, self.cancel = refuse_swap, kill_swap, cancel_at, cancel
+        self.hang_swap, self.driver_error_at = hang_swap, driver_error_at
+
+    def __call__(self, spec: TrialSpec, report) -> TrialOutcome:  # noqa: ANN001
+        self.specs.append(spec)
+        if self.cancel_at is not None and len(self.specs) >= self.cancel_at and self.cancel is not None:
+            self.cancel.set()
+            raise Cancelled()
+        swap = int(spec.preset.options.get("blocks_to_swap") or 0)
+        fp8 = bool(spec.preset.options.get("fp8_base"))
+        width, height = parse_bucket(spec.bucket)
+        if swap == self.refuse_swap:
+            return TrialOutcome(spec.batch, "error", detail="AssertionError: block swap is refused here")
+        if swap == self.kill_swap:
+            return TrialOutcome(spec.batch, "killed", detail="SIGKILL")
+        if swap == self.hang_swap:
+            return TrialOutcome(spec.batch, "timeout", detail="no result within 900 s (hung?); the trial was stopped")
+        if self.driver_error_at is not None and len(self.specs) >= self.driver_error_at:
+            return TrialOutcome(spec.batch, "error", detail="the trainer failed (exit status 1): RuntimeError: CUDA "
+                                "error: unspecified launch failure")
+        peak = standin_model.peak_bytes(swap, fp8, spec.batch, width, height)
+        if peak > self.gpu.memory_total - self.gpu.memory_used:
+            return TrialOutcome(spec.batch, "oom", detail="torch.OutOfMemoryError: CUDA out of memory.")
+        report(ProbeEvent("trial-step", spec, 3, 3, text="training", peak_bytes=peak))
+        return TrialOutcome(spec.batch, "ok", peak_bytes=peak, device_peak_bytes=peak + self.gpu.memory_used,
+                            s_per_step=standin_model.step_seconds(swap, fp8, spec.batch, width, height),
+                            start_seconds=4.0 if len(self.specs) == 1 else 1.0)
+
+
+def make_session(project: Path, choice: str, buckets: dict[str, int] | None = None) -> Session:
+    session = Session.new(project / "session.toml", name="fit")
+    session.set("gpu.fit", choice)
+    for bucket, count in (buckets or {"1024x1024": 4, "512x512": 3}).items():
+        folder = session.paths.dataset / bucket
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+            (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
+    save(session)
+    return session
+
+
+def probe(session: Session, gpu: GpuInfo, runner: ModelRunner, **options: object):  # noqa: ANN201
+    lines: list[str] = []
+    ctx = StepContext(session=session, log=lines.append,
+                      options={"nvml": FakeNvml([gpu]), "gpu_uuid": gpu.uuid, "trial_runner": runner, **options})
+    return run_step(ctx), lines
+
+
+def optimum(gpu: GpuInfo, fp8s: tuple[bool, ...]) -> tuple[int, bool, int] | None:
+    limit = fit.limit_bytes(gpu.memory_total) - gpu.memory_used
+    return standin_model.best(LADDER, fp8s, fit.MAX_BATCH, 1024, 1024, limit)
+
+
+CARDS = {"24gb": RTX_3090_24, "16gb": RTX_4060, "12gb": RTX_3060_12,
+         "24gb-busy": RTX_3090_BUSY}  # another process holds 11.2 GB of it
+
+
+@pytest.mark.parametrize("card", list(CARDS))
+def test_fastest_finds_the_known_optimum_within_the_promised_trials(project: Path, card: str) -> None:
+    gpu = CARDS[card]
+    session = make_session(project, "fastest")
+    runner = ModelRunner(gpu)
+    result, _ = probe(session, gpu, runner)
+    expected = optimum(gpu, (True, False))
+    assert expected is not None
+    swap, fp8, batch = expected
+    assert (result.data["fit_swap"], result.data["fit_fp8"]) == (swap, fp8), result.details
+    assert session.gpu.fit_swap == swap and session.gpu.fit_fp8 is fp8
+    assert session.batch_sizes()["1024x1024"] == batch
+    first_area = [s for s in runner.specs if s.bucket == "1024x1024"]
+    assert len(first_area) == result.data["trials"] <= fit.FitPolicy("fastest", LADDER, (True, False)).budget == 26
+    assert session.batch_sizes()["512x512"] >= batch  # the smaller area got its own largest batch, same setting
+    assert all(s.preset.options.get("blocks_to_swap") in (swap or None,) for s in runner.specs[len(first_area):])
+    if card == "24gb-busy":
+        assert any("other processes hold 11.2 GB" in line for line in result.details)
+
+
+@pytest.mark.parametrize("card", ["24gb", "16gb", "12gb"])
+def test_quality_first_keeps_a_16_bit_base(project: Path, card: str) -> None:
+    gpu = CARDS[card]
+    session = make_session(project, "quality")
+    runner = ModelRunner(gpu)
+    expected = optimum(gpu, (False,))
+    if expected is None:  # the 16-bit base does not fit this card at any swap: said in one line, fp8 suggested
+        with pytest.raises(StepFailed, match="fastest"):
+            probe(session, gpu, runner)
+        assert all(not s.preset.options.get("fp8_base") for s in runner.specs)
+        assert len(runner.specs) <= 13
+        return
+    result, _ = probe(session, gpu, runner)
+    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == expected
+    assert all(not s.preset.options.get("fp8_base") for s in runner.specs)
+    assert result.data["trials"] <= 13
+
+
+def test_an_oom_rules_out_what_needs_more_memory_without_a_trial() -> None:
+    policy = fit.FitPolicy("fastest", LADDER, (True, False))
+    search = fit.FitSearch(policy, fit.limit_bytes(RTX_4060.memory_total))
+    gpu = RTX_4060
+
+    def trial(candidate: fit.Candidate) -> fit.Measured:
+        s = candidate.setting
+        peak = standin_model.peak_bytes(s.swap, s.fp8, candidate.batch, 1024, 1024) + gpu.memory_used
+        if peak > gpu.memory_total:
+            return fit.Measured(candidate, "oom", trial=1)
+        status = "ok" if peak <= search.limit else "over-margin"
+        return fit.Measured(candidate, status, peak, standin_model.step_seconds(s.swap, s.fp8, candidate.batch, 1024,
+                                                                               1024), trial=1)
+
+    search.run(trial)
+    ruled = [m for m in search.measured if m.status == "ruled-out"]
+    assert ruled, "fp8 at swap 0 ran out of memory: 16-bit at swap 0 is never tried"
+    assert fit.Candidate(fit.Setting(0, False), 1) in {m.candidate for m in ruled}
+    assert all(m.trial == 0 for m in ruled) and search.trials == sum(1 for m in search.measured if m.trial)
+
+
+def test_a_slower_leaner_candidate_ends_its_line() -> None:
+    """A larger batch slower per image than batch 2 (less memory): the line ends there, nothing between is tried."""
+    speeds = {1: 1.0, 2: 1.5}  # s/step: images/s 1.0, 1.33; then 0.9 s per image (1.11 images/s)
+    policy = fit.FitPolicy("quality", (0, 8), (False,))
+    search = fit.FitSearch(policy, 20 * GB)
+    tried: list[fit.Candidate] = []
+
+    def trial(candidate: fit.Candidate) -> fit.Measured:
+        tried.append(candidate)
+        return fit.Measured(candidate, "ok", int((5 + candidate.batch) * GB), speeds.get(candidate.batch, 0.9 * candidate.batch), trial=1)
+
+    best = search.run(trial)
+    assert best is not None and best.candidate.batch == 2
+    assert [c.batch for c in tried][:2] == [1, 2] and len(tried) == 3  # and the walk stops: not memory-bound
+    assert all(c.setting.swap == 0 for c in tried)
+
+
+def test_what_the_person_fixed_is_respected_and_said(project: Path) -> None:
+    session = make_session(project, "fastest")
+    session.set("train.extra_args", ["--blocks_to_swap", "12"])
+    policy = fit.policy_for(session, parse_extra_args(session.train.extra_args))
+    assert policy.swaps == (12,) and any("--blocks_to_swap 12" in n for n in policy.notes)
+    session.set("train.extra_args", ["--cpu_offload_checkpointing"])
+    policy = fit.policy_for(session, parse_extra_args(session.train.extra_args))
+    assert policy.swaps == (0,) and any("refuses block swap" in n for n in policy.notes)
+    session.set("train.extra_args", [])
+    session.set("train.base_precision", "16bit")
+    policy = fit.policy_for(session, {})
+    assert policy.fp8 == (False,) and any("base_precision" in n for n in policy.notes)
+    session.set("train.base_precision", "fp8")
+    session.set("train.mixed_precision", "no")
+    assert fit.policy_for(session, {}).fp8 == (False,)
+    session.set("train.mixed_precision", "bf16")
+    session.set("gpu.fit", "quality")
+    assert fit.policy_for(session, {}).fp8 == (True,)  # explicitly fp8: kept even under quality first, and said
+
+
+def test_a_refused_candidate_is_a_row_and_a_host_ram_kill_stops_that_walk(project: Path) -> None:
+    gpu = RTX_4060  # 16 GB: fp8 at swap 0 and 8 do not fit, so the walk reaches swap 16
+    session = make_session(project, "fastest", {"1024x1024": 4})
+    result, _ = probe(session, gpu, ModelRunner(gpu, refuse_swap=16))
+    assert any("refused by the trainer: AssertionError" in line for line in result.details)
+    assert session.gpu.fit_swap not in (None, 16)  # the walk went on past the refused level
+    (project / "b").mkdir()
+    session = make_session(project / "b", "fastest", {"1024x1024": 4})
+    with pytest.raises(StepFailed, match="killed for host RAM"):  # this card needs swap 16: host RAM is the limit
+        probe(session, gpu, ModelRunner(gpu, kill_swap=16))
+    (project / "c").mkdir()
+    session = make_session(project / "c", "fastest", {"1024x1024": 4})
+    runner = ModelRunner(RTX_3090_24, kill_swap=8)
+    result, _ = probe(session, RTX_3090_24, runner)
+    assert any("host RAM" in line for line in result.details)
+    assert session.gpu.fit_swap == 0
+    assert not [s for s in runner.specs if (s.preset.options.get("blocks_to_swap") or 0) > 8]
+
+
+def test_measured_again_only_when_the_gpu_buckets_or_settings_change(project: Path) -> None:
+    gpu = RTX_3090_24
+    session = make_session(project, "fastest")
+    probe(session, gpu, ModelRunner(gpu))
+    again = ModelRunner(gpu)
+    result, _ = probe(session, gpu, again)
+    assert again.specs == [] and "measured for this GPU" in result.summary
+    assert any("◀ chosen" in line for line in result.details)  # the saved table comes back
+    session.set("train.network_dim", 32)
+    save(session)
+    changed = ModelRunner(gpu)
+    _, lines = probe(session, gpu, changed)
+    assert changed.specs and any("settings that change memory or speed changed" in line for line in lines)
+    other = replace(RTX_4060, uuid="GPU-other")
+    _, lines = probe(session, other, ModelRunner(other))
+    assert any("the GPU changed" in line for line in lines)
+    (session.paths.dataset / "1024x1024" / "0009.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    _, lines = probe(session, other, ModelRunner(other))
+    assert any("the buckets changed" in line for line in lines)
+    session.set("gpu.fit", "quality")
+    save(session)
+    lines: list[str] = []
+    with pytest.raises(StepFailed, match="fastest allows an fp8 base"):  # 16 GB: no 16-bit setting fits
+        run_step(StepContext(session=session, log=lines.append, options={
+            "nvml": FakeNvml([other]), "gpu_uuid": other.uuid, "trial_runner": ModelRunner(other)}))
+    assert any("the search changed (fastest → quality)" in line for line in lines)
+
+
+def test_ctrl_c_keeps_the_partial_table_marked(project: Path) -> None:
+    gpu = RTX_4060
+    session = make_session(project, "fastest")
+    cancel = threading.Event()
+    runner = ModelRunner(gpu, cancel_at=3, cancel=cancel)
+    with pytest.raises(Cancelled):
+        run_step(StepContext(session=session, cancel=cancel, options={
+            "nvml": FakeNvml([gpu]), "gpu_uuid": gpu.uuid, "trial_runner": runner}))
+    saved = load_results(session)["fit"]
+    assert saved["partial"] is True and len([c for c in saved["candidates"] if c["trial"]]) == 2
+    assert any(line.startswith("partial:") for line in saved["lines"])
+    assert fit.stale_reason(saved, saved["fingerprint"]) == "the last search was stopped before it ended"
+    assert session.gpu.fit_swap is None  # nothing chosen from half a search
+
+
+def test_the_command_uses_the_chosen_candidate(project: Path) -> None:
+    session = make_session(project, "fastest")
+    session.set("gpu.vram_preset", "24gb")
+    session.set("gpu.fit_swap", 8)
+    session.set("gpu.fit_fp8", False)
+    options = trainer_options(session)
+    assert options["blocks_to_swap"] == 8 and "fp8_base" not in options and "highvram" not in options
+    session.set("gpu.fit_swap", 0)
+    session.set("gpu.fit_fp8", True)
+    options = trainer_options(session)
+    assert "blocks_to_swap" not in options and options["fp8_base"] is True
+    session.set("train.extra_args", ["--blocks_to_swap", "4"])  # the person's own option still wins
+    assert trainer_options(session)["blocks_to_swap"] == "4"
+    session.set("gpu.uuids", ["GPU-1", "GPU-2"])
+    assert fit_options(session) == {}  # several GPUs: no fit searched yet, the preset governs (and the probe says so)
+    session.set("gpu.uuids", [])
+    session.set("gpu.fit", "preset")
+    assert fit_options(session) == {}
+    session.set("gpu.fit", "quality")
+    session.set("gpu.fit_fp8", None)
+    assert fit_options(session)["fp8_base"] is None  # quality first: 16-bit even before a fit is measured
+
+
+def test_forecast_from_the_measured_speed_and_phases(project: Path) -> None:
+    gpu = RTX_3090_24
+    session = make_session(project, "fastest")
+    session.set("gpu.price_per_hour", 0.8)
+    save(session)
+    result, _ = probe(session, gpu, ModelRunner(gpu))
+    forecast = [line for line in result.details if line.startswith("forecast:")]
+    assert any("s/step" in line and "1024x1024" in line for line in forecast)
+    assert any("start-up 0:04" in line and "the probe's longest launch to first step" in line for line in forecast), forecast
+    total = next(line for line in forecast if "in all" in line)
+    assert "per GPU-hour" in total
+    assert any("no hosted-trainer price" in line for line in forecast)
+    from lorawizard.core.train.forecast import forecast_lines
+
+    assert not any("not current" in line for line in forecast_lines(session))
+    session.set("train.network_dim", 64)  # memory changes: the forecast says the fit must be measured again
+    assert any("not current — settings that change memory or speed changed" in line for line in forecast_lines(session))
+
+
+def test_dry_run_runs_nothing_and_says_the_bound(project: Path) -> None:
+    gpu = RTX_3090_24
+    session = make_session(project, "fastest")
+    runner = ModelRunner(gpu)
+    ctx = StepContext(session=session, dry_run=True, options={"nvml": FakeNvml([gpu]), "gpu_uuid": gpu.uuid,
+                                                              "trial_runner": runner})
+    result = run_step(ctx)
+    assert runner.specs == [] and "at most 26 trials" in result.summary
+    assert not (session.paths.state / "probe").exists()
+
+
+def test_a_hung_trial_ends_its_walk_and_a_driver_error_stops_the_probe(project: Path) -> None:
+    gpu = RTX_4060
+    session = make_session(project, "fastest", {"1024x1024": 4})
+    runner = ModelRunner(gpu, hang_swap=22)
+    result, _ = probe(session, gpu, runner)
+    assert any("timed out" in line for line in result.details)
+    fp8_swaps = [s.preset.options.get("blocks_to_swap") or 0 for s in runner.specs if s.preset.options.get("fp8_base")]
+    assert max(fp8_swaps) == 22  # the fp8 walk stopped at the hung level: its time limit is long
+    (project / "b").mkdir()
+    session = make_session(project / "b", "fastest", {"1024x1024": 4})
+    with pytest.raises(StepFailed, match="driver failed mid-probe"):
+        probe(session, gpu, ModelRunner(gpu, driver_error_at=3))
+    saved = load_results(session)["fit"]
+    assert saved["partial"] and len(saved["candidates"]) >= 3 and session.gpu.fit_swap is None
+
+
+def test_extra_args_fixing_the_swap_are_kept_through_the_probe(project: Path) -> None:
+    gpu = RTX_3090_24
+    session = make_session(project, "fastest", {"1024x1024": 4})
+    session.set("train.extra_args", ["--blocks_to_swap", "12"])
+    save(session)
+    runner = ModelRunner(gpu)
+    result, _ = probe(session, gpu, runner)
+    assert any("--blocks_to_swap 12 in train.extra_args: kept, not searched" in line for line in result.details)
+    assert {s.preset.options.get("blocks_to_swap") for s in runner.specs} == {12}
+    assert session.gpu.fit_swap == 12
+    assert trainer_options(session)["blocks_to_swap"] == "12"  # the person's own value reaches the trainer
+
+
+def test_a_hand_edited_probe_json_gives_no_rows_not_a_crash() -> None:
+    from lorawizard.core.probe.fit_rows import saved_rows
+
+    assert saved_rows({"candidates": [{"swap": "x"}]}, 100) == ()
+    assert saved_rows("nonsense", 100) == ()  # type: ignore[arg-type]
+    assert fit.stale_reason({"fingerprint": "x"}, {"gpu": "g", "buckets": "", "settings": "", "choice": "fastest"})
