@@ -216,3 +216,85 @@ async def test_escape_cancels_a_running_trial_and_kills_it(home_project: Path, t
         assert app.step_states["probe"] == "attention"
     assert _standin_processes(workdir) == []
     assert Session.load(home_project / "session.toml").batch_sizes() == {}
+
+
+# ---------------------------------------------------------------- fastest fit (issue 26)
+
+
+async def test_f_chooses_what_the_probe_may_change(home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, one_gpu())
+    app = LoraWizardApp(with_dataset(home_project), start_step="probe")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        line = app.screen.query_one("#fit-line")
+        assert "search: the preset's settings" in str(line.render())
+        await pilot.press("f")
+        await pilot.pause()
+        assert app.session.gpu.fit == "quality" and "quality first (16-bit base)" in str(line.render())
+        assert "not measured yet: ctrl+g or r measures it" in str(line.render())
+        await pilot.press("f")
+        await pilot.pause()
+        assert app.session.gpu.fit == "fastest" and "fp8 base allowed" in str(line.render())
+        await pilot.press("f")
+        await pilot.pause()
+        assert app.session.gpu.fit == "preset"
+        assert not app.screen.query_one("#fit", DataTable).display
+    assert Session.load(home_project / "session.toml").gpu.fit == "preset"
+
+
+def fit_app(project: Path, monkeypatch: pytest.MonkeyPatch) -> LoraWizardApp:
+    from tests.support.fake_nvml import RTX_4060, FakeNvml
+    from tests.unit.test_probe_fit import ModelRunner
+
+    install(monkeypatch, FakeNvml([RTX_4060]))
+    session = with_dataset(project, {"1024x1024": 12, "768x1024": 5})
+    session.set("gpu.fit", "fastest")
+    save(session)
+    return LoraWizardApp(session, start_step="probe", step_options={"probe": {"trial_runner": ModelRunner(RTX_4060)}})
+
+
+async def test_the_fit_search_fills_its_table_and_marks_the_choice(home_project: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    app = fit_app(home_project, monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        table = app.screen.query_one("#fit", DataTable)
+        assert table.display and table.row_count >= 5
+        results = [str(table.get_row_at(i)[8]) for i in range(table.row_count)]
+        assert results.count("◀ chosen") == 1 and "out of memory" in results and "ruled out" in results
+        chosen = table.get_row_at(results.index("◀ chosen"))
+        session = app.session
+        assert (str(chosen[1]), str(chosen[2]), str(chosen[3])) == (
+            str(session.gpu.fit_swap), "fp8" if session.gpu.fit_fp8 else "16-bit", str(session.batch_sizes()["1024x1024"]))
+        line = str(app.screen.query_one("#fit-line").render())
+        assert f"swap {session.gpu.fit_swap}" in line and "images/s" in line and "forecast: ≈" in line
+        assert app.step_states["probe"] == "done"
+        await pilot.press("f")  # fastest → preset: the table goes, the choice stays saved
+        await pilot.pause()
+        assert not table.display
+
+
+def test_snapshot_fit_80x24(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = fit_app(home_project, monkeypatch)
+
+    async def probe(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        await pilot.press("tab")  # the fit table, scrolled into view
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=probe)
+
+
+def test_snapshot_fit_120x40(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = fit_app(home_project, monkeypatch)
+
+    async def probe(pilot) -> None:  # noqa: ANN001
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=probe)

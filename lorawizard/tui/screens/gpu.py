@@ -34,6 +34,7 @@ from lorawizard.core.gpu.presets import (
 )
 from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch.multigpu import short_name
+from lorawizard.core.probe import fit, fit_rows
 from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
 from lorawizard.core.probe.step import ProbeEvent, ProbeOptions
 from lorawizard.core.probe.trial_rows import TrialRow, with_event
@@ -42,7 +43,13 @@ from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
-from lorawizard.tui.widgets.probe_tables import BucketTable, TrialTable
+from lorawizard.tui.widgets.probe_tables import BucketTable, FitTable, TrialTable
+
+FIT_WORDS = {  # one line at 80 columns with "search: " and " · f changes it"
+    "preset": "the preset's settings, the largest batch",
+    "quality": "quality first (16-bit base), fastest swap × batch",
+    "fastest": "fastest (fp8 base allowed), fastest swap × batch",
+}
 
 
 @dataclass
@@ -69,6 +76,7 @@ class GpuScreen(StepScreen):
         Binding("u", "refresh", "Refresh GPUs", show=True),
         Binding("space", "toggle_gpu", "Add/remove GPU", show=False),
         Binding("b", "batch_size", "Batch size", show=True),
+        Binding("f", "fit", "Search", show=True),
     ]
 
     CSS_PATH = "gpu.tcss"
@@ -77,6 +85,7 @@ class GpuScreen(StepScreen):
     # redraws, as every refresh did before, even with equal rows (always_update).
     bucket_rows: var[tuple[BucketRow, ...] | None] = var(None, init=False, always_update=True)
     trial_rows: var[tuple[TrialRow, ...] | None] = var(None, init=False, always_update=True)
+    fit_rows: var[tuple[fit_rows.FitRow, ...] | None] = var(None, init=False, always_update=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,7 +102,9 @@ class GpuScreen(StepScreen):
             yield Select([], id="preset-select", allow_blank=True, prompt="(chosen from the GPU)")
         yield Static("", id="preset-note")
         yield Static("", id="estimate")  # full width: at 80 columns a column beside the preset was 13 cells
+        yield Static("", id="fit-line")
         yield BucketTable(id="buckets", cursor_type="row", zebra_stripes=True).data_bind(GpuScreen.bucket_rows)
+        yield FitTable(id="fit", cursor_type="none").data_bind(GpuScreen.fit_rows)
         yield TrialTable(id="trials", cursor_type="none").data_bind(GpuScreen.trial_rows)
 
     def on_mount(self) -> None:
@@ -117,6 +128,7 @@ class GpuScreen(StepScreen):
         self._show_gpus()
         self._show_preset()
         self._show_buckets()
+        self._show_fit()
 
     # -- GPUs
 
@@ -305,6 +317,51 @@ class GpuScreen(StepScreen):
         self.bucket_rows = tuple(bucket_rows(wizard_app(self).session, self.buckets, preset,
                                              gpu.memory_total if gpu is not None else None, no_gpu=self._no_gpu()))
 
+    # -- fastest fit (gpu.fit): what the probe may change, the last search's table and choice
+
+    def action_fit(self) -> None:
+        """f: what the probe may change, in turn: the preset's settings, quality first (16-bit), fastest (fp8 too)."""
+        session = wizard_app(self).session
+        choices = fit.FIT_CHOICES
+        choice = choices[(choices.index(session.gpu.fit) + 1) % len(choices)] if session.gpu.fit in choices \
+            else choices[0]
+        error = wizard_app(self).decide("gpu.fit", choice)
+        if error:
+            self.notify(error, severity="error")
+            return
+        if choice == "quality" and not self._no_gpu():  # the first step away from the preset
+            self.notify("ctrl+g or r measures the candidates: short real trainings of swap, base precision and batch",
+                        timeout=6)
+        self._show_fit()
+
+    def _show_fit(self) -> None:
+        """The search line (the choice, and once measured: the chosen setting, or why it must be measured again)
+        and the candidates' table."""
+        session = wizard_app(self).session
+        choice = session.gpu.fit if session.gpu.fit in FIT_WORDS else "preset"
+        line = Text(f"search: {FIT_WORDS[choice]} · f changes it", style="dim")
+        if choice == "preset" or self._no_gpu():
+            self.query_one("#fit-line", Static).update(line)
+            self.fit_rows = ()
+            return
+        saved = load_results(session).get("fit")
+        saved = saved if isinstance(saved, dict) else None
+        gpu = self._chosen()
+        reason = fit.stale_reason(saved, fit.fingerprint(session, gpu.uuid, self.buckets)) if gpu else None
+        lines = [x for x in (saved or {}).get("lines", []) if isinstance(x, str)]
+        chosen = next((x for x in lines if x.startswith("fit: ") and " — " in x and "base" in x.split(" — ")[0]), "")
+        total = next((x for x in lines if x.startswith("forecast: ≈")), "")
+        if reason:
+            line.append(f"\n{reason}: ctrl+g or r measures it", style=tone("warning"))
+        elif chosen:
+            line.append("\n" + chosen.removeprefix("fit: ") + " · training uses it, not the preset's swap and base",
+                        style=tone("success"))
+            if total:
+                line.append("\n" + total, style="dim")
+        self.query_one("#fit-line", Static).update(line)
+        visits = fit.image_visits(self.buckets, session.dataset.num_repeats, session.train.max_train_epochs)
+        self.fit_rows = fit_rows.saved_rows(saved, visits)
+
     # -- a batch size of one's own
 
     def action_batch_size(self) -> None:
@@ -342,6 +399,7 @@ class GpuScreen(StepScreen):
         if self.runner.running:
             return
         self.trial_rows = ()
+        self.fit_rows = ()
         options: ProbeOptions = {**wizard_app(self).step_options.get("probe", {}), "reprobe": reprobe,
                                  "on_event": self._post_event}
         chosen = self._chosen()
@@ -357,6 +415,8 @@ class GpuScreen(StepScreen):
         event = message.event
         if event.kind == "step-down":
             self.notify(event.text, severity="warning", timeout=10)
+        elif event.spec is not None and fit_rows.setting_of(event.spec.preset.name) is not None:
+            self.fit_rows = fit_rows.with_event(self.fit_rows or (), event)  # a candidate of the fit search
         elif event.spec is not None:  # one new snapshot of the trials per event about a trial
             self.trial_rows = with_event(self.trial_rows or (), event)
 
@@ -366,6 +426,7 @@ class GpuScreen(StepScreen):
         self._show_gpus()
         self._show_preset()
         self._show_buckets()
+        self._show_fit()
 
 
 def _batch_problem(text: str) -> str | None:

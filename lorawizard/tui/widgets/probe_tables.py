@@ -10,17 +10,18 @@ from rich.text import Text
 from textual.reactive import var
 
 from lorawizard.core.probe.batch_sources import BucketRow, Tone
+from lorawizard.core.probe.fit_rows import FitRow, FitTone
 from lorawizard.core.probe.trial_rows import TrialRow, TrialTone
 from lorawizard.tui.tones import tone
 from lorawizard.tui.widgets.tables import Table
 
 
-def _style(row_tone: Tone | TrialTone) -> str:
+def _style(row_tone: Tone | TrialTone | FitTone) -> str:
     return {"good": tone("success"), "warning": tone("warning"), "info": tone("info"), "other": tone("other"),
-            "error": tone("error"), "dim": "dim", "plain": ""}[row_tone]
+            "error": tone("error"), "dim": "dim", "plain": "", "chosen": tone("success", bold=True)}[row_tone]
 
 
-def _cell(text: str, row_tone: Tone | TrialTone) -> Text:
+def _cell(text: str, row_tone: Tone | TrialTone | FitTone) -> Text:
     return Text(text, style=_style(row_tone), overflow="ellipsis")
 
 
@@ -78,5 +79,28 @@ class TrialTable(Table):
                 self.update_cell(key, "result", _cell(row.result, row.tone))
             if old.s_per_step != row.s_per_step:
                 self.update_cell(key, "s/step", row.s_per_step)
+        if rows:
+            self.move_cursor(row=self.row_count - 1)
+
+
+class FitTable(Table):
+    """The fastest-fit search's candidates (core.probe.fit_rows): live while it runs, then the saved table with the
+    chosen one marked; hidden with `gpu.fit = preset`. Redrawn whole per snapshot (a few tens of rows at most)."""
+
+    fit_rows: var[tuple[FitRow, ...] | None] = var(None, init=False)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for column, width in (("#", 2), ("swap", 4), ("base", 6), ("batch", 5), ("peak GB", 7), ("img/s", 6),
+                              ("s/step", 6), ("run", 7), ("result", 14)):
+            self.add_column(column, width=width, key=column)
+        self.display = False
+
+    def watch_fit_rows(self, rows: tuple[FitRow, ...] | None) -> None:
+        self.display = bool(rows)
+        self.clear()
+        for row in rows or ():
+            self.add_row(row.number, str(row.swap), row.base, str(row.batch), row.peak_gb, row.images_per_s,
+                         row.s_per_step, row.run, _cell(row.result, row.tone))
         if rows:
             self.move_cursor(row=self.row_count - 1)
