@@ -81,6 +81,14 @@ def _queue_lines(project: Path) -> list[str]:
     return status_lines(session) if session is not None else []
 
 
+def _tool_lines(project: Path) -> list[str]:
+    """What the LoRA tools made (resize, convert, merge) and whether each loads; [] when nothing."""
+    from lorawizard.core.loratools.results import status_lines
+
+    session = _session(project)
+    return status_lines(session) if session is not None else []
+
+
 def _session_facts(project: Path) -> tuple[str, int | None]:
     """The session file as a shell argument, and train.max_train_epochs (None when unreadable)."""
     from lorawizard.core.common.fsutil import shell_path
@@ -160,12 +168,15 @@ def status(project: Path, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     record = _newest(project)
     queue = _queue_lines(project)
+    tools = _tool_lines(project)
     if record is None:
         out.write(f"no run · {_no_run_where(project)}\n")
+        for extra in tools:
+            out.write(extra + "\n")
         return EXIT_NO_RUN
     line, code = status_text(record, *_session_facts(project))
     out.write(line + "\n")
-    for extra in queue:
+    for extra in [*queue, *tools]:
         out.write(extra + "\n")
     return code
 

@@ -26,6 +26,7 @@ CORE_LAYERS: tuple[str, ...] = (
     "captions",
     "train",
     "probe",
+    "loratools",  # resize, convert, merge a finished LoRA with the trainer's tools; check it loads
     "publish",
     "step_states",  # every step's start-up guess
     "registry",  # the one step table

@@ -257,6 +257,10 @@ def _value_for(field):
         return st.from_regex(r"[a-z][a-z0-9]{0,10}/[a-z][a-z0-9_]{0,10}", fullmatch=True)
     if field.key == "gpu.uuid":
         return st.from_regex(r"GPU-[0-9a-f-]{1,20}", fullmatch=True)
+    if field.key == "tools.check_size":
+        return st.integers(min_value=64, max_value=4096)
+    if field.key == "tools.check_steps":
+        return st.integers(min_value=1, max_value=1000)
     if field.key == "train.validation_split":
         return st.floats(min_value=1e-3, max_value=0.5, allow_nan=False)
     if field.kind == "int":

@@ -34,6 +34,7 @@ from lorawizard.core.profile.flux1_dev import (
     CLIP_TOKENIZER,
     FILE_KINDS,
     FLUX1_DEV,
+    LORA_TOOLS,
     MAX_BLOCKS_TO_SWAP,
     T5_TOKENIZER,
 )
@@ -107,6 +108,12 @@ VRAM_PRESETS = (
                fp8_t5=True, from_docs=False),
 )
 
+# FLUX.1's LoRA tools (the same module names and layouts); its inference script draws Chroma with --model_type chroma
+# and T5's attention mask, without CLIP-L (no clip_l role, so none is passed).
+CHROMA_LORA_TOOLS = LORA_TOOLS._replace(
+    inference_options=MappingProxyType({"dtype": "bfloat16", "model_type": "chroma", "apply_t5_attn_mask": True}),
+)
+
 CHROMA = FLUX1_DEV._replace(
     name="chroma",
     title="Chroma",
@@ -138,6 +145,7 @@ CHROMA = FLUX1_DEV._replace(
     }),
     min_trainer_version="v0.10.0",
     signature=TransformerSignature(has_any=CHROMA_KEYS),
+    lora_tools=CHROMA_LORA_TOOLS,
     note=("No CLIP-L; samples use a real CFG (4.0) with a negative prompt. sd-scripts v0.10.0 or later "
           "(--model_type chroma)."),
 )
