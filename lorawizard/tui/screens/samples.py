@@ -7,7 +7,8 @@ epochs (baseline first); with several, epoch by epoch (`base` epoch 8 beside `fp
 above the epochs. Columns page to fit the terminal (80×24: four a page). Keys: ←/→ column, ↑/↓ prompt, [ / ] page,
 , / . the same run's previous/next epoch, Enter one image large, k keeps the focused run's epoch; with several runs
 r picks the runs shown (the queue's newest runs at first, earlier ones hidden) and e shows one epoch across the
-runs (e again: every epoch); Esc (or g again) back to the Train screen; ? and q as everywhere (help, quit).
+runs (e again: every epoch); t opens the LoRA tools on the kept LoRA (resize, convert, merge, check it loads:
+tui/screens/loras.py); Esc (or g again) back to the Train screen; ? and q as everywhere (help, quit).
 """
 
 from __future__ import annotations
@@ -111,10 +112,11 @@ class SamplesScreen(Screen[None]):
         Binding("r", "pick_runs", "Runs"),
         Binding("e", "across", "Same epoch"),
         Binding("K", "keep_suggested", "Keep suggested"),
+        Binding("t", "lora_tools", "LoRA tools"),
     ]
     CSS_PATH = "samples.tcss"
     FOOTER_DROP_FIRST = ("page",)  # the title says [ ] where there are pages
-    FOOTER_SHORT = {"keep": "Keep", "across": "Epoch N", "keep_suggested": "Keep sugg."}
+    FOOTER_SHORT = {"keep": "Keep", "across": "Epoch N", "keep_suggested": "Keep sugg.", "lora_tools": "Tools"}
 
     def __init__(self, run_dirs: list[Path], output_name: str, prompts: list[str], *, last_epoch: int | None = None,
                  gallery: Gallery | None = None, live: bool = True, groups: list[RunGroup] | None = None) -> None:
@@ -484,6 +486,12 @@ class SamplesScreen(Screen[None]):
         run = f"{focused[0]} · " if self.comparing else ""
         caption = f"{run}{epoch_label(epoch, self._last_epoch(focused[0]))} · {' '.join(prompt.split())}"
         self.app.push_screen(LargeSample(image.path, caption))
+
+    def action_lora_tools(self) -> None:
+        """Resize, convert, merge and check the kept LoRA (tui/screens/loras.py)."""
+        from lorawizard.tui.screens.loras import LoraToolsScreen
+
+        self.app.push_screen(LoraToolsScreen())
 
     def action_keep(self) -> None:
         chosen = self.selected()
