@@ -62,7 +62,7 @@ async def test_resize_from_the_keys_and_see_the_samples_side_by_side(tmp_path: P
         await wait_until(pilot, lambda: screen.running is None and "mychar-e8-r4" in _text(screen, "#loras-result"),
                          timeout=30)
         result = _text(screen, "#loras-result")
-        assert "rank 4 from rank 8" in result and "check: loads, " in result and "% from the original's" in result
+        assert "rank 4 from rank 8" in result and "check: loads, sample " in result and "% off" in result
         assert app.session.tools.rank == 4  # the choice is in session.toml, as replay would read it
         made = screen.query_one("#loras-made", OptionList)
         assert made.option_count == 1 and "resize · mychar-e8-r4.safetensors" in str(made.get_option_at_index(0).prompt)

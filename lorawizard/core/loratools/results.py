@@ -20,6 +20,7 @@ class Made:
     summary: str
     made: str
     check: dict[str, Any]
+    layout: str = ""  # its key layout, as its header said when it was made
 
     def line(self) -> str:
         """`resize · mychar-e8-r4.safetensors 1.2 MB from mychar-e8.safetensors · loads, sample …`."""
@@ -29,13 +30,15 @@ class Made:
         return f"{self.tool} · {self.path.name} {size}{source} · {check}"
 
     def short(self) -> str:
-        """`resize · mychar-e8-r4.safetensors 1.6 MB · loads, 4.2% from the original's` (a list row)."""
+        """`convert · mychar-e8-aitoolkit.safetensors 3.4 MB ai-toolkit · loads, sample 4.2% off` (a list row)."""
         size = format_bytes(self.path.stat().st_size) if self.path.is_file() else "gone"
-        return f"{self.tool} · {self.path.name} {size} · {check_words(self.check)}"
+        layout = f" {self.layout}" if self.layout else ""
+        return f"{self.tool} · {self.path.name} {size}{layout} · {check_words(self.check)}"
 
 
 def check_words(check: dict[str, Any]) -> str:
-    """A check in a few words: `loads, 4.2% from the original's`, `loads`, `blank sample`, `not checked`."""
+    """A check in a few words: `loads, sample 4.2% off` (the mean pixel difference from the original's sample),
+    `loads`, `does not load`, `blank sample: breaks the model`, `not checked`."""
     if not check:
         return "not checked"
     if check.get("blank"):
@@ -45,12 +48,17 @@ def check_words(check: dict[str, Any]) -> str:
     words = "loads" if check.get("loaded") else "drew an image"
     difference = check.get("difference")
     if isinstance(difference, int | float):
-        words += f", {difference:.1%} from the original's"
+        words += f", sample {difference:.1%} off"
     return words
 
 
 def made(session: Session) -> list[Made]:
-    """Every result of the tools in loras/ and merged/, oldest first."""
+    """Every result of the tools in loras/ and merged/, oldest first (a layout named only when it is not the
+    trainer's own)."""
+    from lorawizard.core.profile import family_for
+
+    tools = family_for(session).lora_tools
+    own = tools.layouts[0].name if tools is not None else ""
     found = []
     for folder in (naming.loras_dir(session.project_dir), session.project_dir / naming.MERGED_DIR):
         try:
@@ -64,8 +72,10 @@ def made(session: Session) -> list[Made]:
             if not isinstance(tool, str) or not target.is_file():
                 continue
             check = data.get("check") if isinstance(data.get("check"), dict) else {}
+            after = data.get("after") if isinstance(data.get("after"), dict) else {}
             found.append(Made(target, tool, str(data.get("source") or ""), str(data.get("summary") or ""),
-                              str(data.get("made") or ""), check or {}))
+                              str(data.get("made") or ""), check or {},
+                              "" if (after or {}).get("layout") == own else str((after or {}).get("layout") or "")))
     return sorted(found, key=lambda m: m.made)
 
 
