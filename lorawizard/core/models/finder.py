@@ -20,7 +20,7 @@ from typing import Any
 from lorawizard.core.common.fsutil import atomic_write_json
 from lorawizard.core.models.catalog import COMFY_FOLDERS, MODEL_SUFFIXES, ModelFile
 from lorawizard.core.models.identify import Identity, from_record, identify
-from lorawizard.core.profile import ModelFamily
+from lorawizard.core.profile import FAMILIES, ModelFamily
 
 COMFY_ROOTS = ("ComfyUI", "comfyui", "ComfyUI_windows_portable/ComfyUI", "stable-diffusion-webui-forge")
 
@@ -122,7 +122,8 @@ def sha256_of(
 
 def rules_of(family: ModelFamily) -> str:
     """A fingerprint of the family's file kinds: a cached identity made under other rules is read again."""
-    return hashlib.sha256(repr((family.name, family.file_kinds)).encode()).hexdigest()[:16]
+    signatures = [(f.name, f.signature) for f in FAMILIES.values()]  # a transformer's families come from these
+    return hashlib.sha256(repr((family.name, family.file_kinds, signatures)).encode()).hexdigest()[:16]
 
 
 def identify_cached(file: Path, family: ModelFamily, cache: HashCache | None = None) -> Identity:
@@ -295,6 +296,6 @@ def search_by_header(
                 continue
             seen.add(key)
             identity = identify_cached(path, family, cache)
-            if identity.kind in family.role_names:
+            if identity.kind in family.role_names and identity.fits(family):  # not another family's transformer
                 found.setdefault(identity.kind, []).append((Candidate(path, source), identity))
     return HeaderSearch(len(seen), found)

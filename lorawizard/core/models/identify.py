@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lorawizard.core.common.fsutil import display_path
-from lorawizard.core.profile import FileKind, ModelFamily
+from lorawizard.core.profile import FAMILIES, FileKind, ModelFamily
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # real headers are KBs to a few MB; more is not a safetensors file
 
@@ -38,6 +38,7 @@ class Identity(NamedTuple):
     dtype: str = ""  # the dtype holding most parameters: "fp8 e4m3fn", "bf16"
     problem: str = ""  # why it is unreadable, or how it misses its kind ("hidden size 1280, not 768")
     tensors: int = 0
+    families: str = ""  # a transformer's: the families its header fits, "|"-separated ("flux1-dev|flux1-krea-dev")
 
     @property
     def readable(self) -> bool:
@@ -59,6 +60,10 @@ class Identity(NamedTuple):
 
     def record(self) -> dict[str, Any]:
         return self._asdict()
+
+    def fits(self, family: ModelFamily) -> bool:
+        """Whether a transformer file is `family`'s by its header (any file that names no family fits)."""
+        return not self.families or family.name in self.families.split("|")
 
 
 def from_record(data: object) -> Identity | None:
@@ -140,16 +145,53 @@ def _shape_problem(kind: FileKind, tensors: dict[str, Any], prefix: str) -> str:
     return ""
 
 
+# Quantised fp8 files that sd-scripts' loaders read as plain fp8, without what makes their weights right: ComfyUI's
+# "scaled fp8" (a `scaled_fp8` marker and one `<layer>.scale_weight` per weight) and its newer `.comfy_quant` layers
+# (Chroma1-HD-fp8mixed, FLUX.1 Krea's `*_fp8_scaled`).
+_SCALED_FP8 = ("scaled_fp8", ".scaled_fp8", ".scale_weight", ".comfy_quant")
+
+
+def _precision_problem(tensors: dict[str, Any], dtype: str) -> str:
+    """Why sd-scripts cannot train from these weights as they are stored, or ""."""
+    if any(name == _SCALED_FP8[0] or name.endswith(_SCALED_FP8[1:]) for name in tensors):
+        return ("its fp8 weights are ComfyUI's scaled fp8, which sd-scripts reads without their scales: use the "
+                "16-bit file (train.base_precision = \"fp8\" casts it at load)")
+    if dtype == DTYPES["F8_E5M2"]:
+        return "its weights are fp8 e5m2: sd-scripts' --fp8_base takes only e4m3fn fp8 files, or 16-bit ones"
+    return ""
+
+
+def transformer_families(tensors: dict[str, Any], prefix: str = "") -> list[ModelFamily]:
+    """The families whose transformer signature the tensor names fit (FLUX.1-dev and Krea [dev] share one: the
+    same architecture with other weights, so their files cannot be told apart by header)."""
+    names = {name[len(prefix):] for name in tensors if name.startswith(prefix)}
+    return [f for f in FAMILIES.values() if f.signature is not None and f.signature.matches(names)]
+
+
+def _family_words(families: list[ModelFamily]) -> str:
+    """`FLUX.1 schnell`; `FLUX.1-dev or FLUX.1 Krea [dev] (one architecture: a header cannot tell which)`."""
+    if len(families) == 1:
+        return families[0].title
+    return " or ".join(f.title for f in families) + " (one architecture: a header cannot tell which)"
+
+
 def classify(header: dict[str, Any], family: ModelFamily) -> Identity:
-    """What a parsed header is, by the family's file kinds (first match wins; shapes second)."""
+    """What a parsed header is, by the family's file kinds (first match wins; shapes second); a transformer's
+    families by their signatures; a precision sd-scripts cannot read is the file's problem."""
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     dtype = main_dtype(tensors)
     for kind in family.file_kinds:
         prefix = _matches(kind, tensors)
         if prefix is None:
             continue
-        problem = _shape_problem(kind, tensors, prefix)
-        return Identity(OTHER if problem else kind.name, kind.title, kind.short, dtype, problem, len(tensors))
+        problem = _shape_problem(kind, tensors, prefix) or ("" if kind.name == "lora" else _precision_problem(tensors, dtype))
+        title, families = kind.title, ""
+        if kind.name == family.roles[0].name:  # the transformer: whose?
+            fits = transformer_families(tensors, prefix)
+            families = "|".join(f.name for f in fits)
+            if fits:
+                title = f"a {_family_words(fits)} transformer"
+        return Identity(OTHER if problem else kind.name, title, kind.short, dtype, problem, len(tensors), families)
     example = f"e.g. {min(tensors)}" if tensors else "no tensors"
     return Identity(OTHER, "not a model file this trainer uses", "other", dtype, f"{len(tensors)} tensors, {example}",
                     len(tensors))
@@ -164,11 +206,19 @@ def identify(path: Path, family: ModelFamily) -> Identity:
     return classify(header, family)
 
 
+def _family_problem(path: Path, identity: Identity, family: ModelFamily) -> str:
+    """`flux1-schnell.safetensors is a FLUX.1 schnell transformer (bf16), not Chroma's: …` (one line)."""
+    name = display_path(path).rsplit("/", 1)[-1]
+    first = identity.families.split("|")[0]
+    return (f"{name} is {identity.describe()}, not {family.title}'s: choose a {family.title} file, or set "
+            f'models.family = "{first}"')
+
+
 def role_problem(path: Path, role: str, identity: Identity, family: ModelFamily) -> str | None:
     """One line when the file cannot be `role`'s file, naming what it is and the role: `t5xxl_fp16.safetensors is a
     T5-XXL text encoder, not CLIP-L`; None when it is the role's kind."""
     if identity.kind == role:
-        return None
+        return None if identity.fits(family) else _family_problem(path, identity, family)
     wanted = family.file_kind(role)
     titles = {r.name: r.title for r in family.roles}
     want = wanted.short if wanted is not None else titles.get(role, role)

@@ -122,9 +122,11 @@ VRAM_PRESETS = (
 # How a FLUX.1-dev-shaped transformer is told from schnell's and Chroma's (sd-scripts' flux_utils.analyze_checkpoint_state:
 # schnell is the file without the guidance embedder; chroma_models.Chroma replaces the modulation, guidance and pooled
 # CLIP-L vector inputs with one `distilled_guidance_layer`). BFL's names and Diffusers' (converted by the trainer).
-GUIDANCE_KEYS = ("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight")
-VECTOR_KEYS = ("vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight")
-CHROMA_KEYS = ("distilled_guidance_layer.in_proj.weight",)
+GUIDANCE_KEYS = ("guidance_in.in_layer.bias", "guidance_in.in_layer.weight",
+                 "time_text_embed.guidance_embedder.linear_1.bias", "time_text_embed.guidance_embedder.linear_1.weight")
+VECTOR_KEYS = ("vector_in.in_layer.bias", "vector_in.in_layer.weight",
+               "time_text_embed.text_embedder.linear_1.bias", "time_text_embed.text_embedder.linear_1.weight")
+CHROMA_KEYS = ("distilled_guidance_layer.in_proj.bias", "distilled_guidance_layer.in_proj.weight")
 DEV_SIGNATURE = TransformerSignature(has_any=GUIDANCE_KEYS, lacks=CHROMA_KEYS)
 
 # What each file is, from its safetensors header (sd-scripts.md §10: library/flux_utils.py). LoRA first: a FLUX LoRA
