@@ -307,3 +307,72 @@ async def test_the_captioner_row_follows_captions_model(home_project: Path) -> N
         assert cell(app, "captioner", "state") == "✓ your folder"
         assert "qwen-local (captions.model folder)" in cell(app, "captioner", "where")
         assert "Qwen" not in cell(app, "captioner", "where")
+
+
+# ---------------------------------------------------------------- the base model (issue 27)
+
+
+async def _choose(pilot, select_id: str, value: str) -> None:
+    from textual.widgets import Select
+
+    select = pilot.app.screen.query_one(f"#{select_id}", Select)
+    select.focus()
+    await pilot.press("enter")  # opens the list
+    await pilot.pause()
+    values = [v for _, v in select._options]
+    steps = values.index(value) - values.index(select.value)
+    for _ in range(abs(steps)):
+        await pilot.press("down" if steps > 0 else "up")
+    await pilot.press("enter")
+    await _wait(pilot)
+
+
+async def test_choosing_a_family_shows_its_roles_and_files(home_project: Path) -> None:
+    """Chroma by keys: its rows (no CLIP-L), its 16-bit file sets, saved as [models] family and preset."""
+    from textual.widgets import Select
+
+    app = _app(_offline_project(home_project))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _wait(pilot)
+        assert str(app.screen.query_one("#set-models-family", Select).selection) == "flux1-dev"
+        await _choose(pilot, "set-models-family", "chroma")
+        table = app.screen.query_one(DataTable)
+        assert [str(key.value) for key in table.rows] == ["flux", "ae", "t5xxl", "tokenizers", "captioner"]
+        assert cell(app, "flux", "role") == "Chroma" and "Chroma1-HD.safetensors" in cell(app, "flux", "where")
+        files = app.screen.query_one("#set-models-preset", Select)
+        assert [v for _, v in files._options] == ["chroma1-hd-bf16", "chroma1-base-bf16"]
+        await _choose(pilot, "set-models-preset", "chroma1-base-bf16")
+        assert "Chroma1-Base.safetensors" in cell(app, "flux", "where")
+        await _choose(pilot, "set-models-family", "flux1-schnell")
+        await _choose(pilot, "set-models-preset", "flux1-schnell-bf16")  # the 16-bit file of schnell
+        assert "flux1-schnell.safetensors" in cell(app, "flux", "where")
+        assert [str(key.value) for key in table.rows][:4] == ["flux", "ae", "clip_l", "t5xxl"]
+    saved = Session.load(home_project / "session.toml")
+    assert (saved.get("models.family"), saved.get("models.preset")) == ("flux1-schnell", "flux1-schnell-bf16")
+
+
+async def test_a_transformer_of_another_family_is_refused_on_the_row(home_project: Path) -> None:
+    from tests.support.model_files import write_safetensors
+    from tests.unit.test_family_identify import flux_schnell
+
+    schnell = write_safetensors(home_project / "flux1-schnell.safetensors", flux_schnell())
+    (home_project / "session.toml").write_text('version = 1\n[models]\nfamily = "chroma"\n', encoding="utf-8")
+    app = _app(home_project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _wait(pilot)
+        table = app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("f")
+        app.screen.query_one("#model-ask", Input).value = str(schnell)
+        await pilot.press("enter")
+        await _wait(pilot)
+        line = str(app.screen.query_one("#model-problem", Label).render())
+        assert "is a FLUX.1 schnell transformer (bf16), not Chroma's" in line
+    assert not Session.load(home_project / "session.toml").is_set("models.flux")
+
+
+def test_snapshot_chroma_80x24(snap_compare, home_project: Path) -> None:
+    project = _offline_project(home_project)
+    (project / "session.toml").write_text('version = 1\n[models]\nfamily = "chroma"\n', encoding="utf-8")
+    assert snap_compare(_app(project), terminal_size=(80, 24), run_before=_wait)

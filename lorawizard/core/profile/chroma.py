@@ -53,7 +53,7 @@ ROLES = (
 PRESETS = (
     Preset(
         "chroma1-hd-bf16",
-        "Chroma1-HD bf16 (1024 px, for LoRAs; Apache-2.0)",
+        "Chroma1-HD bf16 (1024 px, for LoRAs)",
         (
             ModelFile("flux", _HD, "Chroma1-HD.safetensors"),
             ModelFile("ae", _AE, "ae.safetensors"),
@@ -65,7 +65,7 @@ PRESETS = (
     ),
     Preset(
         "chroma1-base-bf16",
-        "Chroma1-Base bf16 (512 px base, for long fine-tunes)",
+        "Chroma1-Base bf16 (512 px base)",
         (
             ModelFile("flux", _BASE, "Chroma1-Base.safetensors"),
             ModelFile("ae", _AE, "ae.safetensors"),

@@ -51,7 +51,7 @@ PRESETS = (
     ),
     Preset(
         "flux1-dev-bf16",
-        "FLUX.1-dev bf16 (official, gated: accept the license first)",
+        "FLUX.1-dev bf16 (official, gated)",
         (
             ModelFile("flux", _BFL, "flux1-dev.safetensors", gated=True),
             ModelFile("ae", _BFL, "ae.safetensors", gated=True),

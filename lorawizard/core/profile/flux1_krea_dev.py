@@ -18,7 +18,7 @@ _TEXT_ENCODERS = "comfyanonymous/flux_text_encoders"
 PRESETS = (
     Preset(
         "flux1-krea-dev-bf16",
-        "FLUX.1 Krea [dev] bf16 (official, gated: accept the license first)",
+        "FLUX.1 Krea [dev] bf16 (official, gated)",
         (
             ModelFile("flux", _BFL, "flux1-krea-dev.safetensors", gated=True),
             ModelFile("ae", _BFL, "ae.safetensors", gated=True),

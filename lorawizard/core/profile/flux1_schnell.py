@@ -51,7 +51,7 @@ PRESETS = (
     ),
     Preset(
         "flux1-schnell-bf16",
-        "FLUX.1 schnell bf16 (official, Apache-2.0)",
+        "FLUX.1 schnell bf16 (official)",
         (
             ModelFile("flux", _BFL, "flux1-schnell.safetensors"),
             ModelFile("ae", _BFL, "ae.safetensors"),

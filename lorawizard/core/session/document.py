@@ -693,6 +693,8 @@ class Session(SectionViews):
             if not isinstance(node, dict) or part not in node:
                 if key in _FAMILY_KEYS:
                     return family_for(self).setting_defaults()[key]
+                if key == "models.family":  # unset: the family owning models.preset (FLUX.1-dev's by default)
+                    return family_for(self.get("models.preset")).name
                 return _copy_default(spec.default)
             node = node[part]
         return _coerce(spec.kind, _plain(node))[0]

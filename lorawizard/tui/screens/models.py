@@ -18,7 +18,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Select
 
 from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.common.progress import format_bytes, format_duration
@@ -28,7 +28,8 @@ from lorawizard.core.models.files import model_file_problem
 from lorawizard.core.models.identify import identify, role_problem
 from lorawizard.core.models.rows import ModelsAction, ModelsOptions, RoleState
 from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
-from lorawizard.core.profile import DEFAULT_FAMILY, family_for
+from lorawizard.core.models.files import preset_name
+from lorawizard.core.profile import FAMILIES, ModelFamily, Preset, family_for
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.text_fit import PATH_RE, FitName, FitPaths, cut_middle, shown_path
@@ -38,7 +39,13 @@ from lorawizard.tui.widgets.settings_form import FitInput, SettingsForm
 from lorawizard.tui.widgets.tables import Table
 
 ROW_TITLES = {**catalog.ROLE_TITLES, TOKENIZER_ROLE: "tokenizers"}
-ROWS = (*catalog.ROLES, TOKENIZER_ROLE)
+ROWS = (*catalog.ROLES, TOKENIZER_ROLE)  # the default family's; a session's are `ModelsScreen.roles`
+PRECISION_WORDS = {"16bit": "16-bit", "fp8": "fp8"}
+
+
+def preset_label(preset: Preset) -> str:
+    """`fp8 · FLUX.1-dev fp8 (default, ungated)`: the file's precision first, the choice the screen offers."""
+    return f"{PRECISION_WORDS.get(preset.precision, preset.precision)} · {preset.title}"
 
 
 @dataclass
@@ -134,7 +141,7 @@ class ModelsScreen(StepScreen):
     STEP = "models"
     MAIN = "#model-rows"
     AUTO_FOCUS = MAIN
-    INTRO = (f"Uses the {DEFAULT_FAMILY.title} files you already have (HF cache, ComfyUI, your folders) and downloads "
+    INTRO = ("Uses the base model's files you already have (HF cache, ComfyUI, your folders) and downloads "
              "the rest, resumably.")
 
     BINDINGS = [
@@ -154,10 +161,12 @@ class ModelsScreen(StepScreen):
         self._next: ModelsAction | None = None  # an action to start once the running one finishes
         self._preset: str | None = None
         self._searching = False  # the running find reads every header (a folder was added): say what it found
+        self.family: ModelFamily | None = None  # the session's base model: its roles are the rows
+        self.roles: tuple[str, ...] = ROWS
 
     def compose_body(self) -> ComposeResult:
-        yield SettingsForm(["models.preset", "paths.models", "paths.tokenizers"],
-                           {"models.preset": "preset", "paths.models": "models folder",
+        yield SettingsForm(["models.family", "models.preset", "paths.models", "paths.tokenizers"],
+                           {"models.family": "base model", "models.preset": "files", "paths.models": "models folder",
                             "paths.tokenizers": "tokenizers"})
         table = Table(id="model-rows", cursor_type="row", zebra_stripes=False)
         yield table
@@ -171,19 +180,42 @@ class ModelsScreen(StepScreen):
         table.add_column("model", key="role", width=18)
         table.add_column("state", key="state", width=24)
         table.add_column("where", key="where")
-        preset = catalog.preset(wizard_app(self).session.models.preset)
+        base = self.query_one("#set-models-family", Select)
+        with base.prevent(Select.Changed):
+            base.set_options([(f"{family.title}{' (default)' if i == 0 else ''}", family.name)
+                              for i, family in enumerate(FAMILIES.values())])
+        base.value = family_for(wizard_app(self).session).name
+        base.mutate_reactive(Select.value)
+        self._show_family()
+        self.call_after_refresh(self._fit_where)
+        self.call_after_refresh(self.action_verify)
+
+    def _show_family(self) -> None:
+        """The session's family: its file sets in the `files` choice, one row per role it has (no CLIP-L for
+        Chroma), its note under the table."""
+        session = wizard_app(self).session
+        family = self.family = family_for(session)
+        preset = family.preset(preset_name(session))
         self._preset = preset.name
-        for role in ROWS:
+        self.roles = (*family.role_names, TOKENIZER_ROLE)
+        choice = self.query_one("#set-models-preset", Select)
+        with choice.prevent(Select.Changed):
+            choice.set_options([(preset_label(p), p.name) for p in family.presets])
+        choice.value = preset.name  # a preset of another family left in the session becomes this family's
+        choice.mutate_reactive(Select.value)  # the same value as before set_options: draw its new label anyway
+        table = self.query_one(Table)
+        table.clear()
+        self.rows.clear()
+        titles = {role.name: role.title for role in family.roles}
+        for role in self.roles:
             if role == TOKENIZER_ROLE:
                 state = RoleState(role, "CLIP-L + T5 tokenizers", "")
             else:
                 entry = preset.file_for(role)
                 state = RoleState(role, entry.filename, entry.repo)
             self.rows[role] = state
-            table.add_row(Text(ROW_TITLES[role]), state_text(state), where_text(state), key=role)
+            table.add_row(Text(titles.get(role, ROW_TITLES[role])), state_text(state), where_text(state), key=role)
         self._add_captioner_row(table)
-        self.call_after_refresh(self._fit_where)
-        self.call_after_refresh(self.action_verify)
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._fit_where)
@@ -264,8 +296,15 @@ class ModelsScreen(StepScreen):
 
     @on(SettingsForm.Saved)
     def _setting_saved(self, message: SettingsForm.Saved) -> None:
-        """Another preset: new file names, verified again; Enter on the models folder: verify again."""
-        if message.key == "models.preset" and message.value != self._preset:
+        """Another family: its file sets and rows; another preset: new file names, verified again; Enter on the
+        models folder: verify again."""
+        if message.key == "models.family" and self.family is not None and message.value != self.family.name:
+            self._show_family()
+            if self.family.note:  # the table's line goes to the files' state next: the note stays a while
+                self.notify(self.family.note, title=self.family.title, timeout=12)
+            self.call_after_refresh(self._fit_where)
+            self.call_after_refresh(self.action_verify)
+        elif message.key == "models.preset" and message.value != self._preset:
             self._preset = str(message.value)
             self._relabel()
             self.call_after_refresh(self.action_verify)
@@ -273,8 +312,10 @@ class ModelsScreen(StepScreen):
             self.call_after_refresh(self.action_verify)
 
     def _relabel(self) -> None:
-        preset = catalog.preset(wizard_app(self).session.models.preset)
-        for role in catalog.ROLES:
+        session = wizard_app(self).session
+        family = family_for(session)
+        preset = family.preset(preset_name(session))
+        for role in family.role_names:
             entry = preset.file_for(role)
             self._row_changed(ModelRowChanged(RoleState(role, entry.filename, entry.repo)))
 
@@ -282,14 +323,14 @@ class ModelsScreen(StepScreen):
 
     def _selected_role(self) -> str:
         table = self.query_one(Table)
-        return ROWS[min(max(table.cursor_row, 0), len(ROWS) - 1)]
+        return self.roles[min(max(table.cursor_row, 0), len(self.roles) - 1)]
 
     def action_ask(self, what: str) -> None:
         ask = self.query_one("#model-ask", Input)
         ask.value = ""
         ask.password = what == "token"
         if what == "file":
-            if self.query_one(Table).cursor_row >= len(ROWS):
+            if self.query_one(Table).cursor_row >= len(self.roles):
                 self.query_one("#model-problem", Label).update(
                     "the captioner is a folder: set [captions] model to it (F5 on the Captions screen)")
                 return
