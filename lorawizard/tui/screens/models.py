@@ -24,11 +24,10 @@ from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.common.progress import format_bytes, format_duration
 from lorawizard.core.models import catalog
 from lorawizard.core.models.captioners import CAPTIONER_ROLE, captioner_row
-from lorawizard.core.models.files import model_file_problem
+from lorawizard.core.models.files import model_file_problem, preset_name
 from lorawizard.core.models.identify import identify, role_problem
 from lorawizard.core.models.rows import ModelsAction, ModelsOptions, RoleState
 from lorawizard.core.models.step import TOKENIZER_ROLE, add_search_folder
-from lorawizard.core.models.files import preset_name
 from lorawizard.core.profile import FAMILIES, ModelFamily, Preset, family_for
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
@@ -185,7 +184,7 @@ class ModelsScreen(StepScreen):
             base.set_options([(f"{family.title}{' (default)' if i == 0 else ''}", family.name)
                               for i, family in enumerate(FAMILIES.values())])
         base.value = family_for(wizard_app(self).session).name
-        base.mutate_reactive(Select.value)
+        base.mutate_reactive(Select.value)  # type: ignore[misc]  # the reactive itself, not a value
         self._show_family()
         self.call_after_refresh(self._fit_where)
         self.call_after_refresh(self.action_verify)
@@ -202,7 +201,7 @@ class ModelsScreen(StepScreen):
         with choice.prevent(Select.Changed):
             choice.set_options([(preset_label(p), p.name) for p in family.presets])
         choice.value = preset.name  # a preset of another family left in the session becomes this family's
-        choice.mutate_reactive(Select.value)  # the same value as before set_options: draw its new label anyway
+        choice.mutate_reactive(Select.value)  # type: ignore[misc]  # same value as before set_options: redraw its new label as before set_options: draw its new label anyway
         table = self.query_one(Table)
         table.clear()
         self.rows.clear()
