@@ -201,7 +201,7 @@ class ModelsScreen(StepScreen):
         with choice.prevent(Select.Changed):
             choice.set_options([(preset_label(p), p.name) for p in family.presets])
         choice.value = preset.name  # a preset of another family left in the session becomes this family's
-        choice.mutate_reactive(Select.value)  # type: ignore[misc]  # same value as before set_options: redraw its new label as before set_options: draw its new label anyway
+        choice.mutate_reactive(Select.value)  # type: ignore[misc]  # the same value: redraw its new label
         table = self.query_one(Table)
         table.clear()
         self.rows.clear()
