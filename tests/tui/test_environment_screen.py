@@ -101,6 +101,7 @@ async def test_check_shows_findings_and_the_command(project: Path) -> None:
 async def test_clone_key_streams_into_the_screen(project: Path, tmp_path: Path, isolated_home: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     upstream = make_checkout(tmp_path / "upstream", git_branch="main", remote=None)
+    git("tag", "v0.10.1", cwd=upstream)  # the clone checks out the pinned release tag, not a branch
     bare = tmp_path / "sd.git"
     git("clone", "-q", "--bare", str(upstream), str(bare), cwd=tmp_path)
     app = env_app(Session.open_project(project), url=bare.as_uri())

@@ -105,7 +105,7 @@ def test_no_sd_scripts_anywhere(project: Path, nvml: FakeNvml) -> None:
     diagnosis = env.examine(Session.new(project / "session.toml"), nvml=nvml)
     found = by_key(diagnosis)
     assert found["sd_scripts"].status == "error" and found["sd_scripts"].action == "clone"
-    assert found["sd_scripts"].commands[0][:5] == ["git", "clone", "--progress", "--branch", "main"]
+    assert found["sd_scripts"].commands[0][:5] == ["git", "clone", "--progress", "--branch", "v0.10.1"]  # a release tag, not a branch
     assert found["python"].status == "error"
     assert "command" not in found and "paths.sd_scripts is not set" in (diagnosis.command_problem or "")
     assert not diagnosis.ok

@@ -111,7 +111,7 @@ def test_clone_offline_shows_the_command(project: Path, monkeypatch: pytest.Monk
 
 def test_bad_branch_name_is_refused(project: Path) -> None:
     result = env.run_fix(new_session(project, project / "sd"), "clone", branch="--upload-pack=evil")
-    assert not result.ok and "is not a branch name" in result.summary
+    assert not result.ok and "is not a branch or tag name" in result.summary
 
 
 # ---------------------------------------------------------------- venv

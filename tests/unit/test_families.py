@@ -216,3 +216,53 @@ def test_every_family_is_complete() -> None:
     assert FLUX1_KREA_DEV.signature == FLUX1_DEV.signature  # the same architecture: headers cannot tell them apart
     assert len({p.name for f in FAMILIES.values() for p in f.presets}) == sum(len(f.presets) for f in FAMILIES.values())
     assert profile.all_role_names() == ("flux", "ae", "clip_l", "t5xxl")
+
+
+# ---------------------------------------------------------------- the trainer's release
+
+
+def _git(cwd: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args],
+                   cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_clone_fix_checks_out_a_release_tag() -> None:
+    from lorawizard.core.environment.checkout import DEFAULT_BRANCH, PINNED_TAG, clone_argv
+
+    assert DEFAULT_BRANCH == PINNED_TAG == "v0.10.1"
+    assert clone_argv(Path("/x"))[3:5] == ["--branch", "v0.10.1"]
+
+
+def test_a_checkout_older_than_chroma_needs_is_warned_with_its_tag(project: Path) -> None:
+    """A git checkout at a tag without Chroma (no library/chroma_models.py): the environment step names the tag and
+    says what Chroma needs; FLUX.1-dev is fine with it; at a release with Chroma, so is Chroma."""
+    import shutil
+
+    from lorawizard.core.environment.checkout import family_problem, inspect_checkout
+    from lorawizard.core.environment.doctor import _checkout_finding
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    sd = project / "sd-scripts"
+    (sd / "library").mkdir(parents=True)
+    (sd / "flux_train_network.py").write_text("# FLUX\n", encoding="utf-8")
+    (sd / "train_network.py").write_text("# base\n", encoding="utf-8")
+    _git(sd, "init", "-q")
+    _git(sd, "add", ".")
+    _git(sd, "commit", "-q", "-m", "old")
+    _git(sd, "tag", "v0.9.1")
+    checkout = inspect_checkout(sd)
+    assert checkout.tag == "v0.9.1" and "release v0.9.1" in checkout.describe()
+    assert family_problem(checkout, FLUX1_DEV) is None
+    line = family_problem(checkout, CHROMA) or ""
+    assert "release v0.9.1" in line and "older than Chroma needs: sd-scripts v0.10.0 or later" in line
+    finding = _checkout_finding(make_session(project, "chroma"), sd, checkout)
+    assert finding.status == "warning" and "checkout v0.10.1" in finding.fix
+    assert _checkout_finding(make_session(project), sd, checkout).status == "ok"
+    (sd / "library" / "chroma_models.py").write_text("# Chroma\n", encoding="utf-8")
+    _git(sd, "add", ".")
+    _git(sd, "commit", "-q", "-m", "chroma")
+    later = inspect_checkout(sd)
+    assert later.tag == "v0.9.1+" and family_problem(later, CHROMA) is None

@@ -1,5 +1,6 @@
-"""The sd-scripts checkout: where it is (the session's path, then common places), its git branch and commit, and
-whether it trains FLUX; the `git clone` command of the one-key fix."""
+"""The sd-scripts checkout: where it is (the session's path, then common places), its git branch, commit and release
+tag, whether it trains FLUX and whether it is new enough for the session's model family; the `git clone` command of
+the one-key fix, which checks out a release tag (PINNED_TAG), not a moving branch."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ from pathlib import Path
 
 from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.launch.command import TRAIN_SCRIPT
+from lorawizard.core.profile import ModelFamily
 from lorawizard.core.session.document import Session
 
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
-BRANCHES = ("main", "sd3")  # identical trees since v0.10.0 (2026-01); main up to v0.9.1 has no FLUX
-DEFAULT_BRANCH = "main"
+# The release the clone fix checks out: the newest tag in the snapshot of kohya-ss/sd-scripts read for issue 27
+# (2026-02-13; main and sd3 identical since v0.10.0). It has every family's needs: FLUX.1 dev/schnell (and Krea,
+# dev-shaped), Chroma (--model_type chroma, library/chroma_models.py, since v0.10.0) and the sample prompts' CFG
+# (`scale`, `--l`, apart from the embedded `guidance_scale`, `--g`: PR #2157, in v0.10.0).
+PINNED_TAG = "v0.10.1"
+BRANCHES = (PINNED_TAG, "main", "sd3")  # the tag first; the branches move (identical trees since v0.10.0)
+DEFAULT_BRANCH = PINNED_TAG
 
 # Where people keep sd-scripts (the session's path always comes first).
 COMMON_PLACES = (
@@ -45,10 +52,13 @@ class Checkout:
     subject: str | None = None
     remote: str | None = None
     is_git: bool = False
+    tag: str | None = None  # the release tag at the commit (exact), else the nearest one before it ("v0.10.1+")
 
     def describe(self) -> str:
         parts = []
-        if self.branch:
+        if self.tag:
+            parts.append(f"release {self.tag}")
+        if self.branch and not (self.branch == "(detached)" and self.tag):
             parts.append(f"branch {self.branch}")
         if self.commit:
             parts.append(f"commit {self.commit[:8]}" + (f" ({self.date})" if self.date else ""))
@@ -119,8 +129,27 @@ def _read_git(info: Checkout) -> None:
             )
             if out.returncode == 0 and "\0" in out.stdout:
                 info.date, info.subject = out.stdout.strip().split("\0", 1)
+            out = subprocess.run(
+                [git, "-c", "safe.directory=*", "-C", str(info.path), "describe", "--tags", "--match", "v*", info.commit],
+                capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+            )
+            if out.returncode == 0 and out.stdout.strip():  # "v0.10.1", or "v0.10.1-5-g48d368f" after it
+                described = out.stdout.strip()
+                info.tag = described if "-g" not in described else described.split("-", 1)[0] + "+"
         except (OSError, subprocess.SubprocessError):
             pass
+
+
+def family_problem(checkout: Checkout, family: ModelFamily) -> str | None:
+    """Why this checkout cannot train `family` (one line), or None: the family's marker file is missing (Chroma:
+    library/chroma_models.py, added with --model_type chroma in v0.10.0). Read from the files, so a checkout without
+    git or tags is judged the same."""
+    marker = family.trainer_marker
+    if not marker or (checkout.path / marker).is_file():
+        return None
+    at = f" ({checkout.describe()})" if checkout.describe() else ""
+    return (f"{display_path(checkout.path)}{at} is older than {family.title} needs: sd-scripts "
+            f"{family.min_trainer_version} or later (no {marker})")
 
 
 def _common_dir(git_dir: Path) -> Path:

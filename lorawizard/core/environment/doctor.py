@@ -13,9 +13,11 @@ from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.common.progress import ProgressCallback, ProgressMeter, ignore_progress
 from lorawizard.core.contract import Cancelled
 from lorawizard.core.environment.checkout import (
+    PINNED_TAG,
     Checkout,
     clone_argv,
     default_clone_target,
+    family_problem,
     find_sd_scripts,
     inspect_checkout,
 )
@@ -42,6 +44,7 @@ from lorawizard.core.gpu import cpu_mode
 from lorawizard.core.gpu import nvml as gpu_module
 from lorawizard.core.gpu.nvml import NO_GPU, Inventory, NvmlAdapter
 from lorawizard.core.launch.command import TRAIN_SCRIPT, library_path_env
+from lorawizard.core.profile import family_for
 from lorawizard.core.session.document import Session
 
 
@@ -170,6 +173,13 @@ def _checkout_finding(session: Session, path: Path | None, checkout: Checkout | 
         )
     described = checkout.describe()
     message = f"{display_path(path)}" + (f" ({described})" if described else "")
+    too_old = family_problem(checkout, family_for(session))
+    if too_old is not None:
+        return Finding("sd_scripts", "warning", title, too_old,
+                       f"check out {PINNED_TAG}: git -C {display_path(path)} fetch --tags && "
+                       f"git -C {display_path(path)} checkout {PINNED_TAG}",
+                       [["git", "-C", str(path), "fetch", "--tags"], ["git", "-C", str(path), "checkout", PINNED_TAG]]
+                       if checkout.is_git else [])
     if checkout.remote and "kohya-ss/sd-scripts" not in checkout.remote:
         return Finding("sd_scripts", "warning", title, message, f"origin is {checkout.remote}: a fork, not kohya-ss/sd-scripts")
     if not checkout.is_git:

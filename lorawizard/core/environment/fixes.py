@@ -256,7 +256,7 @@ def _failure(summary: str, tail: list[str], path: Path | None, commands: list[li
 def _fix_clone(session: Session, branch: str, url: str, log: LogCallback, progress: ProgressCallback,
                cancel: threading.Event | None, record: Callable[[str, Any], None] | None, dry_run: bool) -> FixResult:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", branch or ""):
-        return FixResult(False, f"{branch!r} is not a branch name")
+        return FixResult(False, f"{branch!r} is not a branch or tag name")
     target = default_clone_target(session)
     commands = [clone_argv(target, branch, url)]
     if target.exists() and (not target.is_dir() or any(target.iterdir())):

@@ -144,6 +144,7 @@ CHROMA = FLUX1_DEV._replace(
                                      "block swapping instead",
     }),
     min_trainer_version="v0.10.0",
+    trainer_marker="library/chroma_models.py",  # added with --model_type chroma and PR #2157's sample CFG
     signature=TransformerSignature(has_any=CHROMA_KEYS),
     lora_tools=CHROMA_LORA_TOOLS,
     note=("No CLIP-L; samples use a real CFG (4.0) with a negative prompt. sd-scripts v0.10.0 or later "

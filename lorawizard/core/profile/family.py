@@ -230,6 +230,7 @@ class ModelFamily(NamedTuple):
     trainer_tokenizers: tuple[Tokenizer, ...] = ()  # what the trainer loads when more than the text encoders' own
     unsupported_options: Mapping[str, str] = MappingProxyType({})  # trainer option → why this family refuses it
     min_trainer_version: str = ""  # the trainer's first release tag with what this family needs ("" = any)
+    trainer_marker: str = ""  # a file in the trainer's checkout that releases with this family's support have
     signature: TransformerSignature | None = None  # how its transformer file is told from the other families'
     note: str = ""  # what a person should know before choosing it (one or two sentences)
     lora_tools: LoraTools | None = None  # resize, convert, merge and load a finished LoRA; None: not offered

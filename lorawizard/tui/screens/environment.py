@@ -95,9 +95,10 @@ class EnvironmentScreen(StepScreen):
         yield SettingsForm(["paths.sd_scripts", "paths.python"], labels={"paths.sd_scripts": "sd-scripts",
                                                                         "paths.python": "trainer Python"})
         with Horizontal(id="branch-row"):
-            yield Label("clone branch")
+            yield Label("clone release")
             yield Select([(b, b) for b in core_env.BRANCHES], value=core_env.DEFAULT_BRANCH, allow_blank=False, id="branch")
-            yield Static("main and sd3 are the same today; main before v0.10.0 has no FLUX", id="branch-note")
+            yield Static(f"{core_env.PINNED_TAG}: a release with every base model (Chroma since v0.10.0); "
+                         "main and sd3 move", id="branch-note")
         yield Static("Training command", classes="section-title")
         yield CommandView(id="command")
         yield Static("", id="command-note")
