@@ -22,7 +22,6 @@ the wizard and every launch look at the group, and `project_processes` finds a r
 from __future__ import annotations
 
 import fcntl
-
 import json
 import math
 import os

@@ -10,8 +10,8 @@ log, g the samples, p publish the kept LoRA to the Hugging Face hub (after a con
 With `[[train.variants]]` the screen shows the queue (widgets/queue_panel.py): v adds a variant from the current
 settings ("same, but: network_dim 16"), x removes the one under the cursor (asks first), shift+up/down move it;
 ctrl+g hands the whole queue to its detached driver (core/train/queue.start_queue), r resumes a stopped or lost
-queue, s stops the running run and the queue with it. A small worker reads `.lorawizard/queue.json` every ~1.5 s
-while a queue runs and moves the dashboard to the queue's next live run when one starts.
+queue, s stops the running run and the queue with it. A timer reads `.lorawizard/queue.json` (a short worker each
+time) every ~1.5 s while a queue runs and moves the dashboard to the queue's next live run when one starts.
 """
 
 from __future__ import annotations
@@ -192,9 +192,10 @@ class TrainScreen(StepScreen):
         self._queue: QueueRecord | None = None  # the project's last queue, as the queue worker read it
         self._queue_status: str | None = None
         self._queue_head = ""
-        self._stop_queue_watch = threading.Event()
-        self._poke_queue = threading.Event()  # read again now (a variant added, a queue started)
-        self._queue_started_at = 0.0  # time.time() when this screen started a queue: the worker follows it
+        self._queue_started_at = 0.0  # time.time() when this screen started a queue: the reader follows it
+        self._queue_read_at = 0.0  # time.monotonic() of the last read started
+        self._forecast_for: object = None  # what the forecast line was computed from (only the reader touches these)
+        self._forecast_line = ""
 
     def compose_body(self) -> ComposeResult:
         view = TrainScreen.view
@@ -229,7 +230,8 @@ class TrainScreen(StepScreen):
         self._show_queue()
         if self.follow_runs:
             self._attach_existing()
-            self._watch_queue(self._stop_queue_watch, self._poke_queue)
+            self._poke_queue()
+            self.set_interval(QUEUE_POLL_S, self._queue_tick)  # stops with the screen
 
     # -- no GPU: the CPU trains, as a test mode (core.gpu.cpu_mode)
 
@@ -304,52 +306,56 @@ class TrainScreen(StepScreen):
 
     def on_unmount(self) -> None:
         self._stop_tail.set()
-        self._stop_queue_watch.set()
-        self._poke_queue.set()
 
     # -- the queue (base run and [[train.variants]])
 
+    def _queue_tick(self) -> None:
+        """Every QUEUE_POLL_S while a queue runs or was just started; every IDLE_POLL_S otherwise. A short read per
+        tick, not a worker that loops: a worker that never ends would never let the App (or a test) be idle."""
+        busy = self._queue_status == "running" or time.time() - self._queue_started_at < 30
+        if busy or time.monotonic() - self._queue_read_at >= IDLE_POLL_S:
+            self._poke_queue()
+
+    def _poke_queue(self) -> None:
+        """Read queue.json (and the forecast) now: a variant added or moved, a queue started or stopped."""
+        self._queue_read_at = time.monotonic()
+        self._read_queue()
+
     @work(thread=True, exclusive=True, group="train-queue", exit_on_error=False)
-    def _watch_queue(self, stop: threading.Event, poke: threading.Event) -> None:
+    def _read_queue(self) -> None:
         """Reads queue.json (cheap) and, while the queue runs, its live run; the forecast when the variants change."""
         from lorawizard.core.launch import runs
         from lorawizard.core.train.queue import QueueRecord, entries, forecast
 
         app = wizard_app(self)
-        forecast_for: object = None
-        forecast_line = ""
-        while not stop.is_set():
-            with app.store.lock:  # a copy to read off the UI thread (the session changes under this lock)
-                session = app.session.with_changes({})
-            try:
-                variants = session.variants()
-            except Exception:  # noqa: BLE001 - a hand edit the store refuses: the panel keeps what it showed
-                variants = []
-            record = QueueRecord.load(session)
-            status = record.status() if record is not None else None
-            if record is not None and (status == "running" or started_since(record, self._queue_started_at)):
-                current = runs.live_run(session.paths.runs) if status == "running" else None
-                current = current or latest_queue_run(session, record)  # a run that ended between two looks
-                if current is not None:
-                    self.post_message(QueueRunFound(current))
-            if record is not None and status is not None and (status == "running" or (status in ("stopped", "lost")
-                                                              and variants)):
-                head = queue_head(record, status)
-            else:
-                doc = session.doc  # what the forecast depends on, as text: a change computes it again
-                key = (repr([doc.get(t) for t in ("train", "dataset", "gpu", "paths")]), int(time.monotonic() // 60),
-                       record and (record.queue_id, record.state))  # a queue's end measured the speed
-                if variants and key != forecast_for:
-                    try:
-                        forecast_line = forecast(entries(session), session).line()
-                    except Exception as exc:  # noqa: BLE001 - a forecast that fails must not end the panel
-                        forecast_line = f"queue: {len(variants) + 1} runs; no forecast ({one_line(str(exc))})"
-                    forecast_for = key
-                head = f"ctrl+g starts the {forecast_line}" if variants else ""  # the key first: never cut
-            self.post_message(QueueRead(record, status, head))
-            starting = time.time() - self._queue_started_at < 30  # the driver writes queue.json in a moment
-            poke.wait(QUEUE_POLL_S if status == "running" or starting else IDLE_POLL_S)
-            poke.clear()
+        with app.store.lock:  # a copy to read off the UI thread (the session changes under this lock)
+            session = app.session.with_changes({})
+        try:
+            variants = session.variants()
+        except Exception:  # noqa: BLE001 - a hand edit the store refuses: the panel keeps what it showed
+            variants = []
+        record = QueueRecord.load(session)
+        status = record.status() if record is not None else None
+        if record is not None and (status == "running" or started_since(record, self._queue_started_at)):
+            current = runs.live_run(session.paths.runs) if status == "running" else None
+            current = current or latest_queue_run(session, record)  # a run that ended between two looks
+            if current is not None:
+                self.post_message(QueueRunFound(current))
+        if record is not None and status is not None and (status == "running" or (status in ("stopped", "lost")
+                                                          and variants)):
+            head = queue_head(record, status)
+        else:
+            doc = session.doc  # what the forecast depends on, as text: a change computes it again
+            key = (repr([doc.get(t) for t in ("train", "dataset", "gpu", "paths")]), int(time.monotonic() // 60),
+                   record and (record.queue_id, record.state))  # a queue's end measured the speed
+            if variants and key != self._forecast_for:
+                try:
+                    self._forecast_line = forecast(entries(session), session).line()
+                except Exception as exc:  # noqa: BLE001 - a forecast that fails must not end the panel
+                    self._forecast_line = f"queue: {len(variants) + 1} runs; no forecast ({one_line(str(exc))})"
+                self._forecast_for = key
+            head = f"ctrl+g starts the {self._forecast_line}" if variants else ""  # the key first: never cut
+        self.post_message(QueueRead(record, status, head))
 
     @on(QueueRead)
     def _queue_read(self, message: QueueRead) -> None:
@@ -428,7 +434,7 @@ class TrainScreen(StepScreen):
             panel.say(one_line(str(exc)))
             return  # the prompt keeps the text: fix it and press Enter again
         self._close_ask()
-        self._poke_queue.set()
+        self._poke_queue()
         panel.move_cursor_to(variant.name)
         panel.table.focus()
         if same_as_base(variant, session.get):
@@ -485,7 +491,7 @@ class TrainScreen(StepScreen):
             self.notify(one_line(str(exc)), severity="error")
             return
         self._show_queue()
-        self._poke_queue.set()
+        self._poke_queue()
         if cursor is not None:
             self.query_one(QueuePanel).move_cursor_to(cursor)
 
@@ -589,7 +595,7 @@ class TrainScreen(StepScreen):
             return
         self.post_message(Notice(("queue resumed: " if resume else "") + result.summary))
         self._queue_started_at = time.time() - 1  # queue.json's `started` has whole seconds
-        self._poke_queue.set()  # the queue worker reads queue.json now and follows the first run
+        self.app.call_from_thread(self._poke_queue)  # read queue.json now and follow the first run
 
     @on(StaleCaptions)
     def _stale_captions(self, message: StaleCaptions) -> None:
@@ -636,7 +642,7 @@ class TrainScreen(StepScreen):
         asked = request_stop(wizard_app(self).session)
         self.notify(f"queue {asked.queue_id}: asked to stop; no further run of it starts; r resumes it"
                     if asked is not None else "the queue has already ended")
-        self._poke_queue.set()
+        self._poke_queue()
 
     def _stop_answer(self, record: RunRecord, yes: bool | None, queue: bool = False) -> None:
         if not yes:
