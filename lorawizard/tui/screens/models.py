@@ -140,8 +140,7 @@ class ModelsScreen(StepScreen):
     STEP = "models"
     MAIN = "#model-rows"
     AUTO_FOCUS = MAIN
-    INTRO = ("Uses the base model's files you already have (HF cache, ComfyUI, your folders) and downloads "
-             "the rest, resumably.")
+    INTRO = "Uses your files (HF cache, ComfyUI, your folders); downloads the rest."
 
     BINDINGS = [
         Binding("v", "verify", "Verify", show=True),
