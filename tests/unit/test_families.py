@@ -266,3 +266,15 @@ def test_a_checkout_older_than_chroma_needs_is_warned_with_its_tag(project: Path
     _git(sd, "commit", "-q", "-m", "chroma")
     later = inspect_checkout(sd)
     assert later.tag == "v0.9.1+" and family_problem(later, CHROMA) is None
+
+
+def test_the_models_step_says_the_familys_note_and_the_ignored_clip_l(project: Path) -> None:
+    from lorawizard.core.contract import StepContext
+    from lorawizard.core.models import step as models_step
+
+    session = make_session(project, "chroma", models__clip_l="clip_l.safetensors")
+    lines: list[str] = []
+    result = models_step.run_step(StepContext(session=session, options={"action": "find"}, log=lines.append))
+    assert any(line.startswith("Chroma: No CLIP-L") for line in lines)
+    assert "models.clip_l: Chroma has no clip_l file; ignored (kept in session.toml)" in lines
+    assert result.data["missing"] == ["flux", "ae", "t5xxl"]

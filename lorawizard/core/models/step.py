@@ -60,7 +60,7 @@ from lorawizard.core.models.finder import (
 )
 from lorawizard.core.models.identify import role_problem
 from lorawizard.core.models.rows import ModelsOptions, RoleState
-from lorawizard.core.profile import ModelFamily, family_for
+from lorawizard.core.profile import ModelFamily, all_role_names, family_for
 from lorawizard.core.session.document import Session
 
 HASH_CACHE_FILE = "hash-cache.json"
@@ -162,6 +162,11 @@ def _model_files_step(ctx: StepContext) -> StepResult:
         rows.set(RoleState(role, entry.filename, entry.repo, size=_known(plan, entry).get("size")))
     rows.set(RoleState(TOKENIZER_ROLE, ", ".join(t.repo for t in family.tokenizers), "", note="sd-scripts tokenizers"))
     ctx.log(f"preset {preset.name}: {preset.title}")
+    if family.note:  # what a person should know about this base model (schnell's distillation, Krea's header)
+        ctx.log(f"{family.title}: {family.note}")
+    for role in all_role_names():
+        if not family.has_role(role) and session.get(f"models.{role}"):  # CLIP-L in a Chroma session
+            ctx.log(f"models.{role}: {family.title} has no {role} file; ignored (kept in session.toml)")
 
     try:
         _first_contact(plan)
