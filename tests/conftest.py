@@ -46,6 +46,17 @@ def steady_widgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings_form, "TYPED_AHEAD_S", 0.0)
 
 
+@pytest.fixture(autouse=True)
+def steady_cpu(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's flags from a fixed file (no native bf16, like the machines the snapshots were drawn on): the screens
+    that say what this CPU can do (the Train screen's CPU test mode) read the same on every machine."""
+    from lorawizard.core.gpu import cpu_mode
+
+    cpuinfo = tmp_path_factory.mktemp("cpu") / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    monkeypatch.setattr(cpu_mode, "CPUINFO", cpuinfo)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """An empty project folder."""

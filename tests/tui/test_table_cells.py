@@ -86,7 +86,7 @@ async def test_gpu_tables_after_a_probe(home_project: Path, monkeypatch: pytest.
         await settle(pilot)
         await pilot.press("ctrl+g")
         await settle(pilot)
-        assert assert_columns_aligned(app) == 2
+        assert assert_columns_aligned(app) == 3  # buckets, trials, fit candidates
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
