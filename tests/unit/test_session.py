@@ -269,7 +269,10 @@ def _value_for(field):
         return st.floats(min_value=1e-7, max_value=1.0, allow_nan=False)
     if field.kind == "bool":
         return st.booleans()
-    return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=20)
+    text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"), max_size=20)
+    if field.kind == "path":  # `~name/…` is another user's home: refused when read (its own test), not a value here
+        return text.filter(lambda v: not v.startswith("~"))
+    return text
 
 
 @st.composite
