@@ -251,6 +251,8 @@ def test_forecast_spreads_runs_over_the_lanes() -> None:
     assert plan.total_s == 150.0
     assert queue.Forecast(plan.per_entry, "probe").total_s == 250.0
     assert queue.Forecast({"base": None}, "").total_s is None
+    priced = queue.Forecast({"base": 1800.0, "a": 1800.0}, "probe", lanes=2, price_per_hour=2.5)
+    assert priced.line().endswith("· ≈2.50 at 2.5 per GPU-hour")  # two half-hour runs: one GPU-hour
 
 
 def _ended(record: runs.RunRecord) -> float:

@@ -167,6 +167,7 @@ class Forecast:
     per_entry: dict[str, float | None]  # label → seconds (None: no speed known yet)
     basis: str  # where the speed came from
     lanes: int = 1  # runs side by side (one per GPU)
+    price_per_hour: float | None = None  # gpu.price_per_hour: the queue's GPU-hours in money
 
     @property
     def total_s(self) -> float | None:
@@ -191,8 +192,12 @@ class Forecast:
                     "earlier run measured the speed yet; it is forecast again after each run)")
         parts = ", ".join(f"{k} {format_duration(v)}" for k, v in self.per_entry.items())
         side = f", {self.lanes} side by side" if self.lanes > 1 else ""
+        money = ""
+        if self.price_per_hour:  # every run holds one GPU for its time, side by side or not
+            gpu_hours = sum(v or 0.0 for v in self.per_entry.values()) / 3600
+            money = f" · ≈{gpu_hours * self.price_per_hour:.2f} at {self.price_per_hour:g} per GPU-hour"
         return (f"queue: ≈{format_duration(total)} {what} for {len(self.per_entry)} runs{side} ({parts}; speed from "
-                f"{self.basis})")
+                f"{self.basis}){money}")
 
 
 def entry_steps(session: Session) -> int | None:
@@ -235,7 +240,7 @@ def forecast(items: list[Entry], base: Session, *, lanes: int = 1) -> Forecast:
             times = entry.session.train.max_train_epochs // settings.every_n_epochs + int(settings.at_first)
             sampling = times * len(settings.prompts) * settings.steps * speed / 3
         per[entry.label] = steps * speed + sampling
-    return Forecast(per, basis or "no measurement", lanes)
+    return Forecast(per, basis or "no measurement", lanes, base.gpu.price_per_hour)
 
 
 def disk_needed(items: list[Entry]) -> int:
