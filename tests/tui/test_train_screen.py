@@ -323,3 +323,23 @@ async def test_a_resumed_runs_dashboard_shows_its_chain(tmp_path: Path, home_pro
         assert app.screen.query_one(CheckpointPanel).border_title == "checkpoints (3)"
         assert app.screen.query_one(LossChart).values == [1.47, 1.5, 1.53, 1.52, 1.53, 1.52]
         assert str(app.screen.query_one(BarLine).render()).startswith("steps: 6/6")
+
+
+async def test_start_says_it_removed_text_encoder_caches_of_another_t5_length(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: FLUX.1-dev's 512-token caches, then schnell (256): sd-scripts would read them; the start removes
+    them and the notice says so in one line."""
+    from tests.support.te_caches import caches, project_with_caches
+
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = project_with_caches(tmp_path, "flux1-schnell", tokens=512)
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await pilot_until(pilot, lambda: any("text-encoder caches" in str(n.message) for n in app._notifications))
+        notice = next(str(n.message) for n in app._notifications if "text-encoder caches" in str(n.message))
+        assert notice.startswith("3 text-encoder caches (*_flux_te.npz)") and "T5 512 → 256 tokens" in notice
+        assert "\n" not in notice and caches(session) == []
+        await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+    live = runs.live_run(session.paths.runs)
+    assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"

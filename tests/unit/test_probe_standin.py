@@ -227,3 +227,23 @@ def test_cli_replay_probe_without_a_gpu_exits_0(standin: Session) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no GPU: the probe is skipped" in run.stdout
     assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_the_probe_removes_text_encoder_caches_of_another_t5_length_first(standin: Session, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: the trials cache text-encoder outputs and training reuses them, so FLUX.1-dev's 512-token caches go
+    before a schnell session's first trial, as before a run."""
+    from tests.support.te_caches import caches, write_cache
+
+    for png in standin.paths.dataset.glob("*/*.png"):
+        write_cache(png.with_name(png.stem + "_flux_te.npz"), 512)
+    standin.set("models.family", "flux1-schnell")
+    save(standin)
+    budget = 2 * 512 * 512
+    monkeypatch.setenv("STANDIN_VRAM_BUDGET", str(budget))
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(standin.path, ["probe"], out=out, err=err, tty=False,
+                  options={"probe": {"nvml": standin_gpu(budget, tmp_path / "peak.json")}})
+    assert code == 0, err.getvalue()
+    assert "probe: 5 text-encoder caches (*_flux_te.npz)" in out.getvalue() and "T5 512 → 256 tokens" in out.getvalue()
+    assert caches(standin) == [] and len(list(standin.paths.dataset.glob("*/*.txt"))) == 5

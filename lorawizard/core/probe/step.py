@@ -554,6 +554,7 @@ def run_step(ctx: StepContext) -> StepResult:
     buckets = bucket_counts(session)
     if not buckets:
         raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
+    _stale_text_encoder_caches(ctx)
     if session.gpu.fit in ("quality", "fastest"):
         return _run_fit(ctx, gpu, preset, presets, buckets)
     known = session.batch_sizes()
@@ -600,6 +601,22 @@ def run_step(ctx: StepContext) -> StepResult:
         data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
               "results": [_result_json(r) for r in results]},
     )
+
+
+def _stale_text_encoder_caches(ctx: StepContext) -> None:
+    """The trials cache text-encoder outputs beside the images, and training reuses them: caches made for other
+    settings (another family's T5 length) go first, as before a run (core.train.te_cache)."""
+    from lorawizard.core.launch.command import CommandError, trainer_options
+    from lorawizard.core.train import te_cache
+
+    if ctx.dry_run:
+        return  # the train step's dry run says what a run would remove
+    try:
+        line = te_cache.refresh(ctx.session, trainer_options(ctx.session))
+    except (CommandError, OSError):
+        return  # a trial says what is wrong with the options; a cache that cannot be removed, the run before training
+    if line:
+        ctx.log(f"probe: {line}")
 
 
 def _skipped_without_gpu(session: Session) -> StepResult:

@@ -343,6 +343,7 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)  # kept in run.json
     cpu: Any = None  # core.gpu.cpu_mode.CpuMode when no GPU is visible: the CPU trains, as a test mode
     batch_sizes: dict[str, int] | None = None  # without a GPU: set by hand, else 1 (the rule of core.gpu.cpu_mode)
+    cache_line: str | None = None  # set by start_run: the text-encoder caches it removed (core.train.te_cache)
 
     def cpu_lines(self) -> list[str]:
         """Without a GPU: the test-mode line with its expected speed, and bf16 on a CPU without it (before launch)."""
@@ -450,7 +451,19 @@ def live_run(session: Session, problems: list[str] | None = None, *, gpu: str | 
 
 
 def start_run(session: Session, plan: Plan, *, beside_other_gpus: bool = False) -> RunRecord:
+    """Launch the plan's command detached, after removing text-encoder caches made for other settings (sd-scripts
+    would read them: core.train.te_cache; said in `plan.cache_line`)."""
+    from lorawizard.core.train import te_cache
+
     command = plan.command
+    others = beside_other_gpus and bool(runs.live_runs(session.paths.runs, project_dir=session.project_dir))
+    try:
+        plan.cache_line = te_cache.refresh(session, command.options, others_running=others)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot remove the stale text-encoder caches in {session.paths.dataset}: "
+                         f"{exc.strerror or exc}") from None
     extra = dict(plan.extra)
     on_finish = session.train.on_finish
     if on_finish:
@@ -575,6 +588,11 @@ def run_step(ctx: StepContext) -> StepResult:
             ctx.log(f"  {path}")
         for note in plan.notes:
             ctx.log(note)
+        from lorawizard.core.train import te_cache
+
+        verdict = te_cache.check(session, plan.command.options)
+        if verdict.files:  # removed by a real run (start_run): sd-scripts would read them
+            ctx.log(te_cache.describe(verdict, done=False))
         from lorawizard.core.train.forecast import forecast_lines
 
         for line in forecast_lines(session):  # measured s/step × planned steps + measured phases (issue 26)
@@ -603,6 +621,8 @@ def run_step(ctx: StepContext) -> StepResult:
         ctx.log(f"train: {line}")
     ctx.check_cancelled()  # Ctrl-C before the launch: launch nothing
     record = start_run(session, plan, beside_other_gpus=beside)
+    if plan.cache_line:
+        ctx.log(f"train: {plan.cache_line}")
     what = f"resumed from {plan.resumed_from.name} at step {plan.base_step}" if plan.resumed_from else "started"
     ctx.log(f"training {what}: run {record.run_id}, pid {record.pid}, log {record.log_path}")
     for note in plan.notes:

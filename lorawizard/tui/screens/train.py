@@ -578,6 +578,8 @@ class TrainScreen(StepScreen):
         except StepFailed as exc:
             self.post_message(Notice(str(exc), "error"))
             return
+        if plan.cache_line:  # text-encoder caches of other settings (another family's T5 length) were removed
+            self.post_message(Notice(plan.cache_line))
         what = f"resumed at step {plan.base_step}" if resume else "started"
         where = " on the CPU (test mode)" if plan.cpu is not None else ""
         self.post_message(Notice(f"training {what}{where}: run {record.run_id}"))
