@@ -590,3 +590,112 @@ def test_chroma_is_drawn_as_chroma_without_clip_l(tmp_path: Path) -> None:
     argv = commands.inference_command(runner, chroma.lora_tools, models, loras=[], out_dir=Path("/o"), prompt="p",
                                       seed=1, steps=2, size=64, tokenizers=None).argv
     assert "--clip_l" not in argv and argv[argv.index("--model_type") + 1] == "chroma" and "--apply_t5_attn_mask" in argv
+
+
+# ------------------------------------------------------------------ --dry-run
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_dry_run_of_every_tool_prints_its_argv_file_and_disk_and_changes_nothing(tool_project: Session) -> None:
+    import io
+    import shlex
+
+    from lorawizard.core.registry import parse_steps
+    from lorawizard.headless import replay
+
+    loras = tool_project.project_dir / "loras"
+    sd_lora(loras / "style-e4.safetensors", 4)
+    session = Session.load(tool_project.path)
+    session.set("tools.merge", ["loras/mychar-e8.safetensors;0.7", "loras/style-e4.safetensors;0.3"])
+    save(session)
+    before = _tree(tool_project.project_dir)
+    out, err = io.StringIO(), io.StringIO()
+    code = replay(tool_project.path, parse_steps("resize,convert,merge,merge_base,check"), dry_run=True, out=out,
+                  err=err, tty=False)
+    text = out.getvalue()
+    assert code == 0, err.getvalue() + text
+    assert _tree(tool_project.project_dir) == before  # no file, no folder, no log, no check sample
+    python, sd = shlex.quote(str(session.path_settings.python)), tool_project.resolve(session.paths.sd_scripts)
+    # each tool's argv, one option a line as the training command's dry run prints it
+    assert f"resize mychar-e8.safetensors (rank 8) to rank 4: would run\ncd {sd} && " in text
+    assert f"{python} {sd}/networks/resize_lora.py \\\n  --model {loras}/mychar-e8.safetensors \\\n" in text
+    assert "  --new_rank 4 \\\n  --verbose\n" in text
+    assert "  --src sd-scripts \\\n  --dst ai-toolkit \\\n" in text
+    assert (f"  --models {loras}/mychar-e8.safetensors {loras}/style-e4.safetensors \\\n  --ratios 1.0247 0.948683 "
+            "\\\n") in text
+    assert "  --mem_eff_load_save \\\n  --save_precision bf16\n" in text
+    # the file each would write, and the disk check
+    for name in ("loras/mychar-e8-r4.safetensors", "loras/mychar-e8-aitoolkit.safetensors",
+                 "loras/mychar-e8-w0.7+style-e4-w0.3.safetensors", "merged/mychar-e8+flux.safetensors"):
+        assert f"would write {name} with its sidecar " in text
+        assert f"ok - dry run: would write {name}; nothing written" in text
+    size = (loras / "mychar-e8.safetensors").stat().st_size
+    from lorawizard.core.common.progress import format_bytes
+
+    assert f"disk: about {format_bytes(size * 4 // 2 * 4 // 8)} needed in loras/, " in text  # fp32, half the rank
+    assert "disk: about " in text and " needed in merged/, " in text
+    # what the check would run: the result (an ai-toolkit one through its conversion back) and the original
+    assert "check: would draw the result mychar-e8-aitoolkit.safetensors with flux_minimal_inference.py" in text
+    assert "first converted to sd-scripts layout in that temp folder" in text
+    assert f"  --lora_weights '{loras}/mychar-e8-r4.safetensors;1' \\\n" in text
+    assert "check: would draw the merged model mychar-e8+flux.safetensors" in text
+    assert f"  --ckpt_path {tool_project.project_dir}/merged/mychar-e8+flux.safetensors \\\n" in text
+    assert "check: ok - dry run: would check loras/mychar-e8.safetensors; nothing written" in text
+    assert "  warning: " not in text  # 0.7 + 0.3: nothing to warn about
+
+
+def test_the_dry_runs_argv_is_the_one_the_tool_runs(tool_project: Session) -> None:
+    import shlex
+
+    logged: list[str] = []
+    planned = run_resize(StepContext(session=Session.load(tool_project.path, read_only=True), dry_run=True))
+    assert planned.ok and planned.data["file"].endswith("loras/mychar-e8-r4.safetensors")
+    ctx = StepContext(session=Session.load(tool_project.path, read_only=True), log=logged.append)
+    assert run_resize(ctx).ok
+    assert any(line.endswith(shlex.join(planned.data["argv"])) for line in logged)  # same temp name: same thread
+
+
+def test_dry_run_says_the_disk_refusal_and_a_check_that_cannot_run(tool_project: Session,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorawizard.core.loratools import step
+
+    monkeypatch.setattr(step, "MERGE_BASE_SPARE", 1 << 62)
+    logged: list[str] = []
+    ctx = StepContext(session=Session.load(tool_project.path, read_only=True), dry_run=True, log=logged.append)
+    with pytest.raises(StepFailed, match=r"dry run: it would be refused: not enough disk for the merged model"):
+        run_merge_base(ctx)
+    assert any("--flux_model" in line for line in logged)  # the command is printed all the same
+    monkeypatch.setattr(step, "MERGE_BASE_SPARE", 0)
+    (tool_project.project_dir / "models" / "t5xxl.safetensors").unlink()
+    with pytest.raises(StepFailed, match=r"dry run: mychar-e8-r4.safetensors would be written, but its check cannot "
+                                         r"run: the check needs the base model's files"):
+        run_resize(StepContext(session=Session.load(tool_project.path, read_only=True), dry_run=True))
+    assert not (tool_project.project_dir / "merged").exists()
+
+
+def test_a_lora_tool_is_refused_before_it_starts_when_the_disk_is_short(tool_project: Session,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _path: usage(1 << 40, 1 << 40, 1000))
+    with pytest.raises(StepFailed, match=r"not enough disk for mychar-e8-r4.safetensors: it needs about .* and "
+                                         r"1.0 KB is free"):
+        run_resize(_ctx(tool_project))
+    assert [p.name for p in (tool_project.project_dir / "loras").iterdir()] == ["mychar-e8.safetensors"]
+
+
+def test_a_dry_run_of_a_dynamic_resize_says_its_name_follows_the_tool(tool_project: Session) -> None:
+    session = Session.load(tool_project.path)
+    session.set("tools.resize_method", "sv_fro")
+    save(session)
+    logged: list[str] = []
+    result = run_resize(StepContext(session=Session.load(tool_project.path, read_only=True), dry_run=True,
+                                    log=logged.append))
+    assert result.summary == "dry run: would write loras/mychar-e8-r8-fro0.9.safetensors; nothing written"
+    assert any("renamed after the largest rank the tool keeps (-r<rank>-fro0.9)" in line for line in logged)
+    assert any("--dynamic_method sv_fro \\\n  --dynamic_param 0.9" in line for line in logged)

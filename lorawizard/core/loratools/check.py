@@ -23,6 +23,7 @@ from typing import Any
 from lorawizard.core.common.fsutil import atomic_write_json, read_json_object
 from lorawizard.core.contract import StepContext, StepFailed
 from lorawizard.core.loratools import commands, naming
+from lorawizard.core.loratools.commands import ToolCommand
 from lorawizard.core.loratools.header import LoraInfo, inspect
 from lorawizard.core.loratools.runner import run_tool, temp_name
 from lorawizard.core.session.document import Session
@@ -127,8 +128,8 @@ def _models(session: Session, base: Path | None) -> dict[str, Path]:
     models = resolved_model_paths(session)
     if base is not None:
         models[tools.merge_role] = base
-    missing = [f"{role} ({path})" for role, path in models.items()
-               if role in dict(tools.inference_roles) and not path.is_file()]
+    missing = [f"{role} ({path})" for role, path in models.items()  # `base`: just written (or, a dry run, to be)
+               if role in dict(tools.inference_roles) and not path.is_file() and path != base]
     if missing:
         raise StepFailed(f"the check needs the base model's files, and {', '.join(missing)} is not there: "
                          "run the Models step")
@@ -157,6 +158,68 @@ def ctx_step(ctx: StepContext) -> str:
     return str(ctx.options.get("step_name") or "check") if ctx.options else "check"
 
 
+def _inference(session: Session, loras: list[Path], base: Path | None, out_dir: Path) -> ToolCommand:
+    """The inference script drawing the check's image with `loras` (on `base` when given, else the session's)."""
+    _family, tools = commands.family_tools(session)
+    settings = settings_for(session)
+    command = commands.inference_command(
+        commands.trainer(session), tools, _models(session, base), loras=loras, out_dir=out_dir,
+        prompt=settings.prompt, seed=settings.seed, steps=settings.steps, size=settings.size,
+        tokenizers=session.paths.tokenizers)
+    if session.train.mixed_precision == "no" and "dtype" in tools.inference_options:
+        command.argv[command.argv.index("--dtype") + 1] = "float32"
+    return command
+
+
+def _draw_lines(session: Session, path: Path, layout: str, *, what: str, merged_base: bool = False) -> list[str]:
+    """What drawing `path` would run (a LoRA in `layout`, or with `merged_base` a base model file), or that its
+    sample is drawn already."""
+    settings = settings_for(session)
+    if path.is_file():
+        earlier = recorded(session, path, settings)
+        if earlier is not None:
+            return [f"check: {what}'s sample is drawn already, with these settings: "
+                    f"{naming.shown(session.project_dir, earlier.image)}"]
+    _family, tools = commands.family_tools(session)
+    temp = checks_dir(session) / ".check-TEMP"  # a temp folder the check makes (tempfile) and removes
+    lines = [f"check: would draw {what} {path.name} with {tools.inference_script} into "
+             f"{naming.shown(session.project_dir, checks_dir(session))}/ (its --output_dir is a temp folder there):"]
+    loras: list[Path] = []
+    if not merged_base:
+        loadable = path
+        chosen = next((lay for lay in tools.layouts if lay.name == layout), None)
+        if chosen is not None and not chosen.loads:
+            own = tools.layouts[0]
+            loadable = temp / f"{path.stem}-{own.suffix}.safetensors"
+            convert = commands.convert_command(commands.trainer(session), tools, path, temp_name(loadable), layout,
+                                               own.name)
+            lines += [f"first converted to {own.name} layout in that temp folder (the script loads only that layout):",
+                      convert.shell_text(multiline=True)]
+        loras = [loadable]
+    lines.append(_inference(session, loras, path if merged_base else None, temp / "out").shell_text(multiline=True))
+    return lines
+
+
+def dry_run_lines(session: Session, result: Path, original: Path | None, *, layout: str,
+                  merged_base: bool = False, what: str = "the result") -> list[str]:
+    """What the check would run for `result` (which may not exist yet: `layout` is its key layout) and for `original`
+    beside it, changing nothing; StepFailed when the check could not run (the base model's files missing)."""
+    settings = settings_for(session)
+    lines = [f'check: the prompt "{settings.prompt}", seed {settings.seed}, {settings.steps} steps, '
+             f"{settings.size}×{settings.size} px ([tools] check_*), the same for both images"]
+    lines += _draw_lines(session, result, layout, what="the merged model" if merged_base else what,
+                         merged_base=merged_base)
+    if original is not None and original.is_file():
+        from lorawizard.core.loratools.header import LoraError
+
+        try:
+            original_layout = inspect(original, commands.family_tools(session)[0]).layout
+        except LoraError as exc:
+            return [*lines, f"check: the original cannot be drawn: {exc}"]
+        lines += _draw_lines(session, original, original_layout, what="the original")
+    return lines
+
+
 def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, base: Path | None = None,
          stem: str | None = None) -> Sample:
     """One image with `lora` (None: the base model alone; `base`: another base file, e.g. a merged one), recorded."""
@@ -167,7 +230,6 @@ def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, ba
         if earlier is not None:
             return earlier
     _family, tools = commands.family_tools(session)
-    runner = commands.trainer(session)
     folder = checks_dir(session)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{stem or (key.stem if key is not None else 'base')}.png"
@@ -178,11 +240,7 @@ def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, ba
         if lora is not None:
             loadable, note = _loadable(session, inspect(lora, _family), work, ctx, log)
             loras = [loadable]
-        command = commands.inference_command(
-            runner, tools, _models(session, base), loras=loras, out_dir=work / "out", prompt=settings.prompt,
-            seed=settings.seed, steps=settings.steps, size=settings.size, tokenizers=session.paths.tokenizers)
-        if session.train.mixed_precision == "no" and "dtype" in tools.inference_options:
-            command.argv[command.argv.index("--dtype") + 1] = "float32"
+        command = _inference(session, loras, base, work / "out")
         started = time.monotonic()
         run = run_tool(command, log=log, step=ctx_step(ctx), progress=ctx.progress, cancel=ctx.cancel,
                        timeout_s=CHECK_TIMEOUT_S, log_line=ctx.log)

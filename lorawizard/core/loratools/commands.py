@@ -43,10 +43,22 @@ class ToolCommand:
     output: Path  # what the tool writes (a temp name; renamed by the runner on success)
     what: str  # "resize", "convert", "merge", "merge into base", "check"
 
-    def shell_text(self) -> str:
-        """Copyable: `cd … && VAR=… python …`."""
+    def shell_text(self, *, multiline: bool = False) -> str:
+        """Copyable: `cd … && VAR=… python …`; `multiline` breaks before each option with ` \\` continuations
+        (still valid to paste), as the training command's dry run prints it."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k != "PYTHONUNBUFFERED")
-        return " ".join(p for p in (f"cd {shlex.quote(str(self.cwd))} &&", env, shlex.join(self.argv)) if p)
+        first = next((i for i, word in enumerate(self.argv) if word.startswith("--")), len(self.argv))
+        if not multiline or first == len(self.argv):
+            return " ".join(p for p in (f"cd {shlex.quote(str(self.cwd))} &&", env, shlex.join(self.argv)) if p)
+        lines = [" ".join(p for p in (f"cd {shlex.quote(str(self.cwd))} &&", env, shlex.join(self.argv[:first])) if p)]
+        current: list[str] = []
+        for word in self.argv[first:]:
+            if word.startswith("--") and current:
+                lines.append("  " + shlex.join(current))
+                current = []
+            current.append(word)
+        lines.append("  " + shlex.join(current))
+        return " \\\n".join(lines)
 
 
 def tools_of(family: ModelFamily) -> LoraTools:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorawizard.core.common.fsutil import atomic_write_json, read_json_object
+from lorawizard.core.common.fsutil import atomic_write_json, display_path, read_json_object
 from lorawizard.core.train.keep import LORAS_DIR
 
 MERGED_DIR = "merged"  # full model files with a LoRA merged in
@@ -69,6 +69,14 @@ def merged_stem(name: str, parts: list[tuple[str, float]]) -> str:
 def base_merged_stem(lora_stem: str, base_stem: str) -> str:
     stem = f"{lora_stem}+{base_stem}"
     return stem if len(stem) <= MAX_STEM else f"{lora_stem[:60]}+{base_stem[:59]}"
+
+
+def shown(project_dir: Path, path: Path) -> str:
+    """A path as the project's (`loras/x.safetensors`) when it is inside it, else as a person reads it."""
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return display_path(path)
 
 
 def sidecar_of(path: Path) -> Path:

@@ -5,8 +5,12 @@ loaded by the family's inference script next to the original (core.loratools.che
 
 What each refuses: a file that is not a LoRA or not a complete safetensors file, a LoRA of another model, a rank not
 below the LoRA's own, a dynamic target out of its range, a conversion into the layout the file already has, a merge
-of fewer than two LoRAs or of LoRAs in different layouts, a merge into the base without the disk space for the
-merged file (checked before it starts). It warns (and goes on) about merge weights that do not sum sensibly.
+of fewer than two LoRAs or of LoRAs in different layouts, any tool without the disk space for its result (checked
+before it starts: a merge into the base needs the base model's size). It warns (and goes on) about merge weights that
+do not sum sensibly.
+
+Each tool is planned first (`PLANS`: the argv, the final file name, the bytes it needs), then carried out (`TOOLS`);
+`--dry-run` prints the plan and what the check would run, and changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lorawizard.core.common.fsutil import display_path
 from lorawizard.core.common.progress import format_bytes
 from lorawizard.core.contract import StepContext, StepFailed, StepResult
 from lorawizard.core.loratools import commands, naming
+from lorawizard.core.loratools.commands import ToolCommand
 from lorawizard.core.loratools.header import LoraError, LoraInfo, family_problem, inspect
 from lorawizard.core.loratools.runner import ToolRun, message_of, run_tool, temp_name
 from lorawizard.core.session.document import STATE_DIR, Session
@@ -40,6 +45,24 @@ class Outcome:
     sidecar: dict[str, Any] = field(default_factory=dict)
     original: Path | None = None  # what the check draws beside it
     merged_base: bool = False
+
+
+@dataclass
+class Plan:
+    """What one tool would do, decided before anything changes: the argv it runs, the file it writes and the disk that
+    takes. `--dry-run` prints it (`dry_run_lines`); a run carries it out (`TOOLS`)."""
+
+    name: str
+    intro: str  # `resize mychar-e8.safetensors (rank 8) to rank 4`
+    command: ToolCommand
+    target: Path  # the final name (the tool writes under a temp name beside it: command.output)
+    needed: int  # about how many bytes the result takes
+    original: Path | None = None  # what the check draws beside the result
+    details: list[str] = field(default_factory=list)  # warnings known before it runs
+    result_layout: str = ""  # the result's key layout ("" for a merged base model)
+    merged_base: bool = False
+    renamed: str = ""  # when the final name depends on what the tool decides (a dynamic resize)
+    extra: dict[str, Any] = field(default_factory=dict)  # what carrying it out needs besides (the LoRAs' headers, …)
 
 
 # ------------------------------------------------------------------ inputs
@@ -89,6 +112,31 @@ def _failed(what: str, run: ToolRun) -> StepFailed:
     code = "stopped: it ran too long" if run.returncode == 124 else f"exit {run.returncode}"
     return StepFailed(f"{what} failed ({code}): {run.error_line() or 'no output'}; nothing was written under the "
                       f"final name (the log: {display_path(run.log)})")
+
+
+# bytes per value of each dtype as core.models.identify.main_dtype says it (resize_lora.py and flux_merge_lora.py save
+# in float32 unless told otherwise: their results take 4 bytes a value whatever the input's)
+ITEM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8 e4m3fn": 1, "fp8 e5m2": 1}
+FLOAT32 = 4
+CONVERT_GROWTH = 3  # at most: a fused QKV becomes three modules with one down matrix each, or a rank-3r block diagonal
+
+
+def _as_float32(info: LoraInfo) -> int:
+    return info.size * FLOAT32 // ITEM_BYTES.get(info.dtype, 2)
+
+
+def disk_line(folder: Path, needed: int, shown: str) -> str:
+    """`disk: about 38.3 MB needed in loras/, 120 GB free` (what the disk check compares; `shown`: the folder)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = format_bytes(shutil.disk_usage(probe).free)
+    except OSError:
+        free = "free space unknown"
+    else:
+        free += " free"
+    return f"disk: about {format_bytes(needed)} needed in {shown}/, {free}"
 
 
 def _size_change(before: int, after: int) -> str:
@@ -154,55 +202,63 @@ def _kept_line(report: dict[str, Any]) -> str:
             f"{error:.0%} in each module's update (resize_lora.py's own figures)")
 
 
-def resize(ctx: StepContext) -> Outcome:
-    session = ctx.session
+def plan_resize(session: Session) -> Plan:
     source = source_lora(session)
     info = read_lora(session, source)
     rank, method, param = resize_plan(session, info)
     _family, tools = commands.family_tools(session)
     folder = naming.loras_dir(session.project_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    provisional = naming.free_target(folder, naming.resized_stem(source.stem, rank, method, param))
-    command = commands.resize_command(commands.trainer(session), tools, source, temp_name(provisional), rank,
+    target = naming.free_target(folder, naming.resized_stem(source.stem, rank, method, param))
+    command = commands.resize_command(commands.trainer(session), tools, source, temp_name(target), rank,
                                       method=method, param=param, device=device(session))
     how = f"rank {rank}" if method == "fixed" else f"{method} {param:g}, at most rank {rank}"
-    ctx.log(f"resize {source.name} ({info.rank_text()}) to {how}: {command.shell_text()}")
-    run = run_tool(command, log=log_path(session, "resize"), step="resize", final=provisional, progress=ctx.progress,
-                   cancel=ctx.cancel, log_line=ctx.log)
+    renamed = ("" if method == "fixed" else
+               "renamed after the largest rank the tool keeps (-r<rank>-" f"{naming.METHOD_SHORT[method]}{param:g})")
+    return Plan("resize", f"resize {source.name} ({info.rank_text()}) to {how}", command, target,
+                _as_float32(info) * rank // max(info.rank, 1), source, result_layout=info.layout, renamed=renamed,
+                extra={"info": info, "rank": rank, "method": method, "param": param})
+
+
+def resize(ctx: StepContext, plan: Plan) -> Outcome:
+    session = ctx.session
+    info: LoraInfo = plan.extra["info"]
+    method, param, source = plan.extra["method"], plan.extra["param"], info.path
+    family, _tools = commands.family_tools(session)
+    run = run_tool(plan.command, log=log_path(session, "resize"), step="resize", final=plan.target,
+                   progress=ctx.progress, cancel=ctx.cancel, log_line=ctx.log)
     if run.returncode != 0:
         raise _failed("resize_lora.py", run)
-    result = inspect(provisional, _family)
-    target = provisional
+    result = inspect(plan.target, family)
+    target = plan.target
     if method != "fixed":  # named by the ranks it chose
-        wanted = naming.free_target(folder, naming.resized_stem(source.stem, result.rank, method, param))
-        if wanted != provisional:
-            os.replace(provisional, wanted)
+        wanted = naming.free_target(target.parent, naming.resized_stem(source.stem, result.rank, method, param))
+        if wanted != target:
+            os.replace(target, wanted)
             target = wanted
-            result = inspect(target, _family)
+            result = inspect(target, family)
     report = resize_report(run.lines)
     kept = _kept_line(report)
     summary = (f"{target.name}: {result.rank_text()} from {info.rank_text()}, "
                f"{_size_change(info.size, result.size)}; {kept}")
     details = [f"before: {info.line()}", f"after:  {result.line()}", kept]
-    sidecar = {"method": method, "param": param, "rank": rank, "report": report}
+    sidecar = {"method": method, "param": param, "rank": plan.extra["rank"], "report": report}
     return Outcome(target, summary, details, {"before": info.record(), "after": result.record(), **sidecar}, source)
 
 
 # ------------------------------------------------------------------ convert
 
 
-def convert(ctx: StepContext) -> Outcome:
-    session = ctx.session
+def plan_convert(session: Session) -> Plan:
     source = source_lora(session)
     info = read_lora(session, source)
-    _family, tools = commands.family_tools(session)
+    family, tools = commands.family_tools(session)
     names = [layout.name for layout in tools.layouts]
     wanted = session.tools.convert_to
     if wanted == "other":
         others = [n for n in names if n != info.layout]
         wanted = others[0]
     if wanted not in names:
-        raise StepFailed(f"[tools] convert_to = {wanted!r}: {_family.title} LoRAs come in {', '.join(names)}")
+        raise StepFailed(f"[tools] convert_to = {wanted!r}: {family.title} LoRAs come in {', '.join(names)}")
     if wanted == info.layout:
         raise StepFailed(f"{source.name} is already in {wanted} layout (its keys: {min(info.ranks)}…): nothing to "
                          "convert")
@@ -212,26 +268,35 @@ def convert(ctx: StepContext) -> Outcome:
         details.append(f"warning: its {info.text_encoder_modules} text-encoder modules have no {wanted} form and are "
                        "left out of the converted file")
     folder = naming.loras_dir(session.project_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     suffixes = tuple(lay.suffix for lay in tools.layouts)
     target = naming.free_target(folder, naming.converted_stem(source.stem, layout.suffix, suffixes))
     command = commands.convert_command(commands.trainer(session), tools, source, temp_name(target), info.layout, wanted)
-    ctx.log(f"convert {source.name} ({info.layout} layout) to {wanted}: {command.shell_text()}")
-    run = run_tool(command, log=log_path(session, "convert"), step="convert", final=target, progress=ctx.progress,
-                   cancel=ctx.cancel, log_line=ctx.log)
+    return Plan("convert", f"convert {source.name} ({info.layout} layout) to {wanted}", command, target,
+                info.size * CONVERT_GROWTH, source, details, result_layout=wanted, extra={"info": info})
+
+
+def convert(ctx: StepContext, plan: Plan) -> Outcome:
+    session = ctx.session
+    info: LoraInfo = plan.extra["info"]
+    target, wanted = plan.target, plan.result_layout
+    family, tools = commands.family_tools(session)
+    run = run_tool(plan.command, log=log_path(session, "convert"), step="convert", final=target,
+                   progress=ctx.progress, cancel=ctx.cancel, log_line=ctx.log)
     if run.returncode != 0:
         raise _failed(tools.convert_script or "convert", run)
-    result = inspect(target, _family)
+    result = inspect(target, family)
     if result.layout != wanted:
         target.unlink(missing_ok=True)
         raise StepFailed(f"the converted file's keys are in {result.layout} layout, not {wanted}: removed")
+    details = list(plan.details)
     unsupported = [message_of(line) for line in run.lines if "Unsuppored keys" in line or "Unsupported keys" in line]
     if unsupported:
         details.append("warning: the tool left keys out: " + unsupported[0][:200])
-    summary = (f"{target.name}: {result.layout_title} layout, from {source.name} ({info.layout_title}); "
+    summary = (f"{target.name}: {result.layout_title} layout, from {info.path.name} ({info.layout_title}); "
                f"{result.rank_text()}, {result.modules} modules, {_size_change(info.size, result.size)}")
     details = [f"before: {info.line()}", f"after:  {result.line()}", *details]
-    return Outcome(target, summary, details, {"before": info.record(), "after": result.record(), "to": wanted}, source)
+    return Outcome(target, summary, details, {"before": info.record(), "after": result.record(), "to": wanted},
+                   info.path)
 
 
 # ------------------------------------------------------------------ merge
@@ -273,8 +338,7 @@ def weight_warnings(weights: list[float]) -> list[str]:
     return warnings
 
 
-def merge(ctx: StepContext) -> Outcome:
-    session = ctx.session
+def plan_merge(session: Session) -> Plan:
     entries = parse_merge(session)
     infos = [read_lora(session, path) for path, _ in entries]
     weights = [weight for _, weight in entries]
@@ -289,33 +353,40 @@ def merge(ctx: StepContext) -> Outcome:
         uneven = next(info for info in infos if not info.uniform)
         details.append(f"warning: {uneven.path.name} has {uneven.rank_text()}: its weight is applied only "
                        "approximately")
-    ranks = [info.rank for info in infos]
-    ratios = commands.concat_ratios(weights, ranks)
+    ratios = commands.concat_ratios(weights, [info.rank for info in infos])
     folder = naming.loras_dir(session.project_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     target = naming.free_target(folder, naming.merged_stem(session.name, [(i.path.stem, w) for i, w in
                                                                           zip(infos, weights, strict=True)]))
     command = commands.merge_command(commands.trainer(session), tools, [i.path for i in infos], ratios,
                                      temp_name(target))
     listed = " + ".join(f"{w:g}×{i.path.name}" for i, w in zip(infos, weights, strict=True))
-    ctx.log(f"merge {listed}: {command.shell_text()}")
-    run = run_tool(command, log=log_path(session, "merge"), step="merge", final=target, progress=ctx.progress,
-                   cancel=ctx.cancel, log_line=ctx.log)
+    return Plan("merge", f"merge {listed}", command, target, sum(_as_float32(info) for info in infos), infos[0].path,
+                details, result_layout=own.name, extra={"infos": infos, "weights": weights, "ratios": ratios,
+                                                        "listed": listed})
+
+
+def merge(ctx: StepContext, plan: Plan) -> Outcome:
+    session = ctx.session
+    infos: list[LoraInfo] = plan.extra["infos"]
+    weights: list[float] = plan.extra["weights"]
+    family, tools = commands.family_tools(session)
+    run = run_tool(plan.command, log=log_path(session, "merge"), step="merge", final=plan.target,
+                   progress=ctx.progress, cancel=ctx.cancel, log_line=ctx.log)
     if run.returncode != 0:
         raise _failed(tools.merge_script, run)
-    result = inspect(target, _family)
-    summary = (f"{target.name}: {listed} → {result.rank_text()} (the ranks added: each LoRA applies with its weight, "
-               f"exactly), {format_bytes(result.size)}")
-    details = [*details, *(f"in:  {info.line()}" for info in infos), f"out: {result.line()}"]
+    result = inspect(plan.target, family)
+    summary = (f"{plan.target.name}: {plan.extra['listed']} → {result.rank_text()} (the ranks added: each LoRA "
+               f"applies with its weight, exactly), {format_bytes(result.size)}")
+    details = [*plan.details, *(f"in:  {info.line()}" for info in infos), f"out: {result.line()}"]
     sidecar = {"inputs": [{**i.record(), "path": str(i.path), "weight": w} for i, w in zip(infos, weights, strict=True)],
-               "ratios": ratios, "after": result.record()}
-    return Outcome(target, summary, details, sidecar, infos[0].path)
+               "ratios": plan.extra["ratios"], "after": result.record()}
+    return Outcome(plan.target, summary, details, sidecar, infos[0].path)
 
 
 # ------------------------------------------------------------------ merge into the base model
 
 
-def disk_problem(folder: Path, needed: int) -> str | None:
+def disk_problem(folder: Path, needed: int, what: str = "the merged model") -> str | None:
     """One line when `folder`'s filesystem has less than `needed` bytes free."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
@@ -325,7 +396,7 @@ def disk_problem(folder: Path, needed: int) -> str | None:
     except OSError as exc:
         return f"cannot tell the free space in {display_path(folder)}: {exc.strerror or exc}"
     if free < needed:
-        return (f"not enough disk for the merged model: it needs about {format_bytes(needed)} in "
+        return (f"not enough disk for {what}: it needs about {format_bytes(needed)} in "
                 f"{display_path(folder)}, and {format_bytes(free)} is free; free some space and run it again")
     return None
 
@@ -344,11 +415,10 @@ def _memory_warning(needed: int) -> str | None:
             f"{format_bytes(available)} is available now: it may be killed for memory, or swap")
 
 
-def merge_base(ctx: StepContext) -> Outcome:
+def plan_merge_base(session: Session) -> Plan:
     from lorawizard.core.models.files import resolved_model_paths
     from lorawizard.core.models.identify import identify
 
-    session = ctx.session
     source = source_lora(session)
     info = read_lora(session, source)
     family, tools = commands.family_tools(session)
@@ -364,10 +434,6 @@ def merge_base(ctx: StepContext) -> Outcome:
         raise StepFailed(f"{base.name} is {identity.describe()}, not the {family.title} transformer to merge into")
     folder = session.project_dir / naming.MERGED_DIR
     needed = int(base.stat().st_size * MERGE_BASE_MARGIN) + MERGE_BASE_SPARE
-    problem = disk_problem(folder, needed)
-    if problem:
-        raise StepFailed(problem)
-    folder.mkdir(parents=True, exist_ok=True)
     target = naming.free_target(folder, naming.base_merged_stem(source.stem, base.stem))
     precision = commands.SAVE_PRECISION.get(identity.dtype)
     command = commands.merge_base_command(commands.trainer(session), tools, base, source, temp_name(target),
@@ -379,23 +445,67 @@ def merge_base(ctx: StepContext) -> Outcome:
     memory = _memory_warning(base.stat().st_size)
     if memory:
         details.append(memory)
-        ctx.log(memory)
-    ctx.log(f"merge {source.name} into {base.name} (about {format_bytes(needed)} on disk): {command.shell_text()}")
-    run = run_tool(command, log=log_path(session, "merge-base"), step="merge_base", final=target,
+    return Plan("merge_base", f"merge {source.name} into {base.name} (about {format_bytes(needed)} on disk)", command,
+                target, needed, source, details, merged_base=True,
+                extra={"info": info, "base": base, "dtype": identity.dtype, "memory": memory})
+
+
+def merge_base(ctx: StepContext, plan: Plan) -> Outcome:
+    session = ctx.session
+    info: LoraInfo = plan.extra["info"]
+    base: Path = plan.extra["base"]
+    _family, tools = commands.family_tools(session)
+    if plan.extra["memory"]:
+        ctx.log(plan.extra["memory"])
+    run = run_tool(plan.command, log=log_path(session, "merge-base"), step="merge_base", final=plan.target,
                    progress=ctx.progress, cancel=ctx.cancel, log_line=ctx.log)
     if run.returncode != 0:
         raise _failed(tools.merge_script, run)
-    size = target.stat().st_size
-    summary = (f"{display_path(target)}: {base.name} with {source.name} merged in, {format_bytes(size)} "
-               f"({identity.dtype or 'as the base'}); use it in place of the base model, without the LoRA")
-    sidecar = {"base": str(base), "base_dtype": identity.dtype, "lora": info.record(), "size": size}
-    return Outcome(target, summary, details, sidecar, source, merged_base=True)
+    size = plan.target.stat().st_size
+    summary = (f"{display_path(plan.target)}: {base.name} with {info.path.name} merged in, {format_bytes(size)} "
+               f"({plan.extra['dtype'] or 'as the base'}); use it in place of the base model, without the LoRA")
+    sidecar = {"base": str(base), "base_dtype": plan.extra["dtype"], "lora": info.record(), "size": size}
+    return Outcome(plan.target, summary, list(plan.details), sidecar, info.path, merged_base=True)
 
 
 # ------------------------------------------------------------------ the steps
 
 
+PLANS = {"resize": plan_resize, "convert": plan_convert, "merge": plan_merge, "merge_base": plan_merge_base}
 TOOLS = {"resize": resize, "convert": convert, "merge": merge, "merge_base": merge_base}
+
+
+def _disk_refusal(plan: Plan) -> str | None:
+    return disk_problem(plan.target.parent, plan.needed, "the merged model" if plan.merged_base else plan.target.name)
+
+
+def dry_run(ctx: StepContext, name: str) -> StepResult:
+    """`--dry-run`: the tool's argv (as the training command's dry run prints it), the file it would write and the
+    disk check, and what the check would run after it; nothing is written or made."""
+    from lorawizard.core.loratools.check import dry_run_lines
+
+    session = ctx.session
+    plan = PLANS[name](session)
+    ctx.log(f"{plan.intro}: would run")
+    ctx.log(plan.command.shell_text(multiline=True))
+    renamed = f"; {plan.renamed}" if plan.renamed else ""
+    target = naming.shown(session.project_dir, plan.target)
+    ctx.log(f"would write {target} with its sidecar {naming.sidecar_of(plan.target).name} (the tool writes "
+            f"{plan.command.output.name}, renamed when the file is complete){renamed}")
+    ctx.log(disk_line(plan.target.parent, plan.needed, naming.shown(session.project_dir, plan.target.parent)))
+    data: dict[str, Any] = {"argv": plan.command.argv, "file": str(plan.target), "needed": plan.needed}
+    refusal = _disk_refusal(plan)
+    if refusal:
+        raise StepFailed(f"dry run: it would be refused: {refusal}")
+    if session.tools.check:
+        try:
+            lines = dry_run_lines(session, plan.target, plan.original, layout=plan.result_layout,
+                                  merged_base=plan.merged_base)
+        except StepFailed as exc:
+            raise StepFailed(f"dry run: {plan.target.name} would be written, but its check cannot run: {exc}") from None
+        for line in lines:
+            ctx.log(line)
+    return StepResult(True, f"dry run: would write {target}; nothing written", list(plan.details), data)
 
 
 def _finish(ctx: StepContext, name: str, outcome: Outcome, started: float) -> StepResult:
@@ -432,9 +542,15 @@ def _finish(ctx: StepContext, name: str, outcome: Outcome, started: float) -> St
 
 def _run(name: str, ctx: StepContext) -> StepResult:
     if ctx.dry_run:
-        return StepResult(True, f"dry run: {name} would run sd-scripts' tool (nothing written)")
+        return dry_run(ctx, name)
     started = time.monotonic()
-    outcome = TOOLS[name](ctx)
+    plan = PLANS[name](ctx.session)
+    refusal = _disk_refusal(plan)  # before it starts: never a tool cut short by a full disk
+    if refusal:
+        raise StepFailed(refusal)
+    plan.target.parent.mkdir(parents=True, exist_ok=True)
+    ctx.log(f"{plan.intro}: {plan.command.shell_text()}")
+    outcome = TOOLS[name](ctx, plan)
     return _finish(ctx, name, outcome, started)
 
 
@@ -461,12 +577,17 @@ def run_check(ctx: StepContext) -> StepResult:
     from lorawizard.core.loratools.check import check
 
     session = ctx.session
-    if ctx.dry_run:
-        return StepResult(True, "dry run: check would draw one image with the LoRA (nothing written)")
     lora = source_lora(session)
-    read_lora(session, lora)
+    info = read_lora(session, lora)
     source = read_json_object(naming.sidecar_of(lora)).get("source")
     original = Path(source) if isinstance(source, str) and Path(source) != lora else None
+    if ctx.dry_run:
+        from lorawizard.core.loratools.check import dry_run_lines
+
+        for line in dry_run_lines(session, lora, original, layout=info.layout, what="the LoRA"):
+            ctx.log(line)
+        return StepResult(True, f"dry run: would check {naming.shown(session.project_dir, lora)}; nothing written",
+                          data={"file": str(lora)})
     result = check(session, lora, original, ctx, log=log_path(session, "check"))
     ok = not result.blank
     record = {"line": result.line(), "image": str(result.sample.image), "loaded": result.sample.loaded,
