@@ -88,3 +88,21 @@ def test_step_down_overrides_respect_the_user(project: Path) -> None:
     session.set("train.extra_args", ["--fp8_base"])
     overrides = preset_overrides(session, preset_named("16gb"))
     assert overrides == {"blocks_to_swap": 8, "highvram": None}
+
+
+def test_the_estimate_is_the_sessions_familys_transformer(project: Path) -> None:
+    """Issue 27: Chroma's 8.9 B parameters (smaller blocks), not FLUX.1-dev's 11.9 B, for a Chroma session; each of
+    Chroma's own tiers then fits its batch at 1024×1024 on its card by the estimate too."""
+    from lorawizard.core.profile import CHROMA, FLUX1_DEV
+
+    dev, chroma = Session.new(project / "session.toml"), Session.new(project / "chroma.toml")
+    chroma.set("models.family", "chroma")
+    p = preset_named("24gb")  # fp8 base, no block swap
+    assert estimate_bytes(p, 1024, 1024, 1, dev) == estimate_bytes(p, 1024, 1024, 1)  # the default family
+    weights_gap = (FLUX1_DEV.transformer.params - CHROMA.transformer.params) * 1  # fp8: a byte per parameter
+    assert estimate_bytes(p, 1024, 1024, 1, dev) - estimate_bytes(p, 1024, 1024, 1, chroma) == int(weights_gap)
+    swap = preset_named("12gb")  # FLUX.1's 16 blocks swapped: Chroma's smaller blocks move less off the GPU
+    assert estimate_bytes(swap, 1024, 1024, 1, chroma) < estimate_bytes(swap, 1024, 1024, 1, dev)
+    assert estimate_text(p, 1024, 1024, 1, chroma) != estimate_text(p, 1024, 1024, 1, dev)
+    for preset in load_presets(chroma)[:5]:
+        assert estimate_batch(preset, 1024, 1024, int(preset.min_gb * GIB), session=chroma) >= preset.batch_size

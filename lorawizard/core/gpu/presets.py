@@ -118,33 +118,36 @@ def session_preset(session: Session, total_bytes: int | None = None) -> VramPres
 
 # ---------------------------------------------------------------- the estimate
 
-_TRANSFORMER = DEFAULT_FAMILY.transformer  # its parameters, and how many each swapped block moves off the GPU
 _OVERHEAD = 1.5 * GB  # CUDA context, LoRA weights and optimizer state, allocator slack
 _PER_MEGAPIXEL = 2.5 * GB  # activations per 1024×1024 image with gradient checkpointing (rough)
 
 
-def estimate_bytes(preset: VramPreset, width: int, height: int, batch_size: int) -> int:
-    """A rough guess of peak VRAM for one bucket and batch size with this preset. An estimate, not a measurement.
+def estimate_bytes(preset: VramPreset, width: int, height: int, batch_size: int, session: Session | None = None) -> int:
+    """A rough guess of peak VRAM for one bucket and batch size with this preset, for the session's family's
+    transformer (its parameters, and how many each swapped block moves off the GPU; the default family's without a
+    session). An estimate, not a measurement.
 
     Calibrated only against the docs' table: with its preset every tier fits 1024×1024 at batch 1, 24 GB at batch 2.
     """
+    transformer = family_for(session).transformer
     bytes_per_param = 1 if preset.options.get("fp8_base") else 2
     swap = preset.blocks_to_swap
-    double, single = _TRANSFORMER.double_block, _TRANSFORMER.single_block
+    double, single = transformer.double_block, transformer.single_block
     swapped = (swap // 2) * double + 2 * (swap - swap // 2) * single if swap else 0
-    weights = max(0.0, _TRANSFORMER.params - swapped) * bytes_per_param
+    weights = max(0.0, transformer.params - swapped) * bytes_per_param
     activations = batch_size * _PER_MEGAPIXEL * (width * height) / (1024 * 1024)
     return int(weights + _OVERHEAD + activations)
 
 
-def estimate_batch(preset: VramPreset, width: int, height: int, total_bytes: int, margin: float = 0.95) -> int:
+def estimate_batch(preset: VramPreset, width: int, height: int, total_bytes: int, margin: float = 0.95,
+                   session: Session | None = None) -> int:
     """The largest batch size the estimate puts under `margin` of `total_bytes` (0 when not even 1)."""
-    base = estimate_bytes(preset, width, height, 0)
-    per = estimate_bytes(preset, width, height, 1) - base
+    base = estimate_bytes(preset, width, height, 0, session)
+    per = estimate_bytes(preset, width, height, 1, session) - base
     return max(0, math.floor((total_bytes * margin - base) / per))
 
 
-def estimate_text(preset: VramPreset, width: int, height: int, batch_size: int) -> str:
+def estimate_text(preset: VramPreset, width: int, height: int, batch_size: int, session: Session | None = None) -> str:
     """`1024×1024 batch 2 ≈ 18.4 GB (estimate)`."""
-    gb = estimate_bytes(preset, width, height, batch_size) / GB
+    gb = estimate_bytes(preset, width, height, batch_size, session) / GB
     return f"{width}×{height} batch {batch_size} ≈ {gb:.1f} GB (estimate)"

@@ -65,7 +65,7 @@ def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | 
             batch, source, tone = f"~{size}", f"same area as {twin}", "dim"
         elif preset is not None and gpu_memory is not None:
             width, height = parse_bucket(bucket)
-            batch, source, tone = f"~{estimate_batch(preset, width, height, gpu_memory)}", "estimate", "dim"
+            batch, source, tone = f"~{estimate_batch(preset, width, height, gpu_memory, session=session)}", "estimate", "dim"
         else:
             batch, source, tone = "—", "not probed", "dim"
         rows.append(BucketRow(bucket, count, batch, peak, speed, source, tone))

@@ -284,7 +284,7 @@ class GpuScreen(StepScreen):
         set_sizes = session.batch_sizes()
         if not any(bucket in set_sizes for bucket in self.buckets):
             width, height = parse_bucket(next(iter(self.buckets), "1024x1024"))
-            return f"starting guess before the probe: {estimate_text(preset, width, height, preset.batch_size)}"
+            return f"starting guess before the probe: {estimate_text(preset, width, height, preset.batch_size, session)}"
         gpu = self._chosen()
         rows = bucket_rows(session, self.buckets, preset, gpu.memory_total if gpu is not None else None)
         sizes = " · ".join(row.batch for row in rows[:6]) + (" · …" if len(rows) > 6 else "")
