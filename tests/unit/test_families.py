@@ -278,3 +278,46 @@ def test_the_models_step_says_the_familys_note_and_the_ignored_clip_l(project: P
     assert any(line.startswith("Chroma: No CLIP-L") for line in lines)
     assert "models.clip_l: Chroma has no clip_l file; ignored (kept in session.toml)" in lines
     assert result.data["missing"] == ["flux", "ae", "t5xxl"]
+
+
+# ---------------------------------------------------------------- an fp8 file trained as a 16-bit base
+
+
+def test_an_fp8_file_with_a_16bit_base_is_warned_in_one_line(tmp_path: Path) -> None:
+    """sd-scripts loads the fp8 file cast to bf16 without --fp8_base: no quality gained, twice the memory. Said once,
+    in the plan's notes (replay: `train: warning: …`); a 16-bit file, or fp8 as the base precision, says nothing."""
+    import io
+
+    from lorawizard.core.train.step import fp8_file_line, plan_run
+    from lorawizard.headless import replay
+    from tests.support.model_files import KINDS, write_safetensors
+    from tests.support.sessions import save
+    from tests.support.standin import make_train_project
+
+    session = make_train_project(tmp_path, epochs=1)
+    fp8 = write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
+                            {k: ("F8_E4M3", shape) for k, (_, shape) in KINDS["flux"].items()})
+    bf16 = write_safetensors(tmp_path / "flux1-dev.safetensors", KINDS["flux"])
+    session.set("models.flux", str(fp8))
+    assert fp8_file_line(session, cmd.trainer_options(session)) is None  # base_precision fp8 (the default)
+    session.set("train.base_precision", "16bit")
+    line = fp8_file_line(session, cmd.trainer_options(session))
+    assert line is not None and "\n" not in line
+    assert line.startswith("warning: flux1-dev-fp8.safetensors holds fp8 weights") and "upcasts" in line
+    session.set("train.extra_args", ["--fp8_base"])  # the person's own --fp8_base: loaded as fp8, nothing to say
+    assert fp8_file_line(session, cmd.trainer_options(session)) is None
+    session.set("train.extra_args", [])
+    session.set("models.flux", str(bf16))
+    assert fp8_file_line(session, cmd.trainer_options(session)) is None
+    session.set("models.flux", None)  # not there yet: the file set's precision (flux1-dev-fp8 by default)
+    assert "holds fp8 weights" in (fp8_file_line(session, cmd.trainer_options(session)) or "")
+    session.set("models.preset", "flux1-dev-bf16")
+    assert fp8_file_line(session, cmd.trainer_options(session)) is None
+
+    session.set("models.preset", None)
+    session.set("models.flux", str(fp8))
+    save(session)
+    assert plan_run(session).notes[0] == line
+    out, err = io.StringIO(), io.StringIO()
+    assert replay(session.path, ["train"], dry_run=True, out=out, err=err, tty=False) == 0, err.getvalue()
+    assert out.getvalue().count("holds fp8 weights") == 1

@@ -396,11 +396,39 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     if size is None:
         size = statesave.estimated_state_bytes(session.train.network_dim, session.train.optimizer_type)
     notes = [cadence.line(size, estimated), samples.sampling_cost(session, cadence.s_per_step, resume=state is not None)]
+    upcast = fp8_file_line(session, prepared.command.options)
+    if upcast:
+        notes.insert(0, upcast)
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
         resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
         cpu=cpu, batch_sizes=sizes,
     )
+
+
+def fp8_file_line(session: Session, options: dict[str, Any]) -> str | None:
+    """One warning line when the base model's file holds fp8 weights and `train.base_precision = "16bit"` trains a
+    16-bit base: without --fp8_base sd-scripts loads the file cast to the weight dtype (flux_train_network.py:
+    `loading_dtype = None if args.fp8_base else weight_dtype`), so the fp8 rounding stays and the transformer takes
+    twice the GPU memory. The file's header says its dtype; a file not there yet, its file set's precision."""
+    from lorawizard.core.models.files import preset_name
+    from lorawizard.core.models.identify import identify
+    from lorawizard.core.profile import family_for
+
+    if session.train.base_precision != "16bit" or options.get("fp8_base"):
+        return None
+    family = family_for(session)
+    role, option = family.backend.role_options[0]  # the base model's file (argv order: it comes first)
+    path = Path(str(options.get(option) or ""))
+    if path.is_file():
+        fp8 = identify(path, family).dtype.startswith("fp8")
+    else:
+        fp8 = not session.get(f"models.{role}") and family.preset(preset_name(session)).precision == "fp8"
+    if not fp8:
+        return None
+    return (f'warning: {path.name} holds fp8 weights and train.base_precision = "16bit": sd-scripts upcasts them at '
+            "load, so no quality is gained (the fp8 rounding stays) and the base takes twice the GPU memory; choose "
+            'a 16-bit file set (Models step) or train.base_precision = "fp8"')
 
 
 def without_gpu(session: Session) -> tuple[Any, dict[str, int] | None]:
