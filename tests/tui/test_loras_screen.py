@@ -69,8 +69,11 @@ async def test_resize_from_the_keys_and_see_the_samples_side_by_side(tmp_path: P
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, SamplePair)
-        assert app.screen.original is not None and app.screen.original.name == "mychar-e8.png"
-        assert app.screen.result.name == "mychar-e8-r4.png"
+        pair = app.screen
+        assert pair.original is not None and pair.original.name.startswith("mychar-e8-") and pair.original.is_file()
+        assert pair.result.name.startswith("mychar-e8-r4-") and pair.result.is_file()
+        titles = [str(title.render()) for title in pair.query(".pair-title").results(Static)]
+        assert titles == ["the original: mychar-e8.safetensors", "the result: mychar-e8-r4.safetensors"]
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, LoraToolsScreen)

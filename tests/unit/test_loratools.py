@@ -4,6 +4,7 @@ progress) and the steps end to end with stand-ins for sd-scripts' scripts (tests
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -387,7 +388,7 @@ def test_resize_step_writes_the_named_file_a_sidecar_and_a_check_beside_the_orig
     sidecar = naming.read_json_object(naming.sidecar_of(target))
     assert sidecar["tool"] == "resize" and sidecar["source"].endswith("mychar-e8.safetensors")
     assert sidecar["check"]["loaded"] and Path(sidecar["check"]["image"]).is_file()
-    assert Path(sidecar["check"]["original_image"]).name == "mychar-e8.png"
+    assert re.fullmatch(r"mychar-e8-[0-9a-f]{10}\.png", Path(sidecar["check"]["original_image"]).name)
     assert sidecar["check"]["difference"] > 0  # the stand-in draws another shade for another rank
     assert not list(loras.glob(".*part*"))
     from lorawizard.core.loratools.results import status_lines
@@ -399,13 +400,15 @@ def test_resize_step_writes_the_named_file_a_sidecar_and_a_check_beside_the_orig
 def test_a_second_check_reuses_the_originals_sample(tool_project: Session) -> None:
     run_resize(_ctx(tool_project))
     checks = tool_project.project_dir / "loras" / "checks"
-    before = (checks / "mychar-e8.png").stat().st_mtime_ns
+    [original] = checks.glob("mychar-e8-??????????.png")
+    before = original.stat().st_mtime_ns
     save_rank = Session.load(tool_project.path)
     save_rank.set("tools.rank", 2)
     save(save_rank)
-    assert run_resize(_ctx(tool_project)).ok
-    assert (checks / "mychar-e8.png").stat().st_mtime_ns == before
-    assert (checks / "mychar-e8-r2.png").is_file()
+    result = run_resize(_ctx(tool_project))
+    assert result.ok and result.data["check"]["original_image"] == str(original)
+    assert original.stat().st_mtime_ns == before and list(checks.glob("mychar-e8-??????????.png")) == [original]
+    assert len(list(checks.glob("mychar-e8-r2-*.png"))) == 1
 
 
 def test_a_crashing_tool_fails_the_step_in_one_line_with_nothing_written(tool_project: Session,
@@ -527,7 +530,7 @@ def test_replay_steps_resize_then_status_lists_the_result(tool_project: Session)
     assert "== Resize the LoRA (resize) ==" in text
     assert "resize: loading Model 0/12 (0%)" in text and "resize: loading Model 12/12 (100%)" in text  # its bar
     assert "resize: ok - mychar-e8-r4.safetensors: rank 4 from rank 8" in text
-    assert "  check: loads (all keys matched); sample loras/checks/mychar-e8-r4.png" in text
+    assert re.search(r"\n  check: loads \(all keys matched\); sample loras/checks/mychar-e8-r4-[0-9a-f]{10}\.png, ", text)
     status = io.StringIO()
     runctl.status(tool_project.project_dir, status)
     lines = status.getvalue().splitlines()
@@ -699,3 +702,49 @@ def test_a_dry_run_of_a_dynamic_resize_says_its_name_follows_the_tool(tool_proje
     assert result.summary == "dry run: would write loras/mychar-e8-r8-fro0.9.safetensors; nothing written"
     assert any("renamed after the largest rank the tool keeps (-r<rank>-fro0.9)" in line for line in logged)
     assert any("--dynamic_method sv_fro \\\n  --dynamic_param 0.9" in line for line in logged)
+
+
+# ------------------------------------------------------------------ the check's samples
+
+
+def test_originals_of_one_stem_in_two_folders_keep_their_own_samples(tool_project: Session) -> None:
+    """loras/mychar-e8 and elsewhere/mychar-e8 are two LoRAs: each result's side-by-side shows its own original."""
+    from lorawizard.core.loratools.check import compare
+
+    other = sd_lora(tool_project.project_dir / "elsewhere" / "mychar-e8.safetensors", 16)  # another shade
+    results = []
+    for source in ("loras/mychar-e8.safetensors", str(other)):
+        session = Session.load(tool_project.path)
+        session.set("tools.lora", source)
+        save(session)
+        result = run_resize(_ctx(tool_project))
+        assert result.ok, result.summary
+        results.append(result.data["check"])
+    first, second = results
+    assert first["original_image"] != second["original_image"]
+    assert Path(first["original_image"]).is_file() and Path(second["original_image"]).is_file()
+    # the first result's pair still shows its own original: the difference it recorded is what the images say now
+    difference, _blank = compare(Path(first["image"]), Path(first["original_image"]))
+    assert difference == pytest.approx(first["difference"])
+    assert compare(Path(first["original_image"]), Path(second["original_image"]))[0] > 0
+    # and a later check of the first original reuses its own sample, not the other's
+    session = Session.load(tool_project.path)
+    session.set("tools.lora", "loras/mychar-e8-r4.safetensors")
+    save(session)
+    again = run_check(_ctx(tool_project)).data["check"]
+    assert again["original_image"] == first["original_image"]
+    assert again["difference"] == pytest.approx(first["difference"])
+
+
+def test_a_sample_drawn_under_the_stem_alone_is_drawn_again(tool_project: Session) -> None:
+    """checks.json from before the keys named `mychar-e8.png`, which another folder's mychar-e8 may have overwritten."""
+    from lorawizard.core.common.fsutil import atomic_write_json, read_json_object
+
+    assert run_check(_ctx(tool_project)).ok
+    checks = tool_project.project_dir / "loras" / "checks"
+    index = read_json_object(checks / "checks.json")
+    [(key, entry)] = index.items()
+    (checks / entry["image"]).rename(checks / "mychar-e8.png")
+    atomic_write_json(checks / "checks.json", {key: {**entry, "image": "mychar-e8.png"}})
+    again = run_check(_ctx(tool_project)).data["check"]
+    assert Path(again["image"]).name == entry["image"] and Path(again["image"]).is_file()

@@ -6,13 +6,17 @@ count and size (`[tools] check_*`). The same settings draw the original LoRA onc
 settings are unchanged), so a resize, conversion or merge that broke the LoRA is seen side by side, and measured:
 the mean pixel difference from the original's sample, and a blank (one-colour) image is called out.
 
-The images go to `loras/checks/<stem>.png`; `loras/checks/checks.json` says, per LoRA file, what was drawn with
-which settings, whether it loaded, and how long it took. A LoRA in a layout the script does not load as it is
+The images go to `loras/checks/<stem>-<key>.png`, the key a hash of the file's resolved path, size and mtime and the
+settings (`sample_name`): two LoRAs of one name in different folders, or one file before and after it changed, never
+share an image, so a result's side-by-side keeps showing the original it was drawn beside. `loras/checks/checks.json`
+says, per LoRA file, what was drawn with which settings, whether it loaded, and how long it took. A LoRA in a layout the script does not load as it is
 (ai-toolkit's) is converted back to the trainer's layout in a temp folder first, and the check says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -91,6 +95,18 @@ def checks_dir(session: Session) -> Path:
     return naming.loras_dir(session.project_dir) / naming.CHECKS_DIR
 
 
+def sample_name(path: Path | None, settings: CheckSettings) -> str:
+    """`mychar-e8-3f2a9c01d4.png`: the stem to read, then a stable key of what was drawn (see the module's doc);
+    `base-<key>.png` for the base model alone."""
+    if path is None:
+        what: list[Any] = ["base"]
+    else:
+        stat = path.stat()
+        what = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    key = hashlib.sha256(json.dumps([*what, settings.record()]).encode()).hexdigest()[:10]
+    return f"{path.stem if path is not None else 'base'}-{key}.png"
+
+
 def _stamp(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"size": stat.st_size, "mtime": stat.st_mtime}
@@ -103,6 +119,8 @@ def recorded(session: Session, path: Path, settings: CheckSettings) -> Sample | 
         return None
     image = checks_dir(session) / str(entry.get("image", ""))
     if entry.get("settings") != settings.record() or entry.get("file") != _stamp(path) or not image.is_file():
+        return None
+    if image.name != sample_name(path, settings):  # drawn before images had keys: maybe another file's; drawn again
         return None
     return Sample(path.name, image, bool(entry.get("loaded")), float(entry.get("seconds") or 0), str(entry.get("note", "")))
 
@@ -220,8 +238,7 @@ def dry_run_lines(session: Session, result: Path, original: Path | None, *, layo
     return lines
 
 
-def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, base: Path | None = None,
-         stem: str | None = None) -> Sample:
+def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, base: Path | None = None) -> Sample:
     """One image with `lora` (None: the base model alone; `base`: another base file, e.g. a merged one), recorded."""
     settings = settings_for(session)
     key = lora if lora is not None else base
@@ -232,7 +249,7 @@ def draw(session: Session, lora: Path | None, ctx: StepContext, *, log: Path, ba
     _family, tools = commands.family_tools(session)
     folder = checks_dir(session)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{stem or (key.stem if key is not None else 'base')}.png"
+    name = sample_name(key, settings)
     with tempfile.TemporaryDirectory(prefix=".check-", dir=folder) as temp:
         work = Path(temp)
         loras: list[Path] = []

@@ -226,13 +226,16 @@ class LoraToolsScreen(Screen[None]):
         option = options.get_option_at_index(options.highlighted)
         if option.id is None:
             return
-        check = read_json_object(naming.sidecar_of(Path(option.id))).get("check") or {}
+        sidecar = read_json_object(naming.sidecar_of(Path(option.id)))
+        check = sidecar.get("check") or {}
         image = Path(str(check.get("image") or ""))
         if not check or not image.is_file():
             self.notify("no sample for this one: l checks the LoRA the tools work on", severity="warning")
             return
         original = Path(str(check.get("original_image") or ""))
-        self.app.push_screen(SamplePair(original if original.is_file() else None, image, str(check.get("line", ""))))
+        source = Path(str(sidecar.get("source") or "")).name  # the images are named by a key: say the LoRAs' names
+        self.app.push_screen(SamplePair(original if original.is_file() else None, image, str(check.get("line", "")),
+                                        names=(source or original.name, Path(option.id).name)))
 
     @on(OptionList.OptionSelected, "#loras-made")
     def _selected(self, event: OptionList.OptionSelected) -> None:
@@ -337,9 +340,12 @@ class SamplePair(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
     CSS_PATH = "loras.tcss"
 
-    def __init__(self, original: Path | None, result: Path, caption: str) -> None:
+    def __init__(self, original: Path | None, result: Path, caption: str,
+                 names: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.original, self.result, self.caption = original, result, caption
+        # what each side shows: the LoRA files (their images are named by a key of the file: loras/checks/)
+        self.names = names or (original.name if original is not None else "", result.name)
 
     def compose(self) -> ComposeResult:
         from lorawizard.tui.images import image_widget_class
@@ -348,9 +354,10 @@ class SamplePair(ModalScreen[None]):
         box.border_title = one_line(self.caption)
         box.border_subtitle = "left: the original · right: the result · Esc closes"
         with box, Horizontal():
-            for title, path in (("the original", self.original), ("the result", self.result)):
+            for title, path, name in (("the original", self.original, self.names[0]),
+                                      ("the result", self.result, self.names[1])):
                 with Vertical(classes="pair-side"):
-                    yield Static(Text(f"{title}: {path.name}" if path is not None else title, no_wrap=True,
+                    yield Static(Text(f"{title}: {name}" if path is not None and name else title, no_wrap=True,
                                       overflow="ellipsis"), classes="pair-title")
                     yield (image_widget_class()(str(path)) if path is not None
                            else Static("no original to compare with", classes="empty"))
