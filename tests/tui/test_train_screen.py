@@ -343,3 +343,26 @@ async def test_start_says_it_removed_text_encoder_caches_of_another_t5_length(
         await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
     live = runs.live_run(session.paths.runs)
     assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"
+
+
+async def test_start_warns_of_an_fp8_file_trained_as_16_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: an fp8 transformer file with train.base_precision = "16bit" is upcast by sd-scripts (no quality gained,
+    more memory): replay says it as a warning line, and so does the Train screen when ctrl+g starts the run."""
+    from tests.support.model_files import KINDS, write_safetensors
+
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=1)
+    fp8 = write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
+                            {k: ("F8_E4M3", shape) for k, (_, shape) in KINDS["flux"].items()})
+    session.set("models.flux", str(fp8))
+    session.set("train.base_precision", "16bit")
+    save(session)
+    app = LoraWizardApp(Session.load(session.path), start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await pilot_until(pilot, lambda: any("holds fp8 weights" in str(n.message) for n in app._notifications))
+        notice = next(n for n in app._notifications if "holds fp8 weights" in str(n.message))
+        assert notice.severity == "warning" and str(notice.message).startswith("flux1-dev-fp8.safetensors holds fp8")
+        await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+    live = runs.live_run(session.paths.runs)
+    assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"

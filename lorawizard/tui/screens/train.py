@@ -580,6 +580,9 @@ class TrainScreen(StepScreen):
             return
         if plan.cache_line:  # text-encoder caches of other settings (another family's T5 length) were removed
             self.post_message(Notice(plan.cache_line))
+        for note in plan.notes:  # what replay prints as a warning (an fp8 file trained as 16-bit) is said here too
+            if note.startswith("warning: "):
+                self.post_message(Notice(note.removeprefix("warning: "), "warning"))
         what = f"resumed at step {plan.base_step}" if resume else "started"
         where = " on the CPU (test mode)" if plan.cpu is not None else ""
         self.post_message(Notice(f"training {what}{where}: run {record.run_id}"))
