@@ -408,7 +408,7 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
 
 def fp8_file_line(session: Session, options: dict[str, Any]) -> str | None:
     """One warning line when the base model's file holds fp8 weights and `train.base_precision = "16bit"` trains a
-    16-bit base: without --fp8_base sd-scripts loads the file cast to the weight dtype (flux_train_network.py:
+    16-bit base: without --fp8_base sd-scripts loads the file cast to the weight dtype (the training script:
     `loading_dtype = None if args.fp8_base else weight_dtype`), so the fp8 rounding stays and the transformer takes
     twice the GPU memory. The file's header says its dtype; a file not there yet, its file set's precision."""
     from lorawizard.core.models.files import preset_name
