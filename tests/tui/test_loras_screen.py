@@ -10,7 +10,7 @@ from textual.widgets import OptionList, SelectionList, Static
 
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
-from lorawizard.tui.screens.loras import LoraToolsScreen, SamplePair
+from lorawizard.tui.screens.loras import LoraToolsScreen, MergePicker, MergeWeights, SamplePair
 from tests.support.model_files import write_model
 from tests.support.sessions import save
 from tests.support.standin import make_fake_sd_scripts
@@ -96,6 +96,9 @@ async def test_convert_merge_and_escape_back(tmp_path: Path) -> None:
         assert [str(picker.get_option_at_index(i).prompt) for i in range(picker.option_count)] == [
             "mychar-e8.safetensors", "style-e4.safetensors"]  # the ai-toolkit file is not offered: it cannot merge
         await pilot.press("space", "down", "space", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, MergeWeights)  # equal weights offered: Enter takes them
+        await pilot.press("enter")
         await wait_until(pilot, lambda: screen.running is None and "+" in _text(screen, "#loras-result"), timeout=30)
         assert "mychar-e8-w0.5+style-e4-w0.5.safetensors: 0.5×mychar-e8.safetensors + 0.5×style-e4.safetensors" in \
             _text(screen, "#loras-result")
@@ -149,3 +152,79 @@ def test_snapshot_tools_80x24(snap_compare, tmp_path: Path) -> None:  # noqa: AN
 def test_snapshot_tools_120x40(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
     app = LoraWizardApp(_made(tmp_path), start_step="train")
     assert snap_compare(app, terminal_size=(120, 40), run_before=_push_tools(app))
+
+
+async def test_merge_weights_typed_checked_live_and_saved(tmp_path: Path) -> None:
+    from textual.widgets import Input
+
+    session = _project(tmp_path)
+    sd_lora(tmp_path / "project" / "loras" / "style-e4.safetensors", 4)
+    app = LoraWizardApp(session, start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = LoraToolsScreen()
+        await app.push_screen(screen)
+        await pilot.pause()
+        await pilot.press("m")
+        await pilot.pause()
+        await pilot.press("space", "enter")  # one ticked: the picker stays and says so
+        await pilot.pause()
+        assert isinstance(app.screen, MergePicker)
+        await pilot.press("down", "space", "enter")
+        await pilot.pause()
+        weights = app.screen
+        assert isinstance(weights, MergeWeights)
+        fields = list(weights.query(Input).results(Input))
+        assert [f.value for f in fields] == ["0.5", "0.5"] and app.focused is fields[0]
+        said = lambda: str(weights.query_one("#weights-said", Static).render())  # noqa: E731
+        assert said() == "sum 1"
+        await pilot.press("1", ".", "5", "down", "1", ".", "5")  # select_on_focus: typing replaces the value
+        await pilot.pause()
+        assert [f.value for f in fields] == ["1.5", "1.5"]
+        assert said().startswith("sum 3 · the weights sum to 3: the merged LoRA is as strong as 3 LoRAs")
+        await pilot.press("backspace", "backspace", "backspace", "x")
+        await pilot.pause()
+        assert said() == "style-e4.safetensors: 'x' is not a weight: a number such as 0.5 (negative subtracts the LoRA)"
+        await pilot.press("enter")  # refused while a field is no number
+        await pilot.pause()
+        assert app.screen is weights
+        await pilot.press("backspace", "-", "1", ".", "5")
+        await pilot.pause()
+        assert said().startswith("sum 0 · the weights sum to 0: the merged LoRA cancels itself out")
+        await pilot.press("up", "0", ".", "7", "down", "0", ".", "3")
+        await pilot.pause()
+        assert said() == "sum 1"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.running is None and "+" in _text(screen, "#loras-result"), timeout=30)
+        assert "mychar-e8-w0.7+style-e4-w0.3.safetensors: 0.7×mychar-e8.safetensors + 0.3×style-e4.safetensors" in \
+            _text(screen, "#loras-result")
+        assert app.session.tools.merge == ["loras/mychar-e8.safetensors;0.7", "loras/style-e4.safetensors;0.3"]
+        # the picker opens on [tools] merge: both ticked, their weights offered
+        await pilot.press("m")
+        await pilot.pause()
+        assert sorted(app.screen.query_one(SelectionList).selected) == [
+            str(tmp_path / "project" / "loras" / name) for name in ("mychar-e8.safetensors", "style-e4.safetensors")]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert [f.value for f in app.screen.query(Input).results(Input)] == ["0.7", "0.3"]
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+    saved = Session.load(tmp_path / "project" / "session.toml")
+    assert saved.tools.merge == ["loras/mychar-e8.safetensors;0.7", "loras/style-e4.safetensors;0.3"]
+
+
+def _merge_weights(app: LoraWizardApp, tmp_path: Path):  # noqa: ANN202
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        files = [tmp_path / "project" / "loras" / name for name in ("mychar-e8.safetensors", "style-e4.safetensors")]
+        await pilot.app.push_screen(LoraToolsScreen())
+        await pilot.app.push_screen(MergeWeights(files, [1.5, 1.0]))
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_snapshot_merge_weights_80x24(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+    session = _made(tmp_path)
+    sd_lora(tmp_path / "project" / "loras" / "style-e4.safetensors", 4)
+    app = LoraWizardApp(session, start_step="train")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_merge_weights(app, tmp_path))

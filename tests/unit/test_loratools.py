@@ -748,3 +748,20 @@ def test_a_sample_drawn_under_the_stem_alone_is_drawn_again(tool_project: Sessio
     atomic_write_json(checks / "checks.json", {key: {**entry, "image": "mychar-e8.png"}})
     again = run_check(_ctx(tool_project)).data["check"]
     assert Path(again["image"]).name == entry["image"] and Path(again["image"]).is_file()
+
+
+def test_a_weight_is_a_finite_number_where_it_is_read(tmp_path: Path) -> None:
+    from lorawizard.core.loratools.step import merge_entry, merge_weights, parse_weight
+
+    assert parse_weight(" 0.7 ") == 0.7 and parse_weight("-1") == -1.0
+    for bad in ("x", "", "nan", "inf", "-inf"):
+        with pytest.raises(ValueError) as caught:
+            parse_weight(bad)
+        assert "is not a weight" in str(caught.value)
+    with pytest.raises(StepFailed, match="not a number"):  # nan parsed as a float before, and merged into garbage
+        parse_merge(_session(tmp_path, tools__merge=["a;nan", "b;0.5"]))
+    session = _session(tmp_path, tools__merge=["loras/a.safetensors;0.7", "/x/b.safetensors", "c;x"])
+    assert merge_weights(session) == {session.project_dir / "loras/a.safetensors": 0.7, Path("/x/b.safetensors"): 1.0}
+    assert merge_entry(session.project_dir, session.project_dir / "loras" / "a.safetensors", 1 / 3) == \
+        "loras/a.safetensors;0.3333333333"
+    assert merge_entry(session.project_dir, Path("/x/b.safetensors"), 0.3) == "/x/b.safetensors;0.3"

@@ -15,6 +15,7 @@ Each tool is planned first (`PLANS`: the argv, the final file name, the bytes it
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -302,13 +303,44 @@ def convert(ctx: StepContext, plan: Plan) -> Outcome:
 # ------------------------------------------------------------------ merge
 
 
+def parse_weight(text: str) -> float:
+    """A merge weight as a person types it (`0.7`, `-0.5`, `1`); ValueError with one line when it is none."""
+    try:
+        weight = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a weight: a number such as 0.5 (negative subtracts the LoRA)") from None
+    if not math.isfinite(weight):
+        raise ValueError(f"{text.strip()!r} is not a weight: a finite number such as 0.5")
+    return weight
+
+
+def merge_entry(project_dir: Path, path: Path, weight: float) -> str:
+    """`[tools] merge`'s entry for `path` at `weight`: `loras/a.safetensors;0.7` (the project's files relative)."""
+    return f"{naming.shown(project_dir, path) if path.is_relative_to(project_dir) else path};{weight:.10g}"
+
+
+def merge_weights(session: Session) -> dict[Path, float]:
+    """`[tools] merge` as file → weight (entries that do not read are left out: the merge step says why)."""
+    found: dict[Path, float] = {}
+    for text in session.tools.merge:
+        path_text, _, weight_text = text.rpartition(";") if ";" in text else (text, "", "1")
+        path = session.resolve(path_text.strip())
+        try:
+            weight = parse_weight(weight_text)
+        except ValueError:
+            continue
+        if path is not None:
+            found[path] = weight
+    return found
+
+
 def parse_merge(session: Session) -> list[tuple[Path, float]]:
     """`[tools] merge` → (file, weight); StepFailed for fewer than two or a weight that is not a number."""
     entries: list[tuple[Path, float]] = []
     for text in session.tools.merge:
         path_text, _, weight_text = text.rpartition(";") if ";" in text else (text, "", "1")
         try:
-            weight = float(weight_text)
+            weight = parse_weight(weight_text)
         except ValueError:
             raise StepFailed(f'[tools] merge: "{text}": the weight after ";" is not a number') from None
         path = session.resolve(path_text.strip())

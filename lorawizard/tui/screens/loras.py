@@ -1,7 +1,7 @@
 """LoRA tools, pushed over the Samples gallery (key t): resize, convert, merge and check the kept LoRA.
 
 The LoRA worked on is `[tools] lora`, else the kept one (the gallery's k). Keys: r resize (asks `4`, or `fro 0.9`),
-c convert to the other key layout, m merge LoRAs (pick two or more; equal weights), b merge into the base model
+c convert to the other key layout, m merge LoRAs (pick two or more, then a weight for each), b merge into the base model
 (asks first, with the disk space it needs), l check it loads; Enter shows the focused result's sample beside the
 original's; Esc stops a running tool (its whole process group) or goes back. Each tool runs core.loratools.step's
 step in a thread worker; its progress (with ETA) and its result are one line each, and the list below shows every
@@ -27,6 +27,7 @@ from textual.widgets.option_list import Option
 
 from lorawizard.core.common.text import one_line
 from lorawizard.tui.messages import Notice
+from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.fit_footer import FitFooter
 
@@ -72,7 +73,7 @@ class LoraToolsScreen(Screen[None]):
         text = Text()
         for key, what in (("r", "resize to a lower rank (4, or fro 0.9: keep 90% of the weights' energy)"),
                           ("c", "convert to the other key layout (sd-scripts ↔ ai-toolkit/diffusers)"),
-                          ("m", "merge LoRAs into one (pick two or more)"),
+                          ("m", "merge LoRAs into one (pick two or more, then their weights)"),
                           ("b", "merge into the base model (a full model file)"),
                           ("l", "check it loads: one image beside the original's")):
             text.append(f" {key} ", style="bold reverse")
@@ -177,16 +178,29 @@ class LoraToolsScreen(Screen[None]):
             self.notify(f"merging needs two or more {tools.layouts[0].name} LoRAs in loras/ (keep epochs with k, "
                         "resize one, or convert one back)", severity="warning")
             return
-        self.app.push_screen(MergePicker(files), self._merge)
+        from lorawizard.core.loratools.step import merge_weights
+
+        earlier = merge_weights(session)  # [tools] merge: ticked, with its weights, when the picker opens
+        self.app.push_screen(MergePicker(files, [path for path in files if path in earlier]), self._merge)
 
     def _merge(self, chosen: list[str] | None) -> None:
+        from lorawizard.core.loratools.step import merge_weights
+
         if not chosen:
             return
-        if len(chosen) < 2:
-            self.notify("pick two or more LoRAs (space), then Enter", severity="warning")
+        files = [Path(path) for path in chosen]
+        earlier = merge_weights(wizard_app(self).session)
+        weights = ([earlier[path] for path in files] if all(path in earlier for path in files)
+                   else [round(1 / len(files), 4)] * len(files))
+        self.app.push_screen(MergeWeights(files, weights), self._merge_with)
+
+    def _merge_with(self, weighted: list[tuple[Path, float]] | None) -> None:
+        from lorawizard.core.loratools.step import merge_entry
+
+        if not weighted:
             return
-        weight = f"{1 / len(chosen):.4g}"
-        self._start("merge", {"tools.merge": [f"{path};{weight}" for path in chosen]})
+        project = wizard_app(self).session.project_dir
+        self._start("merge", {"tools.merge": [merge_entry(project, path, weight) for path, weight in weighted]})
 
     def action_merge_base(self) -> None:
         from lorawizard.core.common.progress import format_bytes
@@ -311,24 +325,107 @@ class LoraToolsScreen(Screen[None]):
 
 
 class MergePicker(ModalScreen[list[str] | None]):
-    """The LoRAs to merge: space ticks, Enter merges (equal weights), Esc changes nothing."""
+    """The LoRAs to merge: space ticks (those of `[tools] merge` come ticked), Enter goes on to their weights
+    (MergeWeights), Esc changes nothing."""
 
-    BINDINGS = [Binding("enter", "done", "Merge", priority=True), Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("enter", "done", "Weights", priority=True), Binding("escape", "cancel", "Cancel")]
     CSS_PATH = "loras.tcss"
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], ticked: list[Path] | None = None) -> None:
         super().__init__()
         self.files = files
+        self.ticked = set(ticked or [])
 
     def compose(self) -> ComposeResult:
         box = Vertical(id="merge-picker")
         box.border_title = "Merge which LoRAs?"
-        box.border_subtitle = "space ticks · Enter merges (equal weights; others: [tools] merge) · Esc"
+        box.border_subtitle = "space ticks · Enter: their weights · Esc"
         with box:
-            yield SelectionList[str](*[(path.name, str(path), False) for path in self.files])
+            yield SelectionList[str](*[(path.name, str(path), path in self.ticked) for path in self.files])
 
     def action_done(self) -> None:
-        self.dismiss(list(self.query_one(SelectionList).selected))
+        chosen = list(self.query_one(SelectionList).selected)
+        if len(chosen) < 2:
+            self.notify("pick two or more LoRAs (space), then Enter", severity="warning")
+            return
+        self.dismiss(chosen)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class MergeWeights(ModalScreen[list[tuple[Path, float]] | None]):
+    """A weight for each LoRA to merge, one field each (`[tools] merge`'s when it has them all, else equal). What
+    they make is said live under them: their sum and the warnings the merge step gives headless (a sum of 0 or less,
+    or above 2; a weight of 0; a negative one), or the field that is no number. Enter merges when every field reads
+    (a warning does not stop it, as headless), Esc goes back; the weights go into `[tools] merge`."""
+
+    BINDINGS = [Binding("enter", "done", "Merge", priority=True), Binding("escape", "cancel", "Back", priority=True),
+                Binding("down", "app.focus_next", "Next", show=False),
+                Binding("up", "app.focus_previous", "Previous", show=False)]
+    CSS_PATH = "loras.tcss"
+
+    def __init__(self, files: list[Path], weights: list[float]) -> None:
+        super().__init__()
+        self.files, self.weights = files, weights
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input
+
+        box = Vertical(id="merge-weights")
+        box.border_title = "Merge with which weights?"
+        box.border_subtitle = "Tab / ↓: next · Enter merges · Esc back"
+        with box:
+            yield Static("Each LoRA applies with its weight: summing to 1 averages them.", id="weights-intro")
+            with Vertical(id="weights-rows"):
+                for number, (path, weight) in enumerate(zip(self.files, self.weights, strict=True)):
+                    with Horizontal(classes="weight-row"):
+                        yield Static(Text(path.name, no_wrap=True, overflow="ellipsis"), classes="weight-name")
+                        yield Input(f"{weight:.10g}", id=f"weight-{number}", classes="weight",
+                                    select_on_focus=True)
+            yield Static("", id="weights-said")
+
+    def on_mount(self) -> None:
+        self._say()
+
+    def _read(self) -> tuple[list[float], str | None]:
+        """The weights typed, or a one-line problem naming the first field that is no number."""
+        from textual.widgets import Input
+
+        from lorawizard.core.loratools.step import parse_weight
+
+        weights = []
+        for number, path in enumerate(self.files):
+            try:
+                weights.append(parse_weight(self.query_one(f"#weight-{number}", Input).value))
+            except ValueError as exc:
+                return [], f"{path.name}: {exc}"
+        return weights, None
+
+    def _say(self) -> bool:
+        from lorawizard.core.loratools.step import weight_warnings
+
+        weights, problem = self._read()
+        said = self.query_one("#weights-said", Static)
+        if problem is not None:
+            said.update(Text(problem, style=tone("error", bold=True)))
+            return False
+        warnings = [w.removeprefix("warning: ") for w in weight_warnings(weights)]
+        text = Text(f"sum {sum(weights):.4g}")
+        if warnings:
+            text.append(" · " + " · ".join(warnings), style=tone("warning", bold=True))
+        said.update(text)
+        return True
+
+    def on_input_changed(self, _event: object) -> None:
+        self._say()
+
+    def action_done(self) -> None:
+        if not self._say():
+            self.app.bell()
+            return
+        weights, _problem = self._read()
+        self.dismiss(list(zip(self.files, weights, strict=True)))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
