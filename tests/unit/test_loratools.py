@@ -156,6 +156,9 @@ def test_argv_of_each_tool(tmp_path: Path) -> None:
     argv = commands.resize_command(runner, tools, src, out, 4, device="gpu").argv
     assert argv == ["/venv/bin/python", str(sd / "networks/resize_lora.py"), "--model", str(src), "--save_to", str(out),
                     "--new_rank", "4", "--verbose", "--device", "cuda"]
+    kept = commands.resize_command(runner, tools, src, out, 4, save_precision="bf16").argv
+    assert kept[-2:] == ["--save_precision", "bf16"]  # the source's precision (the tool saves float32 without it)
+    assert "--save_precision" not in commands.resize_command(runner, tools, src, out, 4, save_precision="fp32").argv
     dynamic = commands.resize_command(runner, tools, src, out, 16, method="sv_fro", param=None).argv
     assert dynamic[-4:] == ["--dynamic_method", "sv_fro", "--dynamic_param", "0.9"]
     convert = commands.convert_command(runner, tools, src, out, "sd-scripts", "ai-toolkit").argv
@@ -625,7 +628,7 @@ def test_dry_run_of_every_tool_prints_its_argv_file_and_disk_and_changes_nothing
     # each tool's argv, one option a line as the training command's dry run prints it
     assert f"resize mychar-e8.safetensors (rank 8) to rank 4: would run\ncd {sd} && " in text
     assert f"{python} {sd}/networks/resize_lora.py \\\n  --model {loras}/mychar-e8.safetensors \\\n" in text
-    assert "  --new_rank 4 \\\n  --verbose\n" in text
+    assert "  --new_rank 4 \\\n  --verbose \\\n  --save_precision bf16\n" in text  # kept as the source (bf16)
     assert "  --src sd-scripts \\\n  --dst ai-toolkit \\\n" in text
     assert (f"  --models {loras}/mychar-e8.safetensors {loras}/style-e4.safetensors \\\n  --ratios 1.0247 0.948683 "
             "\\\n") in text
@@ -638,7 +641,7 @@ def test_dry_run_of_every_tool_prints_its_argv_file_and_disk_and_changes_nothing
     size = (loras / "mychar-e8.safetensors").stat().st_size
     from lorawizard.core.common.progress import format_bytes
 
-    assert f"disk: about {format_bytes(size * 4 // 2 * 4 // 8)} needed in loras/, " in text  # fp32, half the rank
+    assert f"disk: about {format_bytes(size * 4 // 8)} needed in loras/, " in text  # bf16 kept, half the rank
     assert "disk: about " in text and " needed in merged/, " in text
     # what the check would run: the result (an ai-toolkit one through its conversion back) and the original
     assert "check: would draw the result mychar-e8-aitoolkit.safetensors with flux_minimal_inference.py" in text

@@ -98,9 +98,14 @@ def _device_args(device: str) -> list[str]:
 
 
 def resize_command(runner: Trainer, tools: LoraTools, source: Path, output: Path, rank: int, *,
-                   method: str = "fixed", param: float | None = None, device: str = "cpu") -> ToolCommand:
+                   method: str = "fixed", param: float | None = None, device: str = "cpu",
+                   save_precision: str | None = None) -> ToolCommand:
+    """`save_precision` (bf16/fp16, the source's): resize_lora.py saves float32 when given none, so a bf16 LoRA
+    resized to half its rank came out about as large as it was."""
     argv = [str(runner.python), str(script_path(runner, tools.resize_script)), "--model", str(source),
             "--save_to", str(output), "--new_rank", str(rank), "--verbose"]
+    if save_precision in ("bf16", "fp16"):
+        argv += ["--save_precision", save_precision]
     if method != "fixed":
         argv += ["--dynamic_method", method, "--dynamic_param", f"{param if param is not None else DEFAULT_PARAM[method]:g}"]
     argv += _device_args(device)

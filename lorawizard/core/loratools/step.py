@@ -210,13 +210,15 @@ def plan_resize(session: Session) -> Plan:
     _family, tools = commands.family_tools(session)
     folder = naming.loras_dir(session.project_dir)
     target = naming.free_target(folder, naming.resized_stem(source.stem, rank, method, param))
+    kept = info.dtype if info.dtype in ("bf16", "fp16") else None  # saved as the source was, not as float32
     command = commands.resize_command(commands.trainer(session), tools, source, temp_name(target), rank,
-                                      method=method, param=param, device=device(session))
+                                      method=method, param=param, device=device(session), save_precision=kept)
     how = f"rank {rank}" if method == "fixed" else f"{method} {param:g}, at most rank {rank}"
     renamed = ("" if method == "fixed" else
                "renamed after the largest rank the tool keeps (-r<rank>-" f"{naming.METHOD_SHORT[method]}{param:g})")
     return Plan("resize", f"resize {source.name} ({info.rank_text()}) to {how}", command, target,
-                _as_float32(info) * rank // max(info.rank, 1), source, result_layout=info.layout, renamed=renamed,
+                (info.size if kept else _as_float32(info)) * rank // max(info.rank, 1), source, result_layout=info.layout,
+                renamed=renamed,
                 extra={"info": info, "rank": rank, "method": method, "param": param})
 
 
