@@ -333,6 +333,8 @@ async def test_start_says_it_removed_text_encoder_caches_of_another_t5_length(
 
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
     session = project_with_caches(tmp_path, "flux1-schnell", tokens=512)
+    session.set("train.max_train_epochs", 20)  # live long enough to be seen (2 steps end before a look on a fast box)
+    save(session)
     app = LoraWizardApp(session, start_step="train")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+g")
@@ -351,7 +353,7 @@ async def test_start_warns_of_an_fp8_file_trained_as_16_bit(tmp_path: Path, monk
     from tests.support.model_files import KINDS, write_safetensors
 
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
-    session = make_train_project(tmp_path, epochs=1)
+    session = make_train_project(tmp_path, epochs=20)  # live long enough to be seen, then stopped
     fp8 = write_safetensors(tmp_path / "flux1-dev-fp8.safetensors",
                             {k: ("F8_E4M3", shape) for k, (_, shape) in KINDS["flux"].items()})
     session.set("models.flux", str(fp8))
