@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from lorawizard.core.train import te_cache
-from tests.e2e.test_command_e2e import E2E, e2e_precision, e2e_t5, needs_e2e
+from tests.e2e.test_command_e2e import E2E, SAMPLES_OFF, e2e_t5, needs_e2e, replay_session_text
 from tests.e2e.test_replay_e2e import photos
 
 pytestmark = pytest.mark.extra
@@ -53,31 +53,9 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 def test_replay_trains_a_tiny_chroma_lora(project: Path) -> None:
     photos(project / "photos")
     session = project / "session.toml"
-    session.write_text(
-        "version = 1\n"
-        'name = "chroma"\n\n'
-        "[paths]\n"
-        f'sd_scripts = "{E2E / "sd-scripts"}"\n'
-        f'python = "{E2E / "venv" / "bin" / "python"}"\n'
-        f'tokenizers = "{E2E / "tokenizers"}"\n\n'
-        "[models]\n"
-        'family = "chroma"\n'
-        f'flux = "{tiny_chroma()}"\n'
-        f'ae = "{E2E / "models" / "ae-random.safetensors"}"\n'
-        f't5xxl = "{e2e_t5()}"\n\n'
-        "[dataset]\n"
-        'source = "photos"\n'
-        "max_side = 256\n"
-        'trigger = "ohwx"\n'
-        "num_repeats = 1\n\n"
-        "[train]\n"
-        "max_train_epochs = 1\n"
-        "save_every_n_epochs = 1\n"
-        'optimizer_type = "adamw"\n'
-        f'mixed_precision = "{e2e_precision()}"\n\n'
-        "[train.samples]\n"
-        "prompts = []\n"  # sampling costs minutes on a CPU; the sample prompt file is checked by test_families_e2e
-    )
+    models = (f'family = "chroma"\nflux = "{tiny_chroma()}"\nae = "{E2E / "models" / "ae-random.safetensors"}"\n'
+              f't5xxl = "{e2e_t5()}"\n')  # no CLIP-L: Chroma has none
+    session.write_text(replay_session_text("chroma", models=models, tail=SAMPLES_OFF))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SHIM), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "LORAWIZARD_TINY_CHROMA_BLOCKS": "1,1"}
     started = time.monotonic()

@@ -71,6 +71,40 @@ def e2e_t5() -> Path:
     return fp32 if e2e_precision() == "no" and fp32.is_file() else E2E / "models" / "t5xxl-random_bf16.safetensors"
 
 
+SAMPLES_OFF = "\n[train.samples]\nprompts = []\n"  # sampling costs minutes on a CPU
+
+
+def replay_session_text(name: str, *, models: str | None = None, epochs: int = 1, train: str = "", tail: str = "",
+                        header: str = "") -> str:
+    """session.toml for a `--replay` from a `photos` folder on the e2e setup: its sd-scripts, venv, tokenizers and
+    tiny models (`models`: the [models] lines instead of FLUX.1-dev's four), trigger `ohwx`, max_side 256, adamw at
+    the e2e precision; `train` adds [train] lines, `tail` tables after it."""
+    if models is None:
+        models = (f'flux = "{E2E / "models" / "flux1-dev-tiny-1d1s.safetensors"}"\n'
+                  f'ae = "{E2E / "models" / "ae-random.safetensors"}"\n'
+                  f'clip_l = "{E2E / "models" / "clip_l-random.safetensors"}"\n'
+                  f't5xxl = "{e2e_t5()}"\n')
+    return (f"{header}version = 1\n"
+            f'name = "{name}"\n\n'
+            "[paths]\n"
+            f'sd_scripts = "{E2E / "sd-scripts"}"\n'
+            f'python = "{E2E / "venv" / "bin" / "python"}"\n'
+            f'tokenizers = "{E2E / "tokenizers"}"\n\n'
+            f"[models]\n{models}\n"
+            "[dataset]\n"
+            'source = "photos"\n'
+            "max_side = 256\n"
+            'trigger = "ohwx"\n'
+            "num_repeats = 1\n\n"
+            "[train]\n"
+            f"max_train_epochs = {epochs}\n"
+            "save_every_n_epochs = 1\n"
+            'optimizer_type = "adamw"\n'
+            f"{train}"
+            f'mixed_precision = "{e2e_precision()}"\n'  # fp32 ("no") on a CPU without native bf16: bf16 is ~200x slower
+            f"{tail}")
+
+
 def e2e_session(project: Path, **values: object) -> Session:
     """A project that uses the e2e setup: its sd-scripts, venv, tiny models, tokenizers; its 4 images as one bucket."""
     bucket = project / "dataset" / "128x128"

@@ -20,7 +20,7 @@ from lorawizard.core.launch import runs
 from lorawizard.core.session.document import Session
 from lorawizard.core.train import queue
 from lorawizard.core.train.step import RunFollower
-from tests.e2e.test_command_e2e import E2E, e2e_precision, e2e_t5, needs_e2e
+from tests.e2e.test_command_e2e import SAMPLES_OFF, needs_e2e, replay_session_text
 
 pytestmark = pytest.mark.extra
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,35 +40,9 @@ def square_photos(folder: Path, count: int = 4) -> None:
 def test_a_queue_of_two_runs_with_validation(project: Path) -> None:
     square_photos(project / "photos")
     session_path = project / "session.toml"
-    session_path.write_text(
-        "version = 1\n"
-        'name = "e2e"\n\n'
-        "[paths]\n"
-        f'sd_scripts = "{E2E / "sd-scripts"}"\n'
-        f'python = "{E2E / "venv" / "bin" / "python"}"\n'
-        f'tokenizers = "{E2E / "tokenizers"}"\n\n'
-        "[models]\n"
-        f'flux = "{E2E / "models" / "flux1-dev-tiny-1d1s.safetensors"}"\n'
-        f'ae = "{E2E / "models" / "ae-random.safetensors"}"\n'
-        f'clip_l = "{E2E / "models" / "clip_l-random.safetensors"}"\n'
-        f't5xxl = "{e2e_t5()}"\n\n'
-        "[dataset]\n"
-        'source = "photos"\n'
-        "max_side = 256\n"
-        'trigger = "ohwx"\n'
-        "num_repeats = 1\n\n"
-        "[train]\n"
-        f"max_train_epochs = {EPOCHS}\n"
-        "save_every_n_epochs = 1\n"
-        'optimizer_type = "adamw"\n'
-        "validation_split = 0.25\n"
-        f'mixed_precision = "{e2e_precision()}"\n\n'
-        "[[train.variants]]\n"
-        'name = "dim8"\n'
-        "network_dim = 8\n\n"
-        "[train.samples]\n"
-        "prompts = []\n"  # sampling costs minutes on a CPU and is not what this test is about
-    )
+    session_path.write_text(replay_session_text(
+        "e2e", epochs=EPOCHS, train="validation_split = 0.25\n",
+        tail='\n[[train.variants]]\nname = "dim8"\nnetwork_dim = 8\n' + SAMPLES_OFF))
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "lorawizard", "--replay", str(session_path), "--steps", "env,dataset,captions,train"],

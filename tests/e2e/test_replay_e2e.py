@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.e2e.test_command_e2e import E2E, e2e_precision, e2e_t5, needs_e2e
+from tests.e2e.test_command_e2e import needs_e2e, replay_session_text
 
 pytestmark = pytest.mark.extra
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,30 +35,7 @@ def photos(folder: Path) -> None:
 def test_replay_from_photos_to_a_trained_lora(project: Path) -> None:
     photos(project / "photos")
     session = project / "session.toml"
-    session.write_text(
-        "# an end-to-end replay on the CPU\n"
-        "version = 1\n"
-        'name = "e2e"\n\n'
-        "[paths]\n"
-        f'sd_scripts = "{E2E / "sd-scripts"}"\n'
-        f'python = "{E2E / "venv" / "bin" / "python"}"\n'
-        f'tokenizers = "{E2E / "tokenizers"}"\n\n'
-        "[models]\n"
-        f'flux = "{E2E / "models" / "flux1-dev-tiny-1d1s.safetensors"}"\n'
-        f'ae = "{E2E / "models" / "ae-random.safetensors"}"\n'
-        f'clip_l = "{E2E / "models" / "clip_l-random.safetensors"}"\n'
-        f't5xxl = "{e2e_t5()}"\n\n'
-        "[dataset]\n"
-        'source = "photos"\n'
-        "max_side = 256\n"
-        'trigger = "ohwx"\n'
-        "num_repeats = 1\n\n"
-        "[train]\n"
-        "max_train_epochs = 1\n"
-        "save_every_n_epochs = 1\n"
-        'optimizer_type = "adamw"\n'
-        f'mixed_precision = "{e2e_precision()}"\n'  # fp32 ("no") on a CPU without AVX-512: bf16 is ~200x slower
-    )
+    session.write_text(replay_session_text("e2e", header="# an end-to-end replay on the CPU\n"))
     before = session.read_bytes()
     started = time.monotonic()
     done = subprocess.run(
