@@ -143,6 +143,17 @@ def test_a_persons_file_is_never_replaced_ours_is(tmp_path: Path) -> None:
     assert naming.free_target(tmp_path, "b-r4") == ours
 
 
+def test_ours_from_another_source_of_the_same_name_is_kept(tmp_path: Path) -> None:
+    """Two different `mychar-e8` LoRAs (from two folders) resized to one rank: the second gets its own name instead
+    of replacing the first one's result; the same source is made again in its place."""
+    first, second = tmp_path / "run1" / "mychar-e8.safetensors", tmp_path / "run2" / "mychar-e8.safetensors"
+    made = tmp_path / "mychar-e8-r4.safetensors"
+    made.write_bytes(b"x")
+    naming.write_sidecar(made, {"tool": "resize", "source": str(first)})
+    assert naming.free_target(tmp_path, "mychar-e8-r4", first) == made
+    assert naming.free_target(tmp_path, "mychar-e8-r4", second) == tmp_path / "mychar-e8-r4-2.safetensors"
+
+
 # ------------------------------------------------------------------ argv
 
 

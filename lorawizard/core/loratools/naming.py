@@ -88,15 +88,27 @@ def is_ours(path: Path) -> bool:
     return bool(read_json_object(sidecar_of(path)).get(TOOL_KEY))
 
 
-def free_target(folder: Path, stem: str) -> Path:
+def free_target(folder: Path, stem: str, source: Path | None = None) -> Path:
     """`folder/<stem>.safetensors`, unless a file of that name is a person's (no sidecar of ours, and not a LoRA kept
-    by the wizard): then the first free `<stem>-2`, `-3`, …"""
+    by the wizard) or ours made from another `source` (two `mychar-e8` LoRAs from different folders resized to one
+    rank): then the first free `<stem>-2`, `-3`, …. Ours from the same source is made again in its place."""
     candidate = folder / f"{stem}{SUFFIX}"
     number = 2
-    while candidate.exists() and not is_ours(candidate):
+    while candidate.exists() and not _remade(candidate, source):
         candidate = folder / f"{stem}-{number}{SUFFIX}"
         number += 1
     return candidate
+
+
+def _remade(path: Path, source: Path | None) -> bool:
+    """`path` may be written again: ours, and (when `source` is given) made from that same file."""
+    data = read_json_object(sidecar_of(path))
+    if not data.get(TOOL_KEY):
+        return False
+    made_from = data.get("source")
+    if source is None or not isinstance(made_from, str) or not made_from:
+        return True
+    return Path(made_from).resolve() == Path(source).resolve()
 
 
 def write_sidecar(target: Path, data: dict[str, Any]) -> Path:

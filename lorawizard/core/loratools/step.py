@@ -209,7 +209,7 @@ def plan_resize(session: Session) -> Plan:
     rank, method, param = resize_plan(session, info)
     _family, tools = commands.family_tools(session)
     folder = naming.loras_dir(session.project_dir)
-    target = naming.free_target(folder, naming.resized_stem(source.stem, rank, method, param))
+    target = naming.free_target(folder, naming.resized_stem(source.stem, rank, method, param), source)
     kept = info.dtype if info.dtype in ("bf16", "fp16") else None  # saved as the source was, not as float32
     command = commands.resize_command(commands.trainer(session), tools, source, temp_name(target), rank,
                                       method=method, param=param, device=device(session), save_precision=kept)
@@ -234,7 +234,8 @@ def resize(ctx: StepContext, plan: Plan) -> Outcome:
     result = inspect(plan.target, family)
     target = plan.target
     if method != "fixed":  # named by the ranks it chose
-        wanted = naming.free_target(target.parent, naming.resized_stem(source.stem, result.rank, method, param))
+        wanted = naming.free_target(target.parent, naming.resized_stem(source.stem, result.rank, method, param),
+                                    source)
         if wanted != target:
             os.replace(target, wanted)
             target = wanted
@@ -272,7 +273,7 @@ def plan_convert(session: Session) -> Plan:
                        "left out of the converted file")
     folder = naming.loras_dir(session.project_dir)
     suffixes = tuple(lay.suffix for lay in tools.layouts)
-    target = naming.free_target(folder, naming.converted_stem(source.stem, layout.suffix, suffixes))
+    target = naming.free_target(folder, naming.converted_stem(source.stem, layout.suffix, suffixes), source)
     command = commands.convert_command(commands.trainer(session), tools, source, temp_name(target), info.layout, wanted)
     return Plan("convert", f"convert {source.name} ({info.layout} layout) to {wanted}", command, target,
                 info.size * CONVERT_GROWTH, source, details, result_layout=wanted, extra={"info": info})
@@ -468,7 +469,7 @@ def plan_merge_base(session: Session) -> Plan:
         raise StepFailed(f"{base.name} is {identity.describe()}, not the {family.title} transformer to merge into")
     folder = session.project_dir / naming.MERGED_DIR
     needed = int(base.stat().st_size * MERGE_BASE_MARGIN) + MERGE_BASE_SPARE
-    target = naming.free_target(folder, naming.base_merged_stem(source.stem, base.stem))
+    target = naming.free_target(folder, naming.base_merged_stem(source.stem, base.stem), source)
     precision = commands.SAVE_PRECISION.get(identity.dtype)
     command = commands.merge_base_command(commands.trainer(session), tools, base, source, temp_name(target),
                                           save_precision=precision, device=device(session))
