@@ -337,3 +337,24 @@ def test_run_ids_are_unique_across_the_base_and_variant_folders(tmp_path: Path) 
     third = runs.new_run_id(root / runs.VARIANTS_DIR / "e1", now)
     assert (first, second, third) == ("20261207-141615", "20261207-141615-2", "20261207-141615-3")
     assert [r.run_id for r in runs.list_runs(root, variants=True)] == []  # the lock file is no run
+
+
+def test_forecast_adds_the_probes_measured_start_up(tmp_path: Path) -> None:
+    """The probe measured launch → first step: 300 s for the trial that cached, 60 s for the ones that reused the
+    caches. The queue's first run pays the caching, the others only the loading; with caches already there, none."""
+    import json
+
+    session = _project(tmp_path, [Variant("dim8", {"train.network_dim": 8})])
+    probe = {"buckets": {"512x512": {"batch_size": 2, "s_per_step": 2.0}},
+             "fit": {"phases": {"startup_s": 300.0, "startup_min_s": 60.0}}}
+    session.paths.state.mkdir(parents=True, exist_ok=True)
+    (session.paths.state / "probe.json").write_text(json.dumps(probe))
+    plan = queue.forecast(queue.entries(session), session)
+    assert plan.per_entry["base"] is not None and plan.per_entry["dim8"] is not None
+    assert plan.per_entry["base"] - plan.per_entry["dim8"] == pytest.approx(240.0)
+    assert "speed from probe, start-up from the probe)" in plan.line()
+    assert queue.startup_times(session) == (300.0, 60.0)
+    (session.paths.dataset / "512x512" / "0000_flux_te.npz").write_bytes(b"cache")
+    assert queue.startup_times(session) == (60.0, 60.0)
+    again = queue.forecast(queue.entries(session), session)
+    assert again.per_entry["base"] == pytest.approx(plan.per_entry["base"] - 240.0)

@@ -168,6 +168,7 @@ class Forecast:
     basis: str  # where the speed came from
     lanes: int = 1  # runs side by side (one per GPU)
     price_per_hour: float | None = None  # gpu.price_per_hour: the queue's GPU-hours in money
+    startup_measured: bool = False  # each run's start-up (loading, caching) from the probe is in its time
 
     @property
     def total_s(self) -> float | None:
@@ -196,8 +197,9 @@ class Forecast:
         if self.price_per_hour:  # every run holds one GPU for its time, side by side or not
             gpu_hours = sum(v or 0.0 for v in self.per_entry.values()) / 3600
             money = f" · ≈{gpu_hours * self.price_per_hour:.2f} at {self.price_per_hour:g} per GPU-hour"
+        startup = ", start-up from the probe" if self.startup_measured else ""
         return (f"queue: ≈{format_duration(total)} {what} for {len(self.per_entry)} runs{side} ({parts}; speed from "
-                f"{self.basis}){money}")
+                f"{self.basis}{startup}){money}")
 
 
 def entry_steps(session: Session) -> int | None:
@@ -220,12 +222,15 @@ def entry_steps(session: Session) -> int | None:
 
 def forecast(items: list[Entry], base: Session, *, lanes: int = 1) -> Forecast:
     """Each run's time: its steps × the measured seconds per step (the probe's, else the newest run's log rate — its
-    own, else the base run's: the queue's own finished runs, once there are some), plus its sampling."""
+    own, else the base run's: the queue's own finished runs, once there are some), plus its sampling, plus its start-up
+    where the probe measured one (launch → first step): the first run the longest trial's (loading and caching), the
+    others the shortest's (loading only: they reuse the caches beside the images)."""
     from lorawizard.core.train import samples, statesave
 
     per: dict[str, float | None] = {}
     basis = ""
-    for entry in items:
+    first_start, later_start = startup_times(base)
+    for number, entry in enumerate(items):
         speed, source = statesave.measured_s_per_step(entry.session)
         if speed is None and entry.variant is not None:
             speed, source = statesave.measured_s_per_step(base)
@@ -239,8 +244,26 @@ def forecast(items: list[Entry], base: Session, *, lanes: int = 1) -> Forecast:
         if settings is not None:
             times = entry.session.train.max_train_epochs // settings.every_n_epochs + int(settings.at_first)
             sampling = times * len(settings.prompts) * settings.steps * speed / 3
-        per[entry.label] = steps * speed + sampling
-    return Forecast(per, basis or "no measurement", lanes, base.gpu.price_per_hour)
+        per[entry.label] = steps * speed + sampling + (later_start if number else first_start)
+    return Forecast(per, basis or "no measurement", lanes, base.gpu.price_per_hour, bool(first_start or later_start))
+
+
+def startup_times(session: Session) -> tuple[float, float]:
+    """(the first run's start-up, each later run's) in seconds from the probe's measured phases; 0 where unmeasured.
+    With text-encoder caches already beside the images, the first run loads only, like the others."""
+    from lorawizard.core.gpu.probe_results import load_results
+
+    phases = (load_results(session).get("fit") or {}).get("phases") or {}
+    longest, shortest = phases.get("startup_s"), phases.get("startup_min_s")
+    valid = [float(v) for v in (longest, shortest) if isinstance(v, (int, float)) and v > 0]
+    if not valid:
+        return 0.0, 0.0
+    loading, caching = min(valid), max(valid)
+    try:
+        cached = any(session.paths.dataset.glob("*/*_flux_te.npz"))
+    except OSError:
+        cached = False
+    return (loading if cached else caching), loading
 
 
 def disk_needed(items: list[Entry]) -> int:

@@ -102,6 +102,7 @@ class QueueRead(Message):
     record: QueueRecord | None
     status: str | None  # running, finished, stopped, lost; None without a queue
     head: str
+    read: int = 0  # which read posted it: an older read that ends later must not undo a newer one
 
 
 @dataclass
@@ -110,6 +111,7 @@ class QueueRunFound(Message):
     moves to it when it is not the one shown)."""
 
     record: RunRecord
+    read: int = 0  # as QueueRead.read
 
 
 @dataclass
@@ -194,6 +196,8 @@ class TrainScreen(StepScreen):
         self._queue_head = ""
         self._queue_started_at = 0.0  # time.time() when this screen started a queue: the reader follows it
         self._queue_read_at = 0.0  # time.monotonic() of the last read started
+        self._queue_reads = 0  # reads started; each posts its number
+        self._queue_read_shown = 0  # the newest read whose messages were applied
         self._forecast_for: object = None  # what the forecast line was computed from (only the reader touches these)
         self._forecast_line = ""
 
@@ -319,10 +323,11 @@ class TrainScreen(StepScreen):
     def _poke_queue(self) -> None:
         """Read queue.json (and the forecast) now: a variant added or moved, a queue started or stopped."""
         self._queue_read_at = time.monotonic()
-        self._read_queue()
+        self._queue_reads += 1
+        self._read_queue(self._queue_reads)
 
     @work(thread=True, exclusive=True, group="train-queue", exit_on_error=False)
-    def _read_queue(self) -> None:
+    def _read_queue(self, read: int) -> None:
         """Reads queue.json (cheap) and, while the queue runs, its live run; the forecast when the variants change."""
         from lorawizard.core.launch import runs
         from lorawizard.core.train.queue import QueueRecord, entries, forecast
@@ -337,10 +342,11 @@ class TrainScreen(StepScreen):
         record = QueueRecord.load(session)
         status = record.status() if record is not None else None
         if record is not None and (status == "running" or started_since(record, self._queue_started_at)):
-            current = runs.live_run(session.paths.runs) if status == "running" else None
-            current = current or latest_queue_run(session, record)  # a run that ended between two looks
+            # while it runs, its live run only: queue.json names a run once it has ended, so "the latest" would be
+            # the one before (the dashboard went back to it between two runs); at its end, its last run
+            current = runs.live_run(session.paths.runs) if status == "running" else latest_queue_run(session, record)
             if current is not None:
-                self.post_message(QueueRunFound(current))
+                self.post_message(QueueRunFound(current, read))
         if record is not None and status is not None and (status == "running" or (status in ("stopped", "lost")
                                                           and variants)):
             head = queue_head(record, status)
@@ -355,10 +361,13 @@ class TrainScreen(StepScreen):
                     self._forecast_line = f"queue: {len(variants) + 1} runs; no forecast ({one_line(str(exc))})"
                 self._forecast_for = key
             head = f"ctrl+g starts the {self._forecast_line}" if variants else ""  # the key first: never cut
-        self.post_message(QueueRead(record, status, head))
+        self.post_message(QueueRead(record, status, head, read))
 
     @on(QueueRead)
     def _queue_read(self, message: QueueRead) -> None:
+        if message.read < self._queue_read_shown:
+            return  # a slower, older read: a newer one has been shown
+        self._queue_read_shown = message.read
         self._queue, self._queue_status, self._queue_head = message.record, message.status, message.head
         self._show_queue()
 
@@ -366,6 +375,9 @@ class TrainScreen(StepScreen):
     def _queue_run_found(self, message: QueueRunFound) -> None:
         """The queue's driver started its next run: the dashboard follows it."""
         live = message.record
+        if message.read < self._queue_read_shown:
+            return  # an older read's run (the base run, while the next one already shows)
+        self._queue_read_shown = message.read
         if self.record is not None and self.record.run_id == live.run_id:
             return
         label = f" ({live.extra['variant']})" if live.extra.get("variant") else " (base)"
@@ -504,6 +516,8 @@ class TrainScreen(StepScreen):
 
     @on(TrainUpdate)
     def _update(self, message: TrainUpdate) -> None:
+        if self.record is not None and message.view.run_id and message.view.run_id != self.record.run_id:
+            return  # the last view of a tail this screen has left for another run (a queue's next one)
         self.apply_view(message.view)
 
     def apply_view(self, view: TrainView) -> None:
