@@ -358,3 +358,23 @@ def test_forecast_adds_the_probes_measured_start_up(tmp_path: Path) -> None:
     assert queue.startup_times(session) == (60.0, 60.0)
     again = queue.forecast(queue.entries(session), session)
     assert again.per_entry["base"] == pytest.approx(plan.per_entry["base"] - 240.0)
+
+
+def test_sampling_time_is_one_rule_for_the_estimate_the_forecast_and_the_queue(tmp_path: Path) -> None:
+    """A real CFG (Chroma's samples) runs the transformer twice per step: the run's estimate said so, the queue's and
+    the probe's forecasts did not (each had its own copy of the rule)."""
+    from lorawizard.core.train import samples
+
+    session = make_train_project(tmp_path)
+    plain = samples.sampling_seconds(session, 3.0)
+    assert plain > 0
+    session.set("train.samples.cfg_scale", 4.0)
+    assert samples.sampling_seconds(session, 3.0) == pytest.approx(2 * plain)
+    save(session)
+    session = Session.load(session.path)
+    session.paths.state.mkdir(parents=True, exist_ok=True)
+    (session.paths.state / "probe.json").write_text('{"buckets": {"512x512": {"batch_size": 2, "s_per_step": 3.0}}}')
+    [entry] = queue.entries(session)
+    steps = queue.entry_steps(entry.session)
+    assert steps is not None
+    assert queue.forecast([entry], session).per_entry["base"] == pytest.approx(steps * 3.0 + 2 * plain)

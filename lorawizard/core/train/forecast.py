@@ -77,12 +77,8 @@ def forecast(session: Session) -> RunForecast | None:
         rows.append(BucketTime(bucket, steps, float(speed) if speed else None))
     phases = (results.get("fit") or {}).get("phases") or {}
     startup = phases.get("startup_s")
-    sampling = 0.0
-    settings = samples.sample_settings(session)
     slowest = max((r.s_per_step for r in rows if r.s_per_step), default=None)
-    if settings is not None and slowest:
-        times = epochs // settings.every_n_epochs + int(settings.at_first)
-        sampling = times * len(settings.prompts) * settings.steps * slowest / 3
+    sampling = samples.sampling_seconds(session, slowest) if slowest else 0.0
     return RunForecast(rows, float(startup) if startup else None, sampling, gpus)
 
 

@@ -239,11 +239,7 @@ def forecast(items: list[Entry], base: Session, *, lanes: int = 1) -> Forecast:
             per[entry.label] = None
             continue
         basis = basis or source
-        settings = samples.sample_settings(entry.session)
-        sampling = 0.0
-        if settings is not None:
-            times = entry.session.train.max_train_epochs // settings.every_n_epochs + int(settings.at_first)
-            sampling = times * len(settings.prompts) * settings.steps * speed / 3
+        sampling = samples.sampling_seconds(entry.session, speed)
         per[entry.label] = steps * speed + sampling + (later_start if number else first_start)
     return Forecast(per, basis or "no measurement", lanes, base.gpu.price_per_hour, bool(first_start or later_start))
 

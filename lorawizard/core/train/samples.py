@@ -113,22 +113,33 @@ def sampling_cost(session: Session, s_per_step: float | None = None, *, resume: 
     settings = sample_settings(session)
     if settings is None:
         return "sampling off (train.samples.prompts = [])"
-    epochs = session.train.max_train_epochs
-    times = epochs // settings.every_n_epochs + (1 if settings.at_first and not resume else 0)
+    times = _sampling_rounds(session, settings, resume)
     images = times * len(settings.prompts)
     megapixels = settings.width * settings.height / (1024 * 1024)
     text = (f"sampling: {len(settings.prompts)} prompts × {times} times = {images} images at "
             f"{settings.width}×{settings.height}, {settings.steps} steps each; needs ≈{1 + megapixels:.1f} GB more VRAM "
             "(the VAE and one image's activations; estimate, the probe does not sample)")
     if s_per_step:
-        # one denoising step ≈ a forward pass of one image ≈ a third of a training step's time per image
-        seconds = images * settings.steps * s_per_step / 3
-        if settings.cfg_scale != 1.0:
-            seconds *= 2  # a real CFG runs the transformer twice per step (the prompt and the negative prompt)
         from lorawizard.core.common.progress import format_duration
 
-        text += f", ≈{format_duration(seconds)} more training time"
+        text += f", ≈{format_duration(sampling_seconds(session, s_per_step, resume=resume))} more training time"
     return text
+
+
+def _sampling_rounds(session: Session, settings: SampleSettings, resume: bool) -> int:
+    return session.train.max_train_epochs // settings.every_n_epochs + (1 if settings.at_first and not resume else 0)
+
+
+def sampling_seconds(session: Session, s_per_step: float, *, resume: bool = False) -> float:
+    """The time a run's sampling adds (0 with sampling off), the one rule the estimate, the forecast and the queue use:
+    one denoising step ≈ a forward pass of one image ≈ a third of a training step's time per image; a real CFG runs
+    the transformer twice per step (the prompt and the negative prompt)."""
+    settings = sample_settings(session)
+    if settings is None:
+        return 0.0
+    images = _sampling_rounds(session, settings, resume) * len(settings.prompts)
+    seconds = images * settings.steps * s_per_step / 3
+    return seconds * 2 if settings.cfg_scale != 1.0 else seconds
 
 
 # ------------------------------------------------------------------ reading the images back
