@@ -1091,8 +1091,7 @@ def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[V
                        first_trials)
     _, rest = probe.every_area(groups[1:], fit_preset, presets) if len(groups) > 1 else (fit_preset, [])
     results = [first, *rest]
-    ctx.record("gpu.fit_swap", chosen.candidate.setting.swap)
-    ctx.record("gpu.fit_fp8", chosen.candidate.setting.fp8)
+    _record_choice(ctx, chosen.candidate.setting)
     batch_sizes = dict(session.batch_sizes())
     for result in results:
         for member in result.buckets:
@@ -1106,6 +1105,12 @@ def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[V
                                            "fit_fp8": chosen.candidate.setting.fp8,
                                            "trials": search.trials, "budget": policy.budget,
                                            "results": [_result_json(r) for r in results]})
+
+
+def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:
+    """The fit's chosen setting into the session (`gpu.fit_*`): the training command applies it."""
+    ctx.record("gpu.fit_swap", setting.swap)
+    ctx.record("gpu.fit_fp8", setting.fp8)
 
 
 def _visits(session: Session, buckets: dict[str, int]) -> int:
