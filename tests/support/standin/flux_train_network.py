@@ -390,10 +390,12 @@ def main(argv: list[str]) -> int:
         import standin_model
 
         used = [d for d in datasets if d["images"]]
+        setting = {"checkpointing": bool(args.gradient_checkpointing),
+                   "state32": standin_model.state_32bit(args.optimizer_type)}
         peak = max(standin_model.peak_bytes(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"], d["width"],
-                                            d["height"]) for d in used)
+                                            d["height"], **setting) for d in used)
         step_seconds = max(standin_model.step_seconds(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"],
-                                                      d["width"], d["height"]) for d in used)
+                                                      d["width"], d["height"], **setting) for d in used)
         if ENV.get("STANDIN_PEAK_FILE"):
             Path(ENV["STANDIN_PEAK_FILE"]).write_text(json.dumps({"peak_pixels": pixels, "peak_bytes": peak}))
         over_budget = bool(ENV.get("STANDIN_VRAM_BYTES")) and peak > int(ENV["STANDIN_VRAM_BYTES"])
