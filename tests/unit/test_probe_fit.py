@@ -519,3 +519,24 @@ def test_fit_rows_read_the_new_settings_from_names_and_saved_candidates() -> Non
     rows = saved_rows({"chosen": chosen, "candidates": candidates}, 100)
     assert [(r.ckpt, r.state, r.result) for r in rows] == [("off", "own", "◀ chosen"), ("on", "own", "ok"),
                                                            ("on", "own", "out of memory")]
+
+
+def test_a_run_with_a_fit_that_is_not_current_warns_in_one_line(tmp_path: Path) -> None:
+    """Checkpointing off or a large batch chosen for other buckets may not fit them: the run says so (and still
+    uses the fit: the person decides); a current fit, or the preset, says nothing."""
+    from lorawizard.core.train.step import plan_run, stale_fit_line
+    from tests.support.standin import make_train_project
+
+    gpu = H100_80
+    session = make_train_project(tmp_path, epochs=1)
+    session.set("gpu.fit", "quality")
+    session.set("gpu.uuid", gpu.uuid)
+    save(session)
+    probe(session, gpu, ModelRunner(gpu))
+    assert session.gpu.fit_checkpointing is False and stale_fit_line(session) is None
+    (session.paths.dataset / "512x512" / "0009.png").write_bytes(b"\x89PNG stand-in")
+    line = stale_fit_line(session)
+    assert line is not None and "\n" not in line and "the buckets changed" in line
+    assert plan_run(session).notes[0] == line
+    session.set("gpu.fit", "preset")
+    assert stale_fit_line(session) is None
