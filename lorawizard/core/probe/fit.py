@@ -107,7 +107,7 @@ class Setting:
     optimizer: str = ""  # "" = the session's optimizer; else its 8-bit twin
 
     def label(self) -> str:
-        words = f"swap {self.swap:>2}, {'fp8' if self.fp8 else '16-bit'} base"
+        words = f"swap {self.swap}, {'fp8' if self.fp8 else '16-bit'} base"
         if not self.checkpointing:
             words += ", no checkpointing"
         return words + (f", {self.optimizer}" if self.optimizer else "")
