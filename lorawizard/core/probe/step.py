@@ -1234,7 +1234,7 @@ def _fit_dry_run(ctx: StepContext, gpu: GpuInfo, policy: fit.FitPolicy, groups: 
     from lorawizard.core.train.forecast import forecast_lines
 
     bucket, _, images = groups[0]
-    checks = [_checks_line(gpu, others, len(groups))] if others is not None else []
+    checks = [_checks_line(others, len(groups))] if others is not None else []
     details = [policy.line(), *[f"note: {n}" for n in policy.notes],
                f"would search {bucket} ({images} images) on GPU {gpu.index}, {fit.margin_text(gpu.memory_total)}; "
                f"then the largest batch of {len(groups) - 1} more bucket area(s) with the chosen setting",
@@ -1266,25 +1266,23 @@ def _room(gpu: GpuInfo) -> float:
 
 
 def _check_targets(gpus: list[GpuInfo]) -> list[tuple[GpuInfo, int]]:
-    """Per kind of card other than the binding card's: the one with the least room (it speaks for its kind) and how
-    many cards the kind has. The binding card's own kind needs no check: its other cards have at least its room."""
+    """The cards to check and how many cards each speaks for: per kind of card (`_kinds_of_card`), the one with the
+    least room, the binding card (`gpus[0]`) left out — it speaks only for itself: the search's figures are its own,
+    and another card of its kind can differ (another process's memory, a slower PCIe link for swapped blocks)."""
     binding = gpus[0]
     targets = []
     for members in _kinds_of_card(gpus).values():
-        if binding in members:
-            continue
-        targets.append((_binding_card(members), len(members)))
+        rest = [gpu for gpu in members if gpu.uuid != binding.uuid]
+        if rest:
+            targets.append((_binding_card(rest), len(rest)))
     return targets
 
 
-def _checks_line(binding: GpuInfo, others: list[tuple[GpuInfo, int]], areas_count: int) -> str:
+def _checks_line(others: list[tuple[GpuInfo, int]], areas_count: int) -> str:
     cards = ", ".join(f"GPU {card.index} ({multigpu.short_name(card.name)}{f' ×{count}' if count > 1 else ''})"
                       for card, count in others)
-    if not others:
-        return (f"the binding card GPU {binding.index} ({multigpu.short_name(binding.name)}, {_room(binding):.1f} GB "
-                "left under the margin) speaks for every chosen card: they are of its kind, with at least its room")
-    return (f"then each other kind of card checks the {areas_count} bucket area(s) at the shared batch, one trial each "
-            f"(a batch search downward where it does not fit): {cards}")
+    return (f"then one card of each kind (the binding card's too, if it has another) trains the {areas_count} bucket "
+            f"area(s) at the shared batch, one trial each (a batch search downward where it does not fit): {cards}")
 
 
 def _run_several_fit(ctx: StepContext, gpus: list[GpuInfo], presets: list[VramPreset]) -> StepResult:
@@ -1384,12 +1382,11 @@ def _check_cards(ctx: StepContext, probe: _Probe, gpus: list[GpuInfo], fit_prese
     measured again at it (one trial). Trials are numbered after the search's."""
     binding = gpus[0]
     targets = _check_targets(gpus)
-    own_kind = next(len(m) for m in _kinds_of_card(gpus).values() if binding in m)
     probes = {card.uuid: _Probe(ctx, _runner_for(ctx, card, workdir, several=True), card,
                                 limit=fit.limit_bytes(card.memory_total), max_batch=probe.max_batch,
                                 on_event=probe.on_event) for card, _ in targets}
     probes[binding.uuid] = probe
-    ctx.log(_checks_line(binding, targets, len(groups)))
+    ctx.log(_checks_line(targets, len(groups)))
     meter = ProgressMeter(ctx.progress, "probe", "checks on the other cards", len(groups) * len(targets), "checks",
                           interval=0)
     meter.update(0, force=True)
@@ -1397,7 +1394,7 @@ def _check_cards(ctx: StepContext, probe: _Probe, gpus: list[GpuInfo], fit_prese
     shared_results: list[AreaResult] = []
     per_area: list[list[_CardCheck]] = []
     for (bucket, members, images), result in zip(groups, results, strict=True):
-        checks = [_CardCheck(binding, own_kind, bucket, result.batch, result.s_per_step, result.peak_bytes,
+        checks = [_CardCheck(binding, 1, bucket, result.batch, result.s_per_step, result.peak_bytes,
                              searched=True)]
         for card, count in targets:
             checks.append(_check_one(ctx, probe, probes[card.uuid], count, bucket, images, result.batch, fit_preset))
