@@ -1407,7 +1407,7 @@ def _check_cards(ctx: StepContext, probe: _Probe, gpus: list[GpuInfo], fit_prese
         slowest = max((c.s_per_step for c in checks if c.s_per_step), default=None)
         binding_check = checks[0]
         shared_results.append(AreaResult(bucket, members, shared, result.preset, binding_check.peak_bytes, slowest,
-                                         result.trials + [o for c in checks[1:] for o in c.trials]))
+                                         result.trials))  # the binding card's; the checks are in the cards' lines
     meter.finish()
     trials = probe.number - first_number
     lines = _card_lines(per_area)
