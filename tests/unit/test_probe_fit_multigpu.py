@@ -231,3 +231,58 @@ def test_replay_prints_the_table_and_the_cards_and_dry_run_names_the_binding_car
                    "RTX 4060 Ti (GPU 1, searched)", "estimate: 2 GPUs", "forecast: 1024x1024", "(2 GPUs)"):
         assert needed in text, (needed, text)
     assert f"fit: {fit.Setting(swap, fp8).label()}, batch {batch}" in text
+
+
+def test_through_real_stand_in_processes_each_pinned_to_its_card(project: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real trial runner on two fake cards: each trial a stand-in trainer process pinned by CUDA_VISIBLE_DEVICES,
+    with that card's free memory and pace (the 24 GB card 3× slower); the wizard's probe saves, then the training
+    command and forecast use the choice on both GPUs."""
+    import json
+
+    from tests.support.fake_nvml import install
+    from tests.support.standin import make_fake_sd_scripts
+
+    sd_scripts, _python = make_fake_sd_scripts(tmp_path)
+    cards = [RTX_3090_24, SMALL]
+    peaks = tmp_path / "peak.json"
+
+    def reader(uuid: str) -> Callable[[], dict[int, int]]:
+        def read() -> dict[int, int]:
+            try:
+                data = json.loads(peaks.read_text())
+            except (OSError, ValueError):
+                return {}
+            if data.get("device") != uuid:
+                return {}
+            peaks.unlink(missing_ok=True)
+            return {0: int(data["peak_bytes"])}
+        return read
+
+    nvml = install(monkeypatch, FakeNvml(cards, processes={c.uuid: reader(c.uuid) for c in cards}, per_process=False))
+    for name, value in {"MODEL": "1", "PEAK_FILE": str(peaks), "STEP_SECONDS": "0.01", "IMAGE_SECONDS": "0.02",
+                        "SWAP_SECONDS": "0.001", "VRAM_BY_DEVICE": json.dumps({c.uuid: c.memory_total - c.memory_used
+                                                                               for c in cards}),
+                        "SLOWER_BY_DEVICE": json.dumps({RTX_3090_24.uuid: 3.0})}.items():
+        monkeypatch.setenv(f"STANDIN_{name}", value)
+    session = make_session(project, "fastest", {"1024x1024": 2})
+    session.set("paths.sd_scripts", str(sd_scripts))
+    session.set("gpu.uuids", [c.uuid for c in cards])
+    save(session)
+    result = run_step(StepContext(session=session, options={"nvml": nvml}))
+    chosen = load_results(session)["fit"]["chosen"]  # (the optimum itself: the in-process tests; here speeds are timed)
+    swap, fp8, batch = chosen["swap"], chosen["fp8"], chosen["batch"]
+    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == (swap, fp8, batch)
+    assert swap > 0 and fp8  # 16 GB: FLUX.1's 16-bit base does not fit, nor fp8 without swapping
+    logs = sorted((session.paths.state / "probe").glob("trial-*/trial.log"))
+    assert len(logs) == result.data["trials"] + 1 and any("CUDA out of memory" in log.read_text() for log in logs)
+    saved = load_results(session)
+    check = next(c for c in saved["fit"]["checks"] if c["gpu"] == RTX_3090_24.uuid)
+    searched = next(c for c in saved["fit"]["checks"] if c["searched"])
+    assert searched["gpu"] == SMALL.uuid and check["batch"] == searched["batch"] == batch
+    assert check["s_per_step"] > 1.5 * searched["s_per_step"]  # measured from the process's own step times
+    assert saved["buckets"]["1024x1024"]["s_per_step"] == check["s_per_step"]
+    out, err = io.StringIO(), io.StringIO()
+    assert replay(session.path, ["train"], dry_run=True, out=out, err=err, tty=False) == 0, err.getvalue()
+    text = out.getvalue()
+    assert f"--blocks_to_swap {swap}" in text and "(2 GPUs)" in text and "not current" not in text, text
