@@ -286,3 +286,16 @@ def test_through_real_stand_in_processes_each_pinned_to_its_card(project: Path, 
     assert replay(session.path, ["train"], dry_run=True, out=out, err=err, tty=False) == 0, err.getvalue()
     text = out.getvalue()
     assert f"--blocks_to_swap {swap}" in text and "(2 GPUs)" in text and "not current" not in text, text
+
+
+def test_memory_another_process_holds_on_a_checked_card_is_said(project: Path) -> None:
+    busy = replace(TWIN, memory_used=TWIN.memory_used + 3 * GB, memory_free=TWIN.memory_free - 3 * GB)
+    small = replace(SMALL, index=2, uuid="GPU-4060bbbb-16gb")
+    runners = {c.uuid: CardRunner(c) for c in (RTX_3090_24, busy, small)}
+    _, result, lines = several(project, "fastest", [RTX_3090_24, busy, small], runners, {"1024x1024": 4})
+    assert result.data["binding"] == small.uuid
+    # the 24 GB kind has two cards: the busier one speaks for both
+    assert [len(runners[c.uuid].specs) for c in (RTX_3090_24, busy)] == [0, 1]
+    assert any(f"other processes held {busy.memory_used / GB:.1f} GB of GPU 1" in line for line in result.details)
+    assert any("1 more trial when every check fits" in line for line in lines)
+    assert any("RTX 3090 ×2 (GPU 1)" in line for line in result.details)

@@ -1281,8 +1281,10 @@ def _check_targets(gpus: list[GpuInfo]) -> list[tuple[GpuInfo, int]]:
 def _checks_line(others: list[tuple[GpuInfo, int]], areas_count: int) -> str:
     cards = ", ".join(f"GPU {card.index} ({multigpu.short_name(card.name)}{f' ×{count}' if count > 1 else ''})"
                       for card, count in others)
+    more = areas_count * len(others)
     return (f"then one card of each kind (the binding card's too, if it has another) trains the {areas_count} bucket "
-            f"area(s) at the shared batch, one trial each (a batch search downward where it does not fit): {cards}")
+            f"area(s) at the shared batch, one trial each — {more} more trial{'' if more == 1 else 's'} when every "
+            f"check fits (a batch search downward where one does not): {cards}")
 
 
 def _run_several_fit(ctx: StepContext, gpus: list[GpuInfo], presets: list[VramPreset]) -> StepResult:
@@ -1480,6 +1482,8 @@ def _card_lines(per_area: list[list[_CardCheck]]) -> list[str]:
     for checks in per_area:
         lines.append(f"{checks[0].bucket:<11}{checks[0].batch:>6}  " + " · ".join(c.cell() for c in checks))
     first = per_area[0]
+    lines += [f"note: other processes held {c.card.memory_used / GB:.1f} GB of GPU {c.card.index} when the probe began: "
+              "checked with what was free" for c in first[1:] if c.card.memory_used >= GB]
     cards = [multigpu.CardSpeed(c.card.name, c.count, c.batch, c.s_per_step) for c in first]
     lines += [f"{first[0].bucket}: {line}" for line in multigpu.speed_summary(cards, first[0].batch)]
     return lines
