@@ -1,14 +1,17 @@
 """Fastest fit (issue 26): trials and images/s of the search, against trying every candidate and against today's way
-(the preset chosen from the card's memory, then its largest batch), in one run — on the stand-in trainer's memory
-and speed model (tests/support/standin/standin_model.py: made-up numbers of FLUX.1's order). MODELLED, NOT MEASURED:
-the images/s ratios say what the search finds in that model, not what a real GPU does.
+(the preset chosen from the card's memory, then its largest batch), and against the same search without the
+gradient-checkpointing and optimizer-state rungs, in one run — on the stand-in trainer's memory and speed model
+(tests/support/standin/standin_model.py: made-up numbers of FLUX.1's order). MODELLED, NOT MEASURED: the images/s
+ratios say what the search finds in that model, not what a real GPU does.
 
     python bench/bench_fit.py
 
 Cards: 12, 16, 24, 48 and 80 GiB, idle (0.3 GB used), and a 24 GiB card with 11.2 GB held by another process.
-For each: `quality` (16-bit base) and `fastest` (fp8 allowed): the search's trials (and its bound), every candidate
-(swap levels × base precisions × batch 1–32: the exhaustive grid), the found images/s and the best in the grid
-(equal when the search is right), and the preset way's images/s. Asserts nothing.
+For each: `quality` (16-bit base) and `fastest` (fp8 allowed), with the default AdamW8bit and with the person's
+AdamW (32-bit state; `fastest` may use AdamW8bit): the search's trials (and its bound), every candidate of the
+allowed grid (rungs × base precisions × batch 1–32), the found images/s and the best in the grid (equal when the
+search is right), the images/s of the search without checkpointing-off and 8-bit-state rungs (swap × base × batch
+only), and the preset way's. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,61 +31,66 @@ SWAPS = (0, 8, 16, 22, 28, 35)
 SIDE = 1024
 
 
-def speed(swap: int, fp8: bool, batch: int) -> float:
-    return batch / model.step_seconds(swap, fp8, batch, SIDE, SIDE)
-
-
-def search(total: int, used: int, fp8s: tuple[bool, ...]) -> tuple[int, fit.Measured | None]:
+def search(total: int, used: int, policy: fit.FitPolicy, state32: bool) -> tuple[int, fit.Measured | None]:
     limit = fit.limit_bytes(total)
-    finder = fit.FitSearch(fit.FitPolicy("fastest" if True in fp8s else "quality", SWAPS, fp8s), limit)
+    finder = fit.FitSearch(policy, limit)
 
     def trial(candidate: fit.Candidate) -> fit.Measured:
         s = candidate.setting
-        peak = model.peak_bytes(s.swap, s.fp8, candidate.batch, SIDE, SIDE) + used
+        setting = {"checkpointing": s.checkpointing, "state32": state32 and not s.optimizer}
+        peak = model.peak_bytes(s.swap, s.fp8, candidate.batch, SIDE, SIDE, **setting) + used
         if peak > total:
             return fit.Measured(candidate, "oom", trial=1)
         status = "ok" if peak <= limit else "over-margin"
-        return fit.Measured(candidate, status, peak, model.step_seconds(s.swap, s.fp8, candidate.batch, SIDE, SIDE),
-                            trial=1)
+        return fit.Measured(candidate, status, peak,
+                            model.step_seconds(s.swap, s.fp8, candidate.batch, SIDE, SIDE, **setting), trial=1)
 
     found = finder.run(trial)
     return finder.trials, found
 
 
-def preset_way(total: int, used: int) -> float | None:
+def preset_way(total: int, used: int, state32: bool) -> float | None:
     """Today's probe: the preset for the card's memory (fp8, its swap), then the largest batch under 95 % — stepping
     down a preset while batch 1 does not fit."""
     preset = preset_for_memory(total)
     ordered = sorted(BUILTIN_PRESETS, key=lambda p: (-p.min_gb, p.blocks_to_swap))
     for candidate in ordered[ordered.index(preset):]:
+        swap = candidate.blocks_to_swap
         fits = [b for b in range(1, 33)
-                if model.peak_bytes(candidate.blocks_to_swap, True, b, SIDE, SIDE) + used <= total * 0.95]
+                if model.peak_bytes(swap, True, b, SIDE, SIDE, state32=state32) + used <= total * 0.95]
         if fits:
-            return speed(candidate.blocks_to_swap, True, max(fits))
+            return max(fits) / model.step_seconds(swap, True, max(fits), SIDE, SIDE, state32=state32)
     return None
 
 
 def main() -> None:
     cards = [(12, 0.3), (16, 0.3), (24, 0.3), (24, 11.2), (48, 0.3), (80, 0.3)]
-    print(f"{'card':<20}{'fit':<9}{'trials':>7}{'bound':>6}{'grid':>6}{'found img/s':>13}{'grid best':>10}"
-          f"{'preset way':>11}{'found/preset':>13}")
+    print(f"{'card':<19}{'fit':<15}{'trials':>7}{'bound':>6}{'grid':>6}{'found img/s':>12}{'grid best':>10}"
+          f"{'no-new-rungs':>13}{'preset way':>11}{'found/preset':>13}  chosen")
     totals = [0, 0]
     for gib, used_gb in cards:
         total, used = int(gib * GIB), int(used_gb * GB)
         for fp8s in ((False,), (True, False)):
-            trials, found = search(total, used, fp8s)
-            grid = len(SWAPS) * len(fp8s) * 32
-            best = model.best(SWAPS, fp8s, 32, SIDE, SIDE, fit.limit_bytes(total) - used)
-            best_speed = speed(*best) if best else None
-            found_speed = found.images_per_s if found else None
-            old = preset_way(total, used)
-            ratio = f"{found_speed / old:.2f}×" if found_speed and old else "—"
-            totals[0] += trials
-            totals[1] += grid
-            name = f"{gib} GiB" + (f" ({used_gb:g} used)" if used_gb > 1 else "")
-            print(f"{name:<20}{'fastest' if True in fp8s else 'quality':<9}{trials:>7}"
-                  f"{fit.FitPolicy('x', SWAPS, fp8s).budget:>6}{grid:>6}"
-                  f"{found_speed or 0:>13.2f}{best_speed or 0:>10.2f}{old or 0:>11.2f}{ratio:>13}")
+            for state32 in (False, True):
+                twin = "AdamW8bit" if state32 and True in fp8s else ""
+                policy = fit.FitPolicy("x", SWAPS, fp8s, no_checkpointing=True, lean_optimizer=twin)
+                trials, found = search(total, used, policy, state32)
+                _, old = search(total, used, fit.FitPolicy("x", SWAPS, fp8s), state32)
+                rungs = tuple((r.swap, r.checkpointing, state32 and not r.optimizer) for r in policy.rungs)
+                grid = len(rungs) * len(fp8s) * 32
+                best = model.best_setting(rungs, fp8s, 32, SIDE, SIDE, fit.limit_bytes(total) - used)
+                best_speed = best[2] / model.step_seconds(best[0], best[1], best[2], SIDE, SIDE, checkpointing=best[3],
+                                                          state32=best[4]) if best else None
+                found_speed = found.images_per_s if found else None
+                preset = preset_way(total, used, state32)
+                ratio = f"{found_speed / preset:.2f}×" if found_speed and preset else "—"
+                totals[0] += trials
+                totals[1] += grid
+                name = f"{gib} GiB" + (f" ({used_gb:g} used)" if used_gb > 1 else "")
+                mode = ("fastest" if True in fp8s else "quality") + (" AdamW" if state32 else "")
+                print(f"{name:<19}{mode:<15}{trials:>7}{policy.budget:>6}{grid:>6}{found_speed or 0:>12.2f}"
+                      f"{best_speed or 0:>10.2f}{(old.images_per_s or 0) if old else 0:>13.2f}{preset or 0:>11.2f}"
+                      f"{ratio:>13}  {found.candidate.label() if found else '—'}")
     print(f"trials in all: {totals[0]} (search) vs {totals[1]} (every candidate): "
           f"{totals[1] / max(1, totals[0]):.1f}× fewer; images/s modelled, not measured")
 

@@ -365,7 +365,10 @@ def _write_decisions(session: Session, decisions: dict[str, Any]) -> None:
     doc = tomlkit.document()
     doc.add(tomlkit.comment("Decisions replay took where session.toml was silent (your session file is never rewritten)."))
     for key, value in sorted(decisions.items()):
-        doc.add(key, value)
+        if value is None:  # a decision that removes a key (TOML has no null)
+            doc.add(tomlkit.comment(f"{key}: removed"))
+        else:
+            doc.add(key, value)
     atomic_write_text(session.paths.state / DECISIONS_FILE, tomlkit.dumps(doc))
 
 

@@ -234,7 +234,7 @@ async def test_f_chooses_what_the_probe_may_change(home_project: Path, monkeypat
         assert "not measured yet: ctrl+g or r measures it" in str(line.render())
         await pilot.press("f")
         await pilot.pause()
-        assert app.session.gpu.fit == "fastest" and "fp8 base allowed" in str(line.render())
+        assert app.session.gpu.fit == "fastest" and "fp8/16-bit base" in str(line.render())
         await pilot.press("f")
         await pilot.pause()
         assert app.session.gpu.fit == "preset"
@@ -262,18 +262,45 @@ async def test_the_fit_search_fills_its_table_and_marks_the_choice(home_project:
         await settle(pilot)
         table = app.screen.query_one("#fit", DataTable)
         assert table.display and table.row_count >= 5
-        results = [str(table.get_row_at(i)[8]) for i in range(table.row_count)]
+        results = [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
         assert results.count("◀ chosen") == 1 and "out of memory" in results and "ruled out" in results
         chosen = table.get_row_at(results.index("◀ chosen"))
         session = app.session
-        assert (str(chosen[1]), str(chosen[2]), str(chosen[3])) == (
-            str(session.gpu.fit_swap), "fp8" if session.gpu.fit_fp8 else "16-bit", str(session.batch_sizes()["1024x1024"]))
+        assert (str(chosen[1]), str(chosen[2]), str(chosen[3]), str(chosen[4])) == (
+            str(session.gpu.fit_swap), "fp8" if session.gpu.fit_fp8 else "16-bit",
+            "on" if session.gpu.fit_checkpointing else "off", str(session.batch_sizes()["1024x1024"]))
         line = str(app.screen.query_one("#fit-line").render())
         assert f"swap {session.gpu.fit_swap}" in line and "images/s" in line and "forecast: ≈" in line
         assert app.step_states["probe"] == "done"
         await pilot.press("f")  # fastest → preset: the table goes, the choice stays saved
         await pilot.pause()
         assert not table.display
+
+
+async def test_the_state_column_shows_when_the_8_bit_twin_was_tried(home_project: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The person's AdamW under `fastest` on a 24 GB card: AdamW8bit is tried (and chosen, in the stand-in's model),
+    so the table gains its optimizer-state column; with the default optimizer it has none (the snapshots)."""
+    from tests.support.fake_nvml import RTX_3090_24, FakeNvml
+    from tests.unit.test_probe_fit import ModelRunner
+
+    install(monkeypatch, FakeNvml([RTX_3090_24]))
+    session = with_dataset(home_project, {"1024x1024": 12})
+    session.set("gpu.fit", "fastest")
+    session.set("train.optimizer_type", "AdamW")
+    save(session)
+    app = LoraWizardApp(session, start_step="probe",
+                        step_options={"probe": {"trial_runner": ModelRunner(RTX_3090_24, session=session)}})
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        table = app.screen.query_one("#fit", DataTable)
+        labels = [str(column.label).strip() for column in table.columns.values()]
+        assert labels[3:5] == ["ckpt", "state"], labels
+        states = {str(table.get_row_at(i)[4]) for i in range(table.row_count)}
+        assert states == {"own", "8-bit"}
+        assert app.session.gpu.fit_optimizer == "AdamW8bit"
 
 
 def test_snapshot_fit_80x24(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

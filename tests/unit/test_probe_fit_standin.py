@@ -64,10 +64,14 @@ def fake_nvml(tmp_path: Path) -> FakeNvml:
 
 def test_the_search_through_the_stand_in_lands_on_the_known_optimum(session: Session, tmp_path: Path) -> None:
     result = run_step(StepContext(session=session, options={"nvml": fake_nvml(tmp_path)}))
-    expected = standin_model.best((0, 8, 16, 22, 28, 35), (True, False), fit.MAX_BATCH, 1024, 1024,
-                                  fit.limit_bytes(GPU.memory_total) - GPU.memory_used)
-    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == expected, result.details
-    assert result.data["trials"] <= result.data["budget"] == 26
+    policy = fit.FitPolicy("fastest", (0, 8, 16, 22, 28, 35), (True, False), no_checkpointing=True)
+    rungs = tuple((r.swap, r.checkpointing, False) for r in policy.rungs)
+    expected = standin_model.best_setting(rungs, (True, False), fit.MAX_BATCH, 1024, 1024,
+                                          fit.limit_bytes(GPU.memory_total) - GPU.memory_used)
+    assert expected is not None
+    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"],
+            session.gpu.fit_checkpointing) == expected[:4], result.details
+    assert result.data["trials"] <= result.data["budget"] == policy.budget == 28
     logs = sorted((session.paths.state / "probe").glob("trial-*/trial.log"))
     assert len(logs) == result.data["trials"]
     assert any("CUDA out of memory" in log.read_text() for log in logs)  # the real OOM text, from the real process
@@ -79,7 +83,7 @@ def test_replay_prints_the_table_and_the_choice_and_dry_run_the_forecast(session
     code = replay(session.path, ["probe"], out=out, err=err, tty=False, options={"probe": {"nvml": fake_nvml(tmp_path)}})
     text = out.getvalue()
     assert code == 0, err.getvalue() + text
-    for needed in ("peak GB", "img/s", "s/step", "◀ chosen", "fit: swap", "at most 26 trials", "forecast:"):
+    for needed in ("peak GB", "img/s", "s/step", "◀ chosen", "fit: swap", "at most 28 trials", "forecast:"):
         assert needed in text, needed
     assert "[gpu]" not in session.path.read_text() or "fit_swap" not in session.path.read_text()  # replay: untouched
     run_step(StepContext(session=session, options={"nvml": fake_nvml(tmp_path)}))  # the wizard's probe: saved

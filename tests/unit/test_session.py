@@ -251,7 +251,7 @@ def _value_for(field):
         return st.integers(min_value=16, max_value=480)
     if field.key == "name":
         return st.from_regex(NAME_RE, fullmatch=True).filter(lambda v: not v.startswith("hf_"))
-    if field.key == "train.optimizer_type":
+    if field.key in ("train.optimizer_type", "gpu.fit_optimizer"):
         return st.from_regex(r"[A-Za-z][A-Za-z0-9_.]{0,19}", fullmatch=True)
     if field.key == "publish.repo":
         return st.from_regex(r"[a-z][a-z0-9]{0,10}/[a-z][a-z0-9_]{0,10}", fullmatch=True)

@@ -153,8 +153,10 @@ def preset_overrides(session: Session, preset: vram_presets.VramPreset) -> dict[
 
     Same rules as the command builder: the user's explicit optimizer wins, and so do `train.extra_args`.
     """
+    twin = eight_bit_twin(session.train.optimizer_type)  # a fit candidate's: the person's rule, 8-bit state
     options: dict[str, Any] = {k: v for k, v in preset.options.items()
-                               if not (k == "optimizer_type" and session.is_set("train.optimizer_type"))}
+                               if not (k == "optimizer_type" and session.is_set("train.optimizer_type")
+                                       and not (twin and v == twin))}
     if preset.blocks_to_swap or preset.min_gb < 24:
         options["highvram"] = None  # as the command builder does: --highvram only for big GPUs
     extra = parse_extra_args(session.train.extra_args)
@@ -485,6 +487,11 @@ def fit_options(session: Session) -> dict[str, Any]:
         options["fp8_base"] = True if session.gpu.fit_fp8 else None
     elif session.gpu.fit == "quality":
         options["fp8_base"] = None
+    if session.gpu.fit_checkpointing is False:
+        options["gradient_checkpointing"] = None
+    twin = session.gpu.fit_optimizer
+    if twin and twin == eight_bit_twin(session.train.optimizer_type):  # only while it is the twin of today's choice
+        options["optimizer_type"] = twin
     return options
 
 
@@ -543,6 +550,17 @@ def _refuse_unsupported(session: Session, options: Mapping[str, Any]) -> None:
     for name, why in family.unsupported_options.items():
         if options.get(name) not in (None, False):
             raise CommandError(f"--{name}: {family.title} cannot use it: {why}")
+
+
+# sd-scripts' optimizers with 32-bit state whose bitsandbytes twin keeps the update rule with 8-bit state (a quarter of
+# the memory): train_util.get_optimizer's names, compared lower-case as it does.
+EIGHT_BIT_TWINS = {"adamw": "AdamW8bit", "pagedadamw": "PagedAdamW8bit", "pagedadamw32bit": "PagedAdamW8bit",
+                   "lion": "Lion8bit", "sgdnesterov": "SGDNesterov8bit"}
+
+
+def eight_bit_twin(optimizer: str) -> str:
+    """The 8-bit twin of `optimizer` ("" when it has none or is 8-bit already)."""
+    return EIGHT_BIT_TWINS.get(optimizer.lower(), "")
 
 
 def is_schedule_free(optimizer: str) -> bool:

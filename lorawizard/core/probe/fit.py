@@ -1,32 +1,47 @@
-"""Fastest fit (`gpu.fit`): search the settings that trade GPU memory for speed — block swapping, an fp8 base, the
-batch size — and keep the one with the most images per second whose peak stays inside the safety margin.
+"""Fastest fit (`gpu.fit`): search the settings that trade GPU memory for speed — gradient checkpointing, the
+optimizer's state size, block swapping, an fp8 base, the batch size — and keep the one with the most images per
+second whose peak stays inside the safety margin.
 
 The search runs on the largest bucket area (the one that needs the most memory per image); the other areas then
 get the chosen swap and base precision with their own largest batch (the probe's usual batch search).
 
 Candidates, in order (each a short trial of the real trainer, as the probe always ran):
-- per allowed base precision (`quality`: 16-bit only; `fastest`: fp8 first, then 16-bit), walk the swap ladder
-  from 0 up (the family's VRAM presets' `blocks_to_swap` values: 0, 8, 16, 22, 28, 35 for FLUX.1);
+- per allowed base precision (`quality`: 16-bit only; `fastest`: fp8 first, then 16-bit), walk a ladder of
+  memory savers, each rung needing less memory than the one before and costing more time (`FitPolicy.rungs`):
+  1. no gradient checkpointing, no swap — the fastest per image when it fits (no recomputed forward pass: a
+     third less compute per step) and by far the hungriest (every block's activations kept); tried unless the
+     person fixed checkpointing (`--gradient_checkpointing`/`--cpu_offload_checkpointing` in train.extra_args);
+  2. gradient checkpointing, no swap (what every preset does);
+  3. the swap ladder from there up (the family's VRAM presets' `blocks_to_swap` values: 8, 16, 22, 28, 35 for
+     FLUX.1), with checkpointing;
+  and in `fastest`, when the person chose an optimizer with 32-bit state that has an 8-bit twin in sd-scripts
+  (AdamW → AdamW8bit, Lion → Lion8bit, …: the same update rule, a quarter of its state), that twin right after
+  each of rungs 1 and 2 with the person's optimizer, and on every swap rung — so it replaces theirs only where it
+  buys images/s (`quality` keeps theirs; Adafactor and friends change the rule and its learning rate: never);
 - on each swap level, a line of batch sizes from 1 up: one more (two peaks give the bytes per image), then straight
   to the largest the measured peaks predict under the limit (one more trial confirms the next does not fit);
   without usable peaks it doubles, then bisects.
 
 Pruning:
 - an out-of-memory (or over-margin) candidate rules out every candidate that needs at least as much memory
-  (no more swap, no fp8 where it had fp8, a batch at least as large): those are never run;
+  (no more swap, no fp8 where it had fp8, no checkpointing where it had none, no 8-bit state where it had 32-bit, a
+  batch at least as large): those are never run;
 - a candidate slower per image than one already measured with less peak memory (at no larger batch) ends its line —
   "no larger batch" narrows the rule as the issue first put it: against a larger batch, a line's batch 1 looks slow
   before its own batch pays off (a 48 GB card's 16-bit base at batch 8 beats fp8 at batch 13, but its batch 1 is
   slower than fp8's batch 2);
-- a swap level is tried after a fitting one only when that line stopped at the memory limit (more swap only frees
-  memory), starting above the largest batch that already fit (the same batch with more swap is only slower);
-  the walk stops at the first level that is not faster per image than the one before, after a trial the kernel
+- a rung is tried after a fitting one only when that line stopped at the memory limit (a later rung only frees
+  memory), starting above the largest batch that already fit (the same batch on a later rung is only slower);
+  a rung where even that batch does not fit costs one trial and the walk goes on to the next;
+  the walk stops at the first rung that is not faster per image than the one before, after a trial the kernel
   killed for host RAM (swapped blocks live in host RAM: more swap needs more of it) and after a trial that hung
-  (its time limit is long); a level the trainer refuses is a row of the table, and the walk goes on.
+  (its time limit is long); a rung the trainer refuses is a row of the table, and the walk goes on (a refused
+  8-bit twin — bitsandbytes missing — is dropped from the later rungs).
 
-The bound, said up front: at most F × (S + ⌈log2 B⌉ + 2) trials for the largest area, F = base precisions allowed
-(1 or 2), S = swap levels (6), B = the largest batch tried (32): 13 for `quality`, 26 for `fastest`; in practice
-3 to 10. Each trial is one short real training run (3 optimizer steps), so the real cost is the trainer's start-up
+The bound, said up front: at most F × (R + ⌈log2 B⌉ + 2) trials for the largest area, F = base precisions allowed
+(1 or 2), R = rungs (FLUX.1: 6 swap levels + no checkpointing = 7, + 2 with an 8-bit twin), B = the largest batch
+tried (32): 14 for `quality`, 28 for `fastest` (32 with a twin); in practice 5 to 15 — and in `fastest` the fp8
+walk's out-of-memory rows rule the 16-bit walk's hungrier rows out without a trial. Each trial is one short real training run (3 optimizer steps), so the real cost is the trainer's start-up
 per trial.
 
 Safety margin: a candidate fits when it trains without CUDA OOM and the GPU's peak (other processes' memory
@@ -43,6 +58,7 @@ from typing import Any, Literal
 from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu import probe_results
 from lorawizard.core.gpu.nvml import GB
+from lorawizard.core.launch.command import eight_bit_twin
 from lorawizard.core.profile import family_for
 from lorawizard.core.session.document import Session
 
@@ -72,14 +88,35 @@ def margin_text(memory_total: int) -> str:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """One rung of the ladder of memory savers (the base precision aside): block swap, gradient checkpointing, and
+    the optimizer — "" for the person's, else the 8-bit twin the search may use instead."""
+
+    swap: int
+    checkpointing: bool = True
+    optimizer: str = ""
+
+
+@dataclass(frozen=True)
 class Setting:
     """What stays fixed along a line of batch sizes."""
 
     swap: int
     fp8: bool
+    checkpointing: bool = True
+    optimizer: str = ""  # "" = the session's optimizer; else its 8-bit twin
 
     def label(self) -> str:
-        return f"swap {self.swap:>2}, {'fp8' if self.fp8 else '16-bit'} base"
+        words = f"swap {self.swap:>2}, {'fp8' if self.fp8 else '16-bit'} base"
+        if not self.checkpointing:
+            words += ", no checkpointing"
+        return words + (f", {self.optimizer}" if self.optimizer else "")
+
+    def needs_at_least(self, other: Setting) -> bool:
+        """This setting needs at least the memory of `other` at the same batch: no more swap, fp8 only where `other`
+        has it, no checkpointing where `other` has none, 32-bit state where `other` has it."""
+        return (self.swap <= other.swap and (self.fp8 == other.fp8 or other.fp8)
+                and (not self.checkpointing or other.checkpointing) and (not self.optimizer or bool(other.optimizer)))
 
 
 @dataclass(frozen=True)
@@ -101,16 +138,33 @@ class FitPolicy:
     fp8: tuple[bool, ...]
     max_batch: int = MAX_BATCH
     notes: tuple[str, ...] = ()
+    no_checkpointing: bool = False  # may try training without gradient checkpointing (at swap 0)
+    lean_optimizer: str = ""  # the 8-bit twin of the person's optimizer the search may use ("" = none)
+
+    @property
+    def rungs(self) -> tuple[Rung, ...]:
+        """The ladder of memory savers, hungriest and fastest first (the module's docstring)."""
+        first, *more = self.swaps
+        rungs = []
+        for checkpointing in (False, True) if self.no_checkpointing and first == 0 else (True,):
+            rungs.append(Rung(first, checkpointing))
+            if self.lean_optimizer:  # right after the person's optimizer reached the memory limit
+                rungs.append(Rung(first, checkpointing, self.lean_optimizer))
+        rungs += [Rung(swap, optimizer=self.lean_optimizer) for swap in more]
+        return tuple(rungs)
 
     @property
     def budget(self) -> int:
-        """The promised bound on trials: F × (S + ⌈log2 B⌉ + 2)."""
-        return len(self.fp8) * (len(self.swaps) + math.ceil(math.log2(max(2, self.max_batch))) + 2)
+        """The promised bound on trials: F × (R + ⌈log2 B⌉ + 2)."""
+        return len(self.fp8) * (len(self.rungs) + math.ceil(math.log2(max(2, self.max_batch))) + 2)
 
     def line(self) -> str:
         precisions = " and ".join("fp8" if f else "16-bit" for f in self.fp8)
-        return (f"fit: {self.choice} — swap {', '.join(map(str, self.swaps))}; {precisions} base; batch 1 to "
-                f"{self.max_batch}; at most {self.budget} trials")
+        checkpointing = "checkpointing off, then on" if self.no_checkpointing and self.swaps[0] == 0 else \
+            "checkpointing on"
+        optimizer = f"; 32-bit then {self.lean_optimizer} optimizer state" if self.lean_optimizer else ""
+        return (f"fit: {self.choice} — {checkpointing}{optimizer}; swap {', '.join(map(str, self.swaps))}; "
+                f"{precisions} base; batch 1 to {self.max_batch}; at most {self.budget} trials")
 
 
 def swap_ladder(session: Session) -> tuple[int, ...]:
@@ -121,11 +175,14 @@ def swap_ladder(session: Session) -> tuple[int, ...]:
 
 def policy_for(session: Session, extra: dict[str, Any], *, max_batch: int = MAX_BATCH) -> FitPolicy:
     """What the search may change for this session: `gpu.fit`, narrowed by what the person fixed (train.extra_args,
-    an explicit train.base_precision, fp32 training) — respected, and said in the notes."""
+    an explicit train.base_precision or optimizer, fp32 training) — respected, and said in the notes."""
     choice = session.gpu.fit if session.gpu.fit in ("quality", "fastest") else "fastest"
     swaps = swap_ladder(session)
     fp8: tuple[bool, ...] = (False,) if choice == "quality" else (True, False)
     notes: list[str] = []
+    no_checkpointing, checkpointing_note = _checkpointing_policy(extra)
+    lean, optimizer_note = _optimizer_policy(session, choice)
+    notes += [note for note in (checkpointing_note, optimizer_note) if note]
     if "blocks_to_swap" in extra:
         value = extra["blocks_to_swap"]
         try:
@@ -148,7 +205,32 @@ def policy_for(session: Session, extra: dict[str, Any], *, max_batch: int = MAX_
         if fp8 != (wanted,):
             notes.append(f"train.base_precision = {session.train.base_precision} (set by you): kept")
         fp8 = (wanted,)
-    return FitPolicy(choice, swaps, fp8, max_batch, tuple(notes))
+    if swaps[0] != 0:
+        no_checkpointing = False  # checkpointing off only without swapping (swapping frees what activations take)
+    return FitPolicy(choice, swaps, fp8, max_batch, tuple(notes), no_checkpointing, lean)
+
+
+def _checkpointing_policy(extra: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the search may train without gradient checkpointing, and the note when the person fixed it."""
+    for name in ("gradient_checkpointing", "cpu_offload_checkpointing"):
+        if extra.get(name):
+            return False, f"--{name} in train.extra_args: gradient checkpointing kept on, not searched"
+    return True, ""
+
+
+def _optimizer_policy(session: Session, choice: str) -> tuple[str, str]:
+    """The 8-bit twin of the person's optimizer `fastest` may use ("" = none), and the note that says why
+    (`--optimizer_type` cannot be in train.extra_args: lorawizard sets it from train.optimizer_type)."""
+    if not session.is_set("train.optimizer_type"):
+        return "", ""  # the presets' AdamW8bit: its state is 8-bit already
+    optimizer = session.train.optimizer_type
+    twin = eight_bit_twin(optimizer)
+    if not twin:
+        return "", ""
+    if choice == "quality":
+        return "", f"train.optimizer_type = {optimizer}: kept (quality first); fastest may try {twin}"
+    return twin, f"train.optimizer_type = {optimizer}: {twin} (the same rule, 8-bit state) may replace it where it " \
+                 "buys speed"
 
 
 # ---------------------------------------------------------------- measurements
@@ -174,11 +256,9 @@ class Measured:
         return self.candidate.batch / self.s_per_step
 
     def needs_at_least(self, other: Candidate) -> bool:
-        """This candidate needs at least as much memory as `other`: no more swap, fp8 only where `other` has it,
-        and a batch at least as large."""
-        mine, theirs = self.candidate.setting, other.setting
-        return (mine.swap <= theirs.swap and (mine.fp8 == theirs.fp8 or theirs.fp8)
-                and self.candidate.batch >= other.batch)
+        """This candidate needs at least as much memory as `other`: a setting that needs as much
+        (`Setting.needs_at_least`) and a batch at least as large."""
+        return self.candidate.setting.needs_at_least(other.setting) and self.candidate.batch >= other.batch
 
 
 Trial = Callable[[Candidate], Measured]
@@ -233,17 +313,23 @@ class FitSearch:
     def _walk(self, fp8: bool, trial: Trial) -> None:
         previous: Measured | None = None  # the best of the walk so far
         floor = 1
-        for swap in self.policy.swaps:
-            line = self._line(Setting(swap, fp8), floor, trial)
+        twin_refused = False
+        for rung in self.policy.rungs:
+            optimizer = "" if twin_refused else rung.optimizer
+            setting = Setting(rung.swap, fp8, rung.checkpointing, optimizer)
+            line = self._line(setting, floor, trial)
             best = line.best
             if line.ended in ("budget", "host-ram"):
                 return
+            if line.ended == "refused" and optimizer:
+                twin_refused = True  # e.g. bitsandbytes missing: the person's optimizer on the later rungs
             if best is None:
                 if line.ended == "hung" or (previous is not None and line.ended not in ("memory", "refused")):
                     return
-                continue  # nothing fit from `floor` up (or the trainer refused this level): try more swap
+                continue  # nothing fit from `floor` up (or the trainer refused this rung): the next rung
             if previous is not None and (best.images_per_s or 0) <= (previous.images_per_s or 0):
-                self.notes.append(f"{line.setting.label()}: not faster than with less swap; more swap is slower")
+                self.notes.append(f"{line.setting.label()}: not faster than the rung before; the later rungs only "
+                                  "save more memory at more cost")
                 return
             previous = best
             if line.ended != "memory":
@@ -352,10 +438,17 @@ def image_visits(buckets: dict[str, int], repeats: int, epochs: int) -> int:
     return sum(buckets.values()) * repeats * epochs
 
 
+def state_word(setting: Setting) -> str:
+    """The optimizer state column: "8-bit" for the twin, "own" for the person's optimizer."""
+    return "8-bit" if setting.optimizer else "own"
+
+
 def table_lines(measured: list[Measured], chosen: Measured | None, visits: int, *, partial: bool = False) -> list[str]:
-    """The candidates as a table: settings, peak GB, images/s, s/step, the whole run's time at that speed."""
-    lines = [f"{'#':>2}  {'swap':>4} {'base':<6} {'batch':>5} {'peak GB':>8} {'img/s':>6} {'s/step':>7} "
-             f"{'run':>8}  result"]
+    """The candidates as a table: settings, peak GB, images/s, s/step, the whole run's time at that speed. The
+    optimizer-state column only when a candidate used the 8-bit twin."""
+    twin = any(m.candidate.setting.optimizer for m in measured)
+    lines = [f"{'#':>2}  {'swap':>4} {'base':<6} {'ckpt':<4} " + (f"{'state':<5} " if twin else "")
+             + f"{'batch':>5} {'peak GB':>8} {'img/s':>6} {'s/step':>7} {'run':>8}  result"]
     for m in measured:
         setting = m.candidate.setting
         peak = f"{m.peak_bytes / GB:.1f}" if m.peak_bytes is not None else "—"
@@ -364,7 +457,9 @@ def table_lines(measured: list[Measured], chosen: Measured | None, visits: int, 
         run = f"{format_duration(visits / ips)}" if ips else "—"
         mark = "◀ chosen" if chosen is not None and m is chosen else WORDS.get(m.status, m.status)
         number = str(m.trial) if m.trial else "–"
-        lines.append(f"{number:>2}  {setting.swap:>4} {'fp8' if setting.fp8 else '16-bit':<6} {m.candidate.batch:>5} "
+        state = f"{state_word(setting):<5} " if twin else ""
+        lines.append(f"{number:>2}  {setting.swap:>4} {'fp8' if setting.fp8 else '16-bit':<6} "
+                     f"{'on' if setting.checkpointing else 'off':<4} {state}{m.candidate.batch:>5} "
                      f"{peak:>8} {f'{ips:.2f}' if ips else '—':>6} {speed:>7} {run:>8}  {mark}")
     if partial:
         lines.append("partial: the probe was stopped before the search ended; these are the candidates measured so far")

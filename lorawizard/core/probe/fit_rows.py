@@ -22,6 +22,8 @@ class FitRow:
     number: str  # the trial's number, "–" for a candidate ruled out without a trial
     swap: int
     base: str  # "fp8" or "16-bit"
+    ckpt: str  # gradient checkpointing: "on" or "off"
+    state: str  # the optimizer's state: "own" (the person's optimizer) or "8-bit" (its twin)
     batch: int
     peak_gb: str
     images_per_s: str
@@ -31,12 +33,15 @@ class FitRow:
     tone: FitTone
 
 
-def setting_of(preset_name: str) -> tuple[int, str] | None:
-    """(swap, base) of a fit trial's preset name (`fit-swap8-fp8`), None for the preset probe's trials."""
+def setting_of(preset_name: str) -> tuple[int, str, str, str] | None:
+    """(swap, base, ckpt, state) of a fit trial's preset name (`fit-swap8-fp8`, `fit-swap0-16bit-nockpt`,
+    `fit-swap0-fp8-opt:AdamW8bit`: core.probe.step names them), None for the preset probe's trials."""
     if not preset_name.startswith("fit-swap"):
         return None
-    swap, _, base = preset_name.removeprefix("fit-swap").partition("-")
-    return int(swap), "fp8" if base == "fp8" else "16-bit"
+    swap, _, rest = preset_name.removeprefix("fit-swap").partition("-")
+    base, *flags = rest.split("-")
+    return (int(swap), "fp8" if base == "fp8" else "16-bit", "off" if "nockpt" in flags else "on",
+            "8-bit" if any(flag.startswith("opt:") for flag in flags) else "own")
 
 
 def with_event(rows: tuple[FitRow, ...], event: ProbeEvent) -> tuple[FitRow, ...]:
@@ -48,7 +53,7 @@ def with_event(rows: tuple[FitRow, ...], event: ProbeEvent) -> tuple[FitRow, ...
     key = str(spec.number)
     index = next((i for i, row in enumerate(rows) if row.number == key), None)
     if index is None:
-        rows = (*rows, FitRow(key, setting[0], setting[1], spec.batch, "…", "", "", "", "starting", "dim"))
+        rows = (*rows, FitRow(key, *setting, spec.batch, "…", "", "", "", "starting", "dim"))
         index = len(rows) - 1
     row = rows[index]
     if event.kind == "trial-step":
@@ -82,13 +87,15 @@ def _rows(fit_data: dict[str, Any], visits: int) -> tuple[FitRow, ...]:
     rows = []
     for c in fit_data.get("candidates", []):
         ips = c.get("images_per_s")
-        is_chosen = bool(chosen) and (c["swap"], c["fp8"], c["batch"]) == (chosen.get("swap"), chosen.get("fp8"),
-                                                                            chosen.get("batch")) and c["status"] == "ok"
+        keys = ("swap", "fp8", "batch", "checkpointing", "optimizer")
+        defaults = {"checkpointing": True, "optimizer": ""}  # probe.json from before these were searched
+        is_chosen = bool(chosen) and c["status"] == "ok" and all(
+            c.get(k, defaults.get(k)) == chosen.get(k, defaults.get(k)) for k in keys)
         tone: FitTone = "chosen" if is_chosen else "good" if c["status"] == "ok" else \
             "dim" if c["status"] == "ruled-out" else "other" if c["status"] in ("killed", "timeout") else "error"
         rows.append(FitRow(
             str(c["trial"]) if c.get("trial") else "–", int(c["swap"]), "fp8" if c["fp8"] else "16-bit",
-            int(c["batch"]), f"{c['peak_bytes'] / GB:.1f}" if c.get("peak_bytes") else "—",
+            "on" if c.get("checkpointing", True) else "off", "8-bit" if c.get("optimizer") else "own", int(c["batch"]), f"{c['peak_bytes'] / GB:.1f}" if c.get("peak_bytes") else "—",
             f"{ips:.2f}" if ips else "", f"{c['s_per_step']:.2f}" if c.get("s_per_step") else "",
             format_duration(visits / ips) if ips else "", "◀ chosen" if is_chosen else WORDS.get(c["status"], c["status"]),
             tone))

@@ -1030,12 +1030,18 @@ def _save_several(session: Session, gpus: list[GpuInfo], smallest: GpuInfo, pres
 
 
 def _candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) -> VramPreset:
-    """The session's preset (its optimizer) with the candidate's swap and base precision, as trial overrides."""
+    """The session's preset (its optimizer, or the candidate's 8-bit twin of it) with the candidate's swap, base
+    precision and checkpointing, as trial overrides. Its name says the setting (core.probe.fit_rows reads it)."""
     options = {**base.options, "blocks_to_swap": setting.swap or None, "fp8_base": True if setting.fp8 else None}
     if setting.swap == 0 and base.min_gb >= 24:
         options["highvram"] = True
-    return base._replace(name=f"fit-swap{setting.swap}-{'fp8' if setting.fp8 else '16bit'}", batch_size=batch,
-                         options=options, from_docs=False)
+    if not setting.checkpointing:
+        options["gradient_checkpointing"] = None
+    if setting.optimizer:
+        options["optimizer_type"] = setting.optimizer
+    name = f"fit-swap{setting.swap}-{'fp8' if setting.fp8 else '16bit'}" + ("" if setting.checkpointing else "-nockpt") \
+        + (f"-opt:{setting.optimizer}" if setting.optimizer else "")
+    return base._replace(name=name, batch_size=batch, options=options, from_docs=False)
 
 
 def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets: list[VramPreset],
@@ -1125,6 +1131,8 @@ def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:
     """The fit's chosen setting into the session (`gpu.fit_*`): the training command applies it."""
     ctx.record("gpu.fit_swap", setting.swap)
     ctx.record("gpu.fit_fp8", setting.fp8)
+    ctx.record("gpu.fit_checkpointing", setting.checkpointing)
+    ctx.record("gpu.fit_optimizer", setting.optimizer or None)
 
 
 def _visits(session: Session, buckets: dict[str, int]) -> int:
@@ -1150,8 +1158,7 @@ def _search_largest(ctx: StepContext, probe: _Probe, policy: fit.FitPolicy, pres
     def trial(candidate: fit.Candidate) -> fit.Measured:
         probe.number += 1
         spec = TrialSpec(bucket, candidate.batch, _candidate_preset(preset, candidate.setting), images, probe.number)
-        outcome = probe.trial(spec, strict=False, label=f"fit: swap {candidate.setting.swap}, "
-                              f"{'fp8' if candidate.setting.fp8 else '16-bit'} base")
+        outcome = probe.trial(spec, strict=False, label=f"fit: {candidate.setting.label()}")
         outcomes[spec.number] = outcome
         meter.update(len(outcomes), f"{candidate.label()}: {fit.WORDS.get(outcome.status, outcome.status)}")
         if outcome.status == "error" and any(text in outcome.detail for text in DRIVER_TEXTS):
@@ -1208,7 +1215,7 @@ def _save_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, search: fit.Fi
         "choice": session.gpu.fit, "fingerprint": now, "partial": partial, "trials": search.trials,
         "budget": search.policy.budget, "limit_bytes": search.limit,
         "chosen": asdict(chosen.candidate.setting) | {"batch": chosen.candidate.batch} if chosen else None,
-        "candidates": [{"swap": m.candidate.setting.swap, "fp8": m.candidate.setting.fp8, "batch": m.candidate.batch,
+        "candidates": [{**asdict(m.candidate.setting), "batch": m.candidate.batch,
                         "status": m.status, "peak_bytes": m.peak_bytes, "s_per_step": m.s_per_step,
                         "images_per_s": m.images_per_s, "trial": m.trial, "detail": m.detail}
                        for m in search.measured],

@@ -115,6 +115,8 @@ class GpuSection(Section):
     fit = Setting[str]("gpu.fit")
     fit_swap = Setting[int | None]("gpu.fit_swap")
     fit_fp8 = Setting[bool | None]("gpu.fit_fp8")
+    fit_checkpointing = Setting[bool | None]("gpu.fit_checkpointing")
+    fit_optimizer = Setting[str | None]("gpu.fit_optimizer")
     price_per_hour = Setting[float | None]("gpu.price_per_hour")
 
 

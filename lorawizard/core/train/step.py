@@ -399,11 +399,29 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     upcast = fp8_file_line(session, prepared.command.options)
     if upcast:
         notes.insert(0, upcast)
+    stale = stale_fit_line(session)
+    if stale:
+        notes.insert(0, stale)
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
         resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
         cpu=cpu, batch_sizes=sizes,
     )
+
+
+def stale_fit_line(session: Session) -> str | None:
+    """One warning line when the run uses a fastest fit (`gpu.fit_*`) measured for another GPU, other buckets or
+    settings: its checkpointing-off or batch may no longer fit (the run still uses it: the person decides)."""
+    from lorawizard.core.launch.command import fit_options
+    from lorawizard.core.train.forecast import fit_staleness
+
+    if not fit_options(session) or session.gpu.fit_swap is None:
+        return None
+    reason = fit_staleness(session)
+    if reason is None:
+        return None
+    return (f"warning: the probe's fit (gpu.fit = {session.gpu.fit}) is not current — {reason}; this run uses it "
+            "anyway: probe again (step 5, or --steps probe) if it runs out of memory")
 
 
 def fp8_file_line(session: Session, options: dict[str, Any]) -> str | None:

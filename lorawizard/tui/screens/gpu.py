@@ -47,8 +47,8 @@ from lorawizard.tui.widgets.probe_tables import BucketTable, FitTable, TrialTabl
 
 FIT_WORDS = {  # one line at 80 columns with "search: " and " · f changes it"
     "preset": "the preset's settings, the largest batch",
-    "quality": "quality first (16-bit base), fastest swap × batch",
-    "fastest": "fastest (fp8 base allowed), fastest swap × batch",
+    "quality": "quality first (16-bit base): checkpointing, swap, batch",
+    "fastest": "fastest: checkpointing, swap, fp8/16-bit base, batch",
 }
 
 
@@ -355,7 +355,7 @@ class GpuScreen(StepScreen):
         if reason:
             line.append(f"\n{reason}: ctrl+g or r measures it", style=tone("warning"))
         elif chosen:
-            line.append("\n" + chosen.removeprefix("fit: ") + " · training uses it, not the preset's swap and base",
+            line.append("\n" + chosen.removeprefix("fit: ") + " · training uses it, not the preset's settings",
                         style=tone("success"))
             if total:
                 line.append("\n" + total, style="dim")

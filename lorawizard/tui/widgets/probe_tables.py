@@ -91,16 +91,28 @@ class FitTable(Table):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for column, width in (("#", 2), ("swap", 4), ("base", 6), ("batch", 5), ("peak GB", 7), ("img/s", 6),
-                              ("s/step", 6), ("run", 7), ("result", 14)):
-            self.add_column(column, width=width, key=column)
+        self._with_state = False
+        self._add_columns()
         self.display = False
+
+    def _add_columns(self) -> None:
+        """The columns; the optimizer-state one only when a candidate used the 8-bit twin (76 cells without it: the
+        table fits 80 columns)."""
+        state = [("state", 5)] if self._with_state else []
+        for column, width in (("#", 2), ("swap", 4), ("base", 6), ("ckpt", 4), *state, ("batch", 5), ("peak", 5),
+                              ("img/s", 5), ("s/step", 5), ("run", 6), ("result", 13)):
+            self.add_column(column, width=width, key=column)
 
     def watch_fit_rows(self, rows: tuple[FitRow, ...] | None) -> None:
         self.display = bool(rows)
-        self.clear()
+        with_state = any(row.state != "own" for row in rows or ())
+        self.clear(columns=with_state != self._with_state)
+        if with_state != self._with_state:
+            self._with_state = with_state
+            self._add_columns()
         for row in rows or ():
-            self.add_row(row.number, str(row.swap), row.base, str(row.batch), row.peak_gb, row.images_per_s,
-                         row.s_per_step, row.run, _cell(row.result, row.tone))
+            state = [row.state] if with_state else []
+            self.add_row(row.number, str(row.swap), row.base, row.ckpt, *state, str(row.batch), row.peak_gb,
+                         row.images_per_s, row.s_per_step, row.run, _cell(row.result, row.tone))
         if rows:
             self.move_cursor(row=self.row_count - 1)

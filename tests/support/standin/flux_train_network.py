@@ -391,10 +391,12 @@ def main(argv: list[str]) -> int:
         import standin_model
 
         used = [d for d in datasets if d["images"]]
+        setting = {"checkpointing": bool(args.gradient_checkpointing),
+                   "state32": standin_model.state_32bit(args.optimizer_type)}
         peak = max(standin_model.peak_bytes(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"], d["width"],
-                                            d["height"]) for d in used)
+                                            d["height"], **setting) for d in used)
         step_seconds = max(standin_model.step_seconds(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"],
-                                                      d["width"], d["height"]) for d in used)
+                                                      d["width"], d["height"], **setting) for d in used)
         device = ENV.get("CUDA_VISIBLE_DEVICES", "")  # several cards: each its own free memory and pace
         free = json.loads(ENV.get("STANDIN_VRAM_BY_DEVICE") or "{}").get(device, ENV.get("STANDIN_VRAM_BYTES"))
         step_seconds *= float(json.loads(ENV.get("STANDIN_SLOWER_BY_DEVICE") or "{}").get(device, 1.0))

@@ -3,10 +3,13 @@ measurements). Used by the stand-in `flux_train_network.py` when `STANDIN_MODEL=
 the known optimum by brute force.
 
 - memory: the base's weights (`BASE_GB` in 16-bit; half with `--fp8_base`), less the swapped blocks'
-  (`--blocks_to_swap N` of `BLOCKS` equal blocks holding `SWAPPABLE` of the weights), plus `OVERHEAD_GB`, plus
-  `GB_PER_MEGAPIXEL` per image of the batch;
-- time per step: `STEP_SECONDS` (fixed per step: data loading, the optimizer) + the images' compute
-  (`IMAGE_SECONDS` per megapixel, × `FP8_FACTOR` with an fp8 base: upcasting costs time) + `SWAP_SECONDS` per
+  (`--blocks_to_swap N` of `BLOCKS` equal blocks holding `SWAPPABLE` of the weights), plus `OVERHEAD_GB` (with an
+  8-bit optimizer state), plus `STATE_32BIT_GB` with an optimizer of 32-bit state (AdamW, Lion, …), plus
+  `GB_PER_MEGAPIXEL` per image of the batch (× `NO_CKPT_MEMORY` without `--gradient_checkpointing`: every block's
+  activations kept);
+- time per step: `STEP_SECONDS` (fixed per step: data loading, the optimizer) + `STATE_8BIT_SECONDS` with an 8-bit
+  state (quantising it) + the images' compute (`IMAGE_SECONDS` per megapixel, × `FP8_FACTOR` with an fp8 base:
+  upcasting costs time; × `NO_CKPT_COMPUTE` without checkpointing: no forward pass recomputed) + `SWAP_SECONDS` per
   swapped block (PCIe transfers, once per step whatever the batch).
 
 Every parameter can be set as `STANDIN_<NAME>` in the environment.
@@ -28,7 +31,16 @@ DEFAULTS = {
     "IMAGE_SECONDS": 0.05,
     "FP8_FACTOR": 1.15,
     "SWAP_SECONDS": 0.002,
+    "NO_CKPT_MEMORY": 3.0,
+    "NO_CKPT_COMPUTE": 0.75,
+    "STATE_32BIT_GB": 2.0,
+    "STATE_8BIT_SECONDS": 0.001,
 }
+STATE_32BIT = ("adamw", "pagedadamw", "pagedadamw32bit", "lion", "sgdnesterov")  # sd-scripts' names, lower-case
+
+
+def state_32bit(optimizer: str | None) -> bool:
+    return (optimizer or "adamw8bit").lower() in STATE_32BIT
 
 
 def parameter(name: str, env: Mapping[str, str] | None = None) -> float:
@@ -36,32 +48,55 @@ def parameter(name: str, env: Mapping[str, str] | None = None) -> float:
     return float(env.get(f"STANDIN_{name}", DEFAULTS[name]))
 
 
-def peak_bytes(swap: int, fp8: bool, batch: int, width: int, height: int, env: Mapping[str, str] | None = None) -> int:
+def peak_bytes(swap: int, fp8: bool, batch: int, width: int, height: int, env: Mapping[str, str] | None = None, *,
+               checkpointing: bool = True, state32: bool = False) -> int:
     p = {name: parameter(name, env) for name in DEFAULTS}
     weights = p["BASE_GB"] * (0.5 if fp8 else 1.0)
     swapped = weights * p["SWAPPABLE"] * min(swap, p["BLOCKS"]) / p["BLOCKS"]
     megapixels = width * height / (1024 * 1024)
-    return int((weights - swapped + p["OVERHEAD_GB"] + batch * megapixels * p["GB_PER_MEGAPIXEL"]) * GB)
+    activations = batch * megapixels * p["GB_PER_MEGAPIXEL"] * (1.0 if checkpointing else p["NO_CKPT_MEMORY"])
+    state = p["STATE_32BIT_GB"] if state32 else 0.0
+    return int((weights - swapped + p["OVERHEAD_GB"] + state + activations) * GB)
 
 
 def step_seconds(swap: int, fp8: bool, batch: int, width: int, height: int,
-                 env: Mapping[str, str] | None = None) -> float:
+                 env: Mapping[str, str] | None = None, *, checkpointing: bool = True, state32: bool = False) -> float:
     p = {name: parameter(name, env) for name in DEFAULTS}
     megapixels = width * height / (1024 * 1024)
-    compute = batch * megapixels * p["IMAGE_SECONDS"] * (p["FP8_FACTOR"] if fp8 else 1.0)
-    return p["STEP_SECONDS"] + compute + swap * p["SWAP_SECONDS"]
+    compute = batch * megapixels * p["IMAGE_SECONDS"] * (p["FP8_FACTOR"] if fp8 else 1.0) \
+        * (1.0 if checkpointing else p["NO_CKPT_COMPUTE"])
+    return p["STEP_SECONDS"] + (0.0 if state32 else p["STATE_8BIT_SECONDS"]) + compute + swap * p["SWAP_SECONDS"]
+
+
+Rung = tuple[int, bool, bool]  # (swap, checkpointing, 32-bit optimizer state)
 
 
 def best(swaps: tuple[int, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int, limit: int,
-         env: Mapping[str, str] | None = None) -> tuple[int, bool, int] | None:
+         env: Mapping[str, str] | None = None, *, rungs: tuple[Rung, ...] | None = None,
+         ) -> tuple[int, bool, int] | None:
     """The known optimum by brute force: (swap, fp8, batch) with the most images/s whose peak ≤ `limit` (ties: less
-    memory)."""
-    found: list[tuple[float, int, tuple[int, bool, int]]] = []
-    for swap in swaps:
+    memory), over `swaps` (checkpointing on, 8-bit state) or over `rungs` — then `best_setting` says which rung."""
+    found = _grid(swaps, fp8s, max_batch, width, height, limit, env, rungs)
+    return max(found)[2][:3] if found else None  # type: ignore[return-value]
+
+
+def best_setting(rungs: tuple[Rung, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int,
+                 limit: int, env: Mapping[str, str] | None = None) -> tuple[int, bool, int, bool, bool] | None:
+    """As `best`, with the rung's checkpointing and 32-bit state: (swap, fp8, batch, checkpointing, state32)."""
+    found = _grid((), fp8s, max_batch, width, height, limit, env, rungs)
+    return max(found)[2] if found else None
+
+
+def _grid(swaps: tuple[int, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int, limit: int,
+          env: Mapping[str, str] | None, rungs: tuple[Rung, ...] | None,
+          ) -> list[tuple[float, int, tuple[int, bool, int, bool, bool]]]:
+    found: list[tuple[float, int, tuple[int, bool, int, bool, bool]]] = []
+    for swap, checkpointing, state32 in rungs if rungs is not None else tuple((s, True, False) for s in swaps):
         for fp8 in fp8s:
             for batch in range(1, max_batch + 1):
-                peak = peak_bytes(swap, fp8, batch, width, height, env)
+                peak = peak_bytes(swap, fp8, batch, width, height, env, checkpointing=checkpointing, state32=state32)
                 if peak <= limit:
-                    speed = batch / step_seconds(swap, fp8, batch, width, height, env)
-                    found.append((speed, -peak, (swap, fp8, batch)))
-    return max(found)[2] if found else None
+                    speed = batch / step_seconds(swap, fp8, batch, width, height, env, checkpointing=checkpointing,
+                                                 state32=state32)
+                    found.append((speed, -peak, (swap, fp8, batch, checkpointing, state32)))
+    return found
