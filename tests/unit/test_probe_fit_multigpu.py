@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -26,7 +27,7 @@ from lorawizard.headless import replay
 from tests.support.fake_nvml import RTX_3090_24, RTX_4060, FakeNvml
 from tests.support.sessions import save
 from tests.support.standin import standin_model
-from tests.unit.test_probe_fit import LADDER, ModelRunner, make_session
+from tests.unit.test_probe_fit import ModelRunner, make_session, optimum
 
 TWIN = replace(RTX_3090_24, index=1, uuid="GPU-3090ffff-twin")  # a second, identical 24 GB card
 SMALL = replace(RTX_4060, index=1, uuid="GPU-4060aaaa-16gb")  # 16 GB beside the 24 GB card (index 0)
@@ -53,8 +54,33 @@ class CardRunner(ModelRunner):
         return replace(outcome, s_per_step=outcome.s_per_step * self.factor)
 
 
-def setting_of(spec: TrialSpec) -> tuple[int, bool]:
-    return int(spec.preset.options.get("blocks_to_swap") or 0), bool(spec.preset.options.get("fp8_base"))
+def setting_of(spec: TrialSpec) -> tuple[int, bool, bool]:
+    """(swap, fp8, checkpointing) of a trial, as ModelRunner reads them."""
+    options = spec.preset.options
+    return (int(options.get("blocks_to_swap") or 0), bool(options.get("fp8_base")),
+            options.get("gradient_checkpointing", True) is not None)
+
+
+class Choice(NamedTuple):
+    swap: int
+    fp8: bool
+    batch: int
+    checkpointing: bool
+
+    @property
+    def setting(self) -> tuple[int, bool, bool]:
+        return self.swap, self.fp8, self.checkpointing
+
+    def seconds(self, batch: int | None = None) -> float:
+        """The model's s/step of this setting (at `batch`, else its own)."""
+        return standin_model.step_seconds(self.swap, self.fp8, batch or self.batch, 1024, 1024,
+                                          checkpointing=self.checkpointing)
+
+
+def chosen(session: Session, bucket: str = "1024x1024") -> Choice:
+    """What the probe recorded: the fit's setting and the bucket's batch."""
+    return Choice(session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()[bucket],  # type: ignore[arg-type]
+                  session.gpu.fit_checkpointing is not False)
 
 
 def several(project: Path, choice: str, cards: list[GpuInfo], runners: dict[str, CardRunner],
@@ -68,18 +94,18 @@ def several(project: Path, choice: str, cards: list[GpuInfo], runners: dict[str,
     return session, run_step(ctx), lines
 
 
-def best_on(card: GpuInfo, fp8s: tuple[bool, ...], width: int = 1024, height: int = 1024) -> tuple[int, bool, int]:
-    found = standin_model.best(LADDER, fp8s, fit.MAX_BATCH, width, height,
-                               fit.limit_bytes(card.memory_total) - card.memory_used)
+def best_on(card: GpuInfo, fp8s: tuple[bool, ...]) -> Choice:
+    """The brute-force best of every candidate the policy allows on `card` alone (test_probe_fit.optimum)."""
+    found = optimum(card, fp8s)
     assert found is not None
-    return found
+    return Choice(*found[:4])
 
 
-def largest_batch(card: GpuInfo, swap: int, fp8: bool, below: int, held: int = 0, width: int = 1024,
-                  height: int = 1024) -> int:
+def largest_batch(card: GpuInfo, choice: Choice, below: int, held: int = 0) -> int:
     """The largest batch < `below` the model fits on `card` (no OOM with `held` more taken, peak under the margin)."""
     used = card.memory_used + held
-    fitting = [b for b in range(1, below) if standin_model.peak_bytes(swap, fp8, b, width, height) + used
+    fitting = [b for b in range(1, below) if standin_model.peak_bytes(
+        choice.swap, choice.fp8, b, 1024, 1024, checkpointing=choice.checkpointing) + used
                <= min(card.memory_total, fit.limit_bytes(card.memory_total))]
     return max(fitting, default=0)
 
@@ -87,13 +113,14 @@ def largest_batch(card: GpuInfo, swap: int, fp8: bool, below: int, held: int = 0
 def test_two_identical_cards_search_once_and_the_other_checks_each_area(project: Path) -> None:
     runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), TWIN.uuid: CardRunner(TWIN)}
     session, result, _ = several(project, "quality", [RTX_3090_24, TWIN], runners)
-    swap, fp8, batch = best_on(RTX_3090_24, (False,))  # equal room: the lower index is the binding card
-    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == (swap, fp8, batch)
+    best = best_on(RTX_3090_24, (False,))  # equal room: the lower index is the binding card
+    assert chosen(session) == best
+    swap, fp8, batch = best.swap, best.fp8, best.batch
     searched = [s for s in runners[RTX_3090_24.uuid].specs if s.bucket == "1024x1024"]
     assert len(searched) == result.data["trials"] > 2  # the whole search on GPU 0 …
     checks = runners[TWIN.uuid].specs  # … and one trial per area on GPU 1, at the shared batch, the chosen setting
     assert [(s.bucket, s.batch) for s in checks] == [("1024x1024", batch), ("512x512", session.batch_sizes()["512x512"])]
-    assert {setting_of(s) for s in checks} == {(swap, fp8)}
+    assert {setting_of(s) for s in checks} == {best.setting}
     assert result.data["binding"] == RTX_3090_24.uuid and result.data["check_trials"] == 2
     options = trainer_options(session)  # the command trains with the fit's swap and 16-bit base, not the preset's
     assert options.get("blocks_to_swap") == (swap or None) and options.get("fp8_base") is (True if fp8 else None)
@@ -114,13 +141,14 @@ def test_two_identical_cards_search_once_and_the_other_checks_each_area(project:
 def test_a_smaller_card_is_the_binding_one_and_the_slowest_card_sets_the_speed(project: Path) -> None:
     runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24, factor=1.5), SMALL.uuid: CardRunner(SMALL)}
     session, result, _ = several(project, "fastest", [RTX_3090_24, SMALL], runners, {"1024x1024": 4})
-    swap, fp8, batch = best_on(SMALL, (True, False))
-    assert best_on(RTX_3090_24, (True, False)) != (swap, fp8, batch)  # the 24 GB card alone would choose otherwise
-    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == (swap, fp8, batch)
+    best = best_on(SMALL, (True, False))
+    assert best_on(RTX_3090_24, (True, False)) != best  # the 24 GB card alone would choose otherwise
+    assert chosen(session) == best
+    swap, batch = best.swap, best.batch
     assert len(runners[SMALL.uuid].specs) == result.data["trials"]  # searched on the 16 GB card
     assert [(s.bucket, s.batch, setting_of(s)) for s in runners[RTX_3090_24.uuid].specs] == [
-        ("1024x1024", batch, (swap, fp8))]
-    slow = standin_model.step_seconds(swap, fp8, batch, 1024, 1024) * 1.5  # the 24 GB card here is the slower one
+        ("1024x1024", batch, best.setting)]
+    slow = best.seconds() * 1.5  # the 24 GB card here is the slower one
     entry = load_results(session)["buckets"]["1024x1024"]
     assert entry["batch_size"] == batch and entry["s_per_step"] == pytest.approx(slow, abs=1e-3)
     planned = forecast(session)
@@ -140,11 +168,11 @@ def test_another_process_on_the_second_card_makes_it_the_binding_one(project: Pa
     busy = replace(TWIN, memory_used=TWIN.memory_used + 8 * GB, memory_free=TWIN.memory_free - 8 * GB)
     runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), busy.uuid: CardRunner(busy)}
     session, result, _ = several(project, "fastest", [RTX_3090_24, busy], runners, {"1024x1024": 4})
-    swap, fp8, batch = best_on(busy, (True, False))
-    assert best_on(RTX_3090_24, (True, False)) != (swap, fp8, batch)
-    assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == (swap, fp8, batch)
+    best = best_on(busy, (True, False))
+    assert best_on(RTX_3090_24, (True, False)) != best
+    assert chosen(session) == best
     assert len(runners[busy.uuid].specs) == result.data["trials"] and result.data["binding"] == busy.uuid
-    assert [(s.batch, setting_of(s)) for s in runners[RTX_3090_24.uuid].specs] == [(batch, (swap, fp8))]
+    assert [(s.batch, setting_of(s)) for s in runners[RTX_3090_24.uuid].specs] == [(best.batch, best.setting)]
     assert any(f"other processes hold {busy.memory_used / GB:.1f} GB" in line for line in result.details)
 
 
@@ -152,15 +180,16 @@ def test_a_check_that_runs_out_of_memory_lowers_the_shared_batch(project: Path) 
     held = 4 * GB  # taken on GPU 1 after the probe read NVML: the check at the searched batch runs out of memory
     runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), TWIN.uuid: CardRunner(TWIN, held=held, factor=1.2)}
     session, result, lines = several(project, "quality", [RTX_3090_24, TWIN], runners, {"1024x1024": 4})
-    swap, fp8, searched = best_on(RTX_3090_24, (False,))
-    shared = largest_batch(TWIN, swap, fp8, searched, held)
+    best = best_on(RTX_3090_24, (False,))
+    searched = best.batch
+    shared = largest_batch(TWIN, best, searched, held)
     assert 0 < shared < searched, "the held memory must matter for this test"
-    assert session.batch_sizes()["1024x1024"] == shared and (session.gpu.fit_swap, session.gpu.fit_fp8) == (swap, fp8)
+    assert chosen(session) == best._replace(batch=shared)
     checks = runners[TWIN.uuid].specs
     assert checks[0].batch == searched and max(s.batch for s in checks[1:]) < searched
     assert runners[RTX_3090_24.uuid].specs[-1].batch == shared  # the binding card measured again at the shared batch
     entry = load_results(session)["buckets"]["1024x1024"]
-    slow = standin_model.step_seconds(swap, fp8, shared, 1024, 1024) * 1.2
+    slow = best.seconds(shared) * 1.2
     assert entry["batch_size"] == shared and entry["s_per_step"] == pytest.approx(slow, abs=1e-3)
     assert any(f"batch {searched} does not fit GPU 1" in line for line in lines)
     assert result.data["check_trials"] == len(checks) + 1
@@ -225,12 +254,12 @@ def test_replay_prints_the_table_and_the_cards_and_dry_run_names_the_binding_car
     out = io.StringIO()
     assert replay(session.path, ["probe"], out=out, err=err, tty=False, options=options) == 0, err.getvalue()
     text = out.getvalue()
-    swap, fp8, batch = best_on(SMALL, (True, False))
-    slow = standin_model.step_seconds(swap, fp8, batch, 1024, 1024) * 1.3
+    best = best_on(SMALL, (True, False))
+    slow = best.seconds() * 1.3
     for needed in ("peak GB", "img/s", "◀ chosen", "per card (s/step", f"RTX 3090 (GPU 0): {slow:.2f} s/step",
                    "RTX 4060 Ti (GPU 1, searched)", "estimate: 2 GPUs", "forecast: 1024x1024", "(2 GPUs)"):
         assert needed in text, (needed, text)
-    assert f"fit: {fit.Setting(swap, fp8).label()}, batch {batch}" in text
+    assert f"fit: {fit.Setting(best.swap, best.fp8, best.checkpointing).label()}, batch {best.batch}" in text
 
 
 def test_through_real_stand_in_processes_each_pinned_to_its_card(project: Path, tmp_path: Path,
