@@ -1308,7 +1308,7 @@ def _run_several_fit(ctx: StepContext, gpus: list[GpuInfo], presets: list[VramPr
         ctx.record("gpu.vram_preset", preset.name)
     ctx.log(f"{len(gpus)} GPUs: every card trains the same batch, so the fit is searched on the binding card, GPU "
             f"{binding.index} ({binding.name}: {_room(binding):.1f} GB left under its margin, the least), then checked "
-            f"on the others; the session's optimizer from the {preset.name} preset")
+            f"on the others; the {preset.name} preset (the smallest card's) underneath")
     _stale_text_encoder_caches(ctx)
     return _run_fit(ctx, [binding, *[gpu for gpu in gpus if gpu.uuid != binding.uuid]], preset, presets, buckets)
 
