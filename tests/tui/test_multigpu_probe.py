@@ -142,3 +142,38 @@ def test_side_by_side_is_suggested_only_for_different_cards() -> None:
     line = multigpu.side_by_side_line([RTX_3090_24, RTX_3060_12], 2)
     assert line is not None and "your 2 variant(s) and the base run" in line
     assert "[[train.variants]]" in (multigpu.side_by_side_line([RTX_3090_24, RTX_3060_12], 0) or "")
+
+
+async def test_gpu_screen_fit_on_two_cards_is_current_after_the_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu.fit on two cards: ctrl+g searches on the binding card and checks the other; the screen then reads the fit
+    as measured for both cards (one fingerprint key: probe_results.fit_gpu_key), not as stale."""
+    from lorawizard.core.session.document import Session
+    from lorawizard.tui.app import LoraWizardApp
+    from tests.support.fake_nvml import RTX_4060, install
+    from tests.unit.test_probe_fit_multigpu import CardRunner
+
+    small = replace(RTX_4060, index=1, uuid="GPU-4060aaaa-16gb")
+    install(monkeypatch, FakeNvml([RTX_3090_24, small]))
+    runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), small.uuid: CardRunner(small)}
+    project = tmp_path / "p"
+    session = make_project(project, {"1024x1024": 4}, preset=None)
+    session.set("gpu.fit", "fastest")
+    session.set("gpu.uuids", [RTX_3090_24.uuid, small.uuid])
+    save(session)
+    app = LoraWizardApp(Session.open_project(project), start_step="probe",
+                        step_options={"probe": {"trial_runner_for": lambda gpu: runners[gpu.uuid]}})
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(2):
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+        assert "not measured yet" in str(app.screen.query_one("#fit-line").render())
+        await pilot.press("ctrl+g")
+        for _ in range(3):
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+        assert len(runners[RTX_3090_24.uuid].specs) == 1 and len(runners[small.uuid].specs) > 1
+        line = str(app.screen.query_one("#fit-line").render())
+        assert f"swap {app.session.gpu.fit_swap}" in line and "training uses it" in line, line
+        assert "changed" not in line and "measures it" not in line

@@ -286,7 +286,9 @@ def test_the_command_uses_the_chosen_candidate(project: Path) -> None:
     session.set("train.extra_args", ["--blocks_to_swap", "4"])  # the person's own option still wins
     assert trainer_options(session)["blocks_to_swap"] == "4"
     session.set("gpu.uuids", ["GPU-1", "GPU-2"])
-    assert fit_options(session) == {}  # several GPUs: no fit searched yet, the preset governs (and the probe says so)
+    # several GPUs: the fit is searched on the binding card and checked on the others, so training applies it too
+    assert fit_options(session) == {"blocks_to_swap": None, "fp8_base": True}
+    assert trainer_options(session)["fp8_base"] is True
     session.set("gpu.uuids", [])
     session.set("gpu.fit", "preset")
     assert fit_options(session) == {}

@@ -27,6 +27,17 @@ FINGERPRINT_KEYS = ("models.preset", "train.network_dim", "train.optimizer_type"
                     "train.base_precision", "train.extra_args", "gpu.fit", "gpu.vram_preset", "dataset.max_side")
 
 
+def fit_gpu_key(session: Session, uuids: list[str] | None = None) -> str:
+    """The GPU a fit was measured for, as its fingerprint's `gpu`: the one card's UUID, or with several chosen cards
+    (DDP) every one of them, sorted and joined with "," — adding, removing or swapping a card means measuring again.
+    `uuids`: the cards at hand (the probe's, the screen's); else the session's (`gpu.uuids` when 2+, else `gpu.uuid`).
+    "" when none is known."""
+    if uuids is None:
+        several = [u for u in session.gpu.uuids if u]
+        uuids = several if len(several) > 1 else [u for u in (session.gpu.uuid,) if u]
+    return ",".join(sorted(set(uuids)))
+
+
 def fit_fingerprint(session: Session, gpu_uuid: str, buckets: dict[str, int]) -> dict[str, str]:
     """What a fit was measured for: the GPU, the buckets (sizes and image counts), the settings that change memory
     or speed (the model files too). Saved in probe.json; a difference means: measure again."""

@@ -475,8 +475,8 @@ def _apply_preset(session: Session, options: dict[str, Any]) -> None:
 def fit_options(session: Session) -> dict[str, Any]:
     """The probe's fit (`gpu.fit` quality/fastest): the swap and base precision it chose, over the preset's. Quality
     keeps a 16-bit base even before a fit was measured; `train.extra_args` still win (applied after)."""
-    if session.gpu.fit not in ("quality", "fastest") or len(session.gpu.uuids) > 1:
-        return {}  # several GPUs: the probe runs the preset's batch search on each kind of card (no fit yet)
+    if session.gpu.fit not in ("quality", "fastest"):
+        return {}
     options: dict[str, Any] = {}
     swap = session.gpu.fit_swap
     if swap is not None:

@@ -556,7 +556,7 @@ def run_step(ctx: StepContext) -> StepResult:
         raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset step first")
     _stale_text_encoder_caches(ctx)
     if session.gpu.fit in ("quality", "fastest"):
-        return _run_fit(ctx, gpu, preset, presets, buckets)
+        return _run_fit(ctx, [gpu], preset, presets, buckets)
     known = session.batch_sizes()
     reprobe = bool(_options(ctx).get("reprobe"))
     todo = {b: n for b, n in buckets.items() if reprobe or b not in known}
@@ -889,12 +889,11 @@ def _run_several(ctx: StepContext, uuids: list[str]) -> StepResult:
     with the smallest card's preset, and keep per bucket the smallest batch that fits every card."""
     session = ctx.session
     gpus, presets = _chosen_gpus(ctx, uuids)
+    if session.gpu.fit in ("quality", "fastest"):
+        return _run_several_fit(ctx, gpus, presets)
     kinds = _kinds_of_card(gpus)
     smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
     preset = _shared_preset(session, smallest, presets)
-    if session.gpu.fit in ("quality", "fastest"):
-        ctx.log(f"gpu.fit = {session.gpu.fit} searches one GPU only for now: with several, each kind of card gets the "
-                "preset's largest batch")
     ctx.log(f"{len(gpus)} GPUs, {len(kinds)} kind(s) of card; every card trains the same batch, so the smallest "
             f"({smallest.name}, {smallest.total_gb:.1f} GB) sets the preset: {preset.name}")
     preset, per_kind = _probe_each_kind(ctx, kinds, preset, presets)
@@ -1045,11 +1044,15 @@ def _candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) ->
     return base._replace(name=name, batch_size=batch, options=options, from_docs=False)
 
 
-def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[VramPreset],
+def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets: list[VramPreset],
              buckets: dict[str, int]) -> StepResult:
     """The search over swap × base precision × batch on the largest area (core.probe.fit), then the other areas'
-    largest batch with the chosen setting; measured again only when stale (GPU, buckets or settings changed)."""
-    from lorawizard.core.gpu.probe_results import load_results
+    largest batch with the chosen setting; measured again only when stale (GPU, buckets or settings changed).
+
+    `gpus[0]` is the card searched: the one GPU, or with several (DDP, every card trains the same batch) the binding
+    card, the one with the least memory left under its margin. Each other kind of card then checks every area at the
+    shared batch (`_check_cards`): one trial each, a batch search downward where it does not fit."""
+    from lorawizard.core.gpu.probe_results import fit_gpu_key, load_results
     from lorawizard.core.launch.command import CommandError, parse_extra_args
 
     session = ctx.session
@@ -1058,25 +1061,25 @@ def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[V
     except CommandError as exc:
         raise StepFailed(str(exc)) from None
     policy = fit.policy_for(session, extra, max_batch=int(_options(ctx).get("max_batch") or fit.MAX_BATCH))
-    now = fit.fingerprint(session, gpu.uuid, buckets)
+    gpu = gpus[0]
+    now = fit.fingerprint(session, fit_gpu_key(session, [g.uuid for g in gpus]), buckets)
     saved = load_results(session).get("fit")
     reason = fit.stale_reason(saved, now)
     if reason is None and session.gpu.fit_swap is not None and not _options(ctx).get("reprobe"):
-        return StepResult(True, "the fit is measured for this GPU, these buckets and settings (re-probe to measure "
+        these = "this GPU" if len(gpus) == 1 else f"these {len(gpus)} GPUs"
+        return StepResult(True, f"the fit is measured for {these}, these buckets and settings (re-probe to measure "
                           "again)", details=list(saved.get("lines", [])) if saved else [],
                           data={"batch_sizes": session.batch_sizes(), "fit": saved})
     ctx.log(f"fit: measuring ({reason})" if reason else "fit: measuring again")
     groups = areas(buckets)
     limit = fit.limit_bytes(gpu.memory_total)
     if ctx.dry_run:
-        return _fit_dry_run(ctx, gpu, policy, groups)
+        return _fit_dry_run(ctx, gpu, policy, groups, others=_check_targets(gpus) if len(gpus) > 1 else None)
     workdir = session.paths.state / "probe"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    runner: TrialRunner = _options(ctx).get("trial_runner") or SubprocessTrialRunner(
-        session, gpu, workdir, cancel=ctx.cancel, nvml=_options(ctx).get("nvml"),
-        timeout_s=float(_options(ctx).get("trial_timeout_s") or TRIAL_TIMEOUT_S))
-    probe = _Probe(ctx, runner, gpu, limit=limit, max_batch=policy.max_batch,
+    probe = _Probe(ctx, _runner_for(ctx, gpu, workdir, several=len(gpus) > 1), gpu, limit=limit,
+                   max_batch=policy.max_batch,
                    on_event=_options(ctx).get("on_event") or (lambda event: None))
     started = time.monotonic()
     search, outcomes = _search_largest(ctx, probe, policy, preset, groups[0], now)
@@ -1097,6 +1100,15 @@ def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[V
                        first_trials)
     _, rest = probe.every_area(groups[1:], fit_preset, presets) if len(groups) > 1 else (fit_preset, [])
     results = [first, *rest]
+    several: _Several | None = None
+    if len(gpus) > 1:
+        try:
+            several = _check_cards(ctx, probe, gpus, fit_preset, groups, results, workdir)
+        except (Cancelled, StepFailed):
+            _save_fit(ctx, gpu, preset, search, outcomes, now, partial=True, results=[], seconds=0.0)
+            ctx.log("fit: stopped while checking the other cards; the search's candidates are saved, marked partial")
+            raise
+        results = several.results  # per area: the shared batch and the slowest card's s/step at it
     _record_choice(ctx, chosen.candidate.setting)
     batch_sizes = dict(session.batch_sizes())
     for result in results:
@@ -1104,13 +1116,15 @@ def _run_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, presets: list[V
             ctx.record(f"gpu.batch_size.{member}", result.batch)
             batch_sizes[member] = result.batch
     lines = _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=results,
-                      seconds=time.monotonic() - started, batch_sizes=batch_sizes, buckets=buckets)
-    return StepResult(True, fit.choice_line(chosen, _visits(session, buckets), search.trials, policy.budget),
+                      seconds=time.monotonic() - started, batch_sizes=batch_sizes, buckets=buckets,
+                      extra=several.saved if several else None, card_lines=several.lines if several else None)
+    return _with_cards(several, StepResult(
+                      True, fit.choice_line(chosen, _visits(session, buckets), search.trials, policy.budget),
                       details=lines, data={"batch_sizes": batch_sizes, "preset": preset.name, "gpu": gpu.uuid,
                                            "fit_swap": chosen.candidate.setting.swap,
                                            "fit_fp8": chosen.candidate.setting.fp8,
                                            "trials": search.trials, "budget": policy.budget,
-                                           "results": [_result_json(r) for r in results]})
+                                           "results": [_result_json(r) for r in results]}))
 
 
 def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:
@@ -1179,8 +1193,10 @@ def _others_text(gpu: GpuInfo) -> str:
 def _save_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, search: fit.FitSearch,
               outcomes: dict[int, TrialOutcome], now: dict[str, str], *, partial: bool, results: list[AreaResult],
               seconds: float, batch_sizes: dict[str, int] | None = None,
-              buckets: dict[str, int] | None = None) -> list[str]:
-    """probe.json with the fit (its table, choice, fingerprint, phases); returns the report's lines."""
+              buckets: dict[str, int] | None = None, extra: dict[str, Any] | None = None,
+              card_lines: list[str] | None = None) -> list[str]:
+    """probe.json with the fit (its table, choice, fingerprint, phases); returns the report's lines. Several GPUs:
+    `extra` (every card, the binding one, each kind's checks) joins the fit's data, `card_lines` the report."""
     from lorawizard.core.train.forecast import forecast_lines
 
     session = ctx.session
@@ -1209,6 +1225,8 @@ def _save_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, search: fit.Fi
     }
     if results and batch_sizes is not None:
         lines += _table_lines(results, batch_sizes, buckets)
+    fit_data.update(extra or {})
+    lines += card_lines or []
     _save_results(session, gpu, preset, results, seconds, ctx, fit_data=fit_data)
     if results:
         lines += forecast_lines(session)
@@ -1218,14 +1236,261 @@ def _save_fit(ctx: StepContext, gpu: GpuInfo, preset: VramPreset, search: fit.Fi
     return lines
 
 
-def _fit_dry_run(ctx: StepContext, gpu: GpuInfo, policy: fit.FitPolicy,
-                 groups: list[tuple[str, list[str], int]]) -> StepResult:
+def _fit_dry_run(ctx: StepContext, gpu: GpuInfo, policy: fit.FitPolicy, groups: list[tuple[str, list[str], int]],
+                 others: list[tuple[GpuInfo, int]] | None = None) -> StepResult:
     from lorawizard.core.train.forecast import forecast_lines
 
     bucket, _, images = groups[0]
+    checks = [_checks_line(others, len(groups))] if others is not None else []
     details = [policy.line(), *[f"note: {n}" for n in policy.notes],
                f"would search {bucket} ({images} images) on GPU {gpu.index}, {fit.margin_text(gpu.memory_total)}; "
                f"then the largest batch of {len(groups) - 1} more bucket area(s) with the chosen setting",
-               *forecast_lines(ctx.session)]
-    return StepResult(True, f"dry run: fit search ({policy.choice}) on GPU {gpu.index}, at most {policy.budget} trials "
+               *checks, *forecast_lines(ctx.session)]
+    where = f"GPU {gpu.index}" if others is None else f"GPU {gpu.index} ({multigpu.short_name(gpu.name)}, the binding card)"
+    return StepResult(True, f"dry run: fit search ({policy.choice}) on {where}, at most {policy.budget} trials "
                       "for the largest area; nothing was run", details=details)
+
+
+# ---------------------------------------------------------------- the fit on several GPUs (DDP)
+#
+# Every card trains the same per-process batch, and each step waits for the slowest card. The search runs once, on
+# the binding card (the least memory left under its margin: other processes' memory counts), alone: a trial is one
+# process on one GPU. DDP adds the gradient all-reduce's buffers, small for a LoRA's few million parameters, and
+# no trial measures them. Each other kind of card then trains every area once at the shared batch with the chosen
+# setting: its speed there, or, where it does not fit, its own largest batch below (the batch search), which
+# becomes the shared one. Training steps at the slowest card's s/step: that is what probe.json's buckets keep.
+
+
+def _binding_card(gpus: list[GpuInfo]) -> GpuInfo:
+    """The card with the least memory left under the fit's margin (other processes' memory counts); ties: the lower
+    index."""
+    return min(gpus, key=lambda gpu: (fit.limit_bytes(gpu.memory_total) - gpu.memory_used, gpu.index))
+
+
+def _room(gpu: GpuInfo) -> float:
+    """GB left under the fit's margin."""
+    return max(0, fit.limit_bytes(gpu.memory_total) - gpu.memory_used) / GB
+
+
+def _check_targets(gpus: list[GpuInfo]) -> list[tuple[GpuInfo, int]]:
+    """The cards to check and how many cards each speaks for: per kind of card (`_kinds_of_card`), the one with the
+    least room, the binding card (`gpus[0]`) left out — it speaks only for itself: the search's figures are its own,
+    and another card of its kind can differ (another process's memory, a slower PCIe link for swapped blocks)."""
+    binding = gpus[0]
+    targets = []
+    for members in _kinds_of_card(gpus).values():
+        rest = [gpu for gpu in members if gpu.uuid != binding.uuid]
+        if rest:
+            targets.append((_binding_card(rest), len(rest)))
+    return targets
+
+
+def _checks_line(others: list[tuple[GpuInfo, int]], areas_count: int) -> str:
+    cards = ", ".join(f"GPU {card.index} ({multigpu.short_name(card.name)}{f' ×{count}' if count > 1 else ''})"
+                      for card, count in others)
+    more = areas_count * len(others)
+    return (f"then one card of each kind (the binding card's too, if it has another) trains the {areas_count} bucket "
+            f"area(s) at the shared batch, one trial each — {more} more trial{'' if more == 1 else 's'} when every "
+            f"check fits (a batch search downward where one does not): {cards}")
+
+
+def _run_several_fit(ctx: StepContext, gpus: list[GpuInfo], presets: list[VramPreset]) -> StepResult:
+    """gpu.fit = quality | fastest on several GPUs: the fit searched on the binding card, checked on the others."""
+    session = ctx.session
+    buckets = bucket_counts(session)
+    if not buckets:
+        raise StepFailed(f"no prepared images in {session.paths.dataset} (no <W>x<H> folder with PNGs): run the dataset "
+                         "step first")
+    binding = _binding_card(gpus)
+    smallest = min(gpus, key=lambda gpu: (gpu.memory_total, gpu.index))
+    preset = _shared_preset(session, smallest, presets)
+    if session.gpu.vram_preset != preset.name:
+        ctx.record("gpu.vram_preset", preset.name)
+    ctx.log(f"{len(gpus)} GPUs: every card trains the same batch, so the fit is searched on the binding card, GPU "
+            f"{binding.index} ({binding.name}: {_room(binding):.1f} GB left under its margin, the least), then checked "
+            f"on the others; the {preset.name} preset (the smallest card's) underneath")
+    _stale_text_encoder_caches(ctx)
+    return _run_fit(ctx, [binding, *[gpu for gpu in gpus if gpu.uuid != binding.uuid]], preset, presets, buckets)
+
+
+def _runner_for(ctx: StepContext, gpu: GpuInfo, workdir: Path, *, several: bool = False) -> TrialRunner:
+    """The trial runner for one card: a test's stand-in (`trial_runner`; several GPUs: `trial_runner_for(card)`), else
+    the real trainer pinned to that card."""
+    options = _options(ctx)
+    if several and options.get("trial_runner_for"):
+        return options["trial_runner_for"](gpu)
+    return options.get("trial_runner") or SubprocessTrialRunner(
+        ctx.session, gpu, workdir, cancel=ctx.cancel, nvml=options.get("nvml"),
+        timeout_s=float(options.get("trial_timeout_s") or TRIAL_TIMEOUT_S))
+
+
+@dataclass
+class _CardCheck:
+    """One kind of card on one bucket area: the batch it trained, its s/step and peak there, its trials."""
+
+    card: GpuInfo
+    count: int  # cards of its kind
+    bucket: str
+    batch: int
+    s_per_step: float | None
+    peak_bytes: int | None
+    trials: list[TrialOutcome] = field(default_factory=list)
+    searched: bool = False  # the binding card: its figures come from the search
+
+    def cell(self) -> str:
+        """`RTX 3090 ×2 (GPU 0): 1.23 s/step, 20.1 GB`."""
+        kind = multigpu.short_name(self.card.name) + (f" ×{self.count}" if self.count > 1 else "")
+        speed = f"{self.s_per_step:.2f} s/step" if self.s_per_step else "? s/step"
+        peak = f", {self.peak_bytes / GB:.1f} GB" if self.peak_bytes is not None else ""
+        return f"{kind} (GPU {self.card.index}{', searched' if self.searched else ''}): {speed}{peak}"
+
+    def json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "gpu": self.card.uuid, "index": self.card.index, "name": self.card.name,
+                "count": self.count, "batch": self.batch, "searched": self.searched,
+                "s_per_step": round(self.s_per_step, 3) if self.s_per_step is not None else None,
+                "peak_bytes": self.peak_bytes, "trials": [asdict(o) for o in self.trials]}
+
+
+@dataclass
+class _Several:
+    """The checks' outcome: per area the shared batch at the slowest card's s/step, the report and what is saved."""
+
+    results: list[AreaResult]
+    checks: list[list[_CardCheck]]  # per area, the binding card first
+    lines: list[str]
+    saved: dict[str, Any]
+    trials: int
+
+    @property
+    def summary(self) -> str:
+        first = self.checks[0]
+        slowest = max(first, key=lambda c: c.s_per_step or 0.0)
+        cards = sum(c.count for c in first)
+        return (f"; on {cards} GPUs: batch {first[0].batch if first else '?'} on every card, each step at the slowest "
+                f"card's {slowest.s_per_step or 0:.2f} s/step ({multigpu.short_name(slowest.card.name)}; "
+                f"{self.trials} check trials)")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"gpus": [c.card.uuid for c in self.checks[0]], "binding": self.checks[0][0].card.uuid,
+                "checks": [c.json() for area in self.checks for c in area], "check_trials": self.trials}
+
+
+def _with_cards(several: _Several | None, result: StepResult) -> StepResult:
+    """The fit's result, with several GPUs the cards' summary and data added."""
+    if several is None:
+        return result
+    return StepResult(result.ok, result.summary + several.summary, details=result.details,
+                      data=result.data | several.data)
+
+
+def _check_cards(ctx: StepContext, probe: _Probe, gpus: list[GpuInfo], fit_preset: VramPreset,
+                 groups: list[tuple[str, list[str], int]], results: list[AreaResult], workdir: Path) -> _Several:
+    """Each other kind of card trains each area at the shared batch with the chosen setting (one trial); where it
+    does not fit, its own largest batch below becomes the shared one, and every card measured at a larger batch is
+    measured again at it (one trial). Trials are numbered after the search's."""
+    binding = gpus[0]
+    targets = _check_targets(gpus)
+    probes = {card.uuid: _Probe(ctx, _runner_for(ctx, card, workdir, several=True), card,
+                                limit=fit.limit_bytes(card.memory_total), max_batch=probe.max_batch,
+                                on_event=probe.on_event) for card, _ in targets}
+    probes[binding.uuid] = probe
+    ctx.log(_checks_line(targets, len(groups)))
+    meter = ProgressMeter(ctx.progress, "probe", "checks on the other cards", len(groups) * len(targets), "checks",
+                          interval=0)
+    meter.update(0, force=True)
+    first_number = probe.number
+    shared_results: list[AreaResult] = []
+    per_area: list[list[_CardCheck]] = []
+    for (bucket, members, images), result in zip(groups, results, strict=True):
+        checks = [_CardCheck(binding, 1, bucket, result.batch, result.s_per_step, result.peak_bytes,
+                             searched=True)]
+        for card, count in targets:
+            checks.append(_check_one(ctx, probe, probes[card.uuid], count, bucket, images, result.batch, fit_preset))
+            meter.update(sum(len(a) - 1 for a in per_area) + len(checks) - 1,
+                         f"{bucket} on GPU {card.index}: batch {checks[-1].batch}")
+        shared = min(c.batch for c in checks)
+        checks = [c if c.batch == shared else _measure_at(ctx, probe, probes[c.card.uuid], c, images, shared, fit_preset)
+                  for c in checks]
+        per_area.append(checks)
+        slowest = max((c.s_per_step for c in checks if c.s_per_step), default=None)
+        binding_check = checks[0]
+        shared_results.append(AreaResult(bucket, members, shared, result.preset, binding_check.peak_bytes, slowest,
+                                         result.trials))  # the binding card's; the checks are in the cards' lines
+    meter.finish()
+    trials = probe.number - first_number
+    lines = _card_lines(per_area)
+    saved = {"gpus": [{"uuid": g.uuid, "index": g.index, "name": g.name, "memory_total": g.memory_total,
+                       "memory_used": g.memory_used} for g in gpus],
+             "binding": {"uuid": binding.uuid, "index": binding.index, "name": binding.name,
+                         "room_bytes": max(0, fit.limit_bytes(binding.memory_total) - binding.memory_used)},
+             "checks": [c.json() for area in per_area for c in area],
+             "check_trials": trials}
+    return _Several(shared_results, per_area, lines, saved, trials)
+
+
+def _check_trial(ctx: StepContext, main: _Probe, card_probe: _Probe, bucket: str, images: int, batch: int,
+                 fit_preset: VramPreset) -> TrialOutcome:
+    """One trial of `bucket` at `batch` on the card of `card_probe`, numbered after the others. A trial refused, hung
+    or killed stops the probe with one line naming the card."""
+    ctx.check_cancelled()
+    card = card_probe.gpu
+    main.number += 1
+    spec = TrialSpec(bucket, batch, fit_preset._replace(batch_size=batch), images, main.number)
+    outcome = card_probe.trial(spec, strict=False, label=f"fit check on GPU {card.index} "
+                               f"({multigpu.short_name(card.name)})")
+    if outcome.status in ("killed", "timeout", "error"):
+        detail = f": {outcome.detail}" if outcome.detail else ""
+        raise StepFailed(f"the check of {bucket} batch {batch} on GPU {card.index} ({card.name}) "
+                         f"{STATUS_WORDS[outcome.status]}{detail[:240]} (log: {outcome.log or '—'})")
+    return outcome
+
+
+def _check_one(ctx: StepContext, main: _Probe, card_probe: _Probe, count: int, bucket: str, images: int,
+               batch: int, fit_preset: VramPreset) -> _CardCheck:
+    """One kind of card on one area: a trial at the shared batch; if it does not fit, the batch search below it."""
+    card = card_probe.gpu
+    first = _check_trial(ctx, main, card_probe, bucket, images, batch, fit_preset)
+    if first.fits:
+        return _CardCheck(card, count, bucket, batch, first.s_per_step, first.peak_bytes, [first])
+    ctx.log(f"fit: {bucket} batch {batch} does not fit GPU {card.index} ({card.name}: "
+            f"{STATUS_WORDS[first.status]}): searching its largest batch below {batch}; every card trains that")
+    search = BatchSearch(max(1, batch - 1), limit_bytes=card_probe.limit, max_batch=max(1, batch - 1))
+    search.add(first)
+    while (smaller := search.next()) is not None:
+        search.add(_check_trial(ctx, main, card_probe, bucket, images, smaller, fit_preset))
+    if search.best == 0:
+        raise StepFailed(f"batch 1 of {bucket} with the chosen setting does not fit GPU {card.index} ({card.name}; "
+                         f"{_room(card):.1f} GB was left under its margin when the probe began): free its memory, or "
+                         "train without it (gpu.uuids)")
+    best = [o for o in search.outcomes if o.fits and o.batch == search.best][-1]
+    return _CardCheck(card, count, bucket, search.best, best.s_per_step, best.peak_bytes, list(search.outcomes))
+
+
+def _measure_at(ctx: StepContext, main: _Probe, card_probe: _Probe, check: _CardCheck, images: int, batch: int,
+                fit_preset: VramPreset) -> _CardCheck:
+    """Another card lowered the shared batch: this card's s/step at it (one trial)."""
+    ctx.log(f"fit: another card lowered {check.bucket} to batch {batch}: measuring GPU {check.card.index} at it")
+    outcome = _check_trial(ctx, main, card_probe, check.bucket, images, batch, fit_preset)
+    if not outcome.fits:
+        raise StepFailed(f"{check.bucket} batch {batch} does not fit GPU {check.card.index} ({check.card.name}) though "
+                         f"batch {check.batch} did a moment ago ({STATUS_WORDS[outcome.status]}): its free memory "
+                         "changed mid-probe; free it and probe again")
+    return _CardCheck(check.card, check.count, check.bucket, batch, outcome.s_per_step, outcome.peak_bytes,
+                      [*check.trials, outcome], check.searched)
+
+
+def _card_lines(per_area: list[list[_CardCheck]]) -> list[str]:
+    """Per area: the shared batch, each kind of card's s/step and peak at it; then what the cards cost and gain."""
+    lines = ["cards: every card trains the same batch and each step waits for the slowest (DDP); the search ran on "
+             "the binding card, the others trained each area once at that batch (the gradient all-reduce's buffers, "
+             "small for a LoRA, are not part of a trial)",
+             f"{'bucket':<11}{'batch':>6}  per card (s/step, peak at that batch)"]
+    for checks in per_area:
+        lines.append(f"{checks[0].bucket:<11}{checks[0].batch:>6}  " + " · ".join(c.cell() for c in checks))
+    first = per_area[0]
+    lines += [f"note: other processes held {c.card.memory_used / GB:.1f} GB of GPU {c.card.index} when the probe began: "
+              "checked with what was free" for c in first[1:] if c.card.memory_used >= GB]
+    cards = [multigpu.CardSpeed(c.card.name, c.count, c.batch, c.s_per_step) for c in first]
+    lines += [f"{first[0].bucket}: {line}" for line in multigpu.speed_summary(cards, first[0].batch)]
+    return lines

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorawizard.core.common.progress import format_duration
-from lorawizard.core.gpu.probe_results import fit_fingerprint, fit_stale_reason, load_results
+from lorawizard.core.gpu.probe_results import fit_fingerprint, fit_gpu_key, fit_stale_reason, load_results
 from lorawizard.core.session.document import Session
 
 NO_HOSTED = ("forecast: no hosted-trainer price beside it — we know of no published per-step price for the same "
@@ -121,10 +121,11 @@ def fit_staleness(session: Session) -> str | None:
     `gpu.fit` is the preset."""
     from lorawizard.core.dataset.step import bucket_counts
 
-    if session.gpu.fit not in ("quality", "fastest") or not session.gpu.uuid:
+    key = fit_gpu_key(session)  # one card's UUID, or every chosen card's (several GPUs)
+    if session.gpu.fit not in ("quality", "fastest") or not key:
         return None
     try:
         counts = bucket_counts(session)
     except (OSError, ValueError):
         return None
-    return fit_stale_reason(load_results(session).get("fit"), fit_fingerprint(session, session.gpu.uuid, counts))
+    return fit_stale_reason(load_results(session).get("fit"), fit_fingerprint(session, key, counts))

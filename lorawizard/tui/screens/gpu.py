@@ -32,7 +32,7 @@ from lorawizard.core.gpu.presets import (
     preset_for_memory,
     preset_named,
 )
-from lorawizard.core.gpu.probe_results import load_results
+from lorawizard.core.gpu.probe_results import fit_gpu_key, load_results
 from lorawizard.core.launch.multigpu import short_name
 from lorawizard.core.probe import fit, fit_rows
 from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
@@ -347,7 +347,8 @@ class GpuScreen(StepScreen):
         saved = load_results(session).get("fit")
         saved = saved if isinstance(saved, dict) else None
         gpu = self._chosen()
-        reason = fit.stale_reason(saved, fit.fingerprint(session, gpu.uuid, self.buckets)) if gpu else None
+        key = fit_gpu_key(session, [g.uuid for g in self._several()] or ([gpu.uuid] if gpu else []))
+        reason = fit.stale_reason(saved, fit.fingerprint(session, key, self.buckets)) if key else None
         lines = [x for x in (saved or {}).get("lines", []) if isinstance(x, str)]
         chosen = next((x for x in lines if x.startswith("fit: ") and " — " in x and "base" in x.split(" — ")[0]), "")
         total = next((x for x in lines if x.startswith("forecast: ≈")), "")

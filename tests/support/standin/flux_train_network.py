@@ -9,7 +9,8 @@ Behaviour is steered by environment variables (see tests/support/standin/README.
 STANDIN_STEP_SECONDS, STANDIN_LOAD_SECONDS, STANDIN_VRAM_BUDGET, STANDIN_PEAK_FILE, STANDIN_BYTES_PER_PIXEL,
 STANDIN_NAN_AT_STEP, STANDIN_KILL_AT_STEP, STANDIN_HANG_AT_STEP, STANDIN_FAIL, STANDIN_IGNORE_SIGINT,
 STANDIN_IGNORE_SIGTERM, STANDIN_CHECK_MODELS, STANDIN_CKPT_BYTES, STANDIN_ARGS_FILE, STANDIN_FAIL_OUTPUT,
-STANDIN_MODEL (+ STANDIN_VRAM_BYTES and standin_model.py's parameters).
+STANDIN_MODEL (+ STANDIN_VRAM_BYTES, STANDIN_VRAM_BY_DEVICE, STANDIN_SLOWER_BY_DEVICE and standin_model.py's
+parameters).
 """
 
 from __future__ import annotations
@@ -396,9 +397,13 @@ def main(argv: list[str]) -> int:
                                             d["height"], **setting) for d in used)
         step_seconds = max(standin_model.step_seconds(args.blocks_to_swap or 0, args.fp8_base, d["batch_size"],
                                                       d["width"], d["height"], **setting) for d in used)
+        device = ENV.get("CUDA_VISIBLE_DEVICES", "")  # several cards: each its own free memory and pace
+        free = json.loads(ENV.get("STANDIN_VRAM_BY_DEVICE") or "{}").get(device, ENV.get("STANDIN_VRAM_BYTES"))
+        step_seconds *= float(json.loads(ENV.get("STANDIN_SLOWER_BY_DEVICE") or "{}").get(device, 1.0))
         if ENV.get("STANDIN_PEAK_FILE"):
-            Path(ENV["STANDIN_PEAK_FILE"]).write_text(json.dumps({"peak_pixels": pixels, "peak_bytes": peak}))
-        over_budget = bool(ENV.get("STANDIN_VRAM_BYTES")) and peak > int(ENV["STANDIN_VRAM_BYTES"])
+            Path(ENV["STANDIN_PEAK_FILE"]).write_text(json.dumps({"peak_pixels": pixels, "peak_bytes": peak,
+                                                                   "device": device}))
+        over_budget = bool(free) and peak > int(free)
 
     output_dir = Path(args.output_dir or ".")
     output_dir.mkdir(parents=True, exist_ok=True)
