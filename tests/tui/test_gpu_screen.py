@@ -263,6 +263,8 @@ async def test_the_fit_search_fills_its_table_and_marks_the_choice(home_project:
         table = app.screen.query_one("#fit", DataTable)
         assert table.display and table.row_count >= 5
         results = [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
+        # the other area's trials (the chosen setting, its own largest batch) are trials, not candidates
+        assert {row.bucket for row in app.screen.trial_rows or ()} == {"768x1024"}
         assert results.count("◀ chosen") == 1 and "out of memory" in results and "ruled out" in results
         chosen = table.get_row_at(results.index("◀ chosen"))
         session = app.session

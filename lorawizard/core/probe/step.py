@@ -1093,7 +1093,10 @@ def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets:
             hint = "a trial was killed for host RAM (swapped blocks live there): add RAM or swap space, " + hint
         raise StepFailed(f"no setting fits {groups[0][0]} on {gpu.name} ({search.trials} trials, "
                          f"{fit.margin_text(gpu.memory_total)}): {hint}free GPU memory or use smaller buckets")
+    # the chosen setting for the other areas and the other cards: named apart from the search's candidates, so their
+    # trials are the trial table's rows, not the fit table's (core.probe.fit_rows.setting_of)
     fit_preset = _candidate_preset(preset, chosen.candidate.setting, chosen.candidate.batch)
+    fit_preset = fit_preset._replace(name=fit_preset.name.replace("fit-", "chosen-", 1))
     bucket, members, _ = groups[0]
     first_trials = [outcomes[m.trial] for m in search.measured if m.trial in outcomes]
     first = AreaResult(bucket, members, chosen.candidate.batch, fit_preset.name, chosen.peak_bytes, chosen.s_per_step,
