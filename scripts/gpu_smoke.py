@@ -11,7 +11,8 @@ random FLUX.1-dev files of the right shapes (scripts/gpu_smoke_models.py, run in
 batch sizes chosen, sd-scripts' s/step, the NVML readings seen during training (peak memory, utilisation per GPU),
 the replay's exit code and the run's diagnosis. Tokenizers are downloaded from the Hub on first use unless
 `--tokenizers` names a folder that has them (sd-scripts' --tokenizer_cache_dir layout).
-`--fit` sets `gpu.fit` (issue 26): the probe searches swap × base precision × batch, training uses the choice, and
+`--fit` sets `gpu.fit` (issue 26): the probe searches checkpointing × optimizer state × swap × base × batch (on the binding card with
+`--gpus`, the other cards checked), training uses the choice, and
 the report compares the probe's s/step for the chosen setting with training's (the forecast's premise: within 15 %).
 Exit status: 0 when every run trained and saved a LoRA, 1 otherwise, 2 when there is no GPU or no trainer Python.
 """
