@@ -47,3 +47,20 @@ def test_probed_on_another_gpu_is_a_warning(project: Path) -> None:
     _measured(session, "GPU-b", {"1024x1024": {"batch_size": 2, "peak_gb": 20.0, "s_per_step": None}})
     [row] = bucket_rows(session, {"1024x1024": 5}, None, None)
     assert (row.source, row.tone, row.peak_gb, row.s_per_step) == ("probed on another GPU", "warning", "20.0", "—")
+
+
+def test_probed_on_the_chosen_cards_with_several_gpus(project: Path) -> None:
+    """Several GPUs: the probe's `gpu` is the binding card, not necessarily `gpu.uuid`; the set of cards decides."""
+    session = _session(project)
+    session.set("gpu.uuids", ["GPU-a", "GPU-b"])
+    session.set_batch_size("1024x1024", 2)
+    session.paths.state.mkdir(parents=True, exist_ok=True)
+    entry = {"1024x1024": {"batch_size": 2, "peak_gb": 15.0, "s_per_step": 0.3}}
+    for saved in ({"gpu": {"uuid": "GPU-b"}, "gpus": [{"uuid": "GPU-a"}, {"uuid": "GPU-b"}]},  # the preset's way
+                  {"gpu": {"uuid": "GPU-b"}, "fit": {"gpus": [{"uuid": "GPU-b"}, {"uuid": "GPU-a"}]}}):  # the fit
+        (session.paths.state / RESULTS_FILE).write_text(json.dumps({**saved, "buckets": entry}))
+        [row] = bucket_rows(session, {"1024x1024": 5}, None, None)
+        assert (row.source, row.tone) == ("probed", "good")
+    session.set("gpu.uuids", ["GPU-a", "GPU-c"])  # another pair: measured on other cards
+    [row] = bucket_rows(session, {"1024x1024": 5}, None, None)
+    assert row.source == "probed on another GPU"

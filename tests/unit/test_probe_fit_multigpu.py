@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
+from lorawizard.core.common.progress import format_duration
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.gpu.nvml import GB, GpuInfo
 from lorawizard.core.gpu.probe_results import fit_gpu_key, load_results
@@ -122,6 +123,11 @@ def test_two_identical_cards_search_once_and_the_other_checks_each_area(project:
     assert [(s.bucket, s.batch) for s in checks] == [("1024x1024", batch), ("512x512", session.batch_sizes()["512x512"])]
     assert {setting_of(s) for s in checks} == {best.setting}
     assert result.data["binding"] == RTX_3090_24.uuid and result.data["check_trials"] == 2
+    # each card trains half the images: the choice's "the run ≈" is the two cards' time, not one card's alone
+    per_card = fit.image_visits({"1024x1024": 4, "512x512": 3}, session.dataset.num_repeats,
+                                session.train.max_train_epochs, 2)
+    ips = batch / best.seconds()
+    assert f"the run ≈{format_duration(per_card / ips)}" in result.summary, result.summary
     options = trainer_options(session)  # the command trains with the fit's swap and 16-bit base, not the preset's
     assert options.get("blocks_to_swap") == (swap or None) and options.get("fp8_base") is (True if fp8 else None)
     assert swap and not fp8 and session.gpu.vram_preset == "24gb"  # the preset alone would say fp8 and no swap

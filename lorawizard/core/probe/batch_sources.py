@@ -35,6 +35,12 @@ def _number(entry: dict[str, Any], key: str, fmt: str) -> str:
     return format(value, fmt) if value is not None else "—"
 
 
+def _measured_on(results: dict[str, Any]) -> set[str | None]:
+    """The cards the probe measured for: every chosen card with several GPUs (`gpus`, or the fit's), else its one."""
+    listed = results.get("gpus") or (results.get("fit") or {}).get("gpus") or [results.get("gpu") or {}]
+    return {g.get("uuid") if isinstance(g, dict) else g for g in listed if isinstance(g, (dict, str))}
+
+
 def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | None,
                 gpu_memory: int | None, *, no_gpu: bool = False) -> list[BucketRow]:
     """One row per bucket of `buckets` (bucket → image count), in that order.
@@ -44,7 +50,7 @@ def bucket_rows(session: Session, buckets: dict[str, int], preset: VramPreset | 
     set_sizes = session.batch_sizes()
     results = load_results(session)
     measured = results.get("buckets", {})
-    same_gpu = results.get("gpu", {}).get("uuid") == session.gpu.uuid
+    same_gpu = _measured_on(results) == (set(session.gpu.uuids) if len(session.gpu.uuids) > 1 else {session.gpu.uuid})
     by_area = {bucket_area(b): (b, n) for b, n in set_sizes.items() if b in buckets}
     rows: list[BucketRow] = []
     for bucket, count in buckets.items():

@@ -433,9 +433,10 @@ class FitSearch:
 # ---------------------------------------------------------------- the table and the forecast
 
 
-def image_visits(buckets: dict[str, int], repeats: int, epochs: int) -> int:
-    """Images the whole run trains on: Σ images × repeats × epochs."""
-    return sum(buckets.values()) * repeats * epochs
+def image_visits(buckets: dict[str, int], repeats: int, epochs: int, gpus: int = 1) -> int:
+    """Images one card trains on in the whole run: Σ images × repeats × epochs, shared among `gpus` cards (DDP: each
+    trains its part, at the binding card's speed — the forecast has the slowest card's)."""
+    return math.ceil(sum(buckets.values()) * repeats * epochs / max(1, gpus))
 
 
 def state_word(setting: Setting) -> str:

@@ -1139,7 +1139,8 @@ def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:
 
 
 def _visits(session: Session, buckets: dict[str, int]) -> int:
-    return fit.image_visits(buckets, session.dataset.num_repeats, session.train.max_train_epochs)
+    return fit.image_visits(buckets, session.dataset.num_repeats, session.train.max_train_epochs,
+                           max(1, len(session.gpu.uuids)))
 
 
 def _search_largest(ctx: StepContext, probe: _Probe, policy: fit.FitPolicy, preset: VramPreset,

@@ -330,7 +330,8 @@ class GpuScreen(StepScreen):
             self.notify(error, severity="error")
             return
         if choice == "quality" and not self._no_gpu():  # the first step away from the preset
-            self.notify("ctrl+g or r measures the candidates: short real trainings of swap, base precision and batch",
+            self.notify("ctrl+g or r measures the candidates: short real trainings of checkpointing, swap, base "
+                        "precision and batch",
                         timeout=6)
         self._show_fit()
 
@@ -360,7 +361,8 @@ class GpuScreen(StepScreen):
             if total:
                 line.append("\n" + total, style="dim")
         self.query_one("#fit-line", Static).update(line)
-        visits = fit.image_visits(self.buckets, session.dataset.num_repeats, session.train.max_train_epochs)
+        visits = fit.image_visits(self.buckets, session.dataset.num_repeats, session.train.max_train_epochs,
+                                   max(1, len(session.gpu.uuids)))
         self.fit_rows = fit_rows.saved_rows(saved, visits)
 
     # -- a batch size of one's own
