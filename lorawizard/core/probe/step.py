@@ -1046,8 +1046,9 @@ def _candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) ->
 
 def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets: list[VramPreset],
              buckets: dict[str, int]) -> StepResult:
-    """The search over swap × base precision × batch on the largest area (core.probe.fit), then the other areas'
-    largest batch with the chosen setting; measured again only when stale (GPU, buckets or settings changed).
+    """The search over the ladder of memory savers × base precision × batch on the largest area (core.probe.fit),
+    then the other areas' largest batch with the chosen setting; measured again only when stale (GPU, buckets or
+    settings changed).
 
     `gpus[0]` is the card searched: the one GPU, or with several (DDP, every card trains the same batch) the binding
     card, the one with the least memory left under its margin. Each other kind of card then checks every area at the
@@ -1086,13 +1087,7 @@ def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets:
     chosen = search.best
     if chosen is None:
         _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=[], seconds=0.0)
-        hint = "gpu.fit = fastest allows an fp8 base, " if True not in policy.fp8 else ""
-        if any(m.status == "timeout" for m in search.measured):
-            hint = f"a trial hung (see the trial logs in {workdir}), " + hint
-        if any(m.status == "killed" for m in search.measured):
-            hint = "a trial was killed for host RAM (swapped blocks live there): add RAM or swap space, " + hint
-        raise StepFailed(f"no setting fits {groups[0][0]} on {gpu.name} ({search.trials} trials, "
-                         f"{fit.margin_text(gpu.memory_total)}): {hint}free GPU memory or use smaller buckets")
+        raise StepFailed(_nothing_fits(search, gpu, groups[0][0], workdir))
     # the chosen setting for the other areas and the other cards: named apart from the search's candidates, so their
     # trials are the trial table's rows, not the fit table's (core.probe.fit_rows.setting_of)
     fit_preset = _candidate_preset(preset, chosen.candidate.setting, chosen.candidate.batch)
@@ -1113,11 +1108,7 @@ def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets:
             raise
         results = several.results  # per area: the shared batch and the slowest card's s/step at it
     _record_choice(ctx, chosen.candidate.setting)
-    batch_sizes = dict(session.batch_sizes())
-    for result in results:
-        for member in result.buckets:
-            ctx.record(f"gpu.batch_size.{member}", result.batch)
-            batch_sizes[member] = result.batch
+    batch_sizes = _record_batches(ctx, results)
     lines = _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=results,
                       seconds=time.monotonic() - started, batch_sizes=batch_sizes, buckets=buckets,
                       extra=several.saved if several else None, card_lines=several.lines if several else None)
@@ -1128,6 +1119,27 @@ def _run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets:
                                            "fit_fp8": chosen.candidate.setting.fp8,
                                            "trials": search.trials, "budget": policy.budget,
                                            "results": [_result_json(r) for r in results]}))
+
+
+def _nothing_fits(search: fit.FitSearch, gpu: GpuInfo, bucket: str, workdir: Path) -> str:
+    """The one line when no candidate fits the largest area, with what the search saw."""
+    hint = "gpu.fit = fastest allows an fp8 base, " if True not in search.policy.fp8 else ""
+    if any(m.status == "timeout" for m in search.measured):
+        hint = f"a trial hung (see the trial logs in {workdir}), " + hint
+    if any(m.status == "killed" for m in search.measured):
+        hint = "a trial was killed for host RAM (swapped blocks live there): add RAM or swap space, " + hint
+    return (f"no setting fits {bucket} on {gpu.name} ({search.trials} trials, {fit.margin_text(gpu.memory_total)}): "
+            f"{hint}free GPU memory or use smaller buckets")
+
+
+def _record_batches(ctx: StepContext, results: list[AreaResult]) -> dict[str, int]:
+    """Every area's batch into the session (`gpu.batch_size.*`); the session's batch sizes after it."""
+    batch_sizes = dict(ctx.session.batch_sizes())
+    for result in results:
+        for member in result.buckets:
+            ctx.record(f"gpu.batch_size.{member}", result.batch)
+            batch_sizes[member] = result.batch
+    return batch_sizes
 
 
 def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:
