@@ -308,9 +308,17 @@ def test_forecast_from_the_measured_speed_and_phases(project: Path) -> None:
     assert any("start-up 0:04" in line and "the probe's longest launch to first step" in line for line in forecast), forecast
     total = next(line for line in forecast if "in all" in line)
     assert "per GPU-hour" in total
-    assert any("no hosted-trainer price" in line for line in forecast)
+    assert any("no hosted-trainer price" in line and "gpu.hosted_price_per_1000_steps" in line for line in forecast)
+    session.set("gpu.hosted_price_per_1000_steps", 2.5)  # the person's figure, from the hosted trainer's price page
+    from lorawizard.core.train.forecast import forecast as run_forecast
     from lorawizard.core.train.forecast import forecast_lines
 
+    planned = run_forecast(session)
+    assert planned is not None
+    steps = sum(b.steps for b in planned.buckets)
+    hosted = next(line for line in forecast_lines(session) if "hosted trainer at 2.5 per 1,000 steps" in line)
+    assert f"≈{steps / 1000 * 2.5:.2f} for these {steps:,} steps" in hosted and "your figure" in hosted
+    session.set("gpu.hosted_price_per_1000_steps", None)
     assert not any("not current" in line for line in forecast_lines(session))
     session.set("train.network_dim", 64)  # memory changes: the forecast says the fit must be measured again
     assert any("not current — settings that change memory or speed changed" in line for line in forecast_lines(session))

@@ -57,7 +57,7 @@ CHANGED: dict[str, Any] = {
     "gpu.uuid": "GPU-1", "gpu.uuids": ["GPU-1", "GPU-2"], "gpu.machines": ["a:1", "b:1"], "gpu.main_process_port": 29501,
     "gpu.same_network": False, "gpu.vram_preset": "24gb", "gpu.parallel_runs": True,
     "gpu.fit": "fastest", "gpu.fit_swap": 8, "gpu.fit_fp8": True, "gpu.fit_checkpointing": False,
-    "gpu.fit_optimizer": "AdamW8bit", "gpu.price_per_hour": 0.8,
+    "gpu.fit_optimizer": "AdamW8bit", "gpu.price_per_hour": 0.8, "gpu.hosted_price_per_1000_steps": 2.0,
     "train.network_dim": 8, "train.learning_rate": 2e-4, "train.max_train_epochs": 7, "train.save_every_n_epochs": 2,
     "train.optimizer_type": "prodigy", "train.seed": 7, "train.extra_args": ["--max_grad_norm", "1.0"],
     "train.mixed_precision": "no", "train.base_precision": "16bit",

@@ -240,6 +240,9 @@ SCHEMA: tuple[Field, ...] = (
     Field("gpu.fit_optimizer", "str", None, _word(r"[A-Za-z][A-Za-z0-9_.]*", "an optimizer name such as AdamW8bit"),
           "the 8-bit twin of train.optimizer_type the probe's fit chose (fastest; empty: the person's optimizer)"),
     Field("gpu.price_per_hour", "float", None, _positive, "what one GPU-hour costs (any currency): the forecast's price"),
+    Field("gpu.hosted_price_per_1000_steps", "float", None, _positive,
+          "what a hosted trainer you would otherwise use charges per 1,000 steps (same currency; from its price page): "
+          "the forecast puts its price for the run's steps beside yours"),
     Field("train.network_dim", "int", 4, _between(1, 4096), "LoRA rank"),
     Field("train.learning_rate", "float", 1e-4, _learning_rate, "learning rate"),
     Field("train.max_train_epochs", "int", 16, _between(1, 100_000), "epochs to train"),

@@ -118,6 +118,7 @@ class GpuSection(Section):
     fit_checkpointing = Setting[bool | None]("gpu.fit_checkpointing")
     fit_optimizer = Setting[str | None]("gpu.fit_optimizer")
     price_per_hour = Setting[float | None]("gpu.price_per_hour")
+    hosted_price_per_1000_steps = Setting[float | None]("gpu.hosted_price_per_1000_steps")
 
 
 class SamplesSection(Section):

@@ -6,8 +6,9 @@ Measured: s/step per bucket (the probe's trials, 3 optimizer steps each, the fir
 (launch → first step: loading the models, caching latents and text-encoder outputs; the longest of the probe's
 trials, which is the one that wrote the caches). Estimated, and said so: sampling (one denoising step ≈ a third of a training step's time per
 image, the rule `core.train.samples.sampling_cost` uses). Not measured: saving checkpoints and states (seconds each
-for a LoRA). No hosted-trainer price is compared: we have no published per-step figure for the same settings to
-cite, so none is shown.
+for a LoRA). A hosted trainer's price is put beside it only from the person's own figure
+(`gpu.hosted_price_per_1000_steps`, from the price page of the service they would use): we know of no published
+per-step price to cite, so none is built in.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu.probe_results import fit_fingerprint, fit_gpu_key, fit_stale_reason, load_results
 from lorawizard.core.session.document import Session
 
-NO_HOSTED = ("forecast: no hosted-trainer price beside it — we know of no published per-step price for the same "
-             "settings to cite")
+NO_HOSTED = ("forecast: no hosted-trainer price beside it — we know of no published per-step price to cite; set "
+             "gpu.hosted_price_per_1000_steps from the price page of the one you would use")
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,19 @@ def forecast_lines(session: Session) -> list[str]:
         cost = total / 3600 * price * result.gpus
         money = f" · ≈{cost:.2f} at {price:g} per GPU-hour (gpu.price_per_hour)"
     lines.append(f"forecast: ≈{format_duration(total)} in all{money}")
-    lines.append(NO_HOSTED)
+    lines.append(hosted_line(session, result))
     return lines
+
+
+def hosted_line(session: Session, result: RunForecast) -> str:
+    """What a hosted trainer would charge for the run's steps, at the person's own figure (`gpu.hosted_price_per_
+    1000_steps`); without one, why none is shown. Steps: this run's optimizer steps (at its batch sizes)."""
+    per_1000 = session.gpu.hosted_price_per_1000_steps
+    if not per_1000:
+        return NO_HOSTED
+    steps = sum(b.steps for b in result.buckets)
+    return (f"forecast: a hosted trainer at {per_1000:g} per 1,000 steps (gpu.hosted_price_per_1000_steps, your figure "
+            f"from its price page) ≈{steps / 1000 * per_1000:.2f} for these {steps:,} steps")
 
 
 def fit_staleness(session: Session) -> str | None:
