@@ -230,11 +230,11 @@ async def test_f_chooses_what_the_probe_may_change(home_project: Path, monkeypat
         assert "search: the preset's settings" in str(line.render())
         await pilot.press("f")
         await pilot.pause()
-        assert app.session.gpu.fit == "quality" and "quality first (16-bit base)" in str(line.render())
+        assert app.session.gpu.fit == "quality" and "quality first (16-bit)" in str(line.render())
         assert "not measured yet: ctrl+g or r measures it" in str(line.render())
         await pilot.press("f")
         await pilot.pause()
-        assert app.session.gpu.fit == "fastest" and "fp8/16-bit base" in str(line.render())
+        assert app.session.gpu.fit == "fastest" and "fp8/16-bit," in str(line.render())
         await pilot.press("f")
         await pilot.pause()
         assert app.session.gpu.fit == "preset"
@@ -303,6 +303,30 @@ async def test_the_state_column_shows_when_the_8_bit_twin_was_tried(home_project
         states = {str(table.get_row_at(i)[4]) for i in range(table.row_count)}
         assert states == {"own", "8-bit"}
         assert app.session.gpu.fit_optimizer == "AdamW8bit"
+
+
+async def test_a_price_typed_on_the_gpu_screen_turns_the_forecast_into_money(home_project: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a fit, a price per GPU-hour and a hosted trainer's price per 1,000 steps typed into the screen's form: the
+    fit line's forecast says both at once, from today's prices (not the lines the probe printed)."""
+    from textual.widgets import Input
+
+    app = fit_app(home_project, monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        line = app.screen.query_one("#fit-line")
+        assert "per GPU-hour" not in str(line.render()) and "hosted at" not in str(line.render())
+        app.screen.query_one("#set-gpu-price_per_hour", Input).focus()
+        await pilot.press(*"1.5", "enter")
+        app.screen.query_one("#set-gpu-hosted_price_per_1000_steps", Input).focus()
+        await pilot.press(*"3", "enter")
+        await settle(pilot)
+        text = str(line.render())
+        assert "at 1.5 per GPU-hour" in text and "hosted at 3 per 1,000 steps" in text, text
+    session = Session.load(home_project / "session.toml")
+    assert (session.gpu.price_per_hour, session.gpu.hosted_price_per_1000_steps) == (1.5, 3.0)
 
 
 def test_snapshot_fit_80x24(snap_compare, home_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,8 +316,8 @@ def test_forecast_from_the_measured_speed_and_phases(project: Path) -> None:
     planned = run_forecast(session)
     assert planned is not None
     steps = sum(b.steps for b in planned.buckets)
-    hosted = next(line for line in forecast_lines(session) if "hosted trainer at 2.5 per 1,000 steps" in line)
-    assert f"≈{steps / 1000 * 2.5:.2f} for these {steps:,} steps" in hosted and "your figure" in hosted
+    hosted = next(line for line in forecast_lines(session) if "hosted at 2.5 per 1,000 steps" in line)
+    assert f"≈{steps / 1000 * 2.5:.2f} for {steps:,} steps" in hosted and "your figure" in hosted
     session.set("gpu.hosted_price_per_1000_steps", None)
     assert not any("not current" in line for line in forecast_lines(session))
     session.set("train.network_dim", 64)  # memory changes: the forecast says the fit must be measured again

@@ -124,8 +124,7 @@ def hosted_line(session: Session, result: RunForecast) -> str:
     if not per_1000:
         return NO_HOSTED
     steps = sum(b.steps for b in result.buckets)
-    return (f"forecast: a hosted trainer at {per_1000:g} per 1,000 steps (gpu.hosted_price_per_1000_steps, your figure "
-            f"from its price page) ≈{steps / 1000 * per_1000:.2f} for these {steps:,} steps")
+    return f"forecast: hosted at {per_1000:g} per 1,000 steps (your figure): ≈{steps / 1000 * per_1000:.2f} for {steps:,} steps"
 
 
 def fit_staleness(session: Session) -> str | None:

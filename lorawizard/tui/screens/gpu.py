@@ -39,16 +39,18 @@ from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
 from lorawizard.core.probe.step import ProbeEvent, ProbeOptions
 from lorawizard.core.probe.trial_rows import TrialRow, with_event
 from lorawizard.core.session.document import MAX_BATCH, parse_bucket
+from lorawizard.core.train.forecast import forecast_lines
 from lorawizard.tui.messages import StepFinished
 from lorawizard.tui.screens.base import StepScreen
 from lorawizard.tui.tones import tone
 from lorawizard.tui.typed_app import wizard_app
 from lorawizard.tui.widgets.probe_tables import BucketTable, FitTable, TrialTable
+from lorawizard.tui.widgets.settings_form import SettingsForm
 
 FIT_WORDS = {  # one line at 80 columns with "search: " and " · f changes it"
     "preset": "the preset's settings, the largest batch",
-    "quality": "quality first (16-bit base): checkpointing, swap, batch",
-    "fastest": "fastest: checkpointing, swap, fp8/16-bit base, batch",
+    "quality": "quality first (16-bit): checkpointing, swap, batch",
+    "fastest": "fastest: checkpointing, swap, fp8/16-bit, batch",
 }
 
 
@@ -106,6 +108,9 @@ class GpuScreen(StepScreen):
         yield BucketTable(id="buckets", cursor_type="row", zebra_stripes=True).data_bind(GpuScreen.bucket_rows)
         yield FitTable(id="fit", cursor_type="none").data_bind(GpuScreen.fit_rows)
         yield TrialTable(id="trials", cursor_type="none").data_bind(GpuScreen.trial_rows)
+        yield SettingsForm(["gpu.price_per_hour", "gpu.hosted_price_per_1000_steps"],
+                           labels={"gpu.price_per_hour": "price / GPU-hour",
+                                   "gpu.hosted_price_per_1000_steps": "hosted / 1k steps"}, id="gpu-prices")
 
     def on_mount(self) -> None:
         self.query_one("#gpu-list").display = False
@@ -352,14 +357,14 @@ class GpuScreen(StepScreen):
         reason = fit.stale_reason(saved, fit.fingerprint(session, key, self.buckets)) if key else None
         lines = [x for x in (saved or {}).get("lines", []) if isinstance(x, str)]
         chosen = next((x for x in lines if x.startswith("fit: ") and " — " in x and "base" in x.split(" — ")[0]), "")
-        total = next((x for x in lines if x.startswith("forecast: ≈")), "")
         if reason:
             line.append(f"\n{reason}: ctrl+g or r measures it", style=tone("warning"))
         elif chosen:
             line.append("\n" + chosen.removeprefix("fit: ") + " · training uses it, not the preset's settings",
                         style=tone("success"))
-            if total:
-                line.append("\n" + total, style="dim")
+            # today's prices, not the ones the probe printed with (the form below may have changed them)
+            for money in [x for x in forecast_lines(session) if x.startswith(("forecast: ≈", "forecast: hosted"))]:
+                line.append("\n" + money, style="dim")
         self.query_one("#fit-line", Static).update(line)
         visits = fit.image_visits(self.buckets, session.dataset.num_repeats, session.train.max_train_epochs,
                                    max(1, len(session.gpu.uuids)))
@@ -422,6 +427,11 @@ class GpuScreen(StepScreen):
             self.fit_rows = fit_rows.with_event(self.fit_rows or (), event)  # a candidate of the fit search
         elif event.spec is not None:  # one new snapshot of the trials per event about a trial
             self.trial_rows = with_event(self.trial_rows or (), event)
+
+    @on(SettingsForm.Saved)
+    def _price_saved(self, message: SettingsForm.Saved) -> None:
+        """A price changed: the forecast under the fit line says it again (the probe saved the lines it printed)."""
+        self._show_fit()
 
     @on(StepFinished)
     def _finished(self, message: StepFinished) -> None:
