@@ -473,8 +473,9 @@ def _apply_preset(session: Session, options: dict[str, Any]) -> None:
 
 
 def fit_options(session: Session) -> dict[str, Any]:
-    """The probe's fit (`gpu.fit` quality/fastest): the swap and base precision it chose, over the preset's. Quality
-    keeps a 16-bit base even before a fit was measured; `train.extra_args` still win (applied after)."""
+    """The probe's fit (`gpu.fit` quality/fastest): the swap, base precision, checkpointing and optimizer twin it
+    chose, over the preset's. Quality keeps a 16-bit base even before a fit was measured; `train.extra_args` still
+    win (applied after)."""
     if session.gpu.fit not in ("quality", "fastest"):
         return {}
     options: dict[str, Any] = {}
