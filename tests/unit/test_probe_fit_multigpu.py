@@ -334,3 +334,21 @@ def test_memory_another_process_holds_on_a_checked_card_is_said(project: Path) -
     assert any(f"other processes held {busy.memory_used / GB:.1f} GB of GPU 1" in line for line in result.details)
     assert any("1 more trial when every check fits" in line for line in lines)
     assert any("RTX 3090 ×2 (GPU 1)" in line for line in result.details)
+
+
+class SpeedlessRunner(CardRunner):
+    """A card whose trials train but whose log gives no s/step (a test double: a bar the reader could not parse)."""
+
+    def __call__(self, spec: TrialSpec, report: Callable[[ProbeEvent], None]) -> TrialOutcome:
+        return replace(super().__call__(spec, report), s_per_step=None)
+
+
+def test_a_card_whose_speed_was_not_read_is_said_the_forecast_may_be_optimistic(project: Path) -> None:
+    runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), TWIN.uuid: SpeedlessRunner(TWIN)}  # GPU 0 is searched
+    _, result, _ = several(project, "quality", [RTX_3090_24, TWIN], runners, {"1024x1024": 4})
+    assert any(line.startswith(f"note: no s/step could be read on GPU {TWIN.index}") and "may be optimistic" in line
+               for line in result.details), result.details
+    runners = {RTX_3090_24.uuid: CardRunner(RTX_3090_24), TWIN.uuid: CardRunner(TWIN)}
+    (project / "b").mkdir()
+    _, result, _ = several(project / "b", "quality", [RTX_3090_24, TWIN], runners, {"1024x1024": 4})
+    assert not any("no s/step could be read" in line for line in result.details)

@@ -1507,6 +1507,10 @@ def _card_lines(per_area: list[list[_CardCheck]]) -> list[str]:
     first = per_area[0]
     lines += [f"note: other processes held {c.card.memory_used / GB:.1f} GB of GPU {c.card.index} when the probe began: "
               "checked with what was free" for c in first[1:] if c.card.memory_used >= GB]
+    unread = sorted({f"GPU {c.card.index}" for checks in per_area for c in checks if not c.s_per_step})
+    if unread:  # the run steps at the slowest card: one whose speed is unknown may be it
+        lines.append(f"note: no s/step could be read on {', '.join(unread)} (see its trial log): the forecast uses the "
+                     "slowest card measured and may be optimistic")
     cards = [multigpu.CardSpeed(c.card.name, c.count, c.batch, c.s_per_step) for c in first]
     lines += [f"{first[0].bucket}: {line}" for line in multigpu.speed_summary(cards, first[0].batch)]
     return lines
