@@ -368,3 +368,26 @@ async def test_start_warns_of_an_fp8_file_trained_as_16_bit(tmp_path: Path, monk
         await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
     live = runs.live_run(session.paths.runs)
     assert live is not None and runs.stop(live, int_timeout=5) == "SIGINT"
+
+
+async def test_start_says_what_the_probes_fit_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: a fit that trains without gradient checkpointing and with the 8-bit twin of the person's AdamW says
+    so when ctrl+g starts the run (the command differs from the settings on screen), and the trainer gets it."""
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.2")
+    session = make_train_project(tmp_path, epochs=20)
+    for key, value in (("gpu.fit", "fastest"), ("train.optimizer_type", "AdamW"), ("gpu.fit_swap", 0),
+                       ("gpu.fit_fp8", True), ("gpu.fit_checkpointing", False), ("gpu.fit_optimizer", "AdamW8bit")):
+        session.set(key, value)
+    save(session)
+    app = LoraWizardApp(Session.load(session.path), start_step="train")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+g")
+        await pilot_until(pilot, lambda: any("probe's fit" in str(n.message) for n in app._notifications))
+        notice = str(next(n.message for n in app._notifications if "probe's fit" in str(n.message)))
+        assert notice == ("the probe's fit (gpu.fit = fastest) trains with: swap 0, fp8 base, no gradient "
+                          "checkpointing, AdamW8bit in place of your AdamW (the same rule, 8-bit state)")
+        await pilot_until(pilot, lambda: runs.live_run(session.paths.runs) is not None)
+    live = runs.live_run(session.paths.runs)
+    assert live is not None
+    assert "--gradient_checkpointing" not in live.argv and "AdamW8bit" in live.argv, live.argv
+    assert runs.stop(live, int_timeout=5) == "SIGINT"

@@ -445,6 +445,11 @@ def test_fastest_may_swap_the_persons_adamw_for_its_8_bit_twin_quality_keeps_it(
     assert (session.gpu.fit_swap, session.gpu.fit_fp8, session.batch_sizes()["1024x1024"]) == expected[:3]
     assert trainer_options(session)["optimizer_type"] == "AdamW8bit"
     assert any("AdamW8bit (the same rule, 8-bit state)" in line for line in result.details)
+    from lorawizard.core.train.step import fit_used_line
+
+    used = fit_used_line(session, trainer_options(session))  # what the run's plan says it trains with
+    assert used is not None and "AdamW8bit in place of your AdamW" in used
+    assert ("no gradient checkpointing" in used) is (expected[3] is False) and f"swap {expected[0]}," in used
     header = next(i for i, line in enumerate(result.details) if line.lstrip().startswith("#  swap"))
     assert "ckpt state" in result.details[header]  # the state column, as a candidate used the twin
     rows = result.details[header + 1:header + 1 + result.data["trials"]]
@@ -548,6 +553,9 @@ def test_a_run_with_a_fit_that_is_not_current_warns_in_one_line(tmp_path: Path) 
     (session.paths.dataset / "512x512" / "0009.png").write_bytes(b"\x89PNG stand-in")
     line = stale_fit_line(session)
     assert line is not None and "\n" not in line and "the buckets changed" in line
-    assert plan_run(session).notes[0] == line
+    plan = plan_run(session)
+    assert plan.notes[0] == line
+    assert any(note.startswith("the probe's fit (gpu.fit = quality) trains with: swap 0, 16-bit base, no gradient "
+                               "checkpointing") for note in plan.notes), plan.notes
     session.set("gpu.fit", "preset")
     assert stale_fit_line(session) is None

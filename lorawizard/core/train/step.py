@@ -402,11 +402,30 @@ def plan_run(session: Session, *, resume: bool = False, run_dir: Path | None = N
     stale = stale_fit_line(session)
     if stale:
         notes.insert(0, stale)
+    used = fit_used_line(session, prepared.command.options)
+    if used:
+        notes.append(used)
     return Plan(
         run_dir=run_dir, command=prepared.command, files=files, base_step=base_step, base_epoch=base_epoch,
         resumed_from=state.path if state else None, launch=prepared.launch, notes=notes, extra=extra,
         cpu=cpu, batch_sizes=sizes,
     )
+
+
+def fit_used_line(session: Session, options: dict[str, Any]) -> str | None:
+    """What the probe's fit made this run train with, from the trainer's final options (train.extra_args win over
+    the fit): swap, base, checkpointing and an 8-bit optimizer in place of the person's — so nothing in the
+    command surprises. None with the preset (`gpu.fit = preset`) or before a fit was measured."""
+    from lorawizard.core.launch.command import fit_options
+
+    if not fit_options(session) or session.gpu.fit_swap is None:
+        return None
+    words = [f"swap {options.get('blocks_to_swap') or 0}", "fp8 base" if options.get("fp8_base") else "16-bit base",
+             "gradient checkpointing" if options.get("gradient_checkpointing") else "no gradient checkpointing"]
+    optimizer = str(options.get("optimizer_type") or "")
+    if optimizer and optimizer.lower() != session.train.optimizer_type.lower():
+        words.append(f"{optimizer} in place of your {session.train.optimizer_type} (the same rule, 8-bit state)")
+    return f"the probe's fit (gpu.fit = {session.gpu.fit}) trains with: " + ", ".join(words)
 
 
 def stale_fit_line(session: Session) -> str | None:

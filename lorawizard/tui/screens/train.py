@@ -597,6 +597,8 @@ class TrainScreen(StepScreen):
         for note in plan.notes:  # what replay prints as a warning (an fp8 file trained as 16-bit) is said here too
             if note.startswith("warning: "):
                 self.post_message(Notice(note.removeprefix("warning: "), "warning"))
+            elif note.startswith("the probe's fit"):  # what the fit changed from the person's settings
+                self.post_message(Notice(note))
         what = f"resumed at step {plan.base_step}" if resume else "started"
         where = " on the CPU (test mode)" if plan.cpu is not None else ""
         self.post_message(Notice(f"training {what}{where}: run {record.run_id}"))
