@@ -3,4 +3,4 @@
 Nothing is imported here on purpose: `lorawizard --help` and `--replay` must stay light.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
