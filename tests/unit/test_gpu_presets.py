@@ -31,6 +31,7 @@ def test_tiers_follow_the_docs() -> None:
     assert all(p.options["fp8_base"] for p in BUILTIN_PRESETS)
     assert by_name["10gb"].fp8_t5 and by_name["8gb"].fp8_t5 and not by_name["12gb"].fp8_t5
     assert by_name["24gb"].title() == "24 GB: fp8 base, AdamW 8-bit, batch 2"
+    assert by_name["24gb"].title("AdamW") == "24 GB: fp8 base, AdamW (yours), batch 2"  # the person's wins
 
 
 @pytest.mark.parametrize(

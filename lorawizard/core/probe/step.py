@@ -660,7 +660,7 @@ def _choose_preset(ctx: StepContext, gpu: GpuInfo) -> tuple[VramPreset, list[Vra
     preset = preset_named(_options(ctx).get("preset"), presets) or session_preset(session, gpu.memory_total)
     if session.gpu.vram_preset != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
-    ctx.log(f"preset: {preset.title()}")
+    ctx.log(f"preset: {preset.title(session.train.optimizer_type if session.is_set('train.optimizer_type') else '')}")
     return preset, presets
 
 

@@ -144,14 +144,17 @@ class VramPreset(NamedTuple):
     def label(self) -> str:
         return f"{self.min_gb:g} GB" if self.from_docs or self.min_gb else "last resort"
 
-    def title(self) -> str:
-        """`24 GB: fp8 base, AdamW 8-bit, batch 2`."""
+    def title(self, own_optimizer: str = "") -> str:
+        """`24 GB: fp8 base, AdamW 8-bit, batch 2`; with `own_optimizer` (the person chose one: it wins over the
+        preset's) `24 GB: fp8 base, AdamW (yours), batch 2`."""
         parts = []
         if self.options.get("fp8_base"):
             parts.append("fp8 base")
         if self.blocks_to_swap:
             parts.append(f"swap {self.blocks_to_swap} blocks")
-        if self.options.get("optimizer_type") == "adamw8bit":
+        if own_optimizer:
+            parts.append(f"{own_optimizer} (yours)")
+        elif self.options.get("optimizer_type") == "adamw8bit":
             parts.append("AdamW 8-bit")
         if self.fp8_t5:
             parts.append("fp8 T5")

@@ -249,8 +249,10 @@ class GpuScreen(StepScreen):
 
     def _fill_presets(self) -> None:
         select = self.query_one("#preset-select", Select)
+        session = wizard_app(self).session
+        own = session.train.optimizer_type if session.is_set("train.optimizer_type") else ""
         with select.prevent(Select.Changed):
-            select.set_options([(p.title(), p.name) for p in self._presets()])
+            select.set_options([(p.title(own), p.name) for p in self._presets()])
             name = wizard_app(self).session.gpu.vram_preset
             if preset_named(name, self._presets()) is not None:
                 select.value = name
