@@ -218,8 +218,11 @@ def test_a_refused_candidate_is_a_row_and_a_host_ram_kill_stops_that_walk(projec
     assert session.gpu.fit_swap not in (None, 16)  # the walk went on past the refused level
     (project / "b").mkdir()
     session = make_session(project / "b", "fastest", {"1024x1024": 4})
+    killer = ModelRunner(gpu, kill_swap=16)
     with pytest.raises(StepFailed, match="killed for host RAM"):  # this card needs swap 16: host RAM is the limit
-        probe(session, gpu, ModelRunner(gpu, kill_swap=16))
+        probe(session, gpu, killer)
+    swaps = [int(s.preset.options.get("blocks_to_swap") or 0) for s in killer.specs]
+    assert swaps.count(16) == 1 and max(swaps) == 16  # the 16-bit walk (bigger blocks in RAM) never swaps as much
     (project / "c").mkdir()
     session = make_session(project / "c", "fastest", {"1024x1024": 4})
     runner = ModelRunner(RTX_3090_24, kill_swap=8)

@@ -34,7 +34,8 @@ Pruning:
   memory), starting above the largest batch that already fit (the same batch on a later rung is only slower);
   a rung where even that batch does not fit costs one trial and the walk goes on to the next;
   the walk stops at the first rung that is not faster per image than the one before, after a trial the kernel
-  killed for host RAM (swapped blocks live in host RAM: more swap needs more of it) and after a trial that hung
+  killed for host RAM (swapped blocks live in host RAM: more swap needs more of it, so no later walk swaps as
+  much either) and after a trial that hung
   (its time limit is long); a rung the trainer refuses is a row of the table, and the walk goes on (a refused
   8-bit twin — bitsandbytes missing — is dropped from the later rungs).
 
@@ -297,6 +298,7 @@ class FitSearch:
     notes: list[str] = field(default_factory=list)
     trials: int = 0
     _slope: float | None = None  # bytes per image in the batch, from the last line with two peaks
+    _host_ram_swap: int | None = None  # the least swap whose trial the kernel killed for host RAM (every walk)
 
     def run(self, trial: Trial) -> Measured | None:
         for fp8 in self.policy.fp8:
@@ -315,6 +317,8 @@ class FitSearch:
         floor = 1
         twin_refused = False
         for rung in self.policy.rungs:
+            if self._swaps_too_much(rung.swap):
+                return  # swapped blocks live in host RAM: a level the kernel killed rules out as much or more
             optimizer = "" if twin_refused else rung.optimizer
             setting = Setting(rung.swap, fp8, rung.checkpointing, optimizer)
             line = self._line(setting, floor, trial)
@@ -337,6 +341,9 @@ class FitSearch:
             floor = line.largest_fit + 1
             if floor > self.policy.max_batch:
                 return
+
+    def _swaps_too_much(self, swap: int) -> bool:
+        return self._host_ram_swap is not None and swap >= self._host_ram_swap
 
     def _ruled_out(self, candidate: Candidate) -> Measured | None:
         for m in self.measured:
@@ -374,6 +381,8 @@ class FitSearch:
             line.measured.append(m)
             if m.status == "killed":
                 line.ended = "host-ram"
+                self._host_ram_swap = min(setting.swap, self._host_ram_swap if self._host_ram_swap is not None
+                                          else setting.swap)
                 self.notes.append(f"{candidate.label()}: killed by the system — host RAM ran out (not GPU memory); "
                                   "more swap needs more host RAM, so the search stops swapping more")
                 return line
