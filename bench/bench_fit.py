@@ -4,18 +4,20 @@ gradient-checkpointing and optimizer-state rungs, in one run — on the stand-in
 (tests/support/standin/standin_model.py: made-up numbers of FLUX.1's order). MODELLED, NOT MEASURED: the images/s
 ratios say what the search finds in that model, not what a real GPU does.
 
-    python bench/bench_fit.py
+    python bench/bench_fit.py [--fuzz N]
 
 Cards: 12, 16, 24, 48 and 80 GiB, idle (0.3 GB used), and a 24 GiB card with 11.2 GB held by another process.
 For each: `quality` (16-bit base) and `fastest` (fp8 allowed), with the default AdamW8bit and with the person's
 AdamW (32-bit state; `fastest` may use AdamW8bit): the search's trials (and its bound), every candidate of the
 allowed grid (rungs × base precisions × batch 1–32), the found images/s and the best in the grid (equal when the
 search is right), the images/s of the search without checkpointing-off and 8-bit-state rungs (swap × base × batch
-only), and the preset way's. Asserts nothing.
+only), and the preset way's. Then N random models (default 1000; parameters far beyond FLUX.1's): how often the
+search finds the grid's best, how often its bound on trials cuts it short. Asserts nothing.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -95,5 +97,57 @@ def main() -> None:
           f"{totals[1] / max(1, totals[0]):.1f}× fewer; images/s modelled, not measured")
 
 
+RANGES = {  # wide on purpose: far beyond FLUX.1's numbers, to find where the search's rules give way
+    "BASE_GB": (8, 30), "OVERHEAD_GB": (1, 5), "GB_PER_MEGAPIXEL": (0.5, 5), "STEP_SECONDS": (0.005, 0.2),
+    "IMAGE_SECONDS": (0.01, 0.3), "FP8_FACTOR": (0.9, 1.4), "SWAP_SECONDS": (0.0, 0.02), "NO_CKPT_MEMORY": (1.5, 6),
+    "NO_CKPT_COMPUTE": (0.6, 0.9), "STATE_32BIT_GB": (0.2, 3), "STATE_8BIT_SECONDS": (0.0, 0.01)}
+
+
+def fuzz(models: int, seed: int = 1) -> None:
+    """Random memory/speed models and cards: how often the search (with its bound) finds the grid's best, how often
+    the bound cuts it short, and the worst images/s it settles for."""
+    rng = random.Random(seed)
+    found_best = cut = 0
+    worst = 1.0
+    for _ in range(models):
+        env = {f"STANDIN_{k}": str(rng.uniform(*r)) for k, r in RANGES.items()}
+        total = int(rng.choice([8, 10, 12, 16, 24, 32, 40, 48, 80, 96]) * GIB)
+        used = int(rng.uniform(0, 0.3) * total) if rng.random() < 0.3 else int(0.3 * GB)
+        fp8s = rng.choice([(False,), (True, False)])
+        state32 = rng.random() < 0.5
+        policy = fit.FitPolicy("x", SWAPS, fp8s, no_checkpointing=True,
+                               lean_optimizer="AdamW8bit" if state32 and True in fp8s else "")
+        limit = fit.limit_bytes(total)
+
+        def trial(candidate: fit.Candidate, env: dict[str, str] = env, used: int = used,
+                  state32: bool = state32, total: int = total, limit: int = limit) -> fit.Measured:
+            s = candidate.setting
+            setting = {"checkpointing": s.checkpointing, "state32": state32 and not s.optimizer}
+            peak = model.peak_bytes(s.swap, s.fp8, candidate.batch, SIDE, SIDE, env, **setting) + used
+            if peak > total:
+                return fit.Measured(candidate, "oom", trial=1)
+            return fit.Measured(candidate, "ok" if peak <= limit else "over-margin", peak,
+                                model.step_seconds(s.swap, s.fp8, candidate.batch, SIDE, SIDE, env, **setting), trial=1)
+
+        finder = fit.FitSearch(policy, limit)
+        found = finder.run(trial)
+        cut += any("budget" in note for note in finder.notes)
+        rungs = tuple((r.swap, r.checkpointing, state32 and not r.optimizer) for r in policy.rungs)
+        best = model.best_setting(rungs, fp8s, fit.MAX_BATCH, SIDE, SIDE, limit - used, env)
+        if best is None:
+            found_best += found is None
+            continue
+        swap, fp8, batch, checkpointing, state = best
+        best_speed = batch / model.step_seconds(swap, fp8, batch, SIDE, SIDE, env, checkpointing=checkpointing,
+                                                state32=state)
+        ratio = (found.images_per_s or 0.0) / best_speed if found else 0.0
+        found_best += ratio >= 0.999
+        worst = min(worst, ratio)
+    print(f"random models ({models}, parameters far beyond FLUX.1's): the grid's best found in "
+          f"{found_best / models:.1%}; the bound cut the search short in {cut / models:.1%}; the worst settled for "
+          f"{worst:.2f}× the best images/s")
+
+
 if __name__ == "__main__":
     main()
+    fuzz(int(sys.argv[sys.argv.index("--fuzz") + 1]) if "--fuzz" in sys.argv else 1000)
