@@ -19,7 +19,8 @@ import pytest
 from lorawizard.core.contract import StepContext
 from lorawizard.core.gpu.presets import preset_named
 from lorawizard.core.probe import fit
-from lorawizard.core.probe.step import SubprocessTrialRunner, TrialSpec, _candidate_preset, run_step
+from lorawizard.core.probe.step import _candidate_preset, run_step
+from lorawizard.core.probe.trials import SubprocessTrialRunner, TrialSpec
 from tests.e2e.test_command_e2e import e2e_session, needs_e2e
 from tests.support.fake_nvml import RTX_4090, FakeNvml
 

@@ -16,7 +16,8 @@ from lorawizard.core.gpu.nvml import GB, GpuInfo
 from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch.command import fit_options, parse_extra_args, preset_overrides, trainer_options
 from lorawizard.core.probe import fit
-from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 from lorawizard.core.session.document import Session, parse_bucket
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, RTX_3090_BUSY, RTX_4060, FakeNvml
 from tests.support.sessions import save

@@ -79,7 +79,7 @@ def test_an_empty_prompt_list_turns_sampling_off(tmp_path: Path) -> None:
 
 def test_the_probe_keeps_sampling_off(tmp_path: Path) -> None:
     from lorawizard.core.gpu.presets import load_presets
-    from lorawizard.core.probe.step import probe_overrides
+    from lorawizard.core.probe.trials import probe_overrides
 
     session = make_train_project(tmp_path)
     overrides = probe_overrides(session, load_presets(session)[0])

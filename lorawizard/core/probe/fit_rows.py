@@ -12,7 +12,7 @@ from typing import Any, Literal
 from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu.nvml import GB
 from lorawizard.core.probe.fit import WORDS
-from lorawizard.core.probe.step import STATUS_WORDS, ProbeEvent
+from lorawizard.core.probe.trials import STATUS_WORDS, ProbeEvent
 
 FitTone = Literal["dim", "info", "good", "chosen", "other", "error"]
 
