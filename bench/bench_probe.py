@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorawizard.core.probe.step import MARGIN, BatchSearch, TrialOutcome  # noqa: E402
+from lorawizard.core.probe.trials import MARGIN, BatchSearch, TrialOutcome  # noqa: E402
 
 GB = 1000**3
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # nothing but the standard library at run time: `--help` and 
     from lorawizard.core.dataset.step import DatasetOptions
     from lorawizard.core.environment.step import EnvOptions
     from lorawizard.core.models.rows import ModelsOptions
-    from lorawizard.core.probe.step import ProbeOptions
+    from lorawizard.core.probe.shared import ProbeOptions
     from lorawizard.core.session.document import Session
     from lorawizard.core.step_states import Guess
     from lorawizard.core.train.step import TrainOptions
@@ -60,7 +60,7 @@ STEPS: tuple[StepSpec, ...] = (
              "lorawizard.core.captions.step:CaptionsOptions", "lorawizard.core.step_states:guess_captions"),
     StepSpec("probe", "GPU & batch size", "GPU", "lorawizard.core.probe.step:run_step",
              "lorawizard.tui.screens.gpu:GpuScreen",
-             "lorawizard.core.probe.step:ProbeOptions", "lorawizard.core.step_states:guess_probe"),
+             "lorawizard.core.probe.shared:ProbeOptions", "lorawizard.core.step_states:guess_probe"),
     StepSpec("train", "Train", "Train", "lorawizard.core.train.queue:run_step",
              "lorawizard.tui.screens.train:TrainScreen",
              "lorawizard.core.train.step:TrainOptions", "lorawizard.core.step_states:guess_train"),

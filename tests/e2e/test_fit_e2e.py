@@ -19,7 +19,9 @@ import pytest
 from lorawizard.core.contract import StepContext
 from lorawizard.core.gpu.presets import preset_named
 from lorawizard.core.probe import fit
-from lorawizard.core.probe.step import SubprocessTrialRunner, TrialSpec, _candidate_preset, run_step
+from lorawizard.core.probe.fit_run import candidate_preset
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import SubprocessTrialRunner, TrialSpec
 from tests.e2e.test_command_e2e import e2e_session, needs_e2e
 from tests.support.fake_nvml import RTX_4090, FakeNvml
 
@@ -47,7 +49,7 @@ def test_block_swap_on_the_tiny_model_is_refused_and_said(project: Path) -> None
     session = e2e_session(project, gpu__fit="fastest", gpu__vram_preset="24gb")
     runner = SubprocessTrialRunner(session, RTX_4090, session.paths.state / "probe", cancel=threading.Event(),
                                    nvml=FakeNvml([RTX_4090]), timeout_s=900)
-    preset = _candidate_preset(preset_named("24gb"), fit.Setting(8, True))
+    preset = candidate_preset(preset_named("24gb"), fit.Setting(8, True))
     outcome = runner(TrialSpec("128x128", 1, preset, 4, 1), lambda event: None)
     print(outcome)
     assert outcome.status == "error" and "Cannot swap more than" in outcome.detail
@@ -72,7 +74,7 @@ def test_checkpointing_and_the_8_bit_twin_reach_the_real_trainer(project: Path, 
     workdir = session.paths.state / "probe"
     runner = SubprocessTrialRunner(session, RTX_4090, workdir, cancel=threading.Event(), nvml=FakeNvml([RTX_4090]),
                                    timeout_s=900)
-    outcome = runner(TrialSpec("128x128", 1, _candidate_preset(preset_named("24gb"), setting), 4, 1),
+    outcome = runner(TrialSpec("128x128", 1, candidate_preset(preset_named("24gb"), setting), 4, 1),
                      lambda event: None)
     print(outcome)
     if outcome.status == "error":  # bitsandbytes' 8-bit optimizers need a GPU build on some machines: said, a row

@@ -13,7 +13,8 @@ from lorawizard.core.contract import StepContext, StepFailed
 from lorawizard.core.gpu.nvml import GpuInfo
 from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch import multigpu
-from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, FakeNvml
 from tests.support.sessions import save
 from tests.unit.test_probe import make_project

@@ -80,7 +80,8 @@ def test_first_frame_path_imports_no_pipeline(tmp_path) -> None:
     heavy = {"PIL", "huggingface_hub", "urllib.request", "http.client",
              "lorawizard.core.dataset.step", "lorawizard.core.models.step", "lorawizard.core.dataset.imaging",
              "lorawizard.core.models.download", "lorawizard.core.captions.step", "lorawizard.core.captions.captionset",
-             "lorawizard.core.probe.step",
+             "lorawizard.core.probe.step", "lorawizard.core.probe.trials", "lorawizard.core.probe.shared",
+             "lorawizard.core.probe.several", "lorawizard.core.probe.fit_run", "lorawizard.core.probe.fit_cards",
              "textual.widgets._text_area"}
     assert not heavy & loaded, f"the first-frame path imported {sorted(heavy & loaded)}"
 

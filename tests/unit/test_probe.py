@@ -14,7 +14,8 @@ import pytest
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.dataset.step import bucket_counts
 from lorawizard.core.gpu.nvml import GB
-from lorawizard.core.probe.step import (
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import (
     MARGIN,
     BatchSearch,
     ProbeEvent,
@@ -23,7 +24,6 @@ from lorawizard.core.probe.step import (
     areas,
     classify,
     repeats_for,
-    run_step,
 )
 from lorawizard.core.session.document import Session
 from tests.support.fake_nvml import (
@@ -327,7 +327,7 @@ def test_host_ram_kills_above_batch_1_cap_the_result_and_are_said(project: Path)
 
 
 def test_log_tail_follows_phases_and_steps_across_any_chunking(tmp_path: Path) -> None:
-    from lorawizard.core.probe.step import _LogTail
+    from lorawizard.core.probe.trials import _LogTail
 
     text = (
         "2026-11-25 16:44:52 INFO     Checking the state dict: Diffusers or BFL, dev or schnell  flux_utils.py:44\n"

@@ -16,7 +16,8 @@ from lorawizard.core.gpu.nvml import GB, GpuInfo
 from lorawizard.core.gpu.probe_results import load_results
 from lorawizard.core.launch.command import fit_options, parse_extra_args, preset_overrides, trainer_options
 from lorawizard.core.probe import fit
-from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec, run_step
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 from lorawizard.core.session.document import Session, parse_bucket
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, RTX_3090_BUSY, RTX_4060, FakeNvml
 from tests.support.sessions import save
@@ -520,16 +521,16 @@ def test_fit_options_apply_checkpointing_and_the_twin_only_while_they_hold(proje
 def test_fit_rows_read_the_new_settings_from_names_and_saved_candidates() -> None:
     from lorawizard.core.gpu.presets import BUILTIN_PRESETS
     from lorawizard.core.probe.fit_rows import saved_rows, setting_of
-    from lorawizard.core.probe.step import _candidate_preset
+    from lorawizard.core.probe.fit_run import candidate_preset
 
     base = BUILTIN_PRESETS[0]
     for setting in (fit.Setting(8, True), fit.Setting(0, False, checkpointing=False),
                     fit.Setting(0, True, optimizer="AdamW8bit"), fit.Setting(16, False, True, "Lion8bit")):
-        name = _candidate_preset(base, setting).name
+        name = candidate_preset(base, setting).name
         assert setting_of(name) == (setting.swap, "fp8" if setting.fp8 else "16-bit",
                                     "on" if setting.checkpointing else "off", "8-bit" if setting.optimizer else "own")
     assert setting_of("16gb") is None
-    assert setting_of(_candidate_preset(base, fit.Setting(8, True)).name.replace("fit-", "chosen-")) is None
+    assert setting_of(candidate_preset(base, fit.Setting(8, True)).name.replace("fit-", "chosen-")) is None
     chosen = {"swap": 0, "fp8": True, "batch": 2, "checkpointing": False, "optimizer": ""}
     candidates = [{**chosen, "status": "ok", "peak_bytes": 20 * GB, "s_per_step": 0.5, "images_per_s": 4.0, "trial": 1},
                   {**chosen, "checkpointing": True, "status": "ok", "peak_bytes": 15 * GB, "s_per_step": 0.6,

@@ -16,12 +16,13 @@ from typing import NamedTuple
 import pytest
 
 from lorawizard.core.common.progress import format_duration
-from lorawizard.core.contract import Cancelled, StepContext, StepFailed
+from lorawizard.core.contract import Cancelled, StepContext, StepFailed, StepResult
 from lorawizard.core.gpu.nvml import GB, GpuInfo
 from lorawizard.core.gpu.probe_results import fit_gpu_key, load_results
 from lorawizard.core.launch.command import trainer_options
 from lorawizard.core.probe import fit
-from lorawizard.core.probe.step import ProbeEvent, StepResult, TrialOutcome, TrialSpec, run_step
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 from lorawizard.core.session.document import Session
 from lorawizard.core.train.forecast import fit_staleness, forecast
 from lorawizard.headless import replay

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lorawizard.core.probe.step import _LogTail, classify
+from lorawizard.core.probe.trials import _LogTail, classify
 
 LOGS = Path(__file__).resolve().parents[3] / "shared" / "e2e" / "logs"
 

@@ -17,7 +17,8 @@ import tomlkit
 from lorawizard.core.contract import Cancelled, StepContext, StepFailed
 from lorawizard.core.gpu.nvml import GB
 from lorawizard.core.gpu.presets import preset_named
-from lorawizard.core.probe.step import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec, run_step
+from lorawizard.core.probe.step import run_step
+from lorawizard.core.probe.trials import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
 from tests.support.fake_nvml import RTX_4090, FakeNvml, none_visible
@@ -193,7 +194,7 @@ def test_replay_dry_run_shows_the_first_trial_and_runs_nothing(standin: Session,
 
 def test_leaving_mid_trial_kills_the_trial(standin: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`q` or a crash while a trial runs: the exit hook kills the trial's process group."""
-    from lorawizard.core.probe import step as probe
+    from lorawizard.core.probe import trials as probe
 
     monkeypatch.setenv("STANDIN_HANG_AT_STEP", "1")
     cancel = threading.Event()

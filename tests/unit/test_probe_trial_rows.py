@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lorawizard.core.gpu.nvml import GB
 from lorawizard.core.gpu.presets import load_presets
-from lorawizard.core.probe.step import ProbeEvent, TrialOutcome, TrialSpec
 from lorawizard.core.probe.trial_rows import TrialRow, with_event
+from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 
 
 def spec(number: int, bucket: str = "1024x1024", batch: int = 4) -> TrialSpec:

@@ -79,7 +79,7 @@ def test_an_empty_prompt_list_turns_sampling_off(tmp_path: Path) -> None:
 
 def test_the_probe_keeps_sampling_off(tmp_path: Path) -> None:
     from lorawizard.core.gpu.presets import load_presets
-    from lorawizard.core.probe.step import probe_overrides
+    from lorawizard.core.probe.trials import probe_overrides
 
     session = make_train_project(tmp_path)
     overrides = probe_overrides(session, load_presets(session)[0])
@@ -302,13 +302,13 @@ def test_follow_follows_a_live_run_to_its_end(tmp_path: Path) -> None:
 
 
 def test_probe_report_says_what_sampling_adds(tmp_path: Path) -> None:
-    from lorawizard.core.probe.step import AreaResult, _sampling_note
+    from lorawizard.core.probe.shared import AreaResult, sampling_note
 
     session = make_train_project(tmp_path, epochs=4, save_every=2)
-    note = _sampling_note(session, [])
+    note = sampling_note(session, [])
     assert "without sampling" in note and "3 prompts × 3 times" in note and "VRAM" in note
     session.set("train.samples.prompts", [])
-    assert "sampling off" in _sampling_note(session, [])
+    assert "sampling off" in sampling_note(session, [])
     assert AreaResult  # the type the note reads s/step from
 
 

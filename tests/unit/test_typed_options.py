@@ -17,7 +17,7 @@ from lorawizard.core.contract import StepContext
 from lorawizard.core.registry import OptionsByStep, StepOptions
 from lorawizard.core.environment.step import EnvOptions
 from lorawizard.core.models.step import ModelsOptions
-from lorawizard.core.probe.step import ProbeOptions
+from lorawizard.core.probe.shared import ProbeOptions
 
 
 def build(session: Session) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu.nvml import GB
 from lorawizard.core.probe.fit import WORDS
-from lorawizard.core.probe.step import STATUS_WORDS, ProbeEvent
+from lorawizard.core.probe.trials import STATUS_WORDS, ProbeEvent
 
 FitTone = Literal["dim", "info", "good", "chosen", "other", "error"]
 
@@ -35,7 +35,8 @@ class FitRow:
 
 def setting_of(preset_name: str) -> tuple[int, str, str, str] | None:
     """(swap, base, ckpt, state) of a fit trial's preset name (`fit-swap8-fp8`, `fit-swap0-16bit-nockpt`,
-    `fit-swap0-fp8-opt:AdamW8bit`: core.probe.step names them), None for the preset probe's trials."""
+    `fit-swap0-fp8-opt:AdamW8bit`: core.probe.fit_run.candidate_preset names them), None for the preset probe's
+    trials."""
     if not preset_name.startswith("fit-swap"):
         return None
     swap, _, rest = preset_name.removeprefix("fit-swap").partition("-")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from lorawizard.core.gpu.nvml import GB
-from lorawizard.core.probe.step import STATUS_WORDS, ProbeEvent, TrialOutcome
+from lorawizard.core.probe.trials import STATUS_WORDS, ProbeEvent, TrialOutcome
 
 TrialTone = Literal["dim", "info", "good", "other", "error"]
 """How the screen colours the result: not started, under way, fits, stopped from outside, failed."""

@@ -36,8 +36,9 @@ from lorawizard.core.gpu.probe_results import fit_gpu_key, load_results
 from lorawizard.core.launch.multigpu import short_name
 from lorawizard.core.probe import fit, fit_rows
 from lorawizard.core.probe.batch_sources import BucketRow, bucket_rows
-from lorawizard.core.probe.step import ProbeEvent, ProbeOptions
+from lorawizard.core.probe.shared import ProbeOptions
 from lorawizard.core.probe.trial_rows import TrialRow, with_event
+from lorawizard.core.probe.trials import ProbeEvent
 from lorawizard.core.session.document import MAX_BATCH, parse_bucket
 from lorawizard.core.train.forecast import forecast_lines
 from lorawizard.tui.messages import StepFinished
