@@ -103,7 +103,9 @@ def _runner(session: Session, tmp_path: Path, **kwargs: object) -> SubprocessTri
                                  nvml=FakeNvml([RTX_4090]), sample_interval=0.05, **kwargs)  # type: ignore[arg-type]
 
 
-def _standin_processes(root: Path) -> list[psutil.Process]:
+def _standin_processes(root: Path, grace_s: float = 3.0) -> list[psutil.Process]:
+    """The stand-in processes of `root` still alive once `grace_s` has passed: SIGKILL to a group is delivered at
+    once but each process ends, and its parent reaps it, a moment later (a loaded machine showed one in between)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -111,7 +113,15 @@ def _standin_processes(root: Path) -> list[psutil.Process]:
                 found.append(proc)
         except psutil.Error:
             continue
-    return found
+    _, alive = psutil.wait_procs(found, timeout=grace_s)
+    return [proc for proc in alive if _running(proc)]
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE  # a zombie is dead: only its exit status is left to collect
+    except psutil.Error:
+        return False
 
 
 def test_sigkill_is_reported_as_host_ram(standin: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
