@@ -530,7 +530,7 @@ def test_fit_rows_read_the_new_settings_from_names_and_saved_candidates() -> Non
         assert setting_of(name) == (setting.swap, "fp8" if setting.fp8 else "16-bit",
                                     "on" if setting.checkpointing else "off", "8-bit" if setting.optimizer else "own")
     assert setting_of("16gb") is None
-    assert setting_of(candidate_preset(base, fit.Setting(8, True)).name.replace("fit-", "chosen-")) is None
+    assert setting_of(candidate_preset(base, fit.Setting(8, True), chosen=True).name) is None
     chosen = {"swap": 0, "fp8": True, "batch": 2, "checkpointing": False, "optimizer": ""}
     candidates = [{**chosen, "status": "ok", "peak_bytes": 20 * GB, "s_per_step": 0.5, "images_per_s": 4.0, "trial": 1},
                   {**chosen, "checkpointing": True, "status": "ok", "peak_bytes": 15 * GB, "s_per_step": 0.6,

@@ -450,9 +450,9 @@ def image_visits(buckets: dict[str, int], repeats: int, epochs: int, gpus: int =
     return math.ceil(sum(buckets.values()) * repeats * epochs / max(1, gpus))
 
 
-def state_word(setting: Setting) -> str:
-    """The optimizer state column: "8-bit" for the twin, "own" for the person's optimizer."""
-    return "8-bit" if setting.optimizer else "own"
+def state_word(optimizer: str) -> str:
+    """The optimizer state column: "8-bit" for the twin (`Setting.optimizer`), "own" for the person's optimizer."""
+    return "8-bit" if optimizer else "own"
 
 
 def table_lines(measured: list[Measured], chosen: Measured | None, visits: int, *, partial: bool = False) -> list[str]:
@@ -469,7 +469,7 @@ def table_lines(measured: list[Measured], chosen: Measured | None, visits: int, 
         run = f"{format_duration(visits / ips)}" if ips else "—"
         mark = "◀ chosen" if chosen is not None and m is chosen else WORDS.get(m.status, m.status)
         number = str(m.trial) if m.trial else "–"
-        state = f"{state_word(setting):<5} " if twin else ""
+        state = f"{state_word(setting.optimizer):<5} " if twin else ""
         lines.append(f"{number:>2}  {setting.swap:>4} {'fp8' if setting.fp8 else '16-bit':<6} "
                      f"{'on' if setting.checkpointing else 'off':<4} {state}{m.candidate.batch:>5} "
                      f"{peak:>8} {f'{ips:.2f}' if ips else '—':>6} {speed:>7} {run:>8}  {mark}")

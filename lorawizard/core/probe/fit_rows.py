@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu.nvml import GB
-from lorawizard.core.probe.fit import WORDS
+from lorawizard.core.probe.fit import WORDS, state_word
 from lorawizard.core.probe.trials import STATUS_WORDS, ProbeEvent
 
 FitTone = Literal["dim", "info", "good", "chosen", "other", "error"]
@@ -42,7 +42,7 @@ def setting_of(preset_name: str) -> tuple[int, str, str, str] | None:
     swap, _, rest = preset_name.removeprefix("fit-swap").partition("-")
     base, *flags = rest.split("-")
     return (int(swap), "fp8" if base == "fp8" else "16-bit", "off" if "nockpt" in flags else "on",
-            "8-bit" if any(flag.startswith("opt:") for flag in flags) else "own")
+            state_word(next((flag for flag in flags if flag.startswith("opt:")), "")))
 
 
 def with_event(rows: tuple[FitRow, ...], event: ProbeEvent) -> tuple[FitRow, ...]:
@@ -96,7 +96,8 @@ def _rows(fit_data: dict[str, Any], visits: int) -> tuple[FitRow, ...]:
             "dim" if c["status"] == "ruled-out" else "other" if c["status"] in ("killed", "timeout") else "error"
         rows.append(FitRow(
             str(c["trial"]) if c.get("trial") else "–", int(c["swap"]), "fp8" if c["fp8"] else "16-bit",
-            "on" if c.get("checkpointing", True) else "off", "8-bit" if c.get("optimizer") else "own", int(c["batch"]), f"{c['peak_bytes'] / GB:.1f}" if c.get("peak_bytes") else "—",
+            "on" if c.get("checkpointing", True) else "off", state_word(c.get("optimizer") or ""), int(c["batch"]),
+            f"{c['peak_bytes'] / GB:.1f}" if c.get("peak_bytes") else "—",
             f"{ips:.2f}" if ips else "", f"{c['s_per_step']:.2f}" if c.get("s_per_step") else "",
             format_duration(visits / ips) if ips else "", "◀ chosen" if is_chosen else WORDS.get(c["status"], c["status"]),
             tone))

@@ -38,6 +38,7 @@ from lorawizard.core.probe.shared import (
     AreaResult,
     Probe,
     probe_options,
+    record_batches,
     result_json,
     sampling_note,
     save_results,
@@ -51,9 +52,11 @@ from lorawizard.core.session.document import Session
 # ---------------------------------------------------------------- fastest fit (gpu.fit = quality | fastest)
 
 
-def candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) -> VramPreset:
+def candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1, *, chosen: bool = False) -> VramPreset:
     """The session's preset (its optimizer, or the candidate's 8-bit twin of it) with the candidate's swap, base
-    precision and checkpointing, as trial overrides. Its name says the setting (core.probe.fit_rows reads it)."""
+    precision and checkpointing, as trial overrides. Its name says the setting (core.probe.fit_rows reads it): a
+    search candidate's starts `fit-`; with `chosen`, the chosen setting's for the other areas and cards starts
+    `chosen-`, so their trials are the trial table's rows, not the fit table's."""
     options = {**base.options, "blocks_to_swap": setting.swap or None, "fp8_base": True if setting.fp8 else None}
     if setting.swap == 0 and base.min_gb >= 24:
         options["highvram"] = True
@@ -61,8 +64,8 @@ def candidate_preset(base: VramPreset, setting: fit.Setting, batch: int = 1) -> 
         options["gradient_checkpointing"] = None
     if setting.optimizer:
         options["optimizer_type"] = setting.optimizer
-    name = f"fit-swap{setting.swap}-{'fp8' if setting.fp8 else '16bit'}" + ("" if setting.checkpointing else "-nockpt") \
-        + (f"-opt:{setting.optimizer}" if setting.optimizer else "")
+    name = f"{'chosen' if chosen else 'fit'}-swap{setting.swap}-{'fp8' if setting.fp8 else '16bit'}" \
+        + ("" if setting.checkpointing else "-nockpt") + (f"-opt:{setting.optimizer}" if setting.optimizer else "")
     return base._replace(name=name, batch_size=batch, options=options, from_docs=False)
 
 
@@ -110,10 +113,7 @@ def run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets: 
     if chosen is None:
         _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=[], seconds=0.0)
         raise StepFailed(_nothing_fits(search, gpu, groups[0][0], workdir))
-    # the chosen setting for the other areas and the other cards: named apart from the search's candidates, so their
-    # trials are the trial table's rows, not the fit table's (core.probe.fit_rows.setting_of)
-    fit_preset = candidate_preset(preset, chosen.candidate.setting, chosen.candidate.batch)
-    fit_preset = fit_preset._replace(name=fit_preset.name.replace("fit-", "chosen-", 1))
+    fit_preset = candidate_preset(preset, chosen.candidate.setting, chosen.candidate.batch, chosen=True)
     bucket, members, _ = groups[0]
     first_trials = [outcomes[m.trial] for m in search.measured if m.trial in outcomes]
     first = AreaResult(bucket, members, chosen.candidate.batch, fit_preset.name, chosen.peak_bytes, chosen.s_per_step,
@@ -130,7 +130,7 @@ def run_fit(ctx: StepContext, gpus: list[GpuInfo], preset: VramPreset, presets: 
             raise
         results = several.results  # per area: the shared batch and the slowest card's s/step at it
     _record_choice(ctx, chosen.candidate.setting)
-    batch_sizes = _record_batches(ctx, results)
+    batch_sizes = record_batches(ctx, results)
     lines = _save_fit(ctx, gpu, preset, search, outcomes, now, partial=False, results=results,
                       seconds=time.monotonic() - started, batch_sizes=batch_sizes, buckets=buckets,
                       extra=several.saved if several else None, card_lines=several.lines if several else None)
@@ -152,16 +152,6 @@ def _nothing_fits(search: fit.FitSearch, gpu: GpuInfo, bucket: str, workdir: Pat
         hint = "a trial was killed for host RAM (swapped blocks live there): add RAM or swap space, " + hint
     return (f"no setting fits {bucket} on {gpu.name} ({search.trials} trials, {fit.margin_text(gpu.memory_total)}): "
             f"{hint}free GPU memory or use smaller buckets")
-
-
-def _record_batches(ctx: StepContext, results: list[AreaResult]) -> dict[str, int]:
-    """Every area's batch into the session (`gpu.batch_size.*`); the session's batch sizes after it."""
-    batch_sizes = dict(ctx.session.batch_sizes())
-    for result in results:
-        for member in result.buckets:
-            ctx.record(f"gpu.batch_size.{member}", result.batch)
-            batch_sizes[member] = result.batch
-    return batch_sizes
 
 
 def _record_choice(ctx: StepContext, setting: fit.Setting) -> None:

@@ -277,6 +277,17 @@ def save_results(session: Session, gpu: GpuInfo, preset: VramPreset, results: li
 # ---------------------------------------------------------------- the chosen cards
 
 
+def record_batches(ctx: StepContext, results: list[AreaResult]) -> dict[str, int]:
+    """Every area's batch into the session (`gpu.batch_size.*`, each bucket of the area); the session's batch sizes
+    after it (the buckets not probed keep theirs)."""
+    batch_sizes = dict(ctx.session.batch_sizes())
+    for result in results:
+        for member in result.buckets:
+            ctx.record(f"gpu.batch_size.{member}", result.batch)
+            batch_sizes[member] = result.batch
+    return batch_sizes
+
+
 def kinds_of_card(gpus: list[GpuInfo]) -> dict[tuple[str, int], list[GpuInfo]]:
     """The cards grouped by (name, memory): one probe speaks for every card of a kind."""
     kinds: dict[tuple[str, int], list[GpuInfo]] = {}

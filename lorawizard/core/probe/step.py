@@ -44,6 +44,7 @@ from lorawizard.core.probe.several import run_several
 from lorawizard.core.probe.shared import (
     Probe,
     probe_options,
+    record_batches,
     result_json,
     sampling_note,
     save_results,
@@ -116,11 +117,7 @@ def run_step(ctx: StepContext) -> StepResult:
 
     if session.gpu.vram_preset != preset.name:
         ctx.record("gpu.vram_preset", preset.name)
-    batch_sizes = dict(known)
-    for result in results:
-        for member in result.buckets:
-            ctx.record(f"gpu.batch_size.{member}", result.batch)
-            batch_sizes[member] = result.batch
+    batch_sizes = record_batches(ctx, results)
     save_results(session, gpu, preset, results, time.monotonic() - started, ctx)
     summary = ", ".join(f"{r.bucket} → {r.batch}" for r in results)
     return StepResult(
