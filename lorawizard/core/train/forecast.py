@@ -14,6 +14,7 @@ per-step price to cite, so none is built in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lorawizard.core.common.progress import format_duration
 from lorawizard.core.gpu.probe_results import fit_fingerprint, fit_gpu_key, fit_stale_reason, load_results
@@ -49,20 +50,23 @@ class RunForecast:
         return None if training is None else training + (self.startup_s or 0.0) + self.sampling_s
 
 
-def forecast(session: Session) -> RunForecast | None:
-    """The run's forecast from probe.json and the session; None without prepared buckets."""
+def forecast(session: Session, *, counts: dict[str, int] | None = None,
+             results: dict[str, Any] | None = None) -> RunForecast | None:
+    """The run's forecast from probe.json and the session; None without prepared buckets. `counts` (bucket → images)
+    and `results` (probe.json) when the caller has read them already."""
     from lorawizard.core.dataset.step import bucket_counts
     from lorawizard.core.launch import multigpu
     from lorawizard.core.launch.command import CommandError, batch_size_for
     from lorawizard.core.train import samples
 
-    try:
-        counts = bucket_counts(session)
-    except (OSError, ValueError):
-        return None
+    if counts is None:
+        try:
+            counts = bucket_counts(session)
+        except (OSError, ValueError):
+            return None
     if not counts:
         return None
-    results = load_results(session)
+    results = load_results(session) if results is None else results
     measured = results.get("buckets", {})
     gpus = max(1, len(session.gpu.uuids))
     epochs, repeats = session.train.max_train_epochs, session.dataset.num_repeats
@@ -83,15 +87,25 @@ def forecast(session: Session) -> RunForecast | None:
     return RunForecast(rows, float(startup) if startup else None, sampling, gpus)
 
 
-def forecast_lines(session: Session) -> list[str]:
-    """The forecast as report lines (the probe's table, `--dry-run`)."""
-    result = forecast(session)
+def forecast_lines(session: Session, *, counts: dict[str, int] | None = None,
+                   results: dict[str, Any] | None = None) -> list[str]:
+    """The forecast as report lines (the probe's table, `--dry-run`, the GPU screen); `counts` and `results` as for
+    `forecast`."""
+    if counts is None:
+        from lorawizard.core.dataset.step import bucket_counts
+
+        try:
+            counts = bucket_counts(session)
+        except (OSError, ValueError):
+            return []
+    results = load_results(session) if results is None else results
+    result = forecast(session, counts=counts, results=results)
     if result is None:
         return []
     parts = [f"{b.bucket} {b.steps} steps × " + (f"{b.s_per_step:.2f} s/step" if b.s_per_step else "? s/step")
              for b in result.buckets]
     lines = ["forecast: " + "; ".join(parts) + (f" ({result.gpus} GPUs)" if result.gpus > 1 else "")]
-    stale = fit_staleness(session)
+    stale = fit_staleness(session, counts=counts, results=results)
     if stale:
         lines.append(f"forecast: the probe's fit (gpu.fit = {session.gpu.fit}) is not current — {stale}: run the probe "
                      "again (--steps probe)")
@@ -127,16 +141,19 @@ def hosted_line(session: Session, result: RunForecast) -> str:
     return f"forecast: hosted at {per_1000:g} per 1,000 steps (your figure): ≈{steps / 1000 * per_1000:.2f} for {steps:,} steps"
 
 
-def fit_staleness(session: Session) -> str | None:
+def fit_staleness(session: Session, *, counts: dict[str, int] | None = None,
+                  results: dict[str, Any] | None = None) -> str | None:
     """Why the session's fastest fit no longer holds (another GPU, other buckets or settings), None when it holds or
-    `gpu.fit` is the preset."""
+    `gpu.fit` is the preset; `counts` and `results` as for `forecast`."""
     from lorawizard.core.dataset.step import bucket_counts
 
     key = fit_gpu_key(session)  # one card's UUID, or every chosen card's (several GPUs)
     if session.gpu.fit not in ("quality", "fastest") or not key:
         return None
-    try:
-        counts = bucket_counts(session)
-    except (OSError, ValueError):
-        return None
-    return fit_stale_reason(load_results(session).get("fit"), fit_fingerprint(session, key, counts))
+    if counts is None:
+        try:
+            counts = bucket_counts(session)
+        except (OSError, ValueError):
+            return None
+    results = load_results(session) if results is None else results
+    return fit_stale_reason(results.get("fit"), fit_fingerprint(session, key, counts))

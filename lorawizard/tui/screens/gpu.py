@@ -353,7 +353,8 @@ class GpuScreen(StepScreen):
             self.query_one("#fit-line", Static).update(line)
             self.fit_rows = ()
             return
-        saved = load_results(session).get("fit")
+        results = load_results(session)
+        saved = results.get("fit")
         saved = saved if isinstance(saved, dict) else None
         gpu = self._chosen()
         key = fit_gpu_key(session, [g.uuid for g in self._several()] or ([gpu.uuid] if gpu else []))
@@ -366,7 +367,8 @@ class GpuScreen(StepScreen):
             line.append("\n" + chosen.removeprefix("fit: ") + " · training uses it, not the preset's settings",
                         style=tone("success"))
             # today's prices, not the ones the probe printed with (the form below may have changed them)
-            for money in [x for x in forecast_lines(session) if x.startswith(("forecast: ≈", "forecast: hosted"))]:
+            money_lines = forecast_lines(session, counts=self.buckets, results=results)  # read once, above
+            for money in [x for x in money_lines if x.startswith(("forecast: ≈", "forecast: hosted"))]:
                 line.append("\n" + money, style="dim")
         self.query_one("#fit-line", Static).update(line)
         visits = fit.image_visits(self.buckets, session.dataset.num_repeats, session.train.max_train_epochs,
