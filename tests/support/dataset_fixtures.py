@@ -139,3 +139,18 @@ def write_session(project: Path, source: Path, *, max_side: int = 256, images: s
     path = project / "session.toml"
     path.write_text(f'version = 1\n\n[dataset]\nsource = "{source}"\nmax_side = {max_side}\n{images}', "utf-8")
     return path
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def prepared_buckets(dataset: Path, counts: dict[str, int], *, caption: str | None = "tok, a thing\n") -> None:
+    """Prepared bucket folders as the dataset step leaves them (`<dataset>/<W>x<H>/0000.png` …, each with its caption
+    unless `caption` is None): the bucket counts the probe and the command read. The PNGs are signatures only."""
+    for bucket, count in counts.items():
+        folder = dataset / bucket
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / f"{i:04d}.png").write_bytes(PNG_SIGNATURE)
+            if caption is not None:
+                (folder / f"{i:04d}.txt").write_text(caption)

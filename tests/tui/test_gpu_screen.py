@@ -11,6 +11,7 @@ from textual.widgets import DataTable, OptionList, Select
 
 from lorawizard.core.session.document import Session
 from lorawizard.tui.app import LoraWizardApp
+from tests.support.dataset_fixtures import prepared_buckets
 from tests.support.fake_nvml import RTX_3090_BUSY, RTX_3090_FREE, install, none_visible, one_gpu, two_different_gpus
 from tests.support.sessions import save
 from tests.unit.test_probe import PixelBudgetRunner, budget_gpu
@@ -18,11 +19,7 @@ from tests.unit.test_probe import PixelBudgetRunner, budget_gpu
 
 def with_dataset(project: Path, buckets: dict[str, int] | None = None) -> Session:
     session = Session.open_project(project)
-    for bucket, count in (buckets or {"1024x1024": 12, "1024x512": 5, "512x1024": 3}).items():
-        folder = project / "dataset" / bucket
-        folder.mkdir(parents=True)
-        for i in range(count):
-            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    prepared_buckets(project / "dataset", buckets or {"1024x1024": 12, "1024x512": 5, "512x1024": 3}, caption=None)
     save(session)
     return session
 

@@ -26,6 +26,7 @@ from lorawizard.core.probe.trials import (
     repeats_for,
 )
 from lorawizard.core.session.document import Session
+from tests.support.dataset_fixtures import prepared_buckets
 from tests.support.fake_nvml import (
     RTX_3090_BUSY,
     RTX_3090_FREE,
@@ -135,12 +136,7 @@ def make_project(project: Path, buckets: dict[str, int], preset: str | None = "2
     session = Session.new(project / "session.toml", name="probe-test")
     session.set("paths.sd_scripts", str(project / "sd-scripts"))
     session.set("gpu.vram_preset", preset)
-    for bucket, count in buckets.items():
-        folder = session.paths.dataset / bucket
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-            (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
+    prepared_buckets(session.paths.dataset, buckets)
     save(session)
     return session
 

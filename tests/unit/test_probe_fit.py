@@ -19,6 +19,7 @@ from lorawizard.core.probe import fit
 from lorawizard.core.probe.step import run_step
 from lorawizard.core.probe.trials import ProbeEvent, TrialOutcome, TrialSpec
 from lorawizard.core.session.document import Session, parse_bucket
+from tests.support.dataset_fixtures import prepared_buckets
 from tests.support.fake_nvml import RTX_3060_12, RTX_3090_24, RTX_3090_BUSY, RTX_4060, FakeNvml
 from tests.support.sessions import save
 from tests.support.standin import standin_model
@@ -78,12 +79,7 @@ class ModelRunner:
 def make_session(project: Path, choice: str, buckets: dict[str, int] | None = None) -> Session:
     session = Session.new(project / "session.toml", name="fit")
     session.set("gpu.fit", choice)
-    for bucket, count in (buckets or {"1024x1024": 4, "512x512": 3}).items():
-        folder = session.paths.dataset / bucket
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-            (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
+    prepared_buckets(session.paths.dataset, buckets or {"1024x1024": 4, "512x512": 3})
     save(session)
     return session
 

@@ -7,7 +7,6 @@ choice; `--steps train --dry-run` prints the forecast."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,13 @@ from lorawizard.core.probe import fit
 from lorawizard.core.probe.step import run_step
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
+from tests.support.dataset_fixtures import prepared_buckets
 from tests.support.fake_nvml import RTX_3060_12, FakeNvml
 from tests.support.sessions import save
 from tests.support.standin import make_fake_sd_scripts, standin_model
+from tests.unit.test_probe_standin import peak_reader
 
 GPU = RTX_3060_12
-
-
-def peak_reader(path: Path):  # noqa: ANN201
-    def read() -> dict[int, int]:
-        try:
-            data = json.loads(path.read_text())
-            path.unlink()
-        except (OSError, ValueError):
-            return {}
-        return {0: int(data["peak_bytes"])}
-
-    return read
 
 
 @pytest.fixture
@@ -43,11 +32,7 @@ def session(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> S
     session.set("paths.sd_scripts", str(sd_scripts))
     session.set("gpu.fit", "fastest")
     session.set("gpu.price_per_hour", 0.5)
-    folder = session.paths.dataset / "1024x1024"
-    folder.mkdir(parents=True)
-    for i in range(2):
-        (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-        (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
+    prepared_buckets(session.paths.dataset, {"1024x1024": 2})
     save(session)
     monkeypatch.setenv("STANDIN_MODEL", "1")
     monkeypatch.setenv("STANDIN_VRAM_BYTES", str(GPU.memory_total - GPU.memory_used))

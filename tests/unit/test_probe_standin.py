@@ -21,6 +21,7 @@ from lorawizard.core.probe.step import run_step
 from lorawizard.core.probe.trials import MARGIN, ProbeEvent, SubprocessTrialRunner, TrialSpec
 from lorawizard.core.session.document import Session
 from lorawizard.headless import replay
+from tests.support.dataset_fixtures import prepared_buckets
 from tests.support.fake_nvml import RTX_4090, FakeNvml, none_visible
 from tests.support.sessions import save
 from tests.support.standin import make_fake_sd_scripts
@@ -56,12 +57,7 @@ def standin(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> S
     session = Session.new(project / "session.toml", name="probe-standin")
     session.set("paths.sd_scripts", str(sd_scripts))
     session.set("gpu.vram_preset", "24gb")
-    for bucket, count in {"512x512": 3, "256x256": 2}.items():
-        folder = session.paths.dataset / bucket
-        folder.mkdir(parents=True)
-        for i in range(count):
-            (folder / f"{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-            (folder / f"{i:04d}.txt").write_text("tok, a thing\n")
+    prepared_buckets(session.paths.dataset, {"512x512": 3, "256x256": 2})
     save(session)
     monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.01")
     monkeypatch.setenv("STANDIN_PEAK_FILE", str(tmp_path / "peak.json"))
