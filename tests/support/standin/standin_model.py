@@ -71,27 +71,12 @@ def step_seconds(swap: int, fp8: bool, batch: int, width: int, height: int,
 Rung = tuple[int, bool, bool]  # (swap, checkpointing, 32-bit optimizer state)
 
 
-def best(swaps: tuple[int, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int, limit: int,
-         env: Mapping[str, str] | None = None, *, rungs: tuple[Rung, ...] | None = None,
-         ) -> tuple[int, bool, int] | None:
-    """The known optimum by brute force: (swap, fp8, batch) with the most images/s whose peak ≤ `limit` (ties: less
-    memory), over `swaps` (checkpointing on, 8-bit state) or over `rungs` — then `best_setting` says which rung."""
-    found = _grid(swaps, fp8s, max_batch, width, height, limit, env, rungs)
-    return max(found)[2][:3] if found else None  # type: ignore[return-value]
-
-
 def best_setting(rungs: tuple[Rung, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int,
                  limit: int, env: Mapping[str, str] | None = None) -> tuple[int, bool, int, bool, bool] | None:
-    """As `best`, with the rung's checkpointing and 32-bit state: (swap, fp8, batch, checkpointing, state32)."""
-    found = _grid((), fp8s, max_batch, width, height, limit, env, rungs)
-    return max(found)[2] if found else None
-
-
-def _grid(swaps: tuple[int, ...], fp8s: tuple[bool, ...], max_batch: int, width: int, height: int, limit: int,
-          env: Mapping[str, str] | None, rungs: tuple[Rung, ...] | None,
-          ) -> list[tuple[float, int, tuple[int, bool, int, bool, bool]]]:
+    """The known optimum by brute force over every rung × base precision × batch: (swap, fp8, batch, checkpointing,
+    state32) with the most images/s whose peak ≤ `limit` (ties: less memory)."""
     found: list[tuple[float, int, tuple[int, bool, int, bool, bool]]] = []
-    for swap, checkpointing, state32 in rungs if rungs is not None else tuple((s, True, False) for s in swaps):
+    for swap, checkpointing, state32 in rungs:
         for fp8 in fp8s:
             for batch in range(1, max_batch + 1):
                 peak = peak_bytes(swap, fp8, batch, width, height, env, checkpointing=checkpointing, state32=state32)
@@ -99,4 +84,4 @@ def _grid(swaps: tuple[int, ...], fp8s: tuple[bool, ...], max_batch: int, width:
                     speed = batch / step_seconds(swap, fp8, batch, width, height, env, checkpointing=checkpointing,
                                                  state32=state32)
                     found.append((speed, -peak, (swap, fp8, batch, checkpointing, state32)))
-    return found
+    return max(found)[2] if found else None
