@@ -364,3 +364,25 @@ def test_a_run_whose_own_state_is_at_the_last_epoch_is_not_said_to_have_saved_no
     older = runs.SavedState(tmp_path / "r1" / "zkq-000002-state", 2, 8, "r1", 0.0)
     monkeypatch.setattr(runs, "newest_state", lambda runs_dir: older)
     assert runctl.resume_hint(record, "s.toml", 2).startswith("saved no state to resume from")
+
+
+def test_a_run_that_ends_before_its_run_json_is_written_is_still_judged_by_its_final_lora(tmp_path: Path) -> None:
+    """The launcher writes run.json once the supervisor has started (it needs its pid): a run over before that (a
+    loaded machine, a very short run) was judged without the output name — its final LoRA looked for as last.safetensors
+    — and said "failed" (seen once in CI). The supervisor waits for run.json before judging."""
+    import subprocess
+    import threading
+
+    from lorawizard.core.launch import supervisor
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    standin = Path(__file__).parents[1] / "support" / "standin"
+    trainer = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(standin)!r}); "  # the stand-in's writer
+               f"from flux_train_network import write_sparse; write_sparse(Path({str(run_dir / 'tiny.safetensors')!r}), "
+               "4096, {'ss_output_name': 'tiny'})")
+    child = subprocess.Popen([sys.executable, supervisor.__file__, str(run_dir), "--", sys.executable, "-c", trainer])
+    threading.Timer(1.0, lambda: (run_dir / runs.RUN_FILE).write_text(json.dumps({"output_name": "tiny"}))).start()
+    assert child.wait(timeout=60) == 0
+    exit_record = json.loads((run_dir / supervisor.EXIT_FILE).read_text())
+    assert exit_record["status"] == "finished", exit_record

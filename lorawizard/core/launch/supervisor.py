@@ -35,6 +35,9 @@ ON_FINISH_LOG = "on_finish.log"
 ON_FINISH_LOG_BYTES = 1 << 20  # the hook's output kept (the rest is counted, not kept)
 HEADER_LIMIT = 100 << 20  # a safetensors header larger than this is not a LoRA's
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # never passed to the trainer or the hook
+# The launcher writes run.json once this process has started (it needs its pid): a run that ends first waits this
+# long for it, as the output name (the final LoRA's) and on_finish are in it.
+RUN_FILE_WAIT_S = 30.0
 
 
 def _write(path: Path, data: dict[str, object]) -> None:
@@ -65,7 +68,7 @@ def main(argv: list[str]) -> int:
         return 127
     note_trainer(run_dir, child.pid)
     code = child.wait()
-    record = _read_json(run_dir / RUN_FILE)
+    record = _run_record(run_dir / RUN_FILE)
     status = run_status(run_dir, code, received, record)
     info: dict[str, Any] = {"returncode": code, "child_pid": child.pid, "started": started, "ended": time.time(),
             "signals": sorted(set(received)), "status": status}
@@ -97,6 +100,15 @@ def _create_time(pid: int) -> float | None:
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+def _run_record(path: Path, wait_s: float = RUN_FILE_WAIT_S) -> dict[str, Any]:
+    """run.json, waiting up to `wait_s` for the launcher to write it (a run shorter than the launcher's next step:
+    judged without it, its final LoRA was looked for under the wrong name and the run said "failed"); {} without."""
+    deadline = time.monotonic() + wait_s
+    while not path.exists() and path.parent.is_dir() and time.monotonic() < deadline:  # a deleted folder: no wait
+        time.sleep(0.05)
+    return _read_json(path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
