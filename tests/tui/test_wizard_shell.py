@@ -237,3 +237,24 @@ async def test_a_step_chosen_on_the_skeleton_is_not_overridden(project: Path) ->
         await pilot.pause()
         await pilot.pause()
         assert app.current_mode == "dataset"
+
+
+async def test_a_screen_waits_for_fields_its_form_has_not_mounted_yet(project: Path) -> None:
+    """On a loaded machine a form's fields could be missing when its screen mounted, and the Environment screen's
+    on_mount crashed the app querying one (seen as a flaky skeleton test): `when_mounted` runs the callback once the
+    ids are there."""
+    from textual.widgets import Static
+
+    app = LoraWizardApp(Session.open_project(project))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        called: list[bool] = []
+        screen.when_mounted(lambda: called.append(True), "late-field")
+        await pilot.pause(0.12)
+        assert called == []  # not there: nothing run yet, nothing raised
+        await screen.mount(Static("late", id="late-field"))
+        await pilot.pause(0.12)
+        assert called == [True]
+        screen.when_mounted(lambda: called.append(True), "late-field")  # there: at once
+        assert called == [True, True]

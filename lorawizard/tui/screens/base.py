@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import ClassVar
 
 from textual import on
@@ -63,6 +64,15 @@ class StepScreen(Screen):
 
     def compose_body(self) -> ComposeResult:
         return iter(())
+
+    def when_mounted(self, callback: Callable[[], None], *ids: str, tries: int = 100) -> None:
+        """`callback()` now if every `#id` is mounted, else once they are (a look every 50 ms, 5 s at most). A form's
+        fields are its own children, mounted by it: on a loaded machine they can still be missing when the screen
+        mounts (a screen's on_mount that queried one crashed the app)."""
+        if all(self.query(f"#{widget_id}") for widget_id in ids):
+            callback()
+        elif tries:
+            self.set_timer(0.05, lambda: self.when_mounted(callback, *ids, tries=tries - 1))
 
     @property
     def session(self) -> Session:

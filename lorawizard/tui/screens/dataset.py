@@ -214,8 +214,12 @@ class DatasetScreen(StepScreen):
             self.table.fill_width("note", 8)
 
     def on_mount(self) -> None:
-        table = self.table
         self._add_columns()
+        self.when_mounted(self._open, "set-dataset-source")
+
+    def _open(self) -> None:
+        """The source field's guess and focus, or the table and a scan (once the form's field is mounted)."""
+        table = self.table
         # saved on Enter (which scans it) or on leaving the field, as its hint says: not each pasted character
         self.query_one("#set-dataset-source", SettingInput).save_each_keystroke = False
         if not self.session.dataset.source:

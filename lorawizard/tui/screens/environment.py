@@ -104,12 +104,16 @@ class EnvironmentScreen(StepScreen):
         yield Static("", id="command-note")
 
     def on_mount(self) -> None:
+        self.when_mounted(self._show_found, "set-paths-sd_scripts", "set-paths-python")
+        self._show_command_preview()
+
+    def _show_found(self) -> None:
+        """The guesses into the form's fields and the findings line."""
         found = self._show_guesses()
         if found is not None:
             self.query_one("#findings", Static).update(Text(
                 f"Found sd-scripts in {display_path(found)}. Press Enter to check the environment "
                 "(or type another path below).", style="dim"))
-        self._show_command_preview()
 
     def _show_guesses(self) -> Path | None:
         """sd-scripts in a usual place and the venv inside it, shown as guesses (placeholders): the check (Enter)

@@ -178,6 +178,10 @@ class ModelsScreen(StepScreen):
         table.add_column("model", key="role", width=18)
         table.add_column("state", key="state", width=24)
         table.add_column("where", key="where")
+        self.when_mounted(self._open, "set-models-family", "set-models-preset")
+
+    def _open(self) -> None:
+        """The family and file-set choices, the rows, then the files verified (once the form's fields are mounted)."""
         base = self.query_one("#set-models-family", Select)
         with base.prevent(Select.Changed):
             base.set_options([(f"{family.title}{' (default)' if i == 0 else ''}", family.name)
